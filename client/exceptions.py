@@ -1,0 +1,19 @@
+"""Exceptions of the sdtriton client; each wraps the tritonclient error it came from (``__cause__``)."""
+
+from __future__ import annotations
+
+
+class SdTritonError(Exception):
+    """Base class of every error the client raises."""
+
+
+class InvalidRequestError(SdTritonError):
+    """The server rejected the request's inputs (Triton ``INVALID_ARG``); the message names the field."""
+
+
+class ServerUnavailableError(SdTritonError):
+    """The server could not be reached, or is not ready."""
+
+
+class InferenceError(SdTritonError):
+    """The server accepted the request but failed to answer it."""

@@ -1,0 +1,188 @@
+"""The ``sdtriton`` command line: make-tiny, export, serve, generate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from sdtriton import interface, server
+
+logger = logging.getLogger("sdtriton")
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from sdtriton.tiny import PROFILES, make_tiny
+
+    if args.profile not in PROFILES:
+        raise SystemExit(f"--profile must be one of {', '.join(PROFILES)}")
+    make_tiny(args.output, profile=args.profile, seed=args.seed)
+    sys.stdout.write(f"{args.output}\n")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sdtriton.export import ComponentBackend, RenderOptions, export_repository
+
+    options = RenderOptions(
+        component_backend=ComponentBackend(args.backend),
+        gpu=args.gpu,
+        max_batch_size=args.max_batch_size,
+        pipeline_instances=args.pipeline_instances,
+    )
+    export_repository(
+        args.source,
+        args.output,
+        options=options,
+        max_size_factor=args.max_size_factor,
+        default_num_inference_steps=args.default_steps,
+    )
+    sys.stdout.write(f"{args.output}\n")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    installation = (
+        server.named_triton_installation(args.tritonserver) if args.tritonserver else server.pip_triton_installation()
+    )
+    address = server.ServerAddress(
+        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port
+    )
+    triton = server.TritonServer(args.repository, address=address, installation=installation, extra_args=args.extra)
+    stop = threading.Event()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: stop.set())
+    triton.start()
+    try:
+        ready_s = triton.wait_ready(timeout_s=args.ready_timeout_s)
+        sys.stdout.write(
+            f"ready after {ready_s:.1f} s\n"
+            f"  HTTP     {address.http_url}\n"
+            f"  gRPC     {address.grpc_url}\n"
+            f"  metrics  {address.metrics_url}\n"
+        )
+        sys.stdout.flush()
+        while not stop.wait(1.0):
+            if not triton.running:
+                logger.error("tritonserver exited")
+                return 1
+    finally:
+        triton.stop()
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from sdtriton.client import SdTritonError, StableDiffusionClient
+
+    try:
+        with StableDiffusionClient(args.url, timeout_s=args.timeout_s) as client:
+            result = client.generate(
+                args.prompt,
+                negative_prompt=args.negative_prompt,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance_scale,
+                seed=args.seed,
+                width=args.width,
+                height=args.height,
+                scheduler=args.scheduler,
+            )
+    except SdTritonError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    result.image.save(args.output)
+    sys.stdout.write(f"{args.output.resolve()}\n")
+    logger.info("seed %d, %dx%d", result.seed, result.image.width, result.image.height)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sdtriton.demo import run_demo
+
+    result = run_demo(
+        model_dir=args.model, repository=args.repository, output=args.output, prompt=args.prompt, seed=args.seed
+    )
+    sys.stdout.write(f"{result.image_path}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdtriton", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tiny = commands.add_parser("make-tiny", help="write a seeded random-weight SD pipeline folder")
+    tiny.add_argument("output", type=Path)
+    tiny.add_argument("--profile", default="tiny", help="tiny (default) or sd15 (full SD 1.5 shapes, ~4 GB)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(run=_make_tiny)
+
+    export = commands.add_parser("export", help="export a diffusers SD pipeline to a Triton model repository")
+    export.add_argument("source", help="a diffusers pipeline folder (or a hub id where a network exists)")
+    export.add_argument("--output", type=Path, required=True, help="the model repository to write")
+    export.add_argument(
+        "--backend",
+        choices=["python", "onnxruntime"],
+        default="python",
+        help="python: Python-backend models over ONNX Runtime (pip tritonserver); onnxruntime: NGC's ORT backend",
+    )
+    export.add_argument("--gpu", action="store_true", help="run the networks on GPU instances")
+    export.add_argument("--max-batch-size", type=int, default=8)
+    export.add_argument("--pipeline-instances", type=int, default=2, help="requests denoised at once")
+    export.add_argument("--max-size-factor", type=int, default=2, help="largest side, as a multiple of the native")
+    export.add_argument("--default-steps", type=int, default=30, help="num_inference_steps when a request omits it")
+    export.set_defaults(run=_export)
+
+    serve = commands.add_parser("serve", help="start tritonserver on a model repository until Ctrl-C/SIGTERM")
+    serve.add_argument("repository", type=Path)
+    serve.add_argument("--host", default=server.DEFAULT_HOST)
+    serve.add_argument("--http-port", type=int, default=server.DEFAULT_HTTP_PORT)
+    serve.add_argument("--grpc-port", type=int, default=server.DEFAULT_GRPC_PORT)
+    serve.add_argument("--metrics-port", type=int, default=server.DEFAULT_METRICS_PORT)
+    serve.add_argument("--tritonserver", type=Path, help="a tritonserver binary (default: the pip wheel's)")
+    serve.add_argument("--ready-timeout-s", type=float, default=server.DEFAULT_READY_TIMEOUT_S)
+    serve.add_argument("extra", nargs="*", help="more tritonserver arguments, after --")
+    serve.set_defaults(run=_serve)
+
+    generate = commands.add_parser("generate", help="generate an image through a running server")
+    generate.add_argument("prompt")
+    generate.add_argument("--url", default="http://127.0.0.1:8000", help="http://host:port or grpc://host:port")
+    generate.add_argument("-o", "--output", type=Path, default=Path("out.png"))
+    generate.add_argument("--negative-prompt")
+    generate.add_argument(
+        "--steps",
+        type=int,
+        help=f"num_inference_steps, {interface.MIN_INFERENCE_STEPS}..{interface.MAX_INFERENCE_STEPS}",
+    )
+    generate.add_argument("--guidance-scale", type=float, help="0..30; <= 1 turns guidance off")
+    generate.add_argument("--seed", type=int, help="0..2^63-1; default: random (the seed used is logged)")
+    generate.add_argument("--width", type=int)
+    generate.add_argument("--height", type=int)
+    generate.add_argument("--scheduler", choices=interface.SCHEDULER_NAMES)
+    generate.add_argument("--timeout-s", type=float)
+    generate.set_defaults(run=_generate)
+
+    demo = commands.add_parser("demo", help="make, export, serve and generate one picture (the README's main job)")
+    demo.add_argument("--model", type=Path, default=Path("models/tiny"), help="made with make-tiny if absent")
+    demo.add_argument("--repository", type=Path, default=Path("model_repository"))
+    demo.add_argument("-o", "--output", type=Path, default=Path("outputs/demo.png"))
+    demo.add_argument("--prompt", default="a yellow star on a purple background")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

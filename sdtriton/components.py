@@ -1,0 +1,124 @@
+"""One spec per exported component: tensor names, types and axes.
+
+The ONNX export (input/output names, dynamic axes), the rendered Triton configs (dims), the TensorRT
+optimization profiles (min/opt/max shapes), the Python-backend runner and the tests all read these specs;
+no tensor name of a component is written anywhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sdtriton.pipeline_config import PipelineConfig
+
+BATCH = "batch"
+# Axes that vary per request: exported as dynamic, -1 in Triton configs.
+DYNAMIC_AXES = frozenset({BATCH, "latent_height", "latent_width", "image_height", "image_width"})
+RGB_CHANNELS = 3
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A component tensor; ``axes`` names each axis, the first is always the batch axis."""
+
+    name: str
+    triton_dtype: str
+    axes: tuple[str, ...]
+
+    @property
+    def numpy_dtype(self) -> str:
+        return {"FP32": "float32", "FP16": "float16", "INT64": "int64", "INT32": "int32"}[self.triton_dtype]
+
+    def item_dims(self, config: PipelineConfig) -> tuple[int, ...]:
+        """Triton dims of one item (batch axis dropped): -1 for dynamic axes."""
+        return tuple(-1 if axis in DYNAMIC_AXES else fixed_axis_size(axis, config) for axis in self.axes[1:])
+
+    def onnx_dynamic_axes(self) -> dict[int, str]:
+        return {index: axis for index, axis in enumerate(self.axes) if axis in DYNAMIC_AXES}
+
+    def shape_range(
+        self, config: PipelineConfig, *, max_batch_size: int
+    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(min, opt, max) shapes for a TensorRT optimization profile."""
+        shapes = []
+        for which in ("min", "opt", "max"):
+            shape = []
+            for axis in self.axes:
+                if axis in DYNAMIC_AXES:
+                    shape.append(_dynamic_axis_size(axis, which, config, max_batch_size=max_batch_size))
+                else:
+                    shape.append(fixed_axis_size(axis, config))
+            shapes.append(tuple(shape))
+        return shapes[0], shapes[1], shapes[2]
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A network exported to ONNX and served as its own Triton model."""
+
+    model_name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [tensor.name for tensor in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [tensor.name for tensor in self.outputs]
+
+    def tensor(self, name: str) -> TensorSpec:
+        for tensor in (*self.inputs, *self.outputs):
+            if tensor.name == name:
+                return tensor
+        raise KeyError(f"{self.model_name} has no tensor {name!r}")
+
+
+def fixed_axis_size(axis: str, config: PipelineConfig) -> int:
+    sizes = {
+        "sequence": config.text_max_length,
+        "hidden": config.text_hidden_size,
+        "latent_channels": config.latent_channels,
+        "rgb": RGB_CHANNELS,
+    }
+    return sizes[axis]
+
+
+def _dynamic_axis_size(axis: str, which: str, config: PipelineConfig, *, max_batch_size: int) -> int:
+    f = config.vae_scale_factor
+    table = {
+        BATCH: (1, 2, max_batch_size),
+        "image_height": (config.min_size, config.default_height, config.max_height),
+        "image_width": (config.min_size, config.default_width, config.max_width),
+        "latent_height": (config.min_size // f, config.default_height // f, config.max_height // f),
+        "latent_width": (config.min_size // f, config.default_width // f, config.max_width // f),
+    }
+    return table[axis][("min", "opt", "max").index(which)]
+
+
+TEXT_ENCODER = ComponentSpec(
+    model_name="text_encoder",
+    inputs=(TensorSpec("input_ids", "INT64", (BATCH, "sequence")),),
+    outputs=(TensorSpec("last_hidden_state", "FP32", (BATCH, "sequence", "hidden")),),
+)
+UNET = ComponentSpec(
+    model_name="unet",
+    inputs=(
+        TensorSpec("sample", "FP32", (BATCH, "latent_channels", "latent_height", "latent_width")),
+        TensorSpec("timestep", "FP32", (BATCH,)),
+        TensorSpec("encoder_hidden_states", "FP32", (BATCH, "sequence", "hidden")),
+    ),
+    outputs=(TensorSpec("noise_pred", "FP32", (BATCH, "latent_channels", "latent_height", "latent_width")),),
+)
+VAE_DECODER = ComponentSpec(
+    model_name="vae_decoder",
+    inputs=(TensorSpec("latents", "FP32", (BATCH, "latent_channels", "latent_height", "latent_width")),),
+    outputs=(TensorSpec("image", "FP32", (BATCH, "rgb", "image_height", "image_width")),),
+)
+
+COMPONENTS: Mapping[str, ComponentSpec] = {spec.model_name: spec for spec in (TEXT_ENCODER, UNET, VAE_DECODER)}
+ONNX_FILE_NAME = "model.onnx"
+TENSORRT_PLAN_FILE_NAME = "model.plan"
+TOKENIZER_DIR_NAME = "tokenizer"

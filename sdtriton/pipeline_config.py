@@ -1,0 +1,97 @@
+"""What the serving pipeline must know about one exported model, read from the source pipeline once.
+
+``sdtriton export`` derives a :class:`PipelineConfig` from the diffusers folder (channel counts, VAE scale
+factor, scaling factor, tokenizer length, default scheduler) and writes it beside the pipeline model;
+the pipeline model, the rendered Triton configs and the TensorRT profiles all read it back. Nothing
+model-specific is hard-coded anywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PIPELINE_CONFIG_FILE_NAME = "pipeline_config.json"
+DEFAULT_NUM_INFERENCE_STEPS = 30
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Geometry and defaults of one exported Stable Diffusion model."""
+
+    latent_channels: int
+    vae_scale_factor: int
+    size_multiple: int
+    default_height: int
+    default_width: int
+    max_height: int
+    max_width: int
+    vae_scaling_factor: float
+    text_max_length: int
+    text_hidden_size: int
+    default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def min_size(self) -> int:
+        return self.size_multiple
+
+    def latent_shape(self, *, height: int, width: int) -> tuple[int, int, int, int]:
+        """Shape of one item's latents, [1, C, H/f, W/f], as diffusers draws them."""
+        return (1, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> PipelineConfig:
+        values = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown pipeline config keys: {sorted(unknown)}")
+        return cls(**values)
+
+    def save(self, directory: Path) -> Path:
+        path = directory / PIPELINE_CONFIG_FILE_NAME
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> PipelineConfig:
+        return cls.from_json((directory / PIPELINE_CONFIG_FILE_NAME).read_text())
+
+
+def pipeline_config_from_components(
+    *,
+    unet_config: Any,
+    vae_config: Any,
+    text_encoder_config: Any,
+    tokenizer_max_length: int,
+    scheduler_config: dict[str, Any],
+    max_size_factor: int = 2,
+    default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+) -> PipelineConfig:
+    """Derives the config the way diffusers' ``StableDiffusionPipeline`` derives the same numbers."""
+    if getattr(unet_config, "time_cond_proj_dim", None) is not None:
+        raise ValueError("UNets with a guidance embedding (time_cond_proj_dim, e.g. LCM) are not supported")
+    vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
+    unet_downsamplings = len(unet_config.down_block_types) - 1
+    default_size = unet_config.sample_size * vae_scale_factor
+    return PipelineConfig(
+        latent_channels=unet_config.in_channels,
+        vae_scale_factor=vae_scale_factor,
+        size_multiple=vae_scale_factor * 2**unet_downsamplings,
+        default_height=default_size,
+        default_width=default_size,
+        max_height=default_size * max_size_factor,
+        max_width=default_size * max_size_factor,
+        vae_scaling_factor=float(vae_config.scaling_factor),
+        text_max_length=int(tokenizer_max_length),
+        text_hidden_size=int(text_encoder_config.hidden_size),
+        default_num_inference_steps=default_num_inference_steps,
+        scheduler_config={k: v for k, v in dict(scheduler_config).items()},
+    )

@@ -1,0 +1,71 @@
+"""The schedulers a request may name, and how one is built for each request.
+
+A scheduler is stateful (step index, model-output history), so the pipeline builds a fresh one per
+request from the model's own scheduler config, exactly as ``Scheduler.from_config(pipe.scheduler.config)``
+does in diffusers. Requests name schedulers by key; keys map to classes through this fixed table only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import diffusers
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from sdtriton.interface import SCHEDULER_NAMES
+
+SCHEDULERS: Mapping[str, type[SchedulerMixin]] = {
+    "ddim": DDIMScheduler,
+    "pndm": PNDMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler_a": EulerAncestralDiscreteScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "lms": LMSDiscreteScheduler,
+    "heun": HeunDiscreteScheduler,
+}
+if tuple(SCHEDULERS) != SCHEDULER_NAMES:
+    raise ImportError("sdtriton.schedulers.SCHEDULERS must map exactly interface.SCHEDULER_NAMES, in order")
+
+
+def scheduler_class_from_config(config: Mapping[str, Any]) -> type[SchedulerMixin]:
+    """Returns the scheduler class a diffusers ``scheduler_config.json`` names.
+
+    The name comes from the exported model, never from a request, and must still be a diffusers
+    scheduler class: nothing else is looked up.
+    """
+    class_name = str(config.get("_class_name", ""))
+    scheduler_class = getattr(diffusers, class_name, None)
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        raise ValueError(f"scheduler config names {class_name!r}, which is not a diffusers scheduler class")
+    return scheduler_class
+
+
+def scheduler_key_for_class(scheduler_class: type[SchedulerMixin]) -> str | None:
+    """Returns the request key of a scheduler class, or None if it is not one of :data:`SCHEDULERS`."""
+    for key, known_class in SCHEDULERS.items():
+        if known_class is scheduler_class:
+            return key
+    return None
+
+
+def build_scheduler(config: Mapping[str, Any], name: str | None) -> SchedulerMixin:
+    """Builds a fresh scheduler for one request.
+
+    Args:
+        config: the model's own scheduler config (``scheduler_config.json``).
+        name: a key of :data:`SCHEDULERS`, or None for the model's own scheduler class.
+    """
+    scheduler_class = scheduler_class_from_config(config) if name is None else SCHEDULERS[name]
+    return scheduler_class.from_config(dict(config))

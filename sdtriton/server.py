@@ -1,0 +1,268 @@
+"""Starts and stops a real ``tritonserver``: the one inside the ``nvidia-pytriton`` wheel, or one named.
+
+The pip server needs three things the wheel does not arrange (measured): the Python-backend stub copied
+into ``backends/python/``; ``LD_LIBRARY_PATH`` holding the wheel's ``nvidia_pytriton.libs`` and this
+interpreter's own ``lib`` directory ahead of the system's (else ``undefined symbol: _PyModule_Add``); and
+this environment's ``bin`` first on ``PATH``, since the stub imports from the Python it finds there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_METRICS_PORT = 8002
+DEFAULT_READY_TIMEOUT_S = 300.0
+DEFAULT_STOP_TIMEOUT_S = 60.0
+_STUB_NAME = "triton_python_backend_stub"
+_POLL_INTERVAL_S = 0.25
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port nothing listens on right now, for servers started by tests and demos."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class ServerError(RuntimeError):
+    """The server could not be found, failed to start, or died."""
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    """Where a ``tritonserver`` binary is and what it needs in its environment."""
+
+    tritonserver: Path
+    backend_directory: Path | None = None
+    cache_directory: Path | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def _pytriton_root() -> Path:
+    # Found without importing pytriton: we want its files, not its Python dependencies.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("nvidia-pytriton is not installed: install nvidia-pytriton==0.7.0 with --no-deps")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _prepend_path(value: str | None, *entries: str) -> str:
+    parts = [entry for entry in entries if entry]
+    if value:
+        parts.append(value)
+    return os.pathsep.join(parts)
+
+
+def pip_triton_installation() -> TritonInstallation:
+    """The tritonserver of the installed ``nvidia-pytriton`` wheel, made ready to run."""
+    root = _pytriton_root() / "tritonserver"
+    tritonserver = root / "bin" / "tritonserver"
+    if not tritonserver.is_file():
+        raise ServerError(f"no tritonserver binary at {tritonserver}")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub_source = root / "python_backend_stubs" / version / _STUB_NAME
+    stub_target = root / "backends" / "python" / _STUB_NAME
+    if not stub_source.is_file():
+        raise ServerError(f"the wheel has no Python-backend stub for Python {version} ({stub_source})")
+    if not stub_target.is_file() or stub_target.stat().st_size != stub_source.stat().st_size:
+        shutil.copy2(stub_source, stub_target)
+        logger.info("installed the Python-backend stub for Python %s into %s", version, stub_target.parent)
+    wheel_libs = root.parent.parent / "nvidia_pytriton.libs"
+    environment = {
+        "LD_LIBRARY_PATH": _prepend_path(
+            os.environ.get("LD_LIBRARY_PATH"), str(wheel_libs), str(sysconfig.get_config_var("LIBDIR") or "")
+        ),
+        "PATH": _prepend_path(os.environ.get("PATH"), str(Path(sys.executable).parent)),
+    }
+    return TritonInstallation(
+        tritonserver=tritonserver,
+        backend_directory=root / "backends",
+        cache_directory=root / "caches",
+        environment=environment,
+    )
+
+
+def named_triton_installation(tritonserver: Path) -> TritonInstallation:
+    """A tritonserver named by path (e.g. the NGC container's), run with its own defaults."""
+    if not tritonserver.is_file():
+        raise ServerError(f"no tritonserver binary at {tritonserver}")
+    return TritonInstallation(
+        tritonserver=tritonserver,
+        environment={"PATH": _prepend_path(os.environ.get("PATH"), str(Path(sys.executable).parent))},
+    )
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    host: str = DEFAULT_HOST
+    http_port: int = DEFAULT_HTTP_PORT
+    grpc_port: int = DEFAULT_GRPC_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+
+    @classmethod
+    def on_free_ports(cls, host: str = DEFAULT_HOST) -> ServerAddress:
+        return cls(host=host, http_port=free_port(host), grpc_port=free_port(host), metrics_port=free_port(host))
+
+    @property
+    def _url_host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._url_host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://{self._url_host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._url_host}:{self.metrics_port}/metrics"
+
+
+class TritonServer:
+    """One tritonserver process over a model repository.
+
+    Args:
+        repository: the model repository folder.
+        address: host and ports to listen on.
+        installation: which tritonserver; default: the pip wheel's.
+        log_path: where the server's output goes; default: inherited stdout/stderr.
+        extra_args: more tritonserver arguments, e.g. ``--cache-config=local,size=1048576``.
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        *,
+        address: ServerAddress | None = None,
+        installation: TritonInstallation | None = None,
+        log_path: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.address = address or ServerAddress()
+        self.installation = installation or pip_triton_installation()
+        self.log_path = log_path
+        self.extra_args = list(extra_args)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    def command(self) -> list[str]:
+        a = self.address
+        command = [
+            str(self.installation.tritonserver),
+            f"--model-repository={self.repository}",
+            f"--http-address={a.host}",
+            f"--http-port={a.http_port}",
+            f"--grpc-address={a.host}",
+            f"--grpc-port={a.grpc_port}",
+            f"--metrics-address={a.host}",
+            f"--metrics-port={a.metrics_port}",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            # Our configs are complete; auto-complete would start one extra stub process per model.
+            "--disable-auto-complete-config",
+        ]
+        if self.installation.backend_directory is not None:
+            command.append(f"--backend-directory={self.installation.backend_directory}")
+        if self.installation.cache_directory is not None:
+            command.append(f"--cache-directory={self.installation.cache_directory}")
+        return command + self.extra_args
+
+    def start(self) -> None:
+        if self._process is not None:
+            raise ServerError("server already started")
+        environment = {**os.environ, **self.installation.environment}
+        output: IO[bytes] | None = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = output = self.log_path.open("wb")
+        logger.info("starting %s", " ".join(self.command()))
+        self._process = subprocess.Popen(
+            self.command(),
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            start_new_session=True,
+        )
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.address.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, *, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> float:
+        """Waits until every model is ready; returns the seconds since start."""
+        if self._process is None:
+            raise ServerError("server not started")
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if self._process.poll() is not None:
+                raise ServerError(f"tritonserver exited with code {self._process.returncode}{self._log_hint()}")
+            if self.is_ready():
+                return time.monotonic() - started
+            time.sleep(_POLL_INTERVAL_S)
+        raise ServerError(f"tritonserver not ready after {timeout_s:.0f} s{self._log_hint()}")
+
+    def _log_hint(self) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        tail = self.log_path.read_text(errors="replace").splitlines()[-30:]
+        return f"; last lines of {self.log_path}:\n" + "\n".join(tail)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self, *, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> int | None:
+        """Stops the server gracefully (SIGTERM, then SIGKILL after ``timeout_s``); returns its exit code."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("tritonserver did not stop within %.0f s; killing it", timeout_s)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return process.returncode
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

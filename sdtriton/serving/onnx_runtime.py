@@ -1,0 +1,84 @@
+"""ONNX Runtime sessions over exported components, named by their :mod:`sdtriton.components` specs.
+
+Used by the Python-backend component models inside Triton and, without Triton, by the plain-loop
+baseline and the tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from sdtriton.components import ONNX_FILE_NAME, TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec
+
+logger = logging.getLogger(__name__)
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+class ComponentSession:
+    """One component's ONNX file in an ONNX Runtime session."""
+
+    def __init__(
+        self,
+        spec: ComponentSpec,
+        onnx_path: Path,
+        *,
+        providers: Sequence[str | tuple[str, dict[str, object]]] = (CPU_PROVIDER,),
+        intra_op_num_threads: int = 0,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_num_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = set(ort.get_available_providers())
+        usable = [p for p in providers if (p if isinstance(p, str) else p[0]) in available]
+        if not usable:
+            raise RuntimeError(f"none of the providers {list(providers)} is available (have {sorted(available)})")
+        self.spec = spec
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=usable)
+        logger.info("%s: loaded %s with %s", spec.model_name, onnx_path, usable)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {
+            tensor.name: np.ascontiguousarray(inputs[tensor.name], dtype=tensor.numpy_dtype)
+            for tensor in self.spec.inputs
+        }
+        outputs = self.session.run(self.spec.output_names, feeds)
+        return dict(zip(self.spec.output_names, outputs, strict=True))
+
+
+class OnnxRuntimeComponents:
+    """The three networks in ONNX Runtime, no Triton: a :class:`DiffusionComponents` for baselines."""
+
+    def __init__(self, onnx_paths: Mapping[str, Path], **session_options: object) -> None:
+        self.sessions = {
+            spec.model_name: ComponentSession(spec, onnx_paths[spec.model_name], **session_options)
+            for spec in (TEXT_ENCODER, UNET, VAE_DECODER)
+        }
+
+    @classmethod
+    def from_model_repository(cls, repository: Path, **session_options: object) -> OnnxRuntimeComponents:
+        paths = {
+            spec.model_name: repository / spec.model_name / "1" / ONNX_FILE_NAME
+            for spec in (TEXT_ENCODER, UNET, VAE_DECODER)
+        }
+        return cls(paths, **session_options)
+
+    def _run(self, spec: ComponentSpec, *arrays: np.ndarray) -> np.ndarray:
+        # Arrays in the spec's input order; each component has exactly one output.
+        (output,) = self.sessions[spec.model_name].run(dict(zip(spec.input_names, arrays, strict=True))).values()
+        return output
+
+    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
+        return self._run(TEXT_ENCODER, input_ids)
+
+    def predict_noise(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray) -> np.ndarray:
+        return self._run(UNET, sample, timestep, encoder_hidden_states)
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        return self._run(VAE_DECODER, latents)

@@ -1,0 +1,131 @@
+"""Checks every public input of a request and turns it into typed parameters, or names what is wrong.
+
+Each error names the field and its allowed range; the Triton adapters send it back as ``INVALID_ARG``.
+Scheduler names are looked up in a fixed table only: nothing a request sends is imported or evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sdtriton import interface
+from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.serving.errors import InvalidInputError
+
+_MAX_ECHOED_CHARS = 40
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Validated parameters of one image."""
+
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    width: int
+    height: int
+    scheduler: str | None  # None: the model's own scheduler
+
+    @property
+    def uses_classifier_free_guidance(self) -> bool:
+        # As diffusers: guidance <= 1 turns classifier-free guidance off.
+        return self.guidance_scale > 1.0
+
+
+def _echo(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_ECHOED_CHARS else text[:_MAX_ECHOED_CHARS] + "..."
+
+
+def decode_prompt(field: str, raw: bytes | str) -> str:
+    """Decodes a prompt tensor item: UTF-8, at most MAX_PROMPT_BYTES bytes."""
+    data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+    if len(data) > interface.MAX_PROMPT_BYTES:
+        raise InvalidInputError(
+            field, f"must be at most {interface.MAX_PROMPT_BYTES} bytes of UTF-8, got {len(data)} bytes"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(
+            field, f"must be valid UTF-8 text of at most {interface.MAX_PROMPT_BYTES} bytes ({error.reason})"
+        ) from None
+
+
+def _int_in_range(field: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise InvalidInputError(field, f"must be an integer in {low}..{high}, got {_echo(value)}")
+    return value
+
+
+def _guidance_scale(value: float) -> float:
+    field = interface.GUIDANCE_SCALE.name
+    low, high = interface.MIN_GUIDANCE_SCALE, interface.MAX_GUIDANCE_SCALE
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InvalidInputError(field, f"must be a finite number in {low:g}..{high:g}, got {_echo(value)}")
+    return value
+
+
+def _image_side(field: str, value: int, *, multiple: int, maximum: int) -> int:
+    if not (multiple <= value <= maximum and value % multiple == 0):
+        raise InvalidInputError(
+            field, f"must be a positive multiple of {multiple} in {multiple}..{maximum}, got {_echo(value)}"
+        )
+    return value
+
+
+def _scheduler(raw: bytes | str) -> str:
+    field = interface.SCHEDULER.name
+    name = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    if name not in interface.SCHEDULER_NAMES:
+        raise InvalidInputError(field, f"must be one of {', '.join(interface.SCHEDULER_NAMES)}, got {_echo(name)}")
+    return name
+
+
+def random_seed() -> int:
+    return secrets.randbelow(interface.MAX_SEED + 1)
+
+
+def parse_generation_params(
+    *,
+    config: PipelineConfig,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    scheduler: bytes | str | None = None,
+    draw_seed: Callable[[], int] = random_seed,
+) -> GenerationParams:
+    """Validates one item's parameters; an omitted one takes the model's default."""
+    steps = config.default_num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+    return GenerationParams(
+        num_inference_steps=_int_in_range(
+            interface.NUM_INFERENCE_STEPS.name,
+            steps,
+            interface.MIN_INFERENCE_STEPS,
+            interface.MAX_INFERENCE_STEPS,
+        ),
+        guidance_scale=_guidance_scale(
+            interface.DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
+        ),
+        seed=draw_seed()
+        if seed is None
+        else _int_in_range(interface.SEED.name, int(seed), interface.MIN_SEED, interface.MAX_SEED),
+        width=_image_side(
+            interface.WIDTH.name,
+            config.default_width if width is None else int(width),
+            multiple=config.size_multiple,
+            maximum=config.max_width,
+        ),
+        height=_image_side(
+            interface.HEIGHT.name,
+            config.default_height if height is None else int(height),
+            multiple=config.size_multiple,
+            maximum=config.max_height,
+        ),
+        scheduler=None if scheduler is None else _scheduler(scheduler),
+    )

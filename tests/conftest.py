@@ -1,0 +1,65 @@
+"""Shared fixtures: the tiny model, its exported repository, and a real tritonserver on free loopback ports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+logger = logging.getLogger(__name__)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sdtriton.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sdtriton.export import export_repository
+
+    repository = tmp_path_factory.mktemp("repository")
+    export_repository(tiny_model_dir, repository, show_progress=False)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from sdtriton.server import ServerAddress, TritonServer
+
+    address = ServerAddress.on_free_ports()
+    log_path = tmp_path_factory.mktemp("server") / "tritonserver.log"
+    server = TritonServer(tiny_repository, address=address, log_path=log_path)
+    server.start()
+    try:
+        ready_s = server.wait_ready()
+        logger.info("tritonserver ready after %.1f s at %s", ready_s, address.http_url)
+        yield server
+    finally:
+        exit_code = server.stop()
+        logger.info("tritonserver stopped with exit code %s", exit_code)
+
+
+@pytest.fixture(scope="session")
+def http_url(triton_server) -> str:
+    return triton_server.address.http_url
+
+
+@pytest.fixture(scope="session")
+def grpc_url(triton_server) -> str:
+    return triton_server.address.grpc_url
+
+
+@pytest.fixture(scope="session")
+def diffusers_pipeline(tiny_model_dir: Path):
+    """The oracle: diffusers' own StableDiffusionPipeline on the same weights."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

@@ -1,0 +1,47 @@
+"""The diffusers oracle: what StableDiffusionPipeline draws for a seed and parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sdtriton.schedulers import SCHEDULERS
+
+# Images may differ by rounding of ONNX Runtime against torch, at most this much per pixel.
+MAX_PIXEL_DIFFERENCE = 2
+
+
+def diffusers_image(
+    pipeline,
+    prompt: str,
+    *,
+    seed: int,
+    num_inference_steps: int,
+    guidance_scale: float = 7.5,
+    negative_prompt: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    scheduler: str | None = None,
+) -> np.ndarray:
+    """[H, W, 3] uint8 image of diffusers with ``scheduler`` swapped in as diffusers documents."""
+    original = pipeline.scheduler
+    if scheduler is not None:
+        pipeline.scheduler = SCHEDULERS[scheduler].from_config(original.config)
+    try:
+        image = pipeline(
+            prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            width=width,
+            height=height,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        ).images[0]
+    finally:
+        pipeline.scheduler = original
+    return np.asarray(image)
+
+
+def max_pixel_difference(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
+    return int(np.max(np.abs(a.astype(np.int16) - b.astype(np.int16))))

@@ -1,0 +1,96 @@
+"""Request validation: defaults, every range, and names that are never looked up beyond a fixed table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sdtriton import interface
+from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.serving.errors import InvalidInputError
+from sdtriton.serving.validation import decode_prompt, parse_generation_params
+
+CONFIG = PipelineConfig(
+    latent_channels=4,
+    vae_scale_factor=8,
+    size_multiple=64,
+    default_height=512,
+    default_width=512,
+    max_height=1024,
+    max_width=768,
+    vae_scaling_factor=0.18215,
+    text_max_length=77,
+    text_hidden_size=768,
+    default_num_inference_steps=30,
+    scheduler_config={"_class_name": "PNDMScheduler"},
+)
+
+
+def test_omitted_parameters_take_the_models_defaults() -> None:
+    params = parse_generation_params(config=CONFIG, draw_seed=lambda: 1234)
+    assert params.num_inference_steps == 30
+    assert params.guidance_scale == 7.5
+    assert params.seed == 1234
+    assert (params.width, params.height) == (512, 512)
+    assert params.scheduler is None
+    assert params.uses_classifier_free_guidance
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_inference_steps": 0}, "num_inference_steps: must be an integer in 1..150, got 0"),
+        ({"num_inference_steps": 151}, "num_inference_steps: must be an integer in 1..150"),
+        ({"guidance_scale": math.nan}, "guidance_scale: must be a finite number in 0..30"),
+        ({"guidance_scale": -math.inf}, "guidance_scale: must be a finite number in 0..30"),
+        ({"guidance_scale": 30.01}, "guidance_scale: must be a finite number in 0..30"),
+        ({"seed": -5}, "seed: must be an integer in 0..9223372036854775807"),
+        ({"width": 832}, "width: must be a positive multiple of 64 in 64..768"),
+        ({"width": 500}, "width: must be a positive multiple of 64 in 64..768"),
+        ({"height": 0}, "height: must be a positive multiple of 64 in 64..1024"),
+        (
+            {"scheduler": b"os.system"},
+            "scheduler: must be one of ddim, pndm, euler, euler_a, dpmpp_2m, unipc, lms, heun",
+        ),
+    ],
+)
+def test_each_bad_value_names_its_field_and_range(kwargs, message: str) -> None:
+    with pytest.raises(InvalidInputError) as error:
+        parse_generation_params(config=CONFIG, **kwargs)
+    assert message in str(error.value)
+    assert error.value.field == message.split(":")[0]
+
+
+def test_boundaries_are_allowed() -> None:
+    params = parse_generation_params(
+        config=CONFIG,
+        num_inference_steps=150,
+        guidance_scale=0.0,
+        seed=interface.MAX_SEED,
+        width=768,
+        height=64,
+        scheduler=b"heun",
+    )
+    assert params.seed == 2**63 - 1
+    assert not params.uses_classifier_free_guidance
+    assert params.scheduler == "heun"
+
+
+def test_guidance_of_one_turns_guidance_off_as_diffusers_does() -> None:
+    assert not parse_generation_params(config=CONFIG, guidance_scale=1.0, seed=0).uses_classifier_free_guidance
+    assert parse_generation_params(config=CONFIG, guidance_scale=1.01, seed=0).uses_classifier_free_guidance
+
+
+def test_long_echoed_values_are_cut() -> None:
+    with pytest.raises(InvalidInputError) as error:
+        parse_generation_params(config=CONFIG, scheduler="x" * 5000)
+    assert len(str(error.value)) < 200
+
+
+def test_prompt_limits() -> None:
+    assert decode_prompt("prompt", "é" * 1000) == "é" * 1000
+    with pytest.raises(InvalidInputError, match="prompt: must be at most 2000 bytes"):
+        decode_prompt("prompt", "é" * 1001)
+    with pytest.raises(InvalidInputError, match="negative_prompt: must be valid UTF-8"):
+        decode_prompt("negative_prompt", b"\xc3\x28")
