@@ -28,14 +28,15 @@ from sdtriton.pipeline_config import (
     PipelineConfig,
     pipeline_config_from_components,
 )
+from sdtriton.shapes.builtin import resolve_source
 
 logger = logging.getLogger(__name__)
 
 
 def load_source_pipeline(source: str | Path) -> StableDiffusionPipeline:
-    """Loads a diffusers SD pipeline from a folder (or a hub id where a network exists) in fp32."""
+    """Loads a diffusers SD pipeline in fp32 from a folder, the built-in name ``shapes``, or a hub id."""
     return StableDiffusionPipeline.from_pretrained(
-        str(source), torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+        str(resolve_source(source)), torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
     )
 
 

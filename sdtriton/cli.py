@@ -1,4 +1,4 @@
-"""The ``sdtriton`` command line: make-tiny, export, serve, generate."""
+"""The ``sdtriton`` command line: make-tiny, export, serve, generate, demo, perf."""
 
 from __future__ import annotations
 
@@ -104,10 +104,92 @@ def _demo(args: argparse.Namespace) -> int:
     from sdtriton.demo import run_demo
 
     result = run_demo(
-        model_dir=args.model, repository=args.repository, output=args.output, prompt=args.prompt, seed=args.seed
+        model=args.model, repository=args.repository, output=args.output, prompt=args.prompt, seed=args.seed
     )
     sys.stdout.write(f"{result.image_path}\n")
     return 0
+
+
+def _train_shapes(args: argparse.Namespace) -> int:
+    from sdtriton.shapes.train import TrainingPlan, train_shapes
+
+    plan = TrainingPlan(
+        seed=args.seed,
+        vae_steps=args.vae_steps,
+        vae_batch_size=args.vae_batch_size,
+        unet_steps=args.unet_steps,
+        unet_batch_size=args.unet_batch_size,
+        unet_learning_rate=args.learning_rate,
+        eval_every_steps=args.eval_every_steps,
+        eval_prompts=args.eval_prompts,
+        vae_gate_accuracy=args.vae_gate,
+    )
+    sys.stdout.write(f"{train_shapes(args.output, plan)}\n")
+    return 0
+
+
+def _eval_shapes(args: argparse.Namespace) -> int:
+    from sdtriton.shapes.evaluate import evaluate_server
+
+    schedulers = interface.SCHEDULER_NAMES if args.scheduler == "all" else (args.scheduler,)
+    lines = [
+        "| scheduler | prompts | colour | background | shape | all correct | held-out all correct |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scheduler in schedulers:
+        result = evaluate_server(
+            args.url,
+            count=args.count,
+            prompt_seed=args.prompt_seed,
+            scheduler=scheduler,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+        )
+        lines.append(
+            f"| {scheduler} | {result.count} | {result.colour:.1%} | {result.background:.1%} | {result.shape:.1%} "
+            f"| {result.all_correct:.1%} | {result.held_out_all_correct:.1%} ({result.held_out_count}) |"
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _shapes_grid(args: argparse.Namespace) -> int:
+    from sdtriton.shapes.grid import GRID_PROMPTS, make_grid
+
+    make_grid(args.url, args.output, prompts=GRID_PROMPTS, seed=args.seed, num_inference_steps=args.steps)
+    sys.stdout.write(f"{args.output.resolve()}\n")
+    return 0
+
+
+def _perf(args: argparse.Namespace) -> int:
+    from sdtriton.perf.runner import DEFAULT_OUTPUT_DIR, DEFAULT_PERF_DIR, PerfOptions, run_perf
+
+    options = PerfOptions(
+        profile=args.profile,
+        output_dir=args.output or DEFAULT_OUTPUT_DIR / args.profile,
+        perf_dir=args.perf_dir or DEFAULT_PERF_DIR,
+        model=args.model,
+        repository=args.repository,
+        work_dir=args.work_dir,
+        perf_analyzer=args.perf_analyzer,
+        skip_diffusers=args.skip_diffusers,
+        time_limit_s=args.time_limit_s,
+    )
+    result, files = run_perf(options)
+    for path in files.values():
+        sys.stdout.write(f"{path.resolve()}\n")
+    over_diffusers = result.triton_over_diffusers
+    logger.info(
+        "concurrency 1: Triton %.1f ms = %.3fx the plain ONNX loop, %s diffusers; one BLS UNet call %.3f ms",
+        result.triton_end_to_end_ms,
+        result.triton_over_onnx_loop,
+        "(skipped)" if over_diffusers is None else f"{over_diffusers:.3f}x",
+        result.bls_unet_call_ms,
+    )
+    failed = [reason for reason in result.skipped if "FAILED" in reason]
+    for reason in result.skipped:
+        logger.warning("not run: %s", reason)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,13 +248,58 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--timeout-s", type=float)
     generate.set_defaults(run=_generate)
 
+    train = commands.add_parser("train-shapes", help="train the embedded 'shapes' model (resumable)")
+    train.add_argument("output", type=Path, help="run folder: checkpoints, curve.csv, model/")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--vae-steps", type=int, default=1200)
+    train.add_argument("--vae-batch-size", type=int, default=16)
+    train.add_argument("--unet-steps", type=int, default=5000)
+    train.add_argument("--unet-batch-size", type=int, default=32)
+    train.add_argument("--learning-rate", type=float, default=8e-4)
+    train.add_argument("--eval-every-steps", type=int, default=500)
+    train.add_argument("--eval-prompts", type=int, default=64)
+    train.add_argument("--vae-gate", type=float, default=0.95, help="least judged accuracy of VAE reconstructions")
+    train.set_defaults(run=_train_shapes)
+
+    evaluate = commands.add_parser("eval-shapes", help="judge prompt adherence of a served 'shapes' model")
+    evaluate.add_argument("--url", default="http://127.0.0.1:8000")
+    evaluate.add_argument("--count", type=int, default=200)
+    evaluate.add_argument("--prompt-seed", type=int, default=0)
+    evaluate.add_argument("--scheduler", default="dpmpp_2m", choices=[*interface.SCHEDULER_NAMES, "all"])
+    evaluate.add_argument("--steps", type=int, default=20)
+    evaluate.add_argument("--guidance-scale", type=float, default=7.5)
+    evaluate.set_defaults(run=_eval_shapes)
+
+    grid = commands.add_parser("shapes-grid", help="a picture grid of 8 prompts (2 held-out pairs) through a server")
+    grid.add_argument("--url", default="http://127.0.0.1:8000")
+    grid.add_argument("-o", "--output", type=Path, default=Path("docs/shapes_grid.png"))
+    grid.add_argument("--seed", type=int, default=0)
+    grid.add_argument("--steps", type=int, default=20)
+    grid.set_defaults(run=_shapes_grid)
+
     demo = commands.add_parser("demo", help="make, export, serve and generate one picture (the README's main job)")
-    demo.add_argument("--model", type=Path, default=Path("models/tiny"), help="made with make-tiny if absent")
+    demo.add_argument(
+        "--model", default="shapes", help="shapes (the trained built-in), tiny (random weights), or a diffusers folder"
+    )
     demo.add_argument("--repository", type=Path, default=Path("model_repository"))
     demo.add_argument("-o", "--output", type=Path, default=Path("outputs/demo.png"))
     demo.add_argument("--prompt", default="a yellow star on a purple background")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+
+    perf = commands.add_parser(
+        "perf", help="load-test the served model with perf_analyzer against in-process baselines (perf/README.md)"
+    )
+    perf.add_argument("--profile", default="tiny", help="a profile of perf/scenarios.json: tiny (default) or sd15")
+    perf.add_argument("-o", "--output", type=Path, help="results folder (default: outputs/perf/PROFILE)")
+    perf.add_argument("--model", type=Path, help="diffusers pipeline folder (default: made with make-tiny)")
+    perf.add_argument("--repository", type=Path, help="model repository of --model (default: exported from it)")
+    perf.add_argument("--work-dir", type=Path, help="keep made models here (default: a temporary folder, removed)")
+    perf.add_argument("--perf-dir", type=Path, help="scenarios.json and input_data/ (default: the repository's perf/)")
+    perf.add_argument("--perf-analyzer", type=Path, help="the binary (default: tools/perf_analyzer or PATH)")
+    perf.add_argument("--skip-diffusers", action="store_true", help="leave out the in-process diffusers baseline")
+    perf.add_argument("--time-limit-s", type=float, help="overrides the profile's time limit")
+    perf.set_defaults(run=_perf)
     return parser
 
 

@@ -1,6 +1,7 @@
 """``sdtriton demo``: the README's main job, end to end on this machine.
 
-Makes the default model (if absent), exports it into the model repository, starts a real tritonserver on
+Exports the default model (the built-in ``shapes``; or ``tiny``, made with make-tiny; or any diffusers folder)
+into the model repository, starts a real tritonserver on
 free loopback ports, generates one picture through the client over gRPC, saves it as PNG and stops the
 server.
 """
@@ -18,6 +19,9 @@ from sdtriton.server import ServerAddress, TritonServer
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "a yellow star on a purple background"
+DEFAULT_MODEL = "shapes"
+TINY_MODEL_NAME = "tiny"
+TINY_MODEL_DIR = Path("models/tiny")
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class DemoResult:
 
 def run_demo(
     *,
-    model_dir: Path,
+    model: str,
     repository: Path,
     output: Path,
     prompt: str = DEFAULT_PROMPT,
@@ -40,9 +44,12 @@ def run_demo(
     from sdtriton.export import export_repository
     from sdtriton.tiny import make_tiny
 
-    if not (model_dir / "model_index.json").is_file():
-        make_tiny(model_dir)
-    export_repository(model_dir, repository)
+    source: str | Path = model
+    if model == TINY_MODEL_NAME:
+        source = TINY_MODEL_DIR
+        if not (TINY_MODEL_DIR / "model_index.json").is_file():
+            make_tiny(TINY_MODEL_DIR)
+    export_repository(source, repository)
     server = TritonServer(
         repository, address=ServerAddress.on_free_ports(), log_path=output.parent / "tritonserver.log"
     )

@@ -28,20 +28,41 @@ def tiny_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="session")
-def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def shapes_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded default model, exported by its built-in name."""
+    from sdtriton.export import export_repository
+
+    repository = tmp_path_factory.mktemp("shapes_repository")
+    export_repository("shapes", repository, show_progress=False)
+    return repository
+
+
+def _serve(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from sdtriton.server import ServerAddress, TritonServer
 
     address = ServerAddress.on_free_ports()
     log_path = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    server = TritonServer(tiny_repository, address=address, log_path=log_path)
+    server = TritonServer(repository, address=address, log_path=log_path)
     server.start()
     try:
         ready_s = server.wait_ready()
-        logger.info("tritonserver ready after %.1f s at %s", ready_s, address.http_url)
+        logger.info("tritonserver on %s ready after %.1f s at %s", repository.name, ready_s, address.http_url)
         yield server
     finally:
         exit_code = server.stop()
         logger.info("tritonserver stopped with exit code %s", exit_code)
+
+
+@pytest.fixture(scope="session")
+def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real tritonserver over the random-weight tiny model (parity and validation tests)."""
+    yield from _serve(tiny_repository, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def shapes_server(shapes_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real tritonserver over the trained 'shapes' model (adherence tests)."""
+    yield from _serve(shapes_repository, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,7 @@ from sdtriton.export.configs import (
     parse_config_text,
     render_all_configs,
 )
-from sdtriton.export.repository import pipeline_config_of
-from sdtriton.tiny import build_tiny_pipeline
+from sdtriton.export.repository import load_source_pipeline, pipeline_config_of
 
 COMMITTED_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 EXPECTED_MODELS = {"tokenizer", "text_encoder", "unet", "vae_decoder", "pipeline", "stable_diffusion"}
@@ -29,7 +28,8 @@ EXPECTED_MODELS = {"tokenizer", "text_encoder", "unet", "vae_decoder", "pipeline
 
 @pytest.fixture(scope="module")
 def default_pipeline_config():
-    return pipeline_config_of(build_tiny_pipeline())
+    # The committed repository is the rendering for the default model, the built-in 'shapes'.
+    return pipeline_config_of(load_source_pipeline("shapes"))
 
 
 def test_committed_repository_holds_exactly_the_models() -> None:
