@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything sdtriton needs from nothing: a virtualenv in .venv with pinned packages and the
-# tritonserver of the nvidia-pytriton wheel. Safe to run again: it does nothing when nothing changed.
+# tritonserver of the nvidia-pytriton wheel, then perf_analyzer (scripts/setup_perf.sh). Safe to run
+# again: it does nothing when nothing changed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -10,7 +11,7 @@ stamp="$venv/.sdtriton-setup"
 wanted="$(cat requirements.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
-  exit 0
+  exec "$root/scripts/setup_perf.sh"
 fi
 echo "setting up $venv ..." >&2
 "$python" -m venv "$venv"
@@ -25,3 +26,5 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check --progress-ba
 "${pip[@]}" --no-deps -e .
 echo "$wanted" > "$stamp"
 echo "set up $venv" >&2
+# perf_analyzer for `sdtriton perf` and the perf smoke test (stamped on its own).
+exec "$root/scripts/setup_perf.sh"

@@ -162,13 +162,14 @@ def _shapes_grid(args: argparse.Namespace) -> int:
 
 
 def _perf(args: argparse.Namespace) -> int:
-    from sdtriton.perf.runner import DEFAULT_OUTPUT_DIR, DEFAULT_PERF_DIR, PerfOptions, run_perf
+    from sdtriton.perf.runner import DEFAULT_OUTPUT_DIR, DEFAULT_PERF_DIR, PerfOptions, default_profile, run_perf
 
+    profile = args.profile or default_profile()
     options = PerfOptions(
-        profile=args.profile,
-        output_dir=args.output or DEFAULT_OUTPUT_DIR / args.profile,
+        profile=profile,
+        output_dir=args.output or DEFAULT_OUTPUT_DIR / profile,
         perf_dir=args.perf_dir or DEFAULT_PERF_DIR,
-        model=args.model,
+        model_dir=args.model,
         repository=args.repository,
         work_dir=args.work_dir,
         perf_analyzer=args.perf_analyzer,
@@ -290,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     perf = commands.add_parser(
         "perf", help="load-test the served model with perf_analyzer against in-process baselines (perf/README.md)"
     )
-    perf.add_argument("--profile", default="tiny", help="a profile of perf/scenarios.json: tiny (default) or sd15")
+    perf.add_argument(
+        "--profile",
+        help="a profile of perf/scenarios.json: shapes (the default model; default once its weights exist), "
+        "tiny (default until then), sd15 (heavy: SD 1.5 shapes, ~4 GB, bounded to 10 minutes)",
+    )
     perf.add_argument("-o", "--output", type=Path, help="results folder (default: outputs/perf/PROFILE)")
     perf.add_argument("--model", type=Path, help="diffusers pipeline folder (default: made with make-tiny)")
     perf.add_argument("--repository", type=Path, help="model repository of --model (default: exported from it)")

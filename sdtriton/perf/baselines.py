@@ -1,0 +1,264 @@
+"""The three paths timed at concurrency 1 on the same weights and request.
+
+(a) diffusers' ``StableDiffusionPipeline`` in-process; (b) the served ONNX files driven by the serving code's
+own loop (:func:`sdtriton.serving.denoise.generate_image` over ONNX Runtime sessions), no Triton: the floor
+of what serving can cost; (c) the Triton path through the client. (b) also times each network call, and
+(b) and (c) are also run at two step counts: the difference of their per-step slopes is what one BLS UNet call
+costs, free of every fixed cost (model load, tokenizer, VAE, transport).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdtriton.perf.workload import RequestSpec
+
+logger = logging.getLogger(__name__)
+
+DIFFUSERS = "diffusers"
+ONNX_LOOP = "onnx_loop"
+TRITON = "triton"
+
+
+@dataclass(frozen=True)
+class PathTiming:
+    """Wall-clock latencies of one path on one request, in ms, in run order."""
+
+    path: str
+    num_inference_steps: int
+    latencies_ms: tuple[float, ...]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.latencies_ms)
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.latencies_ms)
+
+
+@dataclass(frozen=True)
+class StepSlope:
+    """A path at two step counts: its cost per denoising step, fixed costs cancelled."""
+
+    low: PathTiming
+    high: PathTiming
+
+    @property
+    def ms_per_step(self) -> float:
+        steps = self.high.num_inference_steps - self.low.num_inference_steps
+        if steps <= 0:
+            raise ValueError("the high step count must exceed the low one")
+        return (self.high.median_ms - self.low.median_ms) / steps
+
+
+@dataclass(frozen=True)
+class NetworkTimes:
+    """Where the plain loop's time goes, medians over its runs (ms)."""
+
+    encode_text_ms: float
+    unet_ms_per_call: float
+    unet_calls_per_request: int
+    decode_ms: float
+
+    def other_ms(self, total_ms: float) -> float:
+        """Tokenizer, validation, scheduler steps and torch glue: the loop's time outside the networks."""
+        return total_ms - self.encode_text_ms - self.unet_ms_per_call * self.unet_calls_per_request - self.decode_ms
+
+
+@dataclass(frozen=True)
+class OnnxLoopResult:
+    timing: PathTiming
+    networks: NetworkTimes
+    slope: StepSlope
+    unet_calls_per_step: float
+    image: np.ndarray
+
+
+def _timed_runs(
+    run: Callable[[], np.ndarray], *, path: str, steps: int, runs: int, warmup_runs: int
+) -> tuple[PathTiming, np.ndarray]:
+    image = np.zeros((0,), np.uint8)
+    for _ in range(warmup_runs):
+        image = run()
+    latencies = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        image = run()
+        latencies.append((time.perf_counter() - started) * 1000.0)
+    timing = PathTiming(path=path, num_inference_steps=steps, latencies_ms=tuple(latencies))
+    logger.info(
+        "%s, %d steps: median %.1f ms (min %.1f, max %.1f) over %d runs",
+        path,
+        steps,
+        timing.median_ms,
+        timing.min_ms,
+        timing.max_ms,
+        runs,
+    )
+    return timing, image
+
+
+def time_diffusers(
+    model_dir: Path, request: RequestSpec, *, runs: int, warmup_runs: int
+) -> tuple[PathTiming, np.ndarray]:
+    """(a) ``StableDiffusionPipeline`` in this process, the request's scheduler swapped in as diffusers documents."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from sdtriton.schedulers import SCHEDULERS
+
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        model_dir, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.scheduler = SCHEDULERS[request.scheduler].from_config(pipeline.scheduler.config)
+
+    def run() -> np.ndarray:
+        output = pipeline(
+            request.prompt,
+            negative_prompt=request.negative_prompt,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            width=request.width,
+            height=request.height,
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+        )
+        return np.asarray(output.images[0])
+
+    return _timed_runs(run, path=DIFFUSERS, steps=request.num_inference_steps, runs=runs, warmup_runs=warmup_runs)
+
+
+class _TimedComponents:
+    """A :class:`~sdtriton.serving.denoise.DiffusionComponents` that times each network call."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.calls: dict[str, list[float]] = {"encode_text": [], "predict_noise": [], "decode_latents": []}
+
+    def _timed(self, name: str, *arrays: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        output = getattr(self.inner, name)(*arrays)
+        self.calls[name].append((time.perf_counter() - started) * 1000.0)
+        return output
+
+    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
+        return self._timed("encode_text", input_ids)
+
+    def predict_noise(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray) -> np.ndarray:
+        return self._timed("predict_noise", sample, timestep, encoder_hidden_states)
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        return self._timed("decode_latents", latents)
+
+    def reset(self) -> None:
+        for values in self.calls.values():
+            values.clear()
+
+
+def time_onnx_loop(
+    repository: Path,
+    request: RequestSpec,
+    *,
+    runs: int,
+    warmup_runs: int,
+    slope_steps: tuple[int, int],
+    slope_runs: int,
+) -> OnnxLoopResult:
+    """(b) The served ONNX files in ONNX Runtime, driven by the serving code's loop in this process.
+
+    Each run tokenizes, validates and generates as the Triton pipeline does, with the same session options.
+    The slope runs follow the timed ones on warm sessions, without warm-up of their own.
+    """
+    from transformers import CLIPTokenizer
+
+    from sdtriton.components import TOKENIZER_DIR_NAME
+    from sdtriton.pipeline_config import PipelineConfig
+    from sdtriton.serving.denoise import generate_image
+    from sdtriton.serving.onnx_runtime import OnnxRuntimeComponents
+    from sdtriton.serving.text import tokenize_prompts
+    from sdtriton.serving.validation import parse_generation_params
+
+    tokenizer = CLIPTokenizer.from_pretrained(repository / "tokenizer" / "1" / TOKENIZER_DIR_NAME)
+    config = PipelineConfig.load(repository / "pipeline" / "1")
+    components = _TimedComponents(OnnxRuntimeComponents.from_model_repository(repository))
+
+    def runner(spec: RequestSpec) -> Callable[[], np.ndarray]:
+        def run() -> np.ndarray:
+            ids = tokenize_prompts(tokenizer, [spec.prompt, spec.negative_prompt])
+            params = parse_generation_params(
+                config=config,
+                num_inference_steps=spec.num_inference_steps,
+                guidance_scale=spec.guidance_scale,
+                seed=spec.seed,
+                width=spec.width,
+                height=spec.height,
+                scheduler=spec.scheduler,
+            )
+            return generate_image(
+                input_ids=ids[0], negative_input_ids=ids[1], params=params, config=config, components=components
+            )
+
+        return run
+
+    def timed(spec: RequestSpec, *, runs: int, warmup_runs: int) -> tuple[PathTiming, np.ndarray]:
+        return _timed_runs(
+            runner(spec), path=ONNX_LOOP, steps=spec.num_inference_steps, runs=runs, warmup_runs=warmup_runs
+        )
+
+    timing, image = timed(request, runs=runs, warmup_runs=warmup_runs)
+    unet_calls = len(components.calls["predict_noise"]) // (runs + warmup_runs)
+    networks = NetworkTimes(
+        encode_text_ms=statistics.median(components.calls["encode_text"]),
+        unet_ms_per_call=statistics.median(components.calls["predict_noise"]),
+        unet_calls_per_request=unet_calls,
+        decode_ms=statistics.median(components.calls["decode_latents"]),
+    )
+    low_steps, high_steps = slope_steps
+    components.reset()
+    low, _ = timed(request.with_steps(low_steps), runs=slope_runs, warmup_runs=0)
+    low_calls = len(components.calls["predict_noise"])
+    components.reset()
+    high, _ = timed(request.with_steps(high_steps), runs=slope_runs, warmup_runs=0)
+    high_calls = len(components.calls["predict_noise"])
+    calls_per_step = (high_calls - low_calls) / slope_runs / (high_steps - low_steps)
+    return OnnxLoopResult(
+        timing=timing,
+        networks=networks,
+        slope=StepSlope(low=low, high=high),
+        unet_calls_per_step=calls_per_step,
+        image=image,
+    )
+
+
+def time_triton(url: str, request: RequestSpec, *, runs: int, warmup_runs: int) -> tuple[PathTiming, np.ndarray]:
+    """(c) The request through a running server with :class:`~sdtriton.client.StableDiffusionClient`."""
+    from sdtriton.client import StableDiffusionClient
+
+    with StableDiffusionClient(url) as client:
+
+        def run() -> np.ndarray:
+            result = client.generate(
+                request.prompt,
+                negative_prompt=request.negative_prompt,
+                num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale,
+                seed=request.seed,
+                width=request.width,
+                height=request.height,
+                scheduler=request.scheduler,
+            )
+            return np.asarray(result.image)
+
+        return _timed_runs(run, path=TRITON, steps=request.num_inference_steps, runs=runs, warmup_runs=warmup_runs)

@@ -1,0 +1,166 @@
+"""What one ``sdtriton perf`` run measured, and the numbers derived from it: ratios, BLS cost, time breakdown.
+
+Pure: built by :mod:`sdtriton.perf.runner`, rendered by :mod:`sdtriton.perf.report`, checked by unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from sdtriton.perf.baselines import NetworkTimes, PathTiming, StepSlope
+from sdtriton.perf.scenarios import LoadMode, LoadPoint, Protocol, Scenario
+from sdtriton.perf.stats import ModelStats
+from sdtriton.perf.workload import RequestSpec
+
+# The goals of issue 3, on the default model at concurrency 1.
+GOAL_TRITON_OVER_DIFFUSERS = 0.9
+GOAL_TRITON_OVER_ONNX_LOOP = 1.1
+GOAL_BLS_UNET_CALL_MS = 0.3
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """Where and when a run happened; load averages show whether other processes shared the CPU."""
+
+    started_utc: str
+    hostname: str
+    cpu_model: str
+    cpu_count: int
+    memory_gib: float
+    triton_version: str
+    load_average_before: tuple[float, float, float]
+    load_average_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class TritonBreakdown:
+    """Triton's per-model statistics over the client-timed runs of the baseline request (deltas)."""
+
+    tokenizer: ModelStats
+    pipeline: ModelStats
+    text_encoder: ModelStats
+    unet: ModelStats
+    vae_decoder: ModelStats
+
+
+@dataclass(frozen=True)
+class PerfResult:
+    """Everything one run measured.
+
+    Attributes:
+        profile: the profile's name (``perf/scenarios.json``).
+        machine: where and when.
+        request: the baseline request, run by every path.
+        diffusers: (a), or None when skipped.
+        onnx_loop: (b) on the request.
+        onnx_loop_networks: (b)'s per-network times.
+        onnx_loop_slope: (b) at the two slope step counts.
+        unet_calls_per_step: UNet calls per denoising step (2 for Heun, 1 for most schedulers).
+        triton_client: (c) through the client.
+        triton_slope: (c) at the two slope step counts.
+        triton_breakdown: Triton's per-model statistics over ``triton_client``'s runs.
+        slope_unet_stats: the UNet model's statistics over ``triton_slope``'s runs.
+        points: every perf_analyzer level measured.
+        scenarios: the profile's scenarios, in order.
+        baseline_input_data: the input-data file of ``request``.
+        skipped: levels not run, each with the reason.
+        max_pixel_difference: between the paths' images, by pair name.
+        elapsed_s: the run's wall time.
+    """
+
+    profile: str
+    machine: MachineInfo
+    request: RequestSpec
+    diffusers: PathTiming | None
+    onnx_loop: PathTiming
+    onnx_loop_networks: NetworkTimes
+    onnx_loop_slope: StepSlope
+    unet_calls_per_step: float
+    triton_client: PathTiming
+    triton_slope: StepSlope
+    triton_breakdown: TritonBreakdown
+    slope_unet_stats: ModelStats
+    points: tuple[LoadPoint, ...]
+    scenarios: tuple[Scenario, ...]
+    baseline_input_data: str
+    skipped: tuple[str, ...] = ()
+    max_pixel_difference: Mapping[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def triton_concurrency_1(self) -> LoadPoint | None:
+        """perf_analyzer at concurrency 1 on the baseline request, gRPC preferred: Triton end to end."""
+        candidates = [
+            (point, scenario)
+            for scenario in self.scenarios
+            if scenario.mode is LoadMode.CONCURRENCY
+            for point in self.points
+            if point.scenario == scenario.name and point.concurrency == 1
+        ]
+        baseline_input = [pair for pair in candidates if self._uses_baseline_request(pair[1])]
+        ranked = sorted(baseline_input, key=lambda pair: pair[1].protocol is not Protocol.GRPC)
+        return ranked[0][0] if ranked else None
+
+    def _uses_baseline_request(self, scenario: Scenario) -> bool:
+        return scenario.input_data == self.baseline_input_data
+
+    @property
+    def triton_end_to_end_ms(self) -> float:
+        """perf_analyzer's p50 at concurrency 1 on the baseline request; the client's median if none ran."""
+        point = self.triton_concurrency_1
+        return point.p50_ms if point is not None else self.triton_client.median_ms
+
+    @property
+    def triton_over_onnx_loop(self) -> float:
+        return self.triton_end_to_end_ms / self.onnx_loop.median_ms
+
+    @property
+    def triton_over_diffusers(self) -> float | None:
+        return None if self.diffusers is None else self.triton_end_to_end_ms / self.diffusers.median_ms
+
+    @property
+    def bls_unet_call_ms(self) -> float:
+        """What one BLS UNet call adds: (Triton's per-step cost - the plain loop's) per UNet call."""
+        return (self.triton_slope.ms_per_step - self.onnx_loop_slope.ms_per_step) / self.unet_calls_per_step
+
+    @property
+    def unet_server_overhead_ms(self) -> float:
+        """The UNet model's time in the server per call (queue + compute) minus ONNX Runtime's own run."""
+        return self.slope_unet_stats.server_ms_per_request - self.onnx_loop_networks.unet_ms_per_call
+
+
+@dataclass(frozen=True)
+class BreakdownRow:
+    part: str
+    onnx_loop_ms: float | None
+    triton_ms: float | None
+
+
+def time_breakdown(result: PerfResult) -> list[BreakdownRow]:
+    """Where one request's time goes on each path (ms per request), from timers and Triton's statistics."""
+    loop = result.onnx_loop_networks
+    stats = result.triton_breakdown
+    calls = loop.unet_calls_per_request
+    triton_unet = stats.unet.server_ms_per_request * calls
+    triton_networks = stats.text_encoder.server_ms_per_request + triton_unet + stats.vae_decoder.server_ms_per_request
+    pipeline_ms = stats.pipeline.server_ms_per_request
+    server_ms = stats.tokenizer.server_ms_per_request + pipeline_ms
+    return [
+        BreakdownRow("text encoder", loop.encode_text_ms, stats.text_encoder.server_ms_per_request),
+        BreakdownRow(f"UNet ({calls} calls)", loop.unet_ms_per_call * calls, triton_unet),
+        BreakdownRow("VAE decoder", loop.decode_ms, stats.vae_decoder.server_ms_per_request),
+        BreakdownRow("tokenizer model (Triton: its own Python model)", None, stats.tokenizer.server_ms_per_request),
+        BreakdownRow(
+            "loop glue: scheduler, torch ops, validation (+ tokenizer in the plain loop; "
+            "+ the caller side of every BLS call in Triton)",
+            loop.other_ms(result.onnx_loop.median_ms),
+            pipeline_ms - triton_networks,
+        ),
+        BreakdownRow("client, gRPC, ensemble scheduling", None, result.triton_client.median_ms - server_ms),
+        BreakdownRow("total", result.onnx_loop.median_ms, result.triton_client.median_ms),
+    ]
+
+
+def points_of(points: Sequence[LoadPoint], scenario_name: str) -> list[LoadPoint]:
+    return sorted((point for point in points if point.scenario == scenario_name), key=lambda point: point.level)

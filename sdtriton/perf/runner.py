@@ -1,0 +1,426 @@
+"""``sdtriton perf``: make and export the profile's model, time the baselines, start Triton, run the load scenarios.
+
+Order matters on a small CPU: the in-process baselines run before the server starts (nothing else loaded),
+then the Triton path is timed through the client at the same concurrency 1, then perf_analyzer sweeps.
+Everything runs under the profile's time limit, counted from the start: levels that would not fit are
+skipped and named in the summary.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sdtriton.perf import baselines
+from sdtriton.perf.perf_analyzer import PerfAnalyzerError, find_perf_analyzer, level_file_stem, run_level
+from sdtriton.perf.report import write_reports
+from sdtriton.perf.results import MachineInfo, PerfResult, TritonBreakdown
+from sdtriton.perf.scenarios import (
+    INPUT_DATA_DIR_NAME,
+    LoadMode,
+    LoadPoint,
+    Profile,
+    Scenario,
+    load_profiles,
+    peak_throughput,
+    request_rates,
+)
+from sdtriton.perf.stats import ModelStats, fetch_model_stats
+from sdtriton.perf.workload import RequestSpec, load_input_data
+from sdtriton.server import ServerAddress, TritonServer
+
+logger = logging.getLogger(__name__)
+
+# The repository's perf/ folder: scenarios.json and input_data/ (read by path; the package is installed editable).
+DEFAULT_PERF_DIR = Path(__file__).resolve().parents[2] / "perf"
+DEFAULT_OUTPUT_DIR = Path("outputs/perf")
+BUILTIN_PROFILE = "shapes"
+FALLBACK_PROFILE = "tiny"
+_TOKENIZER_MODEL = "tokenizer"
+_PIPELINE_MODEL = "pipeline"
+_STATS_MODELS = (_TOKENIZER_MODEL, _PIPELINE_MODEL, "text_encoder", "unet", "vae_decoder")
+# perf_analyzer's own start-up and connection, on top of the requests of a level.
+_PERF_ANALYZER_START_S = 5.0
+_SERVER_LOG_NAME = "tritonserver.log"
+
+
+@dataclass(frozen=True)
+class PerfOptions:
+    """Options of ``sdtriton perf``.
+
+    Attributes:
+        profile: a profile of ``perf/scenarios.json``: ``shapes`` (the default model), ``tiny`` (its stand-in
+            until the trained weights land), ``sd15`` (the heavy one).
+        output_dir: where the CSV files, plot, summary and logs go.
+        perf_dir: the folder holding ``scenarios.json`` and ``input_data/``.
+        model_dir: a diffusers pipeline folder of the profile's model; made with ``make-tiny`` there if it
+            has none (make-tiny profiles). Default: made in the work folder, or the built-in model's.
+        repository: a model repository of that model; exported from ``model_dir`` if it has no models.
+            Default: exported into the work folder.
+        work_dir: where a made model and an exported repository go; default: a temporary folder deleted at
+            the end (the heavy profile's are about 4 GB each).
+        perf_analyzer: the binary; default: ``$PERF_ANALYZER``, ``tools/perf_analyzer``, or PATH.
+        skip_diffusers: leave out baseline (a), e.g. when ``model_dir`` is unavailable on a serving host.
+        time_limit_s: overrides the profile's.
+        show_progress: a progress bar over the load levels.
+    """
+
+    profile: str = FALLBACK_PROFILE
+    output_dir: Path = DEFAULT_OUTPUT_DIR
+    perf_dir: Path = DEFAULT_PERF_DIR
+    model_dir: Path | None = None
+    repository: Path | None = None
+    work_dir: Path | None = None
+    perf_analyzer: Path | None = None
+    skip_diffusers: bool = False
+    time_limit_s: float | None = None
+    show_progress: bool = True
+
+
+class _Deadline:
+    def __init__(self, limit_s: float) -> None:
+        self.started = time.monotonic()
+        self.limit_s = limit_s
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def left_s(self) -> float:
+        return self.limit_s - self.elapsed_s
+
+
+def _machine_info(*, started_utc: str, triton_version: str, load_before: tuple[float, float, float]) -> MachineInfo:
+    cpu_model = platform.processor() or platform.machine()
+    memory_gib = 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gib = int(line.split()[1]) / 2**20
+                break
+    except OSError:
+        pass
+    return MachineInfo(
+        started_utc=started_utc,
+        hostname=platform.node(),
+        cpu_model=cpu_model,
+        cpu_count=os.cpu_count() or 1,
+        memory_gib=memory_gib,
+        triton_version=triton_version,
+        load_average_before=load_before,
+        load_average_after=os.getloadavg(),
+    )
+
+
+@contextmanager
+def _work_dir(explicit: Path | None) -> Iterator[Path]:
+    if explicit is not None:
+        explicit.mkdir(parents=True, exist_ok=True)
+        yield explicit
+        return
+    directory = Path(tempfile.mkdtemp(prefix="sdtriton-perf-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        logger.info("removed the work folder %s", directory)
+
+
+def default_profile() -> str:
+    """``shapes``, the default model, once its trained weights are in the package; ``tiny`` until then."""
+    from sdtriton.shapes.builtin import WEIGHTS_DIR
+
+    return BUILTIN_PROFILE if (WEIGHTS_DIR / "model_index.json").is_file() else FALLBACK_PROFILE
+
+
+def _ensure_model(model_dir: Path | None, profile: Profile, work_dir: Path) -> Path:
+    """The profile's diffusers folder: ``model_dir`` if it holds one, else made (make-tiny) or the built-in one."""
+    from sdtriton.tiny import PROFILES, make_tiny
+
+    if model_dir is not None and (model_dir / "model_index.json").is_file():
+        return model_dir
+    if profile.model not in PROFILES:
+        if model_dir is not None:
+            raise FileNotFoundError(f"{model_dir} holds no diffusers pipeline (model_index.json)")
+        from sdtriton.shapes.builtin import resolve_source
+
+        return Path(resolve_source(profile.model))
+    target = model_dir or work_dir / "model"
+    started = time.monotonic()
+    make_tiny(target, profile=profile.model)
+    logger.info("made the %s model in %.0f s", profile.model, time.monotonic() - started)
+    return target
+
+
+def _ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool) -> Path:
+    if (repository / "stable_diffusion" / "config.pbtxt").is_file() and (repository / "unet" / "1").is_dir():
+        return repository
+    from sdtriton.export import export_repository
+
+    started = time.monotonic()
+    export_repository(model_dir, repository, show_progress=show_progress)
+    logger.info("exported %s to %s in %.0f s", model_dir, repository, time.monotonic() - started)
+    return repository
+
+
+def _triton_version(http_url: str) -> str:
+    with urllib.request.urlopen(f"{http_url}/v2", timeout=10) as response:
+        return str(json.load(response).get("version", "unknown"))
+
+
+def _stats_snapshot(http_url: str) -> dict[str, ModelStats]:
+    return {name: fetch_model_stats(http_url, name) for name in _STATS_MODELS}
+
+
+def _stats_delta(after: dict[str, ModelStats], before: dict[str, ModelStats]) -> dict[str, ModelStats]:
+    return {name: after[name].minus(before[name]) for name in after}
+
+
+def _max_difference(first: np.ndarray, second: np.ndarray) -> int | None:
+    if first.shape != second.shape:
+        return None
+    return int(np.max(np.abs(first.astype(np.int16) - second.astype(np.int16))))
+
+
+@dataclass(frozen=True)
+class _TritonTimings:
+    client: baselines.PathTiming
+    image: np.ndarray
+    breakdown: TritonBreakdown
+    low: baselines.PathTiming
+    high: baselines.PathTiming
+    slope_unet_stats: ModelStats
+
+
+def _time_triton(server: TritonServer, request: RequestSpec, profile: Profile) -> _TritonTimings:
+    spec = profile.baseline
+    url = server.address.grpc_url
+    http_url = server.address.http_url
+    baselines.time_triton(url, request, runs=spec.warmup_runs, warmup_runs=0)
+    before = _stats_snapshot(http_url)
+    client, image = baselines.time_triton(url, request, runs=spec.runs, warmup_runs=0)
+    delta = _stats_delta(_stats_snapshot(http_url), before)
+    low_steps, high_steps = spec.slope_steps
+    before_slope = fetch_model_stats(http_url, "unet")
+    low, _ = baselines.time_triton(url, request.with_steps(low_steps), runs=spec.slope_runs, warmup_runs=0)
+    high, _ = baselines.time_triton(url, request.with_steps(high_steps), runs=spec.slope_runs, warmup_runs=0)
+    slope_unet = fetch_model_stats(http_url, "unet").minus(before_slope)
+    return _TritonTimings(
+        client=client,
+        image=image,
+        breakdown=TritonBreakdown(
+            tokenizer=delta[_TOKENIZER_MODEL],
+            pipeline=delta[_PIPELINE_MODEL],
+            text_encoder=delta["text_encoder"],
+            unet=delta["unet"],
+            vae_decoder=delta["vae_decoder"],
+        ),
+        low=low,
+        high=high,
+        slope_unet_stats=slope_unet,
+    )
+
+
+def _estimated_level_s(scenario: Scenario, level: float, *, throughput_per_s: float) -> float:
+    requests = scenario.request_count(level)
+    rate = level if scenario.mode is LoadMode.REQUEST_RATE else throughput_per_s
+    return _PERF_ANALYZER_START_S + requests / max(rate, 1e-6)
+
+
+def _run_scenarios(
+    profile: Profile,
+    *,
+    server: TritonServer,
+    binary: Path,
+    input_dir: Path,
+    output_dir: Path,
+    deadline: _Deadline,
+    single_request_s: float,
+    show_progress: bool,
+) -> tuple[list[LoadPoint], list[str]]:
+    points: list[LoadPoint] = []
+    skipped: list[str] = []
+    warmed = {profile.baseline.input_data}
+    logs = output_dir / "perf_analyzer"
+    total = sum(len(scenario.levels) for scenario in profile.scenarios)
+    with tqdm(total=total, desc=f"perf {profile.name}", unit="level", disable=not show_progress) as progress:
+        for scenario in profile.scenarios:
+            levels = scenario.levels
+            if scenario.mode is LoadMode.REQUEST_RATE:
+                peak = peak_throughput(points, scenario.rate_reference or "")
+                if peak is None:
+                    skipped.append(f"{scenario.name}: its rate reference {scenario.rate_reference} was not measured")
+                    progress.update(len(levels))
+                    continue
+                levels = request_rates(levels, peak_throughput_per_s=peak)
+            input_data_path = input_dir / scenario.input_data
+            if scenario.input_data not in warmed:
+                # One pass over the file first: each new size's first run allocates, and is not load.
+                warm_up = Scenario(
+                    name=f"warmup_{scenario.name}",
+                    protocol=scenario.protocol,
+                    mode=LoadMode.CONCURRENCY,
+                    input_data=scenario.input_data,
+                    levels=(1.0,),
+                    min_requests=len(load_input_data(input_data_path)),
+                )
+                try:
+                    run_level(
+                        warm_up,
+                        1.0,
+                        binary=binary,
+                        address=server.address,
+                        input_data_path=input_data_path,
+                        output_dir=logs,
+                        timeout_s=max(deadline.left_s, 1.0),
+                    )
+                    warmed.add(scenario.input_data)
+                except PerfAnalyzerError as error:
+                    skipped.append(f"{scenario.name}: the warm-up failed: {error}")
+                    progress.update(len(levels))
+                    continue
+            throughput = 1.0 / single_request_s
+            for level in levels:
+                name = level_file_stem(scenario, level)
+                estimate_s = _estimated_level_s(scenario, level, throughput_per_s=throughput)
+                if estimate_s > deadline.left_s:
+                    skipped.append(
+                        f"{name}: about {estimate_s:.0f} s needed, {max(deadline.left_s, 0):.0f} s left of the "
+                        f"{deadline.limit_s:.0f} s limit"
+                    )
+                    progress.update()
+                    continue
+                progress.set_postfix_str(f"{scenario.name} {scenario.mode.value} {level:g}")
+                try:
+                    point = run_level(
+                        scenario,
+                        level,
+                        binary=binary,
+                        address=server.address,
+                        input_data_path=input_data_path,
+                        output_dir=logs,
+                        timeout_s=max(deadline.left_s, 1.0),
+                    )
+                except PerfAnalyzerError as error:
+                    logger.error("%s", error)
+                    skipped.append(f"{name}: FAILED: {str(error).splitlines()[0]}")
+                    progress.update()
+                    continue
+                points.append(point)
+                throughput = max(point.throughput_per_s, 1e-6)
+                logger.info(
+                    "%s: %.2f images/s, p50 %.1f ms, p99 %.1f ms",
+                    name,
+                    point.throughput_per_s,
+                    point.p50_ms,
+                    point.p99_ms,
+                )
+                progress.update()
+    return points, skipped
+
+
+def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
+    """Runs a profile end to end; returns the result and the written files (CSV, plot, summary)."""
+    load_before = os.getloadavg()
+    started_utc = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    profiles = load_profiles(options.perf_dir)
+    if options.profile not in profiles:
+        raise ValueError(f"no profile {options.profile!r} in {options.perf_dir}; have {', '.join(profiles)}")
+    profile = profiles[options.profile]
+    deadline = _Deadline(options.time_limit_s or profile.time_limit_s)
+    binary = find_perf_analyzer(options.perf_analyzer)
+    input_dir = options.perf_dir / INPUT_DATA_DIR_NAME
+    for name in profile.input_data_files():
+        if not (input_dir / name).is_file():
+            raise FileNotFoundError(f"input-data file {input_dir / name} is missing")
+    request = load_input_data(input_dir / profile.baseline.input_data)[0]
+    output_dir = options.output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    spec = profile.baseline
+    logger.info("profile %s: %s; time limit %.0f s", profile.name, profile.description, deadline.limit_s)
+
+    with _work_dir(options.work_dir) as work_dir:
+        model_dir = _ensure_model(options.model_dir, profile, work_dir)
+        repository = _ensure_repository(
+            options.repository or work_dir / "repository", model_dir, show_progress=options.show_progress
+        )
+        diffusers_timing, diffusers_image = (None, None)
+        if not options.skip_diffusers:
+            diffusers_timing, diffusers_image = baselines.time_diffusers(
+                model_dir, request, runs=spec.runs, warmup_runs=spec.warmup_runs
+            )
+            gc.collect()  # the heavy profile's pipeline holds gigabytes: let it go before the next path loads
+        loop = baselines.time_onnx_loop(
+            repository,
+            request,
+            runs=spec.runs,
+            warmup_runs=spec.warmup_runs,
+            slope_steps=spec.slope_steps,
+            slope_runs=spec.slope_runs,
+        )
+        gc.collect()
+        server = TritonServer(repository, address=ServerAddress.on_free_ports(), log_path=output_dir / _SERVER_LOG_NAME)
+        server.start()
+        try:
+            ready_s = server.wait_ready()
+            logger.info("tritonserver ready after %.1f s (log: %s)", ready_s, server.log_path)
+            triton_version = _triton_version(server.address.http_url)
+            triton = _time_triton(server, request, profile)
+            points, skipped = _run_scenarios(
+                profile,
+                server=server,
+                binary=binary,
+                input_dir=input_dir,
+                output_dir=output_dir,
+                deadline=deadline,
+                single_request_s=triton.client.median_ms / 1000.0,
+                show_progress=options.show_progress,
+            )
+        finally:
+            server.stop()
+
+    differences = {"onnx_loop vs triton": _max_difference(loop.image, triton.image)}
+    if diffusers_image is not None:
+        differences["diffusers vs onnx_loop"] = _max_difference(diffusers_image, loop.image)
+    result = PerfResult(
+        profile=profile.name,
+        machine=_machine_info(started_utc=started_utc, triton_version=triton_version, load_before=load_before),
+        request=request,
+        diffusers=diffusers_timing,
+        onnx_loop=loop.timing,
+        onnx_loop_networks=loop.networks,
+        onnx_loop_slope=loop.slope,
+        unet_calls_per_step=loop.unet_calls_per_step,
+        triton_client=triton.client,
+        triton_slope=baselines.StepSlope(low=triton.low, high=triton.high),
+        triton_breakdown=triton.breakdown,
+        slope_unet_stats=triton.slope_unet_stats,
+        points=tuple(points),
+        scenarios=profile.scenarios,
+        baseline_input_data=profile.baseline.input_data,
+        skipped=tuple(skipped),
+        max_pixel_difference={name: value for name, value in differences.items() if value is not None},
+        elapsed_s=deadline.elapsed_s,
+    )
+    files = write_reports(result, output_dir)
+    return result, files

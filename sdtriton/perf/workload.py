@@ -1,0 +1,159 @@
+"""The requests of the load tests, and the perf_analyzer ``--input-data`` files that carry them.
+
+One :class:`RequestSpec` per request, its fields named as the public inputs of ``stable_diffusion``. The
+committed files under ``perf/input_data/`` are this module's rendering of :data:`INPUT_DATA_FILES` (a unit
+test keeps them equal); the baselines read the same files, so every path is timed on the same parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdtriton import interface
+
+DEFAULT_GUIDANCE_SCALE = interface.DEFAULT_GUIDANCE_SCALE
+# Prompts in the default model's own words (a coloured shape on a plain background), then one long
+# prompt past CLIP's 77 tokens, which the tokenizer truncates as diffusers does.
+PROMPTS: tuple[str, ...] = (
+    "a yellow star on a purple background",
+    "a red circle on a white background",
+    "blue square, orange background",
+    "a green triangle against a black background",
+    "white background with a purple cross",
+    "an orange star on a blue background",
+    "a black circle against a yellow background",
+    "a purple square on a green background",
+    (
+        "a highly detailed studio photograph of a small red circle resting in the exact centre of a "
+        "plain white background, soft diffuse lighting, sharp focus, high dynamic range, shot on a "
+        "medium format camera with an 80mm lens at f/8, clean minimal composition, no shadows, no "
+        "text, no watermark, award winning product photography, trending, 8k resolution"
+    ),
+)
+NEGATIVE_PROMPTS: tuple[str, ...] = ("", "blurry, low quality", "text, watermark")
+_SEED_BASE = 1000
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """One request of ``stable_diffusion``, one image; every field is sent, so every path runs the same."""
+
+    prompt: str
+    negative_prompt: str
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    width: int
+    height: int
+    scheduler: str
+
+    def to_input_data_entry(self) -> dict[str, dict[str, list[Any]]]:
+        """One ``data`` entry of a perf_analyzer input-data file: each input as a ``[1]`` item."""
+        return {
+            tensor.name: {"content": [getattr(self, tensor.name)], "shape": list(tensor.dims)}
+            for tensor in interface.PUBLIC_INPUTS
+        }
+
+    @classmethod
+    def from_input_data_entry(cls, entry: Mapping[str, Any]) -> RequestSpec:
+        values: dict[str, Any] = {}
+        for tensor in interface.PUBLIC_INPUTS:
+            if tensor.name not in entry:
+                raise ValueError(f"input-data entry has no {tensor.name!r} (it has {sorted(entry)})")
+            content = entry[tensor.name]["content"]
+            if len(content) != 1:
+                raise ValueError(f"input-data entry {tensor.name!r} must hold one item, got {len(content)}")
+            values[tensor.name] = content[0]
+        field_types = {"num_inference_steps": int, "seed": int, "width": int, "height": int, "guidance_scale": float}
+        return cls(**{name: field_types.get(name, str)(value) for name, value in values.items()})
+
+    def with_steps(self, num_inference_steps: int) -> RequestSpec:
+        return dataclasses.replace(self, num_inference_steps=num_inference_steps)
+
+
+def input_data_document(requests: Sequence[RequestSpec]) -> dict[str, list[dict[str, Any]]]:
+    """A perf_analyzer ``--input-data`` JSON document: requests are sent in this order, round robin."""
+    if not requests:
+        raise ValueError("an input-data file needs at least one request")
+    return {"data": [request.to_input_data_entry() for request in requests]}
+
+
+def input_data_text(requests: Sequence[RequestSpec]) -> str:
+    """The input-data document as committed: one request per line."""
+    entries = input_data_document(requests)["data"]
+    lines = ",\n".join("  " + json.dumps(entry, ensure_ascii=False) for entry in entries)
+    return '{"data": [\n' + lines + "\n]}\n"
+
+
+def load_input_data(path: Path) -> tuple[RequestSpec, ...]:
+    """The requests of an input-data file written by :func:`input_data_text`."""
+    document = json.loads(path.read_text())
+    entries = document.get("data") if isinstance(document, dict) else None
+    if not entries:
+        raise ValueError(f"{path} has no 'data' entries")
+    return tuple(RequestSpec.from_input_data_entry(entry) for entry in entries)
+
+
+def fixed_requests(*, size_px: int, num_inference_steps: int) -> tuple[RequestSpec, ...]:
+    """One request sent again and again: the baselines' parameters and the latency curves' workload."""
+    return (
+        RequestSpec(
+            prompt=PROMPTS[0],
+            negative_prompt=NEGATIVE_PROMPTS[1],
+            num_inference_steps=num_inference_steps,
+            guidance_scale=DEFAULT_GUIDANCE_SCALE,
+            seed=_SEED_BASE,
+            width=size_px,
+            height=size_px,
+            scheduler="pndm",
+        ),
+    )
+
+
+def varied_requests(
+    *,
+    sizes_px: Sequence[int],
+    steps: Sequence[int],
+    guidance_scales: Sequence[float] = (DEFAULT_GUIDANCE_SCALE, 5.0, 1.0),
+    count: int,
+) -> tuple[RequestSpec, ...]:
+    """Every prompt, scheduler, step count, size and guidance (1.0 turns guidance off), with distinct seeds."""
+    return tuple(
+        RequestSpec(
+            prompt=PROMPTS[index % len(PROMPTS)],
+            negative_prompt=NEGATIVE_PROMPTS[index % len(NEGATIVE_PROMPTS)],
+            num_inference_steps=steps[index % len(steps)],
+            guidance_scale=guidance_scales[(index // len(interface.SCHEDULER_NAMES)) % len(guidance_scales)],
+            seed=_SEED_BASE + index,
+            width=sizes_px[(index // len(steps)) % len(sizes_px)],
+            height=sizes_px[(index // len(steps)) % len(sizes_px)],
+            scheduler=interface.SCHEDULER_NAMES[index % len(interface.SCHEDULER_NAMES)],
+        )
+        for index in range(count)
+    )
+
+
+# The committed input-data files, by file name; `sdtriton perf` profiles name them in perf/scenarios.json.
+INPUT_DATA_FILES: Mapping[str, tuple[RequestSpec, ...]] = {
+    # The default model: 64x64 native, sizes up to 2x, the model's default steps around 20.
+    "default_fixed.json": fixed_requests(size_px=64, num_inference_steps=20),
+    "default_varied.json": varied_requests(sizes_px=(64, 96, 128), steps=(10, 20, 30), count=24),
+    # The heavy profile (SD 1.5 shapes): 256x256 and few steps, to stay inside its time limit.
+    "sd15_fixed.json": fixed_requests(size_px=256, num_inference_steps=4),
+}
+
+
+def write_input_data_files(directory: Path) -> list[Path]:
+    """Renders :data:`INPUT_DATA_FILES` into ``directory`` (``perf/input_data/`` in the repository)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, requests in INPUT_DATA_FILES.items():
+        path = directory / name
+        path.write_text(input_data_text(requests))
+        paths.append(path)
+    return paths
