@@ -123,6 +123,7 @@ def _train_shapes(args: argparse.Namespace) -> int:
         eval_every_steps=args.eval_every_steps,
         eval_prompts=args.eval_prompts,
         vae_gate_accuracy=args.vae_gate,
+        vae_edge_weight=args.vae_edge_weight,
     )
     sys.stdout.write(f"{train_shapes(args.output, plan)}\n")
     return 0
@@ -173,6 +174,7 @@ def _perf(args: argparse.Namespace) -> int:
         repository=args.repository,
         work_dir=args.work_dir,
         perf_analyzer=args.perf_analyzer,
+        tritonserver=args.tritonserver,
         skip_diffusers=args.skip_diffusers,
         time_limit_s=args.time_limit_s,
     )
@@ -259,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=8e-4)
     train.add_argument("--eval-every-steps", type=int, default=500)
     train.add_argument("--eval-prompts", type=int, default=64)
+    train.add_argument("--vae-edge-weight", type=float, default=1.0, help="weight of the VAE's edge (gradient) loss")
     train.add_argument("--vae-gate", type=float, default=0.95, help="least judged accuracy of VAE reconstructions")
     train.set_defaults(run=_train_shapes)
 
@@ -302,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--work-dir", type=Path, help="keep made models here (default: a temporary folder, removed)")
     perf.add_argument("--perf-dir", type=Path, help="scenarios.json and input_data/ (default: the repository's perf/)")
     perf.add_argument("--perf-analyzer", type=Path, help="the binary (default: tools/perf_analyzer or PATH)")
+    perf.add_argument("--tritonserver", type=Path, help="a tritonserver binary (default: the pip wheel's)")
     perf.add_argument("--skip-diffusers", action="store_true", help="leave out the in-process diffusers baseline")
     perf.add_argument("--time-limit-s", type=float, help="overrides the profile's time limit")
     perf.set_defaults(run=_perf)

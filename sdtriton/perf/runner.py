@@ -42,7 +42,7 @@ from sdtriton.perf.scenarios import (
 )
 from sdtriton.perf.stats import ModelStats, fetch_model_stats
 from sdtriton.perf.workload import RequestSpec, load_input_data
-from sdtriton.server import ServerAddress, TritonServer
+from sdtriton.server import ServerAddress, TritonServer, named_triton_installation
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class PerfOptions:
         work_dir: where a made model and an exported repository go; default: a temporary folder deleted at
             the end (the heavy profile's are about 4 GB each).
         perf_analyzer: the binary; default: ``$PERF_ANALYZER``, ``tools/perf_analyzer``, or PATH.
+        tritonserver: a tritonserver binary (e.g. the NGC container's); default: the pip wheel's.
         skip_diffusers: leave out baseline (a), e.g. when ``model_dir`` is unavailable on a serving host.
         time_limit_s: overrides the profile's.
         show_progress: a progress bar over the load levels.
@@ -87,6 +88,7 @@ class PerfOptions:
     repository: Path | None = None
     work_dir: Path | None = None
     perf_analyzer: Path | None = None
+    tritonserver: Path | None = None
     skip_diffusers: bool = False
     time_limit_s: float | None = None
     show_progress: bool = True
@@ -379,7 +381,12 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
             slope_runs=spec.slope_runs,
         )
         gc.collect()
-        server = TritonServer(repository, address=ServerAddress.on_free_ports(), log_path=output_dir / _SERVER_LOG_NAME)
+        server = TritonServer(
+            repository,
+            address=ServerAddress.on_free_ports(),
+            installation=named_triton_installation(options.tritonserver) if options.tritonserver else None,
+            log_path=output_dir / _SERVER_LOG_NAME,
+        )
         server.start()
         try:
             ready_s = server.wait_ready()
