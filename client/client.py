@@ -140,6 +140,21 @@ def _prompts(prompt: str | Sequence[str]) -> list[str]:
     return prompts
 
 
+def _prepare(
+    triton: types.ModuleType,
+    endpoint: Endpoint,
+    timeout_s: float | None,
+    prompt: str | Sequence[str],
+    **parameters: Any,
+) -> tuple[list[Any], dict[str, Any]]:
+    """The request tensors and the infer() keyword arguments shared by the sync and async clients."""
+    inputs = build_inputs(triton, _prompts(prompt), **parameters)
+    kwargs: dict[str, Any] = {"outputs": requested_outputs(triton)}
+    if endpoint.protocol == "grpc" and timeout_s is not None:
+        kwargs["client_timeout"] = timeout_s
+    return inputs, kwargs
+
+
 def _transport(protocol: str, *, asynchronous: bool) -> types.ModuleType:
     if protocol == "grpc":
         if asynchronous:
@@ -213,10 +228,11 @@ class StableDiffusionClient:
             ServerUnavailableError: the server cannot be reached.
             InferenceError: the server failed to answer.
         """
-        prompts = _prompts(prompt)
-        inputs = build_inputs(
+        inputs, kwargs = _prepare(
             self._triton,
-            prompts,
+            self.endpoint,
+            self.timeout_s,
+            prompt,
             negative_prompt=negative_prompt,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
@@ -225,9 +241,6 @@ class StableDiffusionClient:
             height=height,
             scheduler=scheduler,
         )
-        kwargs: dict[str, Any] = {}
-        if self.endpoint.protocol == "grpc" and self.timeout_s is not None:
-            kwargs["client_timeout"] = self.timeout_s
         try:
             result = self._client.infer(self.model_name, inputs, outputs=requested_outputs(self._triton), **kwargs)
         except Exception as error:
@@ -280,10 +293,11 @@ class AsyncStableDiffusionClient:
         scheduler: str | Sequence[str] | None = None,
     ) -> GenerationResult:
         """See :meth:`StableDiffusionClient.generate`."""
-        prompts = _prompts(prompt)
-        inputs = build_inputs(
+        inputs, kwargs = _prepare(
             self._triton,
-            prompts,
+            self.endpoint,
+            self.timeout_s,
+            prompt,
             negative_prompt=negative_prompt,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
@@ -292,13 +306,8 @@ class AsyncStableDiffusionClient:
             height=height,
             scheduler=scheduler,
         )
-        kwargs: dict[str, Any] = {}
-        if self.endpoint.protocol == "grpc" and self.timeout_s is not None:
-            kwargs["client_timeout"] = self.timeout_s
         try:
-            result = await self._client.infer(
-                self.model_name, inputs, outputs=requested_outputs(self._triton), **kwargs
-            )
+            result = await self._client.infer(self.model_name, inputs, **kwargs)
         except Exception as error:
             raise wrap_error(error) from error
         return read_result(result)

@@ -163,6 +163,7 @@ def _shapes_grid(args: argparse.Namespace) -> int:
 
 
 def _perf(args: argparse.Namespace) -> int:
+    from sdtriton.perf.report import headline
     from sdtriton.perf.runner import DEFAULT_OUTPUT_DIR, DEFAULT_PERF_DIR, PerfOptions, default_profile, run_perf
 
     profile = args.profile or default_profile()
@@ -181,14 +182,7 @@ def _perf(args: argparse.Namespace) -> int:
     result, files = run_perf(options)
     for path in files.values():
         sys.stdout.write(f"{path.resolve()}\n")
-    over_diffusers = result.triton_over_diffusers
-    logger.info(
-        "concurrency 1: Triton %.1f ms = %.3fx the plain ONNX loop, %s diffusers; one BLS UNet call %.3f ms",
-        result.triton_end_to_end_ms,
-        result.triton_over_onnx_loop,
-        "(skipped)" if over_diffusers is None else f"{over_diffusers:.3f}x",
-        result.bls_unet_call_ms,
-    )
+    sys.stdout.write(f"{headline(result)}\n")
     failed = [reason for reason in result.skipped if "FAILED" in reason]
     for reason in result.skipped:
         logger.warning("not run: %s", reason)

@@ -44,7 +44,8 @@ class TinyProfile:
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(SD15_SCHEDULER_CONFIG))
 
 
-_CLIP_TOKENS = {
+# CLIP text-encoder settings every model made here shares: the real CLIP vocabulary and special tokens.
+CLIP_TOKEN_CONFIG: dict[str, Any] = {
     "vocab_size": CLIP_VOCAB_SIZE,
     "max_position_embeddings": CLIP_MODEL_MAX_LENGTH,
     "bos_token_id": 49406,
@@ -57,7 +58,7 @@ PROFILES: dict[str, TinyProfile] = {
     # Shapes of diffusers' own tiny test pipeline: 64x64 images, a latent of 4x32x32.
     "tiny": TinyProfile(
         text_encoder={
-            **_CLIP_TOKENS,
+            **CLIP_TOKEN_CONFIG,
             "hidden_size": 32,
             "intermediate_size": 37,
             "num_hidden_layers": 2,
@@ -90,7 +91,7 @@ PROFILES: dict[str, TinyProfile] = {
     # Stable Diffusion 1.5's architecture with random weights: real-model compute for load tests.
     "sd15": TinyProfile(
         text_encoder={
-            **_CLIP_TOKENS,
+            **CLIP_TOKEN_CONFIG,
             "hidden_size": 768,
             "intermediate_size": 3072,
             "num_hidden_layers": 12,

@@ -8,8 +8,7 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditio
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdtriton.shapes.world import IMAGE_SIZE
-from sdtriton.tiny import SD15_SCHEDULER_CONFIG
-from sdtriton.tokenizer_files import CLIP_MODEL_MAX_LENGTH, CLIP_VOCAB_SIZE
+from sdtriton.tiny import CLIP_TOKEN_CONFIG, SD15_SCHEDULER_CONFIG
 
 TEXT_HIDDEN_SIZE = 64
 VAE_CONFIG: dict[str, Any] = {
@@ -37,12 +36,7 @@ UNET_CONFIG: dict[str, Any] = {
     "norm_num_groups": 32,
 }
 TEXT_ENCODER_CONFIG: dict[str, Any] = {
-    "vocab_size": CLIP_VOCAB_SIZE,
-    "max_position_embeddings": CLIP_MODEL_MAX_LENGTH,
-    "bos_token_id": 49406,
-    "eos_token_id": 49407,
-    "pad_token_id": 49407,
-    "hidden_act": "quick_gelu",
+    **CLIP_TOKEN_CONFIG,
     "hidden_size": TEXT_HIDDEN_SIZE,
     "intermediate_size": 4 * TEXT_HIDDEN_SIZE,
     "num_hidden_layers": 3,

@@ -64,6 +64,7 @@ class TrainingPlan:
     # The VAE stops early once its reconstructions are judged this right (checked every vae_check_every_steps).
     vae_target_accuracy: float = 0.98
     vae_check_every_steps: int = 100
+    vae_edge_weight: float = 1.0
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
@@ -117,7 +118,8 @@ def train_vae(out: Path, plan: TrainingPlan) -> torch.nn.Module:
         vae.load_state_dict(state["vae"])
         optimizer.load_state_dict(state["optimizer"])
         lr_schedule.load_state_dict(state["lr_schedule"])
-        step = plan.vae_steps if state.get("done") else state["step"]
+        # A VAE that reached its target is finished; otherwise a larger --vae-steps trains it on.
+        step = plan.vae_steps if state.get("reached_target") else state["step"]
         logger.info("resuming the VAE at step %d", step)
     last_save = time.monotonic()
     batches = training_batches(batch_size=plan.vae_batch_size, seed=plan.seed, start_step=step)
@@ -131,7 +133,7 @@ def train_vae(out: Path, plan: TrainingPlan) -> torch.nn.Module:
             l1 = (reconstruction - x).abs().mean()
             edge = sum((a - b).abs().mean() for a, b in zip(_edges(reconstruction), _edges(x), strict=True))
             kl = posterior.kl().mean() / x[0].numel()
-            loss = l1 + edge + 1e-4 * kl
+            loss = l1 + plan.vae_edge_weight * edge + 1e-4 * kl
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
             optimizer.step()
@@ -140,18 +142,19 @@ def train_vae(out: Path, plan: TrainingPlan) -> torch.nn.Module:
             step += 1
             progress.update()
             progress.set_postfix(l1=f"{l1.item():.4f}", edge=f"{edge.item():.4f}")
-            done = step == plan.vae_steps
+            reached_target = False
             if step % plan.vae_check_every_steps == 0:
                 accuracy = _vae_accuracy(vae, seed=plan.seed, count=128)
                 logger.info("VAE step %d: reconstructions judged %.1f%% right", step, 100 * accuracy)
-                done = done or accuracy >= plan.vae_target_accuracy
+                reached_target = accuracy >= plan.vae_target_accuracy
+            done = reached_target or step == plan.vae_steps
             if time.monotonic() - last_save > plan.checkpoint_every_s or done:
                 state = {
                     "vae": vae.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "lr_schedule": lr_schedule.state_dict(),
                     "step": step,
-                    "done": done,
+                    "reached_target": reached_target,
                 }
                 _atomic_save(state, checkpoint_path)
                 last_save = time.monotonic()
