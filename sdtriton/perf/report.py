@@ -104,7 +104,8 @@ def write_plot(result: PerfResult, path: Path) -> Path:
     return path
 
 
-def _goal(measured: float | None, goal: float, unit: str) -> str:
+def goal_verdict(measured: float | None, goal: float, unit: str) -> str:
+    """``met``, or by how much a measured value (lower is better) missed its goal."""
     if measured is None:
         return "not measured"
     if measured <= goal:
@@ -114,6 +115,24 @@ def _goal(measured: float | None, goal: float, unit: str) -> str:
 
 def _ms(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
+
+
+def headline(result: PerfResult) -> str:
+    """The concurrency-1 comparison in one paragraph, for the terminal."""
+    over_diffusers = result.triton_over_diffusers
+    diffusers = (
+        "diffusers skipped"
+        if over_diffusers is None
+        else f"{over_diffusers:.3f}x diffusers (goal <= {GOAL_TRITON_OVER_DIFFUSERS}x: "
+        f"{goal_verdict(over_diffusers, GOAL_TRITON_OVER_DIFFUSERS, 'x')})"
+    )
+    return (
+        f"Triton at concurrency 1: {result.triton_end_to_end_ms:.1f} ms = {result.triton_over_onnx_loop:.3f}x the "
+        f"plain ONNX loop (goal <= {GOAL_TRITON_OVER_ONNX_LOOP}x: "
+        f"{goal_verdict(result.triton_over_onnx_loop, GOAL_TRITON_OVER_ONNX_LOOP, 'x')}), {diffusers}; "
+        f"one BLS UNet call {result.bls_unet_call_ms:.3f} ms (goal < {GOAL_BLS_UNET_CALL_MS} ms: "
+        f"{goal_verdict(result.bls_unet_call_ms, GOAL_BLS_UNET_CALL_MS, ' ms')})"
+    )
 
 
 def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
@@ -177,11 +196,11 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
         "| measure | measured | goal | verdict |",
         "|---|---:|---:|---|",
         f"| Triton / plain ONNX loop | {result.triton_over_onnx_loop:.3f}x | <= {GOAL_TRITON_OVER_ONNX_LOOP}x | "
-        f"{_goal(result.triton_over_onnx_loop, GOAL_TRITON_OVER_ONNX_LOOP, 'x')} |",
+        f"{goal_verdict(result.triton_over_onnx_loop, GOAL_TRITON_OVER_ONNX_LOOP, 'x')} |",
         f"| Triton / diffusers | {'' if over_diffusers is None else f'{over_diffusers:.3f}x'} | "
-        f"<= {GOAL_TRITON_OVER_DIFFUSERS}x | {_goal(over_diffusers, GOAL_TRITON_OVER_DIFFUSERS, 'x')} |",
+        f"<= {GOAL_TRITON_OVER_DIFFUSERS}x | {goal_verdict(over_diffusers, GOAL_TRITON_OVER_DIFFUSERS, 'x')} |",
         f"| one BLS UNet call | {bls:.3f} ms | < {GOAL_BLS_UNET_CALL_MS} ms | "
-        f"{_goal(bls, GOAL_BLS_UNET_CALL_MS, ' ms')} |",
+        f"{goal_verdict(bls, GOAL_BLS_UNET_CALL_MS, ' ms')} |",
         "",
         f"One BLS UNet call: the per-step slope between {result.triton_slope.low.num_inference_steps} and "
         f"{result.triton_slope.high.num_inference_steps} steps is {result.triton_slope.ms_per_step:.3f} ms/step "

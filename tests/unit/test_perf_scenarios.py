@@ -158,3 +158,12 @@ def test_request_rates_scale_the_peak() -> None:
     assert request_rates((0.5, 1.0), peak_throughput_per_s=4.0) == (2.0, 4.0)
     with pytest.raises(ValueError):
         request_rates((0.5,), peak_throughput_per_s=0)
+
+
+def test_level_time_estimates_bound_the_run() -> None:
+    from sdtriton.perf.runner import _estimated_level_s
+
+    concurrency = _scenario(min_requests=10, requests_per_concurrency=4)
+    assert _estimated_level_s(concurrency, 4, throughput_per_s=2.0) == pytest.approx(5.0 + 16 / 2.0)
+    rate = _scenario(mode=LoadMode.REQUEST_RATE, min_requests=5, duration_s=10, rate_reference="x")
+    assert _estimated_level_s(rate, 2.0, throughput_per_s=100.0) == pytest.approx(5.0 + 20 / 2.0)
