@@ -177,6 +177,7 @@ def _perf(args: argparse.Namespace) -> int:
         perf_analyzer=args.perf_analyzer,
         tritonserver=args.tritonserver,
         skip_diffusers=args.skip_diffusers,
+        gpu=args.gpu,
         time_limit_s=args.time_limit_s,
     )
     result, files = run_perf(options)
@@ -301,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--perf-analyzer", type=Path, help="the binary (default: tools/perf_analyzer or PATH)")
     perf.add_argument("--tritonserver", type=Path, help="a tritonserver binary (default: the pip wheel's)")
     perf.add_argument("--skip-diffusers", action="store_true", help="leave out the in-process diffusers baseline")
+    perf.add_argument("--gpu", action="store_true", help="baselines on the GPU, for a repository exported with --gpu")
     perf.add_argument("--time-limit-s", type=float, help="overrides the profile's time limit")
     perf.set_defaults(run=_perf)
     return parser

@@ -111,9 +111,13 @@ def _timed_runs(
 
 
 def time_diffusers(
-    model_dir: Path, request: RequestSpec, *, runs: int, warmup_runs: int
+    model_dir: Path, request: RequestSpec, *, runs: int, warmup_runs: int, gpu: bool = False
 ) -> tuple[PathTiming, np.ndarray]:
-    """(a) ``StableDiffusionPipeline`` in this process, the request's scheduler swapped in as diffusers documents."""
+    """(a) ``StableDiffusionPipeline`` in this process, the request's scheduler swapped in as diffusers documents.
+
+    With ``gpu``, the pipeline runs on ``cuda`` (fp32, as exported); latents are still drawn on the CPU
+    generator, as the Triton pipeline draws them.
+    """
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -122,6 +126,8 @@ def time_diffusers(
     pipeline = StableDiffusionPipeline.from_pretrained(
         model_dir, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
     )
+    if gpu:
+        pipeline = pipeline.to("cuda")
     pipeline.set_progress_bar_config(disable=True)
     pipeline.scheduler = SCHEDULERS[request.scheduler].from_config(pipeline.scheduler.config)
 
@@ -175,11 +181,13 @@ def time_onnx_loop(
     warmup_runs: int,
     slope_steps: tuple[int, int],
     slope_runs: int,
+    gpu: bool = False,
 ) -> OnnxLoopResult:
     """(b) The served ONNX files in ONNX Runtime, driven by the serving code's loop in this process.
 
     Each run tokenizes, validates and generates as the Triton pipeline does, with the same session options.
-    The slope runs follow the timed ones on warm sessions, without warm-up of their own.
+    The slope runs follow the timed ones on warm sessions, without warm-up of their own. With ``gpu``, the
+    sessions use ONNX Runtime's CUDA provider first, as ``export --gpu`` configures the served models.
     """
     from transformers import CLIPTokenizer
 
@@ -192,7 +200,10 @@ def time_onnx_loop(
 
     tokenizer = CLIPTokenizer.from_pretrained(repository / "tokenizer" / "1" / TOKENIZER_DIR_NAME)
     config = PipelineConfig.load(repository / "pipeline" / "1")
-    components = _TimedComponents(OnnxRuntimeComponents.from_model_repository(repository))
+    from sdtriton.serving.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER
+
+    providers = (CUDA_PROVIDER, CPU_PROVIDER) if gpu else (CPU_PROVIDER,)
+    components = _TimedComponents(OnnxRuntimeComponents.from_model_repository(repository, providers=providers))
 
     def runner(spec: RequestSpec) -> Callable[[], np.ndarray]:
         def run() -> np.ndarray:

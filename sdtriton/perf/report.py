@@ -143,8 +143,8 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
         f"# sdtriton perf: `{result.profile}` profile",
         "",
         f"{machine.started_utc} on `{machine.hostname}`: {machine.cpu_model}, {machine.cpu_count} cores, "
-        f"{machine.memory_gib:.0f} GiB, no GPU used; tritonserver {machine.triton_version}. Run took "
-        f"{result.elapsed_s / 60:.1f} min.",
+        f"{machine.memory_gib:.0f} GiB, {'baselines on the GPU' if machine.gpu else 'no GPU used'}; "
+        f"tritonserver {machine.triton_version}. Run took {result.elapsed_s / 60:.1f} min.",
         "",
         f"Load average (1/5/15 min) before the run {'/'.join(f'{v:.2f}' for v in machine.load_average_before)}, "
         f"after {'/'.join(f'{v:.2f}' for v in machine.load_average_after)}.",

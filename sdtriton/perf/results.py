@@ -31,6 +31,7 @@ class MachineInfo:
     triton_version: str
     load_average_before: tuple[float, float, float]
     load_average_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    gpu: bool = False  # baselines on the GPU (``--gpu``)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,8 @@ class PerfOptions:
         perf_analyzer: the binary; default: ``$PERF_ANALYZER``, ``tools/perf_analyzer``, or PATH.
         tritonserver: a tritonserver binary (e.g. the NGC container's); default: the pip wheel's.
         skip_diffusers: leave out baseline (a), e.g. when ``model_dir`` is unavailable on a serving host.
+        gpu: run baselines (a) and (b) on the GPU, for a repository exported with ``--gpu`` (not run on
+            this project's CPU machine).
         time_limit_s: overrides the profile's.
         show_progress: a progress bar over the load levels.
     """
@@ -90,6 +92,7 @@ class PerfOptions:
     perf_analyzer: Path | None = None
     tritonserver: Path | None = None
     skip_diffusers: bool = False
+    gpu: bool = False
     time_limit_s: float | None = None
     show_progress: bool = True
 
@@ -108,7 +111,9 @@ class _Deadline:
         return self.limit_s - self.elapsed_s
 
 
-def _machine_info(*, started_utc: str, triton_version: str, load_before: tuple[float, float, float]) -> MachineInfo:
+def _machine_info(
+    *, started_utc: str, triton_version: str, load_before: tuple[float, float, float], gpu: bool
+) -> MachineInfo:
     cpu_model = platform.processor() or platform.machine()
     memory_gib = 0.0
     try:
@@ -131,6 +136,7 @@ def _machine_info(*, started_utc: str, triton_version: str, load_before: tuple[f
         triton_version=triton_version,
         load_average_before=load_before,
         load_average_after=os.getloadavg(),
+        gpu=gpu,
     )
 
 
@@ -369,7 +375,7 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
         diffusers_timing, diffusers_image = (None, None)
         if not options.skip_diffusers:
             diffusers_timing, diffusers_image = baselines.time_diffusers(
-                model_dir, request, runs=spec.runs, warmup_runs=spec.warmup_runs
+                model_dir, request, runs=spec.runs, warmup_runs=spec.warmup_runs, gpu=options.gpu
             )
             gc.collect()  # the heavy profile's pipeline holds gigabytes: let it go before the next path loads
         loop = baselines.time_onnx_loop(
@@ -379,6 +385,7 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
             warmup_runs=spec.warmup_runs,
             slope_steps=spec.slope_steps,
             slope_runs=spec.slope_runs,
+            gpu=options.gpu,
         )
         gc.collect()
         server = TritonServer(
@@ -411,7 +418,9 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
         differences["diffusers vs onnx_loop"] = _max_difference(diffusers_image, loop.image)
     result = PerfResult(
         profile=profile.name,
-        machine=_machine_info(started_utc=started_utc, triton_version=triton_version, load_before=load_before),
+        machine=_machine_info(
+            started_utc=started_utc, triton_version=triton_version, load_before=load_before, gpu=options.gpu
+        ),
         request=request,
         diffusers=diffusers_timing,
         onnx_loop=loop.timing,
