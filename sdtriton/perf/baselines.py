@@ -254,22 +254,36 @@ def time_onnx_loop(
 
 
 def time_triton(url: str, request: RequestSpec, *, runs: int, warmup_runs: int) -> tuple[PathTiming, np.ndarray]:
-    """(c) The request through a running server with :class:`~sdtriton.client.StableDiffusionClient`."""
-    from sdtriton.client import StableDiffusionClient
+    """(c) The request through a running server (``grpc://host:port``), one at a time.
 
-    with StableDiffusionClient(url) as client:
+    The request is the one :class:`~sdtriton.client.StableDiffusionClient` sends (its own ``build_inputs``),
+    through tritonclient's gRPC client, and the image is read back as the client reads it.
+    """
+    import tritonclient.grpc as triton
 
-        def run() -> np.ndarray:
-            result = client.generate(
-                request.prompt,
-                negative_prompt=request.negative_prompt,
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                seed=request.seed,
-                width=request.width,
-                height=request.height,
-                scheduler=request.scheduler,
-            )
-            return np.asarray(result.image)
+    from sdtriton import interface
+    from sdtriton.client import parse_url
+    from sdtriton.client.client import build_inputs, read_result, requested_outputs
 
+    client = triton.InferenceServerClient(parse_url(url).address)
+    inputs = build_inputs(
+        triton,
+        [request.prompt],
+        negative_prompt=request.negative_prompt,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        seed=request.seed,
+        width=request.width,
+        height=request.height,
+        scheduler=request.scheduler,
+    )
+    outputs = requested_outputs(triton)
+
+    def run() -> np.ndarray:
+        result = client.infer(interface.ENTRY_MODEL_NAME, inputs, outputs=outputs)
+        return np.asarray(read_result(result).image)
+
+    try:
         return _timed_runs(run, path=TRITON, steps=request.num_inference_steps, runs=runs, warmup_runs=warmup_runs)
+    finally:
+        client.close()

@@ -170,7 +170,7 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
     named = [
         ("(a) diffusers `StableDiffusionPipeline`, in-process", result.diffusers),
         ("(b) plain loop over the served ONNX files, no Triton", result.onnx_loop),
-        ("(c) Triton, `StableDiffusionClient` over gRPC", result.triton_client),
+        ("(c) Triton over gRPC, the client's request, one at a time", result.triton_client),
     ]
     for name, timing in named:
         if timing is None:
