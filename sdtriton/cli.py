@@ -124,6 +124,7 @@ def _train_shapes(args: argparse.Namespace) -> int:
         eval_prompts=args.eval_prompts,
         vae_gate_accuracy=args.vae_gate,
         vae_edge_weight=args.vae_edge_weight,
+        offset_noise=args.offset_noise,
     )
     sys.stdout.write(f"{train_shapes(args.output, plan)}\n")
     return 0
@@ -257,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-every-steps", type=int, default=500)
     train.add_argument("--eval-prompts", type=int, default=64)
     train.add_argument("--vae-edge-weight", type=float, default=1.0, help="weight of the VAE's edge (gradient) loss")
+    train.add_argument("--offset-noise", type=float, default=0.3, help="per-channel constant noise in UNet training")
     train.add_argument("--vae-gate", type=float, default=0.95, help="least judged accuracy of VAE reconstructions")
     train.set_defaults(run=_train_shapes)
 

@@ -65,6 +65,11 @@ class TrainingPlan:
     vae_target_accuracy: float = 0.98
     vae_check_every_steps: int = 100
     vae_edge_weight: float = 1.0
+    # Offset noise: a per-channel constant added to the training noise. At 16x16 latents the SD schedule
+    # leaks each channel's mean even at t=999 (noise averaged over 256 positions), so without it the UNet
+    # reads the colours off x_t and never learns them from the text (measured here: prompt adherence at
+    # chance after 1300 steps, the loss equal with right and shuffled captions).
+    offset_noise: float = 0.3
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
@@ -275,6 +280,7 @@ def train_shapes(out: Path, plan: TrainingPlan | None = None) -> Path:
                 latents = vae.encode(_to_tensor(images)).latent_dist.mean.float() * vae.config.scaling_factor
             generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
             noise = torch.randn(latents.shape, generator=generator)
+            noise += plan.offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
             timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(scenes),), generator=generator)
             noisy = noise_schedule.add_noise(latents, noise, timesteps)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.bf16_autocast):
