@@ -242,7 +242,7 @@ class StableDiffusionClient:
             scheduler=scheduler,
         )
         try:
-            result = self._client.infer(self.model_name, inputs, outputs=requested_outputs(self._triton), **kwargs)
+            result = self._client.infer(self.model_name, inputs, **kwargs)
         except Exception as error:
             raise wrap_error(error) from error
         return read_result(result)
