@@ -63,6 +63,34 @@ class StepSlope:
         return (self.high.median_ms - self.low.median_ms) / steps
 
 
+def time_slope(
+    run_with_steps: Callable[[int], Callable[[], object]], *, path: str, steps: tuple[int, int], runs: int
+) -> StepSlope:
+    """Runs at the two step counts in turns (low, high, low, ...), so a drifting background load hits both."""
+    latencies: dict[int, list[float]] = {steps[0]: [], steps[1]: []}
+    for _ in range(runs):
+        for count in steps:
+            run = run_with_steps(count)
+            started = time.perf_counter()
+            run()
+            latencies[count].append((time.perf_counter() - started) * 1000.0)
+    low, high = (
+        PathTiming(path=path, num_inference_steps=count, latencies_ms=tuple(latencies[count])) for count in steps
+    )
+    slope = StepSlope(low=low, high=high)
+    logger.info(
+        "%s: %d steps %.1f ms, %d steps %.1f ms (medians of %d): %.3f ms/step",
+        path,
+        low.num_inference_steps,
+        low.median_ms,
+        high.num_inference_steps,
+        high.median_ms,
+        runs,
+        slope.ms_per_step,
+    )
+    return slope
+
+
 @dataclass(frozen=True)
 class NetworkTimes:
     """Where the plain loop's time goes, medians over its runs (ms)."""
@@ -236,54 +264,74 @@ def time_onnx_loop(
         unet_calls_per_request=unet_calls,
         decode_ms=statistics.median(components.calls["decode_latents"]),
     )
+    unet_calls: dict[int, int] = {}
+
+    def counted(steps: int) -> Callable[[], np.ndarray]:
+        run = runner(request.with_steps(steps))
+
+        def run_and_count() -> np.ndarray:
+            before = len(components.calls["predict_noise"])
+            image = run()
+            unet_calls[steps] = len(components.calls["predict_noise"]) - before
+            return image
+
+        return run_and_count
+
+    slope = time_slope(counted, path=ONNX_LOOP, steps=slope_steps, runs=slope_runs)
     low_steps, high_steps = slope_steps
-    components.reset()
-    low, _ = timed(request.with_steps(low_steps), runs=slope_runs, warmup_runs=0)
-    low_calls = len(components.calls["predict_noise"])
-    components.reset()
-    high, _ = timed(request.with_steps(high_steps), runs=slope_runs, warmup_runs=0)
-    high_calls = len(components.calls["predict_noise"])
-    calls_per_step = (high_calls - low_calls) / slope_runs / (high_steps - low_steps)
+    calls_per_step = (unet_calls[high_steps] - unet_calls[low_steps]) / (high_steps - low_steps)
     return OnnxLoopResult(
         timing=timing,
         networks=networks,
-        slope=StepSlope(low=low, high=high),
+        slope=slope,
         unet_calls_per_step=calls_per_step,
         image=image,
     )
 
 
-def time_triton(url: str, request: RequestSpec, *, runs: int, warmup_runs: int) -> tuple[PathTiming, np.ndarray]:
-    """(c) The request through a running server (``grpc://host:port``), one at a time.
-
-    The request is the one :class:`~sdtriton.client.StableDiffusionClient` sends (its own ``build_inputs``),
-    through tritonclient's gRPC client, and the image is read back as the client reads it.
+class TritonPath:
+    """(c) A running server (``grpc://host:port``), sent the request :class:`~sdtriton.client.StableDiffusionClient`
+    sends (its own ``build_inputs``) through tritonclient's gRPC client, one at a time; images read as it reads them.
     """
-    import tritonclient.grpc as triton
 
-    from sdtriton import interface
-    from sdtriton.client import parse_url
-    from sdtriton.client.client import build_inputs, read_result, requested_outputs
+    def __init__(self, url: str) -> None:
+        import tritonclient.grpc as triton
 
-    client = triton.InferenceServerClient(parse_url(url).address)
-    inputs = build_inputs(
-        triton,
-        [request.prompt],
-        negative_prompt=request.negative_prompt,
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        seed=request.seed,
-        width=request.width,
-        height=request.height,
-        scheduler=request.scheduler,
-    )
-    outputs = requested_outputs(triton)
+        from sdtriton.client import parse_url
 
-    def run() -> np.ndarray:
-        result = client.infer(interface.ENTRY_MODEL_NAME, inputs, outputs=outputs)
-        return np.asarray(read_result(result).image)
+        self._triton = triton
+        self._client = triton.InferenceServerClient(parse_url(url).address)
 
-    try:
-        return _timed_runs(run, path=TRITON, steps=request.num_inference_steps, runs=runs, warmup_runs=warmup_runs)
-    finally:
-        client.close()
+    def runner(self, request: RequestSpec) -> Callable[[], np.ndarray]:
+        from sdtriton import interface
+        from sdtriton.client.client import build_inputs, read_result, requested_outputs
+
+        inputs = build_inputs(
+            self._triton,
+            [request.prompt],
+            negative_prompt=request.negative_prompt,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            seed=request.seed,
+            width=request.width,
+            height=request.height,
+            scheduler=request.scheduler,
+        )
+        outputs = requested_outputs(self._triton)
+
+        def run() -> np.ndarray:
+            result = self._client.infer(interface.ENTRY_MODEL_NAME, inputs, outputs=outputs)
+            return np.asarray(read_result(result).image)
+
+        return run
+
+    def time(self, request: RequestSpec, *, runs: int, warmup_runs: int) -> tuple[PathTiming, np.ndarray]:
+        return _timed_runs(
+            self.runner(request), path=TRITON, steps=request.num_inference_steps, runs=runs, warmup_runs=warmup_runs
+        )
+
+    def slope(self, request: RequestSpec, *, steps: tuple[int, int], runs: int) -> StepSlope:
+        return time_slope(lambda count: self.runner(request.with_steps(count)), path=TRITON, steps=steps, runs=runs)
+
+    def close(self) -> None:
+        self._client.close()

@@ -135,6 +135,33 @@ def headline(result: PerfResult) -> str:
     )
 
 
+def _bls_paragraph(result: PerfResult) -> str:
+    low = result.triton_slope.low.num_inference_steps
+    high = result.triton_slope.high.num_inference_steps
+    stats = result.slope_unet_stats
+    parts = []
+    probe = result.bls_probe
+    if probe is not None:
+        parts.append(
+            f"One BLS UNet call, measured with an identity UNet (the same repository, its UNet returning the "
+            f"sample): the per-step slope between {low} and {high} steps is {probe.triton_slope.ms_per_step:.3f} "
+            f"ms/step through Triton and {probe.onnx_loop_slope.ms_per_step:.3f} ms/step in the plain loop, so "
+            f"the call mechanism costs **{probe.round_trip_ms:.3f} ms** per call."
+        )
+    else:
+        parts.append("The identity-UNet probe did not run; the goal is judged on the net cost below.")
+    parts.append(
+        f"With the real UNet, the slopes are {result.triton_slope.ms_per_step:.3f} ms/step through Triton and "
+        f"{result.onnx_loop_slope.ms_per_step:.3f} ms/step in the plain loop ({result.unet_calls_per_step:g} UNet "
+        f"call(s) per step): serving adds **{result.unet_call_net_ms:.3f} ms** per real UNet call, fixed costs "
+        f"cancelled. Triton's statistics for `unet` over those runs: {stats.server_ms_per_request:.3f} ms per call "
+        f"in the server (queue {stats.queue_ms_per_request:.3f} ms, compute {stats.compute_infer_ms_per_request:.3f} "
+        f"ms) against {result.onnx_loop_networks.unet_ms_per_call:.3f} ms for the bare ONNX Runtime call in the "
+        f"plain loop: {result.unet_server_overhead_ms:.3f} ms on the UNet model's side of the server."
+    )
+    return " ".join(parts)
+
+
 def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
     """The run's markdown summary: machine, concurrency-1 comparison and goals, breakdown, load curves."""
     machine = result.machine
@@ -202,16 +229,7 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
         f"| one BLS UNet call | {bls:.3f} ms | < {GOAL_BLS_UNET_CALL_MS} ms | "
         f"{goal_verdict(bls, GOAL_BLS_UNET_CALL_MS, ' ms')} |",
         "",
-        f"One BLS UNet call: the per-step slope between {result.triton_slope.low.num_inference_steps} and "
-        f"{result.triton_slope.high.num_inference_steps} steps is {result.triton_slope.ms_per_step:.3f} ms/step "
-        f"through Triton and {result.onnx_loop_slope.ms_per_step:.3f} ms/step in the plain loop, with "
-        f"{result.unet_calls_per_step:g} UNet call(s) per step; fixed costs cancel. Triton's statistics for "
-        f"`unet` over those runs: {result.slope_unet_stats.server_ms_per_request:.3f} ms per call in the server "
-        f"(queue {result.slope_unet_stats.queue_ms_per_request:.3f} ms, ONNX Runtime inside "
-        f"{result.slope_unet_stats.compute_infer_ms_per_request:.3f} ms of compute) against "
-        f"{result.onnx_loop_networks.unet_ms_per_call:.3f} ms for the bare ONNX Runtime call: "
-        f"{result.unet_server_overhead_ms:.3f} ms of the call is spent on the UNet model's side of the server, "
-        "the rest on the pipeline's side (request objects, shared-memory copies, waiting for the response).",
+        _bls_paragraph(result),
         "",
         "## Where one request's time goes (ms)",
         "",

@@ -46,6 +46,20 @@ class TritonBreakdown:
 
 
 @dataclass(frozen=True)
+class BlsProbe:
+    """Both paths over the identity-UNet repository (:mod:`sdtriton.perf.identity`) at the slope step counts."""
+
+    onnx_loop_slope: StepSlope
+    triton_slope: StepSlope
+    unet_calls_per_step: float
+
+    @property
+    def round_trip_ms(self) -> float:
+        """One BLS UNet call with no compute behind it: Triton's per-step cost minus the plain loop's."""
+        return (self.triton_slope.ms_per_step - self.onnx_loop_slope.ms_per_step) / self.unet_calls_per_step
+
+
+@dataclass(frozen=True)
 class PerfResult:
     """Everything one run measured.
 
@@ -68,6 +82,7 @@ class PerfResult:
         skipped: levels not run, each with the reason.
         max_pixel_difference: between the paths' images, by pair name.
         elapsed_s: the run's wall time.
+        bls_probe: the identity-UNet measurement, or None when it did not run.
     """
 
     profile: str
@@ -88,6 +103,7 @@ class PerfResult:
     skipped: tuple[str, ...] = ()
     max_pixel_difference: Mapping[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    bls_probe: BlsProbe | None = None
 
     @property
     def triton_concurrency_1(self) -> LoadPoint | None:
@@ -121,9 +137,14 @@ class PerfResult:
         return None if self.diffusers is None else self.triton_end_to_end_ms / self.diffusers.median_ms
 
     @property
-    def bls_unet_call_ms(self) -> float:
-        """What one BLS UNet call adds: (Triton's per-step cost - the plain loop's) per UNet call."""
+    def unet_call_net_ms(self) -> float:
+        """What serving adds per real UNet call: (Triton's per-step cost - the plain loop's) per call."""
         return (self.triton_slope.ms_per_step - self.onnx_loop_slope.ms_per_step) / self.unet_calls_per_step
+
+    @property
+    def bls_unet_call_ms(self) -> float:
+        """The cost of one BLS UNet call: the identity-UNet round trip, else the net cost per real call."""
+        return self.bls_probe.round_trip_ms if self.bls_probe is not None else self.unet_call_net_ms
 
     @property
     def unet_server_overhead_ms(self) -> float:

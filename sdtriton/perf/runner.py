@@ -27,9 +27,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sdtriton.perf import baselines
+from sdtriton.perf.identity import identity_repository
 from sdtriton.perf.perf_analyzer import PerfAnalyzerError, find_perf_analyzer, level_file_stem, run_level
 from sdtriton.perf.report import write_reports
-from sdtriton.perf.results import MachineInfo, PerfResult, TritonBreakdown
+from sdtriton.perf.results import BlsProbe, MachineInfo, PerfResult, TritonBreakdown
 from sdtriton.perf.scenarios import (
     INPUT_DATA_DIR_NAME,
     LoadMode,
@@ -57,6 +58,9 @@ _STATS_MODELS = (_TOKENIZER_MODEL, _PIPELINE_MODEL, "text_encoder", "unet", "vae
 # perf_analyzer's own start-up and connection, on top of the requests of a level.
 _PERF_ANALYZER_START_S = 5.0
 _SERVER_LOG_NAME = "tritonserver.log"
+_PROBE_SERVER_LOG_NAME = "tritonserver_identity_unet.log"
+# The identity-UNet probe's server start and session loads, on top of its requests.
+_PROBE_FIXED_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -215,24 +219,24 @@ class _TritonTimings:
     client: baselines.PathTiming
     image: np.ndarray
     breakdown: TritonBreakdown
-    low: baselines.PathTiming
-    high: baselines.PathTiming
+    slope: baselines.StepSlope
     slope_unet_stats: ModelStats
 
 
 def _time_triton(server: TritonServer, request: RequestSpec, profile: Profile) -> _TritonTimings:
     spec = profile.baseline
-    url = server.address.grpc_url
     http_url = server.address.http_url
-    baselines.time_triton(url, request, runs=spec.warmup_runs, warmup_runs=0)
-    before = _stats_snapshot(http_url)
-    client, image = baselines.time_triton(url, request, runs=spec.runs, warmup_runs=0)
-    delta = _stats_delta(_stats_snapshot(http_url), before)
-    low_steps, high_steps = spec.slope_steps
-    before_slope = fetch_model_stats(http_url, "unet")
-    low, _ = baselines.time_triton(url, request.with_steps(low_steps), runs=spec.slope_runs, warmup_runs=0)
-    high, _ = baselines.time_triton(url, request.with_steps(high_steps), runs=spec.slope_runs, warmup_runs=0)
-    slope_unet = fetch_model_stats(http_url, "unet").minus(before_slope)
+    triton = baselines.TritonPath(server.address.grpc_url)
+    try:
+        triton.time(request, runs=spec.warmup_runs, warmup_runs=0)
+        before = _stats_snapshot(http_url)
+        client, image = triton.time(request, runs=spec.runs, warmup_runs=0)
+        delta = _stats_delta(_stats_snapshot(http_url), before)
+        before_slope = fetch_model_stats(http_url, "unet")
+        slope = triton.slope(request, steps=spec.slope_steps, runs=spec.slope_runs)
+        slope_unet = fetch_model_stats(http_url, "unet").minus(before_slope)
+    finally:
+        triton.close()
     return _TritonTimings(
         client=client,
         image=image,
@@ -243,10 +247,58 @@ def _time_triton(server: TritonServer, request: RequestSpec, profile: Profile) -
             unet=delta["unet"],
             vae_decoder=delta["vae_decoder"],
         ),
-        low=low,
-        high=high,
+        slope=slope,
         slope_unet_stats=slope_unet,
     )
+
+
+def _bls_probe(
+    repository: Path,
+    work_dir: Path,
+    request: RequestSpec,
+    profile: Profile,
+    *,
+    options: PerfOptions,
+    output_dir: Path,
+) -> BlsProbe:
+    """Times both paths over the repository with an identity UNet: what the BLS call itself costs."""
+    spec = profile.baseline
+    probe_repository = identity_repository(repository, work_dir / "identity_unet_repository")
+    logger.info("BLS probe: the repository with an identity UNet in %s", probe_repository)
+    loop = baselines.time_onnx_loop(
+        probe_repository,
+        request,
+        runs=1,
+        warmup_runs=1,
+        slope_steps=spec.slope_steps,
+        slope_runs=spec.slope_runs,
+        gpu=options.gpu,
+    )
+    gc.collect()
+    server = TritonServer(
+        probe_repository,
+        address=ServerAddress.on_free_ports(),
+        installation=named_triton_installation(options.tritonserver) if options.tritonserver else None,
+        log_path=output_dir / _PROBE_SERVER_LOG_NAME,
+    )
+    server.start()
+    try:
+        server.wait_ready()
+        triton = baselines.TritonPath(server.address.grpc_url)
+        try:
+            triton.time(request, runs=1, warmup_runs=1)
+            slope = triton.slope(request, steps=spec.slope_steps, runs=spec.slope_runs)
+        finally:
+            triton.close()
+    finally:
+        server.stop()
+    probe = BlsProbe(
+        onnx_loop_slope=loop.slope,
+        triton_slope=slope,
+        unet_calls_per_step=loop.unet_calls_per_step,
+    )
+    logger.info("BLS probe: one BLS UNet call costs %.3f ms", probe.round_trip_ms)
+    return probe
 
 
 def _estimated_level_s(scenario: Scenario, level: float, *, throughput_per_s: float) -> float:
@@ -412,6 +464,15 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
             )
         finally:
             server.stop()
+        probe = None
+        probe_estimate_s = _PROBE_FIXED_S + 6 * spec.slope_runs * triton.client.median_ms / 1000.0
+        if probe_estimate_s < deadline.left_s:
+            probe = _bls_probe(repository, work_dir, request, profile, options=options, output_dir=output_dir)
+        else:
+            skipped.append(
+                f"identity-UNet BLS probe: about {probe_estimate_s:.0f} s needed, {max(deadline.left_s, 0):.0f} s "
+                f"left of the {deadline.limit_s:.0f} s limit"
+            )
 
     differences = {"onnx_loop vs triton": _max_difference(loop.image, triton.image)}
     if diffusers_image is not None:
@@ -428,7 +489,7 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
         onnx_loop_slope=loop.slope,
         unet_calls_per_step=loop.unet_calls_per_step,
         triton_client=triton.client,
-        triton_slope=baselines.StepSlope(low=triton.low, high=triton.high),
+        triton_slope=triton.slope,
         triton_breakdown=triton.breakdown,
         slope_unet_stats=triton.slope_unet_stats,
         points=tuple(points),
@@ -437,6 +498,7 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
         skipped=tuple(skipped),
         max_pixel_difference={name: value for name, value in differences.items() if value is not None},
         elapsed_s=deadline.elapsed_s,
+        bls_probe=probe,
     )
     files = write_reports(result, output_dir)
     return result, files

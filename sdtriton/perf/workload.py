@@ -37,6 +37,8 @@ PROMPTS: tuple[str, ...] = (
 )
 NEGATIVE_PROMPTS: tuple[str, ...] = ("", "blurry, low quality", "text, watermark")
 _SEED_BASE = 1000
+# The default model's own scheduler (DPM-Solver++ 2M): one UNet call per step.
+FIXED_SCHEDULER = "dpmpp_2m"
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def fixed_requests(*, size_px: int, num_inference_steps: int) -> tuple[RequestSp
             seed=_SEED_BASE,
             width=size_px,
             height=size_px,
-            scheduler="pndm",
+            scheduler=FIXED_SCHEDULER,
         ),
     )
 
