@@ -36,6 +36,10 @@ class PathTiming:
     latencies_ms: tuple[float, ...]
 
     @property
+    def mean_ms(self) -> float:
+        return statistics.mean(self.latencies_ms)
+
+    @property
     def median_ms(self) -> float:
         return statistics.median(self.latencies_ms)
 
@@ -93,7 +97,7 @@ def time_slope(
 
 @dataclass(frozen=True)
 class NetworkTimes:
-    """Where the plain loop's time goes, medians over its runs (ms)."""
+    """Where the plain loop's time goes: means over its timed runs (ms), as Triton's statistics are means."""
 
     encode_text_ms: float
     unet_ms_per_call: float
@@ -256,13 +260,17 @@ def time_onnx_loop(
             runner(spec), path=ONNX_LOOP, steps=spec.num_inference_steps, runs=runs, warmup_runs=warmup_runs
         )
 
-    timing, image = timed(request, runs=runs, warmup_runs=warmup_runs)
-    unet_calls = len(components.calls["predict_noise"]) // (runs + warmup_runs)
+    warm_up = runner(request)
+    for _ in range(warmup_runs):
+        warm_up()
+    components.reset()
+    timing, image = timed(request, runs=runs, warmup_runs=0)
+    calls = components.calls
     networks = NetworkTimes(
-        encode_text_ms=statistics.median(components.calls["encode_text"]),
-        unet_ms_per_call=statistics.median(components.calls["predict_noise"]),
-        unet_calls_per_request=unet_calls,
-        decode_ms=statistics.median(components.calls["decode_latents"]),
+        encode_text_ms=sum(calls["encode_text"]) / runs,
+        unet_ms_per_call=statistics.mean(calls["predict_noise"]),
+        unet_calls_per_request=len(calls["predict_noise"]) // runs,
+        decode_ms=sum(calls["decode_latents"]) / runs,
     )
     unet_calls: dict[int, int] = {}
 

@@ -126,12 +126,18 @@ def headline(result: PerfResult) -> str:
         else f"{over_diffusers:.3f}x diffusers (goal <= {GOAL_TRITON_OVER_DIFFUSERS}x: "
         f"{goal_verdict(over_diffusers, GOAL_TRITON_OVER_DIFFUSERS, 'x')})"
     )
+    bls = result.bls_unet_call_ms
+    bls_text = (
+        "identity-UNet BLS probe not run"
+        if bls is None
+        else f"one BLS UNet call {bls:.3f} ms (goal < {GOAL_BLS_UNET_CALL_MS} ms: "
+        f"{goal_verdict(bls, GOAL_BLS_UNET_CALL_MS, ' ms')})"
+    )
     return (
         f"Triton at concurrency 1: {result.triton_end_to_end_ms:.1f} ms = {result.triton_over_onnx_loop:.3f}x the "
         f"plain ONNX loop (goal <= {GOAL_TRITON_OVER_ONNX_LOOP}x: "
-        f"{goal_verdict(result.triton_over_onnx_loop, GOAL_TRITON_OVER_ONNX_LOOP, 'x')}), {diffusers}; "
-        f"one BLS UNet call {result.bls_unet_call_ms:.3f} ms (goal < {GOAL_BLS_UNET_CALL_MS} ms: "
-        f"{goal_verdict(result.bls_unet_call_ms, GOAL_BLS_UNET_CALL_MS, ' ms')})"
+        f"{goal_verdict(result.triton_over_onnx_loop, GOAL_TRITON_OVER_ONNX_LOOP, 'x')}), {diffusers}; {bls_text}; "
+        f"serving adds {result.unet_call_net_ms:.3f} ms per real UNet call"
     )
 
 
@@ -149,7 +155,7 @@ def _bls_paragraph(result: PerfResult) -> str:
             f"the call mechanism costs **{probe.round_trip_ms:.3f} ms** per call."
         )
     else:
-        parts.append("The identity-UNet probe did not run; the goal is judged on the net cost below.")
+        parts.append("The identity-UNet probe did not run (see below), so the BLS goal is not judged.")
     parts.append(
         f"With the real UNet, the slopes are {result.triton_slope.ms_per_step:.3f} ms/step through Triton and "
         f"{result.onnx_loop_slope.ms_per_step:.3f} ms/step in the plain loop ({result.unet_calls_per_step:g} UNet "
@@ -179,8 +185,9 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
     if machine.load_average_before[0] > _BUSY_LOAD_PER_CORE * machine.cpu_count:
         lines += [
             "",
-            "**Other processes were using the CPU when this run started: absolute numbers are pessimistic and "
-            "ratios noisy.**",
+            f"**The 1-minute load average was {machine.load_average_before[0]:.2f} on {machine.cpu_count} cores when "
+            "this run started: other work (or a run that had just ended) was using the CPU; compare the spread of "
+            "the runs below.**",
         ]
     lines += [
         "",
@@ -226,15 +233,15 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
         f"{goal_verdict(result.triton_over_onnx_loop, GOAL_TRITON_OVER_ONNX_LOOP, 'x')} |",
         f"| Triton / diffusers | {'' if over_diffusers is None else f'{over_diffusers:.3f}x'} | "
         f"<= {GOAL_TRITON_OVER_DIFFUSERS}x | {goal_verdict(over_diffusers, GOAL_TRITON_OVER_DIFFUSERS, 'x')} |",
-        f"| one BLS UNet call | {bls:.3f} ms | < {GOAL_BLS_UNET_CALL_MS} ms | "
-        f"{goal_verdict(bls, GOAL_BLS_UNET_CALL_MS, ' ms')} |",
+        f"| one BLS UNet call (identity UNet) | {'' if bls is None else f'{bls:.3f} ms'} | "
+        f"< {GOAL_BLS_UNET_CALL_MS} ms | {goal_verdict(bls, GOAL_BLS_UNET_CALL_MS, ' ms')} |",
         "",
         _bls_paragraph(result),
         "",
         "## Where one request's time goes (ms)",
         "",
-        "Plain loop: timers around each network call (medians). Triton: per-model statistics (queue + compute) "
-        "over the client-timed runs.",
+        "Means per request over the timed runs. Plain loop: timers around each network call. Triton: per-model "
+        "statistics (queue + compute) over the client-timed runs.",
         "",
         "| part | plain ONNX loop | Triton |",
         "|---|---:|---:|",

@@ -142,9 +142,9 @@ class PerfResult:
         return (self.triton_slope.ms_per_step - self.onnx_loop_slope.ms_per_step) / self.unet_calls_per_step
 
     @property
-    def bls_unet_call_ms(self) -> float:
-        """The cost of one BLS UNet call: the identity-UNet round trip, else the net cost per real call."""
-        return self.bls_probe.round_trip_ms if self.bls_probe is not None else self.unet_call_net_ms
+    def bls_unet_call_ms(self) -> float | None:
+        """The cost of one BLS UNet call: the identity-UNet round trip; None when the probe did not run."""
+        return self.bls_probe.round_trip_ms if self.bls_probe is not None else None
 
     @property
     def unet_server_overhead_ms(self) -> float:
@@ -176,11 +176,11 @@ def time_breakdown(result: PerfResult) -> list[BreakdownRow]:
         BreakdownRow(
             "loop glue: scheduler, torch ops, validation (+ tokenizer in the plain loop; "
             "+ the caller side of every BLS call in Triton)",
-            loop.other_ms(result.onnx_loop.median_ms),
+            loop.other_ms(result.onnx_loop.mean_ms),
             pipeline_ms - triton_networks,
         ),
-        BreakdownRow("client, gRPC, ensemble scheduling", None, result.triton_client.median_ms - server_ms),
-        BreakdownRow("total", result.onnx_loop.median_ms, result.triton_client.median_ms),
+        BreakdownRow("client, gRPC, ensemble scheduling", None, result.triton_client.mean_ms - server_ms),
+        BreakdownRow("total (mean of the timed runs)", result.onnx_loop.mean_ms, result.triton_client.mean_ms),
     ]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from sdtriton.perf.baselines import NetworkTimes, PathTiming, StepSlope
 from sdtriton.perf.report import summary_markdown, write_reports
-from sdtriton.perf.results import MachineInfo, PerfResult, TritonBreakdown, time_breakdown
+from sdtriton.perf.results import BlsProbe, MachineInfo, PerfResult, TritonBreakdown, time_breakdown
 from sdtriton.perf.scenarios import LoadMode, LoadPoint, Protocol, Scenario
 from sdtriton.perf.stats import ModelStats
 from sdtriton.perf.workload import fixed_requests
@@ -141,6 +141,11 @@ def _result(*, with_points: bool = True) -> PerfResult:
         skipped=("grpc_rate_0p9: about 30 s needed, 10 s left of the 900 s limit",),
         max_pixel_difference={"onnx_loop vs triton": 0},
         elapsed_s=300.0,
+        bls_probe=BlsProbe(
+            onnx_loop_slope=StepSlope(low=_timing("onnx_loop", 5, 4.0), high=_timing("onnx_loop", 45, 42.0)),
+            triton_slope=StepSlope(low=_timing("triton", 5, 4.0), high=_timing("triton", 45, 46.0)),
+            unet_calls_per_step=1.0,
+        ),
     )
 
 
@@ -155,16 +160,20 @@ def test_triton_end_to_end_is_perf_analyzer_at_concurrency_1_over_grpc_on_the_ba
 
 def test_bls_cost_is_the_difference_of_per_step_slopes() -> None:
     result = _result()
-    # Triton (210 - 42) / 40 = 4.2 ms/step, plain loop (200 - 40) / 40 = 4.0 ms/step.
-    assert result.bls_unet_call_ms == pytest.approx(0.2)
+    # Real UNet: Triton (210 - 42) / 40 = 4.2 ms/step, plain loop (200 - 40) / 40 = 4.0 ms/step.
+    assert result.unet_call_net_ms == pytest.approx(0.2)
     assert result.unet_server_overhead_ms == pytest.approx(0.2)
+    # Identity UNet: (46 - 4) / 40 = 1.05 ms/step against (42 - 4) / 40 = 0.95 ms/step.
+    assert result.bls_unet_call_ms == pytest.approx(0.1)
+    assert dataclasses.replace(result, bls_probe=None).bls_unet_call_ms is None
+    assert "not judged" in summary_markdown(dataclasses.replace(result, bls_probe=None))
 
 
 def test_breakdown_adds_up() -> None:
     rows = {row.part.split(" (")[0].split(":")[0]: row for row in time_breakdown(_result())}
     assert rows["UNet"].onnx_loop_ms == pytest.approx(80.0)
     assert rows["UNet"].triton_ms == pytest.approx(84.0)
-    assert rows["loop glue"].onnx_loop_ms == pytest.approx(100.0 - 1.0 - 80.0 - 3.0)
+    assert rows["loop glue"].onnx_loop_ms == pytest.approx(100.0 - 1.0 - 80.0 - 3.0)  # the mean of 100, 101, 99
     assert rows["loop glue"].triton_ms == pytest.approx(100.0 - 1.5 - 84.0 - 3.5)
     assert rows["client, gRPC, ensemble scheduling"].triton_ms == pytest.approx(104.0 - 101.0)
 
@@ -173,9 +182,9 @@ def test_summary_states_each_goal(tmp_path: Path) -> None:
     text = summary_markdown(_result())
     assert "| Triton / plain ONNX loop | 1.050x | <= 1.1x | met |" in text
     assert "| Triton / diffusers | 0.350x | <= 0.9x | met |" in text
-    assert "| one BLS UNet call | 0.200 ms | < 0.3 ms | met |" in text
+    assert "| one BLS UNet call (identity UNet) | 0.100 ms | < 0.3 ms | met |" in text
     assert "grpc_rate_0p9" in text
-    assert "Other processes" not in text
+    assert "load average was" not in text
     slow = dataclasses.replace(_result(), triton_client=_timing("triton", 20, 150.0), points=())
     assert "missed by 0.4x" in summary_markdown(slow)
 
