@@ -10,6 +10,7 @@ costs, free of every fixed cost (model load, tokenizer, VAE, transport).
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from sdtriton.perf.workload import RequestSpec
 
 logger = logging.getLogger(__name__)
 
+_MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
 DIFFUSERS = "diffusers"
 ONNX_LOOP = "onnx_loop"
 TRITON = "triton"
@@ -42,6 +44,13 @@ class PathTiming:
     @property
     def median_ms(self) -> float:
         return statistics.median(self.latencies_ms)
+
+    @property
+    def median_standard_error_ms(self) -> float | None:
+        """Standard error of the median (normal approximation: 1.2533 sigma / sqrt(n)); None for one run."""
+        if len(self.latencies_ms) < 2:
+            return None
+        return _MEDIAN_SE_FACTOR * statistics.stdev(self.latencies_ms) / math.sqrt(len(self.latencies_ms))
 
     @property
     def min_ms(self) -> float:
@@ -65,6 +74,14 @@ class StepSlope:
         if steps <= 0:
             raise ValueError("the high step count must exceed the low one")
         return (self.high.median_ms - self.low.median_ms) / steps
+
+    @property
+    def error_ms_per_step(self) -> float | None:
+        """One standard error of :attr:`ms_per_step`, or None when a side has a single run."""
+        low, high = self.low.median_standard_error_ms, self.high.median_standard_error_ms
+        if low is None or high is None:
+            return None
+        return math.hypot(low, high) / (self.high.num_inference_steps - self.low.num_inference_steps)
 
 
 def time_slope(

@@ -141,6 +141,10 @@ def headline(result: PerfResult) -> str:
     )
 
 
+def _plus_minus(error_ms: float | None) -> str:
+    return " (single runs: not resolved)" if error_ms is None else f" ± {error_ms:.3f}"
+
+
 def _bls_paragraph(result: PerfResult) -> str:
     low = result.triton_slope.low.num_inference_steps
     high = result.triton_slope.high.num_inference_steps
@@ -152,18 +156,19 @@ def _bls_paragraph(result: PerfResult) -> str:
             f"One BLS UNet call, measured with an identity UNet (the same repository, its UNet returning the "
             f"sample): the per-step slope between {low} and {high} steps is {probe.triton_slope.ms_per_step:.3f} "
             f"ms/step through Triton and {probe.onnx_loop_slope.ms_per_step:.3f} ms/step in the plain loop, so "
-            f"the call mechanism costs **{probe.round_trip_ms:.3f} ms** per call."
+            f"the call mechanism costs **{probe.round_trip_ms:.3f}{_plus_minus(probe.round_trip_error_ms)} ms** "
+            "per call (± one standard error of the medians)."
         )
     else:
         parts.append("The identity-UNet probe did not run (see below), so the BLS goal is not judged.")
     parts.append(
         f"With the real UNet, the slopes are {result.triton_slope.ms_per_step:.3f} ms/step through Triton and "
         f"{result.onnx_loop_slope.ms_per_step:.3f} ms/step in the plain loop ({result.unet_calls_per_step:g} UNet "
-        f"call(s) per step): serving adds **{result.unet_call_net_ms:.3f} ms** per real UNet call, fixed costs "
-        f"cancelled. Triton's statistics for `unet` over those runs: {stats.server_ms_per_request:.3f} ms per call "
-        f"in the server (queue {stats.queue_ms_per_request:.3f} ms, compute {stats.compute_infer_ms_per_request:.3f} "
-        f"ms) against {result.onnx_loop_networks.unet_ms_per_call:.3f} ms for the bare ONNX Runtime call in the "
-        f"plain loop: {result.unet_server_overhead_ms:.3f} ms on the UNet model's side of the server."
+        f"call(s) per step): serving adds **{result.unet_call_net_ms:.3f}"
+        f"{_plus_minus(result.unet_call_net_error_ms)} ms** per real UNet call, fixed costs cancelled. Triton's "
+        f"statistics for `unet` over those runs: {stats.server_ms_per_request:.3f} ms per call in the server "
+        f"(queue {stats.queue_ms_per_request:.3f} ms, compute {stats.compute_infer_ms_per_request:.3f} ms) against "
+        f"{result.onnx_loop_networks.unet_ms_per_call:.3f} ms for the bare ONNX Runtime call in the plain loop."
     )
     return " ".join(parts)
 
@@ -235,6 +240,9 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
         f"<= {GOAL_TRITON_OVER_DIFFUSERS}x | {goal_verdict(over_diffusers, GOAL_TRITON_OVER_DIFFUSERS, 'x')} |",
         f"| one BLS UNet call (identity UNet) | {'' if bls is None else f'{bls:.3f} ms'} | "
         f"< {GOAL_BLS_UNET_CALL_MS} ms | {goal_verdict(bls, GOAL_BLS_UNET_CALL_MS, ' ms')} |",
+        "",
+        "The goals are those of issue 3, set for the default model at concurrency 1; on other profiles they are "
+        "for reference.",
         "",
         _bls_paragraph(result),
         "",

@@ -5,6 +5,7 @@ Pure: built by :mod:`sdtriton.perf.runner`, rendered by :mod:`sdtriton.perf.repo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -45,6 +46,13 @@ class TritonBreakdown:
     vae_decoder: ModelStats
 
 
+def _difference_error(first: StepSlope, second: StepSlope, calls_per_step: float) -> float | None:
+    errors = (first.error_ms_per_step, second.error_ms_per_step)
+    if None in errors:
+        return None
+    return math.hypot(*errors) / calls_per_step
+
+
 @dataclass(frozen=True)
 class BlsProbe:
     """Both paths over the identity-UNet repository (:mod:`sdtriton.perf.identity`) at the slope step counts."""
@@ -57,6 +65,10 @@ class BlsProbe:
     def round_trip_ms(self) -> float:
         """One BLS UNet call with no compute behind it: Triton's per-step cost minus the plain loop's."""
         return (self.triton_slope.ms_per_step - self.onnx_loop_slope.ms_per_step) / self.unet_calls_per_step
+
+    @property
+    def round_trip_error_ms(self) -> float | None:
+        return _difference_error(self.triton_slope, self.onnx_loop_slope, self.unet_calls_per_step)
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,10 @@ class PerfResult:
     def unet_call_net_ms(self) -> float:
         """What serving adds per real UNet call: (Triton's per-step cost - the plain loop's) per call."""
         return (self.triton_slope.ms_per_step - self.onnx_loop_slope.ms_per_step) / self.unet_calls_per_step
+
+    @property
+    def unet_call_net_error_ms(self) -> float | None:
+        return _difference_error(self.triton_slope, self.onnx_loop_slope, self.unet_calls_per_step)
 
     @property
     def bls_unet_call_ms(self) -> float | None:

@@ -466,7 +466,9 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
             server.stop()
         probe = None
         probe_estimate_s = _PROBE_FIXED_S + 6 * spec.slope_runs * triton.client.median_ms / 1000.0
-        if probe_estimate_s < deadline.left_s:
+        if not spec.bls_probe:
+            skipped.append("identity-UNet BLS probe: off in this profile (its goal is judged on the default model)")
+        elif probe_estimate_s < deadline.left_s:
             probe = _bls_probe(repository, work_dir, request, profile, options=options, output_dir=output_dir)
         else:
             skipped.append(

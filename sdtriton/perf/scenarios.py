@@ -80,6 +80,7 @@ class BaselineSpec:
         slope_steps: two step counts: the per-step cost of each path is the slope between them, and the
             difference of slopes is the cost one BLS UNet call adds.
         slope_runs: timed runs at each slope step count (on warm sessions, no warm-up).
+        bls_probe: also time both paths over an identity UNet (:mod:`sdtriton.perf.identity`).
     """
 
     input_data: str
@@ -87,6 +88,7 @@ class BaselineSpec:
     warmup_runs: int = 2
     slope_steps: tuple[int, int] = (5, 40)
     slope_runs: int = 10
+    bls_probe: bool = True
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ def _profile_from_json(name: str, values: Mapping[str, Any]) -> Profile:
             warmup_runs=int(baseline.get("warmup_runs", BaselineSpec.warmup_runs)),
             slope_steps=(slope[0], slope[1]),
             slope_runs=int(baseline.get("slope_runs", BaselineSpec.slope_runs)),
+            bls_probe=bool(baseline.get("bls_probe", BaselineSpec.bls_probe)),
         ),
         scenarios=tuple(_scenario_from_json(scenario) for scenario in values["scenarios"]),
         time_limit_s=float(values["time_limit_s"]),

@@ -197,3 +197,12 @@ def test_summary_states_each_goal(tmp_path: Path) -> None:
     ]
     assert files["plot"].read_bytes()[:4] == b"\x89PNG"
     assert files["load_csv"].read_text().count("\n") == 1 + len(_result().points)
+
+
+def test_slope_errors_need_two_runs_a_side() -> None:
+    single = StepSlope(low=_timing("triton", 5, 40.0), high=_timing("triton", 45, 200.0))
+    assert single.error_ms_per_step is None
+    repeated = StepSlope(low=_timing("triton", 5, 40.0, 42.0), high=_timing("triton", 45, 200.0, 202.0))
+    # stdev sqrt(2) on each side, two runs: SE = 1.2533 * sqrt(2) / sqrt(2) per median; sqrt(2) of them over 40 steps.
+    assert repeated.error_ms_per_step == pytest.approx(1.2533 * 2**0.5 / 40, rel=1e-3)
+    assert "not resolved" in summary_markdown(dataclasses.replace(_result(), bls_probe=None))
