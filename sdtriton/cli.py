@@ -125,6 +125,7 @@ def _train_shapes(args: argparse.Namespace) -> int:
         vae_gate_accuracy=args.vae_gate,
         vae_edge_weight=args.vae_edge_weight,
         offset_noise=args.offset_noise,
+        init_from=str(args.init_from) if args.init_from else None,
     )
     sys.stdout.write(f"{train_shapes(args.output, plan)}\n")
     return 0
@@ -258,7 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-every-steps", type=int, default=500)
     train.add_argument("--eval-prompts", type=int, default=64)
     train.add_argument("--vae-edge-weight", type=float, default=1.0, help="weight of the VAE's edge (gradient) loss")
-    train.add_argument("--offset-noise", type=float, default=0.3, help="per-channel constant noise in UNet training")
+    train.add_argument("--offset-noise", type=float, default=0.0, help="per-channel constant noise in UNet training")
+    train.add_argument(
+        "--init-from", type=Path, help="an earlier run's checkpoints/unet.pt: fine-tune its EMA UNet and text encoder"
+    )
     train.add_argument("--vae-gate", type=float, default=0.95, help="least judged accuracy of VAE reconstructions")
     train.set_defaults(run=_train_shapes)
 

@@ -37,12 +37,15 @@ def shapes_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repository
 
 
-def _serve(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def serve(
+    repository: Path, tmp_path_factory: pytest.TempPathFactory, extra_args: tuple[str, ...] = ()
+) -> Iterator[object]:
+    """A real tritonserver over ``repository`` on free loopback ports, stopped when the generator closes."""
     from sdtriton.server import ServerAddress, TritonServer
 
     address = ServerAddress.on_free_ports()
     log_path = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    server = TritonServer(repository, address=address, log_path=log_path)
+    server = TritonServer(repository, address=address, log_path=log_path, extra_args=extra_args)
     server.start()
     try:
         ready_s = server.wait_ready()
@@ -56,13 +59,13 @@ def _serve(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="session")
 def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real tritonserver over the random-weight tiny model (parity and validation tests)."""
-    yield from _serve(tiny_repository, tmp_path_factory)
+    yield from serve(tiny_repository, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def shapes_server(shapes_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real tritonserver over the trained 'shapes' model (adherence tests)."""
-    yield from _serve(shapes_repository, tmp_path_factory)
+    yield from serve(shapes_repository, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -169,7 +169,14 @@ class OnnxComponentModel:
 
 
 class BlsComponents:
-    """The pipeline's networks reached through BLS calls to their own Triton models."""
+    """The pipeline's networks reached through BLS calls to their own Triton models.
+
+    ``trace`` is the calling request's trace: with ``--trace-config`` on, each BLS call is traced as a
+    child of the request that made it.
+    """
+
+    def __init__(self, trace: Any = None) -> None:
+        self._trace_arguments = {} if trace is None else {"trace": trace}
 
     def _infer(self, spec: ComponentSpec, *arrays: np.ndarray) -> np.ndarray:
         inputs = []
@@ -179,7 +186,10 @@ class BlsComponents:
                 value = value.reshape(-1, 1)  # a per-item scalar travels as [batch, 1]
             inputs.append(pb_utils.Tensor(tensor.name, value))
         response = pb_utils.InferenceRequest(
-            model_name=spec.model_name, inputs=inputs, requested_output_names=spec.output_names
+            model_name=spec.model_name,
+            inputs=inputs,
+            requested_output_names=spec.output_names,
+            **self._trace_arguments,
         ).exec()
         if response.has_error():
             raise ComponentCallError(f"{spec.model_name}: {response.error().message()}")
@@ -206,7 +216,6 @@ class PipelineModel:
 
         self._generate_image = generate_image
         self.config = PipelineConfig.load(_version_dir(args))
-        self.components = BlsComponents()
 
     def _params(self, request: Any, batch_size: int) -> list[GenerationParams]:
         raw = {tensor.name: _optional_items(request, tensor) for tensor in interface.GENERATION_INPUTS}
@@ -225,13 +234,14 @@ class PipelineModel:
         input_ids = _required_items(request, interface.INPUT_IDS.name)
         negative_input_ids = _required_items(request, interface.NEGATIVE_INPUT_IDS.name)
         params = self._params(request, batch_size=input_ids.shape[0])
+        components = BlsComponents(trace=request.trace())
         images = [
             self._generate_image(
                 input_ids=input_ids[index],
                 negative_input_ids=negative_input_ids[index],
                 params=item,
                 config=self.config,
-                components=self.components,
+                components=components,
                 is_cancelled=request.is_cancelled,
             )
             for index, item in enumerate(params)

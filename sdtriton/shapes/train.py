@@ -2,10 +2,10 @@
 
 Stage 1 trains the autoencoder on the posterior mean with an L1 + edge loss, and gates on the judge
 naming >= 95% of its reconstructions right. Stage 2 trains the UNet and the CLIP text encoder together
-(epsilon prediction, min-SNR weighting, 10% empty captions for classifier-free guidance, EMA, bf16
-autocast), with the real CLIP tokenizer. Every batch depends only on (seed, step), checkpoints are taken
-every few minutes, and a run resumes from the last one. Prompt adherence of the EMA weights is measured
-in-process every ``eval_every_steps`` and appended to ``curve.csv``.
+(v-prediction over a zero-terminal-SNR schedule, min-SNR weighting, 10% empty captions for
+classifier-free guidance, EMA, optional bf16 autocast), with the real CLIP tokenizer. Every batch depends
+only on (seed, step), checkpoints are taken every few minutes, and a run resumes from the last one. Prompt
+adherence of the EMA weights is measured in-process every ``eval_every_steps`` and appended to ``curve.csv``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from sdtriton.shapes import architecture
 from sdtriton.shapes.evaluate import score
 from sdtriton.shapes.judge import judge
 from sdtriton.shapes.world import CAPTION_TEMPLATES, COLOURS, SHAPES, evaluation_prompts, training_batches
-from sdtriton.tiny import SD15_SCHEDULER_CONFIG
 from sdtriton.tokenizer_files import build_clip_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -65,11 +64,14 @@ class TrainingPlan:
     vae_target_accuracy: float = 0.98
     vae_check_every_steps: int = 100
     vae_edge_weight: float = 1.0
-    # Offset noise: a per-channel constant added to the training noise. At 16x16 latents the SD schedule
-    # leaks each channel's mean even at t=999 (noise averaged over 256 positions), so without it the UNet
-    # reads the colours off x_t and never learns them from the text (measured here: prompt adherence at
-    # chance after 1300 steps, the loss equal with right and shuffled captions).
-    offset_noise: float = 0.3
+    # Offset noise: a per-channel constant added to the training noise. With SD 1.5's schedule, 16x16
+    # latents leak each channel's mean even at t=999, and without it the UNet read the colours off x_t
+    # (measured here: colour at chance after 1300 steps). The zero-terminal-SNR schedule
+    # (architecture.SCHEDULER_CONFIG) removes that leak at its root, so it is off by default.
+    offset_noise: float = 0.0
+    # A UNet checkpoint (``checkpoints/unet.pt`` of an earlier run) whose EMA weights start the UNet and text
+    # encoder when this run has no checkpoint of its own: fine-tuning instead of starting from scratch.
+    init_from: str | None = None
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
@@ -210,6 +212,20 @@ def adherence(pipeline: StableDiffusionPipeline, *, count: int, seed: int = 1, s
     return score(list(zip(pixels, cases, strict=True))).as_row()
 
 
+def _loss_weights(noise_schedule: DDPMScheduler) -> torch.Tensor:
+    """Per-timestep loss weights: min-SNR-gamma, so that nearly clean timesteps do not dominate.
+
+    In x0 terms an epsilon loss weighs each timestep by its SNR, which starves the noisiest steps, where the
+    layout is decided from the text alone. For v-prediction the weight is min(SNR, gamma) + 1 in x0 terms
+    (at most gamma + 1 for clean timesteps, 1 at zero SNR), divided by SNR + 1 to apply it to the v loss.
+    """
+    alphas_cumprod = noise_schedule.alphas_cumprod.double()
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    if noise_schedule.config.prediction_type == "v_prediction":
+        return ((torch.clamp(snr, max=_MIN_SNR_GAMMA) + 1) / (snr + 1)).float()
+    return (torch.clamp(snr, max=_MIN_SNR_GAMMA) / snr).float()
+
+
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for ema_param, param in zip(ema.parameters(), model.parameters(), strict=True):
@@ -241,11 +257,16 @@ def train_shapes(out: Path, plan: TrainingPlan | None = None) -> Path:
     optimizer = torch.optim.AdamW(trainable, lr=plan.unet_learning_rate, weight_decay=1e-2)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, plan.warmup_steps, plan.unet_steps)
     ema_unet, ema_text_encoder = copy.deepcopy(unet), copy.deepcopy(text_encoder)
-    noise_schedule = DDPMScheduler.from_config(SD15_SCHEDULER_CONFIG)
-    alphas_cumprod = noise_schedule.alphas_cumprod
-    snr = alphas_cumprod / (1 - alphas_cumprod)
-    loss_weight = torch.clamp(snr, max=_MIN_SNR_GAMMA) / snr
+    noise_schedule = DDPMScheduler.from_config(architecture.SCHEDULER_CONFIG)
+    loss_weight = _loss_weights(noise_schedule)
     step, elapsed_before = 0, 0.0
+    if plan.init_from and not checkpoint_path.is_file():
+        state = torch.load(plan.init_from, weights_only=False)
+        for module in (unet, ema_unet):
+            module.load_state_dict(state["ema_unet"])
+        for module in (text_encoder, ema_text_encoder):
+            module.load_state_dict(state["ema_text_encoder"])
+        logger.info("starting from the EMA weights of %s (step %d)", plan.init_from, state["step"])
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, weights_only=False)
         for module, key in (
@@ -286,7 +307,11 @@ def train_shapes(out: Path, plan: TrainingPlan | None = None) -> Path:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.bf16_autocast):
                 states = text_encoder(ids)[0]
                 prediction = unet(noisy, timesteps, encoder_hidden_states=states).sample.float()
-            per_item = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+            if noise_schedule.config.prediction_type == "v_prediction":
+                target = noise_schedule.get_velocity(latents, noise, timesteps)
+            else:
+                target = noise
+            per_item = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
             loss = (per_item * loss_weight[timesteps]).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
