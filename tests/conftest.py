@@ -87,3 +87,16 @@ def diffusers_pipeline(tiny_model_dir: Path):
     pipeline = StableDiffusionPipeline.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+@pytest.fixture(scope="session")
+def shapes_diffusers_pipeline():
+    """The oracle for the trained default model: diffusers on the built-in 'shapes' weights, in fp32 as exported."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from sdtriton.shapes.builtin import materialize
+
+    pipeline = StableDiffusionPipeline.from_pretrained(materialize(), torch_dtype=torch.float32)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
