@@ -126,6 +126,7 @@ def _train_shapes(args: argparse.Namespace) -> int:
         vae_edge_weight=args.vae_edge_weight,
         offset_noise=args.offset_noise,
         init_from=str(args.init_from) if args.init_from else None,
+        noisy_half_fraction=args.noisy_half_fraction,
     )
     sys.stdout.write(f"{train_shapes(args.output, plan)}\n")
     return 0
@@ -260,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-prompts", type=int, default=64)
     train.add_argument("--vae-edge-weight", type=float, default=1.0, help="weight of the VAE's edge (gradient) loss")
     train.add_argument("--offset-noise", type=float, default=0.0, help="per-channel constant noise in UNet training")
+    train.add_argument(
+        "--noisy-half-fraction", type=float, default=0.0, help="share of each batch with timesteps t >= T/2"
+    )
     train.add_argument(
         "--init-from", type=Path, help="an earlier run's checkpoints/unet.pt: fine-tune its EMA UNet and text encoder"
     )

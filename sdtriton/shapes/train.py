@@ -72,6 +72,9 @@ class TrainingPlan:
     # A UNet checkpoint (``checkpoints/unet.pt`` of an earlier run) whose EMA weights start the UNet and text
     # encoder when this run has no checkpoint of its own: fine-tuning instead of starting from scratch.
     init_from: str | None = None
+    # The share of each batch whose timesteps come from the noisy half of the schedule (t >= 500), where the
+    # layout is still open and the shape must come from the caption; the rest are uniform over all steps.
+    noisy_half_fraction: float = 0.0
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
@@ -302,7 +305,12 @@ def train_shapes(out: Path, plan: TrainingPlan | None = None) -> Path:
             generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
             noise = torch.randn(latents.shape, generator=generator)
             noise += plan.offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
-            timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(scenes),), generator=generator)
+            steps_total = noise_schedule.config.num_train_timesteps
+            timesteps = torch.randint(0, steps_total, (len(scenes),), generator=generator)
+            noisy_half = torch.rand(len(scenes), generator=generator) < plan.noisy_half_fraction
+            timesteps[noisy_half] = torch.randint(steps_total // 2, steps_total, (len(scenes),), generator=generator)[
+                noisy_half
+            ]
             noisy = noise_schedule.add_noise(latents, noise, timesteps)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.bf16_autocast):
                 states = text_encoder(ids)[0]
