@@ -1,9 +1,12 @@
 """The trained 'shapes' model, served by its built-in name, draws what 32 fixed prompts say, with every scheduler.
 
-Thresholds sit 5 points under what the committed weights reached through Triton on 2026-11-24 (README). The
-issue's floors (75% colour, 75% background, 60% shape) are NOT met by these weights: shape adherence is at
-chance for every scheduler, and PNDM and LMS draw at chance at 20 steps. The thresholds hold the weights to
-what they do, so a regression (a scheduler bug, a wrong VAE scale, a bad cast) still fails here.
+Thresholds sit 5 points under what the committed weights reached through Triton on 2026-11-24 (README); for
+ddim, euler, dpmpp_2m and unipc that is above the issue's floors (75% colour, 75% background, 60% shape).
+Two gaps, stated here rather than hidden by a low threshold:
+- euler_a reached 59.4% shape, so its shape threshold (54.4%) is under the 60% floor;
+- PNDM, LMS and Heun do not draw this model at 20 steps (near or under chance, though each matches diffusers
+  through Triton: tests/integration/test_shapes_parity.py). Their test is a strict xfail against the floors:
+  it reports them failing, and turns red the day they pass, so the thresholds get raised.
 """
 
 from __future__ import annotations
@@ -20,28 +23,45 @@ pytestmark = pytest.mark.integration
 
 # Measured (colour, background, shape) over the 32 prompts of prompt_seed 123, 20 steps, guidance 7.5.
 MEASURED = {
-    "ddim": (0.875, 1.000, 0.250),
-    "pndm": (0.219, 0.219, 0.219),
-    "euler": (0.875, 1.000, 0.281),
-    "euler_a": (0.938, 0.969, 0.156),
-    "dpmpp_2m": (0.906, 1.000, 0.188),
-    "unipc": (0.906, 0.906, 0.219),
-    "lms": (0.250, 0.281, 0.125),
-    "heun": (0.906, 1.000, 0.156),
+    "ddim": (1.000, 1.000, 0.719),
+    "euler": (1.000, 1.000, 0.719),
+    "euler_a": (1.000, 1.000, 0.594),
+    "dpmpp_2m": (0.969, 1.000, 0.688),
+    "unipc": (0.969, 1.000, 0.688),
+}
+# Measured the same way; they draw at or under chance (colour / background 12.5%, shape 20%).
+FAILING = {
+    "pndm": (0.219, 0.281, 0.281),
+    "lms": (0.250, 0.344, 0.375),
+    "heun": (0.156, 0.031, 0.312),
 }
 MARGIN = 0.05
+ISSUE_FLOORS = (0.75, 0.75, 0.60)
+
+
+def _schedulers_and_thresholds() -> list:
+    cases = []
+    for scheduler in SCHEDULER_NAMES:
+        if scheduler in MEASURED:
+            thresholds = tuple(value - MARGIN for value in MEASURED[scheduler])
+            cases.append(pytest.param(scheduler, thresholds, id=scheduler))
+        else:
+            reason = f"{scheduler} draws this model at chance at 20 steps (measured {FAILING[scheduler]})"
+            marks = pytest.mark.xfail(reason=reason, strict=True)
+            cases.append(pytest.param(scheduler, ISSUE_FLOORS, id=scheduler, marks=marks))
+    return cases
 
 
 def test_thresholds_cover_every_scheduler() -> None:
-    assert set(MEASURED) == set(SCHEDULER_NAMES)
+    assert sorted([*MEASURED, *FAILING]) == sorted(SCHEDULER_NAMES)
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
-def test_every_scheduler_draws_what_the_prompt_says(shapes_server, scheduler: str) -> None:
+@pytest.mark.parametrize(("scheduler", "thresholds"), _schedulers_and_thresholds())
+def test_every_scheduler_draws_what_the_prompt_says(shapes_server, scheduler: str, thresholds: tuple) -> None:
     result = evaluate_server(
         shapes_server.address.grpc_url, count=32, prompt_seed=123, scheduler=scheduler, show_progress=False
     )
-    colour, background, shape = (value - MARGIN for value in MEASURED[scheduler])
+    colour, background, shape = thresholds
     assert result.colour >= colour, result
     assert result.background >= background, result
     assert result.shape >= shape, result
