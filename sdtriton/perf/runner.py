@@ -252,6 +252,18 @@ def _time_triton(server: TritonServer, request: RequestSpec, profile: Profile) -
     )
 
 
+def _start_server(repository: Path, options: PerfOptions, *, log_path: Path) -> TritonServer:
+    """Starts ``options.tritonserver`` (or the pip wheel's) over ``repository`` on free loopback ports."""
+    server = TritonServer(
+        repository,
+        address=ServerAddress.on_free_ports(),
+        installation=named_triton_installation(options.tritonserver) if options.tritonserver else None,
+        log_path=log_path,
+    )
+    server.start()
+    return server
+
+
 def _bls_probe(
     repository: Path,
     work_dir: Path,
@@ -275,13 +287,7 @@ def _bls_probe(
         gpu=options.gpu,
     )
     gc.collect()
-    server = TritonServer(
-        probe_repository,
-        address=ServerAddress.on_free_ports(),
-        installation=named_triton_installation(options.tritonserver) if options.tritonserver else None,
-        log_path=output_dir / _PROBE_SERVER_LOG_NAME,
-    )
-    server.start()
+    server = _start_server(probe_repository, options, log_path=output_dir / _PROBE_SERVER_LOG_NAME)
     try:
         server.wait_ready()
         triton = baselines.TritonPath(server.address.grpc_url)
@@ -440,13 +446,7 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
             gpu=options.gpu,
         )
         gc.collect()
-        server = TritonServer(
-            repository,
-            address=ServerAddress.on_free_ports(),
-            installation=named_triton_installation(options.tritonserver) if options.tritonserver else None,
-            log_path=output_dir / _SERVER_LOG_NAME,
-        )
-        server.start()
+        server = _start_server(repository, options, log_path=output_dir / _SERVER_LOG_NAME)
         try:
             ready_s = server.wait_ready()
             logger.info("tritonserver ready after %.1f s (log: %s)", ready_s, server.log_path)
