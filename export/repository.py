@@ -28,6 +28,7 @@ from sdtriton.pipeline_config import (
     PipelineConfig,
     pipeline_config_from_components,
 )
+from sdtriton.schedulers import load_scheduler_overrides
 from sdtriton.shapes.builtin import resolve_source
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def pipeline_config_of(
         text_encoder_config=pipeline.text_encoder.config,
         tokenizer_max_length=pipeline.tokenizer.model_max_length,
         scheduler_config=dict(pipeline.scheduler.config),
+        scheduler_overrides=load_scheduler_overrides(pipeline.name_or_path),
         max_size_factor=max_size_factor,
         default_num_inference_steps=default_num_inference_steps,
     )

@@ -34,6 +34,8 @@ class PipelineConfig:
     text_hidden_size: int
     default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS
     scheduler_config: dict[str, Any] = field(default_factory=dict)
+    # The model's own settings per scheduler key (see sdtriton.schedulers.SCHEDULER_OVERRIDES_FILE_NAME).
+    scheduler_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def min_size(self) -> int:
@@ -72,6 +74,7 @@ def pipeline_config_from_components(
     text_encoder_config: Any,
     tokenizer_max_length: int,
     scheduler_config: dict[str, Any],
+    scheduler_overrides: dict[str, dict[str, Any]] | None = None,
     max_size_factor: int = 2,
     default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
 ) -> PipelineConfig:
@@ -94,4 +97,5 @@ def pipeline_config_from_components(
         text_hidden_size=int(text_encoder_config.hidden_size),
         default_num_inference_steps=default_num_inference_steps,
         scheduler_config={k: v for k, v in dict(scheduler_config).items()},
+        scheduler_overrides={name: dict(settings) for name, settings in (scheduler_overrides or {}).items()},
     )

@@ -7,7 +7,10 @@ does in diffusers. Requests name schedulers by key; keys map to classes through 
 
 from __future__ import annotations
 
+import inspect
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import diffusers
@@ -60,12 +63,47 @@ def scheduler_key_for_class(scheduler_class: type[SchedulerMixin]) -> str | None
     return None
 
 
-def build_scheduler(config: Mapping[str, Any], name: str | None) -> SchedulerMixin:
+# A model may carry settings of its own for some schedulers, beside ``scheduler_config.json`` in its diffusers
+# folder: {"heun": {"timestep_spacing": "leading"}}. They apply when a request names that scheduler, exactly
+# as ``HeunDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading")`` in diffusers.
+SCHEDULER_OVERRIDES_FILE_NAME = "sdtriton_scheduler_overrides.json"
+SchedulerOverrides = Mapping[str, Mapping[str, Any]]
+
+
+def validate_scheduler_overrides(overrides: SchedulerOverrides) -> dict[str, dict[str, Any]]:
+    """Checks that every key names a scheduler and every setting is an argument of that scheduler class."""
+    checked: dict[str, dict[str, Any]] = {}
+    for name, settings in overrides.items():
+        if name not in SCHEDULERS:
+            raise ValueError(f"scheduler overrides name {name!r}; allowed: {', '.join(SCHEDULERS)}")
+        accepted = set(inspect.signature(SCHEDULERS[name].__init__).parameters) - {"self"}
+        unknown = sorted(set(settings) - accepted)
+        if unknown:
+            class_name = SCHEDULERS[name].__name__
+            raise ValueError(f"scheduler overrides for {name!r}: {unknown} are not {class_name} settings")
+        checked[name] = dict(settings)
+    return checked
+
+
+def load_scheduler_overrides(model_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Reads ``scheduler/sdtriton_scheduler_overrides.json`` of a diffusers folder; {} if it has none."""
+    path = Path(model_dir) / "scheduler" / SCHEDULER_OVERRIDES_FILE_NAME
+    if not path.is_file():
+        return {}
+    return validate_scheduler_overrides(json.loads(path.read_text()))
+
+
+def build_scheduler(
+    config: Mapping[str, Any], name: str | None, overrides: SchedulerOverrides | None = None
+) -> SchedulerMixin:
     """Builds a fresh scheduler for one request.
 
     Args:
         config: the model's own scheduler config (``scheduler_config.json``).
         name: a key of :data:`SCHEDULERS`, or None for the model's own scheduler class.
+        overrides: the model's own settings per scheduler key, applied over ``config``.
     """
     scheduler_class = scheduler_class_from_config(config) if name is None else SCHEDULERS[name]
-    return scheduler_class.from_config(dict(config))
+    key = name if name is not None else scheduler_key_for_class(scheduler_class)
+    settings = (overrides or {}).get(key, {}) if key is not None else {}
+    return scheduler_class.from_config({**config, **settings})

@@ -170,7 +170,7 @@ def time_diffusers(
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from sdtriton.schedulers import SCHEDULERS
+    from sdtriton.schedulers import build_scheduler, load_scheduler_overrides
 
     pipeline = StableDiffusionPipeline.from_pretrained(
         model_dir, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
@@ -178,7 +178,8 @@ def time_diffusers(
     if gpu:
         pipeline = pipeline.to("cuda")
     pipeline.set_progress_bar_config(disable=True)
-    pipeline.scheduler = SCHEDULERS[request.scheduler].from_config(pipeline.scheduler.config)
+    overrides = load_scheduler_overrides(model_dir)
+    pipeline.scheduler = build_scheduler(pipeline.scheduler.config, request.scheduler, overrides)
 
     def run() -> np.ndarray:
         output = pipeline(

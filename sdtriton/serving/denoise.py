@@ -84,7 +84,7 @@ def generate_image(
     prompt_embeds = components.encode_text(ids.astype(np.int64, copy=False))
 
     # 2. Prepare timesteps on a scheduler of this request's own.
-    scheduler = build_scheduler(config.scheduler_config, params.scheduler)
+    scheduler = build_scheduler(config.scheduler_config, params.scheduler, config.scheduler_overrides)
     scheduler.set_timesteps(params.num_inference_steps, device=_DEVICE)
 
     # 3. Prepare latents exactly as diffusers draws them.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sdtriton.schedulers import SCHEDULERS
+from sdtriton.schedulers import build_scheduler, load_scheduler_overrides
 
 # Images may differ by rounding of ONNX Runtime against torch, at most this much per pixel.
 MAX_PIXEL_DIFFERENCE = 2
@@ -22,11 +22,17 @@ def diffusers_image(
     width: int | None = None,
     height: int | None = None,
     scheduler: str | None = None,
+    model_scheduler_settings: bool = True,
 ) -> np.ndarray:
-    """[H, W, 3] uint8 image of diffusers with ``scheduler`` swapped in as diffusers documents."""
+    """[H, W, 3] uint8 image of diffusers with ``scheduler`` swapped in as diffusers documents.
+
+    The model's own settings for that scheduler (its ``sdtriton_scheduler_overrides.json``) apply on top of its
+    scheduler config, as they do in the served pipeline, unless ``model_scheduler_settings`` is False.
+    """
     original = pipeline.scheduler
     if scheduler is not None:
-        pipeline.scheduler = SCHEDULERS[scheduler].from_config(original.config)
+        overrides = load_scheduler_overrides(pipeline.name_or_path) if model_scheduler_settings else {}
+        pipeline.scheduler = build_scheduler(original.config, scheduler, overrides)
     try:
         image = pipeline(
             prompt,

@@ -11,6 +11,7 @@ import pytest
 
 from sdtriton.client import StableDiffusionClient
 from sdtriton.interface import SCHEDULER_NAMES
+from sdtriton.shapes import architecture
 from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, diffusers_image, max_pixel_difference
 
 pytestmark = pytest.mark.integration
@@ -18,14 +19,27 @@ pytestmark = pytest.mark.integration
 PROMPT = "an orange triangle on a blue background"
 
 
+def _served(server, **kwargs) -> np.ndarray:
+    with StableDiffusionClient(server.address.grpc_url) as client:
+        return np.asarray(client.generate(PROMPT, **kwargs).image)
+
+
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_shapes_model_matches_diffusers_for_every_scheduler(
     shapes_server, shapes_diffusers_pipeline, scheduler: str
 ) -> None:
     kwargs = {"seed": 21, "num_inference_steps": 12, "scheduler": scheduler}
-    with StableDiffusionClient(shapes_server.address.grpc_url) as client:
-        result = client.generate(PROMPT, **kwargs)
+    served = _served(shapes_server, **kwargs)
     expected = diffusers_image(shapes_diffusers_pipeline, PROMPT, **kwargs)
-    assert max_pixel_difference(np.asarray(result.image), expected) <= MAX_PIXEL_DIFFERENCE
+    assert max_pixel_difference(served, expected) <= MAX_PIXEL_DIFFERENCE
     other = diffusers_image(shapes_diffusers_pipeline, PROMPT, **{**kwargs, "seed": 22})
-    assert max_pixel_difference(np.asarray(result.image), other) > 20
+    assert max_pixel_difference(served, other) > 20
+
+
+@pytest.mark.parametrize("scheduler", sorted(architecture.SCHEDULER_OVERRIDES))
+def test_the_model_own_scheduler_settings_take_effect_through_triton(
+    shapes_server, shapes_diffusers_pipeline, scheduler: str
+) -> None:
+    kwargs = {"seed": 21, "num_inference_steps": 12, "scheduler": scheduler}
+    without = diffusers_image(shapes_diffusers_pipeline, PROMPT, **kwargs, model_scheduler_settings=False)
+    assert max_pixel_difference(_served(shapes_server, **kwargs), without) > 20

@@ -10,8 +10,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 
-from sdtriton.schedulers import SCHEDULERS
+from sdtriton.schedulers import SCHEDULERS, load_scheduler_overrides
 from sdtriton.shapes import architecture
+from sdtriton.shapes.builtin import WEIGHTS_DIR
 from sdtriton.shapes.train import CHECKPOINT_DIR_NAME, CURVE_FILE_NAME, TrainingPlan, train_shapes
 from sdtriton.tokenizer_files import build_clip_tokenizer
 
@@ -56,3 +57,8 @@ def test_a_few_training_steps_make_a_loadable_pipeline_and_resume(tmp_path: Path
     pipeline = StableDiffusionPipeline.from_pretrained(model_dir, tokenizer=build_clip_tokenizer())
     assert pipeline.scheduler.config.prediction_type == "v_prediction"
     assert pipeline.scheduler.config.trained_betas == pytest.approx(architecture.SCHEDULER_CONFIG["trained_betas"])
+    assert load_scheduler_overrides(model_dir) == architecture.SCHEDULER_OVERRIDES
+
+
+def test_committed_weights_carry_the_scheduler_overrides_training_writes() -> None:
+    assert load_scheduler_overrides(WEIGHTS_DIR) == architecture.SCHEDULER_OVERRIDES
