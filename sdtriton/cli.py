@@ -165,6 +165,14 @@ def _shapes_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shapes_curve(args: argparse.Namespace) -> int:
+    from sdtriton.shapes.curve import plot_curve, read_curve
+
+    plot_curve(read_curve(args.curve), args.output)
+    sys.stdout.write(f"{args.output.resolve()}\n")
+    return 0
+
+
 def _perf(args: argparse.Namespace) -> int:
     from sdtriton.perf.report import headline
     from sdtriton.perf.runner import DEFAULT_OUTPUT_DIR, DEFAULT_PERF_DIR, PerfOptions, default_profile, run_perf
@@ -285,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("--steps", type=int, default=20)
     grid.set_defaults(run=_shapes_grid)
+
+    curve = commands.add_parser("shapes-curve", help="plot the training curve CSV (accuracy against training time)")
+    curve.add_argument("curve", type=Path, nargs="?", default=Path("docs/shapes_training_curve.csv"))
+    curve.add_argument("-o", "--output", type=Path, default=Path("docs/shapes_training_curve.png"))
+    curve.set_defaults(run=_shapes_curve)
 
     demo = commands.add_parser("demo", help="make, export, serve and generate one picture (the README's main job)")
     demo.add_argument(
