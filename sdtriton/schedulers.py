@@ -85,12 +85,23 @@ def validate_scheduler_overrides(overrides: SchedulerOverrides) -> dict[str, dic
     return checked
 
 
+def _scheduler_overrides_path(model_dir: str | Path) -> Path:
+    return Path(model_dir) / "scheduler" / SCHEDULER_OVERRIDES_FILE_NAME
+
+
 def load_scheduler_overrides(model_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Reads ``scheduler/sdtriton_scheduler_overrides.json`` of a diffusers folder; {} if it has none."""
-    path = Path(model_dir) / "scheduler" / SCHEDULER_OVERRIDES_FILE_NAME
+    path = _scheduler_overrides_path(model_dir)
     if not path.is_file():
         return {}
     return validate_scheduler_overrides(json.loads(path.read_text()))
+
+
+def save_scheduler_overrides(model_dir: str | Path, overrides: SchedulerOverrides) -> Path:
+    """Writes a model's own scheduler settings beside the scheduler config of its diffusers folder."""
+    path = _scheduler_overrides_path(model_dir)
+    path.write_text(json.dumps(validate_scheduler_overrides(overrides), indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def build_scheduler(
@@ -105,5 +116,5 @@ def build_scheduler(
     """
     scheduler_class = scheduler_class_from_config(config) if name is None else SCHEDULERS[name]
     key = name if name is not None else scheduler_key_for_class(scheduler_class)
-    settings = (overrides or {}).get(key, {}) if key is not None else {}
+    settings = (overrides or {}).get(key, {})
     return scheduler_class.from_config({**config, **settings})

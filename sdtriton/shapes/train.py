@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm.auto import tqdm
 
-from sdtriton.schedulers import SCHEDULER_OVERRIDES_FILE_NAME
+from sdtriton.schedulers import save_scheduler_overrides
 from sdtriton.shapes import architecture
 from sdtriton.shapes.evaluate import score
 from sdtriton.shapes.judge import judge
@@ -370,8 +369,7 @@ def save_weights(pipeline: StableDiffusionPipeline, model_dir: Path) -> None:
     pipeline = copy.deepcopy(pipeline)
     pipeline.to(torch.float16)
     pipeline.save_pretrained(model_dir, safe_serialization=True)
-    overrides_path = model_dir / "scheduler" / SCHEDULER_OVERRIDES_FILE_NAME
-    overrides_path.write_text(json.dumps(architecture.SCHEDULER_OVERRIDES, indent=2, sort_keys=True) + "\n")
+    save_scheduler_overrides(model_dir, architecture.SCHEDULER_OVERRIDES)
     for stale in (model_dir / "tokenizer").glob("*"):
         stale.unlink()
     (model_dir / "tokenizer").rmdir()

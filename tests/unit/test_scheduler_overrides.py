@@ -20,8 +20,8 @@ from sdtriton.shapes import architecture
 LEADING_HEUN = {"heun": {"timestep_spacing": "leading"}}
 
 
-def _first_timestep(name: str | None, overrides=None) -> int:
-    scheduler = build_scheduler(architecture.SCHEDULER_CONFIG, name, overrides)
+def _first_timestep(name: str | None, overrides=None, config=architecture.SCHEDULER_CONFIG) -> int:
+    scheduler = build_scheduler(config, name, overrides)
     scheduler.set_timesteps(20)
     return int(scheduler.timesteps[0])
 
@@ -34,9 +34,7 @@ def test_overrides_apply_to_the_scheduler_they_name_and_no_other() -> None:
 
 def test_overrides_apply_to_the_model_own_scheduler_under_its_key() -> None:
     config = {**architecture.SCHEDULER_CONFIG, "_class_name": "HeunDiscreteScheduler"}
-    scheduler = build_scheduler(config, None, LEADING_HEUN)
-    scheduler.set_timesteps(20)
-    assert int(scheduler.timesteps[0]) == 951
+    assert _first_timestep(None, LEADING_HEUN, config) == 951
 
 
 def test_an_unknown_scheduler_key_is_refused_with_the_allowed_keys() -> None:
