@@ -20,18 +20,19 @@ from sdtriton.components import COMPONENTS, ONNX_FILE_NAME, TENSORRT_PLAN_FILE_N
 from sdtriton.interface import PublicTensor
 from sdtriton.pipeline_config import PipelineConfig
 
-TOKENIZER_MODEL_NAME = "tokenizer"
-PIPELINE_MODEL_NAME = "pipeline"
+PIPELINE_MODEL_NAME = interface.PIPELINE_MODEL_NAME
 MODEL_VERSION = "1"
 CONFIG_FILE_NAME = "config.pbtxt"
 MODEL_FILE_NAME = "model.py"
 # The class each Python-backend model's model.py re-exports from sdtriton.serving.triton_models.
 _PYTHON_MODEL_CLASSES = {
-    TOKENIZER_MODEL_NAME: "TokenizerModel",
     PIPELINE_MODEL_NAME: "PipelineModel",
+    interface.ENTRY_MODEL_NAME: "EntryModel",
+    interface.STREAM_ENTRY_MODEL_NAME: "EntryModel",
     **{name: "OnnxComponentModel" for name in COMPONENTS},
 }
 _DATA_TYPES = {
+    "BOOL": mc.TYPE_BOOL,
     "BYTES": mc.TYPE_STRING,
     "FP32": mc.TYPE_FP32,
     "FP16": mc.TYPE_FP16,
@@ -59,8 +60,18 @@ class RenderOptions:
     component_backend: ComponentBackend = ComponentBackend.PYTHON_ONNXRUNTIME
     gpu: bool = False
     max_batch_size: int = 8
-    pipeline_instances: int = 2
+    max_running_images: int = 8
+    max_pending_requests: int = 32
     max_queue_delay_us: int = 0
+
+    @property
+    def component_max_batch_size(self) -> int:
+        """Rows of one network call: every running image, two rows each with guidance."""
+        return 2 * max(self.max_running_images, self.max_batch_size)
+
+
+# Engine settings the pipeline model reads from its config's parameters (sdtriton.serving.engine.EngineLimits).
+ENGINE_PARAMETERS = ("max_running_images", "max_pending_requests", "max_unet_rows", "max_text_rows", "max_vae_rows")
 
 
 def _io(message: mc.ModelInput | mc.ModelOutput, name: str, triton_dtype: str, dims: tuple[int, ...]) -> None:
@@ -84,36 +95,41 @@ def _add_public_output(config: mc.ModelConfig, tensor: PublicTensor) -> None:
     _io(config.output.add(), tensor.name, tensor.triton_dtype, tensor.dims)
 
 
-def _text_ids_dims(pipeline_config: PipelineConfig) -> tuple[int, ...]:
-    return (pipeline_config.text_max_length,)
-
-
-def _python_model(name: str, options: RenderOptions, *, instances: int) -> mc.ModelConfig:
+def _python_model(name: str, options: RenderOptions, *, decoupled: bool = False) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
-    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    # One instance: the entries only forward (their execute returns at once), the pipeline holds the engine.
+    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    if decoupled:
+        config.model_transaction_policy.decoupled = True
     return config
 
 
-def render_tokenizer_config(pipeline_config: PipelineConfig, options: RenderOptions) -> mc.ModelConfig:
-    config = _python_model(TOKENIZER_MODEL_NAME, options, instances=1)
-    # The tokenizer sees every public input, all optional: a 2.51 ensemble neither checks required
-    # inputs nor runs a step none of whose inputs arrived, so this first step is where a request
-    # without a prompt is told so by name.
-    for tensor in interface.PUBLIC_INPUTS:
-        _add_public_input(config, tensor)
-    for tensor in (interface.INPUT_IDS, interface.NEGATIVE_INPUT_IDS):
-        _io(config.output.add(), tensor.name, tensor.triton_dtype, _text_ids_dims(pipeline_config))
-    config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
-    return config
+def _set_parameter(config: mc.ModelConfig, key: str, value: int) -> None:
+    config.parameters[key].string_value = str(value)
 
 
 def render_pipeline_config(pipeline_config: PipelineConfig, options: RenderOptions) -> mc.ModelConfig:
-    config = _python_model(PIPELINE_MODEL_NAME, options, instances=options.pipeline_instances)
-    for tensor in (interface.INPUT_IDS, interface.NEGATIVE_INPUT_IDS):
-        _io(config.input.add(), tensor.name, tensor.triton_dtype, _text_ids_dims(pipeline_config))
-    for tensor in interface.GENERATION_INPUTS:
+    """The engine: every request of both entries, answered as a stream (progress, then the image)."""
+    config = _python_model(PIPELINE_MODEL_NAME, options, decoupled=True)
+    for tensor in (*interface.STREAM_INPUTS, *interface.INTERNAL_INPUTS):
+        _add_public_input(config, tensor, optional=True)
+    for tensor in interface.STREAM_OUTPUTS:
+        _add_public_output(config, tensor)
+    rows = options.component_max_batch_size
+    values = (options.max_running_images, options.max_pending_requests, rows, rows, rows)
+    for key, value in zip(ENGINE_PARAMETERS, values, strict=True):
+        _set_parameter(config, key, value)
+    return config
+
+
+def render_entry_config(options: RenderOptions, *, stream: bool) -> mc.ModelConfig:
+    """``stable_diffusion`` (one response: HTTP and gRPC) or ``stable_diffusion_stream`` (decoupled, gRPC)."""
+    name = interface.STREAM_ENTRY_MODEL_NAME if stream else interface.ENTRY_MODEL_NAME
+    config = _python_model(name, options, decoupled=stream)
+    # Every input optional: the engine names a missing prompt in its error.
+    for tensor in interface.STREAM_INPUTS if stream else interface.PUBLIC_INPUTS:
         _add_public_input(config, tensor)
-    for tensor in interface.PUBLIC_OUTPUTS:
+    for tensor in interface.STREAM_OUTPUTS if stream else interface.PUBLIC_OUTPUTS:
         _add_public_output(config, tensor)
     return config
 
@@ -121,7 +137,7 @@ def render_pipeline_config(pipeline_config: PipelineConfig, options: RenderOptio
 def render_component_config(
     spec: ComponentSpec, pipeline_config: PipelineConfig, options: RenderOptions
 ) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=spec.model_name, max_batch_size=options.max_batch_size)
+    config = mc.ModelConfig(name=spec.model_name, max_batch_size=options.component_max_batch_size)
     backend = options.component_backend
     if backend is ComponentBackend.PYTHON_ONNXRUNTIME:
         config.backend = "python"
@@ -141,34 +157,12 @@ def render_component_config(
     return config
 
 
-def render_ensemble_config(options: RenderOptions) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=interface.ENTRY_MODEL_NAME, platform="ensemble", max_batch_size=options.max_batch_size)
-    for tensor in interface.PUBLIC_INPUTS:
-        _add_public_input(config, tensor)
-    for tensor in interface.PUBLIC_OUTPUTS:
-        _add_public_output(config, tensor)
-    ids = (interface.INPUT_IDS.name, interface.NEGATIVE_INPUT_IDS.name)
-    tokenize = config.ensemble_scheduling.step.add(model_name=TOKENIZER_MODEL_NAME, model_version=-1)
-    for tensor in interface.PUBLIC_INPUTS:
-        tokenize.input_map[tensor.name] = tensor.name
-    for name in ids:
-        tokenize.output_map[name] = name
-    generate = config.ensemble_scheduling.step.add(model_name=PIPELINE_MODEL_NAME, model_version=-1)
-    for name in ids:
-        generate.input_map[name] = name
-    for tensor in interface.GENERATION_INPUTS:
-        generate.input_map[tensor.name] = tensor.name
-    for tensor in interface.PUBLIC_OUTPUTS:
-        generate.output_map[tensor.name] = tensor.name
-    return config
-
-
 def render_all_configs(pipeline_config: PipelineConfig, options: RenderOptions) -> dict[str, mc.ModelConfig]:
     """Every model of the repository, by model name."""
     configs = {
-        TOKENIZER_MODEL_NAME: render_tokenizer_config(pipeline_config, options),
         PIPELINE_MODEL_NAME: render_pipeline_config(pipeline_config, options),
-        interface.ENTRY_MODEL_NAME: render_ensemble_config(options),
+        interface.ENTRY_MODEL_NAME: render_entry_config(options, stream=False),
+        interface.STREAM_ENTRY_MODEL_NAME: render_entry_config(options, stream=True),
     }
     for spec in COMPONENTS.values():
         configs[spec.model_name] = render_component_config(spec, pipeline_config, options)

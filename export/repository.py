@@ -17,7 +17,6 @@ from sdtriton.components import COMPONENTS, ONNX_FILE_NAME, TOKENIZER_DIR_NAME
 from sdtriton.export.configs import (
     MODEL_VERSION,
     PIPELINE_MODEL_NAME,
-    TOKENIZER_MODEL_NAME,
     ComponentBackend,
     RenderOptions,
     write_model_files,
@@ -93,7 +92,7 @@ def export_repository(
         )
         progress.update(len(results))
         progress.set_postfix_str("tokenizer and configs")
-        pipeline.tokenizer.save_pretrained(model_dirs[TOKENIZER_MODEL_NAME] / MODEL_VERSION / TOKENIZER_DIR_NAME)
+        pipeline.tokenizer.save_pretrained(model_dirs[PIPELINE_MODEL_NAME] / MODEL_VERSION / TOKENIZER_DIR_NAME)
         config.save(model_dirs[PIPELINE_MODEL_NAME] / MODEL_VERSION)
         progress.update()
     for result in results:

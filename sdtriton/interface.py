@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ENTRY_MODEL_NAME = "stable_diffusion"
+# The decoupled twin of the entry (gRPC streaming): progress after every denoising step, previews, then the image.
+STREAM_ENTRY_MODEL_NAME = "stable_diffusion_stream"
+# The internal model both entries forward to: the diffusion engine.
+PIPELINE_MODEL_NAME = "pipeline"
 
 MAX_PROMPT_BYTES = 2000
 MIN_INFERENCE_STEPS = 1
@@ -18,6 +22,7 @@ MAX_GUIDANCE_SCALE = 30.0
 DEFAULT_GUIDANCE_SCALE = 7.5
 MIN_SEED = 0
 MAX_SEED = 2**63 - 1
+MAX_PREVIEW_EVERY = MAX_INFERENCE_STEPS
 # Scheduler names a request may send; sdtriton.schedulers maps each to its diffusers class.
 SCHEDULER_NAMES: tuple[str, ...] = ("ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lms", "heun")
 
@@ -67,6 +72,29 @@ IMAGE = PublicTensor("image", "UINT8", (-1, -1, 3), False, "RGB pixels, [height,
 USED_SEED = PublicTensor("used_seed", "INT64", (1,), False, "the seed the image was drawn with")
 PUBLIC_OUTPUTS: tuple[PublicTensor, ...] = (IMAGE, USED_SEED)
 
-# Tensors between the tokenizer and the pipeline model.
-INPUT_IDS = PublicTensor("input_ids", "INT64", (-1,), False, "token ids of the prompt")
-NEGATIVE_INPUT_IDS = PublicTensor("negative_input_ids", "INT64", (-1,), False, "token ids of the negative prompt")
+# Tensors only the entries send to the internal ``pipeline`` model (the engine), besides the public inputs.
+REQUEST_KEY = PublicTensor("request_key", "INT64", (1,), True, "the entry's key of the request, for cancel_key")
+SEND_PROGRESS = PublicTensor("send_progress", "BOOL", (1,), True, "whether to answer progress after every step")
+# A control request: end the request of this key as cancelled at the next step (answered at once, no outputs).
+CANCEL_KEY = PublicTensor("cancel_key", "INT64", (1,), True, "the request_key of a request to cancel")
+INTERNAL_INPUTS: tuple[PublicTensor, ...] = (REQUEST_KEY, SEND_PROGRESS, CANCEL_KEY)
+
+# The streaming entry takes the public inputs and one more.
+PREVIEW_EVERY = PublicTensor(
+    "preview_every",
+    "INT32",
+    (1,),
+    True,
+    f"0 (no previews, the default) or 1..{MAX_PREVIEW_EVERY}: a preview every k steps",
+)
+STREAM_INPUTS: tuple[PublicTensor, ...] = (*PUBLIC_INPUTS, PREVIEW_EVERY)
+
+# Each response of the stream carries the progress of every item; the last one carries image and used_seed too.
+STEP = PublicTensor("step", "INT32", (1,), False, "network evaluations done for this item")
+TOTAL_STEPS = PublicTensor("total_steps", "INT32", (1,), False, "network evaluations this item takes in all")
+ELAPSED_MS = PublicTensor("elapsed_ms", "FP32", (1,), False, "milliseconds since the server took the request")
+PREVIEW = PublicTensor(
+    "preview", "UINT8", (-1, -1, 3), False, "RGB preview at latent resolution, [height/f, width/f, 3]"
+)
+PROGRESS_OUTPUTS: tuple[PublicTensor, ...] = (STEP, TOTAL_STEPS, ELAPSED_MS)
+STREAM_OUTPUTS: tuple[PublicTensor, ...] = (*PROGRESS_OUTPUTS, PREVIEW, *PUBLIC_OUTPUTS)

@@ -36,6 +36,8 @@ class PipelineConfig:
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     # The model's own settings per scheduler key (see sdtriton.schedulers.SCHEDULER_OVERRIDES_FILE_NAME).
     scheduler_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Latents -> preview RGB, [C + 1][3] (last row: bias), fitted at export; empty: the model has no previews.
+    latent_rgb_projection: list[list[float]] = field(default_factory=list)
 
     @property
     def min_size(self) -> int:

@@ -58,6 +58,88 @@ def to_uint8_image(decoded: torch.Tensor) -> np.ndarray:
     return (pixels * 255).round().astype("uint8")
 
 
+def text_ids_for(params: GenerationParams, input_ids: np.ndarray, negative_input_ids: np.ndarray) -> np.ndarray:
+    """The rows one image sends to the text encoder: [negative, prompt] with guidance, else [prompt]."""
+    ids = np.stack([negative_input_ids, input_ids]) if params.uses_classifier_free_guidance else input_ids[None]
+    return ids.astype(np.int64, copy=False)
+
+
+class ImageDenoiser:
+    """One image's denoising loop, one network evaluation at a time, as ``StableDiffusionPipeline.__call__``.
+
+    The plain loop (:func:`generate_image`) and the engine, which batches many images into one UNet call,
+    drive the same object: ``model_input()`` gives this image's UNet rows, ``step(noise_pred)`` applies the
+    UNet's answer for them with the image's own scheduler and generator. So a batched image is computed by
+    exactly the code that computes it alone.
+
+    Args:
+        params: validated generation parameters.
+        config: the exported model's geometry and scheduler config.
+        prompt_embeds: [2, T, D] (negative, prompt) with guidance, else [1, T, D] text encoder states.
+    """
+
+    def __init__(self, *, params: GenerationParams, config: PipelineConfig, prompt_embeds: np.ndarray) -> None:
+        self.params = params
+        self.config = config
+        self.prompt_embeds = prompt_embeds
+        self.do_guidance = params.uses_classifier_free_guidance
+        # 2. Prepare timesteps on a scheduler of this request's own.
+        self.scheduler = build_scheduler(config.scheduler_config, params.scheduler, config.scheduler_overrides)
+        self.scheduler.set_timesteps(params.num_inference_steps, device=_DEVICE)
+        self.timesteps = list(self.scheduler.timesteps)
+        # 3. Prepare latents exactly as diffusers draws them.
+        self.generator = torch.Generator("cpu").manual_seed(params.seed)
+        shape = config.latent_shape(height=params.height, width=params.width)
+        latents = randn_tensor(shape, generator=self.generator, device=_DEVICE, dtype=torch.float32)
+        self.latents = latents * self.scheduler.init_noise_sigma
+        self.extra_step_kwargs = _extra_step_kwargs(self.scheduler, self.generator)
+        self.steps_done = 0
+        # The scheduler's estimate of the clean latents at the last step, where it gives one (previews).
+        self.predicted_original: torch.Tensor | None = None
+
+    @property
+    def total_steps(self) -> int:
+        """Network evaluations in all (second-order schedulers evaluate twice per step)."""
+        return len(self.timesteps)
+
+    @property
+    def done(self) -> bool:
+        return self.steps_done >= len(self.timesteps)
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return int(self.latents.shape[2]), int(self.latents.shape[3])
+
+    @property
+    def rows(self) -> int:
+        """UNet batch rows this image needs per evaluation."""
+        return 2 if self.do_guidance else 1
+
+    def model_input(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This evaluation's UNet inputs: sample [rows, C, h, w], timestep [rows], text states [rows, T, D]."""
+        t = self.timesteps[self.steps_done]
+        model_input = torch.cat([self.latents] * 2) if self.do_guidance else self.latents
+        model_input = self.scheduler.scale_model_input(model_input, t)
+        timestep = np.full((model_input.shape[0],), float(t), dtype=np.float32)
+        return model_input.numpy(), timestep, self.prompt_embeds
+
+    def step(self, noise_pred: np.ndarray) -> None:
+        """Applies the UNet's answer for this image's rows: guidance, then the scheduler's step."""
+        t = self.timesteps[self.steps_done]
+        prediction = torch.from_numpy(noise_pred)
+        if self.do_guidance:
+            noise_pred_uncond, noise_pred_text = prediction.chunk(2)
+            prediction = noise_pred_uncond + self.params.guidance_scale * (noise_pred_text - noise_pred_uncond)
+        output = self.scheduler.step(prediction, t, self.latents, **self.extra_step_kwargs, return_dict=True)
+        self.latents = output.prev_sample
+        self.predicted_original = getattr(output, "pred_original_sample", None)
+        self.steps_done += 1
+
+    def scaled_latents(self) -> np.ndarray:
+        """The final latents as the VAE decoder takes them, [1, C, h, w]."""
+        return (self.latents / self.config.vae_scaling_factor).numpy()
+
+
 def generate_image(
     *,
     input_ids: np.ndarray,
@@ -67,7 +149,7 @@ def generate_image(
     components: DiffusionComponents,
     is_cancelled: Callable[[], bool] = lambda: False,
 ) -> np.ndarray:
-    """Generates one image; returns [H, W, 3] uint8.
+    """Generates one image alone, no serving: the plain loop; returns [H, W, 3] uint8.
 
     Args:
         input_ids: [T] token ids of the prompt, padded and truncated as diffusers does.
@@ -77,36 +159,14 @@ def generate_image(
         components: the three networks.
         is_cancelled: polled before every denoising step.
     """
-    do_guidance = params.uses_classifier_free_guidance
-
     # 1. Encode the prompt; with guidance, [negative, prompt] in one batch.
-    ids = np.stack([negative_input_ids, input_ids]) if do_guidance else input_ids[None]
-    prompt_embeds = components.encode_text(ids.astype(np.int64, copy=False))
-
-    # 2. Prepare timesteps on a scheduler of this request's own.
-    scheduler = build_scheduler(config.scheduler_config, params.scheduler, config.scheduler_overrides)
-    scheduler.set_timesteps(params.num_inference_steps, device=_DEVICE)
-
-    # 3. Prepare latents exactly as diffusers draws them.
-    generator = torch.Generator("cpu").manual_seed(params.seed)
-    shape = config.latent_shape(height=params.height, width=params.width)
-    latents = randn_tensor(shape, generator=generator, device=_DEVICE, dtype=torch.float32)
-    latents = latents * scheduler.init_noise_sigma
-    extra_step_kwargs = _extra_step_kwargs(scheduler, generator)
-
+    prompt_embeds = components.encode_text(text_ids_for(params, input_ids, negative_input_ids))
+    # 2.-3. Timesteps and latents.
+    image = ImageDenoiser(params=params, config=config, prompt_embeds=prompt_embeds)
     # 4. Denoise.
-    for t in scheduler.timesteps:
+    while not image.done:
         if is_cancelled():
             raise RequestCancelledError
-        model_input = torch.cat([latents] * 2) if do_guidance else latents
-        model_input = scheduler.scale_model_input(model_input, t)
-        timestep = np.full((model_input.shape[0],), float(t), dtype=np.float32)
-        noise_pred = torch.from_numpy(components.predict_noise(model_input.numpy(), timestep, prompt_embeds))
-        if do_guidance:
-            noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-            noise_pred = noise_pred_uncond + params.guidance_scale * (noise_pred_text - noise_pred_uncond)
-        latents = scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
-
+        image.step(components.predict_noise(*image.model_input()))
     # 5. Decode and convert to uint8.
-    decoded = components.decode_latents((latents / config.vae_scaling_factor).numpy())
-    return to_uint8_image(torch.from_numpy(decoded))
+    return to_uint8_image(torch.from_numpy(components.decode_latents(image.scaled_latents())))

@@ -13,3 +13,18 @@ class InvalidInputError(ValueError):
 
 class RequestCancelledError(Exception):
     """The client cancelled the request (``CANCELLED``); raised between denoising steps."""
+
+
+class DeadlineExceededError(Exception):
+    """The request's time budget ran out, queued or running (``UNAVAILABLE``); the message names the budget."""
+
+    def __init__(self, *, budget_s: float, elapsed_s: float, where: str) -> None:
+        super().__init__(
+            f"timeout: the request's time budget of {budget_s * 1000:.0f} ms ran out after "
+            f"{elapsed_s * 1000:.0f} ms, {where}; send a larger timeout or fewer steps"
+        )
+        self.budget_s = budget_s
+
+
+class ServerBusyError(Exception):
+    """The engine holds as many requests as it may (``UNAVAILABLE``); the request was refused before any work."""

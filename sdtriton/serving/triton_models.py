@@ -1,15 +1,30 @@
 """The only module that touches ``triton_python_backend_utils``: thin Triton adapters over pure code.
 
-Each ``model_repository/<model>/1/model.py`` re-exports one class from here. Every adapter answers each
-request with exactly one response; a bad request fails alone with ``INVALID_ARG`` and a message naming the
-field, an unexpected failure is logged with its traceback and answered ``INTERNAL`` without it.
+Each ``model_repository/<model>/1/model.py`` re-exports one class from here:
+
+- ``stable_diffusion`` and ``stable_diffusion_stream`` (:class:`EntryModel`) forward each request to the
+  ``pipeline`` model through a BLS stream and answer from their own threads (``execute`` returns None), so one
+  instance holds many requests; a watcher polls each request's ``is_cancelled()`` and passes a client's cancel
+  on to the engine (a BLS call cannot be cancelled on this Triton, so it travels as a ``cancel_key`` request).
+- ``pipeline`` (:class:`PipelineModel`, decoupled) validates, tokenizes and submits each request to the
+  :class:`~sdtriton.serving.engine.DiffusionEngine`, whose loop thread makes the network calls through BLS and
+  answers through each request's response sender.
+- ``text_encoder``, ``unet``, ``vae_decoder`` (:class:`OnnxComponentModel`): ONNX Runtime sessions.
+
+Every request ends with exactly one final response; a bad request fails alone with ``INVALID_ARG`` and a
+message naming the field, a full engine answers ``UNAVAILABLE`` at once, an unexpected failure is logged with
+its traceback and answered ``INTERNAL`` without it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import secrets
+import threading
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +44,12 @@ from sdtriton.components import (
 from sdtriton.interface import PublicTensor
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.batching import can_concatenate, concatenate_requests, split_outputs, to_spec_rank
-from sdtriton.serving.errors import InvalidInputError, RequestCancelledError
-from sdtriton.serving.validation import GenerationParams, decode_prompt, parse_generation_params
+from sdtriton.serving.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    RequestCancelledError,
+    ServerBusyError,
+)
 
 _INTRA_OP_THREADS_PARAMETER = "intra_op_num_threads"
 
@@ -87,37 +106,6 @@ def _int_parameter(model_config: dict[str, Any], key: str, default: int) -> int:
         raise ValueError(f"config parameter {key!r} must be an integer, got {raw!r}") from None
 
 
-class TokenizerModel:
-    """``tokenizer``: prompt and negative prompt -> padded CLIP token ids."""
-
-    def initialize(self, args: dict[str, Any]) -> None:
-        self.model_name = args["model_name"]
-        from transformers import CLIPTokenizer
-
-        self.tokenizer = CLIPTokenizer.from_pretrained(_version_dir(args) / TOKENIZER_DIR_NAME)
-
-    def _tokenize(self, request: Any) -> list[Any]:
-        prompts = [
-            decode_prompt(interface.PROMPT.name, item)
-            for item in _required_items(request, interface.PROMPT.name, interface.PROMPT.allowed).reshape(-1)
-        ]
-        negative_items = _optional_items(request, interface.NEGATIVE_PROMPT)
-        negatives = (
-            [""] * len(prompts)
-            if negative_items is None
-            else [decode_prompt(interface.NEGATIVE_PROMPT.name, item) for item in negative_items]
-        )
-        from sdtriton.serving.text import tokenize_prompts
-
-        return [
-            pb_utils.Tensor(interface.INPUT_IDS.name, tokenize_prompts(self.tokenizer, prompts)),
-            pb_utils.Tensor(interface.NEGATIVE_INPUT_IDS.name, tokenize_prompts(self.tokenizer, negatives)),
-        ]
-
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return [_respond(request, self._tokenize, self.model_name) for request in requests]
-
-
 class OnnxComponentModel:
     """``text_encoder``, ``unet``, ``vae_decoder`` on the pip server: one ONNX Runtime session each.
 
@@ -171,14 +159,11 @@ class OnnxComponentModel:
 class BlsComponents:
     """The pipeline's networks reached through BLS calls to their own Triton models.
 
-    ``trace`` is the calling request's trace: with ``--trace-config`` on, each BLS call is traced as a
-    child of the request that made it.
+    ``trace`` is the trace of the request a call serves (the oldest one, for a batched call): with
+    ``--trace-config`` on, each BLS call is traced as a child of that request.
     """
 
-    def __init__(self, trace: Any = None) -> None:
-        self._trace_arguments = {} if trace is None else {"trace": trace}
-
-    def _infer(self, spec: ComponentSpec, *arrays: np.ndarray) -> np.ndarray:
+    def _infer(self, spec: ComponentSpec, *arrays: np.ndarray, trace: Any = None) -> np.ndarray:
         inputs = []
         for tensor, array in zip(spec.inputs, arrays, strict=True):
             value = np.ascontiguousarray(array, dtype=tensor.numpy_dtype)
@@ -189,68 +174,295 @@ class BlsComponents:
             model_name=spec.model_name,
             inputs=inputs,
             requested_output_names=spec.output_names,
-            **self._trace_arguments,
+            **({} if trace is None else {"trace": trace}),
         ).exec()
         if response.has_error():
             raise ComponentCallError(f"{spec.model_name}: {response.error().message()}")
         (output_name,) = spec.output_names
         return np.array(pb_utils.get_output_tensor_by_name(response, output_name).as_numpy())
 
-    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._infer(TEXT_ENCODER, input_ids)
+    def encode_text(self, input_ids: np.ndarray, *, trace: Any = None) -> np.ndarray:
+        return self._infer(TEXT_ENCODER, input_ids, trace=trace)
 
-    def predict_noise(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray) -> np.ndarray:
-        return self._infer(UNET, sample, timestep, encoder_hidden_states)
+    def predict_noise(
+        self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray, *, trace: Any = None
+    ) -> np.ndarray:
+        return self._infer(UNET, sample, timestep, encoder_hidden_states, trace=trace)
 
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
-        return self._infer(VAE_DECODER, latents)
+    def decode_latents(self, latents: np.ndarray, *, trace: Any = None) -> np.ndarray:
+        return self._infer(VAE_DECODER, latents, trace=trace)
+
+
+class _TritonLogHandler(logging.Handler):
+    """Sends the pure modules' ``logging`` records to Triton's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        log = _logger()
+        if record.levelno >= logging.ERROR:
+            log.log_error(message)
+        elif record.levelno >= logging.WARNING:
+            log.log_warn(message)
+        else:
+            log.log_info(message)
+
+
+def _route_logging_to_triton() -> None:
+    package_logger = logging.getLogger("sdtriton")
+    if not any(isinstance(handler, _TritonLogHandler) for handler in package_logger.handlers):
+        handler = _TritonLogHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.INFO)
+
+
+def _error_code(error: Exception) -> int:
+    if isinstance(error, InvalidInputError):
+        return pb_utils.TritonError.INVALID_ARG
+    if isinstance(error, RequestCancelledError):
+        return pb_utils.TritonError.CANCELLED
+    if isinstance(error, DeadlineExceededError | ServerBusyError):
+        return pb_utils.TritonError.UNAVAILABLE
+    return pb_utils.TritonError.INTERNAL
+
+
+def _error_message(error: Exception, model_name: str) -> str:
+    if isinstance(error, RequestCancelledError):
+        return "request cancelled"
+    if _error_code(error) == pb_utils.TritonError.INTERNAL:
+        return f"{model_name}: internal error (see the server log)"
+    return str(error)
+
+
+def _column(values: np.ndarray | list[Any], dtype: str) -> np.ndarray:
+    return np.asarray(values, dtype=dtype).reshape(-1, 1)
+
+
+class _StreamSink:
+    """Answers one ``pipeline`` request through its response sender (an engine :class:`ResponseSink`)."""
+
+    def __init__(self, sender: Any, model_name: str) -> None:
+        self._sender = sender
+        self._model_name = model_name
+
+    @staticmethod
+    def _progress_tensors(steps_done: Any, total_steps: Any, elapsed_s: float) -> list[Any]:
+        return [
+            pb_utils.Tensor(interface.STEP.name, _column(steps_done, "int32")),
+            pb_utils.Tensor(interface.TOTAL_STEPS.name, _column(total_steps, "int32")),
+            pb_utils.Tensor(interface.ELAPSED_MS.name, _column([elapsed_s * 1000.0] * len(steps_done), "float32")),
+        ]
+
+    def progress(self, progress: Any) -> None:
+        tensors = self._progress_tensors(progress.steps_done, progress.total_steps, progress.elapsed_s)
+        if progress.previews is not None:
+            tensors.append(pb_utils.Tensor(interface.PREVIEW.name, np.stack(progress.previews)))
+        self._sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+
+    def finish(self, result: Any) -> None:
+        tensors = [
+            pb_utils.Tensor(interface.IMAGE.name, np.stack(result.images)),
+            pb_utils.Tensor(interface.USED_SEED.name, _column(result.seeds, "int64")),
+        ]
+        self._sender.send(
+            pb_utils.InferenceResponse(output_tensors=tensors), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        )
+
+    def fail(self, error: Exception) -> None:
+        if _error_code(error) == pb_utils.TritonError.INTERNAL:
+            _logger().log_error(f"{self._model_name}: request failed: {error!r}")
+        self._sender.send(
+            _error_response(_error_message(error, self._model_name), _error_code(error)),
+            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+        )
+
+
+def _engine_limits(model_config: dict[str, Any]) -> Any:
+    from sdtriton.serving.engine import EngineLimits
+
+    defaults = EngineLimits()
+    return EngineLimits(
+        **{
+            name: _int_parameter(model_config, name, getattr(defaults, name))
+            for name in ("max_running_images", "max_pending_requests", "max_unet_rows", "max_text_rows", "max_vae_rows")
+        }
+    )
 
 
 class PipelineModel:
-    """``pipeline``: validation, the per-request scheduler and generator, and the denoising loop."""
+    """``pipeline`` (decoupled): validation and tokenization, then the diffusion engine owns the request."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        # Imported here so that the component models' processes never load torch and diffusers.
+        from transformers import CLIPTokenizer
+
+        from sdtriton.serving.engine import DiffusionEngine
+
+        self.model_name = args["model_name"]
+        model_config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(model_config):
+            raise ValueError(f"{self.model_name} must be decoupled (model_transaction_policy {{ decoupled: true }})")
+        _route_logging_to_triton()
+        self.config = PipelineConfig.load(_version_dir(args))
+        self.tokenizer = CLIPTokenizer.from_pretrained(_version_dir(args) / TOKENIZER_DIR_NAME)
+        limits = _engine_limits(model_config)
+        self.engine = DiffusionEngine(config=self.config, networks=BlsComponents(), limits=limits)
+        self.engine.start()
+        _logger().log_info(f"{self.model_name}: diffusion engine started with {limits}")
+
+    def _engine_request(self, request: Any, sender: Any) -> Any:
+        from sdtriton.serving.engine import EngineRequest
+        from sdtriton.serving.requests import parse_request
+
+        parsed = parse_request(
+            {tensor.name: _optional_items(request, tensor) for tensor in interface.STREAM_INPUTS},
+            config=self.config,
+            tokenizer=self.tokenizer,
+        )
+        key_items = _optional_items(request, interface.REQUEST_KEY)
+        progress_items = _optional_items(request, interface.SEND_PROGRESS)
+        timeout_us = int(request.timeout())
+        return EngineRequest(
+            key=int(key_items[0]) if key_items is not None else secrets.randbits(63),
+            images=parsed.images,
+            sink=_StreamSink(sender, self.model_name),
+            timeout_s=timeout_us / 1e6 if timeout_us > 0 else None,
+            send_progress=bool(progress_items[0]) if progress_items is not None else False,
+            preview_every=parsed.preview_every,
+            trace=request.trace(),
+        )
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                cancel_items = _optional_items(request, interface.CANCEL_KEY)
+                if cancel_items is not None:
+                    for key in cancel_items:
+                        self.engine.cancel(int(key))
+                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    continue
+                self.engine.submit(self._engine_request(request, sender))
+            except Exception as error:
+                if _error_code(error) == pb_utils.TritonError.INTERNAL:
+                    _logger().log_error(f"{self.model_name}: request failed\n{traceback.format_exc()}")
+                _StreamSink(sender, self.model_name).fail(error)
+        return None
+
+    def finalize(self) -> None:
+        self.engine.stop()
+
+
+# How often an entry asks Triton whether its requests were cancelled.
+_CANCEL_POLL_S = 0.02
+
+
+class EntryModel:
+    """``stable_diffusion`` and ``stable_diffusion_stream``: forward to the engine, pass cancels on.
+
+    The same adapter serves both: decoupled (the stream) it forwards every progress response, otherwise it
+    answers once with the image. ``execute`` returns None and a thread per request waits on its BLS stream,
+    so one instance holds every request in flight.
+    """
 
     def initialize(self, args: dict[str, Any]) -> None:
         self.model_name = args["model_name"]
-        # Imported here so that the component models' processes never load torch and diffusers.
-        from sdtriton.serving.denoise import generate_image
+        model_config = json.loads(args["model_config"])
+        self.stream = pb_utils.using_decoupled_model_transaction_policy(model_config)
+        self.output_names = [output["name"] for output in model_config["output"]]
+        self._max_batch_size = max(1, int(model_config.get("max_batch_size", 1)))
+        # A thread per request in flight: the engine refuses requests past its own limit at once.
+        self._executor = ThreadPoolExecutor(max_workers=256, thread_name_prefix=f"{self.model_name}-forward")
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, Any] = {}
+        self._cancel_sent: set[int] = set()
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_cancels, name=f"{self.model_name}-cancels", daemon=True)
+        self._watcher.start()
 
-        self._generate_image = generate_image
-        self.config = PipelineConfig.load(_version_dir(args))
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            key = secrets.randbits(63)
+            with self._lock:
+                self._in_flight[key] = request
+            self._executor.submit(self._forward, request, key)
+        return None
 
-    def _params(self, request: Any, batch_size: int) -> list[GenerationParams]:
-        raw = {tensor.name: _optional_items(request, tensor) for tensor in interface.GENERATION_INPUTS}
-        params = []
-        for index in range(batch_size):
-            item = {name: None if values is None else values[index] for name, values in raw.items()}
-            params.append(parse_generation_params(config=self.config, **item))
-        sizes = {(p.height, p.width) for p in params}
-        if len(sizes) > 1:
-            raise InvalidInputError(
-                interface.WIDTH.name, "width and height must be the same for every item of one request"
+    def _pipeline_request(self, request: Any, key: int) -> Any:
+        inputs = list(request.inputs())
+        items = inputs[0].as_numpy().shape[0] if inputs else 1
+        inputs.append(pb_utils.Tensor(interface.REQUEST_KEY.name, np.full((items, 1), key, dtype=np.int64)))
+        inputs.append(pb_utils.Tensor(interface.SEND_PROGRESS.name, np.full((items, 1), self.stream, dtype=bool)))
+        return pb_utils.InferenceRequest(
+            model_name=interface.PIPELINE_MODEL_NAME,
+            inputs=inputs,
+            requested_output_names=self.output_names,
+            timeout=int(request.timeout()),
+            trace=request.trace(),
+        )
+
+    def _forward(self, request: Any, key: int) -> None:
+        sender = request.get_response_sender()
+        final_flag = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        answered = False
+        try:
+            final_tensors = None
+            for response in self._pipeline_request(request, key).exec(decoupled=True):
+                if response.has_error():
+                    error = response.error()
+                    sender.send(_error_response(error.message(), error.code()), flags=final_flag)
+                    answered = True
+                    return
+                tensors = response.output_tensors()
+                if not tensors:
+                    continue  # the stream's closing flag
+                if self.stream:
+                    sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+                elif pb_utils.get_output_tensor_by_name(response, interface.IMAGE.name) is not None:
+                    final_tensors = [t for t in tensors if t.name() in self.output_names]
+            if self.stream:
+                sender.send(flags=final_flag)
+            elif final_tensors is None:
+                raise RuntimeError("the pipeline's stream ended without an image")
+            else:
+                sender.send(pb_utils.InferenceResponse(output_tensors=final_tensors), flags=final_flag)
+            answered = True
+        except Exception:
+            _logger().log_error(f"{self.model_name}: request failed\n{traceback.format_exc()}")
+            if not answered:
+                message = f"{self.model_name}: internal error (see the server log)"
+                sender.send(_error_response(message, pb_utils.TritonError.INTERNAL), flags=final_flag)
+        finally:
+            with self._lock:
+                self._in_flight.pop(key, None)
+                self._cancel_sent.discard(key)
+
+    def _watch_cancels(self) -> None:
+        while not self._stopping.wait(_CANCEL_POLL_S):
+            with self._lock:
+                pending = [(key, r) for key, r in self._in_flight.items() if key not in self._cancel_sent]
+            cancelled = [key for key, request in pending if request.is_cancelled()]
+            if not cancelled:
+                continue
+            with self._lock:
+                self._cancel_sent.update(cancelled)
+            for start in range(0, len(cancelled), self._max_batch_size):
+                self._send_cancel(cancelled[start : start + self._max_batch_size])
+
+    def _send_cancel(self, keys: list[int]) -> None:
+        try:
+            cancel = pb_utils.InferenceRequest(
+                model_name=interface.PIPELINE_MODEL_NAME,
+                inputs=[pb_utils.Tensor(interface.CANCEL_KEY.name, _column(keys, "int64"))],
+                requested_output_names=[],
             )
-        return params
+            for response in cancel.exec(decoupled=True):
+                if response.has_error():
+                    _logger().log_error(f"{self.model_name}: cancel failed: {response.error().message()}")
+        except Exception:
+            _logger().log_error(f"{self.model_name}: cancel failed\n{traceback.format_exc()}")
 
-    def _generate(self, request: Any) -> list[Any]:
-        input_ids = _required_items(request, interface.INPUT_IDS.name)
-        negative_input_ids = _required_items(request, interface.NEGATIVE_INPUT_IDS.name)
-        params = self._params(request, batch_size=input_ids.shape[0])
-        components = BlsComponents(trace=request.trace())
-        images = [
-            self._generate_image(
-                input_ids=input_ids[index],
-                negative_input_ids=negative_input_ids[index],
-                params=item,
-                config=self.config,
-                components=components,
-                is_cancelled=request.is_cancelled,
-            )
-            for index, item in enumerate(params)
-        ]
-        seeds = np.array([[item.seed] for item in params], dtype=np.int64)
-        return [
-            pb_utils.Tensor(interface.IMAGE.name, np.stack(images)),
-            pb_utils.Tensor(interface.USED_SEED.name, seeds),
-        ]
-
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return [_respond(request, self._generate, self.model_name) for request in requests]
+    def finalize(self) -> None:
+        self._stopping.set()
+        self._watcher.join(timeout=5)
+        self._executor.shutdown(wait=True, cancel_futures=False)

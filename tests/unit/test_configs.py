@@ -23,7 +23,7 @@ from sdtriton.export.configs import (
 from sdtriton.export.repository import load_source_pipeline, pipeline_config_of
 
 COMMITTED_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
-EXPECTED_MODELS = {"tokenizer", "text_encoder", "unet", "vae_decoder", "pipeline", "stable_diffusion"}
+EXPECTED_MODELS = {"text_encoder", "unet", "vae_decoder", "pipeline", "stable_diffusion", "stable_diffusion_stream"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def default_pipeline_config():
 def test_committed_repository_holds_exactly_the_models() -> None:
     models = {path.name for path in COMMITTED_REPOSITORY.iterdir() if path.is_dir()}
     assert models == EXPECTED_MODELS
-    # Triton loads only models with a version folder; the ensemble's holds nothing but a placeholder.
+    # Triton loads only models with a version folder.
     assert all((COMMITTED_REPOSITORY / name / MODEL_VERSION).is_dir() for name in EXPECTED_MODELS)
 
 
@@ -72,17 +72,23 @@ def test_every_variant_renders_to_a_parsable_config(default_pipeline_config, bac
             assert kind == (mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU)
 
 
-def test_ensemble_exposes_the_public_interface(default_pipeline_config) -> None:
-    ensemble = render_all_configs(default_pipeline_config, RenderOptions())[interface.ENTRY_MODEL_NAME]
-    assert ensemble.platform == "ensemble"
-    assert ensemble.max_batch_size >= 1
-    assert [i.name for i in ensemble.input] == [t.name for t in interface.PUBLIC_INPUTS]
-    assert [o.name for o in ensemble.output] == [t.name for t in interface.PUBLIC_OUTPUTS]
-    produced = set()
-    for step in ensemble.ensemble_scheduling.step:
-        assert step.model_name in EXPECTED_MODELS
-        produced.update(step.output_map.values())
-    assert {t.name for t in interface.PUBLIC_OUTPUTS} <= produced
+def test_entries_expose_the_public_interface_and_the_pipeline_takes_both(default_pipeline_config) -> None:
+    configs = render_all_configs(default_pipeline_config, RenderOptions(max_running_images=4))
+    entry, stream = configs[interface.ENTRY_MODEL_NAME], configs[interface.STREAM_ENTRY_MODEL_NAME]
+    assert [i.name for i in entry.input] == [t.name for t in interface.PUBLIC_INPUTS]
+    assert [o.name for o in entry.output] == [t.name for t in interface.PUBLIC_OUTPUTS]
+    # HTTP /infer answers 501 for a decoupled model: the plain entry must not be one.
+    assert not entry.model_transaction_policy.decoupled
+    assert stream.model_transaction_policy.decoupled
+    assert [i.name for i in stream.input] == [t.name for t in interface.STREAM_INPUTS]
+    assert [o.name for o in stream.output] == [t.name for t in interface.STREAM_OUTPUTS]
+    pipeline = configs["pipeline"]
+    assert pipeline.model_transaction_policy.decoupled
+    assert {i.name for i in pipeline.input} >= {i.name for i in stream.input}
+    assert all(i.optional for i in pipeline.input)
+    assert pipeline.parameters["max_running_images"].string_value == "4"
+    # A network call holds every running image, two rows each with guidance.
+    assert configs["unet"].max_batch_size == int(pipeline.parameters["max_unet_rows"].string_value) == 16
 
 
 def test_component_dims_follow_the_model(default_pipeline_config) -> None:

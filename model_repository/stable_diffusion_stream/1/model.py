@@ -1,0 +1,5 @@
+"""Triton Python-backend entry point of `stable_diffusion_stream`; the logic lives in sdtriton.serving."""
+
+from sdtriton.serving.triton_models import EntryModel as TritonPythonModel
+
+__all__ = ["TritonPythonModel"]

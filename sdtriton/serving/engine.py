@@ -1,0 +1,527 @@
+"""The diffusion engine: one loop owns every in-flight request and advances them together, step by step.
+
+Each iteration (:meth:`DiffusionEngine.step`) is, in order:
+
+1. retire: end the requests the client cancelled and those whose time budget ran out, queued or running;
+2. admit: move queued requests into the running set while it has room for their images (FIFO);
+3. start: encode the prompts of the admitted requests in one text-encoder call, draw their latents;
+4. denoise: one UNet call per latent size for every running image (per-image timesteps; guided images send
+   two rows, unguided one), then each image's own scheduler step with its own generator;
+5. report: progress (and previews) to the requests that asked for it;
+6. finish: decode the finished images of all requests together, answer each finished request.
+
+Requests join between steps and leave when done, cancelled or expired, so a 10-step request sent while a
+150-step one runs finishes after its own 10 steps. Every image is computed by
+:class:`~sdtriton.serving.denoise.ImageDenoiser`, the code that computes it alone, so batching changes no image
+beyond the networks' own rounding. The engine is pure code: the networks, the clock and the answers go through
+small interfaces; the Triton adapter feeds it requests and its sinks send responses.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.serving.denoise import ImageDenoiser, text_ids_for, to_uint8_image
+from sdtriton.serving.errors import DeadlineExceededError, RequestCancelledError, ServerBusyError
+from sdtriton.serving.preview import latents_to_preview
+from sdtriton.serving.validation import GenerationParams
+
+logger = logging.getLogger(__name__)
+
+# How long the idle loop sleeps between looks at the queue; submit() and cancel() wake it at once.
+_IDLE_WAIT_S = 0.5
+# A cancel that arrives before its request (two calls racing through the server) is kept this long.
+_EARLY_CANCEL_KEEP_S = 60.0
+
+
+class RequestState(enum.Enum):
+    """Where a request is; it changes only in :meth:`DiffusionEngine._end` and at admission."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """How much the engine holds and how large its network calls may be.
+
+    Attributes:
+        max_running_images: images denoised together (one UNet call's items); 1 turns step batching off.
+        max_pending_requests: running plus queued requests; one more is refused at once (``UNAVAILABLE``).
+        max_unet_rows: rows of one UNet call (a guided image sends two); larger sets are split into calls.
+        max_text_rows: rows of one text-encoder call.
+        max_vae_rows: rows of one VAE-decoder call.
+    """
+
+    max_running_images: int = 8
+    max_pending_requests: int = 32
+    max_unet_rows: int = 16
+    max_text_rows: int = 8
+    max_vae_rows: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("max_running_images", "max_pending_requests", "max_unet_rows", "max_text_rows", "max_vae_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_unet_rows < 2:
+            raise ValueError("max_unet_rows must be at least 2: a guided image sends two rows")
+
+
+class EngineNetworks(Protocol):
+    """The three networks, called with numpy arrays; ``trace`` (opaque) is passed on where given."""
+
+    def encode_text(self, input_ids: np.ndarray, **kwargs: Any) -> np.ndarray: ...
+
+    def predict_noise(
+        self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray, **kwargs: Any
+    ) -> np.ndarray: ...
+
+    def decode_latents(self, latents: np.ndarray, **kwargs: Any) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image of a request: validated parameters and the token ids of its prompts."""
+
+    params: GenerationParams
+    input_ids: np.ndarray
+    negative_input_ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress of one request after a step: per image, network evaluations done and in all."""
+
+    steps_done: tuple[int, ...]
+    total_steps: tuple[int, ...]
+    elapsed_s: float
+    previews: tuple[np.ndarray, ...] | None = None  # [h, w, 3] uint8 per image, when one was due
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A request's answer: [H, W, 3] uint8 images and their seeds, in request order."""
+
+    images: tuple[np.ndarray, ...]
+    seeds: tuple[int, ...]
+
+
+class ResponseSink(Protocol):
+    """Where a request's answers go; ``finish`` or ``fail`` is called exactly once, last."""
+
+    def progress(self, progress: Progress) -> None: ...
+
+    def finish(self, result: Finished) -> None: ...
+
+    def fail(self, error: Exception) -> None: ...
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """A request handed to the engine.
+
+    Attributes:
+        key: the caller's id of the request, for :meth:`DiffusionEngine.cancel`.
+        images: the request's images (one size per request).
+        sink: where its answers go.
+        timeout_s: its time budget from arrival, queued and running; None: no budget.
+        send_progress: whether to report progress after every step.
+        preview_every: with progress, a preview of every image every this many steps (0: none).
+        is_cancelled: polled at every step; True ends the request as cancelled.
+        trace: passed to the network calls made for this request (Triton request tracing).
+    """
+
+    key: int
+    images: tuple[ImageRequest, ...]
+    sink: ResponseSink
+    timeout_s: float | None = None
+    send_progress: bool = False
+    preview_every: int = 0
+    is_cancelled: Callable[[], bool] = _never
+    trace: Any = None
+
+
+@dataclass(eq=False)
+class _Active:
+    request: EngineRequest
+    arrived_s: float
+    state: RequestState = RequestState.QUEUED
+    denoisers: list[ImageDenoiser] = field(default_factory=list)
+    iterations: int = 0
+
+    @property
+    def deadline_s(self) -> float | None:
+        timeout_s = self.request.timeout_s
+        return None if timeout_s is None else self.arrived_s + timeout_s
+
+    @property
+    def done(self) -> bool:
+        return bool(self.denoisers) and all(d.done for d in self.denoisers)
+
+
+def _chunks(pairs: Sequence[tuple[_Active, ImageDenoiser]], max_rows: int) -> Iterable[list]:
+    """Splits (request, image) pairs into runs of at most ``max_rows`` UNet rows, never splitting an image."""
+    chunk: list[tuple[_Active, ImageDenoiser]] = []
+    rows = 0
+    for pair in pairs:
+        if chunk and rows + pair[1].rows > max_rows:
+            yield chunk
+            chunk, rows = [], 0
+        chunk.append(pair)
+        rows += pair[1].rows
+    if chunk:
+        yield chunk
+
+
+def _call(function: Callable[..., np.ndarray], *arrays: np.ndarray, trace: Any) -> np.ndarray:
+    return function(*arrays) if trace is None else function(*arrays, trace=trace)
+
+
+class DiffusionEngine:
+    """Owns every in-flight request; :meth:`step` advances all of them by one network evaluation.
+
+    ``submit`` and ``cancel`` may be called from any thread; ``step`` from one thread only (the loop thread
+    that :meth:`start` runs, or a test).
+
+    Args:
+        config: the exported model's geometry, scheduler config and preview projection.
+        networks: the text encoder, UNet and VAE decoder.
+        limits: capacity and call sizes.
+        clock: seconds, monotonic; tests pass a fake one.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: PipelineConfig,
+        networks: EngineNetworks,
+        limits: EngineLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.networks = networks
+        self.limits = limits or EngineLimits()
+        self._clock = clock
+        self._lock = threading.Condition()
+        self._waiting: deque[_Active] = deque()
+        self._running: list[_Active] = []
+        self._cancelled_keys: dict[int, float] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._projection = (
+            np.asarray(config.latent_rgb_projection, dtype=np.float32) if config.latent_rgb_projection else None
+        )
+
+    # ---- called from any thread -------------------------------------------------------------------------
+
+    def submit(self, request: EngineRequest) -> None:
+        """Queues a request, or raises :class:`ServerBusyError` at once when the engine is full."""
+        if not request.images:
+            raise ValueError("a request needs at least one image")
+        with self._lock:
+            if self._stopping:
+                raise ServerBusyError("the server is shutting down; send the request again to another replica")
+            pending = len(self._waiting) + len(self._running)
+            if pending >= self.limits.max_pending_requests:
+                raise ServerBusyError(
+                    f"server busy: {pending} requests running or queued, the most it holds "
+                    f"(max_pending_requests {self.limits.max_pending_requests}); retry later"
+                )
+            self._waiting.append(_Active(request=request, arrived_s=self._clock()))
+            self._lock.notify()
+
+    def cancel(self, key: int) -> None:
+        """Ends the request ``key`` as cancelled at the next step (queued or running)."""
+        with self._lock:
+            self._cancelled_keys[key] = self._clock()
+            self._lock.notify()
+
+    def counts(self) -> tuple[int, int]:
+        """(running, queued) requests."""
+        with self._lock:
+            return len(self._running), len(self._waiting)
+
+    def start(self) -> None:
+        """Runs the loop on a thread of its own until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._run, name="diffusion-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        """Stops the loop; requests still held end with :class:`ServerBusyError`."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        for active in [*self._running, *self._waiting]:
+            self._end(active, RequestState.FAILED, ServerBusyError("the server is shutting down"))
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                if not self._waiting and not self._running and not self._cancelled_keys:
+                    self._lock.wait(_IDLE_WAIT_S)
+                    continue
+            try:
+                self.step()
+            except Exception:
+                # A bug in a phase must not stop the loop: fail what it held and go on.
+                logger.exception("diffusion engine: step failed; failing the running requests")
+                for active in list(self._running):
+                    self._end(active, RequestState.FAILED, RuntimeError("internal error in the diffusion engine"))
+
+    def step(self) -> bool:
+        """One iteration of every phase; returns True while requests remain."""
+        self._retire()
+        admitted = self._admit()
+        if admitted:
+            self._start(admitted)
+        if self._running:
+            self._denoise()
+            self._report()
+            self._finish()
+        with self._lock:
+            return bool(self._waiting or self._running)
+
+    # 1. retire
+    def _retire(self) -> None:
+        now = self._clock()
+        with self._lock:
+            cancelled = self._cancelled_keys
+            held = [*self._running, *self._waiting]
+        matched = set()
+        for active in held:
+            request = active.request
+            if request.key in cancelled or request.is_cancelled():
+                matched.add(request.key)
+                self._end(active, RequestState.CANCELLED, RequestCancelledError())
+                continue
+            deadline_s = active.deadline_s
+            if deadline_s is not None and now >= deadline_s:
+                where = (
+                    "while queued"
+                    if active.state is RequestState.QUEUED
+                    else f"at step {min(d.steps_done for d in active.denoisers)} of "
+                    f"{max(d.total_steps for d in active.denoisers)}"
+                )
+                error = DeadlineExceededError(budget_s=request.timeout_s, elapsed_s=now - active.arrived_s, where=where)
+                self._end(active, RequestState.EXPIRED, error)
+        with self._lock:
+            for key in matched:
+                self._cancelled_keys.pop(key, None)
+            for key, when in list(self._cancelled_keys.items()):
+                if now - when > _EARLY_CANCEL_KEEP_S:
+                    del self._cancelled_keys[key]
+
+    # 2. admit
+    def _admit(self) -> list[_Active]:
+        admitted = []
+        with self._lock:
+            running_images = sum(len(active.request.images) for active in self._running)
+            while self._waiting:
+                images = len(self._waiting[0].request.images)
+                # A request larger than the whole capacity still runs, alone.
+                if running_images and running_images + images > self.limits.max_running_images:
+                    break
+                active = self._waiting.popleft()
+                active.state = RequestState.RUNNING
+                self._running.append(active)
+                admitted.append(active)
+                running_images += images
+        return admitted
+
+    # 3. start
+    def _start(self, admitted: list[_Active]) -> None:
+        rows = [
+            (active, text_ids_for(image.params, image.input_ids, image.negative_input_ids))
+            for active in admitted
+            for image in active.request.images
+        ]
+        embeddings: dict[int, list[np.ndarray]] = {id(active): [] for active in admitted}
+        start = 0
+        while start < len(rows):
+            chunk, used = [], 0
+            while start < len(rows) and (not chunk or used + len(rows[start][1]) <= self.limits.max_text_rows):
+                chunk.append(rows[start])
+                used += len(rows[start][1])
+                start += 1
+            live = [(active, ids) for active, ids in chunk if active.state is RequestState.RUNNING]
+            if not live:
+                continue
+            try:
+                states = _call(
+                    self.networks.encode_text, np.concatenate([ids for _, ids in live]), trace=live[0][0].request.trace
+                )
+            except Exception as error:
+                logger.exception("text encoder call failed")
+                for active, _ in live:
+                    self._end(active, RequestState.FAILED, error)
+                continue
+            offset = 0
+            for active, ids in live:
+                embeddings[id(active)].append(states[offset : offset + len(ids)])
+                offset += len(ids)
+        for active in admitted:
+            if active.state is not RequestState.RUNNING:
+                continue
+            try:
+                active.denoisers = [
+                    ImageDenoiser(params=image.params, config=self.config, prompt_embeds=embeds)
+                    for image, embeds in zip(active.request.images, embeddings[id(active)], strict=True)
+                ]
+            except Exception as error:
+                logger.exception("preparing latents failed")
+                self._end(active, RequestState.FAILED, error)
+
+    # 4. denoise
+    def _denoise(self) -> None:
+        by_size: dict[tuple[int, int], list[tuple[_Active, ImageDenoiser]]] = {}
+        for active in self._running:
+            for denoiser in active.denoisers:
+                if not denoiser.done:
+                    by_size.setdefault(denoiser.latent_size, []).append((active, denoiser))
+        for pairs in by_size.values():
+            for chunk in _chunks(pairs, self.limits.max_unet_rows):
+                self._denoise_chunk(chunk)
+        for active in self._running:
+            active.iterations += 1
+
+    def _denoise_chunk(self, chunk: list[tuple[_Active, ImageDenoiser]]) -> None:
+        live = [(active, d) for active, d in chunk if active.state is RequestState.RUNNING]
+        if not live:
+            return
+        inputs = [d.model_input() for _, d in live]
+        try:
+            noise_pred = _call(
+                self.networks.predict_noise,
+                np.concatenate([sample for sample, _, _ in inputs]),
+                np.concatenate([timestep for _, timestep, _ in inputs]),
+                np.concatenate([states for _, _, states in inputs]),
+                trace=live[0][0].request.trace,
+            )
+        except Exception as error:
+            logger.exception("UNet call failed")
+            for active in {id(a): a for a, _ in live}.values():
+                self._end(active, RequestState.FAILED, error)
+            return
+        offset = 0
+        for (active, denoiser), (sample, _, _) in zip(live, inputs, strict=True):
+            rows = sample.shape[0]
+            part = noise_pred[offset : offset + rows]
+            offset += rows
+            if active.state is not RequestState.RUNNING:
+                continue
+            try:
+                denoiser.step(part)
+            except Exception as error:
+                logger.exception("scheduler step failed")
+                self._end(active, RequestState.FAILED, error)
+
+    # 5. report
+    def _report(self) -> None:
+        now = self._clock()
+        for active in list(self._running):
+            request = active.request
+            if not request.send_progress or not active.denoisers:
+                continue
+            previews = None
+            every = request.preview_every
+            if every and self._projection is not None and active.iterations % every == 0 and not active.done:
+                previews = tuple(self._preview(d) for d in active.denoisers)
+            progress = Progress(
+                steps_done=tuple(d.steps_done for d in active.denoisers),
+                total_steps=tuple(d.total_steps for d in active.denoisers),
+                elapsed_s=now - active.arrived_s,
+                previews=previews,
+            )
+            try:
+                request.sink.progress(progress)
+            except Exception:
+                logger.exception("sending progress failed; cancelling the request")
+                self._end(active, RequestState.CANCELLED, RequestCancelledError())
+
+    def _preview(self, denoiser: ImageDenoiser) -> np.ndarray:
+        latents = denoiser.predicted_original if denoiser.predicted_original is not None else denoiser.latents
+        return latents_to_preview(latents[0].numpy(), self._projection)
+
+    # 6. finish
+    def _finish(self) -> None:
+        finished = [active for active in self._running if active.done]
+        if not finished:
+            return
+        by_size: dict[tuple[int, int], list[tuple[_Active, int, ImageDenoiser]]] = {}
+        for active in finished:
+            for index, denoiser in enumerate(active.denoisers):
+                by_size.setdefault(denoiser.latent_size, []).append((active, index, denoiser))
+        images: dict[int, dict[int, np.ndarray]] = {id(active): {} for active in finished}
+        for triples in by_size.values():
+            for start in range(0, len(triples), self.limits.max_vae_rows):
+                chunk = [
+                    t for t in triples[start : start + self.limits.max_vae_rows] if t[0].state is RequestState.RUNNING
+                ]
+                if not chunk:
+                    continue
+                try:
+                    decoded = _call(
+                        self.networks.decode_latents,
+                        np.concatenate([d.scaled_latents() for _, _, d in chunk]),
+                        trace=chunk[0][0].request.trace,
+                    )
+                except Exception as error:
+                    logger.exception("VAE decoder call failed")
+                    for active in {id(a): a for a, _, _ in chunk}.values():
+                        self._end(active, RequestState.FAILED, error)
+                    continue
+                for row, (active, index, _) in enumerate(chunk):
+                    images[id(active)][index] = to_uint8_image(torch.from_numpy(decoded[row : row + 1]))
+        for active in finished:
+            if active.state is not RequestState.RUNNING:
+                continue
+            done = images[id(active)]
+            result = Finished(
+                images=tuple(done[index] for index in range(len(active.denoisers))),
+                seeds=tuple(image.params.seed for image in active.request.images),
+            )
+            self._end(active, RequestState.FINISHED, result)
+
+    # the one place a request ends
+    def _end(self, active: _Active, state: RequestState, outcome: Finished | Exception) -> None:
+        with self._lock:
+            if active.state not in (RequestState.QUEUED, RequestState.RUNNING):
+                return
+            active.state = state
+            if active in self._running:
+                self._running.remove(active)
+            elif active in self._waiting:
+                self._waiting.remove(active)
+        try:
+            if isinstance(outcome, Finished):
+                active.request.sink.finish(outcome)
+            else:
+                active.request.sink.fail(outcome)
+        except Exception:
+            logger.exception("answering request %s failed", active.request.key)

@@ -1,0 +1,86 @@
+"""A request's public inputs, checked and tokenized into the images the engine denoises.
+
+Pure code over numpy arrays (one array per input, one value per item, None where the input was omitted);
+the Triton adapter reads the tensors and the engine takes the result. Every error names the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from sdtriton import interface
+from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.serving.engine import ImageRequest
+from sdtriton.serving.errors import InvalidInputError
+from sdtriton.serving.text import tokenize_prompts
+from sdtriton.serving.validation import decode_prompt, parse_generation_params
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """The images of one request and its stream options."""
+
+    images: tuple[ImageRequest, ...]
+    preview_every: int = 0
+
+
+def _preview_every(values: np.ndarray | None, config: PipelineConfig) -> int:
+    field = interface.PREVIEW_EVERY.name
+    if values is None:
+        return 0
+    distinct = {int(value) for value in values}
+    if len(distinct) > 1:
+        raise InvalidInputError(field, "must be the same for every item of one request")
+    (every,) = distinct
+    if not 0 <= every <= interface.MAX_PREVIEW_EVERY:
+        raise InvalidInputError(field, f"must be an integer in 0..{interface.MAX_PREVIEW_EVERY}, got {every}")
+    if every and not config.latent_rgb_projection:
+        raise InvalidInputError(field, "must be 0: this model was exported without a preview projection")
+    return every
+
+
+def parse_request(
+    raw: Mapping[str, np.ndarray | None], *, config: PipelineConfig, tokenizer: PreTrainedTokenizerBase
+) -> ParsedRequest:
+    """Checks a request's inputs and tokenizes its prompts, as diffusers pads and truncates them.
+
+    Args:
+        raw: input name -> [N] values (None: omitted); names of :data:`interface.STREAM_INPUTS`.
+        config: the exported model's geometry and defaults.
+        tokenizer: the model's CLIP tokenizer.
+    """
+    prompt_items = raw.get(interface.PROMPT.name)
+    if prompt_items is None:
+        raise InvalidInputError(interface.PROMPT.name, f"is required: {interface.PROMPT.allowed}")
+    prompts = [decode_prompt(interface.PROMPT.name, item) for item in prompt_items]
+    count = len(prompts)
+    negative_items = raw.get(interface.NEGATIVE_PROMPT.name)
+    negatives = (
+        [""] * count
+        if negative_items is None
+        else [decode_prompt(interface.NEGATIVE_PROMPT.name, item) for item in negative_items]
+    )
+    for tensor in (interface.NEGATIVE_PROMPT, *interface.GENERATION_INPUTS, interface.PREVIEW_EVERY):
+        values = raw.get(tensor.name)
+        if values is not None and len(values) != count:
+            raise InvalidInputError(tensor.name, f"must have one value per prompt ({count}), got {len(values)}")
+    params = []
+    for index in range(count):
+        item = {
+            tensor.name: None if raw.get(tensor.name) is None else raw[tensor.name][index]
+            for tensor in interface.GENERATION_INPUTS
+        }
+        params.append(parse_generation_params(config=config, **item))
+    if len({(p.height, p.width) for p in params}) > 1:
+        raise InvalidInputError(interface.WIDTH.name, "width and height must be the same for every item of one request")
+    input_ids = tokenize_prompts(tokenizer, prompts)
+    negative_input_ids = tokenize_prompts(tokenizer, negatives)
+    images = tuple(
+        ImageRequest(params=item, input_ids=input_ids[index], negative_input_ids=negative_input_ids[index])
+        for index, item in enumerate(params)
+    )
+    return ParsedRequest(images=images, preview_every=_preview_every(raw.get(interface.PREVIEW_EVERY.name), config))

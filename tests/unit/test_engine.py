@@ -1,0 +1,322 @@
+"""The diffusion engine's loop with fake networks and a fake clock: batching, joining, cancel, deadlines, limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from diffusers import PNDMScheduler
+
+from sdtriton.interface import SCHEDULER_NAMES
+from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.serving.denoise import generate_image
+from sdtriton.serving.engine import (
+    DiffusionEngine,
+    EngineLimits,
+    EngineRequest,
+    Finished,
+    ImageRequest,
+    Progress,
+)
+from sdtriton.serving.errors import DeadlineExceededError, RequestCancelledError, ServerBusyError
+from sdtriton.serving.validation import GenerationParams
+
+TOKENS = 8
+HIDDEN = 4
+CONFIG = PipelineConfig(
+    latent_channels=4,
+    vae_scale_factor=2,
+    size_multiple=8,
+    default_height=16,
+    default_width=16,
+    max_height=32,
+    max_width=32,
+    vae_scaling_factor=0.5,
+    text_max_length=TOKENS,
+    text_hidden_size=HIDDEN,
+    scheduler_config={
+        **PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True).config,
+        "_class_name": "PNDMScheduler",
+    },
+    latent_rgb_projection=[[0.1, 0.2, 0.3]] * 4 + [[0.5, 0.5, 0.5]],
+)
+
+
+class FakeNetworks:
+    """Row-wise deterministic stand-ins: a row's answer depends on that row alone, as a real network's does."""
+
+    def __init__(self) -> None:
+        self.unet_batches: list[int] = []
+        self.text_batches: list[int] = []
+        self.vae_batches: list[int] = []
+        self.fail_unet = False
+
+    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
+        self.text_batches.append(len(input_ids))
+        ids = input_ids.astype(np.float32)[:, :, None]
+        return np.tanh(ids / 50.0 + np.arange(HIDDEN, dtype=np.float32)) * np.ones((1, TOKENS, HIDDEN), np.float32)
+
+    def predict_noise(self, sample: np.ndarray, timestep: np.ndarray, states: np.ndarray) -> np.ndarray:
+        if self.fail_unet:
+            raise RuntimeError("unet down")
+        self.unet_batches.append(len(sample))
+        text = states.mean(axis=(1, 2))[:, None, None, None]
+        return (0.3 * sample + 0.001 * timestep[:, None, None, None] + text).astype(np.float32)
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        self.vae_batches.append(len(latents))
+        pixels = np.tanh(latents[:, :3]).repeat(2, axis=2).repeat(2, axis=3)
+        return pixels.astype(np.float32)
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.progress_events: list[Progress] = []
+        self.result: Finished | None = None
+        self.error: Exception | None = None
+        self.endings = 0
+
+    def progress(self, progress: Progress) -> None:
+        self.progress_events.append(progress)
+
+    def finish(self, result: Finished) -> None:
+        self.result = result
+        self.endings += 1
+
+    def fail(self, error: Exception) -> None:
+        self.error = error
+        self.endings += 1
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _ids(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 400, size=TOKENS).astype(np.int64)
+
+
+def _image(*, seed: int, steps: int = 6, guidance: float = 7.5, size: int = 16, scheduler: str | None = None):
+    params = GenerationParams(
+        num_inference_steps=steps, guidance_scale=guidance, seed=seed, width=size, height=size, scheduler=scheduler
+    )
+    return ImageRequest(params=params, input_ids=_ids(seed), negative_input_ids=_ids(seed + 1000))
+
+
+def _alone(image: ImageRequest) -> np.ndarray:
+    return generate_image(
+        input_ids=image.input_ids,
+        negative_input_ids=image.negative_input_ids,
+        params=image.params,
+        config=CONFIG,
+        components=FakeNetworks(),
+    )
+
+
+def _request(key: int, *images: ImageRequest, **options) -> tuple[EngineRequest, RecordingSink]:
+    sink = RecordingSink()
+    return EngineRequest(key=key, images=images, sink=sink, **options), sink
+
+
+def _run(engine: DiffusionEngine, limit: int = 1000) -> int:
+    iterations = 0
+    while engine.step():
+        iterations += 1
+        assert iterations < limit
+    return iterations
+
+
+def test_a_batched_request_gives_the_image_it_gives_alone_for_every_scheduler() -> None:
+    networks = FakeNetworks()
+    engine = DiffusionEngine(config=CONFIG, networks=networks, limits=EngineLimits(max_running_images=16))
+    images = [
+        _image(
+            seed=index,
+            steps=3 + index % 4,
+            guidance=[7.5, 1.0][index % 2],
+            size=[16, 24][(index // 2) % 2],
+            scheduler=name,
+        )
+        for index, name in enumerate(SCHEDULER_NAMES)
+    ]
+    sinks = []
+    for key, image in enumerate(images):
+        request, sink = _request(key, image)
+        engine.submit(request)
+        sinks.append(sink)
+    _run(engine)
+    for image, sink in zip(images, sinks, strict=True):
+        assert sink.endings == 1 and sink.error is None
+        assert np.array_equal(sink.result.images[0], _alone(image))
+        assert sink.result.seeds == (image.params.seed,)
+    # Requests of one latent size share one UNet call per step: far fewer calls than images x steps.
+    assert len(networks.unet_batches) < sum(len(_steps(image)) for image in images) / 2
+    assert max(networks.unet_batches) > 2
+
+
+def _steps(image: ImageRequest) -> list:
+    from sdtriton.serving.denoise import ImageDenoiser
+
+    return ImageDenoiser(params=image.params, config=CONFIG, prompt_embeds=np.zeros((2, TOKENS, HIDDEN))).timesteps
+
+
+def test_a_request_joining_mid_flight_is_exact_and_shares_the_calls() -> None:
+    networks = FakeNetworks()
+    engine = DiffusionEngine(config=CONFIG, networks=networks)
+    first_image, second_image = _image(seed=1, steps=10, scheduler="euler_a"), _image(seed=2, steps=4, guidance=1.0)
+    first, first_sink = _request(1, first_image)
+    engine.submit(first)
+    for _ in range(3):
+        engine.step()
+    second, second_sink = _request(2, second_image)
+    engine.submit(second)
+    _run(engine)
+    assert np.array_equal(first_sink.result.images[0], _alone(first_image))
+    assert np.array_equal(second_sink.result.images[0], _alone(second_image))
+    assert 3 in networks.unet_batches  # 2 guided rows + 1 unguided row in one call
+
+
+def test_a_cancelled_request_leaves_at_the_next_step_and_its_neighbours_stay_exact() -> None:
+    engine = DiffusionEngine(config=CONFIG, networks=FakeNetworks())
+    kept_image = _image(seed=5, steps=8, scheduler="dpmpp_2m")
+    kept, kept_sink = _request(1, kept_image)
+    doomed, doomed_sink = _request(2, _image(seed=6, steps=8))
+    engine.submit(kept)
+    engine.submit(doomed)
+    engine.step()
+    engine.cancel(2)
+    engine.step()
+    assert isinstance(doomed_sink.error, RequestCancelledError) and doomed_sink.endings == 1
+    _run(engine)
+    assert np.array_equal(kept_sink.result.images[0], _alone(kept_image))
+
+
+def test_a_polled_cancel_and_a_cancel_before_arrival_both_end_the_request() -> None:
+    engine = DiffusionEngine(config=CONFIG, networks=FakeNetworks())
+    flag = {"cancelled": False}
+    polled, polled_sink = _request(1, _image(seed=1), is_cancelled=lambda: flag["cancelled"])
+    engine.cancel(2)  # the cancel races ahead of its request
+    early, early_sink = _request(2, _image(seed=2))
+    engine.submit(polled)
+    engine.submit(early)
+    engine.step()
+    assert isinstance(early_sink.error, RequestCancelledError)
+    flag["cancelled"] = True
+    _run(engine)
+    assert isinstance(polled_sink.error, RequestCancelledError)
+
+
+def test_deadlines_end_running_and_queued_requests_with_the_budget_named() -> None:
+    clock = FakeClock()
+    engine = DiffusionEngine(
+        config=CONFIG, networks=FakeNetworks(), limits=EngineLimits(max_running_images=1), clock=clock
+    )
+    running, running_sink = _request(1, _image(seed=1, steps=20), timeout_s=2.0)
+    queued, queued_sink = _request(2, _image(seed=2, steps=20), timeout_s=0.5)
+    patient, patient_sink = _request(3, _image(seed=3, steps=3))
+    for request in (running, queued, patient):
+        engine.submit(request)
+    engine.step()
+    clock.now += 1.0
+    engine.step()
+    assert isinstance(queued_sink.error, DeadlineExceededError)
+    assert "500 ms" in str(queued_sink.error) and "queued" in str(queued_sink.error)
+    clock.now += 1.5
+    engine.step()
+    assert isinstance(running_sink.error, DeadlineExceededError)
+    assert "2000 ms" in str(running_sink.error) and "at step" in str(running_sink.error)
+    _run(engine)
+    assert patient_sink.result is not None
+    assert running_sink.endings == queued_sink.endings == patient_sink.endings == 1
+
+
+def test_a_full_engine_refuses_at_once_and_frees_the_slot_when_a_request_ends() -> None:
+    engine = DiffusionEngine(config=CONFIG, networks=FakeNetworks(), limits=EngineLimits(max_pending_requests=2))
+    engine.submit(_request(1, _image(seed=1, steps=2))[0])
+    engine.submit(_request(2, _image(seed=2, steps=2))[0])
+    with pytest.raises(ServerBusyError, match="max_pending_requests 2"):
+        engine.submit(_request(3, _image(seed=3))[0])
+    _run(engine)
+    engine.submit(_request(4, _image(seed=4, steps=2))[0])
+
+
+def test_a_short_request_is_not_starved_by_a_long_one() -> None:
+    engine = DiffusionEngine(config=CONFIG, networks=FakeNetworks())
+    long_request, long_sink = _request(1, _image(seed=1, steps=150, scheduler="ddim"))
+    engine.submit(long_request)
+    engine.step()
+    short_request, short_sink = _request(2, _image(seed=2, steps=10, scheduler="ddim"))
+    engine.submit(short_request)
+    iterations = 0
+    while short_sink.result is None:
+        engine.step()
+        iterations += 1
+    assert iterations <= 11
+    assert long_sink.result is None
+    _run(engine)
+    assert long_sink.result is not None
+
+
+def test_progress_comes_once_per_step_in_order_with_previews_when_asked() -> None:
+    engine = DiffusionEngine(config=CONFIG, networks=FakeNetworks())
+    request, sink = _request(
+        1,
+        _image(seed=1, steps=6, scheduler="euler"),
+        _image(seed=2, steps=6, scheduler="euler"),
+        send_progress=True,
+        preview_every=2,
+    )
+    quiet, quiet_sink = _request(2, _image(seed=3, steps=6))
+    engine.submit(request)
+    engine.submit(quiet)
+    _run(engine)
+    assert [event.steps_done for event in sink.progress_events] == [(i, i) for i in range(1, 7)]
+    assert all(event.total_steps == (6, 6) for event in sink.progress_events)
+    previews = [event.previews for event in sink.progress_events]
+    assert [p is not None for p in previews] == [False, True, False, True, False, False]
+    assert previews[1][0].shape == (8, 8, 3) and previews[1][0].dtype == np.uint8
+    assert quiet_sink.progress_events == []
+    assert len(sink.result.images) == 2
+
+
+def test_a_network_failure_fails_the_requests_it_served_and_the_engine_goes_on() -> None:
+    networks = FakeNetworks()
+    engine = DiffusionEngine(config=CONFIG, networks=networks)
+    request, sink = _request(1, _image(seed=1))
+    engine.submit(request)
+    networks.fail_unet = True
+    engine.step()
+    assert isinstance(sink.error, RuntimeError) and sink.endings == 1
+    networks.fail_unet = False
+    later_image = _image(seed=2, steps=3)
+    later, later_sink = _request(2, later_image)
+    engine.submit(later)
+    _run(engine)
+    assert np.array_equal(later_sink.result.images[0], _alone(later_image))
+
+
+def test_the_loop_thread_serves_requests_and_stop_ends_what_it_holds() -> None:
+    import threading
+
+    engine = DiffusionEngine(config=CONFIG, networks=FakeNetworks())
+    engine.start()
+    try:
+        image = _image(seed=1, steps=4)
+        done = threading.Event()
+
+        class Sink(RecordingSink):
+            def finish(self, result: Finished) -> None:
+                super().finish(result)
+                done.set()
+
+        sink = Sink()
+        engine.submit(EngineRequest(key=1, images=(image,), sink=sink))
+        assert done.wait(10)
+        assert np.array_equal(sink.result.images[0], _alone(image))
+    finally:
+        engine.stop()
+    with pytest.raises(ServerBusyError):
+        engine.submit(_request(2, _image(seed=2))[0])
