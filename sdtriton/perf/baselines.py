@@ -16,10 +16,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sdtriton.perf.workload import RequestSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from sdtriton.pipeline_config import PipelineConfig
+    from sdtriton.serving.denoise import DiffusionComponents
+    from sdtriton.serving.onnx_runtime import OnnxRuntimeComponents
 
 logger = logging.getLogger(__name__)
 
@@ -223,37 +231,42 @@ class _TimedComponents:
             values.clear()
 
 
-def time_onnx_loop(
-    repository: Path,
-    request: RequestSpec,
-    *,
-    runs: int,
-    warmup_runs: int,
-    slope_steps: tuple[int, int],
-    slope_runs: int,
-    gpu: bool = False,
-) -> OnnxLoopResult:
-    """(b) The served ONNX files in ONNX Runtime, driven by the serving code's loop in this process.
+# The version folder of every exported model (``sdtriton.export`` writes version 1 only).
+_MODEL_VERSION = "1"
 
-    Each run tokenizes, validates and generates as the Triton pipeline does, with the same session options.
-    The slope runs follow the timed ones on warm sessions, without warm-up of their own. With ``gpu``, the
-    sessions use ONNX Runtime's CUDA provider first, as ``export --gpu`` configures the served models.
+
+def load_served_files(
+    repository: Path, *, gpu: bool = False
+) -> tuple[PreTrainedTokenizerBase, PipelineConfig, OnnxRuntimeComponents]:
+    """The exported repository's tokenizer, pipeline config and ONNX Runtime sessions, as the server loads them.
+
+    The tokenizer lives in ``pipeline/1/tokenizer`` (the engine tokenizes). With ``gpu``, the sessions use
+    ONNX Runtime's CUDA provider first, as ``export --gpu`` configures the served models.
+
+    Returns:
+        The tokenizer, the pipeline config and the three networks' sessions.
     """
     from transformers import CLIPTokenizer
 
+    from sdtriton import interface
     from sdtriton.components import TOKENIZER_DIR_NAME
     from sdtriton.pipeline_config import PipelineConfig
+    from sdtriton.serving.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER, OnnxRuntimeComponents
+
+    pipeline_dir = repository / interface.PIPELINE_MODEL_NAME / _MODEL_VERSION
+    tokenizer = CLIPTokenizer.from_pretrained(pipeline_dir / TOKENIZER_DIR_NAME)
+    config = PipelineConfig.load(pipeline_dir)
+    providers = (CUDA_PROVIDER, CPU_PROVIDER) if gpu else (CPU_PROVIDER,)
+    return tokenizer, config, OnnxRuntimeComponents.from_model_repository(repository, providers=providers)
+
+
+def _plain_loop_runner(
+    tokenizer: PreTrainedTokenizerBase, config: PipelineConfig, components: DiffusionComponents
+) -> Callable[[RequestSpec], Callable[[], np.ndarray]]:
+    """``runner(spec)()`` tokenizes, validates and generates one image as the served engine does, one at a time."""
     from sdtriton.serving.denoise import generate_image
-    from sdtriton.serving.onnx_runtime import OnnxRuntimeComponents
     from sdtriton.serving.text import tokenize_prompts
     from sdtriton.serving.validation import parse_generation_params
-
-    tokenizer = CLIPTokenizer.from_pretrained(repository / "tokenizer" / "1" / TOKENIZER_DIR_NAME)
-    config = PipelineConfig.load(repository / "pipeline" / "1")
-    from sdtriton.serving.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER
-
-    providers = (CUDA_PROVIDER, CPU_PROVIDER) if gpu else (CPU_PROVIDER,)
-    components = _TimedComponents(OnnxRuntimeComponents.from_model_repository(repository, providers=providers))
 
     def runner(spec: RequestSpec) -> Callable[[], np.ndarray]:
         def run() -> np.ndarray:
@@ -272,6 +285,38 @@ def time_onnx_loop(
             )
 
         return run
+
+    return runner
+
+
+def time_plain_loop(
+    repository: Path, request: RequestSpec, *, runs: int, warmup_runs: int, gpu: bool = False
+) -> tuple[PathTiming, np.ndarray]:
+    """(b) alone: the plain loop's latency on one request, one image at a time (no network timers, no slopes)."""
+    tokenizer, config, components = load_served_files(repository, gpu=gpu)
+    run = _plain_loop_runner(tokenizer, config, components)(request)
+    return _timed_runs(run, path=ONNX_LOOP, steps=request.num_inference_steps, runs=runs, warmup_runs=warmup_runs)
+
+
+def time_onnx_loop(
+    repository: Path,
+    request: RequestSpec,
+    *,
+    runs: int,
+    warmup_runs: int,
+    slope_steps: tuple[int, int],
+    slope_runs: int,
+    gpu: bool = False,
+) -> OnnxLoopResult:
+    """(b) The served ONNX files in ONNX Runtime, driven by the serving code's loop in this process.
+
+    Each run tokenizes, validates and generates as the Triton pipeline does, with the same session options.
+    The slope runs follow the timed ones on warm sessions, without warm-up of their own. With ``gpu``, the
+    sessions use ONNX Runtime's CUDA provider first, as ``export --gpu`` configures the served models.
+    """
+    tokenizer, config, sessions = load_served_files(repository, gpu=gpu)
+    components = _TimedComponents(sessions)
+    runner = _plain_loop_runner(tokenizer, config, components)
 
     def timed(spec: RequestSpec, *, runs: int, warmup_runs: int) -> tuple[PathTiming, np.ndarray]:
         return _timed_runs(

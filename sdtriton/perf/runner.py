@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from sdtriton import interface
+from sdtriton.components import TEXT_ENCODER, TOKENIZER_DIR_NAME, UNET, VAE_DECODER
 from sdtriton.perf import baselines
 from sdtriton.perf.identity import identity_repository
 from sdtriton.perf.perf_analyzer import PerfAnalyzerError, find_perf_analyzer, level_file_stem, run_level
@@ -52,9 +54,13 @@ DEFAULT_PERF_DIR = Path(__file__).resolve().parents[2] / "perf"
 DEFAULT_OUTPUT_DIR = Path("outputs/perf")
 BUILTIN_PROFILE = "shapes"
 FALLBACK_PROFILE = "tiny"
-_TOKENIZER_MODEL = "tokenizer"
-_PIPELINE_MODEL = "pipeline"
-_STATS_MODELS = (_TOKENIZER_MODEL, _PIPELINE_MODEL, "text_encoder", "unet", "vae_decoder")
+_STATS_MODELS = (
+    interface.ENTRY_MODEL_NAME,
+    interface.PIPELINE_MODEL_NAME,
+    TEXT_ENCODER.model_name,
+    UNET.model_name,
+    VAE_DECODER.model_name,
+)
 # perf_analyzer's own start-up and connection, on top of the requests of a level.
 _PERF_ANALYZER_START_S = 5.0
 _SERVER_LOG_NAME = "tritonserver.log"
@@ -185,7 +191,12 @@ def _ensure_model(model_dir: Path | None, profile: Profile, work_dir: Path) -> P
 
 
 def _ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool) -> Path:
-    if (repository / "stable_diffusion" / "config.pbtxt").is_file() and (repository / "unet" / "1").is_dir():
+    exported = (
+        (repository / interface.ENTRY_MODEL_NAME / "config.pbtxt").is_file()
+        and (repository / interface.PIPELINE_MODEL_NAME / "1" / TOKENIZER_DIR_NAME).is_dir()
+        and (repository / UNET.model_name / "1").is_dir()
+    )
+    if exported:
         return repository
     from sdtriton.export import export_repository
 
@@ -232,20 +243,20 @@ def _time_triton(server: TritonServer, request: RequestSpec, profile: Profile) -
         before = _stats_snapshot(http_url)
         client, image = triton.time(request, runs=spec.runs, warmup_runs=0)
         delta = _stats_delta(_stats_snapshot(http_url), before)
-        before_slope = fetch_model_stats(http_url, "unet")
+        before_slope = fetch_model_stats(http_url, UNET.model_name)
         slope = triton.slope(request, steps=spec.slope_steps, runs=spec.slope_runs)
-        slope_unet = fetch_model_stats(http_url, "unet").minus(before_slope)
+        slope_unet = fetch_model_stats(http_url, UNET.model_name).minus(before_slope)
     finally:
         triton.close()
     return _TritonTimings(
         client=client,
         image=image,
         breakdown=TritonBreakdown(
-            tokenizer=delta[_TOKENIZER_MODEL],
-            pipeline=delta[_PIPELINE_MODEL],
-            text_encoder=delta["text_encoder"],
-            unet=delta["unet"],
-            vae_decoder=delta["vae_decoder"],
+            entry=delta[interface.ENTRY_MODEL_NAME],
+            pipeline=delta[interface.PIPELINE_MODEL_NAME],
+            text_encoder=delta[TEXT_ENCODER.model_name],
+            unet=delta[UNET.model_name],
+            vae_decoder=delta[VAE_DECODER.model_name],
         ),
         slope=slope,
         slope_unet_stats=slope_unet,

@@ -128,8 +128,8 @@ def _result(*, with_points: bool = True) -> PerfResult:
         triton_client=_timing("triton", 20, 104.0),
         triton_slope=StepSlope(low=_timing("triton", 5, 42.0), high=_timing("triton", 45, 210.0)),
         triton_breakdown=TritonBreakdown(
-            tokenizer=_stats("tokenizer", requests=10, server_ms=1.0),
-            pipeline=_stats("pipeline", requests=10, server_ms=100.0),
+            entry=_stats("stable_diffusion", requests=10, server_ms=0.5),
+            pipeline=_stats("pipeline", requests=10, server_ms=1.0),
             text_encoder=_stats("text_encoder", requests=10, server_ms=1.5),
             unet=_stats("unet", requests=200, server_ms=4.2),
             vae_decoder=_stats("vae_decoder", requests=10, server_ms=3.5),
@@ -174,8 +174,10 @@ def test_breakdown_adds_up() -> None:
     assert rows["UNet"].onnx_loop_ms == pytest.approx(80.0)
     assert rows["UNet"].triton_ms == pytest.approx(84.0)
     assert rows["loop glue"].onnx_loop_ms == pytest.approx(100.0 - 1.0 - 80.0 - 3.0)  # the mean of 100, 101, 99
-    assert rows["loop glue"].triton_ms == pytest.approx(100.0 - 1.5 - 84.0 - 3.5)
-    assert rows["client, gRPC, ensemble scheduling"].triton_ms == pytest.approx(104.0 - 101.0)
+    assert rows["loop glue"].triton_ms is None
+    assert rows["entry and pipeline `execute`"].triton_ms == pytest.approx(1.5)
+    assert rows["rest of Triton"].triton_ms == pytest.approx(104.0 - 1.5 - 84.0 - 3.5 - 1.5)
+    assert rows["total"].triton_ms == pytest.approx(104.0)
 
 
 def test_summary_states_each_goal(tmp_path: Path) -> None:
