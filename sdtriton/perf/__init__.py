@@ -5,4 +5,10 @@ Pure modules: :mod:`~sdtriton.perf.workload` (requests and ``--input-data`` file
 :mod:`~sdtriton.perf.stats` (Triton's per-model statistics), :mod:`~sdtriton.perf.report` (CSV, plot,
 markdown summary). :mod:`~sdtriton.perf.baselines` times diffusers and the plain ONNX loop in-process;
 :mod:`~sdtriton.perf.runner` is ``sdtriton perf``: it starts the server and runs everything.
+
+The engine profile (``sdtriton perf --profile engine``) measures the diffusion engine itself: its spec
+(:mod:`~sdtriton.perf.engine_scenarios`), results and goals (:mod:`~sdtriton.perf.engine_results`) and reports
+(:mod:`~sdtriton.perf.engine_report`) are pure; :mod:`~sdtriton.perf.in_process` drives the engine without
+Triton, :mod:`~sdtriton.perf.client_load` sends client-thread loads, :mod:`~sdtriton.perf.variants` and
+:mod:`~sdtriton.perf.simulated` make the repositories it compares, :mod:`~sdtriton.perf.engine_runner` runs it.
 """

@@ -235,16 +235,19 @@ class _TimedComponents:
 _MODEL_VERSION = "1"
 
 
-def load_served_files(
-    repository: Path, *, gpu: bool = False
-) -> tuple[PreTrainedTokenizerBase, PipelineConfig, OnnxRuntimeComponents]:
-    """The exported repository's tokenizer, pipeline config and ONNX Runtime sessions, as the server loads them.
+@dataclass(frozen=True)
+class ServedFiles:
+    """An exported repository's tokenizer, pipeline config and ONNX Runtime sessions, as the server loads them."""
 
-    The tokenizer lives in ``pipeline/1/tokenizer`` (the engine tokenizes). With ``gpu``, the sessions use
-    ONNX Runtime's CUDA provider first, as ``export --gpu`` configures the served models.
+    tokenizer: PreTrainedTokenizerBase
+    config: PipelineConfig
+    networks: OnnxRuntimeComponents
 
-    Returns:
-        The tokenizer, the pipeline config and the three networks' sessions.
+
+def load_served_files(repository: Path, *, gpu: bool = False) -> ServedFiles:
+    """Loads what the served engine runs on: ``pipeline/1/tokenizer`` (the engine tokenizes), its config, and a
+    session per ONNX file. With ``gpu``, the sessions use ONNX Runtime's CUDA provider first, as ``export --gpu``
+    configures the served models.
     """
     from transformers import CLIPTokenizer
 
@@ -254,10 +257,12 @@ def load_served_files(
     from sdtriton.serving.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER, OnnxRuntimeComponents
 
     pipeline_dir = repository / interface.PIPELINE_MODEL_NAME / _MODEL_VERSION
-    tokenizer = CLIPTokenizer.from_pretrained(pipeline_dir / TOKENIZER_DIR_NAME)
-    config = PipelineConfig.load(pipeline_dir)
     providers = (CUDA_PROVIDER, CPU_PROVIDER) if gpu else (CPU_PROVIDER,)
-    return tokenizer, config, OnnxRuntimeComponents.from_model_repository(repository, providers=providers)
+    return ServedFiles(
+        tokenizer=CLIPTokenizer.from_pretrained(pipeline_dir / TOKENIZER_DIR_NAME),
+        config=PipelineConfig.load(pipeline_dir),
+        networks=OnnxRuntimeComponents.from_model_repository(repository, providers=providers),
+    )
 
 
 def _plain_loop_runner(
@@ -290,11 +295,10 @@ def _plain_loop_runner(
 
 
 def time_plain_loop(
-    repository: Path, request: RequestSpec, *, runs: int, warmup_runs: int, gpu: bool = False
+    served: ServedFiles, request: RequestSpec, *, runs: int, warmup_runs: int
 ) -> tuple[PathTiming, np.ndarray]:
     """(b) alone: the plain loop's latency on one request, one image at a time (no network timers, no slopes)."""
-    tokenizer, config, components = load_served_files(repository, gpu=gpu)
-    run = _plain_loop_runner(tokenizer, config, components)(request)
+    run = _plain_loop_runner(served.tokenizer, served.config, served.networks)(request)
     return _timed_runs(run, path=ONNX_LOOP, steps=request.num_inference_steps, runs=runs, warmup_runs=warmup_runs)
 
 
@@ -314,9 +318,9 @@ def time_onnx_loop(
     The slope runs follow the timed ones on warm sessions, without warm-up of their own. With ``gpu``, the
     sessions use ONNX Runtime's CUDA provider first, as ``export --gpu`` configures the served models.
     """
-    tokenizer, config, sessions = load_served_files(repository, gpu=gpu)
-    components = _TimedComponents(sessions)
-    runner = _plain_loop_runner(tokenizer, config, components)
+    served = load_served_files(repository, gpu=gpu)
+    components = _TimedComponents(served.networks)
+    runner = _plain_loop_runner(served.tokenizer, served.config, components)
 
     def timed(spec: RequestSpec, *, runs: int, warmup_runs: int) -> tuple[PathTiming, np.ndarray]:
         return _timed_runs(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sdtriton.perf.baselines import PathTiming
+from sdtriton.perf.engine_results import EngineResult
 from sdtriton.perf.results import (
     GOAL_BLS_UNET_CALL_MS,
     GOAL_TRITON_OVER_DIFFUSERS,
@@ -23,7 +24,7 @@ PATHS_CSV_NAME = "paths.csv"
 PLOT_NAME = "throughput_latency.png"
 SUMMARY_NAME = "summary.md"
 # Load averages above this share of the cores mean other work shared the CPU during the run.
-_BUSY_LOAD_PER_CORE = 0.25
+BUSY_LOAD_PER_CORE = 0.25
 
 
 def write_load_csv(points: Sequence[LoadPoint], path: Path) -> Path:
@@ -117,8 +118,12 @@ def _ms(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
-def headline(result: PerfResult) -> str:
-    """The concurrency-1 comparison in one paragraph, for the terminal."""
+def headline(result: PerfResult | EngineResult) -> str:
+    """The concurrency-1 comparison in one paragraph, for the terminal; an engine run's headline ratios."""
+    if isinstance(result, EngineResult):
+        from sdtriton.perf.engine_report import engine_headline
+
+        return engine_headline(result)
     over_diffusers = result.triton_over_diffusers
     diffusers = (
         "diffusers skipped"
@@ -187,7 +192,7 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
         f"Load average (1/5/15 min) before the run {'/'.join(f'{v:.2f}' for v in machine.load_average_before)}, "
         f"after {'/'.join(f'{v:.2f}' for v in machine.load_average_after)}.",
     ]
-    if machine.load_average_before[0] > _BUSY_LOAD_PER_CORE * machine.cpu_count:
+    if machine.load_average_before[0] > BUSY_LOAD_PER_CORE * machine.cpu_count:
         lines += [
             "",
             f"**The 1-minute load average was {machine.load_average_before[0]:.2f} on {machine.cpu_count} cores when "

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from sdtriton import interface
 from sdtriton.components import TEXT_ENCODER, TOKENIZER_DIR_NAME, UNET, VAE_DECODER
 from sdtriton.perf import baselines
+from sdtriton.perf.engine_results import EngineResult
 from sdtriton.perf.identity import identity_repository
 from sdtriton.perf.perf_analyzer import PerfAnalyzerError, find_perf_analyzer, level_file_stem, run_level
 from sdtriton.perf.report import write_reports
@@ -75,7 +76,8 @@ class PerfOptions:
 
     Attributes:
         profile: a profile of ``perf/scenarios.json``: ``shapes`` (the default model), ``tiny`` (its stand-in
-            until the trained weights land), ``sd15`` (the heavy one).
+            until the trained weights land), ``sd15`` (the heavy one), ``engine`` (the diffusion engine's
+            ceiling, batching, fairness, refusals and scaling on the default model; ``perf_analyzer`` unused).
         output_dir: where the CSV files, plot, summary and logs go.
         perf_dir: the folder holding ``scenarios.json`` and ``input_data/``.
         model_dir: a diffusers pipeline folder of the profile's model; made with ``make-tiny`` there if it
@@ -107,7 +109,9 @@ class PerfOptions:
     show_progress: bool = True
 
 
-class _Deadline:
+class Deadline:
+    """A run's time limit, counted from its start."""
+
     def __init__(self, limit_s: float) -> None:
         self.started = time.monotonic()
         self.limit_s = limit_s
@@ -121,9 +125,10 @@ class _Deadline:
         return self.limit_s - self.elapsed_s
 
 
-def _machine_info(
+def machine_info(
     *, started_utc: str, triton_version: str, load_before: tuple[float, float, float], gpu: bool
 ) -> MachineInfo:
+    """This machine, the server's version and the load averages before and now."""
     cpu_model = platform.processor() or platform.machine()
     memory_gib = 0.0
     try:
@@ -151,7 +156,8 @@ def _machine_info(
 
 
 @contextmanager
-def _work_dir(explicit: Path | None) -> Iterator[Path]:
+def work_folder(explicit: Path | None) -> Iterator[Path]:
+    """``explicit`` (kept), or a temporary folder removed at the end."""
     if explicit is not None:
         explicit.mkdir(parents=True, exist_ok=True)
         yield explicit
@@ -171,26 +177,27 @@ def default_profile() -> str:
     return BUILTIN_PROFILE if (WEIGHTS_DIR / "model_index.json").is_file() else FALLBACK_PROFILE
 
 
-def _ensure_model(model_dir: Path | None, profile: Profile, work_dir: Path) -> Path:
-    """The profile's diffusers folder: ``model_dir`` if it holds one, else made (make-tiny) or the built-in one."""
+def ensure_model(model_dir: Path | None, model: str, work_dir: Path) -> Path:
+    """A diffusers folder of ``model``: ``model_dir`` if it holds one, else made (make-tiny) or the built-in one."""
     from sdtriton.tiny import PROFILES, make_tiny
 
     if model_dir is not None and (model_dir / "model_index.json").is_file():
         return model_dir
-    if profile.model not in PROFILES:
+    if model not in PROFILES:
         if model_dir is not None:
             raise FileNotFoundError(f"{model_dir} holds no diffusers pipeline (model_index.json)")
         from sdtriton.shapes.builtin import resolve_source
 
-        return Path(resolve_source(profile.model))
+        return Path(resolve_source(model))
     target = model_dir or work_dir / "model"
     started = time.monotonic()
-    make_tiny(target, profile=profile.model)
-    logger.info("made the %s model in %.0f s", profile.model, time.monotonic() - started)
+    make_tiny(target, profile=model)
+    logger.info("made the %s model in %.0f s", model, time.monotonic() - started)
     return target
 
 
-def _ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool) -> Path:
+def ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool) -> Path:
+    """``repository`` if it holds an export, else ``model_dir`` exported into it."""
     exported = (
         (repository / interface.ENTRY_MODEL_NAME / "config.pbtxt").is_file()
         and (repository / interface.PIPELINE_MODEL_NAME / "1" / TOKENIZER_DIR_NAME).is_dir()
@@ -206,7 +213,8 @@ def _ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool
     return repository
 
 
-def _triton_version(http_url: str) -> str:
+def server_version(http_url: str) -> str:
+    """The running server's version (``GET /v2``)."""
     with urllib.request.urlopen(f"{http_url}/v2", timeout=10) as response:
         return str(json.load(response).get("version", "unknown"))
 
@@ -263,7 +271,7 @@ def _time_triton(server: TritonServer, request: RequestSpec, profile: Profile) -
     )
 
 
-def _start_server(repository: Path, options: PerfOptions, *, log_path: Path) -> TritonServer:
+def start_server(repository: Path, options: PerfOptions, *, log_path: Path) -> TritonServer:
     """Starts ``options.tritonserver`` (or the pip wheel's) over ``repository`` on free loopback ports."""
     server = TritonServer(
         repository,
@@ -298,7 +306,7 @@ def _bls_probe(
         gpu=options.gpu,
     )
     gc.collect()
-    server = _start_server(probe_repository, options, log_path=output_dir / _PROBE_SERVER_LOG_NAME)
+    server = start_server(probe_repository, options, log_path=output_dir / _PROBE_SERVER_LOG_NAME)
     try:
         server.wait_ready()
         triton = baselines.TritonPath(server.address.grpc_url)
@@ -331,7 +339,7 @@ def _run_scenarios(
     binary: Path,
     input_dir: Path,
     output_dir: Path,
-    deadline: _Deadline,
+    deadline: Deadline,
     single_request_s: float,
     show_progress: bool,
 ) -> tuple[list[LoadPoint], list[str]]:
@@ -416,15 +424,27 @@ def _run_scenarios(
     return points, skipped
 
 
-def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
-    """Runs a profile end to end; returns the result and the written files (CSV, plot, summary)."""
+def run_perf(options: PerfOptions) -> tuple[PerfResult | EngineResult, dict[str, Path]]:
+    """Runs a profile end to end; returns the result and the written files (CSV, plot, summary).
+
+    An engine profile (``scenarios.json`` entry with an ``engine`` section) runs
+    :func:`sdtriton.perf.engine_runner.run_engine_perf` and returns its :class:`EngineResult`.
+    """
+    from sdtriton.perf.engine_scenarios import load_engine_profiles
+
+    engine_profiles = load_engine_profiles(options.perf_dir)
+    if options.profile in engine_profiles:
+        from sdtriton.perf.engine_runner import run_engine_perf
+
+        return run_engine_perf(options, engine_profiles[options.profile])
     load_before = os.getloadavg()
     started_utc = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     profiles = load_profiles(options.perf_dir)
     if options.profile not in profiles:
-        raise ValueError(f"no profile {options.profile!r} in {options.perf_dir}; have {', '.join(profiles)}")
+        known = ", ".join([*profiles, *engine_profiles])
+        raise ValueError(f"no profile {options.profile!r} in {options.perf_dir}; have {known}")
     profile = profiles[options.profile]
-    deadline = _Deadline(options.time_limit_s or profile.time_limit_s)
+    deadline = Deadline(options.time_limit_s or profile.time_limit_s)
     binary = find_perf_analyzer(options.perf_analyzer)
     input_dir = options.perf_dir / INPUT_DATA_DIR_NAME
     for name in profile.input_data_files():
@@ -436,9 +456,9 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
     spec = profile.baseline
     logger.info("profile %s: %s; time limit %.0f s", profile.name, profile.description, deadline.limit_s)
 
-    with _work_dir(options.work_dir) as work_dir:
-        model_dir = _ensure_model(options.model_dir, profile, work_dir)
-        repository = _ensure_repository(
+    with work_folder(options.work_dir) as work_dir:
+        model_dir = ensure_model(options.model_dir, profile.model, work_dir)
+        repository = ensure_repository(
             options.repository or work_dir / "repository", model_dir, show_progress=options.show_progress
         )
         diffusers_timing, diffusers_image = (None, None)
@@ -457,11 +477,11 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
             gpu=options.gpu,
         )
         gc.collect()
-        server = _start_server(repository, options, log_path=output_dir / _SERVER_LOG_NAME)
+        server = start_server(repository, options, log_path=output_dir / _SERVER_LOG_NAME)
         try:
             ready_s = server.wait_ready()
             logger.info("tritonserver ready after %.1f s (log: %s)", ready_s, server.log_path)
-            triton_version = _triton_version(server.address.http_url)
+            triton_version = server_version(server.address.http_url)
             triton = _time_triton(server, request, profile)
             points, skipped = _run_scenarios(
                 profile,
@@ -492,7 +512,7 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult, dict[str, Path]]:
         differences["diffusers vs onnx_loop"] = _max_difference(diffusers_image, loop.image)
     result = PerfResult(
         profile=profile.name,
-        machine=_machine_info(
+        machine=machine_info(
             started_utc=started_utc, triton_version=triton_version, load_before=load_before, gpu=options.gpu
         ),
         request=request,

@@ -22,6 +22,8 @@ from typing import Any
 from sdtriton import interface
 
 SCENARIOS_FILE_NAME = "scenarios.json"
+# A profile with this key measures the diffusion engine (sdtriton.perf.engine_scenarios), not perf_analyzer curves.
+ENGINE_KEY = "engine"
 INPUT_DATA_DIR_NAME = "input_data"
 _US_PER_MS = 1000.0
 
@@ -188,11 +190,14 @@ def parse_profiles(text: str) -> dict[str, Profile]:
     """The profiles of a ``scenarios.json`` document, by name.
 
     A profile with ``"scenarios_from": OTHER`` takes OTHER's baseline, scenarios and time limit, and may
-    override any of them: one definition serves models of the same geometry.
+    override any of them: one definition serves models of the same geometry. Engine profiles (an
+    ``engine`` section) are left out: :func:`sdtriton.perf.engine_scenarios.parse_engine_profiles` reads them.
     """
     document = json.loads(text)["profiles"]
     profiles = {}
     for name, values in document.items():
+        if ENGINE_KEY in values:
+            continue  # an engine profile: sdtriton.perf.engine_scenarios reads it
         source = values.get("scenarios_from")
         if source is not None:
             if source not in document or "scenarios_from" in document[source]:

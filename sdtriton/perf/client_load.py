@@ -1,0 +1,184 @@
+"""Loads sent by client threads over gRPC (:class:`sdtriton.client.StableDiffusionClient`), one record a request.
+
+perf_analyzer gives one latency distribution per run; these loads need one per request class (short and
+long requests at once) or the answer of every request of a burst, so each thread keeps its own records.
+Each thread has its own client (its own gRPC channel), connected before the load starts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from sdtriton.client import SdTritonError, StableDiffusionClient
+from sdtriton.perf.engine_results import BURST, Outcome, RequestRecord, classify_error
+from sdtriton.perf.workload import RequestSpec
+
+# How long a thread waits for its first connection before the load.
+_CONNECT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ClientClass:
+    """Threads sending one kind of request back to back.
+
+    Attributes:
+        name: the request class (``short``, ``long``).
+        request: what each of them sends.
+        clients: threads.
+        requests_per_client: requests each thread sends; None: until every bounded class is done.
+    """
+
+    name: str
+    request: RequestSpec
+    clients: int
+    requests_per_client: int | None
+
+
+def _connected_client(url: str) -> StableDiffusionClient:
+    client = StableDiffusionClient(url)
+    deadline = time.monotonic() + _CONNECT_TIMEOUT_S
+    while not client.is_ready():
+        if time.monotonic() > deadline:
+            client.close()
+            raise SdTritonError(f"{url} is not ready after {_CONNECT_TIMEOUT_S:.0f} s")
+        time.sleep(0.1)
+    return client
+
+
+def _send(client: StableDiffusionClient, request: RequestSpec) -> tuple[Outcome, str, str]:
+    """Sends one request; returns its outcome, the error's message and the error's class name."""
+    try:
+        client.generate(
+            request.prompt,
+            negative_prompt=request.negative_prompt,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            seed=request.seed,
+            width=request.width,
+            height=request.height,
+            scheduler=request.scheduler,
+        )
+    except SdTritonError as error:
+        return classify_error(str(error)), str(error), type(error).__name__
+    return Outcome.OK, "", ""
+
+
+def run_classes(
+    url: str, classes: Sequence[ClientClass], *, load: str, show_progress: bool = True
+) -> tuple[list[RequestRecord], float]:
+    """Runs every class's threads at once; returns their records and the load's duration (s).
+
+    Threads of a class with ``requests_per_client`` None keep sending until the bounded classes are done
+    (their last request may end after that). At least one class must be bounded.
+    """
+    bounded = [c for c in classes if c.requests_per_client is not None]
+    if not bounded:
+        raise ValueError("at least one class needs requests_per_client")
+    threads_of = [(c, index) for c in classes for index in range(c.clients)]
+    clients = [_connected_client(url) for _ in threads_of]
+    records: list[RequestRecord] = []
+    lock = threading.Lock()
+    bounded_left = threading.Semaphore(0)
+    stop = threading.Event()
+    start = threading.Barrier(len(threads_of) + 1)
+    total = sum(c.clients * (c.requests_per_client or 0) for c in bounded)
+    progress = tqdm(total=total, desc=load, unit="request", disable=not show_progress)
+    started = 0.0
+
+    def work(client_class: ClientClass, client: StableDiffusionClient, client_index: int) -> None:
+        start.wait()
+        sent = 0
+        while True:
+            if client_class.requests_per_client is None and stop.is_set():
+                break
+            if client_class.requests_per_client is not None and sent >= client_class.requests_per_client:
+                break
+            sent_at = time.perf_counter()
+            outcome, message, error_type = _send(client, client_class.request)
+            record = RequestRecord(
+                load=load,
+                request_class=client_class.name,
+                client=client_index,
+                started_s=sent_at - started,
+                latency_ms=(time.perf_counter() - sent_at) * 1000.0,
+                outcome=outcome,
+                message=message,
+                error_type=error_type,
+            )
+            with lock:
+                records.append(record)
+                if client_class.requests_per_client is not None:
+                    progress.update()
+            sent += 1
+        if client_class.requests_per_client is not None:
+            bounded_left.release()
+
+    threads = [
+        threading.Thread(target=work, args=(c, client, number), name=f"{load}-{c.name}-{index}", daemon=True)
+        for number, ((c, index), client) in enumerate(zip(threads_of, clients, strict=True))
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        started = time.perf_counter()
+        start.wait()
+        for _ in range(sum(c.clients for c in bounded)):
+            bounded_left.acquire()
+        stop.set()
+        for thread in threads:
+            thread.join()
+        duration_s = time.perf_counter() - started
+    finally:
+        stop.set()
+        progress.close()
+        for client in clients:
+            client.close()
+    records.sort(key=lambda record: record.started_s)
+    return records, duration_s
+
+
+def run_burst(url: str, request: RequestSpec, *, count: int, show_progress: bool = True) -> list[RequestRecord]:
+    """Sends ``count`` requests at once (threads released together); returns one record each, by start time."""
+    clients = [_connected_client(url) for _ in range(count)]
+    release = threading.Barrier(count)
+    records: list[RequestRecord] = []
+    lock = threading.Lock()
+    progress = tqdm(total=count, desc="burst", unit="request", disable=not show_progress)
+    origin = time.perf_counter()
+
+    def work(client: StableDiffusionClient, index: int) -> None:
+        release.wait()
+        sent_at = time.perf_counter()
+        outcome, message, error_type = _send(client, request)
+        record = RequestRecord(
+            load=BURST,
+            request_class=BURST,
+            client=index,
+            started_s=sent_at - origin,
+            latency_ms=(time.perf_counter() - sent_at) * 1000.0,
+            outcome=outcome,
+            message=message,
+            error_type=error_type,
+        )
+        with lock:
+            records.append(record)
+            progress.update()
+
+    threads = [threading.Thread(target=work, args=(client, index), daemon=True) for index, client in enumerate(clients)]
+    try:
+        origin = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        progress.close()
+        for client in clients:
+            client.close()
+    records.sort(key=lambda record: record.started_s)
+    return records

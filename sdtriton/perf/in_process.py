@@ -1,0 +1,172 @@
+"""The diffusion engine driven in this process, no Triton: the compute ceiling of the served engine.
+
+A closed loop keeps ``concurrency`` requests in the engine, as that many clients would: a request that ends
+is replaced before the next step. The engine runs with the served repository's own limits over ONNX Runtime
+sessions of its ONNX files, so its UNet calls have the batch the server's have at the same concurrency.
+:class:`ZeroTimeUNet` answers the UNet at once with zeros: the engine's time without the UNet (text encoder,
+VAE decoder, scheduler steps and glue), which the simulated-accelerator section counts beside the modelled UNet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sdtriton import interface
+from sdtriton.perf.engine_results import InProcessRun
+from sdtriton.perf.workload import RequestSpec
+from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.serving.engine import DiffusionEngine, EngineLimits, EngineNetworks, EngineRequest, Finished, Progress
+from sdtriton.serving.requests import parse_request
+
+_NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+
+
+class CountingNetworks:
+    """Passes every call on; counts UNet calls and their rows."""
+
+    def __init__(self, inner: EngineNetworks) -> None:
+        self.inner = inner
+        self.unet_calls = 0
+        self.unet_rows = 0
+
+    def encode_text(self, input_ids: np.ndarray, **kwargs: Any) -> np.ndarray:
+        return self.inner.encode_text(input_ids, **kwargs)
+
+    def predict_noise(
+        self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray, **kwargs: Any
+    ) -> np.ndarray:
+        self.unet_calls += 1
+        self.unet_rows += int(sample.shape[0])
+        return self.inner.predict_noise(sample, timestep, encoder_hidden_states, **kwargs)
+
+    def decode_latents(self, latents: np.ndarray, **kwargs: Any) -> np.ndarray:
+        return self.inner.decode_latents(latents, **kwargs)
+
+
+class ZeroTimeUNet:
+    """The real text encoder and VAE decoder; a UNet that answers zeros at once (an infinitely fast accelerator)."""
+
+    def __init__(self, inner: EngineNetworks) -> None:
+        self.inner = inner
+
+    def encode_text(self, input_ids: np.ndarray, **kwargs: Any) -> np.ndarray:
+        return self.inner.encode_text(input_ids, **kwargs)
+
+    def predict_noise(
+        self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray, **kwargs: Any
+    ) -> np.ndarray:
+        return np.zeros_like(sample)
+
+    def decode_latents(self, latents: np.ndarray, **kwargs: Any) -> np.ndarray:
+        return self.inner.decode_latents(latents, **kwargs)
+
+
+def raw_inputs(request: RequestSpec) -> dict[str, np.ndarray]:
+    """The request's public inputs as the pipeline model reads them: one value per input, as ``[1]`` arrays."""
+    return {
+        tensor.name: np.array([getattr(request, tensor.name)], dtype=_NUMPY_DTYPES[tensor.triton_dtype])
+        for tensor in interface.PUBLIC_INPUTS
+    }
+
+
+class _Sink:
+    def __init__(self, on_end: Callable[[Exception | None], None]) -> None:
+        self._on_end = on_end
+
+    def progress(self, progress: Progress) -> None:
+        pass
+
+    def finish(self, result: Finished) -> None:
+        self._on_end(None)
+
+    def fail(self, error: Exception) -> None:
+        self._on_end(error)
+
+
+class InProcessEngineError(RuntimeError):
+    """A request of the in-process engine failed."""
+
+
+def run_closed_loop(
+    *,
+    config: PipelineConfig,
+    tokenizer: Any,
+    networks: EngineNetworks,
+    limits: EngineLimits,
+    request: RequestSpec,
+    concurrency: int,
+    requests: int,
+    warmup_requests: int = 0,
+    description: str = "in-process engine",
+    show_progress: bool = True,
+) -> InProcessRun:
+    """Runs ``warmup_requests`` then times ``requests`` of ``request``, ``concurrency`` in the engine at once.
+
+    Each submitted request is parsed and tokenized from its raw inputs, as the pipeline model does. The timed
+    run starts with ``concurrency`` requests submitted together and ends when the last one finishes.
+
+    Raises:
+        InProcessEngineError: a request failed.
+        ValueError: ``concurrency`` or ``requests`` below 1.
+    """
+    if concurrency < 1 or requests < 1:
+        raise ValueError(f"concurrency and requests must be at least 1, got {concurrency} and {requests}")
+    counting = CountingNetworks(networks)
+    engine = DiffusionEngine(config=config, networks=counting, limits=limits)
+    raw = raw_inputs(request)
+    if warmup_requests:
+        _closed_loop(engine, raw, config, tokenizer, concurrency=concurrency, requests=warmup_requests, progress=None)
+    counting.unet_calls = counting.unet_rows = 0
+    with tqdm(total=requests, desc=description, unit="image", disable=not show_progress) as progress:
+        started = time.perf_counter()
+        _closed_loop(engine, raw, config, tokenizer, concurrency=concurrency, requests=requests, progress=progress)
+        elapsed_s = time.perf_counter() - started
+    return InProcessRun(
+        concurrency=concurrency,
+        requests=requests,
+        elapsed_s=elapsed_s,
+        unet_calls=counting.unet_calls,
+        unet_rows=counting.unet_rows,
+    )
+
+
+def _closed_loop(
+    engine: DiffusionEngine,
+    raw: dict[str, np.ndarray],
+    config: PipelineConfig,
+    tokenizer: Any,
+    *,
+    concurrency: int,
+    requests: int,
+    progress: tqdm | None,
+) -> None:
+    sent = 0
+    ended: list[Exception | None] = []
+
+    def submit() -> None:
+        nonlocal sent
+        parsed = parse_request(raw, config=config, tokenizer=tokenizer)
+        engine.submit(EngineRequest(key=sent, images=parsed.images, sink=_Sink(ended.append)))
+        sent += 1
+
+    for _ in range(min(concurrency, requests)):
+        submit()
+    done = 0
+    while done < requests:
+        engine.step()
+        while ended:
+            error = ended.pop()
+            if error is not None:
+                raise InProcessEngineError(f"an in-process engine request failed: {error!r}") from error
+            done += 1
+            if progress is not None:
+                progress.update()
+            if sent < requests:
+                submit()
+        if done < requests and engine.counts() == (0, 0):
+            raise InProcessEngineError(f"the engine went idle after {done} of {requests} requests")

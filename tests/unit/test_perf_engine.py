@@ -1,0 +1,417 @@
+"""The engine profile's pure parts: its spec, percentiles, request classes, ratios, the simulated allowance, reports."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdtriton.perf.baselines import PathTiming
+from sdtriton.perf.engine_report import engine_headline, summary_markdown, write_engine_reports
+from sdtriton.perf.engine_results import (
+    BATCHING_OFF,
+    BATCHING_ON,
+    LONG,
+    SHORT,
+    SIMULATED,
+    BurstResult,
+    CeilingResult,
+    EngineResult,
+    InProcessRun,
+    LatencySummary,
+    LevelResult,
+    MixedResult,
+    Outcome,
+    RequestRecord,
+    SimulatedResult,
+    allowed_images_per_s,
+    classify_error,
+    goal_rows,
+    percentile,
+    split_by_class,
+)
+from sdtriton.perf.engine_scenarios import (
+    BurstSpec,
+    MixedSpec,
+    load_engine_profiles,
+    parse_engine_profile,
+    parse_engine_profiles,
+)
+from sdtriton.perf.in_process import InProcessEngineError, ZeroTimeUNet, raw_inputs, run_closed_loop
+from sdtriton.perf.results import MachineInfo
+from sdtriton.perf.runner import DEFAULT_PERF_DIR
+from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME, parse_profiles
+from sdtriton.perf.simulated import SimulatedLatency
+from sdtriton.perf.variants import engine_limits_of, engine_variant
+from sdtriton.perf.workload import fixed_requests
+from sdtriton.serving.engine import EngineLimits
+from tests.unit.test_engine import CONFIG, TOKENS, FakeNetworks
+
+
+@pytest.mark.parametrize("q", [0, 10, 50, 90, 99, 100])
+def test_percentile_is_numpys_linear_method(q: float) -> None:
+    values = [5.0, 1.0, 4.0, 2.5, 9.0, 7.0, 3.0]
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_percentile_edges() -> None:
+    assert percentile([42.0], 99) == 42.0
+    assert percentile([1.0, 2.0], 50) == 1.5
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match=r"0\.\.100"):
+        percentile([1.0], 101)
+
+
+def _record(
+    request_class: str, latency_ms: float, outcome: Outcome = Outcome.OK, *, load: str = "mixed", error_type: str = ""
+) -> RequestRecord:
+    return RequestRecord(
+        load=load,
+        request_class=request_class,
+        client=0,
+        started_s=0.0,
+        latency_ms=latency_ms,
+        outcome=outcome,
+        message="" if outcome is Outcome.OK else "server busy: full",
+        error_type=error_type,
+    )
+
+
+def test_records_split_by_class_in_order_and_summaries_count_completed_ones_only() -> None:
+    records = [
+        _record(SHORT, 100.0),
+        _record(LONG, 900.0),
+        _record(SHORT, 300.0),
+        _record(SHORT, 50.0, Outcome.FAILED),
+        _record(SHORT, 200.0),
+    ]
+    classes = split_by_class(records)
+    assert list(classes) == [SHORT, LONG]
+    assert [record.latency_ms for record in classes[SHORT]] == [100.0, 300.0, 50.0, 200.0]
+    short = LatencySummary.of(classes[SHORT], duration_s=2.0)
+    assert (short.count, short.failed) == (3, 1)
+    assert short.p50_ms == 200.0
+    assert short.p99_ms == pytest.approx(percentile([100.0, 300.0, 200.0], 99))
+    assert short.mean_ms == pytest.approx(200.0)
+    assert short.images_per_s == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="no request"):
+        LatencySummary.of([_record(LONG, 1.0, Outcome.FAILED)], duration_s=1.0)
+
+
+def test_a_refusal_is_the_servers_busy_message() -> None:
+    assert classify_error("server busy: 4 requests running or queued") is Outcome.REFUSED
+    assert classify_error(" Server busy: retry later") is Outcome.REFUSED
+    assert classify_error("Stream removed (Socket closed)") is Outcome.FAILED
+    assert classify_error("pipeline: internal error (server busy)") is Outcome.FAILED
+
+
+def test_burst_counts_accepted_refused_and_the_slowest_refusal() -> None:
+    records = (
+        _record("burst", 400.0, load="burst"),
+        _record("burst", 12.0, Outcome.REFUSED, load="burst", error_type="ServerUnavailableError"),
+        _record("burst", 61.0, Outcome.REFUSED, load="burst", error_type="InferenceError"),
+        _record("burst", 30.0, Outcome.FAILED, load="burst", error_type="InferenceError"),
+    )
+    burst = BurstResult(spec=BurstSpec(max_pending_requests=2, requests=4), records=records)
+    assert (burst.accepted, burst.completed, burst.refused, burst.failed) == (2, 1, 2, 1)
+    assert burst.refused_as_unavailable == 1
+    assert burst.refusal_ms == [12.0, 61.0]
+    assert burst.max_refusal_ms == 61.0
+
+
+def test_allowed_throughput_counts_the_non_unet_work_beside_the_modelled_calls() -> None:
+    latency = SimulatedLatency(fixed_ms=10.0, per_item_ms=2.0)
+    # No other work: exactly the latency model's own ratio.
+    one = allowed_images_per_s(
+        latency, concurrency=1, rows_per_image=2, unet_calls_per_image=20, non_unet_s_per_image=0
+    )
+    eight = allowed_images_per_s(
+        latency, concurrency=8, rows_per_image=2, unet_calls_per_image=20, non_unet_s_per_image=0
+    )
+    assert one == pytest.approx(1 / (20 * 0.014))
+    assert eight / one == pytest.approx(latency.throughput_ratio(8, 2))
+    # 20 ms of other work an image: c1 20 x 14 + 20 = 300 ms an image, c8 20 x 42 + 8 x 20 = 1000 ms for eight.
+    one = allowed_images_per_s(
+        latency, concurrency=1, rows_per_image=2, unet_calls_per_image=20, non_unet_s_per_image=0.02
+    )
+    eight = allowed_images_per_s(
+        latency, concurrency=8, rows_per_image=2, unet_calls_per_image=20, non_unet_s_per_image=0.02
+    )
+    assert (one, eight) == (pytest.approx(1 / 0.3), pytest.approx(8.0))
+    with pytest.raises(ValueError, match="non_unet"):
+        allowed_images_per_s(latency, concurrency=1, rows_per_image=2, unet_calls_per_image=1, non_unet_s_per_image=-1)
+
+
+def _level(variant: str, concurrency: int, latencies_ms: list[float], duration_s: float) -> LevelResult:
+    records = tuple(_record(variant, latency, load=f"{variant}_c{concurrency}") for latency in latencies_ms)
+    return LevelResult(variant=variant, concurrency=concurrency, records=records, duration_s=duration_s)
+
+
+def _simulated() -> SimulatedResult:
+    latency = SimulatedLatency(fixed_ms=10.0, per_item_ms=2.0)
+    low = _level(SIMULATED, 1, [300.0] * 16, 4.8)  # 3.33 images/s
+    high = _level(SIMULATED, 8, [1000.0] * 64, 8.0)  # 8 images/s
+    return SimulatedResult(
+        latency=latency,
+        rows_per_image=2,
+        unet_calls_per_image=20,
+        low=low,
+        high=high,
+        points=(low, high),
+        # 20 ms of non-UNet work an image at both concurrencies: 50 images/s with a UNet that takes no time.
+        non_unet_low=InProcessRun(concurrency=1, requests=32, elapsed_s=0.64, unet_calls=640, unet_rows=1280),
+        non_unet_high=InProcessRun(concurrency=8, requests=32, elapsed_s=0.64, unet_calls=80, unet_rows=1280),
+    )
+
+
+def test_simulated_share_of_what_the_latency_model_allows() -> None:
+    simulated = _simulated()
+    assert simulated.measured_ratio == pytest.approx(8.0 / (16 / 4.8))
+    assert simulated.unet_only_allowed_ratio == pytest.approx(8 * 14 / 42)
+    assert simulated.allowed_ratio == pytest.approx(8.0 / (1 / 0.3))
+    assert simulated.share_of_allowed == pytest.approx(1.0)
+    assert simulated.share_of_unet_only_allowed == pytest.approx(2.4 / (8 * 14 / 42))
+
+
+def _result() -> EngineResult:
+    plain = PathTiming(path="onnx_loop", num_inference_steps=20, latencies_ms=(380.0, 390.0, 400.0))
+    on = [_level(BATCHING_ON, 1, [400.0] * 16, 6.4), _level(BATCHING_ON, 8, [3000.0] * 64, 24.0)]
+    off = [_level(BATCHING_OFF, 1, [390.0] * 16, 6.2), _level(BATCHING_OFF, 8, [3200.0] * 64, 32.0)]
+    mixed = MixedResult(
+        spec=MixedSpec(short_clients=1, long_clients=1),
+        mixed=(_record(SHORT, 1000.0), _record(SHORT, 1500.0), _record(LONG, 20000.0)),
+        mixed_duration_s=20.0,
+        short_only=(_record(SHORT, 1000.0, load="short_only"), _record(SHORT, 1000.0, load="short_only")),
+        short_only_duration_s=2.0,
+    )
+    burst = BurstResult(
+        spec=BurstSpec(max_pending_requests=1, requests=2),
+        records=(
+            _record("burst", 400.0, load="burst"),
+            _record("burst", 20.0, Outcome.REFUSED, load="burst", error_type="ServerUnavailableError"),
+        ),
+    )
+    return EngineResult(
+        profile="engine",
+        machine=MachineInfo(
+            started_utc="2026-11-29 16:00 UTC",
+            hostname="vm",
+            cpu_model="a CPU",
+            cpu_count=2,
+            memory_gib=24.0,
+            triton_version="2.51.0",
+            load_average_before=(0.1, 0.2, 0.3),
+        ),
+        request=fixed_requests(size_px=64, num_inference_steps=20)[0],
+        input_data="default_fixed.json",
+        ceiling=CeilingResult(
+            in_process=InProcessRun(concurrency=8, requests=32, elapsed_s=10.0, unet_calls=80, unet_rows=1280),
+            plain_loop=plain,
+        ),
+        sweep=(*on, *off),
+        mixed=mixed,
+        burst=burst,
+        simulated=_simulated(),
+        skipped=("burst: about 40 s needed, 10 s left of the 900 s limit",),
+        elapsed_s=300.0,
+    )
+
+
+def test_served_ratios_and_on_off_ratios() -> None:
+    result = _result()
+    assert result.served_over_ceiling == pytest.approx((64 / 24.0) / 3.2)
+    assert result.c1_over_plain_loop == pytest.approx(400.0 / 390.0)
+    assert result.on_off_ratios() == [(1, pytest.approx(2.5 / (16 / 6.2))), (8, pytest.approx((64 / 24) / 2.0))]
+    assert result.mixed is not None and result.mixed.short_p99_ratio == pytest.approx(
+        percentile([1000, 1500], 99) / 1000
+    )
+    empty = dataclasses.replace(result, ceiling=None, sweep=(), mixed=None, burst=None, simulated=None)
+    assert empty.served_over_ceiling is None and empty.c1_over_plain_loop is None
+    assert all(row.met is None for row in goal_rows(empty))
+
+
+def test_goal_verdicts() -> None:
+    rows = goal_rows(_result())
+    assert rows[0].verdict == "MISSED"  # 2.67 images/s served against 3.2 in-process: 0.833x
+    assert rows[1].verdict == "met"  # 400 ms against 390 ms: 1.026x
+    assert all(row.verdict == "met" for row in rows[2:])
+    assert [row.simulated for row in rows] == [False] * 6 + [True]
+
+
+def test_reports_label_the_simulated_results(tmp_path: Path) -> None:
+    result = _result()
+    files = write_engine_reports(result, tmp_path)
+    assert sorted(path.name for path in files.values()) == [
+        "engine_goals.csv",
+        "engine_load_points.csv",
+        "engine_requests.csv",
+        "engine_sweep.png",
+        "summary.md",
+    ]
+    assert files["plot"].read_bytes()[:4] == b"\x89PNG"
+    with files["load_csv"].open() as file:
+        rows = list(csv.DictReader(file))
+    assert {row["simulated"] for row in rows if row["section"] == "simulated"} == {"True"}
+    assert {row["simulated"] for row in rows if row["section"] != "simulated"} == {"False"}
+    assert [row["images_per_s"] for row in rows if row["variant"] == BATCHING_ON] == ["2.500", "2.667"]
+    with files["goals_csv"].open() as file:
+        goals = list(csv.DictReader(file))
+    assert [goal["simulated"] for goal in goals if "SIMULATED" in goal["measure"]] == ["True"]
+    with files["requests_csv"].open() as file:
+        requests = list(csv.DictReader(file))
+    assert {row["simulated"] for row in requests if row["load"].startswith(SIMULATED)} == {"True"}
+    summary = summary_markdown(result)
+    assert "## (e) SIMULATED accelerator" in summary
+    assert "**Every number in this section is SIMULATED**" in summary
+    assert "| (a) served / in-process engine images/s at concurrency 8 | 0.833x | >= 0.9x | MISSED |" in summary
+    assert "burst: about 40 s needed" in summary
+    headline = engine_headline(result)
+    assert "served/ceiling 0.833x" in headline and "SIMULATED c8/c1" in headline and "goals missed" in headline
+
+
+def test_the_committed_engine_profile() -> None:
+    (name,) = load_engine_profiles(DEFAULT_PERF_DIR)
+    profile = load_engine_profiles(DEFAULT_PERF_DIR)[name]
+    assert (DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / profile.input_data).is_file()
+    assert profile.model == "shapes"
+    assert profile.ceiling is not None and profile.sweep is not None
+    assert profile.ceiling.concurrency in profile.sweep.levels and 1 in profile.sweep.levels
+    assert profile.mixed is not None and profile.mixed.concurrency == 8
+    assert profile.simulated is not None and str(profile.simulated.latency) == "10ms+2ms"
+    # The perf_analyzer profiles leave it out, and it leaves them out.
+    document = (DEFAULT_PERF_DIR / "scenarios.json").read_text()
+    assert name not in parse_profiles(document)
+    assert set(parse_engine_profiles(document)) == {name}
+
+
+def _profile(**engine: object) -> dict[str, object]:
+    return {"model": "tiny", "time_limit_s": 60, "engine": {"input_data": "fixed.json", **engine}}
+
+
+@pytest.mark.parametrize(
+    ("engine", "message"),
+    [
+        ({}, "no engine section"),
+        ({"sweep": {"levels": [2, 1]}}, "must increase"),
+        ({"sweep": {"levels": [1], "turbo": 1}}, "unknown keys"),
+        ({"sweep": {"batching_on": 1, "batching_off": 1}}, "batching_off must be below"),
+        ({"mixed": {"short_steps": 20, "long_steps": 10}}, "short_steps must be below"),
+        ({"mixed": {"long_steps": 151}}, "at most 150"),
+        ({"burst": {"requests": 0}}, "integer >= 1"),
+        ({"simulated": {"latency": "fast"}}, "FIXEDms"),
+        ({"simulated": {"levels": [8]}}, "two concurrencies"),
+        ({"warp": {}}, "unknown engine sections"),
+    ],
+)
+def test_engine_profiles_reject_bad_specs(engine: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_engine_profile("bad", _profile(**engine))
+
+
+def test_engine_profile_defaults_and_document() -> None:
+    profile = parse_engine_profile("ok", _profile(burst={}, simulated={"latency": "5ms + 0.5ms"}))
+    assert profile.burst == BurstSpec()
+    assert profile.simulated is not None and profile.simulated.latency == SimulatedLatency(5.0, 0.5)
+    assert profile.ceiling is None and profile.sweep is None and profile.mixed is None
+    document = json.dumps({"profiles": {"ok": _profile(burst={})}})
+    assert list(parse_engine_profiles(document)) == ["ok"]
+
+
+def test_raw_inputs_are_one_item_arrays_of_every_public_input() -> None:
+    request = fixed_requests(size_px=64, num_inference_steps=20)[0]
+    raw = raw_inputs(request)
+    assert raw["prompt"].tolist() == [request.prompt]
+    assert raw["num_inference_steps"].dtype == np.int32 and raw["seed"].dtype == np.int64
+    assert all(value.shape == (1,) for value in raw.values())
+
+
+class _FakeTokenizer:
+    """Tokenizes as CLIP's tokenizer is called by ``tokenize_prompts``: fixed-length ids, one row a prompt."""
+
+    model_max_length = TOKENS
+
+    def __call__(self, prompts: list[str], **options: object) -> dict[str, np.ndarray]:
+        ids = [[len(prompt) + index for index in range(TOKENS)] for prompt in prompts]
+        return {"input_ids": np.asarray(ids, dtype=np.int64)}
+
+
+def _small_request(steps: int = 4):
+    return dataclasses.replace(
+        fixed_requests(size_px=64, num_inference_steps=steps)[0], width=16, height=16, scheduler="ddim"
+    )
+
+
+def test_in_process_closed_loop_keeps_the_concurrency_and_counts_unet_rows() -> None:
+    networks = FakeNetworks()
+    run = run_closed_loop(
+        config=CONFIG,
+        tokenizer=_FakeTokenizer(),
+        networks=networks,
+        limits=EngineLimits(max_running_images=8, max_unet_rows=16),
+        request=_small_request(steps=4),
+        concurrency=3,
+        requests=7,
+        warmup_requests=2,
+        show_progress=False,
+    )
+    assert (run.concurrency, run.requests) == (3, 7)
+    # Waves of 3, 3 and 1 guided images, 4 steps each; the warm-up's calls are not counted.
+    assert (run.unet_calls, run.unet_rows) == (12, 56)
+    assert run.rows_per_unet_call == pytest.approx(56 / 12)
+    assert run.images_per_s > 0
+    assert networks.unet_batches[-12:] == [6] * 8 + [2] * 4
+
+
+def test_in_process_zero_time_unet_and_failures() -> None:
+    networks = FakeNetworks()
+    zero = ZeroTimeUNet(networks)
+    sample = np.ones((2, 4, 8, 8), np.float32)
+    assert not zero.predict_noise(sample, np.zeros(2, np.float32), np.zeros((2, TOKENS, 4), np.float32)).any()
+    assert networks.unet_batches == []
+    networks.fail_unet = True
+    with pytest.raises(InProcessEngineError, match="unet down"):
+        run_closed_loop(
+            config=CONFIG,
+            tokenizer=_FakeTokenizer(),
+            networks=networks,
+            limits=EngineLimits(),
+            request=_small_request(),
+            concurrency=2,
+            requests=2,
+            show_progress=False,
+        )
+
+
+def _rendered_repository(root: Path) -> Path:
+    from sdtriton.export.configs import RenderOptions, config_text, render_pipeline_config
+
+    (root / "pipeline" / "1").mkdir(parents=True)
+    config = render_pipeline_config(CONFIG, RenderOptions(max_running_images=8, max_pending_requests=32))
+    (root / "pipeline" / "config.pbtxt").write_text(config_text(config))
+    (root / "unet" / "1").mkdir(parents=True)
+    (root / "unet" / "1" / "model.onnx").write_bytes(b"\0" * (2 << 20))
+    return root
+
+
+def test_engine_variant_changes_the_pipelines_limits_only(tmp_path: Path) -> None:
+    source = _rendered_repository(tmp_path / "source")
+    before = engine_limits_of(source)
+    assert (before.max_running_images, before.max_pending_requests) == (8, 32)
+
+    variant = engine_variant(source, tmp_path / "off", max_running_images=1, max_pending_requests=4)
+
+    limits = engine_limits_of(variant)
+    assert (limits.max_running_images, limits.max_pending_requests) == (1, 4)
+    assert dataclasses.replace(limits, max_running_images=8, max_pending_requests=32) == before
+    assert engine_limits_of(source) == before  # the source is untouched
+    assert (variant / "unet" / "1" / "model.onnx").is_symlink()
+    assert not (variant / "pipeline" / "config.pbtxt").is_symlink()
+    with pytest.raises(ValueError, match="exceeds the export"):
+        engine_variant(source, tmp_path / "more", max_running_images=16)
+    with pytest.raises(FileExistsError):
+        engine_variant(source, variant, max_running_images=2)
