@@ -1,0 +1,75 @@
+"""``sdtriton perf`` on a one-level engine profile: every section through real servers, no failed request."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sdtriton.perf.engine_results import BATCHING_OFF, BATCHING_ON, LONG, SHORT, EngineResult
+from sdtriton.perf.runner import DEFAULT_PERF_DIR, PerfOptions, run_perf
+from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME
+from sdtriton.perf.workload import input_data_text, load_input_data
+
+pytestmark = pytest.mark.integration
+
+_STEPS = 2
+_ENGINE = {
+    "input_data": "fixed.json",
+    "ceiling": {"concurrency": 2, "requests": 4, "warmup_requests": 2, "plain_loop_runs": 2,
+                "plain_loop_warmup_runs": 1},
+    "sweep": {"levels": [1, 2], "min_requests": 4, "requests_per_concurrency": 2},
+    "mixed": {"short_steps": 2, "long_steps": 6, "short_clients": 1, "long_clients": 1, "long_requests_per_client": 1,
+              "short_only_requests": 4},
+    "burst": {"max_pending_requests": 1, "requests": 4},
+    "simulated": {"latency": "10ms+2ms", "levels": [1, 2], "min_requests": 4, "requests_per_concurrency": 2,
+                  "in_process_requests": 4},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def engine_perf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    perf_dir = tmp_path_factory.mktemp("engine_perf_dir")
+    profile = {"description": "smoke: the tiny model, one level", "model": "tiny", "time_limit_s": 300}
+    (perf_dir / "scenarios.json").write_text(json.dumps({"profiles": {"engine_smoke": {**profile, "engine": _ENGINE}}}))
+    (perf_dir / INPUT_DATA_DIR_NAME).mkdir()
+    requests = load_input_data(DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / "default_fixed.json")
+    text = input_data_text([request.with_steps(_STEPS) for request in requests])
+    (perf_dir / INPUT_DATA_DIR_NAME / "fixed.json").write_text(text)
+    return perf_dir
+
+
+def test_engine_profile_runs_every_section(
+    engine_perf_dir: Path, tiny_model_dir: Path, tiny_repository: Path, tmp_path: Path
+) -> None:
+    options = PerfOptions(
+        profile="engine_smoke",
+        output_dir=tmp_path / "out",
+        perf_dir=engine_perf_dir,
+        model_dir=tiny_model_dir,
+        repository=tiny_repository,
+        work_dir=tmp_path / "work",
+        show_progress=False,
+    )
+    result, files = run_perf(options)
+
+    assert isinstance(result, EngineResult)
+    assert not [reason for reason in result.skipped if "FAILED" in reason], result.skipped
+    assert result.ceiling is not None and result.ceiling.in_process.images_per_s > 0
+    assert result.ceiling.in_process.rows_per_unet_call == 4  # two guided images in every UNet call
+    for variant in (BATCHING_ON, BATCHING_OFF):
+        for concurrency in (1, 2):
+            level = result.sweep_point(variant, concurrency)
+            assert level is not None and level.failed == 0 and level.images_per_s > 0
+    assert result.served_over_ceiling is not None and result.c1_over_plain_loop is not None
+    assert result.mixed is not None and result.mixed.failures == 0
+    assert set(result.mixed.mixed_classes) == {SHORT, LONG}
+    assert result.burst is not None
+    assert result.burst.accepted >= 1 and result.burst.refused >= 1 and result.burst.failed == 0
+    assert result.burst.accepted + result.burst.refused == 4
+    assert result.simulated is not None and result.simulated.measured_ratio > 0
+    assert result.simulated.rows_per_image == 2 and result.simulated.unet_calls_per_image == _STEPS
+    assert set(files) == {"load_csv", "requests_csv", "goals_csv", "plot", "summary"}
+    assert all(path.is_file() and path.stat().st_size > 0 for path in files.values())
+    assert "## (e) SIMULATED accelerator" in files["summary"].read_text()
