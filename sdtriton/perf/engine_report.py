@@ -171,6 +171,14 @@ def write_goals_csv(result: EngineResult, path: Path) -> Path:
     return path
 
 
+def _concurrency_axis(axis: object, levels: list[int]) -> None:
+    """A log-2 concurrency axis labelled with the levels themselves (1, 2, 4, 8)."""
+    axis.set_xscale("log", base=2)
+    if levels:
+        axis.set_xticks(levels, [str(level) for level in levels])
+        axis.minorticks_off()
+
+
 def write_plot(result: EngineResult, path: Path) -> Path:
     """Throughput and latency against concurrency, batching on and off; the simulated accelerator apart."""
     import matplotlib
@@ -201,9 +209,10 @@ def write_plot(result: EngineResult, path: Path) -> Path:
     throughput_axis.set_title(f"{result.profile}: throughput, step batching on/off")
     latency_axis.set_ylabel("latency (ms)")
     latency_axis.set_title(f"{result.profile}: latency, step batching on/off")
+    sweep_levels = sorted({p.concurrency for p in result.sweep})
     for axis in (throughput_axis, latency_axis):
         axis.set_xlabel("concurrency (client threads, gRPC)")
-        axis.set_xscale("log", base=2)
+        _concurrency_axis(axis, sweep_levels)
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=7)
     simulated = result.simulated
@@ -225,7 +234,7 @@ def write_plot(result: EngineResult, path: Path) -> Path:
             markersize=12,
             label="allowed, non-UNet parts counted (x c1)",
         )
-        simulated_axis.set_xscale("log", base=2)
+        _concurrency_axis(simulated_axis, levels)
         simulated_axis.legend(fontsize=7)
         simulated_axis.grid(True, alpha=0.3)
     simulated_axis.set_xlabel("concurrency")

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sdtriton.client import SdTritonError
 from sdtriton.perf import baselines
 from sdtriton.perf.client_load import ClientClass, run_burst, run_classes
 from sdtriton.perf.engine_report import write_engine_reports
@@ -114,6 +115,9 @@ class _EngineRun:
             finally:
                 triton.close()
             yield server
+        except SdTritonError as error:
+            # The server stopped answering (it died, or its stream broke): what it measured so far is kept.
+            self.skipped.append(f"{variant}: FAILED: {error}")
         finally:
             if not server.running:
                 self.skipped.append(f"{variant}: tritonserver DIED during its loads (FAILED; log: {log_path})")
