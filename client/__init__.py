@@ -3,13 +3,18 @@
 from sdtriton.client.client import (
     AsyncStableDiffusionClient,
     GenerationResult,
+    PendingGeneration,
+    Progress,
     StableDiffusionClient,
     parse_url,
 )
 from sdtriton.client.exceptions import (
     InferenceError,
     InvalidRequestError,
+    RequestCancelledError,
+    RequestTimeoutError,
     SdTritonError,
+    ServerBusyError,
     ServerUnavailableError,
 )
 
@@ -18,7 +23,12 @@ __all__ = [
     "GenerationResult",
     "InferenceError",
     "InvalidRequestError",
+    "PendingGeneration",
+    "Progress",
+    "RequestCancelledError",
+    "RequestTimeoutError",
     "SdTritonError",
+    "ServerBusyError",
     "ServerUnavailableError",
     "StableDiffusionClient",
     "parse_url",

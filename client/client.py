@@ -9,8 +9,10 @@ Example:
 
 from __future__ import annotations
 
+import queue
+import threading
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +25,10 @@ from sdtriton import interface
 from sdtriton.client.exceptions import (
     InferenceError,
     InvalidRequestError,
+    RequestCancelledError,
+    RequestTimeoutError,
     SdTritonError,
+    ServerBusyError,
     ServerUnavailableError,
 )
 
@@ -31,7 +36,13 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 _SCHEMES = ("http", "grpc")
 _NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
 _INVALID_ARG_STATUSES = {"400", "StatusCode.INVALID_ARGUMENT"}
-_UNAVAILABLE_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}
+_UNAVAILABLE_STATUSES = {"StatusCode.UNAVAILABLE", "503"}
+_CANCELLED_STATUSES = {"StatusCode.CANCELLED"}
+# The server's own messages for a refused and an expired request (sdtriton.serving.errors).
+_BUSY_PREFIX = "server busy"
+_TIMEOUT_PREFIX = "timeout:"
+# How much longer than the server-side budget the transport waits, so that the server's error comes first.
+_TRANSPORT_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,28 @@ class GenerationResult:
     @property
     def seed(self) -> int:
         return self.seeds[0]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress of a streamed request after a denoising step.
+
+    Attributes:
+        steps_done: network evaluations done, per image (second-order schedulers evaluate twice a step).
+        total_steps: network evaluations in all, per image.
+        elapsed_s: seconds since the server took the request.
+        previews: a cheap preview per image (at latent resolution), when one was due; else None.
+    """
+
+    steps_done: list[int]
+    total_steps: list[int]
+    elapsed_s: float
+    previews: list[Image.Image] | None = None
+
+    @property
+    def fraction(self) -> float:
+        """Share of the request's work done, 0..1."""
+        return sum(self.steps_done) / max(1, sum(self.total_steps))
 
 
 @dataclass(frozen=True)
@@ -80,19 +113,21 @@ def _per_item(name: str, value: Any, count: int) -> list[Any] | None:
 def build_inputs(
     triton: types.ModuleType,
     prompts: Sequence[str],
+    *,
+    tensors: Sequence[interface.PublicTensor] = interface.PUBLIC_INPUTS,
     **parameters: Any,
 ) -> list[Any]:
     """The request tensors for ``triton`` (``tritonclient.http`` or ``tritonclient.grpc``): [N, 1] each."""
     count = len(prompts)
     values = {interface.PROMPT.name: list(prompts)}
-    for tensor in interface.PUBLIC_INPUTS[1:]:
+    for tensor in tensors[1:]:
         items = _per_item(tensor.name, parameters.pop(tensor.name, None), count)
         if items is not None:
             values[tensor.name] = items
     if parameters:
         raise TypeError(f"unknown parameters: {', '.join(sorted(parameters))}")
     inputs = []
-    for tensor in interface.PUBLIC_INPUTS:
+    for tensor in tensors:
         if tensor.name not in values:
             continue
         items = values[tensor.name]
@@ -105,8 +140,10 @@ def build_inputs(
     return inputs
 
 
-def requested_outputs(triton: types.ModuleType) -> list[Any]:
-    return [triton.InferRequestedOutput(tensor.name) for tensor in interface.PUBLIC_OUTPUTS]
+def requested_outputs(
+    triton: types.ModuleType, tensors: Sequence[interface.PublicTensor] = interface.PUBLIC_OUTPUTS
+) -> list[Any]:
+    return [triton.InferRequestedOutput(tensor.name) for tensor in tensors]
 
 
 def read_result(result: Any) -> GenerationResult:
@@ -118,6 +155,18 @@ def read_result(result: Any) -> GenerationResult:
     )
 
 
+def read_progress(result: Any) -> Progress:
+    previews = result.as_numpy(interface.PREVIEW.name)
+    return Progress(
+        steps_done=[int(v) for v in result.as_numpy(interface.STEP.name).reshape(-1)],
+        total_steps=[int(v) for v in result.as_numpy(interface.TOTAL_STEPS.name).reshape(-1)],
+        elapsed_s=float(result.as_numpy(interface.ELAPSED_MS.name).reshape(-1)[0]) / 1000.0,
+        previews=None
+        if previews is None
+        else [Image.fromarray(np.ascontiguousarray(item), mode="RGB") for item in previews],
+    )
+
+
 def wrap_error(error: Exception) -> SdTritonError:
     """The client's own exception for a tritonclient or transport error."""
     if isinstance(error, InferenceServerException):
@@ -125,8 +174,14 @@ def wrap_error(error: Exception) -> SdTritonError:
         message = error.message() or str(error)
         if status in _INVALID_ARG_STATUSES:
             return InvalidRequestError(message)
+        if status == "StatusCode.DEADLINE_EXCEEDED" or message.startswith(_TIMEOUT_PREFIX):
+            return RequestTimeoutError(message)
+        if message.startswith(_BUSY_PREFIX):
+            return ServerBusyError(message)
         if status in _UNAVAILABLE_STATUSES:
             return ServerUnavailableError(message)
+        if status in _CANCELLED_STATUSES or message == "request cancelled":
+            return RequestCancelledError(message)
         return InferenceError(f"{message} (status {status})")
     if isinstance(error, OSError):
         return ServerUnavailableError(f"cannot reach the server: {error}")
@@ -145,13 +200,21 @@ def _prepare(
     endpoint: Endpoint,
     timeout_s: float | None,
     prompt: str | Sequence[str],
+    *,
+    stream: bool = False,
     **parameters: Any,
 ) -> tuple[list[Any], dict[str, Any]]:
     """The request tensors and the infer() keyword arguments shared by the sync and async clients."""
-    inputs = build_inputs(triton, _prompts(prompt), **parameters)
-    kwargs: dict[str, Any] = {"outputs": requested_outputs(triton)}
-    if endpoint.protocol == "grpc" and timeout_s is not None:
-        kwargs["client_timeout"] = timeout_s
+    input_tensors = interface.STREAM_INPUTS if stream else interface.PUBLIC_INPUTS
+    output_tensors = interface.STREAM_OUTPUTS if stream else interface.PUBLIC_OUTPUTS
+    inputs = build_inputs(triton, _prompts(prompt), tensors=input_tensors, **parameters)
+    kwargs: dict[str, Any] = {"outputs": requested_outputs(triton, output_tensors)}
+    if timeout_s is not None:
+        # The server's budget (Triton's request timeout, in microseconds) ends the work, queued or running,
+        # with a clear error; the transport waits a little longer so that this error is what arrives.
+        kwargs["timeout"] = max(1, round(timeout_s * 1e6))
+        if endpoint.protocol == "grpc" and not stream:
+            kwargs["client_timeout"] = timeout_s + _TRANSPORT_GRACE_S
     return inputs, kwargs
 
 
@@ -186,7 +249,7 @@ class StableDiffusionClient:
         self._triton = _transport(self.endpoint.protocol, asynchronous=False)
         if self.endpoint.protocol == "http":
             # The connection timeout bounds a whole generation over HTTP; default: a day.
-            timeout = 86400.0 if timeout_s is None else timeout_s
+            timeout = 86400.0 if timeout_s is None else timeout_s + _TRANSPORT_GRACE_S
             self._client = self._triton.InferenceServerClient(
                 self.endpoint.address, connection_timeout=timeout, network_timeout=timeout
             )
@@ -220,32 +283,134 @@ class StableDiffusionClient:
         width: int | None = None,
         height: int | None = None,
         scheduler: str | Sequence[str] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        preview_every: int | None = None,
     ) -> GenerationResult:
         """Generates one image per prompt; an omitted parameter takes the model's default.
 
+        Over gRPC the call can be interrupted: Ctrl-C (or any exception while waiting) cancels the request
+        on the server, which stops its work at the next denoising step.
+
+        Args:
+            on_progress: called after every denoising step with a :class:`Progress` (gRPC streaming only).
+            preview_every: with ``on_progress``, a cheap preview of each image every this many steps.
+
         Raises:
             InvalidRequestError: a parameter is out of its allowed range (the message names it).
+            ServerBusyError: the server holds as many requests as it may; nothing was started.
+            RequestTimeoutError: ``timeout_s`` ran out; the server stopped the work.
             ServerUnavailableError: the server cannot be reached.
             InferenceError: the server failed to answer.
         """
-        inputs, kwargs = _prepare(
-            self._triton,
-            self.endpoint,
-            self.timeout_s,
-            prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            seed=seed,
-            width=width,
-            height=height,
-            scheduler=scheduler,
-        )
+        parameters = {
+            "negative_prompt": negative_prompt,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "seed": seed,
+            "width": width,
+            "height": height,
+            "scheduler": scheduler,
+        }
+        if on_progress is not None or preview_every:
+            for event in self.stream(prompt, preview_every=preview_every, **parameters):
+                if isinstance(event, GenerationResult):
+                    return event
+                if on_progress is not None:
+                    on_progress(event)
+            raise InferenceError("the stream ended without an image")
+        if self.endpoint.protocol == "grpc":
+            pending = self.submit(prompt, **parameters)
+            try:
+                return pending.result()
+            except BaseException:
+                pending.cancel()
+                raise
+        inputs, kwargs = _prepare(self._triton, self.endpoint, self.timeout_s, prompt, **parameters)
         try:
             result = self._client.infer(self.model_name, inputs, **kwargs)
         except Exception as error:
             raise wrap_error(error) from error
         return read_result(result)
+
+    def submit(self, prompt: str | Sequence[str], **parameters: Any) -> PendingGeneration:
+        """Starts a generation without waiting (gRPC only); the parameters are those of :meth:`generate`.
+
+        Returns:
+            A :class:`PendingGeneration`: ``result()`` waits for the images, ``cancel()`` stops the server's work.
+        """
+        if self.endpoint.protocol != "grpc":
+            raise ValueError("submit() and cancellation need a grpc:// URL")
+        inputs, kwargs = _prepare(self._triton, self.endpoint, self.timeout_s, prompt, **parameters)
+        pending = PendingGeneration()
+        pending._context = self._client.async_infer(self.model_name, inputs, pending._complete, **kwargs)
+        return pending
+
+    def stream(
+        self, prompt: str | Sequence[str], *, preview_every: int | None = None, **parameters: Any
+    ) -> Iterator[Progress | GenerationResult]:
+        """Generates through ``stable_diffusion_stream`` (gRPC only): a :class:`Progress` after every step,
+        then the :class:`GenerationResult`. Leaving the loop early (``break``, an exception, Ctrl-C) cancels
+        the request on the server.
+        """
+        if self.endpoint.protocol != "grpc":
+            raise ValueError("progress streaming needs a grpc:// URL (HTTP cannot stream a decoupled model)")
+        if preview_every is not None:
+            parameters["preview_every"] = preview_every
+        inputs, kwargs = _prepare(self._triton, self.endpoint, self.timeout_s, prompt, stream=True, **parameters)
+        events: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self._client.start_stream(callback=lambda result, error: events.put((result, error)))
+        finished = False
+        try:
+            self._client.async_stream_infer(interface.STREAM_ENTRY_MODEL_NAME, inputs, **kwargs)
+            while True:
+                try:
+                    result, error = events.get(timeout=None if self.timeout_s is None else self._stream_wait_s)
+                except queue.Empty:
+                    raise RequestTimeoutError(f"no answer within {self.timeout_s} s") from None
+                if error is not None:
+                    finished = True
+                    raise wrap_error(error) from error
+                if result.as_numpy(interface.IMAGE.name) is not None:
+                    finished = True
+                    yield read_result(result)
+                    return
+                yield read_progress(result)
+        finally:
+            self._client.stop_stream(cancel_requests=not finished)
+
+    @property
+    def _stream_wait_s(self) -> float:
+        return (self.timeout_s or 0.0) + _TRANSPORT_GRACE_S
+
+
+class PendingGeneration:
+    """A generation under way on the server (from :meth:`StableDiffusionClient.submit`)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._result: Any = None
+        self._error: Exception | None = None
+        self._context: Any = None
+
+    def _complete(self, result: Any, error: Exception | None) -> None:
+        self._result, self._error = result, error
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        """Cancels the request: the server ends it at its next denoising step."""
+        if self._context is not None and not self._done.is_set():
+            self._context.cancel()
+
+    def result(self, timeout_s: float | None = None) -> GenerationResult:
+        """Waits for the images; raises the client's own exceptions, as :meth:`StableDiffusionClient.generate`."""
+        if not self._done.wait(timeout_s):
+            raise TimeoutError(f"no answer within {timeout_s} s")
+        if self._error is not None:
+            raise wrap_error(self._error) from self._error
+        return read_result(self._result)
 
 
 class AsyncStableDiffusionClient:
@@ -260,7 +425,7 @@ class AsyncStableDiffusionClient:
         self._triton = _transport(self.endpoint.protocol, asynchronous=True)
         if self.endpoint.protocol == "http":
             self._client = self._triton.InferenceServerClient(
-                self.endpoint.address, conn_timeout=86400.0 if timeout_s is None else timeout_s
+                self.endpoint.address, conn_timeout=86400.0 if timeout_s is None else timeout_s + _TRANSPORT_GRACE_S
             )
         else:
             self._client = self._triton.InferenceServerClient(self.endpoint.address)

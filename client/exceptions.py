@@ -17,3 +17,15 @@ class ServerUnavailableError(SdTritonError):
 
 class InferenceError(SdTritonError):
     """The server accepted the request but failed to answer it."""
+
+
+class ServerBusyError(ServerUnavailableError):
+    """The server holds as many requests as it may and refused this one before any work (safe to retry)."""
+
+
+class RequestTimeoutError(ServerUnavailableError):
+    """The request's time budget (``timeout_s``) ran out, queued or running; the server stopped its work."""
+
+
+class RequestCancelledError(SdTritonError):
+    """The request was cancelled (by this client, or the server ended it as cancelled)."""

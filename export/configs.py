@@ -113,7 +113,7 @@ def render_pipeline_config(pipeline_config: PipelineConfig, options: RenderOptio
     config = _python_model(PIPELINE_MODEL_NAME, options, decoupled=True)
     for tensor in (*interface.STREAM_INPUTS, *interface.INTERNAL_INPUTS):
         _add_public_input(config, tensor, optional=True)
-    for tensor in interface.STREAM_OUTPUTS:
+    for tensor in (*interface.STREAM_OUTPUTS, *interface.INTERNAL_OUTPUTS):
         _add_public_output(config, tensor)
     rows = options.component_max_batch_size
     values = (options.max_running_images, options.max_pending_requests, rows, rows, rows)

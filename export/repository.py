@@ -6,6 +6,7 @@ is read from SRC; nothing assumes our own models.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from sdtriton.export.configs import (
     write_model_files,
 )
 from sdtriton.export.onnx_export import export_components
+from sdtriton.export.preview_fit import fit_preview_projection
 from sdtriton.pipeline_config import (
     DEFAULT_NUM_INFERENCE_STEPS,
     PipelineConfig,
@@ -66,12 +68,18 @@ def export_repository(
     max_size_factor: int = 2,
     default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     show_progress: bool = True,
+    fit_preview: bool = True,
 ) -> PipelineConfig:
-    """Writes configs, model code, tokenizer, pipeline config and ONNX files of every model into ``output``."""
+    """Writes configs, model code, tokenizer, pipeline config and ONNX files of every model into ``output``.
+
+    With ``fit_preview``, the pipeline first draws a few small samples of its own to fit the latent-to-RGB
+    preview projection stored in the pipeline config (see :mod:`sdtriton.export.preview_fit`); without it,
+    the exported model serves no previews.
+    """
     options = options or RenderOptions()
     if options.component_backend is ComponentBackend.TENSORRT:
         raise NotImplementedError("TensorRT engines are built on the GPU host; export ONNX first")
-    steps = ["load", *COMPONENTS, "tokenizer and configs"]
+    steps = ["load", *(["preview fit"] if fit_preview else []), *COMPONENTS, "tokenizer and configs"]
     with tqdm(total=len(steps), desc="export", disable=not show_progress) as progress:
         progress.set_postfix_str(f"loading {source}")
         pipeline = load_source_pipeline(source)
@@ -79,6 +87,11 @@ def export_repository(
             pipeline, max_size_factor=max_size_factor, default_num_inference_steps=default_num_inference_steps
         )
         progress.update()
+        if fit_preview:
+            progress.set_postfix_str("preview fit")
+            fit = fit_preview_projection(pipeline, config)
+            config = dataclasses.replace(config, latent_rgb_projection=fit.projection.astype(float).tolist())
+            progress.update()
 
         def advance(name: str) -> None:
             progress.set_postfix_str(name)

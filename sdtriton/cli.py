@@ -32,7 +32,8 @@ def _export(args: argparse.Namespace) -> int:
         component_backend=ComponentBackend(args.backend),
         gpu=args.gpu,
         max_batch_size=args.max_batch_size,
-        pipeline_instances=args.pipeline_instances,
+        max_running_images=args.max_running_images,
+        max_pending_requests=args.max_pending_requests,
     )
     export_repository(
         args.source,
@@ -76,20 +77,41 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from sdtriton.client import SdTritonError, StableDiffusionClient
 
+    parameters = {
+        "negative_prompt": args.negative_prompt,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "seed": args.seed,
+        "width": args.width,
+        "height": args.height,
+        "scheduler": args.scheduler,
+    }
+    preview_dir = args.output.parent / f"{args.output.stem}_previews" if args.preview_every else None
     try:
         with StableDiffusionClient(args.url, timeout_s=args.timeout_s) as client:
-            result = client.generate(
-                args.prompt,
-                negative_prompt=args.negative_prompt,
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance_scale,
-                seed=args.seed,
-                width=args.width,
-                height=args.height,
-                scheduler=args.scheduler,
-            )
+            if not (args.progress or args.preview_every):
+                result = client.generate(args.prompt, **parameters)
+            else:
+                with tqdm(desc="denoising", unit="step", disable=not args.progress) as bar:
+
+                    def show(progress) -> None:
+                        bar.total = sum(progress.total_steps)
+                        bar.n = sum(progress.steps_done)
+                        bar.refresh()
+                        for index, preview in enumerate(progress.previews or []):
+                            preview_dir.mkdir(parents=True, exist_ok=True)
+                            preview.save(preview_dir / f"step{sum(progress.steps_done):04d}_{index}.png")
+
+                    result = client.generate(
+                        args.prompt, on_progress=show, preview_every=args.preview_every, **parameters
+                    )
+    except KeyboardInterrupt:
+        sys.stderr.write("cancelled\n")
+        return 130
     except SdTritonError as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
@@ -223,7 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--gpu", action="store_true", help="run the networks on GPU instances")
     export.add_argument("--max-batch-size", type=int, default=8)
-    export.add_argument("--pipeline-instances", type=int, default=2, help="requests denoised at once")
+    export.add_argument(
+        "--max-running-images", type=int, default=8, help="images denoised together, one UNet call a step (1: off)"
+    )
+    export.add_argument(
+        "--max-pending-requests",
+        type=int,
+        default=32,
+        help="running plus queued requests; more are refused at once with UNAVAILABLE",
+    )
     export.add_argument("--max-size-factor", type=int, default=2, help="largest side, as a multiple of the native")
     export.add_argument("--default-steps", type=int, default=30, help="num_inference_steps when a request omits it")
     export.set_defaults(run=_export)
@@ -254,7 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--width", type=int)
     generate.add_argument("--height", type=int)
     generate.add_argument("--scheduler", choices=interface.SCHEDULER_NAMES)
-    generate.add_argument("--timeout-s", type=float)
+    generate.add_argument(
+        "--timeout-s", type=float, help="time budget: the server ends the request, queued or running, when it runs out"
+    )
+    generate.add_argument("--progress", action="store_true", help="show a progress bar (gRPC streaming)")
+    generate.add_argument(
+        "--preview-every", type=int, help="save a cheap preview every K steps beside the output (gRPC streaming)"
+    )
     generate.set_defaults(run=_generate)
 
     train = commands.add_parser("train-shapes", help="train the embedded 'shapes' model (resumable)")

@@ -78,6 +78,11 @@ SEND_PROGRESS = PublicTensor("send_progress", "BOOL", (1,), True, "whether to an
 # A control request: end the request of this key as cancelled at the next step (answered at once, no outputs).
 CANCEL_KEY = PublicTensor("cancel_key", "INT64", (1,), True, "the request_key of a request to cancel")
 INTERNAL_INPUTS: tuple[PublicTensor, ...] = (REQUEST_KEY, SEND_PROGRESS, CANCEL_KEY)
+# How the pipeline tells an entry that a request failed: a BLS stream's error response loses its status code
+# on this Triton (an INVALID_ARG arrives as INTERNAL), so the code travels as a tensor and the entry answers it.
+ERROR_CODE = PublicTensor("error_code", "INT32", (1,), False, "Triton error code (pb_utils.TritonError)")
+ERROR_MESSAGE = PublicTensor("error_message", "BYTES", (1,), False, "the error's message")
+INTERNAL_OUTPUTS: tuple[PublicTensor, ...] = (ERROR_CODE, ERROR_MESSAGE)
 
 # The streaming entry takes the public inputs and one more.
 PREVIEW_EVERY = PublicTensor(

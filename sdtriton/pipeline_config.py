@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PIPELINE_CONFIG_FILE_NAME = "pipeline_config.json"
 DEFAULT_NUM_INFERENCE_STEPS = 30
+PREVIEW_RGB_CHANNELS = 3
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,19 @@ class PipelineConfig:
     scheduler_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Latents -> preview RGB, [C + 1][3] (last row: bias), fitted at export; empty: the model has no previews.
     latent_rgb_projection: list[list[float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        projection = self.latent_rgb_projection
+        if not projection:
+            return
+        rows, columns = len(projection), sorted({len(row) for row in projection})
+        if rows != self.latent_channels + 1 or columns != [PREVIEW_RGB_CHANNELS]:
+            raise ValueError(
+                f"latent_rgb_projection must be empty or [{self.latent_channels + 1}][{PREVIEW_RGB_CHANNELS}] "
+                f"(a row per latent channel, then the bias), got {rows} rows of {columns} values"
+            )
+        if not all(math.isfinite(value) for row in projection for value in row):
+            raise ValueError("latent_rgb_projection holds NaN or infinite values")
 
     @property
     def min_size(self) -> int:

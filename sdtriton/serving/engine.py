@@ -233,19 +233,27 @@ class DiffusionEngine:
 
     # ---- called from any thread -------------------------------------------------------------------------
 
+    def check_room(self) -> None:
+        """Raises :class:`ServerBusyError` if a request submitted now would be refused (a cheap early look)."""
+        with self._lock:
+            self._check_room_locked()
+
+    def _check_room_locked(self) -> None:
+        if self._stopping:
+            raise ServerBusyError("the server is shutting down; send the request again to another replica")
+        pending = len(self._waiting) + len(self._running)
+        if pending >= self.limits.max_pending_requests:
+            raise ServerBusyError(
+                f"server busy: {pending} requests running or queued, the most it holds "
+                f"(max_pending_requests {self.limits.max_pending_requests}); retry later"
+            )
+
     def submit(self, request: EngineRequest) -> None:
         """Queues a request, or raises :class:`ServerBusyError` at once when the engine is full."""
         if not request.images:
             raise ValueError("a request needs at least one image")
         with self._lock:
-            if self._stopping:
-                raise ServerBusyError("the server is shutting down; send the request again to another replica")
-            pending = len(self._waiting) + len(self._running)
-            if pending >= self.limits.max_pending_requests:
-                raise ServerBusyError(
-                    f"server busy: {pending} requests running or queued, the most it holds "
-                    f"(max_pending_requests {self.limits.max_pending_requests}); retry later"
-                )
+            self._check_room_locked()
             self._waiting.append(_Active(request=request, arrived_s=self._clock()))
             self._lock.notify()
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-RGB_CHANNELS = 3
+from sdtriton.pipeline_config import PREVIEW_RGB_CHANNELS as RGB_CHANNELS
+
 UINT8_MAX = 255
 
 

@@ -226,6 +226,17 @@ def _error_code(error: Exception) -> int:
     return pb_utils.TritonError.INTERNAL
 
 
+def _triton_error_code(value: int) -> Any:
+    """The TritonError code whose number is ``value`` (as an error_code tensor carries it); else INTERNAL."""
+    codes = (
+        pb_utils.TritonError.INVALID_ARG,
+        pb_utils.TritonError.CANCELLED,
+        pb_utils.TritonError.UNAVAILABLE,
+        pb_utils.TritonError.INTERNAL,
+    )
+    return next((code for code in codes if int(code) == value), pb_utils.TritonError.INTERNAL)
+
+
 def _error_message(error: Exception, model_name: str) -> str:
     if isinstance(error, RequestCancelledError):
         return "request cancelled"
@@ -271,9 +282,14 @@ class _StreamSink:
     def fail(self, error: Exception) -> None:
         if _error_code(error) == pb_utils.TritonError.INTERNAL:
             _logger().log_error(f"{self._model_name}: request failed: {error!r}")
+        tensors = [
+            pb_utils.Tensor(interface.ERROR_CODE.name, _column([int(_error_code(error))], "int32")),
+            pb_utils.Tensor(
+                interface.ERROR_MESSAGE.name, _column([_error_message(error, self._model_name).encode()], "object")
+            ),
+        ]
         self._sender.send(
-            _error_response(_error_message(error, self._model_name), _error_code(error)),
-            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            pb_utils.InferenceResponse(output_tensors=tensors), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         )
 
 
@@ -342,6 +358,7 @@ class PipelineModel:
                         self.engine.cancel(int(key))
                     sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     continue
+                self.engine.check_room()  # a full engine refuses before any parsing
                 self.engine.submit(self._engine_request(request, sender))
             except Exception as error:
                 if _error_code(error) == pb_utils.TritonError.INTERNAL:
@@ -370,6 +387,7 @@ class EntryModel:
         model_config = json.loads(args["model_config"])
         self.stream = pb_utils.using_decoupled_model_transaction_policy(model_config)
         self.output_names = [output["name"] for output in model_config["output"]]
+        self._requested_names = [*self.output_names, *(tensor.name for tensor in interface.INTERNAL_OUTPUTS)]
         self._max_batch_size = max(1, int(model_config.get("max_batch_size", 1)))
         # A thread per request in flight: the engine refuses requests past its own limit at once.
         self._executor = ThreadPoolExecutor(max_workers=256, thread_name_prefix=f"{self.model_name}-forward")
@@ -396,55 +414,55 @@ class EntryModel:
         return pb_utils.InferenceRequest(
             model_name=interface.PIPELINE_MODEL_NAME,
             inputs=inputs,
-            requested_output_names=self.output_names,
+            requested_output_names=self._requested_names,
             timeout=int(request.timeout()),
             trace=request.trace(),
         )
 
     def _forward(self, request: Any, key: int) -> None:
         sender = request.get_response_sender()
-        final_flag = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        answered = False
         try:
-            final_tensors = None
-            for response in self._pipeline_request(request, key).exec(decoupled=True):
-                if response.has_error():
-                    error = response.error()
-                    sender.send(_error_response(error.message(), error.code()), flags=final_flag)
-                    answered = True
-                    return
-                tensors = response.output_tensors()
-                if not tensors:
-                    continue  # the stream's closing flag
-                if self.stream:
-                    sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
-                elif pb_utils.get_output_tensor_by_name(response, interface.IMAGE.name) is not None:
-                    final_tensors = [t for t in tensors if t.name() in self.output_names]
-            if self.stream:
-                sender.send(flags=final_flag)
-            elif final_tensors is None:
-                raise RuntimeError("the pipeline's stream ended without an image")
-            else:
-                sender.send(pb_utils.InferenceResponse(output_tensors=final_tensors), flags=final_flag)
-            answered = True
+            final = self._relay(request, key, sender)
         except Exception:
             _logger().log_error(f"{self.model_name}: request failed\n{traceback.format_exc()}")
-            if not answered:
-                message = f"{self.model_name}: internal error (see the server log)"
-                sender.send(_error_response(message, pb_utils.TritonError.INTERNAL), flags=final_flag)
-        finally:
-            with self._lock:
-                self._in_flight.pop(key, None)
-                self._cancel_sent.discard(key)
+            final = _error_response(
+                f"{self.model_name}: internal error (see the server log)", pb_utils.TritonError.INTERNAL
+            )
+        # Out of the watcher's sight before the final response frees the request: is_cancelled() on an
+        # answered request crashes this Triton.
+        with self._lock:
+            self._in_flight.pop(key, None)
+            self._cancel_sent.discard(key)
+        sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _relay(self, request: Any, key: int, sender: Any) -> Any:
+        """Forwards the pipeline's progress (the stream) and returns the final response: image or error."""
+        for response in self._pipeline_request(request, key).exec(decoupled=True):
+            if response.has_error():
+                error = response.error()
+                return _error_response(error.message(), error.code())
+            tensors = response.output_tensors()
+            if not tensors:
+                continue  # the pipeline's closing flag
+            code = pb_utils.get_output_tensor_by_name(response, interface.ERROR_CODE.name)
+            if code is not None:
+                message = pb_utils.get_output_tensor_by_name(response, interface.ERROR_MESSAGE.name)
+                text = message.as_numpy().reshape(-1)[0].decode("utf-8", errors="replace")
+                return _error_response(text, _triton_error_code(int(code.as_numpy().reshape(-1)[0])))
+            if pb_utils.get_output_tensor_by_name(response, interface.IMAGE.name) is not None:
+                return pb_utils.InferenceResponse(output_tensors=[t for t in tensors if t.name() in self.output_names])
+            if self.stream:
+                sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+        raise RuntimeError("the pipeline's stream ended without an image")
 
     def _watch_cancels(self) -> None:
         while not self._stopping.wait(_CANCEL_POLL_S):
             with self._lock:
-                pending = [(key, r) for key, r in self._in_flight.items() if key not in self._cancel_sent]
-            cancelled = [key for key, request in pending if request.is_cancelled()]
-            if not cancelled:
-                continue
-            with self._lock:
+                cancelled = [
+                    key
+                    for key, request in self._in_flight.items()
+                    if key not in self._cancel_sent and request.is_cancelled()
+                ]
                 self._cancel_sent.update(cancelled)
             for start in range(0, len(cancelled), self._max_batch_size):
                 self._send_cancel(cancelled[start : start + self._max_batch_size])
@@ -465,4 +483,5 @@ class EntryModel:
     def finalize(self) -> None:
         self._stopping.set()
         self._watcher.join(timeout=5)
-        self._executor.shutdown(wait=True, cancel_futures=False)
+        # The pipeline ends what it holds when it unloads; nothing here waits on it.
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -6,7 +6,6 @@ The server holds the stand-in ``unet`` alone, so that these tests depend on no o
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from sdtriton.export.configs import CONFIG_FILE_NAME, parse_config_text
 from sdtriton.perf.simulated import SimulatedLatency, simulated_repository
 from sdtriton.perf.stats import fetch_model_stats
 from tests.conftest import serve
+from tests.integration.processes import server_cpu_s
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -82,24 +82,6 @@ def _timed_call(client: httpclient.InferenceServerClient, inputs: list[httpclien
     return result, time.perf_counter() - started
 
 
-def _server_cpu_s(repository: Path) -> float:
-    """User and system CPU seconds of tritonserver and its stub processes: those whose command names ``repository``."""
-    ticks_per_s = os.sysconf("SC_CLK_TCK")
-    total_ticks = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if str(repository) not in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                continue
-            # Fields after the command name, which may hold spaces: utime and stime are the 14th and 15th.
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        total_ticks += int(fields[11]) + int(fields[12])
-    return total_ticks / ticks_per_s
-
-
 @pytest.mark.parametrize("rows", [1, 4])
 def test_answers_zeros_after_the_modelled_time(client, item_shapes, rows: int) -> None:
     inputs = _inputs(item_shapes, rows)
@@ -119,13 +101,13 @@ def test_answers_zeros_after_the_modelled_time(client, item_shapes, rows: int) -
 def test_sleeps_without_burning_cpu(simulated_server, client, item_shapes) -> None:
     inputs = _inputs(item_shapes, _CPU_CALL_ROWS)
     _timed_call(client, inputs)
-    cpu_before_s = _server_cpu_s(simulated_server.repository)
+    cpu_before_s = server_cpu_s(simulated_server.repository)
     assert cpu_before_s > 0, "found no tritonserver process by its repository"
 
     for _ in range(_CPU_CALLS):
         _timed_call(client, inputs)
 
-    cpu_s = _server_cpu_s(simulated_server.repository) - cpu_before_s
+    cpu_s = server_cpu_s(simulated_server.repository) - cpu_before_s
     slept_s = _CPU_CALLS * LATENCY.call_s(_CPU_CALL_ROWS)
     logger.info("%.3f s of server and stub CPU over %.3f s slept in %d calls", cpu_s, slept_s, _CPU_CALLS)
     assert cpu_s < _CPU_SHARE_LIMIT * slept_s, f"{cpu_s:.3f} s of CPU over {slept_s:.3f} s slept"
