@@ -520,4 +520,13 @@ def goal_rows(result: EngineResult) -> list[GoalRow]:
             simulated=True,
         )
     )
+    rows.append(
+        GoalRow(
+            "(e) SIMULATED: the same over the UNet-alone ratio (`SimulatedLatency.throughput_ratio`, stricter)",
+            "" if simulated is None else f"{simulated.share_of_unet_only_allowed:.1%}",
+            f">= {GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}",
+            None if simulated is None else simulated.share_of_unet_only_allowed >= GOAL_SIMULATED_SHARE_OF_ALLOWED,
+            simulated=True,
+        )
+    )
     return rows
