@@ -257,3 +257,35 @@ def test_a_queued_request_expires_while_queued(small_server):
         with pytest.raises(RequestTimeoutError, match="while queued"):
             hurried.generate(PROMPT, seed=91, num_inference_steps=5)
         running.cancel()
+
+
+def test_a_bare_grpc_deadline_also_stops_the_work(grpc_url, tiny_repository):
+    # A client that sets only the gRPC deadline (no Triton timeout): Triton cancels the call when it passes.
+    import tritonclient.grpc as grpcclient
+
+    from sdtriton.client.client import build_inputs, requested_outputs
+
+    client = grpcclient.InferenceServerClient(grpc_url.removeprefix("grpc://"))
+    inputs = build_inputs(grpcclient, [PROMPT], seed=95, **LONG)
+    with pytest.raises(Exception, match="Deadline"):
+        client.infer("stable_diffusion", inputs, outputs=requested_outputs(grpcclient), client_timeout=1.0)
+    deadline_passed = time.monotonic()
+    window_s = 0.1
+    while server_cpu_rate(tiny_repository, window_s=window_s) >= IDLE_CORES:
+        assert time.monotonic() - deadline_passed < 5.0, "the server kept working after the deadline"
+    client.close()
+
+
+def test_http_generate_stream_sends_progress_then_the_image(http_url):
+    body = json.dumps({"prompt": PROMPT, "num_inference_steps": 4, "seed": 7, "scheduler": "euler"}).encode()
+    request = urllib.request.Request(
+        f"{http_url}/v2/models/stable_diffusion_stream/generate_stream", data=body, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        events = [json.loads(line[len(b"data: ") :]) for line in response if line.startswith(b"data: ")]
+    *progress, final = events
+    assert [event["step"] for event in progress] == [1, 2, 3, 4]
+    assert len(final["image"]) == 64 * 64 * 3
+    with StableDiffusionClient(http_url) as client:
+        expected = np.asarray(client.generate(PROMPT, num_inference_steps=4, seed=7, scheduler="euler").image)
+    assert np.array_equal(np.asarray(final["image"], dtype=np.uint8), expected.reshape(-1))
