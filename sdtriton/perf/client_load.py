@@ -65,7 +65,21 @@ def _send(client: StableDiffusionClient, request: RequestSpec) -> tuple[Outcome,
         )
     except SdTritonError as error:
         return classify_error(str(error)), str(error), type(error).__name__
+    except Exception as error:  # a bug on the client side is a failed request of the load, not a hang
+        return Outcome.FAILED, repr(error), type(error).__name__
     return Outcome.OK, "", ""
+
+
+def _connected_clients(url: str, count: int) -> list[StableDiffusionClient]:
+    clients: list[StableDiffusionClient] = []
+    try:
+        for _ in range(count):
+            clients.append(_connected_client(url))
+    except BaseException:
+        for client in clients:
+            client.close()
+        raise
+    return clients
 
 
 def run_classes(
@@ -80,7 +94,7 @@ def run_classes(
     if not bounded:
         raise ValueError("at least one class needs requests_per_client")
     threads_of = [(c, index) for c in classes for index in range(c.clients)]
-    clients = [_connected_client(url) for _ in threads_of]
+    clients = _connected_clients(url, len(threads_of))
     records: list[RequestRecord] = []
     lock = threading.Lock()
     bounded_left = threading.Semaphore(0)
@@ -91,6 +105,13 @@ def run_classes(
     started = 0.0
 
     def work(client_class: ClientClass, client: StableDiffusionClient, client_index: int) -> None:
+        try:
+            send_all(client_class, client, client_index)
+        finally:
+            if client_class.requests_per_client is not None:
+                bounded_left.release()
+
+    def send_all(client_class: ClientClass, client: StableDiffusionClient, client_index: int) -> None:
         start.wait()
         sent = 0
         while True:
@@ -115,8 +136,6 @@ def run_classes(
                 if client_class.requests_per_client is not None:
                     progress.update()
             sent += 1
-        if client_class.requests_per_client is not None:
-            bounded_left.release()
 
     threads = [
         threading.Thread(target=work, args=(c, client, number), name=f"{load}-{c.name}-{index}", daemon=True)
@@ -144,7 +163,7 @@ def run_classes(
 
 def run_burst(url: str, request: RequestSpec, *, count: int, show_progress: bool = True) -> list[RequestRecord]:
     """Sends ``count`` requests at once (threads released together); returns one record each, by start time."""
-    clients = [_connected_client(url) for _ in range(count)]
+    clients = _connected_clients(url, count)
     release = threading.Barrier(count)
     records: list[RequestRecord] = []
     lock = threading.Lock()
