@@ -31,6 +31,8 @@ LOAD_CSV_NAME = "engine_load_points.csv"
 REQUESTS_CSV_NAME = "engine_requests.csv"
 GOALS_CSV_NAME = "engine_goals.csv"
 PLOT_NAME = "engine_sweep.png"
+# Other processes' share of the CPU above which the summary says the run shared the machine.
+OTHER_CPU_SHARE_NOTE = 0.05
 _LOAD_COLUMNS = (
     "section",
     "variant",
@@ -439,6 +441,18 @@ def summary_markdown(result: EngineResult, *, plot_name: str = PLOT_NAME) -> str
         f"Load average (1/5/15 min) before the run {'/'.join(f'{v:.2f}' for v in machine.load_average_before)}, "
         f"after {'/'.join(f'{v:.2f}' for v in machine.load_average_after)}.",
     ]
+    share = result.other_cpu_share
+    if share is not None:
+        lines += [
+            "",
+            f"Other processes (not this run, its servers or their stubs) used {result.other_cpu_s:.0f} CPU-seconds "
+            f"during the run: {share:.1%} of the {machine.cpu_count} cores' time"
+            + (
+                f". **Above {OTHER_CPU_SHARE_NOTE:.0%}: the numbers below shared the CPU with other work.**"
+                if share > OTHER_CPU_SHARE_NOTE
+                else "."
+            ),
+        ]
     if machine.load_average_before[0] > BUSY_LOAD_PER_CORE * machine.cpu_count:
         lines += [
             "",

@@ -383,6 +383,14 @@ class EngineResult:
     simulated: SimulatedResult | None
     skipped: tuple[str, ...] = ()
     elapsed_s: float = 0.0
+    other_cpu_s: float | None = None  # CPU time of processes not this run's (None: not measured)
+
+    @property
+    def other_cpu_share(self) -> float | None:
+        """Other processes' CPU time over the run, as a share of every core's time."""
+        if self.other_cpu_s is None or self.elapsed_s <= 0:
+            return None
+        return self.other_cpu_s / (self.elapsed_s * self.machine.cpu_count)
 
     def sweep_point(self, variant: str, concurrency: int) -> LevelResult | None:
         for point in self.sweep:

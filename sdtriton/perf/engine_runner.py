@@ -69,6 +69,36 @@ _WARMUP_REQUESTS = 2
 _PLAIN_LOOP_RUNS = 3
 
 
+class _CpuMeter:
+    """CPU time the machine spent on other processes than this run's (this process, its servers and stubs).
+
+    The machine's busy time comes from ``/proc/stat``; this run's from :func:`os.times`, whose children's
+    share holds each stopped server's, stubs included (they are reaped by the server). Read after every server
+    stopped. None where ``/proc/stat`` is missing.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float] | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        except OSError:
+            return None
+        # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait.
+        ticks = [int(value) for value in fields[1:9]]
+        busy_s = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+        own = os.times()
+        return busy_s, own.user + own.system + own.children_user + own.children_system
+
+    def other_cpu_s(self) -> float | None:
+        end = self._read()
+        if self._start is None or end is None:
+            return None
+        return max(0.0, (end[0] - self._start[0]) - (end[1] - self._start[1]))
+
+
 def _failures(records: list[RequestRecord] | tuple[RequestRecord, ...]) -> str | None:
     """``N of M requests FAILED: first message``, or None when none failed."""
     failed = [record for record in records if record.outcome is Outcome.FAILED]
@@ -314,6 +344,7 @@ def run_engine_perf(options: PerfOptions, profile: EngineProfile) -> tuple[Engin
     request = load_input_data(options.perf_dir / INPUT_DATA_DIR_NAME / profile.input_data)[0]
     options.output_dir.mkdir(parents=True, exist_ok=True)
     run = _EngineRun(options, profile, request)
+    cpu = _CpuMeter()
     logger.info("engine profile %s: %s; time limit %.0f s", profile.name, profile.description, run.deadline.limit_s)
     sweep: list[LevelResult] = []
     mixed = burst = simulated = None
@@ -380,5 +411,6 @@ def run_engine_perf(options: PerfOptions, profile: EngineProfile) -> tuple[Engin
         simulated=simulated,
         skipped=tuple(run.skipped),
         elapsed_s=run.deadline.elapsed_s,
+        other_cpu_s=cpu.other_cpu_s(),
     )
     return result, write_engine_reports(result, options.output_dir)

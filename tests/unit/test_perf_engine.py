@@ -274,6 +274,10 @@ def test_reports_label_the_simulated_results(tmp_path: Path) -> None:
     assert "**Every number in this section is SIMULATED**" in summary
     assert "| (a) served / in-process engine images/s at concurrency 8 | 0.833x | >= 0.9x | MISSED |" in summary
     assert "burst: about 40 s needed" in summary
+    assert "Other processes" not in summary  # not measured
+    shared = dataclasses.replace(result, other_cpu_s=60.0)  # over 300 s on 2 cores
+    assert shared.other_cpu_share == pytest.approx(0.1)
+    assert "used 60 CPU-seconds during the run: 10.0% of the 2 cores' time. **Above 5%" in summary_markdown(shared)
     headline = engine_headline(result)
     assert "served/ceiling 0.833x" in headline and "SIMULATED c8/c1" in headline and "goals missed" in headline
 
