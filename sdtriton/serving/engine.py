@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -83,15 +83,15 @@ class EngineLimits:
 
 
 class EngineNetworks(Protocol):
-    """The three networks, called with numpy arrays; ``trace`` (opaque) is passed on where given."""
+    """The three networks, called with numpy arrays (a :class:`~sdtriton.serving.denoise.DiffusionComponents`)."""
 
-    def encode_text(self, input_ids: np.ndarray, **kwargs: Any) -> np.ndarray: ...
+    def encode_text(self, input_ids: np.ndarray) -> np.ndarray: ...
 
     def predict_noise(
-        self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray, **kwargs: Any
+        self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray
     ) -> np.ndarray: ...
 
-    def decode_latents(self, latents: np.ndarray, **kwargs: Any) -> np.ndarray: ...
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,6 @@ class EngineRequest:
         send_progress: whether to report progress after every step.
         preview_every: with progress, a preview of every image every this many steps (0: none).
         is_cancelled: polled at every step; True ends the request as cancelled.
-        trace: passed to the network calls made for this request (Triton request tracing).
     """
 
     key: int
@@ -157,7 +156,6 @@ class EngineRequest:
     send_progress: bool = False
     preview_every: int = 0
     is_cancelled: Callable[[], bool] = _never
-    trace: Any = None
 
 
 @dataclass(eq=False)
@@ -190,10 +188,6 @@ def _chunks(pairs: Sequence[tuple[_Active, ImageDenoiser]], max_rows: int) -> It
         rows += pair[1].rows
     if chunk:
         yield chunk
-
-
-def _call(function: Callable[..., np.ndarray], *arrays: np.ndarray, trace: Any) -> np.ndarray:
-    return function(*arrays) if trace is None else function(*arrays, trace=trace)
 
 
 class DiffusionEngine:
@@ -291,7 +285,8 @@ class DiffusionEngine:
             with self._lock:
                 if self._stopping:
                     return
-                if not self._waiting and not self._running and not self._cancelled_keys:
+                # Early cancels alone are no work: they wait for their request (or expire) without a busy loop.
+                if not self._waiting and not self._running:
                     self._lock.wait(_IDLE_WAIT_S)
                     continue
             try:
@@ -331,10 +326,10 @@ class DiffusionEngine:
             deadline_s = active.deadline_s
             if deadline_s is not None and now >= deadline_s:
                 where = (
-                    "while queued"
-                    if active.state is RequestState.QUEUED
-                    else f"at step {min(d.steps_done for d in active.denoisers)} of "
+                    f"at step {min(d.steps_done for d in active.denoisers)} of "
                     f"{max(d.total_steps for d in active.denoisers)}"
+                    if active.denoisers
+                    else "while queued"
                 )
                 error = DeadlineExceededError(budget_s=request.timeout_s, elapsed_s=now - active.arrived_s, where=where)
                 self._end(active, RequestState.EXPIRED, error)
@@ -381,9 +376,7 @@ class DiffusionEngine:
             if not live:
                 continue
             try:
-                states = _call(
-                    self.networks.encode_text, np.concatenate([ids for _, ids in live]), trace=live[0][0].request.trace
-                )
+                states = self.networks.encode_text(np.concatenate([ids for _, ids in live]))
             except Exception as error:
                 logger.exception("text encoder call failed")
                 for active, _ in live:
@@ -424,12 +417,10 @@ class DiffusionEngine:
             return
         inputs = [d.model_input() for _, d in live]
         try:
-            noise_pred = _call(
-                self.networks.predict_noise,
+            noise_pred = self.networks.predict_noise(
                 np.concatenate([sample for sample, _, _ in inputs]),
                 np.concatenate([timestep for _, timestep, _ in inputs]),
                 np.concatenate([states for _, _, states in inputs]),
-                trace=live[0][0].request.trace,
             )
         except Exception as error:
             logger.exception("UNet call failed")
@@ -494,11 +485,7 @@ class DiffusionEngine:
                 if not chunk:
                     continue
                 try:
-                    decoded = _call(
-                        self.networks.decode_latents,
-                        np.concatenate([d.scaled_latents() for _, _, d in chunk]),
-                        trace=chunk[0][0].request.trace,
-                    )
+                    decoded = self.networks.decode_latents(np.concatenate([d.scaled_latents() for _, _, d in chunk]))
                 except Exception as error:
                     logger.exception("VAE decoder call failed")
                     for active in {id(a): a for a, _, _ in chunk}.values():

@@ -159,11 +159,12 @@ class OnnxComponentModel:
 class BlsComponents:
     """The pipeline's networks reached through BLS calls to their own Triton models.
 
-    ``trace`` is the trace of the request a call serves (the oldest one, for a batched call): with
-    ``--trace-config`` on, each BLS call is traced as a child of that request.
+    The calls carry no request trace: one call serves many requests, and a decoupled model's request (and its
+    trace) is released when ``execute`` returns, so the engine's later calls cannot name it (doing so crashed
+    this Triton: measured). With ``--trace-config`` the network calls are traced on their own.
     """
 
-    def _infer(self, spec: ComponentSpec, *arrays: np.ndarray, trace: Any = None) -> np.ndarray:
+    def _infer(self, spec: ComponentSpec, *arrays: np.ndarray) -> np.ndarray:
         inputs = []
         for tensor, array in zip(spec.inputs, arrays, strict=True):
             value = np.ascontiguousarray(array, dtype=tensor.numpy_dtype)
@@ -171,26 +172,21 @@ class BlsComponents:
                 value = value.reshape(-1, 1)  # a per-item scalar travels as [batch, 1]
             inputs.append(pb_utils.Tensor(tensor.name, value))
         response = pb_utils.InferenceRequest(
-            model_name=spec.model_name,
-            inputs=inputs,
-            requested_output_names=spec.output_names,
-            **({} if trace is None else {"trace": trace}),
+            model_name=spec.model_name, inputs=inputs, requested_output_names=spec.output_names
         ).exec()
         if response.has_error():
             raise ComponentCallError(f"{spec.model_name}: {response.error().message()}")
         (output_name,) = spec.output_names
         return np.array(pb_utils.get_output_tensor_by_name(response, output_name).as_numpy())
 
-    def encode_text(self, input_ids: np.ndarray, *, trace: Any = None) -> np.ndarray:
-        return self._infer(TEXT_ENCODER, input_ids, trace=trace)
+    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
+        return self._infer(TEXT_ENCODER, input_ids)
 
-    def predict_noise(
-        self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray, *, trace: Any = None
-    ) -> np.ndarray:
-        return self._infer(UNET, sample, timestep, encoder_hidden_states, trace=trace)
+    def predict_noise(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray) -> np.ndarray:
+        return self._infer(UNET, sample, timestep, encoder_hidden_states)
 
-    def decode_latents(self, latents: np.ndarray, *, trace: Any = None) -> np.ndarray:
-        return self._infer(VAE_DECODER, latents, trace=trace)
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        return self._infer(VAE_DECODER, latents)
 
 
 class _TritonLogHandler(logging.Handler):
@@ -345,7 +341,6 @@ class PipelineModel:
             timeout_s=timeout_us / 1e6 if timeout_us > 0 else None,
             send_progress=bool(progress_items[0]) if progress_items is not None else False,
             preview_every=parsed.preview_every,
-            trace=request.trace(),
         )
 
     def execute(self, requests: list[Any]) -> None:

@@ -1,4 +1,9 @@
-"""Triton's request tracing covers the pipeline's BLS calls: each network call is a child of the request."""
+"""Triton's request tracing follows a request from the entry into the engine.
+
+The engine's network calls are not traced: Triton traces a BLS call only as the child of a live request's
+trace, and a decoupled model's request (with its trace) is released when ``execute`` returns, long before the
+engine's batched calls for it (passing it later crashed this Triton). Per-network time is in model statistics.
+"""
 
 from __future__ import annotations
 
@@ -40,16 +45,15 @@ def _traces(trace_file: Path) -> dict[int, dict]:
     return traces
 
 
-def test_every_bls_call_is_traced_under_its_request(traced_server) -> None:
+def test_a_request_is_traced_from_the_entry_into_the_engine(traced_server) -> None:
     server, trace_file = traced_server
     with StableDiffusionClient(server.address.grpc_url) as client:
         client.generate("a red circle on a blue background", num_inference_steps=STEPS, seed=5, scheduler="ddim")
     server.stop()  # the trace file is complete once the server has shut down
     traces = _traces(trace_file)
-    (pipeline_id,) = [trace_id for trace_id, trace in traces.items() if trace.get("model_name") == "pipeline"]
-    children = [trace for trace in traces.values() if trace.get("parent_id") == pipeline_id]
-    calls = sorted(trace["model_name"] for trace in children)
-    assert calls == sorted(["text_encoder", "vae_decoder", *["unet"] * STEPS])
-    for child in children:
-        stamps = child["timestamps"]
-        assert stamps["REQUEST_START"] <= stamps["COMPUTE_START"] <= stamps["COMPUTE_END"] <= stamps["REQUEST_END"]
+    (entry_id,) = [trace_id for trace_id, trace in traces.items() if trace.get("model_name") == "stable_diffusion"]
+    (pipeline,) = [trace for trace in traces.values() if trace.get("model_name") == "pipeline"]
+    assert pipeline.get("parent_id") == entry_id
+    for trace in (traces[entry_id], pipeline):
+        stamps = trace["timestamps"]
+        assert stamps["REQUEST_START"] <= stamps["COMPUTE_START"] <= stamps["REQUEST_END"]
