@@ -161,13 +161,15 @@ def run_classes(
     return records, duration_s
 
 
-def run_burst(url: str, request: RequestSpec, *, count: int, show_progress: bool = True) -> list[RequestRecord]:
+def run_burst(
+    url: str, request: RequestSpec, *, count: int, load: str = BURST, show_progress: bool = True
+) -> list[RequestRecord]:
     """Sends ``count`` requests at once (threads released together); returns one record each, by start time."""
     clients = _connected_clients(url, count)
     release = threading.Barrier(count)
     records: list[RequestRecord] = []
     lock = threading.Lock()
-    progress = tqdm(total=count, desc="burst", unit="request", disable=not show_progress)
+    progress = tqdm(total=count, desc=load, unit="request", disable=not show_progress)
     origin = time.perf_counter()
 
     def work(client: StableDiffusionClient, index: int) -> None:
@@ -175,7 +177,7 @@ def run_burst(url: str, request: RequestSpec, *, count: int, show_progress: bool
         sent_at = time.perf_counter()
         outcome, message, error_type = _send(client, request)
         record = RequestRecord(
-            load=BURST,
+            load=load,
             request_class=BURST,
             client=index,
             started_s=sent_at - origin,

@@ -141,7 +141,7 @@ def write_requests_csv(result: EngineResult, path: Path) -> Path:
     if result.mixed is not None:
         records += [*result.mixed.short_only, *result.mixed.mixed]
     if result.burst is not None:
-        records += list(result.burst.records)
+        records += [*result.burst.warmup_records, *result.burst.records]
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(
@@ -362,8 +362,9 @@ def _burst_lines(result: EngineResult) -> list[str]:
     lines = [
         f"A repository of the same export whose engine holds at most {burst.spec.max_pending_requests} requests "
         f"(`max_pending_requests`); {burst.spec.requests} requests sent at once (one thread and gRPC client each, "
-        "released by a barrier, connections made first). A refusal is `UNAVAILABLE` with a message starting "
-        '"server busy" (the client raises `ServerUnavailableError`); time to refusal is from sending to the error.',
+        "released by a barrier, connections made first), after the warm-up below. A refusal is `UNAVAILABLE` with a "
+        'message starting "server busy" (the client raises `ServerUnavailableError`); time to refusal is from '
+        "sending to the error.",
         "",
         "| sent | accepted | completed | refused | of which as UNAVAILABLE | failed after acceptance |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -379,6 +380,13 @@ def _burst_lines(result: EngineResult) -> list[str]:
         )
     if accepted:
         lines.append(f"Accepted requests' latency: {', '.join(f'{value:.0f}' for value in sorted(accepted))} ms.")
+    if burst.warmup_records:
+        cold = burst.warmup_max_refusal_ms
+        lines.append(
+            f"Before it, {burst.spec.warmup_bursts} burst(s) of the same size warmed the server up, not judged: the "
+            "first burst after a server's start pays one-off costs (threads of the entry model and gRPC); its "
+            f"slowest refusal took {'-' if cold is None else f'{cold:.1f}'} ms."
+        )
     if failed:
         lines.append(f"Failures: {'; '.join(sorted({r.message for r in failed}))}.")
     return lines

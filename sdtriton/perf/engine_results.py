@@ -30,6 +30,7 @@ SIMULATED = "simulated"
 SHORT = "short"
 LONG = "long"
 BURST = "burst"
+BURST_WARMUP = "burst_warmup"
 # The server message of a request the engine refused because it was full (sdtriton.serving.errors.ServerBusyError).
 BUSY_MESSAGE_PREFIX = "server busy"
 
@@ -247,6 +248,12 @@ class BurstResult:
 
     spec: BurstSpec
     records: tuple[RequestRecord, ...]
+    warmup_records: tuple[RequestRecord, ...] = ()  # the untimed bursts before, in order
+
+    @property
+    def warmup_max_refusal_ms(self) -> float | None:
+        refusals = [r.latency_ms for r in self.warmup_records if r.outcome is Outcome.REFUSED]
+        return max(refusals) if refusals else None
 
     def _with(self, outcome: Outcome) -> list[RequestRecord]:
         return [record for record in self.records if record.outcome is outcome]

@@ -28,6 +28,7 @@ from sdtriton.perf.engine_results import (
     BATCHING_OFF,
     BATCHING_ON,
     BURST,
+    BURST_WARMUP,
     LONG,
     SHORT,
     SIMULATED,
@@ -285,8 +286,15 @@ class _EngineRun:
         return result
 
     def burst(self, server: TritonServer, spec: BurstSpec) -> BurstResult:
-        records = run_burst(server.address.grpc_url, self.request, count=spec.requests, show_progress=self.show)
-        result = BurstResult(spec=spec, records=tuple(records))
+        url = server.address.grpc_url
+        warmup = []
+        for _ in range(spec.warmup_bursts):
+            warmup += run_burst(url, self.request, count=spec.requests, load=BURST_WARMUP, show_progress=self.show)
+        records = run_burst(url, self.request, count=spec.requests, show_progress=self.show)
+        failures = _failures([*warmup, *records])
+        if failures is not None:
+            self.skipped.append(f"burst: {failures}")
+        result = BurstResult(spec=spec, records=tuple(records), warmup_records=tuple(warmup))
         slowest = result.max_refusal_ms
         logger.info(
             "burst: %d sent, %d accepted (%d completed), %d refused, slowest refusal %s ms",

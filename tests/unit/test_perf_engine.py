@@ -117,7 +117,12 @@ def test_burst_counts_accepted_refused_and_the_slowest_refusal() -> None:
         _record("burst", 61.0, Outcome.REFUSED, load="burst", error_type="InferenceError"),
         _record("burst", 30.0, Outcome.FAILED, load="burst", error_type="InferenceError"),
     )
-    burst = BurstResult(spec=BurstSpec(max_pending_requests=2, requests=4), records=records)
+    warmup = (
+        _record("burst", 110.0, Outcome.REFUSED, load="burst_warmup"),
+        _record("burst", 500.0, load="burst_warmup"),
+    )
+    burst = BurstResult(spec=BurstSpec(max_pending_requests=2, requests=4), records=records, warmup_records=warmup)
+    assert burst.warmup_max_refusal_ms == 110.0
     assert (burst.accepted, burst.completed, burst.refused, burst.failed) == (2, 1, 2, 1)
     assert burst.refused_as_unavailable == 1
     assert burst.refusal_ms == [12.0, 61.0]
@@ -324,6 +329,7 @@ def test_engine_profiles_reject_bad_specs(engine: dict[str, object], message: st
 def test_engine_profile_defaults_and_document() -> None:
     profile = parse_engine_profile("ok", _profile(burst={}, simulated={"latency": "5ms + 0.5ms"}))
     assert profile.burst == BurstSpec()
+    assert parse_engine_profile("ok", _profile(burst={"warmup_bursts": 0})).burst == BurstSpec(warmup_bursts=0)
     assert profile.simulated is not None and profile.simulated.latency == SimulatedLatency(5.0, 0.5)
     assert profile.ceiling is None and profile.sweep is None and profile.mixed is None
     document = json.dumps({"profiles": {"ok": _profile(burst={})}})
