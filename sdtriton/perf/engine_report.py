@@ -84,9 +84,12 @@ def load_rows(result: EngineResult) -> list[dict[str, object]]:
                 "simulated": False,
                 "concurrency": run.concurrency,
                 "requests": run.requests,
+                "duration_s": _f(run.elapsed_s),
                 "images_per_s": _f(run.images_per_s),
             }
         )
+        rows.append(_level_row("ceiling", result.ceiling.served_one, simulated=False))
+        rows.append(_level_row("ceiling", result.ceiling.served, simulated=False))
     for point in sorted(result.sweep, key=lambda p: (p.variant != BATCHING_ON, p.concurrency)):
         rows.append(_level_row("sweep", point, simulated=False))
     simulated = result.simulated
@@ -99,6 +102,7 @@ def load_rows(result: EngineResult) -> list[dict[str, object]]:
                     "simulated": True,
                     "concurrency": run.concurrency,
                     "requests": run.requests,
+                    "duration_s": _f(run.elapsed_s),
                     "images_per_s": _f(run.images_per_s),
                 }
             )
@@ -134,8 +138,14 @@ def write_load_csv(result: EngineResult, path: Path) -> Path:
 
 
 def write_requests_csv(result: EngineResult, path: Path) -> Path:
-    """Every client request: sweep and simulated levels, the mixed and short-only loads, the burst."""
-    records = [record for level in result.sweep for record in level.records]
+    """Every client request: ceiling, sweep and simulated levels, the mixed and short-only loads, the burst.
+
+    ``started_s`` counts from the start of the request's load (of its turn, for loads run in turns).
+    """
+    records = []
+    if result.ceiling is not None:
+        records += [*result.ceiling.served_one.records, *result.ceiling.served.records]
+    records += [record for level in result.sweep for record in level.records]
     if result.simulated is not None:
         records += [record for level in result.simulated.points for record in level.records]
     if result.mixed is not None:
@@ -204,6 +214,13 @@ def write_plot(result: EngineResult, path: Path) -> Path:
         throughput_axis.plot(
             [run.concurrency], [run.images_per_s], "k*", markersize=12, label="in-process engine (ceiling)"
         )
+        throughput_axis.plot(
+            [result.ceiling.served.concurrency],
+            [result.ceiling.served.images_per_s],
+            "kx",
+            markersize=10,
+            label="Triton, in turns with the ceiling",
+        )
         throughput_axis.axhline(
             1000.0 / result.ceiling.plain_loop.median_ms, color="grey", linestyle=":", label="plain loop, one at a time"
         )
@@ -263,33 +280,29 @@ def _ceiling_lines(result: EngineResult) -> list[str]:
     if ceiling is None:
         return ["Not run (see below)."]
     run = ceiling.in_process
-    served = result.served_at_ceiling_concurrency
-    c1 = result.sweep_point(BATCHING_ON, 1)
+    plain = ceiling.plain_loop
+    turns = len(ceiling.turn_ratios)
     lines = [
         f"The ceiling is the engine driven in this process (`DiffusionEngine` over ONNX Runtime sessions of the same "
         f"ONNX files, the batching-on repository's limits, no Triton), fed {run.concurrency} requests at once as a "
-        f"closed loop, {run.requests} timed after {run.concurrency} untimed: its UNet calls held "
-        f"{run.rows_per_unet_call:.1f} rows on average, as the server's do at concurrency {run.concurrency}.",
+        f"closed loop: its UNet calls held {run.rows_per_unet_call:.1f} rows on average, as the server's do at "
+        f"concurrency {run.concurrency}. It and the server ran in {turns} turns (in-process, served at "
+        f"{run.concurrency}, plain loop, served at 1, again) while the batching-on server was up, so that a drift of "
+        "this machine's speed hits both sides of each ratio alike; the server's loads are client threads over gRPC.",
         "",
-        "| path | concurrency | images/s | p50 ms | requests |",
-        "|---|---:|---:|---:|---:|",
-        f"| plain loop (`generate_image`, one image at a time, median) | 1 | "
-        f"{1000.0 / ceiling.plain_loop.median_ms:.2f} | {ceiling.plain_loop.median_ms:.1f} | "
-        f"{len(ceiling.plain_loop.latencies_ms)} |",
-        f"| in-process engine (ceiling) | {run.concurrency} | {run.images_per_s:.2f} | | {run.requests} |",
-    ]
-    for point in (c1, served):
-        if point is not None:
-            lines.append(
-                f"| Triton, gRPC, client threads | {point.concurrency} | {point.images_per_s:.2f} | "
-                f"{point.p50_ms:.1f} | {len(point.records)} |"
-            )
-    over = result.served_over_ceiling
-    c1_ratio = result.c1_over_plain_loop
-    lines += [
+        "| path | concurrency | images/s | p50 ms | p99 ms | requests |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| plain loop (`generate_image`, one image at a time; median) | 1 | {1000.0 / plain.median_ms:.2f} | "
+        f"{plain.median_ms:.1f} | {percentile(plain.latencies_ms, 99):.1f} | {len(plain.latencies_ms)} |",
+        f"| Triton | 1 | {ceiling.served_one.images_per_s:.2f} | {ceiling.served_one.p50_ms:.1f} | "
+        f"{ceiling.served_one.p99_ms:.1f} | {len(ceiling.served_one.records)} |",
+        f"| in-process engine (ceiling) | {run.concurrency} | {run.images_per_s:.2f} | | | {run.requests} |",
+        f"| Triton | {ceiling.served.concurrency} | {ceiling.served.images_per_s:.2f} | {ceiling.served.p50_ms:.1f} | "
+        f"{ceiling.served.p99_ms:.1f} | {len(ceiling.served.records)} |",
         "",
-        f"Served / ceiling at concurrency {run.concurrency}: **{_f(over)}x**; served p50 at concurrency 1 / plain "
-        f"loop: **{_f(c1_ratio)}x**.",
+        f"Served / ceiling at concurrency {run.concurrency}: **{ceiling.served_over_ceiling:.3f}x** (by turn: "
+        f"{', '.join(f'{ratio:.3f}' for ratio in ceiling.turn_ratios)}); served p50 at concurrency 1 / plain loop "
+        f"median: **{ceiling.one_over_plain_loop:.3f}x**.",
     ]
     return lines
 

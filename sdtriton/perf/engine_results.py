@@ -26,6 +26,8 @@ GOAL_SIMULATED_SHARE_OF_ALLOWED = 0.90  # simulated c_high/c_low throughput rati
 
 BATCHING_ON = "batching_on"
 BATCHING_OFF = "batching_off"
+# The batching-on server's loads measured in turns with the in-process ceiling.
+CEILING_SERVED = "ceiling_served"
 SIMULATED = "simulated"
 SHORT = "short"
 LONG = "long"
@@ -183,6 +185,18 @@ class LevelResult:
     def p99_ms(self) -> float:
         return self.summary.p99_ms
 
+    @classmethod
+    def merged(cls, parts: Sequence[LevelResult]) -> LevelResult:
+        """Turns of one variant and concurrency as one level: their records, their durations added."""
+        if not parts or len({(part.variant, part.concurrency) for part in parts}) != 1:
+            raise ValueError("merge one or more turns of one variant and concurrency")
+        return cls(
+            variant=parts[0].variant,
+            concurrency=parts[0].concurrency,
+            records=tuple(record for part in parts for record in part.records),
+            duration_s=sum(part.duration_s for part in parts),
+        )
+
 
 @dataclass(frozen=True)
 class InProcessRun:
@@ -202,13 +216,45 @@ class InProcessRun:
     def rows_per_unet_call(self) -> float:
         return self.unet_rows / self.unet_calls if self.unet_calls else 0.0
 
+    @classmethod
+    def merged(cls, runs: Sequence[InProcessRun]) -> InProcessRun:
+        """Runs at one concurrency (turns) as one: their requests, time, calls and rows added."""
+        if not runs or len({run.concurrency for run in runs}) != 1:
+            raise ValueError("merge one or more runs of one concurrency")
+        return cls(
+            concurrency=runs[0].concurrency,
+            requests=sum(run.requests for run in runs),
+            elapsed_s=sum(run.elapsed_s for run in runs),
+            unet_calls=sum(run.unet_calls for run in runs),
+            unet_rows=sum(run.unet_rows for run in runs),
+        )
+
 
 @dataclass(frozen=True)
 class CeilingResult:
-    """(a) The in-process engine's throughput, and the plain loop's latency one image at a time."""
+    """(a) The in-process engine and the plain loop against the server, measured in turns.
+
+    Attributes:
+        in_process: the in-process engine at the ceiling's concurrency, over all turns.
+        served: the server at the same concurrency, over all turns.
+        plain_loop: the plain loop, one image at a time, every timed run.
+        served_one: the server at concurrency 1, over all turns.
+        turn_ratios: served/in-process images/s of each turn (their spread shows the machine's drift).
+    """
 
     in_process: InProcessRun
+    served: LevelResult
     plain_loop: PathTiming
+    served_one: LevelResult
+    turn_ratios: tuple[float, ...] = ()
+
+    @property
+    def served_over_ceiling(self) -> float:
+        return self.served.images_per_s / self.in_process.images_per_s
+
+    @property
+    def one_over_plain_loop(self) -> float:
+        return self.served_one.p50_ms / self.plain_loop.median_ms
 
 
 @dataclass(frozen=True)
@@ -406,24 +452,12 @@ class EngineResult:
         return None
 
     @property
-    def served_at_ceiling_concurrency(self) -> LevelResult | None:
-        if self.ceiling is None:
-            return None
-        return self.sweep_point(BATCHING_ON, self.ceiling.in_process.concurrency)
-
-    @property
     def served_over_ceiling(self) -> float | None:
-        served = self.served_at_ceiling_concurrency
-        if served is None or self.ceiling is None:
-            return None
-        return served.images_per_s / self.ceiling.in_process.images_per_s
+        return None if self.ceiling is None else self.ceiling.served_over_ceiling
 
     @property
     def c1_over_plain_loop(self) -> float | None:
-        served = self.sweep_point(BATCHING_ON, 1)
-        if served is None or self.ceiling is None:
-            return None
-        return served.p50_ms / self.ceiling.plain_loop.median_ms
+        return None if self.ceiling is None else self.ceiling.one_over_plain_loop
 
     def on_off_ratios(self) -> list[tuple[int, float]]:
         """(concurrency, batching-on images/s over batching-off) at every level both measured."""

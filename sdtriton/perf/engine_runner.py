@@ -15,13 +15,14 @@ import gc
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sdtriton.client import SdTritonError
 from sdtriton.perf import baselines
+from sdtriton.perf.baselines import PathTiming
 from sdtriton.perf.client_load import ClientClass, run_burst, run_classes
 from sdtriton.perf.engine_report import write_engine_reports
 from sdtriton.perf.engine_results import (
@@ -29,6 +30,7 @@ from sdtriton.perf.engine_results import (
     BATCHING_ON,
     BURST,
     BURST_WARMUP,
+    CEILING_SERVED,
     LONG,
     SHORT,
     SIMULATED,
@@ -42,7 +44,7 @@ from sdtriton.perf.engine_results import (
     RequestRecord,
     SimulatedResult,
 )
-from sdtriton.perf.engine_scenarios import BurstSpec, EngineProfile, MixedSpec, SimulatedSpec, SweepSpec
+from sdtriton.perf.engine_scenarios import BurstSpec, CeilingSpec, EngineProfile, MixedSpec, SimulatedSpec, SweepSpec
 from sdtriton.perf.in_process import ZeroTimeUNet, run_closed_loop
 from sdtriton.perf.runner import (
     Deadline,
@@ -59,6 +61,7 @@ from sdtriton.perf.simulated import simulated_repository
 from sdtriton.perf.variants import engine_limits_of, engine_variant
 from sdtriton.perf.workload import RequestSpec, load_input_data
 from sdtriton.server import TritonServer
+from sdtriton.serving.engine import EngineLimits
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +69,6 @@ logger = logging.getLogger(__name__)
 _SERVER_START_S = 30.0
 # Requests of a fresh server's warm-up, sent one at a time before it is measured.
 _WARMUP_REQUESTS = 2
-# The plain loop's runs when the profile has no ceiling section (it still sizes the time estimates).
-_PLAIN_LOOP_RUNS = 3
 
 
 class _CpuMeter:
@@ -120,6 +121,8 @@ class _EngineRun:
         self.skipped: list[str] = []
         self.server_version = "not started"
         self.image_s = 1.0  # the plain loop's seconds an image, once timed: sizes the estimates
+        self.served: baselines.ServedFiles | None = None
+        self.limits = EngineLimits()
 
     def fits(self, section: str, estimate_s: float) -> bool:
         """Whether ``section`` fits in the time left; if not, it is named in the summary."""
@@ -156,81 +159,108 @@ class _EngineRun:
 
     # ---- in this process -------------------------------------------------------------------------------
 
-    def in_process(self, repository: Path) -> tuple[CeilingResult | None, tuple[InProcessRun, InProcessRun] | None]:
-        """The plain loop, the ceiling and the non-UNet parts, on one set of ONNX Runtime sessions."""
-        profile = self.profile
-        served = baselines.load_served_files(repository, gpu=self.options.gpu)
-        limits = engine_limits_of(repository)
-        ceiling_spec = profile.ceiling
-        plain_loop, _ = baselines.time_plain_loop(
-            served,
-            self.request,
-            runs=ceiling_spec.plain_loop_runs if ceiling_spec is not None else _PLAIN_LOOP_RUNS,
-            warmup_runs=ceiling_spec.plain_loop_warmup_runs if ceiling_spec is not None else 1,
+    def load_in_process(self, repository: Path) -> None:
+        """Loads the sessions the in-process runs share and warms them (and sizes the estimates)."""
+        self.served = baselines.load_served_files(repository, gpu=self.options.gpu)
+        self.limits = engine_limits_of(repository)
+        ceiling = self.profile.ceiling
+        warmup_runs = ceiling.plain_loop_warmup_runs if ceiling is not None else 1
+        sizing, _ = baselines.time_plain_loop(self.served, self.request, runs=1, warmup_runs=warmup_runs)
+        self.image_s = sizing.median_ms / 1000.0
+        if ceiling is not None and ceiling.warmup_requests:
+            self.in_process_run(ceiling.concurrency, ceiling.warmup_requests, description="in-process warm-up")
+
+    def in_process_run(
+        self, concurrency: int, requests: int, *, zero_time_unet: bool = False, description: str = "in-process"
+    ) -> InProcessRun:
+        served = self.served
+        return run_closed_loop(
+            config=served.config,
+            tokenizer=served.tokenizer,
+            networks=ZeroTimeUNet(served.networks) if zero_time_unet else served.networks,
+            limits=self.limits,
+            request=self.request,
+            concurrency=concurrency,
+            requests=requests,
+            description=description,
+            show_progress=self.show,
         )
-        self.image_s = plain_loop.median_ms / 1000.0
-        ceiling = None
-        if ceiling_spec is not None:
-            run = run_closed_loop(
-                config=served.config,
-                tokenizer=served.tokenizer,
-                networks=served.networks,
-                limits=limits,
-                request=self.request,
-                concurrency=ceiling_spec.concurrency,
-                requests=ceiling_spec.requests,
-                warmup_requests=ceiling_spec.warmup_requests,
-                description=f"ceiling: in-process engine, c={ceiling_spec.concurrency}",
-                show_progress=self.show,
-            )
-            logger.info(
-                "ceiling: %.2f images/s in-process at c=%d (%.1f UNet rows a call); plain loop %.1f ms an image",
-                run.images_per_s,
-                run.concurrency,
-                run.rows_per_unet_call,
-                plain_loop.median_ms,
-            )
-            ceiling = CeilingResult(in_process=run, plain_loop=plain_loop)
-        non_unet = None
-        if profile.simulated is not None:
-            spec = profile.simulated
-            low, high = (
-                run_closed_loop(
-                    config=served.config,
-                    tokenizer=served.tokenizer,
-                    networks=ZeroTimeUNet(served.networks),
-                    limits=limits,
-                    request=self.request,
-                    concurrency=concurrency,
-                    requests=max(spec.in_process_requests, concurrency),
-                    warmup_requests=concurrency,
-                    description=f"non-UNet parts, c={concurrency}",
-                    show_progress=self.show,
-                )
-                for concurrency in (spec.levels[0], spec.levels[-1])
-            )
-            non_unet = (low, high)
-        return ceiling, non_unet
 
     # ---- through a server ------------------------------------------------------------------------------
 
-    def levels(
-        self, server: TritonServer, variant: str, levels: tuple[int, ...], request_count: Callable[[int], int]
-    ) -> list[LevelResult]:
-        """One closed-loop level per concurrency: that many client threads over gRPC, the base request."""
-        results = []
-        for concurrency in levels:
-            per_client = -(-request_count(concurrency) // concurrency)
-            records, duration_s = run_classes(
-                server.address.grpc_url,
-                [ClientClass(variant, self.request, concurrency, per_client)],
-                load=f"{variant}_c{concurrency}",
-                show_progress=self.show,
-            )
-            level = LevelResult(variant=variant, concurrency=concurrency, records=tuple(records), duration_s=duration_s)
-            failures = _failures(records)
-            if failures is not None:
-                self.skipped.append(f"{variant} c={concurrency}: {failures}")
+    def load(self, server: TritonServer, variant: str, concurrency: int, requests: int) -> LevelResult:
+        """``concurrency`` client threads over gRPC sending the base request, ``requests`` in all (rounded up)."""
+        per_client = -(-requests // concurrency)
+        records, duration_s = run_classes(
+            server.address.grpc_url,
+            [ClientClass(variant, self.request, concurrency, per_client)],
+            load=f"{variant}_c{concurrency}",
+            show_progress=self.show,
+        )
+        failures = _failures(records)
+        if failures is not None:
+            self.skipped.append(f"{variant} c={concurrency}: {failures}")
+        return LevelResult(variant=variant, concurrency=concurrency, records=tuple(records), duration_s=duration_s)
+
+    def ceiling(self, server: TritonServer, spec: CeilingSpec) -> CeilingResult | None:
+        """In turns: in-process and served at the ceiling's concurrency, the plain loop and served at 1."""
+        in_process, served, served_one, plain, turn_ratios = [], [], [], [], []
+        per_turn = -(-spec.requests // spec.turns)
+        plain_per_turn = -(-spec.plain_loop_runs // spec.turns)
+        for turn in range(spec.turns):
+            run = self.in_process_run(spec.concurrency, per_turn, description=f"ceiling turn {turn + 1}: in-process")
+            level = self.load(server, CEILING_SERVED, spec.concurrency, per_turn)
+            timing, _ = baselines.time_plain_loop(self.served, self.request, runs=plain_per_turn, warmup_runs=0)
+            one = self.load(server, CEILING_SERVED, 1, plain_per_turn)
+            in_process.append(run)
+            served.append(level)
+            plain += timing.latencies_ms
+            served_one.append(one)
+            if level.completed:
+                turn_ratios.append(level.images_per_s / run.images_per_s)
+        served_level = LevelResult.merged(served)
+        served_one_level = LevelResult.merged(served_one)
+        if not served_level.completed or not served_one_level.completed:
+            self.skipped.append("ceiling: the server completed no request at one of its concurrencies")
+            return None
+        result = CeilingResult(
+            in_process=InProcessRun.merged(in_process),
+            served=served_level,
+            plain_loop=PathTiming(
+                path=baselines.ONNX_LOOP,
+                num_inference_steps=self.request.num_inference_steps,
+                latencies_ms=tuple(plain),
+            ),
+            served_one=served_one_level,
+            turn_ratios=tuple(turn_ratios),
+        )
+        logger.info(
+            "ceiling: %.2f images/s in-process at c=%d, %.2f served: %.3fx (turns %s); c1 %.1f ms served, plain loop "
+            "%.1f ms: %.3fx",
+            result.in_process.images_per_s,
+            spec.concurrency,
+            result.served.images_per_s,
+            result.served_over_ceiling,
+            ", ".join(f"{ratio:.3f}" for ratio in turn_ratios),
+            result.served_one.p50_ms,
+            result.plain_loop.median_ms,
+            result.one_over_plain_loop,
+        )
+        return result
+
+    def sweep(self, servers: dict[str, TritonServer], spec: SweepSpec) -> list[LevelResult]:
+        """Every level on every server, in turns: a drift of the machine's speed hits both variants alike."""
+        parts: dict[tuple[str, int], list[LevelResult]] = {}
+        for _ in range(spec.turns):
+            for concurrency in spec.levels:
+                requests = -(-spec.request_count(concurrency) // spec.turns)
+                for variant, server in servers.items():
+                    parts.setdefault((variant, concurrency), []).append(
+                        self.load(server, variant, concurrency, requests)
+                    )
+        levels = []
+        for (variant, concurrency), turns in parts.items():
+            level = LevelResult.merged(turns)
             if not level.completed:
                 continue
             logger.info(
@@ -241,11 +271,14 @@ class _EngineRun:
                 level.p50_ms,
                 level.p99_ms,
             )
-            results.append(level)
-        return results
+            levels.append(level)
+        return levels
 
     def sweep_estimate_s(self, spec: SweepSpec) -> float:
-        return _SERVER_START_S + sum(spec.request_count(level) for level in spec.levels) * self.image_s
+        return 2 * (_SERVER_START_S + sum(spec.request_count(level) for level in spec.levels) * self.image_s)
+
+    def ceiling_estimate_s(self, spec: CeilingSpec) -> float:
+        return 2 * (spec.requests + spec.plain_loop_runs) * self.image_s
 
     def mixed_estimate_s(self, spec: MixedSpec) -> float:
         # On this CPU a batched step costs about what its images cost one by one.
@@ -306,25 +339,38 @@ class _EngineRun:
         )
         return result
 
-    def simulated(
-        self, server: TritonServer, spec: SimulatedSpec, non_unet: tuple[InProcessRun, InProcessRun]
-    ) -> SimulatedResult | None:
-        points = self.levels(server, SIMULATED, spec.levels, spec.request_count)
-        by_level = {point.concurrency: point for point in points}
-        low, high = by_level.get(spec.levels[0]), by_level.get(spec.levels[-1])
+    def simulated(self, server: TritonServer, spec: SimulatedSpec) -> SimulatedResult | None:
+        """In turns: the non-UNet parts in-process, then the simulated server, at the lowest and highest level."""
+        low_c, high_c = spec.levels[0], spec.levels[-1]
+        in_process: dict[int, list[InProcessRun]] = {low_c: [], high_c: []}
+        parts: dict[int, list[LevelResult]] = {level: [] for level in spec.levels}
+        for _ in range(spec.turns):
+            for concurrency in spec.levels:
+                if concurrency in in_process:
+                    requests = max(-(-spec.in_process_requests // spec.turns), concurrency)
+                    in_process[concurrency].append(
+                        self.in_process_run(
+                            concurrency, requests, zero_time_unet=True, description=f"non-UNet parts, c={concurrency}"
+                        )
+                    )
+                requests = -(-spec.request_count(concurrency) // spec.turns)
+                parts[concurrency].append(self.load(server, SIMULATED, concurrency, requests))
+        points = [LevelResult.merged(turns) for turns in parts.values()]
+        by_level = {point.concurrency: point for point in points if point.completed}
+        low, high = by_level.get(low_c), by_level.get(high_c)
         if low is None or high is None:
-            self.skipped.append(f"{SIMULATED} accelerator: c={spec.levels[0]} or c={spec.levels[-1]} not measured")
+            self.skipped.append(f"{SIMULATED} accelerator: c={low_c} or c={high_c} completed no request")
             return None
-        low_run = non_unet[0]
+        low_run = InProcessRun.merged(in_process[low_c])
         result = SimulatedResult(
             latency=spec.latency,
             rows_per_image=round(low_run.unet_rows / low_run.unet_calls),
             unet_calls_per_image=low_run.unet_calls / low_run.requests,
             low=low,
             high=high,
-            points=tuple(points),
-            non_unet_low=non_unet[0],
-            non_unet_high=non_unet[1],
+            points=tuple(point for point in points if point.completed),
+            non_unet_low=low_run,
+            non_unet_high=InProcessRun.merged(in_process[high_c]),
         )
         logger.info(
             "SIMULATED %s: c%d/c%d = %.2fx measured, %.2fx allowed with the non-UNet parts (%.2fx UNet alone): %.1f%%",
@@ -354,8 +400,8 @@ def run_engine_perf(options: PerfOptions, profile: EngineProfile) -> tuple[Engin
     run = _EngineRun(options, profile, request)
     cpu = _CpuMeter()
     logger.info("engine profile %s: %s; time limit %.0f s", profile.name, profile.description, run.deadline.limit_s)
+    ceiling = mixed = burst = simulated = None
     sweep: list[LevelResult] = []
-    mixed = burst = simulated = None
     with work_folder(options.work_dir) as work_dir:
         model_dir = ensure_model(options.model_dir, profile.model, work_dir)
         repository = ensure_repository(
@@ -368,33 +414,36 @@ def run_engine_perf(options: PerfOptions, profile: EngineProfile) -> tuple[Engin
             on_repository = engine_variant(
                 repository, _fresh(variants / BATCHING_ON), max_running_images=sweep_spec.batching_on
             )
+        # The in-process sessions stay loaded, idle while a server is measured: the two sides of (a) and the
+        # non-UNet parts of (e) are measured in turns with the server loads they are compared with.
+        run.load_in_process(on_repository)
 
-        ceiling, non_unet = run.in_process(on_repository)
-        gc.collect()  # the in-process sessions go before any server loads its own
-
-        if sweep_spec is not None or profile.mixed is not None:
-            estimate_s = run.sweep_estimate_s(sweep_spec) if sweep_spec is not None else _SERVER_START_S
-            if run.fits("batching-on server", estimate_s):
-                with run.server(on_repository, BATCHING_ON) as server:
-                    if sweep_spec is not None:
-                        sweep += run.levels(server, BATCHING_ON, sweep_spec.levels, sweep_spec.request_count)
-                    if profile.mixed is not None and run.fits("mixed steps", run.mixed_estimate_s(profile.mixed)):
-                        mixed = run.mixed(server, profile.mixed)
-        if sweep_spec is not None and run.fits("batching-off server", run.sweep_estimate_s(sweep_spec)):
-            off_repository = engine_variant(
-                on_repository, _fresh(variants / BATCHING_OFF), max_running_images=sweep_spec.batching_off
-            )
-            with run.server(off_repository, BATCHING_OFF) as server:
-                sweep += run.levels(server, BATCHING_OFF, sweep_spec.levels, sweep_spec.request_count)
+        if profile.ceiling is not None or sweep_spec is not None or profile.mixed is not None:
+            with ExitStack() as stack:
+                servers = {BATCHING_ON: stack.enter_context(run.server(on_repository, BATCHING_ON))}
+                if sweep_spec is not None and run.fits("batching-off server", run.sweep_estimate_s(sweep_spec)):
+                    off_repository = engine_variant(
+                        on_repository, _fresh(variants / BATCHING_OFF), max_running_images=sweep_spec.batching_off
+                    )
+                    servers[BATCHING_OFF] = stack.enter_context(run.server(off_repository, BATCHING_OFF))
+                on_server = servers[BATCHING_ON]
+                if profile.ceiling is not None and run.fits("ceiling", run.ceiling_estimate_s(profile.ceiling)):
+                    ceiling = run.ceiling(on_server, profile.ceiling)
+                if BATCHING_OFF in servers:
+                    sweep = run.sweep(servers, sweep_spec)
+                if profile.mixed is not None and run.fits("mixed steps", run.mixed_estimate_s(profile.mixed)):
+                    mixed = run.mixed(on_server, profile.mixed)
         burst_spec = profile.burst
-        if burst_spec is not None and run.fits(BURST, _SERVER_START_S + burst_spec.max_pending_requests * run.image_s):
+        if burst_spec is not None and run.fits(
+            BURST, _SERVER_START_S + (1 + burst_spec.warmup_bursts) * burst_spec.max_pending_requests * run.image_s
+        ):
             burst_repository = engine_variant(
                 on_repository, _fresh(variants / BURST), max_pending_requests=burst_spec.max_pending_requests
             )
             with run.server(burst_repository, BURST) as server:
                 burst = run.burst(server, burst_spec)
         simulated_spec = profile.simulated
-        if simulated_spec is not None and non_unet is not None:
+        if simulated_spec is not None:
             requests = sum(simulated_spec.request_count(level) for level in simulated_spec.levels)
             # The stand-in UNet sleeps: a simulated request costs less of this CPU than a real one.
             if run.fits(f"{SIMULATED} accelerator", _SERVER_START_S + requests * run.image_s / 2):
@@ -402,9 +451,11 @@ def run_engine_perf(options: PerfOptions, profile: EngineProfile) -> tuple[Engin
                     on_repository, _fresh(variants / SIMULATED), simulated_spec.latency
                 )
                 with run.server(simulated_repo, SIMULATED) as server:
-                    simulated = run.simulated(server, simulated_spec, non_unet)
+                    simulated = run.simulated(server, simulated_spec)
+        run.served = None  # the in-process sessions go
+        gc.collect()
     if profile.ceiling is None:
-        run.skipped.append("ceiling: not in this profile (the plain loop still timed the request)")
+        run.skipped.append("ceiling: not in this profile")
     result = EngineResult(
         profile=profile.name,
         machine=machine_info(

@@ -30,13 +30,19 @@ DEFAULT_SIMULATED_LATENCY = SimulatedLatency(fixed_ms=10.0, per_item_ms=2.0)
 class CeilingSpec:
     """(a) The engine in-process over ONNX Runtime (no Triton) against Triton on the same requests.
 
+    Both sides run in turns while the batching-on server is up (idle when not measured): in-process at
+    ``concurrency``, served at ``concurrency``, plain loop, served at concurrency 1, again, so that a drift of
+    this machine's speed hits both sides of each ratio alike.
+
     Attributes:
         concurrency: requests kept in the in-process engine at once (a closed loop), the served
             concurrency it is compared with; the UNet then runs at the same batch in both.
-        requests: requests timed in the in-process closed loop.
-        warmup_requests: requests run first, untimed.
-        plain_loop_runs: timed runs of the plain loop (one image at a time), the concurrency-1 reference.
-        plain_loop_warmup_runs: its untimed runs first.
+        requests: requests timed at ``concurrency`` on each side, over all turns.
+        warmup_requests: in-process requests run first, untimed.
+        plain_loop_runs: timed runs of the plain loop (one image at a time), and served requests at
+            concurrency 1, over all turns.
+        plain_loop_warmup_runs: the plain loop's untimed runs first.
+        turns: turns the measurements are split into.
     """
 
     concurrency: int = 8
@@ -44,18 +50,22 @@ class CeilingSpec:
     warmup_requests: int = 8
     plain_loop_runs: int = 10
     plain_loop_warmup_runs: int = 2
+    turns: int = 2
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """(b) perf_analyzer over gRPC at each concurrency, with step batching on and off.
+    """(b) Client threads over gRPC at each concurrency, with step batching on and off.
+
+    Both servers are up together; each level runs on one, then the other, in ``turns`` turns.
 
     Attributes:
         levels: concurrencies, in increasing order.
         batching_on: ``max_running_images`` of the batching-on repository.
         batching_off: ``max_running_images`` of the batching-off repository (1: one image per UNet call).
-        min_requests: requests of every level at least.
+        min_requests: requests of every level at least (over all turns).
         requests_per_concurrency: ``concurrency x this`` requests when more than the minimum.
+        turns: turns the levels are split into.
     """
 
     levels: tuple[int, ...] = (1, 2, 4, 8)
@@ -63,6 +73,7 @@ class SweepSpec:
     batching_off: int = 1
     min_requests: int = 12
     requests_per_concurrency: int = 6
+    turns: int = 2
 
     def request_count(self, concurrency: int) -> int:
         return max(self.min_requests, concurrency * self.requests_per_concurrency)
@@ -119,8 +130,9 @@ class SimulatedSpec:
         levels: concurrencies; the first and the last give the scaling ratio.
         min_requests: requests of every level at least.
         requests_per_concurrency: ``concurrency x this`` requests when more than the minimum.
-        in_process_requests: requests of each in-process run that measures the non-UNet parts (the engine
-            over ONNX Runtime with a UNet that takes no time) at the first and the last level.
+        in_process_requests: requests of the in-process runs that measure the non-UNet parts (the engine
+            over ONNX Runtime with a UNet that takes no time) at the first and the last level, over all turns.
+        turns: turns the levels (in-process, then served) are split into.
     """
 
     latency: SimulatedLatency = DEFAULT_SIMULATED_LATENCY
@@ -128,6 +140,7 @@ class SimulatedSpec:
     min_requests: int = 16
     requests_per_concurrency: int = 8
     in_process_requests: int = 16
+    turns: int = 2
 
     def request_count(self, concurrency: int) -> int:
         return max(self.min_requests, concurrency * self.requests_per_concurrency)

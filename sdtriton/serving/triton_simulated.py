@@ -1,9 +1,8 @@
 """Triton adapter of the simulated UNet (:mod:`sdtriton.perf.simulated`): sleeps as a GPU would compute.
 
-A simulated repository's ``unet/1/model.py`` re-exports :class:`SimulatedUNetModel`. It touches
-``triton_python_backend_utils`` and nothing else; the latency model and the request checks are pure code.
-It does not import :mod:`sdtriton.serving.triton_models`, so that it loads whatever state the adapters of
-the real models are in.
+A simulated repository's ``unet/1/model.py`` re-exports :class:`SimulatedUNetModel`, a thin adapter beside
+those of :mod:`sdtriton.serving.triton_models` (whose logging and error helpers it shares); the latency model
+and the request checks are pure code.
 """
 
 from __future__ import annotations
@@ -20,17 +19,9 @@ from sdtriton.components import UNET
 from sdtriton.perf.simulated import SimulatedLatency, checked_sample, latency_from_parameters, zero_noise_pred
 from sdtriton.serving.batching import to_spec_rank
 from sdtriton.serving.errors import InvalidInputError
+from sdtriton.serving.triton_models import _error_response, _logger
 
 (_NOISE_PRED,) = UNET.outputs
-
-
-def _logger() -> Any:
-    # pb_utils.Logger is bound by the stub after import (it is absent while configs auto-complete).
-    return pb_utils.Logger
-
-
-def _error_response(message: str, code: int) -> Any:
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
 
 
 def _read_inputs(request: Any) -> dict[str, np.ndarray | None]:

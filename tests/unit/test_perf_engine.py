@@ -15,6 +15,7 @@ from sdtriton.perf.engine_report import engine_headline, summary_markdown, write
 from sdtriton.perf.engine_results import (
     BATCHING_OFF,
     BATCHING_ON,
+    CEILING_SERVED,
     LONG,
     SHORT,
     SIMULATED,
@@ -216,7 +217,12 @@ def _result() -> EngineResult:
         input_data="default_fixed.json",
         ceiling=CeilingResult(
             in_process=InProcessRun(concurrency=8, requests=32, elapsed_s=10.0, unet_calls=80, unet_rows=1280),
+            served=LevelResult.merged(
+                [_level(CEILING_SERVED, 8, [3000.0] * 16, 6.0), _level(CEILING_SERVED, 8, [3000.0] * 16, 6.0)]
+            ),
             plain_loop=plain,
+            served_one=_level(CEILING_SERVED, 1, [400.0] * 10, 4.0),
+            turn_ratios=(0.833, 0.833),
         ),
         sweep=(*on, *off),
         mixed=mixed,
@@ -229,8 +235,9 @@ def _result() -> EngineResult:
 
 def test_served_ratios_and_on_off_ratios() -> None:
     result = _result()
-    assert result.served_over_ceiling == pytest.approx((64 / 24.0) / 3.2)
+    assert result.served_over_ceiling == pytest.approx((32 / 12.0) / 3.2)
     assert result.c1_over_plain_loop == pytest.approx(400.0 / 390.0)
+    assert result.ceiling is not None and len(result.ceiling.served.records) == 32
     assert result.on_off_ratios() == [(1, pytest.approx(2.5 / (16 / 6.2))), (8, pytest.approx((64 / 24) / 2.0))]
     assert result.mixed is not None and result.mixed.short_p99_ratio == pytest.approx(
         percentile([1000, 1500], 99) / 1000
@@ -268,6 +275,7 @@ def test_reports_label_the_simulated_results(tmp_path: Path) -> None:
     assert {row["simulated"] for row in rows if row["section"] == "simulated"} == {"True"}
     assert {row["simulated"] for row in rows if row["section"] != "simulated"} == {"False"}
     assert [row["images_per_s"] for row in rows if row["variant"] == BATCHING_ON] == ["2.500", "2.667"]
+    assert [row["images_per_s"] for row in rows if row["variant"] == CEILING_SERVED] == ["2.500", "2.667"]
     with files["goals_csv"].open() as file:
         goals = list(csv.DictReader(file))
     assert [goal["simulated"] for goal in goals if "SIMULATED" in goal["measure"]] == ["True", "True"]
@@ -429,3 +437,19 @@ def test_engine_variant_changes_the_pipelines_limits_only(tmp_path: Path) -> Non
         engine_variant(source, tmp_path / "more", max_running_images=16)
     with pytest.raises(FileExistsError):
         engine_variant(source, variant, max_running_images=2)
+
+
+def test_turns_merge_into_one_level_and_one_run() -> None:
+    first, second = _level(BATCHING_ON, 2, [100.0, 300.0], 1.0), _level(BATCHING_ON, 2, [200.0, 200.0], 3.0)
+    merged = LevelResult.merged([first, second])
+    assert (merged.completed, merged.duration_s, merged.images_per_s, merged.p50_ms) == (4, 4.0, 1.0, 200.0)
+    with pytest.raises(ValueError, match="one variant"):
+        LevelResult.merged([first, _level(BATCHING_OFF, 2, [1.0], 1.0)])
+    runs = [
+        InProcessRun(concurrency=8, requests=8, elapsed_s=2.0, unet_calls=20, unet_rows=320),
+        InProcessRun(concurrency=8, requests=16, elapsed_s=6.0, unet_calls=40, unet_rows=640),
+    ]
+    run = InProcessRun.merged(runs)
+    assert (run.requests, run.elapsed_s, run.images_per_s, run.rows_per_unet_call) == (24, 8.0, 3.0, 16.0)
+    with pytest.raises(ValueError, match="one concurrency"):
+        InProcessRun.merged([runs[0], dataclasses.replace(runs[1], concurrency=1)])
