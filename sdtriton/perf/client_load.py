@@ -31,16 +31,19 @@ class ClientClass:
         request: what each of them sends.
         clients: threads.
         requests_per_client: requests each thread sends; None: until every bounded class is done.
+        timeout_s: each request's time budget (the server ends it, the client gives up a little later); a
+            request whose answer is lost then fails instead of holding its thread for ever. None: no budget.
     """
 
     name: str
     request: RequestSpec
     clients: int
     requests_per_client: int | None
+    timeout_s: float | None = None
 
 
-def _connected_client(url: str) -> StableDiffusionClient:
-    client = StableDiffusionClient(url)
+def _connected_client(url: str, timeout_s: float | None) -> StableDiffusionClient:
+    client = StableDiffusionClient(url, timeout_s=timeout_s)
     deadline = time.monotonic() + _CONNECT_TIMEOUT_S
     while not client.is_ready():
         if time.monotonic() > deadline:
@@ -70,11 +73,11 @@ def _send(client: StableDiffusionClient, request: RequestSpec) -> tuple[Outcome,
     return Outcome.OK, "", ""
 
 
-def _connected_clients(url: str, count: int) -> list[StableDiffusionClient]:
+def _connected_clients(url: str, timeouts_s: Sequence[float | None]) -> list[StableDiffusionClient]:
     clients: list[StableDiffusionClient] = []
     try:
-        for _ in range(count):
-            clients.append(_connected_client(url))
+        for timeout_s in timeouts_s:
+            clients.append(_connected_client(url, timeout_s))
     except BaseException:
         for client in clients:
             client.close()
@@ -94,7 +97,7 @@ def run_classes(
     if not bounded:
         raise ValueError("at least one class needs requests_per_client")
     threads_of = [(c, index) for c in classes for index in range(c.clients)]
-    clients = _connected_clients(url, len(threads_of))
+    clients = _connected_clients(url, [c.timeout_s for c, _ in threads_of])
     records: list[RequestRecord] = []
     lock = threading.Lock()
     bounded_left = threading.Semaphore(0)
@@ -162,10 +165,16 @@ def run_classes(
 
 
 def run_burst(
-    url: str, request: RequestSpec, *, count: int, load: str = BURST, show_progress: bool = True
+    url: str,
+    request: RequestSpec,
+    *,
+    count: int,
+    timeout_s: float | None = None,
+    load: str = BURST,
+    show_progress: bool = True,
 ) -> list[RequestRecord]:
     """Sends ``count`` requests at once (threads released together); returns one record each, by start time."""
-    clients = _connected_clients(url, count)
+    clients = _connected_clients(url, [timeout_s] * count)
     release = threading.Barrier(count)
     records: list[RequestRecord] = []
     lock = threading.Lock()

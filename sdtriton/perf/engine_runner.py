@@ -69,6 +69,10 @@ logger = logging.getLogger(__name__)
 _SERVER_START_S = 30.0
 # Requests of a fresh server's warm-up, sent one at a time before it is measured.
 _WARMUP_REQUESTS = 2
+# Each client request's time budget: this many times what it should take here (its steps at the plain loop's
+# speed, times the images it shares the CPU with), and at least the minimum. Only a lost answer comes near it.
+_TIMEOUT_FACTOR = 10.0
+_MIN_TIMEOUT_S = 60.0
 
 
 class _CpuMeter:
@@ -123,6 +127,11 @@ class _EngineRun:
         self.image_s = 1.0  # the plain loop's seconds an image, once timed: sizes the estimates
         self.served: baselines.ServedFiles | None = None
         self.limits = EngineLimits()
+
+    def timeout_s(self, steps: int, concurrency: int) -> float:
+        """A request's time budget at ``concurrency``: generous, so that only a lost answer reaches it."""
+        expected_s = self.image_s * steps / self.request.num_inference_steps * concurrency
+        return max(_MIN_TIMEOUT_S, _TIMEOUT_FACTOR * expected_s)
 
     def fits(self, section: str, estimate_s: float) -> bool:
         """Whether ``section`` fits in the time left; if not, it is named in the summary."""
@@ -193,7 +202,15 @@ class _EngineRun:
         per_client = -(-requests // concurrency)
         records, duration_s = run_classes(
             server.address.grpc_url,
-            [ClientClass(variant, self.request, concurrency, per_client)],
+            [
+                ClientClass(
+                    variant,
+                    self.request,
+                    concurrency,
+                    per_client,
+                    timeout_s=self.timeout_s(self.request.num_inference_steps, concurrency),
+                )
+            ],
             load=f"{variant}_c{concurrency}",
             show_progress=self.show,
         )
@@ -292,14 +309,19 @@ class _EngineRun:
         long = self.request.with_steps(spec.long_steps)
         # The reference first: the same concurrency, every client short.
         per_client = -(-spec.short_only_requests // spec.concurrency)
+        short_timeout_s = self.timeout_s(spec.short_steps, spec.concurrency)
+        long_timeout_s = self.timeout_s(spec.long_steps, spec.concurrency)
         short_only, short_only_s = run_classes(
-            url, [ClientClass(SHORT, short, spec.concurrency, per_client)], load="short_only", show_progress=self.show
+            url,
+            [ClientClass(SHORT, short, spec.concurrency, per_client, timeout_s=short_timeout_s)],
+            load="short_only",
+            show_progress=self.show,
         )
         mixed, mixed_s = run_classes(
             url,
             [
-                ClientClass(SHORT, short, spec.short_clients, None),
-                ClientClass(LONG, long, spec.long_clients, spec.long_requests_per_client),
+                ClientClass(SHORT, short, spec.short_clients, None, timeout_s=short_timeout_s),
+                ClientClass(LONG, long, spec.long_clients, spec.long_requests_per_client, timeout_s=long_timeout_s),
             ],
             load="mixed",
             show_progress=self.show,
@@ -320,10 +342,13 @@ class _EngineRun:
 
     def burst(self, server: TritonServer, spec: BurstSpec) -> BurstResult:
         url = server.address.grpc_url
+        timeout_s = self.timeout_s(self.request.num_inference_steps, spec.max_pending_requests)
         warmup = []
         for _ in range(spec.warmup_bursts):
-            warmup += run_burst(url, self.request, count=spec.requests, load=BURST_WARMUP, show_progress=self.show)
-        records = run_burst(url, self.request, count=spec.requests, show_progress=self.show)
+            warmup += run_burst(
+                url, self.request, count=spec.requests, timeout_s=timeout_s, load=BURST_WARMUP, show_progress=self.show
+            )
+        records = run_burst(url, self.request, count=spec.requests, timeout_s=timeout_s, show_progress=self.show)
         failures = _failures([*warmup, *records])
         if failures is not None:
             self.skipped.append(f"burst: {failures}")
