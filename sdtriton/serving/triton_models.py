@@ -396,13 +396,26 @@ class EntryModel:
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
             key = secrets.randbits(63)
+            # Everything read from the request is read here, before execute returns: its tensors are copied,
+            # so the forwarding thread touches only its response sender (and the watcher is_cancelled()).
+            try:
+                forwarded = self._pipeline_request(request, key)
+            except Exception:
+                _logger().log_error(f"{self.model_name}: request failed\n{traceback.format_exc()}")
+                message = f"{self.model_name}: internal error (see the server log)"
+                request.get_response_sender().send(
+                    _error_response(message, pb_utils.TritonError.INTERNAL),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                )
+                continue
+            sender = request.get_response_sender()
             with self._lock:
                 self._in_flight[key] = request
-            self._executor.submit(self._forward, request, key)
+            self._executor.submit(self._forward, forwarded, sender, key)
         return None
 
     def _pipeline_request(self, request: Any, key: int) -> Any:
-        inputs = list(request.inputs())
+        inputs = [pb_utils.Tensor(tensor.name(), np.array(tensor.as_numpy(), copy=True)) for tensor in request.inputs()]
         items = inputs[0].as_numpy().shape[0] if inputs else 1
         inputs.append(pb_utils.Tensor(interface.REQUEST_KEY.name, np.full((items, 1), key, dtype=np.int64)))
         inputs.append(pb_utils.Tensor(interface.SEND_PROGRESS.name, np.full((items, 1), self.stream, dtype=bool)))
@@ -414,10 +427,9 @@ class EntryModel:
             trace=request.trace(),
         )
 
-    def _forward(self, request: Any, key: int) -> None:
-        sender = request.get_response_sender()
+    def _forward(self, forwarded: Any, sender: Any, key: int) -> None:
         try:
-            final = self._relay(request, key, sender)
+            final = self._relay(forwarded, sender)
         except Exception:
             _logger().log_error(f"{self.model_name}: request failed\n{traceback.format_exc()}")
             final = _error_response(
@@ -430,9 +442,9 @@ class EntryModel:
             self._cancel_sent.discard(key)
         sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-    def _relay(self, request: Any, key: int, sender: Any) -> Any:
+    def _relay(self, forwarded: Any, sender: Any) -> Any:
         """Forwards the pipeline's progress (the stream) and returns the final response: image or error."""
-        for response in self._pipeline_request(request, key).exec(decoupled=True):
+        for response in forwarded.exec(decoupled=True):
             if response.has_error():
                 error = response.error()
                 return _error_response(error.message(), error.code())
