@@ -290,13 +290,16 @@ class _StreamSink:
 
 
 def _engine_limits(model_config: dict[str, Any]) -> Any:
+    """EngineLimits from the config's parameters, each named as its field; an absent one keeps its default."""
+    import dataclasses
+
     from sdtriton.serving.engine import EngineLimits
 
     defaults = EngineLimits()
     return EngineLimits(
         **{
-            name: _int_parameter(model_config, name, getattr(defaults, name))
-            for name in ("max_running_images", "max_pending_requests", "max_unet_rows", "max_text_rows", "max_vae_rows")
+            field.name: _int_parameter(model_config, field.name, getattr(defaults, field.name))
+            for field in dataclasses.fields(EngineLimits)
         }
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from sdtriton import interface
 from sdtriton.components import COMPONENTS
 from sdtriton.export.configs import (
     CONFIG_FILE_NAME,
+    ENGINE_PARAMETERS,
     MODEL_FILE_NAME,
     MODEL_VERSION,
     ComponentBackend,
@@ -21,6 +23,7 @@ from sdtriton.export.configs import (
     render_all_configs,
 )
 from sdtriton.export.repository import load_source_pipeline, pipeline_config_of
+from sdtriton.serving.engine import EngineLimits
 
 COMMITTED_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 EXPECTED_MODELS = {"text_encoder", "unet", "vae_decoder", "pipeline", "stable_diffusion", "stable_diffusion_stream"}
@@ -87,6 +90,9 @@ def test_entries_expose_the_public_interface_and_the_pipeline_takes_both(default
     assert {i.name for i in pipeline.input} >= {i.name for i in stream.input}
     assert all(i.optional for i in pipeline.input)
     assert pipeline.parameters["max_running_images"].string_value == "4"
+    # Every engine limit is set by the export, under its field's name.
+    assert set(ENGINE_PARAMETERS) == {field.name for field in dataclasses.fields(EngineLimits)}
+    assert set(ENGINE_PARAMETERS) <= set(pipeline.parameters)
     # A network call holds every running image, two rows each with guidance.
     assert configs["unet"].max_batch_size == int(pipeline.parameters["max_unet_rows"].string_value) == 16
 
