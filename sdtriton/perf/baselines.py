@@ -384,13 +384,7 @@ class TritonPath:
         inputs = build_inputs(
             self._triton,
             [request.prompt],
-            negative_prompt=request.negative_prompt,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            seed=request.seed,
-            width=request.width,
-            height=request.height,
-            scheduler=request.scheduler,
+            **request.client_parameters(),
         )
         outputs = requested_outputs(self._triton)
 

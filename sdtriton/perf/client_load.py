@@ -58,13 +58,7 @@ def _send(client: StableDiffusionClient, request: RequestSpec) -> tuple[Outcome,
     try:
         client.generate(
             request.prompt,
-            negative_prompt=request.negative_prompt,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            seed=request.seed,
-            width=request.width,
-            height=request.height,
-            scheduler=request.scheduler,
+            **request.client_parameters(),
         )
     except SdTritonError as error:
         return classify_error(str(error)), str(error), type(error).__name__

@@ -54,6 +54,10 @@ class RequestSpec:
     height: int
     scheduler: str
 
+    def client_parameters(self) -> dict[str, Any]:
+        """Every public input but the prompt, as keywords of ``StableDiffusionClient.generate``/``build_inputs``."""
+        return {tensor.name: getattr(self, tensor.name) for tensor in interface.PUBLIC_INPUTS[1:]}
+
     def to_input_data_entry(self) -> dict[str, dict[str, list[Any]]]:
         """One ``data`` entry of a perf_analyzer input-data file: each input as a ``[1]`` item."""
         return {
