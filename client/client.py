@@ -283,6 +283,7 @@ class StableDiffusionClient:
         width: int | None = None,
         height: int | None = None,
         scheduler: str | Sequence[str] | None = None,
+        refiner_fraction: float | Sequence[float] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         preview_every: int | None = None,
     ) -> GenerationResult:
@@ -292,6 +293,7 @@ class StableDiffusionClient:
         on the server, which stops its work at the next denoising step.
 
         Args:
+            refiner_fraction: SDXL with a refiner: the share of the denoising the refiner does (0 or None: off).
             on_progress: called after every denoising step with a :class:`Progress` (gRPC streaming only).
             preview_every: with ``on_progress``, a cheap preview of each image every this many steps.
 
@@ -310,6 +312,7 @@ class StableDiffusionClient:
             "width": width,
             "height": height,
             "scheduler": scheduler,
+            "refiner_fraction": refiner_fraction,
         }
         if on_progress is not None or preview_every:
             for event in self.stream(prompt, preview_every=preview_every, **parameters):
@@ -456,6 +459,7 @@ class AsyncStableDiffusionClient:
         width: int | None = None,
         height: int | None = None,
         scheduler: str | Sequence[str] | None = None,
+        refiner_fraction: float | Sequence[float] | None = None,
     ) -> GenerationResult:
         """See :meth:`StableDiffusionClient.generate`."""
         inputs, kwargs = _prepare(
@@ -470,6 +474,7 @@ class AsyncStableDiffusionClient:
             width=width,
             height=height,
             scheduler=scheduler,
+            refiner_fraction=refiner_fraction,
         )
         try:
             result = await self._client.infer(self.model_name, inputs, **kwargs)

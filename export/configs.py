@@ -16,7 +16,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sdtriton import interface
-from sdtriton.components import COMPONENTS, ONNX_FILE_NAME, TENSORRT_PLAN_FILE_NAME, ComponentSpec
+from sdtriton.components import (
+    COMPONENT_FAMILY_PARAMETER,
+    FAMILY_COMPONENTS,
+    ONNX_FILE_NAME,
+    TENSORRT_PLAN_FILE_NAME,
+    ComponentSpec,
+    components_of,
+)
 from sdtriton.interface import PublicTensor
 from sdtriton.pipeline_config import PipelineConfig
 
@@ -29,7 +36,7 @@ _PYTHON_MODEL_CLASSES = {
     PIPELINE_MODEL_NAME: "PipelineModel",
     interface.ENTRY_MODEL_NAME: "EntryModel",
     interface.STREAM_ENTRY_MODEL_NAME: "EntryModel",
-    **{name: "OnnxComponentModel" for name in COMPONENTS},
+    **{name: "OnnxComponentModel" for specs in FAMILY_COMPONENTS.values() for name in specs},
 }
 _DATA_TYPES = {
     "BOOL": mc.TYPE_BOOL,
@@ -154,6 +161,8 @@ def render_component_config(
     kind = mc.ModelInstanceGroup.KIND_GPU if options.gpu else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=1, kind=kind)
     config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    # The family says which spec of this name the model serves (an SDXL text_encoder is not SD's).
+    config.parameters[COMPONENT_FAMILY_PARAMETER].string_value = pipeline_config.family
     return config
 
 
@@ -164,7 +173,7 @@ def render_all_configs(pipeline_config: PipelineConfig, options: RenderOptions) 
         interface.ENTRY_MODEL_NAME: render_entry_config(options, stream=False),
         interface.STREAM_ENTRY_MODEL_NAME: render_entry_config(options, stream=True),
     }
-    for spec in COMPONENTS.values():
+    for spec in components_of(pipeline_config):
         configs[spec.model_name] = render_component_config(spec, pipeline_config, options)
     return configs
 

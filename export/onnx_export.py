@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
-from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec
+from sdtriton.components import VAE_DECODER, ComponentSpec, components_of
 from sdtriton.pipeline_config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,21 @@ class _TextEncoderLastHiddenState(torch.nn.Module):
         return self.text_encoder(input_ids, return_dict=False)[0]
 
 
+class _TextEncoderPenultimate(torch.nn.Module):
+    """SDXL's text encoders as diffusers' ``encode_prompt`` reads them: the penultimate hidden state, and for the
+    second encoder (``CLIPTextModelWithProjection``) its projected pooled output too."""
+
+    def __init__(self, text_encoder: torch.nn.Module, *, pooled: bool) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.pooled = pooled
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        output = self.text_encoder(input_ids, output_hidden_states=True)
+        penultimate = output.hidden_states[-2]
+        return (penultimate, output[0]) if self.pooled else penultimate
+
+
 class _UNetNoisePrediction(torch.nn.Module):
     def __init__(self, unet: torch.nn.Module) -> None:
         super().__init__()
@@ -51,6 +66,27 @@ class _UNetNoisePrediction(torch.nn.Module):
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+
+class _SdxlUNetNoisePrediction(torch.nn.Module):
+    """An SDXL UNet (base or refiner): text_embeds and time_ids as its ``added_cond_kwargs``."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        text_embeds: torch.Tensor,
+        time_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(
+            sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+        )[0]
 
 
 class _VaeDecode(torch.nn.Module):
@@ -70,16 +106,22 @@ class ExportResult:
 
 
 def example_inputs(
-    spec: ComponentSpec, config: PipelineConfig, *, batch_size: int = 2, seed: int = 0
+    spec: ComponentSpec, config: PipelineConfig, *, batch_size: int = 2, seed: int = 0, vocab_size: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Example inputs of a component at the model's default size (batch 2 keeps the batch axis dynamic)."""
+    """Example inputs of a component at the model's default size (batch 2 keeps the batch axis dynamic).
+
+    Args:
+        vocab_size: a text encoder's vocabulary size (its token ids are drawn below it); required for one.
+    """
     rng = np.random.default_rng(seed)
     inputs: dict[str, np.ndarray] = {}
     for tensor in spec.inputs:
         opt_shape = tensor.shape_range(config, max_batch_size=batch_size)[1]
         shape = (batch_size, *opt_shape[1:])
         if tensor.triton_dtype == "INT64":
-            inputs[tensor.name] = rng.integers(0, 49407, size=shape, dtype=np.int64)
+            if vocab_size is None:
+                raise ValueError(f"{spec.model_name}: example token ids need the text encoder's vocab_size")
+            inputs[tensor.name] = rng.integers(0, vocab_size, size=shape, dtype=np.int64)
         elif tensor.name == "timestep":
             inputs[tensor.name] = np.full(shape, 500.0, dtype=np.float32)
         else:
@@ -94,8 +136,9 @@ def _export_module(
     output_path: Path,
     *,
     check_atol: float,
+    vocab_size: int | None = None,
 ) -> ExportResult:
-    inputs = example_inputs(spec, config)
+    inputs = example_inputs(spec, config, vocab_size=vocab_size)
     torch_inputs = tuple(torch.from_numpy(inputs[name]) for name in spec.input_names)
     dynamic_axes = {tensor.name: tensor.onnx_dynamic_axes() for tensor in (*spec.inputs, *spec.outputs)}
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,11 +157,12 @@ def _export_module(
                 do_constant_folding=True,
                 dynamo=False,
             )
-            expected = module(*torch_inputs).numpy()
+            expected = module(*torch_inputs)
         _save_whole(scratch_path, output_path)
+    expected = expected if isinstance(expected, tuple) else (expected,)
     session = ort.InferenceSession(str(output_path), providers=["CPUExecutionProvider"])
-    (actual,) = session.run(spec.output_names, inputs)
-    max_abs_error = float(np.max(np.abs(actual - expected)))
+    actual = session.run(spec.output_names, inputs)
+    max_abs_error = max(float(np.max(np.abs(a - e.numpy()))) for a, e in zip(actual, expected, strict=True))
     if not max_abs_error <= check_atol:
         raise RuntimeError(
             f"{spec.model_name}: ONNX Runtime differs from torch by {max_abs_error:.3g} (allowed {check_atol:g})"
@@ -146,22 +190,42 @@ def _save_whole(exported_path: Path, output_path: Path) -> None:
     )
 
 
+def _modules(pipeline: DiffusionPipeline, config: PipelineConfig, refiner: DiffusionPipeline | None) -> list:
+    """(spec, module, vocab size or None) of every component of the config's family, in call order."""
+    specs = {spec.model_name: spec for spec in components_of(config)}
+    vae = (specs[VAE_DECODER.model_name], _VaeDecode(pipeline.vae), None)
+    if config.sdxl is None:
+        encoder = pipeline.text_encoder
+        return [
+            (specs["text_encoder"], _TextEncoderLastHiddenState(encoder), encoder.config.vocab_size),
+            (specs["unet"], _UNetNoisePrediction(pipeline.unet), None),
+            vae,
+        ]
+    first, second = pipeline.text_encoder, pipeline.text_encoder_2
+    modules = [
+        (specs["text_encoder"], _TextEncoderPenultimate(first, pooled=False), first.config.vocab_size),
+        (specs["text_encoder_2"], _TextEncoderPenultimate(second, pooled=True), second.config.vocab_size),
+        (specs["unet"], _SdxlUNetNoisePrediction(pipeline.unet), None),
+    ]
+    if refiner is not None:
+        modules.append((specs["refiner_unet"], _SdxlUNetNoisePrediction(refiner.unet), None))
+    return [*modules, vae]
+
+
 def export_components(
-    pipeline: StableDiffusionPipeline,
+    pipeline: DiffusionPipeline,
     config: PipelineConfig,
     path_for: Callable[[ComponentSpec], Path],
     *,
+    refiner: DiffusionPipeline | None = None,
     check_atol: float = DEFAULT_CHECK_ATOL,
     progress: Callable[[str], None] = lambda _name: None,
 ) -> list[ExportResult]:
-    """Exports the three networks; ``path_for`` says where each component's ONNX file goes."""
-    modules = (
-        (TEXT_ENCODER, _TextEncoderLastHiddenState(pipeline.text_encoder)),
-        (UNET, _UNetNoisePrediction(pipeline.unet)),
-        (VAE_DECODER, _VaeDecode(pipeline.vae)),
-    )
+    """Exports every network of the config's family; ``path_for`` says where each component's ONNX file goes."""
     results = []
-    for spec, module in modules:
+    for spec, module, vocab_size in _modules(pipeline, config, refiner):
         progress(spec.model_name)
-        results.append(_export_module(module.eval(), spec, config, path_for(spec), check_atol=check_atol))
+        results.append(
+            _export_module(module.eval(), spec, config, path_for(spec), check_atol=check_atol, vocab_size=vocab_size)
+        )
     return results

@@ -16,11 +16,13 @@ logger = logging.getLogger("sdtriton")
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from sdtriton.tiny import PROFILES, make_tiny
+    from sdtriton.tiny import FAMILIES, PROFILES, make_tiny
 
     if args.profile not in PROFILES:
         raise SystemExit(f"--profile must be one of {', '.join(PROFILES)}")
-    make_tiny(args.output, profile=args.profile, seed=args.seed)
+    if args.family not in FAMILIES:
+        raise SystemExit(f"--family must be one of {', '.join(FAMILIES)}")
+    make_tiny(args.output, profile=args.profile, seed=args.seed, family=args.family)
     sys.stdout.write(f"{args.output}\n")
     return 0
 
@@ -41,6 +43,7 @@ def _export(args: argparse.Namespace) -> int:
         options=options,
         max_size_factor=args.max_size_factor,
         default_num_inference_steps=args.default_steps,
+        refiner=args.refiner,
     )
     sys.stdout.write(f"{args.output}\n")
     return 0
@@ -89,6 +92,7 @@ def _generate(args: argparse.Namespace) -> int:
         "width": args.width,
         "height": args.height,
         "scheduler": args.scheduler,
+        "refiner_fraction": args.refiner_fraction,
     }
     preview_dir = args.output.parent / f"{args.output.stem}_previews" if args.preview_every else None
     try:
@@ -232,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("output", type=Path)
     tiny.add_argument("--profile", default="tiny", help="tiny (default) or sd15 (full SD 1.5 shapes, ~4 GB)")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--family",
+        default="sd",
+        help="sd (default; StableDiffusionPipeline), sdxl (StableDiffusionXLPipeline) or sdxl-refiner "
+        "(StableDiffusionXLImg2ImgPipeline sharing the sdxl base's second encoder and VAE at the same --seed)",
+    )
     tiny.set_defaults(run=_make_tiny)
 
     export = commands.add_parser("export", help="export a diffusers SD pipeline to a Triton model repository")
@@ -256,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--max-size-factor", type=int, default=2, help="largest side, as a multiple of the native")
     export.add_argument("--default-steps", type=int, default=30, help="num_inference_steps when a request omits it")
+    export.add_argument(
+        "--refiner", help="an SDXL refiner folder (StableDiffusionXLImg2ImgPipeline): served as a second stage"
+    )
     export.set_defaults(run=_export)
 
     serve = commands.add_parser("serve", help="start tritonserver on a model repository until Ctrl-C/SIGTERM")
@@ -284,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--width", type=int)
     generate.add_argument("--height", type=int)
     generate.add_argument("--scheduler", choices=interface.SCHEDULER_NAMES)
+    generate.add_argument(
+        "--refiner-fraction",
+        type=float,
+        help="SDXL exported with a refiner: the share of the denoising the refiner does, e.g. 0.2 (default: off)",
+    )
     generate.add_argument(
         "--timeout-s", type=float, help="time budget: the server ends the request, queued or running, when it runs out"
     )

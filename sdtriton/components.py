@@ -83,6 +83,18 @@ def fixed_axis_size(axis: str, config: PipelineConfig) -> int:
         "latent_channels": config.latent_channels,
         "rgb": RGB_CHANNELS,
     }
+    sdxl = config.sdxl
+    if sdxl is not None:
+        sizes |= {
+            "hidden_1": sdxl.text_hidden_sizes[0],
+            "hidden_2": sdxl.text_hidden_sizes[1],
+            "pooled": sdxl.pooled_size,
+            "time_ids": sdxl.time_ids,
+        }
+        if sdxl.refiner is not None:
+            sizes |= {"refiner_hidden": sdxl.refiner.text_hidden_size, "refiner_time_ids": sdxl.refiner.time_ids}
+    if axis not in sizes:
+        raise ValueError(f"axis {axis!r} has no size in a {config.family} pipeline config")
     return sizes[axis]
 
 
@@ -118,7 +130,83 @@ VAE_DECODER = ComponentSpec(
     outputs=(TensorSpec("image", "FP32", (BATCH, "rgb", "image_height", "image_width")),),
 )
 
-COMPONENTS: Mapping[str, ComponentSpec] = {spec.model_name: spec for spec in (TEXT_ENCODER, UNET, VAE_DECODER)}
+
+# SDXL: two text encoders whose penultimate hidden states (as diffusers takes them) are concatenated, the second
+# one's projected pooled output, and a UNet conditioned on them plus the size/crop ``time_ids``.
+_INPUT_IDS = TensorSpec("input_ids", "INT64", (BATCH, "sequence"))
+_SAMPLE = UNET.inputs[0]
+_TIMESTEP = UNET.inputs[1]
+SDXL_TEXT_ENCODER = ComponentSpec(
+    model_name="text_encoder",
+    inputs=(_INPUT_IDS,),
+    outputs=(TensorSpec("penultimate_hidden_state", "FP32", (BATCH, "sequence", "hidden_1")),),
+)
+SDXL_TEXT_ENCODER_2 = ComponentSpec(
+    model_name="text_encoder_2",
+    inputs=(_INPUT_IDS,),
+    outputs=(
+        TensorSpec("penultimate_hidden_state", "FP32", (BATCH, "sequence", "hidden_2")),
+        TensorSpec("text_embeds", "FP32", (BATCH, "pooled")),
+    ),
+)
+
+
+def _sdxl_unet(model_name: str, *, hidden: str, time_ids: str) -> ComponentSpec:
+    return ComponentSpec(
+        model_name=model_name,
+        inputs=(
+            _SAMPLE,
+            _TIMESTEP,
+            TensorSpec("encoder_hidden_states", "FP32", (BATCH, "sequence", hidden)),
+            TensorSpec("text_embeds", "FP32", (BATCH, "pooled")),
+            TensorSpec("time_ids", "FP32", (BATCH, time_ids)),
+        ),
+        outputs=UNET.outputs,
+    )
+
+
+SDXL_UNET = _sdxl_unet("unet", hidden="hidden", time_ids="time_ids")
+# The refiner's UNet: conditioned on the second encoder alone, with its own time_ids (aesthetic score).
+SDXL_REFINER_UNET = _sdxl_unet("refiner_unet", hidden="refiner_hidden", time_ids="refiner_time_ids")
+
+# Every component of each family, by model name; a repository holds those of its config (components_of).
+FAMILY_COMPONENTS: Mapping[str, Mapping[str, ComponentSpec]] = {
+    "sd": {spec.model_name: spec for spec in (TEXT_ENCODER, UNET, VAE_DECODER)},
+    "sdxl": {
+        spec.model_name: spec
+        for spec in (SDXL_TEXT_ENCODER, SDXL_TEXT_ENCODER_2, SDXL_UNET, SDXL_REFINER_UNET, VAE_DECODER)
+    },
+}
+# SD 1.x/2.x, the default family.
+COMPONENTS: Mapping[str, ComponentSpec] = FAMILY_COMPONENTS["sd"]
+# Names every family shares.
+UNET_MODEL_NAME = UNET.model_name
+REFINER_UNET_MODEL_NAME = SDXL_REFINER_UNET.model_name
+VAE_DECODER_MODEL_NAME = VAE_DECODER.model_name
+# The config parameter of a component model that names its family (absent: "sd").
+COMPONENT_FAMILY_PARAMETER = "family"
+# Each text encoder's tokenizer folder, in the source pipeline and beside the pipeline model.
+TOKENIZER_DIRS: Mapping[str, str] = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+
+
+def components_of(config: PipelineConfig) -> tuple[ComponentSpec, ...]:
+    """The components a repository of this config holds, text encoders first, in call order."""
+    specs = FAMILY_COMPONENTS[config.family]
+    return tuple(spec for name, spec in specs.items() if name != REFINER_UNET_MODEL_NAME or config.has_refiner)
+
+
+def text_encoders_of(config: PipelineConfig) -> tuple[ComponentSpec, ...]:
+    return tuple(spec for spec in components_of(config) if spec.model_name in TOKENIZER_DIRS)
+
+
+def component_spec(family: str, model_name: str) -> ComponentSpec:
+    """The spec of ``model_name`` in a ``family`` repository (names are looked up in a fixed table only)."""
+    try:
+        return FAMILY_COMPONENTS[family][model_name]
+    except KeyError:
+        raise KeyError(f"no component {model_name!r} in a {family!r} repository") from None
+
+
 ONNX_FILE_NAME = "model.onnx"
 TENSORRT_PLAN_FILE_NAME = "model.plan"
 TOKENIZER_DIR_NAME = "tokenizer"

@@ -54,6 +54,16 @@ SEED = PublicTensor("seed", "INT64", (1,), True, f"{MIN_SEED}..2^63-1")
 WIDTH = PublicTensor("width", "INT32", (1,), True, "a positive multiple of the model's size step")
 HEIGHT = PublicTensor("height", "INT32", (1,), True, "a positive multiple of the model's size step")
 SCHEDULER = PublicTensor("scheduler", "BYTES", (1,), True, "one of " + ", ".join(SCHEDULER_NAMES))
+# SDXL base + refiner (diffusers' ensemble of experts): the base denoises down to denoising_end = 1 - fraction,
+# the refiner from there (denoising_start); 0 keeps the refiner off.
+REFINER_FRACTION = PublicTensor(
+    "refiner_fraction",
+    "FP32",
+    (1,),
+    True,
+    "0 (off, the default) or a number above 0 and below 1: the share of the denoising (the low-noise end) the "
+    "refiner does; only on a repository exported with a refiner",
+)
 
 PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     PROMPT,
@@ -64,6 +74,7 @@ PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     WIDTH,
     HEIGHT,
     SCHEDULER,
+    REFINER_FRACTION,
 )
 # Inputs the ensemble hands unchanged to the pipeline model.
 GENERATION_INPUTS: tuple[PublicTensor, ...] = PUBLIC_INPUTS[2:]

@@ -20,9 +20,69 @@ DEFAULT_NUM_INFERENCE_STEPS = 30
 PREVIEW_RGB_CHANNELS = 3
 
 
+SD_FAMILY = "sd"
+SDXL_FAMILY = "sdxl"
+FAMILIES = (SD_FAMILY, SDXL_FAMILY)
+
+
+@dataclass(frozen=True)
+class SdxlRefinerConfig:
+    """An SDXL refiner exported beside its base (``export --refiner``), read from its own pipeline folder.
+
+    It shares the base's second text encoder and VAE, as diffusers' base+refiner recipe does.
+
+    Attributes:
+        text_hidden_size: width of its UNet's ``encoder_hidden_states`` (the second encoder's hidden size).
+        time_ids: entries of its ``time_ids``: 5 with an aesthetic score, else 6 (as the base).
+        requires_aesthetics_score: its pipeline's ``requires_aesthetics_score``.
+        force_zeros_for_empty_prompt: its pipeline's own setting (False for stabilityai's refiner 1.0).
+        scheduler_config: its own scheduler config.
+        aesthetic_score / negative_aesthetic_score: diffusers' defaults for the positive and negative rows.
+    """
+
+    text_hidden_size: int
+    time_ids: int
+    requires_aesthetics_score: bool
+    force_zeros_for_empty_prompt: bool
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
+
+
+@dataclass(frozen=True)
+class SdxlConfig:
+    """What an SDXL base adds to the geometry: two text encoders, pooled text embeddings, size conditioning.
+
+    Attributes:
+        text_hidden_sizes: widths of the penultimate hidden states of ``text_encoder`` and ``text_encoder_2``
+            (their concatenation is the UNet's ``encoder_hidden_states``).
+        pooled_size: width of ``text_encoder_2``'s projected pooled output (the UNet's ``text_embeds``).
+        time_ids: entries of the UNet's ``time_ids`` (original size, crop top-left, target size: 6).
+        force_zeros_for_empty_prompt: the pipeline's setting: an omitted negative prompt is zeros, not "".
+        refiner: the refiner stage, when one was exported.
+    """
+
+    text_hidden_sizes: tuple[int, int]
+    pooled_size: int
+    time_ids: int = 6
+    force_zeros_for_empty_prompt: bool = True
+    refiner: SdxlRefinerConfig | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SdxlConfig:
+        refiner = values.get("refiner")
+        return cls(
+            **{
+                **values,
+                "text_hidden_sizes": tuple(values["text_hidden_sizes"]),
+                "refiner": None if refiner is None else SdxlRefinerConfig(**refiner),
+            }
+        )
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Geometry and defaults of one exported Stable Diffusion model."""
+    """Geometry and defaults of one exported Stable Diffusion model (SD 1.x/2.x, or SDXL with ``sdxl`` set)."""
 
     latent_channels: int
     vae_scale_factor: int
@@ -40,6 +100,20 @@ class PipelineConfig:
     scheduler_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Latents -> preview RGB, [C + 1][3] (last row: bias), fitted at export; empty: the model has no previews.
     latent_rgb_projection: list[list[float]] = field(default_factory=list)
+    # The VAE's own settings: fp32 decoding under fp16 engines (SDXL's VAE overflows in fp16), and a per-channel
+    # latent mean and std where the VAE has them (the latents are then de-normalized as diffusers does).
+    vae_force_upcast: bool = False
+    vae_latents_mean: list[float] | None = None
+    vae_latents_std: list[float] | None = None
+    sdxl: SdxlConfig | None = None
+
+    @property
+    def family(self) -> str:
+        return SDXL_FAMILY if self.sdxl is not None else SD_FAMILY
+
+    @property
+    def has_refiner(self) -> bool:
+        return self.sdxl is not None and self.sdxl.refiner is not None
 
     def __post_init__(self) -> None:
         projection = self.latent_rgb_projection
@@ -72,6 +146,8 @@ class PipelineConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown pipeline config keys: {sorted(unknown)}")
+        if values.get("sdxl") is not None:
+            values["sdxl"] = SdxlConfig.from_dict(values["sdxl"])
         return cls(**values)
 
     def save(self, directory: Path) -> Path:
@@ -94,8 +170,13 @@ def pipeline_config_from_components(
     scheduler_overrides: dict[str, dict[str, Any]] | None = None,
     max_size_factor: int = 2,
     default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    sdxl: SdxlConfig | None = None,
 ) -> PipelineConfig:
-    """Derives the config the way diffusers' ``StableDiffusionPipeline`` derives the same numbers."""
+    """Derives the config the way diffusers' ``StableDiffusionPipeline`` derives the same numbers.
+
+    For SDXL, ``sdxl`` carries what the second encoder and the size conditioning add, and the UNet's
+    ``encoder_hidden_states`` width is its ``cross_attention_dim`` (both encoders' widths together).
+    """
     if getattr(unet_config, "time_cond_proj_dim", None) is not None:
         raise ValueError("UNets with a guidance embedding (time_cond_proj_dim, e.g. LCM) are not supported")
     vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
@@ -111,8 +192,16 @@ def pipeline_config_from_components(
         max_width=default_size * max_size_factor,
         vae_scaling_factor=float(vae_config.scaling_factor),
         text_max_length=int(tokenizer_max_length),
-        text_hidden_size=int(text_encoder_config.hidden_size),
+        text_hidden_size=int(unet_config.cross_attention_dim if sdxl is not None else text_encoder_config.hidden_size),
         default_num_inference_steps=default_num_inference_steps,
         scheduler_config={k: v for k, v in dict(scheduler_config).items()},
         scheduler_overrides={name: dict(settings) for name, settings in (scheduler_overrides or {}).items()},
+        vae_force_upcast=bool(getattr(vae_config, "force_upcast", False)),
+        vae_latents_mean=_optional_floats(getattr(vae_config, "latents_mean", None)),
+        vae_latents_std=_optional_floats(getattr(vae_config, "latents_std", None)),
+        sdxl=sdxl,
     )
+
+
+def _optional_floats(values: Any) -> list[float] | None:
+    return None if values is None else [float(value) for value in values]

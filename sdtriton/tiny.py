@@ -4,6 +4,11 @@ It has the full SD architecture (CLIP text encoder with the real CLIP tokenizer,
 a KL autoencoder, the SD 1.5 scheduler) at a size that runs in milliseconds on a CPU. Random weights draw
 noise, but noise is exactly what parity with diffusers needs: every weight and every scheduler step
 shows up in the pixels. The ``sd15`` profile has the real SD 1.5 shapes (about 4 GB in fp32).
+
+``--family sdxl`` makes a tiny SDXL base (``CLIPTextModel`` + ``CLIPTextModelWithProjection``, a UNet with
+``addition_embed_type="text_time"``, a VAE with SDXL's scaling factor and ``force_upcast``) and
+``--family sdxl-refiner`` its refiner (second encoder only, ``requires_aesthetics_score``), whose second text
+encoder and VAE are the base's own weights, as diffusers' base+refiner recipe shares them.
 """
 
 from __future__ import annotations
@@ -14,8 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from sdtriton.tokenizer_files import CLIP_MODEL_MAX_LENGTH, CLIP_VOCAB_SIZE, build_clip_tokenizer
 
@@ -149,10 +163,137 @@ def build_tiny_pipeline(*, profile: str = "tiny", seed: int = 0) -> StableDiffus
     )
 
 
-def make_tiny(output_dir: Path, *, profile: str = "tiny", seed: int = 0) -> Path:
-    """Writes a diffusers pipeline folder loadable by ``StableDiffusionPipeline.from_pretrained``."""
-    pipeline = build_tiny_pipeline(profile=profile, seed=seed)
+# SDXL base 1.0's own scheduler config (EulerDiscreteScheduler, "leading" spacing, steps_offset 1).
+SDXL_SCHEDULER_CONFIG: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "use_karras_sigmas": False,
+}
+# The tiny SDXL's two encoders differ in width (and the pooled projection in its own), so that a mix-up of
+# the two, or of hidden and pooled states, fails loudly instead of passing by equal shapes.
+_SDXL_TEXT_ENCODER = {
+    **CLIP_TOKEN_CONFIG,
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "projection_dim": 32,
+    "hidden_act": "gelu",
+}
+_SDXL_TEXT_ENCODER_2 = {
+    **CLIP_TOKEN_CONFIG,
+    "hidden_size": 48,
+    "intermediate_size": 37,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "projection_dim": 40,
+    "hidden_act": "gelu",
+}
+_SDXL_ADDITION_TIME_EMBED_DIM = 8
+_SDXL_VAE = {**PROFILES["tiny"].vae, "scaling_factor": 0.13025, "force_upcast": True}
+FAMILIES = ("sd", "sdxl", "sdxl-refiner")
+# Text-encoder pad tokens of SDXL: the first encoder pads with <|endoftext|>, the second (OpenCLIP) with "!".
+SDXL_TOKENIZER_2_PAD_TOKEN = "!"
+
+
+def _sdxl_unet(*, cross_attention_dim: int, time_ids: int, seed: int) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=_SDXL_ADDITION_TIME_EMBED_DIM,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=_SDXL_ADDITION_TIME_EMBED_DIM * time_ids
+        + _SDXL_TEXT_ENCODER_2["projection_dim"],
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=32,
+    ).eval()
+
+
+def _sdxl_shared_parts(seed: int) -> tuple[CLIPTextModelWithProjection, AutoencoderKL]:
+    """The second text encoder and the VAE, which base and refiner share (same seed, same weights)."""
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_SDXL_TEXT_ENCODER_2)).eval()
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(**_SDXL_VAE).eval()
+    return text_encoder_2, vae
+
+
+def build_tiny_sdxl_pipeline(*, seed: int = 0) -> StableDiffusionXLPipeline:
+    """A random-weight SDXL base: two text encoders, a text_time UNet, SDXL's VAE settings and scheduler."""
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_SDXL_TEXT_ENCODER)).eval()
+    text_encoder_2, vae = _sdxl_shared_parts(seed)
+    unet = _sdxl_unet(
+        cross_attention_dim=_SDXL_TEXT_ENCODER["hidden_size"] + _SDXL_TEXT_ENCODER_2["hidden_size"],
+        time_ids=6,  # original size, crop top-left, target size
+        seed=seed + 2,
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=build_clip_tokenizer(),
+        tokenizer_2=build_clip_tokenizer(pad_token=SDXL_TOKENIZER_2_PAD_TOKEN),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
+        add_watermarker=False,
+    )
+
+
+def build_tiny_sdxl_refiner(*, seed: int = 0) -> StableDiffusionXLImg2ImgPipeline:
+    """The refiner of :func:`build_tiny_sdxl_pipeline` with the same seed: second encoder only, aesthetic score."""
+    text_encoder_2, vae = _sdxl_shared_parts(seed)
+    unet = _sdxl_unet(
+        cross_attention_dim=_SDXL_TEXT_ENCODER_2["hidden_size"],
+        time_ids=5,  # original size, crop top-left, aesthetic score
+        seed=seed + 4,
+    )
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=build_clip_tokenizer(pad_token=SDXL_TOKENIZER_2_PAD_TOKEN),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,  # as stabilityai/stable-diffusion-xl-refiner-1.0
+        add_watermarker=False,
+    )
+
+
+def make_tiny(output_dir: Path, *, profile: str = "tiny", seed: int = 0, family: str = "sd") -> Path:
+    """Writes a diffusers pipeline folder loadable by its pipeline class's ``from_pretrained``.
+
+    Args:
+        family: ``sd`` (``StableDiffusionPipeline``, shapes of ``profile``), ``sdxl``
+            (``StableDiffusionXLPipeline``) or ``sdxl-refiner`` (``StableDiffusionXLImg2ImgPipeline``).
+    """
+    pipeline: DiffusionPipeline
+    if family == "sd":
+        pipeline = build_tiny_pipeline(profile=profile, seed=seed)
+    elif family == "sdxl":
+        pipeline = build_tiny_sdxl_pipeline(seed=seed)
+    elif family == "sdxl-refiner":
+        pipeline = build_tiny_sdxl_refiner(seed=seed)
+    else:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     output_dir.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(output_dir, safe_serialization=True)
-    logger.info("wrote the %s pipeline (seed %d) to %s", profile, seed, output_dir)
+    logger.info("wrote the %s pipeline (seed %d) to %s", profile if family == "sd" else family, seed, output_dir)
     return output_dir

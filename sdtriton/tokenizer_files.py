@@ -39,8 +39,8 @@ def find_clip_bpe_file() -> Path:
     raise FileNotFoundError(f"{_VOCAB_FILE_NAME} not found in the open_clip package")
 
 
-def build_clip_tokenizer(*, model_max_length: int = CLIP_MODEL_MAX_LENGTH) -> CLIPTokenizer:
-    """Builds the CLIP BPE tokenizer used by Stable Diffusion 1.x."""
+def build_clip_tokenizer(*, model_max_length: int = CLIP_MODEL_MAX_LENGTH, pad_token: str = EOS_TOKEN) -> CLIPTokenizer:
+    """Builds the CLIP BPE tokenizer used by Stable Diffusion 1.x (SDXL's second one pads with ``"!"``)."""
     lines = gzip.decompress(find_clip_bpe_file().read_bytes()).decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 1 + _NUM_MERGES]]
     byte_tokens = list(bytes_to_unicode().values())
@@ -50,4 +50,4 @@ def build_clip_tokenizer(*, model_max_length: int = CLIP_MODEL_MAX_LENGTH) -> CL
     vocab = {token: index for index, token in enumerate(tokens)}
     if len(vocab) != CLIP_VOCAB_SIZE:
         raise ValueError(f"built a CLIP vocabulary of {len(vocab)} entries, expected {CLIP_VOCAB_SIZE}")
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length, pad_token=pad_token)

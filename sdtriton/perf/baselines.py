@@ -13,10 +13,10 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -211,17 +211,17 @@ class _TimedComponents:
         self.inner = inner
         self.calls: dict[str, list[float]] = {"encode_text": [], "predict_noise": [], "decode_latents": []}
 
-    def _timed(self, name: str, *arrays: np.ndarray) -> np.ndarray:
+    def _timed(self, name: str, *args: Any) -> Any:
         started = time.perf_counter()
-        output = getattr(self.inner, name)(*arrays)
+        output = getattr(self.inner, name)(*args)
         self.calls[name].append((time.perf_counter() - started) * 1000.0)
         return output
 
-    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._timed("encode_text", input_ids)
+    def encode_text(self, encoder: str, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        return self._timed("encode_text", encoder, input_ids)
 
-    def predict_noise(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray) -> np.ndarray:
-        return self._timed("predict_noise", sample, timestep, encoder_hidden_states)
+    def predict_noise(self, unet: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self._timed("predict_noise", unet, inputs)
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         return self._timed("decode_latents", latents)
@@ -237,57 +237,45 @@ _MODEL_VERSION = "1"
 
 @dataclass(frozen=True)
 class ServedFiles:
-    """An exported repository's tokenizer, pipeline config and ONNX Runtime sessions, as the server loads them."""
+    """An exported repository's tokenizers, pipeline config and ONNX Runtime sessions, as the server loads them."""
 
-    tokenizer: PreTrainedTokenizerBase
+    tokenizers: dict[str, PreTrainedTokenizerBase]
     config: PipelineConfig
     networks: OnnxRuntimeComponents
 
 
 def load_served_files(repository: Path, *, gpu: bool = False) -> ServedFiles:
-    """Loads what the served engine runs on: ``pipeline/1/tokenizer`` (the engine tokenizes), its config, and a
-    session per ONNX file. With ``gpu``, the sessions use ONNX Runtime's CUDA provider first, as ``export --gpu``
-    configures the served models.
+    """Loads what the served engine runs on: the tokenizers in ``pipeline/1`` (the engine tokenizes), its config,
+    and a session per ONNX file. With ``gpu``, the sessions use ONNX Runtime's CUDA provider first, as
+    ``export --gpu`` configures the served models.
     """
-    from transformers import CLIPTokenizer
-
     from sdtriton import interface
-    from sdtriton.components import TOKENIZER_DIR_NAME
     from sdtriton.pipeline_config import PipelineConfig
     from sdtriton.serving.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER, OnnxRuntimeComponents
+    from sdtriton.serving.text import load_tokenizers
 
     pipeline_dir = repository / interface.PIPELINE_MODEL_NAME / _MODEL_VERSION
     providers = (CUDA_PROVIDER, CPU_PROVIDER) if gpu else (CPU_PROVIDER,)
+    config = PipelineConfig.load(pipeline_dir)
     return ServedFiles(
-        tokenizer=CLIPTokenizer.from_pretrained(pipeline_dir / TOKENIZER_DIR_NAME),
-        config=PipelineConfig.load(pipeline_dir),
-        networks=OnnxRuntimeComponents.from_model_repository(repository, providers=providers),
+        tokenizers=load_tokenizers(pipeline_dir, config),
+        config=config,
+        networks=OnnxRuntimeComponents.from_model_repository(repository, config, providers=providers),
     )
 
 
 def _plain_loop_runner(
-    tokenizer: PreTrainedTokenizerBase, config: PipelineConfig, components: DiffusionComponents
+    tokenizers: Mapping[str, PreTrainedTokenizerBase], config: PipelineConfig, components: DiffusionComponents
 ) -> Callable[[RequestSpec], Callable[[], np.ndarray]]:
     """``runner(spec)()`` tokenizes, validates and generates one image as the served engine does, one at a time."""
+    from sdtriton.perf.in_process import raw_inputs
     from sdtriton.serving.denoise import generate_image
-    from sdtriton.serving.text import tokenize_prompts
-    from sdtriton.serving.validation import parse_generation_params
+    from sdtriton.serving.requests import parse_request
 
     def runner(spec: RequestSpec) -> Callable[[], np.ndarray]:
         def run() -> np.ndarray:
-            ids = tokenize_prompts(tokenizer, [spec.prompt, spec.negative_prompt])
-            params = parse_generation_params(
-                config=config,
-                num_inference_steps=spec.num_inference_steps,
-                guidance_scale=spec.guidance_scale,
-                seed=spec.seed,
-                width=spec.width,
-                height=spec.height,
-                scheduler=spec.scheduler,
-            )
-            return generate_image(
-                input_ids=ids[0], negative_input_ids=ids[1], params=params, config=config, components=components
-            )
+            (image,) = parse_request(raw_inputs(spec), config=config, tokenizers=tokenizers).images
+            return generate_image(image=image, config=config, components=components)
 
         return run
 
@@ -298,7 +286,7 @@ def time_plain_loop(
     served: ServedFiles, request: RequestSpec, *, runs: int, warmup_runs: int
 ) -> tuple[PathTiming, np.ndarray]:
     """(b) alone: the plain loop's latency on one request, one image at a time (no network timers, no slopes)."""
-    run = _plain_loop_runner(served.tokenizer, served.config, served.networks)(request)
+    run = _plain_loop_runner(served.tokenizers, served.config, served.networks)(request)
     return _timed_runs(run, path=ONNX_LOOP, steps=request.num_inference_steps, runs=runs, warmup_runs=warmup_runs)
 
 
@@ -320,7 +308,7 @@ def time_onnx_loop(
     """
     served = load_served_files(repository, gpu=gpu)
     components = _TimedComponents(served.networks)
-    runner = _plain_loop_runner(served.tokenizer, served.config, components)
+    runner = _plain_loop_runner(served.tokenizers, served.config, components)
 
     def timed(spec: RequestSpec, *, runs: int, warmup_runs: int) -> tuple[PathTiming, np.ndarray]:
         return _timed_runs(

@@ -185,7 +185,7 @@ class _EngineRun:
         served = self.served
         return run_closed_loop(
             config=served.config,
-            tokenizer=served.tokenizer,
+            tokenizers=served.tokenizers,
             networks=ZeroTimeUNet(served.networks) if zero_time_unet else served.networks,
             limits=self.limits,
             request=self.request,

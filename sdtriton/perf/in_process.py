@@ -10,7 +10,7 @@ VAE decoder, scheduler steps and glue), which the simulated-accelerator section 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,18 +34,16 @@ class CountingNetworks:
         self.unet_calls = 0
         self.unet_rows = 0
 
-    def encode_text(self, input_ids: np.ndarray, **kwargs: Any) -> np.ndarray:
-        return self.inner.encode_text(input_ids, **kwargs)
+    def encode_text(self, encoder: str, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        return self.inner.encode_text(encoder, input_ids)
 
-    def predict_noise(
-        self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray, **kwargs: Any
-    ) -> np.ndarray:
+    def predict_noise(self, unet: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         self.unet_calls += 1
-        self.unet_rows += int(sample.shape[0])
-        return self.inner.predict_noise(sample, timestep, encoder_hidden_states, **kwargs)
+        self.unet_rows += int(inputs["sample"].shape[0])
+        return self.inner.predict_noise(unet, inputs)
 
-    def decode_latents(self, latents: np.ndarray, **kwargs: Any) -> np.ndarray:
-        return self.inner.decode_latents(latents, **kwargs)
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        return self.inner.decode_latents(latents)
 
 
 class ZeroTimeUNet:
@@ -54,16 +52,14 @@ class ZeroTimeUNet:
     def __init__(self, inner: EngineNetworks) -> None:
         self.inner = inner
 
-    def encode_text(self, input_ids: np.ndarray, **kwargs: Any) -> np.ndarray:
-        return self.inner.encode_text(input_ids, **kwargs)
+    def encode_text(self, encoder: str, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        return self.inner.encode_text(encoder, input_ids)
 
-    def predict_noise(
-        self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray, **kwargs: Any
-    ) -> np.ndarray:
-        return np.zeros_like(sample)
+    def predict_noise(self, unet: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.zeros_like(inputs["sample"])
 
-    def decode_latents(self, latents: np.ndarray, **kwargs: Any) -> np.ndarray:
-        return self.inner.decode_latents(latents, **kwargs)
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        return self.inner.decode_latents(latents)
 
 
 def raw_inputs(request: RequestSpec) -> dict[str, np.ndarray]:
@@ -95,7 +91,7 @@ class InProcessEngineError(RuntimeError):
 def run_closed_loop(
     *,
     config: PipelineConfig,
-    tokenizer: Any,
+    tokenizers: Any,
     networks: EngineNetworks,
     limits: EngineLimits,
     request: RequestSpec,
@@ -120,11 +116,11 @@ def run_closed_loop(
     engine = DiffusionEngine(config=config, networks=counting, limits=limits)
     raw = raw_inputs(request)
     if warmup_requests:
-        _closed_loop(engine, raw, config, tokenizer, concurrency=concurrency, requests=warmup_requests, progress=None)
+        _closed_loop(engine, raw, config, tokenizers, concurrency=concurrency, requests=warmup_requests, progress=None)
     counting.unet_calls = counting.unet_rows = 0
     with tqdm(total=requests, desc=description, unit="image", disable=not show_progress) as progress:
         started = time.perf_counter()
-        _closed_loop(engine, raw, config, tokenizer, concurrency=concurrency, requests=requests, progress=progress)
+        _closed_loop(engine, raw, config, tokenizers, concurrency=concurrency, requests=requests, progress=progress)
         elapsed_s = time.perf_counter() - started
     return InProcessRun(
         concurrency=concurrency,
@@ -139,7 +135,7 @@ def _closed_loop(
     engine: DiffusionEngine,
     raw: dict[str, np.ndarray],
     config: PipelineConfig,
-    tokenizer: Any,
+    tokenizers: Any,
     *,
     concurrency: int,
     requests: int,
@@ -150,7 +146,7 @@ def _closed_loop(
 
     def submit() -> None:
         nonlocal sent
-        parsed = parse_request(raw, config=config, tokenizer=tokenizer)
+        parsed = parse_request(raw, config=config, tokenizers=tokenizers)
         engine.submit(EngineRequest(key=sent, images=parsed.images, sink=_Sink(ended.append)))
         sent += 1
 

@@ -53,6 +53,7 @@ class RequestSpec:
     width: int
     height: int
     scheduler: str
+    refiner_fraction: float = 0.0
 
     def client_parameters(self) -> dict[str, Any]:
         """Every public input but the prompt, as keywords of ``StableDiffusionClient.generate``/``build_inputs``."""
@@ -75,7 +76,14 @@ class RequestSpec:
             if len(content) != 1:
                 raise ValueError(f"input-data entry {tensor.name!r} must hold one item, got {len(content)}")
             values[tensor.name] = content[0]
-        field_types = {"num_inference_steps": int, "seed": int, "width": int, "height": int, "guidance_scale": float}
+        field_types = {
+            "num_inference_steps": int,
+            "seed": int,
+            "width": int,
+            "height": int,
+            "guidance_scale": float,
+            "refiner_fraction": float,
+        }
         return cls(**{name: field_types.get(name, str)(value) for name, value in values.items()})
 
     def with_steps(self, num_inference_steps: int) -> RequestSpec:

@@ -1,24 +1,28 @@
-"""The txt2img pipeline of diffusers' ``StableDiffusionPipeline``, with its networks behind an interface.
+"""The txt2img pipelines of diffusers (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline`` and its refiner),
+with their networks behind an interface.
 
-The numbered steps follow ``StableDiffusionPipeline.__call__`` so that the same seed and parameters give
-the same image: latents drawn by ``randn_tensor`` from ``torch.Generator("cpu").manual_seed(seed)``, the
-same generator handed to the scheduler's ``step``, classifier-free guidance as one batch of
-[negative, prompt], and the same post-processing to uint8. The networks are reached through
-:class:`DiffusionComponents`: BLS calls inside Triton, ONNX Runtime sessions in the baselines.
+The numbered steps follow the pipelines' ``__call__`` so that the same seed and parameters give the same
+image: latents drawn by ``randn_tensor`` from ``torch.Generator("cpu").manual_seed(seed)``, the same generator
+handed to the scheduler's ``step``, classifier-free guidance as one batch of [negative, prompt], and the same
+post-processing to uint8. What conditions the UNet comes from :mod:`sdtriton.serving.conditioning`. The
+networks are reached through :class:`DiffusionComponents`: BLS calls inside Triton, ONNX Runtime sessions in the
+baselines.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from sdtriton.components import text_encoders_of
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.schedulers import build_scheduler
+from sdtriton.serving.conditioning import ImageRequest, Stage, stages_for, text_ids_for
 from sdtriton.serving.errors import RequestCancelledError
 from sdtriton.serving.validation import GenerationParams
 
@@ -28,13 +32,13 @@ _ETA = 0.0
 
 
 class DiffusionComponents(Protocol):
-    """The three networks of the pipeline, called with numpy arrays."""
+    """The networks of the pipeline, called with numpy arrays."""
 
-    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        """[B, T] int64 token ids -> [B, T, D] float32 last hidden state."""
+    def encode_text(self, encoder: str, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """[B, T] int64 token ids -> the text encoder ``encoder``'s outputs by name, [B, ...] each."""
 
-    def predict_noise(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray) -> np.ndarray:
-        """[B, C, h, w] latents, [B] timesteps, [B, T, D] text states -> [B, C, h, w] noise prediction."""
+    def predict_noise(self, unet: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The UNet ``unet``'s inputs by name ([B, C, h, w] sample, [B] timestep, conditioning) -> [B, C, h, w]."""
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """[B, C, h, w] scaled latents -> [B, 3, H, W] image in -1..1."""
@@ -58,93 +62,150 @@ def to_uint8_image(decoded: torch.Tensor) -> np.ndarray:
     return (pixels * 255).round().astype("uint8")
 
 
-def text_ids_for(params: GenerationParams, input_ids: np.ndarray, negative_input_ids: np.ndarray) -> np.ndarray:
-    """The rows one image sends to the text encoder: [negative, prompt] with guidance, else [prompt]."""
-    ids = np.stack([negative_input_ids, input_ids]) if params.uses_classifier_free_guidance else input_ids[None]
-    return ids.astype(np.int64, copy=False)
+class _StageRun:
+    """One stage's scheduler (a fresh one, this image's own) and the timesteps it runs."""
+
+    def __init__(self, stage: Stage, params: GenerationParams, generator: torch.Generator) -> None:
+        self.stage = stage
+        scheduler = build_scheduler(stage.scheduler_config, params.scheduler, stage.scheduler_overrides)
+        scheduler.set_timesteps(params.num_inference_steps, device=_DEVICE)
+        timesteps = scheduler.timesteps
+        begin = 0
+        train_steps = scheduler.config.num_train_timesteps
+        if stage.denoising_start is not None:
+            # As StableDiffusionXLImg2ImgPipeline.get_timesteps with denoising_start.
+            cutoff = round(train_steps - stage.denoising_start * train_steps)
+            count = int((timesteps < cutoff).sum().item())
+            if scheduler.order == 2 and count % 2 == 0:
+                count += 1  # end after a second-order step's second half, never between the two
+            begin = len(timesteps) - count
+            timesteps = timesteps[begin:]
+        if stage.denoising_end is not None:
+            # As StableDiffusionXLPipeline.__call__ with denoising_end.
+            cutoff = round(train_steps - stage.denoising_end * train_steps)
+            timesteps = timesteps[: len([t for t in timesteps if t >= cutoff])]
+        if stage.set_begin_index and hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin)
+        self.scheduler = scheduler
+        self.timesteps = list(timesteps)
+        self.extra_step_kwargs = _extra_step_kwargs(scheduler, generator)
 
 
 class ImageDenoiser:
-    """One image's denoising loop, one network evaluation at a time, as ``StableDiffusionPipeline.__call__``.
+    """One image's denoising loop, one network evaluation at a time, as its diffusers pipeline's ``__call__``.
 
     The plain loop (:func:`generate_image`) and the engine, which batches many images into one UNet call,
-    drive the same object: ``model_input()`` gives this image's UNet rows, ``step(noise_pred)`` applies the
-    UNet's answer for them with the image's own scheduler and generator. So a batched image is computed by
-    exactly the code that computes it alone.
+    drive the same object: ``model_input()`` gives this image's UNet and its rows, ``step(noise_pred)`` applies
+    the UNet's answer for them with the image's own scheduler and generator. So a batched image is computed by
+    exactly the code that computes it alone. An SDXL image with a refiner has two stages: the base's steps down
+    to ``denoising_end``, then the refiner's from there on the same latents, with the same generator (as
+    diffusers' base+refiner recipe with one generator passed to both pipelines).
 
     Args:
         params: validated generation parameters.
         config: the exported model's geometry and scheduler config.
-        prompt_embeds: [2, T, D] (negative, prompt) with guidance, else [1, T, D] text encoder states.
+        stages: the image's denoising stages (:func:`~sdtriton.serving.conditioning.stages_for`).
     """
 
-    def __init__(self, *, params: GenerationParams, config: PipelineConfig, prompt_embeds: np.ndarray) -> None:
+    def __init__(self, *, params: GenerationParams, config: PipelineConfig, stages: Sequence[Stage]) -> None:
+        if not stages:
+            raise ValueError("an image needs at least one denoising stage")
         self.params = params
         self.config = config
-        self.prompt_embeds = prompt_embeds
         self.do_guidance = params.uses_classifier_free_guidance
-        # 2. Prepare timesteps on a scheduler of this request's own.
-        self.scheduler = build_scheduler(config.scheduler_config, params.scheduler, config.scheduler_overrides)
-        self.scheduler.set_timesteps(params.num_inference_steps, device=_DEVICE)
-        self.timesteps = list(self.scheduler.timesteps)
-        # 3. Prepare latents exactly as diffusers draws them.
+        # Prepare latents exactly as diffusers draws them, with the generator every stage then shares.
         self.generator = torch.Generator("cpu").manual_seed(params.seed)
+        self._runs = [_StageRun(stage, params, self.generator) for stage in stages]
+        self._run_index = 0
+        self._step_in_run = 0
         shape = config.latent_shape(height=params.height, width=params.width)
         latents = randn_tensor(shape, generator=self.generator, device=_DEVICE, dtype=torch.float32)
-        self.latents = latents * self.scheduler.init_noise_sigma
-        self.extra_step_kwargs = _extra_step_kwargs(self.scheduler, self.generator)
+        self.latents = latents * self._runs[0].scheduler.init_noise_sigma
         self.steps_done = 0
         # The scheduler's estimate of the clean latents at the last step, where it gives one (previews).
         self.predicted_original: torch.Tensor | None = None
 
     @property
+    def timesteps(self) -> list:
+        """Every stage's timesteps, in order."""
+        return [t for run in self._runs for t in run.timesteps]
+
+    @property
     def total_steps(self) -> int:
         """Network evaluations in all (second-order schedulers evaluate twice per step)."""
-        return len(self.timesteps)
+        return sum(len(run.timesteps) for run in self._runs)
 
     @property
     def done(self) -> bool:
-        return self.steps_done >= len(self.timesteps)
+        return self.steps_done >= self.total_steps
 
     @property
     def latent_size(self) -> tuple[int, int]:
         return int(self.latents.shape[2]), int(self.latents.shape[3])
 
     @property
+    def unet(self) -> str:
+        """The UNet model of the next evaluation."""
+        return self._current().stage.unet
+
+    @property
     def rows(self) -> int:
         """UNet batch rows this image needs per evaluation."""
         return 2 if self.do_guidance else 1
 
-    def model_input(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """This evaluation's UNet inputs: sample [rows, C, h, w], timestep [rows], text states [rows, T, D]."""
-        t = self.timesteps[self.steps_done]
+    def _current(self) -> _StageRun:
+        while self._step_in_run >= len(self._runs[self._run_index].timesteps):
+            self._run_index += 1
+            self._step_in_run = 0
+        return self._runs[self._run_index]
+
+    def model_input(self) -> dict[str, np.ndarray]:
+        """This evaluation's UNet inputs: sample [rows, C, h, w], timestep [rows], the stage's conditioning."""
+        run = self._current()
+        t = run.timesteps[self._step_in_run]
         model_input = torch.cat([self.latents] * 2) if self.do_guidance else self.latents
-        model_input = self.scheduler.scale_model_input(model_input, t)
+        model_input = run.scheduler.scale_model_input(model_input, t)
         timestep = np.full((model_input.shape[0],), float(t), dtype=np.float32)
-        return model_input.numpy(), timestep, self.prompt_embeds
+        return {"sample": model_input.numpy(), "timestep": timestep, **run.stage.conditioning}
 
     def step(self, noise_pred: np.ndarray) -> None:
         """Applies the UNet's answer for this image's rows: guidance, then the scheduler's step."""
-        t = self.timesteps[self.steps_done]
+        run = self._current()
+        t = run.timesteps[self._step_in_run]
         prediction = torch.from_numpy(noise_pred)
         if self.do_guidance:
             noise_pred_uncond, noise_pred_text = prediction.chunk(2)
             prediction = noise_pred_uncond + self.params.guidance_scale * (noise_pred_text - noise_pred_uncond)
-        output = self.scheduler.step(prediction, t, self.latents, **self.extra_step_kwargs, return_dict=True)
+        output = run.scheduler.step(prediction, t, self.latents, **run.extra_step_kwargs, return_dict=True)
         self.latents = output.prev_sample
         self.predicted_original = getattr(output, "pred_original_sample", None)
+        self._step_in_run += 1
         self.steps_done += 1
 
     def scaled_latents(self) -> np.ndarray:
-        """The final latents as the VAE decoder takes them, [1, C, h, w]."""
-        return (self.latents / self.config.vae_scaling_factor).numpy()
+        """The final latents as the VAE decoder takes them, [1, C, h, w] (de-normalized as diffusers does)."""
+        config = self.config
+        if config.vae_latents_mean is not None and config.vae_latents_std is not None:
+            channels = (1, len(config.vae_latents_mean), 1, 1)
+            mean = torch.tensor(config.vae_latents_mean, dtype=torch.float32).view(channels)
+            std = torch.tensor(config.vae_latents_std, dtype=torch.float32).view(channels)
+            return (self.latents * std / config.vae_scaling_factor + mean).numpy()
+        return (self.latents / config.vae_scaling_factor).numpy()
+
+
+def encode_image_text(
+    image: ImageRequest, config: PipelineConfig, components: DiffusionComponents
+) -> dict[str, dict[str, np.ndarray]]:
+    """One image's text-encoder outputs, encoder by encoder (the plain loop; the engine batches these calls)."""
+    return {
+        spec.model_name: components.encode_text(spec.model_name, text_ids_for(image, spec.model_name))
+        for spec in text_encoders_of(config)
+    }
 
 
 def generate_image(
     *,
-    input_ids: np.ndarray,
-    negative_input_ids: np.ndarray,
-    params: GenerationParams,
+    image: ImageRequest,
     config: PipelineConfig,
     components: DiffusionComponents,
     is_cancelled: Callable[[], bool] = lambda: False,
@@ -152,21 +213,19 @@ def generate_image(
     """Generates one image alone, no serving: the plain loop; returns [H, W, 3] uint8.
 
     Args:
-        input_ids: [T] token ids of the prompt, padded and truncated as diffusers does.
-        negative_input_ids: [T] token ids of the negative prompt ("" when none was given).
-        params: validated generation parameters.
+        image: validated parameters and token ids (:func:`sdtriton.serving.requests.parse_request`).
         config: the exported model's geometry and scheduler config.
-        components: the three networks.
+        components: the networks.
         is_cancelled: polled before every denoising step.
     """
     # 1. Encode the prompt; with guidance, [negative, prompt] in one batch.
-    prompt_embeds = components.encode_text(text_ids_for(params, input_ids, negative_input_ids))
+    encoded = encode_image_text(image, config, components)
     # 2.-3. Timesteps and latents.
-    image = ImageDenoiser(params=params, config=config, prompt_embeds=prompt_embeds)
+    denoiser = ImageDenoiser(params=image.params, config=config, stages=stages_for(image, config, encoded))
     # 4. Denoise.
-    while not image.done:
+    while not denoiser.done:
         if is_cancelled():
             raise RequestCancelledError
-        image.step(components.predict_noise(*image.model_input()))
+        denoiser.step(components.predict_noise(denoiser.unet, denoiser.model_input()))
     # 5. Decode and convert to uint8.
-    return to_uint8_image(torch.from_numpy(components.decode_latents(image.scaled_latents())))
+    return to_uint8_image(torch.from_numpy(components.decode_latents(denoiser.scaled_latents())))

@@ -4,9 +4,10 @@ Each iteration (:meth:`DiffusionEngine.step`) is, in order:
 
 1. retire: end the requests the client cancelled and those whose time budget ran out, queued or running;
 2. admit: move queued requests into the running set while it has room for their images (FIFO);
-3. start: encode the prompts of the admitted requests in one text-encoder call, draw their latents;
-4. denoise: one UNet call per latent size for every running image (per-image timesteps; guided images send
-   two rows, unguided one), then each image's own scheduler step with its own generator;
+3. start: encode the prompts of the admitted requests in one call per text encoder, draw their latents;
+4. denoise: one UNet call per UNet and latent size for every running image (per-image timesteps; guided images
+   send two rows, unguided one), then each image's own scheduler step with its own generator; an SDXL
+   image moves from the base UNet to the refiner's mid-way, and never shares a call with the other UNet;
 5. report: progress (and previews) to the requests that asked for it;
 6. finish: decode the finished images of all requests together, answer each finished request.
 
@@ -24,18 +25,19 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from sdtriton.components import text_encoders_of
 from sdtriton.pipeline_config import PipelineConfig
-from sdtriton.serving.denoise import ImageDenoiser, text_ids_for, to_uint8_image
+from sdtriton.serving.conditioning import ImageRequest, stages_for, text_ids_for
+from sdtriton.serving.denoise import ImageDenoiser, to_uint8_image
 from sdtriton.serving.errors import DeadlineExceededError, RequestCancelledError, ServerBusyError
 from sdtriton.serving.preview import latents_to_preview
-from sdtriton.serving.validation import GenerationParams
 
 logger = logging.getLogger(__name__)
 
@@ -83,24 +85,13 @@ class EngineLimits:
 
 
 class EngineNetworks(Protocol):
-    """The three networks, called with numpy arrays (a :class:`~sdtriton.serving.denoise.DiffusionComponents`)."""
+    """The networks, called with numpy arrays (a :class:`~sdtriton.serving.denoise.DiffusionComponents`)."""
 
-    def encode_text(self, input_ids: np.ndarray) -> np.ndarray: ...
+    def encode_text(self, encoder: str, input_ids: np.ndarray) -> dict[str, np.ndarray]: ...
 
-    def predict_noise(
-        self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray
-    ) -> np.ndarray: ...
+    def predict_noise(self, unet: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray: ...
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class ImageRequest:
-    """One image of a request: validated parameters and the token ids of its prompts."""
-
-    params: GenerationParams
-    input_ids: np.ndarray
-    negative_input_ids: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -359,68 +350,82 @@ class DiffusionEngine:
 
     # 3. start
     def _start(self, admitted: list[_Active]) -> None:
-        rows = [
-            (active, text_ids_for(image.params, image.input_ids, image.negative_input_ids))
-            for active in admitted
-            for image in active.request.images
-        ]
-        embeddings: dict[int, list[np.ndarray]] = {id(active): [] for active in admitted}
-        start = 0
-        while start < len(rows):
-            chunk, used = [], 0
-            while start < len(rows) and (not chunk or used + len(rows[start][1]) <= self.limits.max_text_rows):
-                chunk.append(rows[start])
-                used += len(rows[start][1])
-                start += 1
-            live = [(active, ids) for active, ids in chunk if active.state is RequestState.RUNNING]
-            if not live:
-                continue
-            try:
-                states = self.networks.encode_text(np.concatenate([ids for _, ids in live]))
-            except Exception as error:
-                logger.exception("text encoder call failed")
-                for active, _ in live:
-                    self._end(active, RequestState.FAILED, error)
-                continue
-            offset = 0
-            for active, ids in live:
-                embeddings[id(active)].append(states[offset : offset + len(ids)])
-                offset += len(ids)
+        images = [(active, index, image) for active in admitted for index, image in enumerate(active.request.images)]
+        # encoded[(id(active), index)][encoder] = that encoder's outputs for the image's rows
+        encoded: dict[tuple[int, int], dict[str, dict[str, np.ndarray]]] = {
+            (id(active), index): {} for active, index, _ in images
+        }
+        for spec in text_encoders_of(self.config):
+            self._encode(spec.model_name, images, encoded)
         for active in admitted:
             if active.state is not RequestState.RUNNING:
                 continue
             try:
                 active.denoisers = [
-                    ImageDenoiser(params=image.params, config=self.config, prompt_embeds=embeds)
-                    for image, embeds in zip(active.request.images, embeddings[id(active)], strict=True)
+                    ImageDenoiser(
+                        params=image.params,
+                        config=self.config,
+                        stages=stages_for(image, self.config, encoded[(id(active), index)]),
+                    )
+                    for index, image in enumerate(active.request.images)
                 ]
             except Exception as error:
                 logger.exception("preparing latents failed")
                 self._end(active, RequestState.FAILED, error)
 
+    def _encode(
+        self,
+        encoder: str,
+        images: list[tuple[_Active, int, ImageRequest]],
+        encoded: dict[tuple[int, int], dict[str, dict[str, np.ndarray]]],
+    ) -> None:
+        """One call of ``encoder`` per ``max_text_rows`` rows of all the admitted images."""
+        rows = [(active, index, text_ids_for(image, encoder)) for active, index, image in images]
+        start = 0
+        while start < len(rows):
+            chunk, used = [], 0
+            while start < len(rows) and (not chunk or used + len(rows[start][2]) <= self.limits.max_text_rows):
+                chunk.append(rows[start])
+                used += len(rows[start][2])
+                start += 1
+            live = [row for row in chunk if row[0].state is RequestState.RUNNING]
+            if not live:
+                continue
+            try:
+                outputs = self.networks.encode_text(encoder, np.concatenate([ids for _, _, ids in live]))
+            except Exception as error:
+                logger.exception("text encoder %s call failed", encoder)
+                for active, _, _ in live:
+                    self._end(active, RequestState.FAILED, error)
+                continue
+            offset = 0
+            for active, index, ids in live:
+                encoded[(id(active), index)][encoder] = {
+                    name: value[offset : offset + len(ids)] for name, value in outputs.items()
+                }
+                offset += len(ids)
+
     # 4. denoise
     def _denoise(self) -> None:
-        by_size: dict[tuple[int, int], list[tuple[_Active, ImageDenoiser]]] = {}
+        by_call: dict[tuple[str, tuple[int, int]], list[tuple[_Active, ImageDenoiser]]] = {}
         for active in self._running:
             for denoiser in active.denoisers:
                 if not denoiser.done:
-                    by_size.setdefault(denoiser.latent_size, []).append((active, denoiser))
-        for pairs in by_size.values():
+                    by_call.setdefault((denoiser.unet, denoiser.latent_size), []).append((active, denoiser))
+        for (unet, _size), pairs in by_call.items():
             for chunk in _chunks(pairs, self.limits.max_unet_rows):
-                self._denoise_chunk(chunk)
+                self._denoise_chunk(unet, chunk)
         for active in self._running:
             active.iterations += 1
 
-    def _denoise_chunk(self, chunk: list[tuple[_Active, ImageDenoiser]]) -> None:
+    def _denoise_chunk(self, unet: str, chunk: list[tuple[_Active, ImageDenoiser]]) -> None:
         live = [(active, d) for active, d in chunk if active.state is RequestState.RUNNING]
         if not live:
             return
         inputs = [d.model_input() for _, d in live]
         try:
             noise_pred = self.networks.predict_noise(
-                np.concatenate([sample for sample, _, _ in inputs]),
-                np.concatenate([timestep for _, timestep, _ in inputs]),
-                np.concatenate([states for _, _, states in inputs]),
+                unet, {name: np.concatenate([item[name] for item in inputs]) for name in inputs[0]}
             )
         except Exception as error:
             logger.exception("UNet call failed")
@@ -428,8 +433,8 @@ class DiffusionEngine:
                 self._end(active, RequestState.FAILED, error)
             return
         offset = 0
-        for (active, denoiser), (sample, _, _) in zip(live, inputs, strict=True):
-            rows = sample.shape[0]
+        for (active, denoiser), item in zip(live, inputs, strict=True):
+            rows = item["sample"].shape[0]
             part = noise_pred[offset : offset + rows]
             offset += rows
             if active.state is not RequestState.RUNNING:

@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from sdtriton.components import ONNX_FILE_NAME, TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec
+from sdtriton.components import ONNX_FILE_NAME, ComponentSpec, components_of
+from sdtriton.interface import PIPELINE_MODEL_NAME
+from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.serving.networks import SpecNetworks
 
 logger = logging.getLogger(__name__)
 
@@ -52,33 +55,24 @@ class ComponentSession:
         return dict(zip(self.spec.output_names, outputs, strict=True))
 
 
-class OnnxRuntimeComponents:
-    """The three networks in ONNX Runtime, no Triton: a :class:`DiffusionComponents` for baselines."""
+class OnnxRuntimeComponents(SpecNetworks):
+    """The networks in ONNX Runtime, no Triton: a :class:`DiffusionComponents` for baselines and tests."""
 
-    def __init__(self, onnx_paths: Mapping[str, Path], **session_options: object) -> None:
+    def __init__(self, config: PipelineConfig, onnx_paths: Mapping[str, Path], **session_options: object) -> None:
+        super().__init__(config)
         self.sessions = {
-            spec.model_name: ComponentSession(spec, onnx_paths[spec.model_name], **session_options)
-            for spec in (TEXT_ENCODER, UNET, VAE_DECODER)
+            name: ComponentSession(spec, onnx_paths[name], **session_options) for name, spec in self.specs.items()
         }
 
     @classmethod
-    def from_model_repository(cls, repository: Path, **session_options: object) -> OnnxRuntimeComponents:
-        paths = {
-            spec.model_name: repository / spec.model_name / "1" / ONNX_FILE_NAME
-            for spec in (TEXT_ENCODER, UNET, VAE_DECODER)
-        }
-        return cls(paths, **session_options)
+    def from_model_repository(
+        cls, repository: Path, config: PipelineConfig | None = None, **session_options: object
+    ) -> OnnxRuntimeComponents:
+        """Sessions over ``repository/<component>/1/model.onnx``; the config defaults to the repository's own."""
+        if config is None:
+            config = PipelineConfig.load(repository / PIPELINE_MODEL_NAME / "1")
+        paths = {spec.model_name: repository / spec.model_name / "1" / ONNX_FILE_NAME for spec in components_of(config)}
+        return cls(config, paths, **session_options)
 
-    def _run(self, spec: ComponentSpec, *arrays: np.ndarray) -> np.ndarray:
-        # Arrays in the spec's input order; each component has exactly one output.
-        (output,) = self.sessions[spec.model_name].run(dict(zip(spec.input_names, arrays, strict=True))).values()
-        return output
-
-    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._run(TEXT_ENCODER, input_ids)
-
-    def predict_noise(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray) -> np.ndarray:
-        return self._run(UNET, sample, timestep, encoder_hidden_states)
-
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
-        return self._run(VAE_DECODER, latents)
+    def run(self, spec: ComponentSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.sessions[spec.model_name].run(inputs)

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sdtriton import interface
 from sdtriton.pipeline_config import PipelineConfig
-from sdtriton.serving.engine import ImageRequest
+from sdtriton.serving.conditioning import ImageRequest
 from sdtriton.serving.errors import InvalidInputError
 from sdtriton.serving.text import tokenize_prompts
 from sdtriton.serving.validation import decode_prompt, parse_generation_params
@@ -44,14 +44,17 @@ def _preview_every(values: np.ndarray | None, config: PipelineConfig) -> int:
 
 
 def parse_request(
-    raw: Mapping[str, np.ndarray | None], *, config: PipelineConfig, tokenizer: PreTrainedTokenizerBase
+    raw: Mapping[str, np.ndarray | None],
+    *,
+    config: PipelineConfig,
+    tokenizers: Mapping[str, PreTrainedTokenizerBase],
 ) -> ParsedRequest:
     """Checks a request's inputs and tokenizes its prompts, as diffusers pads and truncates them.
 
     Args:
         raw: input name -> [N] values (None: omitted); names of :data:`interface.STREAM_INPUTS`.
         config: the exported model's geometry and defaults.
-        tokenizer: the model's CLIP tokenizer.
+        tokenizers: text encoder model name -> its tokenizer (:func:`sdtriton.serving.text.load_tokenizers`).
     """
     prompt_items = raw.get(interface.PROMPT.name)
     if prompt_items is None:
@@ -77,10 +80,15 @@ def parse_request(
         params.append(parse_generation_params(config=config, **item))
     if len({(p.height, p.width) for p in params}) > 1:
         raise InvalidInputError(interface.WIDTH.name, "width and height must be the same for every item of one request")
-    input_ids = tokenize_prompts(tokenizer, prompts)
-    negative_input_ids = tokenize_prompts(tokenizer, negatives)
+    prompt_ids = {encoder: tokenize_prompts(tokenizer, prompts) for encoder, tokenizer in tokenizers.items()}
+    negative_ids = {encoder: tokenize_prompts(tokenizer, negatives) for encoder, tokenizer in tokenizers.items()}
     images = tuple(
-        ImageRequest(params=item, input_ids=input_ids[index], negative_input_ids=negative_input_ids[index])
+        ImageRequest(
+            params=item,
+            prompt_ids={encoder: ids[index] for encoder, ids in prompt_ids.items()},
+            negative_ids={encoder: ids[index] for encoder, ids in negative_ids.items()},
+            negative_given=negative_items is not None,
+        )
         for index, item in enumerate(params)
     )
     return ParsedRequest(images=images, preview_every=_preview_every(raw.get(interface.PREVIEW_EVERY.name), config))

@@ -23,7 +23,7 @@ import logging
 import secrets
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,15 +32,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from sdtriton import interface
-from sdtriton.components import (
-    COMPONENTS,
-    ONNX_FILE_NAME,
-    TEXT_ENCODER,
-    TOKENIZER_DIR_NAME,
-    UNET,
-    VAE_DECODER,
-    ComponentSpec,
-)
+from sdtriton.components import COMPONENT_FAMILY_PARAMETER, ONNX_FILE_NAME, ComponentSpec, component_spec
 from sdtriton.interface import PublicTensor
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.batching import can_concatenate, concatenate_requests, split_outputs, to_spec_rank
@@ -50,6 +42,7 @@ from sdtriton.serving.errors import (
     RequestCancelledError,
     ServerBusyError,
 )
+from sdtriton.serving.networks import SpecNetworks
 
 _INTRA_OP_THREADS_PARAMETER = "intra_op_num_threads"
 
@@ -116,7 +109,8 @@ class OnnxComponentModel:
         from sdtriton.serving.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER, ComponentSession
 
         model_config = json.loads(args["model_config"])
-        self.spec: ComponentSpec = COMPONENTS[args["model_name"]]
+        family = model_config.get("parameters", {}).get(COMPONENT_FAMILY_PARAMETER, {}).get("string_value", "sd")
+        self.spec: ComponentSpec = component_spec(family, args["model_name"])
         if args["model_instance_kind"] == "GPU":
             device_id = int(args["model_instance_device_id"])
             providers: list[Any] = [(CUDA_PROVIDER, {"device_id": device_id}), CPU_PROVIDER]
@@ -156,7 +150,7 @@ class OnnxComponentModel:
         ]
 
 
-class BlsComponents:
+class BlsComponents(SpecNetworks):
     """The pipeline's networks reached through BLS calls to their own Triton models.
 
     The calls carry no request trace: one call serves many requests, and a decoupled model's request (and its
@@ -164,29 +158,21 @@ class BlsComponents:
     this Triton: measured). With ``--trace-config`` the network calls are traced on their own.
     """
 
-    def _infer(self, spec: ComponentSpec, *arrays: np.ndarray) -> np.ndarray:
-        inputs = []
-        for tensor, array in zip(spec.inputs, arrays, strict=True):
-            value = np.ascontiguousarray(array, dtype=tensor.numpy_dtype)
+    def run(self, spec: ComponentSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = []
+        for tensor in spec.inputs:
+            value = np.ascontiguousarray(inputs[tensor.name], dtype=tensor.numpy_dtype)
             if len(tensor.axes) == 1:
                 value = value.reshape(-1, 1)  # a per-item scalar travels as [batch, 1]
-            inputs.append(pb_utils.Tensor(tensor.name, value))
+            tensors.append(pb_utils.Tensor(tensor.name, value))
         response = pb_utils.InferenceRequest(
-            model_name=spec.model_name, inputs=inputs, requested_output_names=spec.output_names
+            model_name=spec.model_name, inputs=tensors, requested_output_names=spec.output_names
         ).exec()
         if response.has_error():
             raise ComponentCallError(f"{spec.model_name}: {response.error().message()}")
-        (output_name,) = spec.output_names
-        return np.array(pb_utils.get_output_tensor_by_name(response, output_name).as_numpy())
-
-    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._infer(TEXT_ENCODER, input_ids)
-
-    def predict_noise(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray) -> np.ndarray:
-        return self._infer(UNET, sample, timestep, encoder_hidden_states)
-
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
-        return self._infer(VAE_DECODER, latents)
+        return {
+            name: np.array(pb_utils.get_output_tensor_by_name(response, name).as_numpy()) for name in spec.output_names
+        }
 
 
 class _TritonLogHandler(logging.Handler):
@@ -309,9 +295,8 @@ class PipelineModel:
 
     def initialize(self, args: dict[str, Any]) -> None:
         # Imported here so that the component models' processes never load torch and diffusers.
-        from transformers import CLIPTokenizer
-
         from sdtriton.serving.engine import DiffusionEngine
+        from sdtriton.serving.text import load_tokenizers
 
         self.model_name = args["model_name"]
         model_config = json.loads(args["model_config"])
@@ -319,9 +304,9 @@ class PipelineModel:
             raise ValueError(f"{self.model_name} must be decoupled (model_transaction_policy {{ decoupled: true }})")
         _route_logging_to_triton()
         self.config = PipelineConfig.load(_version_dir(args))
-        self.tokenizer = CLIPTokenizer.from_pretrained(_version_dir(args) / TOKENIZER_DIR_NAME)
+        self.tokenizers = load_tokenizers(_version_dir(args), self.config)
         limits = _engine_limits(model_config)
-        self.engine = DiffusionEngine(config=self.config, networks=BlsComponents(), limits=limits)
+        self.engine = DiffusionEngine(config=self.config, networks=BlsComponents(self.config), limits=limits)
         self.engine.start()
         _logger().log_info(f"{self.model_name}: diffusion engine started with {limits}")
 
@@ -332,7 +317,7 @@ class PipelineModel:
         parsed = parse_request(
             {tensor.name: _optional_items(request, tensor) for tensor in interface.STREAM_INPUTS},
             config=self.config,
-            tokenizer=self.tokenizer,
+            tokenizers=self.tokenizers,
         )
         key_items = _optional_items(request, interface.REQUEST_KEY)
         progress_items = _optional_items(request, interface.SEND_PROGRESS)

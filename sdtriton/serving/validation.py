@@ -28,6 +28,7 @@ class GenerationParams:
     width: int
     height: int
     scheduler: str | None  # None: the model's own scheduler
+    refiner_fraction: float = 0.0  # SDXL with a refiner: the share of the denoising the refiner does
 
     @property
     def uses_classifier_free_guidance(self) -> bool:
@@ -85,6 +86,15 @@ def _scheduler(raw: bytes | str) -> str:
     return name
 
 
+def _refiner_fraction(value: float, config: PipelineConfig) -> float:
+    field = interface.REFINER_FRACTION.name
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise InvalidInputError(field, f"must be 0 (off) or a number above 0 and below 1, got {_echo(value)}")
+    if value > 0.0 and not config.has_refiner:
+        raise InvalidInputError(field, "must be 0: this repository was exported without a refiner")
+    return value
+
+
 def random_seed() -> int:
     return secrets.randbelow(interface.MAX_SEED + 1)
 
@@ -98,6 +108,7 @@ def parse_generation_params(
     width: int | None = None,
     height: int | None = None,
     scheduler: bytes | str | None = None,
+    refiner_fraction: float | None = None,
     draw_seed: Callable[[], int] = random_seed,
 ) -> GenerationParams:
     """Validates one item's parameters; an omitted one takes the model's default."""
@@ -128,4 +139,5 @@ def parse_generation_params(
             maximum=config.max_height,
         ),
         scheduler=None if scheduler is None else _scheduler(scheduler),
+        refiner_fraction=0.0 if refiner_fraction is None else _refiner_fraction(float(refiner_fraction), config),
     )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from diffusers import PNDMScheduler
 
 from sdtriton.interface import SCHEDULER_NAMES
-from sdtriton.pipeline_config import PipelineConfig
-from sdtriton.serving.denoise import generate_image
+from sdtriton.pipeline_config import PipelineConfig, SdxlConfig, SdxlRefinerConfig
+from sdtriton.serving.conditioning import stages_for
+from sdtriton.serving.denoise import ImageDenoiser, encode_image_text, generate_image
 from sdtriton.serving.engine import (
     DiffusionEngine,
     EngineLimits,
@@ -41,26 +44,62 @@ CONFIG = PipelineConfig(
 )
 
 
+SDXL_CONFIG = dataclasses.replace(
+    CONFIG,
+    text_hidden_size=2 * HIDDEN,
+    sdxl=SdxlConfig(
+        text_hidden_sizes=(HIDDEN, HIDDEN),
+        pooled_size=3,
+        refiner=SdxlRefinerConfig(
+            text_hidden_size=HIDDEN,
+            time_ids=5,
+            requires_aesthetics_score=True,
+            force_zeros_for_empty_prompt=False,
+            scheduler_config=CONFIG.scheduler_config,
+        ),
+    ),
+)
+
+
+def _states(input_ids: np.ndarray, offset: float) -> np.ndarray:
+    ids = input_ids.astype(np.float32)[:, :, None]
+    return np.tanh(ids / 50.0 + offset + np.arange(HIDDEN, dtype=np.float32)) * np.ones((1, TOKENS, HIDDEN), np.float32)
+
+
 class FakeNetworks:
-    """Row-wise deterministic stand-ins: a row's answer depends on that row alone, as a real network's does."""
+    """Row-wise deterministic stand-ins: a row's answer depends on that row alone, as a real network's does.
+
+    They answer as SD's text encoder and UNet, and as SDXL's two encoders, base UNet and refiner UNet.
+    """
 
     def __init__(self) -> None:
         self.unet_batches: list[int] = []
+        self.unet_calls: list[tuple[str, int]] = []
         self.text_batches: list[int] = []
         self.vae_batches: list[int] = []
         self.fail_unet = False
 
-    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
+    def encode_text(self, encoder: str, input_ids: np.ndarray) -> dict[str, np.ndarray]:
         self.text_batches.append(len(input_ids))
-        ids = input_ids.astype(np.float32)[:, :, None]
-        return np.tanh(ids / 50.0 + np.arange(HIDDEN, dtype=np.float32)) * np.ones((1, TOKENS, HIDDEN), np.float32)
+        if encoder == "text_encoder":
+            states = _states(input_ids, 0.0)
+            return {"last_hidden_state": states, "penultimate_hidden_state": -states}
+        states = _states(input_ids, 1.0)
+        return {"penultimate_hidden_state": states, "text_embeds": states.mean(axis=2)[:, :3]}
 
-    def predict_noise(self, sample: np.ndarray, timestep: np.ndarray, states: np.ndarray) -> np.ndarray:
+    def predict_noise(self, unet: str, inputs) -> np.ndarray:
         if self.fail_unet:
             raise RuntimeError("unet down")
+        sample, timestep = inputs["sample"], inputs["timestep"]
         self.unet_batches.append(len(sample))
-        text = states.mean(axis=(1, 2))[:, None, None, None]
-        return (0.3 * sample + 0.001 * timestep[:, None, None, None] + text).astype(np.float32)
+        self.unet_calls.append((unet, len(sample)))
+        text = inputs["encoder_hidden_states"].mean(axis=(1, 2))
+        for name in ("text_embeds", "time_ids"):
+            if name in inputs:
+                text = text + 0.01 * inputs[name].mean(axis=1)
+        if unet == "refiner_unet":
+            text = -text
+        return (0.3 * sample + 0.001 * timestep[:, None, None, None] + text[:, None, None, None]).astype(np.float32)
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         self.vae_batches.append(len(latents))
@@ -99,21 +138,36 @@ def _ids(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 400, size=TOKENS).astype(np.int64)
 
 
-def _image(*, seed: int, steps: int = 6, guidance: float = 7.5, size: int = 16, scheduler: str | None = None):
+def _image(
+    *,
+    seed: int,
+    steps: int = 6,
+    guidance: float = 7.5,
+    size: int = 16,
+    scheduler: str | None = None,
+    refiner_fraction: float = 0.0,
+    negative_given: bool = True,
+):
     params = GenerationParams(
-        num_inference_steps=steps, guidance_scale=guidance, seed=seed, width=size, height=size, scheduler=scheduler
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        seed=seed,
+        width=size,
+        height=size,
+        scheduler=scheduler,
+        refiner_fraction=refiner_fraction,
     )
-    return ImageRequest(params=params, input_ids=_ids(seed), negative_input_ids=_ids(seed + 1000))
+    encoders = ("text_encoder", "text_encoder_2")
+    return ImageRequest(
+        params=params,
+        prompt_ids={encoder: _ids(seed + index) for index, encoder in enumerate(encoders)},
+        negative_ids={encoder: _ids(seed + 1000 + index) for index, encoder in enumerate(encoders)},
+        negative_given=negative_given,
+    )
 
 
-def _alone(image: ImageRequest) -> np.ndarray:
-    return generate_image(
-        input_ids=image.input_ids,
-        negative_input_ids=image.negative_input_ids,
-        params=image.params,
-        config=CONFIG,
-        components=FakeNetworks(),
-    )
+def _alone(image: ImageRequest, config: PipelineConfig = CONFIG) -> np.ndarray:
+    return generate_image(image=image, config=config, components=FakeNetworks())
 
 
 def _request(key: int, *images: ImageRequest, **options) -> tuple[EngineRequest, RecordingSink]:
@@ -157,10 +211,56 @@ def test_a_batched_request_gives_the_image_it_gives_alone_for_every_scheduler() 
     assert max(networks.unet_batches) > 2
 
 
-def _steps(image: ImageRequest) -> list:
-    from sdtriton.serving.denoise import ImageDenoiser
+def _steps(image: ImageRequest, config: PipelineConfig = CONFIG) -> list:
+    encoded = encode_image_text(image, config, FakeNetworks())
+    return ImageDenoiser(params=image.params, config=config, stages=stages_for(image, config, encoded)).timesteps
 
-    return ImageDenoiser(params=image.params, config=CONFIG, prompt_embeds=np.zeros((2, TOKENS, HIDDEN))).timesteps
+
+def test_sdxl_images_with_and_without_the_refiner_are_exact_batched_and_never_mix_unets() -> None:
+    networks = FakeNetworks()
+    engine = DiffusionEngine(config=SDXL_CONFIG, networks=networks, limits=EngineLimits(max_running_images=16))
+    images = [
+        _image(seed=index, steps=8, guidance=[7.5, 1.0][index % 2], scheduler=name, refiner_fraction=fraction)
+        for index, (name, fraction) in enumerate(
+            [("euler", 0.0), ("heun", 0.3), ("dpmpp_2m", 0.5), ("euler_a", 0.2), ("ddim", 0.0), ("lms", 0.25)]
+        )
+    ]
+    images.append(_image(seed=40, steps=8, negative_given=False, refiner_fraction=0.3))
+    sinks = []
+    for key, image in enumerate(images):
+        request, sink = _request(key, image)
+        engine.submit(request)
+        sinks.append(sink)
+    _run(engine)
+    for image, sink in zip(images, sinks, strict=True):
+        assert sink.error is None
+        assert np.array_equal(sink.result.images[0], _alone(image, SDXL_CONFIG))
+    unets = {unet for unet, _ in networks.unet_calls}
+    assert unets == {"unet", "refiner_unet"}
+    # the refiner stage changes the image: the same request without it gives another one
+    refined = images[2]
+    plain = _image(seed=2, steps=8, scheduler="dpmpp_2m")
+    assert not np.array_equal(_alone(refined, SDXL_CONFIG), _alone(plain, SDXL_CONFIG))
+
+
+def test_the_refiner_stage_takes_the_low_noise_end_of_the_same_schedule() -> None:
+    base_only = _steps(_image(seed=1, steps=10, scheduler="euler"), SDXL_CONFIG)
+    refined = _steps(_image(seed=1, steps=10, scheduler="euler", refiner_fraction=0.2), SDXL_CONFIG)
+    assert refined == base_only  # 8 base steps down to t >= 200, then the refiner's 2 below
+    # A second-order scheduler: the refiner's share is made odd so that it ends after a step's second half
+    # (diffusers' get_timesteps), which repeats the timestep where the base stopped.
+    heun = _steps(_image(seed=1, steps=10, scheduler="heun", refiner_fraction=0.2), SDXL_CONFIG)
+    assert len(heun) == len(_steps(_image(seed=1, steps=10, scheduler="heun"), SDXL_CONFIG)) + 1
+
+
+def test_an_omitted_negative_prompt_is_zeros_only_where_the_pipeline_says_so() -> None:
+    encoded = encode_image_text(_image(seed=3, negative_given=False), SDXL_CONFIG, FakeNetworks())
+    base, refine = stages_for(_image(seed=3, negative_given=False, refiner_fraction=0.3), SDXL_CONFIG, encoded)
+    assert not base.conditioning["encoder_hidden_states"][0].any()  # force_zeros_for_empty_prompt
+    assert base.conditioning["encoder_hidden_states"][1].any()
+    assert refine.conditioning["encoder_hidden_states"][0].any()  # the refiner encodes "" instead
+    assert refine.conditioning["time_ids"].tolist() == [[16, 16, 0, 0, 2.5], [16, 16, 0, 0, 6.0]]
+    assert base.conditioning["time_ids"].tolist() == [[16, 16, 0, 0, 16, 16]] * 2
 
 
 def test_a_request_joining_mid_flight_is_exact_and_shares_the_calls() -> None:

@@ -372,7 +372,7 @@ def test_in_process_closed_loop_keeps_the_concurrency_and_counts_unet_rows() -> 
     networks = FakeNetworks()
     run = run_closed_loop(
         config=CONFIG,
-        tokenizer=_FakeTokenizer(),
+        tokenizers={"text_encoder": _FakeTokenizer()},
         networks=networks,
         limits=EngineLimits(max_running_images=8, max_unet_rows=16),
         request=_small_request(steps=4),
@@ -393,13 +393,14 @@ def test_in_process_zero_time_unet_and_failures() -> None:
     networks = FakeNetworks()
     zero = ZeroTimeUNet(networks)
     sample = np.ones((2, 4, 8, 8), np.float32)
-    assert not zero.predict_noise(sample, np.zeros(2, np.float32), np.zeros((2, TOKENS, 4), np.float32)).any()
+    inputs = {"sample": sample, "timestep": np.zeros(2, np.float32), "encoder_hidden_states": np.zeros((2, TOKENS, 4))}
+    assert not zero.predict_noise("unet", inputs).any()
     assert networks.unet_batches == []
     networks.fail_unet = True
     with pytest.raises(InProcessEngineError, match="unet down"):
         run_closed_loop(
             config=CONFIG,
-            tokenizer=_FakeTokenizer(),
+            tokenizers={"text_encoder": _FakeTokenizer()},
             networks=networks,
             limits=EngineLimits(),
             request=_small_request(),

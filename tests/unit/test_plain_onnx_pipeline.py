@@ -11,8 +11,7 @@ from sdtriton.components import UNET
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.denoise import generate_image
 from sdtriton.serving.onnx_runtime import OnnxRuntimeComponents
-from sdtriton.serving.text import tokenize_prompts
-from sdtriton.serving.validation import parse_generation_params
+from sdtriton.serving.requests import parse_request
 from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, diffusers_image, max_pixel_difference
 
 
@@ -24,11 +23,16 @@ def components(tiny_repository: Path) -> OnnxRuntimeComponents:
 @pytest.mark.parametrize("scheduler", ["dpmpp_2m", "heun"])
 def test_plain_loop_matches_diffusers(components, tiny_repository: Path, diffusers_pipeline, scheduler: str) -> None:
     config = PipelineConfig.load(tiny_repository / "pipeline" / "1")
-    ids = tokenize_prompts(diffusers_pipeline.tokenizer, ["a blue cross", "ugly"])
-    params = parse_generation_params(config=config, num_inference_steps=10, seed=21, scheduler=scheduler)
-    image = generate_image(
-        input_ids=ids[0], negative_input_ids=ids[1], params=params, config=config, components=components
-    )
+    raw = {
+        "prompt": np.array([b"a blue cross"], dtype=object),
+        "negative_prompt": np.array([b"ugly"], dtype=object),
+        "num_inference_steps": np.array([10]),
+        "seed": np.array([21]),
+        "scheduler": np.array([scheduler.encode()], dtype=object),
+    }
+    tokenizers = {"text_encoder": diffusers_pipeline.tokenizer}
+    (request,) = parse_request(raw, config=config, tokenizers=tokenizers).images
+    image = generate_image(image=request, config=config, components=components)
     expected = diffusers_image(
         diffusers_pipeline, "a blue cross", negative_prompt="ugly", seed=21, num_inference_steps=10, scheduler=scheduler
     )
@@ -40,6 +44,7 @@ def test_exported_unet_takes_any_batch_and_size(components, tiny_repository: Pat
     rng = np.random.default_rng(0)
     sample = rng.standard_normal((3, config.latent_channels, 24, 48)).astype(np.float32)
     states = rng.standard_normal((3, config.text_max_length, config.text_hidden_size)).astype(np.float32)
-    noise = components.predict_noise(sample, np.array([1.0, 500.0, 999.0], np.float32), states)
+    timestep = np.array([1.0, 500.0, 999.0], np.float32)
+    noise = components.predict_noise("unet", {"sample": sample, "timestep": timestep, "encoder_hidden_states": states})
     assert noise.shape == sample.shape
     assert UNET.output_names == ["noise_pred"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from sdtriton.components import ONNX_FILE_NAME, UNET
+from sdtriton.components import COMPONENT_FAMILY_PARAMETER, ONNX_FILE_NAME, UNET
 from sdtriton.export.configs import CONFIG_FILE_NAME, MODEL_FILE_NAME, config_text, parse_config_text
 from sdtriton.perf.simulated import (
     FIXED_MS_PARAMETER,
@@ -190,6 +190,7 @@ def test_simulated_config_keeps_tensors_and_batching_and_adds_the_latency() -> N
     assert {key: value.string_value for key, value in config.parameters.items()} == {
         FIXED_MS_PARAMETER: "50",
         PER_ITEM_MS_PARAMETER: "10",
+        COMPONENT_FAMILY_PARAMETER: "sd",
     }
 
 

@@ -1,0 +1,157 @@
+"""What each image sends to the text encoders, and the UNet conditioning of each denoising stage built from it.
+
+The family of the exported model (never the request) decides, as its diffusers pipeline does:
+
+- SD 1.x/2.x (``StableDiffusionPipeline.encode_prompt``): one text encoder; its last hidden state is the UNet's
+  ``encoder_hidden_states``; an omitted negative prompt is encoded as "".
+- SDXL (``StableDiffusionXLPipeline.encode_prompt`` and ``_get_add_time_ids``): both encoders' penultimate hidden
+  states, concatenated, are ``encoder_hidden_states``; the second encoder's projected pooled output is
+  ``text_embeds``; ``time_ids`` are (original size, crop top-left, target size) = (h, w, 0, 0, h, w); with
+  ``force_zeros_for_empty_prompt`` an omitted negative prompt is zeros. The refiner stage
+  (``StableDiffusionXLImg2ImgPipeline``) takes the second encoder alone and (original size, crop, aesthetic score).
+
+Rows: with classifier-free guidance every conditioning has two rows, [negative, prompt]; without, one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sdtriton.components import REFINER_UNET_MODEL_NAME, UNET_MODEL_NAME
+from sdtriton.pipeline_config import PipelineConfig, SdxlConfig
+from sdtriton.serving.validation import GenerationParams
+
+# A text encoder's outputs for one image's rows, by output name.
+EncodedText = Mapping[str, np.ndarray]
+# SDXL's crop top-left default, as diffusers' (0, 0).
+_CROP_TOP_LEFT = (0, 0)
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image of a request: validated parameters and the token ids of its prompts.
+
+    Attributes:
+        params: validated generation parameters.
+        prompt_ids: text encoder model name -> [T] token ids of the prompt (by that encoder's tokenizer).
+        negative_ids: the same for the negative prompt ("" where it was omitted).
+        negative_given: whether the request sent a negative prompt (SDXL zeros an omitted one).
+    """
+
+    params: GenerationParams
+    prompt_ids: Mapping[str, np.ndarray]
+    negative_ids: Mapping[str, np.ndarray]
+    negative_given: bool = True
+
+
+def text_ids_for(image: ImageRequest, encoder: str) -> np.ndarray:
+    """The rows one image sends to ``encoder``: [negative, prompt] with guidance, else [prompt]."""
+    prompt = image.prompt_ids[encoder]
+    if image.params.uses_classifier_free_guidance:
+        ids = np.stack([image.negative_ids[encoder], prompt])
+    else:
+        ids = prompt[None]
+    return ids.astype(np.int64, copy=False)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One denoising stage of an image: which UNet it calls, with what conditioning, over which timesteps.
+
+    Attributes:
+        unet: the UNet model this stage calls.
+        conditioning: the UNet's inputs besides ``sample`` and ``timestep``, [rows, ...] each.
+        scheduler_config: the scheduler config of this stage's pipeline.
+        scheduler_overrides: the model's own settings per scheduler key.
+        denoising_end: stop when this fraction of the noise is removed (SDXL base before a refiner).
+        denoising_start: start there, on the given latents, without adding noise (the refiner).
+        set_begin_index: whether the pipeline tells the scheduler its first step index (SDXL pipelines do).
+    """
+
+    unet: str
+    conditioning: Mapping[str, np.ndarray]
+    scheduler_config: Mapping[str, Any]
+    scheduler_overrides: Mapping[str, Mapping[str, Any]]
+    denoising_end: float | None = None
+    denoising_start: float | None = None
+    set_begin_index: bool = False
+
+
+def stages_for(image: ImageRequest, config: PipelineConfig, encoded: Mapping[str, EncodedText]) -> list[Stage]:
+    """The denoising stages of one image, given its text encoders' outputs (``encoded[encoder][output]``)."""
+    if config.sdxl is None:
+        return [
+            Stage(
+                unet=UNET_MODEL_NAME,
+                conditioning={"encoder_hidden_states": encoded["text_encoder"]["last_hidden_state"]},
+                scheduler_config=config.scheduler_config,
+                scheduler_overrides=config.scheduler_overrides,
+            )
+        ]
+    return _sdxl_stages(image, config, config.sdxl, encoded)
+
+
+def _rows(image: ImageRequest, negative: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    rows = [negative, positive] if image.params.uses_classifier_free_guidance else [positive]
+    return np.stack(rows).astype(np.float32)
+
+
+def _zero_negative(image: ImageRequest, states: np.ndarray, *, force_zeros: bool) -> np.ndarray:
+    """With guidance and no negative prompt sent, ``force_zeros_for_empty_prompt`` makes its row zeros."""
+    if force_zeros and not image.negative_given and image.params.uses_classifier_free_guidance:
+        states = states.copy()
+        states[0] = 0.0
+    return states
+
+
+def _sdxl_stages(
+    image: ImageRequest, config: PipelineConfig, sdxl: SdxlConfig, encoded: Mapping[str, EncodedText]
+) -> list[Stage]:
+    params = image.params
+    size = (params.height, params.width)
+    first, second = encoded["text_encoder"], encoded["text_encoder_2"]
+    pooled = second["text_embeds"]
+    fraction = params.refiner_fraction
+    base_time_ids = np.array([*size, *_CROP_TOP_LEFT, *size], dtype=np.float32)
+    base = Stage(
+        unet=UNET_MODEL_NAME,
+        conditioning={
+            "encoder_hidden_states": _zero_negative(
+                image,
+                np.concatenate([first["penultimate_hidden_state"], second["penultimate_hidden_state"]], axis=-1),
+                force_zeros=sdxl.force_zeros_for_empty_prompt,
+            ),
+            "text_embeds": _zero_negative(image, pooled, force_zeros=sdxl.force_zeros_for_empty_prompt),
+            "time_ids": _rows(image, base_time_ids, base_time_ids),
+        },
+        scheduler_config=config.scheduler_config,
+        scheduler_overrides=config.scheduler_overrides,
+        denoising_end=1.0 - fraction if fraction > 0 else None,
+        set_begin_index=True,
+    )
+    refiner = sdxl.refiner
+    if fraction <= 0 or refiner is None:
+        return [base]
+    if refiner.requires_aesthetics_score:
+        positive = np.array([*size, *_CROP_TOP_LEFT, refiner.aesthetic_score], dtype=np.float32)
+        negative = np.array([*size, *_CROP_TOP_LEFT, refiner.negative_aesthetic_score], dtype=np.float32)
+    else:
+        positive = negative = base_time_ids
+    force_zeros = refiner.force_zeros_for_empty_prompt
+    refine = Stage(
+        unet=REFINER_UNET_MODEL_NAME,
+        conditioning={
+            "encoder_hidden_states": _zero_negative(image, second["penultimate_hidden_state"], force_zeros=force_zeros),
+            "text_embeds": _zero_negative(image, pooled, force_zeros=force_zeros),
+            "time_ids": _rows(image, negative, positive),
+        },
+        scheduler_config=refiner.scheduler_config,
+        scheduler_overrides=config.scheduler_overrides,
+        denoising_start=1.0 - fraction,
+        set_begin_index=True,
+    )
+    return [base, refine]
