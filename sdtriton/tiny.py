@@ -31,6 +31,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from sdtriton.schedulers import save_scheduler_overrides
 from sdtriton.tokenizer_files import CLIP_MODEL_MAX_LENGTH, CLIP_VOCAB_SIZE, build_clip_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -198,6 +199,11 @@ _SDXL_TEXT_ENCODER_2 = {
 _SDXL_ADDITION_TIME_EMBED_DIM = 8
 _SDXL_VAE = {**PROFILES["tiny"].vae, "scaling_factor": 0.13025, "force_upcast": True}
 FAMILIES = ("sd", "sdxl", "sdxl-refiner")
+# The tiny SDXL's own scheduler settings (sdtriton.schedulers.SCHEDULER_OVERRIDES_FILE_NAME). SDXL's Euler config
+# has no clip_sample, so DDIM built from it clips the predicted sample to -1..1; with random weights that makes
+# DDIM chaotic (measured: a 1e-5 change of one UNet output moved pixels by 141 of 255, against 1 for every other
+# scheduler), which no parity check could survive. Trained SDXL weights predict samples inside the range.
+SDXL_SCHEDULER_OVERRIDES = {"ddim": {"clip_sample": False}}
 # Text-encoder pad tokens of SDXL: the first encoder pads with <|endoftext|>, the second (OpenCLIP) with "!".
 SDXL_TOKENIZER_2_PAD_TOKEN = "!"
 
@@ -295,5 +301,7 @@ def make_tiny(output_dir: Path, *, profile: str = "tiny", seed: int = 0, family:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     output_dir.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(output_dir, safe_serialization=True)
+    if family != "sd":
+        save_scheduler_overrides(output_dir, SDXL_SCHEDULER_OVERRIDES)
     logger.info("wrote the %s pipeline (seed %d) to %s", profile if family == "sd" else family, seed, output_dir)
     return output_dir

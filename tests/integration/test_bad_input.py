@@ -38,6 +38,10 @@ BAD_INPUTS = [
     ({"scheduler": "ddpm"}, "scheduler", "ddim, pndm, euler, euler_a, dpmpp_2m, unipc, lms, heun"),
     ({"scheduler": "__import__('os').system('true')"}, "scheduler", "one of"),
     ({"negative_prompt": "x" * 2001}, "negative_prompt", "2000 bytes"),
+    ({"refiner_fraction": 1.0}, "refiner_fraction", "above 0 and below 1"),
+    ({"refiner_fraction": -0.1}, "refiner_fraction", "above 0 and below 1"),
+    ({"refiner_fraction": float("nan")}, "refiner_fraction", "above 0 and below 1"),
+    ({"refiner_fraction": 0.3}, "refiner_fraction", "exported without a refiner"),
 ]
 
 

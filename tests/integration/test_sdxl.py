@@ -1,0 +1,144 @@
+"""SDXL through the same export, engine, interface and client: parity with diffusers' SDXL pipelines.
+
+The tiny SDXL base and refiner are made here (``make-tiny --family sdxl`` / ``sdxl-refiner``), exported into one
+repository with the refiner as a second stage, and served by a real tritonserver.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdtriton.client import InvalidRequestError, StableDiffusionClient
+from sdtriton.interface import SCHEDULER_NAMES
+from tests.conftest import serve
+from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, max_pixel_difference, sdxl_diffusers_image
+
+pytestmark = pytest.mark.integration
+
+PROMPT = "a yellow star on a purple background"
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def sdxl_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from sdtriton.tiny import make_tiny
+
+    models = tmp_path_factory.mktemp("sdxl_models")
+    return make_tiny(models / "base", family="sdxl"), make_tiny(models / "refiner", family="sdxl-refiner")
+
+
+@pytest.fixture(scope="module")
+def sdxl_server(sdxl_dirs, tmp_path_factory: pytest.TempPathFactory):
+    from sdtriton.export import export_repository
+
+    base, refiner = sdxl_dirs
+    repository = tmp_path_factory.mktemp("sdxl_repository")
+    export_repository(base, repository, refiner=refiner, show_progress=False)
+    yield from serve(repository, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def oracle(sdxl_dirs):
+    """diffusers' own StableDiffusionXLPipeline and refiner on the same weights."""
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    base_dir, refiner_dir = sdxl_dirs
+    base = StableDiffusionXLPipeline.from_pretrained(base_dir, torch_dtype=torch.float32)
+    # As diffusers' recipe: the refiner shares the base's second text encoder and VAE.
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        refiner_dir, text_encoder_2=base.text_encoder_2, vae=base.vae, torch_dtype=torch.float32
+    )
+    for pipeline in (base, refiner):
+        pipeline.set_progress_bar_config(disable=True)
+    return base, refiner
+
+
+@pytest.fixture(scope="module")
+def client(sdxl_server):
+    with StableDiffusionClient(sdxl_server.address.grpc_url) as client:
+        yield client
+
+
+def _check(client, oracle, **kwargs) -> np.ndarray:
+    base, refiner = oracle
+    result = client.generate(PROMPT, **kwargs)
+    expected = sdxl_diffusers_image(base, PROMPT, refiner=refiner, **kwargs)
+    assert max_pixel_difference(np.asarray(result.image), expected) <= MAX_PIXEL_DIFFERENCE
+    return np.asarray(result.image)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_every_scheduler_matches_diffusers_sdxl(client, oracle, scheduler: str) -> None:
+    image = _check(client, oracle, seed=1234, num_inference_steps=STEPS, scheduler=scheduler)
+    # The comparison can fail: another seed gives a clearly different picture.
+    other = sdxl_diffusers_image(oracle[0], PROMPT, seed=1235, num_inference_steps=STEPS, scheduler=scheduler)
+    assert max_pixel_difference(image, other) > 20
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"guidance_scale": 1.0},  # guidance off: one row, no negative
+        {"negative_prompt": "blurry, low quality"},
+        {"negative_prompt": ""},  # sent empty: encoded, not zeroed (diffusers zeroes only an omitted one)
+        {"width": 96, "height": 64, "scheduler": "euler_a"},  # non-square: size conditioning follows it
+        {},  # the model's own scheduler (EulerDiscrete, "leading")
+    ],
+    ids=["guidance-off", "negative", "empty-negative", "non-square", "default-scheduler"],
+)
+def test_guidance_negative_prompts_and_sizes_match_diffusers_sdxl(client, oracle, kwargs) -> None:
+    _check(client, oracle, seed=7, num_inference_steps=10, **kwargs)
+
+
+def test_an_omitted_and_an_empty_negative_prompt_differ_as_in_diffusers(client) -> None:
+    omitted = client.generate(PROMPT, seed=3, num_inference_steps=6)
+    empty = client.generate(PROMPT, seed=3, num_inference_steps=6, negative_prompt="")
+    assert max_pixel_difference(np.asarray(omitted.image), np.asarray(empty.image)) > 0
+
+
+@pytest.mark.parametrize(("scheduler", "fraction"), [("euler", 0.2), ("heun", 0.3), ("dpmpp_2m", 0.5), ("ddim", 0.25)])
+def test_base_and_refiner_match_diffusers_two_pipeline_recipe(client, oracle, scheduler: str, fraction: float) -> None:
+    refined = _check(client, oracle, seed=21, num_inference_steps=STEPS, scheduler=scheduler, refiner_fraction=fraction)
+    base_only = client.generate(PROMPT, seed=21, num_inference_steps=STEPS, scheduler=scheduler)
+    # The refiner stage changed the image by more than the rounding the parity check allows.
+    assert max_pixel_difference(refined, np.asarray(base_only.image)) > MAX_PIXEL_DIFFERENCE
+
+
+def test_a_refined_and_a_plain_request_batched_together_stay_exact(sdxl_server, oracle) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [
+        {"seed": 30, "num_inference_steps": 14, "scheduler": "euler_a", "refiner_fraction": 0.4},
+        {"seed": 31, "num_inference_steps": 9, "scheduler": "unipc", "guidance_scale": 1.0},
+        {"seed": 32, "num_inference_steps": 11, "scheduler": "lms", "refiner_fraction": 0.2, "width": 96},
+    ]
+
+    def run(kwargs: dict) -> np.ndarray:
+        with StableDiffusionClient(sdxl_server.address.grpc_url) as client:
+            return np.asarray(client.generate(PROMPT, **kwargs).image)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        images = list(pool.map(run, jobs))
+    for image, kwargs in zip(images, jobs, strict=True):
+        expected = sdxl_diffusers_image(oracle[0], PROMPT, refiner=oracle[1], **kwargs)
+        assert max_pixel_difference(image, expected) <= MAX_PIXEL_DIFFERENCE
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "allowed"),
+    [
+        ({"refiner_fraction": 1.0}, "above 0 and below 1"),
+        ({"refiner_fraction": float("inf")}, "above 0 and below 1"),
+        ({"width": 130}, "multiple of 4 in 4..128"),
+        ({"scheduler": "ddpm"}, "one of"),
+    ],
+)
+def test_bad_sdxl_input_is_rejected_with_field_and_range(client, kwargs, allowed: str) -> None:
+    with pytest.raises(InvalidRequestError) as error:
+        client.generate(PROMPT, num_inference_steps=2, **kwargs)
+    assert next(iter(kwargs)) in str(error.value) and allowed in str(error.value)
+    assert client.generate(PROMPT, num_inference_steps=2, seed=1).image.size == (64, 64)  # still serving
