@@ -236,7 +236,8 @@ class StableDiffusionClient:
 
     Args:
         url: ``http://host:port`` (Triton HTTP, default port 8000) or ``grpc://host:port`` (default 8001).
-        model_name: the entry model.
+        model_name: the entry model (``<prefix>stable_diffusion`` for a repository exported with ``--model-prefix``;
+            streaming goes to its twin, ``<prefix>stable_diffusion_stream``).
         timeout_s: per-request timeout; None waits as long as the server takes.
     """
 
@@ -364,7 +365,7 @@ class StableDiffusionClient:
         self._client.start_stream(callback=lambda result, error: events.put((result, error)))
         finished = False
         try:
-            self._client.async_stream_infer(interface.STREAM_ENTRY_MODEL_NAME, inputs, **kwargs)
+            self._client.async_stream_infer(interface.stream_entry_name(self.model_name), inputs, **kwargs)
             while True:
                 try:
                     result, error = events.get(timeout=None if self.timeout_s is None else self._stream_wait_s)

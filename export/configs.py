@@ -9,6 +9,7 @@ plans) come from the same specs, never from copies.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sdtriton import interface
 from sdtriton.components import (
     COMPONENT_FAMILY_PARAMETER,
     FAMILY_COMPONENTS,
+    MODEL_PREFIX_PARAMETER,
     ONNX_FILE_NAME,
     TENSORRT_PLAN_FILE_NAME,
     ComponentSpec,
@@ -70,6 +72,13 @@ class RenderOptions:
     max_running_images: int = 8
     max_pending_requests: int = 32
     max_queue_delay_us: int = 0
+    # Put before every model name (e.g. "sdxl_" -> sdxl_stable_diffusion, sdxl_pipeline, sdxl_unet, ...), so that
+    # repositories of several models load into one tritonserver side by side (model names must be unique).
+    model_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]*", self.model_prefix):
+            raise ValueError(f"model_prefix may hold letters, digits, '_' and '-' only, got {self.model_prefix!r}")
 
     @property
     def component_max_batch_size(self) -> int:
@@ -167,7 +176,7 @@ def render_component_config(
 
 
 def render_all_configs(pipeline_config: PipelineConfig, options: RenderOptions) -> dict[str, mc.ModelConfig]:
-    """Every model of the repository, by model name."""
+    """Every model of the repository, by its name without ``options.model_prefix`` (the configs carry it)."""
     configs = {
         PIPELINE_MODEL_NAME: render_pipeline_config(pipeline_config, options),
         interface.ENTRY_MODEL_NAME: render_entry_config(options, stream=False),
@@ -175,6 +184,10 @@ def render_all_configs(pipeline_config: PipelineConfig, options: RenderOptions) 
     }
     for spec in components_of(pipeline_config):
         configs[spec.model_name] = render_component_config(spec, pipeline_config, options)
+    if options.model_prefix:
+        for config in configs.values():
+            config.name = options.model_prefix + config.name
+            config.parameters[MODEL_PREFIX_PARAMETER].string_value = options.model_prefix
     return configs
 
 
@@ -196,10 +209,11 @@ def model_file_text(model_name: str) -> str:
 
 
 def write_model_files(repository: Path, pipeline_config: PipelineConfig, options: RenderOptions) -> dict[str, Path]:
-    """Writes config.pbtxt of every model and model.py of every Python-backend model; returns model dirs."""
+    """Writes config.pbtxt of every model and model.py of every Python-backend model; returns model dirs by the
+    model names without the prefix."""
     model_dirs = {}
     for name, config in render_all_configs(pipeline_config, options).items():
-        model_dir = repository / name
+        model_dir = repository / config.name
         version_dir = model_dir / MODEL_VERSION
         version_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / CONFIG_FILE_NAME).write_text(config_text(config))

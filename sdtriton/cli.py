@@ -36,6 +36,7 @@ def _export(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_running_images=args.max_running_images,
         max_pending_requests=args.max_pending_requests,
+        model_prefix=args.model_prefix,
     )
     export_repository(
         args.source,
@@ -96,7 +97,7 @@ def _generate(args: argparse.Namespace) -> int:
     }
     preview_dir = args.output.parent / f"{args.output.stem}_previews" if args.preview_every else None
     try:
-        with StableDiffusionClient(args.url, timeout_s=args.timeout_s) as client:
+        with StableDiffusionClient(args.url, model_name=args.model, timeout_s=args.timeout_s) as client:
             if not (args.progress or args.preview_every):
                 result = client.generate(args.prompt, **parameters)
             else:
@@ -269,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--refiner", help="an SDXL refiner folder (StableDiffusionXLImg2ImgPipeline): served as a second stage"
     )
+    export.add_argument(
+        "--model-prefix",
+        default="",
+        help="put before every model name (e.g. sdxl_ -> sdxl_stable_diffusion), to serve several repositories "
+        "from one tritonserver",
+    )
     export.set_defaults(run=_export)
 
     serve = commands.add_parser("serve", help="start tritonserver on a model repository until Ctrl-C/SIGTERM")
@@ -286,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt")
     generate.add_argument("--url", default="http://127.0.0.1:8000", help="http://host:port or grpc://host:port")
     generate.add_argument("-o", "--output", type=Path, default=Path("out.png"))
+    generate.add_argument(
+        "--model", default=interface.ENTRY_MODEL_NAME, help="the entry model (<prefix>stable_diffusion)"
+    )
     generate.add_argument("--negative-prompt")
     generate.add_argument(
         "--steps",

@@ -185,6 +185,8 @@ REFINER_UNET_MODEL_NAME = SDXL_REFINER_UNET.model_name
 VAE_DECODER_MODEL_NAME = VAE_DECODER.model_name
 # The config parameter of a component model that names its family (absent: "sd").
 COMPONENT_FAMILY_PARAMETER = "family"
+# The config parameter of every model of a repository exported with a model-name prefix (absent: none).
+MODEL_PREFIX_PARAMETER = "model_prefix"
 # Each text encoder's tokenizer folder, in the source pipeline and beside the pipeline model.
 TOKENIZER_DIRS: Mapping[str, str] = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 

@@ -14,6 +14,12 @@ STREAM_ENTRY_MODEL_NAME = "stable_diffusion_stream"
 # The internal model both entries forward to: the diffusion engine.
 PIPELINE_MODEL_NAME = "pipeline"
 
+
+def stream_entry_name(entry_name: str) -> str:
+    """The streaming twin of an entry (``export --model-prefix p`` names them p + both names)."""
+    return entry_name + STREAM_ENTRY_MODEL_NAME.removeprefix(ENTRY_MODEL_NAME)
+
+
 MAX_PROMPT_BYTES = 2000
 MIN_INFERENCE_STEPS = 1
 MAX_INFERENCE_STEPS = 150

@@ -32,7 +32,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from sdtriton import interface
-from sdtriton.components import COMPONENT_FAMILY_PARAMETER, ONNX_FILE_NAME, ComponentSpec, component_spec
+from sdtriton.components import (
+    COMPONENT_FAMILY_PARAMETER,
+    MODEL_PREFIX_PARAMETER,
+    ONNX_FILE_NAME,
+    ComponentSpec,
+    component_spec,
+)
 from sdtriton.interface import PublicTensor
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.batching import can_concatenate, concatenate_requests, split_outputs, to_spec_rank
@@ -89,6 +95,10 @@ def _required_items(request: Any, name: str, allowed: str = "") -> np.ndarray:
     return value.as_numpy()
 
 
+def _string_parameter(model_config: dict[str, Any], key: str, default: str) -> str:
+    return str(model_config.get("parameters", {}).get(key, {}).get("string_value", default))
+
+
 def _int_parameter(model_config: dict[str, Any], key: str, default: int) -> int:
     raw = model_config.get("parameters", {}).get(key, {}).get("string_value")
     if raw is None:
@@ -109,8 +119,9 @@ class OnnxComponentModel:
         from sdtriton.serving.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER, ComponentSession
 
         model_config = json.loads(args["model_config"])
-        family = model_config.get("parameters", {}).get(COMPONENT_FAMILY_PARAMETER, {}).get("string_value", "sd")
-        self.spec: ComponentSpec = component_spec(family, args["model_name"])
+        family = _string_parameter(model_config, COMPONENT_FAMILY_PARAMETER, "sd")
+        prefix = _string_parameter(model_config, MODEL_PREFIX_PARAMETER, "")
+        self.spec: ComponentSpec = component_spec(family, args["model_name"].removeprefix(prefix))
         if args["model_instance_kind"] == "GPU":
             device_id = int(args["model_instance_device_id"])
             providers: list[Any] = [(CUDA_PROVIDER, {"device_id": device_id}), CPU_PROVIDER]
@@ -158,6 +169,10 @@ class BlsComponents(SpecNetworks):
     this Triton: measured). With ``--trace-config`` the network calls are traced on their own.
     """
 
+    def __init__(self, config: PipelineConfig, *, model_prefix: str = "") -> None:
+        super().__init__(config)
+        self.model_prefix = model_prefix
+
     def run(self, spec: ComponentSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = []
         for tensor in spec.inputs:
@@ -166,7 +181,7 @@ class BlsComponents(SpecNetworks):
                 value = value.reshape(-1, 1)  # a per-item scalar travels as [batch, 1]
             tensors.append(pb_utils.Tensor(tensor.name, value))
         response = pb_utils.InferenceRequest(
-            model_name=spec.model_name, inputs=tensors, requested_output_names=spec.output_names
+            model_name=self.model_prefix + spec.model_name, inputs=tensors, requested_output_names=spec.output_names
         ).exec()
         if response.has_error():
             raise ComponentCallError(f"{spec.model_name}: {response.error().message()}")
@@ -306,7 +321,8 @@ class PipelineModel:
         self.config = PipelineConfig.load(_version_dir(args))
         self.tokenizers = load_tokenizers(_version_dir(args), self.config)
         limits = _engine_limits(model_config)
-        self.engine = DiffusionEngine(config=self.config, networks=BlsComponents(self.config), limits=limits)
+        networks = BlsComponents(self.config, model_prefix=_string_parameter(model_config, MODEL_PREFIX_PARAMETER, ""))
+        self.engine = DiffusionEngine(config=self.config, networks=networks, limits=limits)
         self.engine.start()
         _logger().log_info(f"{self.model_name}: diffusion engine started with {limits}")
 
@@ -372,6 +388,9 @@ class EntryModel:
         self.output_names = [output["name"] for output in model_config["output"]]
         self._requested_names = [*self.output_names, *(tensor.name for tensor in interface.INTERNAL_OUTPUTS)]
         self._max_batch_size = max(1, int(model_config.get("max_batch_size", 1)))
+        self._pipeline_name = (
+            _string_parameter(model_config, MODEL_PREFIX_PARAMETER, "") + interface.PIPELINE_MODEL_NAME
+        )
         # A thread per request in flight: the engine refuses requests past its own limit at once.
         self._executor = ThreadPoolExecutor(max_workers=256, thread_name_prefix=f"{self.model_name}-forward")
         self._lock = threading.Lock()
@@ -408,7 +427,7 @@ class EntryModel:
         inputs.append(pb_utils.Tensor(interface.REQUEST_KEY.name, np.full((items, 1), key, dtype=np.int64)))
         inputs.append(pb_utils.Tensor(interface.SEND_PROGRESS.name, np.full((items, 1), self.stream, dtype=bool)))
         return pb_utils.InferenceRequest(
-            model_name=interface.PIPELINE_MODEL_NAME,
+            model_name=self._pipeline_name,
             inputs=inputs,
             requested_output_names=self._requested_names,
             timeout=int(request.timeout()),
@@ -465,7 +484,7 @@ class EntryModel:
     def _send_cancel(self, keys: list[int]) -> None:
         try:
             cancel = pb_utils.InferenceRequest(
-                model_name=interface.PIPELINE_MODEL_NAME,
+                model_name=self._pipeline_name,
                 inputs=[pb_utils.Tensor(interface.CANCEL_KEY.name, _column(keys, "int64"))],
                 requested_output_names=[],
             )

@@ -1,7 +1,8 @@
 """SDXL through the same export, engine, interface and client: parity with diffusers' SDXL pipelines.
 
 The tiny SDXL base and refiner are made here (``make-tiny --family sdxl`` / ``sdxl-refiner``), exported into one
-repository with the refiner as a second stage, and served by a real tritonserver.
+repository with the refiner as a second stage and every model named ``sdxl_*`` (``--model-prefix``), and served
+by one real tritonserver together with the tiny SD repository (two ``--model-repository`` folders).
 """
 
 from __future__ import annotations
@@ -30,14 +31,21 @@ def sdxl_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_tiny(models / "base", family="sdxl"), make_tiny(models / "refiner", family="sdxl-refiner")
 
 
+PREFIX = "sdxl_"
+SDXL_ENTRY = PREFIX + "stable_diffusion"
+
+
 @pytest.fixture(scope="module")
-def sdxl_server(sdxl_dirs, tmp_path_factory: pytest.TempPathFactory):
-    from sdtriton.export import export_repository
+def sdxl_server(sdxl_dirs, tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One tritonserver holding the tiny SD repository and the prefixed SDXL one."""
+    from sdtriton.export import RenderOptions, export_repository
 
     base, refiner = sdxl_dirs
     repository = tmp_path_factory.mktemp("sdxl_repository")
-    export_repository(base, repository, refiner=refiner, show_progress=False)
-    yield from serve(repository, tmp_path_factory)
+    export_repository(
+        base, repository, refiner=refiner, options=RenderOptions(model_prefix=PREFIX), show_progress=False
+    )
+    yield from serve(tiny_repository, tmp_path_factory, extra_args=(f"--model-repository={repository}",))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +67,7 @@ def oracle(sdxl_dirs):
 
 @pytest.fixture(scope="module")
 def client(sdxl_server):
-    with StableDiffusionClient(sdxl_server.address.grpc_url) as client:
+    with StableDiffusionClient(sdxl_server.address.grpc_url, model_name=SDXL_ENTRY) as client:
         yield client
 
 
@@ -118,7 +126,7 @@ def test_a_refined_and_a_plain_request_batched_together_stay_exact(sdxl_server, 
     ]
 
     def run(kwargs: dict) -> np.ndarray:
-        with StableDiffusionClient(sdxl_server.address.grpc_url) as client:
+        with StableDiffusionClient(sdxl_server.address.grpc_url, model_name=SDXL_ENTRY) as client:
             return np.asarray(client.generate(PROMPT, **kwargs).image)
 
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
@@ -142,3 +150,30 @@ def test_bad_sdxl_input_is_rejected_with_field_and_range(client, kwargs, allowed
         client.generate(PROMPT, num_inference_steps=2, **kwargs)
     assert next(iter(kwargs)) in str(error.value) and allowed in str(error.value)
     assert client.generate(PROMPT, num_inference_steps=2, seed=1).image.size == (64, 64)  # still serving
+
+
+def test_progress_streams_through_both_stages_and_ends_with_the_same_image(client) -> None:
+    kwargs = {"seed": 50, "num_inference_steps": 10, "scheduler": "euler", "refiner_fraction": 0.3}
+    events = []
+    streamed = client.generate(PROMPT, on_progress=events.append, **kwargs)
+    assert [event.steps_done[0] for event in events] == list(range(1, 11))
+    assert {event.total_steps[0] for event in events} == {10}  # 7 base steps, then 3 of the refiner
+    assert np.array_equal(np.asarray(streamed.image), np.asarray(client.generate(PROMPT, **kwargs).image))
+
+
+def test_sd_and_sdxl_are_served_by_one_server_at_once(sdxl_server, oracle, diffusers_pipeline) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.integration.oracle import diffusers_image
+
+    url = sdxl_server.address.http_url
+    kwargs = {"seed": 60, "num_inference_steps": 10, "scheduler": "dpmpp_2m"}
+
+    def run(model_name: str) -> np.ndarray:
+        with StableDiffusionClient(url, model_name=model_name) as client:
+            return np.asarray(client.generate(PROMPT, **kwargs).image)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        sd, sdxl = pool.map(run, ["stable_diffusion", SDXL_ENTRY])
+    assert max_pixel_difference(sd, diffusers_image(diffusers_pipeline, PROMPT, **kwargs)) <= MAX_PIXEL_DIFFERENCE
+    assert max_pixel_difference(sdxl, sdxl_diffusers_image(oracle[0], PROMPT, **kwargs)) <= MAX_PIXEL_DIFFERENCE
