@@ -177,3 +177,16 @@ def test_sd_and_sdxl_are_served_by_one_server_at_once(sdxl_server, oracle, diffu
         sd, sdxl = pool.map(run, ["stable_diffusion", SDXL_ENTRY])
     assert max_pixel_difference(sd, diffusers_image(diffusers_pipeline, PROMPT, **kwargs)) <= MAX_PIXEL_DIFFERENCE
     assert max_pixel_difference(sdxl, sdxl_diffusers_image(oracle[0], PROMPT, **kwargs)) <= MAX_PIXEL_DIFFERENCE
+
+
+def test_the_command_line_generates_with_the_refiner(sdxl_server, client, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sdtriton.cli import main
+
+    output = tmp_path / "refined.png"
+    arguments = ["--seed", "4", "--steps", "6", "--scheduler", "euler", "--refiner-fraction", "0.25"]
+    url = sdxl_server.address.grpc_url
+    assert main(["generate", PROMPT, "--url", url, "--model", SDXL_ENTRY, "-o", str(output), *arguments]) == 0
+    expected = client.generate(PROMPT, seed=4, num_inference_steps=6, scheduler="euler", refiner_fraction=0.25)
+    assert np.array_equal(np.asarray(Image.open(output).convert("RGB")), np.asarray(expected.image))
