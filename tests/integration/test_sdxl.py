@@ -190,3 +190,14 @@ def test_the_command_line_generates_with_the_refiner(sdxl_server, client, tmp_pa
     assert main(["generate", PROMPT, "--url", url, "--model", SDXL_ENTRY, "-o", str(output), *arguments]) == 0
     expected = client.generate(PROMPT, seed=4, num_inference_steps=6, scheduler="euler", refiner_fraction=0.25)
     assert np.array_equal(np.asarray(Image.open(output).convert("RGB")), np.asarray(expected.image))
+
+
+def test_every_sd_bad_input_case_is_rejected_the_same_way_by_sdxl(client) -> None:
+    from tests.integration.test_bad_input import BAD_INPUTS
+
+    cases = [case for case in BAD_INPUTS if "without a refiner" not in case[2]]  # this repository has one
+    assert len(cases) == len(BAD_INPUTS) - 1
+    for kwargs, field, allowed in cases:
+        with pytest.raises(InvalidRequestError) as error:
+            client.generate(PROMPT, **{"num_inference_steps": 2, **kwargs})
+        assert field in str(error.value) and allowed in str(error.value), (kwargs, str(error.value))
