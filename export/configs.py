@@ -147,6 +147,9 @@ def render_entry_config(options: RenderOptions, *, stream: bool) -> mc.ModelConf
         _add_public_input(config, tensor)
     for tensor in interface.STREAM_OUTPUTS if stream else interface.PUBLIC_OUTPUTS:
         _add_public_output(config, tensor)
+    # Load shedding at the edge: an entry already holding this many requests refuses the next one itself,
+    # without a BLS hop to the engine (which still enforces the limit over both entries together).
+    _set_parameter(config, "max_pending_requests", options.max_pending_requests)
     return config
 
 

@@ -228,10 +228,7 @@ class DiffusionEngine:
             raise ServerBusyError("the server is shutting down; send the request again to another replica")
         pending = len(self._waiting) + len(self._running)
         if pending >= self.limits.max_pending_requests:
-            raise ServerBusyError(
-                f"server busy: {pending} requests running or queued, the most it holds "
-                f"(max_pending_requests {self.limits.max_pending_requests}); retry later"
-            )
+            raise ServerBusyError.full(pending, self.limits.max_pending_requests)
 
     def submit(self, request: EngineRequest) -> None:
         """Queues a request, or raises :class:`ServerBusyError` at once when the engine is full."""

@@ -28,3 +28,11 @@ class DeadlineExceededError(Exception):
 
 class ServerBusyError(Exception):
     """The engine holds as many requests as it may (``UNAVAILABLE``); the request was refused before any work."""
+
+    @classmethod
+    def full(cls, pending: int, limit: int) -> ServerBusyError:
+        """The one message of a full server, whether the engine or an entry refuses."""
+        return cls(
+            f"server busy: {pending} requests running or queued, the most it holds "
+            f"(max_pending_requests {limit}); retry later"
+        )
