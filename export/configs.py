@@ -75,6 +75,8 @@ class RenderOptions:
     # Put before every model name (e.g. "sdxl_" -> sdxl_stable_diffusion, sdxl_pipeline, sdxl_unet, ...), so that
     # repositories of several models load into one tritonserver side by side (model names must be unique).
     model_prefix: str = ""
+    # Where ONNX Runtime's TensorRT provider keeps its engines in the server container (--backend onnxruntime --gpu).
+    ort_tensorrt_cache_dir: str = "/tmp/sdtriton_ort_tensorrt"
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]*", self.model_prefix):
@@ -86,6 +88,10 @@ class RenderOptions:
         return 2 * max(self.max_running_images, self.max_batch_size)
 
 
+# GPU scratch memory ONNX Runtime's TensorRT provider may use while building and running an engine.
+ORT_TENSORRT_WORKSPACE_BYTES = 4 * 2**30
+# Rows of the warm-up call: one image with classifier-free guidance.
+WARMUP_BATCH_SIZE = 2
 # Engine settings the pipeline model reads from its config's parameters (sdtriton.serving.engine.EngineLimits).
 ENGINE_PARAMETERS = ("max_running_images", "max_pending_requests", "max_unet_rows", "max_text_rows", "max_vae_rows")
 
@@ -173,9 +179,50 @@ def render_component_config(
     kind = mc.ModelInstanceGroup.KIND_GPU if options.gpu else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=1, kind=kind)
     config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    if backend is ComponentBackend.TENSORRT:
+        config.platform = "tensorrt_plan"
+    if backend is ComponentBackend.ONNXRUNTIME and options.gpu:
+        _add_onnxruntime_tensorrt_accelerator(config, spec, pipeline_config, options)
+    if backend is not ComponentBackend.PYTHON_ONNXRUNTIME:
+        _add_warmup(config, spec, pipeline_config)
     # The family says which spec of this name the model serves (an SDXL text_encoder is not SD's).
     config.parameters[COMPONENT_FAMILY_PARAMETER].string_value = pipeline_config.family
     return config
+
+
+def _add_onnxruntime_tensorrt_accelerator(
+    config: mc.ModelConfig, spec: ComponentSpec, pipeline_config: PipelineConfig, options: RenderOptions
+) -> None:
+    """ONNX Runtime's TensorRT execution provider in the NGC ORT backend: fp16 (fp32 for a VAE diffusers upcasts),
+    one engine over the spec's profile, cached on disk so a restart does not rebuild it."""
+    from sdtriton.export.tensorrt import optimization_profile, profile_shapes_text, runs_in_fp16
+
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    profile = optimization_profile(spec, pipeline_config, max_batch_size=options.component_max_batch_size)
+    parameters = {
+        "precision_mode": "FP16" if runs_in_fp16(spec, pipeline_config) else "FP32",
+        "max_workspace_size_bytes": str(ORT_TENSORRT_WORKSPACE_BYTES),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": f"{options.ort_tensorrt_cache_dir}/{options.model_prefix}{spec.model_name}",
+        "trt_timing_cache_enable": "1",
+        **{f"trt_profile_{which}_shapes": profile_shapes_text(profile, which) for which in ("min", "opt", "max")},
+    }
+    for key, value in parameters.items():
+        accelerator.parameters[key] = value
+
+
+def _add_warmup(config: mc.ModelConfig, spec: ComponentSpec, pipeline_config: PipelineConfig) -> None:
+    """One zero-filled call at the profile's opt shape (one guided image at the default size) before "ready":
+    the GPU context, and for ONNX Runtime's TensorRT provider the engine itself, are made at load, never by the
+    first request. Zeros are valid for every input (token id 0 included)."""
+    warmup = config.model_warmup.add(name=f"{spec.model_name}_opt", batch_size=WARMUP_BATCH_SIZE)
+    for tensor in spec.inputs:
+        opt_shape = tensor.shape_range(pipeline_config, max_batch_size=WARMUP_BATCH_SIZE)[1]
+        item = warmup.inputs[tensor.name]
+        item.data_type = _DATA_TYPES[tensor.triton_dtype]
+        # The config's dims (a per-item scalar is [1] there, see _io), at the opt size.
+        item.dims.extend(opt_shape[1:] or (1,))
+        item.zero_data = True
 
 
 def render_all_configs(pipeline_config: PipelineConfig, options: RenderOptions) -> dict[str, mc.ModelConfig]:

@@ -100,9 +100,13 @@ class _VaeDecode(torch.nn.Module):
 
 @dataclass(frozen=True)
 class ExportResult:
+    """One exported file, with the example inputs it was checked on and torch's (fp32) outputs for them."""
+
     spec: ComponentSpec
     path: Path
     max_abs_error: float
+    inputs: dict[str, np.ndarray]
+    torch_outputs: dict[str, np.ndarray]
 
 
 def example_inputs(
@@ -168,7 +172,13 @@ def _export_module(
             f"{spec.model_name}: ONNX Runtime differs from torch by {max_abs_error:.3g} (allowed {check_atol:g})"
         )
     logger.info("%s: exported to %s, |onnxruntime - torch| <= %.3g", spec.model_name, output_path, max_abs_error)
-    return ExportResult(spec=spec, path=output_path, max_abs_error=max_abs_error)
+    return ExportResult(
+        spec=spec,
+        path=output_path,
+        max_abs_error=max_abs_error,
+        inputs=inputs,
+        torch_outputs={name: e.numpy() for name, e in zip(spec.output_names, expected, strict=True)},
+    )
 
 
 def _save_whole(exported_path: Path, output_path: Path) -> None:

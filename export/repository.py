@@ -8,19 +8,28 @@ own models. ``--refiner DIR`` adds an SDXL refiner as a second stage of the same
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import shlex
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import (
+    AutoencoderKL,
     DiffusionPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
+    UNet2DConditionModel,
 )
+from diffusers.schedulers.scheduling_utils import SCHEDULER_CONFIG_NAME
 from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, PreTrainedModel
 
-from sdtriton.components import ONNX_FILE_NAME, TOKENIZER_DIRS, components_of
+from sdtriton.components import ONNX_FILE_NAME, TENSORRT_PLAN_FILE_NAME, TOKENIZER_DIRS, components_of
 from sdtriton.export.configs import (
     MODEL_VERSION,
     PIPELINE_MODEL_NAME,
@@ -28,8 +37,17 @@ from sdtriton.export.configs import (
     RenderOptions,
     write_model_files,
 )
-from sdtriton.export.onnx_export import export_components
+from sdtriton.export.onnx_export import ExportResult, export_components
 from sdtriton.export.preview_fit import fit_preview_projection
+from sdtriton.export.tensorrt import (
+    NGC_RELEASE,
+    TENSORRT_VERSION,
+    EngineBuild,
+    build_engine,
+    check_prepared_onnx,
+    engine_builds,
+    prepare_onnx_for_tensorrt,
+)
 from sdtriton.pipeline_config import (
     DEFAULT_NUM_INFERENCE_STEPS,
     PipelineConfig,
@@ -37,7 +55,7 @@ from sdtriton.pipeline_config import (
     SdxlRefinerConfig,
     pipeline_config_from_components,
 )
-from sdtriton.schedulers import load_scheduler_overrides
+from sdtriton.schedulers import load_scheduler_overrides, scheduler_class_from_config
 from sdtriton.shapes.builtin import resolve_source
 
 logger = logging.getLogger(__name__)
@@ -55,10 +73,14 @@ _SDXL_BASE_TIME_IDS = 6  # original size, crop top-left, target size
 _SDXL_AESTHETIC_TIME_IDS = 5  # original size, crop top-left, aesthetic score
 
 
-def _load(source: str | Path, classes: dict[str, type[DiffusionPipeline]], what: str) -> DiffusionPipeline:
-    """Loads a pipeline folder in fp32 by the class its model_index.json names (looked up in ``classes`` only)."""
+def _load(
+    source: str | Path, classes: dict[str, type[DiffusionPipeline]], what: str, *, weights: bool = True
+) -> DiffusionPipeline:
+    """Loads a pipeline folder in fp32 by the class its model_index.json names (looked up in ``classes`` only);
+    without ``weights``, its skeleton (see :func:`_skeleton`)."""
     location = str(resolve_source(source))
-    class_name = DiffusionPipeline.load_config(location).get("_class_name")
+    index = DiffusionPipeline.load_config(location)
+    class_name = index.get("_class_name")
     pipeline_class = classes.get(str(class_name))
     if pipeline_class is None:
         raise ValueError(
@@ -67,17 +89,65 @@ def _load(source: str | Path, classes: dict[str, type[DiffusionPipeline]], what:
     extra = (
         {"safety_checker": None, "requires_safety_checker": False} if pipeline_class is StableDiffusionPipeline else {}
     )
+    if not weights:
+        return _skeleton(location, pipeline_class, index, extra)
     return pipeline_class.from_pretrained(location, torch_dtype=torch.float32, **extra)
 
 
-def load_source_pipeline(source: str | Path) -> DiffusionPipeline:
-    """Loads an SD or SDXL pipeline in fp32 from a folder, the built-in name ``shapes``, or a hub id."""
-    return _load(source, SOURCE_PIPELINES, "the source pipeline")
+# The networks a pipeline folder may hold, built from their config.json alone (fixed table: names in
+# model_index.json are looked up here, never imported).
+_SKELETON_MODELS = {
+    "UNet2DConditionModel": UNet2DConditionModel,
+    "AutoencoderKL": AutoencoderKL,
+    "CLIPTextModel": CLIPTextModel,
+    "CLIPTextModelWithProjection": CLIPTextModelWithProjection,
+}
+# model_index.json entries that are settings of the pipeline rather than components.
+_PIPELINE_SETTINGS = ("force_zeros_for_empty_prompt", "requires_aesthetics_score")
 
 
-def load_refiner_pipeline(source: str | Path) -> DiffusionPipeline:
+def _skeleton(location: str, pipeline_class: type[DiffusionPipeline], index: dict, extra: dict) -> DiffusionPipeline:
+    """The pipeline with its networks built from their configs on the ``meta`` device: configs, tokenizers and
+    scheduler are real, no weight is read (seconds even for SDXL). Enough for geometry (``--dry-run``)."""
+    components: dict = {}
+    for name, entry in index.items():
+        if name.startswith("_") or name in _PIPELINE_SETTINGS or name in extra:
+            continue
+        class_name = entry[1] if isinstance(entry, list | tuple) and len(entry) == 2 else None
+        folder = Path(location) / name
+        if class_name is None:
+            components[name] = None
+        elif class_name in _SKELETON_MODELS:
+            model_class = _SKELETON_MODELS[class_name]
+            with torch.device("meta"):
+                if issubclass(model_class, PreTrainedModel):
+                    components[name] = model_class(CLIPTextConfig.from_pretrained(folder))
+                else:
+                    components[name] = model_class.from_config(model_class.load_config(folder))
+        elif class_name.startswith("CLIPTokenizer"):
+            components[name] = CLIPTokenizer.from_pretrained(folder)
+        elif name == "scheduler":
+            scheduler_config = json.loads((folder / SCHEDULER_CONFIG_NAME).read_text())
+            components[name] = scheduler_class_from_config(scheduler_config).from_config(scheduler_config)
+        else:
+            components[name] = None  # image encoders, feature extractors: not served
+    settings = {key: index[key] for key in _PIPELINE_SETTINGS if key in index}
+    if pipeline_class is not StableDiffusionPipeline:
+        settings["add_watermarker"] = False
+    pipeline = pipeline_class(**components, **extra, **settings)
+    pipeline.register_to_config(_name_or_path=location)
+    return pipeline
+
+
+def load_source_pipeline(source: str | Path, *, weights: bool = True) -> DiffusionPipeline:
+    """Loads an SD or SDXL pipeline in fp32 from a folder, the built-in name ``shapes``, or a hub id; without
+    ``weights``, a skeleton whose networks are on the meta device (a local folder only)."""
+    return _load(source, SOURCE_PIPELINES, "the source pipeline", weights=weights)
+
+
+def load_refiner_pipeline(source: str | Path, *, weights: bool = True) -> DiffusionPipeline:
     """Loads an SDXL refiner (``StableDiffusionXLImg2ImgPipeline``) in fp32."""
-    return _load(source, REFINER_PIPELINES, "the refiner")
+    return _load(source, REFINER_PIPELINES, "the refiner", weights=weights)
 
 
 def _check_time_ids(unet: torch.nn.Module, time_ids: int, pooled_size: int, name: str) -> None:
@@ -92,6 +162,8 @@ def _check_time_ids(unet: torch.nn.Module, time_ids: int, pooled_size: int, name
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     first, second = a.state_dict(), b.state_dict()
+    if any(tensor.is_meta for tensor in (*first.values(), *second.values())):
+        return True  # skeletons (no weights read) cannot be compared
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
@@ -159,6 +231,79 @@ def pipeline_config_of(
     )
 
 
+@dataclass(frozen=True)
+class TensorRtExportOptions:
+    """How ``--backend tensorrt`` prepares and builds engines.
+
+    Attributes:
+        static_shapes: min = opt = max at the default image size (the batch stays dynamic: the engine batches
+            requests step by step); the repository then takes that size only.
+        timing_cache: TensorRT's timing cache file, read before and written after each build.
+        onnx_dir: keep the prepared (fp16) ONNX files here, ``<model>/model.trt.onnx``; default: a temporary folder.
+        build_engines: build the plans now (needs TensorRT and a GPU); without it, the prepared ONNX files and a
+            ``build_engines.sh`` of trtexec lines are left in ``onnx_dir`` for the GPU host.
+        workspace_bytes: TensorRT's workspace pool limit (default: TensorRT's own, the GPU's memory).
+    """
+
+    static_shapes: bool = False
+    timing_cache: Path | None = None
+    onnx_dir: Path | None = None
+    build_engines: bool = True
+    workspace_bytes: int | None = None
+
+
+PREPARED_ONNX_FILE_NAME = "model.trt.onnx"
+BUILD_SCRIPT_FILE_NAME = "build_engines.sh"
+
+
+def _configured(config: PipelineConfig, options: RenderOptions, tensorrt: TensorRtExportOptions) -> PipelineConfig:
+    if tensorrt.static_shapes:
+        if options.component_backend is not ComponentBackend.TENSORRT:
+            raise ValueError("static shapes are a TensorRT option (--backend tensorrt)")
+        return dataclasses.replace(config, fixed_size=True)
+    return config
+
+
+def _engine_builds(
+    config: PipelineConfig, options: RenderOptions, tensorrt: TensorRtExportOptions, *, output: Path, onnx_root: Path
+) -> list[EngineBuild]:
+    specs = components_of(config)
+    return engine_builds(
+        specs,
+        config,
+        max_batch_size=options.component_max_batch_size,
+        onnx_path_for={spec.model_name: onnx_root / spec.model_name / PREPARED_ONNX_FILE_NAME for spec in specs},
+        plan_path_for={
+            spec.model_name: output
+            / f"{options.model_prefix}{spec.model_name}"
+            / MODEL_VERSION
+            / TENSORRT_PLAN_FILE_NAME
+            for spec in specs
+        },
+        timing_cache=tensorrt.timing_cache,
+    )
+
+
+def tensorrt_dry_run(
+    source: str | Path,
+    output: Path,
+    *,
+    options: RenderOptions,
+    tensorrt: TensorRtExportOptions | None = None,
+    refiner: str | Path | None = None,
+    max_size_factor: int = 2,
+) -> list[EngineBuild]:
+    """The engines ``export --backend tensorrt`` would build, from the source's configs alone (no weights read,
+    nothing written): profiles, precisions and trtexec lines."""
+    tensorrt = tensorrt or TensorRtExportOptions()
+    pipeline = load_source_pipeline(source, weights=False)
+    refiner_pipeline = None if refiner is None else load_refiner_pipeline(refiner, weights=False)
+    config = pipeline_config_of(pipeline, refiner=refiner_pipeline, max_size_factor=max_size_factor)
+    config = _configured(config, options, tensorrt)
+    onnx_root = tensorrt.onnx_dir or Path("ONNX_DIR")
+    return _engine_builds(config, options, tensorrt, output=output, onnx_root=onnx_root)
+
+
 def export_repository(
     source: str | Path,
     output: Path,
@@ -169,16 +314,21 @@ def export_repository(
     show_progress: bool = True,
     fit_preview: bool = True,
     refiner: str | Path | None = None,
+    tensorrt: TensorRtExportOptions | None = None,
 ) -> PipelineConfig:
-    """Writes configs, model code, tokenizer, pipeline config and ONNX files of every model into ``output``.
+    """Writes configs, model code, tokenizer, pipeline config and the networks of every model into ``output``.
 
     With ``fit_preview``, the pipeline first draws a few small samples of its own to fit the latent-to-RGB
     preview projection stored in the pipeline config (see :mod:`sdtriton.export.preview_fit`); without it,
     the exported model serves no previews. ``refiner`` (an SDXL refiner folder) adds the refiner stage.
+    With the TensorRT backend the ONNX files are prepared for TensorRT (fp16), checked against torch fp32, and
+    built into ``model.plan`` engines (see ``tensorrt``).
     """
     options = options or RenderOptions()
-    if options.component_backend is ComponentBackend.TENSORRT:
-        raise NotImplementedError("TensorRT engines are built on the GPU host; export ONNX first")
+    tensorrt = tensorrt or TensorRtExportOptions()
+    uses_tensorrt = options.component_backend is ComponentBackend.TENSORRT
+    if uses_tensorrt and not tensorrt.build_engines and tensorrt.onnx_dir is None:
+        raise ValueError("without an engine build, name the folder that keeps the prepared ONNX files (onnx_dir)")
     with tqdm(total=2 + fit_preview, desc="export", disable=not show_progress) as progress:
         progress.set_postfix_str(f"loading {source}")
         pipeline = load_source_pipeline(source)
@@ -189,7 +339,8 @@ def export_repository(
             max_size_factor=max_size_factor,
             default_num_inference_steps=default_num_inference_steps,
         )
-        progress.total += len(components_of(config))
+        config = _configured(config, options, tensorrt)
+        progress.total += len(components_of(config)) * (1 + uses_tensorrt)
         progress.update()
         if fit_preview:
             progress.set_postfix_str("preview fit")
@@ -199,16 +350,24 @@ def export_repository(
 
         def advance(name: str) -> None:
             progress.set_postfix_str(name)
+            progress.update()
 
         model_dirs = write_model_files(output, config, options)
-        results = export_components(
-            pipeline,
-            config,
-            lambda spec: model_dirs[spec.model_name] / MODEL_VERSION / ONNX_FILE_NAME,
-            refiner=refiner_pipeline,
-            progress=advance,
-        )
-        progress.update(len(results))
+        with tempfile.TemporaryDirectory(prefix="sdtriton-onnx-") as scratch:
+            onnx_root = (tensorrt.onnx_dir or Path(scratch)) if uses_tensorrt else None
+            results = export_components(
+                pipeline,
+                config,
+                lambda spec: (
+                    onnx_root / spec.model_name / ONNX_FILE_NAME
+                    if onnx_root is not None
+                    else model_dirs[spec.model_name] / MODEL_VERSION / ONNX_FILE_NAME
+                ),
+                refiner=refiner_pipeline,
+                progress=advance,
+            )
+            if onnx_root is not None:
+                _make_engines(results, config, options, tensorrt, output=output, onnx_root=onnx_root, advance=advance)
         progress.set_postfix_str("tokenizer and configs")
         for encoder, folder in TOKENIZER_DIRS.items():
             if encoder in model_dirs:
@@ -219,3 +378,44 @@ def export_repository(
         logger.info("%s: max |onnxruntime - torch| = %.3g", result.spec.model_name, result.max_abs_error)
     logger.info("model repository written to %s", output)
     return config
+
+
+def _make_engines(
+    results: list[ExportResult],
+    config: PipelineConfig,
+    options: RenderOptions,
+    tensorrt: TensorRtExportOptions,
+    *,
+    output: Path,
+    onnx_root: Path,
+    advance: Callable[[str], None],
+) -> None:
+    """Prepares each exported ONNX for TensorRT, checks it against torch fp32, then builds (or scripts) engines."""
+    builds = {
+        build.model_name: build
+        for build in _engine_builds(config, options, tensorrt, output=output, onnx_root=onnx_root)
+    }
+    for result in results:
+        build = builds[result.spec.model_name]
+        prepare_onnx_for_tensorrt(result.path, build.onnx_path, fp16=build.fp16)
+        check_prepared_onnx(
+            build.onnx_path,
+            model_name=build.model_name,
+            inputs=result.inputs,
+            reference_outputs=result.torch_outputs,
+        )
+        if tensorrt.build_engines:
+            build_engine(build, workspace_bytes=tensorrt.workspace_bytes)
+        advance(f"{build.model_name} engine")
+    if not tensorrt.build_engines:
+        script = onnx_root / BUILD_SCRIPT_FILE_NAME
+        lines = [
+            "#!/usr/bin/env bash",
+            "# Builds the engines of this repository on the GPU host (TensorRT "
+            f"{TENSORRT_VERSION}, e.g. nvcr.io/nvidia/tensorrt:{NGC_RELEASE}-py3).",
+            "set -euo pipefail",
+        ]
+        lines += [shlex.join(build.trtexec_command()) for build in builds.values()]
+        script.write_text("\n".join(lines) + "\n")
+        script.chmod(0o755)
+        logger.info("engines not built; run %s on the GPU host", script)

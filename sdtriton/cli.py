@@ -28,16 +28,54 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from sdtriton.export import ComponentBackend, RenderOptions, export_repository
+    from sdtriton.export import (
+        ComponentBackend,
+        RenderOptions,
+        TensorRtExportOptions,
+        export_repository,
+        tensorrt_dry_run,
+    )
 
+    backend = ComponentBackend(args.backend)
+    uses_tensorrt = backend is ComponentBackend.TENSORRT
+    tensorrt_flags = {
+        "--trt-static-shapes": args.trt_static_shapes,
+        "--timing-cache": args.timing_cache,
+        "--onnx-dir": args.onnx_dir,
+        "--no-engine-build": args.no_engine_build,
+        "--dry-run": args.dry_run,
+    }
+    misplaced = [flag for flag, value in tensorrt_flags.items() if value and not uses_tensorrt]
+    if misplaced:
+        raise SystemExit(f"{', '.join(misplaced)}: only with --backend tensorrt")
+    if args.no_engine_build and args.onnx_dir is None:
+        raise SystemExit("--no-engine-build needs --onnx-dir (where the prepared ONNX files and trtexec lines stay)")
     options = RenderOptions(
-        component_backend=ComponentBackend(args.backend),
-        gpu=args.gpu,
+        component_backend=backend,
+        # TensorRT engines run on a GPU only.
+        gpu=args.gpu or uses_tensorrt,
         max_batch_size=args.max_batch_size,
         max_running_images=args.max_running_images,
         max_pending_requests=args.max_pending_requests,
         model_prefix=args.model_prefix,
     )
+    tensorrt = TensorRtExportOptions(
+        static_shapes=args.trt_static_shapes,
+        timing_cache=args.timing_cache,
+        onnx_dir=args.onnx_dir,
+        build_engines=not args.no_engine_build,
+    )
+    if args.dry_run:
+        builds = tensorrt_dry_run(
+            args.source,
+            args.output,
+            options=options,
+            tensorrt=tensorrt,
+            refiner=args.refiner,
+            max_size_factor=args.max_size_factor,
+        )
+        sys.stdout.write("\n\n".join(build.describe() for build in builds) + "\n")
+        return 0
     export_repository(
         args.source,
         args.output,
@@ -45,6 +83,7 @@ def _export(args: argparse.Namespace) -> int:
         max_size_factor=args.max_size_factor,
         default_num_inference_steps=args.default_steps,
         refiner=args.refiner,
+        tensorrt=tensorrt,
     )
     sys.stdout.write(f"{args.output}\n")
     return 0
@@ -250,9 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", type=Path, required=True, help="the model repository to write")
     export.add_argument(
         "--backend",
-        choices=["python", "onnxruntime"],
+        choices=["python", "onnxruntime", "tensorrt"],
         default="python",
-        help="python: Python-backend models over ONNX Runtime (pip tritonserver); onnxruntime: NGC's ORT backend",
+        help="python: Python-backend models over ONNX Runtime (pip tritonserver); onnxruntime: NGC's ORT backend "
+        "(with --gpu: its TensorRT provider, fp16); tensorrt: fp16 TensorRT engines built on this GPU",
     )
     export.add_argument("--gpu", action="store_true", help="run the networks on GPU instances")
     export.add_argument("--max-batch-size", type=int, default=8)
@@ -275,6 +315,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="put before every model name (e.g. sdxl_ -> sdxl_stable_diffusion), to serve several repositories "
         "from one tritonserver",
+    )
+    trt = export.add_argument_group("TensorRT (--backend tensorrt)")
+    trt.add_argument(
+        "--trt-static-shapes",
+        action="store_true",
+        help="engines for the default image size only (fastest; the batch stays dynamic); other sizes are refused",
+    )
+    trt.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (read, then updated)")
+    trt.add_argument("--onnx-dir", type=Path, help="keep the prepared fp16 ONNX files here (default: a temp folder)")
+    trt.add_argument(
+        "--no-engine-build",
+        action="store_true",
+        help="prepare and check the ONNX files and write ONNX_DIR/build_engines.sh (trtexec lines) for the GPU host",
+    )
+    trt.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print each engine's profile (min/opt/max shapes), precision and trtexec line; read configs only",
     )
     export.set_defaults(run=_export)
 

@@ -100,6 +100,10 @@ def fixed_axis_size(axis: str, config: PipelineConfig) -> int:
 
 def _dynamic_axis_size(axis: str, which: str, config: PipelineConfig, *, max_batch_size: int) -> int:
     f = config.vae_scale_factor
+    if config.fixed_size and axis != BATCH:
+        sides = {"image_height": config.default_height, "image_width": config.default_width}
+        sides |= {"latent_height": config.default_height // f, "latent_width": config.default_width // f}
+        return sides[axis]
     table = {
         BATCH: (1, 2, max_batch_size),
         "image_height": (config.min_size, config.default_height, config.max_height),

@@ -106,6 +106,9 @@ class PipelineConfig:
     vae_latents_mean: list[float] | None = None
     vae_latents_std: list[float] | None = None
     sdxl: SdxlConfig | None = None
+    # One image size only (the default): engines built with static spatial shapes (export --trt-static-shapes)
+    # take no other, so requests of another size are refused by name.
+    fixed_size: bool = False
 
     @property
     def family(self) -> str:

@@ -70,7 +70,13 @@ def _guidance_scale(value: float) -> float:
     return value
 
 
-def _image_side(field: str, value: int, *, multiple: int, maximum: int) -> int:
+def _image_side(field: str, value: int, *, multiple: int, maximum: int, only: int | None) -> int:
+    if only is not None and value != only:
+        raise InvalidInputError(
+            field,
+            f"must be {only}: this repository's engines were built for one image size "
+            f"(export --trt-static-shapes), got {_echo(value)}",
+        )
     if not (multiple <= value <= maximum and value % multiple == 0):
         raise InvalidInputError(
             field, f"must be a positive multiple of {multiple} in {multiple}..{maximum}, got {_echo(value)}"
@@ -131,12 +137,14 @@ def parse_generation_params(
             config.default_width if width is None else int(width),
             multiple=config.size_multiple,
             maximum=config.max_width,
+            only=config.default_width if config.fixed_size else None,
         ),
         height=_image_side(
             interface.HEIGHT.name,
             config.default_height if height is None else int(height),
             multiple=config.size_multiple,
             maximum=config.max_height,
+            only=config.default_height if config.fixed_size else None,
         ),
         scheduler=None if scheduler is None else _scheduler(scheduler),
         refiner_fraction=0.0 if refiner_fraction is None else _refiner_fraction(float(refiner_fraction), config),
