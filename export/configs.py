@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from sdtriton import interface
 from sdtriton.components import (
     COMPONENT_FAMILY_PARAMETER,
+    ENGINE_DEVICE_PARAMETER,
     FAMILY_COMPONENTS,
     MODEL_PREFIX_PARAMETER,
     ONNX_FILE_NAME,
@@ -90,6 +91,8 @@ class RenderOptions:
 
 # GPU scratch memory ONNX Runtime's TensorRT provider may use while building and running an engine.
 ORT_TENSORRT_WORKSPACE_BYTES = 4 * 2**30
+# The engine's device on a GPU host (export --gpu); the pipeline model's instance itself is a CPU instance.
+GPU_ENGINE_DEVICE = "cuda:0"
 # Rows of the warm-up call: one image with classifier-free guidance.
 WARMUP_BATCH_SIZE = 2
 # Engine settings the pipeline model reads from its config's parameters (sdtriton.serving.engine.EngineLimits).
@@ -141,6 +144,9 @@ def render_pipeline_config(pipeline_config: PipelineConfig, options: RenderOptio
     values = (options.max_running_images, options.max_pending_requests, rows, rows, rows)
     for key, value in zip(ENGINE_PARAMETERS, values, strict=True):
         _set_parameter(config, key, value)
+    if options.gpu:
+        # The networks answer into GPU memory and the loop's tensors stay there (absent: the CPU).
+        config.parameters[ENGINE_DEVICE_PARAMETER].string_value = GPU_ENGINE_DEVICE
     return config
 
 

@@ -8,6 +8,7 @@ own models. ``--refiner DIR`` adds an SDXL refiner as a second stage of the same
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import shlex
@@ -131,6 +132,10 @@ def _skeleton(location: str, pipeline_class: type[DiffusionPipeline], index: dic
             components[name] = scheduler_class_from_config(scheduler_config).from_config(scheduler_config)
         else:
             components[name] = None  # image encoders, feature extractors: not served
+    # Components the folder does not hold (an image encoder, a feature extractor): absent is None.
+    for name, parameter in inspect.signature(pipeline_class.__init__).parameters.items():
+        if name != "self" and parameter.default is inspect.Parameter.empty and name not in extra:
+            components.setdefault(name, None)
     settings = {key: index[key] for key in _PIPELINE_SETTINGS if key in index}
     if pipeline_class is not StableDiffusionPipeline:
         settings["add_watermarker"] = False

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,12 +261,25 @@ def build_engine(build: EngineBuild, *, workspace_bytes: int | None = None) -> P
     return build.plan_path
 
 
-def _write_engine_info(build: EngineBuild, *, tensorrt_version: str) -> None:
-    import torch
+def _gpu_name() -> str | None:
+    """The GPU's name as ``nvidia-smi`` gives it (what docker/entrypoint.sh compares at server start)."""
+    try:
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "--id=0"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
 
+
+def _write_engine_info(build: EngineBuild, *, tensorrt_version: str) -> None:
     info = {
         "tensorrt": tensorrt_version,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "gpu": _gpu_name(),
         "fp16": build.fp16,
         "profile": {
             entry.name: {"min": entry.min_shape, "opt": entry.opt_shape, "max": entry.max_shape}

@@ -189,6 +189,9 @@ REFINER_UNET_MODEL_NAME = SDXL_REFINER_UNET.model_name
 VAE_DECODER_MODEL_NAME = VAE_DECODER.model_name
 # The config parameter of a component model that names its family (absent: "sd").
 COMPONENT_FAMILY_PARAMETER = "family"
+# The config parameter of the pipeline model naming the device of the engine's tensors (absent: "cpu"); export --gpu
+# sets "cuda:0", so latents, text states and noise predictions stay on the GPU between steps.
+ENGINE_DEVICE_PARAMETER = "engine_device"
 # The config parameter of every model of a repository exported with a model-name prefix (absent: none).
 MODEL_PREFIX_PARAMETER = "model_prefix"
 # Each text encoder's tokenizer folder, in the source pipeline and beside the pipeline model.

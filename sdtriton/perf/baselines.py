@@ -23,6 +23,7 @@ import numpy as np
 from sdtriton.perf.workload import RequestSpec
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedTokenizerBase
 
     from sdtriton.pipeline_config import PipelineConfig
@@ -207,8 +208,9 @@ def time_diffusers(
 class _TimedComponents:
     """A :class:`~sdtriton.serving.denoise.DiffusionComponents` that times each network call."""
 
-    def __init__(self, inner: object) -> None:
+    def __init__(self, inner: DiffusionComponents) -> None:
         self.inner = inner
+        self.device = inner.device
         self.calls: dict[str, list[float]] = {"encode_text": [], "predict_noise": [], "decode_latents": []}
 
     def _timed(self, name: str, *args: Any) -> Any:
@@ -217,13 +219,13 @@ class _TimedComponents:
         self.calls[name].append((time.perf_counter() - started) * 1000.0)
         return output
 
-    def encode_text(self, encoder: str, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+    def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         return self._timed("encode_text", encoder, input_ids)
 
-    def predict_noise(self, unet: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self._timed("predict_noise", unet, inputs)
 
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self._timed("decode_latents", latents)
 
     def reset(self) -> None:

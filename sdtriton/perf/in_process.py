@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from sdtriton import interface
@@ -31,18 +32,19 @@ class CountingNetworks:
 
     def __init__(self, inner: EngineNetworks) -> None:
         self.inner = inner
+        self.device = inner.device
         self.unet_calls = 0
         self.unet_rows = 0
 
-    def encode_text(self, encoder: str, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+    def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.inner.encode_text(encoder, input_ids)
 
-    def predict_noise(self, unet: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         self.unet_calls += 1
         self.unet_rows += int(inputs["sample"].shape[0])
         return self.inner.predict_noise(unet, inputs)
 
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.inner.decode_latents(latents)
 
 
@@ -51,14 +53,15 @@ class ZeroTimeUNet:
 
     def __init__(self, inner: EngineNetworks) -> None:
         self.inner = inner
+        self.device = inner.device
 
-    def encode_text(self, encoder: str, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+    def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.inner.encode_text(encoder, input_ids)
 
-    def predict_noise(self, unet: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        return np.zeros_like(inputs["sample"])
+    def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.zeros_like(inputs["sample"])
 
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.inner.decode_latents(latents)
 
 

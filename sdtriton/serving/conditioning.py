@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from sdtriton.components import REFINER_UNET_MODEL_NAME, UNET_MODEL_NAME
 from sdtriton.pipeline_config import PipelineConfig, SdxlConfig
 from sdtriton.serving.validation import GenerationParams
 
-# A text encoder's outputs for one image's rows, by output name.
-EncodedText = Mapping[str, np.ndarray]
+# A text encoder's outputs for one image's rows, by output name (on the networks' device).
+EncodedText = Mapping[str, torch.Tensor]
 # SDXL's crop top-left default, as diffusers' (0, 0).
 _CROP_TOP_LEFT = (0, 0)
 
@@ -73,7 +74,7 @@ class Stage:
     """
 
     unet: str
-    conditioning: Mapping[str, np.ndarray]
+    conditioning: Mapping[str, torch.Tensor]
     scheduler_config: Mapping[str, Any]
     scheduler_overrides: Mapping[str, Mapping[str, Any]]
     denoising_end: float | None = None
@@ -95,15 +96,17 @@ def stages_for(image: ImageRequest, config: PipelineConfig, encoded: Mapping[str
     return _sdxl_stages(image, config, config.sdxl, encoded)
 
 
-def _rows(image: ImageRequest, negative: np.ndarray, positive: np.ndarray) -> np.ndarray:
+def _rows(
+    image: ImageRequest, negative: tuple[float, ...], positive: tuple[float, ...], device: torch.device
+) -> torch.Tensor:
     rows = [negative, positive] if image.params.uses_classifier_free_guidance else [positive]
-    return np.stack(rows).astype(np.float32)
+    return torch.tensor(rows, dtype=torch.float32, device=device)
 
 
-def _zero_negative(image: ImageRequest, states: np.ndarray, *, force_zeros: bool) -> np.ndarray:
+def _zero_negative(image: ImageRequest, states: torch.Tensor, *, force_zeros: bool) -> torch.Tensor:
     """With guidance and no negative prompt sent, ``force_zeros_for_empty_prompt`` makes its row zeros."""
     if force_zeros and not image.negative_given and image.params.uses_classifier_free_guidance:
-        states = states.copy()
+        states = states.clone()
         states[0] = 0.0
     return states
 
@@ -115,18 +118,19 @@ def _sdxl_stages(
     size = (params.height, params.width)
     first, second = encoded["text_encoder"], encoded["text_encoder_2"]
     pooled = second["text_embeds"]
+    device = pooled.device
     fraction = params.refiner_fraction
-    base_time_ids = np.array([*size, *_CROP_TOP_LEFT, *size], dtype=np.float32)
+    base_time_ids = (*size, *_CROP_TOP_LEFT, *size)
     base = Stage(
         unet=UNET_MODEL_NAME,
         conditioning={
             "encoder_hidden_states": _zero_negative(
                 image,
-                np.concatenate([first["penultimate_hidden_state"], second["penultimate_hidden_state"]], axis=-1),
+                torch.cat([first["penultimate_hidden_state"], second["penultimate_hidden_state"]], dim=-1),
                 force_zeros=sdxl.force_zeros_for_empty_prompt,
             ),
             "text_embeds": _zero_negative(image, pooled, force_zeros=sdxl.force_zeros_for_empty_prompt),
-            "time_ids": _rows(image, base_time_ids, base_time_ids),
+            "time_ids": _rows(image, base_time_ids, base_time_ids, device),
         },
         scheduler_config=config.scheduler_config,
         scheduler_overrides=config.scheduler_overrides,
@@ -137,8 +141,8 @@ def _sdxl_stages(
     if fraction <= 0 or refiner is None:
         return [base]
     if refiner.requires_aesthetics_score:
-        positive = np.array([*size, *_CROP_TOP_LEFT, refiner.aesthetic_score], dtype=np.float32)
-        negative = np.array([*size, *_CROP_TOP_LEFT, refiner.negative_aesthetic_score], dtype=np.float32)
+        positive = (*size, *_CROP_TOP_LEFT, refiner.aesthetic_score)
+        negative = (*size, *_CROP_TOP_LEFT, refiner.negative_aesthetic_score)
     else:
         positive = negative = base_time_ids
     force_zeros = refiner.force_zeros_for_empty_prompt
@@ -147,7 +151,7 @@ def _sdxl_stages(
         conditioning={
             "encoder_hidden_states": _zero_negative(image, second["penultimate_hidden_state"], force_zeros=force_zeros),
             "text_embeds": _zero_negative(image, pooled, force_zeros=force_zeros),
-            "time_ids": _rows(image, negative, positive),
+            "time_ids": _rows(image, negative, positive, device),
         },
         scheduler_config=refiner.scheduler_config,
         scheduler_overrides=config.scheduler_overrides,

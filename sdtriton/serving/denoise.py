@@ -7,6 +7,11 @@ handed to the scheduler's ``step``, classifier-free guidance as one batch of [ne
 post-processing to uint8. What conditions the UNet comes from :mod:`sdtriton.serving.conditioning`. The
 networks are reached through :class:`DiffusionComponents`: BLS calls inside Triton, ONNX Runtime sessions in the
 baselines.
+
+Device-agnostic: latents, text states and noise predictions are torch tensors on the networks' ``device`` from
+the first step to the decoded image (on a GPU host they never cross to the host between steps); the latents and
+every scheduler's noise are still drawn by the CPU generator and then moved, as diffusers draws them, so a seed
+means the same image on every device.
 """
 
 from __future__ import annotations
@@ -26,21 +31,22 @@ from sdtriton.serving.conditioning import ImageRequest, Stage, stages_for, text_
 from sdtriton.serving.errors import RequestCancelledError
 from sdtriton.serving.validation import GenerationParams
 
-_DEVICE = torch.device("cpu")
 # StableDiffusionPipeline's default eta: only DDIM reads it.
 _ETA = 0.0
 
 
 class DiffusionComponents(Protocol):
-    """The networks of the pipeline, called with numpy arrays."""
+    """The networks of the pipeline, called with torch tensors; they answer on ``device``."""
 
-    def encode_text(self, encoder: str, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+    device: torch.device
+
+    def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """[B, T] int64 token ids -> the text encoder ``encoder``'s outputs by name, [B, ...] each."""
 
-    def predict_noise(self, unet: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The UNet ``unet``'s inputs by name ([B, C, h, w] sample, [B] timestep, conditioning) -> [B, C, h, w]."""
 
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, C, h, w] scaled latents -> [B, 3, H, W] image in -1..1."""
 
 
@@ -58,17 +64,19 @@ def _extra_step_kwargs(scheduler: object, generator: torch.Generator) -> dict[st
 def to_uint8_image(decoded: torch.Tensor) -> np.ndarray:
     """[1, 3, H, W] in -1..1 -> [H, W, 3] uint8, as diffusers' VaeImageProcessor.postprocess + numpy_to_pil."""
     image = (decoded / 2 + 0.5).clamp(0, 1)
-    pixels = image.permute(0, 2, 3, 1).float().numpy()[0]
+    pixels = image.permute(0, 2, 3, 1).float().cpu().numpy()[0]
     return (pixels * 255).round().astype("uint8")
 
 
 class _StageRun:
     """One stage's scheduler (a fresh one, this image's own) and the timesteps it runs."""
 
-    def __init__(self, stage: Stage, params: GenerationParams, generator: torch.Generator) -> None:
+    def __init__(
+        self, stage: Stage, params: GenerationParams, generator: torch.Generator, device: torch.device
+    ) -> None:
         self.stage = stage
         scheduler = build_scheduler(stage.scheduler_config, params.scheduler, stage.scheduler_overrides)
-        scheduler.set_timesteps(params.num_inference_steps, device=_DEVICE)
+        scheduler.set_timesteps(params.num_inference_steps, device=device)
         timesteps = scheduler.timesteps
         begin = 0
         train_steps = scheduler.config.num_train_timesteps
@@ -105,21 +113,31 @@ class ImageDenoiser:
         params: validated generation parameters.
         config: the exported model's geometry and scheduler config.
         stages: the image's denoising stages (:func:`~sdtriton.serving.conditioning.stages_for`).
+        device: where the latents live (the networks' device); the generator stays on the CPU.
     """
 
-    def __init__(self, *, params: GenerationParams, config: PipelineConfig, stages: Sequence[Stage]) -> None:
+    def __init__(
+        self,
+        *,
+        params: GenerationParams,
+        config: PipelineConfig,
+        stages: Sequence[Stage],
+        device: torch.device | str = "cpu",
+    ) -> None:
         if not stages:
             raise ValueError("an image needs at least one denoising stage")
         self.params = params
         self.config = config
         self.do_guidance = params.uses_classifier_free_guidance
         # Prepare latents exactly as diffusers draws them, with the generator every stage then shares.
+        self.device = torch.device(device)
         self.generator = torch.Generator("cpu").manual_seed(params.seed)
-        self._runs = [_StageRun(stage, params, self.generator) for stage in stages]
+        self._runs = [_StageRun(stage, params, self.generator, self.device) for stage in stages]
         self._run_index = 0
         self._step_in_run = 0
         shape = config.latent_shape(height=params.height, width=params.width)
-        latents = randn_tensor(shape, generator=self.generator, device=_DEVICE, dtype=torch.float32)
+        # randn_tensor draws on the generator's device (the CPU) and moves the result, as diffusers does.
+        latents = randn_tensor(shape, generator=self.generator, device=self.device, dtype=torch.float32)
         self.latents = latents * self._runs[0].scheduler.init_noise_sigma
         self.steps_done = 0
         # The scheduler's estimate of the clean latents at the last step, where it gives one (previews).
@@ -159,20 +177,20 @@ class ImageDenoiser:
             self._step_in_run = 0
         return self._runs[self._run_index]
 
-    def model_input(self) -> dict[str, np.ndarray]:
+    def model_input(self) -> dict[str, torch.Tensor]:
         """This evaluation's UNet inputs: sample [rows, C, h, w], timestep [rows], the stage's conditioning."""
         run = self._current()
         t = run.timesteps[self._step_in_run]
         model_input = torch.cat([self.latents] * 2) if self.do_guidance else self.latents
         model_input = run.scheduler.scale_model_input(model_input, t)
-        timestep = np.full((model_input.shape[0],), float(t), dtype=np.float32)
-        return {"sample": model_input.numpy(), "timestep": timestep, **run.stage.conditioning}
+        timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32, device=self.device)
+        return {"sample": model_input, "timestep": timestep, **run.stage.conditioning}
 
-    def step(self, noise_pred: np.ndarray) -> None:
+    def step(self, noise_pred: torch.Tensor) -> None:
         """Applies the UNet's answer for this image's rows: guidance, then the scheduler's step."""
         run = self._current()
         t = run.timesteps[self._step_in_run]
-        prediction = torch.from_numpy(noise_pred)
+        prediction = noise_pred
         if self.do_guidance:
             noise_pred_uncond, noise_pred_text = prediction.chunk(2)
             prediction = noise_pred_uncond + self.params.guidance_scale * (noise_pred_text - noise_pred_uncond)
@@ -182,23 +200,25 @@ class ImageDenoiser:
         self._step_in_run += 1
         self.steps_done += 1
 
-    def scaled_latents(self) -> np.ndarray:
+    def scaled_latents(self) -> torch.Tensor:
         """The final latents as the VAE decoder takes them, [1, C, h, w] (de-normalized as diffusers does)."""
         config = self.config
         if config.vae_latents_mean is not None and config.vae_latents_std is not None:
             channels = (1, len(config.vae_latents_mean), 1, 1)
-            mean = torch.tensor(config.vae_latents_mean, dtype=torch.float32).view(channels)
-            std = torch.tensor(config.vae_latents_std, dtype=torch.float32).view(channels)
-            return (self.latents * std / config.vae_scaling_factor + mean).numpy()
-        return (self.latents / config.vae_scaling_factor).numpy()
+            mean = torch.tensor(config.vae_latents_mean, dtype=torch.float32, device=self.device).view(channels)
+            std = torch.tensor(config.vae_latents_std, dtype=torch.float32, device=self.device).view(channels)
+            return self.latents * std / config.vae_scaling_factor + mean
+        return self.latents / config.vae_scaling_factor
 
 
 def encode_image_text(
     image: ImageRequest, config: PipelineConfig, components: DiffusionComponents
-) -> dict[str, dict[str, np.ndarray]]:
+) -> dict[str, dict[str, torch.Tensor]]:
     """One image's text-encoder outputs, encoder by encoder (the plain loop; the engine batches these calls)."""
     return {
-        spec.model_name: components.encode_text(spec.model_name, text_ids_for(image, spec.model_name))
+        spec.model_name: components.encode_text(
+            spec.model_name, torch.from_numpy(text_ids_for(image, spec.model_name)).to(components.device)
+        )
         for spec in text_encoders_of(config)
     }
 
@@ -221,11 +241,13 @@ def generate_image(
     # 1. Encode the prompt; with guidance, [negative, prompt] in one batch.
     encoded = encode_image_text(image, config, components)
     # 2.-3. Timesteps and latents.
-    denoiser = ImageDenoiser(params=image.params, config=config, stages=stages_for(image, config, encoded))
+    denoiser = ImageDenoiser(
+        params=image.params, config=config, stages=stages_for(image, config, encoded), device=components.device
+    )
     # 4. Denoise.
     while not denoiser.done:
         if is_cancelled():
             raise RequestCancelledError
         denoiser.step(components.predict_noise(denoiser.unet, denoiser.model_input()))
     # 5. Decode and convert to uint8.
-    return to_uint8_image(torch.from_numpy(components.decode_latents(denoiser.scaled_latents())))
+    return to_uint8_image(components.decode_latents(denoiser.scaled_latents()))

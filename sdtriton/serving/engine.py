@@ -85,13 +85,17 @@ class EngineLimits:
 
 
 class EngineNetworks(Protocol):
-    """The networks, called with numpy arrays (a :class:`~sdtriton.serving.denoise.DiffusionComponents`)."""
+    """The networks, called with torch tensors on their ``device`` (a
+    :class:`~sdtriton.serving.denoise.DiffusionComponents`): the engine's latents, text states and noise
+    predictions stay there from the first step to the decoded image."""
 
-    def encode_text(self, encoder: str, input_ids: np.ndarray) -> dict[str, np.ndarray]: ...
+    device: torch.device
 
-    def predict_noise(self, unet: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray: ...
+    def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray: ...
+    def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -349,7 +353,7 @@ class DiffusionEngine:
     def _start(self, admitted: list[_Active]) -> None:
         images = [(active, index, image) for active in admitted for index, image in enumerate(active.request.images)]
         # encoded[(id(active), index)][encoder] = that encoder's outputs for the image's rows
-        encoded: dict[tuple[int, int], dict[str, dict[str, np.ndarray]]] = {
+        encoded: dict[tuple[int, int], dict[str, dict[str, torch.Tensor]]] = {
             (id(active), index): {} for active, index, _ in images
         }
         for spec in text_encoders_of(self.config):
@@ -363,6 +367,7 @@ class DiffusionEngine:
                         params=image.params,
                         config=self.config,
                         stages=stages_for(image, self.config, encoded[(id(active), index)]),
+                        device=self.networks.device,
                     )
                     for index, image in enumerate(active.request.images)
                 ]
@@ -374,7 +379,7 @@ class DiffusionEngine:
         self,
         encoder: str,
         images: list[tuple[_Active, int, ImageRequest]],
-        encoded: dict[tuple[int, int], dict[str, dict[str, np.ndarray]]],
+        encoded: dict[tuple[int, int], dict[str, dict[str, torch.Tensor]]],
     ) -> None:
         """One call of ``encoder`` per ``max_text_rows`` rows of all the admitted images."""
         rows = [(active, index, text_ids_for(image, encoder)) for active, index, image in images]
@@ -389,7 +394,8 @@ class DiffusionEngine:
             if not live:
                 continue
             try:
-                outputs = self.networks.encode_text(encoder, np.concatenate([ids for _, _, ids in live]))
+                ids = torch.from_numpy(np.concatenate([ids for _, _, ids in live])).to(self.networks.device)
+                outputs = self.networks.encode_text(encoder, ids)
             except Exception as error:
                 logger.exception("text encoder %s call failed", encoder)
                 for active, _, _ in live:
@@ -422,7 +428,7 @@ class DiffusionEngine:
         inputs = [d.model_input() for _, d in live]
         try:
             noise_pred = self.networks.predict_noise(
-                unet, {name: np.concatenate([item[name] for item in inputs]) for name in inputs[0]}
+                unet, {name: torch.cat([item[name] for item in inputs]) for name in inputs[0]}
             )
         except Exception as error:
             logger.exception("UNet call failed")
@@ -467,7 +473,7 @@ class DiffusionEngine:
 
     def _preview(self, denoiser: ImageDenoiser) -> np.ndarray:
         latents = denoiser.predicted_original if denoiser.predicted_original is not None else denoiser.latents
-        return latents_to_preview(latents[0].numpy(), self._projection)
+        return latents_to_preview(latents[0].cpu().numpy(), self._projection)
 
     # 6. finish
     def _finish(self) -> None:
@@ -487,14 +493,14 @@ class DiffusionEngine:
                 if not chunk:
                     continue
                 try:
-                    decoded = self.networks.decode_latents(np.concatenate([d.scaled_latents() for _, _, d in chunk]))
+                    decoded = self.networks.decode_latents(torch.cat([d.scaled_latents() for _, _, d in chunk]))
                 except Exception as error:
                     logger.exception("VAE decoder call failed")
                     for active in {id(a): a for a, _, _ in chunk}.values():
                         self._end(active, RequestState.FAILED, error)
                     continue
                 for row, (active, index, _) in enumerate(chunk):
-                    images[id(active)][index] = to_uint8_image(torch.from_numpy(decoded[row : row + 1]))
+                    images[id(active)][index] = to_uint8_image(decoded[row : row + 1])
         for active in finished:
             if active.state is not RequestState.RUNNING:
                 continue

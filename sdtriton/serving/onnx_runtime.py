@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
 from sdtriton.components import ONNX_FILE_NAME, ComponentSpec, components_of
 from sdtriton.interface import PIPELINE_MODEL_NAME
@@ -58,8 +59,15 @@ class ComponentSession:
 class OnnxRuntimeComponents(SpecNetworks):
     """The networks in ONNX Runtime, no Triton: a :class:`DiffusionComponents` for baselines and tests."""
 
-    def __init__(self, config: PipelineConfig, onnx_paths: Mapping[str, Path], **session_options: object) -> None:
-        super().__init__(config)
+    def __init__(
+        self,
+        config: PipelineConfig,
+        onnx_paths: Mapping[str, Path],
+        *,
+        device: torch.device | str = "cpu",
+        **session_options: object,
+    ) -> None:
+        super().__init__(config, device=device)
         self.sessions = {
             name: ComponentSession(spec, onnx_paths[name], **session_options) for name, spec in self.specs.items()
         }
@@ -74,5 +82,6 @@ class OnnxRuntimeComponents(SpecNetworks):
         paths = {spec.model_name: repository / spec.model_name / "1" / ONNX_FILE_NAME for spec in components_of(config)}
         return cls(config, paths, **session_options)
 
-    def run(self, spec: ComponentSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.sessions[spec.model_name].run(inputs)
+    def run(self, spec: ComponentSpec, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = self.sessions[spec.model_name].run({name: value.cpu().numpy() for name, value in inputs.items()})
+        return {name: torch.from_numpy(value).to(self.device) for name, value in outputs.items()}

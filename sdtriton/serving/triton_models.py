@@ -29,11 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from sdtriton import interface
 from sdtriton.components import (
     COMPONENT_FAMILY_PARAMETER,
+    ENGINE_DEVICE_PARAMETER,
     MODEL_PREFIX_PARAMETER,
     ONNX_FILE_NAME,
     ComponentSpec,
@@ -48,7 +51,7 @@ from sdtriton.serving.errors import (
     RequestCancelledError,
     ServerBusyError,
 )
-from sdtriton.serving.networks import SpecNetworks
+from sdtriton.serving.networks import TORCH_DTYPES, SpecNetworks
 
 _INTRA_OP_THREADS_PARAMETER = "intra_op_num_threads"
 
@@ -169,24 +172,35 @@ class BlsComponents(SpecNetworks):
     this Triton: measured). With ``--trace-config`` the network calls are traced on their own.
     """
 
-    def __init__(self, config: PipelineConfig, *, model_prefix: str = "") -> None:
-        super().__init__(config)
+    def __init__(self, config: PipelineConfig, *, model_prefix: str = "", device: torch.device | str = "cpu") -> None:
+        super().__init__(config, device=device)
         self.model_prefix = model_prefix
+        # Ask the networks to answer where the loop's tensors live: on a GPU host, GPU memory (no host copy).
+        if self.device.type == "cuda":
+            self._preferred_memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, self.device.index or 0)
+        else:
+            self._preferred_memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
-    def run(self, spec: ComponentSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, spec: ComponentSpec, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         tensors = []
         for tensor in spec.inputs:
-            value = np.ascontiguousarray(inputs[tensor.name], dtype=tensor.numpy_dtype)
+            value = inputs[tensor.name].to(device=self.device, dtype=TORCH_DTYPES[tensor.triton_dtype])
             if len(tensor.axes) == 1:
                 value = value.reshape(-1, 1)  # a per-item scalar travels as [batch, 1]
-            tensors.append(pb_utils.Tensor(tensor.name, value))
+            # DLPack hands the tensor's own memory to Triton (CUDA IPC on a GPU): no host round trip.
+            tensors.append(pb_utils.Tensor.from_dlpack(tensor.name, to_dlpack(value.contiguous())))
         response = pb_utils.InferenceRequest(
-            model_name=self.model_prefix + spec.model_name, inputs=tensors, requested_output_names=spec.output_names
+            model_name=self.model_prefix + spec.model_name,
+            inputs=tensors,
+            requested_output_names=spec.output_names,
+            preferred_memory=self._preferred_memory,
         ).exec()
         if response.has_error():
             raise ComponentCallError(f"{spec.model_name}: {response.error().message()}")
+        # clone: the response's buffers are Triton's; the loop keeps its own copy, on its own device.
         return {
-            name: np.array(pb_utils.get_output_tensor_by_name(response, name).as_numpy()) for name in spec.output_names
+            name: from_dlpack(pb_utils.get_output_tensor_by_name(response, name).to_dlpack()).to(self.device).clone()
+            for name in spec.output_names
         }
 
 
@@ -290,6 +304,19 @@ class _StreamSink:
         )
 
 
+def _engine_device(value: str) -> torch.device:
+    """The device of the engine's tensors: ``cpu`` or ``cuda[:N]`` (export --gpu), checked at load."""
+    try:
+        device = torch.device(value)
+    except RuntimeError as error:
+        raise ValueError(f"{ENGINE_DEVICE_PARAMETER} must be cpu or cuda[:N], got {value!r}") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{ENGINE_DEVICE_PARAMETER} must be cpu or cuda[:N], got {value!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{ENGINE_DEVICE_PARAMETER} is {value!r} but torch sees no CUDA device in this container")
+    return device
+
+
 def _engine_limits(model_config: dict[str, Any]) -> Any:
     """EngineLimits from the config's parameters, each named as its field; an absent one keeps its default."""
     import dataclasses
@@ -321,7 +348,11 @@ class PipelineModel:
         self.config = PipelineConfig.load(_version_dir(args))
         self.tokenizers = load_tokenizers(_version_dir(args), self.config)
         limits = _engine_limits(model_config)
-        networks = BlsComponents(self.config, model_prefix=_string_parameter(model_config, MODEL_PREFIX_PARAMETER, ""))
+        networks = BlsComponents(
+            self.config,
+            model_prefix=_string_parameter(model_config, MODEL_PREFIX_PARAMETER, ""),
+            device=_engine_device(_string_parameter(model_config, ENGINE_DEVICE_PARAMETER, "cpu")),
+        )
         self.engine = DiffusionEngine(config=self.config, networks=networks, limits=limits)
         self.engine.start()
         _logger().log_info(f"{self.model_name}: diffusion engine started with {limits}")

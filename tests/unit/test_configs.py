@@ -104,3 +104,14 @@ def test_component_dims_follow_the_model(default_pipeline_config) -> None:
     assert list(sample.dims) == [default_pipeline_config.latent_channels, -1, -1]
     timestep = next(i for i in unet.input if i.name == "timestep")
     assert list(timestep.dims) == [1] and timestep.HasField("reshape") and list(timestep.reshape.shape) == []
+
+
+def test_a_gpu_repository_keeps_the_engines_tensors_on_the_gpu(default_pipeline_config) -> None:
+    from sdtriton.components import ENGINE_DEVICE_PARAMETER
+
+    gpu = render_all_configs(default_pipeline_config, RenderOptions(gpu=True))["pipeline"]
+    assert gpu.parameters[ENGINE_DEVICE_PARAMETER].string_value == "cuda:0"
+    # The pipeline model itself stays a CPU instance: it holds the loop, not a network.
+    assert gpu.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    cpu = render_all_configs(default_pipeline_config, RenderOptions())["pipeline"]
+    assert ENGINE_DEVICE_PARAMETER not in cpu.parameters

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from diffusers import PNDMScheduler
 
 from sdtriton.interface import SCHEDULER_NAMES
@@ -72,6 +73,8 @@ class FakeNetworks:
     They answer as SD's text encoder and UNet, and as SDXL's two encoders, base UNet and refiner UNet.
     """
 
+    device = torch.device("cpu")
+
     def __init__(self) -> None:
         self.unet_batches: list[int] = []
         self.unet_calls: list[tuple[str, int]] = []
@@ -79,17 +82,23 @@ class FakeNetworks:
         self.vae_batches: list[int] = []
         self.fail_unet = False
 
-    def encode_text(self, encoder: str, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+    def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         self.text_batches.append(len(input_ids))
+        input_ids = input_ids.numpy()
         if encoder == "text_encoder":
             states = _states(input_ids, 0.0)
-            return {"last_hidden_state": states, "penultimate_hidden_state": -states}
+            return {
+                "last_hidden_state": torch.from_numpy(states),
+                "penultimate_hidden_state": torch.from_numpy(-states),
+            }
         states = _states(input_ids, 1.0)
-        return {"penultimate_hidden_state": states, "text_embeds": states.mean(axis=2)[:, :3]}
+        pooled = np.ascontiguousarray(states.mean(axis=2)[:, :3])
+        return {"penultimate_hidden_state": torch.from_numpy(states), "text_embeds": torch.from_numpy(pooled)}
 
-    def predict_noise(self, unet: str, inputs) -> np.ndarray:
+    def predict_noise(self, unet: str, inputs) -> torch.Tensor:
         if self.fail_unet:
             raise RuntimeError("unet down")
+        inputs = {name: value.numpy() for name, value in inputs.items()}
         sample, timestep = inputs["sample"], inputs["timestep"]
         self.unet_batches.append(len(sample))
         self.unet_calls.append((unet, len(sample)))
@@ -99,12 +108,13 @@ class FakeNetworks:
                 text = text + 0.01 * inputs[name].mean(axis=1)
         if unet == "refiner_unet":
             text = -text
-        return (0.3 * sample + 0.001 * timestep[:, None, None, None] + text[:, None, None, None]).astype(np.float32)
+        noise = 0.3 * sample + 0.001 * timestep[:, None, None, None] + text[:, None, None, None]
+        return torch.from_numpy(noise.astype(np.float32))
 
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         self.vae_batches.append(len(latents))
-        pixels = np.tanh(latents[:, :3]).repeat(2, axis=2).repeat(2, axis=3)
-        return pixels.astype(np.float32)
+        pixels = np.tanh(latents.numpy()[:, :3]).repeat(2, axis=2).repeat(2, axis=3)
+        return torch.from_numpy(pixels.astype(np.float32))
 
 
 class RecordingSink:

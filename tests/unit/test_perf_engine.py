@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sdtriton.perf.baselines import PathTiming
 from sdtriton.perf.engine_report import engine_headline, summary_markdown, write_engine_reports
@@ -392,9 +393,10 @@ def test_in_process_closed_loop_keeps_the_concurrency_and_counts_unet_rows() -> 
 def test_in_process_zero_time_unet_and_failures() -> None:
     networks = FakeNetworks()
     zero = ZeroTimeUNet(networks)
-    sample = np.ones((2, 4, 8, 8), np.float32)
-    inputs = {"sample": sample, "timestep": np.zeros(2, np.float32), "encoder_hidden_states": np.zeros((2, TOKENS, 4))}
-    assert not zero.predict_noise("unet", inputs).any()
+    sample = torch.ones((2, 4, 8, 8))
+    inputs = {"sample": sample, "timestep": torch.zeros(2), "encoder_hidden_states": torch.zeros((2, TOKENS, 4))}
+    noise = zero.predict_noise("unet", inputs)
+    assert noise.shape == sample.shape and not noise.any()
     assert networks.unet_batches == []
     networks.fail_unet = True
     with pytest.raises(InProcessEngineError, match="unet down"):

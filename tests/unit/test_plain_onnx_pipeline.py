@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sdtriton.components import UNET
 from sdtriton.pipeline_config import PipelineConfig
@@ -45,6 +46,7 @@ def test_exported_unet_takes_any_batch_and_size(components, tiny_repository: Pat
     sample = rng.standard_normal((3, config.latent_channels, 24, 48)).astype(np.float32)
     states = rng.standard_normal((3, config.text_max_length, config.text_hidden_size)).astype(np.float32)
     timestep = np.array([1.0, 500.0, 999.0], np.float32)
-    noise = components.predict_noise("unet", {"sample": sample, "timestep": timestep, "encoder_hidden_states": states})
-    assert noise.shape == sample.shape
+    inputs = {"sample": sample, "timestep": timestep, "encoder_hidden_states": states}
+    noise = components.predict_noise("unet", {name: torch.from_numpy(value) for name, value in inputs.items()})
+    assert noise.shape == sample.shape and noise.device == components.device
     assert UNET.output_names == ["noise_pred"]
