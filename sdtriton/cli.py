@@ -1,4 +1,4 @@
-"""The ``sdtriton`` command line: make-tiny, export, serve, generate, demo, perf."""
+"""The ``sdtriton`` command line: make-tiny, export, serve, generate, demo, perf, plan, and the shapes tools."""
 
 from __future__ import annotations
 
@@ -267,6 +267,38 @@ def _perf(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from sdtriton import plan as planning
+
+    if args.markdown:
+        sys.stdout.write(planning.sizing_markdown())
+        return 0
+    overhead_bytes = (
+        planning.CUDA_OVERHEAD_BYTES if args.overhead_gib is None else round(args.overhead_gib * planning.GIB)
+    )
+    try:
+        measurement = planning.measure_model(
+            args.model,
+            width_px=args.width,
+            height_px=args.height,
+            steps=args.steps,
+            batch=args.batch,
+            guidance=args.guidance,
+            dtype=args.dtype,
+            fused_attention=args.attention == "fused",
+        )
+        if args.gpu.lower() == "all":
+            text = planning.render_table(measurement, overhead_bytes=overhead_bytes)
+        else:
+            report = planning.plan(measurement, planning.gpu_spec(args.gpu), overhead_bytes=overhead_bytes)
+            text = planning.render_plan(report)
+    except planning.PlanError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdtriton", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -450,6 +482,38 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--gpu", action="store_true", help="baselines on the GPU, for a repository exported with --gpu")
     perf.add_argument("--time-limit-s", type=float, help="overrides the profile's time limit")
     perf.set_defaults(run=_perf)
+
+    planner = commands.add_parser(
+        "plan", help="size a GPU for a model from its configs: memory, FLOPs, latency floor (docs/gpu_sizing.md)"
+    )
+    planner.add_argument("--model", default="sd15", help="sd15 (default), sdxl, or a diffusers pipeline folder")
+    planner.add_argument(
+        "--width", type=int, help="pixels (default: the model's native size, UNet sample_size x VAE scale factor)"
+    )
+    planner.add_argument("--height", type=int, help="pixels (default: the model's native size)")
+    planner.add_argument("--steps", type=int, default=50, help="denoising steps (default 50, as diffusers)")
+    planner.add_argument("--batch", type=int, default=1, help="images per request")
+    planner.add_argument(
+        "--guidance",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="classifier-free guidance: UNet and text encoders at twice the batch (default: on)",
+    )
+    planner.add_argument("--gpu", default="all", help="a GPU of the planner's table, or all (default: a row each)")
+    planner.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16", help="weights and activations")
+    planner.add_argument(
+        "--attention",
+        choices=["fused", "math"],
+        default="fused",
+        help="fused (flash/memory-efficient SDPA, as GPUs run it) or math (attention matrices held)",
+    )
+    planner.add_argument(
+        "--overhead-gib", type=float, help="CUDA context, workspaces and allocator slack (default: 1 GiB)"
+    )
+    planner.add_argument(
+        "--markdown", action="store_true", help="print docs/gpu_sizing.md (sd15 and sdxl on every GPU) instead"
+    )
+    planner.set_defaults(run=_plan)
     return parser
 
 

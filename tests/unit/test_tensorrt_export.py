@@ -34,114 +34,56 @@ from sdtriton.export.repository import (
     pipeline_config_of,
 )
 from sdtriton.export.tensorrt import FP16_CHECK_ATOL, FP16_CHECK_RTOL, check_prepared_onnx
+from sdtriton.plan import ARCHITECTURES, Architecture
 from sdtriton.serving.errors import InvalidInputError
 from sdtriton.serving.validation import parse_generation_params
 from sdtriton.tokenizer_files import build_clip_tokenizer
 
-# The published configs' geometry (runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-xl-base-1.0):
-# only what differs from diffusers' and transformers' defaults.
-_CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12}
-_CLIP_L |= {"projection_dim": 768, "hidden_act": "quick_gelu", "max_position_embeddings": 77, "vocab_size": 49408}
-_VAE = {
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-}
+# The published schedulers of SD 1.5 (PNDM) and SDXL (Euler); the networks' configs are the planner's
+# (sdtriton.plan.ARCHITECTURES, copied from the published config.json files).
 _SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
-SD15 = {
-    "model_index.json": {
-        "_class_name": "StableDiffusionPipeline",
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    },
-    "unet/config.json": {
-        "_class_name": "UNet2DConditionModel",
-        "block_out_channels": [320, 640, 1280, 1280],
-        "cross_attention_dim": 768,
-        "attention_head_dim": 8,
-        "sample_size": 64,
-    },
-    "vae/config.json": {"_class_name": "AutoencoderKL", **_VAE, "sample_size": 512},
-    "text_encoder/config.json": {"architectures": ["CLIPTextModel"], **_CLIP_L},
-    "scheduler/scheduler_config.json": {"_class_name": "PNDMScheduler", **_SCHEDULER, "skip_prk_steps": True},
-}
-SDXL = {
-    "model_index.json": {
-        "_class_name": "StableDiffusionXLPipeline",
-        "force_zeros_for_empty_prompt": True,
-        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    },
-    "unet/config.json": {
-        "_class_name": "UNet2DConditionModel",
-        "addition_embed_type": "text_time",
-        "addition_embed_type_num_heads": 64,
-        "addition_time_embed_dim": 256,
-        "attention_head_dim": [5, 10, 20],
-        "block_out_channels": [320, 640, 1280],
-        "cross_attention_dim": 2048,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-        "projection_class_embeddings_input_dim": 2816,
-        "sample_size": 128,
-        "transformer_layers_per_block": [1, 2, 10],
-        "use_linear_projection": True,
-    },
-    "vae/config.json": {
-        "_class_name": "AutoencoderKL",
-        **_VAE,
-        "sample_size": 1024,
-        "scaling_factor": 0.13025,
-        "force_upcast": True,
-    },
-    "text_encoder/config.json": {"architectures": ["CLIPTextModel"], **_CLIP_L},
-    "text_encoder_2/config.json": {
-        "architectures": ["CLIPTextModelWithProjection"],
-        **_CLIP_L,
-        "hidden_size": 1280,
-        "intermediate_size": 5120,
-        "num_attention_heads": 20,
-        "num_hidden_layers": 32,
-        "projection_dim": 1280,
-        "hidden_act": "gelu",
-    },
-    "scheduler/scheduler_config.json": {"_class_name": "EulerDiscreteScheduler", **_SCHEDULER},
+_SCHEDULERS = {
+    "sd15": {"_class_name": "PNDMScheduler", **_SCHEDULER, "skip_prk_steps": True},
+    "sdxl": {"_class_name": "EulerDiscreteScheduler", **_SCHEDULER},
 }
 
 
-def _write_config_only_pipeline(folder: Path, files: dict) -> Path:
+def _write_config_only_pipeline(folder: Path, architecture: Architecture) -> Path:
     """A pipeline folder of configs and tokenizers only, as a user's download before its weights arrive."""
+    files: dict[str, dict] = {
+        "unet/config.json": {"_class_name": "UNet2DConditionModel", **architecture.unet},
+        "vae/config.json": {"_class_name": "AutoencoderKL", **architecture.vae},
+        "scheduler/scheduler_config.json": _SCHEDULERS[architecture.name],
+    }
+    index: dict = {
+        "_class_name": "StableDiffusionXLPipeline" if architecture.sdxl else "StableDiffusionPipeline",
+        "scheduler": ["diffusers", files["scheduler/scheduler_config.json"]["_class_name"]],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    for index_key, class_name, config in architecture.text_encoders:
+        files[f"{index_key}/config.json"] = {"architectures": [class_name], **config}
+        index[index_key] = ["transformers", class_name]
+        tokenizer = index_key.replace("text_encoder", "tokenizer")
+        index[tokenizer] = ["transformers", "CLIPTokenizer"]
+        pad_token = "!" if tokenizer == "tokenizer_2" else "<|endoftext|>"  # as SDXL's second tokenizer
+        build_clip_tokenizer(model_max_length=77, pad_token=pad_token).save_pretrained(folder / tokenizer)
+    files["model_index.json"] = index
     for relative, content in files.items():
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(content))
-    for name, entry in files["model_index.json"].items():
-        if entry == ["transformers", "CLIPTokenizer"]:
-            pad_token = "!" if name == "tokenizer_2" else "<|endoftext|>"
-            build_clip_tokenizer(model_max_length=77, pad_token=pad_token).save_pretrained(folder / name)
     return folder
 
 
 @pytest.fixture(scope="module")
 def sd15_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write_config_only_pipeline(tmp_path_factory.mktemp("sd15"), SD15)
+    return _write_config_only_pipeline(tmp_path_factory.mktemp("sd15"), ARCHITECTURES["sd15"])
 
 
 @pytest.fixture(scope="module")
 def sdxl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write_config_only_pipeline(tmp_path_factory.mktemp("sdxl"), SDXL)
+    return _write_config_only_pipeline(tmp_path_factory.mktemp("sdxl"), ARCHITECTURES["sdxl"])
 
 
 def _dry_run(capsys: pytest.CaptureFixture[str], source: Path, *extra: str) -> dict[str, list[str]]:
