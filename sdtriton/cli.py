@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -89,6 +90,28 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_access(args: argparse.Namespace) -> server.AdminAccess | None:
+    """Admin endpoints closed unless the operator sets a key (environment) or opts out."""
+    if args.unrestricted_admin_api:
+        logger.warning(
+            "admin endpoints (%s) open to anyone who reaches the ports", ", ".join(server.ADMIN_API_CATEGORIES)
+        )
+        return None
+    key = os.environ.get(server.ADMIN_KEY_ENVIRONMENT)
+    if not key:
+        logger.info(
+            "admin endpoints (%s) closed: set %s to use them with the header %s",
+            ", ".join(server.ADMIN_API_CATEGORIES),
+            server.ADMIN_KEY_ENVIRONMENT,
+            server.ADMIN_KEY_HEADER,
+        )
+        return server.AdminAccess.random()
+    try:
+        return server.AdminAccess(key=key)
+    except ValueError as error:
+        raise SystemExit(f"{server.ADMIN_KEY_ENVIRONMENT}: {error}") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     installation = (
         server.named_triton_installation(args.tritonserver) if args.tritonserver else server.pip_triton_installation()
@@ -96,7 +119,13 @@ def _serve(args: argparse.Namespace) -> int:
     address = server.ServerAddress(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port
     )
-    triton = server.TritonServer(args.repository, address=address, installation=installation, extra_args=args.extra)
+    triton = server.TritonServer(
+        args.repository,
+        address=address,
+        installation=installation,
+        extra_args=args.extra,
+        admin_access=_admin_access(args),
+    )
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
@@ -376,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=server.DEFAULT_METRICS_PORT)
     serve.add_argument("--tritonserver", type=Path, help="a tritonserver binary (default: the pip wheel's)")
     serve.add_argument("--ready-timeout-s", type=float, default=server.DEFAULT_READY_TIMEOUT_S)
+    serve.add_argument(
+        "--unrestricted-admin-api",
+        action="store_true",
+        help="leave model control, repository, shared-memory, trace and log endpoints open (default: they answer "
+        f"only requests with the header {server.ADMIN_KEY_HEADER}: ${server.ADMIN_KEY_ENVIRONMENT}, gRPC metadata "
+        f"triton-grpc-protocol-{server.ADMIN_KEY_HEADER}; closed to everyone if unset)",
+    )
     serve.add_argument("extra", nargs="*", help="more tritonserver arguments, after --")
     serve.set_defaults(run=_serve)
 

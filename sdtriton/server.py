@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -140,6 +142,47 @@ class ServerAddress:
         return f"http://{self._url_host}:{self.metrics_port}/metrics"
 
 
+# Triton's endpoint groups that change or expose the server rather than serve images: loading and unloading models
+# and the repository index, shared-memory registration, trace and log settings. `sdtriton serve` restricts them.
+ADMIN_API_CATEGORIES = ("model-repository", "shared-memory", "trace", "logging")
+ADMIN_KEY_HEADER = "sdtriton-admin-key"
+ADMIN_KEY_ENVIRONMENT = "SDTRITON_ADMIN_KEY"
+_GRPC_RESTRICTED_HEADER_PREFIX = "triton-grpc-protocol-"
+_ADMIN_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{16,256}")
+
+
+@dataclass(frozen=True)
+class AdminAccess:
+    """Triton's admin endpoint groups answer only requests carrying the key: HTTP header ``header``, gRPC metadata
+    ``grpc_header``.
+
+    Everything else (health, metadata, inference, statistics, model configs) stays open. Triton itself enforces
+    it (``--http-restricted-api`` and ``--grpc-restricted-protocol``).
+    """
+
+    key: str
+    header: str = ADMIN_KEY_HEADER
+    categories: tuple[str, ...] = ADMIN_API_CATEGORIES
+
+    def __post_init__(self) -> None:
+        if not _ADMIN_KEY_PATTERN.fullmatch(self.key):
+            raise ValueError("the admin key must be 16 to 256 characters of letters, digits and -._~")
+
+    @property
+    def grpc_header(self) -> str:
+        """The gRPC metadata key: Triton prefixes the configured header with ``triton-grpc-protocol-`` (measured)."""
+        return f"{_GRPC_RESTRICTED_HEADER_PREFIX}{self.header}"
+
+    @classmethod
+    def random(cls) -> AdminAccess:
+        """A key nobody knows: the admin endpoints are closed to everyone."""
+        return cls(key=secrets.token_urlsafe(32))
+
+    def tritonserver_args(self) -> list[str]:
+        restriction = f"{','.join(self.categories)}:{self.header}={self.key}"
+        return [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
+
+
 class TritonServer:
     """One tritonserver process over a model repository.
 
@@ -149,6 +192,7 @@ class TritonServer:
         installation: which tritonserver; default: the pip wheel's.
         log_path: where the server's output goes; default: inherited stdout/stderr.
         extra_args: more tritonserver arguments, e.g. ``--cache-config=local,size=1048576``.
+        admin_access: restrict the admin endpoint groups to requests carrying this key (None: open).
     """
 
     def __init__(
@@ -159,8 +203,10 @@ class TritonServer:
         installation: TritonInstallation | None = None,
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
+        admin_access: AdminAccess | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
+        self.admin_access = admin_access
         self.address = address or ServerAddress()
         self.installation = installation or pip_triton_installation()
         self.log_path = log_path
@@ -188,6 +234,8 @@ class TritonServer:
             command.append(f"--backend-directory={self.installation.backend_directory}")
         if self.installation.cache_directory is not None:
             command.append(f"--cache-directory={self.installation.cache_directory}")
+        if self.admin_access is not None:
+            command += self.admin_access.tritonserver_args()
         return command + self.extra_args
 
     def start(self) -> None:
@@ -198,7 +246,10 @@ class TritonServer:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = output = self.log_path.open("wb")
-        logger.info("starting %s", " ".join(self.command()))
+        shown = " ".join(self.command())
+        if self.admin_access is not None:
+            shown = shown.replace(self.admin_access.key, "***")
+        logger.info("starting %s", shown)
         self._process = subprocess.Popen(
             self.command(),
             env=environment,

@@ -38,14 +38,20 @@ def shapes_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def serve(
-    repository: Path, tmp_path_factory: pytest.TempPathFactory, extra_args: tuple[str, ...] = ()
+    repository: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    extra_args: tuple[str, ...] = (),
+    *,
+    admin_access: object | None = None,
 ) -> Iterator[object]:
     """A real tritonserver over ``repository`` on free loopback ports, stopped when the generator closes."""
     from sdtriton.server import ServerAddress, TritonServer
 
     address = ServerAddress.on_free_ports()
     log_path = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    server = TritonServer(repository, address=address, log_path=log_path, extra_args=extra_args)
+    server = TritonServer(
+        repository, address=address, log_path=log_path, extra_args=extra_args, admin_access=admin_access
+    )
     server.start()
     try:
         ready_s = server.wait_ready()
