@@ -189,8 +189,9 @@ def render_component_config(
         config.platform = "tensorrt_plan"
     if backend is ComponentBackend.ONNXRUNTIME and options.gpu:
         _add_onnxruntime_tensorrt_accelerator(config, spec, pipeline_config, options)
-    if backend is not ComponentBackend.PYTHON_ONNXRUNTIME:
-        _add_warmup(config, spec, pipeline_config)
+    # Every backend: "ready" means each network has run once (ONNX Runtime's first run plans its memory; a GPU's
+    # context, kernels and TensorRT engines are made), so the first request is as fast as the next.
+    _add_warmup(config, spec, pipeline_config)
     # The family says which spec of this name the model serves (an SDXL text_encoder is not SD's).
     config.parameters[COMPONENT_FAMILY_PARAMETER].string_value = pipeline_config.family
     return config
