@@ -15,7 +15,9 @@ Requests join between steps and leave when done, cancelled or expired, so a 10-s
 150-step one runs finishes after its own 10 steps. Every image is computed by
 :class:`~sdtriton.serving.denoise.ImageDenoiser`, the code that computes it alone, so batching changes no image
 beyond the networks' own rounding. The engine is pure code: the networks, the clock and the answers go through
-small interfaces; the Triton adapter feeds it requests and its sinks send responses.
+small interfaces; the Triton adapter feeds it requests and its sinks send responses. What it does (queue changes,
+UNet calls, iterations, images, endings, refusals) it tells an :class:`~sdtriton.serving.metrics.EngineObserver`:
+the server's metrics.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +39,7 @@ from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.conditioning import ImageRequest, stages_for, text_ids_for
 from sdtriton.serving.denoise import ImageDenoiser, to_uint8_image
 from sdtriton.serving.errors import DeadlineExceededError, RequestCancelledError, ServerBusyError
+from sdtriton.serving.metrics import EngineObserver, GuardedObserver, NoObserver
 from sdtriton.serving.preview import latents_to_preview
 
 logger = logging.getLogger(__name__)
@@ -196,6 +199,8 @@ class DiffusionEngine:
         networks: the text encoder, UNet and VAE decoder.
         limits: capacity and call sizes.
         clock: seconds, monotonic; tests pass a fake one.
+        observer: told of queue changes, network calls, iterations, images, endings and refusals (the Triton
+            adapter's metrics); its failures are logged, never passed on to a request.
     """
 
     def __init__(
@@ -205,12 +210,16 @@ class DiffusionEngine:
         networks: EngineNetworks,
         limits: EngineLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: EngineObserver | None = None,
     ) -> None:
         self.config = config
         self.networks = networks
         self.limits = limits or EngineLimits()
         self._clock = clock
+        self._observer = GuardedObserver(observer or NoObserver())
         self._lock = threading.Condition()
+        # Orders the observer's count reports: each reads the counts inside it, so the last one sent is the latest.
+        self._counts_report_lock = threading.Lock()
         self._waiting: deque[_Active] = deque()
         self._running: list[_Active] = []
         self._cancelled_keys: dict[int, float] = {}
@@ -225,23 +234,35 @@ class DiffusionEngine:
     def check_room(self) -> None:
         """Raises :class:`ServerBusyError` if a request submitted now would be refused (a cheap early look)."""
         with self._lock:
-            self._check_room_locked()
+            refusal = self._refusal_locked()
+        if refusal is not None:
+            self._refuse(refusal)
 
-    def _check_room_locked(self) -> None:
+    def _refusal_locked(self) -> ServerBusyError | None:
         if self._stopping:
-            raise ServerBusyError("the server is shutting down; send the request again to another replica")
+            return ServerBusyError("the server is shutting down; send the request again to another replica")
         pending = len(self._waiting) + len(self._running)
         if pending >= self.limits.max_pending_requests:
-            raise ServerBusyError.full(pending, self.limits.max_pending_requests)
+            return ServerBusyError.full(pending, self.limits.max_pending_requests)
+        return None
+
+    def _refuse(self, refusal: ServerBusyError) -> NoReturn:
+        # check_room's refusal is the request's refusal: the adapter submits only what check_room let through.
+        self._observer.request_refused()
+        raise refusal
 
     def submit(self, request: EngineRequest) -> None:
         """Queues a request, or raises :class:`ServerBusyError` at once when the engine is full."""
         if not request.images:
             raise ValueError("a request needs at least one image")
         with self._lock:
-            self._check_room_locked()
-            self._waiting.append(_Active(request=request, arrived_s=self._clock()))
-            self._lock.notify()
+            refusal = self._refusal_locked()
+            if refusal is None:
+                self._waiting.append(_Active(request=request, arrived_s=self._clock()))
+                self._lock.notify()
+        if refusal is not None:
+            self._refuse(refusal)
+        self._report_counts()
 
     def cancel(self, key: int) -> None:
         """Ends the request ``key`` as cancelled at the next step (queued or running)."""
@@ -253,6 +274,11 @@ class DiffusionEngine:
         """(running, queued) requests."""
         with self._lock:
             return len(self._running), len(self._waiting)
+
+    def _report_counts(self) -> None:
+        with self._counts_report_lock:
+            running, waiting = self.counts()
+            self._observer.requests_changed(running=running, waiting=waiting)
 
     def start(self) -> None:
         """Runs the loop on a thread of its own until :meth:`stop`."""
@@ -291,12 +317,17 @@ class DiffusionEngine:
 
     def step(self) -> bool:
         """One iteration of every phase; returns True while requests remain."""
+        started_s = self._clock()
         self._retire()
         admitted = self._admit()
         if admitted:
+            self._report_counts()
             self._start(admitted)
         if self._running:
-            self._denoise()
+            steps = self._denoise()
+            if steps:
+                # Reported before any answer of this iteration goes out (decoding is in the images' durations).
+                self._observer.iteration_done(steps=steps, duration_s=self._clock() - started_s)
             self._report()
             self._finish()
         with self._lock:
@@ -409,7 +440,9 @@ class DiffusionEngine:
                 offset += len(ids)
 
     # 4. denoise
-    def _denoise(self) -> None:
+    def _denoise(self) -> int:
+        """Advances every running image by one network evaluation; returns how many images it advanced."""
+        steps = 0
         by_call: dict[tuple[str, tuple[int, int]], list[tuple[_Active, ImageDenoiser]]] = {}
         for active in self._running:
             for denoiser in active.denoisers:
@@ -417,24 +450,27 @@ class DiffusionEngine:
                     by_call.setdefault((denoiser.unet, denoiser.latent_size), []).append((active, denoiser))
         for (unet, _size), pairs in by_call.items():
             for chunk in _chunks(pairs, self.limits.max_unet_rows):
-                self._denoise_chunk(unet, chunk)
+                steps += self._denoise_chunk(unet, chunk)
         for active in self._running:
             active.iterations += 1
+        return steps
 
-    def _denoise_chunk(self, unet: str, chunk: list[tuple[_Active, ImageDenoiser]]) -> None:
+    def _denoise_chunk(self, unet: str, chunk: list[tuple[_Active, ImageDenoiser]]) -> int:
         live = [(active, d) for active, d in chunk if active.state is RequestState.RUNNING]
         if not live:
-            return
+            return 0
         inputs = [d.model_input() for _, d in live]
         try:
-            noise_pred = self.networks.predict_noise(
-                unet, {name: torch.cat([item[name] for item in inputs]) for name in inputs[0]}
-            )
+            batch = {name: torch.cat([item[name] for item in inputs]) for name in inputs[0]}
+            called_s = self._clock()
+            noise_pred = self.networks.predict_noise(unet, batch)
         except Exception as error:
             logger.exception("UNet call failed")
             for active in {id(a): a for a, _ in live}.values():
                 self._end(active, RequestState.FAILED, error)
-            return
+            return 0
+        self._observer.unet_called(unet=unet, rows=len(batch["sample"]), duration_s=self._clock() - called_s)
+        steps = 0
         offset = 0
         for (active, denoiser), item in zip(live, inputs, strict=True):
             rows = item["sample"].shape[0]
@@ -447,6 +483,9 @@ class DiffusionEngine:
             except Exception as error:
                 logger.exception("scheduler step failed")
                 self._end(active, RequestState.FAILED, error)
+                continue
+            steps += 1
+        return steps
 
     # 5. report
     def _report(self) -> None:
@@ -521,6 +560,13 @@ class DiffusionEngine:
                 self._running.remove(active)
             elif active in self._waiting:
                 self._waiting.remove(active)
+        # Reported before the answer goes out: a client that reads the metrics after its answer sees its request.
+        if isinstance(outcome, Finished):
+            elapsed_s = self._clock() - active.arrived_s
+            for _ in outcome.images:
+                self._observer.image_finished(duration_s=elapsed_s)
+        self._observer.request_ended(state=state.value)
+        self._report_counts()
         try:
             if isinstance(outcome, Finished):
                 active.request.sink.finish(outcome)

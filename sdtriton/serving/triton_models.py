@@ -8,7 +8,8 @@ Each ``model_repository/<model>/1/model.py`` re-exports one class from here:
   on to the engine (a BLS call cannot be cancelled on this Triton, so it travels as a ``cancel_key`` request).
 - ``pipeline`` (:class:`PipelineModel`, decoupled) validates, tokenizes and submits each request to the
   :class:`~sdtriton.serving.engine.DiffusionEngine`, whose loop thread makes the network calls through BLS and
-  answers through each request's response sender.
+  answers through each request's response sender; it reports the engine's metrics (``sdtriton_*``, named in
+  :mod:`sdtriton.serving.metrics`) through Triton's custom metrics, on the server's ``/metrics``.
 - ``text_encoder``, ``unet``, ``vae_decoder`` (:class:`OnnxComponentModel`): ONNX Runtime sessions.
 
 Every request ends with exactly one final response; a bad request fails alone with ``INVALID_ARG`` and a
@@ -50,6 +51,26 @@ from sdtriton.serving.errors import (
     InvalidInputError,
     RequestCancelledError,
     ServerBusyError,
+)
+from sdtriton.serving.metrics import (
+    CACHE_HITS,
+    CACHE_LOOKUPS,
+    ENDED_STATES,
+    ENGINE_METRICS,
+    IMAGE_DURATION,
+    IMAGES,
+    MODEL_LABEL,
+    PENDING_LIMIT,
+    REJECTIONS,
+    REQUESTS_ENDED,
+    REQUESTS_RUNNING,
+    REQUESTS_WAITING,
+    STEP_DURATION,
+    STEPS,
+    UNET_BATCH_ROWS,
+    UNET_CALL_DURATION,
+    MetricKind,
+    MetricSpec,
 )
 from sdtriton.serving.networks import TORCH_DTYPES, SpecNetworks
 
@@ -332,6 +353,89 @@ def _engine_limits(model_config: dict[str, Any]) -> Any:
     )
 
 
+def _metric_families(specs: tuple[MetricSpec, ...]) -> dict[str, Any]:
+    """Triton's custom metric families of ``specs``, by name; a family must outlive its metrics, so the model keeps
+    these as long as it keeps the metrics. Models creating one name share its family (the Python backend's own)."""
+    kinds = {
+        MetricKind.COUNTER: pb_utils.MetricFamily.COUNTER,
+        MetricKind.GAUGE: pb_utils.MetricFamily.GAUGE,
+        MetricKind.HISTOGRAM: pb_utils.MetricFamily.HISTOGRAM,
+    }
+    return {
+        spec.name: pb_utils.MetricFamily(name=spec.name, description=spec.description, kind=kinds[spec.kind])
+        for spec in specs
+    }
+
+
+def _new_metric(families: dict[str, Any], spec: MetricSpec, model_name: str, **labels: str) -> Any:
+    if set(labels) != set(spec.labels):
+        raise ValueError(f"{spec.name} takes labels {spec.labels}, got {tuple(labels)}")
+    family = families[spec.name]
+    all_labels = {MODEL_LABEL: model_name, **labels}
+    if spec.kind is MetricKind.HISTOGRAM:
+        return family.Metric(labels=all_labels, buckets=list(spec.buckets))
+    return family.Metric(labels=all_labels)
+
+
+class _TritonEngineMetrics:
+    """The engine's :class:`~sdtriton.serving.metrics.EngineObserver` over Triton's custom metrics (``/metrics``).
+
+    The engine guards every call (a failed update is logged and the request goes on). Metrics of a label value
+    known only in use (a UNet, a cache) are made on first use.
+    """
+
+    def __init__(self, families: dict[str, Any], model_name: str, *, max_pending_requests: int) -> None:
+        self._families = families
+        self._model_name = model_name
+        self._lock = threading.Lock()
+        self._labelled: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+        self._running = self._metric(REQUESTS_RUNNING)
+        self._waiting = self._metric(REQUESTS_WAITING)
+        self._metric(PENDING_LIMIT).set(max_pending_requests)
+        self._step_duration = self._metric(STEP_DURATION)
+        self._steps = self._metric(STEPS)
+        self._image_duration = self._metric(IMAGE_DURATION)
+        self._images = self._metric(IMAGES)
+        self._rejections = self._metric(REJECTIONS)
+        for state in ENDED_STATES:  # every state from zero, so that rates and alerts see the first one
+            self._metric(REQUESTS_ENDED, state=state)
+
+    def _metric(self, spec: MetricSpec, **labels: str) -> Any:
+        key = (spec.name, tuple(sorted(labels.items())))
+        with self._lock:
+            metric = self._labelled.get(key)
+            if metric is None:
+                metric = self._labelled[key] = _new_metric(self._families, spec, self._model_name, **labels)
+            return metric
+
+    def requests_changed(self, *, running: int, waiting: int) -> None:
+        self._running.set(running)
+        self._waiting.set(waiting)
+
+    def request_refused(self) -> None:
+        self._rejections.increment(1)
+
+    def unet_called(self, *, unet: str, rows: int, duration_s: float) -> None:
+        self._metric(UNET_BATCH_ROWS, unet=unet).observe(rows)
+        self._metric(UNET_CALL_DURATION, unet=unet).observe(duration_s)
+
+    def iteration_done(self, *, steps: int, duration_s: float) -> None:
+        self._step_duration.observe(duration_s)
+        self._steps.increment(steps)
+
+    def image_finished(self, *, duration_s: float) -> None:
+        self._image_duration.observe(duration_s)
+        self._images.increment(1)
+
+    def request_ended(self, *, state: str) -> None:
+        self._metric(REQUESTS_ENDED, state=state).increment(1)
+
+    def cache_lookup(self, *, cache: str, hit: bool) -> None:
+        self._metric(CACHE_LOOKUPS, cache=cache).increment(1)
+        if hit:
+            self._metric(CACHE_HITS, cache=cache).increment(1)
+
+
 class PipelineModel:
     """``pipeline`` (decoupled): validation and tokenization, then the diffusion engine owns the request."""
 
@@ -353,7 +457,17 @@ class PipelineModel:
             model_prefix=_string_parameter(model_config, MODEL_PREFIX_PARAMETER, ""),
             device=_engine_device(_string_parameter(model_config, ENGINE_DEVICE_PARAMETER, "cpu")),
         )
-        self.engine = DiffusionEngine(config=self.config, networks=networks, limits=limits)
+        # Kept here for the model's life: a family must outlive its metrics.
+        self.metric_families: dict[str, Any] = {}
+        self.metrics: _TritonEngineMetrics | None = None
+        try:
+            self.metric_families = _metric_families(ENGINE_METRICS)
+            self.metrics = _TritonEngineMetrics(
+                self.metric_families, self.model_name, max_pending_requests=limits.max_pending_requests
+            )
+        except Exception:
+            _logger().log_error(f"{self.model_name}: no custom metrics, serving without\n{traceback.format_exc()}")
+        self.engine = DiffusionEngine(config=self.config, networks=networks, limits=limits, observer=self.metrics)
         self.engine.start()
         _logger().log_info(f"{self.model_name}: diffusion engine started with {limits}")
 
@@ -424,6 +538,15 @@ class EntryModel:
         self._pipeline_name = (
             _string_parameter(model_config, MODEL_PREFIX_PARAMETER, "") + interface.PIPELINE_MODEL_NAME
         )
+        # This entry's own refusals, in the family the engine's go to (the model label tells them apart; a request
+        # is refused by one model only, so the family's sum counts every refusal once).
+        self.metric_families: dict[str, Any] = {}
+        self._rejections: Any = None
+        try:
+            self.metric_families = _metric_families((REJECTIONS,))
+            self._rejections = _new_metric(self.metric_families, REJECTIONS, self.model_name)
+        except Exception:
+            _logger().log_error(f"{self.model_name}: no custom metrics, serving without\n{traceback.format_exc()}")
         # A thread per request in flight: the engine refuses requests past its own limit at once.
         self._executor = ThreadPoolExecutor(max_workers=256, thread_name_prefix=f"{self.model_name}-forward")
         self._lock = threading.Lock()
@@ -441,6 +564,7 @@ class EntryModel:
                 # This entry alone holds as many requests as the engine may: refuse here, at once (measured on
                 # bursts of 24 at a limit of 4, 9 bursts a run, two runs: median refusal 19 and 26 ms here
                 # against 58 and 53 ms through the engine).
+                self._count_rejection()
                 request.get_response_sender().send(
                     _error_response(
                         str(ServerBusyError.full(pending, self._max_pending)), pb_utils.TritonError.UNAVAILABLE
@@ -466,6 +590,15 @@ class EntryModel:
                 self._in_flight[key] = request
             self._executor.submit(self._forward, forwarded, sender, key)
         return None
+
+    def _count_rejection(self) -> None:
+        if self._rejections is None:
+            return
+        try:
+            self._rejections.increment(1)
+        except Exception:
+            # A metric must not fail the request; the refusal goes out in any case.
+            _logger().log_warn(f"{self.model_name}: counting a rejection failed\n{traceback.format_exc()}")
 
     def _pipeline_request(self, request: Any, key: int) -> Any:
         inputs = [pb_utils.Tensor(tensor.name(), np.array(tensor.as_numpy(), copy=True)) for tensor in request.inputs()]
