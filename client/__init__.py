@@ -5,7 +5,9 @@ from sdtriton.client.client import (
     GenerationResult,
     PendingGeneration,
     Progress,
+    RetryPolicy,
     StableDiffusionClient,
+    is_retryable,
     parse_url,
 )
 from sdtriton.client.exceptions import (
@@ -13,6 +15,7 @@ from sdtriton.client.exceptions import (
     InvalidRequestError,
     RequestCancelledError,
     RequestTimeoutError,
+    RetriesExhaustedError,
     SdTritonError,
     ServerBusyError,
     ServerUnavailableError,
@@ -27,9 +30,12 @@ __all__ = [
     "Progress",
     "RequestCancelledError",
     "RequestTimeoutError",
+    "RetriesExhaustedError",
+    "RetryPolicy",
     "SdTritonError",
     "ServerBusyError",
     "ServerUnavailableError",
     "StableDiffusionClient",
+    "is_retryable",
     "parse_url",
 ]

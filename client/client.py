@@ -1,20 +1,34 @@
 """A typed client of the ``stable_diffusion`` model over Triton HTTP or gRPC, chosen by the URL's scheme.
 
 Example:
-    >>> from sdtriton.client import StableDiffusionClient
-    >>> with StableDiffusionClient("grpc://127.0.0.1:8001") as client:
+    >>> from sdtriton.client import RetryPolicy, StableDiffusionClient
+    >>> with StableDiffusionClient("grpc://127.0.0.1:8001", retry=RetryPolicy(deadline_s=120)) as client:
     ...     result = client.generate("a yellow star on a purple background", seed=7)
     >>> result.image.save("star.png")
+
+Retries (off unless a :class:`RetryPolicy` is given) resend only what never started, or whose work died with the
+server: ``UNAVAILABLE`` (the engine's "server busy" refusal, a server that is not up, restarting or shutting
+down) and connection errors. A request is deterministic once its seed is fixed, so the client draws the seed
+before the first attempt when the caller sent none, and a retried request gives the image the first would have.
+Never retried: ``INVALID_ARG``, a time budget the server enforced, a cancel, other server failures, and a
+stream that has already delivered progress.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import math
 import queue
+import random
+import secrets
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -27,10 +41,13 @@ from sdtriton.client.exceptions import (
     InvalidRequestError,
     RequestCancelledError,
     RequestTimeoutError,
+    RetriesExhaustedError,
     SdTritonError,
     ServerBusyError,
     ServerUnavailableError,
 )
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _SCHEMES = ("http", "grpc")
@@ -43,6 +60,143 @@ _BUSY_PREFIX = "server busy"
 _TIMEOUT_PREFIX = "timeout:"
 # How much longer than the server-side budget the transport waits, so that the server's error comes first.
 _TRANSPORT_GRACE_S = 5.0
+# How long a stream that failed to start waits for the callback that carries the failure's status.
+_STREAM_ERROR_WAIT_S = 1.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed request is sent again, how long to wait between attempts, and when to give up.
+
+    Only errors that are safe to repeat are retried (see the module's docstring); the wait before attempt n + 1
+    is ``min(max_backoff_s, initial_backoff_s * backoff_multiplier ** (n - 1))``, scaled by a random factor in
+    ``1 - jitter .. 1 + jitter`` so that clients refused together do not come back together.
+
+    Attributes:
+        max_attempts: requests sent in all, the first included; None: as many as ``deadline_s`` allows.
+        deadline_s: the whole call's time limit, waits and attempts included; None: none. Each attempt's time
+            budget on the server (the client's ``timeout_s``) is cut to what is left of it, so the call ends by
+            then, with :class:`RetriesExhaustedError`.
+        initial_backoff_s: the wait before the second attempt.
+        max_backoff_s: the longest wait between two attempts.
+        backoff_multiplier: each wait is this many times the one before (up to ``max_backoff_s``).
+        jitter: the share by which a wait is randomly lengthened or shortened, 0..1.
+        jitter_seed: seeds the jitter's random source, for a reproducible schedule; None: a fresh random one.
+    """
+
+    max_attempts: int | None = None
+    deadline_s: float | None = 60.0
+    initial_backoff_s: float = 0.25
+    max_backoff_s: float = 5.0
+    backoff_multiplier: float = 2.0
+    jitter: float = 0.2
+    jitter_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_attempts is None and self.deadline_s is None:
+            raise ValueError("a RetryPolicy needs max_attempts or deadline_s (or both)")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.deadline_s is not None and not (self.deadline_s > 0 and math.isfinite(self.deadline_s)):
+            raise ValueError(f"deadline_s must be a positive number of seconds, got {self.deadline_s}")
+        if not 0 <= self.initial_backoff_s <= self.max_backoff_s:
+            raise ValueError(
+                f"need 0 <= initial_backoff_s <= max_backoff_s, got {self.initial_backoff_s} and {self.max_backoff_s}"
+            )
+        if self.backoff_multiplier < 1:
+            raise ValueError(f"backoff_multiplier must be at least 1, got {self.backoff_multiplier}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be in 0..1, got {self.jitter}")
+
+    def backoff_s(self, retry: int, rng: random.Random) -> float:
+        """The wait before retry number ``retry`` (1: the second attempt), jitter drawn from ``rng``."""
+        base = min(self.max_backoff_s, self.initial_backoff_s * self.backoff_multiplier ** (retry - 1))
+        return min(self.max_backoff_s, base * rng.uniform(1 - self.jitter, 1 + self.jitter))
+
+
+def is_retryable(error: SdTritonError) -> bool:
+    """True for the errors a :class:`RetryPolicy` resends: the server refused or could not take the request.
+
+    A server-enforced time budget (``RequestTimeoutError``, also ``UNAVAILABLE`` on the wire) is not: the
+    request ran as long as it was allowed to.
+    """
+    return isinstance(error, ServerUnavailableError) and not isinstance(
+        error, RequestTimeoutError | RetriesExhaustedError
+    )
+
+
+class _Attempts:
+    """One call's retry bookkeeping: attempts made, time spent, each attempt's budget, the wait before the next."""
+
+    def __init__(self, policy: RetryPolicy | None, timeout_s: float | None) -> None:
+        self.policy = policy
+        self.timeout_s = timeout_s
+        self.count = 0
+        self.started = time.monotonic()
+        self._rng = random.Random(policy.jitter_seed if policy is not None else None)
+        self._budget_cut = False
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def begin(self) -> float | None:
+        """Counts an attempt; returns its time budget on the server: ``timeout_s``, cut to the deadline's rest."""
+        self.count += 1
+        if self.policy is None or self.policy.deadline_s is None:
+            return self.timeout_s
+        remaining_s = max(1e-3, self.policy.deadline_s - self.elapsed_s())
+        self._budget_cut = self.timeout_s is None or remaining_s < self.timeout_s
+        return remaining_s if self._budget_cut else self.timeout_s
+
+    def retry_after_s(self, error: SdTritonError) -> float | None:
+        """Seconds to wait before resending after ``error``; None: not retried (the caller re-raises ``error``).
+
+        Raises:
+            RetriesExhaustedError: the error is retried, but attempts or time ran out (``from error``).
+        """
+        policy = self.policy
+        if policy is None:
+            return None
+        if isinstance(error, RequestTimeoutError) and self._budget_cut:
+            self._give_up(f"its deadline of {policy.deadline_s:g} s ran out during the attempt", error)
+        if not is_retryable(error):
+            return None
+        if policy.max_attempts is not None and self.count >= policy.max_attempts:
+            self._give_up(f"the retry policy allows {policy.max_attempts} attempts", error)
+        delay_s = policy.backoff_s(self.count, self._rng)
+        if policy.deadline_s is not None and self.elapsed_s() + delay_s >= policy.deadline_s:
+            self._give_up(f"its deadline of {policy.deadline_s:g} s leaves no time for another attempt", error)
+        # No request text in the log: prompts may be private.
+        logger.warning(
+            "attempt %d failed after %.1f s with %s (%s); retrying in %.2f s",
+            self.count,
+            self.elapsed_s(),
+            type(error).__name__,
+            error,
+            delay_s,
+        )
+        return delay_s
+
+    def _give_up(self, reason: str, error: SdTritonError) -> NoReturn:
+        raise RetriesExhaustedError(
+            reason, attempts=self.count, elapsed_s=self.elapsed_s(), last_error=error
+        ) from error
+
+
+def _with_client_seed(prompt: str | Sequence[str], seed: Any, policy: RetryPolicy | None) -> Any:
+    """``seed``, or, when retries are on and none was sent, one drawn here per prompt: a retry repeats the image."""
+    if seed is not None or policy is None:
+        return seed
+    seeds = [secrets.randbelow(interface.MAX_SEED + 1) for _ in _prompts(prompt)]
+    return seeds[0] if len(seeds) == 1 else seeds
+
+
+def _as_client_error(error: Exception) -> SdTritonError:
+    if isinstance(error, SdTritonError):
+        return error
+    wrapped = wrap_error(error)
+    wrapped.__cause__ = error
+    return wrapped
 
 
 @dataclass(frozen=True)
@@ -183,6 +337,9 @@ def wrap_error(error: Exception) -> SdTritonError:
         if status in _CANCELLED_STATUSES or message == "request cancelled":
             return RequestCancelledError(message)
         return InferenceError(f"{message} (status {status})")
+    if isinstance(error, TimeoutError):
+        # The transport's own time limit (timeout_s plus a grace): not a refusal, so never retried.
+        return RequestTimeoutError(f"no answer from the server in time: {error}")
     if isinstance(error, OSError):
         return ServerUnavailableError(f"cannot reach the server: {error}")
     return InferenceError(str(error))
@@ -231,6 +388,29 @@ def _transport(protocol: str, *, asynchronous: bool) -> types.ModuleType:
     return triton
 
 
+def _grpc_channel_args(triton: types.ModuleType, policy: RetryPolicy | None) -> list[tuple[str, Any]] | None:
+    """tritonclient's own channel options, with gRPC's reconnect backoff (up to 120 s) held to the policy's.
+
+    After failed connects a gRPC channel waits out its own backoff before it dials again, and fails every call
+    until then: without this a server back after a restart may go unseen for longer than the policy waits.
+    """
+    if policy is None:
+        return None
+    keepalive = triton.KeepAliveOptions()
+    reconnect_ms = max(1, round(1000 * policy.max_backoff_s))
+    return [
+        ("grpc.max_send_message_length", triton.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", triton.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", max(1, round(1000 * policy.initial_backoff_s))),
+        ("grpc.min_reconnect_backoff_ms", max(1, round(1000 * policy.initial_backoff_s))),
+        ("grpc.max_reconnect_backoff_ms", reconnect_ms),
+    ]
+
+
 class StableDiffusionClient:
     """Generates images with a Triton server's ``stable_diffusion`` model.
 
@@ -239,14 +419,22 @@ class StableDiffusionClient:
         model_name: the entry model (``<prefix>stable_diffusion`` for a repository exported with ``--model-prefix``;
             streaming goes to its twin, ``<prefix>stable_diffusion_stream``).
         timeout_s: per-request timeout; None waits as long as the server takes.
+        retry: resend refused or unreachable requests under this policy (:meth:`generate` and :meth:`stream`;
+            not :meth:`submit`); None (the default): every error is raised at once.
     """
 
     def __init__(
-        self, url: str = DEFAULT_URL, *, model_name: str = interface.ENTRY_MODEL_NAME, timeout_s: float | None = None
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        model_name: str = interface.ENTRY_MODEL_NAME,
+        timeout_s: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.endpoint = parse_url(url)
         self.model_name = model_name
         self.timeout_s = timeout_s
+        self.retry = retry
         self._triton = _transport(self.endpoint.protocol, asynchronous=False)
         if self.endpoint.protocol == "http":
             # The connection timeout bounds a whole generation over HTTP; default: a day.
@@ -255,7 +443,9 @@ class StableDiffusionClient:
                 self.endpoint.address, connection_timeout=timeout, network_timeout=timeout
             )
         else:
-            self._client = self._triton.InferenceServerClient(self.endpoint.address)
+            self._client = self._triton.InferenceServerClient(
+                self.endpoint.address, channel_args=_grpc_channel_args(self._triton, retry)
+            )
 
     def __enter__(self) -> StableDiffusionClient:
         return self
@@ -293,6 +483,9 @@ class StableDiffusionClient:
         Over gRPC the call can be interrupted: Ctrl-C (or any exception while waiting) cancels the request
         on the server, which stops its work at the next denoising step.
 
+        With a retry policy, a refused or unreachable request is sent again (see :class:`RetryPolicy`); when
+        ``seed`` is None the client draws one first, so every attempt asks for the same image.
+
         Args:
             refiner_fraction: SDXL with a refiner: the share of the denoising the refiner does (0 or None: off).
             on_progress: called after every denoising step with a :class:`Progress` (gRPC streaming only).
@@ -302,6 +495,7 @@ class StableDiffusionClient:
             InvalidRequestError: a parameter is out of its allowed range (the message names it).
             ServerBusyError: the server holds as many requests as it may; nothing was started.
             RequestTimeoutError: ``timeout_s`` ran out; the server stopped the work.
+            RetriesExhaustedError: the retry policy ran out of attempts or time (names both and the last error).
             ServerUnavailableError: the server cannot be reached.
             InferenceError: the server failed to answer.
         """
@@ -309,7 +503,7 @@ class StableDiffusionClient:
             "negative_prompt": negative_prompt,
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
-            "seed": seed,
+            "seed": _with_client_seed(prompt, seed, self.retry),
             "width": width,
             "height": height,
             "scheduler": scheduler,
@@ -322,14 +516,28 @@ class StableDiffusionClient:
                 if on_progress is not None:
                     on_progress(event)
             raise InferenceError("the stream ended without an image")
+        attempts = _Attempts(self.retry, self.timeout_s)
+        while True:
+            timeout_s = attempts.begin()
+            try:
+                return self._generate_once(prompt, timeout_s, parameters)
+            except SdTritonError as error:
+                delay_s = attempts.retry_after_s(error)
+                if delay_s is None:
+                    raise
+            time.sleep(delay_s)
+
+    def _generate_once(
+        self, prompt: str | Sequence[str], timeout_s: float | None, parameters: dict[str, Any]
+    ) -> GenerationResult:
         if self.endpoint.protocol == "grpc":
-            pending = self.submit(prompt, **parameters)
+            pending = self._submit(prompt, timeout_s, parameters)
             try:
                 return pending.result()
             except BaseException:
                 pending.cancel()
                 raise
-        inputs, kwargs = _prepare(self._triton, self.endpoint, self.timeout_s, prompt, **parameters)
+        inputs, kwargs = _prepare(self._triton, self.endpoint, timeout_s, prompt, **parameters)
         try:
             result = self._client.infer(self.model_name, inputs, **kwargs)
         except Exception as error:
@@ -339,12 +547,19 @@ class StableDiffusionClient:
     def submit(self, prompt: str | Sequence[str], **parameters: Any) -> PendingGeneration:
         """Starts a generation without waiting (gRPC only); the parameters are those of :meth:`generate`.
 
+        Not retried: the caller holds the request (``cancel()``) and decides whether to send it again.
+
         Returns:
             A :class:`PendingGeneration`: ``result()`` waits for the images, ``cancel()`` stops the server's work.
         """
         if self.endpoint.protocol != "grpc":
             raise ValueError("submit() and cancellation need a grpc:// URL")
-        inputs, kwargs = _prepare(self._triton, self.endpoint, self.timeout_s, prompt, **parameters)
+        return self._submit(prompt, self.timeout_s, parameters)
+
+    def _submit(
+        self, prompt: str | Sequence[str], timeout_s: float | None, parameters: dict[str, Any]
+    ) -> PendingGeneration:
+        inputs, kwargs = _prepare(self._triton, self.endpoint, timeout_s, prompt, **parameters)
         pending = PendingGeneration()
         pending._context = self._client.async_infer(self.model_name, inputs, pending._complete, **kwargs)
         return pending
@@ -355,22 +570,59 @@ class StableDiffusionClient:
         """Generates through ``stable_diffusion_stream`` (gRPC only): a :class:`Progress` after every step,
         then the :class:`GenerationResult`. Leaving the loop early (``break``, an exception, Ctrl-C) cancels
         the request on the server.
+
+        With a retry policy, an attempt that fails before its first event is sent again; once progress has been
+        delivered an error is raised, not retried: starting over would show the caller its steps going back.
         """
         if self.endpoint.protocol != "grpc":
             raise ValueError("progress streaming needs a grpc:// URL (HTTP cannot stream a decoupled model)")
         if preview_every is not None:
             parameters["preview_every"] = preview_every
-        inputs, kwargs = _prepare(self._triton, self.endpoint, self.timeout_s, prompt, stream=True, **parameters)
+        parameters["seed"] = _with_client_seed(prompt, parameters.get("seed"), self.retry)
+        attempts = _Attempts(self.retry, self.timeout_s)
+        while True:
+            timeout_s = attempts.begin()
+            delivered = False
+            try:
+                with contextlib.closing(self._stream_once(prompt, timeout_s, parameters)) as events:
+                    for event in events:
+                        delivered = True
+                        yield event
+                return
+            except SdTritonError as error:
+                delay_s = None if delivered else attempts.retry_after_s(error)
+                if delay_s is None:
+                    raise
+            time.sleep(delay_s)
+
+    def _stream_once(
+        self, prompt: str | Sequence[str], timeout_s: float | None, parameters: dict[str, Any]
+    ) -> Iterator[Progress | GenerationResult]:
+        inputs, kwargs = _prepare(self._triton, self.endpoint, timeout_s, prompt, stream=True, **parameters)
         events: queue.Queue[tuple[Any, Any]] = queue.Queue()
-        self._client.start_stream(callback=lambda result, error: events.put((result, error)))
+        wait_s = None if timeout_s is None else timeout_s + _TRANSPORT_GRACE_S
+        try:
+            self._client.start_stream(callback=lambda result, error: events.put((result, error)))
+        except Exception as error:
+            raise wrap_error(error) from error
         finished = False
         try:
-            self._client.async_stream_infer(interface.stream_entry_name(self.model_name), inputs, **kwargs)
+            try:
+                self._client.async_stream_infer(interface.stream_entry_name(self.model_name), inputs, **kwargs)
+            except Exception as error:
+                finished = True
+                # A stream that failed at once (no server) refuses the request with "no longer in valid state";
+                # the failure itself (UNAVAILABLE) went to the callback.
+                with contextlib.suppress(queue.Empty):
+                    _, cause = events.get(timeout=_STREAM_ERROR_WAIT_S)
+                    if cause is not None:
+                        raise wrap_error(cause) from cause
+                raise wrap_error(error) from error
             while True:
                 try:
-                    result, error = events.get(timeout=None if self.timeout_s is None else self._stream_wait_s)
+                    result, error = events.get(timeout=wait_s)
                 except queue.Empty:
-                    raise RequestTimeoutError(f"no answer within {self.timeout_s} s") from None
+                    raise RequestTimeoutError(f"no answer within {timeout_s} s") from None
                 if error is not None:
                     finished = True
                     raise wrap_error(error) from error
@@ -381,10 +633,6 @@ class StableDiffusionClient:
                 yield read_progress(result)
         finally:
             self._client.stop_stream(cancel_requests=not finished)
-
-    @property
-    def _stream_wait_s(self) -> float:
-        return (self.timeout_s or 0.0) + _TRANSPORT_GRACE_S
 
 
 class PendingGeneration:
@@ -418,21 +666,29 @@ class PendingGeneration:
 
 
 class AsyncStableDiffusionClient:
-    """The asyncio twin of :class:`StableDiffusionClient`, with the same arguments and results."""
+    """The asyncio twin of :class:`StableDiffusionClient`, with the same arguments (``retry`` too) and results."""
 
     def __init__(
-        self, url: str = DEFAULT_URL, *, model_name: str = interface.ENTRY_MODEL_NAME, timeout_s: float | None = None
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        model_name: str = interface.ENTRY_MODEL_NAME,
+        timeout_s: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.endpoint = parse_url(url)
         self.model_name = model_name
         self.timeout_s = timeout_s
+        self.retry = retry
         self._triton = _transport(self.endpoint.protocol, asynchronous=True)
         if self.endpoint.protocol == "http":
             self._client = self._triton.InferenceServerClient(
                 self.endpoint.address, conn_timeout=86400.0 if timeout_s is None else timeout_s + _TRANSPORT_GRACE_S
             )
         else:
-            self._client = self._triton.InferenceServerClient(self.endpoint.address)
+            self._client = self._triton.InferenceServerClient(
+                self.endpoint.address, channel_args=_grpc_channel_args(self._triton, retry)
+            )
 
     async def __aenter__(self) -> AsyncStableDiffusionClient:
         return self
@@ -463,22 +719,27 @@ class AsyncStableDiffusionClient:
         refiner_fraction: float | Sequence[float] | None = None,
     ) -> GenerationResult:
         """See :meth:`StableDiffusionClient.generate`."""
-        inputs, kwargs = _prepare(
-            self._triton,
-            self.endpoint,
-            self.timeout_s,
-            prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            seed=seed,
-            width=width,
-            height=height,
-            scheduler=scheduler,
-            refiner_fraction=refiner_fraction,
-        )
-        try:
-            result = await self._client.infer(self.model_name, inputs, **kwargs)
-        except Exception as error:
-            raise wrap_error(error) from error
-        return read_result(result)
+        parameters = {
+            "negative_prompt": negative_prompt,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "seed": _with_client_seed(prompt, seed, self.retry),
+            "width": width,
+            "height": height,
+            "scheduler": scheduler,
+            "refiner_fraction": refiner_fraction,
+        }
+        attempts = _Attempts(self.retry, self.timeout_s)
+        while True:
+            timeout_s = attempts.begin()
+            inputs, kwargs = _prepare(self._triton, self.endpoint, timeout_s, prompt, **parameters)
+            try:
+                result = await self._client.infer(self.model_name, inputs, **kwargs)
+            except Exception as error:
+                client_error = _as_client_error(error)
+                delay_s = attempts.retry_after_s(client_error)
+                if delay_s is None:
+                    raise client_error from error
+                await asyncio.sleep(delay_s)
+                continue
+            return read_result(result)

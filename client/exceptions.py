@@ -29,3 +29,23 @@ class RequestTimeoutError(ServerUnavailableError):
 
 class RequestCancelledError(SdTritonError):
     """The request was cancelled (by this client, or the server ended it as cancelled)."""
+
+
+class RetriesExhaustedError(ServerUnavailableError):
+    """A :class:`~sdtriton.client.RetryPolicy` ran out of attempts or of time; ``__cause__`` is the last error.
+
+    Attributes:
+        attempts: requests sent, the first included.
+        elapsed_s: seconds from the first attempt to giving up, waits included.
+        last_error: the error of the last attempt (always one the policy retries, or the deadline's own timeout).
+    """
+
+    def __init__(self, reason: str, *, attempts: int, elapsed_s: float, last_error: SdTritonError) -> None:
+        plural = "" if attempts == 1 else "s"
+        super().__init__(
+            f"gave up after {attempts} attempt{plural} in {elapsed_s:.1f} s ({reason}); "
+            f"last error: {type(last_error).__name__}: {last_error}"
+        )
+        self.attempts = attempts
+        self.elapsed_s = elapsed_s
+        self.last_error = last_error

@@ -52,6 +52,7 @@ from sdtriton.export.tensorrt import (
 from sdtriton.pipeline_config import (
     DEFAULT_NUM_INFERENCE_STEPS,
     PipelineConfig,
+    RequestLimits,
     SdxlConfig,
     SdxlRefinerConfig,
     pipeline_config_from_components,
@@ -219,6 +220,7 @@ def pipeline_config_of(
     refiner: DiffusionPipeline | None = None,
     max_size_factor: int = 2,
     default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    limits: RequestLimits | None = None,
 ) -> PipelineConfig:
     sdxl = sdxl_config_of(pipeline, refiner) if isinstance(pipeline, StableDiffusionXLPipeline) else None
     if refiner is not None and sdxl is None:
@@ -233,6 +235,7 @@ def pipeline_config_of(
         max_size_factor=max_size_factor,
         default_num_inference_steps=default_num_inference_steps,
         sdxl=sdxl,
+        limits=limits,
     )
 
 
@@ -320,6 +323,7 @@ def export_repository(
     fit_preview: bool = True,
     refiner: str | Path | None = None,
     tensorrt: TensorRtExportOptions | None = None,
+    limits: RequestLimits | None = None,
 ) -> PipelineConfig:
     """Writes configs, model code, tokenizer, pipeline config and the networks of every model into ``output``.
 
@@ -343,6 +347,7 @@ def export_repository(
             refiner=refiner_pipeline,
             max_size_factor=max_size_factor,
             default_num_inference_steps=default_num_inference_steps,
+            limits=limits,
         )
         config = _configured(config, options, tensorrt)
         progress.total += len(components_of(config)) * (1 + uses_tensorrt)

@@ -1,4 +1,4 @@
-"""The ``sdtriton`` command line: make-tiny, export, serve, generate, demo, perf, plan, and the shapes tools."""
+"""The ``sdtriton`` command line: make-tiny, export, serve, generate, batch, demo, perf, plan, and the shapes tools."""
 
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdtriton import interface, server
+from sdtriton.pipeline_config import DEFAULT_MAX_INFERENCE_STEPS, DEFAULT_MAX_PROMPT_BYTES, RequestLimits
+
+if TYPE_CHECKING:
+    from sdtriton.client import RetryPolicy
 
 logger = logging.getLogger("sdtriton")
 
@@ -85,6 +90,9 @@ def _export(args: argparse.Namespace) -> int:
         default_num_inference_steps=args.default_steps,
         refiner=args.refiner,
         tensorrt=tensorrt,
+        limits=RequestLimits(
+            max_inference_steps=args.max_steps, max_prompt_bytes=args.max_prompt_bytes, max_pixels=args.max_pixels
+        ),
     )
     sys.stdout.write(f"{args.output}\n")
     return 0
@@ -153,6 +161,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from sdtriton.client import SdTritonError, StableDiffusionClient
 
+    retry = _retry_policy(args)
     parameters = {
         "negative_prompt": args.negative_prompt,
         "num_inference_steps": args.steps,
@@ -165,7 +174,7 @@ def _generate(args: argparse.Namespace) -> int:
     }
     preview_dir = args.output.parent / f"{args.output.stem}_previews" if args.preview_every else None
     try:
-        with StableDiffusionClient(args.url, model_name=args.model, timeout_s=args.timeout_s) as client:
+        with StableDiffusionClient(args.url, model_name=args.model, timeout_s=args.timeout_s, retry=retry) as client:
             if not (args.progress or args.preview_every):
                 result = client.generate(args.prompt, **parameters)
             else:
@@ -193,6 +202,75 @@ def _generate(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{args.output.resolve()}\n")
     logger.info("seed %d, %dx%d", result.seed, result.image.width, result.image.height)
     return 0
+
+
+def _retry_policy(args: argparse.Namespace) -> RetryPolicy | None:
+    """The client's RetryPolicy from --retry-deadline-s / --retry-attempts (None: no retries)."""
+    from sdtriton.client import RetryPolicy
+
+    deadline_s = args.retry_deadline_s if args.retry_deadline_s else None
+    if deadline_s is None and args.retry_attempts is None:
+        return None
+    try:
+        return RetryPolicy(deadline_s=deadline_s, max_attempts=args.retry_attempts)
+    except ValueError as error:
+        raise SystemExit(f"retry options: {error}") from None
+
+
+def _add_retry_options(command: argparse.ArgumentParser, *, default_deadline_s: float | None) -> None:
+    retry = command.add_argument_group("retries (only refusals before work, UNAVAILABLE, connection errors)")
+    shown = "off" if default_deadline_s is None else f"{default_deadline_s:g}"
+    retry.add_argument(
+        "--retry-deadline-s",
+        type=float,
+        default=default_deadline_s,
+        help=f"retry with backoff until this many seconds have passed, in all, per image (0: off; default {shown})",
+    )
+    retry.add_argument("--retry-attempts", type=int, help="at most this many attempts per image (default: no limit)")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from sdtriton import batch as batching
+    from sdtriton.client import StableDiffusionClient, parse_url
+
+    if args.concurrency < 1:
+        raise SystemExit("--concurrency must be at least 1")
+    try:
+        parse_url(args.url)
+    except ValueError as error:
+        raise SystemExit(f"--url: {error}") from None
+    retry = _retry_policy(args)
+    try:
+        jobs = batching.read_jobs(args.prompts)
+    except (OSError, batching.BatchFileError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    plan = batching.plan_batch(jobs, args.out)
+
+    def client() -> StableDiffusionClient:
+        return StableDiffusionClient(args.url, model_name=args.model, timeout_s=args.timeout_s, retry=retry)
+
+    try:
+        if plan.to_run:
+            # Once, up front: a wrong URL or model name fails the run, not every line after its retries.
+            wait_s = retry.deadline_s if retry is not None and retry.deadline_s is not None else 0.0
+            with client() as probe:
+                if not batching.wait_until_ready(probe, timeout_s=wait_s):
+                    sys.stderr.write(f"error: model {args.model} at {args.url} not ready after {wait_s:g} s\n")
+                    return 2
+        summary = batching.run_batch(
+            plan,
+            args.out,
+            client_factory=client,
+            concurrency=args.concurrency,
+            metadata={"model": args.model, "url": args.url},
+            show_progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: run the same command again to finish\n")
+        return 130
+    sys.stdout.write(f"{summary.describe()}\n")
+    return 1 if summary.failed else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -368,6 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--max-size-factor", type=int, default=2, help="largest side, as a multiple of the native")
     export.add_argument("--default-steps", type=int, default=30, help="num_inference_steps when a request omits it")
+    limits = export.add_argument_group("request limits (refused with INVALID_ARG naming the field)")
+    limits.add_argument(
+        "--max-steps", type=int, default=DEFAULT_MAX_INFERENCE_STEPS, help="most num_inference_steps a request may ask"
+    )
+    limits.add_argument(
+        "--max-prompt-bytes", type=int, default=DEFAULT_MAX_PROMPT_BYTES, help="most UTF-8 bytes of each prompt"
+    )
+    limits.add_argument(
+        "--max-pixels", type=int, help="most width x height of an image (default: the largest sides allow)"
+    )
     export.add_argument(
         "--refiner", help="an SDXL refiner folder (StableDiffusionXLImg2ImgPipeline): served as a second stage"
     )
@@ -445,7 +533,25 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--preview-every", type=int, help="save a cheap preview every K steps beside the output (gRPC streaming)"
     )
+    _add_retry_options(generate, default_deadline_s=None)
     generate.set_defaults(run=_generate)
+
+    batch = commands.add_parser(
+        "batch", help="one image per line of a JSON Lines file, with its parameters; resumable (skips what is done)"
+    )
+    batch.add_argument(
+        "prompts",
+        type=Path,
+        help="JSON Lines: each line an object with prompt, any other public input, and an optional id",
+    )
+    batch.add_argument("--out", type=Path, required=True, help="folder for ID.png, ID.json and ID.error.json")
+    batch.add_argument("--url", default="http://127.0.0.1:8000", help="http://host:port or grpc://host:port")
+    batch.add_argument("--model", default=interface.ENTRY_MODEL_NAME, help="the entry model (<prefix>stable_diffusion)")
+    batch.add_argument("--concurrency", type=int, default=1, help="requests in flight (threads, one client each)")
+    batch.add_argument("--timeout-s", type=float, help="time budget of each request on the server")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_retry_options(batch, default_deadline_s=300.0)
+    batch.set_defaults(run=_batch)
 
     train = commands.add_parser("train-shapes", help="train the embedded 'shapes' model (resumable)")
     train.add_argument("output", type=Path, help="run folder: checkpoints, curve.csv, model/")

@@ -20,6 +20,7 @@ def stream_entry_name(entry_name: str) -> str:
     return entry_name + STREAM_ENTRY_MODEL_NAME.removeprefix(ENTRY_MODEL_NAME)
 
 
+# Defaults of an export's request limits (sdtriton export --max-prompt-bytes, --max-steps).
 MAX_PROMPT_BYTES = 2000
 MIN_INFERENCE_STEPS = 1
 MAX_INFERENCE_STEPS = 150

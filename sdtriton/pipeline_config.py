@@ -15,10 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdtriton import interface
+
 PIPELINE_CONFIG_FILE_NAME = "pipeline_config.json"
 DEFAULT_NUM_INFERENCE_STEPS = 30
 PREVIEW_RGB_CHANNELS = 3
 
+
+# Request limits: the defaults of an export, and how far an export may raise them.
+DEFAULT_MAX_INFERENCE_STEPS = interface.MAX_INFERENCE_STEPS
+HARD_MAX_INFERENCE_STEPS = 1000  # a scheduler's training timesteps
+DEFAULT_MAX_PROMPT_BYTES = interface.MAX_PROMPT_BYTES
+HARD_MAX_PROMPT_BYTES = 65536
 
 SD_FAMILY = "sd"
 SDXL_FAMILY = "sdxl"
@@ -81,6 +89,15 @@ class SdxlConfig:
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask for, set at export (the fields of the same names of :class:`PipelineConfig`)."""
+
+    max_inference_steps: int = DEFAULT_MAX_INFERENCE_STEPS
+    max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES
+    max_pixels: int | None = None
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Geometry and defaults of one exported Stable Diffusion model (SD 1.x/2.x, or SDXL with ``sdxl`` set)."""
 
@@ -109,6 +126,12 @@ class PipelineConfig:
     # One image size only (the default): engines built with static spatial shapes (export --trt-static-shapes)
     # take no other, so requests of another size are refused by name.
     fixed_size: bool = False
+    # Per-request limits set at export (sdtriton export --max-steps/--max-prompt-bytes/--max-pixels), enforced with
+    # INVALID_ARG naming the field: denoising steps, UTF-8 bytes of each prompt, width x height of each image
+    # (None: max_width x max_height, the sides' own limit).
+    max_inference_steps: int = DEFAULT_MAX_INFERENCE_STEPS
+    max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES
+    max_pixels: int | None = None
 
     @property
     def family(self) -> str:
@@ -119,6 +142,23 @@ class PipelineConfig:
         return self.sdxl is not None and self.sdxl.refiner is not None
 
     def __post_init__(self) -> None:
+        if not 1 <= self.max_inference_steps <= HARD_MAX_INFERENCE_STEPS:
+            raise ValueError(
+                f"max_inference_steps must be in 1..{HARD_MAX_INFERENCE_STEPS}, got {self.max_inference_steps}"
+            )
+        if not 1 <= self.max_prompt_bytes <= HARD_MAX_PROMPT_BYTES:
+            raise ValueError(f"max_prompt_bytes must be in 1..{HARD_MAX_PROMPT_BYTES}, got {self.max_prompt_bytes}")
+        if self.default_num_inference_steps > self.max_inference_steps:
+            raise ValueError(
+                f"the default of {self.default_num_inference_steps} steps is above max_inference_steps "
+                f"{self.max_inference_steps}"
+            )
+        default_pixels = self.default_width * self.default_height
+        if self.max_pixels is not None and self.max_pixels < default_pixels:
+            raise ValueError(
+                f"max_pixels must allow the default image ({self.default_width} x {self.default_height} = "
+                f"{default_pixels} pixels), got {self.max_pixels}"
+            )
         projection = self.latent_rgb_projection
         if not projection:
             return
@@ -134,6 +174,11 @@ class PipelineConfig:
     @property
     def min_size(self) -> int:
         return self.size_multiple
+
+    @property
+    def pixel_limit(self) -> int:
+        """Most pixels (width x height) one image may have."""
+        return self.max_width * self.max_height if self.max_pixels is None else self.max_pixels
 
     def latent_shape(self, *, height: int, width: int) -> tuple[int, int, int, int]:
         """Shape of one item's latents, [1, C, H/f, W/f], as diffusers draws them."""
@@ -174,6 +219,7 @@ def pipeline_config_from_components(
     max_size_factor: int = 2,
     default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     sdxl: SdxlConfig | None = None,
+    limits: RequestLimits | None = None,
 ) -> PipelineConfig:
     """Derives the config the way diffusers' ``StableDiffusionPipeline`` derives the same numbers.
 
@@ -203,6 +249,7 @@ def pipeline_config_from_components(
         vae_latents_mean=_optional_floats(getattr(vae_config, "latents_mean", None)),
         vae_latents_std=_optional_floats(getattr(vae_config, "latents_std", None)),
         sdxl=sdxl,
+        **dataclasses.asdict(limits or RequestLimits()),
     )
 
 

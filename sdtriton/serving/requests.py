@@ -36,8 +36,8 @@ def _preview_every(values: np.ndarray | None, config: PipelineConfig) -> int:
     if len(distinct) > 1:
         raise InvalidInputError(field, "must be the same for every item of one request")
     (every,) = distinct
-    if not 0 <= every <= interface.MAX_PREVIEW_EVERY:
-        raise InvalidInputError(field, f"must be an integer in 0..{interface.MAX_PREVIEW_EVERY}, got {every}")
+    if not 0 <= every <= config.max_inference_steps:
+        raise InvalidInputError(field, f"must be an integer in 0..{config.max_inference_steps}, got {every}")
     if every and not config.latent_rgb_projection:
         raise InvalidInputError(field, "must be 0: this model was exported without a preview projection")
     return every
@@ -59,13 +59,16 @@ def parse_request(
     prompt_items = raw.get(interface.PROMPT.name)
     if prompt_items is None:
         raise InvalidInputError(interface.PROMPT.name, f"is required: {interface.PROMPT.allowed}")
-    prompts = [decode_prompt(interface.PROMPT.name, item) for item in prompt_items]
+    prompts = [decode_prompt(interface.PROMPT.name, item, max_bytes=config.max_prompt_bytes) for item in prompt_items]
     count = len(prompts)
     negative_items = raw.get(interface.NEGATIVE_PROMPT.name)
     negatives = (
         [""] * count
         if negative_items is None
-        else [decode_prompt(interface.NEGATIVE_PROMPT.name, item) for item in negative_items]
+        else [
+            decode_prompt(interface.NEGATIVE_PROMPT.name, item, max_bytes=config.max_prompt_bytes)
+            for item in negative_items
+        ]
     )
     for tensor in (interface.NEGATIVE_PROMPT, *interface.GENERATION_INPUTS, interface.PREVIEW_EVERY):
         values = raw.get(tensor.name)

@@ -41,18 +41,16 @@ def _echo(value: object) -> str:
     return text if len(text) <= _MAX_ECHOED_CHARS else text[:_MAX_ECHOED_CHARS] + "..."
 
 
-def decode_prompt(field: str, raw: bytes | str) -> str:
-    """Decodes a prompt tensor item: UTF-8, at most MAX_PROMPT_BYTES bytes."""
+def decode_prompt(field: str, raw: bytes | str, *, max_bytes: int = interface.MAX_PROMPT_BYTES) -> str:
+    """Decodes a prompt tensor item: UTF-8, at most ``max_bytes`` bytes (the export's limit)."""
     data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
-    if len(data) > interface.MAX_PROMPT_BYTES:
-        raise InvalidInputError(
-            field, f"must be at most {interface.MAX_PROMPT_BYTES} bytes of UTF-8, got {len(data)} bytes"
-        )
+    if len(data) > max_bytes:
+        raise InvalidInputError(field, f"must be at most {max_bytes} bytes of UTF-8, got {len(data)} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise InvalidInputError(
-            field, f"must be valid UTF-8 text of at most {interface.MAX_PROMPT_BYTES} bytes ({error.reason})"
+            field, f"must be valid UTF-8 text of at most {max_bytes} bytes ({error.reason})"
         ) from None
 
 
@@ -119,12 +117,12 @@ def parse_generation_params(
 ) -> GenerationParams:
     """Validates one item's parameters; an omitted one takes the model's default."""
     steps = config.default_num_inference_steps if num_inference_steps is None else int(num_inference_steps)
-    return GenerationParams(
+    params = GenerationParams(
         num_inference_steps=_int_in_range(
             interface.NUM_INFERENCE_STEPS.name,
             steps,
             interface.MIN_INFERENCE_STEPS,
-            interface.MAX_INFERENCE_STEPS,
+            config.max_inference_steps,
         ),
         guidance_scale=_guidance_scale(
             interface.DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
@@ -149,3 +147,10 @@ def parse_generation_params(
         scheduler=None if scheduler is None else _scheduler(scheduler),
         refiner_fraction=0.0 if refiner_fraction is None else _refiner_fraction(float(refiner_fraction), config),
     )
+    pixels = params.width * params.height
+    if pixels > config.pixel_limit:
+        raise InvalidInputError(
+            f"{interface.WIDTH.name} x {interface.HEIGHT.name}",
+            f"must be at most {config.pixel_limit} pixels, got {params.width} x {params.height} = {pixels}",
+        )
+    return params

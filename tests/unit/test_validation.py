@@ -94,3 +94,31 @@ def test_prompt_limits() -> None:
         decode_prompt("prompt", "é" * 1001)
     with pytest.raises(InvalidInputError, match="negative_prompt: must be valid UTF-8"):
         decode_prompt("negative_prompt", b"\xc3\x28")
+
+
+def test_the_exports_request_limits_are_enforced_by_name() -> None:
+    import dataclasses
+
+    limited = dataclasses.replace(CONFIG, max_inference_steps=40, max_prompt_bytes=16, max_pixels=512 * 640)
+    assert parse_generation_params(config=limited, num_inference_steps=40, seed=0).num_inference_steps == 40
+    with pytest.raises(InvalidInputError, match=r"num_inference_steps: must be an integer in 1\.\.40, got 41"):
+        parse_generation_params(config=limited, num_inference_steps=41, seed=0)
+    assert parse_generation_params(config=limited, width=640, height=512, seed=0).width == 640
+    # Each side within its own limit, the two together over the pixel limit.
+    with pytest.raises(InvalidInputError, match=r"width x height: must be at most 327680 pixels, got 768 x 512"):
+        parse_generation_params(config=limited, width=768, height=512, seed=0)
+    with pytest.raises(InvalidInputError, match="prompt: must be at most 16 bytes of UTF-8, got 17 bytes"):
+        decode_prompt("prompt", "x" * 17, max_bytes=limited.max_prompt_bytes)
+    # Without limits set, the defaults: 150 steps, 2000 bytes, the sides' own limit.
+    assert CONFIG.max_inference_steps == interface.MAX_INFERENCE_STEPS and CONFIG.pixel_limit == 1024 * 768
+
+
+def test_limits_that_contradict_the_model_are_refused_at_export() -> None:
+    import dataclasses
+
+    with pytest.raises(ValueError, match="default of 30 steps is above max_inference_steps 20"):
+        dataclasses.replace(CONFIG, max_inference_steps=20)
+    with pytest.raises(ValueError, match=r"max_pixels must allow the default image \(512 x 512 = 262144 pixels\)"):
+        dataclasses.replace(CONFIG, max_pixels=100)
+    with pytest.raises(ValueError, match=r"max_inference_steps must be in 1\.\.1000"):
+        dataclasses.replace(CONFIG, max_inference_steps=5000)
