@@ -30,6 +30,8 @@ from sdtriton.components import (
 from sdtriton.interface import PublicTensor
 from sdtriton.pipeline_config import PipelineConfig
 
+_MIB = 2**20
+
 PIPELINE_MODEL_NAME = interface.PIPELINE_MODEL_NAME
 MODEL_VERSION = "1"
 CONFIG_FILE_NAME = "config.pbtxt"
@@ -73,6 +75,11 @@ class RenderOptions:
     max_running_images: int = 8
     max_pending_requests: int = 32
     max_queue_delay_us: int = 0
+    # The engine's caches (sdtriton.serving.caches; 0: off). Responses of seeded requests: 64 MiB of images is
+    # 5,461 of 64x64 or 21 of 1024x1024. Text-encoder rows: SD 1.5 in fp32 is 77 x 768 x 4 B = 231 KiB a row,
+    # 58 MiB for 256 rows (SDXL's second encoder: 394 KiB a row, 99 MiB), on the engine's device.
+    response_cache_mb: int = 64
+    text_cache_entries: int = 256
     # Put before every model name (e.g. "sdxl_" -> sdxl_stable_diffusion, sdxl_pipeline, sdxl_unet, ...), so that
     # repositories of several models load into one tritonserver side by side (model names must be unique).
     model_prefix: str = ""
@@ -82,6 +89,9 @@ class RenderOptions:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]*", self.model_prefix):
             raise ValueError(f"model_prefix may hold letters, digits, '_' and '-' only, got {self.model_prefix!r}")
+        for name in ("response_cache_mb", "text_cache_entries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0 (0: off), got {getattr(self, name)}")
 
     @property
     def component_max_batch_size(self) -> int:
@@ -96,7 +106,15 @@ GPU_ENGINE_DEVICE = "cuda:0"
 # Rows of the warm-up call: one image with classifier-free guidance.
 WARMUP_BATCH_SIZE = 2
 # Engine settings the pipeline model reads from its config's parameters (sdtriton.serving.engine.EngineLimits).
-ENGINE_PARAMETERS = ("max_running_images", "max_pending_requests", "max_unet_rows", "max_text_rows", "max_vae_rows")
+ENGINE_PARAMETERS = (
+    "max_running_images",
+    "max_pending_requests",
+    "max_unet_rows",
+    "max_text_rows",
+    "max_vae_rows",
+    "response_cache_bytes",
+    "text_cache_entries",
+)
 
 
 def _io(message: mc.ModelInput | mc.ModelOutput, name: str, triton_dtype: str, dims: tuple[int, ...]) -> None:
@@ -141,7 +159,15 @@ def render_pipeline_config(pipeline_config: PipelineConfig, options: RenderOptio
     for tensor in (*interface.STREAM_OUTPUTS, *interface.INTERNAL_OUTPUTS):
         _add_public_output(config, tensor)
     rows = options.component_max_batch_size
-    values = (options.max_running_images, options.max_pending_requests, rows, rows, rows)
+    values = (
+        options.max_running_images,
+        options.max_pending_requests,
+        rows,
+        rows,
+        rows,
+        options.response_cache_mb * _MIB,
+        options.text_cache_entries,
+    )
     for key, value in zip(ENGINE_PARAMETERS, values, strict=True):
         _set_parameter(config, key, value)
     if options.gpu:

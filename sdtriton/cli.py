@@ -64,6 +64,8 @@ def _export(args: argparse.Namespace) -> int:
         max_running_images=args.max_running_images,
         max_pending_requests=args.max_pending_requests,
         model_prefix=args.model_prefix,
+        response_cache_mb=args.response_cache_mb,
+        text_cache_entries=args.text_cache_entries,
     )
     tensorrt = TensorRtExportOptions(
         static_shapes=args.trt_static_shapes,
@@ -443,6 +445,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=32,
         help="running plus queued requests; more are refused at once with UNAVAILABLE",
+    )
+    export.add_argument(
+        "--response-cache-mb",
+        type=int,
+        default=64,
+        help="MiB of images of fully seeded non-streaming requests answered again from the engine's cache (0: off)",
+    )
+    export.add_argument(
+        "--text-cache-entries",
+        type=int,
+        default=256,
+        help="text-encoder rows kept so that a repeated prompt skips the text encoder (0: off)",
     )
     export.add_argument("--max-size-factor", type=int, default=2, help="largest side, as a multiple of the native")
     export.add_argument("--default-steps", type=int, default=30, help="num_inference_steps when a request omits it")

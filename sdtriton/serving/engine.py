@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
 
@@ -36,6 +36,14 @@ import torch
 
 from sdtriton.components import text_encoders_of
 from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.serving.caches import (
+    RESPONSE_CACHE,
+    TEXT_EMBEDDING_CACHE,
+    LruCache,
+    images_nbytes,
+    response_key,
+    text_row_key,
+)
 from sdtriton.serving.conditioning import ImageRequest, stages_for, text_ids_for
 from sdtriton.serving.denoise import ImageDenoiser, to_uint8_image
 from sdtriton.serving.errors import DeadlineExceededError, RequestCancelledError, ServerBusyError
@@ -71,6 +79,13 @@ class EngineLimits:
         max_unet_rows: rows of one UNet call (a guided image sends two); larger sets are split into calls.
         max_text_rows: rows of one text-encoder call.
         max_vae_rows: rows of one VAE-decoder call.
+        response_cache_bytes: the most image bytes the response cache holds (0: off). A non-streaming request
+            whose every seed was sent is answered from it when an identical one finished before.
+        text_cache_entries: the most text-encoder rows the prompt-embedding cache holds (0: off); a row found
+            there skips the text encoder.
+
+    Both caches are off unless configured: ``sdtriton export`` turns them on (``RenderOptions``), so a repository
+    exported before they existed serves as it did.
     """
 
     max_running_images: int = 8
@@ -78,11 +93,16 @@ class EngineLimits:
     max_unet_rows: int = 16
     max_text_rows: int = 8
     max_vae_rows: int = 8
+    response_cache_bytes: int = 0
+    text_cache_entries: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_running_images", "max_pending_requests", "max_unet_rows", "max_text_rows", "max_vae_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("response_cache_bytes", "text_cache_entries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0 (0: off), got {getattr(self, name)}")
         if self.max_unet_rows < 2:
             raise ValueError("max_unet_rows must be at least 2: a guided image sends two rows")
 
@@ -145,6 +165,8 @@ class EngineRequest:
         send_progress: whether to report progress after every step.
         preview_every: with progress, a preview of every image every this many steps (0: none).
         is_cancelled: polled at every step; True ends the request as cancelled.
+        seeded: the client sent every image's seed, so the images are a function of the request: its result
+            fills the response cache, and without progress it may be answered from there.
     """
 
     key: int
@@ -154,6 +176,7 @@ class EngineRequest:
     send_progress: bool = False
     preview_every: int = 0
     is_cancelled: Callable[[], bool] = _never
+    seeded: bool = False
 
 
 @dataclass(eq=False)
@@ -228,6 +251,12 @@ class DiffusionEngine:
         self._projection = (
             np.asarray(config.latent_rgb_projection, dtype=np.float32) if config.latent_rgb_projection else None
         )
+        # Finished results of seeded requests (read-only images), by response_key; any thread reads it.
+        self._responses: LruCache[Hashable, Finished] = LruCache(
+            capacity=self.limits.response_cache_bytes, cost=lambda result: images_nbytes(result.images)
+        )
+        # One text-encoder output row per (encoder, token ids), on the networks' device; the loop thread's alone.
+        self._text_rows: LruCache[Hashable, dict[str, torch.Tensor]] = LruCache(capacity=self.limits.text_cache_entries)
 
     # ---- called from any thread -------------------------------------------------------------------------
 
@@ -251,10 +280,20 @@ class DiffusionEngine:
         self._observer.request_refused()
         raise refusal
 
+    def may_answer_from_cache(self, *, seeded: bool, send_progress: bool) -> bool:
+        """Whether a request like this is looked up in the response cache (and so never refused for room)."""
+        return self._responses.enabled and seeded and not send_progress
+
     def submit(self, request: EngineRequest) -> None:
-        """Queues a request, or raises :class:`ServerBusyError` at once when the engine is full."""
+        """Queues a request, or raises :class:`ServerBusyError` at once when the engine is full.
+
+        A seeded request without progress that an identical earlier request answered is answered here, at once,
+        from the response cache: never queued, never refused for room (it takes none).
+        """
         if not request.images:
             raise ValueError("a request needs at least one image")
+        if self._answer_from_cache(request):
+            return
         with self._lock:
             refusal = self._refusal_locked()
             if refusal is None:
@@ -263,6 +302,36 @@ class DiffusionEngine:
         if refusal is not None:
             self._refuse(refusal)
         self._report_counts()
+
+    def _answer_from_cache(self, request: EngineRequest) -> bool:
+        if not self.may_answer_from_cache(seeded=request.seeded, send_progress=request.send_progress):
+            return False
+        cached = self._responses.get(response_key(request.images))
+        self._observer.cache_lookup(cache=RESPONSE_CACHE, hit=cached is not None)
+        if cached is None:
+            return False
+        # A hit is an answered request like any other in the metrics (its images' durations are ~0), with no steps.
+        for _ in cached.images:
+            self._observer.image_finished(duration_s=0.0)
+        self._observer.request_ended(state=RequestState.FINISHED.value)
+        # Copies: the cached arrays stay untouched whatever the sink does with its own.
+        result = Finished(images=tuple(image.copy() for image in cached.images), seeds=cached.seeds)
+        try:
+            request.sink.finish(result)
+        except Exception:
+            logger.exception("answering request %s from the response cache failed", request.key)
+        return True
+
+    def _remember(self, request: EngineRequest, result: Finished) -> None:
+        """Keeps a seeded request's result for the response cache; streamed ones too: their images are the same."""
+        if not (request.seeded and self._responses.enabled):
+            return
+        images = []
+        for image in result.images:
+            kept = image.copy()
+            kept.flags.writeable = False
+            images.append(kept)
+        self._responses.put(response_key(request.images), Finished(images=tuple(images), seeds=result.seeds))
 
     def cancel(self, key: int) -> None:
         """Ends the request ``key`` as cancelled at the next step (queued or running)."""
@@ -412,32 +481,57 @@ class DiffusionEngine:
         images: list[tuple[_Active, int, ImageRequest]],
         encoded: dict[tuple[int, int], dict[str, dict[str, torch.Tensor]]],
     ) -> None:
-        """One call of ``encoder`` per ``max_text_rows`` rows of all the admitted images."""
-        rows = [(active, index, text_ids_for(image, encoder)) for active, index, image in images]
-        start = 0
-        while start < len(rows):
-            chunk, used = [], 0
-            while start < len(rows) and (not chunk or used + len(rows[start][2]) <= self.limits.max_text_rows):
-                chunk.append(rows[start])
-                used += len(rows[start][2])
-                start += 1
-            live = [row for row in chunk if row[0].state is RequestState.RUNNING]
-            if not live:
+        """Each image's rows from the text-embedding cache, the others in one call of ``encoder`` per
+        ``max_text_rows`` rows of all the admitted images (a row wanted twice is encoded once)."""
+        caching = self._text_rows.enabled
+        # rows[(id(active), index)] = the image's rows, each its cached outputs or the index of a row to encode
+        rows: dict[tuple[int, int], list[dict[str, torch.Tensor] | int]] = {}
+        wanted: list[tuple[np.ndarray, Hashable, list[_Active]]] = []  # (ids, key, requests waiting on it)
+        position: dict[Hashable, int] = {}
+        for active, index, image in images:
+            image_rows: list[dict[str, torch.Tensor] | int] = []
+            for ids in text_ids_for(image, encoder):
+                key = text_row_key(encoder, ids) if caching else len(wanted)
+                cached = self._text_rows.get(key) if caching else None
+                if caching:
+                    self._observer.cache_lookup(cache=TEXT_EMBEDDING_CACHE, hit=cached is not None)
+                if cached is not None:
+                    image_rows.append(cached)
+                    continue
+                if key not in position:
+                    position[key] = len(wanted)
+                    wanted.append((ids, key, []))
+                wanted[position[key]][2].append(active)
+                image_rows.append(position[key])
+            rows[(id(active), index)] = image_rows
+        computed: list[dict[str, torch.Tensor] | None] = [None] * len(wanted)
+        for start in range(0, len(wanted), self.limits.max_text_rows):
+            chunk = range(start, min(start + self.limits.max_text_rows, len(wanted)))
+            if not any(a.state is RequestState.RUNNING for row in chunk for a in wanted[row][2]):
                 continue
             try:
-                ids = torch.from_numpy(np.concatenate([ids for _, _, ids in live])).to(self.networks.device)
+                ids = torch.from_numpy(np.stack([wanted[row][0] for row in chunk])).to(self.networks.device)
                 outputs = self.networks.encode_text(encoder, ids)
             except Exception as error:
                 logger.exception("text encoder %s call failed", encoder)
-                for active, _, _ in live:
+                for active in {id(a): a for row in chunk for a in wanted[row][2]}.values():
                     self._end(active, RequestState.FAILED, error)
                 continue
-            offset = 0
-            for active, index, ids in live:
-                encoded[(id(active), index)][encoder] = {
-                    name: value[offset : offset + len(ids)] for name, value in outputs.items()
-                }
-                offset += len(ids)
+            for offset, row in enumerate(chunk):
+                # A clone: a slice would keep the whole call's outputs alive in the cache.
+                computed[row] = {name: value[offset : offset + 1].clone() for name, value in outputs.items()}
+                if caching:
+                    self._text_rows.put(wanted[row][1], computed[row])
+        for active, index, _ in images:
+            if active.state is not RequestState.RUNNING:
+                continue
+            parts = [computed[part] if isinstance(part, int) else part for part in rows[(id(active), index)]]
+            if any(part is None for part in parts):
+                continue  # a call it needed failed and ended it
+            # cat copies: the conditioning never aliases a cached row.
+            encoded[(id(active), index)][encoder] = {
+                name: torch.cat([part[name] for part in parts]) for name in parts[0]
+            }
 
     # 4. denoise
     def _denoise(self) -> int:
@@ -565,6 +659,7 @@ class DiffusionEngine:
             elapsed_s = self._clock() - active.arrived_s
             for _ in outcome.images:
                 self._observer.image_finished(duration_s=elapsed_s)
+            self._remember(active.request, outcome)
         self._observer.request_ended(state=state.value)
         self._report_counts()
         try:

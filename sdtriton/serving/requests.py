@@ -22,10 +22,18 @@ from sdtriton.serving.validation import decode_prompt, parse_generation_params
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    """The images of one request and its stream options."""
+    """The images of one request and its stream options.
+
+    Attributes:
+        images: the request's images, with their seeds (drawn for the items that sent none).
+        preview_every: with progress, a preview every this many steps (0: none).
+        seeded: the request sent a seed for every item, so its images are a function of its inputs (the response
+            cache may answer it); False when a seed was drawn.
+    """
 
     images: tuple[ImageRequest, ...]
     preview_every: int = 0
+    seeded: bool = False
 
 
 def _preview_every(values: np.ndarray | None, config: PipelineConfig) -> int:
@@ -94,4 +102,9 @@ def parse_request(
         )
         for index, item in enumerate(params)
     )
-    return ParsedRequest(images=images, preview_every=_preview_every(raw.get(interface.PREVIEW_EVERY.name), config))
+    return ParsedRequest(
+        images=images,
+        preview_every=_preview_every(raw.get(interface.PREVIEW_EVERY.name), config),
+        # The seed tensor has one value per item (checked above): present, every item has its own.
+        seeded=raw.get(interface.SEED.name) is not None,
+    )

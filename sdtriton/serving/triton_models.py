@@ -490,6 +490,15 @@ class PipelineModel:
             timeout_s=timeout_us / 1e6 if timeout_us > 0 else None,
             send_progress=bool(progress_items[0]) if progress_items is not None else False,
             preview_every=parsed.preview_every,
+            seeded=parsed.seeded,
+        )
+
+    def _may_answer_from_cache(self, request: Any) -> bool:
+        """Whether the engine may answer this request from its response cache (then no room check before parsing)."""
+        progress_items = _optional_items(request, interface.SEND_PROGRESS)
+        return self.engine.may_answer_from_cache(
+            seeded=_optional_items(request, interface.SEED) is not None,
+            send_progress=bool(progress_items[0]) if progress_items is not None else False,
         )
 
     def execute(self, requests: list[Any]) -> None:
@@ -502,7 +511,8 @@ class PipelineModel:
                         self.engine.cancel(int(key))
                     sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     continue
-                self.engine.check_room()  # a full engine refuses before any parsing
+                if not self._may_answer_from_cache(request):
+                    self.engine.check_room()  # a full engine refuses before any parsing
                 self.engine.submit(self._engine_request(request, sender))
             except Exception as error:
                 if _error_code(error) == pb_utils.TritonError.INTERNAL:
