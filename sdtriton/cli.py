@@ -408,6 +408,89 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from sdtriton import soak
+    from sdtriton.client import parse_url
+    from sdtriton.pipeline_config import PipelineConfig
+
+    if (args.repository is None) == (args.url is None):
+        raise SystemExit("give --repository (a server started here) or --url (a running server), not both")
+    if args.restart_at is not None and (args.repository is None or not 0 < args.restart_at < 1):
+        raise SystemExit("--restart-at needs --repository and a fraction between 0 and 1")
+    if args.concurrency < 1 or args.requests < 1:
+        raise SystemExit("--requests and --concurrency must be at least 1")
+    if args.repository is not None:
+        config = PipelineConfig.load(args.repository / interface.PIPELINE_MODEL_NAME / "1")
+        sides = soak.sides_for(config, min_side_px=args.min_side_px, max_side_px=args.max_side_px)
+    else:
+        try:
+            if parse_url(args.url).protocol != "grpc":
+                raise ValueError("soak needs a grpc:// URL (cancels and streams)")
+        except ValueError as error:
+            raise SystemExit(f"--url: {error}") from None
+        sides = tuple(range(args.min_side_px, args.max_side_px + 1, args.side_step_px))
+    try:
+        mix = soak.SoakMix(sides_px=sides, min_steps=args.min_steps, max_steps=args.max_steps)
+        plan = soak.plan_soak(
+            requests=args.requests,
+            mix=mix,
+            cancel_fraction=args.cancel_fraction,
+            deadline_fraction=args.deadline_fraction,
+            bad_fraction=args.bad_fraction,
+            stream_fraction=args.stream_fraction,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    options = soak.SoakOptions(
+        concurrency=args.concurrency,
+        settle_s=args.settle_s,
+        answer_timeout_s=args.answer_timeout_s,
+        restart_at=args.restart_at,
+        retry_deadline_s=args.retry_deadline_s,
+        show_progress=not args.no_progress,
+        warmup_requests=args.warmup_requests,
+    )
+    settings = {
+        key: getattr(args, key)
+        for key in ("requests", "concurrency", "cancel_fraction", "deadline_fraction", "bad_fraction")
+    } | {"stream_fraction": args.stream_fraction, "seed": args.seed, "restart_at": args.restart_at, "sides_px": sides}
+    settings |= {"steps": f"{args.min_steps}..{args.max_steps}"}
+    if args.repository is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        address = server.ServerAddress.on_free_ports()
+        triton = server.TritonServer(args.repository, address=address, log_path=args.out / "tritonserver.log")
+        with triton:
+            result = soak.run_soak(
+                plan, mix, grpc_url=address.grpc_url, options=options, server=triton, settings=settings
+            )
+    else:
+        result = soak.run_soak(
+            plan,
+            mix,
+            grpc_url=args.url,
+            model_name=args.model,
+            options=options,
+            server_pid=args.server_pid,
+            settings=settings,
+        )
+    _, markdown_path = soak.write_report(result, args.out)
+    report = result.to_json()
+    memory = report["memory"]
+    growth = None if memory is None else memory["growth_percent"]
+    sys.stdout.write(
+        f"{report['requests']} requests: answered {report['answered']}, lost {len(report['lost'])}, "
+        f"unexpected {len(report['unexpected'])}; server RSS growth "
+        f"{'not measured' if growth is None else f'{growth:+.2f}%'}; report {markdown_path}\n"
+    )
+    status = 1 if report["lost"] or report["unexpected"] else 0
+    if growth is not None and args.max_rss_growth is not None and growth > args.max_rss_growth:
+        if args.restart_at is None:
+            logger.warning("server RSS grew %.2f%%, above --max-rss-growth %g%%", growth, args.max_rss_growth)
+            status = 1
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdtriton", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -670,6 +753,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--markdown", action="store_true", help="print docs/gpu_sizing.md (sd15 and sdxl on every GPU) instead"
     )
     planner.set_defaults(run=_plan)
+
+    soak_command = commands.add_parser(
+        "soak", help="many mixed requests (streams, cancels, deadlines, bad inputs): every one accounted for, RSS"
+    )
+    target = soak_command.add_argument_group("server (one of)")
+    target.add_argument("--repository", type=Path, help="start tritonserver here on free ports over this repository")
+    target.add_argument("--url", help="a running server's grpc://host:port")
+    target.add_argument("--server-pid", type=int, help="with --url: the server's pid, to read its processes' RSS")
+    target.add_argument("--model", default=interface.ENTRY_MODEL_NAME, help="with --url: the entry model")
+    soak_command.add_argument("--out", type=Path, required=True, help="folder for report.json and report.md")
+    soak_command.add_argument("--requests", type=int, default=500)
+    soak_command.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    soak_command.add_argument(
+        "--warmup-requests",
+        type=int,
+        help="ok requests sent before the first memory reading, at full concurrency (default: one per thread); "
+        "enough of them let every UNet batch size occur once",
+    )
+    soak_command.add_argument("--cancel-fraction", type=float, default=0.1)
+    soak_command.add_argument("--deadline-fraction", type=float, default=0.1, help="requests whose budget expires")
+    soak_command.add_argument("--bad-fraction", type=float, default=0.1, help="requests with one invalid input")
+    soak_command.add_argument("--stream-fraction", type=float, default=0.2, help="progress streams read to the end")
+    soak_command.add_argument("--seed", type=int, default=0, help="seeds the plan (kinds, sizes, schedulers, steps)")
+    soak_command.add_argument("--min-steps", type=int, default=10)
+    soak_command.add_argument("--max-steps", type=int, default=20)
+    soak_command.add_argument("--min-side-px", type=int, default=64)
+    soak_command.add_argument("--max-side-px", type=int, default=128)
+    soak_command.add_argument("--side-step-px", type=int, default=16, help="with --url: the model's size step")
+    soak_command.add_argument(
+        "--restart-at", type=float, help="kill -9 the server after this share of requests is sent, then restart it"
+    )
+    soak_command.add_argument(
+        "--retry-deadline-s", type=float, default=120.0, help="clients retry refusals and outages this long"
+    )
+    soak_command.add_argument("--answer-timeout-s", type=float, default=300.0, help="no answer after this: lost")
+    soak_command.add_argument("--settle-s", type=float, default=3.0, help="pause before each RSS sample")
+    soak_command.add_argument(
+        "--max-rss-growth", type=float, help="exit 1 if the servers' total RSS grew more than this many percent"
+    )
+    soak_command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    soak_command.set_defaults(run=_soak)
     return parser
 
 

@@ -1,0 +1,975 @@
+"""Soak test: many mixed requests against one server, every one accounted for, and the server's memory over the run.
+
+A seeded plan mixes request kinds (:data:`KINDS`): plain images, progress streams, requests cancelled mid-way,
+requests whose time budget expires, and requests with an invalid input. Each kind has the outcomes it may end in
+(:data:`ALLOWED_OUTCOMES`); a request that ends in anything else is *unexpected*, and one that gets no answer
+within a generous time is *lost*. A good server has neither.
+
+The resident memory (VmRSS) of every server process, tritonserver and each Python-backend stub, is read from
+``/proc`` after a warm-up and again at the end. In restart mode the server is killed (SIGKILL, with its stubs)
+part-way through and started again on the same ports, while the clients retry under a
+:class:`~sdtriton.client.RetryPolicy`: a request the client was allowed to retry must still end as its kind
+allows, and those sent while the server was down are reported on their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import math
+import os
+import queue
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdtriton import interface
+from sdtriton.perf.engine_results import percentile
+from sdtriton.pipeline_config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+
+class Kind(str, enum.Enum):
+    """What a planned request does."""
+
+    OK = "ok"  # generate, seeded
+    STREAM = "stream"  # progress stream read to the end
+    CANCEL = "cancel"  # submitted then cancelled, or a stream broken off after its first progress event
+    DEADLINE = "deadline"  # a time budget well under the request's time
+    BAD = "bad"  # one invalid input
+
+
+KINDS: tuple[Kind, ...] = tuple(Kind)
+
+IMAGE = "image"
+# A stream the client closed after its first progress event (the server is told to cancel; nothing comes back).
+STREAM_CLOSED = "stream_closed"
+# Outcomes are an image, STREAM_CLOSED, or the client exception's class name.
+ALLOWED_OUTCOMES: Mapping[Kind, frozenset[str]] = {
+    Kind.OK: frozenset({IMAGE}),
+    Kind.STREAM: frozenset({IMAGE}),
+    Kind.CANCEL: frozenset({IMAGE, "RequestCancelledError", STREAM_CLOSED}),
+    Kind.DEADLINE: frozenset({IMAGE, "RequestTimeoutError"}),
+    Kind.BAD: frozenset({"InvalidRequestError"}),
+}
+# What a request the client may not retry (submit, a stream past its first event) may end in when the server dies.
+OUTAGE_OUTCOMES = frozenset({"ServerUnavailableError", "RetriesExhaustedError", "InferenceError"})
+
+PROMPTS = (
+    "a red circle on a white background",
+    "a blue square on a yellow background",
+    "a green triangle on a black background",
+    "a yellow star on a purple background",
+)
+# One invalid input each; the unit tests check each is refused by sdtriton.serving.validation.
+BAD_INPUTS = ("width_not_multiple", "zero_steps", "unknown_scheduler", "negative_guidance", "negative_seed")
+UNKNOWN_SCHEDULER = "no_such_scheduler"
+CANCEL_SUBMIT = "submit"
+CANCEL_STREAM = "stream"
+DEFAULT_MIN_SIDE_PX = 64
+DEFAULT_MAX_SIDE_PX = 128
+DEFAULT_ANSWER_TIMEOUT_S = 300.0
+_POLL_S = 0.25
+_CLIENT_LOGGER = "sdtriton.client.client"
+_STUB_NAME = "triton_python_backend_stub"
+# The stub's argv: [stub, model.py, shm region, sizes..., parent pid, backend dir, ..., instance name, ...].
+_STUB_INSTANCE_ARG = 8
+
+
+@dataclass(frozen=True)
+class SoakMix:
+    """What the plan draws from.
+
+    Attributes:
+        sides_px: image sides (width and height drawn separately).
+        min_steps, max_steps: denoising steps, drawn in this range.
+        schedulers: scheduler names.
+        cancel_after_s: a submitted request is cancelled after a delay drawn in 0..this.
+        deadline_budget_s: a deadline request's time budget is drawn in (this / 10)..this.
+    """
+
+    sides_px: tuple[int, ...]
+    min_steps: int = 10
+    max_steps: int = 20
+    schedulers: tuple[str, ...] = interface.SCHEDULER_NAMES
+    cancel_after_s: float = 0.5
+    deadline_budget_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.sides_px or min(self.sides_px) < 1:
+            raise ValueError(f"sides_px must hold positive sides, got {self.sides_px}")
+        if not interface.MIN_INFERENCE_STEPS <= self.min_steps <= self.max_steps:
+            raise ValueError(f"need {interface.MIN_INFERENCE_STEPS} <= min_steps <= max_steps")
+        if not self.schedulers:
+            raise ValueError("schedulers must not be empty")
+
+
+def sides_for(config: PipelineConfig, *, min_side_px: int, max_side_px: int) -> tuple[int, ...]:
+    """The model's allowed sides in ``min_side_px..max_side_px``: multiples of its size step (its default alone
+    when its engines take one size)."""
+    if config.fixed_size:
+        return (config.default_width,) if config.default_width == config.default_height else ()
+    step = config.size_multiple
+    top = min(max_side_px, config.max_width, config.max_height, math.isqrt(config.pixel_limit))
+    sides = tuple(side for side in range(step, top + 1, step) if side >= min_side_px)
+    if not sides:
+        raise ValueError(
+            f"no allowed side in {min_side_px}..{max_side_px} px (multiples of {step} up to {config.max_width})"
+        )
+    return sides
+
+
+@dataclass(frozen=True)
+class SoakRequest:
+    """One planned request."""
+
+    index: int
+    kind: Kind
+    prompt: str
+    seed: int
+    width: int
+    height: int
+    num_inference_steps: int
+    scheduler: str
+    guidance_scale: float = interface.DEFAULT_GUIDANCE_SCALE
+    cancel_mode: str | None = None  # CANCEL_SUBMIT or CANCEL_STREAM
+    cancel_after_s: float | None = None
+    timeout_s: float | None = None  # the deadline kind's time budget
+    bad_input: str | None = None  # one of BAD_INPUTS
+
+    def parameters(self) -> dict[str, Any]:
+        """The public inputs sent (the prompt apart)."""
+        return {
+            interface.NUM_INFERENCE_STEPS.name: self.num_inference_steps,
+            interface.GUIDANCE_SCALE.name: self.guidance_scale,
+            interface.SEED.name: self.seed,
+            interface.WIDTH.name: self.width,
+            interface.HEIGHT.name: self.height,
+            interface.SCHEDULER.name: self.scheduler,
+        }
+
+
+def _counts(total: int, fractions: Mapping[Kind, float]) -> dict[Kind, int]:
+    counts = {kind: round(fraction * total) for kind, fraction in fractions.items()}
+    if sum(counts.values()) > total:
+        raise ValueError(f"the fractions add up to more than all {total} requests")
+    counts[Kind.OK] = total - sum(counts.values())
+    return counts
+
+
+def _make_bad(request: SoakRequest, bad_input: str) -> SoakRequest:
+    changes: dict[str, Any] = {"bad_input": bad_input}
+    if bad_input == "width_not_multiple":
+        changes["width"] = request.width + 1  # sides are multiples of the model's step (8 or more)
+    elif bad_input == "zero_steps":
+        changes["num_inference_steps"] = 0
+    elif bad_input == "unknown_scheduler":
+        changes["scheduler"] = UNKNOWN_SCHEDULER
+    elif bad_input == "negative_guidance":
+        changes["guidance_scale"] = -1.0
+    elif bad_input == "negative_seed":
+        changes["seed"] = -1
+    else:
+        raise ValueError(f"unknown bad input {bad_input!r}")
+    return SoakRequest(**{**asdict(request), **changes})
+
+
+def plan_soak(
+    *,
+    requests: int,
+    mix: SoakMix,
+    cancel_fraction: float = 0.1,
+    deadline_fraction: float = 0.1,
+    bad_fraction: float = 0.1,
+    stream_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[SoakRequest, ...]:
+    """The seeded plan: the same arguments give the same requests, in the same order.
+
+    Each fraction is a share of ``requests`` (rounded); the rest are plain ``ok`` requests.
+
+    Raises:
+        ValueError: a fraction outside 0..1, or fractions adding up to more than 1.
+    """
+    if requests < 1:
+        raise ValueError(f"requests must be at least 1, got {requests}")
+    fractions = {
+        Kind.STREAM: stream_fraction,
+        Kind.CANCEL: cancel_fraction,
+        Kind.DEADLINE: deadline_fraction,
+        Kind.BAD: bad_fraction,
+    }
+    for kind, fraction in fractions.items():
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"the {kind.value} fraction must be in 0..1, got {fraction}")
+    counts = _counts(requests, fractions)
+    rng = random.Random(seed)
+    kinds = [kind for kind in KINDS for _ in range(counts[kind])]
+    rng.shuffle(kinds)
+    plan: list[SoakRequest] = []
+    for index, kind in enumerate(kinds):
+        request = SoakRequest(
+            index=index,
+            kind=kind,
+            prompt=rng.choice(PROMPTS),
+            seed=rng.randrange(interface.MAX_SEED + 1),
+            width=rng.choice(mix.sides_px),
+            height=rng.choice(mix.sides_px),
+            num_inference_steps=rng.randint(mix.min_steps, mix.max_steps),
+            scheduler=rng.choice(mix.schedulers),
+        )
+        if kind is Kind.CANCEL:
+            mode = rng.choice((CANCEL_SUBMIT, CANCEL_STREAM))
+            after_s = round(rng.uniform(0, mix.cancel_after_s), 3) if mode == CANCEL_SUBMIT else None
+            request = SoakRequest(**{**asdict(request), "cancel_mode": mode, "cancel_after_s": after_s})
+        elif kind is Kind.DEADLINE:
+            budget_s = round(rng.uniform(mix.deadline_budget_s / 10, mix.deadline_budget_s), 3)
+            # The largest image at the most steps: the budget runs out well before the work is done.
+            request = SoakRequest(
+                **{
+                    **asdict(request),
+                    "timeout_s": budget_s,
+                    "width": max(mix.sides_px),
+                    "height": max(mix.sides_px),
+                    "num_inference_steps": mix.max_steps,
+                }
+            )
+        elif kind is Kind.BAD:
+            request = _make_bad(request, rng.choice(BAD_INPUTS))
+        plan.append(request)
+    return tuple(plan)
+
+
+# --- server processes and their memory ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """One server process: its pid, its role (``tritonserver`` or a stub's model instance), its VmRSS in KiB."""
+
+    pid: int
+    name: str
+    rss_kib: int
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        # The command name may hold spaces and parentheses: the fields after the last ")" are safe.
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_tree(root_pid: int) -> list[int]:
+    """``root_pid`` and every process descended from it, read from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (parent := _parent_pid(int(entry.name))) is not None:
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, frontier = [], [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier.extend(children.get(pid, []))
+    return sorted(tree)
+
+
+def process_name(pid: int) -> str:
+    """``tritonserver``, a stub's model instance (``pipeline_0_0``), or the program's name."""
+    try:
+        argv = [arg.decode(errors="replace") for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return "?"
+    program = Path(argv[0]).name if argv and argv[0] else "?"
+    if program == _STUB_NAME:
+        if len(argv) > _STUB_INSTANCE_ARG and argv[_STUB_INSTANCE_ARG]:
+            return f"stub:{argv[_STUB_INSTANCE_ARG]}"
+        return f"stub:{Path(argv[1]).parent.parent.name}" if len(argv) > 1 else "stub"
+    return program
+
+
+def rss_kib(pid: int) -> int | None:
+    """VmRSS of ``pid`` in KiB; None if it is gone (or a zombie)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def sample_memory(root_pid: int) -> list[ProcessMemory]:
+    """VmRSS of ``root_pid`` and its descendants (those still alive), by role."""
+    rows = []
+    for pid in process_tree(root_pid):
+        if (rss := rss_kib(pid)) is not None:
+            rows.append(ProcessMemory(pid=pid, name=process_name(pid), rss_kib=rss))
+    return rows
+
+
+@dataclass(frozen=True)
+class MemoryComparison:
+    """Server memory after the warm-up and at the end, per process role and in all."""
+
+    after_warmup: tuple[ProcessMemory, ...]
+    at_end: tuple[ProcessMemory, ...]
+
+    @property
+    def total_after_warmup_kib(self) -> int:
+        return sum(row.rss_kib for row in self.after_warmup)
+
+    @property
+    def total_at_end_kib(self) -> int:
+        return sum(row.rss_kib for row in self.at_end)
+
+    @property
+    def growth_percent(self) -> float | None:
+        if not self.total_after_warmup_kib:
+            return None
+        return 100.0 * (self.total_at_end_kib - self.total_after_warmup_kib) / self.total_after_warmup_kib
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per role: KiB after the warm-up, at the end, growth in percent."""
+        before = {row.name: row for row in self.after_warmup}
+        after = {row.name: row for row in self.at_end}
+        rows = []
+        for name in sorted(set(before) | set(after), key=lambda n: (n != "tritonserver", n)):
+            first, last = before.get(name), after.get(name)
+            growth = (
+                None
+                if first is None or last is None or not first.rss_kib
+                else round(100.0 * (last.rss_kib - first.rss_kib) / first.rss_kib, 2)
+            )
+            rows.append(
+                {
+                    "name": name,
+                    "pid_after_warmup": None if first is None else first.pid,
+                    "pid_at_end": None if last is None else last.pid,
+                    "rss_after_warmup_kib": None if first is None else first.rss_kib,
+                    "rss_at_end_kib": None if last is None else last.rss_kib,
+                    "growth_percent": growth,
+                }
+            )
+        return rows
+
+
+# --- running the plan --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """How one planned request ended.
+
+    Attributes:
+        outcome: ``image``, ``stream_closed``, the client exception's class name, or ``lost`` (no answer in time).
+        expected: whether ``outcome`` is one its kind allows (or, for one the client could not retry that met
+            the restart, one of :data:`OUTAGE_OUTCOMES`).
+        started_s, ended_s: seconds from the run's start.
+        retryable: whether the client could retry it (a RetryPolicy over generate, or a stream before its first
+            event); submit and a stream past its first event cannot be.
+        message: the error's message, cut short.
+    """
+
+    index: int
+    kind: Kind
+    outcome: str
+    expected: bool
+    started_s: float
+    ended_s: float | None
+    retryable: bool = True
+    message: str = ""
+    cancel_mode: str | None = None
+    bad_input: str | None = None
+
+    @property
+    def latency_s(self) -> float | None:
+        return None if self.ended_s is None else self.ended_s - self.started_s
+
+
+LOST = "lost"
+
+
+class _Attempt:
+    """What a worker learns while a request runs (read by the watchdog and the record)."""
+
+    def __init__(self) -> None:
+        self.delivered_events = False
+
+
+def _outcome_of(error: BaseException) -> str:
+    from sdtriton.client import SdTritonError
+
+    name = type(error).__name__
+    return name if isinstance(error, SdTritonError) else f"untyped:{name}"
+
+
+def run_request(client: Any, request: SoakRequest, attempt: _Attempt, *, answer_timeout_s: float) -> tuple[str, str]:
+    """Sends ``request`` as its kind says; returns (outcome, message). Never raises for the request's own errors.
+
+    Raises:
+        TimeoutError: a submitted request got no answer within ``answer_timeout_s`` (the caller counts it lost).
+    """
+    parameters = request.parameters()
+    try:
+        if request.kind is Kind.STREAM or (request.kind is Kind.CANCEL and request.cancel_mode == CANCEL_STREAM):
+            for event in client.stream(request.prompt, **parameters):
+                attempt.delivered_events = True
+                if request.kind is Kind.CANCEL:
+                    return STREAM_CLOSED, ""  # leaving the loop cancels the request on the server
+                if hasattr(event, "images"):
+                    return IMAGE, ""
+            return "untyped:EmptyStream", "the stream ended without an image"
+        if request.kind is Kind.CANCEL:
+            pending = client.submit(request.prompt, **parameters)
+            time.sleep(request.cancel_after_s or 0.0)
+            pending.cancel()
+            pending.result(timeout_s=answer_timeout_s)  # TimeoutError: no answer at all
+            return IMAGE, ""
+        client.generate(request.prompt, **parameters)
+        return IMAGE, ""
+    except TimeoutError:
+        raise
+    except Exception as error:
+        return _outcome_of(error), str(error)[:200]
+
+
+def _is_expected(request: SoakRequest, outcome: str, *, retryable: bool, met_outage: bool) -> bool:
+    if outcome in ALLOWED_OUTCOMES[request.kind]:
+        return True
+    return met_outage and not retryable and outcome in OUTAGE_OUTCOMES
+
+
+@dataclass
+class RestartTimes:
+    """When the server was killed and when its successor was ready (seconds from the run's start)."""
+
+    killed_s: float | None = None
+    started_s: float | None = None
+    ready_s: float | None = None
+    error: str | None = None
+
+    @property
+    def downtime_s(self) -> float | None:
+        if self.killed_s is None or self.ready_s is None:
+            return None
+        return self.ready_s - self.killed_s
+
+
+class _RetryCounter(logging.Handler):
+    """Counts the client's "retrying in" warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.count = 0
+        self._lock_count = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retrying in" in record.getMessage():
+            with self._lock_count:
+                self.count += 1
+
+
+@contextlib.contextmanager
+def _counting_retries() -> Iterator[_RetryCounter]:
+    counter = _RetryCounter()
+    client_logger = logging.getLogger(_CLIENT_LOGGER)
+    client_logger.addHandler(counter)
+    # Counted into the report instead: one warning per retry would bury the progress bar during an outage.
+    propagate, client_logger.propagate = client_logger.propagate, False
+    try:
+        yield counter
+    finally:
+        client_logger.removeHandler(counter)
+        client_logger.propagate = propagate
+
+
+@dataclass(frozen=True)
+class SoakResult:
+    """Everything a soak run measured."""
+
+    plan: tuple[SoakRequest, ...]
+    records: tuple[RequestRecord, ...]
+    duration_s: float
+    retries: int
+    memory: MemoryComparison | None = None
+    restart: RestartTimes | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def lost(self) -> list[RequestRecord]:
+        return [record for record in self.records if record.outcome == LOST]
+
+    @property
+    def unexpected(self) -> list[RequestRecord]:
+        return [record for record in self.records if record.outcome != LOST and not record.expected]
+
+    def outcomes_by_kind(self) -> dict[str, dict[str, int]]:
+        table: dict[str, Counter[str]] = {kind.value: Counter() for kind in KINDS}
+        for record in self.records:
+            table[record.kind.value][record.outcome] += 1
+        return {kind: dict(sorted(counts.items())) for kind, counts in table.items()}
+
+    def latency_by_kind_ms(self) -> dict[str, dict[str, float | int]]:
+        table = {}
+        for kind in KINDS:
+            latencies = [1000 * r.latency_s for r in self.records if r.kind is kind and r.latency_s is not None]
+            if latencies:
+                table[kind.value] = {
+                    "count": len(latencies),
+                    "p50_ms": round(percentile(latencies, 50), 1),
+                    "p99_ms": round(percentile(latencies, 99), 1),
+                }
+        return table
+
+    def during_outage(self) -> list[RequestRecord]:
+        """Requests sent while the server was down (after the kill, before its successor was ready)."""
+        restart = self.restart
+        if restart is None or restart.killed_s is None:
+            return []
+        ready_s = math.inf if restart.ready_s is None else restart.ready_s
+        return [r for r in self.records if restart.killed_s <= r.started_s < ready_s]
+
+    def to_json(self) -> dict[str, Any]:
+        memory = self.memory
+        outage = self.during_outage()
+        return {
+            "settings": dict(self.settings),
+            "requests": len(self.plan),
+            "answered": sum(record.outcome != LOST for record in self.records),
+            "duration_s": round(self.duration_s, 2),
+            "client_retries": self.retries,
+            "lost": [record.index for record in self.lost],
+            "unexpected": [
+                {"index": r.index, "kind": r.kind.value, "outcome": r.outcome, "message": r.message}
+                for r in self.unexpected
+            ],
+            "outcomes_by_kind": self.outcomes_by_kind(),
+            "latency_by_kind": self.latency_by_kind_ms(),
+            "memory": None
+            if memory is None
+            else {
+                "processes": memory.rows(),
+                "total_after_warmup_kib": memory.total_after_warmup_kib,
+                "total_at_end_kib": memory.total_at_end_kib,
+                "growth_percent": None if memory.growth_percent is None else round(memory.growth_percent, 2),
+            },
+            "restart": None
+            if self.restart is None
+            else {
+                **asdict(self.restart),
+                "downtime_s": self.restart.downtime_s,
+                "sent_during_outage": len(outage),
+                "outage_outcomes": dict(Counter(r.outcome for r in outage)),
+                "outage_retried_to_image": sum(r.outcome == IMAGE for r in outage),
+                "outage_retries_exhausted": sum(r.outcome == "RetriesExhaustedError" for r in outage),
+                "not_retryable_failed": sum((not r.retryable) and r.outcome in OUTAGE_OUTCOMES for r in self.records),
+            },
+            "records": [
+                {
+                    "index": r.index,
+                    "kind": r.kind.value,
+                    "outcome": r.outcome,
+                    "expected": r.expected,
+                    "retryable": r.retryable,
+                    "latency_ms": None if r.latency_s is None else round(1000 * r.latency_s, 1),
+                    "started_s": round(r.started_s, 3),
+                    "cancel_mode": r.cancel_mode,
+                    "bad_input": r.bad_input,
+                    "message": r.message,
+                }
+                for r in self.records
+            ],
+        }
+
+
+def run_plan(
+    plan: Sequence[SoakRequest],
+    *,
+    client_factory: Callable[[float | None], Any],
+    concurrency: int,
+    answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S,
+    before_send: Callable[[int], None] | None = None,
+    restart: RestartTimes | None = None,
+    origin_s: float | None = None,
+    show_progress: bool = True,
+) -> tuple[list[RequestRecord], float]:
+    """Runs ``plan`` on ``concurrency`` threads; returns the records in plan order and the seconds taken.
+
+    Args:
+        client_factory: a client for a time budget (None: none); called per thread, and per deadline request.
+        answer_timeout_s: a request with no answer after this long is recorded lost (its thread is left behind).
+        before_send: called with the number of the request about to be sent, 1 for the first (restart mode kills
+            the server there, so that this request is sent while it is down).
+        restart: filled in by the restarter; decides which requests met the outage.
+        origin_s: the ``time.monotonic()`` that times are counted from (default: now).
+    """
+    from tqdm.auto import tqdm
+
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    started = time.monotonic() if origin_s is None else origin_s
+
+    def now() -> float:
+        return time.monotonic() - started
+
+    work: queue.SimpleQueue[SoakRequest] = queue.SimpleQueue()
+    for request in plan:
+        work.put(request)
+    records: dict[int, RequestRecord] = {}
+    in_flight: dict[int, tuple[SoakRequest, float]] = {}
+    lock = threading.Lock()
+    sent = 0
+    finished = threading.Event()
+
+    def record(request: SoakRequest, outcome: str, message: str, began_s: float, attempt: _Attempt) -> None:
+        ended_s = now()
+        retryable = request.cancel_mode is None or (
+            request.cancel_mode == CANCEL_STREAM and not attempt.delivered_events
+        )
+        if request.kind is Kind.STREAM and attempt.delivered_events and outcome != IMAGE:
+            retryable = False
+        met_outage = (
+            restart is not None
+            and restart.killed_s is not None
+            and began_s <= (restart.ready_s if restart.ready_s is not None else math.inf)
+            and ended_s >= restart.killed_s
+        )
+        with lock:
+            in_flight.pop(request.index, None)
+            if request.index in records:  # already recorded lost
+                return
+            records[request.index] = RequestRecord(
+                index=request.index,
+                kind=request.kind,
+                outcome=outcome,
+                expected=_is_expected(request, outcome, retryable=retryable, met_outage=met_outage),
+                started_s=began_s,
+                ended_s=ended_s,
+                retryable=retryable,
+                message=message,
+                cancel_mode=request.cancel_mode,
+                bad_input=request.bad_input,
+            )
+
+    def work_on() -> None:
+        nonlocal sent
+        client = client_factory(None)
+        try:
+            while not finished.is_set():
+                try:
+                    request = work.get_nowait()
+                except queue.Empty:
+                    return
+                with lock:
+                    sent += 1
+                    count = sent
+                if before_send is not None:
+                    before_send(count)
+                began_s = now()
+                with lock:
+                    in_flight[request.index] = (request, began_s)
+                attempt = _Attempt()
+                own = client_factory(request.timeout_s) if request.timeout_s is not None else None
+                try:
+                    outcome, message = run_request(own or client, request, attempt, answer_timeout_s=answer_timeout_s)
+                except TimeoutError as error:
+                    outcome, message = LOST, str(error)
+                except Exception as error:  # the client itself broke: still this request's outcome only
+                    logger.exception("request %d: the client failed", request.index)
+                    outcome, message = _outcome_of(error), str(error)[:200]
+                finally:
+                    if own is not None:
+                        with contextlib.suppress(Exception):
+                            own.close()
+                record(request, outcome, message, began_s, attempt)
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    threads = [
+        threading.Thread(target=work_on, daemon=True, name=f"soak-{i}") for i in range(min(concurrency, len(plan)))
+    ]
+    with tqdm(total=len(plan), unit="request", desc="soak", disable=not show_progress) as bar:
+        try:
+            for thread in threads:
+                thread.start()
+            shown = 0
+            while True:
+                time.sleep(_POLL_S)
+                with lock:
+                    for index, (request, began_s) in list(in_flight.items()):
+                        if now() - began_s > answer_timeout_s:
+                            logger.error("request %d got no answer in %.0f s", index, answer_timeout_s)
+                            records[index] = RequestRecord(
+                                index=index,
+                                kind=request.kind,
+                                outcome=LOST,
+                                expected=False,
+                                started_s=began_s,
+                                ended_s=None,
+                                cancel_mode=request.cancel_mode,
+                                bad_input=request.bad_input,
+                            )
+                            del in_flight[index]
+                    done = len(records)
+                    unexpected = sum(not r.expected for r in records.values())
+                if done > shown:
+                    bar.set_postfix(unexpected=unexpected, refresh=False)
+                    bar.update(done - shown)
+                    shown = done
+                alive = any(thread.is_alive() for thread in threads)
+                if done >= len(plan) or (not alive and not in_flight):
+                    break
+        finally:
+            finished.set()
+    duration_s = now()
+    with lock:
+        for request in plan:  # never started (a worker died): lost too
+            if request.index not in records:
+                records[request.index] = RequestRecord(
+                    index=request.index, kind=request.kind, outcome=LOST, expected=False, started_s=0.0, ended_s=None
+                )
+        ordered = [records[request.index] for request in plan]
+    return ordered, duration_s
+
+
+# --- the whole soak ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SoakOptions:
+    """How a soak runs (the plan apart)."""
+
+    concurrency: int = 8
+    warmup_requests: int | None = None  # None: one per thread
+    settle_s: float = 3.0
+    answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S
+    restart_at: float | None = None  # share of the requests sent before the server is killed
+    restart_pause_s: float = 1.0  # down this long before the successor starts
+    retry_deadline_s: float = 120.0
+    show_progress: bool = True
+
+
+def _warm_up(client_factory: Callable[[float | None], Any], mix: SoakMix, count: int, concurrency: int) -> None:
+    warmup = [
+        SoakRequest(
+            index=i,
+            kind=Kind.OK,
+            prompt=PROMPTS[i % len(PROMPTS)],
+            seed=i,
+            width=mix.sides_px[i % len(mix.sides_px)],
+            height=mix.sides_px[i % len(mix.sides_px)],
+            num_inference_steps=mix.min_steps,
+            scheduler=mix.schedulers[i % len(mix.schedulers)],
+        )
+        for i in range(count)
+    ]
+    records, _ = run_plan(warmup, client_factory=client_factory, concurrency=concurrency, show_progress=False)
+    failed = [r for r in records if r.outcome != IMAGE]
+    if failed:
+        raise RuntimeError(f"the warm-up failed: {failed[0].outcome}: {failed[0].message}")
+
+
+def run_soak(
+    plan: Sequence[SoakRequest],
+    mix: SoakMix,
+    *,
+    grpc_url: str,
+    model_name: str = interface.ENTRY_MODEL_NAME,
+    options: SoakOptions = SoakOptions(),
+    server: Any | None = None,
+    server_pid: int | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> SoakResult:
+    """Warms the server up, samples its memory, runs ``plan``, waits, samples again.
+
+    Args:
+        server: a :class:`sdtriton.server.TritonServer` this process started: its processes are found from its pid,
+            and restart mode kills and restarts it.
+        server_pid: the server's pid when it was started elsewhere (memory only); None and no ``server``: no memory.
+    """
+    from sdtriton.client import RetryPolicy, StableDiffusionClient
+
+    if options.restart_at is not None and server is None:
+        raise ValueError("restart mode needs a server started here (--repository)")
+    policy = RetryPolicy(deadline_s=options.retry_deadline_s, initial_backoff_s=0.2, max_backoff_s=1.0)
+
+    def client_factory(timeout_s: float | None) -> StableDiffusionClient:
+        return StableDiffusionClient(grpc_url, model_name=model_name, timeout_s=timeout_s, retry=policy)
+
+    def root_pid() -> int | None:
+        if server is not None and server._process is not None:
+            return server._process.pid
+        return server_pid
+
+    warmup = options.concurrency if options.warmup_requests is None else options.warmup_requests
+    if warmup:
+        logger.info("warming up with %d requests", warmup)
+        _warm_up(client_factory, mix, warmup, options.concurrency)
+    time.sleep(options.settle_s)
+    pid = root_pid()
+    after_warmup = sample_memory(pid) if pid is not None else []
+
+    restart = RestartTimes() if options.restart_at is not None else None
+    kill_after = None if options.restart_at is None else max(1, round(options.restart_at * len(plan)))
+    restarter: threading.Thread | None = None
+    run_started = time.monotonic()
+
+    def kill_server() -> None:
+        assert restart is not None and server is not None
+        process = server._process
+        logger.warning("killing the server (pid %d and its stubs) with SIGKILL", process.pid)
+        # Before the signal: requests cut off by it fail while this thread still waits for the process.
+        restart.killed_s = time.monotonic() - run_started
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        server.stop()  # forgets the dead process and closes its log
+
+    def start_server_again() -> None:
+        assert restart is not None and server is not None
+        time.sleep(options.restart_pause_s)
+        try:
+            restart.started_s = time.monotonic() - run_started
+            server.start()
+            server.wait_ready()
+            restart.ready_s = time.monotonic() - run_started
+            logger.warning("the server is back after %.1f s", restart.downtime_s)
+        except Exception as error:
+            restart.error = str(error)
+            logger.exception("the server did not come back")
+
+    def before_send(count: int) -> None:
+        nonlocal restarter
+        if kill_after is not None and count == kill_after:
+            # Here, before the request goes out: it is sent while the server is down, and is retried.
+            kill_server()
+            restarter = threading.Thread(target=start_server_again, name="soak-restart", daemon=True)
+            restarter.start()
+
+    with _counting_retries() as retries:
+        records, duration_s = run_plan(
+            plan,
+            client_factory=client_factory,
+            concurrency=options.concurrency,
+            answer_timeout_s=options.answer_timeout_s,
+            before_send=before_send,
+            restart=restart,
+            origin_s=run_started,
+            show_progress=options.show_progress,
+        )
+    if restarter is not None:
+        restarter.join()
+    memory = None
+    if pid is not None:
+        time.sleep(options.settle_s)
+        end_pid = root_pid()
+        memory = MemoryComparison(
+            after_warmup=tuple(after_warmup), at_end=tuple(sample_memory(end_pid) if end_pid is not None else [])
+        )
+    return SoakResult(
+        plan=tuple(plan),
+        records=tuple(records),
+        duration_s=duration_s,
+        retries=retries.count,
+        memory=memory,
+        restart=restart,
+        settings=dict(settings or {}),
+    )
+
+
+# --- the report --------------------------------------------------------------------------------------------------
+
+
+def _kib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024:.1f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def render_markdown(result: SoakResult) -> str:
+    """The report as markdown: outcomes by kind, lost and unexpected, latencies, memory, the restart."""
+    report = result.to_json()
+    lines = [
+        "# Soak report",
+        "",
+        f"{report['requests']} requests in {report['duration_s']:.1f} s; answered {report['answered']}; "
+        f"lost {len(report['lost'])}; unexpected outcomes {len(report['unexpected'])}; "
+        f"client retries {report['client_retries']}.",
+        "",
+        "Settings: " + ", ".join(f"{key}={value}" for key, value in report["settings"].items()),
+        "",
+        "## Outcomes by kind",
+        "",
+        "| kind | requests | outcomes | allowed | p50 ms | p99 ms |",
+        "| --- | ---: | --- | --- | ---: | ---: |",
+    ]
+    for kind in KINDS:
+        outcomes = report["outcomes_by_kind"][kind.value]
+        latency = report["latency_by_kind"].get(kind.value, {})
+        lines.append(
+            f"| {kind.value} | {sum(outcomes.values())} | "
+            + ", ".join(f"{name} {count}" for name, count in outcomes.items())
+            + f" | {', '.join(sorted(ALLOWED_OUTCOMES[kind]))} | {latency.get('p50_ms', '-')} | "
+            f"{latency.get('p99_ms', '-')} |"
+        )
+    if report["unexpected"] or report["lost"]:
+        lines += ["", "## Lost and unexpected", ""]
+        lines += [f"- request {index}: lost (no answer in time)" for index in report["lost"]]
+        lines += [
+            f"- request {item['index']} ({item['kind']}): {item['outcome']}: {item['message']}"
+            for item in report["unexpected"]
+        ]
+    memory = report["memory"]
+    lines += ["", "## Server memory (VmRSS, MiB)", ""]
+    if memory is None:
+        lines.append("Not measured (no server pid).")
+    else:
+        lines += ["| process | after warm-up | at end | growth % |", "| --- | ---: | ---: | ---: |"]
+        for row in memory["processes"]:
+            growth = "-" if row["growth_percent"] is None else f"{row['growth_percent']:+.2f}"
+            lines.append(
+                f"| {row['name']} | {_kib(row['rss_after_warmup_kib'])} | {_kib(row['rss_at_end_kib'])} | {growth} |"
+            )
+        total_growth = "-" if memory["growth_percent"] is None else f"{memory['growth_percent']:+.2f}"
+        lines.append(
+            f"| **total** | {_kib(memory['total_after_warmup_kib'])} | {_kib(memory['total_at_end_kib'])} | "
+            f"{total_growth} |"
+        )
+    restart = report["restart"]
+    if restart is not None:
+        downtime = "-" if restart["downtime_s"] is None else f"{restart['downtime_s']:.1f} s"
+        lines += [
+            "",
+            "## Restart",
+            "",
+            f"Killed (SIGKILL) at {_seconds(restart['killed_s'])}, ready again at {_seconds(restart['ready_s'])}: "
+            f"down {downtime}" + (f"; error: {restart['error']}" if restart["error"] else "") + ".",
+            f"Sent while down: {restart['sent_during_outage']} "
+            f"({', '.join(f'{k} {v}' for k, v in restart['outage_outcomes'].items()) or 'none'}); "
+            f"retried to an image: {restart['outage_retried_to_image']}; "
+            f"retries exhausted: {restart['outage_retries_exhausted']}.",
+            f"Requests the client could not retry (submit, a stream past its first event) that failed with the "
+            f"server: {restart['not_retryable_failed']}. The memory at the end is the restarted server's.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: SoakResult, out_dir: Path) -> tuple[Path, Path]:
+    """Writes ``report.json`` and ``report.md`` into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = out_dir / "report.json", out_dir / "report.md"
+    json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    markdown_path.write_text(render_markdown(result), encoding="utf-8")
+    return json_path, markdown_path
