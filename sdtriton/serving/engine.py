@@ -167,6 +167,7 @@ class EngineRequest:
         is_cancelled: polled at every step; True ends the request as cancelled.
         seeded: the client sent every image's seed, so the images are a function of the request: its result
             fills the response cache, and without progress it may be answered from there.
+        request_id: Triton's request id (the client's; empty when it sent none), for log lines about the request.
     """
 
     key: int
@@ -177,6 +178,7 @@ class EngineRequest:
     preview_every: int = 0
     is_cancelled: Callable[[], bool] = _never
     seeded: bool = False
+    request_id: str = ""
 
 
 @dataclass(eq=False)
@@ -645,6 +647,21 @@ class DiffusionEngine:
             self._end(active, RequestState.FINISHED, result)
 
     # the one place a request ends
+    def _log_end(self, active: _Active, state: RequestState, outcome: Finished | Exception) -> None:
+        """One line per request that did not finish (debug for those that did): Triton's request id (the client's,
+        "-" when it sent none), the engine's key, the time, and the error's class and message (which name fields and
+        sizes, never prompt text)."""
+        request = active.request
+        elapsed_s = self._clock() - active.arrived_s
+        level = logging.DEBUG if state is RequestState.FINISHED else logging.INFO
+        if state is RequestState.FAILED:
+            level = logging.WARNING
+        detail = "" if isinstance(outcome, Finished) else f": {type(outcome).__name__}: {outcome}"
+        logger.log(
+            level, "request %s (key %d) %s after %.3f s%s", request.request_id or "-", request.key, state.value,
+            elapsed_s, detail,
+        )  # fmt: skip
+
     def _end(self, active: _Active, state: RequestState, outcome: Finished | Exception) -> None:
         with self._lock:
             if active.state not in (RequestState.QUEUED, RequestState.RUNNING):
@@ -662,6 +679,7 @@ class DiffusionEngine:
             self._remember(active.request, outcome)
         self._observer.request_ended(state=state.value)
         self._report_counts()
+        self._log_end(active, state, outcome)
         try:
             if isinstance(outcome, Finished):
                 active.request.sink.finish(outcome)

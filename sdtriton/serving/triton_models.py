@@ -491,6 +491,7 @@ class PipelineModel:
             send_progress=bool(progress_items[0]) if progress_items is not None else False,
             preview_every=parsed.preview_every,
             seeded=parsed.seeded,
+            request_id=request.request_id(),
         )
 
     def _may_answer_from_cache(self, request: Any) -> bool:
@@ -616,6 +617,8 @@ class EntryModel:
         inputs.append(pb_utils.Tensor(interface.REQUEST_KEY.name, np.full((items, 1), key, dtype=np.int64)))
         inputs.append(pb_utils.Tensor(interface.SEND_PROGRESS.name, np.full((items, 1), self.stream, dtype=bool)))
         return pb_utils.InferenceRequest(
+            # The client's request id travels with it, so the engine's log lines about it carry it.
+            request_id=request.request_id(),
             model_name=self._pipeline_name,
             inputs=inputs,
             requested_output_names=self._requested_names,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -430,3 +431,20 @@ def test_the_loop_thread_serves_requests_and_stop_ends_what_it_holds() -> None:
         engine.stop()
     with pytest.raises(ServerBusyError):
         engine.submit(_request(2, _image(seed=2))[0])
+
+
+def test_log_lines_name_the_request_by_tritons_id(caplog: pytest.LogCaptureFixture) -> None:
+    engine = DiffusionEngine(config=CONFIG, networks=FakeNetworks())
+    cancelled, _ = _request(7, _image(seed=1, steps=4), request_id="client-id-42")
+    engine.submit(cancelled)
+    engine.step()
+    with caplog.at_level(logging.DEBUG, logger="sdtriton.serving.engine"):
+        engine.cancel(7)
+        _run(engine)
+        unnamed, _ = _request(8, _image(seed=2, steps=2))
+        engine.submit(unnamed)
+        _run(engine)
+    lines = [record.getMessage() for record in caplog.records]
+    assert any(line.startswith("request client-id-42 (key 7) cancelled after") for line in lines), lines
+    assert any(line.startswith("request - (key 8) finished after") for line in lines), lines
+    assert {r.levelno for r in caplog.records if "key 7" in r.getMessage()} == {logging.INFO}
