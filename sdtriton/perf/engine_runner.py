@@ -430,7 +430,10 @@ def run_engine_perf(options: PerfOptions, profile: EngineProfile) -> tuple[Engin
     with work_folder(options.work_dir) as work_dir:
         model_dir = ensure_model(options.model_dir, profile.model, work_dir)
         repository = ensure_repository(
-            options.repository or work_dir / "repository", model_dir, show_progress=options.show_progress
+            options.repository or work_dir / "repository",
+            model_dir,
+            show_progress=options.show_progress,
+            work_dir=work_dir,
         )
         variants = work_dir / "engine_variants"
         on_repository = repository

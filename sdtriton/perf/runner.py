@@ -196,19 +196,40 @@ def ensure_model(model_dir: Path | None, model: str, work_dir: Path) -> Path:
     return target
 
 
-def ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool) -> Path:
-    """``repository`` if it holds an export, else ``model_dir`` exported into it."""
+# Load tests measure the engine's work: the same seeded request sent again and again would otherwise be answered
+# from the response cache, and repeated prompts would skip the text encoder the baselines run.
+PERF_RENDER_OPTIONS_CACHES_OFF = {"response_cache_mb": 0, "text_cache_entries": 0}
+
+
+def _caches_off(repository: Path) -> bool:
+    from sdtriton.perf.variants import engine_limits_of
+
+    limits = engine_limits_of(repository)
+    return limits.response_cache_bytes == 0 and limits.text_cache_entries == 0
+
+
+def ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool, work_dir: Path) -> Path:
+    """The export to load-test: ``repository`` if it holds one with the engine's caches off; a variant of it in
+    ``work_dir`` with them off if they are on; else ``model_dir`` exported into ``repository`` with them off."""
     exported = (
         (repository / interface.ENTRY_MODEL_NAME / "config.pbtxt").is_file()
         and (repository / interface.PIPELINE_MODEL_NAME / "1" / TOKENIZER_DIR_NAME).is_dir()
         and (repository / UNET.model_name / "1").is_dir()
     )
     if exported:
-        return repository
-    from sdtriton.export import export_repository
+        if _caches_off(repository):
+            return repository
+        from sdtriton.perf.variants import engine_variant
+
+        variant = work_dir / "caches_off_repository"
+        shutil.rmtree(variant, ignore_errors=True)
+        logger.info("load-testing %s with the engine's caches off (a variant in %s)", repository, variant)
+        return engine_variant(repository, variant, caches_off=True)
+    from sdtriton.export import RenderOptions, export_repository
 
     started = time.monotonic()
-    export_repository(model_dir, repository, show_progress=show_progress)
+    options = RenderOptions(**PERF_RENDER_OPTIONS_CACHES_OFF)
+    export_repository(model_dir, repository, options=options, show_progress=show_progress)
     logger.info("exported %s to %s in %.0f s", model_dir, repository, time.monotonic() - started)
     return repository
 
@@ -459,7 +480,10 @@ def run_perf(options: PerfOptions) -> tuple[PerfResult | EngineResult, dict[str,
     with work_folder(options.work_dir) as work_dir:
         model_dir = ensure_model(options.model_dir, profile.model, work_dir)
         repository = ensure_repository(
-            options.repository or work_dir / "repository", model_dir, show_progress=options.show_progress
+            options.repository or work_dir / "repository",
+            model_dir,
+            show_progress=options.show_progress,
+            work_dir=work_dir,
         )
         diffusers_timing, diffusers_image = (None, None)
         if not options.skip_diffusers:

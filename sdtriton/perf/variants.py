@@ -51,8 +51,10 @@ def engine_variant(
     *,
     max_running_images: int | None = None,
     max_pending_requests: int | None = None,
+    caches_off: bool = False,
 ) -> Path:
-    """A copy of ``source`` whose engine holds ``max_running_images`` / ``max_pending_requests`` (None: as is).
+    """A copy of ``source`` whose engine holds ``max_running_images`` / ``max_pending_requests`` (None: as is),
+    with the engine's response and text-embedding caches off if ``caches_off``.
 
     Raises:
         FileExistsError: ``destination`` exists and is not empty.
@@ -69,6 +71,8 @@ def engine_variant(
     for name, value in changes.items():
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if caches_off:
+        changes |= {"response_cache_bytes": 0, "text_cache_entries": 0}
     if changes.get("max_running_images", 0) > limits.max_running_images:
         raise ValueError(
             f"max_running_images {changes['max_running_images']} exceeds the export's "

@@ -456,3 +456,14 @@ def test_turns_merge_into_one_level_and_one_run() -> None:
     assert (run.requests, run.elapsed_s, run.images_per_s, run.rows_per_unet_call) == (24, 8.0, 3.0, 16.0)
     with pytest.raises(ValueError, match="one concurrency"):
         InProcessRun.merged([runs[0], dataclasses.replace(runs[1], concurrency=1)])
+
+
+def test_load_tests_run_with_the_engines_caches_off(tmp_path: Path) -> None:
+    from sdtriton.perf.variants import engine_limits_of, engine_variant
+
+    source = _rendered_repository(tmp_path / "source")
+    # An export's defaults turn both caches on: a fixed seeded request sent again and again would be a cache hit.
+    assert engine_limits_of(source).response_cache_bytes > 0 and engine_limits_of(source).text_cache_entries > 0
+    off = engine_limits_of(engine_variant(source, tmp_path / "off", caches_off=True))
+    assert (off.response_cache_bytes, off.text_cache_entries) == (0, 0)
+    assert off.max_running_images == engine_limits_of(source).max_running_images
