@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import torch
@@ -687,3 +687,44 @@ class DiffusionEngine:
                 active.request.sink.fail(outcome)
         except Exception:
             logger.exception("answering request %s failed", active.request.key)
+
+
+def warm_up_engine_code(
+    *, config: PipelineConfig, tokenizers: Mapping[str, Any], device: torch.device | str = "cpu"
+) -> float:
+    """Runs the engine's own code once per scheduler, without networks: tokenizing and validating a request, drawing
+    latents, each scheduler's setup and steps (zeros for the noise), the conditioning, the image conversion. The
+    networks warm up through their configs' ``model_warmup``; this spares the first request the first-call costs of
+    Python, torch and the schedulers here. Returns the seconds it took."""
+    from sdtriton import interface
+    from sdtriton.components import text_encoders_of
+    from sdtriton.schedulers import SCHEDULERS
+    from sdtriton.serving.requests import parse_request
+
+    started = time.perf_counter()
+    for scheduler in (None, *SCHEDULERS):
+        raw: dict[str, np.ndarray] = {
+            interface.PROMPT.name: np.array([b"warm up"], dtype=np.object_),
+            interface.SEED.name: np.array([0], dtype=np.int64),
+            # 4: the fewest PNDM with Runge-Kutta warm-up steps (skip_prk_steps false) can set up.
+            interface.NUM_INFERENCE_STEPS.name: np.array([4], dtype=np.int32),
+        }
+        if scheduler is not None:
+            raw[interface.SCHEDULER.name] = np.array([scheduler.encode()], dtype=np.object_)
+        (image,) = parse_request(raw, config=config, tokenizers=tokenizers).images
+        rows = 2 if image.params.uses_classifier_free_guidance else 1
+        encoded = {
+            spec.model_name: {
+                tensor.name: torch.zeros((rows, *tensor.shape_range(config, max_batch_size=rows)[1][1:]), device=device)
+                for tensor in spec.outputs
+            }
+            for spec in text_encoders_of(config)
+        }
+        denoiser = ImageDenoiser(
+            params=image.params, config=config, stages=stages_for(image, config, encoded), device=device
+        )
+        while not denoiser.done:
+            denoiser.step(torch.zeros_like(denoiser.model_input()["sample"]))
+        height, width = image.params.height, image.params.width
+        to_uint8_image(torch.zeros((1, 3, height, width), device=device) + denoiser.scaled_latents().mean())
+    return time.perf_counter() - started

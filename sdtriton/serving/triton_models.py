@@ -441,7 +441,7 @@ class PipelineModel:
 
     def initialize(self, args: dict[str, Any]) -> None:
         # Imported here so that the component models' processes never load torch and diffusers.
-        from sdtriton.serving.engine import DiffusionEngine
+        from sdtriton.serving.engine import DiffusionEngine, warm_up_engine_code
         from sdtriton.serving.text import load_tokenizers
 
         self.model_name = args["model_name"]
@@ -467,9 +467,12 @@ class PipelineModel:
             )
         except Exception:
             _logger().log_error(f"{self.model_name}: no custom metrics, serving without\n{traceback.format_exc()}")
+        warm_up_s = warm_up_engine_code(config=self.config, tokenizers=self.tokenizers, device=networks.device)
         self.engine = DiffusionEngine(config=self.config, networks=networks, limits=limits, observer=self.metrics)
         self.engine.start()
-        _logger().log_info(f"{self.model_name}: diffusion engine started with {limits}")
+        _logger().log_info(
+            f"{self.model_name}: diffusion engine started with {limits} (its code warmed up in {warm_up_s:.2f} s)"
+        )
 
     def _engine_request(self, request: Any, sender: Any) -> Any:
         from sdtriton.serving.engine import EngineRequest
