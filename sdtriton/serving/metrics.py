@@ -182,7 +182,7 @@ class EngineObserver(Protocol):
         """A request ended in ``state``, one of :data:`ENDED_STATES`."""
 
     def cache_lookup(self, *, cache: str, hit: bool) -> None:
-        """A cache (e.g. ``prompt_embeddings``) was looked up; for the caches to come, none calls it yet."""
+        """A cache (``response`` or ``text_embedding``, sdtriton.serving.caches) was looked up, and whether it hit."""
 
 
 class NoObserver:

@@ -11,28 +11,17 @@ import pytest
 from sdtriton.serving.caches import RESPONSE_CACHE, TEXT_EMBEDDING_CACHE, LruCache, response_key
 from sdtriton.serving.engine import DiffusionEngine, EngineLimits, EngineRequest
 from sdtriton.serving.errors import ServerBusyError
+from sdtriton.serving.metrics import NoObserver
 from tests.unit.test_engine import CONFIG, SDXL_CONFIG, FakeNetworks, RecordingSink, _alone, _image, _run
 
 
-class CountingObserver:
-    """Records cache lookups; every other report is ignored."""
+class CountingObserver(NoObserver):
+    """Records cache lookups, images and endings; every other report is ignored."""
 
     def __init__(self) -> None:
         self.lookups: list[tuple[str, bool]] = []
         self.images = 0
         self.ended: list[str] = []
-
-    def requests_changed(self, *, running: int, waiting: int) -> None:
-        pass
-
-    def request_refused(self) -> None:
-        pass
-
-    def unet_called(self, *, unet: str, rows: int, duration_s: float) -> None:
-        pass
-
-    def iteration_done(self, *, steps: int, duration_s: float) -> None:
-        pass
 
     def image_finished(self, *, duration_s: float) -> None:
         self.images += 1
