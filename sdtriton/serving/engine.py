@@ -34,8 +34,10 @@ from typing import Any, NoReturn, Protocol
 import numpy as np
 import torch
 
+from sdtriton import interface
 from sdtriton.components import text_encoders_of
 from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.schedulers import SCHEDULERS
 from sdtriton.serving.caches import (
     RESPONSE_CACHE,
     TEXT_EMBEDDING_CACHE,
@@ -49,6 +51,7 @@ from sdtriton.serving.denoise import ImageDenoiser, to_uint8_image
 from sdtriton.serving.errors import DeadlineExceededError, RequestCancelledError, ServerBusyError
 from sdtriton.serving.metrics import EngineObserver, GuardedObserver, NoObserver
 from sdtriton.serving.preview import latents_to_preview
+from sdtriton.serving.requests import parse_request
 
 logger = logging.getLogger(__name__)
 
@@ -657,10 +660,8 @@ class DiffusionEngine:
         if state is RequestState.FAILED:
             level = logging.WARNING
         detail = "" if isinstance(outcome, Finished) else f": {type(outcome).__name__}: {outcome}"
-        logger.log(
-            level, "request %s (key %d) %s after %.3f s%s", request.request_id or "-", request.key, state.value,
-            elapsed_s, detail,
-        )  # fmt: skip
+        name = request.request_id or "-"
+        logger.log(level, "request %s (key %d) %s after %.3f s%s", name, request.key, state.value, elapsed_s, detail)
 
     def _end(self, active: _Active, state: RequestState, outcome: Finished | Exception) -> None:
         with self._lock:
@@ -696,11 +697,6 @@ def warm_up_engine_code(
     latents, each scheduler's setup and steps (zeros for the noise), the conditioning, the image conversion. The
     networks warm up through their configs' ``model_warmup``; this spares the first request the first-call costs of
     Python, torch and the schedulers here. Returns the seconds it took."""
-    from sdtriton import interface
-    from sdtriton.components import text_encoders_of
-    from sdtriton.schedulers import SCHEDULERS
-    from sdtriton.serving.requests import parse_request
-
     started = time.perf_counter()
     for scheduler in (None, *SCHEDULERS):
         raw: dict[str, np.ndarray] = {

@@ -80,8 +80,10 @@ def test_serve_closes_admin_endpoints_unless_the_operator_opts_out(monkeypatch: 
     monkeypatch.delenv(server.ADMIN_KEY_ENVIRONMENT, raising=False)
     closed = cli._admin_access(parser.parse_args(["serve", "repo"]))
     assert closed is not None and closed.categories == server.ADMIN_API_CATEGORIES
-    assert any(arg.startswith("--grpc-restricted-protocol=model-repository,shared-memory") for arg in
-               closed.tritonserver_args())  # fmt: skip
+    assert any(
+        arg.startswith("--grpc-restricted-protocol=model-repository,shared-memory")
+        for arg in closed.tritonserver_args()
+    )
     monkeypatch.setenv(server.ADMIN_KEY_ENVIRONMENT, KEY)
     assert cli._admin_access(parser.parse_args(["serve", "repo"])).key == KEY
     assert cli._admin_access(parser.parse_args(["serve", "repo", "--unrestricted-admin-api"])) is None

@@ -120,8 +120,18 @@ def test_dry_run_of_sd15_gives_the_profiles_of_its_published_geometry(capsys, sd
 
 
 def test_dry_run_of_sdxl_gives_both_encoders_and_the_micro_conditioned_unet(capsys, sdxl_folder: Path) -> None:
-    commands = _dry_run(capsys, sdxl_folder, "--max-size-factor", "1", "--max-running-images", "2",
-                        "--max-batch-size", "2", "--model-prefix", "sdxl_")  # fmt: skip
+    commands = _dry_run(
+        capsys,
+        sdxl_folder,
+        "--max-size-factor",
+        "1",
+        "--max-running-images",
+        "2",
+        "--max-batch-size",
+        "2",
+        "--model-prefix",
+        "sdxl_",
+    )
     assert set(commands) == {"sdxl_text_encoder", "sdxl_text_encoder_2", "sdxl_unet", "sdxl_vae_decoder"}
     unet = commands["sdxl_unet"]
     # 1024x1024 native (128x128 latents) and nothing larger; sides from 32 (2 downsamplings x 8); 4 rows.
@@ -204,8 +214,9 @@ def test_export_without_a_gpu_leaves_fp16_graphs_and_trtexec_lines_for_the_gpu_h
         # The plan lands in its model's version folder, which the export made.
         assert plan_path.parent.parent.parent == repository and plan_path.parent.is_dir()
         model = onnx.load(str(onnx_path))
-        float_initializers = [t for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT16,
-                                                                                   onnx.TensorProto.FLOAT)]  # fmt: skip
+        float_initializers = [
+            t for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT)
+        ]
         half = sum(t.data_type == onnx.TensorProto.FLOAT16 for t in float_initializers)
         if "--fp16" in command:
             # Weights stored in fp16 (at most a few fp32 scalars left), inputs and outputs still fp32.
@@ -279,8 +290,9 @@ def test_onnxruntime_gpu_configs_use_the_tensorrt_provider_over_the_same_profile
 def test_a_static_shape_repository_refuses_other_sizes_by_name(tiny_model_dir: Path) -> None:
     import dataclasses
 
-    config = dataclasses.replace(pipeline_config_of(load_source_pipeline(tiny_model_dir, weights=False)),
-                                 fixed_size=True)  # fmt: skip
+    config = dataclasses.replace(
+        pipeline_config_of(load_source_pipeline(tiny_model_dir, weights=False)), fixed_size=True
+    )
     assert parse_generation_params(config=config, width=config.default_width).width == config.default_width
     with pytest.raises(InvalidInputError, match=rf"width: must be {config.default_width}: .* one image size"):
         parse_generation_params(config=config, width=config.default_width + config.size_multiple)
