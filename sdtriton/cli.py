@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,8 +135,9 @@ def _serve(args: argparse.Namespace) -> int:
         args.repository,
         address=address,
         installation=installation,
-        extra_args=args.extra,
+        extra_args=[*args.extra, *server.drain_args(args.drain_timeout_s, args.extra)],
         admin_access=_admin_access(args),
+        drain_file=Path(tempfile.mkdtemp(prefix="sdtriton-serve-")) / "draining",
     )
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
@@ -153,8 +156,13 @@ def _serve(args: argparse.Namespace) -> int:
             if not triton.running:
                 logger.error("tritonserver exited")
                 return 1
+        if triton.running and args.drain_timeout_s > 0:
+            sys.stdout.write(f"draining: new requests refused, waiting up to {args.drain_timeout_s:.0f} s\n")
+            sys.stdout.flush()
+            triton.drain(timeout_s=args.drain_timeout_s)
     finally:
-        triton.stop()
+        triton.stop(timeout_s=args.drain_timeout_s + server.UNLOAD_MARGIN_S)
+        shutil.rmtree(triton.drain_file.parent, ignore_errors=True)
     return 0
 
 
@@ -596,6 +604,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave model control, repository, shared-memory, trace and log endpoints open (default: they answer "
         f"only requests with the header {server.ADMIN_KEY_HEADER}: ${server.ADMIN_KEY_ENVIRONMENT}, gRPC metadata "
         f"triton-grpc-protocol-{server.ADMIN_KEY_HEADER}; closed to everyone if unset)",
+    )
+    serve.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=server.DEFAULT_DRAIN_TIMEOUT_S,
+        help="on SIGTERM/Ctrl-C, refuse new requests (UNAVAILABLE) and let those in flight finish for up to this "
+        "long, then stop tritonserver; set it above the slowest request (default: %(default)s; 0: no drain)",
     )
     serve.add_argument("extra", nargs="*", help="more tritonserver arguments, after --")
     serve.set_defaults(run=_serve)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import re
 import secrets
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from sdtriton.serving.drain import DRAIN_FILE_ENVIRONMENT, in_flight_requests
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
@@ -35,6 +38,11 @@ DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_READY_TIMEOUT_S = 300.0
 DEFAULT_STOP_TIMEOUT_S = 60.0
+# `sdtriton serve`: how long requests in flight may finish after SIGTERM (tritonserver's own default is 30 s), and
+# the time after that drain for the models to unload before the server is killed.
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+UNLOAD_MARGIN_S = 30.0
+_DRAIN_POLL_S = 0.25
 _STUB_NAME = "triton_python_backend_stub"
 _POLL_INTERVAL_S = 0.25
 
@@ -183,6 +191,18 @@ class AdminAccess:
         return [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
 
 
+def drain_args(drain_timeout_s: float, extra_args: Sequence[str]) -> list[str]:
+    """tritonserver's ``--exit-timeout-secs`` for a drain of ``drain_timeout_s``, unless ``extra_args`` set it.
+
+    On SIGTERM tritonserver stops taking new requests and waits up to that long for those in flight.
+    """
+    if drain_timeout_s < 0:
+        raise ValueError(f"the drain timeout must be at least 0 s, got {drain_timeout_s}")
+    if any(arg.startswith("--exit-timeout-secs") for arg in extra_args):
+        return []
+    return [f"--exit-timeout-secs={math.ceil(drain_timeout_s)}"]
+
+
 class TritonServer:
     """One tritonserver process over a model repository.
 
@@ -193,6 +213,8 @@ class TritonServer:
         log_path: where the server's output goes; default: inherited stdout/stderr.
         extra_args: more tritonserver arguments, e.g. ``--cache-config=local,size=1048576``.
         admin_access: restrict the admin endpoint groups to requests carrying this key (None: open).
+        drain_file: a path that does not exist yet; :meth:`drain` creates it, and from then on the entries refuse
+            new requests (None: no drain before a stop; see :mod:`sdtriton.serving.drain`).
     """
 
     def __init__(
@@ -204,9 +226,11 @@ class TritonServer:
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
         admin_access: AdminAccess | None = None,
+        drain_file: Path | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.admin_access = admin_access
+        self.drain_file = drain_file
         self.address = address or ServerAddress()
         self.installation = installation or pip_triton_installation()
         self.log_path = log_path
@@ -242,6 +266,9 @@ class TritonServer:
         if self._process is not None:
             raise ServerError("server already started")
         environment = {**os.environ, **self.installation.environment}
+        if self.drain_file is not None:
+            self.drain_file.unlink(missing_ok=True)
+            environment[DRAIN_FILE_ENVIRONMENT] = str(self.drain_file)
         output: IO[bytes] | None = None
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,6 +291,43 @@ class TritonServer:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def in_flight_requests(self) -> int:
+        """Requests the server's engines hold now (running plus waiting), read from its metrics page.
+
+        Raises:
+            OSError: the metrics page does not answer.
+            ValueError: it shows no engine gauges.
+        """
+        with urllib.request.urlopen(self.address.metrics_url, timeout=2) as response:
+            return in_flight_requests(response.read().decode("utf-8", errors="replace"))
+
+    def drain(self, *, timeout_s: float) -> bool:
+        """Stops new requests (the entries refuse them) and waits up to ``timeout_s`` until the engines hold none.
+
+        Returns whether the server drained in time; without a ``drain_file`` there is nothing to wait on (False).
+        """
+        if self.drain_file is None or not self.running:
+            return False
+        self.drain_file.parent.mkdir(parents=True, exist_ok=True)
+        self.drain_file.touch()
+        started = time.monotonic()
+        idle_polls = 0
+        while time.monotonic() - started < timeout_s and self.running:
+            try:
+                in_flight = self.in_flight_requests()
+            except (OSError, ValueError) as error:
+                logger.warning("draining: cannot read the engines' in-flight requests (%s); not waiting", error)
+                return False
+            # Two idle looks in a row: a request an entry admitted just before the drain reaches its engine
+            # within milliseconds, and is counted there from then on.
+            idle_polls = idle_polls + 1 if in_flight == 0 else 0
+            if idle_polls >= 2:
+                logger.info("drained in %.1f s", time.monotonic() - started)
+                return True
+            time.sleep(_DRAIN_POLL_S)
+        logger.warning("not drained within %.0f s; stopping with requests in flight", timeout_s)
+        return False
 
     def wait_ready(self, *, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> float:
         """Waits until every model is ready; returns the seconds since start."""

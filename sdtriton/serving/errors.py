@@ -36,3 +36,8 @@ class ServerBusyError(Exception):
             f"server busy: {pending} requests running or queued, the most it holds "
             f"(max_pending_requests {limit}); retry later"
         )
+
+    @classmethod
+    def draining(cls) -> ServerBusyError:
+        """The message of a server that is shutting down: it finishes what it holds and takes nothing new."""
+        return cls("server draining: it is shutting down and takes no new requests; retry on another replica")
