@@ -188,6 +188,10 @@ def render_entry_config(options: RenderOptions, *, stream: bool) -> mc.ModelConf
     # Load shedding at the edge: an entry already holding this many requests refuses the next one itself,
     # without a BLS hop to the engine (which still enforces the limit over both entries together).
     _set_parameter(config, "max_pending_requests", options.max_pending_requests)
+    if not stream:
+        # Requests queued while the entry is busy reach it together, and a batch it refuses whole goes back in
+        # one answer (a burst past the limit; a decoupled model answers only through response senders).
+        config.dynamic_batching.SetInParent()
     return config
 
 

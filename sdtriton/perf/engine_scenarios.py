@@ -111,7 +111,7 @@ class BurstSpec:
 
     Attributes:
         max_pending_requests: the burst repository's engine limit (running plus queued requests).
-        requests: requests sent at once (one thread and one gRPC client each, released together).
+        requests: requests sent at once (an asyncio gRPC client each, released together).
         warmup_bursts: bursts of the same size sent first, not judged: the first burst after a server's start
             pays one-off costs (threads of the entry model and the gRPC server), measured 100 ms a refusal here.
     """
