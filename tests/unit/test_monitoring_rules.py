@@ -5,7 +5,6 @@ and the rules' recorded series)."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from sdtriton.serving.metrics import ENGINE_METRICS
+from tests.unit.promql import metric_names
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
@@ -22,8 +22,14 @@ RULES_TEST = MONITORING / "prometheus_rules_test.yaml"
 DASHBOARD = MONITORING / "grafana_dashboard.json"
 
 OUR_SERIES = {name for spec in ENGINE_METRICS for name in spec.series_names}
-# PromQL words that look like metric names but are not.
-_KEYWORDS = {"and", "or", "unless", "bool", "offset", "group_left", "group_right", "by", "without", "on", "ignoring"}
+# kube-state-metrics' HorizontalPodAutoscaler series (docs/horizontalpodautoscaler-metrics.md), read by the alerts
+# on the autoscaler.
+KUBE_STATE_METRICS = {
+    "kube_horizontalpodautoscaler_spec_max_replicas",
+    "kube_horizontalpodautoscaler_spec_target_metric",
+    "kube_horizontalpodautoscaler_status_current_metric",
+    "kube_horizontalpodautoscaler_status_current_replicas",
+}
 
 
 def _promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -31,21 +37,6 @@ def _promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     if promtool is None:
         pytest.fail("promtool is not installed: run scripts/setup_monitoring.sh (Debian's prometheus package)")
     return subprocess.run([promtool, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=120)
-
-
-def _metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression reads (functions, label names, keywords and numbers left out)."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # strings (label values)
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range durations ($__rate_interval too)
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # label lists
-    expr = re.sub(r"(?<![\w:])\d+(\.\d+)?(e[+-]?\d+)?", "", expr)  # numbers, 1e6 included
-    names = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        is_function = expr[match.end() :].lstrip().startswith("(")
-        if not is_function and match.group() not in _KEYWORDS:
-            names.add(match.group())
-    return names
 
 
 def _rules() -> list[dict]:
@@ -81,25 +72,25 @@ def test_promtool_rule_unit_tests_fail_on_a_wrong_expectation(tmp_path: Path):
     assert "SdtritonRequestsFailing" in result.stdout + result.stderr
 
 
-def test_the_name_finder_finds_metric_names_only():
+def test_the_name_finder_findsmetric_names_only():
     expr = (
         'histogram_quantile(0.99, sum by (instance, le) (rate(sdtriton_image_duration_seconds_bucket{model=~"a|b"}'
         "[$__rate_interval]))) / 1e6 / ignoring (state) group_left sum(nv_inference_count) and on (model) up > 0.5"
     )
-    assert _metric_names(expr) == {"sdtriton_image_duration_seconds_bucket", "nv_inference_count", "up"}
+    assert metric_names(expr) == {"sdtriton_image_duration_seconds_bucket", "nv_inference_count", "up"}
 
 
 def test_the_rules_read_only_our_metrics_and_their_own_records():
-    known = OUR_SERIES | _recorded()
+    known = OUR_SERIES | _recorded() | KUBE_STATE_METRICS
     for rule in _rules():
-        unknown = _metric_names(rule["expr"]) - known
+        unknown = metric_names(rule["expr"]) - known
         assert not unknown, f"{rule.get('record') or rule.get('alert')} reads unknown metrics {unknown}"
 
 
 def test_the_dashboard_queries_only_metrics_that_exist_and_shows_every_one_of_ours():
     exprs = _dashboard_exprs()
     assert exprs
-    queried = set().union(*map(_metric_names, exprs))
+    queried = set().union(*map(metric_names, exprs))
     unknown = {name for name in queried - OUR_SERIES - _recorded() if not name.startswith("nv_")}
     assert not unknown, f"the dashboard queries metrics that do not exist: {unknown}"
     shown = {spec.name for spec in ENGINE_METRICS if queried & set(spec.series_names)}

@@ -1,0 +1,135 @@
+{{/* Names, labels and the numbers several templates share. */}}
+
+{{- define "sdtriton.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sdtriton.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "sdtriton.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "sdtriton.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "sdtriton.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sdtriton.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "sdtriton.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "sdtriton.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: server
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "sdtriton.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sdtriton.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The drain budget: sdtriton serve's --drain-timeout-s (it sets tritonserver's --exit-timeout-secs too). */}}
+{{- define "sdtriton.drainSeconds" -}}
+{{- .Values.drain.slowestRequestSeconds | int }}
+{{- end }}
+
+{{/* Kubernetes' grace period counts from the start of the stop, so it holds the preStop sleep as well. */}}
+{{- define "sdtriton.terminationGraceSeconds" -}}
+{{- add .Values.drain.preStopSleepSeconds .Values.drain.slowestRequestSeconds .Values.drain.marginSeconds | int }}
+{{- end }}
+
+{{/* Startup probe failures allowed: the budget in whole periods, rounded up. */}}
+{{- define "sdtriton.startupFailureThreshold" -}}
+{{- $period := .Values.probes.startupPeriodSeconds | int }}
+{{- div (add .Values.server.startupBudgetSeconds (sub $period 1)) $period | int }}
+{{- end }}
+
+{{/*
+In-flight requests per pod: the engine's running + waiting gauges, or, for a pod that reports none of them, Triton's
+own queue of the entry model. Used by the adapter rule (with its <<.LabelMatchers>>) and the KEDA query.
+*/}}
+{{- define "sdtriton.inFlightByPod" -}}
+{{- $m := .matchers -}}
+sum by ({{ .groupBy }}) (sdtriton_requests_running{ {{- $m -}} } + sdtriton_requests_waiting{ {{- $m -}} }) or sum by ({{ .groupBy }}) (nv_inference_pending_request_count{ {{- $m -}} ,model="{{ .entryModel }}"})
+{{- end }}
+
+{{/* The HPA behaviour, shared by our HPA and the one KEDA makes. */}}
+{{- define "sdtriton.hpaBehavior" -}}
+scaleUp:
+  stabilizationWindowSeconds: {{ .Values.autoscaling.scaleUp.stabilizationWindowSeconds | int }}
+  selectPolicy: Max
+  policies:
+    - type: Percent
+      value: {{ .Values.autoscaling.scaleUp.percent | int }}
+      periodSeconds: {{ .Values.autoscaling.scaleUp.periodSeconds | int }}
+    - type: Pods
+      value: {{ .Values.autoscaling.scaleUp.pods | int }}
+      periodSeconds: {{ .Values.autoscaling.scaleUp.periodSeconds | int }}
+scaleDown:
+  stabilizationWindowSeconds: {{ .Values.autoscaling.scaleDown.stabilizationWindowSeconds | int }}
+  selectPolicy: Min
+  policies:
+    - type: Pods
+      value: {{ .Values.autoscaling.scaleDown.pods | int }}
+      periodSeconds: {{ .Values.autoscaling.scaleDown.periodSeconds | int }}
+{{- end }}
+
+{{/* Checks values.schema.json cannot express (one value against another). */}}
+{{- define "sdtriton.check" -}}
+{{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) }}
+{{- fail (printf "autoscaling.minReplicas (%d) must not exceed autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- end }}
+{{- end }}
+
+{{/* Object-store repositories, which tritonserver reads itself: s3 and gcs. */}}
+{{- define "sdtriton.remoteRepository" -}}
+{{- if has .Values.modelRepository.source (list "s3" "gcs") }}true{{ end }}
+{{- end }}
+
+{{/* The container's environment: where the deploy folder is, or the object store's credentials. */}}
+{{- define "sdtriton.env" -}}
+{{- $repo := .Values.modelRepository }}
+{{- if not (include "sdtriton.remoteRepository" .) }}
+- name: SDTRITON_DEPLOY_DIR
+  value: /deploy
+{{- end }}
+{{- if eq $repo.source "s3" }}
+{{- with $repo.s3.region }}
+- name: AWS_DEFAULT_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- if $repo.s3.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $repo.s3.existingSecret }}
+      key: {{ $repo.s3.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $repo.s3.existingSecret }}
+      key: {{ $repo.s3.secretAccessKeyKey }}
+{{- with $repo.s3.sessionTokenKey }}
+- name: AWS_SESSION_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $repo.s3.existingSecret }}
+      key: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and (eq $repo.source "gcs") $repo.gcs.existingSecret }}
+- name: GOOGLE_APPLICATION_CREDENTIALS
+  value: /var/run/secrets/sdtriton/gcs/{{ $repo.gcs.credentialsKey }}
+{{- end }}
+{{- with .Values.server.env }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
