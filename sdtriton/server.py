@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -49,9 +50,17 @@ _POLL_INTERVAL_S = 0.25
 
 def free_port(host: str = DEFAULT_HOST) -> int:
     """A TCP port nothing listens on right now, for servers started by tests and demos."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
+    """``count`` different TCP ports nothing listens on right now: each stays bound until all are chosen (ports
+    chosen one after the other may repeat; seen once: gRPC and metrics given the same port)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 class ServerError(RuntimeError):
@@ -131,7 +140,8 @@ class ServerAddress:
 
     @classmethod
     def on_free_ports(cls, host: str = DEFAULT_HOST) -> ServerAddress:
-        return cls(host=host, http_port=free_port(host), grpc_port=free_port(host), metrics_port=free_port(host))
+        http_port, grpc_port, metrics_port = free_ports(3, host)
+        return cls(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
 
     @property
     def _url_host(self) -> str:
