@@ -612,8 +612,10 @@ class EntryModel:
         limit over both entries together)."""
         if self._drain.draining():
             return ServerBusyError.draining()
-        with self._lock:
-            pending = len(self._in_flight)
+        # No lock: the cancel watcher holds it through one is_cancelled() round trip to Triton per request in
+        # flight, and a refusal must not wait on those. len() of a dict is atomic under the GIL, and only this
+        # thread adds to it; a request that left a moment ago is counted once more at worst.
+        pending = len(self._in_flight)
         if self._max_pending and pending >= self._max_pending:
             return ServerBusyError.full(pending, self._max_pending)
         return None
