@@ -60,7 +60,7 @@ def engine_variant(
         FileExistsError: ``destination`` exists and is not empty.
         ValueError: a value below 1, or more running images than the components' batch limit holds.
     """
-    from sdtriton.export.configs import config_text, parse_config_text
+    from sdtriton.export.configs import CONFIG_FILE_NAME, config_text, parse_config_text
 
     limits = engine_limits_of(source)
     changes = {
@@ -92,4 +92,11 @@ def engine_variant(
     for name, value in changes.items():
         config.parameters[name].string_value = str(value)
     path.write_text(config_text(config))
+    if max_pending_requests is not None:
+        # The entries refuse past the same limit themselves, before the hop to the engine (as an export sets them).
+        for entry_name in (interface.ENTRY_MODEL_NAME, interface.STREAM_ENTRY_MODEL_NAME):
+            entry_path = destination / entry_name / CONFIG_FILE_NAME
+            entry = parse_config_text(entry_path.read_text())
+            entry.parameters["max_pending_requests"].string_value = str(max_pending_requests)
+            entry_path.write_text(config_text(entry))
     return destination

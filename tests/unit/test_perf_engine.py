@@ -413,17 +413,32 @@ def test_in_process_zero_time_unet_and_failures() -> None:
 
 
 def _rendered_repository(root: Path) -> Path:
-    from sdtriton.export.configs import RenderOptions, config_text, render_pipeline_config
+    from sdtriton.export.configs import RenderOptions, config_text, render_entry_config, render_pipeline_config
 
     (root / "pipeline" / "1").mkdir(parents=True)
-    config = render_pipeline_config(CONFIG, RenderOptions(max_running_images=8, max_pending_requests=32))
+    options = RenderOptions(max_running_images=8, max_pending_requests=32)
+    config = render_pipeline_config(CONFIG, options)
     (root / "pipeline" / "config.pbtxt").write_text(config_text(config))
+    for stream in (False, True):
+        entry = render_entry_config(options, stream=stream)
+        (root / entry.name).mkdir()
+        (root / entry.name / "config.pbtxt").write_text(config_text(entry))
     (root / "unet" / "1").mkdir(parents=True)
     (root / "unet" / "1" / "model.onnx").write_bytes(b"\0" * (2 << 20))
     return root
 
 
-def test_engine_variant_changes_the_pipelines_limits_only(tmp_path: Path) -> None:
+ENTRY_NAMES = ("stable_diffusion", "stable_diffusion_stream")
+
+
+def _entry_limits(repository: Path) -> list[str]:
+    from sdtriton.export.configs import parse_config_text
+
+    configs = [parse_config_text((repository / name / "config.pbtxt").read_text()) for name in ENTRY_NAMES]
+    return [config.parameters["max_pending_requests"].string_value for config in configs]
+
+
+def test_engine_variant_changes_the_engines_limits_and_the_entries_refusals_only(tmp_path: Path) -> None:
     source = _rendered_repository(tmp_path / "source")
     before = engine_limits_of(source)
     assert (before.max_running_images, before.max_pending_requests) == (8, 32)
@@ -434,6 +449,8 @@ def test_engine_variant_changes_the_pipelines_limits_only(tmp_path: Path) -> Non
     assert (limits.max_running_images, limits.max_pending_requests) == (1, 4)
     assert dataclasses.replace(limits, max_running_images=8, max_pending_requests=32) == before
     assert engine_limits_of(source) == before  # the source is untouched
+    # The entries refuse past the same limit before the hop to the engine, as an export renders them.
+    assert _entry_limits(variant) == ["4", "4"] and _entry_limits(source) == ["32", "32"]
     assert (variant / "unet" / "1" / "model.onnx").is_symlink()
     assert not (variant / "pipeline" / "config.pbtxt").is_symlink()
     with pytest.raises(ValueError, match="exceeds the export"):
