@@ -373,9 +373,10 @@ def _burst_lines(result: EngineResult) -> list[str]:
     accepted = [r.latency_ms for r in burst.records if r.outcome is Outcome.OK]
     failed = [r for r in burst.records if r.outcome is Outcome.FAILED]
     lines = [
-        f"A repository of the same export whose engine holds at most {burst.spec.max_pending_requests} requests "
-        f"(`max_pending_requests`); {burst.spec.requests} requests sent at once (one thread and gRPC client each, "
-        "released by a barrier, connections made first), after the warm-up below. A refusal is `UNAVAILABLE` with a "
+        f"A repository of the same export whose engine and entries hold at most {burst.spec.max_pending_requests} "
+        f"requests (`max_pending_requests`); {burst.spec.requests} requests sent at once (an asyncio gRPC client "
+        "each, on one event loop, released together, connections made first), after the warm-up below. A refusal "
+        "is `UNAVAILABLE` with a "
         'message starting "server busy" (the client raises `ServerUnavailableError`); time to refusal is from '
         "sending to the error.",
         "",
