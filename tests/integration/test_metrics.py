@@ -171,12 +171,12 @@ def test_queue_refusals_cancels_and_expiries_show_as_they_happen(server):
 
 
 def test_every_metric_the_dashboard_queries_is_on_the_server(server):
-    from tests.unit.test_monitoring_rules import _metric_names
+    from tests.unit.promql import metric_names
 
     with StableDiffusionClient(server.address.grpc_url) as client:
         client.generate(PROMPT, seed=300, num_inference_steps=2)  # every UNet's series exists once it was called
     dashboard = json.loads(DASHBOARD.read_text())
-    queried = set().union(*(_metric_names(t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])))
+    queried = set().union(*(metric_names(t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])))
     served = {name for name, _, _ in _scrape(server).samples}
     # The caches' counters have no series until a cache reports (there is none yet).
     pending = {name for spec in ENGINE_METRICS if "cache" in spec.labels for name in spec.series_names}
