@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+from sdtriton.serving.metrics import REQUESTS_RUNNING, REQUESTS_WAITING
+
 DRAIN_FILE_ENVIRONMENT = "SDTRITON_DRAIN_FILE"
 # The engine's gauges whose sum is the work a draining server still holds.
-IN_FLIGHT_GAUGES = ("sdtriton_requests_running", "sdtriton_requests_waiting")
+IN_FLIGHT_GAUGES = (REQUESTS_RUNNING.name, REQUESTS_WAITING.name)
 
 
 class DrainSignal:
