@@ -56,18 +56,52 @@ def _connected_client(url: str, timeout_s: float | None) -> StableDiffusionClien
     return client
 
 
-def _send(client: StableDiffusionClient, request: RequestSpec) -> tuple[Outcome, str, str]:
-    """Sends one request; returns its outcome, the error's message and the error's class name."""
-    try:
-        client.generate(
-            request.prompt,
-            **request.client_parameters(),
-        )
-    except SdTritonError as error:
+# A request's outcome, the error's message and the error's class name.
+_Answer = tuple[Outcome, str, str]
+_IMAGE: _Answer = (Outcome.OK, "", "")
+
+
+def _failure(error: Exception) -> _Answer:
+    """What a request that raised ``error`` ended in: the server's typed errors by their message; any other
+    exception is a bug on the client side, a failed request of the load (not a hang)."""
+    if isinstance(error, SdTritonError):
         return classify_error(str(error)), str(error), type(error).__name__
-    except Exception as error:  # a bug on the client side is a failed request of the load, not a hang
-        return Outcome.FAILED, repr(error), type(error).__name__
-    return Outcome.OK, "", ""
+    return Outcome.FAILED, repr(error), type(error).__name__
+
+
+def _record(
+    load: str, request_class: str, client: int, origin: float, sent_at: float, answer: _Answer
+) -> RequestRecord:
+    """The record of a request sent at ``sent_at`` (``perf_counter``) and answered now; start times from ``origin``."""
+    outcome, message, error_type = answer
+    return RequestRecord(
+        load=load,
+        request_class=request_class,
+        client=client,
+        started_s=sent_at - origin,
+        latency_ms=(time.perf_counter() - sent_at) * 1000.0,
+        outcome=outcome,
+        message=message,
+        error_type=error_type,
+    )
+
+
+def _send(client: StableDiffusionClient, request: RequestSpec) -> _Answer:
+    """Sends one request and waits for its answer."""
+    try:
+        client.generate(request.prompt, **request.client_parameters())
+    except Exception as error:
+        return _failure(error)
+    return _IMAGE
+
+
+async def _send_async(client: AsyncStableDiffusionClient, request: RequestSpec) -> _Answer:
+    """:func:`_send` over the asyncio client."""
+    try:
+        await client.generate(request.prompt, **request.client_parameters())
+    except Exception as error:
+        return _failure(error)
+    return _IMAGE
 
 
 def _connected_clients(url: str, timeouts_s: Sequence[float | None]) -> list[StableDiffusionClient]:
@@ -120,17 +154,8 @@ def run_classes(
             if client_class.requests_per_client is not None and sent >= client_class.requests_per_client:
                 break
             sent_at = time.perf_counter()
-            outcome, message, error_type = _send(client, client_class.request)
-            record = RequestRecord(
-                load=load,
-                request_class=client_class.name,
-                client=client_index,
-                started_s=sent_at - started,
-                latency_ms=(time.perf_counter() - sent_at) * 1000.0,
-                outcome=outcome,
-                message=message,
-                error_type=error_type,
-            )
+            answer = _send(client, client_class.request)
+            record = _record(load, client_class.name, client_index, started, sent_at, answer)
             with lock:
                 records.append(record)
                 if client_class.requests_per_client is not None:
@@ -203,25 +228,8 @@ async def _burst(
     async def one(client: AsyncStableDiffusionClient, index: int) -> None:
         await release.wait()
         sent_at = time.perf_counter()
-        outcome, message, error_type = Outcome.OK, "", ""
-        try:
-            await client.generate(request.prompt, **request.client_parameters())
-        except SdTritonError as error:
-            outcome, message, error_type = classify_error(str(error)), str(error), type(error).__name__
-        except Exception as error:  # a bug on the client side is a failed request of the load, not a hang
-            outcome, message, error_type = Outcome.FAILED, repr(error), type(error).__name__
-        records.append(
-            RequestRecord(
-                load=load,
-                request_class=BURST,
-                client=index,
-                started_s=sent_at - origin,
-                latency_ms=(time.perf_counter() - sent_at) * 1000.0,
-                outcome=outcome,
-                message=message,
-                error_type=error_type,
-            )
-        )
+        answer = await _send_async(client, request)
+        records.append(_record(load, BURST, index, origin, sent_at, answer))
         progress.update()
 
     try:
