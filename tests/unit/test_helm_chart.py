@@ -27,7 +27,7 @@ from kubernetes_validate.utils import SchemaNotFoundError, VersionNotSupportedEr
 from sdtriton import server
 from sdtriton.cli import parse_arguments
 from sdtriton.serving.metrics import ENGINE_METRICS, REQUESTS_RUNNING, REQUESTS_WAITING
-from tests.unit.promql import metric_names
+from tests.unit.promql import metric_names, recorded_series
 
 ROOT = Path(__file__).resolve().parents[2]
 HELM_DIR = ROOT / "docker" / "helm"
@@ -218,11 +218,6 @@ def validate_manifest(obj: dict[str, Any], kube_version: str) -> None:
 
 
 # --- PromQL ----------------------------------------------------------------------------------------------------
-
-
-def _recorded() -> set[str]:
-    groups = yaml.safe_load(RULES.read_text())["groups"]
-    return {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
 
 
 def _adapter_rules(set_name: str) -> list[dict[str, Any]]:
@@ -555,14 +550,15 @@ def _queries_prometheus(values: dict[str, Any]) -> bool:
 
 @pytest.mark.parametrize("set_name", _sets_where(_queries_prometheus))
 def test_monitoring_objects_query_only_metrics_that_exist(set_name: str):
-    scaling_known = OUR_SERIES | _recorded() | TRITON_METRICS
+    recorded = recorded_series(RULES)
+    scaling_known = OUR_SERIES | recorded | TRITON_METRICS
     for query in _scaling_queries(set_name):
         unknown = metric_names(query) - scaling_known
         assert not unknown, f"{set_name}: autoscaling reads {query!r}, with metrics nobody exports: {unknown}"
     for rule_object in _objects(set_name, "PrometheusRule"):
         for rule in [rule for group in rule_object["spec"]["groups"] for rule in group["rules"]]:
             names = metric_names(str(rule["expr"]))
-            unknown = {name for name in names - OUR_SERIES - _recorded() if not name.startswith(KUBE_STATE_PREFIX)}
+            unknown = {name for name in names - OUR_SERIES - recorded if not name.startswith(KUBE_STATE_PREFIX)}
             assert not unknown, f"{set_name}: {rule.get('record') or rule.get('alert')} reads unknown {unknown}"
     # In flight = running + waiting, from the engine's own gauges.
     scaling = " ".join(_scaling_queries(set_name))

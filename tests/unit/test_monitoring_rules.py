@@ -10,10 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from sdtriton.serving.metrics import ENGINE_METRICS
-from tests.unit.promql import metric_names
+from tests.unit.promql import metric_names, recorded_series, rules_of
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
@@ -37,14 +36,6 @@ def _promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     if promtool is None:
         pytest.fail("promtool is not installed: run scripts/setup_monitoring.sh (Debian's prometheus package)")
     return subprocess.run([promtool, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=120)
-
-
-def _rules() -> list[dict]:
-    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
-
-
-def _recorded() -> set[str]:
-    return {rule["record"] for rule in _rules() if "record" in rule}
 
 
 def _dashboard_exprs() -> list[str]:
@@ -81,8 +72,8 @@ def test_the_name_finder_findsmetric_names_only():
 
 
 def test_the_rules_read_only_our_metrics_and_their_own_records():
-    known = OUR_SERIES | _recorded() | KUBE_STATE_METRICS
-    for rule in _rules():
+    known = OUR_SERIES | recorded_series(RULES) | KUBE_STATE_METRICS
+    for rule in rules_of(RULES):
         unknown = metric_names(rule["expr"]) - known
         assert not unknown, f"{rule.get('record') or rule.get('alert')} reads unknown metrics {unknown}"
 
@@ -91,7 +82,7 @@ def test_the_dashboard_queries_only_metrics_that_exist_and_shows_every_one_of_ou
     exprs = _dashboard_exprs()
     assert exprs
     queried = set().union(*map(metric_names, exprs))
-    unknown = {name for name in queried - OUR_SERIES - _recorded() if not name.startswith("nv_")}
+    unknown = {name for name in queried - OUR_SERIES - recorded_series(RULES) if not name.startswith("nv_")}
     assert not unknown, f"the dashboard queries metrics that do not exist: {unknown}"
     shown = {spec.name for spec in ENGINE_METRICS if queried & set(spec.series_names)}
     assert shown == {spec.name for spec in ENGINE_METRICS}
