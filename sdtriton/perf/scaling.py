@@ -53,6 +53,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from sdtriton.perf.engine_results import BATCHING_ON
 
 logger = logging.getLogger(__name__)
@@ -179,14 +181,8 @@ def _checked(points: Sequence[LoadPoint]) -> tuple[LoadPoint, ...]:
 
 
 def _interpolate(x: float, xs: Sequence[float], ys: Sequence[float]) -> float:
-    """``y`` at ``x``, linear between the points, held at the end values outside them."""
-    if x <= xs[0]:
-        return ys[0]
-    for index in range(1, len(xs)):
-        if x <= xs[index]:
-            share = (x - xs[index - 1]) / (xs[index] - xs[index - 1])
-            return ys[index - 1] + share * (ys[index] - ys[index - 1])
-    return ys[-1]
+    """``y`` at ``x``, linear between the points (``xs`` ascending), held at the end values outside them."""
+    return float(np.interp(x, xs, ys))
 
 
 def c1_p99_s(points: Sequence[LoadPoint]) -> float:
