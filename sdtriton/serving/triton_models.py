@@ -612,9 +612,9 @@ class EntryModel:
         limit over both entries together)."""
         if self._drain.draining():
             return ServerBusyError.draining()
-        # No lock: the cancel watcher holds it through is_cancelled() round trips to Triton, and a refusal must not
-        # wait on one. len() of a dict is atomic under the GIL, and only this thread adds to it; a request that
-        # left a moment ago is counted once more at worst.
+        # No lock: the cancel watcher holds it through one is_cancelled() round trip to Triton per request in
+        # flight, and a refusal must not wait on those. len() of a dict is atomic under the GIL, and only this
+        # thread adds to it; a request that left a moment ago is counted once more at worst.
         pending = len(self._in_flight)
         if self._max_pending and pending >= self._max_pending:
             return ServerBusyError.full(pending, self._max_pending)
@@ -682,18 +682,12 @@ class EntryModel:
     def _watch_cancels(self) -> None:
         while not self._stopping.wait(_CANCEL_POLL_S):
             with self._lock:
-                watched = [key for key in self._in_flight if key not in self._cancel_sent]
-            cancelled = []
-            for key in watched:
-                # The lock is held through one is_cancelled() round trip to Triton at a time, not through all of
-                # them: admissions and answers wait for one at most. Held it must be: an answered request's
-                # is_cancelled() crashes this Triton, and _forward answers only after taking the request out.
-                with self._lock:
-                    request = self._in_flight.get(key)
-                    if request is None or not request.is_cancelled():
-                        continue
-                    self._cancel_sent.add(key)
-                cancelled.append(key)
+                cancelled = [
+                    key
+                    for key, request in self._in_flight.items()
+                    if key not in self._cancel_sent and request.is_cancelled()
+                ]
+                self._cancel_sent.update(cancelled)
             for start in range(0, len(cancelled), self._max_batch_size):
                 self._send_cancel(cancelled[start : start + self._max_batch_size])
 
