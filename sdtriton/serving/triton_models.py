@@ -516,6 +516,9 @@ class PipelineModel:
                         self.engine.cancel(int(key))
                     sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     continue
+                # Accepted: the entry's BLS call returns at this first response (it waits in its execute, so
+                # that Triton's trace of the entry request is alive while this request's trace is spawned).
+                sender.send(pb_utils.InferenceResponse(output_tensors=[]))
                 if not self._may_answer_from_cache(request):
                     self.engine.check_room()  # a full engine refuses before any parsing
                 self.engine.submit(self._engine_request(request, sender))
@@ -585,8 +588,12 @@ class EntryModel:
             key = secrets.randbits(63)
             # Everything read from the request is read here, before execute returns: its tensors are copied,
             # so the forwarding thread touches only its response sender (and the watcher is_cancelled()).
+            # The BLS stream starts here too, not in the forwarding thread: Triton releases this request, and
+            # its trace, when execute returns, and a BLS call spawns its child trace from the parent's; started
+            # after that, it read a freed trace and tritonserver died with SIGSEGV under --trace-config
+            # (measured). exec() returns at the pipeline's first response, the acceptance it sends at once.
             try:
-                forwarded = self._pipeline_request(request, key)
+                responses = self._pipeline_request(request, key).exec(decoupled=True)
             except Exception:
                 _logger().log_error(f"{self.model_name}: request failed\n{traceback.format_exc()}")
                 message = f"{self.model_name}: internal error (see the server log)"
@@ -596,7 +603,7 @@ class EntryModel:
             sender = request.get_response_sender()
             with self._lock:
                 self._in_flight[key] = request
-            self._executor.submit(self._forward, forwarded, sender, key)
+            self._executor.submit(self._forward, responses, sender, key)
         if not self.stream and all(answer is not None for answer in answers):
             # Every request of this batch answered now: one list back to Triton instead of a response sender's
             # round trip each (a burst past the limit reaches the entry in batches: dynamic batching).
@@ -644,9 +651,9 @@ class EntryModel:
             trace=request.trace(),
         )
 
-    def _forward(self, forwarded: Any, sender: Any, key: int) -> None:
+    def _forward(self, responses: Any, sender: Any, key: int) -> None:
         try:
-            final = self._relay(forwarded, sender)
+            final = self._relay(responses, sender)
         except Exception:
             _logger().log_error(f"{self.model_name}: request failed\n{traceback.format_exc()}")
             final = _error_response(
@@ -659,15 +666,15 @@ class EntryModel:
             self._cancel_sent.discard(key)
         sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-    def _relay(self, forwarded: Any, sender: Any) -> Any:
+    def _relay(self, responses: Any, sender: Any) -> Any:
         """Forwards the pipeline's progress (the stream) and returns the final response: image or error."""
-        for response in forwarded.exec(decoupled=True):
+        for response in responses:
             if response.has_error():
                 error = response.error()
                 return _error_response(error.message(), error.code())
             tensors = response.output_tensors()
             if not tensors:
-                continue  # the pipeline's closing flag
+                continue  # the pipeline's acceptance, or its closing flag
             code = pb_utils.get_output_tensor_by_name(response, interface.ERROR_CODE.name)
             if code is not None:
                 message = pb_utils.get_output_tensor_by_name(response, interface.ERROR_MESSAGE.name)
