@@ -22,6 +22,7 @@ import logging
 import math
 import queue
 import random
+import re
 import secrets
 import threading
 import time
@@ -52,12 +53,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_URL = "http://127.0.0.1:8000"
 _SCHEMES = ("http", "grpc")
 _NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
-_INVALID_ARG_STATUSES = {"400", "StatusCode.INVALID_ARGUMENT"}
-_UNAVAILABLE_STATUSES = {"StatusCode.UNAVAILABLE", "503"}
-_CANCELLED_STATUSES = {"StatusCode.CANCELLED"}
-# The server's own messages for a refused and an expired request (sdtriton.serving.errors).
-_BUSY_PREFIX = "server busy"
-_TIMEOUT_PREFIX = "timeout:"
 # How much longer than the server-side budget the transport waits, so that the server's error comes first.
 _TRANSPORT_GRACE_S = 5.0
 # How long a stream that failed to start waits for the callback that carries the failure's status.
@@ -321,22 +316,47 @@ def read_progress(result: Any) -> Progress:
     )
 
 
+# A server error's class, read from the server's own message first, then from the status. The status alone is
+# ambiguous: over HTTP Triton answers 400 for INVALID_ARG and CANCELLED alike (and older Tritons for every error),
+# 503 for a busy server and an expired request alike, and an error inside a gRPC stream carries no status at all.
+# The messages are this server's own (sdtriton.serving.errors, the Triton adapters' error responses).
+_PUBLIC_INPUT_NAMES = "|".join(re.escape(tensor.name) for tensor in interface.STREAM_INPUTS)
+_SERVER_MESSAGES: tuple[tuple[re.Pattern[str], type[SdTritonError]], ...] = (
+    (re.compile(r"request cancelled\Z"), RequestCancelledError),
+    (re.compile(r"\S+: internal error \(see the server log\)\Z"), InferenceError),
+    (re.compile(r"timeout: "), RequestTimeoutError),
+    (re.compile(r"server (busy|draining): "), ServerBusyError),
+    # A refused input is named first: "width: must be ...", "width x height: must be at most ... pixels".
+    (re.compile(rf"({_PUBLIC_INPUT_NAMES})( x ({_PUBLIC_INPUT_NAMES}))?: "), InvalidRequestError),
+)
+# Statuses as tritonclient spells them: HTTP status codes, gRPC StatusCode names.
+_STATUSES: dict[str, type[SdTritonError]] = {
+    "400": InvalidRequestError,
+    "StatusCode.INVALID_ARGUMENT": InvalidRequestError,
+    "503": ServerUnavailableError,
+    "StatusCode.UNAVAILABLE": ServerUnavailableError,
+    "StatusCode.DEADLINE_EXCEEDED": RequestTimeoutError,
+    "StatusCode.CANCELLED": RequestCancelledError,
+}
+
+
+def _server_error_class(status: str | None, message: str) -> type[SdTritonError] | None:
+    """The client's exception class for a server's answer; None where neither message nor status says."""
+    for pattern, error_class in _SERVER_MESSAGES:
+        if pattern.match(message):
+            return error_class
+    return _STATUSES.get(str(status))
+
+
 def wrap_error(error: Exception) -> SdTritonError:
     """The client's own exception for a tritonclient or transport error."""
     if isinstance(error, InferenceServerException):
-        status = str(error.status())
+        status = error.status()
         message = error.message() or str(error)
-        if status in _INVALID_ARG_STATUSES:
-            return InvalidRequestError(message)
-        if status == "StatusCode.DEADLINE_EXCEEDED" or message.startswith(_TIMEOUT_PREFIX):
-            return RequestTimeoutError(message)
-        if message.startswith(_BUSY_PREFIX):
-            return ServerBusyError(message)
-        if status in _UNAVAILABLE_STATUSES:
-            return ServerUnavailableError(message)
-        if status in _CANCELLED_STATUSES or message == "request cancelled":
-            return RequestCancelledError(message)
-        return InferenceError(f"{message} (status {status})")
+        error_class = _server_error_class(status, message)
+        if error_class is None:
+            return InferenceError(f"{message} (status {status})")
+        return error_class(message)
     if isinstance(error, TimeoutError):
         # The transport's own time limit (timeout_s plus a grace): not a refusal, so never retried.
         return RequestTimeoutError(f"no answer from the server in time: {error}")

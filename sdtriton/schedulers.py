@@ -7,9 +7,11 @@ does in diffusers. Requests name schedulers by key; keys map to classes through 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +120,41 @@ def build_scheduler(
     key = name if name is not None else scheduler_key_for_class(scheduler_class)
     settings = (overrides or {}).get(key, {})
     return scheduler_class.from_config({**config, **settings})
+
+
+@dataclass(frozen=True)
+class StepsMinimum:
+    """The fewest ``num_inference_steps`` a scheduler can set up, and what needs them (for the refusal's message)."""
+
+    steps: int
+    reason: str
+
+
+def steps_minimum(scheduler: SchedulerMixin) -> StepsMinimum | None:
+    """The fewest steps a built scheduler's ``set_timesteps`` takes, where it needs more than one; else None."""
+    if isinstance(scheduler, PNDMScheduler) and not scheduler.config.skip_prk_steps:
+        # PNDMScheduler.set_timesteps lays its Runge-Kutta warm-up over the last ``pndm_order`` timesteps (and
+        # step_plms needs the warm-up's pndm_order - 1 results): with fewer steps it fails with a shape error.
+        return StepsMinimum(steps=scheduler.pndm_order, reason="its PRK warm-up")
+    return None
+
+
+def scheduler_steps_minimum(
+    config: Mapping[str, Any], name: str | None, overrides: SchedulerOverrides | None = None
+) -> StepsMinimum | None:
+    """:func:`steps_minimum` of the scheduler :func:`build_scheduler` builds from the same arguments.
+
+    Building one takes about a millisecond, so the answer is kept per distinct (config, name, overrides): a
+    server has one config, so a few entries at most.
+    """
+    return _cached_steps_minimum(
+        json.dumps(
+            [dict(config), name, {key: dict(settings) for key, settings in (overrides or {}).items()}], sort_keys=True
+        )
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_steps_minimum(arguments: str) -> StepsMinimum | None:
+    config, name, overrides = json.loads(arguments)
+    return steps_minimum(build_scheduler(config, name, overrides))

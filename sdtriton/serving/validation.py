@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sdtriton import interface
 from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.schedulers import scheduler_class_from_config, scheduler_key_for_class, scheduler_steps_minimum
 from sdtriton.serving.errors import InvalidInputError
 
 _MAX_ECHOED_CHARS = 40
@@ -99,6 +100,28 @@ def _refiner_fraction(value: float, config: PipelineConfig) -> float:
     return value
 
 
+def _enough_steps_for_scheduler(params: GenerationParams, config: PipelineConfig) -> None:
+    """Some schedulers cannot set up fewer than a few steps (PNDM with its Runge-Kutta warm-up): the fewest are read
+    from the scheduler each stage builds (its config, the model's overrides), as the denoising loop will build it."""
+    scheduler_configs = [config.scheduler_config]
+    if params.refiner_fraction > 0 and config.sdxl is not None and config.sdxl.refiner is not None:
+        scheduler_configs.append(config.sdxl.refiner.scheduler_config)
+    for scheduler_config in scheduler_configs:
+        minimum = scheduler_steps_minimum(scheduler_config, params.scheduler, config.scheduler_overrides)
+        if minimum is None or params.num_inference_steps >= minimum.steps:
+            continue
+        if params.scheduler is not None:
+            which = f"scheduler {params.scheduler!r}"
+        else:
+            own = scheduler_class_from_config(scheduler_config)
+            which = f"this model's own scheduler {scheduler_key_for_class(own) or own.__name__!r}"
+        raise InvalidInputError(
+            interface.NUM_INFERENCE_STEPS.name,
+            f"must be at least {minimum.steps} with {which} on this model ({minimum.reason}), "
+            f"got {params.num_inference_steps}",
+        )
+
+
 def random_seed() -> int:
     return secrets.randbelow(interface.MAX_SEED + 1)
 
@@ -153,4 +176,5 @@ def parse_generation_params(
             f"{interface.WIDTH.name} x {interface.HEIGHT.name}",
             f"must be at most {config.pixel_limit} pixels, got {params.width} x {params.height} = {pixels}",
         )
+    _enough_steps_for_scheduler(params, config)
     return params
