@@ -125,26 +125,37 @@ def _admin_access(args: argparse.Namespace) -> server.AdminAccess | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from sdtriton.supervisor import RestartBackoff, ServerSupervisor
+
     installation = (
         server.named_triton_installation(args.tritonserver) if args.tritonserver else server.pip_triton_installation()
     )
     address = server.ServerAddress(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port
     )
+    extra = [*args.extra, *server.drain_args(args.drain_timeout_s, args.extra)]
+    if args.trace is not None:
+        extra += server.trace_args(args.trace, rate=args.trace_rate)
     triton = server.TritonServer(
         args.repository,
         address=address,
         installation=installation,
-        extra_args=[*args.extra, *server.drain_args(args.drain_timeout_s, args.extra)],
+        log_path=args.log_file,
+        extra_args=extra,
         admin_access=_admin_access(args),
         drain_file=Path(tempfile.mkdtemp(prefix="sdtriton-serve-")) / "draining",
+    )
+    supervisor = ServerSupervisor(
+        triton,
+        restart_on_crash=args.restart_on_crash,
+        backoff=RestartBackoff(max_restarts=args.max_restarts),
+        ready_timeout_s=args.ready_timeout_s,
     )
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
-    triton.start()
     try:
-        ready_s = triton.wait_ready(timeout_s=args.ready_timeout_s)
+        ready_s = supervisor.start()
         sys.stdout.write(
             f"ready after {ready_s:.1f} s\n"
             f"  HTTP     {address.http_url}\n"
@@ -153,15 +164,14 @@ def _serve(args: argparse.Namespace) -> int:
         )
         sys.stdout.flush()
         while not stop.wait(1.0):
-            if not triton.running:
-                logger.error("tritonserver exited")
+            if supervisor.gave_up.is_set():
                 return 1
         if triton.running and args.drain_timeout_s > 0:
             sys.stdout.write(f"draining: new requests refused, waiting up to {args.drain_timeout_s:.0f} s\n")
             sys.stdout.flush()
             triton.drain(timeout_s=args.drain_timeout_s)
     finally:
-        triton.stop(timeout_s=args.drain_timeout_s + server.UNLOAD_MARGIN_S)
+        supervisor.stop(timeout_s=args.drain_timeout_s + server.UNLOAD_MARGIN_S)
         shutil.rmtree(triton.drain_file.parent, ignore_errors=True)
     return 0
 
@@ -687,6 +697,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=server.DEFAULT_DRAIN_TIMEOUT_S,
         help="on SIGTERM/Ctrl-C, refuse new requests (UNAVAILABLE) and let those in flight finish for up to this "
         "long, then stop tritonserver; set it above the slowest request (default: %(default)s; 0: no drain)",
+    )
+    serve.add_argument(
+        "--restart-on-crash",
+        action="store_true",
+        help="start tritonserver again when it dies (backoff 1 s doubling to 30 s), logging its exit code or signal "
+        "and its log's last lines; the old log is kept as LOG.1, LOG.2, ...",
+    )
+    serve.add_argument(
+        "--max-restarts",
+        type=int,
+        default=10,
+        help="with --restart-on-crash: give up after this many ends in a row, each within 60 s of its start "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--log-file",
+        type=Path,
+        help="tritonserver's output goes here (default: this terminal); a restart keeps the previous one as LOG.1",
+    )
+    serve.add_argument(
+        "--trace",
+        type=Path,
+        metavar="FILE",
+        help="Triton request tracing (TIMESTAMPS) into FILE (JSON, complete once the server stops): each traced "
+        "entry request with its pipeline request as child",
+    )
+    serve.add_argument(
+        "--trace-rate",
+        type=int,
+        default=100,
+        help="with --trace: trace one request in this many (default: %(default)s)",
     )
     serve.add_argument("extra", nargs="*", help="more tritonserver arguments, after --")
     serve.set_defaults(run=_serve)

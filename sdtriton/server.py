@@ -8,6 +8,7 @@ this environment's ``bin`` first on ``PATH``, since the stub imports from the Py
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -46,6 +47,72 @@ UNLOAD_MARGIN_S = 30.0
 _DRAIN_POLL_S = 0.25
 _STUB_NAME = "triton_python_backend_stub"
 _POLL_INTERVAL_S = 0.25
+# A restarted server's earlier logs are kept as <log>.1 (the newest) .. <log>.N.
+DEFAULT_KEPT_LOGS = 10
+# How long the processes of a stopped server's group may take to go after SIGKILL.
+_GROUP_EXIT_TIMEOUT_S = 10.0
+_LOG_TAIL_LINES = 30
+
+
+def rotate_log(path: Path, *, keep: int = DEFAULT_KEPT_LOGS) -> Path | None:
+    """Moves a non-empty ``path`` to ``path.1`` (``path.1`` to ``path.2``, ... up to ``path.<keep>``, the oldest
+    dropped), so a restarted server never overwrites what explains the last one's end; returns ``path.1``."""
+    if keep < 1 or not path.is_file() or path.stat().st_size == 0:
+        return None
+    path.with_name(f"{path.name}.{keep}").unlink(missing_ok=True)
+    for index in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{index}")
+        if older.exists():
+            older.rename(path.with_name(f"{path.name}.{index + 1}"))
+    kept = path.with_name(f"{path.name}.1")
+    path.rename(kept)
+    return kept
+
+
+def describe_exit(code: int | None) -> str:
+    """A process's end in words: ``exit code 1``, ``killed by SIGSEGV (exit -11)``."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name} (exit {code})"
+    return f"exit code {code}"
+
+
+def process_group_members(group_id: int) -> list[int]:
+    """The pids of the processes in process group ``group_id`` (read from /proc; zombies left out)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # Fields after the command name, which may hold spaces: state is the 3rd field, pgrp the 5th.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group_id:
+            members.append(int(entry.name))
+    return members
+
+
+def end_process_group(group_id: int, *, timeout_s: float = _GROUP_EXIT_TIMEOUT_S) -> list[int]:
+    """SIGKILLs every process left in ``group_id`` (a dead tritonserver's Python stubs, reparented to init, keep
+    their shared memory until killed: measured) and waits until none is left; returns the pids it killed."""
+    survivors = process_group_members(group_id)
+    if not survivors:
+        return []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group_id, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while process_group_members(group_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = process_group_members(group_id)
+    if left:
+        logger.error("processes %s of group %d did not end within %.0f s of SIGKILL", left, group_id, timeout_s)
+    return survivors
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -213,6 +280,23 @@ def drain_args(drain_timeout_s: float, extra_args: Sequence[str]) -> list[str]:
     return [f"--exit-timeout-secs={math.ceil(drain_timeout_s)}"]
 
 
+def trace_args(trace_file: Path, *, rate: int = 1) -> list[str]:
+    """tritonserver's arguments for request tracing into ``trace_file``: Triton's own mode, TIMESTAMPS level, one
+    request in ``rate``, the file written when the server stops (``log-frequency=0``).
+
+    Each traced entry request gets its ``pipeline`` request as a child trace; the engine's batched network calls
+    serve many requests at once and are not traced (their time is in model statistics and ``sdtriton_*`` metrics).
+    """
+    if rate < 1:
+        raise ValueError(f"the trace rate must be at least 1 (every request), got {rate}")
+    return [
+        f"--trace-config=triton,file={trace_file}",
+        f"--trace-config=rate={rate}",
+        "--trace-config=level=TIMESTAMPS",
+        "--trace-config=triton,log-frequency=0",
+    ]
+
+
 class TritonServer:
     """One tritonserver process over a model repository.
 
@@ -225,6 +309,10 @@ class TritonServer:
         admin_access: restrict the admin endpoint groups to requests carrying this key (None: open).
         drain_file: a path that does not exist yet; :meth:`drain` creates it, and from then on the entries refuse
             new requests (None: no drain before a stop; see :mod:`sdtriton.serving.drain`).
+        keep_logs: a start moves an earlier log at ``log_path`` to ``<log>.1`` and keeps this many (0: overwrite).
+
+    tritonserver runs in a process group of its own with its Python stubs; :meth:`stop` ends the whole group, so
+    no stub outlives the server however it ended.
     """
 
     def __init__(
@@ -237,8 +325,10 @@ class TritonServer:
         extra_args: Sequence[str] = (),
         admin_access: AdminAccess | None = None,
         drain_file: Path | None = None,
+        keep_logs: int = DEFAULT_KEPT_LOGS,
     ) -> None:
         self.repository = Path(repository).resolve()
+        self.keep_logs = keep_logs
         self.admin_access = admin_access
         self.drain_file = drain_file
         self.address = address or ServerAddress()
@@ -282,6 +372,9 @@ class TritonServer:
         output: IO[bytes] | None = None
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            kept = rotate_log(self.log_path, keep=self.keep_logs)
+            if kept is not None:
+                logger.info("the previous server's log is kept as %s", kept)
             self._log_file = output = self.log_path.open("wb")
         shown = " ".join(self.command())
         if self.admin_access is not None:
@@ -352,18 +445,32 @@ class TritonServer:
             time.sleep(_POLL_INTERVAL_S)
         raise ServerError(f"tritonserver not ready after {timeout_s:.0f} s{self._log_hint()}")
 
-    def _log_hint(self) -> str:
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> list[str]:
+        """The last ``lines`` lines of the server's log file (none without one)."""
         if self.log_path is None or not self.log_path.is_file():
-            return ""
-        tail = self.log_path.read_text(errors="replace").splitlines()[-30:]
-        return f"; last lines of {self.log_path}:\n" + "\n".join(tail)
+            return []
+        return self.log_path.read_text(errors="replace").splitlines()[-lines:]
+
+    def _log_hint(self) -> str:
+        tail = self.log_tail()
+        return f"; last lines of {self.log_path}:\n" + "\n".join(tail) if tail else ""
 
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """tritonserver's pid (also its process group's id), while started and not yet stopped."""
+        return None if self._process is None else self._process.pid
+
+    def exit_code(self) -> int | None:
+        """tritonserver's exit code once it has ended (negative: the signal that killed it); None while running."""
+        return None if self._process is None else self._process.poll()
+
     def stop(self, *, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> int | None:
-        """Stops the server gracefully (SIGTERM, then SIGKILL after ``timeout_s``); returns its exit code."""
+        """Stops the server gracefully (SIGTERM, then SIGKILL after ``timeout_s``), then ends every process left in
+        its process group; returns its exit code (the one it had if it had already ended)."""
         process, self._process = self._process, None
         if process is None:
             return None
@@ -375,6 +482,15 @@ class TritonServer:
                 logger.warning("tritonserver did not stop within %.0f s; killing it", timeout_s)
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        # The group has tritonserver's pid as its id; what is left in it (stubs of a server that died) goes now.
+        killed = end_process_group(process.pid)
+        if killed:
+            logger.warning(
+                "tritonserver (%s) left %d process(es) of its group running: killed %s",
+                describe_exit(process.returncode),
+                len(killed),
+                killed,
+            )
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -41,3 +41,17 @@ class ServerBusyError(Exception):
     def draining(cls) -> ServerBusyError:
         """The message of a server that is shutting down: it finishes what it holds and takes nothing new."""
         return cls("server draining: it is shutting down and takes no new requests; retry on another replica")
+
+
+class ComponentDiedError(Exception):
+    """A model's process died (``UNAVAILABLE``): a request in it is lost, and nothing new is taken until the server
+    restarts; safe to send again."""
+
+    def __init__(self, model_name: str, pid: int, *, in_flight: bool) -> None:
+        what = "with this request in it, nothing of it is kept" if in_flight else "and the server takes no requests"
+        super().__init__(
+            f"model process died: {model_name} (pid {pid}) ended {what}; retry it "
+            "(the server needs a restart: sdtriton serve --restart-on-crash does it)"
+        )
+        self.model_name = model_name
+        self.pid = pid

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +51,13 @@ from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.batching import can_concatenate, concatenate_requests, split_outputs, to_spec_rank
 from sdtriton.serving.drain import DrainSignal
 from sdtriton.serving.errors import (
+    ComponentDiedError,
     DeadlineExceededError,
     InvalidInputError,
     RequestCancelledError,
     ServerBusyError,
 )
+from sdtriton.serving.liveness import StubProcess
 from sdtriton.serving.metrics import (
     CACHE_HITS,
     CACHE_LOOKUPS,
@@ -532,8 +537,24 @@ class PipelineModel:
         self.engine.stop()
 
 
-# How often an entry asks Triton whether its requests were cancelled.
+# How often an entry asks Triton whether its requests were cancelled (and checks deadlines and the pipeline).
 _CANCEL_POLL_S = 0.02
+# The engine ends an expired request at its next step; past its budget by this much, the entry answers for it (an
+# engine that cannot step: a stopped or hung process).
+_ENTRY_DEADLINE_GRACE_S = 2.0
+
+
+@dataclass
+class _Flight:
+    """A request an entry forwarded and has not answered yet."""
+
+    request: Any
+    sender: Any
+    started_s: float  # time.monotonic()
+    budget_s: float | None  # the client's timeout
+
+    def overdue(self, now_s: float) -> bool:
+        return self.budget_s is not None and now_s - self.started_s > self.budget_s + _ENTRY_DEADLINE_GRACE_S
 
 
 class EntryModel:
@@ -570,8 +591,13 @@ class EntryModel:
         # A thread per request in flight: the engine refuses requests past its own limit at once.
         self._executor = ThreadPoolExecutor(max_workers=256, thread_name_prefix=f"{self.model_name}-forward")
         self._lock = threading.Lock()
-        self._in_flight: dict[int, Any] = {}
+        self._in_flight: dict[int, _Flight] = {}
         self._cancel_sent: set[int] = set()
+        # The pipeline's stub, found on first need: Triton restarts no decoupled model's stub, so once it is gone
+        # the entry answers what it forwarded there and refuses what comes (sdtriton.serving.liveness).
+        self._pipeline_directory = Path(args["model_repository"]).parent / self._pipeline_name
+        self._pipeline_stub: StubProcess | None = None
+        self._pipeline_died: ComponentDiedError | None = None
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch_cancels, name=f"{self.model_name}-cancels", daemon=True)
         self._watcher.start()
@@ -600,10 +626,16 @@ class EntryModel:
                 answers.append(_error_response(message, pb_utils.TritonError.INTERNAL))
                 continue
             answers.append(None)
-            sender = request.get_response_sender()
+            timeout_us = int(request.timeout())
+            flight = _Flight(
+                request=request,
+                sender=request.get_response_sender(),
+                started_s=time.monotonic(),
+                budget_s=timeout_us / 1e6 if timeout_us > 0 else None,
+            )
             with self._lock:
-                self._in_flight[key] = request
-            self._executor.submit(self._forward, responses, sender, key)
+                self._in_flight[key] = flight
+            self._executor.submit(self._forward, responses, key)
         if not self.stream and all(answer is not None for answer in answers):
             # Every request of this batch answered now: one list back to Triton instead of a response sender's
             # round trip each (a burst past the limit reaches the entry in batches: dynamic batching).
@@ -613,10 +645,12 @@ class EntryModel:
                 request.get_response_sender().send(answer, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 
-    def _refusal(self) -> ServerBusyError | None:
-        """Why a request arriving now is refused at once, if it is: the server drains, or this entry alone holds as
-        many requests as the engine may (refused here without the hop to the engine, which still enforces its
-        limit over both entries together)."""
+    def _refusal(self) -> ServerBusyError | ComponentDiedError | None:
+        """Why a request arriving now is refused at once, if it is: the pipeline's process died, the server drains,
+        or this entry alone holds as many requests as the engine may (refused here without the hop to the engine,
+        which still enforces its limit over both entries together)."""
+        if self._pipeline_died is not None:
+            return self._pipeline_died
         if self._drain.draining():
             return ServerBusyError.draining()
         # No lock: the cancel watcher holds it through one is_cancelled() round trip to Triton per request in
@@ -651,22 +685,29 @@ class EntryModel:
             trace=request.trace(),
         )
 
-    def _forward(self, responses: Any, sender: Any, key: int) -> None:
+    def _forward(self, responses: Any, key: int) -> None:
         try:
-            final = self._relay(responses, sender)
+            final = self._relay(responses, key)
         except Exception:
             _logger().log_error(f"{self.model_name}: request failed\n{traceback.format_exc()}")
             final = _error_response(
                 f"{self.model_name}: internal error (see the server log)", pb_utils.TritonError.INTERNAL
             )
+        self._answer(key, final)
+
+    def _answer(self, key: int, final: Any) -> bool:
+        """Sends ``final`` unless the request was answered already (by the watcher: overdue, pipeline died)."""
         # Out of the watcher's sight before the final response frees the request: is_cancelled() on an
         # answered request crashes this Triton.
         with self._lock:
-            self._in_flight.pop(key, None)
+            flight = self._in_flight.pop(key, None)
             self._cancel_sent.discard(key)
-        sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if flight is None:
+            return False
+        flight.sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return True
 
-    def _relay(self, responses: Any, sender: Any) -> Any:
+    def _relay(self, responses: Any, key: int) -> Any:
         """Forwards the pipeline's progress (the stream) and returns the final response: image or error."""
         for response in responses:
             if response.has_error():
@@ -683,7 +724,10 @@ class EntryModel:
             if pb_utils.get_output_tensor_by_name(response, interface.IMAGE.name) is not None:
                 return pb_utils.InferenceResponse(output_tensors=[t for t in tensors if t.name() in self.output_names])
             if self.stream:
-                sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+                flight = self._in_flight.get(key)
+                if flight is None:
+                    continue  # answered by the watcher; the engine's late progress goes nowhere
+                flight.sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
         raise RuntimeError("the pipeline's stream ended without an image")
 
     def _watch_cancels(self) -> None:
@@ -691,12 +735,50 @@ class EntryModel:
             with self._lock:
                 cancelled = [
                     key
-                    for key, request in self._in_flight.items()
-                    if key not in self._cancel_sent and request.is_cancelled()
+                    for key, flight in self._in_flight.items()
+                    if key not in self._cancel_sent and flight.request.is_cancelled()
                 ]
                 self._cancel_sent.update(cancelled)
+                now_s = time.monotonic()
+                overdue = {key: flight for key, flight in self._in_flight.items() if flight.overdue(now_s)}
+                holding = bool(self._in_flight)
             for start in range(0, len(cancelled), self._max_batch_size):
                 self._send_cancel(cancelled[start : start + self._max_batch_size])
+            for key, flight in overdue.items():
+                self._answer_overdue(key, flight, now_s)
+            if holding and self._pipeline_died is None:
+                self._check_pipeline()
+
+    def _answer_overdue(self, key: int, flight: _Flight, now_s: float) -> None:
+        """The engine did not end a request past its budget (it cannot step): the entry answers and cancels it."""
+        error = DeadlineExceededError(
+            budget_s=flight.budget_s or 0.0,
+            elapsed_s=now_s - flight.started_s,
+            where="answered by the entry: the engine did not end it in time",
+        )
+        if self._answer(key, _error_response(str(error), pb_utils.TritonError.UNAVAILABLE)):
+            _logger().log_warn(f"{self.model_name}: {error}")
+            self._send_cancel([key])
+
+    def _check_pipeline(self) -> None:
+        """Answers every request in flight UNAVAILABLE once the pipeline's stub process has died."""
+        try:
+            if self._pipeline_stub is None:
+                self._pipeline_stub = StubProcess.find(
+                    parent_pid=os.getppid(), model_directory=self._pipeline_directory
+                )
+            if self._pipeline_stub is None or self._pipeline_stub.alive():
+                return
+        except (OSError, ValueError):
+            _logger().log_warn(f"{self.model_name}: cannot check the pipeline's process\n{traceback.format_exc()}")
+            return
+        self._pipeline_died = ComponentDiedError(self._pipeline_name, self._pipeline_stub.pid, in_flight=False)
+        lost = ComponentDiedError(self._pipeline_name, self._pipeline_stub.pid, in_flight=True)
+        with self._lock:
+            keys = list(self._in_flight)
+        _logger().log_error(f"{self.model_name}: {lost}; answering {len(keys)} request(s) in flight")
+        for key in keys:
+            self._answer(key, _error_response(str(lost), pb_utils.TritonError.UNAVAILABLE))
 
     def _send_cancel(self, keys: list[int]) -> None:
         try:

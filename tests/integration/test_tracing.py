@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sdtriton.client import GenerationResult, StableDiffusionClient
+from sdtriton.server import trace_args
 from tests.conftest import serve
 
 STEPS = 3  # with DDIM: one UNet call (a batch of 2 for guidance) per step
@@ -26,12 +27,7 @@ STEPS = 3  # with DDIM: one UNet call (a batch of 2 for guidance) per step
 @pytest.fixture
 def traced_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     trace_file = tmp_path_factory.mktemp("trace") / "trace.json"
-    arguments = (
-        f"--trace-config=triton,file={trace_file}",
-        "--trace-config=rate=1",
-        "--trace-config=level=TIMESTAMPS",
-        "--trace-config=triton,log-frequency=0",
-    )
+    arguments = tuple(trace_args(trace_file, rate=1))  # what `sdtriton serve --trace FILE --trace-rate 1` uses
     for server in serve(tiny_repository, tmp_path_factory, extra_args=arguments):
         yield server, trace_file
 

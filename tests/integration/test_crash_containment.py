@@ -1,0 +1,110 @@
+"""Crashes contained through a real server: a killed stub, a killed server, nothing left running, logs kept.
+
+tritonserver 2.51 never restarts a decoupled model's stub: SIGKILL of the ``pipeline`` stub left every client
+waiting (measured). The entries now answer what was in flight (UNAVAILABLE naming the dead model) and the
+supervisor restarts the server; a server that dies (SIGSEGV) is restarted with its log kept and its stubs gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from sdtriton.client import ServerUnavailableError, StableDiffusionClient
+from sdtriton.server import ServerAddress, TritonServer, process_group_members
+from sdtriton.serving.liveness import StubProcess
+from sdtriton.supervisor import RestartBackoff, ServerSupervisor
+
+ANSWER_WITHIN_S = 10.0
+BACK_WITHIN_S = 240.0
+
+
+def _wait_restarted(supervisor: ServerSupervisor, restarts: int) -> None:
+    deadline = time.monotonic() + BACK_WITHIN_S
+    while time.monotonic() < deadline:
+        if supervisor.restarts >= restarts and supervisor.back_up.is_set():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the server was not back within {BACK_WITHIN_S:.0f} s: {supervisor.ends}")
+
+
+def _image(url: str, seed: int) -> bytes:
+    with StableDiffusionClient(url) as client:
+        return (
+            client.generate("a red circle", num_inference_steps=3, seed=seed, width=64, height=64).images[0].tobytes()
+        )
+
+
+@pytest.fixture
+def supervised(tiny_repository: Path, tmp_path: Path):
+    server = TritonServer(
+        tiny_repository, address=ServerAddress.on_free_ports(), log_path=tmp_path / "tritonserver.log"
+    )
+    supervisor = ServerSupervisor(server, backoff=RestartBackoff(initial_s=0.5))
+    supervisor.start()
+    try:
+        yield supervisor
+    finally:
+        supervisor.stop()
+
+
+def test_a_killed_pipeline_stub_answers_its_requests_and_the_server_comes_back(supervised, tiny_repository) -> None:
+    server = supervised.server
+    group = server.pid
+    url = server.address.grpc_url
+    stub = StubProcess.find(parent_pid=group, model_directory=tiny_repository / "pipeline")
+    assert stub is not None
+
+    def slow(seed: int) -> tuple[str, float]:
+        try:
+            with StableDiffusionClient(url) as client:
+                client.generate("a blue square", num_inference_steps=60, seed=seed, width=128, height=128)
+            return "image", time.monotonic()
+        except ServerUnavailableError as error:
+            return str(error), time.monotonic()
+
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(slow, seed) for seed in range(3)]
+        time.sleep(2.0)
+        killed_at = time.monotonic()
+        os.kill(stub.pid, signal.SIGKILL)
+        answers = [future.result(timeout=60) for future in futures]
+    for message, answered_at in answers:
+        assert "model process died: pipeline" in message
+        assert answered_at - killed_at < ANSWER_WITHIN_S
+    _wait_restarted(supervised, 1)
+    assert "decoupled model pipeline" in supervised.ends[0].reason
+    assert process_group_members(group) == []
+    assert len(_image(server.address.grpc_url, 7)) == 64 * 64 * 3
+
+
+def test_a_server_killed_by_sigsegv_is_restarted_with_its_log_kept(supervised) -> None:
+    server = supervised.server
+    group = server.pid
+    first_seed_image = _image(server.address.http_url, 11)
+    os.kill(group, signal.SIGSEGV)
+    _wait_restarted(supervised, 1)
+    (end,) = supervised.ends
+    assert end.exit_code == -signal.SIGSEGV
+    assert "SIGSEGV" in end.describe()
+    assert end.log_tail, "the crash report carries the log's last lines"
+    kept = server.log_path.with_name(server.log_path.name + ".1")
+    assert "Started GRPCInferenceService" in kept.read_text(errors="replace")
+    assert process_group_members(group) == [], "no stub of the dead server outlives it"
+    assert _image(server.address.http_url, 11) == first_seed_image
+
+
+def test_a_stopped_server_leaves_no_process_of_its_group(tiny_repository: Path, tmp_path: Path) -> None:
+    server = TritonServer(tiny_repository, address=ServerAddress.on_free_ports(), log_path=tmp_path / "t.log")
+    with server:
+        group = server.pid
+        os.kill(group, signal.SIGKILL)  # the stubs are orphaned, as after a crash
+        while server.running:
+            time.sleep(0.05)
+        assert server.stop() == -signal.SIGKILL
+    assert process_group_members(group) == []
