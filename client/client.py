@@ -326,6 +326,7 @@ _SERVER_MESSAGES: tuple[tuple[re.Pattern[str], type[SdTritonError]], ...] = (
     (re.compile(r"\S+: internal error \(see the server log\)\Z"), InferenceError),
     (re.compile(r"timeout: "), RequestTimeoutError),
     (re.compile(r"server (busy|draining): "), ServerBusyError),
+    (re.compile(r"model process died: "), ServerUnavailableError),
     # A refused input is named first: "width: must be ...", "width x height: must be at most ... pixels".
     (re.compile(rf"({_PUBLIC_INPUT_NAMES})( x ({_PUBLIC_INPUT_NAMES}))?: "), InvalidRequestError),
 )

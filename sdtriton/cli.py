@@ -430,6 +430,7 @@ def _soak(args: argparse.Namespace) -> int:
     from sdtriton import soak
     from sdtriton.client import parse_url
     from sdtriton.pipeline_config import PipelineConfig
+    from sdtriton.supervisor import RestartBackoff, ServerSupervisor
 
     if (args.repository is None) == (args.url is None):
         raise SystemExit("give --repository (a server started here) or --url (a running server), not both")
@@ -478,10 +479,17 @@ def _soak(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         address = server.ServerAddress.on_free_ports()
         triton = server.TritonServer(args.repository, address=address, log_path=args.out / "tritonserver.log")
-        with triton:
+        # Restart mode: the supervisor restarts the killed server, as `sdtriton serve --restart-on-crash` does.
+        supervisor = ServerSupervisor(
+            triton, restart_on_crash=args.restart_at is not None, backoff=RestartBackoff(max_restarts=1)
+        )
+        supervisor.start()
+        try:
             result = soak.run_soak(
-                plan, mix, grpc_url=address.grpc_url, options=options, server=triton, settings=settings
+                plan, mix, grpc_url=address.grpc_url, options=options, server=supervisor, settings=settings
             )
+        finally:
+            supervisor.stop()
     else:
         result = soak.run_soak(
             plan,

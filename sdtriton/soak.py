@@ -6,8 +6,9 @@ requests whose time budget expires, and requests with an invalid input. Each kin
 within a generous time is *lost*. A good server has neither.
 
 The resident memory (VmRSS) of every server process, tritonserver and each Python-backend stub, is read from
-``/proc`` after a warm-up and again at the end. In restart mode the server is killed (SIGKILL, with its stubs)
-part-way through and started again on the same ports, while the clients retry under a
+``/proc`` after a warm-up and again at the end. In restart mode tritonserver is killed (SIGKILL) part-way through
+and its :class:`~sdtriton.supervisor.ServerSupervisor` ends its stubs and starts it again on the same ports (as
+``sdtriton serve --restart-on-crash`` does), while the clients retry under a
 :class:`~sdtriton.client.RetryPolicy`: a request the client was allowed to retry must still end as its kind
 allows, and those sent while the server was down are reported on their own.
 """
@@ -29,11 +30,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdtriton import interface
 from sdtriton.perf.engine_results import percentile
 from sdtriton.pipeline_config import PipelineConfig
+
+if TYPE_CHECKING:
+    from sdtriton.supervisor import ServerSupervisor
 
 logger = logging.getLogger(__name__)
 
@@ -755,7 +759,7 @@ class SoakOptions:
     settle_s: float = 3.0
     answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S
     restart_at: float | None = None  # share of the requests sent before the server is killed
-    restart_pause_s: float = 1.0  # down this long before the successor starts
+    restart_timeout_s: float = 300.0  # the supervisor's successor must be ready this long after the kill
     retry_deadline_s: float = 120.0
     show_progress: bool = True
 
@@ -787,29 +791,29 @@ def run_soak(
     grpc_url: str,
     model_name: str = interface.ENTRY_MODEL_NAME,
     options: SoakOptions = SoakOptions(),
-    server: Any | None = None,
+    server: ServerSupervisor | None = None,
     server_pid: int | None = None,
     settings: Mapping[str, Any] | None = None,
 ) -> SoakResult:
     """Warms the server up, samples its memory, runs ``plan``, waits, samples again.
 
     Args:
-        server: a :class:`sdtriton.server.TritonServer` this process started: its processes are found from its pid,
-            and restart mode kills and restarts it.
+        server: the supervisor of a server this process started: its processes are found from its pid, and
+            restart mode SIGKILLs tritonserver and waits for the supervisor to restart it (``restart_on_crash``).
         server_pid: the server's pid when it was started elsewhere (memory only); None and no ``server``: no memory.
     """
     from sdtriton.client import RetryPolicy, StableDiffusionClient
 
-    if options.restart_at is not None and server is None:
-        raise ValueError("restart mode needs a server started here (--repository)")
+    if options.restart_at is not None and (server is None or not server.restart_on_crash):
+        raise ValueError("restart mode needs a server started here (--repository) that restarts on a crash")
     policy = RetryPolicy(deadline_s=options.retry_deadline_s, initial_backoff_s=0.2, max_backoff_s=1.0)
 
     def client_factory(timeout_s: float | None) -> StableDiffusionClient:
         return StableDiffusionClient(grpc_url, model_name=model_name, timeout_s=timeout_s, retry=policy)
 
     def root_pid() -> int | None:
-        if server is not None and server._process is not None:
-            return server._process.pid
+        if server is not None:
+            return server.server.pid
         return server_pid
 
     warmup = options.concurrency if options.warmup_requests is None else options.warmup_requests
@@ -827,33 +831,30 @@ def run_soak(
 
     def kill_server() -> None:
         assert restart is not None and server is not None
-        process = server._process
-        logger.warning("killing the server (pid %d and its stubs) with SIGKILL", process.pid)
-        # Before the signal: requests cut off by it fail while this thread still waits for the process.
+        pid = server.server.pid
+        logger.warning("killing tritonserver (pid %d) with SIGKILL; its supervisor restarts it", pid)
+        # Before the signal: requests cut off by it fail while this thread still waits for the restart.
         restart.killed_s = time.monotonic() - run_started
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        server.stop()  # forgets the dead process and closes its log
+        os.kill(pid, signal.SIGKILL)
 
-    def start_server_again() -> None:
+    def wait_for_restart() -> None:
         assert restart is not None and server is not None
-        time.sleep(options.restart_pause_s)
-        try:
-            restart.started_s = time.monotonic() - run_started
-            server.start()
-            server.wait_ready()
+        if server.wait_restarted(1, timeout_s=options.restart_timeout_s):
+            restart.started_s = server.started_at_s - run_started
             restart.ready_s = time.monotonic() - run_started
             logger.warning("the server is back after %.1f s", restart.downtime_s)
-        except Exception as error:
-            restart.error = str(error)
-            logger.exception("the server did not come back")
+        else:
+            restart.error = f"not back within {options.restart_timeout_s:.0f} s: " + "; ".join(
+                end.describe().splitlines()[0] for end in server.ends
+            )
+            logger.error("the server did not come back: %s", restart.error)
 
     def before_send(count: int) -> None:
         nonlocal restarter
         if kill_after is not None and count == kill_after:
             # Here, before the request goes out: it is sent while the server is down, and is retried.
             kill_server()
-            restarter = threading.Thread(target=start_server_again, name="soak-restart", daemon=True)
+            restarter = threading.Thread(target=wait_for_restart, name="soak-restart", daemon=True)
             restarter.start()
 
     with _counting_retries() as retries:

@@ -23,16 +23,17 @@ from sdtriton.serving.liveness import StubProcess
 logger = logging.getLogger(__name__)
 
 _WATCH_INTERVAL_S = 0.1
-# A server whose decoupled model lost its stub holds requests that cannot end; it is stopped this fast.
+# A server whose model lost its stub fails (or, decoupled, holds forever) every request that needs it; it is
+# stopped this fast.
 _STUCK_SERVER_STOP_TIMEOUT_S = 2.0
 
 
-def decoupled_model_directories(repository: Path) -> list[Path]:
-    """The folders of the repository's decoupled models: tritonserver 2.51 never restarts their stubs."""
+def python_model_directories(repository: Path) -> list[Path]:
+    """The folders of the repository's Python-backend models: tritonserver 2.51 restarts none of their stubs."""
     directories = []
     for config_path in sorted(Path(repository).glob("*/config.pbtxt")):
         config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
-        if config.model_transaction_policy.decoupled:
+        if config.backend == "python":
             directories.append(config_path.parent)
     return directories
 
@@ -101,7 +102,7 @@ class ServerSupervisor:
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
         self._started_at = 0.0
-        self._decoupled = decoupled_model_directories(server.repository)
+        self._python_models = python_model_directories(server.repository)
         self._stubs: dict[str, StubProcess] = {}
 
     def start(self) -> float:
@@ -124,10 +125,10 @@ class ServerSupervisor:
             self.server.stop()
             raise
         self._stubs = {}
-        for directory in self._decoupled:
-            stub = StubProcess.find(parent_pid=self.server.pid or 0, model_directory=directory)
-            if stub is not None:
-                self._stubs[directory.name] = stub
+        for directory in self._python_models:
+            stubs = StubProcess.find_all(parent_pid=self.server.pid or 0, model_directory=directory)
+            for instance, stub in enumerate(stubs):
+                self._stubs[directory.name if len(stubs) == 1 else f"{directory.name} #{instance}"] = stub
         self.back_up.set()
 
     def _watch(self) -> None:
@@ -145,8 +146,8 @@ class ServerSupervisor:
                 if dead_stub is not None:
                     name, stub = dead_stub
                     reason = (
-                        f"the stub process of decoupled model {name} (pid {stub.pid}) died after {uptime_s:.1f} s up "
-                        "and tritonserver does not restart it: stopping tritonserver"
+                        f"the stub process of model {name} (pid {stub.pid}) died after {uptime_s:.1f} s up "
+                        "and tritonserver 2.51 restarts no stub: stopping tritonserver"
                     )
                     logger.error("%s", reason)
                     code = self.server.stop(timeout_s=_STUCK_SERVER_STOP_TIMEOUT_S)
@@ -194,6 +195,20 @@ class ServerSupervisor:
             self.restarts += 1
             logger.warning("tritonserver is back (restart %d)", self.restarts)
             return True
+
+    @property
+    def started_at_s(self) -> float:
+        """When the running server (the first or the latest restart) was started, on ``time.monotonic()``."""
+        return self._started_at
+
+    def wait_restarted(self, restarts: int, *, timeout_s: float) -> bool:
+        """Waits until the server has been restarted ``restarts`` times and is ready; False on timeout or give-up."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.gave_up.is_set():
+            if self.restarts >= restarts and self.back_up.is_set():
+                return True
+            time.sleep(_WATCH_INTERVAL_S)
+        return self.restarts >= restarts and self.back_up.is_set()
 
     def _dead_stub(self) -> tuple[str, StubProcess] | None:
         return next(((name, stub) for name, stub in self._stubs.items() if not stub.alive()), None)

@@ -57,7 +57,7 @@ from sdtriton.serving.errors import (
     RequestCancelledError,
     ServerBusyError,
 )
-from sdtriton.serving.liveness import StubProcess
+from sdtriton.serving.liveness import StubProcess, is_unhealthy_stub_error
 from sdtriton.serving.metrics import (
     CACHE_HITS,
     CACHE_LOOKUPS,
@@ -199,9 +199,20 @@ class BlsComponents(SpecNetworks):
     this Triton: measured). With ``--trace-config`` the network calls are traced on their own.
     """
 
-    def __init__(self, config: PipelineConfig, *, model_prefix: str = "", device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        *,
+        model_prefix: str = "",
+        device: torch.device | str = "cpu",
+        repository: Path | None = None,
+    ) -> None:
         super().__init__(config, device=device)
         self.model_prefix = model_prefix
+        # The model repository, to find a component's stub process when Triton reports it unhealthy.
+        self.repository = repository
+        # Components whose stub process died or was ended unhealthy: Triton restarts none (sdtriton.serving.liveness).
+        self._dead: dict[str, ComponentDiedError] = {}
         # Ask the networks to answer where the loop's tensors live: on a GPU host, GPU memory (no host copy).
         if self.device.type == "cuda":
             self._preferred_memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, self.device.index or 0)
@@ -209,6 +220,9 @@ class BlsComponents(SpecNetworks):
             self._preferred_memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
     def run(self, spec: ComponentSpec, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        model_name = self.model_prefix + spec.model_name
+        if model_name in self._dead:
+            raise self._dead[model_name]
         tensors = []
         for tensor in spec.inputs:
             value = inputs[tensor.name].to(device=self.device, dtype=TORCH_DTYPES[tensor.triton_dtype])
@@ -217,18 +231,40 @@ class BlsComponents(SpecNetworks):
             # DLPack hands the tensor's own memory to Triton (CUDA IPC on a GPU): no host round trip.
             tensors.append(pb_utils.Tensor.from_dlpack(tensor.name, to_dlpack(value.contiguous())))
         response = pb_utils.InferenceRequest(
-            model_name=self.model_prefix + spec.model_name,
+            model_name=model_name,
             inputs=tensors,
             requested_output_names=spec.output_names,
             preferred_memory=self._preferred_memory,
         ).exec()
         if response.has_error():
-            raise ComponentCallError(f"{spec.model_name}: {response.error().message()}")
+            message = response.error().message()
+            if is_unhealthy_stub_error(message):
+                raise self._unhealthy(model_name, message)
+            raise ComponentCallError(f"{spec.model_name}: {message}")
         # clone: the response's buffers are Triton's; the loop keeps its own copy, on its own device.
         return {
             name: from_dlpack(pb_utils.get_output_tensor_by_name(response, name).to_dlpack()).to(self.device).clone()
             for name in spec.output_names
         }
+
+    def _unhealthy(self, model_name: str, message: str) -> ComponentDiedError:
+        """A component's stub did not answer its health check: dead, or alive but stopped or starved. Alive, it is
+        ended here: its next request would abort tritonserver (measured, see sdtriton.serving.liveness). From then
+        on the component is refused at once, until the server restarts."""
+        stubs = []
+        if self.repository is not None:
+            stubs = StubProcess.find_all(parent_pid=os.getppid(), model_directory=self.repository / model_name)
+        ended = [stub.pid for stub in stubs if stub.kill()]
+        if ended:
+            _logger().log_error(
+                f"{model_name}: its stub process is not healthy ({message}); ended {ended} with SIGKILL, since its "
+                "next request would abort tritonserver; the server needs a restart"
+            )
+        else:
+            _logger().log_error(f"{model_name}: its stub process is gone ({message}); the server needs a restart")
+        died = ComponentDiedError(model_name, ended[0] if ended else 0, in_flight=True)
+        self._dead[model_name] = died
+        return died
 
 
 class _TritonLogHandler(logging.Handler):
@@ -259,7 +295,7 @@ def _error_code(error: Exception) -> int:
         return pb_utils.TritonError.INVALID_ARG
     if isinstance(error, RequestCancelledError):
         return pb_utils.TritonError.CANCELLED
-    if isinstance(error, DeadlineExceededError | ServerBusyError):
+    if isinstance(error, DeadlineExceededError | ServerBusyError | ComponentDiedError):
         return pb_utils.TritonError.UNAVAILABLE
     return pb_utils.TritonError.INTERNAL
 
@@ -460,6 +496,7 @@ class PipelineModel:
         limits = _engine_limits(model_config)
         networks = BlsComponents(
             self.config,
+            repository=Path(args["model_repository"]).parent,
             model_prefix=_string_parameter(model_config, MODEL_PREFIX_PARAMETER, ""),
             device=_engine_device(_string_parameter(model_config, ENGINE_DEVICE_PARAMETER, "cpu")),
         )
@@ -712,6 +749,8 @@ class EntryModel:
         for response in responses:
             if response.has_error():
                 error = response.error()
+                if is_unhealthy_stub_error(error.message()):
+                    return self._pipeline_unhealthy(error.message())
                 return _error_response(error.message(), error.code())
             tensors = response.output_tensors()
             if not tensors:
@@ -759,6 +798,20 @@ class EntryModel:
         if self._answer(key, _error_response(str(error), pb_utils.TritonError.UNAVAILABLE)):
             _logger().log_warn(f"{self.model_name}: {error}")
             self._send_cancel([key])
+
+    def _pipeline_unhealthy(self, message: str) -> Any:
+        """The pipeline's stub failed its health check (stopped or starved): ended here, since its next request
+        would abort tritonserver; the watcher then answers everything in flight and refuses what comes."""
+        stub = self._pipeline_stub or StubProcess.find(
+            parent_pid=os.getppid(), model_directory=self._pipeline_directory
+        )
+        if stub is not None and stub.kill():
+            _logger().log_error(
+                f"{self.model_name}: the pipeline's stub process (pid {stub.pid}) is not healthy ({message}); "
+                "ended it with SIGKILL, since its next request would abort tritonserver"
+            )
+        died = ComponentDiedError(self._pipeline_name, stub.pid if stub is not None else 0, in_flight=True)
+        return _error_response(str(died), pb_utils.TritonError.UNAVAILABLE)
 
     def _check_pipeline(self) -> None:
         """Answers every request in flight UNAVAILABLE once the pipeline's stub process has died."""

@@ -78,7 +78,7 @@ def test_a_killed_pipeline_stub_answers_its_requests_and_the_server_comes_back(s
         assert "model process died: pipeline" in message
         assert answered_at - killed_at < ANSWER_WITHIN_S
     _wait_restarted(supervised, 1)
-    assert "decoupled model pipeline" in supervised.ends[0].reason
+    assert "model pipeline" in supervised.ends[0].reason
     assert process_group_members(group) == []
     assert len(_image(server.address.grpc_url, 7)) == 64 * 64 * 3
 

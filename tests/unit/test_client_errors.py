@@ -32,6 +32,7 @@ INTERNAL = "pipeline: internal error (see the server log)"  # theirs for any oth
 EXPIRED = str(errors.DeadlineExceededError(budget_s=0.001, elapsed_s=0.055, where="at step 1 of 29"))
 BUSY = str(errors.ServerBusyError.full(4, 4))
 DRAINING = str(errors.ServerBusyError.draining())
+DIED = str(errors.ComponentDiedError("unet", 1234, in_flight=True))
 
 CASES = [
     # HTTP, as Triton 2.51 answers (measured through a real server where one could be provoked).
@@ -43,6 +44,7 @@ CASES = [
     ("503", BUSY, ServerBusyError),
     ("503", DRAINING, ServerBusyError),
     ("503", "Server not ready", ServerUnavailableError),
+    ("503", DIED, ServerUnavailableError),
     # HTTP from a Triton that answers 400 for every error.
     ("400", INTERNAL, InferenceError),
     ("400", EXPIRED, RequestTimeoutError),
@@ -64,6 +66,7 @@ CASES = [
     (None, INTERNAL, InferenceError),
     (None, EXPIRED, RequestTimeoutError),
     (None, BUSY, ServerBusyError),
+    (None, DIED, ServerUnavailableError),
 ]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sdtriton.server import describe_exit, rotate_log
-from sdtriton.supervisor import RestartBackoff, decoupled_model_directories
+from sdtriton.supervisor import RestartBackoff, python_model_directories
 
 
 def test_rotation_keeps_earlier_logs_newest_first_and_drops_the_oldest(tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_backoff_doubles_up_to_its_ceiling() -> None:
         RestartBackoff(initial_s=10.0, max_s=5.0)
 
 
-def test_the_committed_repository_has_two_decoupled_models() -> None:
+def test_every_model_of_the_committed_repository_has_a_stub_to_watch() -> None:
     repository = Path(__file__).resolve().parents[2] / "model_repository"
-    names = [directory.name for directory in decoupled_model_directories(repository)]
-    assert names == ["pipeline", "stable_diffusion_stream"]
+    names = [directory.name for directory in python_model_directories(repository)]
+    assert names == ["pipeline", "stable_diffusion", "stable_diffusion_stream", "text_encoder", "unet", "vae_decoder"]
