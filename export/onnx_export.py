@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,13 @@ _PROTOBUF_LIMIT_BYTES = 2**31 - 1
 EXTERNAL_DATA_SUFFIX = ".data"
 # ONNX Runtime matched torch to <= 4e-6 on the tiny model; leave room for real-size models.
 DEFAULT_CHECK_ATOL = 1e-3
+# The tracer warnings every export of diffusers' and transformers' networks raises, each read and found harmless:
+# they branch on values the export fixes or the specs bound (the text length, channel counts, latent sides that
+# are multiples of 2**downsamplings by the size step), or on workarounds for batches of 64+ and tensors over
+# 2**31 elements that the ONNX graph does not need. Only "boolean": a tensor made a Python integer or float could
+# bake a dynamic size into the graph, so those, and tracer warnings from any other module (ours too), still show.
+_HARMLESS_TRACER_MESSAGE = "Converting a tensor to a Python boolean"
+_HARMLESS_TRACER_MODULES = r"(diffusers|transformers)\."
 
 
 class _TextEncoderLastHiddenState(torch.nn.Module):
@@ -149,7 +157,13 @@ def _export_module(
     with tempfile.TemporaryDirectory(dir=output_path.parent) as scratch:
         # torch writes a model over 2 GB as one file per weight: export aside, then save it whole.
         scratch_path = Path(scratch) / output_path.name
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message=_HARMLESS_TRACER_MESSAGE,
+                category=torch.jit.TracerWarning,
+                module=_HARMLESS_TRACER_MODULES,
+            )
             torch.onnx.export(
                 module,
                 torch_inputs,
@@ -171,7 +185,8 @@ def _export_module(
         raise RuntimeError(
             f"{spec.model_name}: ONNX Runtime differs from torch by {max_abs_error:.3g} (allowed {check_atol:g})"
         )
-    logger.info("%s: exported to %s, |onnxruntime - torch| <= %.3g", spec.model_name, output_path, max_abs_error)
+    # export_repository reports each component's figure once its progress bar is done.
+    logger.debug("%s: exported to %s, |onnxruntime - torch| <= %.3g", spec.model_name, output_path, max_abs_error)
     return ExportResult(
         spec=spec,
         path=output_path,

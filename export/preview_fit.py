@@ -121,7 +121,7 @@ def fit_preview_projection(
     )
     projection = fit_latent_rgb_projection(latents, images)
     error = preview_mean_abs_error(latents, images, projection)
-    logger.info(
+    logger.debug(
         "preview projection fitted on %d samples at %dx%d: mean |preview - image| = %.2f / 255",
         len(prompts),
         height,

@@ -7,13 +7,14 @@ own models. ``--refiner DIR`` adds an SDXL refiner as a second stage of the same
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
 import logging
 import shlex
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,11 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from diffusers.schedulers.scheduling_utils import SCHEDULER_CONFIG_NAME
+from diffusers.utils import is_accelerate_available
+from diffusers.utils import logging as diffusers_logging
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
 from sdtriton.components import ONNX_FILE_NAME, TENSORRT_PLAN_FILE_NAME, TOKENIZER_DIRS, components_of
 from sdtriton.export.configs import (
@@ -93,7 +97,28 @@ def _load(
     )
     if not weights:
         return _skeleton(location, pipeline_class, index, extra)
-    return pipeline_class.from_pretrained(location, torch_dtype=torch.float32, **extra)
+    # low_cpu_mem_usage as diffusers would choose it, said outright: without accelerate it warns that it falls back.
+    with _loading_bars_hidden():
+        return pipeline_class.from_pretrained(
+            location, dtype=torch.float32, low_cpu_mem_usage=is_accelerate_available(), **extra
+        )
+
+
+@contextlib.contextmanager
+def _loading_bars_hidden() -> Iterator[None]:
+    """Hides diffusers' and transformers' loading bars, which would redraw export's own bar (it says "loading")
+    over several lines; huggingface_hub's download bars still show. Both settings are restored after."""
+    diffusers_bars = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    previous_hook = transformers_logging.set_tqdm_hook(
+        lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True})
+    )
+    try:
+        yield
+    finally:
+        transformers_logging.set_tqdm_hook(previous_hook)
+        if diffusers_bars:
+            diffusers_logging.enable_progress_bar()
 
 
 # The networks a pipeline folder may hold, built from their config.json alone (fixed table: names in
@@ -338,6 +363,9 @@ def export_repository(
     uses_tensorrt = options.component_backend is ComponentBackend.TENSORRT
     if uses_tensorrt and not tensorrt.build_engines and tensorrt.onnx_dir is None:
         raise ValueError("without an engine build, name the folder that keeps the prepared ONNX files (onnx_dir)")
+    fit = None
+    # The figures of the preview fit and of each component follow the finished bar, one line each: a line
+    # logged while the bar is drawn would leave a piece of the bar behind it.
     with tqdm(total=2 + fit_preview, desc="export", disable=not show_progress) as progress:
         progress.set_postfix_str(f"loading {source}")
         pipeline = load_source_pipeline(source)
@@ -384,6 +412,14 @@ def export_repository(
                 getattr(pipeline, folder).save_pretrained(model_dirs[PIPELINE_MODEL_NAME] / MODEL_VERSION / folder)
         config.save(model_dirs[PIPELINE_MODEL_NAME] / MODEL_VERSION)
         progress.update()
+    if fit is not None:
+        logger.info(
+            "preview projection: mean |preview - image| = %.2f / 255 on %d samples at %dx%d",
+            fit.mean_abs_error,
+            fit.num_samples,
+            fit.height,
+            fit.width,
+        )
     for result in results:
         logger.info("%s: max |onnxruntime - torch| = %.3g", result.spec.model_name, result.max_abs_error)
     logger.info("model repository written to %s", output)

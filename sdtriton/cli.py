@@ -21,6 +21,14 @@ if TYPE_CHECKING:
     from sdtriton.client import RetryPolicy
 
 logger = logging.getLogger("sdtriton")
+# transformers says once, on the first import of diffusers' SD pipelines, that image processors fall back to PIL
+# without torchvision. No command runs an image processor (the safety checker and its feature extractor are
+# never loaded), so the notice is harmless here; any other transformers import warning still shows.
+_TORCHVISION_FALLBACK_NOTICE = "requires torchvision (not installed); falling back"
+
+
+def _not_torchvision_fallback(record: logging.LogRecord) -> bool:
+    return _TORCHVISION_FALLBACK_NOTICE not in record.getMessage()
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
@@ -995,6 +1003,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    logging.getLogger("transformers.utils.import_utils").addFilter(_not_torchvision_fallback)
     return args.run(args)
 
 

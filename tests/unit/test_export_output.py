@@ -1,0 +1,53 @@
+"""What export shows: its progress bar and one line per component with its parity figure, not tracer warnings.
+
+The tracer warnings diffusers' and transformers' networks raise on every export are silenced around
+``torch.onnx.export`` alone; a warning export does not know, tracer warnings of other modules included, still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdtriton.components import components_of
+from sdtriton.export import export_repository, onnx_export
+
+_UNKNOWN_WARNING = "a warning export does not know"
+_COMPONENT_LINE = re.compile(r"(\w+): max \|onnxruntime - torch\| = \S+$")
+
+
+def test_export_shows_its_bar_and_one_line_per_component_and_only_unknown_warnings(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    decode = onnx_export._VaeDecode.forward
+
+    def forward_with_unknown_warnings(self: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+        warnings.warn(_UNKNOWN_WARNING, UserWarning, stacklevel=1)
+        _ = bool(latents.mean() > 0)  # while traced: a tracer warning raised here, outside diffusers and transformers
+        return decode(self, latents)
+
+    monkeypatch.setattr(onnx_export._VaeDecode, "forward", forward_with_unknown_warnings)
+    caplog.set_level(logging.INFO, logger="sdtriton.export")
+    with warnings.catch_warnings(record=True) as caught:
+        torch.jit.TracerWarning.ignore_lib_warnings()  # as in any process that imports torch (pytest drops it)
+        config = export_repository(tiny_model_dir, tmp_path, fit_preview=False)
+
+    tracer_warnings = {(w.filename, w.lineno) for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
+    assert {filename for filename, _ in tracer_warnings} == {__file__}, tracer_warnings
+    assert _UNKNOWN_WARNING in [str(w.message) for w in caught]
+    lines = [
+        match[1]
+        for record in caplog.records
+        if record.levelno >= logging.INFO and (match := _COMPONENT_LINE.fullmatch(record.getMessage()))
+    ]
+    assert lines == [spec.model_name for spec in components_of(config)]
+    assert "export: 100%" in capsys.readouterr().err
