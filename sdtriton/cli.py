@@ -444,6 +444,8 @@ def _soak(args: argparse.Namespace) -> int:
         raise SystemExit("give --repository (a server started here) or --url (a running server), not both")
     if args.restart_at is not None and (args.repository is None or not 0 < args.restart_at < 1):
         raise SystemExit("--restart-at needs --repository and a fraction between 0 and 1")
+    if args.trace is not None and args.repository is None:
+        raise SystemExit("--trace needs --repository (a server started here)")
     if args.concurrency < 1 or args.requests < 1:
         raise SystemExit("--requests and --concurrency must be at least 1")
     if args.repository is not None:
@@ -486,7 +488,13 @@ def _soak(args: argparse.Namespace) -> int:
     if args.repository is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         address = server.ServerAddress.on_free_ports()
-        triton = server.TritonServer(args.repository, address=address, log_path=args.out / "tritonserver.log")
+        try:
+            extra = [] if args.trace is None else server.trace_args(args.trace, rate=args.trace_rate)
+        except ValueError as error:
+            raise SystemExit(f"--trace-rate: {error}") from None
+        triton = server.TritonServer(
+            args.repository, address=address, log_path=args.out / "tritonserver.log", extra_args=extra
+        )
         # Restart mode: the supervisor restarts the killed server, as `sdtriton serve --restart-on-crash` does.
         supervisor = ServerSupervisor(
             triton, restart_on_crash=args.restart_at is not None, backoff=RestartBackoff(max_restarts=1)
@@ -497,7 +505,13 @@ def _soak(args: argparse.Namespace) -> int:
                 plan, mix, grpc_url=address.grpc_url, options=options, server=supervisor, settings=settings
             )
         finally:
-            supervisor.stop()
+            exit_code = supervisor.stop()
+        unasked = [end for end in supervisor.ends if args.restart_at is None or end.exit_code != -signal.SIGKILL]
+        for end in unasked:
+            logger.error("the server ended during the soak: %s", end.describe())
+        if exit_code not in (0, None):
+            unasked.append(exit_code)
+            logger.error("tritonserver's stop ended %s", server.describe_exit(exit_code))
     else:
         result = soak.run_soak(
             plan,
@@ -518,6 +532,9 @@ def _soak(args: argparse.Namespace) -> int:
         f"{'not measured' if growth is None else f'{growth:+.2f}%'}; report {markdown_path}\n"
     )
     status = 1 if report["lost"] or report["unexpected"] else 0
+    if args.repository is not None and unasked:
+        sys.stdout.write(f"the server ended {len(unasked)} time(s) unasked (see the log above)\n")
+        status = 1
     if growth is not None and args.max_rss_growth is not None and growth > args.max_rss_growth:
         if args.restart_at is None:
             logger.warning("server RSS grew %.2f%%, above --max-rss-growth %g%%", growth, args.max_rss_growth)
@@ -940,6 +957,13 @@ def build_parser() -> argparse.ArgumentParser:
     soak_command.add_argument(
         "--max-rss-growth", type=float, help="exit 1 if the servers' total RSS grew more than this many percent"
     )
+    soak_command.add_argument(
+        "--trace",
+        type=Path,
+        metavar="FILE",
+        help="with --repository: Triton request tracing (TIMESTAMPS) into FILE, one request in --trace-rate",
+    )
+    soak_command.add_argument("--trace-rate", type=int, default=1, help="with --trace (default: every request)")
     soak_command.add_argument("--no-progress", action="store_true", help="no progress bar")
     soak_command.set_defaults(run=_soak)
 
