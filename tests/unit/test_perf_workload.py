@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from sdtriton import interface
-from sdtriton.perf.runner import DEFAULT_PERF_DIR
+from sdtriton.perf.harness import DEFAULT_PERF_DIR
 from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME, load_profiles
 from sdtriton.perf.workload import (
     INPUT_DATA_FILES,
