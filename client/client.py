@@ -27,7 +27,7 @@ import secrets
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -184,6 +184,16 @@ def _with_client_seed(prompt: str | Sequence[str], seed: Any, policy: RetryPolic
         return seed
     seeds = [secrets.randbelow(interface.MAX_SEED + 1) for _ in _prompts(prompt)]
     return seeds[0] if len(seeds) == 1 else seeds
+
+
+def _request_parameters(
+    prompt: str | Sequence[str], arguments: Mapping[str, Any], policy: RetryPolicy | None
+) -> dict[str, Any]:
+    """Every public input but the prompt, taken by name from ``generate``'s ``arguments``, in the interface's
+    order; the seed as :func:`_with_client_seed` makes it. Both clients build their requests with this."""
+    parameters = {tensor.name: arguments[tensor.name] for tensor in interface.PUBLIC_INPUTS[1:]}
+    parameters[interface.SEED.name] = _with_client_seed(prompt, parameters[interface.SEED.name], policy)
+    return parameters
 
 
 def _as_client_error(error: Exception) -> SdTritonError:
@@ -520,16 +530,7 @@ class StableDiffusionClient:
             ServerUnavailableError: the server cannot be reached.
             InferenceError: the server failed to answer.
         """
-        parameters = {
-            "negative_prompt": negative_prompt,
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
-            "seed": _with_client_seed(prompt, seed, self.retry),
-            "width": width,
-            "height": height,
-            "scheduler": scheduler,
-            "refiner_fraction": refiner_fraction,
-        }
+        parameters = _request_parameters(prompt, locals(), self.retry)
         if on_progress is not None or preview_every:
             for event in self.stream(prompt, preview_every=preview_every, **parameters):
                 if isinstance(event, GenerationResult):
@@ -740,16 +741,7 @@ class AsyncStableDiffusionClient:
         refiner_fraction: float | Sequence[float] | None = None,
     ) -> GenerationResult:
         """See :meth:`StableDiffusionClient.generate`."""
-        parameters = {
-            "negative_prompt": negative_prompt,
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
-            "seed": _with_client_seed(prompt, seed, self.retry),
-            "width": width,
-            "height": height,
-            "scheduler": scheduler,
-            "refiner_fraction": refiner_fraction,
-        }
+        parameters = _request_parameters(prompt, locals(), self.retry)
         attempts = _Attempts(self.retry, self.timeout_s)
         while True:
             timeout_s = attempts.begin()

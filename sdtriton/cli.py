@@ -375,8 +375,8 @@ def _shapes_curve(args: argparse.Namespace) -> int:
 
 
 def _perf(args: argparse.Namespace) -> int:
-    from sdtriton.perf.report import headline
-    from sdtriton.perf.runner import DEFAULT_OUTPUT_DIR, DEFAULT_PERF_DIR, PerfOptions, default_profile, run_perf
+    from sdtriton.perf.harness import DEFAULT_OUTPUT_DIR, DEFAULT_PERF_DIR, PerfOptions, default_profile
+    from sdtriton.perf.runner import headline, run_perf
 
     profile = args.profile or default_profile()
     options = PerfOptions(

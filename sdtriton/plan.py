@@ -36,6 +36,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from sdtriton.sd15 import SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
+
 logger = logging.getLogger(__name__)
 
 GIB = 2**30
@@ -124,35 +126,6 @@ def gpu_spec(name: str) -> GpuSpec:
 
 # --- Built-in architectures ----------------------------------------------------------------------------------
 
-# CLIP ViT-L/14's text tower: openai/clip-vit-large-patch14 config.json (text_config), as shipped in
-# runwayml/stable-diffusion-v1-5/text_encoder/config.json and stabilityai/stable-diffusion-xl-base-1.0/text_encoder.
-_CLIP_L_TEXT: dict[str, Any] = {
-    "vocab_size": 49408,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "projection_dim": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-}
-# The SD VAE (AutoencoderKL, f=8): runwayml/stable-diffusion-v1-5/vae/config.json; SDXL's vae/config.json has
-# the same architecture with scaling_factor 0.13025 and force_upcast true.
-_SD_VAE: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "act_fn": "silu",
-    "norm_num_groups": 32,
-    "sample_size": 512,
-    "scaling_factor": 0.18215,
-}
-
 
 @dataclass(frozen=True)
 class Architecture:
@@ -185,27 +158,9 @@ class Architecture:
 
 SD15 = Architecture(
     name="sd15",
-    # runwayml/stable-diffusion-v1-5/unet/config.json (diffusers 0.6.0 era); defaults left out are diffusers'.
-    unet={
-        "sample_size": 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "block_out_channels": (320, 640, 1280, 1280),
-        "layers_per_block": 2,
-        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        "cross_attention_dim": 768,
-        "attention_head_dim": 8,  # the legacy name: 8 heads (of 40, 80, 160 channels)
-        "act_fn": "silu",
-        "norm_num_groups": 32,
-        "norm_eps": 1e-5,
-        "downsample_padding": 1,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "mid_block_scale_factor": 1,
-    },
-    vae=_SD_VAE,
-    text_encoders=(("text_encoder", "CLIPTextModel", _CLIP_L_TEXT),),
+    unet=SD15_UNET,
+    vae=SD15_VAE,
+    text_encoders=(("text_encoder", "CLIPTextModel", SD15_TEXT_ENCODER),),
 )
 
 SDXL = Architecture(
@@ -234,9 +189,9 @@ SDXL = Architecture(
         "freq_shift": 0,
     },
     # stabilityai/stable-diffusion-xl-base-1.0/vae/config.json.
-    vae={**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
+    vae={**SD15_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
     text_encoders=(
-        ("text_encoder", "CLIPTextModel", _CLIP_L_TEXT),
+        ("text_encoder", "CLIPTextModel", SD15_TEXT_ENCODER),
         # OpenCLIP ViT-bigG/14's text tower: stabilityai/stable-diffusion-xl-base-1.0/text_encoder_2/config.json.
         (
             "text_encoder_2",

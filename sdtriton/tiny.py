@@ -32,21 +32,10 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from sdtriton.schedulers import save_scheduler_overrides
+from sdtriton.sd15 import SD15_SCHEDULER_CONFIG, SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
 from sdtriton.tokenizer_files import CLIP_MODEL_MAX_LENGTH, CLIP_VOCAB_SIZE, build_clip_tokenizer
 
 logger = logging.getLogger(__name__)
-
-# Stable Diffusion 1.5's own scheduler config.
-SD15_SCHEDULER_CONFIG: dict[str, Any] = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "clip_sample": False,
-}
 
 
 @dataclass(frozen=True)
@@ -104,42 +93,7 @@ PROFILES: dict[str, TinyProfile] = {
         },
     ),
     # Stable Diffusion 1.5's architecture with random weights: real-model compute for load tests.
-    "sd15": TinyProfile(
-        text_encoder={
-            **CLIP_TOKEN_CONFIG,
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "projection_dim": 768,
-        },
-        unet={
-            "sample_size": 64,
-            "in_channels": 4,
-            "out_channels": 4,
-            "block_out_channels": (320, 640, 1280, 1280),
-            "layers_per_block": 2,
-            "down_block_types": (
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "DownBlock2D",
-            ),
-            "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            "cross_attention_dim": 768,
-            "attention_head_dim": 8,
-        },
-        vae={
-            "sample_size": 512,
-            "in_channels": 3,
-            "out_channels": 3,
-            "block_out_channels": (128, 256, 512, 512),
-            "layers_per_block": 2,
-            "down_block_types": ("DownEncoderBlock2D",) * 4,
-            "up_block_types": ("UpDecoderBlock2D",) * 4,
-            "latent_channels": 4,
-        },
-    ),
+    "sd15": TinyProfile(text_encoder={**SD15_TEXT_ENCODER, **CLIP_TOKEN_CONFIG}, unet=SD15_UNET, vae=SD15_VAE),
 }
 
 

@@ -10,7 +10,6 @@ costs, free of every fixed cost (model load, tokenizer, VAE, transport).
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -20,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sdtriton.perf.workload import RequestSpec
+from sdtriton.perf.run import NetworkTimes, PathTiming, StepSlope
+from sdtriton.perf.workload import RequestSpec, raw_inputs
 
 if TYPE_CHECKING:
     import torch
@@ -32,65 +32,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
 DIFFUSERS = "diffusers"
 ONNX_LOOP = "onnx_loop"
 TRITON = "triton"
-
-
-@dataclass(frozen=True)
-class PathTiming:
-    """Wall-clock latencies of one path on one request, in ms, in run order."""
-
-    path: str
-    num_inference_steps: int
-    latencies_ms: tuple[float, ...]
-
-    @property
-    def mean_ms(self) -> float:
-        return statistics.mean(self.latencies_ms)
-
-    @property
-    def median_ms(self) -> float:
-        return statistics.median(self.latencies_ms)
-
-    @property
-    def median_standard_error_ms(self) -> float | None:
-        """Standard error of the median (normal approximation: 1.2533 sigma / sqrt(n)); None for one run."""
-        if len(self.latencies_ms) < 2:
-            return None
-        return _MEDIAN_SE_FACTOR * statistics.stdev(self.latencies_ms) / math.sqrt(len(self.latencies_ms))
-
-    @property
-    def min_ms(self) -> float:
-        return min(self.latencies_ms)
-
-    @property
-    def max_ms(self) -> float:
-        return max(self.latencies_ms)
-
-
-@dataclass(frozen=True)
-class StepSlope:
-    """A path at two step counts: its cost per denoising step, fixed costs cancelled."""
-
-    low: PathTiming
-    high: PathTiming
-
-    @property
-    def ms_per_step(self) -> float:
-        steps = self.high.num_inference_steps - self.low.num_inference_steps
-        if steps <= 0:
-            raise ValueError("the high step count must exceed the low one")
-        return (self.high.median_ms - self.low.median_ms) / steps
-
-    @property
-    def error_ms_per_step(self) -> float | None:
-        """One standard error of :attr:`ms_per_step`, or None when a side has a single run."""
-        low, high = self.low.median_standard_error_ms, self.high.median_standard_error_ms
-        if low is None or high is None:
-            return None
-        return math.hypot(low, high) / (self.high.num_inference_steps - self.low.num_inference_steps)
 
 
 def time_slope(
@@ -119,20 +63,6 @@ def time_slope(
         slope.ms_per_step,
     )
     return slope
-
-
-@dataclass(frozen=True)
-class NetworkTimes:
-    """Where the plain loop's time goes: means over its timed runs (ms), as Triton's statistics are means."""
-
-    encode_text_ms: float
-    unet_ms_per_call: float
-    unet_calls_per_request: int
-    decode_ms: float
-
-    def other_ms(self, total_ms: float) -> float:
-        """Tokenizer, validation, scheduler steps and torch glue: the loop's time outside the networks."""
-        return total_ms - self.encode_text_ms - self.unet_ms_per_call * self.unet_calls_per_request - self.decode_ms
 
 
 @dataclass(frozen=True)
@@ -270,7 +200,6 @@ def _plain_loop_runner(
     tokenizers: Mapping[str, PreTrainedTokenizerBase], config: PipelineConfig, components: DiffusionComponents
 ) -> Callable[[RequestSpec], Callable[[], np.ndarray]]:
     """``runner(spec)()`` tokenizes, validates and generates one image as the served engine does, one at a time."""
-    from sdtriton.perf.in_process import raw_inputs
     from sdtriton.serving.denoise import generate_image
     from sdtriton.serving.requests import parse_request
 

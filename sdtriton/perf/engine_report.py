@@ -25,7 +25,7 @@ from sdtriton.perf.engine_results import (
     goal_rows,
     percentile,
 )
-from sdtriton.perf.report import BUSY_LOAD_PER_CORE, SUMMARY_NAME
+from sdtriton.perf.report import SUMMARY_NAME
 
 LOAD_CSV_NAME = "engine_load_points.csv"
 REQUESTS_CSV_NAME = "engine_requests.csv"
@@ -475,7 +475,7 @@ def summary_markdown(result: EngineResult, *, plot_name: str = PLOT_NAME) -> str
                 else "."
             ),
         ]
-    if machine.load_average_before[0] > BUSY_LOAD_PER_CORE * machine.cpu_count:
+    if machine.busy_at_start:
         lines += [
             "",
             f"**The 1-minute load average was {machine.load_average_before[0]:.2f} on {machine.cpu_count} cores when "

@@ -11,9 +11,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sdtriton.perf.baselines import PathTiming
 from sdtriton.perf.engine_scenarios import BurstSpec, MixedSpec
-from sdtriton.perf.results import MachineInfo
+from sdtriton.perf.run import MachineInfo, PathTiming
 from sdtriton.perf.simulated import SimulatedLatency
 from sdtriton.perf.workload import RequestSpec
 

@@ -21,8 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sdtriton.client import SdTritonError
-from sdtriton.perf import baselines
-from sdtriton.perf.baselines import PathTiming
+from sdtriton.perf import baselines, harness
 from sdtriton.perf.client_load import ClientClass, run_burst, run_classes
 from sdtriton.perf.engine_report import write_engine_reports
 from sdtriton.perf.engine_results import (
@@ -46,16 +45,7 @@ from sdtriton.perf.engine_results import (
 )
 from sdtriton.perf.engine_scenarios import BurstSpec, CeilingSpec, EngineProfile, MixedSpec, SimulatedSpec, SweepSpec
 from sdtriton.perf.in_process import ZeroTimeUNet, run_closed_loop
-from sdtriton.perf.runner import (
-    Deadline,
-    PerfOptions,
-    ensure_model,
-    ensure_repository,
-    machine_info,
-    server_version,
-    start_server,
-    work_folder,
-)
+from sdtriton.perf.run import PathTiming
 from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME
 from sdtriton.perf.simulated import simulated_repository
 from sdtriton.perf.variants import engine_limits_of, engine_variant
@@ -116,11 +106,11 @@ def _failures(records: list[RequestRecord] | tuple[RequestRecord, ...]) -> str |
 class _EngineRun:
     """One engine profile run: its options, time limit, notes of what was skipped, and one method per section."""
 
-    def __init__(self, options: PerfOptions, profile: EngineProfile, request: RequestSpec) -> None:
+    def __init__(self, options: harness.PerfOptions, profile: EngineProfile, request: RequestSpec) -> None:
         self.options = options
         self.profile = profile
         self.request = request
-        self.deadline = Deadline(options.time_limit_s or profile.time_limit_s)
+        self.deadline = harness.Deadline(options.time_limit_s or profile.time_limit_s)
         self.show = options.show_progress
         self.skipped: list[str] = []
         self.server_version = "not started"
@@ -147,11 +137,11 @@ class _EngineRun:
     def server(self, repository: Path, variant: str) -> Iterator[TritonServer]:
         """A warmed-up server over ``repository``; one that died under load is named in the summary."""
         log_path = self.options.output_dir / f"tritonserver_{variant}.log"
-        server = start_server(repository, self.options, log_path=log_path)
+        server = harness.start_server(repository, self.options, log_path=log_path)
         try:
             ready_s = server.wait_ready()
             logger.info("%s: tritonserver ready after %.1f s (log: %s)", variant, ready_s, log_path)
-            self.server_version = server_version(server.address.http_url)
+            self.server_version = harness.server_version(server.address.http_url)
             triton = baselines.TritonPath(server.address.grpc_url)
             try:
                 triton.time(self.request, runs=_WARMUP_REQUESTS, warmup_runs=0)
@@ -416,7 +406,7 @@ def _fresh(destination: Path) -> Path:
     return destination
 
 
-def run_engine_perf(options: PerfOptions, profile: EngineProfile) -> tuple[EngineResult, dict[str, Path]]:
+def run_engine_perf(options: harness.PerfOptions, profile: EngineProfile) -> tuple[EngineResult, dict[str, Path]]:
     """Runs an engine profile end to end; returns the result and the written files (CSVs, plot, summary)."""
     load_before = os.getloadavg()
     started_utc = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -427,14 +417,8 @@ def run_engine_perf(options: PerfOptions, profile: EngineProfile) -> tuple[Engin
     logger.info("engine profile %s: %s; time limit %.0f s", profile.name, profile.description, run.deadline.limit_s)
     ceiling = mixed = burst = simulated = None
     sweep: list[LevelResult] = []
-    with work_folder(options.work_dir) as work_dir:
-        model_dir = ensure_model(options.model_dir, profile.model, work_dir)
-        repository = ensure_repository(
-            options.repository or work_dir / "repository",
-            model_dir,
-            show_progress=options.show_progress,
-            work_dir=work_dir,
-        )
+    with harness.work_folder(options.work_dir) as work_dir:
+        _, repository = harness.model_under_test(options, profile.model, work_dir)
         variants = work_dir / "engine_variants"
         on_repository = repository
         sweep_spec = profile.sweep
@@ -486,7 +470,7 @@ def run_engine_perf(options: PerfOptions, profile: EngineProfile) -> tuple[Engin
         run.skipped.append("ceiling: not in this profile")
     result = EngineResult(
         profile=profile.name,
-        machine=machine_info(
+        machine=harness.machine_info(
             started_utc=started_utc, triton_version=run.server_version, load_before=load_before, gpu=options.gpu
         ),
         request=request,

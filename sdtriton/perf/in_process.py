@@ -17,14 +17,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sdtriton import interface
 from sdtriton.perf.engine_results import InProcessRun
-from sdtriton.perf.workload import RequestSpec
+from sdtriton.perf.workload import RequestSpec, raw_inputs
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.engine import DiffusionEngine, EngineLimits, EngineNetworks, EngineRequest, Finished, Progress
 from sdtriton.serving.requests import parse_request
-
-_NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
 
 
 class CountingNetworks:
@@ -63,14 +60,6 @@ class ZeroTimeUNet:
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.inner.decode_latents(latents)
-
-
-def raw_inputs(request: RequestSpec) -> dict[str, np.ndarray]:
-    """The request's public inputs as the pipeline model reads them: one value per input, as ``[1]`` arrays."""
-    return {
-        tensor.name: np.array([getattr(request, tensor.name)], dtype=_NUMPY_DTYPES[tensor.triton_dtype])
-        for tensor in interface.PUBLIC_INPUTS
-    }
 
 
 class _Sink:

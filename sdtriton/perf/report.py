@@ -7,8 +7,6 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from sdtriton.perf.baselines import PathTiming
-from sdtriton.perf.engine_results import EngineResult
 from sdtriton.perf.results import (
     GOAL_BLS_UNET_CALL_MS,
     GOAL_TRITON_OVER_DIFFUSERS,
@@ -17,14 +15,13 @@ from sdtriton.perf.results import (
     points_of,
     time_breakdown,
 )
+from sdtriton.perf.run import PathTiming
 from sdtriton.perf.scenarios import LoadMode, LoadPoint
 
 LOAD_CSV_NAME = "load_points.csv"
 PATHS_CSV_NAME = "paths.csv"
 PLOT_NAME = "throughput_latency.png"
 SUMMARY_NAME = "summary.md"
-# Load averages above this share of the cores mean other work shared the CPU during the run.
-BUSY_LOAD_PER_CORE = 0.25
 
 
 def write_load_csv(points: Sequence[LoadPoint], path: Path) -> Path:
@@ -118,12 +115,8 @@ def _ms(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
-def headline(result: PerfResult | EngineResult) -> str:
-    """The concurrency-1 comparison in one paragraph, for the terminal; an engine run's headline ratios."""
-    if isinstance(result, EngineResult):
-        from sdtriton.perf.engine_report import engine_headline
-
-        return engine_headline(result)
+def headline(result: PerfResult) -> str:
+    """The concurrency-1 comparison in one paragraph, for the terminal."""
     over_diffusers = result.triton_over_diffusers
     diffusers = (
         "diffusers skipped"
@@ -192,7 +185,7 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
         f"Load average (1/5/15 min) before the run {'/'.join(f'{v:.2f}' for v in machine.load_average_before)}, "
         f"after {'/'.join(f'{v:.2f}' for v in machine.load_average_after)}.",
     ]
-    if machine.load_average_before[0] > BUSY_LOAD_PER_CORE * machine.cpu_count:
+    if machine.busy_at_start:
         lines += [
             "",
             f"**The 1-minute load average was {machine.load_average_before[0]:.2f} on {machine.cpu_count} cores when "

@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sdtriton.perf.baselines import NetworkTimes, PathTiming, StepSlope
+from sdtriton.perf.run import MachineInfo, NetworkTimes, PathTiming, StepSlope
 from sdtriton.perf.scenarios import LoadMode, LoadPoint, Protocol, Scenario
 from sdtriton.perf.stats import ModelStats
 from sdtriton.perf.workload import RequestSpec
@@ -18,21 +18,6 @@ from sdtriton.perf.workload import RequestSpec
 GOAL_TRITON_OVER_DIFFUSERS = 0.9
 GOAL_TRITON_OVER_ONNX_LOOP = 1.1
 GOAL_BLS_UNET_CALL_MS = 0.3
-
-
-@dataclass(frozen=True)
-class MachineInfo:
-    """Where and when a run happened; load averages show whether other processes shared the CPU."""
-
-    started_utc: str
-    hostname: str
-    cpu_model: str
-    cpu_count: int
-    memory_gib: float
-    triton_version: str
-    load_average_before: tuple[float, float, float]
-    load_average_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    gpu: bool = False  # baselines on the GPU (``--gpu``)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sdtriton import interface
 
 DEFAULT_GUIDANCE_SCALE = interface.DEFAULT_GUIDANCE_SCALE
@@ -39,6 +41,7 @@ NEGATIVE_PROMPTS: tuple[str, ...] = ("", "blurry, low quality", "text, watermark
 _SEED_BASE = 1000
 # The default model's own scheduler (DPM-Solver++ 2M): one UNet call per step.
 FIXED_SCHEDULER = "dpmpp_2m"
+_NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,14 @@ class RequestSpec:
 
     def with_steps(self, num_inference_steps: int) -> RequestSpec:
         return dataclasses.replace(self, num_inference_steps=num_inference_steps)
+
+
+def raw_inputs(request: RequestSpec) -> dict[str, np.ndarray]:
+    """The request's public inputs as the pipeline model reads them: one value per input, as ``[1]`` arrays."""
+    return {
+        tensor.name: np.array([getattr(request, tensor.name)], dtype=_NUMPY_DTYPES[tensor.triton_dtype])
+        for tensor in interface.PUBLIC_INPUTS
+    }
 
 
 def input_data_document(requests: Sequence[RequestSpec]) -> dict[str, list[dict[str, Any]]]:

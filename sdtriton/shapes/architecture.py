@@ -9,8 +9,9 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditio
 from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from sdtriton.sd15 import SD15_SCHEDULER_CONFIG
 from sdtriton.shapes.world import IMAGE_SIZE
-from sdtriton.tiny import CLIP_TOKEN_CONFIG, SD15_SCHEDULER_CONFIG
+from sdtriton.tiny import CLIP_TOKEN_CONFIG
 
 TEXT_HIDDEN_SIZE = 64
 VAE_CONFIG: dict[str, Any] = {

@@ -19,7 +19,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from sdtriton.client import StableDiffusionClient
-from sdtriton.tiny import SD15_SCHEDULER_CONFIG
+from sdtriton.sd15 import SD15_SCHEDULER_CONFIG
 from tests.conftest import serve
 from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, diffusers_image, max_pixel_difference
 

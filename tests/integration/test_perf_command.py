@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton.perf.runner import DEFAULT_PERF_DIR, PerfOptions, run_perf
+from sdtriton.perf.harness import DEFAULT_PERF_DIR, PerfOptions
+from sdtriton.perf.runner import run_perf
 from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME
 from sdtriton.perf.workload import input_data_text, load_input_data
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from sdtriton.perf.engine_results import BATCHING_OFF, BATCHING_ON, LONG, SHORT, EngineResult
-from sdtriton.perf.runner import DEFAULT_PERF_DIR, PerfOptions, run_perf
+from sdtriton.perf.harness import DEFAULT_PERF_DIR, PerfOptions
+from sdtriton.perf.runner import run_perf
 from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME
 from sdtriton.perf.workload import input_data_text, load_input_data
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from sdtriton import interface
+from sdtriton.perf.harness import DEFAULT_PERF_DIR
 from sdtriton.perf.perf_analyzer import find_perf_analyzer, run_level
-from sdtriton.perf.runner import DEFAULT_PERF_DIR
 from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME, LoadMode, Protocol, Scenario
 from sdtriton.perf.stats import fetch_model_stats
 from sdtriton.perf.workload import input_data_text, load_input_data

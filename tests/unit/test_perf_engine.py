@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from sdtriton.perf.baselines import PathTiming
 from sdtriton.perf.engine_report import engine_headline, summary_markdown, write_engine_reports
 from sdtriton.perf.engine_results import (
     BATCHING_OFF,
@@ -43,13 +42,13 @@ from sdtriton.perf.engine_scenarios import (
     parse_engine_profile,
     parse_engine_profiles,
 )
-from sdtriton.perf.in_process import InProcessEngineError, ZeroTimeUNet, raw_inputs, run_closed_loop
-from sdtriton.perf.results import MachineInfo
-from sdtriton.perf.runner import DEFAULT_PERF_DIR
+from sdtriton.perf.harness import DEFAULT_PERF_DIR
+from sdtriton.perf.in_process import InProcessEngineError, ZeroTimeUNet, run_closed_loop
+from sdtriton.perf.run import MachineInfo, PathTiming
 from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME, parse_profiles
 from sdtriton.perf.simulated import SimulatedLatency
 from sdtriton.perf.variants import engine_limits_of, engine_variant
-from sdtriton.perf.workload import fixed_requests
+from sdtriton.perf.workload import fixed_requests, raw_inputs
 from sdtriton.serving.engine import EngineLimits
 from tests.unit.test_engine import CONFIG, TOKENS, FakeNetworks
 

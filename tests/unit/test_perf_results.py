@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton.perf.baselines import NetworkTimes, PathTiming, StepSlope
 from sdtriton.perf.report import summary_markdown, write_reports
-from sdtriton.perf.results import BlsProbe, MachineInfo, PerfResult, TritonBreakdown, time_breakdown
+from sdtriton.perf.results import BlsProbe, PerfResult, TritonBreakdown, time_breakdown
+from sdtriton.perf.run import MachineInfo, NetworkTimes, PathTiming, StepSlope
 from sdtriton.perf.scenarios import LoadMode, LoadPoint, Protocol, Scenario
 from sdtriton.perf.stats import ModelStats
 from sdtriton.perf.workload import fixed_requests

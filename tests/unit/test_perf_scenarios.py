@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton.perf.runner import DEFAULT_PERF_DIR
+from sdtriton.perf.harness import DEFAULT_PERF_DIR
 from sdtriton.perf.scenarios import (
     INPUT_DATA_DIR_NAME,
     LoadMode,

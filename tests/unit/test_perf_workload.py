@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from sdtriton import interface
-from sdtriton.perf.runner import DEFAULT_PERF_DIR
+from sdtriton.perf.harness import DEFAULT_PERF_DIR
 from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME, load_profiles
 from sdtriton.perf.workload import (
     INPUT_DATA_FILES,
@@ -26,7 +26,7 @@ from sdtriton.serving.validation import parse_generation_params
 from sdtriton.tiny import PROFILES
 
 INPUT_DIR = DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME
-# AutoencoderKL's default, which make-tiny keeps.
+# AutoencoderKL's default, which make-tiny keeps where a profile's VAE config names none.
 _VAE_SCALING_FACTOR = 0.18215
 
 
@@ -40,7 +40,7 @@ def _model_config(model: str) -> PipelineConfig:
         unet, vae, text = architecture.UNET_CONFIG, architecture.VAE_CONFIG, architecture.TEXT_ENCODER_CONFIG
     return pipeline_config_from_components(
         unet_config=SimpleNamespace(time_cond_proj_dim=None, **unet),
-        vae_config=SimpleNamespace(scaling_factor=_VAE_SCALING_FACTOR, **vae),
+        vae_config=SimpleNamespace(**{"scaling_factor": _VAE_SCALING_FACTOR, **vae}),
         text_encoder_config=SimpleNamespace(**text),
         tokenizer_max_length=text["max_position_embeddings"],
         scheduler_config={},

@@ -11,9 +11,10 @@ import torch
 
 from sdtriton.pipeline_config import PipelineConfig, SdxlConfig, SdxlRefinerConfig
 from sdtriton.schedulers import SCHEDULERS, build_scheduler, scheduler_steps_minimum
+from sdtriton.sd15 import SD15_SCHEDULER_CONFIG
 from sdtriton.serving.errors import InvalidInputError
 from sdtriton.serving.validation import parse_generation_params
-from sdtriton.tiny import SD15_SCHEDULER_CONFIG, SDXL_SCHEDULER_CONFIG
+from sdtriton.tiny import SDXL_SCHEDULER_CONFIG
 
 SD15 = {"_class_name": "PNDMScheduler", **SD15_SCHEDULER_CONFIG}  # skip_prk_steps true
 PNDM_WITH_PRK = {**SD15, "skip_prk_steps": False}

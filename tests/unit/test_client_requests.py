@@ -1,0 +1,68 @@
+"""Both clients build the same request from ``generate``'s arguments: every public input but the prompt, by name."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from sdtriton import interface
+from sdtriton.client import AsyncStableDiffusionClient, RetryPolicy, StableDiffusionClient
+from sdtriton.client import client as client_module
+
+# Nothing listens here: the request is caught before it is sent.
+URL = "http://127.0.0.1:9"
+ARGUMENTS: dict[str, Any] = {
+    "negative_prompt": "blurry",
+    "num_inference_steps": 3,
+    "guidance_scale": 2.5,
+    "seed": 7,
+    "width": 64,
+    "height": 96,
+    "scheduler": "ddim",
+    "refiner_fraction": 0.0,
+}
+
+
+class _SentError(Exception):
+    """Stops ``generate`` where it would send."""
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    requests: list[dict[str, Any]] = []
+
+    def prepare(triton: Any, endpoint: Any, timeout_s: Any, prompt: Any, **parameters: Any) -> Any:
+        requests.append(parameters)
+        raise _SentError
+
+    monkeypatch.setattr(client_module, "_prepare", prepare)
+    return requests
+
+
+def _generate_both(arguments: dict[str, Any], *, retry: RetryPolicy | None = None) -> None:
+    with StableDiffusionClient(URL, retry=retry) as client, pytest.raises(_SentError):
+        client.generate("a red star", **arguments)
+
+    async def generate_async() -> None:
+        async with AsyncStableDiffusionClient(URL, retry=retry) as client:
+            await client.generate("a red star", **arguments)
+
+    with pytest.raises(_SentError):
+        asyncio.run(generate_async())
+
+
+def test_sync_and_async_clients_send_every_public_input_the_same(sent: list[dict[str, Any]]) -> None:
+    _generate_both(ARGUMENTS)
+    assert [list(request) for request in sent] == [[tensor.name for tensor in interface.PUBLIC_INPUTS[1:]]] * 2
+    assert sent == [ARGUMENTS, ARGUMENTS]
+
+
+def test_omitted_arguments_are_sent_as_none_and_a_retry_policy_draws_the_seed(sent: list[dict[str, Any]]) -> None:
+    _generate_both({})
+    _generate_both({}, retry=RetryPolicy())
+    assert sent[0] == sent[1] == dict.fromkeys(ARGUMENTS)
+    for drawn in sent[2:]:
+        assert 0 <= drawn["seed"] <= interface.MAX_SEED
+        assert {**drawn, "seed": None} == dict.fromkeys(ARGUMENTS)
