@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import math
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -21,10 +22,12 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +118,37 @@ def end_process_group(group_id: int, *, timeout_s: float = _GROUP_EXIT_TIMEOUT_S
     if left:
         logger.error("processes %s of group %d did not end within %.0f s of SIGKILL", left, group_id, timeout_s)
     return survivors
+
+
+class _Launcher:
+    """Starts processes from one thread that lives as long as this process: Linux sends a child its parent-death
+    signal when the *thread* that forked it ends, so a server started from a short-lived thread (a test's restart
+    thread) would get SIGTERM as soon as that thread returned (measured)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]], Future]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="sdtriton-launcher", daemon=True)
+                self._thread.start()
+        done: Future = Future()
+        self._jobs.put((start, done))
+        return done.result()
+
+    def _run(self) -> None:
+        while True:
+            start, done = self._jobs.get()
+            try:
+                done.set_result(start())
+            except BaseException as error:  # handed to the caller, who raises it
+                done.set_exception(error)
+
+
+_LAUNCHER = _Launcher()
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -384,20 +418,26 @@ class TritonServer:
         if self.admin_access is not None:
             shown = shown.replace(self.admin_access.key, "***")
         logger.info("starting %s", shown)
-        self._process = subprocess.Popen(
-            self._launch_command(),
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT if output else None,
-            start_new_session=True,
-        )
+        command = self._launch_command()
+
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                command,
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+                start_new_session=True,
+            )
+
+        # Bound to this process, the server is started from a thread that lives as long as it (see _Launcher).
+        self._process = _LAUNCHER.popen(start) if self.end_with_parent else start()
 
     def _launch_command(self) -> list[str]:
         """:meth:`command`, bound to this process's life when ``end_with_parent``: tritonserver gets SIGTERM (and
-        ends its stubs) when the thread that started it dies, so a Python parent killed without running ``stop()``
-        (SIGKILL, an OOM kill, pytest ended by a timeout) leaves no server behind (measured before: tritonserver
-        and 6 stubs kept running under init). Linux sends it when the starting *thread* ends, so start from a
-        thread that lives as long as the server (the supervisor restarts from its watcher, which does)."""
+        ends its stubs) when this process dies, so a Python parent killed without running ``stop()`` (SIGKILL, an
+        OOM kill, pytest ended by a timeout) leaves no server behind (measured before: tritonserver and 6 stubs
+        kept running under init). Linux sends it when the forking *thread* ends: :class:`_Launcher` forks from
+        one that lives as long as this process."""
         if not self.end_with_parent:
             return self.command()
         setpriv = shutil.which(_SETPRIV)
