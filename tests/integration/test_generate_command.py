@@ -58,7 +58,23 @@ def test_a_time_budget_too_short_is_reported(grpc_url: str, tmp_path: Path) -> N
     assert not (tmp_path / "late.png").exists()
 
 
+@pytest.fixture
+def sigint_not_ignored():
+    """The command gets SIGINT as from a terminal, however this pytest was started: a shell starts a background job
+    (``cmd &`` without job control) with SIGINT ignored, and an ignored signal stays ignored across exec (seen: the
+    command ran to its end). A handler here is reset to the default in the child."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.parametrize("progress", [False, True], ids=["plain", "progress"])
+@pytest.mark.usefixtures("sigint_not_ignored")
 def test_ctrl_c_cancels_the_request_on_the_server(grpc_url: str, tiny_repository: Path, tmp_path, progress) -> None:
     options = ["--steps", "150", "--width", "128", "--height", "128", *(["--progress"] if progress else [])]
     process = subprocess.Popen(_command(grpc_url, tmp_path / "never.png", *options), stderr=subprocess.PIPE, text=True)
