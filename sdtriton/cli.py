@@ -509,8 +509,8 @@ def _soak(args: argparse.Namespace) -> int:
         unasked = [end for end in supervisor.ends if args.restart_at is None or end.exit_code != -signal.SIGKILL]
         for end in unasked:
             logger.error("the server ended during the soak: %s", end.describe())
-        if exit_code not in (0, None):
-            unasked.append(exit_code)
+        stopped_badly = exit_code not in (0, None)
+        if stopped_badly:
             logger.error("tritonserver's stop ended %s", server.describe_exit(exit_code))
     else:
         result = soak.run_soak(
@@ -532,8 +532,12 @@ def _soak(args: argparse.Namespace) -> int:
         f"{'not measured' if growth is None else f'{growth:+.2f}%'}; report {markdown_path}\n"
     )
     status = 1 if report["lost"] or report["unexpected"] else 0
-    if args.repository is not None and unasked:
-        sys.stdout.write(f"the server ended {len(unasked)} time(s) unasked (see the log above)\n")
+    if args.repository is not None and (unasked or stopped_badly):
+        sys.stdout.write(
+            f"the server ended {len(unasked)} time(s) unasked during the soak"
+            + (", and its stop failed" if stopped_badly else "")
+            + " (see the log above)\n"
+        )
         status = 1
     if growth is not None and args.max_rss_growth is not None and growth > args.max_rss_growth:
         if args.restart_at is None:

@@ -13,7 +13,6 @@ import importlib.util
 import logging
 import math
 import os
-import queue
 import re
 import secrets
 import shutil
@@ -22,12 +21,11 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,35 +118,10 @@ def end_process_group(group_id: int, *, timeout_s: float = _GROUP_EXIT_TIMEOUT_S
     return survivors
 
 
-class _Launcher:
-    """Starts processes from one thread that lives as long as this process: Linux sends a child its parent-death
-    signal when the *thread* that forked it ends, so a server started from a short-lived thread (a test's restart
-    thread) would get SIGTERM as soon as that thread returned (measured)."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]], Future]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def popen(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="sdtriton-launcher", daemon=True)
-                self._thread.start()
-        done: Future = Future()
-        self._jobs.put((start, done))
-        return done.result()
-
-    def _run(self) -> None:
-        while True:
-            start, done = self._jobs.get()
-            try:
-                done.set_result(start())
-            except BaseException as error:  # handed to the caller, who raises it
-                done.set_exception(error)
-
-
-_LAUNCHER = _Launcher()
+# Linux sends a child its parent-death signal when the *thread* that forked it ends, so a server started from a
+# short-lived thread (a test's restart thread) got SIGTERM as soon as that thread returned (measured). This one
+# worker thread forks every bound server and lives as long as this process.
+_LAUNCHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdtriton-launcher")
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -429,15 +402,15 @@ class TritonServer:
                 start_new_session=True,
             )
 
-        # Bound to this process, the server is started from a thread that lives as long as it (see _Launcher).
-        self._process = _LAUNCHER.popen(start) if self.end_with_parent else start()
+        # Bound to this process, the server is started from a thread that lives as long as it (see _LAUNCHER).
+        self._process = _LAUNCHER.submit(start).result() if self.end_with_parent else start()
 
     def _launch_command(self) -> list[str]:
         """:meth:`command`, bound to this process's life when ``end_with_parent``: tritonserver gets SIGTERM (and
         ends its stubs) when this process dies, so a Python parent killed without running ``stop()`` (SIGKILL, an
         OOM kill, pytest ended by a timeout) leaves no server behind (measured before: tritonserver and 6 stubs
-        kept running under init). Linux sends it when the forking *thread* ends: :class:`_Launcher` forks from
-        one that lives as long as this process."""
+        kept running under init). Linux sends it when the forking *thread* ends: ``_LAUNCHER`` forks from one
+        that lives as long as this process."""
         if not self.end_with_parent:
             return self.command()
         setpriv = shutil.which(_SETPRIV)

@@ -83,3 +83,11 @@ UNHEALTHY_STUB_MESSAGE = "is not healthy"
 def is_unhealthy_stub_error(message: str) -> bool:
     """Whether a Triton error message says the called model's stub is not healthy (dead, stopped or starved)."""
     return message.startswith("Stub process") and UNHEALTHY_STUB_MESSAGE in message
+
+
+def end_stubs(*, parent_pid: int, model_directory: Path) -> list[int]:
+    """SIGKILLs every stub of the model in ``model_directory`` (one whose health check failed: its next request
+    would abort tritonserver); returns the pids it ended."""
+    return [
+        stub.pid for stub in StubProcess.find_all(parent_pid=parent_pid, model_directory=model_directory) if stub.kill()
+    ]

@@ -57,7 +57,7 @@ from sdtriton.serving.errors import (
     RequestCancelledError,
     ServerBusyError,
 )
-from sdtriton.serving.liveness import StubProcess, is_unhealthy_stub_error
+from sdtriton.serving.liveness import StubProcess, end_stubs, is_unhealthy_stub_error
 from sdtriton.serving.metrics import (
     CACHE_HITS,
     CACHE_LOOKUPS,
@@ -251,10 +251,9 @@ class BlsComponents(SpecNetworks):
         """A component's stub did not answer its health check: dead, or alive but stopped or starved. Alive, it is
         ended here: its next request would abort tritonserver (measured, see sdtriton.serving.liveness). From then
         on the component is refused at once, until the server restarts."""
-        stubs = []
+        ended = []
         if self.repository is not None:
-            stubs = StubProcess.find_all(parent_pid=os.getppid(), model_directory=self.repository / model_name)
-        ended = [stub.pid for stub in stubs if stub.kill()]
+            ended = end_stubs(parent_pid=os.getppid(), model_directory=self.repository / model_name)
         if ended:
             _logger().log_error(
                 f"{model_name}: its stub process is not healthy ({message}); ended {ended} with SIGKILL, since its "
@@ -802,15 +801,13 @@ class EntryModel:
     def _pipeline_unhealthy(self, message: str) -> Any:
         """The pipeline's stub failed its health check (stopped or starved): ended here, since its next request
         would abort tritonserver; the watcher then answers everything in flight and refuses what comes."""
-        stub = self._pipeline_stub or StubProcess.find(
-            parent_pid=os.getppid(), model_directory=self._pipeline_directory
-        )
-        if stub is not None and stub.kill():
+        ended = end_stubs(parent_pid=os.getppid(), model_directory=self._pipeline_directory)
+        if ended:
             _logger().log_error(
-                f"{self.model_name}: the pipeline's stub process (pid {stub.pid}) is not healthy ({message}); "
-                "ended it with SIGKILL, since its next request would abort tritonserver"
+                f"{self.model_name}: the pipeline's stub process is not healthy ({message}); ended {ended} with "
+                "SIGKILL, since its next request would abort tritonserver"
             )
-        died = ComponentDiedError(self._pipeline_name, stub.pid if stub is not None else 0, in_flight=True)
+        died = ComponentDiedError(self._pipeline_name, ended[0] if ended else 0, in_flight=True)
         return _error_response(str(died), pb_utils.TritonError.UNAVAILABLE)
 
     def _check_pipeline(self) -> None:
