@@ -8,7 +8,9 @@ server.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +69,26 @@ def run_demo(
     result.image.save(output)
     logger.info("%r, seed %d, %d steps: %.2f s through Triton", prompt, result.seed, num_inference_steps, generate_s)
     return DemoResult(image_path=output.resolve(), seed=result.seed, ready_s=ready_s, generate_s=generate_s)
+
+
+def add_demo_command(commands: argparse._SubParsersAction) -> None:
+    """Adds ``demo`` to ``commands``."""
+    demo = commands.add_parser("demo", help="make, export, serve and generate one picture (the README's main job)")
+    demo.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="shapes (the trained built-in), tiny (random weights), or a diffusers folder",
+    )
+    demo.add_argument("--repository", type=Path, default=Path("model_repository"))
+    demo.add_argument("-o", "--output", type=Path, default=Path("outputs/demo.png"))
+    demo.add_argument("--prompt", default=DEFAULT_PROMPT)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    result = run_demo(
+        model=args.model, repository=args.repository, output=args.output, prompt=args.prompt, seed=args.seed
+    )
+    sys.stdout.write(f"{result.image_path}\n")
+    return 0

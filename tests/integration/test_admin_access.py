@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from sdtriton import cli, server
 from sdtriton.client import StableDiffusionClient
+from sdtriton.ops.serve import admin_access
 from tests.conftest import serve
 
 pytestmark = pytest.mark.integration
@@ -78,15 +79,15 @@ def test_inference_and_health_stay_open(restricted_server) -> None:
 def test_serve_closes_admin_endpoints_unless_the_operator_opts_out(monkeypatch: pytest.MonkeyPatch) -> None:
     parser = cli.build_parser()
     monkeypatch.delenv(server.ADMIN_KEY_ENVIRONMENT, raising=False)
-    closed = cli._admin_access(parser.parse_args(["serve", "repo"]))
+    closed = admin_access(parser.parse_args(["serve", "repo"]))
     assert closed is not None and closed.categories == server.ADMIN_API_CATEGORIES
     assert any(
         arg.startswith("--grpc-restricted-protocol=model-repository,shared-memory")
         for arg in closed.tritonserver_args()
     )
     monkeypatch.setenv(server.ADMIN_KEY_ENVIRONMENT, KEY)
-    assert cli._admin_access(parser.parse_args(["serve", "repo"])).key == KEY
-    assert cli._admin_access(parser.parse_args(["serve", "repo", "--unrestricted-admin-api"])) is None
+    assert admin_access(parser.parse_args(["serve", "repo"])).key == KEY
+    assert admin_access(parser.parse_args(["serve", "repo", "--unrestricted-admin-api"])) is None
     monkeypatch.setenv(server.ADMIN_KEY_ENVIRONMENT, "short")
     with pytest.raises(SystemExit, match="16 to 256"):
-        cli._admin_access(parser.parse_args(["serve", "repo"]))
+        admin_access(parser.parse_args(["serve", "repo"]))

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from sdtriton.client import ServerUnavailableError, StableDiffusionClient
+from sdtriton.ops.supervisor import RestartBackoff, ServerSupervisor
 from sdtriton.server import ServerAddress, TritonServer, process_group_members
 from sdtriton.serving.liveness import StubProcess
-from sdtriton.supervisor import RestartBackoff, ServerSupervisor
 
 ANSWER_WITHIN_S = 10.0
 BACK_WITHIN_S = 240.0

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from sdtriton.client import RequestTimeoutError, RetryPolicy, ServerUnavailableError, StableDiffusionClient
+from sdtriton.ops.supervisor import RestartBackoff, ServerSupervisor
 from sdtriton.server import ServerAddress, TritonServer, end_process_group, process_group_members
 from sdtriton.serving.liveness import StubProcess
-from sdtriton.supervisor import RestartBackoff, ServerSupervisor
 
 pytestmark = pytest.mark.integration
 

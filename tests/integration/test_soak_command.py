@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton.soak import ALLOWED_OUTCOMES, IMAGE, Kind
+from sdtriton.ops.soak.plan import ALLOWED_OUTCOMES, IMAGE, Kind
 
 pytestmark = pytest.mark.integration
 

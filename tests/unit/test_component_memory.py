@@ -18,9 +18,9 @@ import pytest
 
 from sdtriton.components import BATCH, ONNX_FILE_NAME, UNET, ComponentSpec, fixed_axis_size
 from sdtriton.interface import PIPELINE_MODEL_NAME
+from sdtriton.ops.soak.plan import DEFAULT_MAX_SIDE_PX, DEFAULT_MIN_SIDE_PX, sides_for
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.onnx_runtime import ComponentSession
-from sdtriton.soak import DEFAULT_MAX_SIDE_PX, DEFAULT_MIN_SIDE_PX, sides_for
 
 WARMUP_CALLS = 8  # the soak's longest warm-up the issue allows, in calls
 MEASURED_CALLS = 40

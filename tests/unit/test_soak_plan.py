@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from sdtriton import interface
+from sdtriton.ops.soak.plan import BAD_INPUTS, Kind, SoakMix, plan_soak, sides_for
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.errors import InvalidInputError
 from sdtriton.serving.validation import parse_generation_params
-from sdtriton.soak import BAD_INPUTS, Kind, SoakMix, plan_soak, sides_for
 
 # The embedded shapes model's geometry: 64 px by default, sides in steps of 16 up to 128.
 CONFIG = PipelineConfig(

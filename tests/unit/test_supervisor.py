@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from sdtriton.ops.supervisor import RestartBackoff, python_model_directories
 from sdtriton.server import describe_exit, rotate_log
-from sdtriton.supervisor import RestartBackoff, python_model_directories
 
 
 def test_rotation_keeps_earlier_logs_newest_first_and_drops_the_oldest(tmp_path: Path) -> None:

@@ -1,373 +1,45 @@
-"""Soak test: many mixed requests against one server, every one accounted for, and the server's memory over the run.
-
-A seeded plan mixes request kinds (:data:`KINDS`): plain images, progress streams, requests cancelled mid-way,
-requests whose time budget expires, and requests with an invalid input. Each kind has the outcomes it may end in
-(:data:`ALLOWED_OUTCOMES`); a request that ends in anything else is *unexpected*, and one that gets no answer
-within a generous time is *lost*. A good server has neither.
-
-The resident memory (VmRSS) of every server process, tritonserver and each Python-backend stub, is read from
-``/proc`` after a warm-up and again at the end. In restart mode tritonserver is killed (SIGKILL) part-way through
-and its :class:`~sdtriton.supervisor.ServerSupervisor` ends its stubs and starts it again on the same ports (as
-``sdtriton serve --restart-on-crash`` does), while the clients retry under a
-:class:`~sdtriton.client.RetryPolicy`: a request the client was allowed to retry must still end as its kind
-allows, and those sent while the server was down are reported on their own.
-"""
+"""Running a soak: the plan's requests on many threads, each one's end recorded, the server killed and
+restarted part-way in restart mode, and its memory sampled after the warm-up and at the end."""
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import json
 import logging
 import math
 import os
 import queue
-import random
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdtriton import interface
+from sdtriton.ops.soak.memory import MemoryComparison, sample_memory
+from sdtriton.ops.soak.plan import (
+    ALLOWED_OUTCOMES,
+    CANCEL_STREAM,
+    IMAGE,
+    KINDS,
+    OUTAGE_OUTCOMES,
+    PROMPTS,
+    STREAM_CLOSED,
+    Kind,
+    SoakMix,
+    SoakRequest,
+)
 from sdtriton.perf.engine_results import percentile
-from sdtriton.pipeline_config import PipelineConfig
 
 if TYPE_CHECKING:
-    from sdtriton.supervisor import ServerSupervisor
+    from sdtriton.ops.supervisor import ServerSupervisor
 
 logger = logging.getLogger(__name__)
 
-
-class Kind(str, enum.Enum):
-    """What a planned request does."""
-
-    OK = "ok"  # generate, seeded
-    STREAM = "stream"  # progress stream read to the end
-    CANCEL = "cancel"  # submitted then cancelled, or a stream broken off after its first progress event
-    DEADLINE = "deadline"  # a time budget well under the request's time
-    BAD = "bad"  # one invalid input
-
-
-KINDS: tuple[Kind, ...] = tuple(Kind)
-
-IMAGE = "image"
-# A stream the client closed after its first progress event (the server is told to cancel; nothing comes back).
-STREAM_CLOSED = "stream_closed"
-# Outcomes are an image, STREAM_CLOSED, or the client exception's class name.
-ALLOWED_OUTCOMES: Mapping[Kind, frozenset[str]] = {
-    Kind.OK: frozenset({IMAGE}),
-    Kind.STREAM: frozenset({IMAGE}),
-    Kind.CANCEL: frozenset({IMAGE, "RequestCancelledError", STREAM_CLOSED}),
-    Kind.DEADLINE: frozenset({IMAGE, "RequestTimeoutError"}),
-    Kind.BAD: frozenset({"InvalidRequestError"}),
-}
-# What a request the client may not retry (submit, a stream past its first event) may end in when the server dies.
-OUTAGE_OUTCOMES = frozenset({"ServerUnavailableError", "RetriesExhaustedError", "InferenceError"})
-
-PROMPTS = (
-    "a red circle on a white background",
-    "a blue square on a yellow background",
-    "a green triangle on a black background",
-    "a yellow star on a purple background",
-)
-# One invalid input each; the unit tests check each is refused by sdtriton.serving.validation.
-BAD_INPUTS = ("width_not_multiple", "zero_steps", "unknown_scheduler", "negative_guidance", "negative_seed")
-UNKNOWN_SCHEDULER = "no_such_scheduler"
-CANCEL_SUBMIT = "submit"
-CANCEL_STREAM = "stream"
-DEFAULT_MIN_SIDE_PX = 64
-DEFAULT_MAX_SIDE_PX = 128
 DEFAULT_ANSWER_TIMEOUT_S = 300.0
 _POLL_S = 0.25
 _CLIENT_LOGGER = "sdtriton.client.client"
-_STUB_NAME = "triton_python_backend_stub"
-# The stub's argv: [stub, model.py, shm region, sizes..., parent pid, backend dir, ..., instance name, ...].
-_STUB_INSTANCE_ARG = 8
-
-
-@dataclass(frozen=True)
-class SoakMix:
-    """What the plan draws from.
-
-    Attributes:
-        sides_px: image sides (width and height drawn separately).
-        min_steps, max_steps: denoising steps, drawn in this range.
-        schedulers: scheduler names.
-        cancel_after_s: a submitted request is cancelled after a delay drawn in 0..this.
-        deadline_budget_s: a deadline request's time budget is drawn in (this / 10)..this.
-    """
-
-    sides_px: tuple[int, ...]
-    min_steps: int = 10
-    max_steps: int = 20
-    schedulers: tuple[str, ...] = interface.SCHEDULER_NAMES
-    cancel_after_s: float = 0.5
-    deadline_budget_s: float = 0.2
-
-    def __post_init__(self) -> None:
-        if not self.sides_px or min(self.sides_px) < 1:
-            raise ValueError(f"sides_px must hold positive sides, got {self.sides_px}")
-        if not interface.MIN_INFERENCE_STEPS <= self.min_steps <= self.max_steps:
-            raise ValueError(f"need {interface.MIN_INFERENCE_STEPS} <= min_steps <= max_steps")
-        if not self.schedulers:
-            raise ValueError("schedulers must not be empty")
-
-
-def sides_for(config: PipelineConfig, *, min_side_px: int, max_side_px: int) -> tuple[int, ...]:
-    """The model's allowed sides in ``min_side_px..max_side_px``: multiples of its size step (its default alone
-    when its engines take one size)."""
-    if config.fixed_size:
-        return (config.default_width,) if config.default_width == config.default_height else ()
-    step = config.size_multiple
-    top = min(max_side_px, config.max_width, config.max_height, math.isqrt(config.pixel_limit))
-    sides = tuple(side for side in range(step, top + 1, step) if side >= min_side_px)
-    if not sides:
-        raise ValueError(
-            f"no allowed side in {min_side_px}..{max_side_px} px (multiples of {step} up to {config.max_width})"
-        )
-    return sides
-
-
-@dataclass(frozen=True)
-class SoakRequest:
-    """One planned request."""
-
-    index: int
-    kind: Kind
-    prompt: str
-    seed: int
-    width: int
-    height: int
-    num_inference_steps: int
-    scheduler: str
-    guidance_scale: float = interface.DEFAULT_GUIDANCE_SCALE
-    cancel_mode: str | None = None  # CANCEL_SUBMIT or CANCEL_STREAM
-    cancel_after_s: float | None = None
-    timeout_s: float | None = None  # the deadline kind's time budget
-    bad_input: str | None = None  # one of BAD_INPUTS
-
-    def parameters(self) -> dict[str, Any]:
-        """The public inputs sent (the prompt apart)."""
-        return {
-            interface.NUM_INFERENCE_STEPS.name: self.num_inference_steps,
-            interface.GUIDANCE_SCALE.name: self.guidance_scale,
-            interface.SEED.name: self.seed,
-            interface.WIDTH.name: self.width,
-            interface.HEIGHT.name: self.height,
-            interface.SCHEDULER.name: self.scheduler,
-        }
-
-
-def _counts(total: int, fractions: Mapping[Kind, float]) -> dict[Kind, int]:
-    counts = {kind: round(fraction * total) for kind, fraction in fractions.items()}
-    if sum(counts.values()) > total:
-        raise ValueError(f"the fractions add up to more than all {total} requests")
-    counts[Kind.OK] = total - sum(counts.values())
-    return counts
-
-
-def _make_bad(request: SoakRequest, bad_input: str) -> SoakRequest:
-    changes: dict[str, Any] = {"bad_input": bad_input}
-    if bad_input == "width_not_multiple":
-        changes["width"] = request.width + 1  # sides are multiples of the model's step (8 or more)
-    elif bad_input == "zero_steps":
-        changes["num_inference_steps"] = 0
-    elif bad_input == "unknown_scheduler":
-        changes["scheduler"] = UNKNOWN_SCHEDULER
-    elif bad_input == "negative_guidance":
-        changes["guidance_scale"] = -1.0
-    elif bad_input == "negative_seed":
-        changes["seed"] = -1
-    else:
-        raise ValueError(f"unknown bad input {bad_input!r}")
-    return SoakRequest(**{**asdict(request), **changes})
-
-
-def plan_soak(
-    *,
-    requests: int,
-    mix: SoakMix,
-    cancel_fraction: float = 0.1,
-    deadline_fraction: float = 0.1,
-    bad_fraction: float = 0.1,
-    stream_fraction: float = 0.2,
-    seed: int = 0,
-) -> tuple[SoakRequest, ...]:
-    """The seeded plan: the same arguments give the same requests, in the same order.
-
-    Each fraction is a share of ``requests`` (rounded); the rest are plain ``ok`` requests.
-
-    Raises:
-        ValueError: a fraction outside 0..1, or fractions adding up to more than 1.
-    """
-    if requests < 1:
-        raise ValueError(f"requests must be at least 1, got {requests}")
-    fractions = {
-        Kind.STREAM: stream_fraction,
-        Kind.CANCEL: cancel_fraction,
-        Kind.DEADLINE: deadline_fraction,
-        Kind.BAD: bad_fraction,
-    }
-    for kind, fraction in fractions.items():
-        if not 0 <= fraction <= 1:
-            raise ValueError(f"the {kind.value} fraction must be in 0..1, got {fraction}")
-    counts = _counts(requests, fractions)
-    rng = random.Random(seed)
-    kinds = [kind for kind in KINDS for _ in range(counts[kind])]
-    rng.shuffle(kinds)
-    plan: list[SoakRequest] = []
-    for index, kind in enumerate(kinds):
-        request = SoakRequest(
-            index=index,
-            kind=kind,
-            prompt=rng.choice(PROMPTS),
-            seed=rng.randrange(interface.MAX_SEED + 1),
-            width=rng.choice(mix.sides_px),
-            height=rng.choice(mix.sides_px),
-            num_inference_steps=rng.randint(mix.min_steps, mix.max_steps),
-            scheduler=rng.choice(mix.schedulers),
-        )
-        if kind is Kind.CANCEL:
-            mode = rng.choice((CANCEL_SUBMIT, CANCEL_STREAM))
-            after_s = round(rng.uniform(0, mix.cancel_after_s), 3) if mode == CANCEL_SUBMIT else None
-            request = SoakRequest(**{**asdict(request), "cancel_mode": mode, "cancel_after_s": after_s})
-        elif kind is Kind.DEADLINE:
-            budget_s = round(rng.uniform(mix.deadline_budget_s / 10, mix.deadline_budget_s), 3)
-            # The largest image at the most steps: the budget runs out well before the work is done.
-            request = SoakRequest(
-                **{
-                    **asdict(request),
-                    "timeout_s": budget_s,
-                    "width": max(mix.sides_px),
-                    "height": max(mix.sides_px),
-                    "num_inference_steps": mix.max_steps,
-                }
-            )
-        elif kind is Kind.BAD:
-            request = _make_bad(request, rng.choice(BAD_INPUTS))
-        plan.append(request)
-    return tuple(plan)
-
-
-# --- server processes and their memory ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProcessMemory:
-    """One server process: its pid, its role (``tritonserver`` or a stub's model instance), its VmRSS in KiB."""
-
-    pid: int
-    name: str
-    rss_kib: int
-
-
-def _parent_pid(pid: int) -> int | None:
-    try:
-        # The command name may hold spaces and parentheses: the fields after the last ")" are safe.
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def process_tree(root_pid: int) -> list[int]:
-    """``root_pid`` and every process descended from it, read from ``/proc``."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (parent := _parent_pid(int(entry.name))) is not None:
-            children.setdefault(parent, []).append(int(entry.name))
-    tree, frontier = [], [root_pid]
-    while frontier:
-        pid = frontier.pop()
-        tree.append(pid)
-        frontier.extend(children.get(pid, []))
-    return sorted(tree)
-
-
-def process_name(pid: int) -> str:
-    """``tritonserver``, a stub's model instance (``pipeline_0_0``), or the program's name."""
-    try:
-        argv = [arg.decode(errors="replace") for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-    except OSError:
-        return "?"
-    program = Path(argv[0]).name if argv and argv[0] else "?"
-    if program == _STUB_NAME:
-        if len(argv) > _STUB_INSTANCE_ARG and argv[_STUB_INSTANCE_ARG]:
-            return f"stub:{argv[_STUB_INSTANCE_ARG]}"
-        return f"stub:{Path(argv[1]).parent.parent.name}" if len(argv) > 1 else "stub"
-    return program
-
-
-def rss_kib(pid: int) -> int | None:
-    """VmRSS of ``pid`` in KiB; None if it is gone (or a zombie)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def sample_memory(root_pid: int) -> list[ProcessMemory]:
-    """VmRSS of ``root_pid`` and its descendants (those still alive), by role."""
-    rows = []
-    for pid in process_tree(root_pid):
-        if (rss := rss_kib(pid)) is not None:
-            rows.append(ProcessMemory(pid=pid, name=process_name(pid), rss_kib=rss))
-    return rows
-
-
-@dataclass(frozen=True)
-class MemoryComparison:
-    """Server memory after the warm-up and at the end, per process role and in all."""
-
-    after_warmup: tuple[ProcessMemory, ...]
-    at_end: tuple[ProcessMemory, ...]
-
-    @property
-    def total_after_warmup_kib(self) -> int:
-        return sum(row.rss_kib for row in self.after_warmup)
-
-    @property
-    def total_at_end_kib(self) -> int:
-        return sum(row.rss_kib for row in self.at_end)
-
-    @property
-    def growth_percent(self) -> float | None:
-        if not self.total_after_warmup_kib:
-            return None
-        return 100.0 * (self.total_at_end_kib - self.total_after_warmup_kib) / self.total_after_warmup_kib
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One row per role: KiB after the warm-up, at the end, growth in percent."""
-        before = {row.name: row for row in self.after_warmup}
-        after = {row.name: row for row in self.at_end}
-        rows = []
-        for name in sorted(set(before) | set(after), key=lambda n: (n != "tritonserver", n)):
-            first, last = before.get(name), after.get(name)
-            growth = (
-                None
-                if first is None or last is None or not first.rss_kib
-                else round(100.0 * (last.rss_kib - first.rss_kib) / first.rss_kib, 2)
-            )
-            rows.append(
-                {
-                    "name": name,
-                    "pid_after_warmup": None if first is None else first.pid,
-                    "pid_at_end": None if last is None else last.pid,
-                    "rss_after_warmup_kib": None if first is None else first.rss_kib,
-                    "rss_at_end_kib": None if last is None else last.rss_kib,
-                    "growth_percent": growth,
-                }
-            )
-        return rows
-
-
-# --- running the plan --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -747,9 +419,6 @@ def run_plan(
     return ordered, duration_s
 
 
-# --- the whole soak ----------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class SoakOptions:
     """How a soak runs (the plan apart)."""
@@ -886,91 +555,3 @@ def run_soak(
         restart=restart,
         settings=dict(settings or {}),
     )
-
-
-# --- the report --------------------------------------------------------------------------------------------------
-
-
-def _kib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 1024:.1f}"
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} s"
-
-
-def render_markdown(result: SoakResult) -> str:
-    """The report as markdown: outcomes by kind, lost and unexpected, latencies, memory, the restart."""
-    report = result.to_json()
-    lines = [
-        "# Soak report",
-        "",
-        f"{report['requests']} requests in {report['duration_s']:.1f} s; answered {report['answered']}; "
-        f"lost {len(report['lost'])}; unexpected outcomes {len(report['unexpected'])}; "
-        f"client retries {report['client_retries']}.",
-        "",
-        "Settings: " + ", ".join(f"{key}={value}" for key, value in report["settings"].items()),
-        "",
-        "## Outcomes by kind",
-        "",
-        "| kind | requests | outcomes | allowed | p50 ms | p99 ms |",
-        "| --- | ---: | --- | --- | ---: | ---: |",
-    ]
-    for kind in KINDS:
-        outcomes = report["outcomes_by_kind"][kind.value]
-        latency = report["latency_by_kind"].get(kind.value, {})
-        lines.append(
-            f"| {kind.value} | {sum(outcomes.values())} | "
-            + ", ".join(f"{name} {count}" for name, count in outcomes.items())
-            + f" | {', '.join(sorted(ALLOWED_OUTCOMES[kind]))} | {latency.get('p50_ms', '-')} | "
-            f"{latency.get('p99_ms', '-')} |"
-        )
-    if report["unexpected"] or report["lost"]:
-        lines += ["", "## Lost and unexpected", ""]
-        lines += [f"- request {index}: lost (no answer in time)" for index in report["lost"]]
-        lines += [
-            f"- request {item['index']} ({item['kind']}): {item['outcome']}: {item['message']}"
-            for item in report["unexpected"]
-        ]
-    memory = report["memory"]
-    lines += ["", "## Server memory (VmRSS, MiB)", ""]
-    if memory is None:
-        lines.append("Not measured (no server pid).")
-    else:
-        lines += ["| process | after warm-up | at end | growth % |", "| --- | ---: | ---: | ---: |"]
-        for row in memory["processes"]:
-            growth = "-" if row["growth_percent"] is None else f"{row['growth_percent']:+.2f}"
-            lines.append(
-                f"| {row['name']} | {_kib(row['rss_after_warmup_kib'])} | {_kib(row['rss_at_end_kib'])} | {growth} |"
-            )
-        total_growth = "-" if memory["growth_percent"] is None else f"{memory['growth_percent']:+.2f}"
-        lines.append(
-            f"| **total** | {_kib(memory['total_after_warmup_kib'])} | {_kib(memory['total_at_end_kib'])} | "
-            f"{total_growth} |"
-        )
-    restart = report["restart"]
-    if restart is not None:
-        downtime = "-" if restart["downtime_s"] is None else f"{restart['downtime_s']:.1f} s"
-        lines += [
-            "",
-            "## Restart",
-            "",
-            f"Killed (SIGKILL) at {_seconds(restart['killed_s'])}, ready again at {_seconds(restart['ready_s'])}: "
-            f"down {downtime}" + (f"; error: {restart['error']}" if restart["error"] else "") + ".",
-            f"Sent while down: {restart['sent_during_outage']} "
-            f"({', '.join(f'{k} {v}' for k, v in restart['outage_outcomes'].items()) or 'none'}); "
-            f"retried to an image: {restart['outage_retried_to_image']}; "
-            f"retries exhausted: {restart['outage_retries_exhausted']}.",
-            f"Requests the client could not retry (submit, a stream past its first event) that failed with the "
-            f"server: {restart['not_retryable_failed']}. The memory at the end is the restarted server's.",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(result: SoakResult, out_dir: Path) -> tuple[Path, Path]:
-    """Writes ``report.json`` and ``report.md`` into ``out_dir``; returns their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = out_dir / "report.json", out_dir / "report.md"
-    json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
-    markdown_path.write_text(render_markdown(result), encoding="utf-8")
-    return json_path, markdown_path

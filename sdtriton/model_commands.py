@@ -1,0 +1,246 @@
+"""The commands about a model's files: ``make-tiny`` (make one), ``export`` (turn one into a model repository)
+and ``plan`` (size a GPU for one from its configs).
+
+Their domains, :mod:`sdtriton.tiny`, :mod:`sdtriton.export` and :mod:`sdtriton.plan`, load torch and diffusers;
+each handler imports its domain only when it runs, so that ``sdtriton --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sdtriton.pipeline_config import DEFAULT_MAX_INFERENCE_STEPS, DEFAULT_MAX_PROMPT_BYTES, RequestLimits
+
+
+def add_model_commands(commands: argparse._SubParsersAction) -> None:
+    """Adds ``make-tiny``, ``export`` and ``plan`` to ``commands``."""
+    tiny = commands.add_parser("make-tiny", help="write a seeded random-weight SD pipeline folder")
+    tiny.add_argument("output", type=Path)
+    tiny.add_argument("--profile", default="tiny", help="tiny (default) or sd15 (full SD 1.5 shapes, ~4 GB)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--family",
+        default="sd",
+        help="sd (default; StableDiffusionPipeline), sdxl (StableDiffusionXLPipeline) or sdxl-refiner "
+        "(StableDiffusionXLImg2ImgPipeline sharing the sdxl base's second encoder and VAE at the same --seed)",
+    )
+    tiny.set_defaults(run=_make_tiny)
+
+    export = commands.add_parser("export", help="export a diffusers SD pipeline to a Triton model repository")
+    export.add_argument("source", help="a diffusers pipeline folder (or a hub id where a network exists)")
+    export.add_argument("--output", type=Path, required=True, help="the model repository to write")
+    export.add_argument(
+        "--backend",
+        choices=["python", "onnxruntime", "tensorrt"],
+        default="python",
+        help="python: Python-backend models over ONNX Runtime (pip tritonserver); onnxruntime: NGC's ORT backend "
+        "(with --gpu: its TensorRT provider, fp16); tensorrt: fp16 TensorRT engines built on this GPU",
+    )
+    export.add_argument("--gpu", action="store_true", help="run the networks on GPU instances")
+    export.add_argument("--max-batch-size", type=int, default=8)
+    export.add_argument(
+        "--max-running-images", type=int, default=8, help="images denoised together, one UNet call a step (1: off)"
+    )
+    export.add_argument(
+        "--max-pending-requests",
+        type=int,
+        default=32,
+        help="running plus queued requests; more are refused at once with UNAVAILABLE",
+    )
+    export.add_argument(
+        "--response-cache-mb",
+        type=int,
+        default=64,
+        help="MiB of images of fully seeded non-streaming requests answered again from the engine's cache (0: off)",
+    )
+    export.add_argument(
+        "--text-cache-entries",
+        type=int,
+        default=256,
+        help="text-encoder rows kept so that a repeated prompt skips the text encoder (0: off)",
+    )
+    export.add_argument("--max-size-factor", type=int, default=2, help="largest side, as a multiple of the native")
+    export.add_argument("--default-steps", type=int, default=30, help="num_inference_steps when a request omits it")
+    limits = export.add_argument_group("request limits (refused with INVALID_ARG naming the field)")
+    limits.add_argument(
+        "--max-steps", type=int, default=DEFAULT_MAX_INFERENCE_STEPS, help="most num_inference_steps a request may ask"
+    )
+    limits.add_argument(
+        "--max-prompt-bytes", type=int, default=DEFAULT_MAX_PROMPT_BYTES, help="most UTF-8 bytes of each prompt"
+    )
+    limits.add_argument(
+        "--max-pixels", type=int, help="most width x height of an image (default: the largest sides allow)"
+    )
+    export.add_argument(
+        "--refiner", help="an SDXL refiner folder (StableDiffusionXLImg2ImgPipeline): served as a second stage"
+    )
+    export.add_argument(
+        "--model-prefix",
+        default="",
+        help="put before every model name (e.g. sdxl_ -> sdxl_stable_diffusion), to serve several repositories "
+        "from one tritonserver",
+    )
+    trt = export.add_argument_group("TensorRT (--backend tensorrt)")
+    trt.add_argument(
+        "--trt-static-shapes",
+        action="store_true",
+        help="engines for the default image size only (fastest; the batch stays dynamic); other sizes are refused",
+    )
+    trt.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (read, then updated)")
+    trt.add_argument("--onnx-dir", type=Path, help="keep the prepared fp16 ONNX files here (default: a temp folder)")
+    trt.add_argument(
+        "--no-engine-build",
+        action="store_true",
+        help="prepare and check the ONNX files and write ONNX_DIR/build_engines.sh (trtexec lines) for the GPU host",
+    )
+    trt.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print each engine's profile (min/opt/max shapes), precision and trtexec line; read configs only",
+    )
+    export.set_defaults(run=_export)
+
+    planner = commands.add_parser(
+        "plan", help="size a GPU for a model from its configs: memory, FLOPs, latency floor (docs/gpu_sizing.md)"
+    )
+    planner.add_argument("--model", default="sd15", help="sd15 (default), sdxl, or a diffusers pipeline folder")
+    planner.add_argument(
+        "--width", type=int, help="pixels (default: the model's native size, UNet sample_size x VAE scale factor)"
+    )
+    planner.add_argument("--height", type=int, help="pixels (default: the model's native size)")
+    planner.add_argument("--steps", type=int, default=50, help="denoising steps (default 50, as diffusers)")
+    planner.add_argument("--batch", type=int, default=1, help="images per request")
+    planner.add_argument(
+        "--guidance",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="classifier-free guidance: UNet and text encoders at twice the batch (default: on)",
+    )
+    planner.add_argument("--gpu", default="all", help="a GPU of the planner's table, or all (default: a row each)")
+    planner.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16", help="weights and activations")
+    planner.add_argument(
+        "--attention",
+        choices=["fused", "math"],
+        default="fused",
+        help="fused (flash/memory-efficient SDPA, as GPUs run it) or math (attention matrices held)",
+    )
+    planner.add_argument(
+        "--overhead-gib", type=float, help="CUDA context, workspaces and allocator slack (default: 1 GiB)"
+    )
+    planner.add_argument(
+        "--markdown", action="store_true", help="print docs/gpu_sizing.md (sd15 and sdxl on every GPU) instead"
+    )
+    planner.set_defaults(run=_plan)
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from sdtriton.tiny import FAMILIES, PROFILES, make_tiny
+
+    if args.profile not in PROFILES:
+        raise SystemExit(f"--profile must be one of {', '.join(PROFILES)}")
+    if args.family not in FAMILIES:
+        raise SystemExit(f"--family must be one of {', '.join(FAMILIES)}")
+    make_tiny(args.output, profile=args.profile, seed=args.seed, family=args.family)
+    sys.stdout.write(f"{args.output}\n")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sdtriton.export import (
+        ComponentBackend,
+        RenderOptions,
+        TensorRtExportOptions,
+        export_repository,
+        tensorrt_dry_run,
+    )
+
+    backend = ComponentBackend(args.backend)
+    uses_tensorrt = backend is ComponentBackend.TENSORRT
+    tensorrt_flags = {
+        "--trt-static-shapes": args.trt_static_shapes,
+        "--timing-cache": args.timing_cache,
+        "--onnx-dir": args.onnx_dir,
+        "--no-engine-build": args.no_engine_build,
+        "--dry-run": args.dry_run,
+    }
+    misplaced = [flag for flag, value in tensorrt_flags.items() if value and not uses_tensorrt]
+    if misplaced:
+        raise SystemExit(f"{', '.join(misplaced)}: only with --backend tensorrt")
+    if args.no_engine_build and args.onnx_dir is None:
+        raise SystemExit("--no-engine-build needs --onnx-dir (where the prepared ONNX files and trtexec lines stay)")
+    options = RenderOptions(
+        component_backend=backend,
+        # TensorRT engines run on a GPU only.
+        gpu=args.gpu or uses_tensorrt,
+        max_batch_size=args.max_batch_size,
+        max_running_images=args.max_running_images,
+        max_pending_requests=args.max_pending_requests,
+        model_prefix=args.model_prefix,
+        response_cache_mb=args.response_cache_mb,
+        text_cache_entries=args.text_cache_entries,
+    )
+    tensorrt = TensorRtExportOptions(
+        static_shapes=args.trt_static_shapes,
+        timing_cache=args.timing_cache,
+        onnx_dir=args.onnx_dir,
+        build_engines=not args.no_engine_build,
+    )
+    if args.dry_run:
+        builds = tensorrt_dry_run(
+            args.source,
+            args.output,
+            options=options,
+            tensorrt=tensorrt,
+            refiner=args.refiner,
+            max_size_factor=args.max_size_factor,
+        )
+        sys.stdout.write("\n\n".join(build.describe() for build in builds) + "\n")
+        return 0
+    export_repository(
+        args.source,
+        args.output,
+        options=options,
+        max_size_factor=args.max_size_factor,
+        default_num_inference_steps=args.default_steps,
+        refiner=args.refiner,
+        tensorrt=tensorrt,
+        limits=RequestLimits(
+            max_inference_steps=args.max_steps, max_prompt_bytes=args.max_prompt_bytes, max_pixels=args.max_pixels
+        ),
+    )
+    sys.stdout.write(f"{args.output}\n")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from sdtriton import plan as planning
+
+    if args.markdown:
+        sys.stdout.write(planning.sizing_markdown())
+        return 0
+    overhead_bytes = (
+        planning.CUDA_OVERHEAD_BYTES if args.overhead_gib is None else round(args.overhead_gib * planning.GIB)
+    )
+    try:
+        measurement = planning.measure_model(
+            args.model,
+            width_px=args.width,
+            height_px=args.height,
+            steps=args.steps,
+            batch=args.batch,
+            guidance=args.guidance,
+            dtype=args.dtype,
+            fused_attention=args.attention == "fused",
+        )
+        if args.gpu.lower() == "all":
+            text = planning.render_table(measurement, overhead_bytes=overhead_bytes)
+        else:
+            report = planning.plan(measurement, planning.gpu_spec(args.gpu), overhead_bytes=overhead_bytes)
+            text = planning.render_plan(report)
+    except planning.PlanError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    sys.stdout.write(text)
+    return 0
