@@ -36,12 +36,16 @@ PIPELINE_MODEL_NAME = interface.PIPELINE_MODEL_NAME
 MODEL_VERSION = "1"
 CONFIG_FILE_NAME = "config.pbtxt"
 MODEL_FILE_NAME = "model.py"
-# The class each Python-backend model's model.py re-exports from sdtriton.serving.triton_models.
+# The module and class each Python-backend model's model.py re-exports (only the pipeline's module imports torch).
 _PYTHON_MODEL_CLASSES = {
-    PIPELINE_MODEL_NAME: "PipelineModel",
-    interface.ENTRY_MODEL_NAME: "EntryModel",
-    interface.STREAM_ENTRY_MODEL_NAME: "EntryModel",
-    **{name: "OnnxComponentModel" for specs in FAMILY_COMPONENTS.values() for name in specs},
+    PIPELINE_MODEL_NAME: ("sdtriton.serving.triton_pipeline", "PipelineModel"),
+    interface.ENTRY_MODEL_NAME: ("sdtriton.serving.triton_models", "EntryModel"),
+    interface.STREAM_ENTRY_MODEL_NAME: ("sdtriton.serving.triton_models", "EntryModel"),
+    **{
+        name: ("sdtriton.serving.triton_models", "OnnxComponentModel")
+        for specs in FAMILY_COMPONENTS.values()
+        for name in specs
+    },
 }
 _DATA_TYPES = {
     "BOOL": mc.TYPE_BOOL,
@@ -287,10 +291,10 @@ def parse_config_text(text: str) -> mc.ModelConfig:
 
 
 def model_file_text(model_name: str) -> str:
-    class_name = _PYTHON_MODEL_CLASSES[model_name]
+    module, class_name = _PYTHON_MODEL_CLASSES[model_name]
     return (
         f'"""Triton Python-backend entry point of `{model_name}`; the logic lives in sdtriton.serving."""\n\n'
-        f"from sdtriton.serving.triton_models import {class_name} as TritonPythonModel\n\n"
+        f"from {module} import {class_name} as TritonPythonModel\n\n"
         '__all__ = ["TritonPythonModel"]\n'
     )
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from sdtriton.pipeline_config import PipelineConfig
     from sdtriton.serving.denoise import DiffusionComponents
-    from sdtriton.serving.onnx_runtime import OnnxRuntimeComponents
+    from sdtriton.serving.networks import OnnxRuntimeComponents
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,8 @@ def load_served_files(repository: Path, *, gpu: bool = False) -> ServedFiles:
     """
     from sdtriton import interface
     from sdtriton.pipeline_config import PipelineConfig
-    from sdtriton.serving.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER, OnnxRuntimeComponents
+    from sdtriton.serving.networks import OnnxRuntimeComponents
+    from sdtriton.serving.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER
     from sdtriton.serving.text import load_tokenizers
 
     pipeline_dir = repository / interface.PIPELINE_MODEL_NAME / _MODEL_VERSION

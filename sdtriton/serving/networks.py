@@ -9,11 +9,14 @@ tensors on the networks' ``device`` (a GPU host's loop keeps them there; the CPU
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
-from sdtriton.components import VAE_DECODER_MODEL_NAME, ComponentSpec, components_of
+from sdtriton.components import ONNX_FILE_NAME, VAE_DECODER_MODEL_NAME, ComponentSpec, components_of
+from sdtriton.interface import PIPELINE_MODEL_NAME
 from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.serving.onnx_runtime import ComponentSession
 
 TORCH_DTYPES = {"FP32": torch.float32, "FP16": torch.float16, "INT64": torch.int64, "INT32": torch.int32}
 
@@ -49,3 +52,34 @@ class SpecNetworks:
         spec = self._spec(VAE_DECODER_MODEL_NAME)
         ((latents_name,), (image,)) = spec.input_names, spec.output_names
         return self.run(spec, {latents_name: latents})[image]
+
+
+class OnnxRuntimeComponents(SpecNetworks):
+    """The networks in ONNX Runtime, no Triton: a :class:`DiffusionComponents` for baselines and tests."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        onnx_paths: Mapping[str, Path],
+        *,
+        device: torch.device | str = "cpu",
+        **session_options: object,
+    ) -> None:
+        super().__init__(config, device=device)
+        self.sessions = {
+            name: ComponentSession(spec, onnx_paths[name], **session_options) for name, spec in self.specs.items()
+        }
+
+    @classmethod
+    def from_model_repository(
+        cls, repository: Path, config: PipelineConfig | None = None, **session_options: object
+    ) -> OnnxRuntimeComponents:
+        """Sessions over ``repository/<component>/1/model.onnx``; the config defaults to the repository's own."""
+        if config is None:
+            config = PipelineConfig.load(repository / PIPELINE_MODEL_NAME / "1")
+        paths = {spec.model_name: repository / spec.model_name / "1" / ONNX_FILE_NAME for spec in components_of(config)}
+        return cls(config, paths, **session_options)
+
+    def run(self, spec: ComponentSpec, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = self.sessions[spec.model_name].run({name: value.cpu().numpy() for name, value in inputs.items()})
+        return {name: torch.from_numpy(value).to(self.device) for name, value in outputs.items()}

@@ -1,7 +1,8 @@
 """ONNX Runtime sessions over exported components, named by their :mod:`sdtriton.components` specs.
 
 Used by the Python-backend component models inside Triton and, without Triton, by the plain-loop
-baseline and the tests.
+baseline and the tests (:class:`sdtriton.serving.networks.OnnxRuntimeComponents`). numpy only, no torch: a
+component model's process never loads it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
-from sdtriton.components import ONNX_FILE_NAME, ComponentSpec, components_of
-from sdtriton.interface import PIPELINE_MODEL_NAME
-from sdtriton.pipeline_config import PipelineConfig
-from sdtriton.serving.networks import SpecNetworks
+from sdtriton.components import ComponentSpec
 
 logger = logging.getLogger(__name__)
 
@@ -136,34 +133,3 @@ class ComponentSession:
         if self._malloc_trim is not None:
             self._malloc_trim(0)
         return dict(zip(self.spec.output_names, outputs, strict=True))
-
-
-class OnnxRuntimeComponents(SpecNetworks):
-    """The networks in ONNX Runtime, no Triton: a :class:`DiffusionComponents` for baselines and tests."""
-
-    def __init__(
-        self,
-        config: PipelineConfig,
-        onnx_paths: Mapping[str, Path],
-        *,
-        device: torch.device | str = "cpu",
-        **session_options: object,
-    ) -> None:
-        super().__init__(config, device=device)
-        self.sessions = {
-            name: ComponentSession(spec, onnx_paths[name], **session_options) for name, spec in self.specs.items()
-        }
-
-    @classmethod
-    def from_model_repository(
-        cls, repository: Path, config: PipelineConfig | None = None, **session_options: object
-    ) -> OnnxRuntimeComponents:
-        """Sessions over ``repository/<component>/1/model.onnx``; the config defaults to the repository's own."""
-        if config is None:
-            config = PipelineConfig.load(repository / PIPELINE_MODEL_NAME / "1")
-        paths = {spec.model_name: repository / spec.model_name / "1" / ONNX_FILE_NAME for spec in components_of(config)}
-        return cls(config, paths, **session_options)
-
-    def run(self, spec: ComponentSpec, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        outputs = self.sessions[spec.model_name].run({name: value.cpu().numpy() for name, value in inputs.items()})
-        return {name: torch.from_numpy(value).to(self.device) for name, value in outputs.items()}

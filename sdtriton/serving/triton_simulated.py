@@ -19,7 +19,7 @@ from sdtriton.components import UNET
 from sdtriton.perf.simulated import SimulatedLatency, checked_sample, latency_from_parameters, zero_noise_pred
 from sdtriton.serving.batching import to_spec_rank
 from sdtriton.serving.errors import InvalidInputError
-from sdtriton.serving.triton_models import _error_response, _logger
+from sdtriton.serving.triton_common import error_response, triton_logger
 
 (_NOISE_PRED,) = UNET.outputs
 
@@ -46,7 +46,7 @@ class SimulatedUNetModel:
             self.latency: SimulatedLatency = latency_from_parameters(model_config.get("parameters", {}))
         except ValueError as error:
             raise ValueError(f"{self.model_name}: {error}") from None
-        _logger().log_info(
+        triton_logger().log_info(
             f"{self.model_name}: simulated UNet, each call sleeps {self.latency} "
             f"(fixed + per batch row), max_batch_size {model_config.get('max_batch_size')}"
         )
@@ -57,14 +57,14 @@ class SimulatedUNetModel:
         for index, request in enumerate(requests):
             try:
                 if request.is_cancelled():
-                    responses[index] = _error_response("request cancelled", pb_utils.TritonError.CANCELLED)
+                    responses[index] = error_response("request cancelled", pb_utils.TritonError.CANCELLED)
                 else:
                     samples[index] = checked_sample(_read_inputs(request))
             except InvalidInputError as error:
-                responses[index] = _error_response(str(error), pb_utils.TritonError.INVALID_ARG)
+                responses[index] = error_response(str(error), pb_utils.TritonError.INVALID_ARG)
             except Exception:
-                _logger().log_error(f"{self.model_name}: request failed\n{traceback.format_exc()}")
-                responses[index] = _error_response(
+                triton_logger().log_error(f"{self.model_name}: request failed\n{traceback.format_exc()}")
+                responses[index] = error_response(
                     f"{self.model_name}: internal error (see the server log)", pb_utils.TritonError.INTERNAL
                 )
         if samples:
@@ -77,4 +77,4 @@ class SimulatedUNetModel:
         return responses
 
     def finalize(self) -> None:
-        _logger().log_info(f"{self.model_name}: simulated UNet stopped")
+        triton_logger().log_info(f"{self.model_name}: simulated UNet stopped")

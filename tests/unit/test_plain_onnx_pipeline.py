@@ -11,7 +11,7 @@ import torch
 from sdtriton.components import UNET
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.denoise import generate_image
-from sdtriton.serving.onnx_runtime import OnnxRuntimeComponents
+from sdtriton.serving.networks import OnnxRuntimeComponents
 from sdtriton.serving.requests import parse_request
 from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, diffusers_image, max_pixel_difference
 
