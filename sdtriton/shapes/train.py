@@ -61,6 +61,8 @@ class TrainingPlan:
     # Measured here: bf16 autocast made both stages about 2x slower on this CPU, so it is off by default.
     bf16_autocast: bool = False
     vae_gate_accuracy: float = VAE_GATE_ACCURACY
+    # Reconstructions judged for the gate (half as many at each vae_check_every_steps).
+    vae_eval_images: int = 256
     # The VAE stops early once its reconstructions are judged this right (checked every vae_check_every_steps).
     vae_target_accuracy: float = 0.98
     vae_check_every_steps: int = 100
@@ -104,7 +106,7 @@ def world_token_ids(tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-def _vae_accuracy(vae: torch.nn.Module, *, seed: int, count: int = 256) -> float:
+def _vae_accuracy(vae: torch.nn.Module, *, seed: int, count: int) -> float:
     images, scenes = next(training_batches(batch_size=count, seed=seed + 10_000))
     with torch.no_grad():
         reconstruction = vae.decode(vae.encode(_to_tensor(images)).latent_dist.mean).sample
@@ -155,7 +157,7 @@ def train_vae(out: Path, plan: TrainingPlan) -> torch.nn.Module:
             progress.set_postfix(l1=f"{l1.item():.4f}", edge=f"{edge.item():.4f}")
             reached_target = False
             if step % plan.vae_check_every_steps == 0:
-                accuracy = _vae_accuracy(vae, seed=plan.seed, count=128)
+                accuracy = _vae_accuracy(vae, seed=plan.seed, count=max(1, plan.vae_eval_images // 2))
                 logger.info("VAE step %d: reconstructions judged %.1f%% right", step, 100 * accuracy)
                 reached_target = accuracy >= plan.vae_target_accuracy
             done = reached_target or step == plan.vae_steps
@@ -176,7 +178,7 @@ def train_vae(out: Path, plan: TrainingPlan) -> torch.nn.Module:
     with torch.no_grad():
         latents = vae.encode(_to_tensor(images)).latent_dist.mean
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    accuracy = _vae_accuracy(vae, seed=plan.seed)
+    accuracy = _vae_accuracy(vae, seed=plan.seed, count=plan.vae_eval_images)
     logger.info(
         "VAE: reconstructions judged %.1f%% right, scaling factor %.4f", 100 * accuracy, vae.config.scaling_factor
     )

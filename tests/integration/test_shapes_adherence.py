@@ -1,12 +1,17 @@
-"""The trained 'shapes' model, served by its built-in name, draws what 32 fixed prompts say, with every scheduler.
+"""The trained 'shapes' model, served by its built-in name, draws what 32 fixed prompts say.
 
 Thresholds sit 5 points under what the committed weights reached through Triton on 2026-11-24 (README), all
 above the issue's floors (75% colour, 75% background, 60% shape), for seven of the eight schedulers; Heun and
 LMS with the model's own settings for them (sdtriton.shapes.architecture.SCHEDULER_OVERRIDES).
-One gap, stated here rather than hidden by a low threshold: PNDM does not draw this model at 20 steps (colour and
-background near chance, though it matches diffusers through Triton: tests/integration/test_shapes_parity.py; no
-spacing or start timestep mends it, see the README). Its test is a strict xfail against the floors: it reports
-PNDM failing, and turns red the day it passes, so a threshold gets set.
+
+The suite judges two schedulers through the server: dpmpp_2m (the default) and lms (the closest to the floors,
+and one with the model's own settings). Every scheduler's served image equals diffusers' on these weights
+(tests/integration/test_shapes_parity.py, with and without those settings), so the others' adherence is a
+property of the committed weights and diffusers' schedulers, both fixed: it is measured with
+`sdtriton eval-shapes --scheduler all` (about 2.5 minutes here) and recorded in MEASURED, not re-measured on
+every run. One gap, stated here rather than hidden by a low threshold: PNDM does not draw this model at 20 steps
+(colour and background near chance, FAILING), though it matches diffusers through Triton; no spacing or start
+timestep mends it, see the README.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from sdtriton.shapes.world import PALETTE
 
 pytestmark = pytest.mark.integration
 
-# Measured (colour, background, shape) over the 32 prompts of prompt_seed 123, 20 steps, guidance 7.5.
+# Measured (colour, background, shape) over the 32 prompts of prompt_seed 123, 20 steps, guidance 7.5 (again on
+# 2026-12-05 through Triton, every scheduler at once: the same eight rows).
 MEASURED = {
     "ddim": (1.000, 1.000, 0.906),
     "euler": (1.000, 1.000, 0.906),
@@ -39,17 +45,8 @@ MARGIN = 0.05
 ISSUE_FLOORS = (0.75, 0.75, 0.60)
 
 
-def _schedulers_and_thresholds() -> list:
-    cases = []
-    for scheduler in SCHEDULER_NAMES:
-        if scheduler in MEASURED:
-            thresholds = tuple(value - MARGIN for value in MEASURED[scheduler])
-            cases.append(pytest.param(scheduler, thresholds, id=scheduler))
-        else:
-            reason = f"{scheduler} draws this model under the floors at 20 steps (measured {FAILING[scheduler]})"
-            marks = pytest.mark.xfail(reason=reason, strict=True)
-            cases.append(pytest.param(scheduler, ISSUE_FLOORS, id=scheduler, marks=marks))
-    return cases
+# Judged on every run (see the module's docstring for the others).
+SUITE_SCHEDULERS = ("dpmpp_2m", "lms")
 
 
 def test_thresholds_cover_every_scheduler_and_none_is_under_the_floors() -> None:
@@ -58,12 +55,12 @@ def test_thresholds_cover_every_scheduler_and_none_is_under_the_floors() -> None
         assert all(value - MARGIN >= floor for value, floor in zip(measured, ISSUE_FLOORS, strict=True)), scheduler
 
 
-@pytest.mark.parametrize(("scheduler", "thresholds"), _schedulers_and_thresholds())
-def test_every_scheduler_draws_what_the_prompt_says(shapes_server, scheduler: str, thresholds: tuple) -> None:
+@pytest.mark.parametrize("scheduler", SUITE_SCHEDULERS)
+def test_the_served_model_draws_what_the_prompt_says(shapes_server, scheduler: str) -> None:
     result = evaluate_server(
         shapes_server.address.grpc_url, count=32, prompt_seed=123, scheduler=scheduler, show_progress=False
     )
-    colour, background, shape = thresholds
+    colour, background, shape = (value - MARGIN for value in MEASURED[scheduler])
     assert result.colour >= colour, result
     assert result.background >= background, result
     assert result.shape >= shape, result

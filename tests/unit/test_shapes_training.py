@@ -42,6 +42,7 @@ def test_a_few_training_steps_make_a_loadable_pipeline_and_resume(tmp_path: Path
         eval_every_steps=2,
         eval_prompts=2,
         vae_gate_accuracy=0.0,
+        vae_eval_images=8,
     )
     model_dir = train_shapes(tmp_path, plan)
     checkpoint = torch.load(tmp_path / CHECKPOINT_DIR_NAME / "unet.pt", weights_only=False)
