@@ -6,6 +6,7 @@ reading, Triton's log and custom metrics. No torch: every stub imports it.
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -147,14 +148,48 @@ def metric_families(specs: tuple[MetricSpec, ...]) -> dict[str, Any]:
     }
 
 
-def new_metric(families: dict[str, Any], spec: MetricSpec, model_name: str, **labels: str) -> Any:
+# One lock for every custom-metric call of this stub process. The Python backend of Triton 2.51 is not safe for
+# two threads updating one metric: increment() and observe() let go of the GIL, then write the operation into
+# shared memory that the metric object owns and replace it on each call, so a second thread's call frees the
+# region the first one's message names, and tritonserver reads the freed region and dies with SIGSEGV
+# (PbString::LoadFromSharedMemory under ModelInstanceState::ProcessMetricRequest; measured: four threads
+# incrementing one counter crash it at the first request). The engine updates metrics from its own thread and from
+# execute's, so every call goes through this lock.
+_METRIC_CALLS = threading.Lock()
+
+
+class SerializedMetric:
+    """A Triton custom metric whose updates and reads are serialized across the stub's threads (see above)."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+
+    def increment(self, value: float) -> None:
+        with _METRIC_CALLS:
+            self._metric.increment(value)
+
+    def set(self, value: float) -> None:
+        with _METRIC_CALLS:
+            self._metric.set(value)
+
+    def observe(self, value: float) -> None:
+        with _METRIC_CALLS:
+            self._metric.observe(value)
+
+    def value(self) -> float:
+        with _METRIC_CALLS:
+            return self._metric.value()
+
+
+def new_metric(families: dict[str, Any], spec: MetricSpec, model_name: str, **labels: str) -> SerializedMetric:
     if set(labels) != set(spec.labels):
         raise ValueError(f"{spec.name} takes labels {spec.labels}, got {tuple(labels)}")
     family = families[spec.name]
     all_labels = {MODEL_LABEL: model_name, **labels}
-    if spec.kind is MetricKind.HISTOGRAM:
-        return family.Metric(labels=all_labels, buckets=list(spec.buckets))
-    return family.Metric(labels=all_labels)
+    with _METRIC_CALLS:
+        if spec.kind is MetricKind.HISTOGRAM:
+            return SerializedMetric(family.Metric(labels=all_labels, buckets=list(spec.buckets)))
+        return SerializedMetric(family.Metric(labels=all_labels))
 
 
 # How often an entry asks Triton whether its requests were cancelled (and checks deadlines and the pipeline).

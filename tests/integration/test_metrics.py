@@ -3,6 +3,7 @@ queue while long requests run, refusals, cancels and expiries are counted, laten
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -181,3 +182,77 @@ def test_every_metric_the_dashboard_queries_is_on_the_server(server):
     # The caches' counters have no series until a cache reports (there is none yet).
     pending = {name for spec in ENGINE_METRICS if "cache" in spec.labels for name in spec.series_names}
     assert queried - served - pending == set()
+
+
+# A Python model that updates one counter and one histogram from four threads at once, through the helpers every
+# sdtriton adapter uses. Triton 2.51 dies with SIGSEGV at the first such request unless the calls are serialized
+# (the engine updates its metrics from its own thread and from execute's; a clean-clone CI run crashed so).
+_THREADED_METRICS_MODEL = """
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from sdtriton.serving.metrics import MetricKind, MetricSpec
+from sdtriton.serving.triton_common import metric_families, new_metric
+
+COUNTER = MetricSpec("sdtriton_threaded_updates_total", MetricKind.COUNTER, "updates")
+HISTOGRAM = MetricSpec("sdtriton_threaded_update_values", MetricKind.HISTOGRAM, "values", buckets=(1.0,))
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.families = metric_families((COUNTER, HISTOGRAM))
+        self.counter = new_metric(self.families, COUNTER, "threaded")
+        self.histogram = new_metric(self.families, HISTOGRAM, "threaded")
+
+    def _update(self, count):
+        for _ in range(count):
+            self.counter.increment(1)
+            self.histogram.observe(0.5)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            count = int(pb_utils.get_input_tensor_by_name(request, "COUNT").as_numpy()[0])
+            threads = [threading.Thread(target=self._update, args=(count,)) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("COUNT", np.array([count], np.int32))]))
+        return responses
+"""
+_THREADED_METRICS_CONFIG = """
+name: "threaded"
+backend: "python"
+max_batch_size: 0
+input [ { name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+
+def test_metrics_updated_from_several_threads_at_once_keep_the_server_up(tmp_path_factory: pytest.TempPathFactory):
+    import numpy as np
+    import tritonclient.http as triton_http
+
+    repository = tmp_path_factory.mktemp("threaded_metrics")
+    (repository / "threaded" / "1").mkdir(parents=True)
+    (repository / "threaded" / "config.pbtxt").write_text(_THREADED_METRICS_CONFIG)
+    (repository / "threaded" / "1" / "model.py").write_text(_THREADED_METRICS_MODEL)
+    requests, count = 5, 500
+    with contextlib.closing(serve(repository, tmp_path_factory)) as servers:
+        server = next(servers)
+        client = triton_http.InferenceServerClient(server.address.http_url.removeprefix("http://"))
+        try:
+            for _ in range(requests):
+                value = triton_http.InferInput("COUNT", [1], "INT32")
+                value.set_data_from_numpy(np.array([count], np.int32))
+                assert client.infer("threaded", [value]).as_numpy("COUNT")[0] == count
+        finally:
+            client.close()
+        scrape = _scrape(server)
+        assert server.running
+        assert scrape.value("sdtriton_threaded_updates_total", model="threaded") == requests * 4 * count
+        assert scrape.value("sdtriton_threaded_update_values_count", model="threaded") == requests * 4 * count
