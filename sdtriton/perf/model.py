@@ -494,11 +494,6 @@ class PerfResult(Run):
     def bls_unet_call_ms(self) -> float | None:
         return None if self.bls_round_trip is None else self.bls_round_trip[0]
 
-    @property
-    def unet_server_overhead_ms(self) -> float:
-        """The UNet model's time in the server per call (queue + compute) minus ONNX Runtime's own run."""
-        return self.slope_unet_stats.server_ms_per_request - self.onnx_loop_networks.unet_ms_per_call
-
     def time_breakdown(self) -> list[tuple[str, float | None, float | None]]:
         """Where one request's time goes on each path: (part, plain loop ms, Triton ms), from timers and statistics."""
         loop, calls = self.onnx_loop_networks, self.onnx_loop_networks.unet_calls_per_request
