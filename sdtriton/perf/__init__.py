@@ -1,17 +1,8 @@
-"""Load tests of the served model with ``perf_analyzer``, and the baselines they are judged against.
+"""``sdtriton perf``: load tests of the served model, and the baselines they are judged against.
 
-Pure modules: :mod:`~sdtriton.perf.workload` (requests and ``--input-data`` files),
-:mod:`~sdtriton.perf.scenarios` (profiles, scenarios, perf_analyzer command lines and CSV),
-:mod:`~sdtriton.perf.stats` (Triton's per-model statistics), :mod:`~sdtriton.perf.run` (what both profiles'
-runs are made of: the machine, each path's timings), :mod:`~sdtriton.perf.report` (CSV, plot, markdown
-summary). :mod:`~sdtriton.perf.baselines` times diffusers and the plain ONNX loop in-process;
-:mod:`~sdtriton.perf.harness` holds what both profiles' runs share (options, time limit, model, repository,
-server); :mod:`~sdtriton.perf.runner` is ``sdtriton perf``: it runs a profile, the engine one through
-:mod:`~sdtriton.perf.engine_runner`.
-
-The engine profile (``sdtriton perf --profile engine``) measures the diffusion engine itself: its spec
-(:mod:`~sdtriton.perf.engine_scenarios`), results and goals (:mod:`~sdtriton.perf.engine_results`) and reports
-(:mod:`~sdtriton.perf.engine_report`) are pure; :mod:`~sdtriton.perf.in_process` drives the engine without
-Triton, :mod:`~sdtriton.perf.client_load` sends client-thread loads, :mod:`~sdtriton.perf.variants` and
-:mod:`~sdtriton.perf.simulated` make the repositories it compares, :mod:`~sdtriton.perf.engine_runner` runs it.
+:mod:`~sdtriton.perf.profiles` (the profiles as data) and :mod:`~sdtriton.perf.workload` (the requests) say what is
+measured; :mod:`~sdtriton.perf.runner` runs a profile over the served paths and in-process baselines
+(:mod:`~sdtriton.perf.paths`), the repositories it needs (:mod:`~sdtriton.perf.repositories`) and the load
+generators (:mod:`~sdtriton.perf.load`), and fills one model of the run (:mod:`~sdtriton.perf.model`), which
+:mod:`~sdtriton.perf.report` writes. :mod:`~sdtriton.perf.command` is the ``perf`` command.
 """

@@ -1,89 +1,232 @@
-"""Writes a run's results: CSV files, the throughput/latency plot (PNG) and the markdown summary."""
+"""Writes a run's results: CSV files, a plot (PNG) and the markdown summary, for either profile.
+
+Everything measured on the simulated accelerator is labelled so: ``simulated`` is a CSV column, its summary
+section and goals say SIMULATED, and its plot panel's title does too.
+"""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-from collections.abc import Sequence
+import statistics
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-from sdtriton.perf.results import (
-    GOAL_BLS_UNET_CALL_MS,
-    GOAL_TRITON_OVER_DIFFUSERS,
-    GOAL_TRITON_OVER_ONNX_LOOP,
+from sdtriton.perf.model import (
+    BATCHING_OFF,
+    BATCHING_ON,
+    GOAL_REFUSAL_MS,
+    GOAL_SIMULATED_SHARE_OF_ALLOWED,
+    LONG,
+    SHORT,
+    SIMULATED,
+    EngineResult,
+    GoalRow,
+    InProcessRun,
+    Load,
+    LoadPoint,
+    Outcome,
     PerfResult,
-    points_of,
-    time_breakdown,
+    Run,
 )
-from sdtriton.perf.run import PathTiming
-from sdtriton.perf.scenarios import LoadMode, LoadPoint
+from sdtriton.perf.profiles import LoadMode
 
-LOAD_CSV_NAME = "load_points.csv"
-PATHS_CSV_NAME = "paths.csv"
-PLOT_NAME = "throughput_latency.png"
 SUMMARY_NAME = "summary.md"
+# The perf_analyzer profile's files, and the engine profile's.
+LOAD_CSV_NAME, PATHS_CSV_NAME, PLOT_NAME = "load_points.csv", "paths.csv", "throughput_latency.png"
+ENGINE_LOAD_CSV_NAME, REQUESTS_CSV_NAME = "engine_load_points.csv", "engine_requests.csv"
+GOALS_CSV_NAME, ENGINE_PLOT_NAME = "engine_goals.csv", "engine_sweep.png"
+# Other processes' share of the CPU above which the summary says the run shared the machine.
+OTHER_CPU_SHARE_NOTE = 0.05
+_ENGINE_LOAD_COLUMNS = (
+    "section",
+    "variant",
+    "simulated",
+    "concurrency",
+    "requests",
+    "failed",
+    "duration_s",
+    "images_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+)
+_REQUEST_COLUMNS = (
+    "load",
+    "simulated",
+    "class",
+    "client",
+    "started_s",
+    "latency_ms",
+    "outcome",
+    "error_type",
+    "message",
+)
+_VARIANT_LABELS = {BATCHING_ON: "step batching on", BATCHING_OFF: "step batching off"}
+_NOT_RUN = ["Not run (see below)."]
 
 
-def write_load_csv(points: Sequence[LoadPoint], path: Path) -> Path:
-    names = [field.name for field in dataclasses.fields(LoadPoint)]
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=names)
-        writer.writeheader()
-        for point in points:
-            writer.writerow({name: getattr(point, name) for name in names})
-    return path
+def _f(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
 
 
-def _path_rows(result: PerfResult) -> list[tuple[str, PathTiming]]:
-    rows = [] if result.diffusers is None else [("diffusers", result.diffusers)]
-    rows += [
-        ("onnx_loop", result.onnx_loop),
-        ("onnx_loop_slope_low", result.onnx_loop_slope.low),
-        ("onnx_loop_slope_high", result.onnx_loop_slope.high),
-        ("triton_client", result.triton_client),
-        ("triton_slope_low", result.triton_slope.low),
-        ("triton_slope_high", result.triton_slope.high),
-    ]
-    return rows
-
-
-def write_paths_csv(result: PerfResult, path: Path) -> Path:
-    """One row per timed in-process or client run series: the concurrency-1 comparison."""
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["series", "num_inference_steps", "runs", "median_ms", "min_ms", "max_ms", "latencies_ms"])
-        for name, timing in _path_rows(result):
-            writer.writerow(
-                [
-                    name,
-                    timing.num_inference_steps,
-                    len(timing.latencies_ms),
-                    f"{timing.median_ms:.3f}",
-                    f"{timing.min_ms:.3f}",
-                    f"{timing.max_ms:.3f}",
-                    " ".join(f"{value:.3f}" for value in timing.latencies_ms),
-                ]
-            )
+        writer.writerow(header)
+        writer.writerows(rows)
     return path
 
 
-def write_plot(result: PerfResult, path: Path) -> Path:
-    """Throughput against p50 (left) and p99 (right) latency, one line per scenario, levels annotated."""
+def write_reports(result: Run, directory: Path) -> dict[str, Path]:
+    """Writes every output of a run into ``directory``; returns them by kind."""
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = directory / SUMMARY_NAME
+    summary.write_text(summary_markdown(result))
+    if isinstance(result, EngineResult):
+        goals = [(row.measure, row.measured, row.goal, row.verdict, row.simulated) for row in result.goal_rows()]
+        files = {
+            "load_csv": _write_csv(directory / ENGINE_LOAD_CSV_NAME, _ENGINE_LOAD_COLUMNS, engine_load_rows(result)),
+            "requests_csv": _write_csv(directory / REQUESTS_CSV_NAME, _REQUEST_COLUMNS, _request_rows(result)),
+            "goals_csv": _write_csv(
+                directory / GOALS_CSV_NAME, ("measure", "measured", "goal", "verdict", "simulated"), goals
+            ),
+            "plot": directory / ENGINE_PLOT_NAME,
+        }
+    else:
+        names = [field.name for field in dataclasses.fields(LoadPoint)]
+        points = ([getattr(point, name) for name in names] for point in result.points)
+        files = {
+            "load_csv": _write_csv(directory / LOAD_CSV_NAME, names, points),
+            "paths_csv": _write_csv(directory / PATHS_CSV_NAME, _PATH_COLUMNS, _path_rows(result)),
+            "plot": directory / PLOT_NAME,
+        }
+    _write_plot(result, files["plot"])
+    return {**files, "summary": summary}
+
+
+_PATH_COLUMNS = ("series", "num_inference_steps", "runs", "median_ms", "min_ms", "max_ms", "latencies_ms")
+
+
+def _path_rows(result: PerfResult) -> Iterable[list[object]]:
+    """One row per timed in-process or client run series: the concurrency-1 comparison."""
+    series = [("diffusers", result.diffusers)] if result.diffusers is not None else []
+    series += [("onnx_loop", result.onnx_loop), ("onnx_loop_slope_low", result.onnx_loop_slope.low)]
+    series += [("onnx_loop_slope_high", result.onnx_loop_slope.high), ("triton_client", result.triton_client)]
+    series += [("triton_slope_low", result.triton_slope.low), ("triton_slope_high", result.triton_slope.high)]
+    for name, timing in series:
+        values = (timing.median_ms, timing.min_ms, timing.max_ms)
+        latencies = " ".join(f"{value:.3f}" for value in timing.latencies_ms)
+        yield [name, timing.num_inference_steps, len(timing.latencies_ms), *(f"{v:.3f}" for v in values), latencies]
+
+
+def _in_process_row(section: str, variant: str, run: InProcessRun) -> dict[str, object]:
+    return {
+        "section": section,
+        "variant": variant,
+        "simulated": section == SIMULATED,
+        "concurrency": run.concurrency,
+        "requests": run.requests,
+        "duration_s": _f(run.elapsed_s),
+        "images_per_s": _f(run.images_per_s),
+    }
+
+
+def _level_row(section: str, level: Load) -> dict[str, object]:
+    return {
+        "section": section,
+        "variant": level.variant,
+        "simulated": section == SIMULATED,
+        "concurrency": level.concurrency,
+        "requests": len(level.records),
+        "failed": level.failed,
+        "duration_s": _f(level.duration_s),
+        "images_per_s": _f(level.images_per_s),
+        **{f"{name}_ms": _f(getattr(level, f"{name}_ms")) for name in ("p50", "p90", "p99", "mean")},
+    }
+
+
+def engine_load_rows(result: EngineResult) -> list[list[object]]:
+    """One row per measured load: in-process runs, client-thread levels; ``simulated`` marks the stand-in UNet."""
+    rows: list[dict[str, object]] = []
+    ceiling, simulated = result.ceiling, result.simulated
+    if ceiling is not None:
+        plain = ceiling.plain_loop
+        plain_row = {"section": "ceiling", "variant": "plain_loop", "simulated": False, "concurrency": 1}
+        plain_row |= {"requests": len(plain.latencies_ms), "images_per_s": _f(1000.0 / plain.median_ms)}
+        rows.append(
+            plain_row | {f"{name}_ms": _f(getattr(plain, f"{name}_ms")) for name in ("p50", "p90", "p99", "mean")}
+        )
+        rows.append(_in_process_row("ceiling", "in_process_engine", ceiling.in_process))
+        rows += [_level_row("ceiling", ceiling.served_one), _level_row("ceiling", ceiling.served)]
+    for point in sorted(result.sweep, key=lambda p: (p.variant != BATCHING_ON, p.concurrency)):
+        rows.append(_level_row("sweep", point))
+    if simulated is not None:
+        for run in (simulated.non_unet_low, simulated.non_unet_high):
+            rows.append(_in_process_row(SIMULATED, "in_process_engine_zero_time_unet", run))
+        rows += [_level_row(SIMULATED, point) for point in simulated.points]
+    return [[row.get(column, "") for column in _ENGINE_LOAD_COLUMNS] for row in rows]
+
+
+def _request_rows(result: EngineResult) -> Iterable[list[object]]:
+    """Every client request: ceiling, sweep and simulated levels, the mixed and short-only loads, the burst.
+
+    ``started_s`` counts from the start of the request's load (of its turn, for loads run in turns).
+    """
+    loads = [result.ceiling.served_one, result.ceiling.served] if result.ceiling is not None else []
+    loads += [*result.sweep, *(result.simulated.points if result.simulated is not None else ())]
+    loads += [result.mixed.short_only, result.mixed.mixed] if result.mixed is not None else []
+    records = [record for load in loads for record in load.records]
+    if result.burst is not None:
+        records += [*result.burst.warmup_records, *result.burst.records]
+    for r in records:
+        yield [
+            r.load,
+            r.load.startswith(SIMULATED),
+            r.request_class,
+            r.client,
+            f"{r.started_s:.4f}",
+            f"{r.latency_ms:.3f}",
+            r.outcome.value,
+            r.error_type,
+            r.message,
+        ]
+
+
+def _write_plot(result: Run, path: Path) -> Path:
+    """perf_analyzer: throughput against p50 and p99 latency, a line per scenario. Engine: throughput and latency
+    against concurrency, step batching on and off, and the simulated accelerator apart."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=False)
+    if isinstance(result, EngineResult):
+        figure, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+        _engine_plot(result, axes)
+    else:
+        figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+        _perf_analyzer_plot(result, axes)
+    for axis in axes:
+        axis.grid(True, alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _perf_analyzer_plot(result: PerfResult, axes: Sequence[Any]) -> None:
     for axis, attribute, title in ((axes[0], "p50_ms", "p50 latency"), (axes[1], "p99_ms", "p99 latency")):
         for scenario in result.scenarios:
-            points = points_of(result.points, scenario.name)
-            if not points:
-                continue
-            xs = [point.throughput_per_s for point in points]
-            ys = [getattr(point, attribute) for point in points]
+            points = result.points_of(scenario.name)
+            xs, ys = [point.throughput_per_s for point in points], [getattr(point, attribute) for point in points]
             style = "o-" if scenario.mode is LoadMode.CONCURRENCY else "s--"
-            axis.plot(xs, ys, style, label=f"{scenario.name} ({scenario.mode.value.replace('_', ' ')})")
+            if points:
+                axis.plot(xs, ys, style, label=f"{scenario.name} ({scenario.mode.value.replace('_', ' ')})")
             for point, x, y in zip(points, xs, ys, strict=True):
                 label = f"c{int(point.level)}" if point.concurrency is not None else f"{point.level:g}/s"
                 axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -94,97 +237,87 @@ def write_plot(result: PerfResult, path: Path) -> Path:
         axis.set_xlabel("throughput (images/s)")
         axis.set_ylabel(f"{title} (ms)")
         axis.set_title(f"{result.profile}: throughput vs {title}")
-        axis.grid(True, alpha=0.3)
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
 
 
-def goal_verdict(measured: float | None, goal: float, unit: str) -> str:
-    """``met``, or by how much a measured value (lower is better) missed its goal."""
-    if measured is None:
-        return "not measured"
-    if measured <= goal:
-        return "met"
-    return f"missed by {measured - goal:.3g}{unit} ({measured / goal:.2f}x the goal)"
+def _concurrency_axis(axis: Any, levels: list[int], label: str) -> None:
+    """A log-2 concurrency axis labelled with the levels themselves (1, 2, 4, 8)."""
+    axis.set_xlabel(label)
+    axis.set_xscale("log", base=2)
+    if levels:
+        axis.set_xticks(levels, [str(level) for level in levels])
+        axis.minorticks_off()
 
 
-def _ms(value: float | None) -> str:
-    return "" if value is None else f"{value:.1f}"
-
-
-def headline(result: PerfResult) -> str:
-    """The concurrency-1 comparison in one paragraph, for the terminal."""
-    over_diffusers = result.triton_over_diffusers
-    diffusers = (
-        "diffusers skipped"
-        if over_diffusers is None
-        else f"{over_diffusers:.3f}x diffusers (goal <= {GOAL_TRITON_OVER_DIFFUSERS}x: "
-        f"{goal_verdict(over_diffusers, GOAL_TRITON_OVER_DIFFUSERS, 'x')})"
-    )
-    bls = result.bls_unet_call_ms
-    bls_text = (
-        "identity-UNet BLS probe not run"
-        if bls is None
-        else f"one BLS UNet call {bls:.3f} ms (goal < {GOAL_BLS_UNET_CALL_MS} ms: "
-        f"{goal_verdict(bls, GOAL_BLS_UNET_CALL_MS, ' ms')})"
-    )
-    return (
-        f"Triton at concurrency 1: {result.triton_end_to_end_ms:.1f} ms = {result.triton_over_onnx_loop:.3f}x the "
-        f"plain ONNX loop (goal <= {GOAL_TRITON_OVER_ONNX_LOOP}x: "
-        f"{goal_verdict(result.triton_over_onnx_loop, GOAL_TRITON_OVER_ONNX_LOOP, 'x')}), {diffusers}; {bls_text}; "
-        f"serving adds {result.unet_call_net_ms:.3f} ms per real UNet call"
-    )
-
-
-def _plus_minus(error_ms: float | None) -> str:
-    return " (single runs: not resolved)" if error_ms is None else f" ± {error_ms:.3f}"
-
-
-def _bls_paragraph(result: PerfResult) -> str:
-    low = result.triton_slope.low.num_inference_steps
-    high = result.triton_slope.high.num_inference_steps
-    stats = result.slope_unet_stats
-    parts = []
-    probe = result.bls_probe
-    if probe is not None:
-        parts.append(
-            f"One BLS UNet call, measured with an identity UNet (the same repository, its UNet returning the "
-            f"sample): the per-step slope between {low} and {high} steps is {probe.triton_slope.ms_per_step:.3f} "
-            f"ms/step through Triton and {probe.onnx_loop_slope.ms_per_step:.3f} ms/step in the plain loop, so "
-            f"the call mechanism costs **{probe.round_trip_ms:.3f}{_plus_minus(probe.round_trip_error_ms)} ms** "
-            "per call (± one standard error of the medians)."
+def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
+    throughput_axis, latency_axis, simulated_axis = axes
+    for variant, colour in ((BATCHING_ON, "tab:blue"), (BATCHING_OFF, "tab:orange")):
+        points = sorted((p for p in result.sweep if p.variant == variant), key=lambda p: p.concurrency)
+        levels, label = [p.concurrency for p in points], _VARIANT_LABELS[variant]
+        if points:
+            throughput_axis.plot(levels, [p.images_per_s for p in points], "o-", color=colour, label=label)
+            latency_axis.plot(levels, [p.p50_ms for p in points], "o-", color=colour, label=f"{label}, p50")
+            latency_axis.plot(levels, [p.p99_ms for p in points], "s--", color=colour, label=f"{label}, p99")
+    ceiling = result.ceiling
+    if ceiling is not None:
+        run, served = ceiling.in_process, ceiling.served
+        throughput_axis.plot(
+            [run.concurrency], [run.images_per_s], "k*", markersize=12, label="in-process engine (ceiling)"
         )
-    else:
-        parts.append("The identity-UNet probe did not run (see below), so the BLS goal is not judged.")
-    parts.append(
-        f"With the real UNet, the slopes are {result.triton_slope.ms_per_step:.3f} ms/step through Triton and "
-        f"{result.onnx_loop_slope.ms_per_step:.3f} ms/step in the plain loop ({result.unet_calls_per_step:g} UNet "
-        f"call(s) per step): serving adds **{result.unet_call_net_ms:.3f}"
-        f"{_plus_minus(result.unet_call_net_error_ms)} ms** per real UNet call, fixed costs cancelled. Triton's "
-        f"statistics for `unet` over those runs: {stats.server_ms_per_request:.3f} ms per call in the server "
-        f"(queue {stats.queue_ms_per_request:.3f} ms, compute {stats.compute_infer_ms_per_request:.3f} ms) against "
-        f"{result.onnx_loop_networks.unet_ms_per_call:.3f} ms for the bare ONNX Runtime call in the plain loop."
+        throughput_axis.plot(
+            [served.concurrency], [served.images_per_s], "kx", markersize=10, label="Triton, in turns with the ceiling"
+        )
+        plain_per_s = 1000.0 / ceiling.plain_loop.median_ms
+        throughput_axis.axhline(plain_per_s, color="grey", linestyle=":", label="plain loop, one at a time")
+    for axis, measure in ((throughput_axis, "throughput (images/s)"), (latency_axis, "latency (ms)")):
+        axis.set_ylabel(measure)
+        axis.set_title(f"{result.profile}: {measure.split(' (')[0]}, step batching on/off")
+        _concurrency_axis(axis, result.levels(), "concurrency (client threads, gRPC)")
+    simulated = result.simulated
+    if simulated is not None:
+        points = sorted(simulated.points, key=lambda p: p.concurrency)
+        levels, low = [p.concurrency for p in points], simulated.low.images_per_s
+        simulated_axis.plot(levels, [p.images_per_s for p in points], "o-", color="tab:green", label="measured")
+        allowed = [low * simulated.latency.throughput_ratio(level, simulated.rows_per_image) for level in levels]
+        simulated_axis.plot(levels, allowed, "k:", label="allowed, UNet alone (x c1)")
+        simulated_axis.plot(
+            [simulated.high.concurrency],
+            [low * simulated.allowed_ratio],
+            "r*",
+            markersize=12,
+            label="allowed, non-UNet parts counted (x c1)",
+        )
+        _concurrency_axis(simulated_axis, levels, "concurrency")
+    simulated_axis.set_xlabel("concurrency")
+    simulated_axis.set_ylabel("SIMULATED throughput (images/s)")
+    simulated_axis.set_title(
+        f"SIMULATED accelerator ({'not run' if simulated is None else f'UNet {simulated.latency}'})"
     )
-    return " ".join(parts)
 
 
-def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
-    """The run's markdown summary: machine, concurrency-1 comparison and goals, breakdown, load curves."""
-    machine = result.machine
-    request = result.request
+def _header(result: Run, title: str) -> list[str]:
+    """The run's title, machine, load and base request."""
+    machine, request = result.machine, result.request
+    averages = [
+        "/".join(f"{v:.2f}" for v in values) for values in (machine.load_average_before, machine.load_average_after)
+    ]
     lines = [
-        f"# sdtriton perf: `{result.profile}` profile",
+        f"# sdtriton perf: `{result.profile}` profile{title}",
         "",
         f"{machine.started_utc} on `{machine.hostname}`: {machine.cpu_model}, {machine.cpu_count} cores, "
         f"{machine.memory_gib:.0f} GiB, {'baselines on the GPU' if machine.gpu else 'no GPU used'}; "
         f"tritonserver {machine.triton_version}. Run took {result.elapsed_s / 60:.1f} min.",
         "",
-        f"Load average (1/5/15 min) before the run {'/'.join(f'{v:.2f}' for v in machine.load_average_before)}, "
-        f"after {'/'.join(f'{v:.2f}' for v in machine.load_average_after)}.",
+        f"Load average (1/5/15 min) before the run {averages[0]}, after {averages[1]}.",
     ]
+    share = result.other_cpu_share
+    if share is not None:
+        shared = f". **Above {OTHER_CPU_SHARE_NOTE:.0%}: the numbers below shared the CPU with other work.**"
+        lines += [
+            "",
+            f"Other processes (not this run, its servers or their stubs) used {result.other_cpu_s:.0f} CPU-seconds "
+            f"during the run: {share:.1%} of the {machine.cpu_count} cores' time"
+            + (shared if share > OTHER_CPU_SHARE_NOTE else "."),
+        ]
     if machine.busy_at_start:
         lines += [
             "",
@@ -192,12 +325,38 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
             "this run started: other work (or a run that had just ended) was using the CPU; compare the spread of "
             "the runs below.**",
         ]
-    lines += [
+    return [
+        *lines,
         "",
-        f"Baseline request (`{result.baseline_input_data}`): prompt {request.prompt!r}, negative prompt "
+        f"Base request (`{result.input_data}`): prompt {request.prompt!r}, negative prompt "
         f"{request.negative_prompt!r}, {request.num_inference_steps} steps, guidance {request.guidance_scale:g}, "
         f"{request.width}x{request.height}, seed {request.seed}, scheduler `{request.scheduler}`; the same weights "
         "on every path.",
+    ]
+
+
+def _goal_table(rows: list[GoalRow]) -> list[str]:
+    table = [f"| {row.measure} | {row.measured} | {row.goal} | {row.verdict} |" for row in rows]
+    return ["| measure | measured | goal | verdict |", "|---|---:|---:|---|", *table]
+
+
+def _plus_minus(error_ms: float | None) -> str:
+    return " (single runs: not resolved)" if error_ms is None else f" ± {error_ms:.3f}"
+
+
+def summary_markdown(result: Run) -> str:
+    """The run's markdown summary: machine, goals, then each measurement with how it was made."""
+    if isinstance(result, EngineResult):
+        lines = _header(result, " (the diffusion engine)") + _engine_sections(result)
+    else:
+        lines = _header(result, "") + _perf_analyzer_sections(result)
+    if result.skipped:
+        lines += ["", "## Not run", "", *(f"- {reason}" for reason in result.skipped)]
+    return "\n".join(lines) + "\n"
+
+
+def _perf_analyzer_sections(result: PerfResult) -> list[str]:
+    lines = [
         "",
         "## Concurrency 1: Triton against its baselines",
         "",
@@ -209,40 +368,51 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
         ("(b) plain loop over the served ONNX files, no Triton", result.onnx_loop),
         ("(c) Triton over gRPC, the client's request, one at a time", result.triton_client),
     ]
-    for name, timing in named:
-        if timing is None:
-            lines.append(f"| {name} | skipped | | | |")
-        else:
-            lines.append(
-                f"| {name} | {timing.median_ms:.1f} | {timing.min_ms:.1f} | {timing.max_ms:.1f} | "
-                f"{len(timing.latencies_ms)} |"
-            )
+    for name, t in named:
+        cells = (
+            "skipped | | | "
+            if t is None
+            else f"{t.median_ms:.1f} | {t.min_ms:.1f} | {t.max_ms:.1f} | {len(t.latencies_ms)}"
+        )
+        lines.append(f"| {name} | {cells} |")
     point = result.triton_concurrency_1
     if point is not None:
         lines.append(
             f"| (c) Triton, perf_analyzer `{point.scenario}` at concurrency 1 (p50) | {point.p50_ms:.1f} | | "
             f"p99 {point.p99_ms:.1f} | {point.request_count} |"
         )
-    triton_source = "perf_analyzer p50 at concurrency 1" if point is not None else "the client's median"
-    bls = result.bls_unet_call_ms
-    over_diffusers = result.triton_over_diffusers
+    source = "perf_analyzer p50 at concurrency 1" if point is not None else "the client's median"
+    slope, loop_slope, stats = result.triton_slope, result.onnx_loop_slope, result.slope_unet_stats
+    low, high = slope.low.num_inference_steps, slope.high.num_inference_steps
+    if result.bls_round_trip is None:
+        probe = "The identity-UNet probe did not run (see below), so the BLS goal is not judged."
+    else:
+        cost, error = result.bls_round_trip
+        probe = (
+            f"One BLS UNet call, measured with an identity UNet (the same repository, its UNet returning the "
+            f"sample): the per-step slope between {low} and {high} steps is "
+            f"{result.probe_triton_slope.ms_per_step:.3f} ms/step through Triton and "
+            f"{result.probe_loop_slope.ms_per_step:.3f} ms/step in the plain loop, so "
+            f"the call mechanism costs **{cost:.3f}{_plus_minus(error)} ms** per call (± one standard error of the "
+            "medians)."
+        )
+    net, net_error = result.unet_call_net
     lines += [
         "",
-        f"Triton end to end = {triton_source} = {result.triton_end_to_end_ms:.1f} ms.",
+        f"Triton end to end = {source} = {result.triton_end_to_end_ms:.1f} ms.",
         "",
-        "| measure | measured | goal | verdict |",
-        "|---|---:|---:|---|",
-        f"| Triton / plain ONNX loop | {result.triton_over_onnx_loop:.3f}x | <= {GOAL_TRITON_OVER_ONNX_LOOP}x | "
-        f"{goal_verdict(result.triton_over_onnx_loop, GOAL_TRITON_OVER_ONNX_LOOP, 'x')} |",
-        f"| Triton / diffusers | {'' if over_diffusers is None else f'{over_diffusers:.3f}x'} | "
-        f"<= {GOAL_TRITON_OVER_DIFFUSERS}x | {goal_verdict(over_diffusers, GOAL_TRITON_OVER_DIFFUSERS, 'x')} |",
-        f"| one BLS UNet call (identity UNet) | {'' if bls is None else f'{bls:.3f} ms'} | "
-        f"< {GOAL_BLS_UNET_CALL_MS} ms | {goal_verdict(bls, GOAL_BLS_UNET_CALL_MS, ' ms')} |",
+        *_goal_table(result.goal_rows()),
         "",
         "The goals are those of issue 3, set for the default model at concurrency 1; on other profiles they are "
         "for reference.",
         "",
-        _bls_paragraph(result),
+        f"{probe} With the real UNet, the slopes are {slope.ms_per_step:.3f} ms/step through Triton and "
+        f"{loop_slope.ms_per_step:.3f} ms/step in the plain loop ({result.unet_calls_per_step:g} UNet call(s) per "
+        f"step): serving adds **{net:.3f}{_plus_minus(net_error)} ms** per real UNet call, fixed costs cancelled. "
+        f"Triton's statistics for `unet` over those runs: {stats.server_ms_per_request:.3f} ms per call in the "
+        f"server (queue {stats.queue_ms_per_request:.3f} ms, compute {stats.compute_infer_ms_per_request:.3f} ms) "
+        f"against {result.onnx_loop_networks.unet_ms_per_call:.3f} ms for the bare ONNX Runtime call in the plain "
+        "loop.",
         "",
         "## Where one request's time goes (ms)",
         "",
@@ -251,9 +421,11 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
         "",
         "| part | plain ONNX loop | Triton |",
         "|---|---:|---:|",
+        *(
+            f"| {part} | {_f(loop_ms, 1)} | {_f(triton_ms, 1)} |"
+            for part, loop_ms, triton_ms in result.time_breakdown()
+        ),
     ]
-    for row in time_breakdown(result):
-        lines.append(f"| {row.part} | {_ms(row.onnx_loop_ms)} | {_ms(row.triton_ms)} |")
     if result.max_pixel_difference:
         pairs = ", ".join(f"{name} {value}/255" for name, value in result.max_pixel_difference.items())
         lines += ["", f"Same image on every path (largest pixel difference): {pairs}."]
@@ -261,33 +433,227 @@ def summary_markdown(result: PerfResult, *, plot_name: str = PLOT_NAME) -> str:
         "",
         "## Load curves (perf_analyzer)",
         "",
-        f"![throughput against latency]({plot_name})",
+        f"![throughput against latency]({PLOT_NAME})",
         "",
         "| scenario | protocol | mode | level | requests | images/s | p50 ms | p90 ms | p99 ms | avg ms | "
         "server queue ms | server compute ms |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario in result.scenarios:
-        for load in points_of(result.points, scenario.name):
-            level = f"c={int(load.level)}" if load.concurrency is not None else f"{load.level:g}/s"
+        for p in result.points_of(scenario.name):
+            level = f"c={int(p.level)}" if p.concurrency is not None else f"{p.level:g}/s"
             lines.append(
-                f"| {load.scenario} | {load.protocol} | {load.mode} | {level} | {load.request_count} | "
-                f"{load.throughput_per_s:.2f} | {load.p50_ms:.1f} | {load.p90_ms:.1f} | {load.p99_ms:.1f} | "
-                f"{load.avg_ms:.1f} | {load.server_queue_ms:.1f} | {load.server_compute_ms:.1f} |"
+                f"| {p.scenario} | {p.protocol} | {p.mode} | {level} | {p.request_count} | {p.throughput_per_s:.2f} | "
+                f"{p.p50_ms:.1f} | {p.p90_ms:.1f} | {p.p99_ms:.1f} | {p.avg_ms:.1f} | {p.server_queue_ms:.1f} | "
+                f"{p.server_compute_ms:.1f} |"
             )
-    if result.skipped:
-        lines += ["", "Not run:", "", *(f"- {reason}" for reason in result.skipped)]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def write_reports(result: PerfResult, directory: Path) -> dict[str, Path]:
-    """Writes every output of a run into ``directory``; returns them by kind."""
-    directory.mkdir(parents=True, exist_ok=True)
-    summary = directory / SUMMARY_NAME
-    summary.write_text(summary_markdown(result))
-    return {
-        "load_csv": write_load_csv(result.points, directory / LOAD_CSV_NAME),
-        "paths_csv": write_paths_csv(result, directory / PATHS_CSV_NAME),
-        "plot": write_plot(result, directory / PLOT_NAME),
-        "summary": summary,
-    }
+def _engine_sections(result: EngineResult) -> list[str]:
+    sections = (
+        ("Goals", _goal_table(result.goal_rows())),
+        ("(a) Compute ceiling against served throughput", _ceiling_lines(result)),
+        ("(b) Concurrency sweep, step batching on and off", _sweep_lines(result)),
+        ("(c) Mixed steps: short requests beside long ones", _mixed_lines(result)),
+        ("(d) A burst past the queue limit", _burst_lines(result)),
+        ("(e) SIMULATED accelerator", _simulated_lines(result)),
+    )
+    return [line for title, body in sections for line in ("", f"## {title}", "", *body)]
+
+
+def _level_cells(level: Load | None, digits: int = 1) -> str:
+    if level is None or not level.completed:
+        return " | |"
+    return f"{level.images_per_s:.2f} | {level.p50_ms:.{digits}f} | {level.p99_ms:.{digits}f}"
+
+
+def _ceiling_lines(result: EngineResult) -> list[str]:
+    ceiling = result.ceiling
+    if ceiling is None:
+        return _NOT_RUN
+    run, plain = ceiling.in_process, ceiling.plain_loop
+    return [
+        f"The ceiling is the engine driven in this process (`DiffusionEngine` over ONNX Runtime sessions of the same "
+        f"ONNX files, the batching-on repository's limits, no Triton), fed {run.concurrency} requests at once as a "
+        f"closed loop: its UNet calls held {run.rows_per_unet_call:.1f} rows on average, as the server's do at "
+        f"concurrency {run.concurrency}. It and the server ran in {len(ceiling.turn_ratios)} turns (in-process, served "
+        f"at {run.concurrency}, plain loop, served at 1, again) while the batching-on server was up, so that a drift "
+        "of this machine's speed hits both sides of each ratio alike; the server's loads are client threads over gRPC.",
+        "",
+        "| path | concurrency | images/s | p50 ms | p99 ms | requests |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| plain loop (`generate_image`, one image at a time; median) | 1 | {1000.0 / plain.median_ms:.2f} | "
+        f"{plain.median_ms:.1f} | {plain.p99_ms:.1f} | {len(plain.latencies_ms)} |",
+        f"| Triton | 1 | {_level_cells(ceiling.served_one)} | {len(ceiling.served_one.records)} |",
+        f"| in-process engine (ceiling) | {run.concurrency} | {run.images_per_s:.2f} | | | {run.requests} |",
+        f"| Triton | {ceiling.served.concurrency} | {_level_cells(ceiling.served)} | {len(ceiling.served.records)} |",
+        "",
+        f"Served / ceiling at concurrency {run.concurrency}: **{ceiling.served_over_ceiling:.3f}x** (by turn: "
+        f"{', '.join(f'{ratio:.3f}' for ratio in ceiling.turn_ratios)}); served p50 at concurrency 1 / plain loop "
+        f"median: **{ceiling.one_over_plain_loop:.3f}x**.",
+    ]
+
+
+def _sweep_lines(result: EngineResult) -> list[str]:
+    if not result.sweep:
+        return _NOT_RUN
+    ratios = dict(result.on_off_ratios())
+    lines = [
+        "Two repositories of the same export: `max_running_images` 8 (one UNet call per step for every running "
+        "image) and 1 (each image its own UNet call, requests one after another). Each level is a closed loop of "
+        "client threads over gRPC (`StableDiffusionClient`, one per thread), each sending the base request back to "
+        "back, a fixed number of requests per level; images/s is completed requests over the wall time from the first "
+        "request to the last answer (as the in-process ceiling is timed), percentiles linear between ranks.",
+        "",
+        f"![sweep]({ENGINE_PLOT_NAME})",
+        "",
+        "| concurrency | on: images/s | on: p50 ms | on: p99 ms | off: images/s | off: p50 ms | off: p99 ms | "
+        "on/off images/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for level in result.levels():
+        cells = [_level_cells(result.sweep_point(variant, level), 0) for variant in (BATCHING_ON, BATCHING_OFF)]
+        lines.append(f"| {level} | {' | '.join(cells)} | {'' if level not in ratios else f'{ratios[level]:.2f}x'} |")
+    return lines
+
+
+def _mixed_lines(result: EngineResult) -> list[str]:
+    mixed = result.mixed
+    if mixed is None:
+        return _NOT_RUN
+    spec = mixed.spec
+    rows = [
+        ("short only", SHORT, spec.short_steps, spec.concurrency, mixed.short_only),
+        ("mixed", SHORT, spec.short_steps, spec.short_clients, mixed.mixed.of_class(SHORT)),
+        ("mixed", LONG, spec.long_steps, spec.long_clients, mixed.mixed.of_class(LONG)),
+    ]
+    table = [
+        f"| {load} | {name} | {steps} | {clients} | 0 | | | | | |"
+        if not level.completed
+        else f"| {load} | {name} | {steps} | {clients} | {level.completed} | {level.failed} | {level.images_per_s:.2f} "
+        f"| {level.p50_ms:.0f} | {level.p90_ms:.0f} | {level.p99_ms:.0f} |"
+        for load, name, steps, clients, level in rows
+    ]
+    return [
+        f"On the batching-on server, client threads over gRPC (`StableDiffusionClient`): {spec.short_clients} sending "
+        f"short requests ({spec.short_steps} steps) back to back while {spec.long_clients} send "
+        f"{spec.long_requests_per_client} long ones ({spec.long_steps} steps) each; the reference is "
+        f"{spec.concurrency} clients all sending short requests (the same concurrency, no long request). "
+        "Percentiles are linear between ranks over the completed requests.",
+        "",
+        "| load | class | steps | clients | completed | failed | images/s | p50 ms | p90 ms | p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *table,
+        "",
+        f"Mixed load {mixed.mixed.duration_s:.1f} s, short-only load {mixed.short_only.duration_s:.1f} s. Short "
+        f"requests' p99 beside long ones / alone: **{_f(mixed.short_p99_ratio, 2)}x**.",
+    ]
+
+
+def _burst_lines(result: EngineResult) -> list[str]:
+    burst = result.burst
+    if burst is None:
+        return _NOT_RUN
+    refusals, accepted = burst.latencies_ms(Outcome.REFUSED), burst.latencies_ms(Outcome.OK)
+    lines = [
+        f"A repository of the same export whose engine and entries hold at most {burst.spec.max_pending_requests} "
+        f"requests (`max_pending_requests`); {burst.spec.requests} requests sent at once (an asyncio gRPC client "
+        "each, on one event loop, released together, connections made first), after the warm-up below. A refusal "
+        'is `UNAVAILABLE` with a message starting "server busy" (the client raises `ServerUnavailableError`); time '
+        "to refusal is from sending to the error.",
+        "",
+        "| sent | accepted | completed | refused | of which as UNAVAILABLE | failed after acceptance |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {len(burst.records)} | {burst.accepted} | {burst.completed} | {burst.refused} | "
+        f"{burst.refused_as_unavailable} | {burst.failed} |",
+        "",
+    ]
+    if refusals:
+        lines.append(
+            f"Time to refusal: min {min(refusals):.1f} ms, median {statistics.median(refusals):.1f} ms, max "
+            f"{max(refusals):.1f} ms (goal < {GOAL_REFUSAL_MS:g} ms each; "
+            f"{sum(value >= GOAL_REFUSAL_MS for value in refusals)} at or over it)."
+        )
+    if accepted:
+        lines.append(f"Accepted requests' latency: {', '.join(f'{value:.0f}' for value in sorted(accepted))} ms.")
+    if burst.warmup_records:
+        cold = burst.warmup_max_refusal_ms
+        lines.append(
+            f"Before it, {burst.spec.warmup_bursts} burst(s) of the same size warmed the server up, not judged: the "
+            "first burst after a server's start pays one-off costs (threads of the entry model and gRPC); its "
+            f"slowest refusal took {'-' if cold is None else f'{cold:.1f}'} ms."
+        )
+    failures = sorted({record.message for record in burst.records if record.outcome is Outcome.FAILED})
+    if failures:
+        lines.append(f"Failures: {'; '.join(failures)}.")
+    return lines
+
+
+def _simulated_lines(result: EngineResult) -> list[str]:
+    simulated = result.simulated
+    if simulated is None:
+        return _NOT_RUN
+    low, high, latency = simulated.non_unet_low, simulated.non_unet_high, simulated.latency
+    c_low, c_high, rows = simulated.low.concurrency, simulated.high.concurrency, simulated.rows_per_image
+    points = sorted(simulated.points, key=lambda p: p.concurrency)
+    return [
+        f"**Every number in this section is SIMULATED**: the batching-on repository with its UNet replaced by the "
+        f"stand-in of `sdtriton/serving/simulated.py`, which sleeps {latency} (fixed + per batch row) a "
+        "call and burns no CPU; the text encoder and VAE decoder are the real ONNX models on this CPU.",
+        "",
+        "| SIMULATED concurrency | images/s | p50 ms | p99 ms | requests |",
+        "|---:|---:|---:|---:|---:|",
+        *(f"| {point.concurrency} | {_level_cells(point)} | {len(point.records)} |" for point in points),
+        "",
+        f"Measured c{c_high}/c{c_low}: **{simulated.measured_ratio:.2f}x** (SIMULATED).",
+        "",
+        f"What the latency model allows: for the UNet alone, `SimulatedLatency.throughput_ratio` gives "
+        f"{simulated.unet_only_allowed_ratio:.2f}x ({c_high} images of {rows} rows in one call of "
+        f"{latency.call_s(c_high * rows) * 1000:.0f} ms against one of {latency.call_s(c_low * rows) * 1000:.0f} ms). "
+        "The rest of a request (text encoder, VAE decoder, scheduler steps, the engine's glue) runs on this CPU and "
+        "does not shrink with the simulated UNet, so it is counted at its own cost: the engine driven in this process "
+        f"with a UNet that takes no time gave {low.images_per_s:.1f} images/s at c={low.concurrency} and "
+        f"{high.images_per_s:.1f} images/s at c={high.concurrency}, i.e. {1000 / low.images_per_s:.1f} and "
+        f"{1000 / high.images_per_s:.1f} ms of non-UNet work an image. With {simulated.unet_calls_per_image:g} UNet "
+        f"calls an image, a batch of c images takes calls x call(c x {rows} rows) + c x that work, so the model "
+        f"allows {simulated.allowed_images_per_s(low):.2f} and {simulated.allowed_images_per_s(high):.2f} images/s: "
+        f"**{simulated.allowed_ratio:.2f}x**. Measured / allowed: **{simulated.share_of_allowed:.1%}** (goal >= "
+        f"{GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}); against the UNet-alone ratio: "
+        f"{simulated.share_of_unet_only_allowed:.1%}. What the allowance leaves out is serving's own cost: BLS hops, "
+        "gRPC, the entry model, Python threads sharing the CPU with the real text encoder and VAE.",
+    ]
+
+
+def headline(result: Run) -> str:
+    """The run's paragraph for the terminal: the concurrency-1 comparison, or an engine run's headline ratios."""
+    if isinstance(result, PerfResult):
+        rows = {row.measure: row for row in result.goal_rows()}
+        parts = [f"Triton at concurrency 1: {result.triton_end_to_end_ms:.1f} ms"]
+        parts += [f"{row.measure} {row.measured or '-'} (goal {row.goal}: {row.verdict})" for row in rows.values()]
+        return f"{'; '.join(parts)}; serving adds {result.unet_call_net[0]:.3f} ms per real UNet call"
+    parts = []
+    if result.ceiling is not None:
+        parts.append(f"served/ceiling {result.served_over_ceiling:.3f}x")
+        parts.append(f"c1 served/plain loop {result.c1_over_plain_loop:.3f}x")
+    if result.on_off_ratios():
+        parts.append(
+            "batching on/off " + ", ".join(f"c{level} {ratio:.2f}x" for level, ratio in result.on_off_ratios())
+        )
+    if result.mixed is not None and result.mixed.short_p99_ratio is not None:
+        parts.append(f"short p99 mixed/alone {result.mixed.short_p99_ratio:.2f}x")
+    if result.burst is not None:
+        burst, slowest = result.burst, _f(result.burst.max_refusal_ms, 1) or "-"
+        parts.append(
+            f"burst {burst.accepted} accepted ({burst.completed} completed), {burst.refused} refused, slowest refusal "
+            f"{slowest} ms"
+        )
+    if result.simulated is not None:
+        sim = result.simulated
+        parts.append(
+            f"SIMULATED c{sim.high.concurrency}/c{sim.low.concurrency} {sim.measured_ratio:.2f}x = "
+            f"{sim.share_of_allowed:.1%} of the allowed {sim.allowed_ratio:.2f}x"
+        )
+    missed = [row.measure for row in result.goal_rows() if row.met is False]
+    verdict = f"goals missed: {'; '.join(missed)}" if missed else "every measured goal met"
+    return f"Engine ({result.profile}): {'; '.join(parts) or 'nothing measured'}. {verdict}."

@@ -1,16 +1,31 @@
-"""``sdtriton perf``: make and export the profile's model, time the baselines, start Triton, run the load scenarios.
+"""``sdtriton perf``: one runner, which takes a profile as data (:mod:`sdtriton.perf.profiles`) and fills one model
+of the run (:mod:`sdtriton.perf.model`).
 
-Order matters on a small CPU: the in-process baselines run before the server starts (nothing else loaded),
-then the Triton path is timed through the client at the same concurrency 1, then perf_analyzer sweeps.
-Everything runs under the profile's time limit, counted from the start: levels that would not fit are
-skipped and named in the summary.
+Order matters on a small CPU: what runs in this process (the in-process baselines, the in-process engine) is
+loaded before any server starts; then one server at a time, each on free loopback ports and warmed up.
+Everything runs under the profile's time limit, counted from the start: what would not fit is skipped and named
+in the summary, as are failed requests and a server that died.
+
+- perf_analyzer profile: diffusers and the plain ONNX loop in-process; then Triton through the client at the same
+  concurrency 1 (and its per-model statistics), then perf_analyzer's scenarios; then the identity-UNet BLS probe.
+- engine profile: the plain loop, the engine over ONNX Runtime at the ceiling's concurrency (the compute ceiling)
+  and with a UNet that takes no time (the non-UNet parts), measured in turns with the server loads they are
+  compared with; the batching-on and batching-off servers (ceiling, sweep, mixed steps), the burst one (a small
+  ``max_pending_requests``), the simulated-accelerator one. Every served load is client threads over gRPC.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
+import shutil
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,41 +34,59 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sdtriton import interface
+from sdtriton.client import SdTritonError
 from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
-from sdtriton.perf import baselines, report
-from sdtriton.perf.engine_report import engine_headline
-from sdtriton.perf.engine_results import EngineResult
-from sdtriton.perf.engine_runner import run_engine_perf
-from sdtriton.perf.engine_scenarios import load_engine_profiles
-from sdtriton.perf.harness import (
-    Deadline,
-    PerfOptions,
-    machine_info,
-    model_under_test,
-    server_version,
-    start_server,
-    work_folder,
+from sdtriton.perf import paths, report, repositories
+from sdtriton.perf.load import (
+    ClientClass,
+    PerfAnalyzerError,
+    find_perf_analyzer,
+    level_file_stem,
+    run_burst,
+    run_classes,
+    run_level,
 )
-from sdtriton.perf.identity import identity_repository
-from sdtriton.perf.perf_analyzer import PerfAnalyzerError, find_perf_analyzer, level_file_stem, run_level
-from sdtriton.perf.results import BlsProbe, PerfResult, TritonBreakdown
-from sdtriton.perf.run import PathTiming, StepSlope
-from sdtriton.perf.scenarios import (
-    INPUT_DATA_DIR_NAME,
-    LoadMode,
+from sdtriton.perf.model import (
+    BATCHING_OFF,
+    BATCHING_ON,
+    BURST,
+    BURST_WARMUP,
+    CEILING_SERVED,
+    LONG,
+    SHORT,
+    SIMULATED,
+    BurstResult,
+    CeilingResult,
+    EngineResult,
+    InProcessRun,
+    Load,
     LoadPoint,
+    MachineInfo,
+    MixedResult,
+    ModelStats,
+    Outcome,
+    PerfResult,
+    Run,
+    SimulatedResult,
+)
+from sdtriton.perf.profiles import (
+    DEFAULT_PERF_DIR,
+    INPUT_DATA_DIR_NAME,
+    EngineProfile,
+    LoadMode,
     Profile,
     Scenario,
     load_profiles,
-    peak_throughput,
     request_rates,
 )
-from sdtriton.perf.stats import ModelStats, fetch_model_stats
-from sdtriton.perf.workload import RequestSpec, load_input_data
-from sdtriton.server import TritonServer
+from sdtriton.perf.workload import load_input_data
+from sdtriton.server import ServerAddress, TritonServer, named_triton_installation
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_OUTPUT_DIR = Path("outputs/perf")
+BUILTIN_PROFILE = "shapes"
+FALLBACK_PROFILE = "tiny"
 _STATS_MODELS = (
     interface.ENTRY_MODEL_NAME,
     interface.PIPELINE_MODEL_NAME,
@@ -63,18 +96,213 @@ _STATS_MODELS = (
 )
 # perf_analyzer's own start-up and connection, on top of the requests of a level.
 _PERF_ANALYZER_START_S = 5.0
-_SERVER_LOG_NAME = "tritonserver.log"
-_PROBE_SERVER_LOG_NAME = "tritonserver_identity_unet.log"
 # The identity-UNet probe's server start and session loads, on top of its requests.
 _PROBE_FIXED_S = 60.0
+# A server's start (models loaded) and warm-up, on top of the requests it serves.
+_SERVER_START_S = 30.0
+# Requests of a fresh engine-profile server's warm-up, sent one at a time before it is measured.
+_WARMUP_REQUESTS = 2
+# Each client request's time budget: this many times what it should take here (its steps at the plain loop's
+# speed, times the images it shares the CPU with), and at least the minimum. Only a lost answer comes near it.
+_TIMEOUT_FACTOR = 10.0
+_MIN_TIMEOUT_S = 60.0
 
 
-def _stats_snapshot(http_url: str) -> dict[str, ModelStats]:
-    return {name: fetch_model_stats(http_url, name) for name in _STATS_MODELS}
+@dataclass(frozen=True)
+class PerfOptions:
+    """Options of ``sdtriton perf``.
+
+    Attributes:
+        profile: a profile of ``perf/scenarios.json``: ``shapes`` (the default model), ``tiny`` (its stand-in
+            until the trained weights land), ``sd15`` (the heavy one), ``engine`` (the diffusion engine's
+            ceiling, batching, fairness, refusals and scaling on the default model; ``perf_analyzer`` unused).
+        output_dir: where the CSV files, plot, summary and logs go.
+        perf_dir: the folder holding ``scenarios.json`` and ``input_data/``.
+        model_dir: a diffusers pipeline folder of the profile's model; made with ``make-tiny`` there if it
+            has none (make-tiny profiles). Default: made in the work folder, or the built-in model's.
+        repository: a model repository of that model; exported from ``model_dir`` if it has no models.
+            Default: exported into the work folder.
+        work_dir: where a made model and an exported repository go; default: a temporary folder deleted at
+            the end (the heavy profile's are about 4 GB each).
+        perf_analyzer: the binary; default: ``$PERF_ANALYZER``, ``tools/perf_analyzer``, or PATH.
+        tritonserver: a tritonserver binary (e.g. the NGC container's); default: the pip wheel's.
+        skip_diffusers: leave out baseline (a), e.g. when ``model_dir`` is unavailable on a serving host.
+        gpu: run baselines (a) and (b) on the GPU, for a repository exported with ``--gpu`` (not run on
+            this project's CPU machine).
+        time_limit_s: overrides the profile's.
+        show_progress: progress bars over the loads.
+    """
+
+    profile: str = FALLBACK_PROFILE
+    output_dir: Path = DEFAULT_OUTPUT_DIR
+    perf_dir: Path = DEFAULT_PERF_DIR
+    model_dir: Path | None = None
+    repository: Path | None = None
+    work_dir: Path | None = None
+    perf_analyzer: Path | None = None
+    tritonserver: Path | None = None
+    skip_diffusers: bool = False
+    gpu: bool = False
+    time_limit_s: float | None = None
+    show_progress: bool = True
 
 
-def _stats_delta(after: dict[str, ModelStats], before: dict[str, ModelStats]) -> dict[str, ModelStats]:
-    return {name: after[name].minus(before[name]) for name in after}
+def default_profile() -> str:
+    """``shapes``, the default model, once its trained weights are in the package; ``tiny`` until then."""
+    from sdtriton.shapes.builtin import WEIGHTS_DIR
+
+    return BUILTIN_PROFILE if (WEIGHTS_DIR / "model_index.json").is_file() else FALLBACK_PROFILE
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """The machine's busy CPU time (``/proc/stat``: all but idle and iowait) and this run's (:func:`os.times`, whose
+    children's share holds each stopped server's and perf_analyzer's, stubs included); None without /proc/stat."""
+    try:
+        ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:
+        return None
+    own = os.times()
+    busy_s = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    return busy_s, own.user + own.system + own.children_user + own.children_system
+
+
+def _estimated_level_s(scenario: Scenario, level: float, *, throughput_per_s: float) -> float:
+    rate = level if scenario.mode is LoadMode.REQUEST_RATE else throughput_per_s
+    return _PERF_ANALYZER_START_S + scenario.request_count(level) / max(rate, 1e-6)
+
+
+def _failures(load: str, records: list | tuple) -> list[str]:
+    """``LOAD: N of M requests FAILED: first message``, or nothing when none failed."""
+    failed = [record for record in records if record.outcome is Outcome.FAILED]
+    return [f"{load}: {len(failed)} of {len(records)} requests FAILED: {failed[0].message}"] if failed else []
+
+
+class PerfRun:
+    """One run of a profile: its options, base request, time limit, what was skipped, and its servers."""
+
+    def __init__(self, options: PerfOptions, profile: Profile | EngineProfile) -> None:
+        self.options, self.profile = options, profile
+        self.load_before = os.getloadavg()
+        self.started_utc = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        self.started = time.monotonic()
+        self.cpu_before = _cpu_times()
+        self.limit_s = options.time_limit_s or profile.time_limit_s
+        self.input_dir = options.perf_dir / INPUT_DATA_DIR_NAME
+        self.request = load_input_data(self.input_dir / profile.input_data)[0]
+        self.skipped: list[str] = []
+        self.server_version = "not started"
+
+    @property
+    def left_s(self) -> float:
+        return self.limit_s - (time.monotonic() - self.started)
+
+    def fits(self, what: str, estimate_s: float) -> bool:
+        """Whether ``what`` fits in the time left; if not, it is named in the summary."""
+        if estimate_s <= self.left_s:
+            return True
+        left_s = max(self.left_s, 0)
+        self.skipped.append(
+            f"{what}: about {estimate_s:.0f} s needed, {left_s:.0f} s left of the {self.limit_s:.0f} s limit"
+        )
+        return False
+
+    @contextmanager
+    def server(self, repository: Path, log_name: str, *, warmup_requests: int) -> Iterator[TritonServer]:
+        """A server over ``repository`` on free loopback ports, warmed up with the base request; one that failed
+        or died under load is named in the summary, and what it measured so far is kept."""
+        log_path = self.options.output_dir / f"{log_name}.log"
+        installation = named_triton_installation(self.options.tritonserver) if self.options.tritonserver else None
+        server = TritonServer(
+            repository, address=ServerAddress.on_free_ports(), installation=installation, log_path=log_path
+        )
+        server.start()
+        try:
+            logger.info("%s: tritonserver ready after %.1f s (log: %s)", log_name, server.wait_ready(), log_path)
+            with urllib.request.urlopen(f"{server.address.http_url}/v2", timeout=10) as response:
+                self.server_version = str(json.load(response).get("version", "unknown"))
+            triton = paths.TritonPath(server.address.grpc_url)
+            try:
+                send = triton.runner(self.request)
+                for _ in range(warmup_requests):
+                    send()
+            finally:
+                triton.close()
+            yield server
+        except SdTritonError as error:
+            self.skipped.append(f"{log_name}: FAILED: {error}")
+        finally:
+            if not server.running:
+                self.skipped.append(f"{log_name}: tritonserver DIED during its loads (FAILED; log: {log_path})")
+            server.stop()
+
+    def common(self) -> dict[str, object]:
+        """The fields of :class:`~sdtriton.perf.model.Run`, read after every server stopped."""
+        cpu_after, elapsed_s = _cpu_times(), time.monotonic() - self.started
+        other_cpu_s = None
+        if self.cpu_before is not None and cpu_after is not None:
+            busy_s, own_s = (after - before for after, before in zip(cpu_after, self.cpu_before, strict=True))
+            other_cpu_s = max(0.0, busy_s - own_s)
+        machine = MachineInfo.here(
+            started_utc=self.started_utc,
+            triton_version=self.server_version,
+            load_before=self.load_before,
+            gpu=self.options.gpu,
+        )
+        return {
+            "profile": self.profile.name,
+            "machine": machine,
+            "request": self.request,
+            "input_data": self.profile.input_data,
+            "skipped": tuple(self.skipped),
+            "elapsed_s": elapsed_s,
+            "other_cpu_s": other_cpu_s,
+        }
+
+
+@contextmanager
+def _work_folder(explicit: Path | None) -> Iterator[Path]:
+    """``explicit`` (kept), or a temporary folder removed at the end."""
+    if explicit is not None:
+        explicit.mkdir(parents=True, exist_ok=True)
+        yield explicit
+        return
+    directory = Path(tempfile.mkdtemp(prefix="sdtriton-perf-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        logger.info("removed the work folder %s", directory)
+
+
+def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
+    """Runs a profile end to end; returns its result and the written files (CSVs, plot, summary) by kind."""
+    profiles = load_profiles(options.perf_dir)
+    if options.profile not in profiles:
+        raise ValueError(f"no profile {options.profile!r} in {options.perf_dir}; have {', '.join(profiles)}")
+    profile = profiles[options.profile]
+    for name in profile.input_data_files():
+        if not (options.perf_dir / INPUT_DATA_DIR_NAME / name).is_file():
+            raise FileNotFoundError(f"input-data file {options.perf_dir / INPUT_DATA_DIR_NAME / name} is missing")
+    run = PerfRun(options, profile)
+    options.output_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("profile %s: %s; time limit %.0f s", profile.name, profile.description, run.limit_s)
+    with _work_folder(options.work_dir) as work_dir:
+        model_dir = repositories.ensure_model(options.model_dir, profile.model, work_dir)
+        repository = repositories.ensure_repository(
+            options.repository or work_dir / "repository",
+            model_dir,
+            show_progress=options.show_progress,
+            work_dir=work_dir,
+        )
+        if isinstance(profile, EngineProfile):
+            result: Run = _Engine(run, profile, repository, work_dir).measure()
+        else:
+            result = _perf_analyzer_profile(run, profile, model_dir, repository, work_dir)
+    return result, report.write_reports(result, options.output_dir)
+
+
+def _stats(http_url: str) -> dict[str, ModelStats]:
+    return {name: ModelStats.fetch(http_url, name) for name in _STATS_MODELS}
 
 
 def _max_difference(first: np.ndarray, second: np.ndarray) -> int | None:
@@ -83,171 +311,127 @@ def _max_difference(first: np.ndarray, second: np.ndarray) -> int | None:
     return int(np.max(np.abs(first.astype(np.int16) - second.astype(np.int16))))
 
 
-@dataclass(frozen=True)
-class _TritonTimings:
-    client: PathTiming
-    image: np.ndarray
-    breakdown: TritonBreakdown
-    slope: StepSlope
-    slope_unet_stats: ModelStats
-
-
-def _time_triton(server: TritonServer, request: RequestSpec, profile: Profile) -> _TritonTimings:
-    spec = profile.baseline
-    http_url = server.address.http_url
-    triton = baselines.TritonPath(server.address.grpc_url)
-    try:
-        triton.time(request, runs=spec.warmup_runs, warmup_runs=0)
-        before = _stats_snapshot(http_url)
-        client, image = triton.time(request, runs=spec.runs, warmup_runs=0)
-        delta = _stats_delta(_stats_snapshot(http_url), before)
-        before_slope = fetch_model_stats(http_url, UNET.model_name)
-        slope = triton.slope(request, steps=spec.slope_steps, runs=spec.slope_runs)
-        slope_unet = fetch_model_stats(http_url, UNET.model_name).minus(before_slope)
-    finally:
-        triton.close()
-    return _TritonTimings(
-        client=client,
-        image=image,
-        breakdown=TritonBreakdown(
-            entry=delta[interface.ENTRY_MODEL_NAME],
-            pipeline=delta[interface.PIPELINE_MODEL_NAME],
-            text_encoder=delta[TEXT_ENCODER.model_name],
-            unet=delta[UNET.model_name],
-            vae_decoder=delta[VAE_DECODER.model_name],
-        ),
-        slope=slope,
-        slope_unet_stats=slope_unet,
-    )
-
-
-def _bls_probe(
-    repository: Path,
-    work_dir: Path,
-    request: RequestSpec,
-    profile: Profile,
-    *,
-    options: PerfOptions,
-    output_dir: Path,
-) -> BlsProbe:
-    """Times both paths over the repository with an identity UNet: what the BLS call itself costs."""
-    spec = profile.baseline
-    probe_repository = identity_repository(repository, work_dir / "identity_unet_repository")
-    logger.info("BLS probe: the repository with an identity UNet in %s", probe_repository)
-    loop = baselines.time_onnx_loop(
-        probe_repository,
-        request,
-        runs=1,
-        warmup_runs=1,
-        slope_steps=spec.slope_steps,
-        slope_runs=spec.slope_runs,
-        gpu=options.gpu,
-    )
+def _perf_analyzer_profile(run: PerfRun, profile: Profile, model_dir: Path, repository: Path, work_dir: Path):
+    """The three paths at concurrency 1, perf_analyzer's scenarios, and the identity-UNet probe."""
+    spec, request, options = profile.baseline, run.request, run.options
+    binary = find_perf_analyzer(options.perf_analyzer)
+    diffusers, diffusers_image = None, None
+    if not options.skip_diffusers:
+        diffusers, diffusers_image = paths.time_diffusers(
+            model_dir, request, runs=spec.runs, warmup_runs=spec.warmup_runs, gpu=options.gpu
+        )
+        gc.collect()  # the heavy profile's pipeline holds gigabytes: let it go before the next path loads
+    slopes = {"slope_steps": spec.slope_steps, "slope_runs": spec.slope_runs, "gpu": options.gpu}
+    loop = paths.time_onnx_loop(repository, request, runs=spec.runs, warmup_runs=spec.warmup_runs, **slopes)
     gc.collect()
-    server = start_server(probe_repository, options, log_path=output_dir / _PROBE_SERVER_LOG_NAME)
-    try:
-        server.wait_ready()
-        triton = baselines.TritonPath(server.address.grpc_url)
+    with run.server(repository, "tritonserver", warmup_requests=spec.warmup_runs) as server:
+        http_url = server.address.http_url
+        triton = paths.TritonPath(server.address.grpc_url)
         try:
-            triton.time(request, runs=1, warmup_runs=1)
-            slope = triton.slope(request, steps=spec.slope_steps, runs=spec.slope_runs)
+            before = _stats(http_url)
+            client, triton_image = triton.time(request, runs=spec.runs)
+            breakdown = {name: stats.minus(before[name]) for name, stats in _stats(http_url).items()}
+            before_slope = ModelStats.fetch(http_url, UNET.model_name)
+            triton_slope = triton.slope(request, steps=spec.slope_steps, runs=spec.slope_runs)
+            slope_unet_stats = ModelStats.fetch(http_url, UNET.model_name).minus(before_slope)
         finally:
             triton.close()
-    finally:
-        server.stop()
-    probe = BlsProbe(
+        points = _run_scenarios(run, profile, server, binary, single_request_s=client.median_ms / 1000.0)
+    probe = None
+    if not spec.bls_probe:
+        run.skipped.append("identity-UNet BLS probe: off in this profile (its goal is judged on the default model)")
+    elif run.fits("identity-UNet BLS probe", _PROBE_FIXED_S + 6 * spec.slope_runs * client.median_ms / 1000.0):
+        probe_repository = repositories.identity_repository(repository, work_dir / "identity_unet_repository")
+        logger.info("BLS probe: the repository with an identity UNet in %s", probe_repository)
+        probe_loop = paths.time_onnx_loop(probe_repository, request, runs=1, warmup_runs=1, **slopes)
+        gc.collect()
+        with run.server(probe_repository, "tritonserver_identity_unet", warmup_requests=1) as server:
+            triton = paths.TritonPath(server.address.grpc_url)
+            try:
+                probe = probe_loop.slope, triton.slope(request, steps=spec.slope_steps, runs=spec.slope_runs)
+            finally:
+                triton.close()
+    differences = {"onnx_loop vs triton": _max_difference(loop.image, triton_image)}
+    if diffusers_image is not None:
+        differences["diffusers vs onnx_loop"] = _max_difference(diffusers_image, loop.image)
+    return PerfResult(
+        **run.common(),
+        diffusers=diffusers,
+        onnx_loop=loop.timing,
+        onnx_loop_networks=loop.networks,
         onnx_loop_slope=loop.slope,
-        triton_slope=slope,
         unet_calls_per_step=loop.unet_calls_per_step,
+        triton_client=client,
+        triton_slope=triton_slope,
+        triton_breakdown=breakdown,
+        slope_unet_stats=slope_unet_stats,
+        points=tuple(points),
+        scenarios=profile.scenarios,
+        max_pixel_difference={name: value for name, value in differences.items() if value is not None},
+        probe_loop_slope=None if probe is None else probe[0],
+        probe_triton_slope=None if probe is None else probe[1],
     )
-    logger.info("BLS probe: one BLS UNet call costs %.3f ms", probe.round_trip_ms)
-    return probe
-
-
-def _estimated_level_s(scenario: Scenario, level: float, *, throughput_per_s: float) -> float:
-    requests = scenario.request_count(level)
-    rate = level if scenario.mode is LoadMode.REQUEST_RATE else throughput_per_s
-    return _PERF_ANALYZER_START_S + requests / max(rate, 1e-6)
 
 
 def _run_scenarios(
-    profile: Profile,
-    *,
-    server: TritonServer,
-    binary: Path,
-    input_dir: Path,
-    output_dir: Path,
-    deadline: Deadline,
-    single_request_s: float,
-    show_progress: bool,
-) -> tuple[list[LoadPoint], list[str]]:
+    run: PerfRun, profile: Profile, server: TritonServer, binary: Path, *, single_request_s: float
+) -> list[LoadPoint]:
     points: list[LoadPoint] = []
-    skipped: list[str] = []
-    warmed = {profile.baseline.input_data}
-    logs = output_dir / "perf_analyzer"
+    warmed = {profile.input_data}
     total = sum(len(scenario.levels) for scenario in profile.scenarios)
-    with tqdm(total=total, desc=f"perf {profile.name}", unit="level", disable=not show_progress) as progress:
+    progress = tqdm(total=total, desc=f"perf {profile.name}", unit="level", disable=not run.options.show_progress)
+
+    def level(scenario: Scenario, level: float) -> LoadPoint:
+        paths_ = {
+            "input_data_path": run.input_dir / scenario.input_data,
+            "output_dir": run.options.output_dir / "perf_analyzer",
+        }
+        return run_level(
+            scenario, level, binary=binary, address=server.address, timeout_s=max(run.left_s, 1.0), **paths_
+        )
+
+    with progress:
         for scenario in profile.scenarios:
             levels = scenario.levels
             if scenario.mode is LoadMode.REQUEST_RATE:
-                peak = peak_throughput(points, scenario.rate_reference or "")
-                if peak is None:
-                    skipped.append(f"{scenario.name}: its rate reference {scenario.rate_reference} was not measured")
+                references = [point.throughput_per_s for point in points if point.scenario == scenario.rate_reference]
+                if not references:
+                    run.skipped.append(
+                        f"{scenario.name}: its rate reference {scenario.rate_reference} was not measured"
+                    )
                     progress.update(len(levels))
                     continue
-                levels = request_rates(levels, peak_throughput_per_s=peak)
-            input_data_path = input_dir / scenario.input_data
+                levels = request_rates(levels, peak_throughput_per_s=max(references))
             if scenario.input_data not in warmed:
                 # One pass over the file first: each new size's first run allocates, and is not load.
+                count = len(load_input_data(run.input_dir / scenario.input_data))
                 warm_up = Scenario(
-                    name=f"warmup_{scenario.name}",
-                    protocol=scenario.protocol,
-                    mode=LoadMode.CONCURRENCY,
-                    input_data=scenario.input_data,
-                    levels=(1.0,),
-                    min_requests=len(load_input_data(input_data_path)),
+                    f"warmup_{scenario.name}",
+                    scenario.protocol,
+                    LoadMode.CONCURRENCY,
+                    scenario.input_data,
+                    (1.0,),
+                    count,
                 )
                 try:
-                    run_level(
-                        warm_up,
-                        1.0,
-                        binary=binary,
-                        address=server.address,
-                        input_data_path=input_data_path,
-                        output_dir=logs,
-                        timeout_s=max(deadline.left_s, 1.0),
-                    )
+                    level(warm_up, 1.0)
                     warmed.add(scenario.input_data)
                 except PerfAnalyzerError as error:
-                    skipped.append(f"{scenario.name}: the warm-up failed: {error}")
+                    run.skipped.append(f"{scenario.name}: the warm-up failed: {error}")
                     progress.update(len(levels))
                     continue
             throughput = 1.0 / single_request_s
-            for level in levels:
-                name = level_file_stem(scenario, level)
-                estimate_s = _estimated_level_s(scenario, level, throughput_per_s=throughput)
-                if estimate_s > deadline.left_s:
-                    skipped.append(
-                        f"{name}: about {estimate_s:.0f} s needed, {max(deadline.left_s, 0):.0f} s left of the "
-                        f"{deadline.limit_s:.0f} s limit"
-                    )
-                    progress.update()
+            for value in levels:
+                name = level_file_stem(scenario, value)
+                progress.update()
+                if not run.fits(name, _estimated_level_s(scenario, value, throughput_per_s=throughput)):
                     continue
-                progress.set_postfix_str(f"{scenario.name} {scenario.mode.value} {level:g}")
+                progress.set_postfix_str(f"{scenario.name} {scenario.mode.value} {value:g}")
                 try:
-                    point = run_level(
-                        scenario,
-                        level,
-                        binary=binary,
-                        address=server.address,
-                        input_data_path=input_data_path,
-                        output_dir=logs,
-                        timeout_s=max(deadline.left_s, 1.0),
-                    )
+                    point = level(scenario, value)
                 except PerfAnalyzerError as error:
                     logger.error("%s", error)
-                    skipped.append(f"{name}: FAILED: {str(error).splitlines()[0]}")
-                    progress.update()
+                    run.skipped.append(f"{name}: FAILED: {str(error).splitlines()[0]}")
                     continue
                 points.append(point)
                 throughput = max(point.throughput_per_s, 1e-6)
@@ -258,116 +442,248 @@ def _run_scenarios(
                     point.p50_ms,
                     point.p99_ms,
                 )
-                progress.update()
-    return points, skipped
+    return points
 
 
-def run_perf(options: PerfOptions) -> tuple[PerfResult | EngineResult, dict[str, Path]]:
-    """Runs a profile end to end; returns the result and the written files (CSV, plot, summary).
+class _Engine:
+    """The engine profile's sections over one run; each returns None (and says why) when it could not measure."""
 
-    An engine profile (``scenarios.json`` entry with an ``engine`` section) runs
-    :func:`sdtriton.perf.engine_runner.run_engine_perf` and returns its :class:`EngineResult`.
-    """
-    engine_profiles = load_engine_profiles(options.perf_dir)
-    if options.profile in engine_profiles:
-        return run_engine_perf(options, engine_profiles[options.profile])
-    load_before = os.getloadavg()
-    started_utc = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    profiles = load_profiles(options.perf_dir)
-    if options.profile not in profiles:
-        known = ", ".join([*profiles, *engine_profiles])
-        raise ValueError(f"no profile {options.profile!r} in {options.perf_dir}; have {known}")
-    profile = profiles[options.profile]
-    deadline = Deadline(options.time_limit_s or profile.time_limit_s)
-    binary = find_perf_analyzer(options.perf_analyzer)
-    input_dir = options.perf_dir / INPUT_DATA_DIR_NAME
-    for name in profile.input_data_files():
-        if not (input_dir / name).is_file():
-            raise FileNotFoundError(f"input-data file {input_dir / name} is missing")
-    request = load_input_data(input_dir / profile.baseline.input_data)[0]
-    output_dir = options.output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    spec = profile.baseline
-    logger.info("profile %s: %s; time limit %.0f s", profile.name, profile.description, deadline.limit_s)
+    def __init__(self, run: PerfRun, profile: EngineProfile, repository: Path, work_dir: Path) -> None:
+        self.run, self.profile, self.request = run, profile, run.request
+        self.show = run.options.show_progress
+        self.repository, self.variants = repository, work_dir / "engine_variants"
+        self.image_s = 1.0  # the plain loop's seconds an image, once timed: sizes the estimates
 
-    with work_folder(options.work_dir) as work_dir:
-        model_dir, repository = model_under_test(options, profile.model, work_dir)
-        diffusers_timing, diffusers_image = (None, None)
-        if not options.skip_diffusers:
-            diffusers_timing, diffusers_image = baselines.time_diffusers(
-                model_dir, request, runs=spec.runs, warmup_runs=spec.warmup_runs, gpu=options.gpu
-            )
-            gc.collect()  # the heavy profile's pipeline holds gigabytes: let it go before the next path loads
-        loop = baselines.time_onnx_loop(
-            repository,
-            request,
-            runs=spec.runs,
-            warmup_runs=spec.warmup_runs,
-            slope_steps=spec.slope_steps,
-            slope_runs=spec.slope_runs,
-            gpu=options.gpu,
+    def variant(self, name: str, source: Path, **changes: object) -> Path:
+        shutil.rmtree(self.variants / name, ignore_errors=True)
+        return repositories.engine_variant(source, self.variants / name, **changes)
+
+    def timeout_s(self, steps: int, concurrency: int) -> float:
+        """A request's time budget at ``concurrency``: generous, so that only a lost answer reaches it."""
+        expected_s = self.image_s * steps / self.request.num_inference_steps * concurrency
+        return max(_MIN_TIMEOUT_S, _TIMEOUT_FACTOR * expected_s)
+
+    def in_process(self, concurrency: int, requests: int, description: str, *, zero_time_unet: bool = False):
+        served = self.served
+        return paths.run_closed_loop(
+            config=served.config,
+            tokenizers=served.tokenizers,
+            networks=served.networks,
+            limits=self.limits,
+            request=self.request,
+            concurrency=concurrency,
+            requests=requests,
+            zero_time_unet=zero_time_unet,
+            description=description,
+            show_progress=self.show,
         )
+
+    def plain_loop(self, *, runs: int, warmup_runs: int = 0) -> tuple[paths.PathTiming, np.ndarray]:
+        run, steps = self.served.plain_loop()(self.request), self.request.num_inference_steps
+        return paths.timed_runs(run, path=paths.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)
+
+    def load(self, server: TritonServer, variant: str, concurrency: int, requests: int) -> Load:
+        """``concurrency`` client threads over gRPC sending the base request, ``requests`` in all (rounded up)."""
+        timeout_s = self.timeout_s(self.request.num_inference_steps, concurrency)
+        client_class = ClientClass(variant, self.request, concurrency, -(-requests // concurrency), timeout_s)
+        level = run_classes(
+            server.address.grpc_url, [client_class], load=f"{variant}_c{concurrency}", show_progress=self.show
+        )
+        level = Load(variant, concurrency, level.records, level.duration_s)
+        self.run.skipped += _failures(f"{variant} c={concurrency}", level.records)
+        return level
+
+    def measure(self) -> EngineResult:
+        profile, run = self.profile, self.run
+        sweep_spec, burst_spec, simulated_spec = profile.sweep, profile.burst, profile.simulated
+        on_repository = self.repository
+        if (
+            sweep_spec is not None
+            and sweep_spec.batching_on != repositories.engine_limits_of(on_repository).max_running_images
+        ):
+            on_repository = self.variant(BATCHING_ON, on_repository, max_running_images=sweep_spec.batching_on)
+        # The in-process sessions stay loaded, idle while a server is measured: the two sides of (a) and the
+        # non-UNet parts of (e) are measured in turns with the server loads they are compared with.
+        self.served = paths.ServedFiles.load(on_repository, gpu=run.options.gpu)
+        self.limits = repositories.engine_limits_of(on_repository)
+        ceiling_spec = profile.ceiling
+        warmup_runs = ceiling_spec.plain_loop_warmup_runs if ceiling_spec is not None else 1
+        sizing, _ = self.plain_loop(runs=1, warmup_runs=warmup_runs)
+        self.image_s = sizing.median_ms / 1000.0
+        if ceiling_spec is not None and ceiling_spec.warmup_requests:
+            self.in_process(ceiling_spec.concurrency, ceiling_spec.warmup_requests, "in-process warm-up")
+        sections: dict[str, object] = {}
+        if ceiling_spec is not None or sweep_spec is not None or profile.mixed is not None:
+            with ExitStack() as stack:
+                on = stack.enter_context(
+                    run.server(on_repository, f"tritonserver_{BATCHING_ON}", warmup_requests=_WARMUP_REQUESTS)
+                )
+                servers = {BATCHING_ON: on}
+                sweep_s = (
+                    0.0
+                    if sweep_spec is None
+                    else 2 * (_SERVER_START_S + sum(map(sweep_spec.request_count, sweep_spec.levels)) * self.image_s)
+                )
+                if sweep_spec is not None and run.fits("batching-off server", sweep_s):
+                    off = self.variant(BATCHING_OFF, on_repository, max_running_images=sweep_spec.batching_off)
+                    servers[BATCHING_OFF] = stack.enter_context(
+                        run.server(off, f"tritonserver_{BATCHING_OFF}", warmup_requests=_WARMUP_REQUESTS)
+                    )
+                if ceiling_spec is not None and run.fits(
+                    "ceiling", 2 * (ceiling_spec.requests + ceiling_spec.plain_loop_runs) * self.image_s
+                ):
+                    sections["ceiling"] = self.ceiling(on, ceiling_spec)
+                if BATCHING_OFF in servers:
+                    sections["sweep"] = self.sweep(servers, sweep_spec)
+                mixed = profile.mixed
+                if mixed is not None:
+                    # On this CPU a batched step costs about what its images cost one by one.
+                    work = (
+                        mixed.long_requests_per_client * mixed.long_steps * mixed.concurrency
+                        + mixed.short_only_requests * mixed.short_steps
+                    )
+                    if run.fits("mixed steps", work * self.image_s / self.request.num_inference_steps):
+                        sections["mixed"] = self.mixed(on, mixed)
+        if burst_spec is not None and run.fits(
+            BURST, _SERVER_START_S + (1 + burst_spec.warmup_bursts) * burst_spec.max_pending_requests * self.image_s
+        ):
+            repository = self.variant(BURST, on_repository, max_pending_requests=burst_spec.max_pending_requests)
+            with run.server(repository, f"tritonserver_{BURST}", warmup_requests=_WARMUP_REQUESTS) as server:
+                sections["burst"] = self.burst(server, burst_spec)
+        if simulated_spec is not None:
+            requests = sum(map(simulated_spec.request_count, simulated_spec.levels))
+            # The stand-in UNet sleeps: a simulated request costs less of this CPU than a real one.
+            if run.fits(f"{SIMULATED} accelerator", _SERVER_START_S + requests * self.image_s / 2):
+                shutil.rmtree(self.variants / SIMULATED, ignore_errors=True)
+                repository = repositories.simulated_repository(
+                    on_repository, self.variants / SIMULATED, simulated_spec.latency
+                )
+                with run.server(repository, f"tritonserver_{SIMULATED}", warmup_requests=_WARMUP_REQUESTS) as server:
+                    sections["simulated"] = self.simulated(server, simulated_spec)
+        del self.served  # the in-process sessions go
         gc.collect()
-        server = start_server(repository, options, log_path=output_dir / _SERVER_LOG_NAME)
-        try:
-            ready_s = server.wait_ready()
-            logger.info("tritonserver ready after %.1f s (log: %s)", ready_s, server.log_path)
-            triton_version = server_version(server.address.http_url)
-            triton = _time_triton(server, request, profile)
-            points, skipped = _run_scenarios(
-                profile,
-                server=server,
-                binary=binary,
-                input_dir=input_dir,
-                output_dir=output_dir,
-                deadline=deadline,
-                single_request_s=triton.client.median_ms / 1000.0,
-                show_progress=options.show_progress,
-            )
-        finally:
-            server.stop()
-        probe = None
-        probe_estimate_s = _PROBE_FIXED_S + 6 * spec.slope_runs * triton.client.median_ms / 1000.0
-        if not spec.bls_probe:
-            skipped.append("identity-UNet BLS probe: off in this profile (its goal is judged on the default model)")
-        elif probe_estimate_s < deadline.left_s:
-            probe = _bls_probe(repository, work_dir, request, profile, options=options, output_dir=output_dir)
-        else:
-            skipped.append(
-                f"identity-UNet BLS probe: about {probe_estimate_s:.0f} s needed, {max(deadline.left_s, 0):.0f} s "
-                f"left of the {deadline.limit_s:.0f} s limit"
-            )
+        if ceiling_spec is None:
+            run.skipped.append("ceiling: not in this profile")
+        return EngineResult(**run.common(), **sections)
 
-    differences = {"onnx_loop vs triton": _max_difference(loop.image, triton.image)}
-    if diffusers_image is not None:
-        differences["diffusers vs onnx_loop"] = _max_difference(diffusers_image, loop.image)
-    result = PerfResult(
-        profile=profile.name,
-        machine=machine_info(
-            started_utc=started_utc, triton_version=triton_version, load_before=load_before, gpu=options.gpu
-        ),
-        request=request,
-        diffusers=diffusers_timing,
-        onnx_loop=loop.timing,
-        onnx_loop_networks=loop.networks,
-        onnx_loop_slope=loop.slope,
-        unet_calls_per_step=loop.unet_calls_per_step,
-        triton_client=triton.client,
-        triton_slope=triton.slope,
-        triton_breakdown=triton.breakdown,
-        slope_unet_stats=triton.slope_unet_stats,
-        points=tuple(points),
-        scenarios=profile.scenarios,
-        baseline_input_data=profile.baseline.input_data,
-        skipped=tuple(skipped),
-        max_pixel_difference={name: value for name, value in differences.items() if value is not None},
-        elapsed_s=deadline.elapsed_s,
-        bls_probe=probe,
-    )
-    files = report.write_reports(result, output_dir)
-    return result, files
+    def ceiling(self, server: TritonServer, spec) -> CeilingResult | None:
+        """In turns: in-process and served at the ceiling's concurrency, the plain loop and served at 1."""
+        in_process, served, served_one, plain, turn_ratios = [], [], [], [], []
+        per_turn, plain_per_turn = -(-spec.requests // spec.turns), -(-spec.plain_loop_runs // spec.turns)
+        for turn in range(spec.turns):
+            in_process.append(self.in_process(spec.concurrency, per_turn, f"ceiling turn {turn + 1}: in-process"))
+            served.append(self.load(server, CEILING_SERVED, spec.concurrency, per_turn))
+            timing, _ = self.plain_loop(runs=plain_per_turn)
+            plain += timing.latencies_ms
+            served_one.append(self.load(server, CEILING_SERVED, 1, plain_per_turn))
+            if served[-1].completed:
+                turn_ratios.append(served[-1].images_per_s / in_process[-1].images_per_s)
+        served_level, served_one_level = Load.merged(served), Load.merged(served_one)
+        if not served_level.completed or not served_one_level.completed:
+            self.run.skipped.append("ceiling: the server completed no request at one of its concurrencies")
+            return None
+        plain_loop = paths.PathTiming(paths.ONNX_LOOP, self.request.num_inference_steps, tuple(plain))
+        result = CeilingResult(
+            InProcessRun.merged(in_process), served_level, plain_loop, served_one_level, tuple(turn_ratios)
+        )
+        logger.info(
+            "ceiling: served/in-process %.3fx, c1 served/plain loop %.3fx",
+            result.served_over_ceiling,
+            result.one_over_plain_loop,
+        )
+        return result
 
+    def sweep(self, servers: dict[str, TritonServer], spec) -> tuple[Load, ...]:
+        """Every level on every server, in turns: a drift of the machine's speed hits both variants alike."""
+        parts: dict[tuple[str, int], list[Load]] = {}
+        for _ in range(spec.turns):
+            for concurrency in spec.levels:
+                requests = -(-spec.request_count(concurrency) // spec.turns)
+                for variant, server in servers.items():
+                    parts.setdefault((variant, concurrency), []).append(
+                        self.load(server, variant, concurrency, requests)
+                    )
+        levels = [Load.merged(turns) for turns in parts.values()]
+        for level in levels:
+            logger.info("%s c=%d: %.2f images/s", level.variant, level.concurrency, level.images_per_s)
+        return tuple(level for level in levels if level.completed)
 
-def headline(result: PerfResult | EngineResult) -> str:
-    """The run's paragraph for the terminal: the concurrency-1 comparison, or an engine run's headline ratios."""
-    return engine_headline(result) if isinstance(result, EngineResult) else report.headline(result)
+    def mixed(self, server: TritonServer, spec) -> MixedResult:
+        url, short, long = (
+            server.address.grpc_url,
+            self.request.with_steps(spec.short_steps),
+            self.request.with_steps(spec.long_steps),
+        )
+        short_timeout_s = self.timeout_s(spec.short_steps, spec.concurrency)
+        # The reference first: the same concurrency, every client short.
+        short_only_class = ClientClass(
+            SHORT, short, spec.concurrency, -(-spec.short_only_requests // spec.concurrency), short_timeout_s
+        )
+        short_only = run_classes(url, [short_only_class], load="short_only", show_progress=self.show)
+        classes = [
+            ClientClass(SHORT, short, spec.short_clients, None, short_timeout_s),
+            ClientClass(
+                LONG,
+                long,
+                spec.long_clients,
+                spec.long_requests_per_client,
+                self.timeout_s(spec.long_steps, spec.concurrency),
+            ),
+        ]
+        mixed = run_classes(url, classes, load="mixed", show_progress=self.show)
+        self.run.skipped += _failures("mixed steps", [*short_only.records, *mixed.records])
+        result = MixedResult(spec, mixed, short_only)
+        logger.info("mixed steps: short p99 beside long ones / alone = %s", result.short_p99_ratio)
+        return result
+
+    def burst(self, server: TritonServer, spec) -> BurstResult:
+        timeout_s = self.timeout_s(self.request.num_inference_steps, spec.max_pending_requests)
+        send = {"count": spec.requests, "timeout_s": timeout_s, "show_progress": self.show}
+        warmup = [
+            record
+            for _ in range(spec.warmup_bursts)
+            for record in run_burst(server.address.grpc_url, self.request, load=BURST_WARMUP, **send)
+        ]
+        records = run_burst(server.address.grpc_url, self.request, **send)
+        self.run.skipped += _failures("burst", [*warmup, *records])
+        result = BurstResult(spec, tuple(records), tuple(warmup))
+        logger.info(
+            "burst: %d accepted, %d refused, slowest refusal %s ms",
+            result.accepted,
+            result.refused,
+            result.max_refusal_ms,
+        )
+        return result
+
+    def simulated(self, server: TritonServer, spec) -> SimulatedResult | None:
+        """In turns: the non-UNet parts in-process, then the simulated server, at the lowest and highest level."""
+        low_c, high_c = spec.levels[0], spec.levels[-1]
+        in_process: dict[int, list[InProcessRun]] = {low_c: [], high_c: []}
+        parts: dict[int, list[Load]] = {level: [] for level in spec.levels}
+        for _ in range(spec.turns):
+            for concurrency in spec.levels:
+                if concurrency in in_process:
+                    requests = max(-(-spec.in_process_requests // spec.turns), concurrency)
+                    description = f"non-UNet parts, c={concurrency}"
+                    in_process[concurrency].append(
+                        self.in_process(concurrency, requests, description, zero_time_unet=True)
+                    )
+                requests = -(-spec.request_count(concurrency) // spec.turns)
+                parts[concurrency].append(self.load(server, SIMULATED, concurrency, requests))
+        points = tuple(level for level in map(Load.merged, parts.values()) if level.completed)
+        if {low_c, high_c} - {point.concurrency for point in points}:
+            self.run.skipped.append(f"{SIMULATED} accelerator: c={low_c} or c={high_c} completed no request")
+            return None
+        low_run = InProcessRun.merged(in_process[low_c])
+        rows_per_image = round(low_run.unet_rows / low_run.unet_calls)
+        calls_per_image = low_run.unet_calls / low_run.requests
+        result = SimulatedResult(
+            spec.latency, rows_per_image, calls_per_image, points, low_run, InProcessRun.merged(in_process[high_c])
+        )
+        logger.info(
+            "SIMULATED %s: measured %.2fx, %.1f%% of the allowed",
+            spec.latency,
+            result.measured_ratio,
+            100 * result.share_of_allowed,
+        )
+        return result

@@ -78,19 +78,16 @@ class RequestSpec:
             content = entry[tensor.name]["content"]
             if len(content) != 1:
                 raise ValueError(f"input-data entry {tensor.name!r} must hold one item, got {len(content)}")
-            values[tensor.name] = content[0]
-        field_types = {
-            "num_inference_steps": int,
-            "seed": int,
-            "width": int,
-            "height": int,
-            "guidance_scale": float,
-            "refiner_fraction": float,
-        }
-        return cls(**{name: field_types.get(name, str)(value) for name, value in values.items()})
+            values[tensor.name] = _FIELD_TYPES[tensor.name](content[0])
+        return cls(**values)
 
     def with_steps(self, num_inference_steps: int) -> RequestSpec:
         return dataclasses.replace(self, num_inference_steps=num_inference_steps)
+
+
+_FIELD_TYPES = {
+    field.name: {"int": int, "float": float}.get(field.type, str) for field in dataclasses.fields(RequestSpec)
+}
 
 
 def raw_inputs(request: RequestSpec) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Triton adapter of the simulated UNet (:mod:`sdtriton.perf.simulated`): sleeps as a GPU would compute.
+"""Triton adapter of the simulated UNet (:mod:`sdtriton.serving.simulated`): sleeps as a GPU would compute.
 
 A simulated repository's ``unet/1/model.py`` re-exports :class:`SimulatedUNetModel`, a thin adapter beside
 those of :mod:`sdtriton.serving.triton_models` (whose logging and error helpers it shares); the latency model
@@ -16,9 +16,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from sdtriton.components import UNET
-from sdtriton.perf.simulated import SimulatedLatency, checked_sample, latency_from_parameters, zero_noise_pred
 from sdtriton.serving.batching import to_spec_rank
 from sdtriton.serving.errors import InvalidInputError
+from sdtriton.serving.simulated import SimulatedLatency, checked_sample, latency_from_parameters, zero_noise_pred
 from sdtriton.serving.triton_common import error_response, triton_logger
 
 (_NOISE_PRED,) = UNET.outputs

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton.perf.harness import DEFAULT_PERF_DIR, PerfOptions
-from sdtriton.perf.runner import run_perf
-from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME
+from sdtriton.perf.profiles import DEFAULT_PERF_DIR, INPUT_DATA_DIR_NAME
+from sdtriton.perf.runner import PerfOptions, run_perf
 from sdtriton.perf.workload import input_data_text, load_input_data
 
 pytestmark = pytest.mark.integration
@@ -58,7 +57,7 @@ def test_perf_command_writes_every_output(
     (point,) = result.points
     assert point.throughput_per_s > 0
     assert result.max_pixel_difference["onnx_loop vs triton"] == 0
-    assert result.diffusers is not None and result.bls_probe is not None
+    assert result.diffusers is not None and result.bls_round_trip is not None
     summary = files["summary"].read_text()
     for heading in ("Triton / plain ONNX loop", "Triton / diffusers", "one BLS UNet call (identity UNet)"):
         assert heading in summary

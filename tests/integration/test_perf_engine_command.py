@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton.perf.engine_results import BATCHING_OFF, BATCHING_ON, LONG, SHORT, EngineResult
-from sdtriton.perf.harness import DEFAULT_PERF_DIR, PerfOptions
-from sdtriton.perf.runner import run_perf
-from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME
+from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, LONG, SHORT, EngineResult
+from sdtriton.perf.profiles import DEFAULT_PERF_DIR, INPUT_DATA_DIR_NAME
+from sdtriton.perf.runner import PerfOptions, run_perf
 from sdtriton.perf.workload import input_data_text, load_input_data
 
 pytestmark = pytest.mark.integration
@@ -65,7 +64,7 @@ def test_engine_profile_runs_every_section(
             assert level is not None and level.failed == 0 and level.images_per_s > 0
     assert result.served_over_ceiling is not None and result.c1_over_plain_loop is not None
     assert result.mixed is not None and result.mixed.failures == 0
-    assert set(result.mixed.mixed_classes) == {SHORT, LONG}
+    assert {record.request_class for record in result.mixed.mixed.records} == {SHORT, LONG}
     assert result.burst is not None
     assert result.burst.accepted >= 1 and result.burst.refused >= 1 and result.burst.failed == 0
     assert result.burst.accepted + result.burst.refused == 4

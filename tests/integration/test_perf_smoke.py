@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 
 from sdtriton import interface
-from sdtriton.perf.harness import DEFAULT_PERF_DIR
-from sdtriton.perf.perf_analyzer import find_perf_analyzer, run_level
-from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME, LoadMode, Protocol, Scenario
-from sdtriton.perf.stats import fetch_model_stats
+from sdtriton.perf.load import find_perf_analyzer, run_level
+from sdtriton.perf.model import ModelStats
+from sdtriton.perf.profiles import DEFAULT_PERF_DIR, INPUT_DATA_DIR_NAME, LoadMode, Protocol, Scenario
 from sdtriton.perf.workload import input_data_text, load_input_data
 
 pytestmark = pytest.mark.integration
@@ -46,7 +45,7 @@ def test_perf_analyzer_measures_the_real_server(
         rate_reference="none" if mode is LoadMode.REQUEST_RATE else None,
     )
     http_url = triton_server.address.http_url
-    before = fetch_model_stats(http_url, interface.ENTRY_MODEL_NAME)
+    before = ModelStats.fetch(http_url, interface.ENTRY_MODEL_NAME)
     # run_level raises PerfAnalyzerError, with perf_analyzer's log, when any request fails.
     point = run_level(
         scenario,
@@ -57,7 +56,7 @@ def test_perf_analyzer_measures_the_real_server(
         output_dir=tmp_path,
         timeout_s=120,
     )
-    delta = fetch_model_stats(http_url, interface.ENTRY_MODEL_NAME).minus(before)
+    delta = ModelStats.fetch(http_url, interface.ENTRY_MODEL_NAME).minus(before)
     assert point.throughput_per_s > 0
     assert 0 < point.p50_ms <= point.p99_ms
     assert delta.failures == 0

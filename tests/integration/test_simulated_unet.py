@@ -16,8 +16,9 @@ import tritonclient.http as httpclient
 
 from sdtriton.components import UNET
 from sdtriton.export.configs import CONFIG_FILE_NAME, parse_config_text
-from sdtriton.perf.simulated import SimulatedLatency, simulated_repository
-from sdtriton.perf.stats import fetch_model_stats
+from sdtriton.perf.model import ModelStats
+from sdtriton.perf.repositories import simulated_repository
+from sdtriton.serving.simulated import SimulatedLatency
 from tests.conftest import serve
 from tests.integration.processes import server_cpu_s
 
@@ -116,14 +117,14 @@ def test_sleeps_without_burning_cpu(simulated_server, client, item_shapes) -> No
 def test_joins_queued_requests_into_one_sleep(simulated_server, client, item_shapes) -> None:
     http_url = simulated_server.address.http_url
     inputs = _inputs(item_shapes, 1)
-    before = fetch_model_stats(http_url, UNET.model_name)
+    before = ModelStats.fetch(http_url, UNET.model_name)
 
     started = time.perf_counter()
     pending = [client.async_infer(UNET.model_name, inputs) for _ in range(_CONCURRENT_REQUESTS)]
     results = [request.get_result() for request in pending]
     elapsed_s = time.perf_counter() - started
 
-    delta = fetch_model_stats(http_url, UNET.model_name).minus(before)
+    delta = ModelStats.fetch(http_url, UNET.model_name).minus(before)
     logger.info("%d concurrent requests: %d calls, %.3f s", delta.requests, delta.executions, elapsed_s)
     assert all(not result.as_numpy(UNET.outputs[0].name).any() for result in results)
     assert delta.requests == _CONCURRENT_REQUESTS

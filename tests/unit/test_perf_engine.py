@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdtriton.perf.engine_report import engine_headline, summary_markdown, write_engine_reports
-from sdtriton.perf.engine_results import (
+from sdtriton.perf.model import (
     BATCHING_OFF,
     BATCHING_ON,
     CEILING_SERVED,
@@ -23,49 +22,33 @@ from sdtriton.perf.engine_results import (
     CeilingResult,
     EngineResult,
     InProcessRun,
-    LatencySummary,
-    LevelResult,
+    Load,
+    MachineInfo,
     MixedResult,
     Outcome,
+    PathTiming,
     RequestRecord,
     SimulatedResult,
     allowed_images_per_s,
     classify_error,
-    goal_rows,
-    percentile,
-    split_by_class,
 )
-from sdtriton.perf.engine_scenarios import (
+from sdtriton.perf.paths import InProcessEngineError, InstrumentedNetworks, run_closed_loop
+from sdtriton.perf.profiles import (
+    DEFAULT_PERF_DIR,
+    INPUT_DATA_DIR_NAME,
     BurstSpec,
+    EngineProfile,
     MixedSpec,
-    load_engine_profiles,
-    parse_engine_profile,
-    parse_engine_profiles,
+    Profile,
+    load_profiles,
+    parse_profiles,
 )
-from sdtriton.perf.harness import DEFAULT_PERF_DIR
-from sdtriton.perf.in_process import InProcessEngineError, ZeroTimeUNet, run_closed_loop
-from sdtriton.perf.run import MachineInfo, PathTiming
-from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME, parse_profiles
-from sdtriton.perf.simulated import SimulatedLatency
-from sdtriton.perf.variants import engine_limits_of, engine_variant
+from sdtriton.perf.report import headline, summary_markdown, write_reports
+from sdtriton.perf.repositories import engine_limits_of, engine_variant
 from sdtriton.perf.workload import fixed_requests, raw_inputs
 from sdtriton.serving.engine import EngineLimits
+from sdtriton.serving.simulated import SimulatedLatency
 from tests.unit.test_engine import CONFIG, TOKENS, FakeNetworks
-
-
-@pytest.mark.parametrize("q", [0, 10, 50, 90, 99, 100])
-def test_percentile_is_numpys_linear_method(q: float) -> None:
-    values = [5.0, 1.0, 4.0, 2.5, 9.0, 7.0, 3.0]
-    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
-
-
-def test_percentile_edges() -> None:
-    assert percentile([42.0], 99) == 42.0
-    assert percentile([1.0, 2.0], 50) == 1.5
-    with pytest.raises(ValueError, match="no values"):
-        percentile([], 50)
-    with pytest.raises(ValueError, match=r"0\.\.100"):
-        percentile([1.0], 101)
 
 
 def _record(
@@ -91,17 +74,15 @@ def test_records_split_by_class_in_order_and_summaries_count_completed_ones_only
         _record(SHORT, 50.0, Outcome.FAILED),
         _record(SHORT, 200.0),
     ]
-    classes = split_by_class(records)
-    assert list(classes) == [SHORT, LONG]
-    assert [record.latency_ms for record in classes[SHORT]] == [100.0, 300.0, 50.0, 200.0]
-    short = LatencySummary.of(classes[SHORT], duration_s=2.0)
-    assert (short.count, short.failed) == (3, 1)
+    load = Load("mixed", 2, tuple(records), 2.0)
+    short = load.of_class(SHORT)
+    assert [record.latency_ms for record in short.records] == [100.0, 300.0, 50.0, 200.0]
+    assert (short.completed, short.failed) == (3, 1)
     assert short.p50_ms == 200.0
-    assert short.p99_ms == pytest.approx(percentile([100.0, 300.0, 200.0], 99))
+    assert short.p99_ms == pytest.approx(float(np.percentile([100.0, 300.0, 200.0], 99)))
     assert short.mean_ms == pytest.approx(200.0)
     assert short.images_per_s == pytest.approx(1.5)
-    with pytest.raises(ValueError, match="no request"):
-        LatencySummary.of([_record(LONG, 1.0, Outcome.FAILED)], duration_s=1.0)
+    assert load.of_class(LONG).completed == 1 and load.of_class("burst").completed == 0
 
 
 def test_a_refusal_is_the_servers_busy_message() -> None:
@@ -126,36 +107,28 @@ def test_burst_counts_accepted_refused_and_the_slowest_refusal() -> None:
     assert burst.warmup_max_refusal_ms == 110.0
     assert (burst.accepted, burst.completed, burst.refused, burst.failed) == (2, 1, 2, 1)
     assert burst.refused_as_unavailable == 1
-    assert burst.refusal_ms == [12.0, 61.0]
+    assert burst.latencies_ms(Outcome.REFUSED) == [12.0, 61.0]
     assert burst.max_refusal_ms == 61.0
 
 
 def test_allowed_throughput_counts_the_non_unet_work_beside_the_modelled_calls() -> None:
     latency = SimulatedLatency(fixed_ms=10.0, per_item_ms=2.0)
     # No other work: exactly the latency model's own ratio.
-    one = allowed_images_per_s(
-        latency, concurrency=1, rows_per_image=2, unet_calls_per_image=20, non_unet_s_per_image=0
-    )
-    eight = allowed_images_per_s(
-        latency, concurrency=8, rows_per_image=2, unet_calls_per_image=20, non_unet_s_per_image=0
-    )
+    one = allowed_images_per_s(latency, concurrency=1, rows_per_image=2, unet_calls_per_image=20, non_unet_s=0)
+    eight = allowed_images_per_s(latency, concurrency=8, rows_per_image=2, unet_calls_per_image=20, non_unet_s=0)
     assert one == pytest.approx(1 / (20 * 0.014))
     assert eight / one == pytest.approx(latency.throughput_ratio(8, 2))
     # 20 ms of other work an image: c1 20 x 14 + 20 = 300 ms an image, c8 20 x 42 + 8 x 20 = 1000 ms for eight.
-    one = allowed_images_per_s(
-        latency, concurrency=1, rows_per_image=2, unet_calls_per_image=20, non_unet_s_per_image=0.02
-    )
-    eight = allowed_images_per_s(
-        latency, concurrency=8, rows_per_image=2, unet_calls_per_image=20, non_unet_s_per_image=0.02
-    )
+    one = allowed_images_per_s(latency, concurrency=1, rows_per_image=2, unet_calls_per_image=20, non_unet_s=0.02)
+    eight = allowed_images_per_s(latency, concurrency=8, rows_per_image=2, unet_calls_per_image=20, non_unet_s=0.02)
     assert (one, eight) == (pytest.approx(1 / 0.3), pytest.approx(8.0))
     with pytest.raises(ValueError, match="non_unet"):
-        allowed_images_per_s(latency, concurrency=1, rows_per_image=2, unet_calls_per_image=1, non_unet_s_per_image=-1)
+        allowed_images_per_s(latency, concurrency=1, rows_per_image=2, unet_calls_per_image=1, non_unet_s=-1)
 
 
-def _level(variant: str, concurrency: int, latencies_ms: list[float], duration_s: float) -> LevelResult:
+def _level(variant: str, concurrency: int, latencies_ms: list[float], duration_s: float) -> Load:
     records = tuple(_record(variant, latency, load=f"{variant}_c{concurrency}") for latency in latencies_ms)
-    return LevelResult(variant=variant, concurrency=concurrency, records=records, duration_s=duration_s)
+    return Load(variant=variant, concurrency=concurrency, records=records, duration_s=duration_s)
 
 
 def _simulated() -> SimulatedResult:
@@ -166,8 +139,6 @@ def _simulated() -> SimulatedResult:
         latency=latency,
         rows_per_image=2,
         unet_calls_per_image=20,
-        low=low,
-        high=high,
         points=(low, high),
         # 20 ms of non-UNet work an image at both concurrencies: 50 images/s with a UNet that takes no time.
         non_unet_low=InProcessRun(concurrency=1, requests=32, elapsed_s=0.64, unet_calls=640, unet_rows=1280),
@@ -190,10 +161,8 @@ def _result() -> EngineResult:
     off = [_level(BATCHING_OFF, 1, [390.0] * 16, 6.2), _level(BATCHING_OFF, 8, [3200.0] * 64, 32.0)]
     mixed = MixedResult(
         spec=MixedSpec(short_clients=1, long_clients=1),
-        mixed=(_record(SHORT, 1000.0), _record(SHORT, 1500.0), _record(LONG, 20000.0)),
-        mixed_duration_s=20.0,
-        short_only=(_record(SHORT, 1000.0, load="short_only"), _record(SHORT, 1000.0, load="short_only")),
-        short_only_duration_s=2.0,
+        mixed=Load("mixed", 2, (_record(SHORT, 1000.0), _record(SHORT, 1500.0), _record(LONG, 20000.0)), 20.0),
+        short_only=Load("short_only", 2, (_record(SHORT, 1000.0, load="short_only"),) * 2, 2.0),
     )
     burst = BurstResult(
         spec=BurstSpec(max_pending_requests=1, requests=2),
@@ -217,7 +186,7 @@ def _result() -> EngineResult:
         input_data="default_fixed.json",
         ceiling=CeilingResult(
             in_process=InProcessRun(concurrency=8, requests=32, elapsed_s=10.0, unet_calls=80, unet_rows=1280),
-            served=LevelResult.merged(
+            served=Load.merged(
                 [_level(CEILING_SERVED, 8, [3000.0] * 16, 6.0), _level(CEILING_SERVED, 8, [3000.0] * 16, 6.0)]
             ),
             plain_loop=plain,
@@ -240,28 +209,28 @@ def test_served_ratios_and_on_off_ratios() -> None:
     assert result.ceiling is not None and len(result.ceiling.served.records) == 32
     assert result.on_off_ratios() == [(1, pytest.approx(2.5 / (16 / 6.2))), (8, pytest.approx((64 / 24) / 2.0))]
     assert result.mixed is not None and result.mixed.short_p99_ratio == pytest.approx(
-        percentile([1000, 1500], 99) / 1000
+        float(np.percentile([1000, 1500], 99)) / 1000
     )
     empty = dataclasses.replace(result, ceiling=None, sweep=(), mixed=None, burst=None, simulated=None)
     assert empty.served_over_ceiling is None and empty.c1_over_plain_loop is None
-    assert all(row.met is None for row in goal_rows(empty))
+    assert all(row.met is None for row in empty.goal_rows())
 
 
 def test_goal_verdicts() -> None:
-    rows = goal_rows(_result())
+    rows = _result().goal_rows()
     assert rows[0].verdict == "MISSED"  # 2.67 images/s served against 3.2 in-process: 0.833x
     assert rows[1].verdict == "met"  # 400 ms against 390 ms: 1.026x
     assert all(row.verdict == "met" for row in rows[2:])
     assert [row.simulated for row in rows] == [False] * 6 + [True, True]
     # 64 simulated images in 8.4 s: 2.29x c1, 95% of the 2.4x allowed with the non-UNet work, 86% of the UNet's 2.67x.
-    simulated = dataclasses.replace(_simulated(), high=_level(SIMULATED, 8, [1000.0] * 64, 8.4))
-    rows = goal_rows(dataclasses.replace(_result(), simulated=simulated))
+    simulated = dataclasses.replace(_simulated(), points=(_simulated().low, _level(SIMULATED, 8, [1000.0] * 64, 8.4)))
+    rows = dataclasses.replace(_result(), simulated=simulated).goal_rows()
     assert [(row.measured, row.verdict) for row in rows[-2:]] == [("95.2%", "met"), ("85.7%", "MISSED")]
 
 
 def test_reports_label_the_simulated_results(tmp_path: Path) -> None:
     result = _result()
-    files = write_engine_reports(result, tmp_path)
+    files = write_reports(result, tmp_path)
     assert sorted(path.name for path in files.values()) == [
         "engine_goals.csv",
         "engine_load_points.csv",
@@ -291,27 +260,29 @@ def test_reports_label_the_simulated_results(tmp_path: Path) -> None:
     shared = dataclasses.replace(result, other_cpu_s=60.0)  # over 300 s on 2 cores
     assert shared.other_cpu_share == pytest.approx(0.1)
     assert "used 60 CPU-seconds during the run: 10.0% of the 2 cores' time. **Above 5%" in summary_markdown(shared)
-    headline = engine_headline(result)
-    assert "served/ceiling 0.833x" in headline and "SIMULATED c8/c1" in headline and "goals missed" in headline
+    text = headline(result)
+    assert "served/ceiling 0.833x" in text and "SIMULATED c8/c1" in text and "goals missed" in text
 
 
 def test_the_committed_engine_profile() -> None:
-    (name,) = load_engine_profiles(DEFAULT_PERF_DIR)
-    profile = load_engine_profiles(DEFAULT_PERF_DIR)[name]
+    profiles = load_profiles(DEFAULT_PERF_DIR)
+    ((name, profile),) = [(name, p) for name, p in profiles.items() if isinstance(p, EngineProfile)]
     assert (DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / profile.input_data).is_file()
     assert profile.model == "shapes"
     assert profile.ceiling is not None and profile.sweep is not None
     assert profile.ceiling.concurrency in profile.sweep.levels and 1 in profile.sweep.levels
     assert profile.mixed is not None and profile.mixed.concurrency == 8
     assert profile.simulated is not None and str(profile.simulated.latency) == "10ms+2ms"
-    # The perf_analyzer profiles leave it out, and it leaves them out.
-    document = (DEFAULT_PERF_DIR / "scenarios.json").read_text()
-    assert name not in parse_profiles(document)
-    assert set(parse_engine_profiles(document)) == {name}
+    # The perf_analyzer profiles are the others.
+    assert all(isinstance(p, Profile) for n, p in profiles.items() if n != name)
 
 
 def _profile(**engine: object) -> dict[str, object]:
     return {"model": "tiny", "time_limit_s": 60, "engine": {"input_data": "fixed.json", **engine}}
+
+
+def _engine_profile(values: dict[str, object]) -> EngineProfile | Profile:
+    return parse_profiles(json.dumps({"profiles": {"p": values}}))["p"]
 
 
 @pytest.mark.parametrize(
@@ -331,17 +302,16 @@ def _profile(**engine: object) -> dict[str, object]:
 )
 def test_engine_profiles_reject_bad_specs(engine: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        parse_engine_profile("bad", _profile(**engine))
+        _engine_profile(_profile(**engine))
 
 
 def test_engine_profile_defaults_and_document() -> None:
-    profile = parse_engine_profile("ok", _profile(burst={}, simulated={"latency": "5ms + 0.5ms"}))
+    profile = _engine_profile(_profile(burst={}, simulated={"latency": "5ms + 0.5ms"}))
     assert profile.burst == BurstSpec()
-    assert parse_engine_profile("ok", _profile(burst={"warmup_bursts": 0})).burst == BurstSpec(warmup_bursts=0)
+    assert _engine_profile(_profile(burst={"warmup_bursts": 0})).burst == BurstSpec(warmup_bursts=0)
     assert profile.simulated is not None and profile.simulated.latency == SimulatedLatency(5.0, 0.5)
     assert profile.ceiling is None and profile.sweep is None and profile.mixed is None
-    document = json.dumps({"profiles": {"ok": _profile(burst={})}})
-    assert list(parse_engine_profiles(document)) == ["ok"]
+    assert isinstance(profile, EngineProfile)
 
 
 def test_raw_inputs_are_one_item_arrays_of_every_public_input() -> None:
@@ -391,7 +361,7 @@ def test_in_process_closed_loop_keeps_the_concurrency_and_counts_unet_rows() -> 
 
 def test_in_process_zero_time_unet_and_failures() -> None:
     networks = FakeNetworks()
-    zero = ZeroTimeUNet(networks)
+    zero = InstrumentedNetworks(networks, zero_time_unet=True)
     sample = torch.ones((2, 4, 8, 8))
     inputs = {"sample": sample, "timestep": torch.zeros(2), "encoder_hidden_states": torch.zeros((2, TOKENS, 4))}
     noise = zero.predict_noise("unet", inputs)
@@ -460,10 +430,10 @@ def test_engine_variant_changes_the_engines_limits_and_the_entries_refusals_only
 
 def test_turns_merge_into_one_level_and_one_run() -> None:
     first, second = _level(BATCHING_ON, 2, [100.0, 300.0], 1.0), _level(BATCHING_ON, 2, [200.0, 200.0], 3.0)
-    merged = LevelResult.merged([first, second])
+    merged = Load.merged([first, second])
     assert (merged.completed, merged.duration_s, merged.images_per_s, merged.p50_ms) == (4, 4.0, 1.0, 200.0)
     with pytest.raises(ValueError, match="one variant"):
-        LevelResult.merged([first, _level(BATCHING_OFF, 2, [1.0], 1.0)])
+        Load.merged([first, _level(BATCHING_OFF, 2, [1.0], 1.0)])
     runs = [
         InProcessRun(concurrency=8, requests=8, elapsed_s=2.0, unet_calls=20, unet_rows=320),
         InProcessRun(concurrency=8, requests=16, elapsed_s=6.0, unet_calls=40, unet_rows=640),
@@ -475,8 +445,6 @@ def test_turns_merge_into_one_level_and_one_run() -> None:
 
 
 def test_load_tests_run_with_the_engines_caches_off(tmp_path: Path) -> None:
-    from sdtriton.perf.variants import engine_limits_of, engine_variant
-
     source = _rendered_repository(tmp_path / "source")
     # An export's defaults turn both caches on: a fixed seeded request sent again and again would be a cache hit.
     assert engine_limits_of(source).response_cache_bytes > 0 and engine_limits_of(source).text_cache_entries > 0

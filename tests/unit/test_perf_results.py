@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton.perf.report import summary_markdown, write_reports
-from sdtriton.perf.results import BlsProbe, PerfResult, TritonBreakdown, time_breakdown
-from sdtriton.perf.run import MachineInfo, NetworkTimes, PathTiming, StepSlope
-from sdtriton.perf.scenarios import LoadMode, LoadPoint, Protocol, Scenario
-from sdtriton.perf.stats import ModelStats
+from sdtriton.perf.model import LoadPoint, MachineInfo, ModelStats, NetworkTimes, PathTiming, PerfResult, StepSlope
+from sdtriton.perf.profiles import LoadMode, Protocol, Scenario
+from sdtriton.perf.report import headline, summary_markdown, write_reports
 from sdtriton.perf.workload import fixed_requests
 
 
@@ -127,25 +125,22 @@ def _result(*, with_points: bool = True) -> PerfResult:
         unet_calls_per_step=1.0,
         triton_client=_timing("triton", 20, 104.0),
         triton_slope=StepSlope(low=_timing("triton", 5, 42.0), high=_timing("triton", 45, 210.0)),
-        triton_breakdown=TritonBreakdown(
-            entry=_stats("stable_diffusion", requests=10, server_ms=0.5),
-            pipeline=_stats("pipeline", requests=10, server_ms=1.0),
-            text_encoder=_stats("text_encoder", requests=10, server_ms=1.5),
-            unet=_stats("unet", requests=200, server_ms=4.2),
-            vae_decoder=_stats("vae_decoder", requests=10, server_ms=3.5),
-        ),
+        triton_breakdown={
+            "stable_diffusion": _stats("stable_diffusion", requests=10, server_ms=0.5),
+            "pipeline": _stats("pipeline", requests=10, server_ms=1.0),
+            "text_encoder": _stats("text_encoder", requests=10, server_ms=1.5),
+            "unet": _stats("unet", requests=200, server_ms=4.2),
+            "vae_decoder": _stats("vae_decoder", requests=10, server_ms=3.5),
+        },
         slope_unet_stats=_stats("unet", requests=500, server_ms=4.2),
         points=points,
         scenarios=SCENARIOS,
-        baseline_input_data="default_fixed.json",
+        input_data="default_fixed.json",
         skipped=("grpc_rate_0p9: about 30 s needed, 10 s left of the 900 s limit",),
         max_pixel_difference={"onnx_loop vs triton": 0},
         elapsed_s=300.0,
-        bls_probe=BlsProbe(
-            onnx_loop_slope=StepSlope(low=_timing("onnx_loop", 5, 4.0), high=_timing("onnx_loop", 45, 42.0)),
-            triton_slope=StepSlope(low=_timing("triton", 5, 4.0), high=_timing("triton", 45, 46.0)),
-            unet_calls_per_step=1.0,
-        ),
+        probe_loop_slope=StepSlope(low=_timing("onnx_loop", 5, 4.0), high=_timing("onnx_loop", 45, 42.0)),
+        probe_triton_slope=StepSlope(low=_timing("triton", 5, 4.0), high=_timing("triton", 45, 46.0)),
     )
 
 
@@ -161,23 +156,20 @@ def test_triton_end_to_end_is_perf_analyzer_at_concurrency_1_over_grpc_on_the_ba
 def test_bls_cost_is_the_difference_of_per_step_slopes() -> None:
     result = _result()
     # Real UNet: Triton (210 - 42) / 40 = 4.2 ms/step, plain loop (200 - 40) / 40 = 4.0 ms/step.
-    assert result.unet_call_net_ms == pytest.approx(0.2)
-    assert result.unet_server_overhead_ms == pytest.approx(0.2)
+    assert result.unet_call_net[0] == pytest.approx(0.2)
     # Identity UNet: (46 - 4) / 40 = 1.05 ms/step against (42 - 4) / 40 = 0.95 ms/step.
     assert result.bls_unet_call_ms == pytest.approx(0.1)
-    assert dataclasses.replace(result, bls_probe=None).bls_unet_call_ms is None
-    assert "not judged" in summary_markdown(dataclasses.replace(result, bls_probe=None))
+    assert dataclasses.replace(result, probe_triton_slope=None).bls_unet_call_ms is None
+    assert "not judged" in summary_markdown(dataclasses.replace(result, probe_triton_slope=None))
 
 
 def test_breakdown_adds_up() -> None:
-    rows = {row.part.split(" (")[0].split(":")[0]: row for row in time_breakdown(_result())}
-    assert rows["UNet"].onnx_loop_ms == pytest.approx(80.0)
-    assert rows["UNet"].triton_ms == pytest.approx(84.0)
-    assert rows["loop glue"].onnx_loop_ms == pytest.approx(100.0 - 1.0 - 80.0 - 3.0)  # the mean of 100, 101, 99
-    assert rows["loop glue"].triton_ms is None
-    assert rows["entry and pipeline `execute`"].triton_ms == pytest.approx(1.5)
-    assert rows["rest of Triton"].triton_ms == pytest.approx(104.0 - 1.5 - 84.0 - 3.5 - 1.5)
-    assert rows["total"].triton_ms == pytest.approx(104.0)
+    rows = {part.split(" (")[0].split(":")[0]: times for part, *times in _result().time_breakdown()}
+    assert rows["UNet"] == [pytest.approx(80.0), pytest.approx(84.0)]
+    assert rows["loop glue"] == [pytest.approx(100.0 - 1.0 - 80.0 - 3.0), None]  # the mean of 100, 101, 99
+    assert rows["entry and pipeline `execute`"] == [None, pytest.approx(1.5)]
+    assert rows["rest of Triton"][1] == pytest.approx(104.0 - 1.5 - 84.0 - 3.5 - 1.5)
+    assert rows["total"][1] == pytest.approx(104.0)
 
 
 def test_summary_states_each_goal(tmp_path: Path) -> None:
@@ -207,4 +199,13 @@ def test_slope_errors_need_two_runs_a_side() -> None:
     repeated = StepSlope(low=_timing("triton", 5, 40.0, 42.0), high=_timing("triton", 45, 200.0, 202.0))
     # stdev sqrt(2) on each side, two runs: SE = 1.2533 * sqrt(2) / sqrt(2) per median; sqrt(2) of them over 40 steps.
     assert repeated.error_ms_per_step == pytest.approx(1.2533 * 2**0.5 / 40, rel=1e-3)
-    assert "not resolved" in summary_markdown(dataclasses.replace(_result(), bls_probe=None))
+    assert "not resolved" in summary_markdown(dataclasses.replace(_result(), probe_triton_slope=None))
+
+
+def test_headline_gives_each_goal_its_verdict() -> None:
+    text = headline(_result())
+    assert text.startswith("Triton at concurrency 1: 105.0 ms; Triton / plain ONNX loop 1.050x (goal <= 1.1x: met)")
+    assert "one BLS UNet call (identity UNet) 0.100 ms (goal < 0.3 ms: met)" in text
+    assert "Triton / diffusers - (goal <= 0.9x: not measured)" in headline(
+        dataclasses.replace(_result(), diffusers=None)
+    )

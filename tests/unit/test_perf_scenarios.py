@@ -7,17 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton.perf.harness import DEFAULT_PERF_DIR
-from sdtriton.perf.scenarios import (
+from sdtriton.perf.load import parse_perf_analyzer_csv, perf_analyzer_command
+from sdtriton.perf.profiles import (
+    DEFAULT_PERF_DIR,
     INPUT_DATA_DIR_NAME,
     LoadMode,
     Protocol,
     Scenario,
     load_profiles,
-    parse_perf_analyzer_csv,
     parse_profiles,
-    peak_throughput,
-    perf_analyzer_command,
     request_rates,
 )
 from sdtriton.tiny import PROFILES
@@ -153,8 +151,7 @@ def test_csv_rows_become_load_points_in_ms() -> None:
 
 def test_request_rates_scale_the_peak() -> None:
     (point,) = parse_perf_analyzer_csv(CONCURRENCY_CSV, _scenario(), request_count=10)
-    assert peak_throughput([point], "grpc_fixed") == pytest.approx(0.785885)
-    assert peak_throughput([point], "other") is None
+    assert request_rates((0.5, 1.0), peak_throughput_per_s=point.throughput_per_s) == (0.393, 0.786)
     assert request_rates((0.5, 1.0), peak_throughput_per_s=4.0) == (2.0, 4.0)
     with pytest.raises(ValueError):
         request_rates((0.5,), peak_throughput_per_s=0)

@@ -9,8 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from sdtriton import interface
-from sdtriton.perf.harness import DEFAULT_PERF_DIR
-from sdtriton.perf.scenarios import INPUT_DATA_DIR_NAME, load_profiles
+from sdtriton.perf.profiles import DEFAULT_PERF_DIR, INPUT_DATA_DIR_NAME, load_profiles
 from sdtriton.perf.workload import (
     INPUT_DATA_FILES,
     PROMPTS,

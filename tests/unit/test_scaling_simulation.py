@@ -1,4 +1,4 @@
-"""The HPA SIMULATION (sdtriton/perf/scaling.py): Kubernetes' formula, windows and policies on hand-computed cases, the
+"""The HPA SIMULATION (sdtriton/scaling.py): Kubernetes' formula, windows and policies on hand-computed cases, the
 load model and derived target on small tables, the built-in burst on the committed load points, and ``scale-sim``."""
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton import cli
-from sdtriton.perf import scaling
-from sdtriton.perf.scaling import (
+from sdtriton import cli, scaling
+from sdtriton.scaling import (
     HorizontalPodAutoscaler,
     HpaSettings,
     LoadPoint,

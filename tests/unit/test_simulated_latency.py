@@ -13,18 +13,16 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from sdtriton.components import COMPONENT_FAMILY_PARAMETER, ONNX_FILE_NAME, UNET
 from sdtriton.export.configs import CONFIG_FILE_NAME, MODEL_FILE_NAME, config_text, parse_config_text
-from sdtriton.perf.simulated import (
+from sdtriton.perf.repositories import simulated_model_file_text, simulated_repository, simulated_unet_config_text
+from sdtriton.serving.errors import InvalidInputError
+from sdtriton.serving.simulated import (
     FIXED_MS_PARAMETER,
     PER_ITEM_MS_PARAMETER,
     SimulatedLatency,
     checked_sample,
     latency_from_parameters,
-    simulated_model_file_text,
-    simulated_repository,
-    simulated_unet_config_text,
     zero_noise_pred,
 )
-from sdtriton.serving.errors import InvalidInputError
 
 COMMITTED_UNET_CONFIG = Path(__file__).resolve().parents[2] / "model_repository" / "unet" / CONFIG_FILE_NAME
 _BIG_FILE_BYTES = (1 << 20) + 1  # just over the size from which files are linked

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from sdtriton import interface
 from sdtriton.ops.soak.memory import MemoryComparison, sample_memory
 from sdtriton.ops.soak.plan import (
@@ -30,7 +32,6 @@ from sdtriton.ops.soak.plan import (
     SoakMix,
     SoakRequest,
 )
-from sdtriton.perf.engine_results import percentile
 
 if TYPE_CHECKING:
     from sdtriton.ops.supervisor import ServerSupervisor
@@ -202,8 +203,8 @@ class SoakResult:
             if latencies:
                 table[kind.value] = {
                     "count": len(latencies),
-                    "p50_ms": round(percentile(latencies, 50), 1),
-                    "p99_ms": round(percentile(latencies, 99), 1),
+                    "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+                    "p99_ms": round(float(np.percentile(latencies, 99)), 1),
                 }
         return table
 

@@ -5,26 +5,23 @@ weight-streaming time plus a small time per batch row. The stand-in sleeps ``fix
 per call (``rows`` summed over the requests the dynamic batcher joined) and answers zeros, so that step-level
 batching and fairness of the serving engine can be measured as they would behave on a GPU.
 
-This module is pure: the latency model, its config parameters, the request checks and the repository copy.
-The Triton adapter is :class:`sdtriton.serving.triton_simulated.SimulatedUNetModel`. The repository functions
-import :mod:`sdtriton.export.configs` where they run: the ``sdtriton.export`` package loads torch and
-diffusers, which the stand-in's own process has no use for.
+This module is pure: the latency model, its config parameters and the request checks. The Triton adapter is
+:class:`sdtriton.serving.triton_simulated.SimulatedUNetModel`; :func:`sdtriton.perf.repositories.simulated_repository`
+makes a repository that serves it.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sdtriton.components import ONNX_FILE_NAME, TENSORRT_PLAN_FILE_NAME, UNET
+from sdtriton.components import UNET
 from sdtriton.serving.errors import InvalidInputError
 
 FIXED_MS_PARAMETER = "simulated_fixed_ms"
@@ -32,10 +29,6 @@ PER_ITEM_MS_PARAMETER = "simulated_per_item_ms"
 _MS_PER_S = 1000.0
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _LATENCY_PATTERN = re.compile(rf"^\s*{_NUMBER}\s*ms\s*\+\s*{_NUMBER}\s*ms\s*$")
-# Files this large (ONNX weights and their external data) are linked into the copy, smaller ones copied.
-_LINK_MIN_BYTES = 1 << 20
-_ADAPTER_MODULE = "sdtriton.serving.triton_simulated"
-_ADAPTER_CLASS = "SimulatedUNetModel"
 _SAMPLE = UNET.inputs[0]
 (_NOISE_PRED,) = UNET.outputs
 
@@ -162,103 +155,3 @@ def checked_sample(inputs: Mapping[str, np.ndarray | None]) -> np.ndarray:
 def zero_noise_pred(sample: np.ndarray) -> np.ndarray:
     """The stand-in's answer: zeros of the sample's shape, in the UNet output's dtype."""
     return np.zeros(sample.shape, dtype=_NOISE_PRED.numpy_dtype)
-
-
-def simulated_model_file_text() -> str:
-    """The ``unet/1/model.py`` of a simulated repository."""
-    return (
-        f'"""Triton Python-backend entry point of a simulated `{UNET.model_name}`; see sdtriton.perf.simulated."""\n\n'
-        f"from {_ADAPTER_MODULE} import {_ADAPTER_CLASS} as TritonPythonModel\n\n"
-        '__all__ = ["TritonPythonModel"]\n'
-    )
-
-
-def simulated_unet_config_text(source_config_text: str, latency: SimulatedLatency) -> str:
-    """The source's rendered UNet config served by the stand-in: same tensors and batching, plus the latency.
-
-    The backend becomes ``python`` (a source rendered for ``onnxruntime`` or ``tensorrt`` names a model file
-    the stand-in does not have), and instances run on the CPU: the stand-in only sleeps.
-    """
-    from sdtriton.export.configs import config_text, parse_config_text
-
-    config = parse_config_text(source_config_text)
-    config.backend = "python"
-    config.ClearField("platform")
-    config.ClearField("default_model_filename")
-    for group in config.instance_group:
-        group.kind = group.KIND_CPU
-        del group.gpus[:]
-    for key, value in latency.parameters().items():
-        config.parameters[key].string_value = value
-    return config_text(config)
-
-
-def _copy_or_link(source: str, destination: str) -> None:
-    path = Path(source)
-    if path.stat().st_size >= _LINK_MIN_BYTES:
-        Path(destination).symlink_to(path.resolve())
-    else:
-        shutil.copy2(source, destination)
-
-
-def simulated_repository(
-    source: Path,
-    destination: Path,
-    latency: SimulatedLatency,
-    *,
-    models: Sequence[str] | None = None,
-) -> Path:
-    """A copy of an exported model repository whose ``unet`` is the stand-in of ``latency``.
-
-    Files of 1 MiB or more (the ONNX weights) are linked into the copy, smaller ones copied. The UNet keeps
-    its config (inputs, outputs, ``max_batch_size``, dynamic batching) plus the two latency parameters; its
-    ``1/`` holds the stand-in's ``model.py`` and none of the ONNX files.
-
-    Args:
-        source: an exported repository (``sdtriton export``).
-        destination: a folder that does not exist yet or is empty.
-        latency: the stand-in's latency model.
-        models: the models to copy (``unet`` among them); default: every model of ``source``.
-
-    Returns:
-        ``destination``.
-
-    Raises:
-        FileNotFoundError: ``source`` has no ``unet`` or lacks a named model.
-        FileExistsError: ``destination`` is not empty.
-        ValueError: ``models`` leaves out ``unet``.
-    """
-    from sdtriton.export.configs import CONFIG_FILE_NAME, MODEL_FILE_NAME
-
-    source = Path(source)
-    destination = Path(destination)
-    unet_source = source / UNET.model_name
-    if not (unet_source / CONFIG_FILE_NAME).is_file():
-        raise FileNotFoundError(f"{source} has no {UNET.model_name}/{CONFIG_FILE_NAME}")
-    names = sorted(path.name for path in source.iterdir() if path.is_dir()) if models is None else list(models)
-    if UNET.model_name not in names:
-        raise ValueError(f"models must include {UNET.model_name!r}, got {names}")
-    for name in names:
-        if not (source / name).is_dir():
-            raise FileNotFoundError(f"{source} has no model {name!r}")
-    if destination.exists() and any(destination.iterdir()):
-        raise FileExistsError(f"{destination} is not empty")
-    destination.mkdir(parents=True, exist_ok=True)
-
-    ignore = shutil.ignore_patterns("__pycache__")
-    for name in names:
-        if name != UNET.model_name:
-            shutil.copytree(source / name, destination / name, copy_function=_copy_or_link, ignore=ignore)
-    unet_destination = destination / UNET.model_name
-    # Every version folder keeps its small files (none but model.py today); the ONNX files stay behind.
-    shutil.copytree(
-        unet_source,
-        unet_destination,
-        ignore=shutil.ignore_patterns("__pycache__", f"{ONNX_FILE_NAME}*", TENSORRT_PLAN_FILE_NAME),
-    )
-    for version_dir in unet_destination.iterdir():
-        if version_dir.is_dir() and version_dir.name.isdigit():
-            (version_dir / MODEL_FILE_NAME).write_text(simulated_model_file_text())
-    config_path = unet_destination / CONFIG_FILE_NAME
-    config_path.write_text(simulated_unet_config_text(config_path.read_text(), latency))
-    return destination

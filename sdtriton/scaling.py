@@ -44,25 +44,27 @@ The parts, each a function or a small class that unit tests drive by hand:
 
 from __future__ import annotations
 
+import argparse
 import csv
 import enum
 import itertools
 import logging
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sdtriton.perf.engine_results import BATCHING_ON
+from sdtriton.perf.model import BATCHING_ON
 
 logger = logging.getLogger(__name__)
 
 # The rows of an engine profile's ``engine_load_points.csv`` that describe one server at one concurrency.
-SWEEP_SECTION = "sweep"  # as sdtriton.perf.engine_report writes it
+SWEEP_SECTION = "sweep"  # as sdtriton.perf.report writes it
 DEFAULT_VARIANT = BATCHING_ON
-DEFAULT_LOAD_POINTS = Path(__file__).resolve().parents[2] / "perf" / "results" / "engine" / "engine_load_points.csv"
+DEFAULT_LOAD_POINTS = Path(__file__).resolve().parents[1] / "perf" / "results" / "engine" / "engine_load_points.csv"
 DEFAULT_OUTPUT_DIR = Path("outputs/scaling")
 
 # The default SLO when none is given: p99 at most this many times the measured concurrency-1 p99.
@@ -888,7 +890,7 @@ def summary_markdown(
     lines = [
         "# SIMULATION: the Kubernetes HPA scaling sdtriton replicas",
         "",
-        "**Every number below is SIMULATED** by `sdtriton scale-sim` (`sdtriton/perf/scaling.py`): Kubernetes' "
+        "**Every number below is SIMULATED** by `sdtriton scale-sim` (`sdtriton/scaling.py`): Kubernetes' "
         "HorizontalPodAutoscaler algorithm replayed over a model of one replica built from measured load points. "
         "No cluster was run.",
         "",
@@ -987,3 +989,108 @@ def write_outputs(
     paths["summary"] = summary_path
     logger.info("SIMULATION outputs in %s", directory)
     return paths
+
+
+def _scale_sim(args: argparse.Namespace) -> int:
+    load_points = args.load_points or DEFAULT_LOAD_POINTS
+    try:
+        shown_path = str(load_points.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        shown_path = str(load_points)
+    try:
+        points = read_load_points(load_points)
+        measured_c1_p99_s = c1_p99_s(points)
+        if args.slo_p99_s is None:
+            slo_p99_s = DEFAULT_SLO_OVER_C1_P99 * measured_c1_p99_s
+            slo_note = (
+                f"p99 <= {slo_p99_s:.3f} s ({DEFAULT_SLO_OVER_C1_P99:g}x the measured p99 at concurrency "
+                f"{points[0].concurrency}, {measured_c1_p99_s:.3f} s)"
+            )
+        else:
+            slo_p99_s = args.slo_p99_s
+            slo_note = f"p99 <= {slo_p99_s:g} s (--slo-p99-s)"
+        if args.target_in_flight is None:
+            target = derive_target_in_flight(points, slo_p99_s=slo_p99_s)
+            target_note = (
+                f"{target:.3f} (`{kubernetes_quantity(target)}`), derived: the concurrency where the measured "
+                "p99 crosses the SLO, linear between load points"
+            )
+        else:
+            target = args.target_in_flight
+            target_note = f"{target:g} (--target-in-flight)"
+        model = ReplicaModel(points)
+        settings = HpaSettings(
+            target_in_flight_per_pod=target,
+            min_replicas=DEFAULT_MIN_REPLICAS if args.min_replicas is None else args.min_replicas,
+            max_replicas=DEFAULT_MAX_REPLICAS if args.max_replicas is None else args.max_replicas,
+        )
+        pending = DEFAULT_MAX_PENDING_PER_POD if args.max_pending_requests is None else args.max_pending_requests
+        options = SimulationOptions(
+            startup_s=DEFAULT_STARTUP_S if args.startup_s is None else args.startup_s,
+            max_pending_per_pod=pending or None,
+        )
+        names = list(TRACES) if args.trace == "both" else [args.trace]
+        results = [
+            simulate(TRACES[name](model.capacity_rps), model, settings, slo_p99_s=slo_p99_s, options=options)
+            for name in names
+        ]
+    except (OSError, ScalingInputError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    paths = write_outputs(results, args.output, load_points_path=shown_path, slo_note=slo_note, target_note=target_note)
+    lines = [
+        "SIMULATION: the Kubernetes HPA replayed over measured load points of one replica; no cluster was run",
+        f"SLO: {slo_note}",
+        f"SIMULATED HPA target, in-flight requests per pod: {target_note}",
+    ]
+    for result in results:
+        summary = result.summary()
+        recovered = "not by the end" if summary.slo_recovered_s is None else f"{summary.slo_recovered_s:.0f} s"
+        first_up = "none" if summary.first_scale_up_s is None else f"{summary.first_scale_up_s:.0f} s"
+        lines.append(
+            f"SIMULATED {summary.trace}: max {summary.max_ready_replicas} ready replicas, first scale-up {first_up} "
+            f"and peak replicas ready {summary.peak_ready_s:.0f} s after the rise, p99 within SLO again after "
+            f"{recovered}; worst p99 {summary.worst_p99_s:.2f} s, p99 over SLO {summary.share_over_slo:.1%} of the "
+            f"time in {summary.episodes_over_slo} stretch(es), refused "
+            f"{summary.refused / summary.offered:.1%} of requests"
+        )
+    lines += [str(path.resolve()) for path in paths.values()]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def add_scale_sim_command(commands: argparse._SubParsersAction) -> None:
+    scale_sim = commands.add_parser(
+        "scale-sim",
+        help="SIMULATION of the Kubernetes HPA scaling replicas, from one replica's measured load points "
+        "(perf/README.md)",
+    )
+    scale_sim.add_argument(
+        "--load-points",
+        type=Path,
+        help="an engine profile's engine_load_points.csv; its measured sweep rows with step batching on are used "
+        "(default: perf/results/engine/engine_load_points.csv)",
+    )
+    scale_sim.add_argument(
+        "--slo-p99-s", type=float, help="p99 latency objective, seconds (default: 2x the measured concurrency-1 p99)"
+    )
+    scale_sim.add_argument(
+        "--target-in-flight",
+        type=float,
+        help="the HPA's target in-flight requests per pod (default: where the measured p99 crosses the SLO)",
+    )
+    scale_sim.add_argument("--min-replicas", type=int, help="minReplicas (default 1)")
+    scale_sim.add_argument("--max-replicas", type=int, help="maxReplicas (default 10)")
+    scale_sim.add_argument(
+        "--startup-s", type=float, help="seconds from the HPA adding a pod to its serving (default 60, assumed)"
+    )
+    scale_sim.add_argument(
+        "--max-pending-requests",
+        type=int,
+        help="requests a pod holds before refusing, as exported (default 32; 0: no limit)",
+    )
+    scale_sim.add_argument("--trace", choices=["ramp", "burst", "both"], default="both", help="request-rate trace")
+    scale_sim.add_argument(
+        "-o", "--output", type=Path, default=DEFAULT_OUTPUT_DIR, help="folder for the CSVs, plot and summary.md"
+    )
+    scale_sim.set_defaults(run=_scale_sim)

@@ -1,0 +1,301 @@
+"""The load generators, each in one place: perf_analyzer (one process per level, its CSV read into a
+:class:`~sdtriton.perf.model.LoadPoint`), client threads and an asyncio burst (one record a request).
+
+perf_analyzer gives one latency distribution per run; the engine profile's loads need one per request class
+(short and long requests at once) or the answer of every request of a burst, so each of its senders keeps its own
+records. Classes are client threads (:class:`sdtriton.client.StableDiffusionClient`) sending back to back; a burst
+is asyncio clients (:class:`sdtriton.client.AsyncStableDiffusionClient`) released together. Each client has its
+own gRPC channel, connected before the load starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from sdtriton import interface
+from sdtriton.client import AsyncStableDiffusionClient, SdTritonError, StableDiffusionClient
+from sdtriton.perf.model import BURST, Load, LoadPoint, Outcome, RequestRecord, classify_error
+from sdtriton.perf.profiles import LoadMode, Protocol, Scenario
+from sdtriton.perf.workload import RequestSpec
+from sdtriton.server import ServerAddress
+
+logger = logging.getLogger(__name__)
+
+PERF_ANALYZER_ENV = "PERF_ANALYZER"
+# Where scripts/setup_perf.sh installs it: a wrapper that puts its libraries on LD_LIBRARY_PATH.
+REPOSITORY_PERF_ANALYZER = Path(__file__).resolve().parents[2] / "tools" / "perf_analyzer" / "perf_analyzer"
+_LOG_TAIL_LINES = 25
+# perf_analyzer's CSV columns (microseconds) whose sum is its average client latency, and the server's compute.
+_SERVER_COMPUTE = ("Server Compute Input", "Server Compute Infer", "Server Compute Output")
+_LATENCY_PARTS = ("Client Send", "Network+Server Send/Recv", "Server Queue", *_SERVER_COMPUTE, "Client Recv")
+_US_PER_MS = 1000.0
+# How long a client waits for its first connection before the load.
+_CONNECT_TIMEOUT_S = 30.0
+
+
+class PerfAnalyzerError(RuntimeError):
+    """perf_analyzer is missing, or a run failed (request errors, an unreachable server, a timeout)."""
+
+
+def find_perf_analyzer(explicit: Path | None = None) -> Path:
+    """``explicit``, else ``$PERF_ANALYZER``, else ``tools/perf_analyzer/perf_analyzer``, else one on PATH."""
+    if explicit is not None:
+        if explicit.is_file() and os.access(explicit, os.X_OK):
+            return explicit
+        raise PerfAnalyzerError(f"{explicit} is not an executable perf_analyzer")
+    candidates = [os.environ.get(PERF_ANALYZER_ENV), REPOSITORY_PERF_ANALYZER, shutil.which("perf_analyzer")]
+    for candidate in (Path(path) for path in candidates if path):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise PerfAnalyzerError(
+        "perf_analyzer not found: run scripts/setup_perf.sh (or scripts/setup.sh), set $PERF_ANALYZER, "
+        "or use the NGC SDK container's (see perf/README.md)"
+    )
+
+
+def perf_analyzer_command(
+    scenario: Scenario, level: float, *, binary: str | Path, address: str, input_data_path: Path, csv_path: Path
+) -> list[str]:
+    """perf_analyzer's arguments for one level: ``address`` is ``host:port`` of the scenario's protocol."""
+    command = [str(binary), "-m", interface.ENTRY_MODEL_NAME, "-i", scenario.protocol.value, "-u", address, "-b", "1"]
+    command += ["--input-data", str(input_data_path), "--request-count", str(scenario.request_count(level))]
+    command += ["-f", str(csv_path)]
+    if scenario.mode is LoadMode.CONCURRENCY:
+        return [*command, "--concurrency-range", f"{int(level)}:{int(level)}:1"]
+    # Open loop: requests leave on a Poisson clock whether or not earlier ones returned.
+    rates = ["--request-rate-range", f"{level:g}:{level:g}:1", "--request-distribution", "poisson"]
+    return [*command, *rates, "--async", "--max-threads", "16"]
+
+
+def parse_perf_analyzer_csv(text: str, scenario: Scenario, *, request_count: int) -> list[LoadPoint]:
+    """The rows of perf_analyzer's ``-f`` CSV (one per level) as load points."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows:
+        raise ValueError("perf_analyzer's CSV has no rows")
+    level_column = "Concurrency" if scenario.mode is LoadMode.CONCURRENCY else "Request Rate"
+    try:
+        return [
+            LoadPoint(
+                scenario=scenario.name,
+                protocol=scenario.protocol.value,
+                mode=scenario.mode.value,
+                level=float(row[level_column]),
+                request_count=request_count,
+                throughput_per_s=float(row["Inferences/Second"]),
+                **{f"p{q}_ms": float(row[f"p{q} latency"]) / _US_PER_MS for q in (50, 90, 95, 99)},
+                avg_ms=sum(float(row[column]) for column in _LATENCY_PARTS) / _US_PER_MS,
+                server_queue_ms=float(row["Server Queue"]) / _US_PER_MS,
+                server_compute_ms=sum(float(row[column]) for column in _SERVER_COMPUTE) / _US_PER_MS,
+            )
+            for row in rows
+        ]
+    except KeyError as error:
+        raise ValueError(f"perf_analyzer's CSV lacks the column {error} (has {sorted(rows[0])})") from None
+
+
+def level_file_stem(scenario: Scenario, level: float) -> str:
+    return f"{scenario.name}_{level:g}".replace(".", "p")
+
+
+def run_level(
+    scenario: Scenario,
+    level: float,
+    *,
+    binary: Path,
+    address: ServerAddress,
+    input_data_path: Path,
+    output_dir: Path,
+    timeout_s: float | None = None,
+) -> LoadPoint:
+    """Runs one level; its CSV and log are kept in ``output_dir``. Raises :class:`PerfAnalyzerError` on failure."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stem = level_file_stem(scenario, level)
+    csv_path, log_path = output_dir / f"{stem}.csv", output_dir / f"{stem}.log"
+    csv_path.unlink(missing_ok=True)
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    port = address.grpc_port if scenario.protocol is Protocol.GRPC else address.http_port
+    command = perf_analyzer_command(
+        scenario, level, binary=binary, address=f"{host}:{port}", input_data_path=input_data_path, csv_path=csv_path
+    )
+    logger.debug("running %s", " ".join(command))
+    with log_path.open("wb") as log:
+        try:
+            completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise PerfAnalyzerError(f"{stem}: perf_analyzer ran past {timeout_s:.0f} s; log: {log_path}") from None
+    if completed.returncode != 0 or not csv_path.is_file():
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:])
+        raise PerfAnalyzerError(f"{stem}: perf_analyzer exited with {completed.returncode}; {log_path}:\n{tail}")
+    return parse_perf_analyzer_csv(csv_path.read_text(), scenario, request_count=scenario.request_count(level))[0]
+
+
+@dataclass(frozen=True)
+class ClientClass:
+    """``clients`` threads sending ``request`` back to back, as request class ``name`` (``short``, ``long``).
+
+    ``requests_per_client`` None: until every bounded class is done. ``timeout_s``: each request's time budget
+    (the server ends it, the client gives up a little later), so that a request whose answer is lost fails
+    instead of holding its thread for ever; None: no budget.
+    """
+
+    name: str
+    request: RequestSpec
+    clients: int
+    requests_per_client: int | None
+    timeout_s: float | None = None
+
+
+def _record(load: str, request_class: str, client: int, origin: float, sent_at: float, error: Exception | None):
+    """The record of a request sent at ``sent_at`` (``perf_counter``) and answered now (an image, or ``error``):
+    the server's typed errors by their message; any other exception is a bug on the client side, a failed
+    request of the load (not a hang)."""
+    latency_ms = (time.perf_counter() - sent_at) * 1000.0
+    if error is None:
+        outcome, message = Outcome.OK, ""
+    elif isinstance(error, SdTritonError):
+        outcome, message = classify_error(str(error)), str(error)
+    else:
+        outcome, message = Outcome.FAILED, repr(error)
+    error_type = "" if error is None else type(error).__name__
+    return RequestRecord(load, request_class, client, sent_at - origin, latency_ms, outcome, message, error_type)
+
+
+def _connected(client: StableDiffusionClient, url: str) -> StableDiffusionClient:
+    deadline = time.monotonic() + _CONNECT_TIMEOUT_S
+    while not client.is_ready():
+        if time.monotonic() > deadline:
+            client.close()
+            raise SdTritonError(f"{url} is not ready after {_CONNECT_TIMEOUT_S:.0f} s")
+        time.sleep(0.1)
+    return client
+
+
+def run_classes(url: str, classes: Sequence[ClientClass], *, load: str, show_progress: bool = True) -> Load:
+    """Runs every class's threads at once; returns their records (by start time) and the load's duration.
+
+    Threads of a class with ``requests_per_client`` None keep sending until the bounded classes are done
+    (their last request may end after that). At least one class must be bounded.
+    """
+    bounded = [c for c in classes if c.requests_per_client is not None]
+    if not bounded:
+        raise ValueError("at least one class needs requests_per_client")
+    senders = [c for c in classes for _ in range(c.clients)]
+    clients: list[StableDiffusionClient] = []
+    records: list[RequestRecord] = []
+    lock = threading.Lock()
+    bounded_left = [sum(c.clients for c in bounded)]
+    stop = threading.Event()
+    start = threading.Barrier(len(senders) + 1)
+    progress = tqdm(total=sum(c.clients * c.requests_per_client for c in bounded), desc=load, disable=not show_progress)
+    origin = 0.0
+
+    def send_all(client_class: ClientClass, client: StableDiffusionClient, index: int) -> None:
+        count = client_class.requests_per_client
+        try:
+            start.wait()
+            sent = 0
+            while not (stop.is_set() if count is None else sent >= count):
+                sent_at, error = time.perf_counter(), None
+                try:
+                    client.generate(client_class.request.prompt, **client_class.request.client_parameters())
+                except Exception as failure:
+                    error = failure
+                with lock:
+                    records.append(_record(load, client_class.name, index, origin, sent_at, error))
+                    progress.update(count is not None)
+                sent += 1
+        finally:
+            with lock:
+                bounded_left[0] -= count is not None
+                if bounded_left[0] == 0:
+                    stop.set()
+
+    try:
+        for client_class in senders:
+            clients.append(_connected(StableDiffusionClient(url, timeout_s=client_class.timeout_s), url))
+        threads = [
+            threading.Thread(target=send_all, args=(c, client, index), name=f"{load}-{c.name}-{index}", daemon=True)
+            for index, (c, client) in enumerate(zip(senders, clients, strict=True))
+        ]
+        for thread in threads:
+            thread.start()
+        origin = time.perf_counter()
+        start.wait()
+        for thread in threads:
+            thread.join()
+        duration_s = time.perf_counter() - origin
+    finally:
+        stop.set()
+        progress.close()
+        for client in clients:
+            client.close()
+    return Load(load, len(senders), tuple(sorted(records, key=lambda record: record.started_s)), duration_s)
+
+
+def run_burst(
+    url: str,
+    request: RequestSpec,
+    *,
+    count: int,
+    timeout_s: float | None = None,
+    load: str = BURST,
+    show_progress: bool = True,
+) -> list[RequestRecord]:
+    """Sends ``count`` requests at once; returns one record each, by start time.
+
+    Each request has its own asyncio client (its own gRPC channel, connected first), all on one event loop
+    released together: a burst is many independent clients, and threads of one Python process would queue on its
+    GIL to build and send their requests (measured: 24 threads spread their sends over 8-25 ms), which a user's
+    separate clients never do. Each latency runs from that request's own call to its answer.
+    """
+
+    async def burst() -> list[RequestRecord]:
+        clients: list[AsyncStableDiffusionClient] = []
+        records: list[RequestRecord] = []
+        progress = tqdm(total=count, desc=load, unit="request", disable=not show_progress)
+        release = asyncio.Event()
+        origin = time.perf_counter()
+
+        async def one(client: AsyncStableDiffusionClient, index: int) -> None:
+            await release.wait()
+            sent_at, error = time.perf_counter(), None
+            try:
+                await client.generate(request.prompt, **request.client_parameters())
+            except Exception as failure:
+                error = failure
+            records.append(_record(load, BURST, index, origin, sent_at, error))
+            progress.update()
+
+        try:
+            for _ in range(count):
+                clients.append(client := AsyncStableDiffusionClient(url, timeout_s=timeout_s))
+                deadline = time.monotonic() + _CONNECT_TIMEOUT_S
+                while not await client.is_ready():
+                    if time.monotonic() > deadline:
+                        raise SdTritonError(f"{url} is not ready after {_CONNECT_TIMEOUT_S:.0f} s")
+                    await asyncio.sleep(0.1)
+            tasks = [asyncio.create_task(one(client, index)) for index, client in enumerate(clients)]
+            await asyncio.sleep(0)  # every task waits on the release
+            origin = time.perf_counter()
+            release.set()
+            await asyncio.gather(*tasks)
+        finally:
+            progress.close()
+            for client in clients:
+                await client.close()
+        return sorted(records, key=lambda record: record.started_s)
+
+    return asyncio.run(burst())

@@ -1,0 +1,790 @@
+"""One model of a perf run, filled by both profiles: where and when it ran, what it sent, each path's timings, and
+the ratios judged against the goals.
+
+Pure: :mod:`sdtriton.perf.runner` fills it, :mod:`sdtriton.perf.report` renders it, unit tests check it.
+Latencies are milliseconds, throughputs images (one a request) per second.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import os
+import platform
+import statistics
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdtriton import interface
+from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
+from sdtriton.perf.profiles import BurstSpec, LoadMode, MixedSpec, Protocol, Scenario
+from sdtriton.perf.workload import RequestSpec
+from sdtriton.serving.simulated import SimulatedLatency
+
+# The goals of issue 3 (the perf_analyzer profile), on the default model at concurrency 1: at most.
+GOAL_TRITON_OVER_DIFFUSERS = 0.9
+GOAL_TRITON_OVER_ONNX_LOOP = 1.1
+GOAL_BLS_UNET_CALL_MS = 0.3
+# The goals of the engine profile, on the default model.
+GOAL_SERVED_OVER_CEILING = 0.90  # served images/s at the ceiling's concurrency over the in-process engine's: at least
+GOAL_C1_OVER_PLAIN_LOOP = 1.05  # served p50 at concurrency 1 over the plain loop's median: at most
+GOAL_SHORT_P99_OVER_SHORT_ONLY = 2.0  # short requests' p99 beside long ones over their p99 alone: under
+GOAL_REFUSAL_MS = 50.0  # every refused request of a burst answered within: under
+GOAL_SIMULATED_SHARE_OF_ALLOWED = 0.90  # simulated c_high/c_low throughput ratio over what the model allows: at least
+
+# Loads, and the request classes of their records.
+BATCHING_ON = "batching_on"
+BATCHING_OFF = "batching_off"
+CEILING_SERVED = "ceiling_served"  # the batching-on server's loads measured in turns with the in-process ceiling
+SIMULATED = "simulated"
+SHORT = "short"
+LONG = "long"
+BURST = "burst"
+BURST_WARMUP = "burst_warmup"
+# The server message of a request the engine refused because it was full (sdtriton.serving.errors.ServerBusyError).
+BUSY_MESSAGE_PREFIX = "server busy"
+# The client exceptions of an UNAVAILABLE answer (``ServerBusyError`` is the newer client's subclass).
+UNAVAILABLE_ERROR_TYPES = frozenset({"ServerUnavailableError", "ServerBusyError"})
+# Load averages above this share of the cores mean other work shared the CPU during the run.
+BUSY_LOAD_PER_CORE = 0.25
+_MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
+_NS_PER_MS = 1e6
+_TIMED_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")  # of Triton's inference statistics
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """Where and when a run happened; load averages show whether other processes shared the CPU."""
+
+    started_utc: str
+    hostname: str
+    cpu_model: str
+    cpu_count: int
+    memory_gib: float
+    triton_version: str
+    load_average_before: tuple[float, float, float]
+    load_average_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    gpu: bool = False  # baselines on the GPU (``--gpu``)
+
+    @classmethod
+    def here(cls, *, started_utc: str, triton_version: str, load_before: tuple[float, float, float], gpu: bool):
+        """This machine, the server's version and the load averages before and now."""
+        cpu_model, memory_gib = platform.processor() or platform.machine(), 0.0
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+            cpu_model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+            meminfo = Path("/proc/meminfo").read_text().splitlines()
+            memory_gib = next(int(line.split()[1]) / 2**20 for line in meminfo if line.startswith("MemTotal:"))
+        except (OSError, StopIteration):
+            pass
+        return cls(
+            started_utc=started_utc,
+            hostname=platform.node(),
+            cpu_model=cpu_model,
+            cpu_count=os.cpu_count() or 1,
+            memory_gib=memory_gib,
+            triton_version=triton_version,
+            load_average_before=load_before,
+            load_average_after=os.getloadavg(),
+            gpu=gpu,
+        )
+
+    @property
+    def busy_at_start(self) -> bool:
+        """The 1-minute load average when the run started says other work was using the CPU."""
+        return self.load_average_before[0] > BUSY_LOAD_PER_CORE * self.cpu_count
+
+
+class Latencies:
+    """Percentiles (linear between the closest ranks, numpy's default) of ``latencies_ms``."""
+
+    latencies_ms: tuple[float, ...]
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q))
+
+    @property
+    def median_ms(self) -> float:
+        return self.percentile_ms(50)
+
+    p50_ms = median_ms
+
+    @property
+    def p90_ms(self) -> float:
+        return self.percentile_ms(90)
+
+    @property
+    def p99_ms(self) -> float:
+        return self.percentile_ms(99)
+
+    @property
+    def mean_ms(self) -> float:
+        return statistics.mean(self.latencies_ms)
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.latencies_ms)
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.latencies_ms)
+
+
+@dataclass(frozen=True)
+class PathTiming(Latencies):
+    """Wall-clock latencies of one path on one request, in run order."""
+
+    path: str
+    num_inference_steps: int
+    latencies_ms: tuple[float, ...]
+
+    @property
+    def median_standard_error_ms(self) -> float | None:
+        """Standard error of the median (normal approximation: 1.2533 sigma / sqrt(n)); None for one run."""
+        if len(self.latencies_ms) < 2:
+            return None
+        return _MEDIAN_SE_FACTOR * statistics.stdev(self.latencies_ms) / math.sqrt(len(self.latencies_ms))
+
+
+@dataclass(frozen=True)
+class StepSlope:
+    """A path at two step counts: its cost per denoising step, fixed costs cancelled."""
+
+    low: PathTiming
+    high: PathTiming
+
+    @property
+    def steps(self) -> int:
+        steps = self.high.num_inference_steps - self.low.num_inference_steps
+        if steps <= 0:
+            raise ValueError("the high step count must exceed the low one")
+        return steps
+
+    @property
+    def ms_per_step(self) -> float:
+        return (self.high.median_ms - self.low.median_ms) / self.steps
+
+    @property
+    def error_ms_per_step(self) -> float | None:
+        """One standard error of :attr:`ms_per_step`, or None when a side has a single run."""
+        low, high = self.low.median_standard_error_ms, self.high.median_standard_error_ms
+        return None if low is None or high is None else math.hypot(low, high) / self.steps
+
+
+def per_call_difference(served: StepSlope, loop: StepSlope, calls_per_step: float) -> tuple[float, float | None]:
+    """What serving adds per UNet call: (the served per-step cost - the plain loop's) per call, and its error."""
+    errors = (served.error_ms_per_step, loop.error_ms_per_step)
+    error = None if None in errors else math.hypot(*errors) / calls_per_step
+    return (served.ms_per_step - loop.ms_per_step) / calls_per_step, error
+
+
+@dataclass(frozen=True)
+class NetworkTimes:
+    """Where the plain loop's time goes: means over its timed runs (ms), as Triton's statistics are means."""
+
+    encode_text_ms: float
+    unet_ms_per_call: float
+    unet_calls_per_request: int
+    decode_ms: float
+
+    def other_ms(self, total_ms: float) -> float:
+        """Tokenizer, validation, scheduler steps and torch glue: the loop's time outside the networks."""
+        return total_ms - self.encode_text_ms - self.unet_ms_per_call * self.unet_calls_per_request - self.decode_ms
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Triton's cumulative counters of one model version (``GET /v2/models/<name>/stats``); subtract an earlier
+    reading to get one interval's. ``requests`` counts successful requests (a BLS call is one), ``executions`` the
+    batches they ran in; times are summed over requests, in nanoseconds."""
+
+    name: str
+    requests: int
+    failures: int
+    executions: int
+    queue_ns: int
+    compute_input_ns: int
+    compute_infer_ns: int
+    compute_output_ns: int
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> ModelStats:
+        """Reads the first entry of a ``/v2/models/<name>/stats`` answer."""
+        (stats, *_) = document["model_stats"]
+        inference = stats["inference_stats"]
+        return cls(
+            name=str(stats["name"]),
+            requests=int(inference["success"]["count"]),
+            failures=int(inference["fail"]["count"]),
+            executions=int(stats["execution_count"]),
+            **{f"{part}_ns": int(inference[part]["ns"]) for part in _TIMED_PARTS},
+        )
+
+    @classmethod
+    def fetch(cls, http_url: str, model_name: str) -> ModelStats:
+        """Reads one model's statistics from a server's HTTP endpoint (``http://host:port``)."""
+        with urllib.request.urlopen(f"{http_url}/v2/models/{model_name}/stats", timeout=10) as response:
+            return cls.from_json(json.load(response))
+
+    def minus(self, earlier: ModelStats) -> ModelStats:
+        if earlier.name != self.name:
+            raise ValueError(f"cannot subtract stats of {earlier.name!r} from {self.name!r}")
+        counts = {f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self) if f.name != "name"}
+        return ModelStats(name=self.name, **counts)
+
+    def _per_request_ms(self, ns: int) -> float:
+        if self.requests <= 0:
+            raise ValueError(f"{self.name}: no successful requests in this interval")
+        return ns / self.requests / _NS_PER_MS
+
+    @property
+    def queue_ms_per_request(self) -> float:
+        return self._per_request_ms(self.queue_ns)
+
+    @property
+    def compute_infer_ms_per_request(self) -> float:
+        return self._per_request_ms(self.compute_infer_ns)
+
+    @property
+    def server_ms_per_request(self) -> float:
+        """Queue and compute (input, infer, output): the model's whole time inside the server per request."""
+        compute_ns = self.compute_input_ns + self.compute_infer_ns + self.compute_output_ns
+        return self._per_request_ms(self.queue_ns + compute_ns)
+
+
+@dataclass(frozen=True)
+class LoadPoint:
+    """One level of one scenario, as perf_analyzer measured it."""
+
+    scenario: str
+    protocol: str
+    mode: str
+    level: float
+    request_count: int
+    throughput_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    avg_ms: float
+    server_queue_ms: float
+    server_compute_ms: float
+
+    @property
+    def concurrency(self) -> int | None:
+        return int(self.level) if self.mode == LoadMode.CONCURRENCY.value else None
+
+
+class Outcome(enum.Enum):
+    """How one client request ended."""
+
+    OK = "ok"  # an image came back
+    REFUSED = "refused"  # UNAVAILABLE "server busy": the engine was full, nothing was started
+    FAILED = "failed"  # any other error
+
+
+def classify_error(message: str) -> Outcome:
+    """A refusal when the server said it was full (its message starts ``server busy``), else a failure."""
+    return Outcome.REFUSED if message.lstrip().lower().startswith(BUSY_MESSAGE_PREFIX) else Outcome.FAILED
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request sent by a client: its load (``mixed``, ``burst``...), class (``short``, ``long``, ``burst``),
+    client, start from the start of the load, latency to its answer (image or error), outcome, and the error's
+    message and client exception class name (``ServerUnavailableError`` for ``UNAVAILABLE``), if any."""
+
+    load: str
+    request_class: str
+    client: int
+    started_s: float
+    latency_ms: float
+    outcome: Outcome
+    message: str = ""
+    error_type: str = ""
+
+
+@dataclass(frozen=True)
+class Load(Latencies):
+    """Requests sent by clients over gRPC, one record each: a closed-loop level of ``concurrency`` clients each
+    sending back to back (throughput is the completed requests over the wall time from the first request sent to
+    the last answer, as the in-process ceiling is timed), or one request class of a load. Latencies are the
+    completed requests'."""
+
+    variant: str
+    concurrency: int
+    records: tuple[RequestRecord, ...]
+    duration_s: float
+
+    @property
+    def latencies_ms(self) -> tuple[float, ...]:
+        return tuple(record.latency_ms for record in self.records if record.outcome is Outcome.OK)
+
+    @property
+    def completed(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def failed(self) -> int:
+        return len(self.records) - self.completed
+
+    @property
+    def images_per_s(self) -> float:
+        return self.completed / self.duration_s
+
+    def of_class(self, request_class: str) -> Load:
+        records = tuple(record for record in self.records if record.request_class == request_class)
+        return Load(request_class, self.concurrency, records, self.duration_s)
+
+    @classmethod
+    def merged(cls, parts: Sequence[Load]) -> Load:
+        """Turns of one variant and concurrency as one level: their records, their durations added."""
+        if not parts or len({(part.variant, part.concurrency) for part in parts}) != 1:
+            raise ValueError("merge one or more turns of one variant and concurrency")
+        records = tuple(record for part in parts for record in part.records)
+        return cls(parts[0].variant, parts[0].concurrency, records, sum(part.duration_s for part in parts))
+
+
+@dataclass(frozen=True)
+class InProcessRun:
+    """The engine driven in this process (no Triton) as a closed loop of ``concurrency`` requests."""
+
+    concurrency: int
+    requests: int
+    elapsed_s: float
+    unet_calls: int
+    unet_rows: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.requests / self.elapsed_s
+
+    @property
+    def rows_per_unet_call(self) -> float:
+        return self.unet_rows / self.unet_calls if self.unet_calls else 0.0
+
+    @classmethod
+    def merged(cls, runs: Sequence[InProcessRun]) -> InProcessRun:
+        """Runs at one concurrency (turns) as one: their requests, time, calls and rows added."""
+        if not runs or len({run.concurrency for run in runs}) != 1:
+            raise ValueError("merge one or more runs of one concurrency")
+        totals = {name: sum(getattr(run, name) for run in runs) for name in ("requests", "elapsed_s")}
+        calls = {name: sum(getattr(run, name) for run in runs) for name in ("unet_calls", "unet_rows")}
+        return cls(concurrency=runs[0].concurrency, **totals, **calls)
+
+
+@dataclass(frozen=True)
+class GoalRow:
+    """One goal: what was measured against it, and the verdict (``met`` None when not measured)."""
+
+    measure: str
+    measured: str
+    goal: str
+    met: bool | None
+    simulated: bool = False
+    missed: str = "MISSED"  # the verdict when missed
+
+    @property
+    def verdict(self) -> str:
+        return "not measured" if self.met is None else "met" if self.met else self.missed
+
+
+def _judged(value: float | None, goal: float, *, at_most: bool = True, strict: bool = False) -> bool | None:
+    if value is None:
+        return None
+    return (value < goal if strict else value <= goal) if at_most else value >= goal
+
+
+def _x(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}x"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    """What every profile's run has: the profile, the machine, the base request (the first of ``input_data``),
+    what was not run and why, the wall time, and other processes' CPU time (None: not measured)."""
+
+    profile: str
+    machine: MachineInfo
+    request: RequestSpec
+    input_data: str
+    skipped: tuple[str, ...] = ()
+    elapsed_s: float = 0.0
+    other_cpu_s: float | None = None
+
+    @property
+    def other_cpu_share(self) -> float | None:
+        """Other processes' CPU time over the run, as a share of every core's time."""
+        if self.other_cpu_s is None or self.elapsed_s <= 0:
+            return None
+        return self.other_cpu_s / (self.elapsed_s * self.machine.cpu_count)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerfResult(Run):
+    """The perf_analyzer profile: the three paths at concurrency 1 on the base request, (a) diffusers in-process
+    (None when skipped), (b) the plain loop over the served ONNX files, (c) Triton through the client, each at the
+    two slope step counts too; Triton's per-model statistics over (c)'s runs (``triton_breakdown``, by model) and
+    the UNet's over its slope runs; perf_analyzer's levels; the images' largest differences; and the identity-UNet
+    probe (both paths' slopes over a UNet that returns its sample), None when it did not run."""
+
+    diffusers: PathTiming | None
+    onnx_loop: PathTiming
+    onnx_loop_networks: NetworkTimes
+    onnx_loop_slope: StepSlope
+    unet_calls_per_step: float
+    triton_client: PathTiming
+    triton_slope: StepSlope
+    triton_breakdown: Mapping[str, ModelStats]
+    slope_unet_stats: ModelStats
+    points: tuple[LoadPoint, ...]
+    scenarios: tuple[Scenario, ...]
+    max_pixel_difference: Mapping[str, int] = field(default_factory=dict)
+    probe_loop_slope: StepSlope | None = None
+    probe_triton_slope: StepSlope | None = None
+
+    @property
+    def triton_concurrency_1(self) -> LoadPoint | None:
+        """perf_analyzer at concurrency 1 on the base request, gRPC preferred: Triton end to end."""
+        candidates = [
+            (scenario.protocol is not Protocol.GRPC, index, point)
+            for index, scenario in enumerate(self.scenarios)
+            if scenario.mode is LoadMode.CONCURRENCY and scenario.input_data == self.input_data
+            for point in self.points
+            if point.scenario == scenario.name and point.concurrency == 1
+        ]
+        return min(candidates, key=lambda candidate: candidate[:2])[2] if candidates else None
+
+    def points_of(self, scenario_name: str) -> list[LoadPoint]:
+        return sorted((point for point in self.points if point.scenario == scenario_name), key=lambda p: p.level)
+
+    @property
+    def triton_end_to_end_ms(self) -> float:
+        """perf_analyzer's p50 at concurrency 1 on the base request; the client's median if none ran."""
+        point = self.triton_concurrency_1
+        return point.p50_ms if point is not None else self.triton_client.median_ms
+
+    @property
+    def triton_over_onnx_loop(self) -> float:
+        return self.triton_end_to_end_ms / self.onnx_loop.median_ms
+
+    @property
+    def triton_over_diffusers(self) -> float | None:
+        return None if self.diffusers is None else self.triton_end_to_end_ms / self.diffusers.median_ms
+
+    @property
+    def unet_call_net(self) -> tuple[float, float | None]:
+        """What serving adds per real UNet call, and its error: the per-step slopes' difference per call."""
+        return per_call_difference(self.triton_slope, self.onnx_loop_slope, self.unet_calls_per_step)
+
+    @property
+    def bls_round_trip(self) -> tuple[float, float | None] | None:
+        """One BLS UNet call with no compute behind it, and its error; None when the probe did not run."""
+        if self.probe_triton_slope is None or self.probe_loop_slope is None:
+            return None
+        return per_call_difference(self.probe_triton_slope, self.probe_loop_slope, self.unet_calls_per_step)
+
+    @property
+    def bls_unet_call_ms(self) -> float | None:
+        return None if self.bls_round_trip is None else self.bls_round_trip[0]
+
+    def time_breakdown(self) -> list[tuple[str, float | None, float | None]]:
+        """Where one request's time goes on each path: (part, plain loop ms, Triton ms), from timers and statistics."""
+        loop, calls = self.onnx_loop_networks, self.onnx_loop_networks.unet_calls_per_request
+        stats = {name: stats.server_ms_per_request for name, stats in self.triton_breakdown.items()}
+        text, unet, vae = stats[TEXT_ENCODER.model_name], stats[UNET.model_name] * calls, stats[VAE_DECODER.model_name]
+        executes_ms = stats[interface.ENTRY_MODEL_NAME] + stats[interface.PIPELINE_MODEL_NAME]
+        rest_ms = self.triton_client.mean_ms - text - unet - vae - executes_ms
+        return [
+            ("text encoder", loop.encode_text_ms, text),
+            (f"UNet ({calls} calls)", loop.unet_ms_per_call * calls, unet),
+            ("VAE decoder", loop.decode_ms, vae),
+            (
+                "entry and pipeline `execute` (Triton: forward; validate, tokenize, submit to the engine)",
+                None,
+                executes_ms,
+            ),
+            (
+                "loop glue: scheduler, torch ops, validation, tokenizer (the plain loop's time outside the networks)",
+                loop.other_ms(self.onnx_loop.mean_ms),
+                None,
+            ),
+            (
+                "rest of Triton: the engine loop outside network calls (scheduler, torch ops), BLS hops, client, gRPC",
+                None,
+                rest_ms,
+            ),
+            ("total (mean of the timed runs)", self.onnx_loop.mean_ms, self.triton_client.mean_ms),
+        ]
+
+    def goal_rows(self) -> list[GoalRow]:
+        """The goals of issue 3, a miss said with its size: set for the default model at concurrency 1."""
+        measures = (
+            ("Triton / plain ONNX loop", self.triton_over_onnx_loop, GOAL_TRITON_OVER_ONNX_LOOP, "x", "<= "),
+            ("Triton / diffusers", self.triton_over_diffusers, GOAL_TRITON_OVER_DIFFUSERS, "x", "<= "),
+            ("one BLS UNet call (identity UNet)", self.bls_unet_call_ms, GOAL_BLS_UNET_CALL_MS, " ms", "< "),
+        )
+        rows = []
+        for measure, value, goal, unit, sign in measures:
+            measured = "" if value is None else f"{value:.3f}{unit}"
+            missed = "" if value is None else f"missed by {value - goal:.3g}{unit} ({value / goal:.2f}x the goal)"
+            rows.append(GoalRow(measure, measured, f"{sign}{goal}{unit}", _judged(value, goal), missed=missed))
+        return rows
+
+
+@dataclass(frozen=True)
+class CeilingResult:
+    """(a) The in-process engine at the ceiling's concurrency and the plain loop (one image at a time) against the
+    server at that concurrency and at 1, measured in turns; ``turn_ratios``: served/in-process images/s of each
+    turn (their spread shows the machine's drift)."""
+
+    in_process: InProcessRun
+    served: Load
+    plain_loop: PathTiming
+    served_one: Load
+    turn_ratios: tuple[float, ...] = ()
+
+    @property
+    def served_over_ceiling(self) -> float:
+        return self.served.images_per_s / self.in_process.images_per_s
+
+    @property
+    def one_over_plain_loop(self) -> float:
+        return self.served_one.p50_ms / self.plain_loop.median_ms
+
+
+@dataclass(frozen=True)
+class MixedResult:
+    """(c) Short and long requests together, and short requests alone at the same concurrency."""
+
+    spec: MixedSpec
+    mixed: Load
+    short_only: Load
+
+    @property
+    def short_p99_ratio(self) -> float | None:
+        """Short requests' p99 beside long ones over their p99 alone; None when a side has no completed one."""
+        short = self.mixed.of_class(SHORT)
+        if not short.completed or not self.short_only.completed:
+            return None
+        return short.p99_ms / self.short_only.p99_ms
+
+    @property
+    def failures(self) -> int:
+        return self.mixed.failed + self.short_only.failed
+
+
+@dataclass(frozen=True)
+class BurstResult:
+    """(d) Requests sent at once past the engine's ``max_pending_requests``, after untimed warm-up bursts."""
+
+    spec: BurstSpec
+    records: tuple[RequestRecord, ...]
+    warmup_records: tuple[RequestRecord, ...] = ()
+
+    def latencies_ms(self, outcome: Outcome, *, warmup: bool = False) -> list[float]:
+        return [r.latency_ms for r in (self.warmup_records if warmup else self.records) if r.outcome is outcome]
+
+    @property
+    def completed(self) -> int:
+        return len(self.latencies_ms(Outcome.OK))
+
+    @property
+    def refused(self) -> int:
+        return len(self.latencies_ms(Outcome.REFUSED))
+
+    @property
+    def failed(self) -> int:
+        """Accepted requests that ended in an error: every accepted request should complete."""
+        return len(self.latencies_ms(Outcome.FAILED))
+
+    @property
+    def accepted(self) -> int:
+        return self.completed + self.failed
+
+    @property
+    def refused_as_unavailable(self) -> int:
+        """Refusals the client raised as ``UNAVAILABLE`` (:class:`ServerUnavailableError`), as they should be."""
+        refusals = (r for r in self.records if r.outcome is Outcome.REFUSED)
+        return sum(r.error_type in UNAVAILABLE_ERROR_TYPES for r in refusals)
+
+    @property
+    def max_refusal_ms(self) -> float | None:
+        return max(self.latencies_ms(Outcome.REFUSED), default=None)
+
+    @property
+    def warmup_max_refusal_ms(self) -> float | None:
+        return max(self.latencies_ms(Outcome.REFUSED, warmup=True), default=None)
+
+
+def allowed_images_per_s(
+    latency: SimulatedLatency, *, concurrency: int, rows_per_image: int, unet_calls_per_image: float, non_unet_s: float
+) -> float:
+    """What the latency model allows at ``concurrency``, with the non-UNet parts at their measured cost.
+
+    ``concurrency`` images advance together: each of their ``unet_calls_per_image`` evaluations is one UNet
+    call of ``concurrency * rows_per_image`` rows (:meth:`SimulatedLatency.call_s`), and the rest of their work
+    (text encoder, VAE decoder, scheduler steps, glue: ``non_unet_s`` an image, measured at the same
+    ``concurrency``) runs on the CPU beside it, not overlapped.
+    """
+    if non_unet_s < 0:
+        raise ValueError(f"non_unet_s must be >= 0, got {non_unet_s}")
+    return concurrency / (
+        unet_calls_per_image * latency.call_s(concurrency * rows_per_image) + concurrency * non_unet_s
+    )
+
+
+@dataclass(frozen=True)
+class SimulatedResult:
+    """(e) The simulated accelerator (a sleeping UNet; every number here is SIMULATED): UNet rows (2 with
+    classifier-free guidance) and evaluations per image, every level measured, and the in-process engine with a
+    UNet that takes no time at the lowest and highest level (the non-UNet parts' cost an image)."""
+
+    latency: SimulatedLatency
+    rows_per_image: int
+    unet_calls_per_image: float
+    points: tuple[Load, ...]
+    non_unet_low: InProcessRun
+    non_unet_high: InProcessRun
+
+    @property
+    def low(self) -> Load:
+        return min(self.points, key=lambda point: point.concurrency)
+
+    @property
+    def high(self) -> Load:
+        return max(self.points, key=lambda point: point.concurrency)
+
+    @property
+    def measured_ratio(self) -> float:
+        return self.high.images_per_s / self.low.images_per_s
+
+    @property
+    def unet_only_allowed_ratio(self) -> float:
+        """The latency model's ratio for the UNet alone (:meth:`SimulatedLatency.throughput_ratio`)."""
+        ratio = self.latency.throughput_ratio
+        return ratio(self.high.concurrency, self.rows_per_image) / ratio(self.low.concurrency, self.rows_per_image)
+
+    def allowed_images_per_s(self, run: InProcessRun) -> float:
+        return allowed_images_per_s(
+            self.latency,
+            concurrency=run.concurrency,
+            rows_per_image=self.rows_per_image,
+            unet_calls_per_image=self.unet_calls_per_image,
+            non_unet_s=1.0 / run.images_per_s,
+        )
+
+    @property
+    def allowed_ratio(self) -> float:
+        """The latency model's ratio with the non-UNet parts counted at their in-process cost."""
+        return self.allowed_images_per_s(self.non_unet_high) / self.allowed_images_per_s(self.non_unet_low)
+
+    @property
+    def share_of_allowed(self) -> float:
+        return self.measured_ratio / self.allowed_ratio
+
+    @property
+    def share_of_unet_only_allowed(self) -> float:
+        return self.measured_ratio / self.unet_only_allowed_ratio
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineResult(Run):
+    """The engine profile; a section that did not run is None (see ``skipped``)."""
+
+    ceiling: CeilingResult | None = None
+    sweep: tuple[Load, ...] = ()
+    mixed: MixedResult | None = None
+    burst: BurstResult | None = None
+    simulated: SimulatedResult | None = None
+
+    def sweep_point(self, variant: str, concurrency: int) -> Load | None:
+        points = (p for p in self.sweep if (p.variant, p.concurrency) == (variant, concurrency) and p.completed)
+        return next(points, None)
+
+    @property
+    def served_over_ceiling(self) -> float | None:
+        return None if self.ceiling is None else self.ceiling.served_over_ceiling
+
+    @property
+    def c1_over_plain_loop(self) -> float | None:
+        return None if self.ceiling is None else self.ceiling.one_over_plain_loop
+
+    def on_off_ratios(self) -> list[tuple[int, float]]:
+        """(concurrency, batching-on images/s over batching-off) at every level both measured."""
+        pairs = [(self.sweep_point(BATCHING_ON, c), self.sweep_point(BATCHING_OFF, c)) for c in self.levels()]
+        return [(on.concurrency, on.images_per_s / off.images_per_s) for on, off in pairs if on and off]
+
+    def levels(self) -> list[int]:
+        return sorted({point.concurrency for point in self.sweep})
+
+    def goal_rows(self) -> list[GoalRow]:
+        """Every goal of the engine profile, in section order."""
+        concurrency = self.ceiling.in_process.concurrency if self.ceiling is not None else "?"
+        short_ratio = self.mixed.short_p99_ratio if self.mixed is not None else None
+        burst, simulated = self.burst, self.simulated
+        slowest = burst.max_refusal_ms if burst is not None else None
+        shares = (
+            [None, None] if simulated is None else [simulated.share_of_allowed, simulated.share_of_unet_only_allowed]
+        )
+        return [
+            GoalRow(
+                f"(a) served / in-process engine images/s at concurrency {concurrency}",
+                _x(self.served_over_ceiling),
+                f">= {GOAL_SERVED_OVER_CEILING}x",
+                _judged(self.served_over_ceiling, GOAL_SERVED_OVER_CEILING, at_most=False),
+            ),
+            GoalRow(
+                "(a) served p50 at concurrency 1 / plain loop median",
+                _x(self.c1_over_plain_loop),
+                f"<= {GOAL_C1_OVER_PLAIN_LOOP}x",
+                _judged(self.c1_over_plain_loop, GOAL_C1_OVER_PLAIN_LOOP),
+            ),
+            GoalRow(
+                "(c) short requests' p99 beside long ones / short requests alone",
+                _x(short_ratio),
+                f"< {GOAL_SHORT_P99_OVER_SHORT_ONLY}x",
+                _judged(short_ratio, GOAL_SHORT_P99_OVER_SHORT_ONLY, strict=True),
+            ),
+            GoalRow(
+                "(d) slowest refusal of the burst",
+                "" if slowest is None else f"{slowest:.1f} ms ({burst.refused} refused)",
+                f"< {GOAL_REFUSAL_MS:g} ms each",
+                _judged(slowest, GOAL_REFUSAL_MS, strict=True),
+            ),
+            GoalRow(
+                "(d) refusals answered UNAVAILABLE (the client's `ServerUnavailableError`)",
+                "" if burst is None else f"{burst.refused_as_unavailable} of {burst.refused}",
+                "all",
+                None if burst is None or burst.refused == 0 else burst.refused_as_unavailable == burst.refused,
+            ),
+            GoalRow(
+                "(d) every accepted request of the burst completed",
+                "" if burst is None else f"{burst.completed} of {burst.accepted}",
+                "all",
+                None if burst is None or burst.accepted == 0 else burst.failed == 0,
+            ),
+            *(
+                GoalRow(
+                    f"(e) SIMULATED: {measure}",
+                    "" if share is None else f"{share:.1%}",
+                    f">= {GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}",
+                    _judged(share, GOAL_SIMULATED_SHARE_OF_ALLOWED, at_most=False),
+                    simulated=True,
+                )
+                for measure, share in zip(
+                    (
+                        "measured c_high/c_low images/s over the allowed ratio (non-UNet parts counted)",
+                        "the same over the UNet-alone ratio (`SimulatedLatency.throughput_ratio`, stricter)",
+                    ),
+                    shares,
+                    strict=True,
+                )
+            ),
+        ]

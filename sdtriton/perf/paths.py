@@ -1,0 +1,351 @@
+"""The paths a request can take, timed on the same weights and request.
+
+(a) diffusers' ``StableDiffusionPipeline`` in-process; (b) the served ONNX files driven by the serving code's
+own loop (:func:`sdtriton.serving.denoise.generate_image` over ONNX Runtime sessions), no Triton: the floor of
+what serving can cost; (c) the Triton path through the client. (b) also times each network call, and (b) and (c)
+are also run at two step counts: the difference of their per-step slopes is what one BLS UNet call costs, free
+of every fixed cost (model load, tokenizer, VAE, transport).
+
+The engine profile also drives the diffusion engine itself in this process (:func:`run_closed_loop`): a closed
+loop keeps ``concurrency`` requests in the engine, as that many clients would, with the served repository's own
+limits over ONNX Runtime sessions of its ONNX files, so that its UNet calls have the batch the server's have at
+the same concurrency. With ``zero_time_unet`` the UNet answers zeros at once: the engine's time without the UNet
+(text encoder, VAE decoder, scheduler steps and glue), which the simulated-accelerator section counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sdtriton import interface
+from sdtriton.perf.model import InProcessRun, NetworkTimes, PathTiming, StepSlope
+from sdtriton.perf.workload import RequestSpec, raw_inputs
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from sdtriton.pipeline_config import PipelineConfig
+    from sdtriton.serving.denoise import DiffusionComponents
+    from sdtriton.serving.engine import EngineLimits
+    from sdtriton.serving.networks import OnnxRuntimeComponents
+
+logger = logging.getLogger(__name__)
+
+DIFFUSERS = "diffusers"
+ONNX_LOOP = "onnx_loop"
+TRITON = "triton"
+# The version folder of every exported model (``sdtriton.export`` writes version 1 only).
+_MODEL_VERSION = "1"
+
+Runner = Callable[[RequestSpec], Callable[[], np.ndarray]]
+
+
+def timed_runs(run: Callable[[], np.ndarray], *, path: str, steps: int, runs: int, warmup_runs: int = 0):
+    """``warmup_runs`` untimed runs of ``run``, then ``runs`` timed ones: their timing and the last image."""
+    image = np.zeros((0,), np.uint8)
+    for _ in range(warmup_runs):
+        image = run()
+    latencies = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        image = run()
+        latencies.append((time.perf_counter() - started) * 1000.0)
+    timing = PathTiming(path=path, num_inference_steps=steps, latencies_ms=tuple(latencies))
+    logger.info("%s, %d steps: median %.1f ms over %d runs", path, steps, timing.median_ms, runs)
+    return timing, image
+
+
+def time_slope(runner: Runner, request: RequestSpec, *, path: str, steps: tuple[int, int], runs: int) -> StepSlope:
+    """Runs at the two step counts in turns (low, high, low, ...), so a drifting background load hits both."""
+    latencies: dict[int, list[float]] = {count: [] for count in steps}
+    for _ in range(runs):
+        for count in steps:
+            run = runner(request.with_steps(count))
+            started = time.perf_counter()
+            run()
+            latencies[count].append((time.perf_counter() - started) * 1000.0)
+    slope = StepSlope(*(PathTiming(path, count, tuple(latencies[count])) for count in steps))
+    logger.info("%s: %.3f ms/step between %d and %d steps (medians of %d)", path, slope.ms_per_step, *steps, runs)
+    return slope
+
+
+def time_diffusers(model_dir: Path, request: RequestSpec, *, runs: int, warmup_runs: int, gpu: bool = False):
+    """(a) ``StableDiffusionPipeline`` in this process, the request's scheduler swapped in as diffusers documents.
+
+    With ``gpu``, the pipeline runs on ``cuda`` (fp32, as exported); latents are still drawn on the CPU
+    generator, as the Triton pipeline draws them.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from sdtriton.schedulers import build_scheduler, load_scheduler_overrides
+
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        model_dir, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+    ).to("cuda" if gpu else "cpu")
+    pipeline.set_progress_bar_config(disable=True)
+    overrides = load_scheduler_overrides(model_dir)
+    pipeline.scheduler = build_scheduler(pipeline.scheduler.config, request.scheduler, overrides)
+    options = {name: getattr(request, name) for name in ("negative_prompt", "num_inference_steps", "guidance_scale")}
+
+    def run() -> np.ndarray:
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        output = pipeline(request.prompt, **options, width=request.width, height=request.height, generator=generator)
+        return np.asarray(output.images[0])
+
+    return timed_runs(run, path=DIFFUSERS, steps=request.num_inference_steps, runs=runs, warmup_runs=warmup_runs)
+
+
+class InstrumentedNetworks:
+    """Passes every network call on (the UNet's answered with zeros at once if ``zero_time_unet``: an infinitely
+    fast accelerator); times each call by name and counts the UNet's batch rows."""
+
+    def __init__(self, inner: Any, *, zero_time_unet: bool = False) -> None:
+        self.inner = inner
+        self.device = inner.device
+        self.zero_time_unet = zero_time_unet
+        self.calls_ms: dict[str, list[float]] = {"encode_text": [], "predict_noise": [], "decode_latents": []}
+        self.unet_rows = 0
+
+    def _timed(self, name: str, *args: Any) -> Any:
+        started = time.perf_counter()
+        output = getattr(self.inner, name)(*args)
+        self.calls_ms[name].append((time.perf_counter() - started) * 1000.0)
+        return output
+
+    def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._timed("encode_text", encoder, input_ids)
+
+    def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        self.unet_rows += int(inputs["sample"].shape[0])
+        if self.zero_time_unet:
+            import torch
+
+            self.calls_ms["predict_noise"].append(0.0)
+            return torch.zeros_like(inputs["sample"])
+        return self._timed("predict_noise", unet, inputs)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._timed("decode_latents", latents)
+
+    def reset(self) -> None:
+        for values in self.calls_ms.values():
+            values.clear()
+        self.unet_rows = 0
+
+
+@dataclass(frozen=True)
+class ServedFiles:
+    """An exported repository's tokenizers, pipeline config and ONNX Runtime sessions, as the server loads them."""
+
+    tokenizers: dict[str, PreTrainedTokenizerBase]
+    config: PipelineConfig
+    networks: OnnxRuntimeComponents
+
+    @classmethod
+    def load(cls, repository: Path, *, gpu: bool = False) -> ServedFiles:
+        """Loads what the served engine runs on: the tokenizers in ``pipeline/1`` (the engine tokenizes), its
+        config, and a session per ONNX file. With ``gpu``, the sessions use ONNX Runtime's CUDA provider first,
+        as ``export --gpu`` configures the served models."""
+        from sdtriton.pipeline_config import PipelineConfig
+        from sdtriton.serving.networks import OnnxRuntimeComponents
+        from sdtriton.serving.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER
+        from sdtriton.serving.text import load_tokenizers
+
+        pipeline_dir = repository / interface.PIPELINE_MODEL_NAME / _MODEL_VERSION
+        providers = (CUDA_PROVIDER, CPU_PROVIDER) if gpu else (CPU_PROVIDER,)
+        config = PipelineConfig.load(pipeline_dir)
+        networks = OnnxRuntimeComponents.from_model_repository(repository, config, providers=providers)
+        return cls(tokenizers=load_tokenizers(pipeline_dir, config), config=config, networks=networks)
+
+    def plain_loop(self, networks: DiffusionComponents | None = None) -> Runner:
+        """``runner(spec)()`` tokenizes, validates and generates one image as the served engine does, alone."""
+        from sdtriton.serving.denoise import generate_image
+        from sdtriton.serving.requests import parse_request
+
+        def runner(spec: RequestSpec) -> Callable[[], np.ndarray]:
+            def run() -> np.ndarray:
+                (image,) = parse_request(raw_inputs(spec), config=self.config, tokenizers=self.tokenizers).images
+                return generate_image(image=image, config=self.config, components=networks or self.networks)
+
+            return run
+
+        return runner
+
+
+@dataclass(frozen=True)
+class OnnxLoopResult:
+    timing: PathTiming
+    networks: NetworkTimes
+    slope: StepSlope
+    unet_calls_per_step: float
+    image: np.ndarray
+
+
+def time_onnx_loop(
+    repository: Path,
+    request: RequestSpec,
+    *,
+    runs: int,
+    warmup_runs: int,
+    slope_steps: tuple[int, int],
+    slope_runs: int,
+    gpu: bool = False,
+) -> OnnxLoopResult:
+    """(b) The served ONNX files in ONNX Runtime, driven by the serving code's loop in this process.
+
+    Each run tokenizes, validates and generates as the Triton pipeline does, with the same session options.
+    The slope runs follow the timed ones on warm sessions, without warm-up of their own.
+    """
+    served = ServedFiles.load(repository, gpu=gpu)
+    networks = InstrumentedNetworks(served.networks)
+    plain_loop = served.plain_loop(networks)
+    for _ in range(warmup_runs):
+        plain_loop(request)()
+    networks.reset()
+    timing, image = timed_runs(plain_loop(request), path=ONNX_LOOP, steps=request.num_inference_steps, runs=runs)
+    calls = networks.calls_ms
+    times = NetworkTimes(
+        encode_text_ms=sum(calls["encode_text"]) / runs,
+        unet_ms_per_call=statistics.mean(calls["predict_noise"]),
+        unet_calls_per_request=len(calls["predict_noise"]) // runs,
+        decode_ms=sum(calls["decode_latents"]) / runs,
+    )
+    unet_calls: dict[int, int] = {}
+
+    def counted(spec: RequestSpec) -> Callable[[], np.ndarray]:
+        run = plain_loop(spec)
+
+        def run_and_count() -> np.ndarray:
+            before = len(calls["predict_noise"])
+            image = run()
+            unet_calls[spec.num_inference_steps] = len(calls["predict_noise"]) - before
+            return image
+
+        return run_and_count
+
+    slope = time_slope(counted, request, path=ONNX_LOOP, steps=slope_steps, runs=slope_runs)
+    low, high = slope_steps
+    return OnnxLoopResult(timing, times, slope, (unet_calls[high] - unet_calls[low]) / (high - low), image)
+
+
+class TritonPath:
+    """(c) A running server (``grpc://host:port``), sent the request :class:`~sdtriton.client.StableDiffusionClient`
+    sends (its own ``build_inputs``) through tritonclient's gRPC client, one at a time; images read as it reads them.
+    """
+
+    def __init__(self, url: str) -> None:
+        import tritonclient.grpc as triton
+
+        from sdtriton.client import parse_url
+
+        self._triton = triton
+        self._client = triton.InferenceServerClient(parse_url(url).address)
+
+    def runner(self, request: RequestSpec) -> Callable[[], np.ndarray]:
+        from sdtriton.client.client import build_inputs, read_result, requested_outputs
+
+        inputs = build_inputs(self._triton, [request.prompt], **request.client_parameters())
+        outputs = requested_outputs(self._triton)
+        infer = self._client.infer
+        return lambda: np.asarray(read_result(infer(interface.ENTRY_MODEL_NAME, inputs, outputs=outputs)).image)
+
+    def time(self, request: RequestSpec, *, runs: int, warmup_runs: int = 0) -> tuple[PathTiming, np.ndarray]:
+        steps = request.num_inference_steps
+        return timed_runs(self.runner(request), path=TRITON, steps=steps, runs=runs, warmup_runs=warmup_runs)
+
+    def slope(self, request: RequestSpec, *, steps: tuple[int, int], runs: int) -> StepSlope:
+        return time_slope(self.runner, request, path=TRITON, steps=steps, runs=runs)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class InProcessEngineError(RuntimeError):
+    """A request of the in-process engine failed."""
+
+
+class _Sink:
+    def __init__(self, ended: list[Exception | None]) -> None:
+        self.ended = ended
+
+    def progress(self, progress: object) -> None:
+        pass
+
+    def finish(self, result: object) -> None:
+        self.ended.append(None)
+
+    def fail(self, error: Exception) -> None:
+        self.ended.append(error)
+
+
+def run_closed_loop(
+    *,
+    config: PipelineConfig,
+    tokenizers: Any,
+    networks: Any,
+    limits: EngineLimits,
+    request: RequestSpec,
+    concurrency: int,
+    requests: int,
+    warmup_requests: int = 0,
+    zero_time_unet: bool = False,
+    description: str = "in-process engine",
+    show_progress: bool = True,
+) -> InProcessRun:
+    """Runs ``warmup_requests`` then times ``requests`` of ``request``, ``concurrency`` in the engine at once.
+
+    Each submitted request is parsed and tokenized from its raw inputs, as the pipeline model does. The timed run
+    starts with ``concurrency`` requests submitted together and ends when the last one finishes.
+
+    Raises:
+        InProcessEngineError: a request failed, or the engine went idle before the last one.
+        ValueError: ``concurrency`` or ``requests`` below 1.
+    """
+    from sdtriton.serving.engine import DiffusionEngine, EngineRequest
+    from sdtriton.serving.requests import parse_request
+
+    if concurrency < 1 or requests < 1:
+        raise ValueError(f"concurrency and requests must be at least 1, got {concurrency} and {requests}")
+    counting = InstrumentedNetworks(networks, zero_time_unet=zero_time_unet)
+    engine = DiffusionEngine(config=config, networks=counting, limits=limits)
+    raw = raw_inputs(request)
+
+    def closed_loop(total: int, progress: tqdm | None) -> None:
+        ended: list[Exception | None] = []
+        sent = done = 0
+        while done < total:
+            while sent < min(total, done + concurrency):
+                images = parse_request(raw, config=config, tokenizers=tokenizers).images
+                engine.submit(EngineRequest(key=sent, images=images, sink=_Sink(ended)))
+                sent += 1
+            if engine.counts() == (0, 0) and not ended:
+                raise InProcessEngineError(f"the engine went idle after {done} of {total} requests")
+            engine.step()
+            for error in ended:
+                if error is not None:
+                    raise InProcessEngineError(f"an in-process engine request failed: {error!r}") from error
+            done += len(ended)
+            if progress is not None:
+                progress.update(len(ended))
+            ended.clear()
+
+    if warmup_requests:
+        closed_loop(warmup_requests, None)
+    counting.reset()
+    with tqdm(total=requests, desc=description, unit="image", disable=not show_progress) as progress:
+        started = time.perf_counter()
+        closed_loop(requests, progress)
+        elapsed_s = time.perf_counter() - started
+    unet_calls = len(counting.calls_ms["predict_noise"])
+    return InProcessRun(concurrency, requests, elapsed_s, unet_calls, counting.unet_rows)

@@ -1,0 +1,254 @@
+"""The model and repositories a run needs: the profile's model, its export with the engine's caches off, and the
+variants a run compares, each a copy of one export (files of 1 MiB or more, the ONNX weights, linked).
+
+- An engine variant (:func:`engine_variant`) changes the ``pipeline`` config's engine parameters
+  (``max_running_images`` 8 or 1, a small ``max_pending_requests``, the caches): what ``sdtriton export`` renders
+  for those options, since the components' batch limits do not depend on a smaller value
+  (:attr:`sdtriton.export.configs.RenderOptions.component_max_batch_size`), which is checked.
+- The identity-UNet repository (:func:`identity_repository`) serves a UNet that returns its sample: with the
+  UNet's compute gone, Triton's per-step cost minus that of the plain loop over the same files is what the BLS
+  call mechanism itself costs (request objects, shared-memory copies, the hops between processes). The graph keeps
+  the UNet spec's tensor names, types and dynamic axes, so the same model class serves it and the same loop drives it.
+- The simulated repository (:func:`simulated_repository`) serves the stand-in UNet of
+  :mod:`sdtriton.serving.simulated`, which sleeps as an accelerator would compute.
+
+``sdtriton.export`` is imported where it runs: it loads torch and diffusers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sdtriton import interface
+from sdtriton.components import ONNX_FILE_NAME, TENSORRT_PLAN_FILE_NAME, TOKENIZER_DIR_NAME, UNET
+from sdtriton.serving.engine import EngineLimits
+from sdtriton.serving.simulated import SimulatedLatency
+
+logger = logging.getLogger(__name__)
+
+_LINK_MIN_BYTES = 1 << 20
+# Old enough for every ONNX Runtime this project pins.
+_OPSET = 17
+_SIMULATED_ADAPTER = "from sdtriton.serving.triton_simulated import SimulatedUNetModel as TritonPythonModel"
+# Load tests measure the engine's work: the same seeded request sent again and again would otherwise be answered
+# from the response cache, and repeated prompts would skip the text encoder the baselines run.
+PERF_RENDER_OPTIONS_CACHES_OFF = {"response_cache_mb": 0, "text_cache_entries": 0}
+
+
+def _copy_or_link(source: str, destination: str) -> None:
+    if Path(source).stat().st_size >= _LINK_MIN_BYTES:
+        Path(destination).symlink_to(Path(source).resolve())
+    else:
+        shutil.copy2(source, destination)
+
+
+def linked_copy(source: Path, destination: Path, *, ignore: Sequence[str] = ()) -> Path:
+    """A copy of ``source`` into ``destination`` (absent or empty), large files linked; ``ignore``: name patterns."""
+    if destination.exists() and any(destination.iterdir()):
+        raise FileExistsError(f"{destination} is not empty")
+    patterns = shutil.ignore_patterns("__pycache__", *ignore)
+    shutil.copytree(source.resolve(), destination, copy_function=_copy_or_link, ignore=patterns, dirs_exist_ok=True)
+    return destination
+
+
+def _pipeline_config_path(repository: Path) -> Path:
+    from sdtriton.export.configs import CONFIG_FILE_NAME
+
+    return repository / interface.PIPELINE_MODEL_NAME / CONFIG_FILE_NAME
+
+
+def engine_limits_of(repository: Path) -> EngineLimits:
+    """The engine limits the repository's ``pipeline`` model runs with (its config's parameters)."""
+    from sdtriton.export.configs import ENGINE_PARAMETERS, parse_config_text
+
+    parameters = parse_config_text(_pipeline_config_path(repository).read_text()).parameters
+    return EngineLimits(
+        **{name: int(parameters[name].string_value) for name in ENGINE_PARAMETERS if name in parameters}
+    )
+
+
+def _set_parameters(config_path: Path, values: dict[str, object]) -> None:
+    from sdtriton.export.configs import config_text, parse_config_text
+
+    config = parse_config_text(config_path.read_text())
+    for name, value in values.items():
+        config.parameters[name].string_value = str(value)
+    config_path.write_text(config_text(config))
+
+
+def engine_variant(
+    source: Path,
+    destination: Path,
+    *,
+    max_running_images: int | None = None,
+    max_pending_requests: int | None = None,
+    caches_off: bool = False,
+) -> Path:
+    """A copy of ``source`` whose engine holds ``max_running_images`` / ``max_pending_requests`` (None: as is),
+    with the engine's response and text-embedding caches off if ``caches_off``.
+
+    Raises:
+        FileExistsError: ``destination`` exists and is not empty.
+        ValueError: a value below 1, or more running images than the components' batch limit holds.
+    """
+    from sdtriton.export.configs import CONFIG_FILE_NAME
+
+    limits = engine_limits_of(source)
+    changes = {"max_running_images": max_running_images, "max_pending_requests": max_pending_requests}
+    changes = {name: value for name, value in changes.items() if value is not None}
+    for name, value in changes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if caches_off:
+        changes |= {"response_cache_bytes": 0, "text_cache_entries": 0}
+    if changes.get("max_running_images", 0) > limits.max_running_images:
+        raise ValueError(
+            f"max_running_images {changes['max_running_images']} exceeds the export's "
+            f"{limits.max_running_images}: the components' batch limits were rendered for that; export again"
+        )
+    linked_copy(source, destination)
+    _set_parameters(_pipeline_config_path(destination), changes)
+    if max_pending_requests is not None:
+        # The entries refuse past the same limit themselves, before the hop to the engine (as an export sets them).
+        for entry_name in (interface.ENTRY_MODEL_NAME, interface.STREAM_ENTRY_MODEL_NAME):
+            _set_parameters(destination / entry_name / CONFIG_FILE_NAME, {"max_pending_requests": max_pending_requests})
+    return destination
+
+
+def identity_repository(repository: Path, target: Path) -> Path:
+    """A copy of ``repository`` (its files linked) whose UNet is ``noise_pred = sample`` (other inputs ignored)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(
+        repository.resolve(), target, copy_function=os.symlink, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    unet_version_dir = target / UNET.model_name / "1"
+    for path in unet_version_dir.glob(f"{ONNX_FILE_NAME}*"):  # model.onnx and its external data
+        path.unlink()
+    types = {"FP32": TensorProto.FLOAT, "FP16": TensorProto.FLOAT16, "INT64": TensorProto.INT64}
+    value_info = {
+        tensor.name: helper.make_tensor_value_info(tensor.name, types[tensor.triton_dtype], list(tensor.axes))
+        for tensor in (*UNET.inputs, *UNET.outputs)
+    }
+    (sample, *_), (noise_pred,) = UNET.input_names, UNET.output_names
+    inputs = [value_info[name] for name in UNET.input_names]
+    nodes = [helper.make_node("Identity", [sample], [noise_pred])]
+    graph = helper.make_graph(nodes, "identity_unet", inputs, [value_info[noise_pred]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+    onnx.checker.check_model(model)
+    onnx.save(model, unet_version_dir / ONNX_FILE_NAME)
+    return target
+
+
+def simulated_unet_config_text(source_config_text: str, latency: SimulatedLatency) -> str:
+    """The source's rendered UNet config served by the stand-in: same tensors and batching, plus the latency.
+
+    The backend becomes ``python`` (a source rendered for ``onnxruntime`` or ``tensorrt`` names a model file
+    the stand-in does not have), and instances run on the CPU: the stand-in only sleeps.
+    """
+    from sdtriton.export.configs import config_text, parse_config_text
+
+    config = parse_config_text(source_config_text)
+    config.backend = "python"
+    config.ClearField("platform")
+    config.ClearField("default_model_filename")
+    for group in config.instance_group:
+        group.kind = group.KIND_CPU
+        del group.gpus[:]
+    for key, value in latency.parameters().items():
+        config.parameters[key].string_value = value
+    return config_text(config)
+
+
+def simulated_model_file_text() -> str:
+    """The ``unet/1/model.py`` of a simulated repository."""
+    doc = f'"""Triton Python-backend entry point of a simulated `{UNET.model_name}`; see sdtriton.serving.simulated."""'
+    return f'{doc}\n\n{_SIMULATED_ADAPTER}\n\n__all__ = ["TritonPythonModel"]\n'
+
+
+def simulated_repository(
+    source: Path, destination: Path, latency: SimulatedLatency, *, models: Sequence[str] | None = None
+) -> Path:
+    """A copy of an exported repository (``models`` of it, ``unet`` among them; default: every model) whose
+    ``unet`` is the stand-in of ``latency``: its config (inputs, outputs, ``max_batch_size``, dynamic batching)
+    plus the two latency parameters; its version folders hold the stand-in's ``model.py`` and none of the ONNX files.
+
+    Raises:
+        FileNotFoundError: ``source`` has no ``unet`` or lacks a named model.
+        FileExistsError: ``destination`` is not empty.
+        ValueError: ``models`` leaves out ``unet``.
+    """
+    from sdtriton.export.configs import CONFIG_FILE_NAME, MODEL_FILE_NAME
+
+    source, destination = Path(source), Path(destination)
+    if not (source / UNET.model_name / CONFIG_FILE_NAME).is_file():
+        raise FileNotFoundError(f"{source} has no {UNET.model_name}/{CONFIG_FILE_NAME}")
+    names = sorted(path.name for path in source.iterdir() if path.is_dir()) if models is None else list(models)
+    if UNET.model_name not in names:
+        raise ValueError(f"models must include {UNET.model_name!r}, got {names}")
+    for name in names:
+        if not (source / name).is_dir():
+            raise FileNotFoundError(f"{source} has no model {name!r}")
+    if destination.exists() and any(destination.iterdir()):
+        raise FileExistsError(f"{destination} is not empty")
+    for name in names:
+        ignore = [f"{ONNX_FILE_NAME}*", TENSORRT_PLAN_FILE_NAME] if name == UNET.model_name else []
+        linked_copy(source / name, destination / name, ignore=ignore)
+    unet = destination / UNET.model_name
+    for version_dir in unet.iterdir():
+        if version_dir.is_dir() and version_dir.name.isdigit():
+            (version_dir / MODEL_FILE_NAME).unlink(missing_ok=True)
+            (version_dir / MODEL_FILE_NAME).write_text(simulated_model_file_text())
+    (unet / CONFIG_FILE_NAME).write_text(simulated_unet_config_text((unet / CONFIG_FILE_NAME).read_text(), latency))
+    return destination
+
+
+def ensure_model(model_dir: Path | None, model: str, work_dir: Path) -> Path:
+    """A diffusers folder of ``model``: ``model_dir`` if it holds one, else made (make-tiny) or the built-in one."""
+    from sdtriton.tiny import PROFILES, make_tiny
+
+    if model_dir is not None and (model_dir / "model_index.json").is_file():
+        return model_dir
+    if model not in PROFILES:
+        if model_dir is not None:
+            raise FileNotFoundError(f"{model_dir} holds no diffusers pipeline (model_index.json)")
+        from sdtriton.shapes.builtin import resolve_source
+
+        return Path(resolve_source(model))
+    target = model_dir or work_dir / "model"
+    started = time.monotonic()
+    make_tiny(target, profile=model)
+    logger.info("made the %s model in %.0f s", model, time.monotonic() - started)
+    return target
+
+
+def ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool, work_dir: Path) -> Path:
+    """The export to load-test: ``repository`` if it holds one with the engine's caches off; a variant of it in
+    ``work_dir`` with them off if they are on; else ``model_dir`` exported into ``repository`` with them off."""
+    exported = (
+        (repository / interface.ENTRY_MODEL_NAME / "config.pbtxt").is_file()
+        and (repository / interface.PIPELINE_MODEL_NAME / "1" / TOKENIZER_DIR_NAME).is_dir()
+        and (repository / UNET.model_name / "1").is_dir()
+    )
+    if exported:
+        limits = engine_limits_of(repository)
+        if limits.response_cache_bytes == 0 and limits.text_cache_entries == 0:
+            return repository
+        variant = work_dir / "caches_off_repository"
+        shutil.rmtree(variant, ignore_errors=True)
+        logger.info("load-testing %s with the engine's caches off (a variant in %s)", repository, variant)
+        return engine_variant(repository, variant, caches_off=True)
+    from sdtriton.export import RenderOptions, export_repository
+
+    started = time.monotonic()
+    options = RenderOptions(**PERF_RENDER_OPTIONS_CACHES_OFF)
+    export_repository(model_dir, repository, options=options, show_progress=show_progress)
+    logger.info("exported %s to %s in %.0f s", model_dir, repository, time.monotonic() - started)
+    return repository
