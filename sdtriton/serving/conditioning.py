@@ -11,6 +11,10 @@ The family of the exported model (never the request) decides, as its diffusers p
   (``StableDiffusionXLImg2ImgPipeline``) takes the second encoder alone and (original size, crop, aesthetic score).
 
 Rows: with classifier-free guidance every conditioning has two rows, [negative, prompt]; without, one.
+
+SD 3 / 3.5 (``StableDiffusion3Pipeline``) is exported (its specs, components and pipeline config) but not served
+yet: the engine's flow-matching path comes next, and until then :func:`check_served_family` refuses its
+repositories by name.
 """
 
 from __future__ import annotations
@@ -23,8 +27,29 @@ import numpy as np
 import torch
 
 from sdtriton.components import REFINER_UNET_MODEL_NAME, UNET_MODEL_NAME
-from sdtriton.pipeline_config import PipelineConfig, SdxlConfig
+from sdtriton.pipeline_config import SD_FAMILY, SDXL_FAMILY, PipelineConfig, SdxlConfig
 from sdtriton.serving.validation import GenerationParams
+
+# The families whose conditioning and denoising this engine has; a repository of another is refused at load.
+SERVED_FAMILIES = (SD_FAMILY, SDXL_FAMILY)
+
+
+class UnservedFamilyError(ValueError):
+    """The exported model's family is one the engine cannot serve yet (export only)."""
+
+
+def check_served_family(config: PipelineConfig) -> None:
+    """Refuses, naming the family, a pipeline config the engine would otherwise serve wrongly.
+
+    Raises:
+        UnservedFamilyError: the config's family is not in :data:`SERVED_FAMILIES`.
+    """
+    if config.family not in SERVED_FAMILIES:
+        raise UnservedFamilyError(
+            f"the engine does not serve the {config.family!r} family yet (it serves {', '.join(SERVED_FAMILIES)}): "
+            f"this repository is export only, serving next; its component models serve on their own"
+        )
+
 
 # A text encoder's outputs for one image's rows, by output name (on the networks' device).
 EncodedText = Mapping[str, torch.Tensor]

@@ -46,7 +46,7 @@ from sdtriton.serving.caches import (
     response_key,
     text_row_key,
 )
-from sdtriton.serving.conditioning import ImageRequest, stages_for, text_ids_for
+from sdtriton.serving.conditioning import ImageRequest, check_served_family, stages_for, text_ids_for
 from sdtriton.serving.denoise import ImageDenoiser, to_uint8_image
 from sdtriton.serving.errors import DeadlineExceededError, RequestCancelledError, ServerBusyError
 from sdtriton.serving.metrics import EngineObserver, GuardedObserver, NoObserver
@@ -240,6 +240,7 @@ class DiffusionEngine:
         clock: Callable[[], float] = time.monotonic,
         observer: EngineObserver | None = None,
     ) -> None:
+        check_served_family(config)
         self.config = config
         self.networks = networks
         self.limits = limits or EngineLimits()
