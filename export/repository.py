@@ -4,9 +4,8 @@ Everything model-specific (tokenizers, channel counts, VAE scale and scaling fac
 family itself: SD 1.x/2.x, SDXL or SD 3 / 3.5, from the folder's ``model_index.json``) is read from SRC; nothing
 assumes our own models. ``--refiner DIR`` adds an SDXL refiner as a second stage of the same repository.
 
-An SD 3 repository is complete (its components, tokenizers, ``pipeline_config.json`` and the entries), but the
-engine does not serve the family yet: its ``pipeline`` model refuses to load, naming the family
-(:func:`sdtriton.serving.conditioning.check_served_family`); the component models serve on their own.
+An SD 3 / 3.5 repository holds its five networks (two CLIPs, T5 where the pipeline has it, the transformer and the
+VAE decoder), its three tokenizers, ``pipeline_config.json`` and the entries, served like the others.
 """
 
 from __future__ import annotations

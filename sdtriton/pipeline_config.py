@@ -219,6 +219,16 @@ class PipelineConfig:
     max_pixels: int | None = None
 
     @property
+    def scheduler_names(self) -> tuple[str, ...]:
+        """The schedulers a request may name for this model: flow-matching ones for SD 3, else SD's."""
+        return interface.FLOW_SCHEDULER_NAMES if self.sd3 is not None else interface.SCHEDULER_NAMES
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """The guidance a request omitting it gets: its diffusers pipeline's ``__call__`` default."""
+        return self.sd3.default_guidance_scale if self.sd3 is not None else interface.DEFAULT_GUIDANCE_SCALE
+
+    @property
     def family(self) -> str:
         if self.sd3 is not None:
             return SD3_FAMILY

@@ -275,7 +275,6 @@ class PipelineModel:
 
     def initialize(self, args: dict[str, Any]) -> None:
         # Imported here so that the component models' processes never load torch and diffusers.
-        from sdtriton.serving.conditioning import check_served_family
         from sdtriton.serving.engine import DiffusionEngine, warm_up_engine_code
         from sdtriton.serving.text import load_tokenizers
 
@@ -285,8 +284,6 @@ class PipelineModel:
             raise ValueError(f"{self.model_name} must be decoupled (model_transaction_policy {{ decoupled: true }})")
         route_logging_to_triton()
         self.config = PipelineConfig.load(version_dir(args))
-        # Before anything reads the config for a family it cannot serve (an SD 3 export: serving is next).
-        check_served_family(self.config)
         self.tokenizers = load_tokenizers(version_dir(args), self.config)
         limits = _engine_limits(model_config)
         networks = BlsComponents(

@@ -1,5 +1,5 @@
-"""SD 3 / 3.5, export only: each exported network equals diffusers' own on new inputs, and its component models
-serve through a real tritonserver, while the repository's ``pipeline`` refuses to load, naming the family.
+"""SD 3 / 3.5 export: each exported network equals diffusers' own on new inputs (SD 3.5 with T5, and SD 3's plain
+transformer without T5). Serving them is ``test_sd3_serving.py``.
 
 The oracle is the diffusers pipeline loaded from the same folder, called as ``StableDiffusion3Pipeline`` calls
 its parts (``_get_clip_prompt_embeds``, ``_get_t5_prompt_embeds``, the transformer, ``vae.decode``).
@@ -7,7 +7,6 @@ its parts (``_get_clip_prompt_embeds``, ``_get_t5_prompt_embeds``, the transform
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import torch
 from sdtriton.components import ONNX_FILE_NAME
 from sdtriton.export.configs import MODEL_VERSION, PIPELINE_MODEL_NAME
 from sdtriton.pipeline_config import PipelineConfig
-from tests.conftest import serve
 
 # fp32 ONNX Runtime against fp32 torch (measured: <= 4e-6 on the tiny models).
 ATOL = 1e-4
@@ -33,29 +31,24 @@ class Exported:
     pipeline: object  # StableDiffusion3Pipeline
     repository: Path
     config: PipelineConfig
+    prefix: str
 
     def session(self, model_name: str) -> ort.InferenceSession:
-        path = self.repository / model_name / MODEL_VERSION / ONNX_FILE_NAME
+        path = self.repository / f"{self.prefix}{model_name}" / MODEL_VERSION / ONNX_FILE_NAME
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _make_and_export(root: Path, family: str) -> Exported:
+@pytest.fixture(scope="module")
+def exported(sd3_exports) -> dict[str, Exported]:
     from diffusers import StableDiffusion3Pipeline
 
-    from sdtriton.export import export_repository
-    from sdtriton.tiny import make_tiny
-
-    folder = make_tiny(root / family, family=family)
-    repository = root / f"{family}_repository"
-    config = export_repository(folder, repository, show_progress=False, fit_preview=False)
-    pipeline = StableDiffusion3Pipeline.from_pretrained(folder, dtype=torch.float32)
-    return Exported(pipeline=pipeline, repository=repository, config=config)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
-    root = tmp_path_factory.mktemp("sd3_export")
-    return {family: _make_and_export(root, family) for family in ("sd3", "sd35")}
+    models = {}
+    for name, (folder, repository, prefix) in sd3_exports.items():
+        without_t5 = {} if (folder / "text_encoder_3").is_dir() else {"text_encoder_3": None, "tokenizer_3": None}
+        pipeline = StableDiffusion3Pipeline.from_pretrained(folder, dtype=torch.float32, **without_t5)
+        config = PipelineConfig.load(repository / f"{prefix}{PIPELINE_MODEL_NAME}" / MODEL_VERSION)
+        models[name] = Exported(pipeline=pipeline, repository=repository, config=config, prefix=prefix)
+    return models
 
 
 def _close(actual: np.ndarray, expected: torch.Tensor, what: str) -> None:
@@ -71,7 +64,7 @@ def _timesteps(pipeline, rows: int) -> np.ndarray:
     return pipeline.scheduler.timesteps[:rows].numpy().astype(np.float32)
 
 
-@pytest.mark.parametrize("family", ["sd3", "sd35"])
+@pytest.mark.parametrize("family", ["sd35", "sd3_no_t5"])
 def test_every_exported_network_equals_diffusers(exported: dict[str, Exported], family: str) -> None:
     model = exported[family]
     pipeline, config = model.pipeline, model.config
@@ -89,6 +82,9 @@ def test_every_exported_network_equals_diffusers(exported: dict[str, Exported], 
                 _close(hidden, expected_hidden, f"{family} {name} hidden, {rows} rows")
                 _close(pooled, expected_pooled, f"{family} {name} pooled, {rows} rows")
             t5_rows = config.sd3.t5_max_length
+            if not config.sd3.has_t5:
+                assert not (model.repository / f"{model.prefix}text_encoder_3").exists()
+                continue
             ids = pipeline.tokenizer_3(prompts, padding="max_length", max_length=t5_rows, truncation=True)
             (t5_states,) = model.session("text_encoder_3").run(None, {"input_ids": np.array(ids.input_ids)})
             expected = pipeline._get_t5_prompt_embeds(prompts, max_sequence_length=t5_rows)
@@ -107,60 +103,3 @@ def test_every_exported_network_equals_diffusers(exported: dict[str, Exported], 
             latents = rng.standard_normal((batch, 16, height, width), dtype=np.float32)
             (image,) = vae.run(None, {"latents": latents})
             _close(image, pipeline.vae.decode(torch.from_numpy(latents), return_dict=False)[0], f"{family} vae")
-
-
-@pytest.fixture(scope="module")
-def component_server(exported: dict[str, Exported], tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A real tritonserver over the SD 3 repository with its component models only (explicit model control:
-    the pipeline, which refuses SD 3, is not loaded at start)."""
-    loads = tuple(f"--load-model={name}" for name in ("text_encoder_3", "transformer"))
-    yield from serve(exported["sd3"].repository, tmp_path_factory, ("--model-control-mode=explicit", *loads))
-
-
-def test_components_serve_through_triton_and_the_pipeline_refuses_the_family(
-    exported: dict[str, Exported], component_server
-) -> None:
-    import tritonclient.http as httpclient
-
-    model = exported["sd3"]
-    client = httpclient.InferenceServerClient(component_server.address.http_url.removeprefix("http://"))
-    try:
-        _check_components_and_pipeline(client, model)
-    finally:
-        client.close()  # an open connection would hold the server's stop for its 30 s exit timeout
-
-
-def _check_components_and_pipeline(client, model: Exported) -> None:
-    import tritonclient.http as httpclient
-    from tritonclient.utils import InferenceServerException
-
-    pipeline, t5_rows = model.pipeline, model.config.sd3.t5_max_length
-
-    def infer(model_name: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = []
-        for name, raw in arrays.items():
-            array = raw[:, None] if raw.ndim == 1 else raw  # a per-item scalar is [1] in the config
-            tensor = httpclient.InferInput(name, list(array.shape), "INT64" if array.dtype == np.int64 else "FP32")
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        return client.infer(model_name, inputs).as_numpy(
-            "last_hidden_state" if model_name == "text_encoder_3" else "noise_pred"
-        )
-
-    prompts = list(PROMPTS[:2])
-    ids = pipeline.tokenizer_3(prompts, padding="max_length", max_length=t5_rows, truncation=True)
-    with torch.no_grad():
-        states = infer("text_encoder_3", {"input_ids": np.array(ids.input_ids, dtype=np.int64)})
-        _close(states, pipeline._get_t5_prompt_embeds(prompts, max_sequence_length=t5_rows), "served T5")
-        rng = np.random.default_rng(1)
-        inputs = {
-            "hidden_states": rng.standard_normal((2, 16, 24, 40), dtype=np.float32),
-            "encoder_hidden_states": rng.standard_normal((2, 77 + t5_rows, 88), dtype=np.float32),
-            "pooled_projections": rng.standard_normal((2, 72), dtype=np.float32),
-            "timestep": _timesteps(pipeline, 2),
-        }
-        velocity = infer("transformer", inputs)
-        expected = pipeline.transformer(**{k: torch.from_numpy(v) for k, v in inputs.items()}, return_dict=False)[0]
-        _close(velocity, expected, "served transformer")
-    with pytest.raises(InferenceServerException, match="'sd3' family yet"):
-        client.load_model(PIPELINE_MODEL_NAME)

@@ -28,8 +28,6 @@ from sdtriton.sd3 import (
     SD3_VAE,
     T5_MODEL_MAX_LENGTH,
 )
-from sdtriton.serving.conditioning import UnservedFamilyError, check_served_family
-from sdtriton.serving.engine import DiffusionEngine
 from sdtriton.tokenizer_files import build_clip_tokenizer, build_t5_tokenizer
 from tests.unit.trtexec_lines import dry_run as _dry_run
 from tests.unit.trtexec_lines import profile_shapes as _shapes
@@ -161,14 +159,6 @@ def test_sd3_specs_take_the_shapes_diffusers_passes(tiny_sd3_folders: dict[str, 
     assert [tensor.name for tensor in rendered["transformer"].input] == [t.name for t in specs["transformer"].inputs]
 
 
-def test_the_engine_refuses_an_sd3_config_by_name(tiny_sd3_folders: dict[str, Path]) -> None:
-    config = _config(tiny_sd3_folders["sd3"])
-    with pytest.raises(UnservedFamilyError, match="'sd3' family"):
-        check_served_family(config)
-    with pytest.raises(UnservedFamilyError, match="export only, serving next"):
-        DiffusionEngine(config=config, networks=None)  # refused before the networks are touched
-
-
 # SD 3.5 Medium and Large from their published configs alone (sdtriton/sd3.py), as a download before its weights.
 def _write_config_only_sd3(folder: Path, transformer: dict[str, Any]) -> Path:
     files: dict[str, dict[str, Any]] = {
@@ -235,3 +225,36 @@ def test_dry_run_of_sd35_gives_the_profiles_of_its_published_geometry(
     shorter = _dry_run(capsys, folder, "--max-sequence-length", "128")
     assert _shapes(shorter["text_encoder_3"], "opt") == {"input_ids": "2x128"}
     assert _shapes(shorter["transformer"], "opt")["encoder_hidden_states"] == "2x205x4096"
+
+
+def test_each_family_takes_its_own_schedulers_and_names_them_when_refusing(
+    tiny_sd3_folders: dict[str, Path], tmp_path: Path
+) -> None:
+    from sdtriton.serving.errors import InvalidInputError
+    from sdtriton.serving.validation import parse_generation_params
+    from sdtriton.tiny import make_tiny
+
+    sd3 = _config(tiny_sd3_folders["sd35"])
+    sd = _config(make_tiny(tmp_path / "sd"))
+    defaults = parse_generation_params(config=sd3, draw_seed=lambda: 1)
+    assert (defaults.num_inference_steps, defaults.guidance_scale, defaults.scheduler) == (28, 7.0, None)
+    assert parse_generation_params(config=sd3, scheduler=b"flow_heun").scheduler == "flow_heun"
+    with pytest.raises(InvalidInputError, match="scheduler: must be one of flow_euler, flow_heun, dpmpp_2m, unipc"):
+        parse_generation_params(config=sd3, scheduler=b"euler")
+    with pytest.raises(InvalidInputError, match="scheduler: must be one of ddim, pndm, euler"):
+        parse_generation_params(config=sd, scheduler=b"flow_euler")
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m", "unipc"])
+def test_the_multistep_solvers_run_on_the_models_flow_sigmas(tiny_sd3_folders: dict[str, Path], name: str) -> None:
+    from sdtriton.schedulers import build_scheduler
+
+    config = _config(tiny_sd3_folders["sd35"]).scheduler_config
+    scheduler = build_scheduler(config, name)
+    scheduler.set_timesteps(10)
+    unshifted = type(scheduler).from_config({**scheduler.config, "flow_shift": 1.0})
+    unshifted.set_timesteps(10)
+    assert scheduler.config.use_flow_sigmas and scheduler.config.prediction_type == "flow_prediction"
+    assert scheduler.config.flow_shift == config["shift"] == 3.0
+    # The model's shift keeps more of the schedule at high noise, as its own FlowMatchEuler does.
+    assert (scheduler.timesteps[1:] > unshifted.timesteps[1:]).all()
