@@ -1,4 +1,4 @@
-"""Exports the text encoder, UNet and VAE decoder of a diffusers SD pipeline to ONNX, and checks each.
+"""Exports the text encoders, UNet (SD 3: transformer) and VAE decoder of a diffusers pipeline to ONNX, and checks each.
 
 ``torch.onnx.export(dynamo=False)`` with the dynamic axes of :mod:`sdtriton.components` exports diffusers'
 modules unpatched (measured: the dynamo exporter needs ``Upsample2D`` patched for a dynamic batch). Every
@@ -21,7 +21,13 @@ import onnxruntime as ort
 import torch
 from diffusers import DiffusionPipeline
 
-from sdtriton.components import VAE_DECODER, ComponentSpec, components_of
+from sdtriton.components import (
+    T5_MODEL_NAME,
+    TRANSFORMER_MODEL_NAME,
+    VAE_DECODER,
+    ComponentSpec,
+    components_of,
+)
 from sdtriton.pipeline_config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -94,6 +100,29 @@ class _SdxlUNetNoisePrediction(torch.nn.Module):
         added = {"text_embeds": text_embeds, "time_ids": time_ids}
         return self.unet(
             sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+        )[0]
+
+
+class _Sd3TransformerVelocity(torch.nn.Module):
+    """An ``SD3Transformer2DModel`` called as ``StableDiffusion3Pipeline`` calls it (no skip layers, no LoRA scale)."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        timestep: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.transformer(
+            hidden_states=hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled_projections,
+            timestep=timestep,
+            return_dict=False,
         )[0]
 
 
@@ -219,6 +248,8 @@ def _modules(pipeline: DiffusionPipeline, config: PipelineConfig, refiner: Diffu
     """(spec, module, vocab size or None) of every component of the config's family, in call order."""
     specs = {spec.model_name: spec for spec in components_of(config)}
     vae = (specs[VAE_DECODER.model_name], _VaeDecode(pipeline.vae), None)
+    if config.sd3 is not None:
+        return [*_sd3_modules(pipeline, specs), vae]
     if config.sdxl is None:
         encoder = pipeline.text_encoder
         return [
@@ -235,6 +266,21 @@ def _modules(pipeline: DiffusionPipeline, config: PipelineConfig, refiner: Diffu
     if refiner is not None:
         modules.append((specs["refiner_unet"], _SdxlUNetNoisePrediction(refiner.unet), None))
     return [*modules, vae]
+
+
+def _sd3_modules(pipeline: DiffusionPipeline, specs: dict[str, ComponentSpec]) -> list:
+    """SD 3's encoders as ``StableDiffusion3Pipeline.encode_prompt`` reads them (both CLIPs' penultimate hidden
+    state and projected pooled output, T5's last hidden state where the pipeline has T5) and its transformer."""
+    encoders = [("text_encoder", pipeline.text_encoder), ("text_encoder_2", pipeline.text_encoder_2)]
+    modules = [
+        (specs[name], _TextEncoderPenultimate(encoder, pooled=True), encoder.config.vocab_size)
+        for name, encoder in encoders
+    ]
+    if T5_MODEL_NAME in specs:
+        t5 = pipeline.text_encoder_3
+        modules.append((specs[T5_MODEL_NAME], _TextEncoderLastHiddenState(t5), t5.config.vocab_size))
+    modules.append((specs[TRANSFORMER_MODEL_NAME], _Sd3TransformerVelocity(pipeline.transformer), None))
+    return modules
 
 
 def export_components(

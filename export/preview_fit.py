@@ -91,7 +91,9 @@ def sample_final_latents(
         output_type="latent",
     ).images
     with torch.no_grad():
-        images = pipeline.vae.decode(latents / pipeline.vae.config.scaling_factor, return_dict=False)[0]
+        # As the pipeline decodes them: SD 3's VAE shifts its latents (shift_factor), SD's and SDXL's have none.
+        shift = getattr(pipeline.vae.config, "shift_factor", None) or 0.0
+        images = pipeline.vae.decode(latents / pipeline.vae.config.scaling_factor + shift, return_dict=False)[0]
     return latents.float().cpu().numpy(), images.float().cpu().numpy()
 
 

@@ -1,8 +1,11 @@
 """``sdtriton export SRC --output REPO``: a complete, loadable model repository from any SD pipeline folder.
 
 Everything model-specific (tokenizers, channel counts, VAE scale and scaling factor, default scheduler, the
-family itself: SD 1.x/2.x or SDXL, from the folder's ``model_index.json``) is read from SRC; nothing assumes our
-own models. ``--refiner DIR`` adds an SDXL refiner as a second stage of the same repository.
+family itself: SD 1.x/2.x, SDXL or SD 3 / 3.5, from the folder's ``model_index.json``) is read from SRC; nothing
+assumes our own models. ``--refiner DIR`` adds an SDXL refiner as a second stage of the same repository.
+
+An SD 3 / 3.5 repository holds its five networks (two CLIPs, T5 where the pipeline has it, the transformer and the
+VAE decoder), its three tokenizers, ``pipeline_config.json`` and the entries, served like the others.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
@@ -31,7 +37,14 @@ from diffusers.schedulers.scheduling_utils import SCHEDULER_CONFIG_NAME
 from diffusers.utils import is_accelerate_available
 from diffusers.utils import logging as diffusers_logging
 from tqdm.auto import tqdm
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, PreTrainedModel
+from transformers import (
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    PreTrainedModel,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 from transformers.utils import logging as transformers_logging
 
 from sdtriton.components import ONNX_FILE_NAME, TENSORRT_PLAN_FILE_NAME, TOKENIZER_DIRS, components_of
@@ -57,9 +70,11 @@ from sdtriton.pipeline_config import (
     DEFAULT_NUM_INFERENCE_STEPS,
     PipelineConfig,
     RequestLimits,
+    Sd3Config,
     SdxlConfig,
     SdxlRefinerConfig,
     pipeline_config_from_components,
+    sd3_pipeline_config,
 )
 from sdtriton.schedulers import load_scheduler_overrides, scheduler_class_from_config
 from sdtriton.shapes.builtin import resolve_source
@@ -71,12 +86,15 @@ logger = logging.getLogger(__name__)
 SOURCE_PIPELINES: dict[str, type[DiffusionPipeline]] = {
     "StableDiffusionPipeline": StableDiffusionPipeline,
     "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
+    "StableDiffusion3Pipeline": StableDiffusion3Pipeline,
 }
 REFINER_PIPELINES: dict[str, type[DiffusionPipeline]] = {
     "StableDiffusionXLImg2ImgPipeline": StableDiffusionXLImg2ImgPipeline,
 }
 _SDXL_BASE_TIME_IDS = 6  # original size, crop top-left, target size
 _SDXL_AESTHETIC_TIME_IDS = 5  # original size, crop top-left, aesthetic score
+# StableDiffusion3Pipeline.check_inputs refuses a longer max_sequence_length.
+SD3_MAX_SEQUENCE_LENGTH_LIMIT = 512
 
 
 def _load(
@@ -95,6 +113,9 @@ def _load(
     extra = (
         {"safety_checker": None, "requires_safety_checker": False} if pipeline_class is StableDiffusionPipeline else {}
     )
+    # Components the folder leaves out ([null, null] in model_index.json, e.g. SD 3 without T5) are passed as None,
+    # as diffusers asks of a component its pipeline does not list as optional.
+    extra |= {name: None for name, entry in index.items() if _is_absent_component(entry) and name not in extra}
     if not weights:
         return _skeleton(location, pipeline_class, index, extra)
     # low_cpu_mem_usage as diffusers would choose it, said outright: without accelerate it warns that it falls back.
@@ -102,6 +123,10 @@ def _load(
         return pipeline_class.from_pretrained(
             location, dtype=torch.float32, low_cpu_mem_usage=is_accelerate_available(), **extra
         )
+
+
+def _is_absent_component(entry: object) -> bool:
+    return isinstance(entry, list | tuple) and len(entry) == 2 and entry[1] is None
 
 
 @contextlib.contextmanager
@@ -128,7 +153,11 @@ _SKELETON_MODELS = {
     "AutoencoderKL": AutoencoderKL,
     "CLIPTextModel": CLIPTextModel,
     "CLIPTextModelWithProjection": CLIPTextModelWithProjection,
+    "SD3Transformer2DModel": SD3Transformer2DModel,
+    "T5EncoderModel": T5EncoderModel,
 }
+# Tokenizers by the class name's stem (a folder may say CLIPTokenizer or CLIPTokenizerFast, T5TokenizerFast...).
+_SKELETON_TOKENIZERS = {"CLIPTokenizer": CLIPTokenizer, "T5Tokenizer": T5Tokenizer}
 # model_index.json entries that are settings of the pipeline rather than components.
 _PIPELINE_SETTINGS = ("force_zeros_for_empty_prompt", "requires_aesthetics_score")
 
@@ -148,11 +177,11 @@ def _skeleton(location: str, pipeline_class: type[DiffusionPipeline], index: dic
             model_class = _SKELETON_MODELS[class_name]
             with torch.device("meta"):
                 if issubclass(model_class, PreTrainedModel):
-                    components[name] = model_class(CLIPTextConfig.from_pretrained(folder))
+                    components[name] = model_class(model_class.config_class.from_pretrained(folder))
                 else:
                     components[name] = model_class.from_config(model_class.load_config(folder))
-        elif class_name.startswith("CLIPTokenizer"):
-            components[name] = CLIPTokenizer.from_pretrained(folder)
+        elif class_name.removesuffix("Fast") in _SKELETON_TOKENIZERS:
+            components[name] = _SKELETON_TOKENIZERS[class_name.removesuffix("Fast")].from_pretrained(folder)
         elif name == "scheduler":
             scheduler_config = json.loads((folder / SCHEDULER_CONFIG_NAME).read_text())
             components[name] = scheduler_class_from_config(scheduler_config).from_config(scheduler_config)
@@ -163,7 +192,7 @@ def _skeleton(location: str, pipeline_class: type[DiffusionPipeline], index: dic
         if name != "self" and parameter.default is inspect.Parameter.empty and name not in extra:
             components.setdefault(name, None)
     settings = {key: index[key] for key in _PIPELINE_SETTINGS if key in index}
-    if pipeline_class is not StableDiffusionPipeline:
+    if "add_watermarker" in inspect.signature(pipeline_class.__init__).parameters:
         settings["add_watermarker"] = False
     pipeline = pipeline_class(**components, **extra, **settings)
     pipeline.register_to_config(_name_or_path=location)
@@ -171,7 +200,7 @@ def _skeleton(location: str, pipeline_class: type[DiffusionPipeline], index: dic
 
 
 def load_source_pipeline(source: str | Path, *, weights: bool = True) -> DiffusionPipeline:
-    """Loads an SD or SDXL pipeline in fp32 from a folder, the built-in name ``shapes``, or a hub id; without
+    """Loads an SD, SDXL or SD 3 pipeline in fp32 from a folder, the built-in name ``shapes``, or a hub id; without
     ``weights``, a skeleton whose networks are on the meta device (a local folder only)."""
     return _load(source, SOURCE_PIPELINES, "the source pipeline", weights=weights)
 
@@ -239,14 +268,83 @@ def sdxl_config_of(pipeline: DiffusionPipeline, refiner: DiffusionPipeline | Non
     )
 
 
+def _call_default(pipeline: DiffusionPipeline, argument: str) -> Any:
+    """The default of an argument of the pipeline's ``__call__`` (what diffusers uses when a caller omits it)."""
+    return inspect.signature(type(pipeline).__call__).parameters[argument].default
+
+
+def sd3_config_of(pipeline: DiffusionPipeline, *, max_sequence_length: int | None = None) -> Sd3Config:
+    """What an SD 3 pipeline adds to the geometry, checked as ``StableDiffusion3Pipeline`` would fail on it."""
+    first, second, t5 = pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3
+    if first is None or second is None:
+        raise ValueError("an SD 3 pipeline needs both CLIP text encoders (text_encoder and text_encoder_2)")
+    if pipeline.tokenizer.model_max_length != pipeline.tokenizer_2.model_max_length:
+        raise ValueError("the two CLIP tokenizers of an SD 3 pipeline must have the same model_max_length")
+    if (t5 is None) != (pipeline.tokenizer_3 is None):
+        raise ValueError("text_encoder_3 (T5) and tokenizer_3 come together or not at all")
+    if max_sequence_length is None:
+        max_sequence_length = int(_call_default(pipeline, "max_sequence_length"))
+    if not 1 <= max_sequence_length <= SD3_MAX_SEQUENCE_LENGTH_LIMIT:
+        raise ValueError(
+            f"max_sequence_length must be in 1..{SD3_MAX_SEQUENCE_LENGTH_LIMIT} (StableDiffusion3Pipeline's limit), "
+            f"got {max_sequence_length}"
+        )
+    transformer = pipeline.transformer.config
+    pooled_sizes = (int(first.config.projection_dim), int(second.config.projection_dim))
+    if sum(pooled_sizes) != transformer.pooled_projection_dim:
+        raise ValueError(
+            f"the transformer takes {transformer.pooled_projection_dim} pooled values, but the CLIPs' projections "
+            f"give {' + '.join(map(str, pooled_sizes))}"
+        )
+    return Sd3Config(
+        text_hidden_sizes=(int(first.config.hidden_size), int(second.config.hidden_size)),
+        pooled_sizes=pooled_sizes,
+        t5_hidden_size=None if t5 is None else int(t5.config.d_model),
+        t5_max_length=max_sequence_length,
+        joint_attention_dim=int(transformer.joint_attention_dim),
+        patch_size=int(transformer.patch_size),
+        pos_embed_max_size=int(transformer.pos_embed_max_size),
+        vae_shift_factor=float(pipeline.vae.config.shift_factor or 0.0),
+        default_guidance_scale=float(_call_default(pipeline, "guidance_scale")),
+    )
+
+
 def pipeline_config_of(
     pipeline: DiffusionPipeline,
     *,
     refiner: DiffusionPipeline | None = None,
     max_size_factor: int = 2,
-    default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    default_num_inference_steps: int | None = None,
+    max_sequence_length: int | None = None,
     limits: RequestLimits | None = None,
 ) -> PipelineConfig:
+    """The pipeline config of a loaded source pipeline (and refiner).
+
+    Args:
+        default_num_inference_steps: the steps a request omitting them gets; None: the family's default (SD 3:
+            its pipeline's ``__call__`` default, 28; SD and SDXL: this interface's 30).
+        max_sequence_length: SD 3 only: T5's token rows (None: the pipeline's ``__call__`` default, 256).
+    """
+    if isinstance(pipeline, StableDiffusion3Pipeline):
+        if refiner is not None:
+            raise ValueError("a refiner is served after an SDXL base only")
+        return sd3_pipeline_config(
+            transformer_config=pipeline.transformer.config,
+            vae_config=pipeline.vae.config,
+            tokenizer_max_length=pipeline.tokenizer.model_max_length,
+            scheduler_config=dict(pipeline.scheduler.config),
+            sd3=sd3_config_of(pipeline, max_sequence_length=max_sequence_length),
+            default_num_inference_steps=(
+                int(_call_default(pipeline, "num_inference_steps"))
+                if default_num_inference_steps is None
+                else default_num_inference_steps
+            ),
+            scheduler_overrides=load_scheduler_overrides(pipeline.name_or_path),
+            max_size_factor=max_size_factor,
+            limits=limits,
+        )
+    if max_sequence_length is not None:
+        raise ValueError("max_sequence_length is a setting of SD 3's T5 encoder; this pipeline has no T5")
     sdxl = sdxl_config_of(pipeline, refiner) if isinstance(pipeline, StableDiffusionXLPipeline) else None
     if refiner is not None and sdxl is None:
         raise ValueError("a refiner is served after an SDXL base only")
@@ -258,7 +356,9 @@ def pipeline_config_of(
         scheduler_config=dict(pipeline.scheduler.config),
         scheduler_overrides=load_scheduler_overrides(pipeline.name_or_path),
         max_size_factor=max_size_factor,
-        default_num_inference_steps=default_num_inference_steps,
+        default_num_inference_steps=(
+            DEFAULT_NUM_INFERENCE_STEPS if default_num_inference_steps is None else default_num_inference_steps
+        ),
         sdxl=sdxl,
         limits=limits,
     )
@@ -325,13 +425,16 @@ def tensorrt_dry_run(
     tensorrt: TensorRtExportOptions | None = None,
     refiner: str | Path | None = None,
     max_size_factor: int = 2,
+    max_sequence_length: int | None = None,
 ) -> list[EngineBuild]:
     """The engines ``export --backend tensorrt`` would build, from the source's configs alone (no weights read,
     nothing written): profiles, precisions and trtexec lines."""
     tensorrt = tensorrt or TensorRtExportOptions()
     pipeline = load_source_pipeline(source, weights=False)
     refiner_pipeline = None if refiner is None else load_refiner_pipeline(refiner, weights=False)
-    config = pipeline_config_of(pipeline, refiner=refiner_pipeline, max_size_factor=max_size_factor)
+    config = pipeline_config_of(
+        pipeline, refiner=refiner_pipeline, max_size_factor=max_size_factor, max_sequence_length=max_sequence_length
+    )
     config = _configured(config, options, tensorrt)
     onnx_root = tensorrt.onnx_dir or Path("ONNX_DIR")
     return _engine_builds(config, options, tensorrt, output=output, onnx_root=onnx_root)
@@ -343,7 +446,8 @@ def export_repository(
     *,
     options: RenderOptions | None = None,
     max_size_factor: int = 2,
-    default_num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
+    default_num_inference_steps: int | None = None,
+    max_sequence_length: int | None = None,
     show_progress: bool = True,
     fit_preview: bool = True,
     refiner: str | Path | None = None,
@@ -356,7 +460,8 @@ def export_repository(
     preview projection stored in the pipeline config (see :mod:`sdtriton.export.preview_fit`); without it,
     the exported model serves no previews. ``refiner`` (an SDXL refiner folder) adds the refiner stage.
     With the TensorRT backend the ONNX files are prepared for TensorRT (fp16), checked against torch fp32, and
-    built into ``model.plan`` engines (see ``tensorrt``).
+    built into ``model.plan`` engines (see ``tensorrt``). ``default_num_inference_steps`` and
+    ``max_sequence_length`` (SD 3's T5 rows): see :func:`pipeline_config_of`.
     """
     options = options or RenderOptions()
     tensorrt = tensorrt or TensorRtExportOptions()
@@ -375,6 +480,7 @@ def export_repository(
             refiner=refiner_pipeline,
             max_size_factor=max_size_factor,
             default_num_inference_steps=default_num_inference_steps,
+            max_sequence_length=max_sequence_length,
             limits=limits,
         )
         config = _configured(config, options, tensorrt)

@@ -74,9 +74,9 @@ def optimization_profile(
 
 
 def runs_in_fp16(spec: ComponentSpec, config: PipelineConfig) -> bool:
-    """Every network in fp16 but a VAE whose config says ``force_upcast`` (diffusers decodes those in fp32: SDXL's
-    VAE overflows in fp16)."""
-    return not (spec.model_name == VAE_DECODER.model_name and config.vae_force_upcast)
+    """Every network in fp16 but one whose spec says it overflows there (SD 3's T5) and a VAE whose config says
+    ``force_upcast`` (diffusers decodes those in fp32: SDXL's VAE overflows in fp16)."""
+    return spec.fp16_safe and not (spec.model_name == VAE_DECODER.model_name and config.vae_force_upcast)
 
 
 @dataclass(frozen=True)

@@ -55,11 +55,16 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ComponentSpec:
-    """A network exported to ONNX and served as its own Triton model."""
+    """A network exported to ONNX and served as its own Triton model.
+
+    Attributes:
+        fp16_safe: whether its activations fit fp16 (TensorRT engines run it in fp16); False keeps it fp32.
+    """
 
     model_name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    fp16_safe: bool = True
 
     @property
     def input_names(self) -> list[str]:
@@ -83,6 +88,8 @@ def fixed_axis_size(axis: str, config: PipelineConfig) -> int:
         "latent_channels": config.latent_channels,
         "rgb": RGB_CHANNELS,
     }
+    if config.sd3 is not None:
+        sizes |= config.sd3.axis_sizes(clip_length=config.text_max_length)
     sdxl = config.sdxl
     if sdxl is not None:
         sizes |= {
@@ -173,6 +180,43 @@ SDXL_UNET = _sdxl_unet("unet", hidden="hidden", time_ids="time_ids")
 # The refiner's UNet: conditioned on the second encoder alone, with its own time_ids (aesthetic score).
 SDXL_REFINER_UNET = _sdxl_unet("refiner_unet", hidden="refiner_hidden", time_ids="refiner_time_ids")
 
+
+# SD 3 / 3.5 (StableDiffusion3Pipeline.encode_prompt): two CLIPs with projection, each giving its penultimate hidden
+# state and its projected pooled output, and T5's last hidden state; the transformer takes the joined states, the
+# joined pooled outputs and the timestep as diffusers passes it (the scheduler's sigma x 1000, FP32), and predicts
+# the flow-matching velocity. The VAE decoder is the family-wide one (16 latent channels here): as for SD and
+# SDXL, the engine de-normalizes the latents before it (latents / scaling_factor + shift_factor).
+def _sd3_clip(model_name: str, *, hidden: str, pooled: str) -> ComponentSpec:
+    return ComponentSpec(
+        model_name=model_name,
+        inputs=(_INPUT_IDS,),
+        outputs=(
+            TensorSpec("penultimate_hidden_state", "FP32", (BATCH, "sequence", hidden)),
+            TensorSpec("text_embeds", "FP32", (BATCH, pooled)),
+        ),
+    )
+
+
+SD3_TEXT_ENCODER = _sd3_clip("text_encoder", hidden="hidden_1", pooled="pooled_1")
+SD3_TEXT_ENCODER_2 = _sd3_clip("text_encoder_2", hidden="hidden_2", pooled="pooled_2")
+# T5 v1.1's feed-forward activations overflow fp16 (hence diffusers' bf16/fp32 advice): fp32 in TensorRT too.
+SD3_TEXT_ENCODER_3 = ComponentSpec(
+    model_name="text_encoder_3",
+    inputs=(TensorSpec("input_ids", "INT64", (BATCH, "t5_sequence")),),
+    outputs=(TensorSpec("last_hidden_state", "FP32", (BATCH, "t5_sequence", "t5_hidden")),),
+    fp16_safe=False,
+)
+SD3_TRANSFORMER = ComponentSpec(
+    model_name="transformer",
+    inputs=(
+        TensorSpec("hidden_states", "FP32", (BATCH, "latent_channels", "latent_height", "latent_width")),
+        TensorSpec("encoder_hidden_states", "FP32", (BATCH, "joint_sequence", "joint_hidden")),
+        TensorSpec("pooled_projections", "FP32", (BATCH, "pooled")),
+        TensorSpec("timestep", "FP32", (BATCH,)),
+    ),
+    outputs=UNET.outputs,
+)
+
 # Every component of each family, by model name; a repository holds those of its config (components_of).
 FAMILY_COMPONENTS: Mapping[str, Mapping[str, ComponentSpec]] = {
     "sd": {spec.model_name: spec for spec in (TEXT_ENCODER, UNET, VAE_DECODER)},
@@ -180,12 +224,18 @@ FAMILY_COMPONENTS: Mapping[str, Mapping[str, ComponentSpec]] = {
         spec.model_name: spec
         for spec in (SDXL_TEXT_ENCODER, SDXL_TEXT_ENCODER_2, SDXL_UNET, SDXL_REFINER_UNET, VAE_DECODER)
     },
+    "sd3": {
+        spec.model_name: spec
+        for spec in (SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_TEXT_ENCODER_3, SD3_TRANSFORMER, VAE_DECODER)
+    },
 }
 # SD 1.x/2.x, the default family.
 COMPONENTS: Mapping[str, ComponentSpec] = FAMILY_COMPONENTS["sd"]
 # Names every family shares.
 UNET_MODEL_NAME = UNET.model_name
 REFINER_UNET_MODEL_NAME = SDXL_REFINER_UNET.model_name
+T5_MODEL_NAME = SD3_TEXT_ENCODER_3.model_name
+TRANSFORMER_MODEL_NAME = SD3_TRANSFORMER.model_name
 VAE_DECODER_MODEL_NAME = VAE_DECODER.model_name
 # The config parameter of a component model that names its family (absent: "sd").
 COMPONENT_FAMILY_PARAMETER = "family"
@@ -195,13 +245,22 @@ ENGINE_DEVICE_PARAMETER = "engine_device"
 # The config parameter of every model of a repository exported with a model-name prefix (absent: none).
 MODEL_PREFIX_PARAMETER = "model_prefix"
 # Each text encoder's tokenizer folder, in the source pipeline and beside the pipeline model.
-TOKENIZER_DIRS: Mapping[str, str] = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+TOKENIZER_DIRS: Mapping[str, str] = {
+    "text_encoder": "tokenizer",
+    "text_encoder_2": "tokenizer_2",
+    "text_encoder_3": "tokenizer_3",
+}
 
 
 def components_of(config: PipelineConfig) -> tuple[ComponentSpec, ...]:
-    """The components a repository of this config holds, text encoders first, in call order."""
-    specs = FAMILY_COMPONENTS[config.family]
-    return tuple(spec for name, spec in specs.items() if name != REFINER_UNET_MODEL_NAME or config.has_refiner)
+    """The components a repository of this config holds, text encoders first, in call order (an SDXL refiner's
+    UNet only with a refiner, SD 3's T5 only where the pipeline has one)."""
+    absent = set()
+    if not config.has_refiner:
+        absent.add(REFINER_UNET_MODEL_NAME)
+    if config.sd3 is not None and not config.sd3.has_t5:
+        absent.add(T5_MODEL_NAME)
+    return tuple(spec for name, spec in FAMILY_COMPONENTS[config.family].items() if name not in absent)
 
 
 def text_encoders_of(config: PipelineConfig) -> tuple[ComponentSpec, ...]:

@@ -30,8 +30,11 @@ DEFAULT_GUIDANCE_SCALE = 7.5
 MIN_SEED = 0
 MAX_SEED = 2**63 - 1
 MAX_PREVIEW_EVERY = MAX_INFERENCE_STEPS
-# Scheduler names a request may send; sdtriton.schedulers maps each to its diffusers class.
+# Scheduler names a request may send, by the model's kind; sdtriton.schedulers maps each to its diffusers class.
+# SD 1.x/2.x and SDXL (noise prediction):
 SCHEDULER_NAMES: tuple[str, ...] = ("ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lms", "heun")
+# SD 3 / 3.5 (flow matching):
+FLOW_SCHEDULER_NAMES: tuple[str, ...] = ("flow_euler", "flow_heun", "dpmpp_2m", "unipc")
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,13 @@ GUIDANCE_SCALE = PublicTensor(
 SEED = PublicTensor("seed", "INT64", (1,), True, f"{MIN_SEED}..2^63-1")
 WIDTH = PublicTensor("width", "INT32", (1,), True, "a positive multiple of the model's size step")
 HEIGHT = PublicTensor("height", "INT32", (1,), True, "a positive multiple of the model's size step")
-SCHEDULER = PublicTensor("scheduler", "BYTES", (1,), True, "one of " + ", ".join(SCHEDULER_NAMES))
+SCHEDULER = PublicTensor(
+    "scheduler",
+    "BYTES",
+    (1,),
+    True,
+    f"SD 1.x/2.x, SDXL: one of {', '.join(SCHEDULER_NAMES)}; SD 3: one of {', '.join(FLOW_SCHEDULER_NAMES)}",
+)
 # SDXL base + refiner (diffusers' ensemble of experts): the base denoises down to denoising_end = 1 - fraction,
 # the refiner from there (denoising_start); 0 keeps the refiner off.
 REFINER_FRACTION = PublicTensor(

@@ -23,8 +23,14 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     tiny.add_argument(
         "--family",
         default="sd",
-        help="sd (default; StableDiffusionPipeline), sdxl (StableDiffusionXLPipeline) or sdxl-refiner "
-        "(StableDiffusionXLImg2ImgPipeline sharing the sdxl base's second encoder and VAE at the same --seed)",
+        help="sd (default; StableDiffusionPipeline), sdxl (StableDiffusionXLPipeline), sdxl-refiner "
+        "(StableDiffusionXLImg2ImgPipeline sharing the sdxl base's second encoder and VAE at the same --seed), "
+        "sd3 or sd35 (StableDiffusion3Pipeline; sd35: SD 3.5's dual attention and RMS q/k norm)",
+    )
+    tiny.add_argument(
+        "--without-t5",
+        action="store_true",
+        help="sd3/sd35: no text_encoder_3 (T5), as diffusers allows; its states are zeros",
     )
     tiny.set_defaults(run=_make_tiny)
 
@@ -62,7 +68,16 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
         help="text-encoder rows kept so that a repeated prompt skips the text encoder (0: off)",
     )
     export.add_argument("--max-size-factor", type=int, default=2, help="largest side, as a multiple of the native")
-    export.add_argument("--default-steps", type=int, default=30, help="num_inference_steps when a request omits it")
+    export.add_argument(
+        "--default-steps",
+        type=int,
+        help="num_inference_steps when a request omits it (default: 30; SD 3: its pipeline's default, 28)",
+    )
+    export.add_argument(
+        "--max-sequence-length",
+        type=int,
+        help="SD 3: T5's token rows (default: its pipeline's max_sequence_length, 256; at most 512)",
+    )
     limits = export.add_argument_group("request limits (refused with INVALID_ARG naming the field)")
     limits.add_argument(
         "--max-steps", type=int, default=DEFAULT_MAX_INFERENCE_STEPS, help="most num_inference_steps a request may ask"
@@ -142,7 +157,10 @@ def _make_tiny(args: argparse.Namespace) -> int:
         raise SystemExit(f"--profile must be one of {', '.join(PROFILES)}")
     if args.family not in FAMILIES:
         raise SystemExit(f"--family must be one of {', '.join(FAMILIES)}")
-    make_tiny(args.output, profile=args.profile, seed=args.seed, family=args.family)
+    try:
+        make_tiny(args.output, profile=args.profile, seed=args.seed, family=args.family, t5=not args.without_t5)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
     sys.stdout.write(f"{args.output}\n")
     return 0
 
@@ -195,6 +213,7 @@ def _export(args: argparse.Namespace) -> int:
             tensorrt=tensorrt,
             refiner=args.refiner,
             max_size_factor=args.max_size_factor,
+            max_sequence_length=args.max_sequence_length,
         )
         sys.stdout.write("\n\n".join(build.describe() for build in builds) + "\n")
         return 0
@@ -204,6 +223,7 @@ def _export(args: argparse.Namespace) -> int:
         options=options,
         max_size_factor=args.max_size_factor,
         default_num_inference_steps=args.default_steps,
+        max_sequence_length=args.max_sequence_length,
         refiner=args.refiner,
         tensorrt=tensorrt,
         limits=RequestLimits(

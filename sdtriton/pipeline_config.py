@@ -30,7 +30,8 @@ HARD_MAX_PROMPT_BYTES = 65536
 
 SD_FAMILY = "sd"
 SDXL_FAMILY = "sdxl"
-FAMILIES = (SD_FAMILY, SDXL_FAMILY)
+SD3_FAMILY = "sd3"
+FAMILIES = (SD_FAMILY, SDXL_FAMILY, SD3_FAMILY)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,88 @@ class SdxlConfig:
 
 
 @dataclass(frozen=True)
+class Sd3Config:
+    """What an SD 3 / 3.5 pipeline (``StableDiffusion3Pipeline``) adds: a patchified transformer with a bounded
+    position table, three text encoders, pooled text, flow matching, a shifted VAE latent.
+
+    The transformer's ``encoder_hidden_states`` are [CLIP states; T5 states] along the sequence: both CLIPs'
+    penultimate hidden states concatenated along the width and zero-padded to ``joint_attention_dim``
+    (``text_max_length`` rows), then T5's last hidden state (``t5_max_length`` rows; zeros without T5).
+    ``pooled_projections`` are both CLIPs' projected pooled outputs, concatenated.
+
+    Attributes:
+        text_hidden_sizes: widths of ``text_encoder`` and ``text_encoder_2`` (CLIP with projection).
+        pooled_sizes: widths of their projected pooled outputs (``text_embeds``).
+        t5_hidden_size: ``text_encoder_3``'s width (``d_model``), or None for a pipeline without T5.
+        t5_max_length: T5's token rows, the pipeline's ``max_sequence_length`` (its ``__call__`` default unless
+            export sets it).
+        joint_attention_dim: the transformer's text width (T5's width where T5 is present).
+        patch_size: the transformer's patch side, in latent pixels.
+        pos_embed_max_size: the side of its position table, in patches: the largest latent side is this x patch.
+        vae_shift_factor: the VAE's ``shift_factor``: latents are decoded as latents / scaling + shift.
+        default_guidance_scale: the pipeline's ``__call__`` default.
+    """
+
+    text_hidden_sizes: tuple[int, int]
+    pooled_sizes: tuple[int, int]
+    t5_hidden_size: int | None
+    t5_max_length: int
+    joint_attention_dim: int
+    patch_size: int
+    pos_embed_max_size: int
+    vae_shift_factor: float
+    default_guidance_scale: float
+
+    def __post_init__(self) -> None:
+        if self.t5_hidden_size is not None and self.t5_hidden_size != self.joint_attention_dim:
+            raise ValueError(
+                f"T5's width {self.t5_hidden_size} must be the transformer's joint_attention_dim "
+                f"{self.joint_attention_dim} (their states are joined along the sequence)"
+            )
+        if sum(self.text_hidden_sizes) > self.joint_attention_dim:
+            raise ValueError(
+                f"the CLIP states ({' + '.join(map(str, self.text_hidden_sizes))} wide) must fit the transformer's "
+                f"joint_attention_dim {self.joint_attention_dim} (diffusers zero-pads them to it)"
+            )
+
+    @property
+    def has_t5(self) -> bool:
+        return self.t5_hidden_size is not None
+
+    @property
+    def pooled_projection_dim(self) -> int:
+        return sum(self.pooled_sizes)
+
+    def max_latent_side(self) -> int:
+        """The largest latent side the position table takes (diffusers' ``PatchEmbed.cropped_pos_embed``)."""
+        return self.pos_embed_max_size * self.patch_size
+
+    def axis_sizes(self, *, clip_length: int) -> dict[str, int]:
+        """Sizes of the fixed axes of the family's component specs (see :mod:`sdtriton.components`)."""
+        return {
+            "hidden_1": self.text_hidden_sizes[0],
+            "hidden_2": self.text_hidden_sizes[1],
+            "pooled_1": self.pooled_sizes[0],
+            "pooled_2": self.pooled_sizes[1],
+            "t5_sequence": self.t5_max_length,
+            "t5_hidden": self.t5_hidden_size or self.joint_attention_dim,
+            "joint_sequence": clip_length + self.t5_max_length,
+            "joint_hidden": self.joint_attention_dim,
+            "pooled": self.pooled_projection_dim,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Sd3Config:
+        return cls(
+            **{
+                **values,
+                "text_hidden_sizes": tuple(values["text_hidden_sizes"]),
+                "pooled_sizes": tuple(values["pooled_sizes"]),
+            }
+        )
+
+
+@dataclass(frozen=True)
 class RequestLimits:
     """What one request may ask for, set at export (the fields of the same names of :class:`PipelineConfig`)."""
 
@@ -99,7 +182,8 @@ class RequestLimits:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Geometry and defaults of one exported Stable Diffusion model (SD 1.x/2.x, or SDXL with ``sdxl`` set)."""
+    """Geometry and defaults of one exported Stable Diffusion model (SD 1.x/2.x, SDXL with ``sdxl`` set, or
+    SD 3 / 3.5 with ``sd3`` set)."""
 
     latent_channels: int
     vae_scale_factor: int
@@ -123,6 +207,7 @@ class PipelineConfig:
     vae_latents_mean: list[float] | None = None
     vae_latents_std: list[float] | None = None
     sdxl: SdxlConfig | None = None
+    sd3: Sd3Config | None = None
     # One image size only (the default): engines built with static spatial shapes (export --trt-static-shapes)
     # take no other, so requests of another size are refused by name.
     fixed_size: bool = False
@@ -134,7 +219,19 @@ class PipelineConfig:
     max_pixels: int | None = None
 
     @property
+    def scheduler_names(self) -> tuple[str, ...]:
+        """The schedulers a request may name for this model: flow-matching ones for SD 3, else SD's."""
+        return interface.FLOW_SCHEDULER_NAMES if self.sd3 is not None else interface.SCHEDULER_NAMES
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """The guidance a request omitting it gets: its diffusers pipeline's ``__call__`` default."""
+        return self.sd3.default_guidance_scale if self.sd3 is not None else interface.DEFAULT_GUIDANCE_SCALE
+
+    @property
     def family(self) -> str:
+        if self.sd3 is not None:
+            return SD3_FAMILY
         return SDXL_FAMILY if self.sdxl is not None else SD_FAMILY
 
     @property
@@ -196,6 +293,8 @@ class PipelineConfig:
             raise ValueError(f"unknown pipeline config keys: {sorted(unknown)}")
         if values.get("sdxl") is not None:
             values["sdxl"] = SdxlConfig.from_dict(values["sdxl"])
+        if values.get("sd3") is not None:
+            values["sd3"] = Sd3Config.from_dict(values["sd3"])
         return cls(**values)
 
     def save(self, directory: Path) -> Path:
@@ -228,7 +327,7 @@ def pipeline_config_from_components(
     """
     if getattr(unet_config, "time_cond_proj_dim", None) is not None:
         raise ValueError("UNets with a guidance embedding (time_cond_proj_dim, e.g. LCM) are not supported")
-    vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
+    vae_scale_factor = _vae_scale_factor(vae_config)
     unet_downsamplings = len(unet_config.down_block_types) - 1
     default_size = unet_config.sample_size * vae_scale_factor
     return PipelineConfig(
@@ -239,18 +338,72 @@ def pipeline_config_from_components(
         default_width=default_size,
         max_height=default_size * max_size_factor,
         max_width=default_size * max_size_factor,
-        vae_scaling_factor=float(vae_config.scaling_factor),
         text_max_length=int(tokenizer_max_length),
         text_hidden_size=int(unet_config.cross_attention_dim if sdxl is not None else text_encoder_config.hidden_size),
         default_num_inference_steps=default_num_inference_steps,
         scheduler_config={k: v for k, v in dict(scheduler_config).items()},
         scheduler_overrides={name: dict(settings) for name, settings in (scheduler_overrides or {}).items()},
-        vae_force_upcast=bool(getattr(vae_config, "force_upcast", False)),
-        vae_latents_mean=_optional_floats(getattr(vae_config, "latents_mean", None)),
-        vae_latents_std=_optional_floats(getattr(vae_config, "latents_std", None)),
         sdxl=sdxl,
+        **_vae_settings(vae_config),
         **dataclasses.asdict(limits or RequestLimits()),
     )
+
+
+def sd3_pipeline_config(
+    *,
+    transformer_config: Any,
+    vae_config: Any,
+    tokenizer_max_length: int,
+    scheduler_config: dict[str, Any],
+    sd3: Sd3Config,
+    default_num_inference_steps: int,
+    scheduler_overrides: dict[str, dict[str, Any]] | None = None,
+    max_size_factor: int = 2,
+    limits: RequestLimits | None = None,
+) -> PipelineConfig:
+    """Derives an SD 3 config as ``StableDiffusion3Pipeline`` does: the native size is the transformer's
+    ``sample_size`` x the VAE scale factor, sides are multiples of the VAE scale factor x ``patch_size``
+    (``check_inputs``), and no latent side may exceed the position table (``pos_embed_max_size`` patches)."""
+    vae_scale_factor = _vae_scale_factor(vae_config)
+    size_multiple = vae_scale_factor * sd3.patch_size
+    default_size = transformer_config.sample_size * vae_scale_factor
+    table_limit = sd3.max_latent_side() * vae_scale_factor
+    max_size = min(default_size * max_size_factor, table_limit) // size_multiple * size_multiple
+    if max_size < default_size:
+        raise ValueError(
+            f"the transformer's position table ({sd3.pos_embed_max_size} patches of {sd3.patch_size}) is smaller "
+            f"than its native {default_size} px"
+        )
+    return PipelineConfig(
+        latent_channels=int(transformer_config.in_channels),
+        vae_scale_factor=vae_scale_factor,
+        size_multiple=size_multiple,
+        default_height=default_size,
+        default_width=default_size,
+        max_height=max_size,
+        max_width=max_size,
+        text_max_length=int(tokenizer_max_length),
+        text_hidden_size=sd3.joint_attention_dim,
+        default_num_inference_steps=default_num_inference_steps,
+        scheduler_config=dict(scheduler_config),
+        scheduler_overrides={name: dict(settings) for name, settings in (scheduler_overrides or {}).items()},
+        sd3=sd3,
+        **_vae_settings(vae_config),
+        **dataclasses.asdict(limits or RequestLimits()),
+    )
+
+
+def _vae_scale_factor(vae_config: Any) -> int:
+    return 2 ** (len(vae_config.block_out_channels) - 1)
+
+
+def _vae_settings(vae_config: Any) -> dict[str, Any]:
+    return {
+        "vae_scaling_factor": float(vae_config.scaling_factor),
+        "vae_force_upcast": bool(getattr(vae_config, "force_upcast", False)),
+        "vae_latents_mean": _optional_floats(getattr(vae_config, "latents_mean", None)),
+        "vae_latents_std": _optional_floats(getattr(vae_config, "latents_std", None)),
+    }
 
 
 def _optional_floats(values: Any) -> list[float] | None:

@@ -21,6 +21,8 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
@@ -28,7 +30,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from sdtriton.interface import SCHEDULER_NAMES
+from sdtriton.interface import FLOW_SCHEDULER_NAMES, SCHEDULER_NAMES
 
 SCHEDULERS: Mapping[str, type[SchedulerMixin]] = {
     "ddim": DDIMScheduler,
@@ -42,6 +44,19 @@ SCHEDULERS: Mapping[str, type[SchedulerMixin]] = {
 }
 if tuple(SCHEDULERS) != SCHEDULER_NAMES:
     raise ImportError("sdtriton.schedulers.SCHEDULERS must map exactly interface.SCHEDULER_NAMES, in order")
+
+# Models trained for flow matching (SD 3, FLUX), whose own scheduler is a FlowMatch* one: the schedulers a request
+# may name there. The multistep solvers run on flow sigmas, as diffusers sets them up for these pipelines
+# (``use_flow_sigmas``, ``prediction_type="flow_prediction"``, ``flow_shift`` = the model's ``shift``).
+FLOW_SCHEDULERS: Mapping[str, type[SchedulerMixin]] = {
+    "flow_euler": FlowMatchEulerDiscreteScheduler,
+    "flow_heun": FlowMatchHeunDiscreteScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+if tuple(FLOW_SCHEDULERS) != FLOW_SCHEDULER_NAMES:
+    raise ImportError("sdtriton.schedulers.FLOW_SCHEDULERS must map exactly interface.FLOW_SCHEDULER_NAMES, in order")
+_FLOW_SIGMA_SCHEDULERS = (DPMSolverMultistepScheduler, UniPCMultistepScheduler)
 
 
 def scheduler_class_from_config(config: Mapping[str, Any]) -> type[SchedulerMixin]:
@@ -57,9 +72,22 @@ def scheduler_class_from_config(config: Mapping[str, Any]) -> type[SchedulerMixi
     return scheduler_class
 
 
-def scheduler_key_for_class(scheduler_class: type[SchedulerMixin]) -> str | None:
-    """Returns the request key of a scheduler class, or None if it is not one of :data:`SCHEDULERS`."""
-    for key, known_class in SCHEDULERS.items():
+def is_flow_matching(config: Mapping[str, Any]) -> bool:
+    """Whether the model's own scheduler (its ``scheduler_config.json``'s class) is a flow-matching one."""
+    return str(config.get("_class_name", "")).startswith("FlowMatch")
+
+
+def schedulers_for(config: Mapping[str, Any]) -> Mapping[str, type[SchedulerMixin]]:
+    """The schedulers a request may name for a model with this scheduler config: :data:`FLOW_SCHEDULERS` for a
+    flow-matching model, else :data:`SCHEDULERS`."""
+    return FLOW_SCHEDULERS if is_flow_matching(config) else SCHEDULERS
+
+
+def scheduler_key_for_class(
+    scheduler_class: type[SchedulerMixin], table: Mapping[str, type[SchedulerMixin]] = SCHEDULERS
+) -> str | None:
+    """Returns the request key of a scheduler class in ``table``, or None if it is not there."""
+    for key, known_class in table.items():
         if known_class is scheduler_class:
             return key
     return None
@@ -75,13 +103,14 @@ SchedulerOverrides = Mapping[str, Mapping[str, Any]]
 def validate_scheduler_overrides(overrides: SchedulerOverrides) -> dict[str, dict[str, Any]]:
     """Checks that every key names a scheduler and every setting is an argument of that scheduler class."""
     checked: dict[str, dict[str, Any]] = {}
+    known = {**SCHEDULERS, **FLOW_SCHEDULERS}
     for name, settings in overrides.items():
-        if name not in SCHEDULERS:
-            raise ValueError(f"scheduler overrides name {name!r}; allowed: {', '.join(SCHEDULERS)}")
-        accepted = set(inspect.signature(SCHEDULERS[name].__init__).parameters) - {"self"}
+        if name not in known:
+            raise ValueError(f"scheduler overrides name {name!r}; allowed: {', '.join(known)}")
+        accepted = set(inspect.signature(known[name].__init__).parameters) - {"self"}
         unknown = sorted(set(settings) - accepted)
         if unknown:
-            class_name = SCHEDULERS[name].__name__
+            class_name = known[name].__name__
             raise ValueError(f"scheduler overrides for {name!r}: {unknown} are not {class_name} settings")
         checked[name] = dict(settings)
     return checked
@@ -113,13 +142,17 @@ def build_scheduler(
 
     Args:
         config: the model's own scheduler config (``scheduler_config.json``).
-        name: a key of :data:`SCHEDULERS`, or None for the model's own scheduler class.
+        name: a key of :func:`schedulers_for` the config, or None for the model's own scheduler class.
         overrides: the model's own settings per scheduler key, applied over ``config``.
     """
-    scheduler_class = scheduler_class_from_config(config) if name is None else SCHEDULERS[name]
-    key = name if name is not None else scheduler_key_for_class(scheduler_class)
+    table = schedulers_for(config)
+    scheduler_class = scheduler_class_from_config(config) if name is None else table[name]
+    key = name if name is not None else scheduler_key_for_class(scheduler_class, table)
+    flow_sigmas: dict[str, Any] = {}
+    if table is FLOW_SCHEDULERS and issubclass(scheduler_class, _FLOW_SIGMA_SCHEDULERS):
+        flow_sigmas = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": config["shift"]}
     settings = (overrides or {}).get(key, {})
-    return scheduler_class.from_config({**config, **settings})
+    return scheduler_class.from_config({**config, **flow_sigmas, **settings})
 
 
 @dataclass(frozen=True)

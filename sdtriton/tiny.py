@@ -9,6 +9,12 @@ shows up in the pixels. The ``sd15`` profile has the real SD 1.5 shapes (about 4
 ``addition_embed_type="text_time"``, a VAE with SDXL's scaling factor and ``force_upcast``) and
 ``--family sdxl-refiner`` its refiner (second encoder only, ``requires_aesthetics_score``), whose second text
 encoder and VAE are the base's own weights, as diffusers' base+refiner recipe shares them.
+
+``--family sd3`` makes a tiny ``StableDiffusion3Pipeline`` (two ``CLIPTextModelWithProjection``, a
+``T5EncoderModel`` with a T5 tokenizer built here, an ``SD3Transformer2DModel``, a 16-channel VAE with SD 3's
+``scaling_factor``/``shift_factor``, SD 3's published ``FlowMatchEulerDiscreteScheduler`` config), and
+``--family sd35`` the same with SD 3.5 Medium's transformer features (``dual_attention_layers``, RMS q/k norm);
+``--without-t5`` leaves ``text_encoder_3`` out (``None``, as diffusers allows: its states are then zeros).
 """
 
 from __future__ import annotations
@@ -23,17 +29,27 @@ from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     PNDMScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from sdtriton.schedulers import save_scheduler_overrides
+from sdtriton.sd3 import SD3_SCHEDULER_CONFIG, SD3_VAE, T5_MODEL_MAX_LENGTH
 from sdtriton.sd15 import SD15_SCHEDULER_CONFIG, SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
-from sdtriton.tokenizer_files import CLIP_MODEL_MAX_LENGTH, CLIP_VOCAB_SIZE, build_clip_tokenizer
+from sdtriton.tokenizer_files import (
+    CLIP_MODEL_MAX_LENGTH,
+    CLIP_VOCAB_SIZE,
+    T5_SPECIAL_TOKENS,
+    build_clip_tokenizer,
+    build_t5_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +168,7 @@ _SDXL_TEXT_ENCODER_2 = {
 }
 _SDXL_ADDITION_TIME_EMBED_DIM = 8
 _SDXL_VAE = {**PROFILES["tiny"].vae, "scaling_factor": 0.13025, "force_upcast": True}
-FAMILIES = ("sd", "sdxl", "sdxl-refiner")
+FAMILIES = ("sd", "sdxl", "sdxl-refiner", "sd3", "sd35")
 # The tiny SDXL's own scheduler settings (sdtriton.schedulers.SCHEDULER_OVERRIDES_FILE_NAME). SDXL's Euler config
 # has no clip_sample, so DDIM built from it clips the predicted sample to -1..1; with random weights that makes
 # DDIM chaotic (measured: a 1e-5 change of one UNet output moved pixels by 141 of 255, against 1 for every other
@@ -237,25 +253,105 @@ def build_tiny_sdxl_refiner(*, seed: int = 0) -> StableDiffusionXLImg2ImgPipelin
     )
 
 
-def make_tiny(output_dir: Path, *, profile: str = "tiny", seed: int = 0, family: str = "sd") -> Path:
+# The tiny SD 3's three encoders differ in width (CLIPs 32 and 48 wide, pooled 32 and 40; T5 88 wide, above the
+# CLIPs' 80 that diffusers pads to it), so that a mix-up of encoders, or of hidden and pooled states, fails loudly.
+_SD3_TEXT_ENCODER = {**_SDXL_TEXT_ENCODER, "num_hidden_layers": 2, "hidden_act": "quick_gelu"}
+_SD3_TEXT_ENCODER_2 = {**_SDXL_TEXT_ENCODER_2, "num_hidden_layers": 2}
+# T5 v1.1's layout (gated GELU, relative position buckets), two small layers.
+_SD3_T5 = {
+    "d_model": 88,
+    "d_kv": 8,
+    "d_ff": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "relative_attention_num_buckets": 8,
+    "relative_attention_max_distance": 32,
+    "feed_forward_proj": "gated-gelu",
+    "dropout_rate": 0.0,
+    "is_encoder_decoder": False,
+    "pad_token_id": T5_SPECIAL_TOKENS.index("<pad>"),
+    "eos_token_id": T5_SPECIAL_TOKENS.index("</s>"),
+}
+# 64x64 images (latents 16x32x32, 16x16 patches of 2x2); the 24-patch position table caps latents at 48 a side
+# (96 px), below the 2x size factor's 128 px, so that the table is what bounds the size, as export must find.
+_SD3_TRANSFORMER = {
+    "sample_size": 32,
+    "patch_size": 2,
+    "in_channels": SD3_VAE["latent_channels"],
+    "out_channels": SD3_VAE["latent_channels"],
+    "num_layers": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 4,
+    "joint_attention_dim": _SD3_T5["d_model"],
+    "caption_projection_dim": 32,  # = heads x head dim, as every published SD 3 transformer
+    "pooled_projection_dim": _SD3_TEXT_ENCODER["projection_dim"] + _SD3_TEXT_ENCODER_2["projection_dim"],
+    "pos_embed_max_size": 24,
+}
+# SD 3.5 Medium's features: dual attention (MMDiT-X) in the first block, RMS q/k norm.
+_SD35_TRANSFORMER = {**_SD3_TRANSFORMER, "dual_attention_layers": (0,), "qk_norm": "rms_norm"}
+# SD 3's VAE settings (16 channels, scaling and shift factors, no quant convs) at the tiny VAE's size.
+_SD3_VAE = {
+    **PROFILES["tiny"].vae,
+    **{key: SD3_VAE[key] for key in ("latent_channels", "scaling_factor", "shift_factor", "force_upcast")},
+    **{key: SD3_VAE[key] for key in ("use_quant_conv", "use_post_quant_conv")},
+}
+SD3_TRANSFORMERS = {"sd3": _SD3_TRANSFORMER, "sd35": _SD35_TRANSFORMER}
+
+
+def build_tiny_sd3_pipeline(*, family: str = "sd3", seed: int = 0, t5: bool = True) -> StableDiffusion3Pipeline:
+    """A random-weight SD 3 (``sd3``) or SD 3.5 (``sd35``: dual attention, RMS q/k norm); without ``t5``, no
+    ``text_encoder_3``/``tokenizer_3`` (diffusers then conditions on zeros in their place)."""
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**_SD3_TEXT_ENCODER)).eval()
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_SD3_TEXT_ENCODER_2)).eval()
+    text_encoder_3 = tokenizer_3 = None
+    if t5:
+        tokenizer_3 = build_t5_tokenizer(model_max_length=T5_MODEL_MAX_LENGTH)
+        torch.manual_seed(seed + 2)
+        text_encoder_3 = T5EncoderModel(T5Config(**_SD3_T5, vocab_size=len(tokenizer_3))).eval()
+    torch.manual_seed(seed + 3)
+    transformer = SD3Transformer2DModel(**SD3_TRANSFORMERS[family]).eval()
+    torch.manual_seed(seed + 4)
+    vae = AutoencoderKL(**_SD3_VAE).eval()
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER_CONFIG),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=build_clip_tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=build_clip_tokenizer(pad_token=SDXL_TOKENIZER_2_PAD_TOKEN),
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
+
+
+def make_tiny(output_dir: Path, *, profile: str = "tiny", seed: int = 0, family: str = "sd", t5: bool = True) -> Path:
     """Writes a diffusers pipeline folder loadable by its pipeline class's ``from_pretrained``.
 
     Args:
         family: ``sd`` (``StableDiffusionPipeline``, shapes of ``profile``), ``sdxl``
-            (``StableDiffusionXLPipeline``) or ``sdxl-refiner`` (``StableDiffusionXLImg2ImgPipeline``).
+            (``StableDiffusionXLPipeline``), ``sdxl-refiner`` (``StableDiffusionXLImg2ImgPipeline``), or ``sd3`` /
+            ``sd35`` (``StableDiffusion3Pipeline``).
+        t5: ``sd3``/``sd35`` only: with ``text_encoder_3`` (T5); without, it is ``None`` in the folder.
     """
     pipeline: DiffusionPipeline
+    if not t5 and family not in SD3_TRANSFORMERS:
+        raise ValueError(f"only an SD 3 family ({', '.join(SD3_TRANSFORMERS)}) can leave T5 out, not {family!r}")
     if family == "sd":
         pipeline = build_tiny_pipeline(profile=profile, seed=seed)
     elif family == "sdxl":
         pipeline = build_tiny_sdxl_pipeline(seed=seed)
     elif family == "sdxl-refiner":
         pipeline = build_tiny_sdxl_refiner(seed=seed)
+    elif family in SD3_TRANSFORMERS:
+        pipeline = build_tiny_sd3_pipeline(family=family, seed=seed, t5=t5)
     else:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     output_dir.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(output_dir, safe_serialization=True)
-    if family != "sd":
+    if family in ("sdxl", "sdxl-refiner"):
         save_scheduler_overrides(output_dir, SDXL_SCHEDULER_OVERRIDES)
     logger.info("wrote the %s pipeline (seed %d) to %s", profile if family == "sd" else family, seed, output_dir)
     return output_dir

@@ -11,6 +11,11 @@ The family of the exported model (never the request) decides, as its diffusers p
   (``StableDiffusionXLImg2ImgPipeline``) takes the second encoder alone and (original size, crop, aesthetic score).
 
 Rows: with classifier-free guidance every conditioning has two rows, [negative, prompt]; without, one.
+
+- SD 3 / 3.5 (``StableDiffusion3Pipeline.encode_prompt``): both CLIPs' penultimate hidden states, concatenated
+  along the width and zero-padded to the transformer's ``joint_attention_dim``, then T5's last hidden state along
+  the sequence (zeros of ``max_sequence_length`` rows without T5) are ``encoder_hidden_states``; both CLIPs'
+  projected pooled outputs, concatenated, are ``pooled_projections``; an omitted negative prompt is "".
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdtriton.components import REFINER_UNET_MODEL_NAME, UNET_MODEL_NAME
-from sdtriton.pipeline_config import PipelineConfig, SdxlConfig
+from sdtriton.components import REFINER_UNET_MODEL_NAME, T5_MODEL_NAME, TRANSFORMER_MODEL_NAME, UNET_MODEL_NAME
+from sdtriton.pipeline_config import PipelineConfig, Sd3Config, SdxlConfig
 from sdtriton.serving.validation import GenerationParams
 
 # A text encoder's outputs for one image's rows, by output name (on the networks' device).
@@ -84,6 +89,8 @@ class Stage:
 
 def stages_for(image: ImageRequest, config: PipelineConfig, encoded: Mapping[str, EncodedText]) -> list[Stage]:
     """The denoising stages of one image, given its text encoders' outputs (``encoded[encoder][output]``)."""
+    if config.sd3 is not None:
+        return [_sd3_stage(config, config.sd3, encoded)]
     if config.sdxl is None:
         return [
             Stage(
@@ -159,3 +166,22 @@ def _sdxl_stages(
         set_begin_index=True,
     )
     return [base, refine]
+
+
+def _sd3_stage(config: PipelineConfig, sd3: Sd3Config, encoded: Mapping[str, EncodedText]) -> Stage:
+    first, second = encoded["text_encoder"], encoded["text_encoder_2"]
+    clip = torch.cat([first["penultimate_hidden_state"], second["penultimate_hidden_state"]], dim=-1)
+    clip = torch.nn.functional.pad(clip, (0, sd3.joint_attention_dim - clip.shape[-1]))
+    if sd3.has_t5:
+        t5 = encoded[T5_MODEL_NAME]["last_hidden_state"]
+    else:
+        t5 = clip.new_zeros((clip.shape[0], sd3.t5_max_length, sd3.joint_attention_dim))
+    return Stage(
+        unet=TRANSFORMER_MODEL_NAME,
+        conditioning={
+            "encoder_hidden_states": torch.cat([clip, t5], dim=-2),
+            "pooled_projections": torch.cat([first["text_embeds"], second["text_embeds"]], dim=-1),
+        },
+        scheduler_config=config.scheduler_config,
+        scheduler_overrides=config.scheduler_overrides,
+    )

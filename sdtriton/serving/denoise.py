@@ -1,5 +1,5 @@
-"""The txt2img pipelines of diffusers (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline`` and its refiner),
-with their networks behind an interface.
+"""The txt2img pipelines of diffusers (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline`` and its refiner,
+``StableDiffusion3Pipeline``), with their networks behind an interface.
 
 The numbered steps follow the pipelines' ``__call__`` so that the same seed and parameters give the same
 image: latents drawn by ``randn_tensor`` from ``torch.Generator("cpu").manual_seed(seed)``, the same generator
@@ -22,10 +22,11 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 from diffusers.utils.torch_utils import randn_tensor
 
 from sdtriton.components import text_encoders_of
-from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.pipeline_config import SD3_FAMILY, SD_FAMILY, SDXL_FAMILY, PipelineConfig
 from sdtriton.schedulers import build_scheduler
 from sdtriton.serving.conditioning import ImageRequest, Stage, stages_for, text_ids_for
 from sdtriton.serving.errors import RequestCancelledError
@@ -33,6 +34,8 @@ from sdtriton.serving.validation import GenerationParams
 
 # StableDiffusionPipeline's default eta: only DDIM reads it.
 _ETA = 0.0
+# The denoiser's latent input by family: the UNet's ``sample``, SD 3's transformer's ``hidden_states``.
+LATENT_INPUTS: Mapping[str, str] = {SD_FAMILY: "sample", SDXL_FAMILY: "sample", SD3_FAMILY: "hidden_states"}
 
 
 class DiffusionComponents(Protocol):
@@ -68,15 +71,40 @@ def to_uint8_image(decoded: torch.Tensor) -> np.ndarray:
     return (pixels * 255).round().astype("uint8")
 
 
+def _flow_shift_kwargs(scheduler: object, config: PipelineConfig, params: GenerationParams) -> dict[str, float]:
+    """``mu`` for a scheduler with dynamic shifting, from the image's sequence length in patches, as
+    ``StableDiffusion3Pipeline.__call__`` computes it (nothing otherwise)."""
+    scheduler_config = scheduler.config
+    if config.sd3 is None or not scheduler_config.get("use_dynamic_shifting", False):
+        return {}
+    side = config.vae_scale_factor * config.sd3.patch_size
+    image_seq_len = (params.height // side) * (params.width // side)
+    mu = calculate_shift(
+        image_seq_len,
+        scheduler_config.get("base_image_seq_len", 256),
+        scheduler_config.get("max_image_seq_len", 4096),
+        scheduler_config.get("base_shift", 0.5),
+        scheduler_config.get("max_shift", 1.16),
+    )
+    return {"mu": mu}
+
+
 class _StageRun:
     """One stage's scheduler (a fresh one, this image's own) and the timesteps it runs."""
 
     def __init__(
-        self, stage: Stage, params: GenerationParams, generator: torch.Generator, device: torch.device
+        self,
+        stage: Stage,
+        params: GenerationParams,
+        generator: torch.Generator,
+        device: torch.device,
+        config: PipelineConfig,
     ) -> None:
         self.stage = stage
         scheduler = build_scheduler(stage.scheduler_config, params.scheduler, stage.scheduler_overrides)
-        scheduler.set_timesteps(params.num_inference_steps, device=device)
+        scheduler.set_timesteps(
+            params.num_inference_steps, device=device, **_flow_shift_kwargs(scheduler, config, params)
+        )
         timesteps = scheduler.timesteps
         begin = 0
         train_steps = scheduler.config.num_train_timesteps
@@ -96,7 +124,8 @@ class _StageRun:
             scheduler.set_begin_index(begin)
         self.scheduler = scheduler
         self.timesteps = list(timesteps)
-        self.extra_step_kwargs = _extra_step_kwargs(scheduler, generator)
+        # StableDiffusion3Pipeline passes its scheduler's step nothing beyond the sample.
+        self.extra_step_kwargs = {} if config.sd3 is not None else _extra_step_kwargs(scheduler, generator)
 
 
 class ImageDenoiser:
@@ -132,13 +161,14 @@ class ImageDenoiser:
         # Prepare latents exactly as diffusers draws them, with the generator every stage then shares.
         self.device = torch.device(device)
         self.generator = torch.Generator("cpu").manual_seed(params.seed)
-        self._runs = [_StageRun(stage, params, self.generator, self.device) for stage in stages]
+        self._runs = [_StageRun(stage, params, self.generator, self.device, config) for stage in stages]
         self._run_index = 0
         self._step_in_run = 0
         shape = config.latent_shape(height=params.height, width=params.width)
         # randn_tensor draws on the generator's device (the CPU) and moves the result, as diffusers does.
         latents = randn_tensor(shape, generator=self.generator, device=self.device, dtype=torch.float32)
-        self.latents = latents * self._runs[0].scheduler.init_noise_sigma
+        # StableDiffusion3Pipeline.prepare_latents does not scale them (flow matching starts at unit noise).
+        self.latents = latents if config.sd3 is not None else latents * self._runs[0].scheduler.init_noise_sigma
         self.steps_done = 0
         # The scheduler's estimate of the clean latents at the last step, where it gives one (previews).
         self.predicted_original: torch.Tensor | None = None
@@ -177,14 +207,21 @@ class ImageDenoiser:
             self._step_in_run = 0
         return self._runs[self._run_index]
 
+    @property
+    def latent_input(self) -> str:
+        """The name of the denoiser's latent input: ``sample`` (UNet), ``hidden_states`` (SD 3's transformer)."""
+        return LATENT_INPUTS[self.config.family]
+
     def model_input(self) -> dict[str, torch.Tensor]:
-        """This evaluation's UNet inputs: sample [rows, C, h, w], timestep [rows], the stage's conditioning."""
+        """This evaluation's denoiser inputs: the latents [rows, C, h, w] (:attr:`latent_input`), timestep [rows],
+        the stage's conditioning. SD 3's pipeline scales no model input (flow matching)."""
         run = self._current()
         t = run.timesteps[self._step_in_run]
         model_input = torch.cat([self.latents] * 2) if self.do_guidance else self.latents
-        model_input = run.scheduler.scale_model_input(model_input, t)
+        if self.config.sd3 is None:
+            model_input = run.scheduler.scale_model_input(model_input, t)
         timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32, device=self.device)
-        return {"sample": model_input, "timestep": timestep, **run.stage.conditioning}
+        return {self.latent_input: model_input, "timestep": timestep, **run.stage.conditioning}
 
     def step(self, noise_pred: torch.Tensor) -> None:
         """Applies the UNet's answer for this image's rows: guidance, then the scheduler's step."""
@@ -208,6 +245,8 @@ class ImageDenoiser:
             mean = torch.tensor(config.vae_latents_mean, dtype=torch.float32, device=self.device).view(channels)
             std = torch.tensor(config.vae_latents_std, dtype=torch.float32, device=self.device).view(channels)
             return self.latents * std / config.vae_scaling_factor + mean
+        if config.sd3 is not None:
+            return self.latents / config.vae_scaling_factor + config.sd3.vae_shift_factor
         return self.latents / config.vae_scaling_factor
 
 

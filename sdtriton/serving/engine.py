@@ -37,7 +37,6 @@ import torch
 from sdtriton import interface
 from sdtriton.components import text_encoders_of
 from sdtriton.pipeline_config import PipelineConfig
-from sdtriton.schedulers import SCHEDULERS
 from sdtriton.serving.caches import (
     RESPONSE_CACHE,
     TEXT_EMBEDDING_CACHE,
@@ -559,6 +558,7 @@ class DiffusionEngine:
         if not live:
             return 0
         inputs = [d.model_input() for _, d in live]
+        latent_input = live[0][1].latent_input
         try:
             batch = {name: torch.cat([item[name] for item in inputs]) for name in inputs[0]}
             called_s = self._clock()
@@ -568,11 +568,11 @@ class DiffusionEngine:
             for active in {id(a): a for a, _ in live}.values():
                 self._end(active, RequestState.FAILED, error)
             return 0
-        self._observer.unet_called(unet=unet, rows=len(batch["sample"]), duration_s=self._clock() - called_s)
+        self._observer.unet_called(unet=unet, rows=len(batch[latent_input]), duration_s=self._clock() - called_s)
         steps = 0
         offset = 0
         for (active, denoiser), item in zip(live, inputs, strict=True):
-            rows = item["sample"].shape[0]
+            rows = item[latent_input].shape[0]
             part = noise_pred[offset : offset + rows]
             offset += rows
             if active.state is not RequestState.RUNNING:
@@ -698,7 +698,7 @@ def warm_up_engine_code(
     networks warm up through their configs' ``model_warmup``; this spares the first request the first-call costs of
     Python, torch and the schedulers here. Returns the seconds it took."""
     started = time.perf_counter()
-    for scheduler in (None, *SCHEDULERS):
+    for scheduler in (None, *config.scheduler_names):
         raw: dict[str, np.ndarray] = {
             interface.PROMPT.name: np.array([b"warm up"], dtype=np.object_),
             interface.SEED.name: np.array([0], dtype=np.int64),
@@ -720,7 +720,7 @@ def warm_up_engine_code(
             params=image.params, config=config, stages=stages_for(image, config, encoded), device=device
         )
         while not denoiser.done:
-            denoiser.step(torch.zeros_like(denoiser.model_input()["sample"]))
+            denoiser.step(torch.zeros_like(denoiser.model_input()[denoiser.latent_input]))
         height, width = image.params.height, image.params.width
         to_uint8_image(torch.zeros((1, 3, height, width), device=device) + denoiser.scaled_latents().mean())
     return time.perf_counter() - started

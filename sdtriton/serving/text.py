@@ -1,4 +1,6 @@
-"""Prompt tokenization, exactly as diffusers' ``StableDiffusionPipeline.encode_prompt`` pads and truncates."""
+"""Prompt tokenization, exactly as diffusers' pipelines pad and truncate: each CLIP tokenizer to its own
+``model_max_length`` (``StableDiffusionPipeline.encode_prompt``), SD 3's T5 tokenizer to the exported
+``max_sequence_length`` (``StableDiffusion3Pipeline._get_t5_prompt_embeds``)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from transformers import CLIPTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, CLIPTokenizer, PreTrainedTokenizerBase
 
-from sdtriton.components import TOKENIZER_DIRS, text_encoders_of
+from sdtriton.components import T5_MODEL_NAME, TOKENIZER_DIRS, text_encoders_of
 from sdtriton.pipeline_config import PipelineConfig
 
 
@@ -18,6 +20,7 @@ def tokenize_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str])
         list(prompts),
         padding="max_length",
         max_length=tokenizer.model_max_length,
+        add_special_tokens=True,
         truncation=True,
         return_tensors="np",
     )
@@ -25,8 +28,17 @@ def tokenize_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str])
 
 
 def load_tokenizers(directory: Path, config: PipelineConfig) -> dict[str, PreTrainedTokenizerBase]:
-    """Text encoder model name -> its CLIP tokenizer, from ``directory/<tokenizer folder>`` (as export saves them)."""
-    return {
-        spec.model_name: CLIPTokenizer.from_pretrained(directory / TOKENIZER_DIRS[spec.model_name])
-        for spec in text_encoders_of(config)
-    }
+    """Text encoder model name -> its tokenizer, from ``directory/<tokenizer folder>`` (as export saves them).
+
+    SD 3's T5 tokenizer gets ``model_max_length`` = the exported ``max_sequence_length``, the length its pipeline
+    pads and truncates to (the tokenizer's own may differ)."""
+    tokenizers: dict[str, PreTrainedTokenizerBase] = {}
+    for spec in text_encoders_of(config):
+        folder = directory / TOKENIZER_DIRS[spec.model_name]
+        if spec.model_name == T5_MODEL_NAME and config.sd3 is not None:
+            tokenizers[spec.model_name] = AutoTokenizer.from_pretrained(
+                folder, model_max_length=config.sd3.t5_max_length
+            )
+        else:
+            tokenizers[spec.model_name] = CLIPTokenizer.from_pretrained(folder)
+    return tokenizers

@@ -83,11 +83,14 @@ def _image_side(field: str, value: int, *, multiple: int, maximum: int, only: in
     return value
 
 
-def _scheduler(raw: bytes | str) -> str:
+def _scheduler(raw: bytes | str, config: PipelineConfig) -> str:
     field = interface.SCHEDULER.name
     name = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    if name not in interface.SCHEDULER_NAMES:
-        raise InvalidInputError(field, f"must be one of {', '.join(interface.SCHEDULER_NAMES)}, got {_echo(name)}")
+    allowed = config.scheduler_names
+    if name not in allowed:
+        raise InvalidInputError(
+            field, f"must be one of {', '.join(allowed)} (this {config.family} model's), got {_echo(name)}"
+        )
     return name
 
 
@@ -148,7 +151,7 @@ def parse_generation_params(
             config.max_inference_steps,
         ),
         guidance_scale=_guidance_scale(
-            interface.DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
+            config.default_guidance_scale if guidance_scale is None else float(guidance_scale)
         ),
         seed=draw_seed()
         if seed is None
@@ -167,7 +170,7 @@ def parse_generation_params(
             maximum=config.max_height,
             only=config.default_height if config.fixed_size else None,
         ),
-        scheduler=None if scheduler is None else _scheduler(scheduler),
+        scheduler=None if scheduler is None else _scheduler(scheduler, config),
         refiner_fraction=0.0 if refiner_fraction is None else _refiner_fraction(float(refiner_fraction), config),
     )
     pixels = params.width * params.height

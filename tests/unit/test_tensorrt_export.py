@@ -38,6 +38,8 @@ from sdtriton.plan import ARCHITECTURES, Architecture
 from sdtriton.serving.errors import InvalidInputError
 from sdtriton.serving.validation import parse_generation_params
 from sdtriton.tokenizer_files import build_clip_tokenizer
+from tests.unit.trtexec_lines import dry_run as _dry_run
+from tests.unit.trtexec_lines import profile_shapes as _shapes
 
 # The published schedulers of SD 1.5 (PNDM) and SDXL (Euler); the networks' configs are the planner's
 # (sdtriton.plan.ARCHITECTURES, copied from the published config.json files).
@@ -84,18 +86,6 @@ def sd15_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def sdxl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_config_only_pipeline(tmp_path_factory.mktemp("sdxl"), ARCHITECTURES["sdxl"])
-
-
-def _dry_run(capsys: pytest.CaptureFixture[str], source: Path, *extra: str) -> dict[str, list[str]]:
-    """Runs ``sdtriton export --backend tensorrt --dry-run`` and returns each model's trtexec line, split."""
-    assert cli.main(["export", str(source), "--output", "/srv/repo", "--backend", "tensorrt", "--dry-run", *extra]) == 0
-    lines = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if line.strip().startswith("trtexec")]
-    return {Path(next(a for a in line if a.startswith("--saveEngine="))).parts[-3]: line for line in lines}
-
-
-def _shapes(command: list[str], which: str) -> dict[str, str]:
-    value = next(arg for arg in command if arg.startswith(f"--{which}Shapes="))
-    return dict(entry.split(":") for entry in value.split("=", 1)[1].split(","))
 
 
 def test_dry_run_of_sd15_gives_the_profiles_of_its_published_geometry(capsys, sd15_folder: Path) -> None:

@@ -1,0 +1,139 @@
+"""SD 3 / 3.5 served through a real tritonserver: the engine's flow-matching path gives StableDiffusion3Pipeline's
+images on the same weights, for every scheduler the family offers, guidance on and off, a given and an omitted
+negative prompt, a non-square size, T5 present and absent, alone and batched with other requests in flight.
+
+One server holds two tiny repositories: SD 3.5 (dual-attention layers, RMS q/k norm, T5) and, under a model
+prefix, SD 3 without T5 (diffusers encodes zeros in its place).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from sdtriton.client import InvalidRequestError, StableDiffusionClient
+from sdtriton.interface import FLOW_SCHEDULER_NAMES, SCHEDULER_NAMES
+from tests.conftest import serve
+from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, max_pixel_difference, sd3_diffusers_image
+
+pytestmark = pytest.mark.integration
+
+PROMPT = "a purple star on an orange background"
+STEPS = 6
+NO_T5_PREFIX = "no_t5_"
+
+
+@pytest.fixture(scope="module")
+def sd3_server(sd3_exports, tmp_path_factory: pytest.TempPathFactory):
+    (_, with_t5, _), (_, without_t5, _) = sd3_exports["sd35"], sd3_exports["sd3_no_t5"]
+    yield from serve(with_t5, tmp_path_factory, extra_args=(f"--model-repository={without_t5}",))
+
+
+@pytest.fixture(scope="module")
+def oracles(sd3_exports) -> dict[str, object]:
+    """diffusers' own StableDiffusion3Pipeline on the same folders."""
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+
+    pipelines = {
+        "sd35": StableDiffusion3Pipeline.from_pretrained(sd3_exports["sd35"][0], dtype=torch.float32),
+        "sd3_no_t5": StableDiffusion3Pipeline.from_pretrained(
+            sd3_exports["sd3_no_t5"][0], text_encoder_3=None, tokenizer_3=None, dtype=torch.float32
+        ),
+    }
+    for pipeline in pipelines.values():
+        pipeline.set_progress_bar_config(disable=True)
+    return pipelines
+
+
+@pytest.fixture(scope="module")
+def client(sd3_server):
+    with StableDiffusionClient(sd3_server.address.grpc_url) as client:
+        yield client
+
+
+def _check(client, oracle, **kwargs) -> np.ndarray:
+    image = np.asarray(client.generate(PROMPT, **kwargs).image)
+    expected = sd3_diffusers_image(oracle, PROMPT, **kwargs)
+    assert max_pixel_difference(image, expected) <= MAX_PIXEL_DIFFERENCE
+    return image
+
+
+@pytest.mark.parametrize("scheduler", [None, *FLOW_SCHEDULER_NAMES])
+def test_every_flow_scheduler_matches_diffusers_sd35(client, oracles, scheduler: str | None) -> None:
+    image = _check(client, oracles["sd35"], seed=1234, num_inference_steps=STEPS, scheduler=scheduler)
+    # The comparison can fail: another seed gives a clearly different picture.
+    other = sd3_diffusers_image(oracles["sd35"], PROMPT, seed=1235, num_inference_steps=STEPS, scheduler=scheduler)
+    assert max_pixel_difference(image, other) > 20
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"guidance_scale": 1.0},  # guidance off: one row, no negative
+        {"negative_prompt": "blurry, low quality", "guidance_scale": 4.5},
+        {"width": 96, "height": 64, "scheduler": "flow_heun"},  # non-square
+        {},  # every default: the pipeline's 28 steps and guidance 7.0
+    ],
+    ids=["guidance-off", "negative", "non-square", "defaults"],
+)
+def test_guidance_negative_prompts_sizes_and_defaults_match_diffusers_sd35(client, oracles, kwargs) -> None:
+    steps = {} if not kwargs else {"num_inference_steps": STEPS}
+    image = np.asarray(client.generate(PROMPT, seed=7, **steps, **kwargs).image)
+    expected = sd3_diffusers_image(
+        oracles["sd35"], PROMPT, seed=7, num_inference_steps=steps.get("num_inference_steps", 28), **kwargs
+    )
+    assert max_pixel_difference(image, expected) <= MAX_PIXEL_DIFFERENCE
+
+
+@pytest.mark.parametrize("scheduler", [None, "dpmpp_2m"])
+def test_sd3_without_t5_matches_diffusers_zeros_in_its_place(sd3_server, oracles, scheduler: str | None) -> None:
+    with StableDiffusionClient(sd3_server.address.http_url, model_name=NO_T5_PREFIX + "stable_diffusion") as client:
+        _check(client, oracles["sd3_no_t5"], seed=11, num_inference_steps=STEPS, scheduler=scheduler)
+
+
+def test_sd3_requests_batched_together_stay_exact(sd3_server, oracles) -> None:
+    jobs = [
+        ("stable_diffusion", "sd35", {"seed": 30, "num_inference_steps": 9, "scheduler": "unipc"}),
+        ("stable_diffusion", "sd35", {"seed": 31, "num_inference_steps": 5, "guidance_scale": 1.0, "width": 96}),
+        ("stable_diffusion", "sd35", {"seed": 32, "num_inference_steps": 7, "scheduler": "flow_heun"}),
+        (NO_T5_PREFIX + "stable_diffusion", "sd3_no_t5", {"seed": 33, "num_inference_steps": 8}),
+    ]
+
+    def run(job) -> np.ndarray:
+        model_name, _, kwargs = job
+        with StableDiffusionClient(sd3_server.address.grpc_url, model_name=model_name) as client:
+            return np.asarray(client.generate(PROMPT, **kwargs).image)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        images = list(pool.map(run, jobs))
+    for image, (_, oracle, kwargs) in zip(images, jobs, strict=True):
+        assert (
+            max_pixel_difference(image, sd3_diffusers_image(oracles[oracle], PROMPT, **kwargs)) <= MAX_PIXEL_DIFFERENCE
+        )
+
+
+@pytest.mark.parametrize("scheduler", [name for name in SCHEDULER_NAMES if name not in FLOW_SCHEDULER_NAMES])
+def test_a_noise_prediction_scheduler_is_refused_naming_the_flow_ones(client, scheduler: str) -> None:
+    with pytest.raises(InvalidRequestError) as error:
+        client.generate(PROMPT, num_inference_steps=2, scheduler=scheduler)
+    message = str(error.value)
+    assert "scheduler" in message and all(name in message for name in FLOW_SCHEDULER_NAMES)
+    assert client.generate(PROMPT, num_inference_steps=2, seed=1).image.size == (64, 64)  # still serving
+
+
+def test_progress_and_previews_stream_and_end_with_the_same_image(client, oracles) -> None:
+    kwargs = {"seed": 50, "num_inference_steps": 6, "scheduler": "flow_euler"}
+    events = []
+    streamed = client.generate(PROMPT, on_progress=events.append, preview_every=2, **kwargs)
+    assert [event.steps_done[0] for event in events] == list(range(1, 7))
+    # Every second step before the last (the image itself comes then), at latent resolution, drawn from the 16
+    # latent channels by the projection the export fitted.
+    assert [event.steps_done[0] for event in events if event.previews] == [2, 4]
+    latent_side = 64 // oracles["sd35"].vae_scale_factor
+    previews = [event.previews[0] for event in events if event.previews]
+    assert {preview.size for preview in previews} == {(latent_side, latent_side)}
+    assert all(np.asarray(preview).std() > 0 for preview in previews)
+    assert np.array_equal(np.asarray(streamed.image), np.asarray(client.generate(PROMPT, **kwargs).image))
