@@ -111,13 +111,14 @@ def shapes_diffusers_pipeline():
 @pytest.fixture(scope="session")
 def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, str]]:
     """Tiny SD 3.5 (dual attention, RMS q/k norm, T5) and SD 3 without T5: (diffusers folder, exported repository,
-    model-name prefix) of each; the second is exported under the prefix ``no_t5_`` so one server holds both."""
+    model-name prefix) of each, under the prefixes ``sd35_`` and ``no_t5_`` so that one server holds both beside
+    the tiny SD repository."""
     from sdtriton.export import RenderOptions, export_repository
     from sdtriton.tiny import make_tiny
 
     root = tmp_path_factory.mktemp("sd3")
     exports = {}
-    for name, family, t5, prefix in (("sd35", "sd35", True, ""), ("sd3_no_t5", "sd3", False, "no_t5_")):
+    for name, family, t5, prefix in (("sd35", "sd35", True, "sd35_"), ("sd3_no_t5", "sd3", False, "no_t5_")):
         folder = make_tiny(root / name, family=family, t5=t5)
         repository = root / f"{name}_repository"
         export_repository(folder, repository, options=RenderOptions(model_prefix=prefix), show_progress=False)

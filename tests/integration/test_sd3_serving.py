@@ -2,8 +2,8 @@
 images on the same weights, for every scheduler the family offers, guidance on and off, a given and an omitted
 negative prompt, a non-square size, T5 present and absent, alone and batched with other requests in flight.
 
-One server holds two tiny repositories: SD 3.5 (dual-attention layers, RMS q/k norm, T5) and, under a model
-prefix, SD 3 without T5 (diffusers encodes zeros in its place).
+One server holds three tiny repositories: SD 1.x's (``tiny_repository``) and, under model prefixes, SD 3.5
+(dual-attention layers, RMS q/k norm, T5) and SD 3 without T5 (diffusers encodes zeros in its place).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ pytestmark = pytest.mark.integration
 
 PROMPT = "a purple star on an orange background"
 STEPS = 6
-NO_T5_PREFIX = "no_t5_"
+SD35_ENTRY = "sd35_stable_diffusion"
+NO_T5_ENTRY = "no_t5_stable_diffusion"
 
 
 @pytest.fixture(scope="module")
-def sd3_server(sd3_exports, tmp_path_factory: pytest.TempPathFactory):
-    (_, with_t5, _), (_, without_t5, _) = sd3_exports["sd35"], sd3_exports["sd3_no_t5"]
-    yield from serve(with_t5, tmp_path_factory, extra_args=(f"--model-repository={without_t5}",))
+def sd3_server(sd3_exports, tiny_repository, tmp_path_factory: pytest.TempPathFactory):
+    repositories = tuple(f"--model-repository={repository}" for _, repository, _ in sd3_exports.values())
+    yield from serve(tiny_repository, tmp_path_factory, extra_args=repositories)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def oracles(sd3_exports) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def client(sd3_server):
-    with StableDiffusionClient(sd3_server.address.grpc_url) as client:
+    with StableDiffusionClient(sd3_server.address.grpc_url, model_name=SD35_ENTRY) as client:
         yield client
 
 
@@ -90,29 +91,35 @@ def test_guidance_negative_prompts_sizes_and_defaults_match_diffusers_sd35(clien
 
 @pytest.mark.parametrize("scheduler", [None, "dpmpp_2m"])
 def test_sd3_without_t5_matches_diffusers_zeros_in_its_place(sd3_server, oracles, scheduler: str | None) -> None:
-    with StableDiffusionClient(sd3_server.address.http_url, model_name=NO_T5_PREFIX + "stable_diffusion") as client:
+    with StableDiffusionClient(sd3_server.address.http_url, model_name=NO_T5_ENTRY) as client:
         _check(client, oracles["sd3_no_t5"], seed=11, num_inference_steps=STEPS, scheduler=scheduler)
 
 
-def test_sd3_requests_batched_together_stay_exact(sd3_server, oracles) -> None:
+def test_sd3_and_sd_requests_batched_together_stay_exact(sd3_server, oracles, diffusers_pipeline) -> None:
+    from tests.integration.oracle import diffusers_image
+
     jobs = [
-        ("stable_diffusion", "sd35", {"seed": 30, "num_inference_steps": 9, "scheduler": "unipc"}),
-        ("stable_diffusion", "sd35", {"seed": 31, "num_inference_steps": 5, "guidance_scale": 1.0, "width": 96}),
-        ("stable_diffusion", "sd35", {"seed": 32, "num_inference_steps": 7, "scheduler": "flow_heun"}),
-        (NO_T5_PREFIX + "stable_diffusion", "sd3_no_t5", {"seed": 33, "num_inference_steps": 8}),
+        (SD35_ENTRY, {"seed": 30, "num_inference_steps": 9, "scheduler": "unipc"}),
+        (SD35_ENTRY, {"seed": 31, "num_inference_steps": 5, "guidance_scale": 1.0, "width": 96}),
+        (SD35_ENTRY, {"seed": 32, "num_inference_steps": 7, "scheduler": "flow_heun"}),
+        (NO_T5_ENTRY, {"seed": 33, "num_inference_steps": 8}),
+        ("stable_diffusion", {"seed": 34, "num_inference_steps": 8, "scheduler": "dpmpp_2m"}),  # SD 1.x beside them
     ]
 
     def run(job) -> np.ndarray:
-        model_name, _, kwargs = job
+        model_name, kwargs = job
         with StableDiffusionClient(sd3_server.address.grpc_url, model_name=model_name) as client:
             return np.asarray(client.generate(PROMPT, **kwargs).image)
 
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         images = list(pool.map(run, jobs))
-    for image, (_, oracle, kwargs) in zip(images, jobs, strict=True):
-        assert (
-            max_pixel_difference(image, sd3_diffusers_image(oracles[oracle], PROMPT, **kwargs)) <= MAX_PIXEL_DIFFERENCE
-        )
+    expected = {
+        SD35_ENTRY: lambda kwargs: sd3_diffusers_image(oracles["sd35"], PROMPT, **kwargs),
+        NO_T5_ENTRY: lambda kwargs: sd3_diffusers_image(oracles["sd3_no_t5"], PROMPT, **kwargs),
+        "stable_diffusion": lambda kwargs: diffusers_image(diffusers_pipeline, PROMPT, **kwargs),
+    }
+    for image, (model_name, kwargs) in zip(images, jobs, strict=True):
+        assert max_pixel_difference(image, expected[model_name](kwargs)) <= MAX_PIXEL_DIFFERENCE, model_name
 
 
 @pytest.mark.parametrize("scheduler", [name for name in SCHEDULER_NAMES if name not in FLOW_SCHEDULER_NAMES])
