@@ -1,8 +1,8 @@
-"""``sdtriton plan``: how much GPU a Stable Diffusion deployment needs, counted from the model's own configs.
+"""``sdtriton plan``: how much GPU a diffusion deployment needs (SD 1.5, SDXL, SD 3.5, FLUX.1), counted from configs.
 
-Nothing here loads a weight or touches a GPU. Each network (text encoders, UNet, VAE decoder) is built from
-its config on PyTorch's ``meta`` device, where tensors have shapes and dtypes but no data, and one forward pass
-of each is run under two observers:
+Nothing here loads a weight or touches a GPU. Each network (CLIP and T5 text encoders, the UNet or transformer, the
+VAE decoder) is built from its config on PyTorch's ``meta`` device, where tensors have shapes and dtypes but no
+data, and one forward pass of each is run under two observers:
 
 * :class:`torch.utils.flop_counter.FlopCounterMode` counts the FLOPs of every matrix product, convolution and
   attention (normalisations and pointwise ops are not counted: they are bandwidth, not FLOPs).
