@@ -120,21 +120,34 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     planner = commands.add_parser(
         "plan", help="size a GPU for a model from its configs: memory, FLOPs, latency floor (docs/gpu_sizing.md)"
     )
-    planner.add_argument("--model", default="sd15", help="sd15 (default), sdxl, or a diffusers pipeline folder")
     planner.add_argument(
-        "--width", type=int, help="pixels (default: the model's native size, UNet sample_size x VAE scale factor)"
+        "--model",
+        default="sd15",
+        help="sd15 (default), sdxl, sd35-medium, sd35-large, flux-dev, flux-schnell (published configs), "
+        "or a diffusers pipeline folder",
+    )
+    planner.add_argument(
+        "--width", type=int, help="pixels (default: the model's native size, 1024 for SDXL, SD 3.5 and FLUX.1)"
     )
     planner.add_argument("--height", type=int, help="pixels (default: the model's native size)")
-    planner.add_argument("--steps", type=int, default=50, help="denoising steps (default 50, as diffusers)")
+    planner.add_argument(
+        "--steps",
+        type=int,
+        help="denoising steps (default: the pipeline's; 50 SD/SDXL, 28 SD 3.5 and FLUX dev, 4 schnell)",
+    )
     planner.add_argument("--batch", type=int, default=1, help="images per request")
     planner.add_argument(
         "--guidance",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="classifier-free guidance: UNet and text encoders at twice the batch (default: on)",
+        help="classifier-free guidance: denoiser and text encoders at twice the batch (default: on; off for FLUX.1, "
+        "which dev embeds instead)",
     )
     planner.add_argument("--gpu", default="all", help="a GPU of the planner's table, or all (default: a row each)")
-    planner.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16", help="weights and activations")
+    planner.add_argument(
+        "--dtype",
+        choices=["fp16", "bf16", "fp32"],
+        help="weights and activations (default: fp16 SD/SDXL, bf16 SD 3.5 and FLUX.1; T5 is never fp16: bf16)",
+    )
     planner.add_argument(
         "--attention",
         choices=["fused", "math"],
@@ -145,7 +158,7 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
         "--overhead-gib", type=float, help="CUDA context, workspaces and allocator slack (default: 1 GiB)"
     )
     planner.add_argument(
-        "--markdown", action="store_true", help="print docs/gpu_sizing.md (sd15 and sdxl on every GPU) instead"
+        "--markdown", action="store_true", help="print docs/gpu_sizing.md (every built-in model on every GPU) instead"
     )
     planner.set_defaults(run=_plan)
 

@@ -1,8 +1,8 @@
-"""``sdtriton plan``: how much GPU a Stable Diffusion deployment needs, counted from the model's own configs.
+"""``sdtriton plan``: how much GPU a diffusion deployment needs (SD 1.5, SDXL, SD 3.5, FLUX.1), counted from configs.
 
-Nothing here loads a weight or touches a GPU. Each network (text encoders, UNet, VAE decoder) is built from
-its config on PyTorch's ``meta`` device, where tensors have shapes and dtypes but no data, and one forward pass
-of each is run under two observers:
+Nothing here loads a weight or touches a GPU. Each network (CLIP and T5 text encoders, the UNet or transformer, the
+VAE decoder) is built from its config on PyTorch's ``meta`` device, where tensors have shapes and dtypes but no
+data, and one forward pass of each is run under two observers:
 
 * :class:`torch.utils.flop_counter.FlopCounterMode` counts the FLOPs of every matrix product, convolution and
   attention (normalisations and pointwise ops are not counted: they are bandwidth, not FLOPs).
@@ -21,6 +21,7 @@ the FLOPs of one image over the GPU's dense fp16 tensor peak, which no real run 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import weakref
@@ -36,6 +37,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from sdtriton.flux_published import (
+    FLUX_CALLS,
+    FLUX_DEFAULT_SAMPLE_SIZE,
+    FLUX_LATENT_PACKING,
+    FLUX_TEXT_ENCODER,
+    FLUX_TEXT_ENCODER_2,
+    FLUX_VAE,
+    FluxCall,
+)
+from sdtriton.sd3 import SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_TEXT_ENCODER_3, SD3_TRANSFORMERS, SD3_VAE
 from sdtriton.sd15 import SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
 
 logger = logging.getLogger(__name__)
@@ -57,7 +68,7 @@ CUDA_OVERHEAD_BYTES = 1 * GIB
 PUBLISHED_UTILISATION_RANGE = (0.15, 0.40)
 
 DEFAULT_STEPS = 50  # diffusers' default num_inference_steps, and the setting of the published benchmarks below
-DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "fp32": torch.float32}
+DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class PlanError(ValueError):
@@ -77,6 +88,7 @@ class GpuSpec:
         memory_mib: what ``nvidia-smi`` reports as total (ECC on where the part has it): the sizing limit.
         fp16_dense_tflops: dense (no 2:4 sparsity) fp16 tensor-core peak, in TFLOP/s.
         description: the variant meant (form factor, memory type).
+        bf16: bf16 runs on the tensor cores at the fp16 rate (every GPU since Ampere; not Turing's T4).
     """
 
     name: str
@@ -84,6 +96,7 @@ class GpuSpec:
     memory_mib: int
     fp16_dense_tflops: float
     description: str
+    bf16: bool = True
 
     @property
     def memory_bytes(self) -> int:
@@ -91,15 +104,18 @@ class GpuSpec:
 
 
 # Datasheets halved where they print only the sparse figure (marked with * there). The nvidia-smi totals are
-# what those GPUs report in public nvidia-smi outputs (15360, 23034, 23028, 46068, 81920, 81559, 143771 MiB).
+# what those GPUs report in public nvidia-smi outputs (15360, 23034, 23028, 40960, 46068, 81920, 81559,
+# 143771 MiB).
 GPUS: tuple[GpuSpec, ...] = (
     # NVIDIA T4 datasheet: 16 GB GDDR6, "Mixed Precision (FP16/FP32) 65 TFLOPS" (Turing has no sparsity).
-    GpuSpec("T4", 16, 15360, 65.0, "Tesla T4, 16 GB GDDR6, 70 W"),
+    GpuSpec("T4", 16, 15360, 65.0, "Tesla T4, 16 GB GDDR6, 70 W", bf16=False),
     # NVIDIA L4 datasheet: 24 GB GDDR6, "FP16 Tensor Core 242 TFLOPS*" (*with sparsity): 121 dense.
     GpuSpec("L4", 24, 23034, 121.0, "L4, 24 GB GDDR6, 72 W"),
     # AWS's A10G (EC2 G5) has no NVIDIA datasheet; 70 TFLOPS fp16 tensor, against the A10's 125, as tabled in
     # Baseten's "NVIDIA A10 vs A10G for ML model inference" (the A10G trades tensor rate for CUDA-core rate).
     GpuSpec("A10G", 24, 23028, 70.0, "A10G (AWS G5), 24 GB GDDR6"),
+    # NVIDIA A100 datasheet: 40 GB HBM2 (SXM4), "FP16 Tensor Core 312 TFLOPS | 624 TFLOPS*".
+    GpuSpec("A100-40GB", 40, 40960, 312.0, "A100 40GB SXM4, HBM2"),
     # NVIDIA L40S datasheet: 48 GB GDDR6 ECC, "FP16 Tensor Core 362.05 | 733 TFLOPS" (dense | sparse).
     GpuSpec("L40S", 48, 46068, 362.0, "L40S, 48 GB GDDR6"),
     # NVIDIA A100 datasheet: 80 GB HBM2e, "FP16 Tensor Core 312 TFLOPS | 624 TFLOPS*".
@@ -128,45 +144,102 @@ def gpu_spec(name: str) -> GpuSpec:
 
 
 @dataclass(frozen=True)
+class TextEncoderSpec:
+    """One text encoder of a pipeline.
+
+    Attributes:
+        role: its folder (``text_encoder``, ``text_encoder_2``, ``text_encoder_3``).
+        class_name: one of :data:`TEXT_ENCODER_CLASSES`.
+        config: its ``config.json`` (``CLIPTextConfig`` or ``T5Config`` keyword arguments).
+        tokens: the sequence length the pipeline encodes (CLIP: its positions; T5: ``max_sequence_length``).
+    """
+
+    role: str
+    class_name: str
+    config: dict[str, Any]
+    tokens: int
+
+
+def clip_encoder(role: str, class_name: str, config: dict[str, Any]) -> TextEncoderSpec:
+    """A CLIP text tower, called at its full length of positions (77 in every published CLIP)."""
+    return TextEncoderSpec(role, class_name, config, int(config.get("max_position_embeddings", 77)))
+
+
+@dataclass(frozen=True)
 class Architecture:
     """The component configs of one pipeline, as diffusers' ``model_index.json`` and config files give them.
 
     Attributes:
-        name: ``sd15``, ``sdxl`` or the folder it was read from.
-        unet: ``UNet2DConditionModel`` config.
+        name: ``sd15``, ``sdxl``, ``sd35-medium``, ... (:data:`ARCHITECTURES`) or the folder it was read from.
+        denoiser: the UNet's or transformer's config.
         vae: ``AutoencoderKL`` config.
-        text_encoders: ``(role, class name, CLIPTextConfig kwargs)`` of ``text_encoder`` and ``text_encoder_2``,
-            in that order, as present (class ``CLIPTextModel`` or ``CLIPTextModelWithProjection``).
-        sdxl: the pipeline encodes prompts as ``StableDiffusionXLPipeline`` does (penultimate hidden states,
-            pooled projection into ``added_cond_kwargs``).
+        text_encoders: in the order of their roles.
+        denoiser_class: a key of :data:`DENOISERS`.
+        penultimate_states: the pipeline takes the CLIP encoders' penultimate hidden states (SDXL, SD 3), so
+            the pass keeps every layer's states.
+        upcasts_vae: the pipeline decodes in fp32 when the VAE config says ``force_upcast`` (SD and SDXL
+            pipelines; ``StableDiffusion3Pipeline`` and ``FluxPipeline`` decode in the pipeline's dtype).
+        guidance: the pipeline's default call runs classifier-free guidance (two rows an image).
+        steps: the pipeline's default number of denoising steps.
+        dtype: the precision the model is published and run in.
+        sample_size: latents a side at the native size, where the denoiser's config does not say.
     """
 
     name: str
-    unet: dict[str, Any]
+    denoiser: dict[str, Any]
     vae: dict[str, Any]
-    text_encoders: tuple[tuple[str, str, dict[str, Any]], ...]
-    sdxl: bool = False
+    text_encoders: tuple[TextEncoderSpec, ...]
+    denoiser_class: str = "UNet2DConditionModel"
+    penultimate_states: bool = False
+    upcasts_vae: bool = True
+    guidance: bool = True
+    steps: int = DEFAULT_STEPS
+    dtype: str = "fp16"
+    sample_size: int | None = None
 
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae["block_out_channels"]) - 1)
 
     @property
+    def pixel_multiple(self) -> int:
+        """Sizes are multiples of this: the VAE's scale factor times the latent patch the denoiser takes."""
+        return self.vae_scale_factor * DENOISERS[self.denoiser_class].latent_patch(self.denoiser)
+
+    @property
     def native_size_px(self) -> int:
-        return int(self.unet.get("sample_size", 64)) * self.vae_scale_factor
+        sample_size = self.sample_size or int(self.denoiser.get("sample_size", 64))
+        return sample_size * self.vae_scale_factor
+
+
+# What a pipeline class does that its components' configs do not say, by the class name's prefix.
+PIPELINE_TRAITS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("StableDiffusionXL", {"penultimate_states": True}),
+    # The model cards' torch_dtype, and the published weights' own.
+    ("StableDiffusion3", {"penultimate_states": True, "upcasts_vae": False, "dtype": "bf16"}),
+    # FLUX.1 dev is guidance-distilled (the scale is the transformer's `guidance` input) and schnell takes none:
+    # one row an image. FluxPipeline's true_cfg_scale with a negative prompt doubles them (--guidance).
+    # FluxPipeline.default_sample_size: the transformer's config has none.
+    ("Flux", {"upcasts_vae": False, "guidance": False, "dtype": "bf16", "sample_size": FLUX_DEFAULT_SAMPLE_SIZE}),
+)
+
+
+def pipeline_traits(pipeline_class: str) -> dict[str, Any]:
+    """:data:`PIPELINE_TRAITS` of a diffusers pipeline class (none: a ``StableDiffusionPipeline``'s)."""
+    return next((traits for prefix, traits in PIPELINE_TRAITS if pipeline_class.startswith(prefix)), {})
 
 
 SD15 = Architecture(
     name="sd15",
-    unet=SD15_UNET,
+    denoiser=SD15_UNET,
     vae=SD15_VAE,
-    text_encoders=(("text_encoder", "CLIPTextModel", SD15_TEXT_ENCODER),),
+    text_encoders=(clip_encoder("text_encoder", "CLIPTextModel", SD15_TEXT_ENCODER),),
 )
 
 SDXL = Architecture(
     name="sdxl",
     # stabilityai/stable-diffusion-xl-base-1.0/unet/config.json.
-    unet={
+    denoiser={
         "sample_size": 128,
         "in_channels": 4,
         "out_channels": 4,
@@ -191,28 +264,60 @@ SDXL = Architecture(
     # stabilityai/stable-diffusion-xl-base-1.0/vae/config.json.
     vae={**SD15_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
     text_encoders=(
-        ("text_encoder", "CLIPTextModel", SD15_TEXT_ENCODER),
-        # OpenCLIP ViT-bigG/14's text tower: stabilityai/stable-diffusion-xl-base-1.0/text_encoder_2/config.json.
-        (
-            "text_encoder_2",
-            "CLIPTextModelWithProjection",
-            {
-                "vocab_size": 49408,
-                "hidden_size": 1280,
-                "intermediate_size": 5120,
-                "projection_dim": 1280,
-                "num_hidden_layers": 32,
-                "num_attention_heads": 20,
-                "max_position_embeddings": 77,
-                "hidden_act": "gelu",
-                "layer_norm_eps": 1e-5,
-            },
-        ),
+        clip_encoder("text_encoder", "CLIPTextModel", SD15_TEXT_ENCODER),
+        # OpenCLIP ViT-bigG/14's text tower: stabilityai/stable-diffusion-xl-base-1.0/text_encoder_2/config.json,
+        # also SD 3's text_encoder_2.
+        clip_encoder("text_encoder_2", "CLIPTextModelWithProjection", SD3_TEXT_ENCODER_2),
     ),
-    sdxl=True,
+    **pipeline_traits("StableDiffusionXLPipeline"),
 )
-ARCHITECTURES: dict[str, Architecture] = {SD15.name: SD15, SDXL.name: SDXL}
-_TEXT_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
+
+# StableDiffusion3Pipeline.__call__'s defaults: 28 steps, guidance_scale 7.0 (CFG), T5 at max_sequence_length 256.
+SD3_DEFAULT_STEPS = 28
+SD3_MAX_SEQUENCE_LENGTH = 256
+
+
+def _sd35(name: str, transformer: dict[str, Any]) -> Architecture:
+    return Architecture(
+        name=name,
+        denoiser=transformer,
+        vae=SD3_VAE,
+        text_encoders=(
+            clip_encoder("text_encoder", "CLIPTextModelWithProjection", SD3_TEXT_ENCODER),
+            clip_encoder("text_encoder_2", "CLIPTextModelWithProjection", SD3_TEXT_ENCODER_2),
+            TextEncoderSpec("text_encoder_3", "T5EncoderModel", SD3_TEXT_ENCODER_3, SD3_MAX_SEQUENCE_LENGTH),
+        ),
+        denoiser_class="SD3Transformer2DModel",
+        steps=SD3_DEFAULT_STEPS,
+        **pipeline_traits("StableDiffusion3Pipeline"),
+    )
+
+
+def _flux(name: str, call: FluxCall) -> Architecture:
+    return Architecture(
+        name=name,
+        denoiser=call.transformer,
+        vae=FLUX_VAE,
+        text_encoders=(
+            clip_encoder("text_encoder", "CLIPTextModel", FLUX_TEXT_ENCODER),
+            TextEncoderSpec("text_encoder_2", "T5EncoderModel", FLUX_TEXT_ENCODER_2, call.max_sequence_length),
+        ),
+        denoiser_class="FluxTransformer2DModel",
+        steps=call.steps,
+        **pipeline_traits("FluxPipeline"),
+    )
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    arch.name: arch
+    for arch in (
+        SD15,
+        SDXL,
+        *(_sd35(name, transformer) for name, transformer in SD3_TRANSFORMERS.items()),
+        *(_flux(name, call) for name, call in FLUX_CALLS.items()),
+    )
+}
+TEXT_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -222,43 +327,72 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise PlanError(f"{path}: missing; a diffusers pipeline folder has one config.json per component") from error
 
 
+def _call_defaults(pipeline_class: str) -> dict[str, Any]:
+    """The defaults of a diffusers pipeline's ``__call__`` (none for a class diffusers does not have)."""
+    import diffusers
+
+    pipeline = getattr(diffusers, pipeline_class, None)
+    if pipeline is None:
+        return {}
+    parameters = inspect.signature(pipeline.__call__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
 def read_architecture(folder: Path) -> Architecture:
     """Reads a diffusers pipeline folder's ``model_index.json`` and component configs; never a weight.
+
+    What the configs do not say comes from the pipeline class: its :data:`PIPELINE_TRAITS` and its ``__call__``
+    defaults (``num_inference_steps``; ``max_sequence_length``, T5's tokens).
 
     Raises:
         PlanError: a component the planner cannot build (named with its class).
     """
     index = _read_json(folder / "model_index.json")
-    for role, library_and_class in (("unet", "UNet2DConditionModel"), ("vae", "AutoencoderKL")):
-        entry = index.get(role)
-        if not entry or entry[1] != library_and_class:
-            raise PlanError(f"{folder}: {role} must be a {library_and_class}, model_index.json says {entry}")
+    denoisers = [(role, index.get(role)) for role in ("unet", "transformer") if index.get(role)]
+    if len(denoisers) != 1 or denoisers[0][1][1] not in DENOISERS:
+        raise PlanError(
+            f"{folder}: model_index.json must name one unet or transformer of {', '.join(DENOISERS)}, "
+            f"it says {dict(denoisers)}"
+        )
+    (denoiser_role, (_, denoiser_class)), *_ = denoisers
+    if (entry := index.get("vae")) is None or entry[1] != "AutoencoderKL":
+        raise PlanError(f"{folder}: vae must be a AutoencoderKL, model_index.json says {entry}")
+    pipeline_class = str(index.get("_class_name", ""))
+    call = _call_defaults(pipeline_class)
     text_encoders = []
-    for role in ("text_encoder", "text_encoder_2"):
+    for role in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         entry = index.get(role)
         if not entry or entry[1] is None:
             continue
-        if entry[1] not in _TEXT_ENCODER_CLASSES:
-            raise PlanError(f"{folder}: {role} is a {entry[1]}; the planner sizes {', '.join(_TEXT_ENCODER_CLASSES)}")
-        text_encoders.append((role, entry[1], _read_json(folder / role / "config.json")))
+        if entry[1] not in TEXT_ENCODER_CLASSES:
+            raise PlanError(f"{folder}: {role} is a {entry[1]}; the planner sizes {', '.join(TEXT_ENCODER_CLASSES)}")
+        config = _read_json(folder / role / "config.json")
+        if entry[1] == "T5EncoderModel":
+            text_encoders.append(TextEncoderSpec(role, entry[1], config, int(call.get("max_sequence_length", 512))))
+        else:
+            text_encoders.append(clip_encoder(role, entry[1], config))
     if not text_encoders:
         raise PlanError(f"{folder}: model_index.json names no text encoder")
     return Architecture(
         name=str(folder),
-        unet=_read_json(folder / "unet" / "config.json"),
+        denoiser=_read_json(folder / denoiser_role / "config.json"),
         vae=_read_json(folder / "vae" / "config.json"),
         text_encoders=tuple(text_encoders),
-        sdxl=index.get("_class_name", "").startswith("StableDiffusionXL"),
+        denoiser_class=denoiser_class,
+        steps=int(call.get("num_inference_steps", DEFAULT_STEPS)),
+        **pipeline_traits(pipeline_class),
     )
 
 
 def architecture(model: str | Path) -> Architecture:
-    """A built-in architecture by name (``sd15``, ``sdxl``) or a diffusers pipeline folder's."""
+    """A built-in architecture by name (:data:`ARCHITECTURES`) or a diffusers pipeline folder's."""
     if str(model) in ARCHITECTURES:
         return ARCHITECTURES[str(model)]
     folder = Path(model)
     if not folder.is_dir():
-        raise PlanError(f"model: {model!r} is neither {' nor '.join(ARCHITECTURES)} nor a diffusers pipeline folder")
+        raise PlanError(
+            f"model: {model!r} is neither one of {', '.join(ARCHITECTURES)} nor a diffusers pipeline folder"
+        )
     return read_architecture(folder)
 
 
@@ -410,30 +544,44 @@ def _as_dtype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return torch.nn.Module.to(module, dtype=dtype).eval()
 
 
-def build_unet(config: dict[str, Any], dtype: torch.dtype) -> torch.nn.Module:
-    """A ``UNet2DConditionModel`` on ``meta`` from its config."""
-    from diffusers import UNet2DConditionModel
+def build_diffusers(class_name: str, config: dict[str, Any], dtype: torch.dtype) -> torch.nn.Module:
+    """A diffusers model (``UNet2DConditionModel``, ``SD3Transformer2DModel``, ...) on ``meta`` from its config."""
+    import diffusers
 
     with torch.device("meta"), _quiet("diffusers"):
-        return _as_dtype(UNet2DConditionModel.from_config(config), dtype)
+        return _as_dtype(getattr(diffusers, class_name).from_config(config), dtype)
+
+
+def build_unet(config: dict[str, Any], dtype: torch.dtype) -> torch.nn.Module:
+    """A ``UNet2DConditionModel`` on ``meta`` from its config."""
+    return build_diffusers("UNet2DConditionModel", config, dtype)
 
 
 def build_vae(config: dict[str, Any], dtype: torch.dtype) -> torch.nn.Module:
     """An ``AutoencoderKL`` on ``meta`` from its config."""
-    from diffusers import AutoencoderKL
-
-    with torch.device("meta"), _quiet("diffusers"):
-        return _as_dtype(AutoencoderKL.from_config(config), dtype)
+    return build_diffusers("AutoencoderKL", config, dtype)
 
 
 def build_text_encoder(class_name: str, config: dict[str, Any], dtype: torch.dtype) -> torch.nn.Module:
-    """A ``CLIPTextModel`` or ``CLIPTextModelWithProjection`` on ``meta`` from its config."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    """A text encoder of :data:`TEXT_ENCODER_CLASSES` on ``meta`` from its config."""
+    import transformers
 
-    model_class = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
-    text_config = CLIPTextConfig(**{k: v for k, v in config.items() if not k.startswith("_")})
+    config_class = transformers.T5Config if class_name == "T5EncoderModel" else transformers.CLIPTextConfig
+    text_config = config_class(**{k: v for k, v in config.items() if not k.startswith("_")})
     with torch.device("meta"), _quiet("transformers"):
-        return _as_dtype(model_class[class_name](text_config), dtype)
+        return _as_dtype(getattr(transformers, class_name)(text_config), dtype)
+
+
+def weight_tensors(module: torch.nn.Module, *parts: torch.nn.Module | None) -> list[torch.Tensor]:
+    """What a checkpoint of ``module`` (or of its ``parts``) holds: parameters and persistent buffers, tied ones once.
+
+    SD 3's position table (``pos_embed``, 384 x 384 x 1536 in SD 3.5 Medium: 9% of it) is such a buffer.
+    """
+    tensors: dict[int, torch.Tensor] = {}
+    for part in parts or (module,):
+        if part is not None:
+            tensors.update((id(t), t) for t in part.state_dict(keep_vars=True).values())
+    return list(tensors.values())
 
 
 # --- Measurement ---------------------------------------------------------------------------------------------
@@ -444,11 +592,11 @@ class Workload:
     """What one request asks of the pipeline.
 
     Attributes:
-        width_px / height_px: image size (multiples of the VAE's scale factor).
-        steps: denoising steps (UNet calls).
+        width_px / height_px: image size (multiples of :attr:`Architecture.pixel_multiple`).
+        steps: denoising steps (UNet or transformer calls).
         batch: images per request.
-        guidance: classifier-free guidance: the UNet and text encoders run at twice the batch.
-        dtype: ``fp16`` or ``fp32``, weights and activations.
+        guidance: classifier-free guidance: the denoiser and text encoders run at twice the batch.
+        dtype: ``fp16``, ``bf16`` or ``fp32``, weights and activations (T5 and an upcast VAE excepted).
         fused_attention: attention as the GPU's fused kernel (see :class:`FusedAttentionMode`).
     """
 
@@ -462,7 +610,7 @@ class Workload:
 
     @property
     def rows(self) -> int:
-        """Rows the UNet and text encoders see: the batch, doubled by guidance."""
+        """Rows the denoiser and text encoders see: the batch, doubled by guidance."""
         return self.batch * (2 if self.guidance else 1)
 
 
@@ -471,11 +619,14 @@ class NetworkCost:
     """One network of the pipeline, counted at the workload's shapes.
 
     Attributes:
-        role: ``text_encoder``, ``text_encoder_2``, ``unet`` or ``vae_decoder``.
-        parameters: parameter count (the VAE decoder's: decoder and ``post_quant_conv``).
-        weight_bytes: parameters at the dtype they run in.
-        dtype: the dtype it runs in (``fp32`` for a VAE with ``force_upcast`` in an fp16 pipeline).
-        calls_per_request: forward passes a request makes (``steps`` for the UNet).
+        role: ``text_encoder``, ``text_encoder_2``, ``text_encoder_3``, ``unet``, ``transformer`` or
+            ``vae_decoder``.
+        parameters: what its checkpoint holds: parameters and persistent buffers (the VAE decoder's: decoder and
+            ``post_quant_conv``).
+        weight_bytes: those at the dtype they run in.
+        dtype: the dtype it runs in (``fp32`` for a VAE with ``force_upcast`` in an SD or SDXL pipeline, ``bf16``
+            for T5 in an fp16 pipeline).
+        calls_per_request: forward passes a request makes (``steps`` for the denoiser).
         rows: batch rows of each call.
         flops_per_call: FLOPs of one call at ``rows``.
         activation_peak_bytes: activation peak of one call.
@@ -495,6 +646,9 @@ class NetworkCost:
         return self.flops_per_call * self.calls_per_request
 
 
+DENOISER_ROLES = ("unet", "transformer")
+
+
 @dataclass(frozen=True)
 class Measurement:
     """A model's networks counted for one workload; independent of the GPU."""
@@ -505,6 +659,11 @@ class Measurement:
 
     def network(self, role: str) -> NetworkCost:
         return next(network for network in self.networks if network.role == role)
+
+    @property
+    def denoiser(self) -> NetworkCost:
+        """The UNet or transformer: the network called at every step."""
+        return next(network for network in self.networks if network.role in DENOISER_ROLES)
 
     @property
     def weight_bytes(self) -> int:
@@ -521,8 +680,8 @@ class Measurement:
 
     @property
     def flops_per_step(self) -> int:
-        """One UNet call (both guidance rows of every image of the request)."""
-        return self.network("unet").flops_per_call
+        """One denoiser call (both guidance rows of every image of the request)."""
+        return self.denoiser.flops_per_call
 
     @property
     def flops_per_request(self) -> int:
@@ -533,46 +692,64 @@ class Measurement:
         return self.flops_per_request / self.workload.batch
 
 
-def _text_encoder_cost(
-    role: str, class_name: str, config: dict[str, Any], workload: Workload, dtype: torch.dtype, *, sdxl: bool
+# T5 v1.1 (the T5-XXL encoder of SD 3 and FLUX.1) never runs in fp16: it was trained in bf16, and its feed-forward
+# outputs grow past fp16's largest number (65504) and overflow to inf, which is why transformers keeps T5's `wo`
+# layers in fp32 when it loads the model in fp16. bf16 has fp32's range in fp16's two bytes: an fp16 pipeline's T5
+# runs in bf16 here.
+FP16_UNSAFE_TEXT_ENCODERS = {"T5EncoderModel": "bf16"}
+
+
+def _network_cost(
+    role: str, weights: Sequence[torch.Tensor], dtype: str, *, calls: int, rows: int, cost: CallCost
 ) -> NetworkCost:
-    encoder = build_text_encoder(class_name, config, dtype)
-    input_ids = torch.zeros(workload.rows, int(config.get("max_position_embeddings", 77)), dtype=torch.long)
-    input_ids = input_ids.to("meta")
-    cost = count_call(
-        encoder,
-        lambda: encoder(input_ids, output_hidden_states=sdxl),
-        inputs=[input_ids],
-        fused_attention=workload.fused_attention,
-    )
-    parameters = sum(p.numel() for p in encoder.parameters())
     return NetworkCost(
         role=role,
-        parameters=parameters,
-        weight_bytes=parameters * dtype.itemsize,
-        dtype=workload.dtype,
-        calls_per_request=1,
-        rows=workload.rows,
+        parameters=sum(t.numel() for t in weights),
+        weight_bytes=sum(t.numel() * t.element_size() for t in weights),
+        dtype=dtype,
+        calls_per_request=calls,
+        rows=rows,
         flops_per_call=cost.flops,
         activation_peak_bytes=cost.activation_peak_bytes,
     )
 
 
-def _unet_inputs(arch: Architecture, workload: Workload, dtype: torch.dtype) -> tuple[dict[str, Any], list]:
-    unet = arch.unet
+def _text_encoder_cost(arch: Architecture, encoder: TextEncoderSpec, workload: Workload) -> NetworkCost:
+    dtype_name = workload.dtype
+    if dtype_name == "fp16":
+        dtype_name = FP16_UNSAFE_TEXT_ENCODERS.get(encoder.class_name, dtype_name)
+    model = build_text_encoder(encoder.class_name, encoder.config, DTYPES[dtype_name])
+    input_ids = torch.zeros(workload.rows, encoder.tokens, dtype=torch.long, device="meta")
+    hidden_states = arch.penultimate_states and encoder.class_name != "T5EncoderModel"
+    cost = count_call(
+        model,
+        lambda: model(input_ids, output_hidden_states=hidden_states),
+        inputs=[input_ids],
+        fused_attention=workload.fused_attention,
+    )
+    return _network_cost(encoder.role, weight_tensors(model), dtype_name, calls=1, rows=workload.rows, cost=cost)
+
+
+_Inputs = tuple[dict[str, Any], list[torch.Tensor]]
+
+
+def _latent_shape(arch: Architecture, workload: Workload) -> tuple[int, int]:
     scale = arch.vae_scale_factor
+    return workload.height_px // scale, workload.width_px // scale
+
+
+def _unet_inputs(arch: Architecture, workload: Workload, dtype: torch.dtype) -> _Inputs:
+    unet = arch.denoiser
     rows = workload.rows
     meta = {"device": "meta", "dtype": dtype}
-    latent_shape = (workload.height_px // scale, workload.width_px // scale)
-    sample = torch.empty(rows, unet.get("in_channels", 4), *latent_shape, **meta)
-    text_tokens = int(arch.text_encoders[0][2].get("max_position_embeddings", 77))
-    text = torch.empty(rows, text_tokens, unet["cross_attention_dim"], **meta)
+    sample = torch.empty(rows, unet.get("in_channels", 4), *_latent_shape(arch, workload), **meta)
+    text = torch.empty(rows, arch.text_encoders[0].tokens, unet["cross_attention_dim"], **meta)
     timestep = torch.full((rows,), 999, dtype=torch.long, device="meta")
     kwargs: dict[str, Any] = {"sample": sample, "timestep": timestep, "encoder_hidden_states": text}
     inputs = [sample, text, timestep]
     embed_type = unet.get("addition_embed_type")
     if embed_type == "text_time":
-        pooled_config = arch.text_encoders[-1][2]  # SDXL's pooled text comes from its last (projecting) encoder
+        pooled_config = arch.text_encoders[-1].config  # SDXL's pooled text comes from its last (projecting) encoder
         pooled = int(pooled_config.get("projection_dim", pooled_config["hidden_size"]))
         time_ids = (int(unet["projection_class_embeddings_input_dim"]) - pooled) // int(unet["addition_time_embed_dim"])
         added = {"text_embeds": torch.empty(rows, pooled, **meta), "time_ids": torch.empty(rows, time_ids, **meta)}
@@ -583,107 +760,177 @@ def _unet_inputs(arch: Architecture, workload: Workload, dtype: torch.dtype) -> 
     return kwargs, inputs
 
 
-def _unet_cost(arch: Architecture, workload: Workload, dtype: torch.dtype) -> NetworkCost:
-    unet = build_unet(arch.unet, dtype)
-    kwargs, inputs = _unet_inputs(arch, workload, dtype)
-    cost = count_call(unet, lambda: unet(**kwargs), inputs=inputs, fused_attention=workload.fused_attention)
-    parameters = sum(p.numel() for p in unet.parameters())
-    return NetworkCost(
-        role="unet",
-        parameters=parameters,
-        weight_bytes=parameters * dtype.itemsize,
-        dtype=workload.dtype,
-        calls_per_request=workload.steps,
-        rows=workload.rows,
-        flops_per_call=cost.flops,
-        activation_peak_bytes=cost.activation_peak_bytes,
+def t5_encoder(arch: Architecture) -> TextEncoderSpec | None:
+    """The pipeline's T5 encoder, if it has one."""
+    return next((encoder for encoder in arch.text_encoders if encoder.class_name == "T5EncoderModel"), None)
+
+
+def _t5_tokens(arch: Architecture) -> int:
+    # Without T5 (text_encoder_3 None), StableDiffusion3Pipeline feeds zeros of the same length in its place.
+    return SD3_MAX_SEQUENCE_LENGTH if (t5 := t5_encoder(arch)) is None else t5.tokens
+
+
+def _sd3_inputs(arch: Architecture, workload: Workload, dtype: torch.dtype) -> _Inputs:
+    config = arch.denoiser
+    rows = workload.rows
+    meta = {"device": "meta", "dtype": dtype}
+    latent_shape = _latent_shape(arch, workload)
+    table = config.get("pos_embed_max_size")
+    patch = _sd3_patch(config)
+    if table is not None and max(latent_shape) > table * patch:
+        raise PlanError(
+            f"size: {workload.width_px}x{workload.height_px} exceeds the transformer's position table "
+            f"(pos_embed_max_size {table}): at most {table * patch * arch.vae_scale_factor} px a side"
+        )
+    # StableDiffusion3Pipeline joins the CLIPs' states (77 tokens) and T5's along the sequence.
+    tokens = arch.text_encoders[0].tokens + _t5_tokens(arch)
+    kwargs = {
+        "hidden_states": torch.empty(rows, config.get("in_channels", 16), *latent_shape, **meta),
+        "encoder_hidden_states": torch.empty(rows, tokens, config["joint_attention_dim"], **meta),
+        "pooled_projections": torch.empty(rows, config["pooled_projection_dim"], **meta),
+        "timestep": torch.empty(rows, **meta),
+    }
+    return kwargs, list(kwargs.values())
+
+
+def _flux_inputs(arch: Architecture, workload: Workload, dtype: torch.dtype) -> _Inputs:
+    config = arch.denoiser
+    rows = workload.rows
+    meta = {"device": "meta", "dtype": dtype}
+    height, width = (side // FLUX_LATENT_PACKING for side in _latent_shape(arch, workload))
+    image_tokens, text_tokens = height * width, _t5_tokens(arch)
+    axes = len(config.get("axes_dims_rope", (16, 56, 56)))
+    kwargs = {
+        "hidden_states": torch.empty(rows, image_tokens, config.get("in_channels", 64), **meta),
+        "encoder_hidden_states": torch.empty(rows, text_tokens, config.get("joint_attention_dim", 4096), **meta),
+        "pooled_projections": torch.empty(rows, config.get("pooled_projection_dim", 768), **meta),
+        "timestep": torch.empty(rows, **meta),
+        "img_ids": torch.empty(image_tokens, axes, **meta),
+        "txt_ids": torch.empty(text_tokens, axes, **meta),
+    }
+    if config.get("guidance_embeds"):
+        kwargs["guidance"] = torch.empty(rows, **meta)
+    return kwargs, list(kwargs.values())
+
+
+def _sd3_patch(config: dict[str, Any]) -> int:
+    return int(config.get("patch_size", 2))
+
+
+def _flux_patch(config: dict[str, Any]) -> int:
+    return FLUX_LATENT_PACKING * int(config.get("patch_size", 1))
+
+
+@dataclass(frozen=True)
+class DenoiserKind:
+    """How the planner calls one class of denoiser.
+
+    Attributes:
+        role: its folder in a diffusers pipeline (``unet``, ``transformer``).
+        inputs: its forward's keyword arguments on ``meta`` for a workload, and the tensors among them.
+        latent_patch: latents a side that make one token (1 for a UNet), from its config.
+    """
+
+    role: str
+    inputs: Callable[[Architecture, Workload, torch.dtype], _Inputs]
+    latent_patch: Callable[[dict[str, Any]], int]
+
+
+DENOISERS: dict[str, DenoiserKind] = {
+    "UNet2DConditionModel": DenoiserKind("unet", _unet_inputs, lambda config: 1),
+    "SD3Transformer2DModel": DenoiserKind("transformer", _sd3_inputs, _sd3_patch),
+    "FluxTransformer2DModel": DenoiserKind("transformer", _flux_inputs, _flux_patch),
+}
+
+
+def _denoiser_cost(arch: Architecture, workload: Workload, dtype: torch.dtype) -> NetworkCost:
+    kind = DENOISERS[arch.denoiser_class]
+    model = build_diffusers(arch.denoiser_class, arch.denoiser, dtype)
+    kwargs, inputs = kind.inputs(arch, workload, dtype)
+    cost = count_call(model, lambda: model(**kwargs), inputs=inputs, fused_attention=workload.fused_attention)
+    return _network_cost(
+        kind.role, weight_tensors(model), workload.dtype, calls=workload.steps, rows=workload.rows, cost=cost
     )
 
 
-def _vae_decoder_cost(arch: Architecture, workload: Workload, dtype: torch.dtype) -> NetworkCost:
-    # diffusers' SDXL pipelines decode in fp32 when the VAE config says force_upcast (SDXL's VAE overflows fp16).
-    dtype_name = "fp32" if arch.vae.get("force_upcast") else workload.dtype
+def _vae_decoder_cost(arch: Architecture, workload: Workload) -> NetworkCost:
+    # diffusers' SD and SDXL pipelines decode in fp32 when the VAE config says force_upcast (SDXL's VAE overflows
+    # fp16); StableDiffusion3Pipeline and FluxPipeline decode in the pipeline's dtype whatever the config says.
+    dtype_name = "fp32" if arch.upcasts_vae and arch.vae.get("force_upcast") else workload.dtype
     vae_dtype = DTYPES[dtype_name]
     vae = build_vae(arch.vae, vae_dtype)
-    scale = arch.vae_scale_factor
     latents = torch.empty(
         workload.batch,
         arch.vae.get("latent_channels", 4),
-        workload.height_px // scale,
-        workload.width_px // scale,
+        *_latent_shape(arch, workload),
         device="meta",
         dtype=vae_dtype,
     )
     cost = count_call(vae, lambda: vae.decode(latents), inputs=[latents], fused_attention=workload.fused_attention)
     # Serving holds the decoder alone (txt2img); the encoder is for img2img.
-    parameters = sum(p.numel() for part in (vae.decoder, vae.post_quant_conv) for p in part.parameters())
-    return NetworkCost(
-        role="vae_decoder",
-        parameters=parameters,
-        weight_bytes=parameters * vae_dtype.itemsize,
-        dtype=dtype_name,
-        calls_per_request=1,
-        rows=workload.batch,
-        flops_per_call=cost.flops,
-        activation_peak_bytes=cost.activation_peak_bytes,
-    )
+    weights = weight_tensors(vae, vae.decoder, vae.post_quant_conv)
+    return _network_cost("vae_decoder", weights, dtype_name, calls=1, rows=workload.batch, cost=cost)
 
 
 def measure(arch: Architecture, workload: Workload) -> Measurement:
     """Counts weights, FLOPs and activation peaks of every network of ``arch`` for ``workload``.
 
     Raises:
-        PlanError: a size that is not a multiple of the VAE's scale factor, an unknown dtype, or a component
-            the planner cannot build.
+        PlanError: a size that is not a multiple of :attr:`Architecture.pixel_multiple`, an unknown dtype, or a
+            component the planner cannot build.
     """
-    scale = arch.vae_scale_factor
+    multiple = arch.pixel_multiple
+    why = "the VAE's scale factor" + ("" if multiple == arch.vae_scale_factor else " x the latent patch of a token")
     for name, value in (("width", workload.width_px), ("height", workload.height_px)):
-        if value <= 0 or value % scale:
-            raise PlanError(f"{name}: {value} must be a positive multiple of {scale} (the VAE's scale factor)")
+        if value <= 0 or value % multiple:
+            raise PlanError(f"{name}: {value} must be a positive multiple of {multiple} ({why})")
     for name, value in (("steps", workload.steps), ("batch", workload.batch)):
         if value < 1:
             raise PlanError(f"{name}: {value} must be at least 1")
     if workload.dtype not in DTYPES:
         raise PlanError(f"dtype: {workload.dtype!r} must be one of {', '.join(DTYPES)}")
-    dtype = DTYPES[workload.dtype]
-    networks = [
-        _text_encoder_cost(role, class_name, config, workload, dtype, sdxl=arch.sdxl)
-        for role, class_name, config in arch.text_encoders
-    ]
-    networks.append(_unet_cost(arch, workload, dtype))
-    networks.append(_vae_decoder_cost(arch, workload, dtype))
+    networks = [_text_encoder_cost(arch, encoder, workload) for encoder in arch.text_encoders]
+    networks.append(_denoiser_cost(arch, workload, DTYPES[workload.dtype]))
+    networks.append(_vae_decoder_cost(arch, workload))
     return Measurement(model=arch.name, workload=workload, networks=tuple(networks))
 
 
-@functools.lru_cache(maxsize=8)
 def measure_model(
     model: str,
     *,
     width_px: int | None = None,
     height_px: int | None = None,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     batch: int = 1,
-    guidance: bool = True,
-    dtype: str = "fp16",
+    guidance: bool | None = None,
+    dtype: str | None = None,
     fused_attention: bool = True,
 ) -> Measurement:
-    """:func:`measure` for a model by name or folder, at its native size unless given (cached).
+    """:func:`measure` for a model by name or folder, at its native size and defaults unless given (cached).
 
     Args:
-        model: ``sd15``, ``sdxl`` or a diffusers pipeline folder.
-        width_px / height_px: default: the UNet's ``sample_size`` times the VAE's scale factor.
+        model: a name of :data:`ARCHITECTURES` or a diffusers pipeline folder.
+        width_px / height_px: default: the denoiser's ``sample_size`` (FLUX: its pipeline's) times the VAE's
+            scale factor.
+        steps / guidance / dtype: default: the pipeline's (:class:`Architecture`).
     """
     arch = architecture(model)
     workload = Workload(
         width_px=width_px or arch.native_size_px,
         height_px=height_px or arch.native_size_px,
-        steps=steps,
+        steps=arch.steps if steps is None else steps,
         batch=batch,
-        guidance=guidance,
-        dtype=dtype,
+        guidance=arch.guidance if guidance is None else guidance,
+        dtype=dtype or arch.dtype,
         fused_attention=fused_attention,
     )
-    return measure(arch, workload)
+    return _measure_cached(str(model), workload)
+
+
+@functools.lru_cache(maxsize=16)
+def _measure_cached(model: str, workload: Workload) -> Measurement:
+    # By the resolved workload: a default given and a default left out are one entry.
+    return measure(architecture(model), workload)
 
 
 # --- Published figures ---------------------------------------------------------------------------------------
@@ -836,7 +1083,7 @@ def render_measurement(measurement: Measurement) -> list[str]:
     """The GPU-independent lines of a plan."""
     networks = measurement.networks
     peak = measurement.peak_network
-    unet = measurement.network("unet")
+    denoiser = measurement.denoiser
     per_network = ", ".join(
         f"{n.role} {n.parameters / 1e6:.1f} M {n.dtype} {n.weight_bytes / GIB:.2f}" for n in networks
     )
@@ -846,7 +1093,7 @@ def render_measurement(measurement: Measurement) -> list[str]:
         describe_workload(measurement),
         f"  weights      {_gib(measurement.weight_bytes)}  ({per_network})",
         f"  activations  {_gib(measurement.activation_peak_bytes)} peak, in the {peak.role}  ({activations})",
-        f"  FLOPs        {_tflop(measurement.flops_per_step)} a step (UNet at batch {unet.rows}), "
+        f"  FLOPs        {_tflop(measurement.flops_per_step)} a step ({denoiser.role} at batch {denoiser.rows}), "
         f"{_tflop(measurement.flops_per_image)} an image  (a request: {flops})",
     ]
 
@@ -874,8 +1121,11 @@ def render_plan(report: PlanReport) -> str:
     ]
     if report.published is not None:
         lines.append(f"  published    {report.published.describe(steps)}")
-    if report.measurement.workload.dtype != "fp16":
+    dtype = report.measurement.workload.dtype
+    if dtype == "fp32":
         lines.append("  note         the floor uses the fp16 tensor peak; fp32 (TF32 or CUDA cores) runs slower")
+    elif dtype == "bf16" and not gpu.bf16:
+        lines.append(f"  note         the {gpu.name} has no bf16 tensor cores: bf16 runs far below the floor")
     return "\n".join(lines) + "\n"
 
 
@@ -931,6 +1181,9 @@ def render_table(
 # --- docs/gpu_sizing.md --------------------------------------------------------------------------------------
 
 DOCS_WORKLOADS: tuple[tuple[str, int], ...] = (("sd15", 512), ("sdxl", 1024))
+# The diffusion transformers, each at its native size and its pipeline's defaults, and at every precision below.
+DOCS_TRANSFORMERS = ("sd35-medium", "sd35-large", "flux-dev", "flux-schnell")
+DOCS_PRECISIONS = ("bf16", "fp32")
 # The seed document's GPU table (seed-stable-diffusion-deployment.md, "Quick Reference"), quoted as it stands.
 SEED_TABLE = """\
 ```
@@ -996,8 +1249,38 @@ def _utilisation_lines(measurements: Sequence[Measurement]) -> list[str]:
     return lines
 
 
+def _sd3_position_table(model: str) -> int:
+    """Values of an SD 3 transformer's position table (``pos_embed_max_size`` squared x its width)."""
+    config = architecture(model).denoiser
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    return config["pos_embed_max_size"] ** 2 * width
+
+
+def _weights_by_precision_lines() -> list[str]:
+    """Weights and fit of each diffusion transformer at each of :data:`DOCS_PRECISIONS`, on every GPU."""
+    lines = [
+        "| model | precision | transformer GiB | T5-XXL GiB | CLIP + VAE GiB | needs GiB | "
+        + " | ".join(gpu.name for gpu in GPUS)
+        + " |",
+        "| --- | --- | ---: | ---: | ---: | ---: |" + " --- |" * len(GPUS),
+    ]
+    for model in DOCS_TRANSFORMERS:
+        for precision in DOCS_PRECISIONS:
+            measurement = measure_model(model, dtype=precision)
+            transformer = measurement.denoiser.weight_bytes
+            t5 = measurement.network(t5_encoder(architecture(model)).role).weight_bytes
+            reports = [plan(measurement, gpu) for gpu in GPUS]
+            lines.append(
+                f"| {model} | {precision} | {transformer / GIB:.2f} | {t5 / GIB:.2f} | "
+                f"{(measurement.weight_bytes - transformer - t5) / GIB:.2f} | {reports[0].total_bytes / GIB:.2f} | "
+                + " | ".join("yes" if report.fits else "NO" for report in reports)
+                + " |"
+            )
+    return lines
+
+
 def sizing_markdown() -> str:
-    """``docs/gpu_sizing.md``: the planner's table for SD 1.5 and SDXL on every GPU, beside the seed's.
+    """``docs/gpu_sizing.md``: the planner's tables for SD 1.5, SDXL, SD 3.5 and FLUX.1 on every GPU, beside the seed's.
 
     The prose quotes the planner's numbers as they come out; its comparisons were written against them, so a
     change of the counts that flips one (a test regenerates the file) calls for a read of the prose too.
@@ -1009,6 +1292,15 @@ def sizing_markdown() -> str:
     sd15_vae, sdxl_vae = sd15.network("vae_decoder"), sdxl.network("vae_decoder")
     sd15_unet, sdxl_unet = sd15.network("unet"), sdxl.network("unet")
     t4 = plan(sdxl, gpu_spec("T4"))
+    medium, large, dev, schnell = (measure_model(model) for model in DOCS_TRANSFORMERS)
+    t5 = medium.network(t5_encoder(architecture(medium.model)).role)
+    medium_total, large_total, dev_total = (plan(m, GPUS[0]).total_bytes for m in (medium, large, dev))
+    dev_fp32 = measure_model(dev.model, dtype="fp32")
+    large_fp32 = measure_model(large.model, dtype="fp32")
+    fits = {
+        m.model + ("-fp32" if m.workload.dtype == "fp32" else ""): [gpu.name for gpu in GPUS if plan(m, gpu).fits]
+        for m in (medium, large, dev, dev_fp32, large_fp32)
+    }
     utilisations = [
         utilisation(figure, next(m for m in measurements if m.model == figure.model)) for figure in PUBLISHED_FIGURES
     ]
@@ -1018,10 +1310,11 @@ def sizing_markdown() -> str:
         "<!-- Generated by `sdtriton plan --markdown > docs/gpu_sizing.md`; tests/unit/test_plan.py checks that it "
         "is current. Do not edit by hand. -->",
         "",
-        "What one GPU needs to serve SD 1.5 and SDXL, counted by `sdtriton plan` (`sdtriton/plan.py`) from the "
-        "models' own configs. No weight is loaded: each network is built on PyTorch's `meta` device and run once "
-        "at the request's shapes, with `torch.utils.flop_counter` counting FLOPs (matrix products, convolutions, "
-        "attention) and a dispatch mode tracking the bytes of live tensors (the activation peak). Attention is "
+        "What one GPU needs to serve SD 1.5, SDXL, SD 3.5 and FLUX.1, counted by `sdtriton plan` "
+        "(`sdtriton/plan.py`) from the models' own configs. No weight is loaded: each network is built on "
+        "PyTorch's `meta` device and run once at the request's shapes, with `torch.utils.flop_counter` counting "
+        "FLOPs (matrix products, convolutions, attention) and a dispatch mode tracking the bytes of live tensors "
+        "(the activation peak). Attention is "
         "counted as the fused kernel GPUs run, which holds no attention matrix.",
         "",
         "* **Memory needed** = all weights resident + the largest activation peak of any one network (they run "
@@ -1033,16 +1326,44 @@ def sizing_markdown() -> str:
         "reach (last table).",
         "* **Published** = a published end-to-end latency for the same model, GPU and settings, where one exists "
         "(the T4's is 50 steps of denoising alone).",
-        f"* Every request: one image, classifier-free guidance (UNet and text encoders at batch 2), "
+        f"* SD 1.5 and SDXL: one image a request, classifier-free guidance (UNet and text encoders at batch 2), "
         f"{sd15.workload.steps} steps (diffusers' default, and the setting of the published runs), fp16. SDXL's VAE "
         "decodes in fp32, as diffusers does when the VAE config says `force_upcast`.",
+        f"* SD 3.5 and FLUX.1: one image at {medium.workload.width_px}x{medium.workload.height_px} (4096 image "
+        "tokens: 128x128 latents in 2x2 patches), each pipeline's defaults, in bf16 (the model cards' dtype). "
+        f"SD 3.5: guidance (2 rows), {medium.workload.steps} steps, text of 77 CLIP + "
+        f"{t5_encoder(architecture(medium.model)).tokens} T5 tokens. FLUX.1 dev is guidance-distilled (its "
+        f"guidance scale is an input of the transformer: one row), {dev.workload.steps} steps, "
+        f"{t5_encoder(architecture(dev.model)).tokens} T5 tokens; schnell takes no guidance, "
+        f"{schnell.workload.steps} steps, {t5_encoder(architecture(schnell.model)).tokens} T5 tokens. Their "
+        "pipelines decode in the pipeline's dtype whatever the VAE config says.",
+        "* T5-XXL never runs in fp16: T5 v1.1 was trained in bf16 and its feed-forward outputs overflow fp16's "
+        "largest number (65504) to inf (which is why transformers keeps its `wo` layers in fp32 when it loads T5 "
+        "in fp16). bf16 has fp32's range in the same two bytes: `--dtype fp16` runs T5 in bf16.",
         "",
-        "Run `sdtriton plan --model sd15|sdxl|FOLDER --gpu NAME|all` for other sizes, steps, batches or GPUs.",
+        "Run `sdtriton plan --model sd15|sdxl|sd35-medium|sd35-large|flux-dev|flux-schnell|FOLDER --gpu NAME|all` "
+        "for other sizes, steps, batches, precisions or GPUs.",
         "",
         "## The planner's table",
         "",
         *_model_section(sd15),
         *_model_section(sdxl),
+        "## Diffusion transformers: SD 3.5 and FLUX.1",
+        "",
+        "Built from the published configs (`sdtriton/sd3.py`, `sdtriton/flux_published.py`) on `meta` with "
+        "diffusers' `SD3Transformer2DModel` and `FluxTransformer2DModel` and transformers' `T5EncoderModel`. "
+        "Parameters are what the checkpoints hold: SD 3.5's position table is a buffer of the transformer "
+        f"({_sd3_position_table(medium.model) / 1e6:.0f} M values in Medium, "
+        f"{_sd3_position_table(large.model) / 1e6:.0f} M in Large).",
+        "",
+        *(line for m in (medium, large, dev, schnell) for line in _model_section(m)),
+        "### Weights and fit by precision",
+        "",
+        "Every network at the precision named (bf16 is fp16's size), each model at its defaults as above; "
+        '"needs" adds the activation peak and the overhead.',
+        "",
+        *_weights_by_precision_lines(),
+        "",
         "## The seed document's table",
         "",
         "The seed document (`seed-stable-diffusion-deployment.md`, the document sdtriton grew from), Quick "
@@ -1080,8 +1401,32 @@ def sizing_markdown() -> str:
         "launch gaps between small kernels at batch 1 (what `torch.compile`, CUDA graphs and TensorRT win back) "
         "and clocks below boost (the T4 is held to 70 W). SD 1.5 at batch 1 wastes more of a big GPU than SDXL "
         "does: its kernels are smaller.",
+        f"* **SD 3 (the seed's 12 GB and A100 40GB).** The seed's SD 3.0 is SD 3 Medium (2 B); SD 3.5 Medium's "
+        f"transformer is {medium.denoiser.parameters / 1e9:.2f} B. It needs {_gib(medium_total)}, and the largest "
+        f"part is not the transformer ({_gib(medium.denoiser.weight_bytes)}) but T5-XXL's "
+        f"{t5.parameters / 1e9:.2f} B parameters ({_gib(t5.weight_bytes)} in bf16, {_gib(2 * t5.weight_bytes)} in "
+        f"fp32). Without T5 (`text_encoder_3=None`, which diffusers allows at some cost to prompt following) it needs "
+        f"{_gib(medium_total - t5.weight_bytes)}: the seed's 12 GB lies between the two. With T5 it fits "
+        f"{', '.join(fits[medium.model])}. SD 3.5 Large needs {_gib(large_total)}, more than any 24 GB card; it fits "
+        f"{', '.join(fits[large.model])}, the seed's 40 GB A100 the smallest of them. In fp32 it needs "
+        f"{_gib(plan(large_fp32, GPUS[0]).total_bytes)} and fits only {', '.join(fits[large_fp32.model + '-fp32'])}.",
+        f"* **FLUX.1 needs {_gib(dev_total)}.** Its {dev.denoiser.parameters / 1e9:.1f} B-parameter transformer alone "
+        f"is {_gib(dev.denoiser.weight_bytes)} in bf16, so no 24 GB card holds it even with T5 elsewhere (quantised "
+        f"transformers or offloading do, which this planner does not size). It fits {', '.join(fits[dev.model])}; "
+        f"in fp32 ({_gib(plan(dev_fp32, GPUS[0]).total_bytes)}) only {', '.join(fits[dev.model + '-fp32'])}. "
+        f"schnell holds the same weights, less the guidance embedder; an image costs "
+        f"{dev.flops_per_image / schnell.flops_per_image:.1f}x less ({schnell.workload.steps} steps, half the "
+        "text).",
+        f"* **Transformer speed.** A step of SD 3.5 Large is {_tflop(large.flops_per_step)} for its two guidance rows "
+        f"({large.flops_per_step / sdxl.flops_per_step:.1f}x SDXL's), FLUX.1 dev's {_tflop(dev.flops_per_step)} for "
+        f"its one row: a FLUX row costs {2 * dev.flops_per_step / large.flops_per_step:.1f}x an SD 3.5 Large row, "
+        "and guidance distillation is what keeps a FLUX image from costing twice that. The expected range comes "
+        "from published UNet runs; the transformers' large matrix products likely run nearer its fast end, but "
+        "no published diffusers latency for them is among the sources here.",
         "* **Not counted**: the VAE encoder (img2img), a safety checker, a refiner, LoRA weights, TensorRT "
-        "engines' own workspaces, and more than one instance of a model per GPU (each holds its own weights).",
+        "engines' own workspaces, and more than one instance of a model per GPU (each holds its own weights); "
+        "for the transformers, T5 offloaded or freed after encoding, quantised (fp8, NF4) weights, and SD 3.5's "
+        "skip-layer guidance (a third row on some steps).",
         "",
         "## What the published runs reach",
         "",
@@ -1099,7 +1444,9 @@ def sizing_markdown() -> str:
         "the benchmark tables of https://huggingface.co/docs/diffusers/optimization/torch2.0 (T4, batch 1, torch "
         "2.0 without compile).",
         "* Architectures: the `config.json` files of runwayml/stable-diffusion-v1-5 and "
-        "stabilityai/stable-diffusion-xl-base-1.0, written out in `sdtriton/plan.py`.",
+        "stabilityai/stable-diffusion-xl-base-1.0, written out in `sdtriton/sd15.py` and `sdtriton/plan.py`; of "
+        "stabilityai/stable-diffusion-3.5-medium and -large (`sdtriton/sd3.py`) and black-forest-labs/FLUX.1-dev "
+        "and -schnell (`sdtriton/flux_published.py`).",
         "",
     ]
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """``sdtriton plan``: FLOPs against a hand count, activation memory against a real CPU run, weights against the
-published parameter counts, the CLI, and docs/gpu_sizing.md against its generator."""
+published parameter counts, the diffusion transformers (SD 3.5, FLUX.1, T5-XXL), the CLI, and docs/gpu_sizing.md
+against its generator."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -232,7 +234,7 @@ def test_plan_on_a_t4_says_whether_it_fits_and_prints_the_floor(capsys: pytest.C
 
 def test_plan_rejects_an_unknown_gpu(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--model", "sd15", "--gpu", "V100"]) == 2
-    assert "T4, L4, A10G, L40S, A100, H100, H200" in capsys.readouterr().err
+    assert "T4, L4, A10G, A100-40GB, L40S, A100, H100, H200" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
@@ -254,7 +256,105 @@ def test_plan_reads_a_pipeline_folder(family: str, tmp_path: Path, capsys: pytes
     assert measurement.network("unet").parameters == sum(p.numel() for p in unet.parameters())
 
 
-# --- 5. The committed sizing document --------------------------------------------------------------------------
+# --- 5. The diffusion transformers: SD 3.5, FLUX.1 and T5-XXL ------------------------------------------------------
+def flux_step_flops_by_hand(*, image_tokens: int, text_tokens: int) -> int:
+    """One FLUX.1 dev step, one row: linear layers and the two attention products, as for SD 1.5 above."""
+    width = 24 * 128  # heads x head size
+    tokens = image_tokens + text_tokens
+
+    def dense(f_in: int, f_out: int, rows: int) -> int:
+        return 2 * f_in * f_out * rows
+
+    # A block's per-token layers: q, k, v and out (4 width^2), the MLP (width -> 4 width -> width: 8 width^2); the
+    # 19 double-stream blocks have a set for each stream, the 38 single-stream blocks one (qkv + MLP in, 5w -> w).
+    per_token = 19 * (dense(width, 12 * width, image_tokens) + dense(width, 12 * width, text_tokens))
+    per_token += 38 * dense(width, 12 * width, tokens)
+    attention = 57 * 2 * (2 * tokens * tokens * width)
+    # Once a row: the adaLN modulations (6 width a stream of a double block, 3 width a single block, 2 at the end)
+    # and the timestep, guidance and pooled-text embedders; once a token: the input and output projections.
+    per_row = 19 * 2 * dense(width, 6 * width, 1) + 38 * dense(width, 3 * width, 1) + dense(width, 2 * width, 1)
+    per_row += 2 * (dense(256, width, 1) + dense(width, width, 1)) + dense(768, width, 1) + dense(width, width, 1)
+    projections = dense(64, width, image_tokens) + dense(4096, width, text_tokens) + dense(width, 64, image_tokens)
+    return per_token + attention + per_row + projections
+
+
+def test_flux_step_flops_match_the_hand_count() -> None:
+    dev = planning.measure_model("flux-dev")
+    # 1024x1024: 128x128 latents packed 2x2 = 4096 image tokens; FluxPipeline's 512 T5 tokens.
+    assert (dev.workload.width_px, dev.network("text_encoder_2").rows) == (1024, 1)  # guidance-distilled: one row
+    assert dev.flops_per_step == pytest.approx(flux_step_flops_by_hand(image_tokens=4096, text_tokens=512), rel=1e-3)
+    assert dev.flops_per_image == pytest.approx(28 * dev.flops_per_step, rel=0.01)
+
+
+def test_transformer_parameter_counts_match_the_published_ones() -> None:
+    """Stability's model cards: 8.1 B (Large), 2.5 B (Medium); FLUX.1's 12 B (11.9 B); T5-XXL's encoder 4.76 B."""
+    large, medium = planning.measure_model("sd35-large"), planning.measure_model("sd35-medium")
+    dev, schnell = planning.measure_model("flux-dev"), planning.measure_model("flux-schnell")
+    assert large.denoiser.parameters == pytest.approx(8.1e9, rel=0.02)
+    assert medium.denoiser.parameters == pytest.approx(2.5e9, rel=0.02)  # 9% of it the position table
+    assert dev.denoiser.parameters == pytest.approx(11.9e9, rel=0.02)
+    assert 0 < dev.denoiser.parameters - schnell.denoiser.parameters < 0.01 * dev.denoiser.parameters  # guidance in
+    for t5 in (large.network("text_encoder_3"), dev.network("text_encoder_2")):
+        assert t5.parameters == pytest.approx(4.76e9, rel=0.02)
+    # The transformer rows: SD 3.5 guides with two rows, FLUX.1 dev embeds its guidance in one.
+    assert (large.denoiser.rows, dev.denoiser.rows) == (2, 1)
+    assert large.flops_per_step > 4 * planning.measure_model("sdxl").flops_per_step
+
+
+def test_t5_never_runs_in_fp16() -> None:
+    fp16 = planning.measure_model("sd35-medium", dtype="fp16")
+    t5 = fp16.network("text_encoder_3")
+    assert (t5.dtype, t5.weight_bytes) == ("bf16", 2 * t5.parameters)
+    assert fp16.denoiser.dtype == "fp16"
+    fp32 = planning.measure_model("sd35-medium", dtype="fp32").network("text_encoder_3")
+    assert (fp32.dtype, fp32.weight_bytes) == ("fp32", 4 * t5.parameters)
+
+
+def test_a_precision_that_does_not_fit_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--model", "flux-dev", "--gpu", "A100-40GB"]) == 0
+    assert "on A100-40GB: fits" in capsys.readouterr().out  # bf16, the model's own
+    assert main(["plan", "--model", "flux-dev", "--gpu", "A100-40GB", "--dtype", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "on A100-40GB: does NOT fit" in out and "short" in out
+    assert main(["plan", "--model", "sd35-large", "--gpu", "L4"]) == 0
+    assert "on L4: does NOT fit" in capsys.readouterr().out  # T5-XXL and an 8 B transformer in 24 GB
+
+
+def test_plan_help_lists_the_transformers(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    assert "sd35-medium,sd35-large,flux-dev,flux-schnell" in "".join(capsys.readouterr().out.split())  # argparse wraps
+
+
+def test_pipeline_defaults_are_diffusers_own() -> None:
+    """The steps and T5 lengths written as data are what StableDiffusion3Pipeline and FluxPipeline default to."""
+    sd3 = planning._call_defaults("StableDiffusion3Pipeline")
+    flux = planning._call_defaults("FluxPipeline")
+    assert (planning.SD3_DEFAULT_STEPS, planning.SD3_MAX_SEQUENCE_LENGTH) == (
+        sd3["num_inference_steps"],
+        sd3["max_sequence_length"],
+    )
+    dev = planning.architecture("flux-dev")
+    assert (dev.steps, dev.text_encoders[-1].tokens) == (flux["num_inference_steps"], flux["max_sequence_length"])
+
+
+def test_plan_reads_an_sd3_folder_and_counts_its_checkpoint(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from sdtriton.tiny import make_tiny
+
+    folder = make_tiny(tmp_path / "sd35", family="sd35")
+    measurement = planning.measure_model(str(folder), steps=2)
+    roles = [network.role for network in measurement.networks]
+    assert roles == ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder"]
+    assert measurement.workload.dtype == "bf16" and measurement.denoiser.rows == 2
+    (weights,) = (folder / "transformer").glob("*.safetensors")
+    with safe_open(str(weights), "pt") as checkpoint:
+        held = sum(math.prod(checkpoint.get_slice(name).get_shape()) for name in checkpoint.keys())
+    assert measurement.denoiser.parameters == held  # the position table (a buffer) included
+
+
+# --- 6. The committed sizing document --------------------------------------------------------------------------
 def test_gpu_sizing_doc_is_current() -> None:
     committed = (REPO_ROOT / "docs" / "gpu_sizing.md").read_text()
     assert committed == planning.sizing_markdown(), "regenerate: sdtriton plan --markdown > docs/gpu_sizing.md"
