@@ -2,17 +2,22 @@
 checks each.
 
 ``torch.onnx.export(dynamo=False)`` with the dynamic axes of :mod:`sdtriton.components` exports diffusers'
-modules unpatched (measured: the dynamo exporter needs ``Upsample2D`` patched for a dynamic batch). Every
-file is run once with ONNX Runtime on a batch of two and compared with torch before it is kept.
+modules unpatched (measured: the dynamo exporter needs ``Upsample2D`` patched for a dynamic batch), with one
+exception: FLUX's attention splits heads with ``Tensor.unflatten``, whose output sizes the TorchScript tracer records
+as constants, baking the traced sequence length into the rotary embedding's reshape (measured: ONNX Runtime then
+fails at any other length). While FLUX's transformer is traced, ``unflatten`` is the same ``reshape`` it stands for
+(:func:`_traceable_unflatten`); the dynamo exporter needs no patch there but took 15-20 s against 0.6 s on the tiny
+model. Every file is run once with ONNX Runtime on a batch of two and compared with torch before it is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +196,25 @@ class _FluxTransformerVelocity(torch.nn.Module):
         )[0]
 
 
+def _unflatten_as_reshape(self: torch.Tensor, dim: int, sizes: tuple[int, ...]) -> torch.Tensor:
+    dim = dim % self.dim()
+    return self.reshape(*self.shape[:dim], *sizes, *self.shape[dim + 1 :])
+
+
+@contextlib.contextmanager
+def _traceable_unflatten(module: torch.nn.Module) -> Iterator[None]:
+    """For FLUX's transformer only: ``Tensor.unflatten`` as the ``reshape`` it is, whose sizes the tracer follows."""
+    if not isinstance(module, _FluxTransformerVelocity):
+        yield
+        return
+    original = torch.Tensor.unflatten
+    torch.Tensor.unflatten = _unflatten_as_reshape
+    try:
+        yield
+    finally:
+        torch.Tensor.unflatten = original
+
+
 class _VaeDecode(torch.nn.Module):
     def __init__(self, vae: torch.nn.Module) -> None:
         super().__init__()
@@ -266,17 +290,18 @@ def _export_module(
                 category=torch.jit.TracerWarning,
                 module=_HARMLESS_TRACER_MODULES,
             )
-            torch.onnx.export(
-                module,
-                torch_inputs,
-                str(scratch_path),
-                input_names=spec.input_names,
-                output_names=spec.output_names,
-                dynamic_axes=dynamic_axes,
-                opset_version=ONNX_OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+            with _traceable_unflatten(module):
+                torch.onnx.export(
+                    module,
+                    torch_inputs,
+                    str(scratch_path),
+                    input_names=spec.input_names,
+                    output_names=spec.output_names,
+                    dynamic_axes=dynamic_axes,
+                    opset_version=ONNX_OPSET,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
             expected = module(*torch_inputs)
         _save_whole(scratch_path, output_path)
     expected = expected if isinstance(expected, tuple) else (expected,)
