@@ -25,6 +25,7 @@ from sdtriton.components import (
     ONNX_FILE_NAME,
     TENSORRT_PLAN_FILE_NAME,
     ComponentSpec,
+    component_table,
     components_of,
 )
 from sdtriton.interface import PublicTensor
@@ -227,7 +228,7 @@ def render_component_config(
     # context, kernels and TensorRT engines are made), so the first request is as fast as the next.
     _add_warmup(config, spec, pipeline_config)
     # The family says which spec of this name the model serves (an SDXL text_encoder is not SD's).
-    config.parameters[COMPONENT_FAMILY_PARAMETER].string_value = pipeline_config.family
+    config.parameters[COMPONENT_FAMILY_PARAMETER].string_value = component_table(pipeline_config)
     return config
 
 

@@ -1,17 +1,23 @@
-"""Exports the text encoders, UNet (SD 3: transformer) and VAE decoder of a diffusers pipeline to ONNX, and checks each.
+"""Exports the text encoders, UNet (SD 3, FLUX: transformer) and VAE decoder of a diffusers pipeline to ONNX, and
+checks each.
 
 ``torch.onnx.export(dynamo=False)`` with the dynamic axes of :mod:`sdtriton.components` exports diffusers'
-modules unpatched (measured: the dynamo exporter needs ``Upsample2D`` patched for a dynamic batch). Every
-file is run once with ONNX Runtime on a batch of two and compared with torch before it is kept.
+modules unpatched (measured: the dynamo exporter needs ``Upsample2D`` patched for a dynamic batch), with one
+exception: FLUX's attention splits heads with ``Tensor.unflatten``, whose output sizes the TorchScript tracer records
+as constants, baking the traced sequence length into the rotary embedding's reshape (measured: ONNX Runtime then
+fails at any other length). While FLUX's transformer is traced, ``unflatten`` is the same ``reshape`` it stands for
+(:func:`_traceable_unflatten`); the dynamo exporter needs no patch there but took 15-20 s against 0.6 s on the tiny
+model. Every file is run once with ONNX Runtime on a batch of two and compared with torch before it is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +26,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from diffusers import DiffusionPipeline
+from torch.onnx import symbolic_helper
 
 from sdtriton.components import (
     T5_MODEL_NAME,
@@ -45,6 +52,24 @@ DEFAULT_CHECK_ATOL = 1e-3
 # bake a dynamic size into the graph, so those, and tracer warnings from any other module (ours too), still show.
 _HARMLESS_TRACER_MESSAGE = "Converting a tensor to a Python boolean"
 _HARMLESS_TRACER_MODULES = r"(diffusers|transformers)\."
+
+
+def _rms_norm_symbolic(g, x, normalized_shape, weight, eps):
+    """``aten::rms_norm`` (``torch.nn.RMSNorm``: FLUX's q/k norm) in opset-17 operators, which have no RMSNorm (it came
+    in opset 23): x / sqrt(mean(x^2 over the normalized axes) + eps) x weight, as torch computes it."""
+    axes = list(range(-len(symbolic_helper._get_const(normalized_shape, "is", "normalized_shape")), 0))
+    if symbolic_helper._is_none(eps):
+        eps_value = torch.finfo(torch.float32).eps  # torch's default for a float32 input
+    else:
+        eps_value = symbolic_helper._get_const(eps, "f", "eps")
+    square = g.op("Mul", x, x)
+    variance = g.op("ReduceMean", square, axes_i=axes, keepdims_i=1)
+    denominator = g.op("Sqrt", g.op("Add", variance, g.op("Constant", value_t=torch.tensor(eps_value))))
+    normed = g.op("Div", x, denominator)
+    return normed if symbolic_helper._is_none(weight) else g.op("Mul", normed, weight)
+
+
+torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm_symbolic, ONNX_OPSET)
 
 
 class _TextEncoderLastHiddenState(torch.nn.Module):
@@ -126,6 +151,70 @@ class _Sd3TransformerVelocity(torch.nn.Module):
         )[0]
 
 
+class _TextEncoderPooled(torch.nn.Module):
+    """FLUX's CLIP as ``FluxPipeline._get_clip_prompt_embeds`` reads it: ``CLIPTextModel``'s pooled output."""
+
+    def __init__(self, text_encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids, output_hidden_states=False).pooler_output
+
+
+class _FluxTransformerVelocity(torch.nn.Module):
+    """A ``FluxTransformer2DModel`` called as ``FluxPipeline`` calls it (no LoRA scale, no IP adapter, no ControlNet).
+
+    The ids arrive with the batch axis of every spec tensor; the transformer takes one [seq, 3] table for the whole
+    batch (diffusers' own 3-D path, deprecated, takes row 0 the same way), so every row of a call must share the
+    image size: the engine calls the transformer per latent size.
+    """
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        timestep: torch.Tensor,
+        img_ids: torch.Tensor,
+        txt_ids: torch.Tensor,
+        guidance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.transformer(
+            hidden_states=hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled_projections,
+            timestep=timestep,
+            img_ids=img_ids[0],
+            txt_ids=txt_ids[0],
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+
+
+def _unflatten_as_reshape(self: torch.Tensor, dim: int, sizes: tuple[int, ...]) -> torch.Tensor:
+    dim = dim % self.dim()
+    return self.reshape(*self.shape[:dim], *sizes, *self.shape[dim + 1 :])
+
+
+@contextlib.contextmanager
+def _traceable_unflatten(module: torch.nn.Module) -> Iterator[None]:
+    """For FLUX's transformer only: ``Tensor.unflatten`` as the ``reshape`` it is, whose sizes the tracer follows."""
+    if not isinstance(module, _FluxTransformerVelocity):
+        yield
+        return
+    original = torch.Tensor.unflatten
+    torch.Tensor.unflatten = _unflatten_as_reshape
+    try:
+        yield
+    finally:
+        torch.Tensor.unflatten = original
+
+
 class _VaeDecode(torch.nn.Module):
     def __init__(self, vae: torch.nn.Module) -> None:
         super().__init__()
@@ -163,11 +252,19 @@ def example_inputs(
             if vocab_size is None:
                 raise ValueError(f"{spec.model_name}: example token ids need the text encoder's vocab_size")
             inputs[tensor.name] = rng.integers(0, vocab_size, size=shape, dtype=np.int64)
-        elif tensor.name == "timestep":
-            inputs[tensor.name] = np.full(shape, 500.0, dtype=np.float32)
+        elif tensor.name in ("timestep", "guidance"):
+            inputs[tensor.name] = np.full(shape, _example_scalar(tensor.name, config), dtype=np.float32)
         else:
             inputs[tensor.name] = rng.standard_normal(shape).astype(np.float32)
     return inputs
+
+
+def _example_scalar(name: str, config: PipelineConfig) -> float:
+    """A mid-range value of a per-item scalar: the timestep as the family's pipeline passes it (FLUX: t / 1000,
+    which the transformer scales by 1000 itself), FLUX.1-dev's default guidance."""
+    if name == "guidance":
+        return 3.5
+    return 0.5 if config.flux is not None else 500.0
 
 
 def _export_module(
@@ -193,17 +290,18 @@ def _export_module(
                 category=torch.jit.TracerWarning,
                 module=_HARMLESS_TRACER_MODULES,
             )
-            torch.onnx.export(
-                module,
-                torch_inputs,
-                str(scratch_path),
-                input_names=spec.input_names,
-                output_names=spec.output_names,
-                dynamic_axes=dynamic_axes,
-                opset_version=ONNX_OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+            with _traceable_unflatten(module):
+                torch.onnx.export(
+                    module,
+                    torch_inputs,
+                    str(scratch_path),
+                    input_names=spec.input_names,
+                    output_names=spec.output_names,
+                    dynamic_axes=dynamic_axes,
+                    opset_version=ONNX_OPSET,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
             expected = module(*torch_inputs)
         _save_whole(scratch_path, output_path)
     expected = expected if isinstance(expected, tuple) else (expected,)
@@ -250,6 +348,14 @@ def _modules(pipeline: DiffusionPipeline, config: PipelineConfig, refiner: Diffu
     vae = (specs[VAE_DECODER.model_name], _VaeDecode(pipeline.vae), None)
     if config.sd3 is not None:
         return [*_sd3_modules(pipeline, specs), vae]
+    if config.flux is not None:
+        clip, t5 = pipeline.text_encoder, pipeline.text_encoder_2
+        return [
+            (specs["text_encoder"], _TextEncoderPooled(clip), clip.config.vocab_size),
+            (specs["text_encoder_2"], _TextEncoderLastHiddenState(t5), t5.config.vocab_size),
+            (specs[TRANSFORMER_MODEL_NAME], _FluxTransformerVelocity(pipeline.transformer), None),
+            vae,
+        ]
     if config.sdxl is None:
         encoder = pipeline.text_encoder
         return [

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import FluxPipeline, StableDiffusionPipeline
 
 from sdtriton.interface import DEFAULT_GUIDANCE_SCALE
 from sdtriton.pipeline_config import PipelineConfig
@@ -35,6 +35,9 @@ PREVIEW_FIT_SEED = 0
 PREVIEW_FIT_STEPS = 8
 # Models whose default size is above this are sampled at their minimum size instead, to keep export fast.
 MAX_DEFAULT_FIT_SIZE_PX = 128
+# ... but never below this: FLUX's size step (VAE factor x 2) can be a few pixels, too few latent pixels to fit
+# the C + 1 unknowns per colour from.
+MIN_FIT_SIZE_PX = 32
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,11 @@ class PreviewFit:
 
 
 def preview_fit_size(config: PipelineConfig) -> tuple[int, int]:
-    """(height, width) to sample at: the default size when small, else the model's minimum size."""
+    """(height, width) to sample at: the default size when small, else the model's minimum size (at least
+    :data:`MIN_FIT_SIZE_PX`, in its size steps)."""
     if max(config.default_height, config.default_width) > MAX_DEFAULT_FIT_SIZE_PX:
-        return config.min_size, config.min_size
+        side = max(config.min_size, -(-MIN_FIT_SIZE_PX // config.size_multiple) * config.size_multiple)
+        return side, side
     return config.default_height, config.default_width
 
 
@@ -90,8 +95,11 @@ def sample_final_latents(
         generator=generator,
         output_type="latent",
     ).images
+    if isinstance(pipeline, FluxPipeline):
+        # FLUX's loop holds them packed; the preview projects them unpacked, as the pipeline decodes them.
+        latents = FluxPipeline._unpack_latents(latents, height, width, pipeline.vae_scale_factor)
     with torch.no_grad():
-        # As the pipeline decodes them: SD 3's VAE shifts its latents (shift_factor), SD's and SDXL's have none.
+        # As the pipeline decodes them: SD 3's and FLUX's VAE shift latents (shift_factor), SD's and SDXL's have none.
         shift = getattr(pipeline.vae.config, "shift_factor", None) or 0.0
         images = pipeline.vae.decode(latents / pipeline.vae.config.scaling_factor + shift, return_dict=False)[0]
     return latents.float().cpu().numpy(), images.float().cpu().numpy()

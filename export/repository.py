@@ -1,11 +1,12 @@
 """``sdtriton export SRC --output REPO``: a complete, loadable model repository from any SD pipeline folder.
 
 Everything model-specific (tokenizers, channel counts, VAE scale and scaling factor, default scheduler, the
-family itself: SD 1.x/2.x, SDXL or SD 3 / 3.5, from the folder's ``model_index.json``) is read from SRC; nothing
+family itself: SD 1.x/2.x, SDXL, SD 3 / 3.5 or FLUX.1, from the folder's ``model_index.json``) is read from SRC; nothing
 assumes our own models. ``--refiner DIR`` adds an SDXL refiner as a second stage of the same repository.
 
 An SD 3 / 3.5 repository holds its five networks (two CLIPs, T5 where the pipeline has it, the transformer and the
-VAE decoder), its three tokenizers, ``pipeline_config.json`` and the entries, served like the others.
+VAE decoder), its three tokenizers, ``pipeline_config.json`` and the entries, served like the others. A FLUX.1
+repository holds its four (CLIP's pooled output, T5, the transformer on packed latents, the VAE decoder).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
+    FluxPipeline,
+    FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -66,17 +69,21 @@ from sdtriton.export.tensorrt import (
     engine_builds,
     prepare_onnx_for_tensorrt,
 )
+from sdtriton.flux import TIMESTEP_DISTILLED_DEFAULT_STEPS
 from sdtriton.pipeline_config import (
     DEFAULT_NUM_INFERENCE_STEPS,
+    FLUX_PACKING,
+    FluxConfig,
     PipelineConfig,
     RequestLimits,
     Sd3Config,
     SdxlConfig,
     SdxlRefinerConfig,
+    flux_pipeline_config,
     pipeline_config_from_components,
     sd3_pipeline_config,
 )
-from sdtriton.schedulers import load_scheduler_overrides, scheduler_class_from_config
+from sdtriton.schedulers import flux_scheduler_names, load_scheduler_overrides, scheduler_class_from_config
 from sdtriton.shapes.builtin import resolve_source
 
 logger = logging.getLogger(__name__)
@@ -87,13 +94,14 @@ SOURCE_PIPELINES: dict[str, type[DiffusionPipeline]] = {
     "StableDiffusionPipeline": StableDiffusionPipeline,
     "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
     "StableDiffusion3Pipeline": StableDiffusion3Pipeline,
+    "FluxPipeline": FluxPipeline,
 }
 REFINER_PIPELINES: dict[str, type[DiffusionPipeline]] = {
     "StableDiffusionXLImg2ImgPipeline": StableDiffusionXLImg2ImgPipeline,
 }
 _SDXL_BASE_TIME_IDS = 6  # original size, crop top-left, target size
 _SDXL_AESTHETIC_TIME_IDS = 5  # original size, crop top-left, aesthetic score
-# StableDiffusion3Pipeline.check_inputs refuses a longer max_sequence_length.
+# StableDiffusion3Pipeline.check_inputs and FluxPipeline.check_inputs refuse a longer max_sequence_length.
 SD3_MAX_SEQUENCE_LENGTH_LIMIT = 512
 
 
@@ -154,6 +162,7 @@ _SKELETON_MODELS = {
     "CLIPTextModel": CLIPTextModel,
     "CLIPTextModelWithProjection": CLIPTextModelWithProjection,
     "SD3Transformer2DModel": SD3Transformer2DModel,
+    "FluxTransformer2DModel": FluxTransformer2DModel,
     "T5EncoderModel": T5EncoderModel,
 }
 # Tokenizers by the class name's stem (a folder may say CLIPTokenizer or CLIPTokenizerFast, T5TokenizerFast...).
@@ -273,6 +282,18 @@ def _call_default(pipeline: DiffusionPipeline, argument: str) -> Any:
     return inspect.signature(type(pipeline).__call__).parameters[argument].default
 
 
+def _max_sequence_length(pipeline: DiffusionPipeline, max_sequence_length: int | None) -> int:
+    """T5's rows: the pipeline's ``__call__`` default unless given, within its ``check_inputs`` limit."""
+    if max_sequence_length is None:
+        max_sequence_length = int(_call_default(pipeline, "max_sequence_length"))
+    if not 1 <= max_sequence_length <= SD3_MAX_SEQUENCE_LENGTH_LIMIT:
+        raise ValueError(
+            f"max_sequence_length must be in 1..{SD3_MAX_SEQUENCE_LENGTH_LIMIT} ({type(pipeline).__name__}'s limit), "
+            f"got {max_sequence_length}"
+        )
+    return max_sequence_length
+
+
 def sd3_config_of(pipeline: DiffusionPipeline, *, max_sequence_length: int | None = None) -> Sd3Config:
     """What an SD 3 pipeline adds to the geometry, checked as ``StableDiffusion3Pipeline`` would fail on it."""
     first, second, t5 = pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3
@@ -282,13 +303,7 @@ def sd3_config_of(pipeline: DiffusionPipeline, *, max_sequence_length: int | Non
         raise ValueError("the two CLIP tokenizers of an SD 3 pipeline must have the same model_max_length")
     if (t5 is None) != (pipeline.tokenizer_3 is None):
         raise ValueError("text_encoder_3 (T5) and tokenizer_3 come together or not at all")
-    if max_sequence_length is None:
-        max_sequence_length = int(_call_default(pipeline, "max_sequence_length"))
-    if not 1 <= max_sequence_length <= SD3_MAX_SEQUENCE_LENGTH_LIMIT:
-        raise ValueError(
-            f"max_sequence_length must be in 1..{SD3_MAX_SEQUENCE_LENGTH_LIMIT} (StableDiffusion3Pipeline's limit), "
-            f"got {max_sequence_length}"
-        )
+    max_sequence_length = _max_sequence_length(pipeline, max_sequence_length)
     transformer = pipeline.transformer.config
     pooled_sizes = (int(first.config.projection_dim), int(second.config.projection_dim))
     if sum(pooled_sizes) != transformer.pooled_projection_dim:
@@ -309,6 +324,50 @@ def sd3_config_of(pipeline: DiffusionPipeline, *, max_sequence_length: int | Non
     )
 
 
+def flux_config_of(pipeline: DiffusionPipeline, *, max_sequence_length: int | None = None) -> FluxConfig:
+    """What a FLUX.1 pipeline adds to the geometry, checked as ``FluxPipeline`` would fail on it."""
+    if pipeline.text_encoder is None or pipeline.text_encoder_2 is None:
+        raise ValueError("a FLUX pipeline needs its CLIP (text_encoder) and T5 (text_encoder_2) encoders")
+    transformer = pipeline.transformer.config
+    clip, t5 = pipeline.text_encoder.config, pipeline.text_encoder_2.config
+    if transformer.patch_size != 1:
+        raise ValueError(
+            f"FluxPipeline packs 2x2 latent patches itself: the transformer's patch_size must be 1, got "
+            f"{transformer.patch_size}"
+        )
+    packed = int(pipeline.vae.config.latent_channels) * FLUX_PACKING**2
+    if transformer.in_channels != packed:
+        raise ValueError(
+            f"the transformer takes {transformer.in_channels} channels, but the VAE's packed latents have {packed}"
+        )
+    if (transformer.pooled_projection_dim, transformer.joint_attention_dim) != (clip.hidden_size, t5.d_model):
+        raise ValueError(
+            f"the transformer takes pooled {transformer.pooled_projection_dim} and text "
+            f"{transformer.joint_attention_dim} wide, but CLIP gives {clip.hidden_size} and T5 {t5.d_model}"
+        )
+    guidance_embeds = bool(transformer.guidance_embeds)
+    return FluxConfig(
+        pooled_size=int(clip.hidden_size),
+        t5_hidden_size=int(t5.d_model),
+        t5_max_length=_max_sequence_length(pipeline, max_sequence_length),
+        guidance_embeds=guidance_embeds,
+        vae_shift_factor=float(pipeline.vae.config.shift_factor or 0.0),
+        # Without a guidance embedding FluxPipeline ignores guidance_scale: 0 says "none" in the config.
+        default_guidance_scale=float(_call_default(pipeline, "guidance_scale")) if guidance_embeds else 0.0,
+        scheduler_names=flux_scheduler_names(
+            dict(pipeline.scheduler.config), load_scheduler_overrides(pipeline.name_or_path)
+        ),
+    )
+
+
+def _flux_default_steps(pipeline: DiffusionPipeline) -> int:
+    """FluxPipeline's ``__call__`` default (28, FLUX.1-dev's) for a guidance-distilled transformer; FLUX.1-schnell's
+    model card's 4 for a timestep-distilled one (no guidance embedding)."""
+    if pipeline.transformer.config.guidance_embeds:
+        return int(_call_default(pipeline, "num_inference_steps"))
+    return TIMESTEP_DISTILLED_DEFAULT_STEPS
+
+
 def pipeline_config_of(
     pipeline: DiffusionPipeline,
     *,
@@ -323,8 +382,25 @@ def pipeline_config_of(
     Args:
         default_num_inference_steps: the steps a request omitting them gets; None: the family's default (SD 3:
             its pipeline's ``__call__`` default, 28; SD and SDXL: this interface's 30).
-        max_sequence_length: SD 3 only: T5's token rows (None: the pipeline's ``__call__`` default, 256).
+        max_sequence_length: SD 3 and FLUX: T5's token rows (None: the pipeline's ``__call__`` default, SD 3 256,
+            FLUX 512).
     """
+    if isinstance(pipeline, FluxPipeline):
+        if refiner is not None:
+            raise ValueError("a refiner is served after an SDXL base only")
+        return flux_pipeline_config(
+            vae_config=pipeline.vae.config,
+            default_sample_size=int(pipeline.default_sample_size),
+            tokenizer_max_length=pipeline.tokenizer.model_max_length,
+            scheduler_config=dict(pipeline.scheduler.config),
+            flux=flux_config_of(pipeline, max_sequence_length=max_sequence_length),
+            default_num_inference_steps=(
+                _flux_default_steps(pipeline) if default_num_inference_steps is None else default_num_inference_steps
+            ),
+            scheduler_overrides=load_scheduler_overrides(pipeline.name_or_path),
+            max_size_factor=max_size_factor,
+            limits=limits,
+        )
     if isinstance(pipeline, StableDiffusion3Pipeline):
         if refiner is not None:
             raise ValueError("a refiner is served after an SDXL base only")
@@ -344,7 +420,7 @@ def pipeline_config_of(
             limits=limits,
         )
     if max_sequence_length is not None:
-        raise ValueError("max_sequence_length is a setting of SD 3's T5 encoder; this pipeline has no T5")
+        raise ValueError("max_sequence_length is a setting of SD 3's T5 encoder (and FLUX's); this pipeline has no T5")
     sdxl = sdxl_config_of(pipeline, refiner) if isinstance(pipeline, StableDiffusionXLPipeline) else None
     if refiner is not None and sdxl is None:
         raise ValueError("a refiner is served after an SDXL base only")

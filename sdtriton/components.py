@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.pipeline_config import FLUX_PACKING, PipelineConfig
 
 BATCH = "batch"
 # Axes that vary per request: exported as dynamic, -1 in Triton configs.
-DYNAMIC_AXES = frozenset({BATCH, "latent_height", "latent_width", "image_height", "image_width"})
+DYNAMIC_AXES = frozenset({BATCH, "latent_height", "latent_width", "image_height", "image_width", "image_sequence"})
 RGB_CHANNELS = 3
 
 
@@ -90,6 +90,8 @@ def fixed_axis_size(axis: str, config: PipelineConfig) -> int:
     }
     if config.sd3 is not None:
         sizes |= config.sd3.axis_sizes(clip_length=config.text_max_length)
+    if config.flux is not None:
+        sizes |= config.flux.axis_sizes(latent_channels=config.latent_channels)
     sdxl = config.sdxl
     if sdxl is not None:
         sizes |= {
@@ -107,9 +109,12 @@ def fixed_axis_size(axis: str, config: PipelineConfig) -> int:
 
 def _dynamic_axis_size(axis: str, which: str, config: PipelineConfig, *, max_batch_size: int) -> int:
     f = config.vae_scale_factor
+    # FLUX's packed latents: one token per 2x2 latent patch.
+    patch = f * FLUX_PACKING
     if config.fixed_size and axis != BATCH:
         sides = {"image_height": config.default_height, "image_width": config.default_width}
         sides |= {"latent_height": config.default_height // f, "latent_width": config.default_width // f}
+        sides |= {"image_sequence": (config.default_height // patch) * (config.default_width // patch)}
         return sides[axis]
     table = {
         BATCH: (1, 2, max_batch_size),
@@ -117,6 +122,11 @@ def _dynamic_axis_size(axis: str, which: str, config: PipelineConfig, *, max_bat
         "image_width": (config.min_size, config.default_width, config.max_width),
         "latent_height": (config.min_size // f, config.default_height // f, config.max_height // f),
         "latent_width": (config.min_size // f, config.default_width // f, config.max_width // f),
+        "image_sequence": (
+            (config.min_size // patch) ** 2,
+            (config.default_height // patch) * (config.default_width // patch),
+            (config.max_height // patch) * (config.max_width // patch),
+        ),
     }
     return table[axis][("min", "opt", "max").index(which)]
 
@@ -217,6 +227,43 @@ SD3_TRANSFORMER = ComponentSpec(
     outputs=UNET.outputs,
 )
 
+# FLUX.1 (FluxPipeline.encode_prompt): CLIPTextModel's pooled output and T5's last hidden state (T5 is
+# ``text_encoder_2`` here); the transformer takes the 2x2-packed latents, the T5 states, the pooled output, the timestep
+# as diffusers passes it (t / 1000, FP32), the tokens' rotary positions and, guidance-distilled (FLUX.1-dev), the
+# guidance scale. Its ids carry the batch axis like every spec tensor, but FluxTransformer2DModel takes one [seq, 3]
+# table for the whole batch (the exported wrapper reads row 0): the engine batches only images of one latent size.
+FLUX_TEXT_ENCODER = ComponentSpec(
+    model_name="text_encoder",
+    inputs=(_INPUT_IDS,),
+    outputs=(TensorSpec("pooler_output", "FP32", (BATCH, "pooled")),),
+)
+FLUX_TEXT_ENCODER_2 = ComponentSpec(
+    model_name="text_encoder_2",
+    inputs=SD3_TEXT_ENCODER_3.inputs,
+    outputs=SD3_TEXT_ENCODER_3.outputs,
+    fp16_safe=False,
+)
+_PACKED = TensorSpec("hidden_states", "FP32", (BATCH, "image_sequence", "packed_channels"))
+_FLUX_TRANSFORMER_INPUTS = (
+    _PACKED,
+    TensorSpec("encoder_hidden_states", "FP32", (BATCH, "t5_sequence", "t5_hidden")),
+    TensorSpec("pooled_projections", "FP32", (BATCH, "pooled")),
+    TensorSpec("timestep", "FP32", (BATCH,)),
+    TensorSpec("img_ids", "FP32", (BATCH, "image_sequence", "id_axes")),
+    TensorSpec("txt_ids", "FP32", (BATCH, "t5_sequence", "id_axes")),
+)
+FLUX_TRANSFORMER = ComponentSpec(
+    model_name="transformer",
+    inputs=(*_FLUX_TRANSFORMER_INPUTS, TensorSpec("guidance", "FP32", (BATCH,))),
+    outputs=(TensorSpec("noise_pred", "FP32", _PACKED.axes),),
+)
+# FLUX.1-schnell's transformer: no guidance embedding, no guidance input.
+FLUX_UNGUIDED_TRANSFORMER = ComponentSpec(
+    model_name="transformer", inputs=_FLUX_TRANSFORMER_INPUTS, outputs=FLUX_TRANSFORMER.outputs
+)
+# The component table of a FLUX repository whose transformer has no guidance embedding.
+FLUX_UNGUIDED = "flux-unguided"
+
 # Every component of each family, by model name; a repository holds those of its config (components_of).
 FAMILY_COMPONENTS: Mapping[str, Mapping[str, ComponentSpec]] = {
     "sd": {spec.model_name: spec for spec in (TEXT_ENCODER, UNET, VAE_DECODER)},
@@ -227,6 +274,11 @@ FAMILY_COMPONENTS: Mapping[str, Mapping[str, ComponentSpec]] = {
     "sd3": {
         spec.model_name: spec
         for spec in (SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_TEXT_ENCODER_3, SD3_TRANSFORMER, VAE_DECODER)
+    },
+    "flux": {spec.model_name: spec for spec in (FLUX_TEXT_ENCODER, FLUX_TEXT_ENCODER_2, FLUX_TRANSFORMER, VAE_DECODER)},
+    FLUX_UNGUIDED: {
+        spec.model_name: spec
+        for spec in (FLUX_TEXT_ENCODER, FLUX_TEXT_ENCODER_2, FLUX_UNGUIDED_TRANSFORMER, VAE_DECODER)
     },
 }
 # SD 1.x/2.x, the default family.
@@ -252,6 +304,14 @@ TOKENIZER_DIRS: Mapping[str, str] = {
 }
 
 
+def component_table(config: PipelineConfig) -> str:
+    """The key in :data:`FAMILY_COMPONENTS` of a repository of this config (its family, or FLUX without guidance);
+    the component models' ``family`` parameter, by which each finds its spec."""
+    if config.flux is not None and not config.flux.guidance_embeds:
+        return FLUX_UNGUIDED
+    return config.family
+
+
 def components_of(config: PipelineConfig) -> tuple[ComponentSpec, ...]:
     """The components a repository of this config holds, text encoders first, in call order (an SDXL refiner's
     UNet only with a refiner, SD 3's T5 only where the pipeline has one)."""
@@ -260,7 +320,13 @@ def components_of(config: PipelineConfig) -> tuple[ComponentSpec, ...]:
         absent.add(REFINER_UNET_MODEL_NAME)
     if config.sd3 is not None and not config.sd3.has_t5:
         absent.add(T5_MODEL_NAME)
-    return tuple(spec for name, spec in FAMILY_COMPONENTS[config.family].items() if name not in absent)
+    return tuple(spec for name, spec in FAMILY_COMPONENTS[component_table(config)].items() if name not in absent)
+
+
+def is_t5_encoder(spec: ComponentSpec) -> bool:
+    """Whether a text encoder is T5 (SD 3's ``text_encoder_3``, FLUX's ``text_encoder_2``): its token rows are the
+    pipeline's ``max_sequence_length``, not its CLIP tokenizer's length."""
+    return spec.inputs[0].axes[1:] == ("t5_sequence",)
 
 
 def text_encoders_of(config: PipelineConfig) -> tuple[ComponentSpec, ...]:

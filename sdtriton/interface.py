@@ -33,7 +33,7 @@ MAX_PREVIEW_EVERY = MAX_INFERENCE_STEPS
 # Scheduler names a request may send, by the model's kind; sdtriton.schedulers maps each to its diffusers class.
 # SD 1.x/2.x and SDXL (noise prediction):
 SCHEDULER_NAMES: tuple[str, ...] = ("ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lms", "heun")
-# SD 3 / 3.5 (flow matching):
+# SD 3 / 3.5 (flow matching); FLUX offers those of them FluxPipeline runs on its scheduler config:
 FLOW_SCHEDULER_NAMES: tuple[str, ...] = ("flow_euler", "flow_heun", "dpmpp_2m", "unipc")
 
 
@@ -68,7 +68,8 @@ SCHEDULER = PublicTensor(
     "BYTES",
     (1,),
     True,
-    f"SD 1.x/2.x, SDXL: one of {', '.join(SCHEDULER_NAMES)}; SD 3: one of {', '.join(FLOW_SCHEDULER_NAMES)}",
+    f"SD 1.x/2.x, SDXL: one of {', '.join(SCHEDULER_NAMES)}; SD 3: one of {', '.join(FLOW_SCHEDULER_NAMES)}; "
+    "FLUX: those of these its pipeline runs on the model's scheduler config (named in a refusal)",
 )
 # SDXL base + refiner (diffusers' ensemble of experts): the base denoises down to denoising_end = 1 - fraction,
 # the refiner from there (denoising_start); 0 keeps the refiner off.

@@ -31,7 +31,12 @@ HARD_MAX_PROMPT_BYTES = 65536
 SD_FAMILY = "sd"
 SDXL_FAMILY = "sdxl"
 SD3_FAMILY = "sd3"
-FAMILIES = (SD_FAMILY, SDXL_FAMILY, SD3_FAMILY)
+FLUX_FAMILY = "flux"
+FAMILIES = (SD_FAMILY, SDXL_FAMILY, SD3_FAMILY, FLUX_FAMILY)
+# FluxPipeline packs the latents in 2x2 patches (``_pack_latents``): sides are multiples of VAE factor x 2.
+FLUX_PACKING = 2
+# Coordinates of each token's rotary position (``img_ids``/``txt_ids``: a zero, the row, the column).
+FLUX_ID_AXES = 3
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,60 @@ class Sd3Config:
 
 
 @dataclass(frozen=True)
+class FluxConfig:
+    """What a FLUX.1 pipeline (``FluxPipeline``) adds: 2x2-packed latents with rotary positions (no size table),
+    CLIP's pooled output and T5's states as the text, flow matching, a shifted VAE latent, guidance embedded in the
+    transformer (dev) or none (schnell), never classifier-free rows.
+
+    The transformer takes the packed latents [B, (h/2)(w/2), 4C], T5's last hidden state (``encoder_hidden_states``,
+    ``t5_max_length`` rows), CLIP's pooled output (``pooled_projections``), ``timestep`` = t / 1000, the token
+    positions ``img_ids`` / ``txt_ids`` and, when guidance-distilled, ``guidance`` = the guidance scale.
+
+    Attributes:
+        pooled_size: CLIP's width (``CLIPTextModel.pooler_output``), the transformer's ``pooled_projection_dim``.
+        t5_hidden_size: T5's width (``d_model``), the transformer's ``joint_attention_dim``.
+        t5_max_length: T5's token rows, the pipeline's ``max_sequence_length`` (its ``__call__`` default 512 unless
+            export sets it; FLUX.1-schnell's model card uses 256).
+        guidance_embeds: whether the transformer embeds the guidance scale (FLUX.1-dev) or ignores it (schnell).
+        vae_shift_factor: the VAE's ``shift_factor``: latents are decoded as latents / scaling + shift.
+        default_guidance_scale: the pipeline's ``__call__`` default (3.5) when guidance is embedded, else 0 (none).
+        scheduler_names: the flow schedulers that reproduce ``FluxPipeline`` on this model's scheduler config (it
+            passes ``sigmas=`` and ``mu=`` to ``set_timesteps``; found at export by running diffusers' own
+            ``retrieve_timesteps`` as the pipeline does).
+    """
+
+    pooled_size: int
+    t5_hidden_size: int
+    t5_max_length: int
+    guidance_embeds: bool
+    vae_shift_factor: float
+    default_guidance_scale: float
+    scheduler_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.scheduler_names) - set(interface.FLOW_SCHEDULER_NAMES))
+        if unknown or not self.scheduler_names:
+            raise ValueError(
+                f"scheduler_names must be some of {', '.join(interface.FLOW_SCHEDULER_NAMES)}, got "
+                f"{list(self.scheduler_names)}"
+            )
+
+    def axis_sizes(self, *, latent_channels: int) -> dict[str, int]:
+        """Sizes of the fixed axes of the family's component specs (see :mod:`sdtriton.components`)."""
+        return {
+            "pooled": self.pooled_size,
+            "t5_sequence": self.t5_max_length,
+            "t5_hidden": self.t5_hidden_size,
+            "packed_channels": latent_channels * FLUX_PACKING**2,
+            "id_axes": FLUX_ID_AXES,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FluxConfig:
+        return cls(**{**values, "scheduler_names": tuple(values["scheduler_names"])})
+
+
+@dataclass(frozen=True)
 class RequestLimits:
     """What one request may ask for, set at export (the fields of the same names of :class:`PipelineConfig`)."""
 
@@ -182,8 +241,8 @@ class RequestLimits:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Geometry and defaults of one exported Stable Diffusion model (SD 1.x/2.x, SDXL with ``sdxl`` set, or
-    SD 3 / 3.5 with ``sd3`` set)."""
+    """Geometry and defaults of one exported model (SD 1.x/2.x, SDXL with ``sdxl`` set, SD 3 / 3.5 with ``sd3``
+    set, FLUX.1 with ``flux`` set)."""
 
     latent_channels: int
     vae_scale_factor: int
@@ -208,6 +267,7 @@ class PipelineConfig:
     vae_latents_std: list[float] | None = None
     sdxl: SdxlConfig | None = None
     sd3: Sd3Config | None = None
+    flux: FluxConfig | None = None
     # One image size only (the default): engines built with static spatial shapes (export --trt-static-shapes)
     # take no other, so requests of another size are refused by name.
     fixed_size: bool = False
@@ -220,16 +280,43 @@ class PipelineConfig:
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
-        """The schedulers a request may name for this model: flow-matching ones for SD 3, else SD's."""
+        """The schedulers a request may name for this model: flow-matching ones for SD 3, those of its export for
+        FLUX, else SD's."""
+        if self.flux is not None:
+            return self.flux.scheduler_names
         return interface.FLOW_SCHEDULER_NAMES if self.sd3 is not None else interface.SCHEDULER_NAMES
 
     @property
     def default_guidance_scale(self) -> float:
         """The guidance a request omitting it gets: its diffusers pipeline's ``__call__`` default."""
+        if self.flux is not None:
+            return self.flux.default_guidance_scale
         return self.sd3.default_guidance_scale if self.sd3 is not None else interface.DEFAULT_GUIDANCE_SCALE
 
     @property
+    def classifier_free_guidance(self) -> bool:
+        """Whether ``guidance_scale`` > 1 means classifier-free guidance ([negative, prompt] rows). FLUX's guidance is
+        embedded in the transformer (dev) or absent (schnell): one row, the negative prompt unused."""
+        return self.flux is None
+
+    @property
+    def flow_matching(self) -> bool:
+        """Whether the model is a flow-matching transformer (SD 3, FLUX): latents drawn unscaled, no
+        ``scale_model_input``, nothing but the sample passed to the scheduler's ``step``."""
+        return self.sd3 is not None or self.flux is not None
+
+    @property
+    def vae_shift_factor(self) -> float:
+        """The VAE's ``shift_factor`` (SD 3, FLUX), added after dividing by the scaling factor; 0 elsewhere."""
+        for family in (self.sd3, self.flux):
+            if family is not None:
+                return family.vae_shift_factor
+        return 0.0
+
+    @property
     def family(self) -> str:
+        if self.flux is not None:
+            return FLUX_FAMILY
         if self.sd3 is not None:
             return SD3_FAMILY
         return SDXL_FAMILY if self.sdxl is not None else SD_FAMILY
@@ -295,6 +382,8 @@ class PipelineConfig:
             values["sdxl"] = SdxlConfig.from_dict(values["sdxl"])
         if values.get("sd3") is not None:
             values["sd3"] = Sd3Config.from_dict(values["sd3"])
+        if values.get("flux") is not None:
+            values["flux"] = FluxConfig.from_dict(values["flux"])
         return cls(**values)
 
     def save(self, directory: Path) -> Path:
@@ -388,6 +477,42 @@ def sd3_pipeline_config(
         scheduler_config=dict(scheduler_config),
         scheduler_overrides={name: dict(settings) for name, settings in (scheduler_overrides or {}).items()},
         sd3=sd3,
+        **_vae_settings(vae_config),
+        **dataclasses.asdict(limits or RequestLimits()),
+    )
+
+
+def flux_pipeline_config(
+    *,
+    vae_config: Any,
+    default_sample_size: int,
+    tokenizer_max_length: int,
+    scheduler_config: dict[str, Any],
+    flux: FluxConfig,
+    default_num_inference_steps: int,
+    scheduler_overrides: dict[str, dict[str, Any]] | None = None,
+    max_size_factor: int = 2,
+    limits: RequestLimits | None = None,
+) -> PipelineConfig:
+    """Derives a FLUX config as ``FluxPipeline`` does: the native size is its ``default_sample_size`` x the VAE scale
+    factor, sides are multiples of the VAE scale factor x 2 (the packing), and rotary positions bound no size."""
+    vae_scale_factor = _vae_scale_factor(vae_config)
+    size_multiple = vae_scale_factor * FLUX_PACKING
+    default_size = default_sample_size * vae_scale_factor
+    return PipelineConfig(
+        latent_channels=int(vae_config.latent_channels),
+        vae_scale_factor=vae_scale_factor,
+        size_multiple=size_multiple,
+        default_height=default_size,
+        default_width=default_size,
+        max_height=default_size * max_size_factor,
+        max_width=default_size * max_size_factor,
+        text_max_length=int(tokenizer_max_length),
+        text_hidden_size=flux.t5_hidden_size,
+        default_num_inference_steps=default_num_inference_steps,
+        scheduler_config=dict(scheduler_config),
+        scheduler_overrides={name: dict(settings) for name, settings in (scheduler_overrides or {}).items()},
+        flux=flux,
         **_vae_settings(vae_config),
         **dataclasses.asdict(limits or RequestLimits()),
     )

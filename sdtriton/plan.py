@@ -37,7 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from sdtriton.flux_published import (
+from sdtriton.flux import (
     FLUX_CALLS,
     FLUX_DEFAULT_SAMPLE_SIZE,
     FLUX_LATENT_PACKING,
@@ -1350,7 +1350,7 @@ def sizing_markdown() -> str:
         *_model_section(sdxl),
         "## Diffusion transformers: SD 3.5 and FLUX.1",
         "",
-        "Built from the published configs (`sdtriton/sd3.py`, `sdtriton/flux_published.py`) on `meta` with "
+        "Built from the published configs (`sdtriton/sd3.py`, `sdtriton/flux.py`) on `meta` with "
         "diffusers' `SD3Transformer2DModel` and `FluxTransformer2DModel` and transformers' `T5EncoderModel`. "
         "Parameters are what the checkpoints hold: SD 3.5's position table is a buffer of the transformer "
         f"({_sd3_position_table(medium.model) / 1e6:.0f} M values in Medium, "
@@ -1446,7 +1446,7 @@ def sizing_markdown() -> str:
         "* Architectures: the `config.json` files of runwayml/stable-diffusion-v1-5 and "
         "stabilityai/stable-diffusion-xl-base-1.0, written out in `sdtriton/sd15.py` and `sdtriton/plan.py`; of "
         "stabilityai/stable-diffusion-3.5-medium and -large (`sdtriton/sd3.py`) and black-forest-labs/FLUX.1-dev "
-        "and -schnell (`sdtriton/flux_published.py`).",
+        "and -schnell (`sdtriton/flux.py`).",
         "",
     ]
     return "\n".join(lines)

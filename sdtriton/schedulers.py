@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
+import numpy as np
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -153,6 +154,54 @@ def build_scheduler(
         flow_sigmas = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": config["shift"]}
     settings = (overrides or {}).get(key, {})
     return scheduler_class.from_config({**config, **flow_sigmas, **settings})
+
+
+def set_flux_timesteps(
+    scheduler: SchedulerMixin, num_inference_steps: int, *, image_seq_len: int, device: Any = None
+) -> None:
+    """Sets a scheduler's timesteps as ``FluxPipeline.__call__`` does (its step 5): sigmas linear from 1 to
+    1 / steps (none where the scheduler makes its own flow sigmas), ``mu`` from the packed image's sequence length by
+    diffusers' ``calculate_shift``, both through diffusers' ``retrieve_timesteps``.
+
+    Raises:
+        ValueError, AssertionError: as diffusers does for a scheduler FluxPipeline cannot run (no ``sigmas`` argument;
+            DPM-Solver given ``mu`` without dynamic shifting asserts).
+    """
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+    config = scheduler.config
+    sigmas = (
+        None if config.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+    )
+    mu = calculate_shift(
+        image_seq_len,
+        config.get("base_image_seq_len", 256),
+        config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5),
+        config.get("max_shift", 1.15),
+    )
+    retrieve_timesteps(scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu)
+
+
+# Steps and sequence length of the probe below: any that FluxPipeline takes (the answer depends on neither).
+_FLUX_PROBE_STEPS = 4
+_FLUX_PROBE_SEQ_LEN = 256
+
+
+def flux_scheduler_names(config: Mapping[str, Any], overrides: SchedulerOverrides | None = None) -> tuple[str, ...]:
+    """The flow schedulers ``FluxPipeline`` runs on a model with this scheduler config: those whose timesteps it can
+    set up (:func:`set_flux_timesteps`). FlowMatchHeun has no ``sigmas`` argument (diffusers refuses it there);
+    DPM-Solver++ takes ``mu`` only with dynamic shifting (not FLUX.1-schnell's config)."""
+    names = []
+    for name in FLOW_SCHEDULERS:
+        try:
+            set_flux_timesteps(
+                build_scheduler(config, name, overrides), _FLUX_PROBE_STEPS, image_seq_len=_FLUX_PROBE_SEQ_LEN
+            )
+        except (ValueError, AssertionError):
+            continue
+        names.append(name)
+    return tuple(names)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,11 @@ encoder and VAE are the base's own weights, as diffusers' base+refiner recipe sh
 ``scaling_factor``/``shift_factor``, SD 3's published ``FlowMatchEulerDiscreteScheduler`` config), and
 ``--family sd35`` the same with SD 3.5 Medium's transformer features (``dual_attention_layers``, RMS q/k norm);
 ``--without-t5`` leaves ``text_encoder_3`` out (``None``, as diffusers allows: its states are then zeros).
+
+``--family flux-dev`` makes a tiny ``FluxPipeline`` (``CLIPTextModel`` for the pooled text, ``T5EncoderModel`` with
+the same local T5 tokenizer, a ``FluxTransformer2DModel`` with ``guidance_embeds``, a 16-channel VAE with FLUX's
+``scaling_factor``/``shift_factor``, FLUX.1-dev's published scheduler config with dynamic shifting), and
+``--family flux-schnell`` the same without the guidance embedding and with FLUX.1-schnell's scheduler config.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from diffusers import (
     DiffusionPipeline,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     PNDMScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
@@ -40,6 +47,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
+from sdtriton.flux import FLUX_DEV_SCHEDULER_CONFIG, FLUX_SCHNELL_SCHEDULER_CONFIG, FLUX_VAE
 from sdtriton.schedulers import save_scheduler_overrides
 from sdtriton.sd3 import SD3_SCHEDULER_CONFIG, SD3_VAE, T5_MODEL_MAX_LENGTH
 from sdtriton.sd15 import SD15_SCHEDULER_CONFIG, SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
@@ -168,7 +176,7 @@ _SDXL_TEXT_ENCODER_2 = {
 }
 _SDXL_ADDITION_TIME_EMBED_DIM = 8
 _SDXL_VAE = {**PROFILES["tiny"].vae, "scaling_factor": 0.13025, "force_upcast": True}
-FAMILIES = ("sd", "sdxl", "sdxl-refiner", "sd3", "sd35")
+FAMILIES = ("sd", "sdxl", "sdxl-refiner", "sd3", "sd35", "flux-dev", "flux-schnell")
 # The tiny SDXL's own scheduler settings (sdtriton.schedulers.SCHEDULER_OVERRIDES_FILE_NAME). SDXL's Euler config
 # has no clip_sample, so DDIM built from it clips the predicted sample to -1..1; with random weights that makes
 # DDIM chaotic (measured: a 1e-5 change of one UNet output moved pixels by 141 of 255, against 1 for every other
@@ -327,13 +335,61 @@ def build_tiny_sd3_pipeline(*, family: str = "sd3", seed: int = 0, t5: bool = Tr
     )
 
 
+# The tiny FLUX's CLIP (pooled output 32 wide) and T5 (88 wide, SD 3's tiny T5) differ in width, so that a mix-up of
+# pooled and sequence states fails loudly. Its transformer takes the 2x2-packed 16-channel latents (64 wide), one
+# double- and one single-stream block of 2 heads of 16 (rotary axes 4 + 6 + 6 = 16, as the head dim must split).
+_FLUX_TEXT_ENCODER = {**_SD3_TEXT_ENCODER}
+_FLUX_TRANSFORMER = {
+    "patch_size": 1,
+    "in_channels": FLUX_VAE["latent_channels"] * 4,
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": _SD3_T5["d_model"],
+    "pooled_projection_dim": _FLUX_TEXT_ENCODER["hidden_size"],
+    "axes_dims_rope": (4, 6, 6),
+}
+# FLUX's VAE settings (16 channels, its scaling and shift factors, no quant convs) at the tiny VAE's size.
+_FLUX_VAE = {**_SD3_VAE, **{key: FLUX_VAE[key] for key in ("scaling_factor", "shift_factor")}}
+# Each tiny FLUX: whether its transformer embeds the guidance scale (dev) or not (schnell), and its scheduler config.
+FLUX_VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
+    "flux-dev": (True, FLUX_DEV_SCHEDULER_CONFIG),
+    "flux-schnell": (False, FLUX_SCHNELL_SCHEDULER_CONFIG),
+}
+
+
+def build_tiny_flux_pipeline(*, family: str = "flux-dev", seed: int = 0) -> FluxPipeline:
+    """A random-weight FLUX.1: ``flux-dev`` (guidance-distilled: a guidance embedding, dynamic shifting) or
+    ``flux-schnell`` (no guidance embedding, FLUX.1-schnell's unshifted scheduler)."""
+    guidance_embeds, scheduler_config = FLUX_VARIANTS[family]
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_FLUX_TEXT_ENCODER)).eval()
+    tokenizer_2 = build_t5_tokenizer(model_max_length=T5_MODEL_MAX_LENGTH)
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = T5EncoderModel(T5Config(**_SD3_T5, vocab_size=len(tokenizer_2))).eval()
+    torch.manual_seed(seed + 2)
+    transformer = FluxTransformer2DModel(**_FLUX_TRANSFORMER, guidance_embeds=guidance_embeds).eval()
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(**_FLUX_VAE).eval()
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(scheduler_config),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=build_clip_tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
 def make_tiny(output_dir: Path, *, profile: str = "tiny", seed: int = 0, family: str = "sd", t5: bool = True) -> Path:
     """Writes a diffusers pipeline folder loadable by its pipeline class's ``from_pretrained``.
 
     Args:
         family: ``sd`` (``StableDiffusionPipeline``, shapes of ``profile``), ``sdxl``
             (``StableDiffusionXLPipeline``), ``sdxl-refiner`` (``StableDiffusionXLImg2ImgPipeline``), or ``sd3`` /
-            ``sd35`` (``StableDiffusion3Pipeline``).
+            ``sd35`` (``StableDiffusion3Pipeline``), or ``flux-dev`` / ``flux-schnell`` (``FluxPipeline``).
         t5: ``sd3``/``sd35`` only: with ``text_encoder_3`` (T5); without, it is ``None`` in the folder.
     """
     pipeline: DiffusionPipeline
@@ -347,6 +403,8 @@ def make_tiny(output_dir: Path, *, profile: str = "tiny", seed: int = 0, family:
         pipeline = build_tiny_sdxl_refiner(seed=seed)
     elif family in SD3_TRANSFORMERS:
         pipeline = build_tiny_sd3_pipeline(family=family, seed=seed, t5=t5)
+    elif family in FLUX_VARIANTS:
+        pipeline = build_tiny_flux_pipeline(family=family, seed=seed)
     else:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     output_dir.mkdir(parents=True, exist_ok=True)

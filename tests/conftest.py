@@ -124,3 +124,28 @@ def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
         export_repository(folder, repository, options=RenderOptions(model_prefix=prefix), show_progress=False)
         exports[name] = (folder, repository, prefix)
     return exports
+
+
+@pytest.fixture(scope="session")
+def flux_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, str]]:
+    """Tiny FLUX.1-dev (guidance embedding, dynamic shifting, T5 at FluxPipeline's 512 rows) and FLUX.1-schnell (no
+    guidance, no shifting; T5 at schnell's usual 256 rows, export --max-sequence-length): (diffusers folder, exported
+    repository, model-name prefix) of each; schnell is exported under the prefix ``schnell_`` so one server holds
+    both."""
+    from sdtriton.export import RenderOptions, export_repository
+    from sdtriton.tiny import make_tiny
+
+    root = tmp_path_factory.mktemp("flux")
+    exports = {}
+    for family, prefix, max_sequence_length in (("flux-dev", "", None), ("flux-schnell", "schnell_", 256)):
+        folder = make_tiny(root / family, family=family)
+        repository = root / f"{family}_repository"
+        export_repository(
+            folder,
+            repository,
+            options=RenderOptions(model_prefix=prefix),
+            max_sequence_length=max_sequence_length,
+            show_progress=False,
+        )
+        exports[family] = (folder, repository, prefix)
+    return exports

@@ -16,6 +16,11 @@ Rows: with classifier-free guidance every conditioning has two rows, [negative, 
   along the width and zero-padded to the transformer's ``joint_attention_dim``, then T5's last hidden state along
   the sequence (zeros of ``max_sequence_length`` rows without T5) are ``encoder_hidden_states``; both CLIPs'
   projected pooled outputs, concatenated, are ``pooled_projections``; an omitted negative prompt is "".
+- FLUX.1 (``FluxPipeline.encode_prompt``, ``prepare_latents`` and step 5): T5's last hidden state is
+  ``encoder_hidden_states``, CLIP's pooled output ``pooled_projections``; ``txt_ids`` zeros and ``img_ids`` the packed
+  latent's (row, column) positions (``FluxPipeline._prepare_latent_image_ids``); a guidance-distilled transformer
+  (FLUX.1-dev) gets ``guidance`` = the guidance scale, one row: never classifier-free rows, so the negative prompt
+  is unused (diffusers' ``true_cfg_scale`` is not offered).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import FluxPipeline
 
 from sdtriton.components import REFINER_UNET_MODEL_NAME, T5_MODEL_NAME, TRANSFORMER_MODEL_NAME, UNET_MODEL_NAME
-from sdtriton.pipeline_config import PipelineConfig, Sd3Config, SdxlConfig
+from sdtriton.pipeline_config import FLUX_ID_AXES, FLUX_PACKING, FluxConfig, PipelineConfig, Sd3Config, SdxlConfig
 from sdtriton.serving.validation import GenerationParams
 
 # A text encoder's outputs for one image's rows, by output name (on the networks' device).
@@ -91,6 +97,8 @@ def stages_for(image: ImageRequest, config: PipelineConfig, encoded: Mapping[str
     """The denoising stages of one image, given its text encoders' outputs (``encoded[encoder][output]``)."""
     if config.sd3 is not None:
         return [_sd3_stage(config, config.sd3, encoded)]
+    if config.flux is not None:
+        return [_flux_stage(image, config, config.flux, encoded)]
     if config.sdxl is None:
         return [
             Stage(
@@ -184,4 +192,34 @@ def _sd3_stage(config: PipelineConfig, sd3: Sd3Config, encoded: Mapping[str, Enc
         },
         scheduler_config=config.scheduler_config,
         scheduler_overrides=config.scheduler_overrides,
+    )
+
+
+def _flux_stage(
+    image: ImageRequest, config: PipelineConfig, flux: FluxConfig, encoded: Mapping[str, EncodedText]
+) -> Stage:
+    states = encoded["text_encoder_2"]["last_hidden_state"]
+    rows, device = states.shape[0], states.device
+    side = config.vae_scale_factor * FLUX_PACKING
+    # [seq, 3] for the whole call; each image's rows carry it on the batch axis of the spec (the wrapper reads row 0).
+    img_ids = FluxPipeline._prepare_latent_image_ids(
+        rows, image.params.height // side, image.params.width // side, device, torch.float32
+    )
+    # As FluxPipeline.encode_prompt: a zero position for every text token.
+    txt_ids = torch.zeros(states.shape[1], FLUX_ID_AXES, dtype=torch.float32, device=device)
+    conditioning = {
+        "encoder_hidden_states": states,
+        "pooled_projections": encoded["text_encoder"]["pooler_output"],
+        "img_ids": img_ids.expand(rows, -1, -1),
+        "txt_ids": txt_ids.expand(rows, -1, -1),
+    }
+    if flux.guidance_embeds:
+        # As FluxPipeline: torch.full([1], guidance_scale, dtype=torch.float32), expanded to the batch.
+        conditioning["guidance"] = torch.full([rows], image.params.guidance_scale, dtype=torch.float32, device=device)
+    return Stage(
+        unet=TRANSFORMER_MODEL_NAME,
+        conditioning=conditioning,
+        scheduler_config=config.scheduler_config,
+        scheduler_overrides=config.scheduler_overrides,
+        set_begin_index=True,  # FluxPipeline calls scheduler.set_begin_index(0)
     )

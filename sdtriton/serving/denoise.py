@@ -1,5 +1,5 @@
 """The txt2img pipelines of diffusers (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline`` and its refiner,
-``StableDiffusion3Pipeline``), with their networks behind an interface.
+``StableDiffusion3Pipeline``, ``FluxPipeline``), with their networks behind an interface.
 
 The numbered steps follow the pipelines' ``__call__`` so that the same seed and parameters give the same
 image: latents drawn by ``randn_tensor`` from ``torch.Generator("cpu").manual_seed(seed)``, the same generator
@@ -22,20 +22,28 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from diffusers import FluxPipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 from diffusers.utils.torch_utils import randn_tensor
 
 from sdtriton.components import text_encoders_of
-from sdtriton.pipeline_config import SD3_FAMILY, SD_FAMILY, SDXL_FAMILY, PipelineConfig
-from sdtriton.schedulers import build_scheduler
+from sdtriton.pipeline_config import FLUX_FAMILY, FLUX_PACKING, SD3_FAMILY, SD_FAMILY, SDXL_FAMILY, PipelineConfig
+from sdtriton.schedulers import build_scheduler, set_flux_timesteps
 from sdtriton.serving.conditioning import ImageRequest, Stage, stages_for, text_ids_for
 from sdtriton.serving.errors import RequestCancelledError
 from sdtriton.serving.validation import GenerationParams
 
 # StableDiffusionPipeline's default eta: only DDIM reads it.
 _ETA = 0.0
-# The denoiser's latent input by family: the UNet's ``sample``, SD 3's transformer's ``hidden_states``.
-LATENT_INPUTS: Mapping[str, str] = {SD_FAMILY: "sample", SDXL_FAMILY: "sample", SD3_FAMILY: "hidden_states"}
+# The denoiser's latent input by family: the UNet's ``sample``, SD 3's and FLUX's transformer's ``hidden_states``.
+LATENT_INPUTS: Mapping[str, str] = {
+    SD_FAMILY: "sample",
+    SDXL_FAMILY: "sample",
+    SD3_FAMILY: "hidden_states",
+    FLUX_FAMILY: "hidden_states",
+}
+# FluxPipeline passes its transformer timestep / 1000 (the transformer scales it back).
+FLUX_TIMESTEP_DIVISOR = 1000
 
 
 class DiffusionComponents(Protocol):
@@ -102,9 +110,14 @@ class _StageRun:
     ) -> None:
         self.stage = stage
         scheduler = build_scheduler(stage.scheduler_config, params.scheduler, stage.scheduler_overrides)
-        scheduler.set_timesteps(
-            params.num_inference_steps, device=device, **_flow_shift_kwargs(scheduler, config, params)
-        )
+        if config.flux is not None:
+            side = config.vae_scale_factor * FLUX_PACKING
+            image_seq_len = (params.height // side) * (params.width // side)
+            set_flux_timesteps(scheduler, params.num_inference_steps, image_seq_len=image_seq_len, device=device)
+        else:
+            scheduler.set_timesteps(
+                params.num_inference_steps, device=device, **_flow_shift_kwargs(scheduler, config, params)
+            )
         timesteps = scheduler.timesteps
         begin = 0
         train_steps = scheduler.config.num_train_timesteps
@@ -124,8 +137,8 @@ class _StageRun:
             scheduler.set_begin_index(begin)
         self.scheduler = scheduler
         self.timesteps = list(timesteps)
-        # StableDiffusion3Pipeline passes its scheduler's step nothing beyond the sample.
-        self.extra_step_kwargs = {} if config.sd3 is not None else _extra_step_kwargs(scheduler, generator)
+        # StableDiffusion3Pipeline and FluxPipeline pass their scheduler's step nothing beyond the sample.
+        self.extra_step_kwargs = {} if config.flow_matching else _extra_step_kwargs(scheduler, generator)
 
 
 class ImageDenoiser:
@@ -165,10 +178,14 @@ class ImageDenoiser:
         self._run_index = 0
         self._step_in_run = 0
         shape = config.latent_shape(height=params.height, width=params.width)
+        self._latent_size = (shape[2], shape[3])
         # randn_tensor draws on the generator's device (the CPU) and moves the result, as diffusers does.
         latents = randn_tensor(shape, generator=self.generator, device=self.device, dtype=torch.float32)
-        # StableDiffusion3Pipeline.prepare_latents does not scale them (flow matching starts at unit noise).
-        self.latents = latents if config.sd3 is not None else latents * self._runs[0].scheduler.init_noise_sigma
+        if config.flux is not None:
+            # FluxPipeline.prepare_latents: drawn [1, C, h, w], then packed in 2x2 patches, [1, hw/4, 4C].
+            latents = FluxPipeline._pack_latents(latents, *shape)
+        # StableDiffusion3Pipeline and FluxPipeline do not scale them (flow matching starts at unit noise).
+        self.latents = latents if config.flow_matching else latents * self._runs[0].scheduler.init_noise_sigma
         self.steps_done = 0
         # The scheduler's estimate of the clean latents at the last step, where it gives one (previews).
         self.predicted_original: torch.Tensor | None = None
@@ -189,7 +206,8 @@ class ImageDenoiser:
 
     @property
     def latent_size(self) -> tuple[int, int]:
-        return int(self.latents.shape[2]), int(self.latents.shape[3])
+        """(h, w) of the latents (FLUX's before packing): images of one latent size share a network call."""
+        return self._latent_size
 
     @property
     def unet(self) -> str:
@@ -213,14 +231,17 @@ class ImageDenoiser:
         return LATENT_INPUTS[self.config.family]
 
     def model_input(self) -> dict[str, torch.Tensor]:
-        """This evaluation's denoiser inputs: the latents [rows, C, h, w] (:attr:`latent_input`), timestep [rows],
-        the stage's conditioning. SD 3's pipeline scales no model input (flow matching)."""
+        """This evaluation's denoiser inputs: the latents [rows, C, h, w] (FLUX: packed, [rows, seq, 4C];
+        :attr:`latent_input`), timestep [rows], the stage's conditioning. SD 3's and FLUX's pipelines scale no model
+        input (flow matching); FLUX's passes timestep / 1000."""
         run = self._current()
         t = run.timesteps[self._step_in_run]
         model_input = torch.cat([self.latents] * 2) if self.do_guidance else self.latents
-        if self.config.sd3 is None:
+        if not self.config.flow_matching:
             model_input = run.scheduler.scale_model_input(model_input, t)
         timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32, device=self.device)
+        if self.config.flux is not None:
+            timestep = timestep / FLUX_TIMESTEP_DIVISOR
         return {self.latent_input: model_input, "timestep": timestep, **run.stage.conditioning}
 
     def step(self, noise_pred: torch.Tensor) -> None:
@@ -237,17 +258,27 @@ class ImageDenoiser:
         self._step_in_run += 1
         self.steps_done += 1
 
+    def spatial(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents as the loop holds them -> [1, C, h, w] (FLUX's unpacked by ``FluxPipeline._unpack_latents``)."""
+        if self.config.flux is None:
+            return latents
+        params = self.params
+        return FluxPipeline._unpack_latents(latents, params.height, params.width, self.config.vae_scale_factor)
+
+    def preview_latents(self) -> torch.Tensor:
+        """[1, C, h, w]: the scheduler's estimate of the clean latents where it gives one, else the latents."""
+        return self.spatial(self.predicted_original if self.predicted_original is not None else self.latents)
+
     def scaled_latents(self) -> torch.Tensor:
         """The final latents as the VAE decoder takes them, [1, C, h, w] (de-normalized as diffusers does)."""
         config = self.config
+        latents = self.spatial(self.latents)
         if config.vae_latents_mean is not None and config.vae_latents_std is not None:
             channels = (1, len(config.vae_latents_mean), 1, 1)
             mean = torch.tensor(config.vae_latents_mean, dtype=torch.float32, device=self.device).view(channels)
             std = torch.tensor(config.vae_latents_std, dtype=torch.float32, device=self.device).view(channels)
-            return self.latents * std / config.vae_scaling_factor + mean
-        if config.sd3 is not None:
-            return self.latents / config.vae_scaling_factor + config.sd3.vae_shift_factor
-        return self.latents / config.vae_scaling_factor
+            return latents * std / config.vae_scaling_factor + mean
+        return latents / config.vae_scaling_factor + config.vae_shift_factor
 
 
 def encode_image_text(

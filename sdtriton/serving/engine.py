@@ -610,8 +610,7 @@ class DiffusionEngine:
                 self._end(active, RequestState.CANCELLED, RequestCancelledError())
 
     def _preview(self, denoiser: ImageDenoiser) -> np.ndarray:
-        latents = denoiser.predicted_original if denoiser.predicted_original is not None else denoiser.latents
-        return latents_to_preview(latents[0].cpu().numpy(), self._projection)
+        return latents_to_preview(denoiser.preview_latents()[0].cpu().numpy(), self._projection)
 
     # 6. finish
     def _finish(self) -> None:

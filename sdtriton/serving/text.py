@@ -1,6 +1,6 @@
 """Prompt tokenization, exactly as diffusers' pipelines pad and truncate: each CLIP tokenizer to its own
-``model_max_length`` (``StableDiffusionPipeline.encode_prompt``), SD 3's T5 tokenizer to the exported
-``max_sequence_length`` (``StableDiffusion3Pipeline._get_t5_prompt_embeds``)."""
+``model_max_length`` (``StableDiffusionPipeline.encode_prompt``), SD 3's and FLUX's T5 tokenizer to the exported
+``max_sequence_length`` (``StableDiffusion3Pipeline._get_t5_prompt_embeds``, ``FluxPipeline._get_t5_prompt_embeds``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer, CLIPTokenizer, PreTrainedTokenizerBase
 
-from sdtriton.components import T5_MODEL_NAME, TOKENIZER_DIRS, text_encoders_of
+from sdtriton.components import TOKENIZER_DIRS, fixed_axis_size, is_t5_encoder, text_encoders_of
 from sdtriton.pipeline_config import PipelineConfig
 
 
@@ -30,14 +30,14 @@ def tokenize_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str])
 def load_tokenizers(directory: Path, config: PipelineConfig) -> dict[str, PreTrainedTokenizerBase]:
     """Text encoder model name -> its tokenizer, from ``directory/<tokenizer folder>`` (as export saves them).
 
-    SD 3's T5 tokenizer gets ``model_max_length`` = the exported ``max_sequence_length``, the length its pipeline
-    pads and truncates to (the tokenizer's own may differ)."""
+    A T5 tokenizer (SD 3, FLUX) gets ``model_max_length`` = the exported ``max_sequence_length``, the length its
+    pipeline pads and truncates to (the tokenizer's own may differ)."""
     tokenizers: dict[str, PreTrainedTokenizerBase] = {}
     for spec in text_encoders_of(config):
         folder = directory / TOKENIZER_DIRS[spec.model_name]
-        if spec.model_name == T5_MODEL_NAME and config.sd3 is not None:
+        if is_t5_encoder(spec):
             tokenizers[spec.model_name] = AutoTokenizer.from_pretrained(
-                folder, model_max_length=config.sd3.t5_max_length
+                folder, model_max_length=fixed_axis_size("t5_sequence", config)
             )
         else:
             tokenizers[spec.model_name] = CLIPTokenizer.from_pretrained(folder)

@@ -30,11 +30,13 @@ class GenerationParams:
     height: int
     scheduler: str | None  # None: the model's own scheduler
     refiner_fraction: float = 0.0  # SDXL with a refiner: the share of the denoising the refiner does
+    # Whether the model's guidance is classifier-free (PipelineConfig.classifier_free_guidance); FLUX's is not.
+    classifier_free: bool = True
 
     @property
     def uses_classifier_free_guidance(self) -> bool:
-        # As diffusers: guidance <= 1 turns classifier-free guidance off.
-        return self.guidance_scale > 1.0
+        # As diffusers: guidance <= 1 turns classifier-free guidance off; FLUX embeds its guidance (dev) or has none.
+        return self.classifier_free and self.guidance_scale > 1.0
 
 
 def _echo(value: object) -> str:
@@ -172,6 +174,7 @@ def parse_generation_params(
         ),
         scheduler=None if scheduler is None else _scheduler(scheduler, config),
         refiner_fraction=0.0 if refiner_fraction is None else _refiner_fraction(float(refiner_fraction), config),
+        classifier_free=config.classifier_free_guidance,
     )
     pixels = params.width * params.height
     if pixels > config.pixel_limit:

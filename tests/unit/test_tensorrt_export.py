@@ -53,20 +53,20 @@ _SCHEDULERS = {
 def _write_config_only_pipeline(folder: Path, architecture: Architecture) -> Path:
     """A pipeline folder of configs and tokenizers only, as a user's download before its weights arrive."""
     files: dict[str, dict] = {
-        "unet/config.json": {"_class_name": "UNet2DConditionModel", **architecture.unet},
+        "unet/config.json": {"_class_name": "UNet2DConditionModel", **architecture.denoiser},
         "vae/config.json": {"_class_name": "AutoencoderKL", **architecture.vae},
         "scheduler/scheduler_config.json": _SCHEDULERS[architecture.name],
     }
     index: dict = {
-        "_class_name": "StableDiffusionXLPipeline" if architecture.sdxl else "StableDiffusionPipeline",
+        "_class_name": "StableDiffusionXLPipeline" if architecture.name == "sdxl" else "StableDiffusionPipeline",
         "scheduler": ["diffusers", files["scheduler/scheduler_config.json"]["_class_name"]],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    for index_key, class_name, config in architecture.text_encoders:
-        files[f"{index_key}/config.json"] = {"architectures": [class_name], **config}
-        index[index_key] = ["transformers", class_name]
-        tokenizer = index_key.replace("text_encoder", "tokenizer")
+    for encoder in architecture.text_encoders:
+        files[f"{encoder.role}/config.json"] = {"architectures": [encoder.class_name], **encoder.config}
+        index[encoder.role] = ["transformers", encoder.class_name]
+        tokenizer = encoder.role.replace("text_encoder", "tokenizer")
         index[tokenizer] = ["transformers", "CLIPTokenizer"]
         pad_token = "!" if tokenizer == "tokenizer_2" else "<|endoftext|>"  # as SDXL's second tokenizer
         build_clip_tokenizer(model_max_length=77, pad_token=pad_token).save_pretrained(folder / tokenizer)

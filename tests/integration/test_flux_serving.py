@@ -1,0 +1,162 @@
+"""FLUX.1 served through a real tritonserver: the engine gives FluxPipeline's images on the same weights, for every
+scheduler each model offers, two guidance values (dev), a non-square size, the defaults, alone and batched with
+other requests in flight; the schedulers FluxPipeline cannot run are refused, naming the offered ones.
+
+One server holds two tiny repositories: FLUX.1-dev (guidance embedding, dynamic shifting, T5 at 512 rows) and,
+under a model prefix, FLUX.1-schnell (no guidance, no shifting, T5 at 256 rows).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from sdtriton.client import InvalidRequestError, StableDiffusionClient
+from sdtriton.interface import FLOW_SCHEDULER_NAMES
+from sdtriton.pipeline_config import PipelineConfig
+from tests.conftest import serve
+from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flux_diffusers_image, max_pixel_difference
+
+pytestmark = pytest.mark.integration
+
+PROMPT = "a purple star on an orange background"
+STEPS = 5
+SMALL = {"width": 64, "height": 64}  # the tiny models' native size is FluxPipeline's 128 latents = 256 px
+SCHNELL = "schnell_"
+DEV_SCHEDULERS = ("flow_euler", "dpmpp_2m", "unipc")
+SCHNELL_SCHEDULERS = ("flow_euler", "unipc")
+
+
+@pytest.fixture(scope="module")
+def flux_server(flux_exports, tmp_path_factory: pytest.TempPathFactory):
+    (_, dev, _), (_, schnell, _) = flux_exports["flux-dev"], flux_exports["flux-schnell"]
+    yield from serve(dev, tmp_path_factory, extra_args=(f"--model-repository={schnell}",))
+
+
+@pytest.fixture(scope="module")
+def oracles(flux_exports) -> dict[str, tuple[object, int]]:
+    """diffusers' own FluxPipeline on the same folders, with the T5 rows each was exported with."""
+    import torch
+    from diffusers import FluxPipeline
+
+    oracles = {}
+    for family, (folder, repository, prefix) in flux_exports.items():
+        pipeline = FluxPipeline.from_pretrained(folder, dtype=torch.float32)
+        pipeline.set_progress_bar_config(disable=True)
+        config = PipelineConfig.load(repository / f"{prefix}pipeline" / "1")
+        oracles[family] = (pipeline, config.flux.t5_max_length)
+    return oracles
+
+
+def _expected(oracles, family: str, **kwargs) -> np.ndarray:
+    pipeline, max_sequence_length = oracles[family]
+    return flux_diffusers_image(pipeline, PROMPT, max_sequence_length=max_sequence_length, **kwargs)
+
+
+def _generate(url: str, family: str, **kwargs) -> np.ndarray:
+    model_name = (SCHNELL if family == "flux-schnell" else "") + "stable_diffusion"
+    with StableDiffusionClient(url, model_name=model_name) as client:
+        return np.asarray(client.generate(PROMPT, **kwargs).image)
+
+
+@pytest.mark.parametrize(
+    ("family", "scheduler"),
+    [("flux-dev", None), *(("flux-dev", name) for name in DEV_SCHEDULERS), ("flux-schnell", "unipc")],
+)
+def test_every_offered_scheduler_matches_flux_pipeline(flux_server, oracles, family: str, scheduler) -> None:
+    kwargs = {"seed": 1234, "num_inference_steps": STEPS, "scheduler": scheduler, **SMALL}
+    image = _generate(flux_server.address.grpc_url, family, **kwargs)
+    assert max_pixel_difference(image, _expected(oracles, family, **kwargs)) <= MAX_PIXEL_DIFFERENCE
+    # The comparison can fail: another seed gives a clearly different picture.
+    other = _expected(oracles, family, **{**kwargs, "seed": 1235})
+    assert max_pixel_difference(image, other) > 20
+
+
+@pytest.mark.parametrize(
+    ("family", "kwargs"),
+    [
+        ("flux-dev", {"guidance_scale": 1.5, **SMALL}),
+        ("flux-dev", {"guidance_scale": 6.0, **SMALL}),
+        ("flux-dev", {"width": 96, "height": 64, "scheduler": "dpmpp_2m"}),  # non-square
+        ("flux-dev", SMALL),  # the pipeline's 28 steps and guidance 3.5 (at a small size)
+        ("flux-schnell", {}),  # every default: schnell's 4 steps at FluxPipeline's 256 px
+    ],
+    ids=["guidance-1.5", "guidance-6", "non-square", "dev-defaults", "schnell-defaults"],
+)
+def test_guidance_sizes_and_defaults_match_flux_pipeline(flux_server, oracles, family: str, kwargs) -> None:
+    steps = {"num_inference_steps": STEPS} if "guidance_scale" in kwargs or "scheduler" in kwargs else {}
+    image = _generate(flux_server.address.http_url, family, seed=7, **steps, **kwargs)
+    default_steps = 28 if family == "flux-dev" else 4
+    expected = _expected(
+        oracles, family, seed=7, num_inference_steps=steps.get("num_inference_steps", default_steps), **kwargs
+    )
+    assert max_pixel_difference(image, expected) <= MAX_PIXEL_DIFFERENCE
+    if family == "flux-schnell":
+        assert image.shape == (256, 256, 3)
+
+
+def test_guidance_changes_dev_and_is_ignored_by_schnell_as_in_diffusers(flux_server) -> None:
+    url = flux_server.address.grpc_url
+    kwargs = {"seed": 9, "num_inference_steps": 3, **SMALL}
+    dev = [_generate(url, "flux-dev", guidance_scale=scale, **kwargs) for scale in (1.5, 6.0)]
+    assert max_pixel_difference(*dev) > 0
+    schnell = [_generate(url, "flux-schnell", guidance_scale=scale, **kwargs) for scale in (0.0, 6.0)]
+    assert np.array_equal(*schnell)
+    # No classifier-free guidance (true_cfg_scale is not offered): a negative prompt changes nothing, as in diffusers.
+    negative = _generate(url, "flux-dev", negative_prompt="blurry", guidance_scale=6.0, **kwargs)
+    assert np.array_equal(negative, dev[1])
+
+
+def test_flux_requests_batched_together_stay_exact(flux_server, oracles) -> None:
+    jobs = [
+        ("flux-dev", {"seed": 30, "num_inference_steps": 6, "scheduler": "unipc", **SMALL}),
+        ("flux-dev", {"seed": 31, "num_inference_steps": 4, "guidance_scale": 5.0, **SMALL}),
+        ("flux-dev", {"seed": 32, "num_inference_steps": 5, "width": 96, "height": 64}),
+        ("flux-schnell", {"seed": 33, "num_inference_steps": 3, **SMALL}),
+    ]
+
+    def run(job) -> np.ndarray:
+        family, kwargs = job
+        return _generate(flux_server.address.grpc_url, family, **kwargs)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        images = list(pool.map(run, jobs))
+    for image, (family, kwargs) in zip(images, jobs, strict=True):
+        assert max_pixel_difference(image, _expected(oracles, family, **kwargs)) <= MAX_PIXEL_DIFFERENCE
+
+
+@pytest.mark.parametrize(
+    ("family", "scheduler", "offered"),
+    [
+        ("flux-dev", "flow_heun", DEV_SCHEDULERS),
+        ("flux-dev", "euler", DEV_SCHEDULERS),
+        ("flux-schnell", "dpmpp_2m", SCHNELL_SCHEDULERS),
+    ],
+)
+def test_a_scheduler_flux_pipeline_cannot_run_is_refused_naming_the_offered_ones(
+    flux_server, oracles, family: str, scheduler: str, offered: tuple[str, ...]
+) -> None:
+    if scheduler in FLOW_SCHEDULER_NAMES:
+        # diffusers' own FluxPipeline fails with it too (no sigmas argument; DPM-Solver's mu without shifting).
+        with pytest.raises((ValueError, AssertionError)):
+            _expected(oracles, family, seed=0, num_inference_steps=2, scheduler=scheduler, **SMALL)
+    with pytest.raises(InvalidRequestError) as error:
+        _generate(flux_server.address.http_url, family, num_inference_steps=2, scheduler=scheduler, **SMALL)
+    message = str(error.value)
+    assert "scheduler" in message and f"must be one of {', '.join(offered)} (this flux model's)" in message
+
+
+def test_flux_progress_and_previews_stream_and_end_with_the_same_image(flux_server) -> None:
+    kwargs = {"seed": 50, "num_inference_steps": 4, **SMALL}
+    events = []
+    with StableDiffusionClient(flux_server.address.grpc_url) as client:
+        streamed = client.generate(PROMPT, on_progress=events.append, preview_every=2, **kwargs)
+        plain = client.generate(PROMPT, **kwargs)
+    assert [event.steps_done[0] for event in events] == [1, 2, 3, 4]
+    # The packed latents unpacked to 16 x 32 x 32, drawn by the projection the export fitted.
+    previews = [event.previews[0] for event in events if event.previews]
+    assert [preview.size for preview in previews] == [(32, 32)]
+    assert np.asarray(previews[0]).std() > 0
+    assert np.array_equal(np.asarray(streamed.image), np.asarray(plain.image))
