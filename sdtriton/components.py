@@ -37,6 +37,15 @@ class TensorSpec:
     def onnx_dynamic_axes(self) -> dict[int, str]:
         return {index: axis for index, axis in enumerate(self.axes) if axis in DYNAMIC_AXES}
 
+    def check_shape(self, config: PipelineConfig) -> tuple[int, ...]:
+        """A second shape an export is checked at, other than the traced one on every dynamic axis."""
+        return tuple(
+            _dynamic_axis_size(axis, "check", config, max_batch_size=1)
+            if axis in DYNAMIC_AXES
+            else fixed_axis_size(axis, config)
+            for axis in self.axes
+        )
+
     def shape_range(
         self, config: PipelineConfig, *, max_batch_size: int
     ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
@@ -116,6 +125,8 @@ def _dynamic_axis_size(axis: str, which: str, config: PipelineConfig, *, max_bat
         sides |= {"latent_height": config.default_height // f, "latent_width": config.default_width // f}
         sides |= {"image_sequence": (config.default_height // patch) * (config.default_width // patch)}
         return sides[axis]
+    if which == "check":
+        return _check_axis_size(axis, config, patch=patch)
     table = {
         BATCH: (1, 2, max_batch_size),
         "image_height": (config.min_size, config.default_height, config.max_height),
@@ -129,6 +140,23 @@ def _dynamic_axis_size(axis: str, which: str, config: PipelineConfig, *, max_bat
         ),
     }
     return table[axis][("min", "opt", "max").index(which)]
+
+
+def _check_axis_size(axis: str, config: PipelineConfig, *, patch: int) -> int:
+    """A second size to check an export at, unlike the traced one on every dynamic axis: one row, about half the
+    default height and a size step wider than that width (non-square), never below the smallest allowed size."""
+    f, step = config.vae_scale_factor, config.size_multiple
+    height = max(config.min_size, config.default_height // 2 // step * step)
+    width = min(config.max_width, max(config.min_size, config.default_width // 2 // step * step) + step)
+    sizes = {
+        BATCH: 1,
+        "image_height": height,
+        "image_width": width,
+        "latent_height": height // f,
+        "latent_width": width // f,
+        "image_sequence": (height // patch) * (width // patch),
+    }
+    return sizes[axis]
 
 
 TEXT_ENCODER = ComponentSpec(

@@ -51,3 +51,19 @@ def test_export_shows_its_bar_and_one_line_per_component_and_only_unknown_warnin
     ]
     assert lines == [spec.model_name for spec in components_of(config)]
     assert "export: 100%" in capsys.readouterr().err
+
+
+def test_a_graph_that_runs_at_the_traced_size_only_fails_the_export(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Export checks every network at a second size (one row, the smallest size allowed), not only the traced one:
+    a size the tracer baked into the graph (FLUX's rotary reshape did) is refused at export, not met in serving."""
+    decode = onnx_export._VaeDecode.forward
+
+    def forward_with_a_baked_width(self: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+        # int() makes the traced width a constant: the graph holds a tensor of the example's width.
+        return decode(self, latents + torch.zeros(int(latents.shape[3])))
+
+    monkeypatch.setattr(onnx_export._VaeDecode, "forward", forward_with_a_baked_width)
+    with pytest.raises(RuntimeError, match=r"vae_decoder: the exported graph fails at another size \(latents \[1, "):
+        export_repository(tiny_model_dir, tmp_path / "repository", show_progress=False, fit_preview=False)
