@@ -120,64 +120,15 @@ def sd3_diffusers_scheduler(pipeline, scheduler: str | None):
     return built[scheduler]()
 
 
-def sd3_diffusers_image(
-    pipeline,
-    prompt: str,
-    *,
-    seed: int,
-    num_inference_steps: int,
-    guidance_scale: float | None = None,
-    negative_prompt: str | None = None,
-    width: int | None = None,
-    height: int | None = None,
-    scheduler: str | None = None,
-) -> np.ndarray:
-    """[H, W, 3] uint8 image of ``StableDiffusion3Pipeline`` (its own defaults where an argument is None)."""
+def flow_diffusers_image(pipeline, prompt: str, *, seed: int, scheduler: str | None = None, **call) -> np.ndarray:
+    """[H, W, 3] uint8 image of ``StableDiffusion3Pipeline`` or ``FluxPipeline`` with the scheduler a request's key
+    names swapped in (:func:`sd3_diffusers_scheduler`); ``call``'s arguments go to the pipeline's ``__call__``, whose
+    own defaults apply where one is None (guidance, size, negative prompt)."""
     original = pipeline.scheduler
     pipeline.scheduler = sd3_diffusers_scheduler(pipeline, scheduler)
-    extra = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+    given = {name: value for name, value in call.items() if value is not None}
     try:
-        image = pipeline(
-            prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            width=width,
-            height=height,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            **extra,
-        ).images[0]
-    finally:
-        pipeline.scheduler = original
-    return np.asarray(image)
-
-
-def flux_diffusers_image(
-    pipeline,
-    prompt: str,
-    *,
-    seed: int,
-    num_inference_steps: int,
-    max_sequence_length: int,
-    guidance_scale: float | None = None,
-    width: int | None = None,
-    height: int | None = None,
-    scheduler: str | None = None,
-) -> np.ndarray:
-    """[H, W, 3] uint8 image of ``FluxPipeline`` (its own defaults where an argument is None), the scheduler swapped
-    in as for SD 3 (:func:`sd3_diffusers_scheduler`)."""
-    original = pipeline.scheduler
-    pipeline.scheduler = sd3_diffusers_scheduler(pipeline, scheduler)
-    extra = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
-    try:
-        image = pipeline(
-            prompt,
-            num_inference_steps=num_inference_steps,
-            max_sequence_length=max_sequence_length,
-            width=width,
-            height=height,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            **extra,
-        ).images[0]
+        image = pipeline(prompt, generator=torch.Generator("cpu").manual_seed(seed), **given).images[0]
     finally:
         pipeline.scheduler = original
     return np.asarray(image)

@@ -17,7 +17,7 @@ from sdtriton.client import InvalidRequestError, StableDiffusionClient
 from sdtriton.interface import FLOW_SCHEDULER_NAMES
 from sdtriton.pipeline_config import PipelineConfig
 from tests.conftest import serve
-from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flux_diffusers_image, max_pixel_difference
+from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flow_diffusers_image, max_pixel_difference
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def oracles(flux_exports) -> dict[str, tuple[object, int]]:
 
 def _expected(oracles, family: str, **kwargs) -> np.ndarray:
     pipeline, max_sequence_length = oracles[family]
-    return flux_diffusers_image(pipeline, PROMPT, max_sequence_length=max_sequence_length, **kwargs)
+    return flow_diffusers_image(pipeline, PROMPT, max_sequence_length=max_sequence_length, **kwargs)
 
 
 def _generate(url: str, family: str, **kwargs) -> np.ndarray:

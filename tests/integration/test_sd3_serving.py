@@ -16,7 +16,7 @@ import pytest
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
 from sdtriton.interface import FLOW_SCHEDULER_NAMES, SCHEDULER_NAMES
 from tests.conftest import serve
-from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, max_pixel_difference, sd3_diffusers_image
+from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flow_diffusers_image, max_pixel_difference
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def client(sd3_server):
 
 def _check(client, oracle, **kwargs) -> np.ndarray:
     image = np.asarray(client.generate(PROMPT, **kwargs).image)
-    expected = sd3_diffusers_image(oracle, PROMPT, **kwargs)
+    expected = flow_diffusers_image(oracle, PROMPT, **kwargs)
     assert max_pixel_difference(image, expected) <= MAX_PIXEL_DIFFERENCE
     return image
 
@@ -66,7 +66,7 @@ def _check(client, oracle, **kwargs) -> np.ndarray:
 def test_every_flow_scheduler_matches_diffusers_sd35(client, oracles, scheduler: str | None) -> None:
     image = _check(client, oracles["sd35"], seed=1234, num_inference_steps=STEPS, scheduler=scheduler)
     # The comparison can fail: another seed gives a clearly different picture.
-    other = sd3_diffusers_image(oracles["sd35"], PROMPT, seed=1235, num_inference_steps=STEPS, scheduler=scheduler)
+    other = flow_diffusers_image(oracles["sd35"], PROMPT, seed=1235, num_inference_steps=STEPS, scheduler=scheduler)
     assert max_pixel_difference(image, other) > 20
 
 
@@ -83,7 +83,7 @@ def test_every_flow_scheduler_matches_diffusers_sd35(client, oracles, scheduler:
 def test_guidance_negative_prompts_sizes_and_defaults_match_diffusers_sd35(client, oracles, kwargs) -> None:
     steps = {} if not kwargs else {"num_inference_steps": STEPS}
     image = np.asarray(client.generate(PROMPT, seed=7, **steps, **kwargs).image)
-    expected = sd3_diffusers_image(
+    expected = flow_diffusers_image(
         oracles["sd35"], PROMPT, seed=7, num_inference_steps=steps.get("num_inference_steps", 28), **kwargs
     )
     assert max_pixel_difference(image, expected) <= MAX_PIXEL_DIFFERENCE
@@ -114,8 +114,8 @@ def test_sd3_and_sd_requests_batched_together_stay_exact(sd3_server, oracles, di
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         images = list(pool.map(run, jobs))
     expected = {
-        SD35_ENTRY: lambda kwargs: sd3_diffusers_image(oracles["sd35"], PROMPT, **kwargs),
-        NO_T5_ENTRY: lambda kwargs: sd3_diffusers_image(oracles["sd3_no_t5"], PROMPT, **kwargs),
+        SD35_ENTRY: lambda kwargs: flow_diffusers_image(oracles["sd35"], PROMPT, **kwargs),
+        NO_T5_ENTRY: lambda kwargs: flow_diffusers_image(oracles["sd3_no_t5"], PROMPT, **kwargs),
         "stable_diffusion": lambda kwargs: diffusers_image(diffusers_pipeline, PROMPT, **kwargs),
     }
     for image, (model_name, kwargs) in zip(images, jobs, strict=True):
