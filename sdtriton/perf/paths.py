@@ -127,12 +127,14 @@ class InstrumentedNetworks:
         return self._timed("encode_text", encoder, input_ids)
 
     def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        self.unet_rows += int(inputs["sample"].shape[0])
+        # The denoiser's first input is its latents: the UNet's ``sample``, a transformer's ``hidden_states``.
+        sample = next(iter(inputs.values()))
+        self.unet_rows += int(sample.shape[0])
         if self.zero_time_unet:
             import torch
 
             self.calls_ms["predict_noise"].append(0.0)
-            return torch.zeros_like(inputs["sample"])
+            return torch.zeros_like(sample)
         return self._timed("predict_noise", unet, inputs)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

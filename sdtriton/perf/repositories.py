@@ -25,7 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sdtriton import interface
-from sdtriton.components import ONNX_FILE_NAME, TENSORRT_PLAN_FILE_NAME, TOKENIZER_DIR_NAME, UNET
+from sdtriton.components import (
+    ONNX_FILE_NAME,
+    TENSORRT_PLAN_FILE_NAME,
+    TOKENIZER_DIR_NAME,
+    TRANSFORMER_MODEL_NAME,
+    UNET,
+)
 from sdtriton.serving.engine import EngineLimits
 from sdtriton.serving.simulated import SimulatedLatency
 
@@ -211,12 +217,14 @@ def simulated_repository(
 
 
 def ensure_model(model_dir: Path | None, model: str, work_dir: Path) -> Path:
-    """A diffusers folder of ``model``: ``model_dir`` if it holds one, else made (make-tiny) or the built-in one."""
-    from sdtriton.tiny import PROFILES, make_tiny
+    """A diffusers folder of ``model``: ``model_dir`` if it holds one, else made (make-tiny: ``model`` a profile of
+    the SD family, or another family such as ``sd35``) or the built-in one."""
+    from sdtriton.tiny import FAMILIES, PROFILES, make_tiny
 
     if model_dir is not None and (model_dir / "model_index.json").is_file():
         return model_dir
-    if model not in PROFILES:
+    families = set(FAMILIES) - {"sd"}
+    if model not in PROFILES and model not in families:
         if model_dir is not None:
             raise FileNotFoundError(f"{model_dir} holds no diffusers pipeline (model_index.json)")
         from sdtriton.shapes.builtin import resolve_source
@@ -224,7 +232,7 @@ def ensure_model(model_dir: Path | None, model: str, work_dir: Path) -> Path:
         return Path(resolve_source(model))
     target = model_dir or work_dir / "model"
     started = time.monotonic()
-    make_tiny(target, profile=model)
+    make_tiny(target, **({"family": model} if model in families else {"profile": model}))
     logger.info("made the %s model in %.0f s", model, time.monotonic() - started)
     return target
 
@@ -235,7 +243,7 @@ def ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool,
     exported = (
         (repository / interface.ENTRY_MODEL_NAME / "config.pbtxt").is_file()
         and (repository / interface.PIPELINE_MODEL_NAME / "1" / TOKENIZER_DIR_NAME).is_dir()
-        and (repository / UNET.model_name / "1").is_dir()
+        and any((repository / name / "1").is_dir() for name in (UNET.model_name, TRANSFORMER_MODEL_NAME))
     )
     if exported:
         limits = engine_limits_of(repository)

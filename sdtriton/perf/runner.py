@@ -115,7 +115,8 @@ class PerfOptions:
     Attributes:
         profile: a profile of ``perf/scenarios.json``: ``shapes`` (the default model), ``tiny`` (its stand-in
             until the trained weights land), ``sd15`` (the heavy one), ``engine`` (the diffusion engine's
-            ceiling, batching, fairness, refusals and scaling on the default model; ``perf_analyzer`` unused).
+            ceiling, batching, fairness, refusals and scaling on the default model; ``perf_analyzer`` unused),
+            ``transformer`` (the engine's ceiling on a tiny SD 3.5, ``make-tiny --family sd35``).
         output_dir: where the CSV files, plot, summary and logs go.
         perf_dir: the folder holding ``scenarios.json`` and ``input_data/``.
         model_dir: a diffusers pipeline folder of the profile's model; made with ``make-tiny`` there if it

@@ -48,6 +48,7 @@ from sdtriton.perf.repositories import engine_limits_of, engine_variant
 from sdtriton.perf.workload import fixed_requests, raw_inputs
 from sdtriton.serving.engine import EngineLimits
 from sdtriton.serving.simulated import SimulatedLatency
+from sdtriton.tiny import FAMILIES
 from tests.unit.test_engine import CONFIG, TOKENS, FakeNetworks
 
 
@@ -264,17 +265,33 @@ def test_reports_label_the_simulated_results(tmp_path: Path) -> None:
     assert "served/ceiling 0.833x" in text and "SIMULATED c8/c1" in text and "goals missed" in text
 
 
-def test_the_committed_engine_profile() -> None:
+def test_the_committed_engine_profiles() -> None:
     profiles = load_profiles(DEFAULT_PERF_DIR)
-    ((name, profile),) = [(name, p) for name, p in profiles.items() if isinstance(p, EngineProfile)]
-    assert (DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / profile.input_data).is_file()
+    engine_profiles = {name: p for name, p in profiles.items() if isinstance(p, EngineProfile)}
+    assert set(engine_profiles) == {"engine", "transformer"}
+    for profile in engine_profiles.values():
+        assert (DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / profile.input_data).is_file()
+    # The transformer profile: a tiny SD 3.5 (make-tiny --family sd35), its ceiling at concurrency 8 and 1 only.
+    transformer = engine_profiles["transformer"]
+    assert transformer.model == "sd35" and transformer.model in FAMILIES
+    assert transformer.ceiling is not None and transformer.ceiling.concurrency == 8
+    assert (transformer.sweep, transformer.mixed, transformer.burst, transformer.simulated) == (None,) * 4
+    profile = engine_profiles["engine"]
     assert profile.model == "shapes"
     assert profile.ceiling is not None and profile.sweep is not None
     assert profile.ceiling.concurrency in profile.sweep.levels and 1 in profile.sweep.levels
     assert profile.mixed is not None and profile.mixed.concurrency == 8
     assert profile.simulated is not None and str(profile.simulated.latency) == "10ms+2ms"
     # The perf_analyzer profiles are the others.
-    assert all(isinstance(p, Profile) for n, p in profiles.items() if n != name)
+    assert all(isinstance(p, Profile) for n, p in profiles.items() if n not in engine_profiles)
+
+
+def test_instrumented_networks_count_a_transformers_rows() -> None:
+    """SD 3's denoiser takes ``hidden_states`` where the UNet takes ``sample``: rows and zeros follow the latents."""
+    networks = InstrumentedNetworks(FakeNetworks(), zero_time_unet=True)
+    latents = torch.ones(4, 16, 8, 8)
+    noise = networks.predict_noise("transformer", {"hidden_states": latents, "timestep": torch.zeros(4)})
+    assert networks.unet_rows == 4 and noise.shape == latents.shape and not noise.any()
 
 
 def _profile(**engine: object) -> dict[str, object]:

@@ -18,7 +18,7 @@ from sdtriton.perf.profiles import (
     parse_profiles,
     request_rates,
 )
-from sdtriton.tiny import PROFILES
+from sdtriton.tiny import FAMILIES, PROFILES
 
 # perf_analyzer 2.51's -f output, as written against this project's server.
 CONCURRENCY_CSV = (
@@ -45,7 +45,7 @@ def test_committed_profiles_parse_and_name_existing_files() -> None:
     profiles = load_profiles(DEFAULT_PERF_DIR)
     assert {"tiny", "sd15"} <= set(profiles)
     for profile in profiles.values():
-        assert profile.model in {*PROFILES, "shapes"}
+        assert profile.model in {*PROFILES, *FAMILIES, "shapes"}
         for name in profile.input_data_files():
             assert (DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / name).is_file()
 
