@@ -130,14 +130,14 @@ def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
 def flux_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, str]]:
     """Tiny FLUX.1-dev (guidance embedding, dynamic shifting, T5 at FluxPipeline's 512 rows) and FLUX.1-schnell (no
     guidance, no shifting; T5 at schnell's usual 256 rows, export --max-sequence-length): (diffusers folder, exported
-    repository, model-name prefix) of each; schnell is exported under the prefix ``schnell_`` so one server holds
-    both."""
+    repository, model-name prefix) of each, under the prefixes ``flux_`` and ``schnell_`` so one server holds
+    both beside the other families' repositories (``family_server``)."""
     from sdtriton.export import RenderOptions, export_repository
     from sdtriton.tiny import make_tiny
 
     root = tmp_path_factory.mktemp("flux")
     exports = {}
-    for family, prefix, max_sequence_length in (("flux-dev", "", None), ("flux-schnell", "schnell_", 256)):
+    for family, prefix, max_sequence_length in (("flux-dev", "flux_", None), ("flux-schnell", "schnell_", 256)):
         folder = make_tiny(root / family, family=family)
         repository = root / f"{family}_repository"
         export_repository(
@@ -149,3 +149,39 @@ def flux_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
         )
         exports[family] = (folder, repository, prefix)
     return exports
+
+
+SDXL_PREFIX = "sdxl_"
+
+
+@pytest.fixture(scope="session")
+def sdxl_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny SDXL base and its refiner (``make-tiny --family sdxl`` / ``sdxl-refiner``)."""
+    from sdtriton.tiny import make_tiny
+
+    models = tmp_path_factory.mktemp("sdxl_models")
+    return make_tiny(models / "base", family="sdxl"), make_tiny(models / "refiner", family="sdxl-refiner")
+
+
+@pytest.fixture(scope="session")
+def family_server(
+    tiny_repository: Path,
+    sdxl_dirs: tuple[Path, Path],
+    sd3_exports,
+    flux_exports,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[object]:
+    """One real tritonserver holding a repository of every family side by side: the tiny SD one, SDXL with its
+    refiner (models ``sdxl_*``), SD 3.5 (``sd35_*``), SD 3 without T5 (``no_t5_*``), FLUX.1-dev (``flux_*``) and
+    FLUX.1-schnell (``schnell_*``)."""
+    from sdtriton.export import RenderOptions, export_repository
+
+    base, refiner = sdxl_dirs
+    sdxl_repository = tmp_path_factory.mktemp("sdxl_repository")
+    export_repository(
+        base, sdxl_repository, refiner=refiner, options=RenderOptions(model_prefix=SDXL_PREFIX), show_progress=False
+    )
+    exported = (*sd3_exports.values(), *flux_exports.values())
+    repositories = (sdxl_repository, *(repository for _, repository, _ in exported))
+    extra_args = tuple(f"--model-repository={repository}" for repository in repositories)
+    yield from serve(tiny_repository, tmp_path_factory, extra_args=extra_args)

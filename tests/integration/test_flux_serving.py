@@ -2,8 +2,9 @@
 scheduler each model offers, two guidance values (dev), a non-square size, the defaults, alone and batched with
 other requests in flight; the schedulers FluxPipeline cannot run are refused, naming the offered ones.
 
-One server holds two tiny repositories: FLUX.1-dev (guidance embedding, dynamic shifting, T5 at 512 rows) and,
-under a model prefix, FLUX.1-schnell (no guidance, no shifting, T5 at 256 rows).
+They run on the server of every family (``family_server``), where FLUX.1-dev (guidance embedding, dynamic
+shifting, T5 at 512 rows) and FLUX.1-schnell (no guidance, no shifting, T5 at 256 rows) sit under model prefixes
+beside SD, SDXL and SD 3.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import pytest
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
 from sdtriton.interface import FLOW_SCHEDULER_NAMES
 from sdtriton.pipeline_config import PipelineConfig
-from tests.conftest import serve
 from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flow_diffusers_image, max_pixel_difference
 
 pytestmark = pytest.mark.integration
@@ -24,15 +24,14 @@ pytestmark = pytest.mark.integration
 PROMPT = "a purple star on an orange background"
 STEPS = 5
 SMALL = {"width": 64, "height": 64}  # the tiny models' native size is FluxPipeline's 128 latents = 256 px
-SCHNELL = "schnell_"
+PREFIXES = {"flux-dev": "flux_", "flux-schnell": "schnell_"}
 DEV_SCHEDULERS = ("flow_euler", "dpmpp_2m", "unipc")
 SCHNELL_SCHEDULERS = ("flow_euler", "unipc")
 
 
 @pytest.fixture(scope="module")
-def flux_server(flux_exports, tmp_path_factory: pytest.TempPathFactory):
-    (_, dev, _), (_, schnell, _) = flux_exports["flux-dev"], flux_exports["flux-schnell"]
-    yield from serve(dev, tmp_path_factory, extra_args=(f"--model-repository={schnell}",))
+def flux_server(family_server):
+    return family_server
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +55,7 @@ def _expected(oracles, family: str, **kwargs) -> np.ndarray:
 
 
 def _generate(url: str, family: str, **kwargs) -> np.ndarray:
-    model_name = (SCHNELL if family == "flux-schnell" else "") + "stable_diffusion"
+    model_name = PREFIXES[family] + "stable_diffusion"
     with StableDiffusionClient(url, model_name=model_name) as client:
         return np.asarray(client.generate(PROMPT, **kwargs).image)
 
@@ -151,7 +150,8 @@ def test_a_scheduler_flux_pipeline_cannot_run_is_refused_naming_the_offered_ones
 def test_flux_progress_and_previews_stream_and_end_with_the_same_image(flux_server) -> None:
     kwargs = {"seed": 50, "num_inference_steps": 4, **SMALL}
     events = []
-    with StableDiffusionClient(flux_server.address.grpc_url) as client:
+    dev_entry = PREFIXES["flux-dev"] + "stable_diffusion"
+    with StableDiffusionClient(flux_server.address.grpc_url, model_name=dev_entry) as client:
         streamed = client.generate(PROMPT, on_progress=events.append, preview_every=2, **kwargs)
         plain = client.generate(PROMPT, **kwargs)
     assert [event.steps_done[0] for event in events] == [1, 2, 3, 4]

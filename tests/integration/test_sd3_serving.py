@@ -2,8 +2,9 @@
 images on the same weights, for every scheduler the family offers, guidance on and off, a given and an omitted
 negative prompt, a non-square size, T5 present and absent, alone and batched with other requests in flight.
 
-One server holds three tiny repositories: SD 1.x's (``tiny_repository``) and, under model prefixes, SD 3.5
-(dual-attention layers, RMS q/k norm, T5) and SD 3 without T5 (diffusers encodes zeros in its place).
+One server (``family_server``) holds a tiny repository of every family: SD 1.x's, and under model prefixes SDXL
+with its refiner, SD 3.5 (dual-attention layers, RMS q/k norm, T5) and SD 3 without T5 (diffusers encodes zeros in
+its place).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import pytest
 
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
 from sdtriton.interface import FLOW_SCHEDULER_NAMES, SCHEDULER_NAMES
-from tests.conftest import serve
 from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flow_diffusers_image, max_pixel_difference
 
 pytestmark = pytest.mark.integration
@@ -27,9 +27,8 @@ NO_T5_ENTRY = "no_t5_stable_diffusion"
 
 
 @pytest.fixture(scope="module")
-def sd3_server(sd3_exports, tiny_repository, tmp_path_factory: pytest.TempPathFactory):
-    repositories = tuple(f"--model-repository={repository}" for _, repository, _ in sd3_exports.values())
-    yield from serve(tiny_repository, tmp_path_factory, extra_args=repositories)
+def sd3_server(family_server):
+    return family_server
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +94,23 @@ def test_sd3_without_t5_matches_diffusers_zeros_in_its_place(sd3_server, oracles
         _check(client, oracles["sd3_no_t5"], seed=11, num_inference_steps=STEPS, scheduler=scheduler)
 
 
-def test_sd3_and_sd_requests_batched_together_stay_exact(sd3_server, oracles, diffusers_pipeline) -> None:
-    from tests.integration.oracle import diffusers_image
+def test_every_family_served_side_by_side_by_one_server_stays_exact(
+    sd3_server, oracles, diffusers_pipeline, sdxl_dirs
+) -> None:
+    import torch
+    from diffusers import StableDiffusionXLPipeline
 
+    from tests.integration.oracle import diffusers_image, sdxl_diffusers_image
+
+    sdxl = StableDiffusionXLPipeline.from_pretrained(sdxl_dirs[0], torch_dtype=torch.float32)
+    sdxl.set_progress_bar_config(disable=True)
     jobs = [
         (SD35_ENTRY, {"seed": 30, "num_inference_steps": 9, "scheduler": "unipc"}),
         (SD35_ENTRY, {"seed": 31, "num_inference_steps": 5, "guidance_scale": 1.0, "width": 96}),
         (SD35_ENTRY, {"seed": 32, "num_inference_steps": 7, "scheduler": "flow_heun"}),
         (NO_T5_ENTRY, {"seed": 33, "num_inference_steps": 8}),
         ("stable_diffusion", {"seed": 34, "num_inference_steps": 8, "scheduler": "dpmpp_2m"}),  # SD 1.x beside them
+        ("sdxl_stable_diffusion", {"seed": 35, "num_inference_steps": 6, "scheduler": "euler"}),  # and SDXL
     ]
 
     def run(job) -> np.ndarray:
@@ -117,6 +124,7 @@ def test_sd3_and_sd_requests_batched_together_stay_exact(sd3_server, oracles, di
         SD35_ENTRY: lambda kwargs: flow_diffusers_image(oracles["sd35"], PROMPT, **kwargs),
         NO_T5_ENTRY: lambda kwargs: flow_diffusers_image(oracles["sd3_no_t5"], PROMPT, **kwargs),
         "stable_diffusion": lambda kwargs: diffusers_image(diffusers_pipeline, PROMPT, **kwargs),
+        "sdxl_stable_diffusion": lambda kwargs: sdxl_diffusers_image(sdxl, PROMPT, **kwargs),
     }
     for image, (model_name, kwargs) in zip(images, jobs, strict=True):
         assert max_pixel_difference(image, expected[model_name](kwargs)) <= MAX_PIXEL_DIFFERENCE, model_name

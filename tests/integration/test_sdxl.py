@@ -2,7 +2,7 @@
 
 The tiny SDXL base and refiner are made here (``make-tiny --family sdxl`` / ``sdxl-refiner``), exported into one
 repository with the refiner as a second stage and every model named ``sdxl_*`` (``--model-prefix``), and served
-by one real tritonserver together with the tiny SD repository (two ``--model-repository`` folders).
+by one real tritonserver together with the tiny SD repository and the SD 3 ones (``family_server``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
 from sdtriton.interface import SCHEDULER_NAMES
-from tests.conftest import serve
+from tests.conftest import SDXL_PREFIX
 from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, max_pixel_difference, sdxl_diffusers_image
 
 pytestmark = pytest.mark.integration
@@ -23,29 +23,13 @@ PROMPT = "a yellow star on a purple background"
 STEPS = 12
 
 
-@pytest.fixture(scope="module")
-def sdxl_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from sdtriton.tiny import make_tiny
-
-    models = tmp_path_factory.mktemp("sdxl_models")
-    return make_tiny(models / "base", family="sdxl"), make_tiny(models / "refiner", family="sdxl-refiner")
-
-
-PREFIX = "sdxl_"
-SDXL_ENTRY = PREFIX + "stable_diffusion"
+SDXL_ENTRY = SDXL_PREFIX + "stable_diffusion"
 
 
 @pytest.fixture(scope="module")
-def sdxl_server(sdxl_dirs, tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One tritonserver holding the tiny SD repository and the prefixed SDXL one."""
-    from sdtriton.export import RenderOptions, export_repository
-
-    base, refiner = sdxl_dirs
-    repository = tmp_path_factory.mktemp("sdxl_repository")
-    export_repository(
-        base, repository, refiner=refiner, options=RenderOptions(model_prefix=PREFIX), show_progress=False
-    )
-    yield from serve(tiny_repository, tmp_path_factory, extra_args=(f"--model-repository={repository}",))
+def sdxl_server(family_server):
+    """The server of every family (tests/conftest.py): the tiny SD repository and the prefixed SDXL one among them."""
+    return family_server
 
 
 @pytest.fixture(scope="module")
