@@ -95,15 +95,20 @@ def test_sd3_without_t5_matches_diffusers_zeros_in_its_place(sd3_server, oracles
 
 
 def test_every_family_served_side_by_side_by_one_server_stays_exact(
-    sd3_server, oracles, diffusers_pipeline, sdxl_dirs
+    sd3_server, oracles, diffusers_pipeline, sdxl_dirs, flux_exports
 ) -> None:
     import torch
-    from diffusers import StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusionXLPipeline
 
+    from sdtriton.pipeline_config import PipelineConfig
     from tests.integration.oracle import diffusers_image, sdxl_diffusers_image
 
     sdxl = StableDiffusionXLPipeline.from_pretrained(sdxl_dirs[0], torch_dtype=torch.float32)
-    sdxl.set_progress_bar_config(disable=True)
+    flux_folder, flux_repository, flux_prefix = flux_exports["flux-dev"]
+    flux = FluxPipeline.from_pretrained(flux_folder, dtype=torch.float32)
+    flux_t5_rows = PipelineConfig.load(flux_repository / f"{flux_prefix}pipeline" / "1").flux.t5_max_length
+    for pipeline in (sdxl, flux):
+        pipeline.set_progress_bar_config(disable=True)
     jobs = [
         (SD35_ENTRY, {"seed": 30, "num_inference_steps": 9, "scheduler": "unipc"}),
         (SD35_ENTRY, {"seed": 31, "num_inference_steps": 5, "guidance_scale": 1.0, "width": 96}),
@@ -111,6 +116,7 @@ def test_every_family_served_side_by_side_by_one_server_stays_exact(
         (NO_T5_ENTRY, {"seed": 33, "num_inference_steps": 8}),
         ("stable_diffusion", {"seed": 34, "num_inference_steps": 8, "scheduler": "dpmpp_2m"}),  # SD 1.x beside them
         ("sdxl_stable_diffusion", {"seed": 35, "num_inference_steps": 6, "scheduler": "euler"}),  # and SDXL
+        ("flux_stable_diffusion", {"seed": 36, "num_inference_steps": 4, "width": 64, "height": 64}),  # and FLUX
     ]
 
     def run(job) -> np.ndarray:
@@ -125,6 +131,9 @@ def test_every_family_served_side_by_side_by_one_server_stays_exact(
         NO_T5_ENTRY: lambda kwargs: flow_diffusers_image(oracles["sd3_no_t5"], PROMPT, **kwargs),
         "stable_diffusion": lambda kwargs: diffusers_image(diffusers_pipeline, PROMPT, **kwargs),
         "sdxl_stable_diffusion": lambda kwargs: sdxl_diffusers_image(sdxl, PROMPT, **kwargs),
+        "flux_stable_diffusion": lambda kwargs: flow_diffusers_image(
+            flux, PROMPT, max_sequence_length=flux_t5_rows, **kwargs
+        ),
     }
     for image, (model_name, kwargs) in zip(images, jobs, strict=True):
         assert max_pixel_difference(image, expected[model_name](kwargs)) <= MAX_PIXEL_DIFFERENCE, model_name
