@@ -156,6 +156,21 @@ def build_scheduler(
     return scheduler_class.from_config({**config, **flow_sigmas, **settings})
 
 
+def dynamic_shift_mu(config: Mapping[str, Any], image_seq_len: int, *, default_max_shift: float) -> float:
+    """``mu`` of a flow-matching scheduler's dynamic shifting for an image of ``image_seq_len`` tokens, by diffusers'
+    ``calculate_shift`` over the scheduler config's settings (the calling pipeline's defaults where it has none:
+    StableDiffusion3Pipeline's max_shift is 1.16, FluxPipeline's 1.15)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    return calculate_shift(
+        image_seq_len,
+        config.get("base_image_seq_len", 256),
+        config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5),
+        config.get("max_shift", default_max_shift),
+    )
+
+
 def set_flux_timesteps(
     scheduler: SchedulerMixin, num_inference_steps: int, *, image_seq_len: int, device: Any = None
 ) -> None:
@@ -167,19 +182,14 @@ def set_flux_timesteps(
         ValueError, AssertionError: as diffusers does for a scheduler FluxPipeline cannot run (no ``sigmas`` argument;
             DPM-Solver given ``mu`` without dynamic shifting asserts).
     """
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+    from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 
     config = scheduler.config
     sigmas = (
         None if config.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
     )
-    mu = calculate_shift(
-        image_seq_len,
-        config.get("base_image_seq_len", 256),
-        config.get("max_image_seq_len", 4096),
-        config.get("base_shift", 0.5),
-        config.get("max_shift", 1.15),
-    )
+    # FluxPipeline's own default max_shift where the config has none.
+    mu = dynamic_shift_mu(config, image_seq_len, default_max_shift=1.15)
     retrieve_timesteps(scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu)
 
 

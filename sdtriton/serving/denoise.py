@@ -23,12 +23,11 @@ from typing import Protocol
 import numpy as np
 import torch
 from diffusers import FluxPipeline
-from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 from diffusers.utils.torch_utils import randn_tensor
 
 from sdtriton.components import text_encoders_of
 from sdtriton.pipeline_config import FLUX_FAMILY, FLUX_PACKING, SD3_FAMILY, SD_FAMILY, SDXL_FAMILY, PipelineConfig
-from sdtriton.schedulers import build_scheduler, set_flux_timesteps
+from sdtriton.schedulers import build_scheduler, dynamic_shift_mu, set_flux_timesteps
 from sdtriton.serving.conditioning import ImageRequest, Stage, stages_for, text_ids_for
 from sdtriton.serving.errors import RequestCancelledError
 from sdtriton.serving.validation import GenerationParams
@@ -87,14 +86,7 @@ def _flow_shift_kwargs(scheduler: object, config: PipelineConfig, params: Genera
         return {}
     side = config.vae_scale_factor * config.sd3.patch_size
     image_seq_len = (params.height // side) * (params.width // side)
-    mu = calculate_shift(
-        image_seq_len,
-        scheduler_config.get("base_image_seq_len", 256),
-        scheduler_config.get("max_image_seq_len", 4096),
-        scheduler_config.get("base_shift", 0.5),
-        scheduler_config.get("max_shift", 1.16),
-    )
-    return {"mu": mu}
+    return {"mu": dynamic_shift_mu(scheduler_config, image_seq_len, default_max_shift=1.16)}
 
 
 class _StageRun:

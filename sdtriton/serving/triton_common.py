@@ -159,7 +159,7 @@ _METRIC_CALLS = threading.Lock()
 
 
 class SerializedMetric:
-    """A Triton custom metric whose updates and reads are serialized across the stub's threads (see above)."""
+    """A Triton custom metric whose updates are serialized across the stub's threads (see above)."""
 
     def __init__(self, metric: Any) -> None:
         self._metric = metric
@@ -175,10 +175,6 @@ class SerializedMetric:
     def observe(self, value: float) -> None:
         with _METRIC_CALLS:
             self._metric.observe(value)
-
-    def value(self) -> float:
-        with _METRIC_CALLS:
-            return self._metric.value()
 
 
 def new_metric(families: dict[str, Any], spec: MetricSpec, model_name: str, **labels: str) -> SerializedMetric:

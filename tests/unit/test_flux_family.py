@@ -6,7 +6,6 @@ The ONNX files against diffusers: tests/integration/test_flux_export.py; served:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,26 +13,17 @@ from typing import Any
 import pytest
 import torch
 
-from sdtriton import cli
 from sdtriton.components import FLUX_UNGUIDED, TRANSFORMER_MODEL_NAME, component_table, components_of
 from sdtriton.export.configs import RenderOptions, render_all_configs
-from sdtriton.export.repository import load_source_pipeline, pipeline_config_of
 from sdtriton.flux import FLUX_PIPELINES, FLUX_TEXT_ENCODER, FLUX_TEXT_ENCODER_2, FLUX_VAE
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.sd3 import T5_MODEL_MAX_LENGTH
 from sdtriton.serving.errors import InvalidInputError
 from sdtriton.serving.validation import parse_generation_params
 from sdtriton.tokenizer_files import build_clip_tokenizer, build_t5_tokenizer
+from tests.unit.tiny_folders import config_of, file_digests, make_tiny_folders
 from tests.unit.trtexec_lines import dry_run as _dry_run
 from tests.unit.trtexec_lines import profile_shapes as _shapes
-
-
-def _digests(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +35,7 @@ def tiny_flux_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
         "dev_seed_1": ["--family", "flux-dev", "--seed", "1"],
         "schnell": ["--family", "flux-schnell"],
     }
-    for name, arguments in runs.items():
-        assert cli.main(["make-tiny", str(root / name), *arguments]) == 0
-    return {name: root / name for name in runs}
-
-
-def _config(folder: Path, **options: Any) -> PipelineConfig:
-    return pipeline_config_of(load_source_pipeline(folder, weights=False), **options)
+    return make_tiny_folders(root, runs)
 
 
 def test_make_tiny_flux_is_byte_for_byte_reproducible_and_loads_in_diffusers(
@@ -59,7 +43,7 @@ def test_make_tiny_flux_is_byte_for_byte_reproducible_and_loads_in_diffusers(
 ) -> None:
     from diffusers import FluxPipeline
 
-    first, again, other = (_digests(tiny_flux_folders[name]) for name in ("dev", "dev_again", "dev_seed_1"))
+    first, again, other = (file_digests(tiny_flux_folders[name]) for name in ("dev", "dev_again", "dev_seed_1"))
     assert first == again
     assert set(first) == set(other)
     for weights in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder_2/model.safetensors"):
@@ -77,7 +61,7 @@ def test_make_tiny_flux_is_byte_for_byte_reproducible_and_loads_in_diffusers(
 
 
 def test_the_flux_pipeline_config_is_read_from_the_folder(tiny_flux_folders: dict[str, Path]) -> None:
-    dev, schnell = _config(tiny_flux_folders["dev"]), _config(tiny_flux_folders["schnell"])
+    dev, schnell = config_of(tiny_flux_folders["dev"]), config_of(tiny_flux_folders["schnell"])
     for config in (dev, schnell):
         assert config.family == "flux" and config.flux is not None and config.sd3 is None
         # 16 channels; sides in steps of VAE factor x 2 (the packing); FluxPipeline's default_sample_size 128 x 2.
@@ -93,13 +77,13 @@ def test_the_flux_pipeline_config_is_read_from_the_folder(tiny_flux_folders: dic
     # What FluxPipeline can run: FlowMatchHeun takes no sigmas; DPM-Solver takes mu only with dynamic shifting.
     assert dev.scheduler_names == ("flow_euler", "dpmpp_2m", "unipc")
     assert schnell.scheduler_names == ("flow_euler", "unipc")
-    assert _config(tiny_flux_folders["schnell"], max_sequence_length=256).flux.t5_max_length == 256
+    assert config_of(tiny_flux_folders["schnell"], max_sequence_length=256).flux.t5_max_length == 256
     with pytest.raises(ValueError, match=r"max_sequence_length must be in 1\.\.512 \(FluxPipeline's limit\)"):
-        _config(tiny_flux_folders["dev"], max_sequence_length=513)
+        config_of(tiny_flux_folders["dev"], max_sequence_length=513)
 
 
 def test_flux_specs_take_the_shapes_diffusers_passes(tiny_flux_folders: dict[str, Path]) -> None:
-    dev, schnell = _config(tiny_flux_folders["dev"]), _config(tiny_flux_folders["schnell"])
+    dev, schnell = config_of(tiny_flux_folders["dev"]), config_of(tiny_flux_folders["schnell"])
     specs = {spec.model_name: spec for spec in components_of(dev)}
     assert list(specs) == ["text_encoder", "text_encoder_2", "transformer", "vae_decoder"]
 
@@ -127,7 +111,7 @@ def test_flux_specs_take_the_shapes_diffusers_passes(tiny_flux_folders: dict[str
 
 
 def test_flux_validation_defaults_schedulers_and_no_classifier_free_rows(tiny_flux_folders: dict[str, Path]) -> None:
-    dev, schnell = _config(tiny_flux_folders["dev"]), _config(tiny_flux_folders["schnell"])
+    dev, schnell = config_of(tiny_flux_folders["dev"]), config_of(tiny_flux_folders["schnell"])
     defaults = parse_generation_params(config=dev, draw_seed=lambda: 1)
     assert (defaults.num_inference_steps, defaults.guidance_scale, defaults.width) == (28, 3.5, 256)
     # Guidance is embedded (dev) or absent (schnell): one row at any scale, as FluxPipeline without true CFG.

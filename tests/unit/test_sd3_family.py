@@ -1,12 +1,11 @@
-"""SD 3 / 3.5, export only: the tiny pipelines, the T5 tokenizer, the family's pipeline config and specs, the
-TensorRT dry run of SD 3.5 Medium and Large from their published configs, and the engine's refusal to serve it.
+"""SD 3 / 3.5: the tiny pipelines, the T5 tokenizer, the family's pipeline config, specs, schedulers and validation,
+and the TensorRT dry run of SD 3.5 Medium and Large from their published configs.
 
-The ONNX files against torch and the component models through a real server: tests/integration/test_sd3_export.py.
+The ONNX files against diffusers: tests/integration/test_sd3_export.py; served: test_sd3_serving.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from sdtriton import cli
 from sdtriton.components import T5_MODEL_NAME, TRANSFORMER_MODEL_NAME, component_spec, components_of
 from sdtriton.export.configs import RenderOptions, render_all_configs
-from sdtriton.export.repository import load_source_pipeline, pipeline_config_of
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.sd3 import (
     SD3_SCHEDULER_CONFIG,
@@ -29,16 +26,9 @@ from sdtriton.sd3 import (
     T5_MODEL_MAX_LENGTH,
 )
 from sdtriton.tokenizer_files import build_clip_tokenizer, build_t5_tokenizer
+from tests.unit.tiny_folders import config_of, file_digests, make_tiny_folders
 from tests.unit.trtexec_lines import dry_run as _dry_run
 from tests.unit.trtexec_lines import profile_shapes as _shapes
-
-
-def _digests(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -51,20 +41,18 @@ def tiny_sd3_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
         "sd35": ["--family", "sd35"],
         "sd3_no_t5": ["--family", "sd3", "--without-t5"],
     }
-    for name, arguments in runs.items():
-        assert cli.main(["make-tiny", str(root / name), *arguments]) == 0
-    return {name: root / name for name in runs}
+    return make_tiny_folders(root, runs)
 
 
 def test_make_tiny_sd3_is_byte_for_byte_reproducible(tiny_sd3_folders: dict[str, Path]) -> None:
-    first, again, other = (_digests(tiny_sd3_folders[name]) for name in ("sd3", "sd3_again", "sd3_seed_1"))
+    first, again, other = (file_digests(tiny_sd3_folders[name]) for name in ("sd3", "sd3_again", "sd3_seed_1"))
     assert first == again
     assert set(first) == set(other)
     for weights in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder_3/model.safetensors"):
         assert first[weights] != other[weights]
     assert {"tokenizer_3/tokenizer.json", "text_encoder_3/model.safetensors"} <= set(first)
     assert not any(
-        name.startswith(("text_encoder_3", "tokenizer_3")) for name in _digests(tiny_sd3_folders["sd3_no_t5"])
+        name.startswith(("text_encoder_3", "tokenizer_3")) for name in file_digests(tiny_sd3_folders["sd3_no_t5"])
     )
 
 
@@ -97,12 +85,8 @@ def test_t5_tokenizer_has_t5s_layout_and_words() -> None:
     assert tokenizer.get_vocab() == build_t5_tokenizer(model_max_length=T5_MODEL_MAX_LENGTH).get_vocab()
 
 
-def _config(folder: Path, **options: Any) -> PipelineConfig:
-    return pipeline_config_of(load_source_pipeline(folder, weights=False), **options)
-
-
 def test_the_sd3_pipeline_config_is_read_from_the_folder(tiny_sd3_folders: dict[str, Path]) -> None:
-    config = _config(tiny_sd3_folders["sd35"])
+    config = config_of(tiny_sd3_folders["sd35"])
     assert config.family == "sd3" and config.sd3 is not None
     assert (config.latent_channels, config.vae_scale_factor, config.size_multiple) == (16, 2, 4)
     # 64 px native; the position table (24 patches of 2 = 48 latents) bounds the side at 96 px, below 2x's 128.
@@ -116,19 +100,19 @@ def test_the_sd3_pipeline_config_is_read_from_the_folder(tiny_sd3_folders: dict[
     assert config.sd3.vae_shift_factor == SD3_VAE["shift_factor"] and config.vae_scaling_factor == 1.5305
     assert config.sd3.pooled_projection_dim == 72 and config.sd3.t5_hidden_size == 88
     assert PipelineConfig.from_json(config.to_json()) == config
-    shorter = _config(tiny_sd3_folders["sd35"], max_sequence_length=77, default_num_inference_steps=10)
+    shorter = config_of(tiny_sd3_folders["sd35"], max_sequence_length=77, default_num_inference_steps=10)
     assert (shorter.sd3.t5_max_length, shorter.default_num_inference_steps) == (77, 10)
     with pytest.raises(ValueError, match=r"max_sequence_length must be in 1\.\.512"):
-        _config(tiny_sd3_folders["sd35"], max_sequence_length=513)
+        config_of(tiny_sd3_folders["sd35"], max_sequence_length=513)
 
 
 def test_max_sequence_length_is_refused_for_a_family_without_t5(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="max_sequence_length is a setting of SD 3's T5"):
-        _config(tiny_model_dir, max_sequence_length=77)
+        config_of(tiny_model_dir, max_sequence_length=77)
 
 
 def test_sd3_specs_take_the_shapes_diffusers_passes(tiny_sd3_folders: dict[str, Path]) -> None:
-    config = _config(tiny_sd3_folders["sd3"])
+    config = config_of(tiny_sd3_folders["sd3"])
     specs = {spec.model_name: spec for spec in components_of(config)}
     assert list(specs) == ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder"]
 
@@ -150,7 +134,7 @@ def test_sd3_specs_take_the_shapes_diffusers_passes(tiny_sd3_folders: dict[str, 
     assert specs["transformer"].tensor("timestep").triton_dtype == "FP32"
     assert dims("vae_decoder") == {"latents": (16, -1, -1), "image": (3, -1, -1)}
     # Without T5 its model is left out; the transformer still takes 256 (zero) T5 rows, as diffusers sends them.
-    no_t5 = _config(tiny_sd3_folders["sd3_no_t5"])
+    no_t5 = config_of(tiny_sd3_folders["sd3_no_t5"])
     assert T5_MODEL_NAME not in {spec.model_name for spec in components_of(no_t5)}
     assert component_spec("sd3", TRANSFORMER_MODEL_NAME).tensor("encoder_hidden_states").item_dims(no_t5) == (333, 88)
     # Rendered configs carry the family, so each component's stub reads the SD 3 spec of its name.
@@ -234,8 +218,8 @@ def test_each_family_takes_its_own_schedulers_and_names_them_when_refusing(
     from sdtriton.serving.validation import parse_generation_params
     from sdtriton.tiny import make_tiny
 
-    sd3 = _config(tiny_sd3_folders["sd35"])
-    sd = _config(make_tiny(tmp_path / "sd"))
+    sd3 = config_of(tiny_sd3_folders["sd35"])
+    sd = config_of(make_tiny(tmp_path / "sd"))
     defaults = parse_generation_params(config=sd3, draw_seed=lambda: 1)
     assert (defaults.num_inference_steps, defaults.guidance_scale, defaults.scheduler) == (28, 7.0, None)
     assert parse_generation_params(config=sd3, scheduler=b"flow_heun").scheduler == "flow_heun"
@@ -249,7 +233,7 @@ def test_each_family_takes_its_own_schedulers_and_names_them_when_refusing(
 def test_the_multistep_solvers_run_on_the_models_flow_sigmas(tiny_sd3_folders: dict[str, Path], name: str) -> None:
     from sdtriton.schedulers import build_scheduler
 
-    config = _config(tiny_sd3_folders["sd35"]).scheduler_config
+    config = config_of(tiny_sd3_folders["sd35"]).scheduler_config
     scheduler = build_scheduler(config, name)
     scheduler.set_timesteps(10)
     unshifted = type(scheduler).from_config({**scheduler.config, "flow_shift": 1.0})
