@@ -506,6 +506,7 @@ class StableDiffusionClient:
         height: int | None = None,
         scheduler: str | Sequence[str] | None = None,
         refiner_fraction: float | Sequence[float] | None = None,
+        true_cfg_scale: float | Sequence[float] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         preview_every: int | None = None,
     ) -> GenerationResult:
@@ -519,6 +520,8 @@ class StableDiffusionClient:
 
         Args:
             refiner_fraction: SDXL with a refiner: the share of the denoising the refiner does (0 or None: off).
+            true_cfg_scale: FLUX: true classifier-free guidance, on above 1 when ``negative_prompt`` is given (an
+                empty string counts, None does not), as ``FluxPipeline``'s; other families take 1 or None only.
             on_progress: called after every denoising step with a :class:`Progress` (gRPC streaming only).
             preview_every: with ``on_progress``, a cheap preview of each image every this many steps.
 
@@ -739,6 +742,7 @@ class AsyncStableDiffusionClient:
         height: int | None = None,
         scheduler: str | Sequence[str] | None = None,
         refiner_fraction: float | Sequence[float] | None = None,
+        true_cfg_scale: float | Sequence[float] | None = None,
     ) -> GenerationResult:
         """See :meth:`StableDiffusionClient.generate`."""
         parameters = _request_parameters(prompt, locals(), self.retry)

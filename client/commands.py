@@ -46,6 +46,11 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         help="SDXL exported with a refiner: the share of the denoising the refiner does, e.g. 0.2 (default: off)",
     )
     generate.add_argument(
+        "--true-cfg-scale",
+        type=float,
+        help="FLUX: true classifier-free guidance, above 1 with --negative-prompt (default: 1, off)",
+    )
+    generate.add_argument(
         "--timeout-s", type=float, help="time budget: the server ends the request, queued or running, when it runs out"
     )
     generate.add_argument("--progress", action="store_true", help="show a progress bar (gRPC streaming)")
@@ -113,6 +118,7 @@ def _generate(args: argparse.Namespace) -> int:
         "height": args.height,
         "scheduler": args.scheduler,
         "refiner_fraction": args.refiner_fraction,
+        "true_cfg_scale": args.true_cfg_scale,
     }
     preview_dir = args.output.parent / f"{args.output.stem}_previews" if args.preview_every else None
     try:

@@ -82,6 +82,18 @@ REFINER_FRACTION = PublicTensor(
     "refiner does; only on a repository exported with a refiner",
 )
 
+# FLUX's true classifier-free guidance (FluxPipeline's true_cfg_scale): above 1, with a negative prompt sent, each
+# image adds a negative row, combined as negative + scale * (prompt - negative). At most the guidance scale's maximum.
+DEFAULT_TRUE_CFG_SCALE = 1.0
+TRUE_CFG_SCALE = PublicTensor(
+    "true_cfg_scale",
+    "FP32",
+    (1,),
+    True,
+    f"FLUX: a finite number in {MIN_GUIDANCE_SCALE:g}..{MAX_GUIDANCE_SCALE:g}, above 1 with a negative_prompt sent "
+    f"turns true classifier-free guidance on; other families: {DEFAULT_TRUE_CFG_SCALE:g} only",
+)
+
 PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     PROMPT,
     NEGATIVE_PROMPT,
@@ -92,6 +104,7 @@ PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     HEIGHT,
     SCHEDULER,
     REFINER_FRACTION,
+    TRUE_CFG_SCALE,
 )
 # Inputs the ensemble hands unchanged to the pipeline model.
 GENERATION_INPUTS: tuple[PublicTensor, ...] = PUBLIC_INPUTS[2:]

@@ -218,7 +218,8 @@ PIPELINE_TRAITS: tuple[tuple[str, dict[str, Any]], ...] = (
     # The model cards' torch_dtype, and the published weights' own.
     ("StableDiffusion3", {"penultimate_states": True, "upcasts_vae": False, "dtype": "bf16"}),
     # FLUX.1 dev is guidance-distilled (the scale is the transformer's `guidance` input) and schnell takes none:
-    # one row an image. FluxPipeline's true_cfg_scale with a negative prompt doubles them (--guidance).
+    # one row an image. FluxPipeline's true_cfg_scale with a negative prompt (request input true_cfg_scale) doubles
+    # them (--guidance).
     # FluxPipeline.default_sample_size: the transformer's config has none.
     ("Flux", {"upcasts_vae": False, "guidance": False, "dtype": "bf16", "sample_size": FLUX_DEFAULT_SAMPLE_SIZE}),
 )

@@ -57,6 +57,7 @@ class RequestSpec:
     height: int
     scheduler: str
     refiner_fraction: float = 0.0
+    true_cfg_scale: float = interface.DEFAULT_TRUE_CFG_SCALE
 
     def client_parameters(self) -> dict[str, Any]:
         """Every public input but the prompt, as keywords of ``StableDiffusionClient.generate``/``build_inputs``."""

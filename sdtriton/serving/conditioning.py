@@ -19,8 +19,10 @@ Rows: with classifier-free guidance every conditioning has two rows, [negative, 
 - FLUX.1 (``FluxPipeline.encode_prompt``, ``prepare_latents`` and step 5): T5's last hidden state is
   ``encoder_hidden_states``, CLIP's pooled output ``pooled_projections``; ``txt_ids`` zeros and ``img_ids`` the packed
   latent's (row, column) positions (``FluxPipeline._prepare_latent_image_ids``); a guidance-distilled transformer
-  (FLUX.1-dev) gets ``guidance`` = the guidance scale, one row: never classifier-free rows, so the negative prompt
-  is unused (diffusers' ``true_cfg_scale`` is not offered).
+  (FLUX.1-dev) gets ``guidance`` = the guidance scale. One row, the negative prompt unused, unless the request asks
+  for true classifier-free guidance (``true_cfg_scale`` above 1 and a negative prompt sent, even ""; FluxPipeline's
+  ``do_true_cfg``): then [negative, prompt] rows in one call (diffusers makes two), the same ``guidance`` and ids in
+  both, combined as negative + true_cfg_scale * (prompt - negative).
 """
 
 from __future__ import annotations

@@ -243,7 +243,7 @@ class ImageDenoiser:
         prediction = noise_pred
         if self.do_guidance:
             noise_pred_uncond, noise_pred_text = prediction.chunk(2)
-            prediction = noise_pred_uncond + self.params.guidance_scale * (noise_pred_text - noise_pred_uncond)
+            prediction = noise_pred_uncond + self.params.cfg_scale * (noise_pred_text - noise_pred_uncond)
         output = run.scheduler.step(prediction, t, self.latents, **run.extra_step_kwargs, return_dict=True)
         self.latents = output.prev_sample
         self.predicted_original = getattr(output, "pred_original_sample", None)

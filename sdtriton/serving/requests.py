@@ -88,7 +88,7 @@ def parse_request(
             tensor.name: None if raw.get(tensor.name) is None else raw[tensor.name][index]
             for tensor in interface.GENERATION_INPUTS
         }
-        params.append(parse_generation_params(config=config, **item))
+        params.append(parse_generation_params(config=config, negative_given=negative_items is not None, **item))
     if len({(p.height, p.width) for p in params}) > 1:
         raise InvalidInputError(interface.WIDTH.name, "width and height must be the same for every item of one request")
     prompt_ids = {encoder: tokenize_prompts(tokenizer, prompts) for encoder, tokenizer in tokenizers.items()}

@@ -32,11 +32,21 @@ class GenerationParams:
     refiner_fraction: float = 0.0  # SDXL with a refiner: the share of the denoising the refiner does
     # Whether the model's guidance is classifier-free (PipelineConfig.classifier_free_guidance); FLUX's is not.
     classifier_free: bool = True
+    # FLUX's true classifier-free guidance in effect: the request's true_cfg_scale where it is above 1 and a negative
+    # prompt was sent (FluxPipeline's do_true_cfg), else 1 (off).
+    true_cfg_scale: float = interface.DEFAULT_TRUE_CFG_SCALE
 
     @property
     def uses_classifier_free_guidance(self) -> bool:
-        # As diffusers: guidance <= 1 turns classifier-free guidance off; FLUX embeds its guidance (dev) or has none.
-        return self.classifier_free and self.guidance_scale > 1.0
+        """Whether each evaluation sends [negative, prompt] rows: as diffusers, guidance <= 1 turns classifier-free
+        guidance off; FLUX embeds its guidance (dev) or has none, and has rows only with true CFG."""
+        return (self.classifier_free and self.guidance_scale > 1.0) or self.true_cfg_scale > 1.0
+
+    @property
+    def cfg_scale(self) -> float:
+        """The scale the rows are combined with, negative + scale * (prompt - negative): the guidance scale, or
+        FLUX's true_cfg_scale."""
+        return self.guidance_scale if self.classifier_free else self.true_cfg_scale
 
 
 def _echo(value: object) -> str:
@@ -105,6 +115,25 @@ def _refiner_fraction(value: float, config: PipelineConfig) -> float:
     return value
 
 
+def _true_cfg_scale(value: float, config: PipelineConfig, *, negative_given: bool) -> float:
+    """FLUX's true CFG scale in effect: as FluxPipeline, on only above 1 with a negative prompt sent (an empty one
+    counts: ``negative_prompt is not None``). Models whose guidance_scale is classifier-free already take 1 only."""
+    field = interface.TRUE_CFG_SCALE.name
+    low, high = interface.MIN_GUIDANCE_SCALE, interface.MAX_GUIDANCE_SCALE
+    off = interface.DEFAULT_TRUE_CFG_SCALE
+    if config.classifier_free_guidance:
+        if value != off:
+            raise InvalidInputError(
+                field,
+                f"must be {off:g}: true classifier-free guidance is FLUX's; this {config.family} model's "
+                f"{interface.GUIDANCE_SCALE.name} is classifier-free already, got {_echo(value)}",
+            )
+        return off
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InvalidInputError(field, f"must be a finite number in {low:g}..{high:g}, got {_echo(value)}")
+    return value if value > off and negative_given else off
+
+
 def _enough_steps_for_scheduler(params: GenerationParams, config: PipelineConfig) -> None:
     """Some schedulers cannot set up fewer than a few steps (PNDM with its Runge-Kutta warm-up): the fewest are read
     from the scheduler each stage builds (its config, the model's overrides), as the denoising loop will build it."""
@@ -141,9 +170,12 @@ def parse_generation_params(
     height: int | None = None,
     scheduler: bytes | str | None = None,
     refiner_fraction: float | None = None,
+    true_cfg_scale: float | None = None,
+    negative_given: bool = True,
     draw_seed: Callable[[], int] = random_seed,
 ) -> GenerationParams:
-    """Validates one item's parameters; an omitted one takes the model's default."""
+    """Validates one item's parameters; an omitted one takes the model's default. ``negative_given``: whether the
+    request sent a negative prompt (FLUX's true CFG needs one)."""
     steps = config.default_num_inference_steps if num_inference_steps is None else int(num_inference_steps)
     params = GenerationParams(
         num_inference_steps=_int_in_range(
@@ -175,6 +207,11 @@ def parse_generation_params(
         scheduler=None if scheduler is None else _scheduler(scheduler, config),
         refiner_fraction=0.0 if refiner_fraction is None else _refiner_fraction(float(refiner_fraction), config),
         classifier_free=config.classifier_free_guidance,
+        true_cfg_scale=_true_cfg_scale(
+            interface.DEFAULT_TRUE_CFG_SCALE if true_cfg_scale is None else float(true_cfg_scale),
+            config,
+            negative_given=negative_given,
+        ),
     )
     pixels = params.width * params.height
     if pixels > config.pixel_limit:

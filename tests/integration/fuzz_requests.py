@@ -215,6 +215,7 @@ def _valid_request(draw: st.DrawFn, limits: EntryLimits, batch: int) -> dict[str
         interface.HEIGHT.name: st.just(height),
         interface.SCHEDULER.name: st.sampled_from(interface.SCHEDULER_NAMES),
         interface.REFINER_FRACTION.name: st.just(0.0),
+        interface.TRUE_CFG_SCALE.name: st.just(interface.DEFAULT_TRUE_CFG_SCALE),
     }
     if interface.PREVIEW_EVERY.name in limits.inputs:
         every = draw(st.integers(0, config.max_inference_steps if config.latent_rgb_projection else 0))
@@ -305,6 +306,11 @@ def _value_defects(limits: EntryLimits) -> dict[str, tuple[str, st.SearchStrateg
         "bad height": (interface.HEIGHT.name, _bad_side(config.max_height, config.size_multiple)),
         "unknown scheduler": (interface.SCHEDULER.name, _bad_scheduler(config.max_prompt_bytes)),
         "refiner_fraction refused": (interface.REFINER_FRACTION.name, _bad_refiner_fraction(config)),
+        # SD's guidance is classifier-free already: any true_cfg_scale but 1 (NaN included).
+        "true_cfg_scale refused": (
+            interface.TRUE_CFG_SCALE.name,
+            _float32().filter(lambda value: value != interface.DEFAULT_TRUE_CFG_SCALE),
+        ),
     }
     if interface.PREVIEW_EVERY.name in limits.inputs:
         every = st.one_of(st.integers(INT32_MIN, -1), st.integers(config.max_inference_steps + 1, INT32_MAX))
@@ -390,6 +396,7 @@ def _allowed_default(limits: EntryLimits, field: str) -> list[object]:
         interface.HEIGHT.name: heights,
         interface.SCHEDULER.name: list(interface.SCHEDULER_NAMES),
         interface.REFINER_FRACTION.name: [0.0],
+        interface.TRUE_CFG_SCALE.name: [interface.DEFAULT_TRUE_CFG_SCALE],
         interface.PREVIEW_EVERY.name: [0, 1] if config.latent_rgb_projection else [0],
     }[field]
 

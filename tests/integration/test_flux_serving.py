@@ -1,6 +1,8 @@
 """FLUX.1 served through a real tritonserver: the engine gives FluxPipeline's images on the same weights, for every
-scheduler each model offers, two guidance values (dev), a non-square size, the defaults, alone and batched with
-other requests in flight; the schedulers FluxPipeline cannot run are refused, naming the offered ones.
+scheduler each model offers, two guidance values (dev), a non-square size, the defaults, true classifier-free guidance
+(``true_cfg_scale`` with a negative prompt), alone and batched with other requests in flight; the schedulers
+FluxPipeline cannot run are refused, naming the offered ones, and so is a true_cfg_scale out of range or sent to a
+family whose guidance is classifier-free already.
 
 They run on the server of every family (``family_server``), where FLUX.1-dev (guidance embedding, dynamic
 shifting, T5 at 512 rows) and FLUX.1-schnell (no guidance, no shifting, T5 at 256 rows) sit under model prefixes
@@ -103,9 +105,47 @@ def test_guidance_changes_dev_and_is_ignored_by_schnell_as_in_diffusers(flux_ser
     assert max_pixel_difference(*dev) > 0
     schnell = [_generate(url, "flux-schnell", guidance_scale=scale, **kwargs) for scale in (0.0, 6.0)]
     assert np.array_equal(*schnell)
-    # No classifier-free guidance (true_cfg_scale is not offered): a negative prompt changes nothing, as in diffusers.
+    # No true CFG (true_cfg_scale 1, the default): a negative prompt changes nothing, as in diffusers; nor does a
+    # true_cfg_scale without a negative prompt (FluxPipeline's has_neg_prompt is False when it is None).
     negative = _generate(url, "flux-dev", negative_prompt="blurry", guidance_scale=6.0, **kwargs)
     assert np.array_equal(negative, dev[1])
+    no_negative = _generate(url, "flux-dev", true_cfg_scale=4.0, guidance_scale=6.0, **kwargs)
+    assert np.array_equal(no_negative, dev[1])
+
+
+@pytest.mark.parametrize(
+    ("family", "kwargs"),
+    [
+        ("flux-dev", {"negative_prompt": "blurry", "true_cfg_scale": 4.0, "guidance_scale": 2.0}),
+        ("flux-dev", {"negative_prompt": "", "true_cfg_scale": 2.5, "scheduler": "unipc"}),  # "" is a negative prompt
+        ("flux-schnell", {"negative_prompt": "blurry", "true_cfg_scale": 3.0}),
+    ],
+    ids=["dev", "dev-empty-negative", "schnell"],
+)
+def test_true_cfg_with_a_negative_prompt_matches_flux_pipeline(flux_server, oracles, family: str, kwargs) -> None:
+    kwargs = {"seed": 11, "num_inference_steps": 4, **SMALL, **kwargs}
+    image = _generate(flux_server.address.grpc_url, family, **kwargs)
+    assert max_pixel_difference(image, _expected(oracles, family, **kwargs)) <= MAX_PIXEL_DIFFERENCE
+    # The negative row counts: without true CFG the picture differs.
+    assert max_pixel_difference(image, _expected(oracles, family, **{**kwargs, "true_cfg_scale": 1.0})) > 10
+
+
+@pytest.mark.parametrize(
+    ("prefix", "value", "message"),
+    [
+        ("flux_", 31.0, "must be a finite number in 0..30, got 31.0"),
+        ("flux_", float("nan"), "must be a finite number in 0..30, got nan"),
+        ("sd35_", 2.0, "must be 1: true classifier-free guidance is FLUX's; this sd3 model's guidance_scale"),
+        ("", 0.5, "must be 1: true classifier-free guidance is FLUX's; this sd model's guidance_scale"),
+    ],
+)
+def test_a_true_cfg_scale_out_of_range_or_for_another_family_is_refused(
+    flux_server, prefix: str, value: float, message: str
+) -> None:
+    with StableDiffusionClient(flux_server.address.http_url, model_name=prefix + "stable_diffusion") as client:
+        with pytest.raises(InvalidRequestError) as error:
+            client.generate(PROMPT, negative_prompt="blurry", true_cfg_scale=value, num_inference_steps=2, **SMALL)
+    assert f"true_cfg_scale: {message}" in str(error.value)
 
 
 def test_flux_requests_batched_together_stay_exact(flux_server, oracles) -> None:
@@ -114,6 +154,8 @@ def test_flux_requests_batched_together_stay_exact(flux_server, oracles) -> None
         ("flux-dev", {"seed": 31, "num_inference_steps": 4, "guidance_scale": 5.0, **SMALL}),
         ("flux-dev", {"seed": 32, "num_inference_steps": 5, "width": 96, "height": 64}),
         ("flux-schnell", {"seed": 33, "num_inference_steps": 3, **SMALL}),
+        # Two rows (true CFG) beside one-row images in the same transformer call.
+        ("flux-dev", {"seed": 34, "num_inference_steps": 4, "negative_prompt": "dull", "true_cfg_scale": 3.0, **SMALL}),
     ]
 
     def run(job) -> np.ndarray:

@@ -22,6 +22,7 @@ ARGUMENTS: dict[str, Any] = {
     "height": 96,
     "scheduler": "ddim",
     "refiner_fraction": 0.0,
+    "true_cfg_scale": 1.0,
 }
 
 

@@ -110,13 +110,22 @@ def test_flux_specs_take_the_shapes_diffusers_passes(tiny_flux_folders: dict[str
     assert rendered[TRANSFORMER_MODEL_NAME].parameters["family"].string_value == FLUX_UNGUIDED
 
 
-def test_flux_validation_defaults_schedulers_and_no_classifier_free_rows(tiny_flux_folders: dict[str, Path]) -> None:
+def test_flux_validation_defaults_schedulers_and_true_cfg_rows(tiny_flux_folders: dict[str, Path]) -> None:
     dev, schnell = config_of(tiny_flux_folders["dev"]), config_of(tiny_flux_folders["schnell"])
     defaults = parse_generation_params(config=dev, draw_seed=lambda: 1)
     assert (defaults.num_inference_steps, defaults.guidance_scale, defaults.width) == (28, 3.5, 256)
     # Guidance is embedded (dev) or absent (schnell): one row at any scale, as FluxPipeline without true CFG.
     assert not parse_generation_params(config=dev, guidance_scale=7.0).uses_classifier_free_guidance
     assert parse_generation_params(config=schnell, draw_seed=lambda: 1).num_inference_steps == 4
+    # True CFG (FluxPipeline's do_true_cfg): above 1 and a negative prompt sent ("" counts), else off.
+    for config in (dev, schnell):
+        on = parse_generation_params(config=config, true_cfg_scale=4.0, negative_given=True)
+        assert on.uses_classifier_free_guidance and on.cfg_scale == 4.0
+        for off in ({"true_cfg_scale": 4.0, "negative_given": False}, {"true_cfg_scale": 1.0}, {"true_cfg_scale": 0.5}):
+            params = parse_generation_params(config=config, **off)
+            assert not params.uses_classifier_free_guidance and params.true_cfg_scale == 1.0
+    with pytest.raises(InvalidInputError, match=r"true_cfg_scale: must be a finite number in 0\.\.30, got 31"):
+        parse_generation_params(config=dev, true_cfg_scale=31.0)
     with pytest.raises(InvalidInputError, match=r"scheduler: must be one of flow_euler, dpmpp_2m, unipc \(this flux"):
         parse_generation_params(config=dev, scheduler=b"flow_heun")
     with pytest.raises(InvalidInputError, match=r"scheduler: must be one of flow_euler, unipc \(this flux"):

@@ -49,6 +49,8 @@ def test_omitted_parameters_take_the_models_defaults() -> None:
         ({"width": 832}, "width: must be a positive multiple of 64 in 64..768"),
         ({"width": 500}, "width: must be a positive multiple of 64 in 64..768"),
         ({"height": 0}, "height: must be a positive multiple of 64 in 64..1024"),
+        ({"true_cfg_scale": 2.0}, "true_cfg_scale: must be 1: true classifier-free guidance is FLUX's; this sd"),
+        ({"true_cfg_scale": math.nan}, "true_cfg_scale: must be 1"),
         (
             {"scheduler": b"os.system"},
             "scheduler: must be one of ddim, pndm, euler, euler_a, dpmpp_2m, unipc, lms, heun",
