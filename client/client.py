@@ -507,6 +507,9 @@ class StableDiffusionClient:
         scheduler: str | Sequence[str] | None = None,
         refiner_fraction: float | Sequence[float] | None = None,
         true_cfg_scale: float | Sequence[float] | None = None,
+        skip_layer_guidance_scale: float | Sequence[float] | None = None,
+        skip_layer_guidance_start: float | Sequence[float] | None = None,
+        skip_layer_guidance_stop: float | Sequence[float] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         preview_every: int | None = None,
     ) -> GenerationResult:
@@ -522,6 +525,9 @@ class StableDiffusionClient:
             refiner_fraction: SDXL with a refiner: the share of the denoising the refiner does (0 or None: off).
             true_cfg_scale: FLUX: true classifier-free guidance, on above 1 when ``negative_prompt`` is given (an
                 empty string counts, None does not), as ``FluxPipeline``'s; other families take 1 or None only.
+            skip_layer_guidance_scale: SD 3 exported with ``--skip-guidance-layers``: ``StableDiffusion3Pipeline``'s
+                skip-layer guidance (0 or None: off); ``skip_layer_guidance_start``/``_stop``: its window, shares of
+                the steps (None: the pipeline's 0.01 and 0.2).
             on_progress: called after every denoising step with a :class:`Progress` (gRPC streaming only).
             preview_every: with ``on_progress``, a cheap preview of each image every this many steps.
 
@@ -743,6 +749,9 @@ class AsyncStableDiffusionClient:
         scheduler: str | Sequence[str] | None = None,
         refiner_fraction: float | Sequence[float] | None = None,
         true_cfg_scale: float | Sequence[float] | None = None,
+        skip_layer_guidance_scale: float | Sequence[float] | None = None,
+        skip_layer_guidance_start: float | Sequence[float] | None = None,
+        skip_layer_guidance_stop: float | Sequence[float] | None = None,
     ) -> GenerationResult:
         """See :meth:`StableDiffusionClient.generate`."""
         parameters = _request_parameters(prompt, locals(), self.retry)

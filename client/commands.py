@@ -51,6 +51,15 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         help="FLUX: true classifier-free guidance, above 1 with --negative-prompt (default: 1, off)",
     )
     generate.add_argument(
+        "--skip-layer-guidance-scale",
+        type=float,
+        help="SD 3 exported with --skip-guidance-layers: skip-layer guidance, e.g. 2.8 (default: 0, off)",
+    )
+    generate.add_argument(
+        "--skip-layer-guidance-start", type=float, help="its first share of the steps, 0..1 (default: 0.01)"
+    )
+    generate.add_argument("--skip-layer-guidance-stop", type=float, help="its last share of the steps (default: 0.2)")
+    generate.add_argument(
         "--timeout-s", type=float, help="time budget: the server ends the request, queued or running, when it runs out"
     )
     generate.add_argument("--progress", action="store_true", help="show a progress bar (gRPC streaming)")
@@ -119,6 +128,9 @@ def _generate(args: argparse.Namespace) -> int:
         "scheduler": args.scheduler,
         "refiner_fraction": args.refiner_fraction,
         "true_cfg_scale": args.true_cfg_scale,
+        "skip_layer_guidance_scale": args.skip_layer_guidance_scale,
+        "skip_layer_guidance_start": args.skip_layer_guidance_start,
+        "skip_layer_guidance_stop": args.skip_layer_guidance_stop,
     }
     preview_dir = args.output.parent / f"{args.output.stem}_previews" if args.preview_every else None
     try:

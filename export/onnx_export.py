@@ -13,13 +13,15 @@ model. Every file is run once with ONNX Runtime on a batch of two and compared w
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -29,13 +31,14 @@ from diffusers import DiffusionPipeline
 from torch.onnx import symbolic_helper
 
 from sdtriton.components import (
+    SKIP_LAYERS_INPUT,
     T5_MODEL_NAME,
     TRANSFORMER_MODEL_NAME,
     VAE_DECODER,
     ComponentSpec,
     components_of,
 )
-from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.pipeline_config import PipelineConfig, Sd3Config
 
 logger = logging.getLogger(__name__)
 
@@ -129,11 +132,15 @@ class _SdxlUNetNoisePrediction(torch.nn.Module):
 
 
 class _Sd3TransformerVelocity(torch.nn.Module):
-    """An ``SD3Transformer2DModel`` called as ``StableDiffusion3Pipeline`` calls it (no skip layers, no LoRA scale)."""
+    """An ``SD3Transformer2DModel`` called as ``StableDiffusion3Pipeline`` calls it (no LoRA scale). With
+    ``skip_guidance_layers``, a per-row ``skip_layers`` flag: a row flagged 1 gets what ``skip_layers=`` gives
+    (each chosen block's outputs replaced, for that row, by its inputs: the block is passed over), the others the
+    plain forward."""
 
-    def __init__(self, transformer: torch.nn.Module) -> None:
+    def __init__(self, transformer: torch.nn.Module, *, skip_guidance_layers: Sequence[int] = ()) -> None:
         super().__init__()
         self.transformer = transformer
+        self.skip_guidance_layers = tuple(skip_guidance_layers)
 
     def forward(
         self,
@@ -141,14 +148,39 @@ class _Sd3TransformerVelocity(torch.nn.Module):
         encoder_hidden_states: torch.Tensor,
         pooled_projections: torch.Tensor,
         timestep: torch.Tensor,
+        skip_layers: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.transformer(
-            hidden_states=hidden_states,
-            encoder_hidden_states=encoder_hidden_states,
-            pooled_projections=pooled_projections,
-            timestep=timestep,
-            return_dict=False,
-        )[0]
+        with contextlib.ExitStack() as hooks:
+            if skip_layers is not None:
+                skipped = (skip_layers > 0.5).view(-1, 1, 1)
+                for index in self.skip_guidance_layers:
+                    handle = self.transformer.transformer_blocks[index].register_forward_hook(
+                        functools.partial(_pass_over_rows, skipped), with_kwargs=True
+                    )
+                    hooks.callback(handle.remove)
+            return self.transformer(
+                hidden_states=hidden_states,
+                encoder_hidden_states=encoder_hidden_states,
+                pooled_projections=pooled_projections,
+                timestep=timestep,
+                return_dict=False,
+            )[0]
+
+
+def _pass_over_rows(
+    skipped: torch.Tensor,
+    _block: torch.nn.Module,
+    _args: tuple,
+    kwargs: dict[str, Any],
+    output: tuple[torch.Tensor | None, torch.Tensor],
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """A joint block's (encoder_hidden_states, hidden_states), with the skipped rows' inputs in place of its results
+    (the last block gives no text states: diffusers' skipped block leaves them, unused, as they were)."""
+    text, image = output
+    image = torch.where(skipped, kwargs["hidden_states"], image)
+    if text is not None:
+        text = torch.where(skipped, kwargs["encoder_hidden_states"], text)
+    return text, image
 
 
 class _TextEncoderPooled(torch.nn.Module):
@@ -262,6 +294,9 @@ def example_inputs(
             if vocab_size is None:
                 raise ValueError(f"{spec.model_name}: example token ids need the text encoder's vocab_size")
             inputs[tensor.name] = rng.integers(0, vocab_size, size=shape, dtype=np.int64)
+        elif tensor.name == SKIP_LAYERS_INPUT:
+            # Rows skipping and rows not (one row, the check's: skipping), so the export check covers both.
+            inputs[tensor.name] = (np.arange(shape[0])[::-1] % 2 == 0).astype(np.float32)
         elif tensor.name in ("timestep", "guidance"):
             inputs[tensor.name] = np.full(shape, _example_scalar(tensor.name, config), dtype=np.float32)
         else:
@@ -377,7 +412,7 @@ def _modules(pipeline: DiffusionPipeline, config: PipelineConfig, refiner: Diffu
     specs = {spec.model_name: spec for spec in components_of(config)}
     vae = (specs[VAE_DECODER.model_name], _VaeDecode(pipeline.vae), None)
     if config.sd3 is not None:
-        return [*_sd3_modules(pipeline, specs), vae]
+        return [*_sd3_modules(pipeline, specs, config.sd3), vae]
     if config.flux is not None:
         clip, t5 = pipeline.text_encoder, pipeline.text_encoder_2
         return [
@@ -404,7 +439,7 @@ def _modules(pipeline: DiffusionPipeline, config: PipelineConfig, refiner: Diffu
     return [*modules, vae]
 
 
-def _sd3_modules(pipeline: DiffusionPipeline, specs: dict[str, ComponentSpec]) -> list:
+def _sd3_modules(pipeline: DiffusionPipeline, specs: dict[str, ComponentSpec], sd3: Sd3Config) -> list:
     """SD 3's encoders as ``StableDiffusion3Pipeline.encode_prompt`` reads them (both CLIPs' penultimate hidden
     state and projected pooled output, T5's last hidden state where the pipeline has T5) and its transformer."""
     encoders = [("text_encoder", pipeline.text_encoder), ("text_encoder_2", pipeline.text_encoder_2)]
@@ -415,7 +450,8 @@ def _sd3_modules(pipeline: DiffusionPipeline, specs: dict[str, ComponentSpec]) -
     if T5_MODEL_NAME in specs:
         t5 = pipeline.text_encoder_3
         modules.append((specs[T5_MODEL_NAME], _TextEncoderLastHiddenState(t5), t5.config.vocab_size))
-    modules.append((specs[TRANSFORMER_MODEL_NAME], _Sd3TransformerVelocity(pipeline.transformer), None))
+    transformer = _Sd3TransformerVelocity(pipeline.transformer, skip_guidance_layers=sd3.skip_guidance_layers)
+    modules.append((specs[TRANSFORMER_MODEL_NAME], transformer, None))
     return modules
 
 

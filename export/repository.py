@@ -18,7 +18,7 @@ import json
 import logging
 import shlex
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ from sdtriton.flux import TIMESTEP_DISTILLED_DEFAULT_STEPS
 from sdtriton.pipeline_config import (
     DEFAULT_NUM_INFERENCE_STEPS,
     FLUX_PACKING,
+    SKIP_LAYER_GUIDANCE_ROWS,
     FluxConfig,
     PipelineConfig,
     RequestLimits,
@@ -294,7 +295,21 @@ def _max_sequence_length(pipeline: DiffusionPipeline, max_sequence_length: int |
     return max_sequence_length
 
 
-def sd3_config_of(pipeline: DiffusionPipeline, *, max_sequence_length: int | None = None) -> Sd3Config:
+def _skip_guidance_layers(pipeline: DiffusionPipeline, layers: Sequence[int]) -> tuple[int, ...]:
+    """The transformer blocks of skip-layer guidance, sorted, each one the transformer has."""
+    count = int(pipeline.transformer.config.num_layers)
+    chosen = tuple(sorted(set(layers)))
+    if any(not 0 <= layer < count for layer in chosen):
+        raise ValueError(
+            f"skip_guidance_layers must be block indices in 0..{count - 1} (this transformer's {count} blocks), "
+            f"got {list(layers)}"
+        )
+    return chosen
+
+
+def sd3_config_of(
+    pipeline: DiffusionPipeline, *, max_sequence_length: int | None = None, skip_guidance_layers: Sequence[int] = ()
+) -> Sd3Config:
     """What an SD 3 pipeline adds to the geometry, checked as ``StableDiffusion3Pipeline`` would fail on it."""
     first, second, t5 = pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3
     if first is None or second is None:
@@ -321,6 +336,7 @@ def sd3_config_of(pipeline: DiffusionPipeline, *, max_sequence_length: int | Non
         pos_embed_max_size=int(transformer.pos_embed_max_size),
         vae_shift_factor=float(pipeline.vae.config.shift_factor or 0.0),
         default_guidance_scale=float(_call_default(pipeline, "guidance_scale")),
+        skip_guidance_layers=_skip_guidance_layers(pipeline, skip_guidance_layers),
     )
 
 
@@ -375,6 +391,7 @@ def pipeline_config_of(
     max_size_factor: int = 2,
     default_num_inference_steps: int | None = None,
     max_sequence_length: int | None = None,
+    skip_guidance_layers: Sequence[int] = (),
     limits: RequestLimits | None = None,
 ) -> PipelineConfig:
     """The pipeline config of a loaded source pipeline (and refiner).
@@ -384,7 +401,11 @@ def pipeline_config_of(
             its pipeline's ``__call__`` default, 28; SD and SDXL: this interface's 30).
         max_sequence_length: SD 3 and FLUX: T5's token rows (None: the pipeline's ``__call__`` default, SD 3 256,
             FLUX 512).
+        skip_guidance_layers: SD 3: the transformer blocks skip-layer guidance skips (empty: none; the transformer
+            then takes no ``skip_layers`` input).
     """
+    if skip_guidance_layers and not isinstance(pipeline, StableDiffusion3Pipeline):
+        raise ValueError("skip_guidance_layers is SD 3's skip-layer guidance (StableDiffusion3Pipeline) only")
     if isinstance(pipeline, FluxPipeline):
         if refiner is not None:
             raise ValueError("a refiner is served after an SDXL base only")
@@ -409,7 +430,9 @@ def pipeline_config_of(
             vae_config=pipeline.vae.config,
             tokenizer_max_length=pipeline.tokenizer.model_max_length,
             scheduler_config=dict(pipeline.scheduler.config),
-            sd3=sd3_config_of(pipeline, max_sequence_length=max_sequence_length),
+            sd3=sd3_config_of(
+                pipeline, max_sequence_length=max_sequence_length, skip_guidance_layers=skip_guidance_layers
+            ),
             default_num_inference_steps=(
                 int(_call_default(pipeline, "num_inference_steps"))
                 if default_num_inference_steps is None
@@ -466,6 +489,13 @@ BUILD_SCRIPT_FILE_NAME = "build_engines.sh"
 
 
 def _configured(config: PipelineConfig, options: RenderOptions, tensorrt: TensorRtExportOptions) -> PipelineConfig:
+    skip_layer_guidance = config.sd3 is not None and bool(config.sd3.skip_guidance_layers)
+    if skip_layer_guidance and options.component_max_batch_size < SKIP_LAYER_GUIDANCE_ROWS:
+        raise ValueError(
+            f"skip-layer guidance sends {SKIP_LAYER_GUIDANCE_ROWS} transformer rows an image: the networks' batch "
+            f"({options.component_max_batch_size}, twice the larger of max_batch_size and max_running_images) must "
+            f"hold them"
+        )
     if tensorrt.static_shapes:
         if options.component_backend is not ComponentBackend.TENSORRT:
             raise ValueError("static shapes are a TensorRT option (--backend tensorrt)")
@@ -502,6 +532,7 @@ def tensorrt_dry_run(
     refiner: str | Path | None = None,
     max_size_factor: int = 2,
     max_sequence_length: int | None = None,
+    skip_guidance_layers: Sequence[int] = (),
 ) -> list[EngineBuild]:
     """The engines ``export --backend tensorrt`` would build, from the source's configs alone (no weights read,
     nothing written): profiles, precisions and trtexec lines."""
@@ -509,7 +540,11 @@ def tensorrt_dry_run(
     pipeline = load_source_pipeline(source, weights=False)
     refiner_pipeline = None if refiner is None else load_refiner_pipeline(refiner, weights=False)
     config = pipeline_config_of(
-        pipeline, refiner=refiner_pipeline, max_size_factor=max_size_factor, max_sequence_length=max_sequence_length
+        pipeline,
+        refiner=refiner_pipeline,
+        max_size_factor=max_size_factor,
+        max_sequence_length=max_sequence_length,
+        skip_guidance_layers=skip_guidance_layers,
     )
     config = _configured(config, options, tensorrt)
     onnx_root = tensorrt.onnx_dir or Path("ONNX_DIR")
@@ -524,6 +559,7 @@ def export_repository(
     max_size_factor: int = 2,
     default_num_inference_steps: int | None = None,
     max_sequence_length: int | None = None,
+    skip_guidance_layers: Sequence[int] = (),
     show_progress: bool = True,
     fit_preview: bool = True,
     refiner: str | Path | None = None,
@@ -537,7 +573,8 @@ def export_repository(
     the exported model serves no previews. ``refiner`` (an SDXL refiner folder) adds the refiner stage.
     With the TensorRT backend the ONNX files are prepared for TensorRT (fp16), checked against torch fp32, and
     built into ``model.plan`` engines (see ``tensorrt``). ``default_num_inference_steps`` and
-    ``max_sequence_length`` (SD 3's T5 rows): see :func:`pipeline_config_of`.
+    ``max_sequence_length`` (SD 3's T5 rows) and ``skip_guidance_layers`` (SD 3's skip-layer guidance): see
+    :func:`pipeline_config_of`.
     """
     options = options or RenderOptions()
     tensorrt = tensorrt or TensorRtExportOptions()
@@ -557,6 +594,7 @@ def export_repository(
             max_size_factor=max_size_factor,
             default_num_inference_steps=default_num_inference_steps,
             max_sequence_length=max_sequence_length,
+            skip_guidance_layers=skip_guidance_layers,
             limits=limits,
         )
         config = _configured(config, options, tensorrt)

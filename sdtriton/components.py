@@ -254,6 +254,18 @@ SD3_TRANSFORMER = ComponentSpec(
     ),
     outputs=UNET.outputs,
 )
+# SD 3.5's skip-layer guidance: the same transformer with one more input, a per-row flag (1: this row skips the
+# blocks chosen at export, Sd3Config.skip_guidance_layers; 0: a full forward). Each chosen block's outputs are selected
+# per row (torch.where) between its inputs and its results, so a flagged row gets exactly what diffusers'
+# skip_layers gives and every other row the plain forward, all in one call and with one copy of the weights.
+SKIP_LAYERS_INPUT = "skip_layers"
+SD3_SKIP_LAYERS_TRANSFORMER = ComponentSpec(
+    model_name=SD3_TRANSFORMER.model_name,
+    inputs=(*SD3_TRANSFORMER.inputs, TensorSpec(SKIP_LAYERS_INPUT, "FP32", (BATCH,))),
+    outputs=SD3_TRANSFORMER.outputs,
+)
+# The component table of an SD 3 repository exported with skip-guidance layers.
+SD3_SKIP_LAYERS = "sd3-skip-layers"
 
 # FLUX.1 (FluxPipeline.encode_prompt): CLIPTextModel's pooled output and T5's last hidden state (T5 is
 # ``text_encoder_2`` here); the transformer takes the 2x2-packed latents, the T5 states, the pooled output, the timestep
@@ -303,6 +315,10 @@ FAMILY_COMPONENTS: Mapping[str, Mapping[str, ComponentSpec]] = {
         spec.model_name: spec
         for spec in (SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_TEXT_ENCODER_3, SD3_TRANSFORMER, VAE_DECODER)
     },
+    SD3_SKIP_LAYERS: {
+        spec.model_name: spec
+        for spec in (SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_TEXT_ENCODER_3, SD3_SKIP_LAYERS_TRANSFORMER, VAE_DECODER)
+    },
     "flux": {spec.model_name: spec for spec in (FLUX_TEXT_ENCODER, FLUX_TEXT_ENCODER_2, FLUX_TRANSFORMER, VAE_DECODER)},
     FLUX_UNGUIDED: {
         spec.model_name: spec
@@ -333,10 +349,12 @@ TOKENIZER_DIRS: Mapping[str, str] = {
 
 
 def component_table(config: PipelineConfig) -> str:
-    """The key in :data:`FAMILY_COMPONENTS` of a repository of this config (its family, or FLUX without guidance);
-    the component models' ``family`` parameter, by which each finds its spec."""
+    """The key in :data:`FAMILY_COMPONENTS` of a repository of this config (its family, FLUX without guidance, or SD 3
+    with skip-guidance layers); the component models' ``family`` parameter, by which each finds its spec."""
     if config.flux is not None and not config.flux.guidance_embeds:
         return FLUX_UNGUIDED
+    if config.sd3 is not None and config.sd3.skip_guidance_layers:
+        return SD3_SKIP_LAYERS
     return config.family
 
 

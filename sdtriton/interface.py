@@ -93,6 +93,35 @@ TRUE_CFG_SCALE = PublicTensor(
     f"FLUX: a finite number in {MIN_GUIDANCE_SCALE:g}..{MAX_GUIDANCE_SCALE:g}, above 1 with a negative_prompt sent "
     f"turns true classifier-free guidance on; other families: {DEFAULT_TRUE_CFG_SCALE:g} only",
 )
+# SD 3.5's skip-layer guidance (StableDiffusion3Pipeline's skip_layer_guidance_*), on a repository exported with
+# --skip-guidance-layers: with classifier-free guidance, the evaluations i with steps * start < i < steps * stop add a
+# third row, the prompt through the transformer without those blocks, and add scale * (prompt - that row).
+# Start and stop default to the pipeline's own; they are checked everywhere and used only with a scale above 0.
+DEFAULT_SKIP_LAYER_GUIDANCE_START = 0.01
+DEFAULT_SKIP_LAYER_GUIDANCE_STOP = 0.2
+SKIP_LAYER_GUIDANCE_SCALE = PublicTensor(
+    "skip_layer_guidance_scale",
+    "FP32",
+    (1,),
+    True,
+    f"0 (off, the default) or a finite number up to {MAX_GUIDANCE_SCALE:g}; above 0 only on an SD 3 repository "
+    "exported with --skip-guidance-layers",
+)
+SKIP_LAYER_GUIDANCE_START = PublicTensor(
+    "skip_layer_guidance_start",
+    "FP32",
+    (1,),
+    True,
+    f"a number in 0..1 (default {DEFAULT_SKIP_LAYER_GUIDANCE_START:g}): the share of the steps before the skip-layer "
+    "row starts",
+)
+SKIP_LAYER_GUIDANCE_STOP = PublicTensor(
+    "skip_layer_guidance_stop",
+    "FP32",
+    (1,),
+    True,
+    f"a number in 0..1 (default {DEFAULT_SKIP_LAYER_GUIDANCE_STOP:g}): the share of the steps where it stops",
+)
 
 PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     PROMPT,
@@ -105,6 +134,9 @@ PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     SCHEDULER,
     REFINER_FRACTION,
     TRUE_CFG_SCALE,
+    SKIP_LAYER_GUIDANCE_SCALE,
+    SKIP_LAYER_GUIDANCE_START,
+    SKIP_LAYER_GUIDANCE_STOP,
 )
 # Inputs the ensemble hands unchanged to the pipeline model.
 GENERATION_INPUTS: tuple[PublicTensor, ...] = PUBLIC_INPUTS[2:]

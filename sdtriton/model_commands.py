@@ -79,6 +79,13 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
         type=int,
         help="SD 3: T5's token rows (default: its pipeline's max_sequence_length, 256; at most 512)",
     )
+    export.add_argument(
+        "--skip-guidance-layers",
+        type=_layer_list,
+        default=(),
+        help="SD 3.5: transformer blocks skip-layer guidance skips, e.g. 7,8,9 (SD 3.5 Medium's); requests then may "
+        "send skip_layer_guidance_scale (default: none)",
+    )
     limits = export.add_argument_group("request limits (refused with INVALID_ARG naming the field)")
     limits.add_argument(
         "--max-steps", type=int, default=DEFAULT_MAX_INFERENCE_STEPS, help="most num_inference_steps a request may ask"
@@ -164,6 +171,14 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     planner.set_defaults(run=_plan)
 
 
+def _layer_list(text: str) -> tuple[int, ...]:
+    """``7,8,9`` -> (7, 8, 9): block indices, as ``--skip-guidance-layers`` takes them."""
+    try:
+        return tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be block indices joined by commas, e.g. 7,8,9, got {text!r}") from None
+
+
 def _make_tiny(args: argparse.Namespace) -> int:
     from sdtriton.tiny import FAMILIES, PROFILES, make_tiny
 
@@ -228,6 +243,7 @@ def _export(args: argparse.Namespace) -> int:
             refiner=args.refiner,
             max_size_factor=args.max_size_factor,
             max_sequence_length=args.max_sequence_length,
+            skip_guidance_layers=args.skip_guidance_layers,
         )
         sys.stdout.write("\n\n".join(build.describe() for build in builds) + "\n")
         return 0
@@ -238,6 +254,7 @@ def _export(args: argparse.Namespace) -> int:
         max_size_factor=args.max_size_factor,
         default_num_inference_steps=args.default_steps,
         max_sequence_length=args.max_sequence_length,
+        skip_guidance_layers=args.skip_guidance_layers,
         refiner=args.refiner,
         tensorrt=tensorrt,
         limits=RequestLimits(

@@ -35,6 +35,8 @@ FLUX_FAMILY = "flux"
 FAMILIES = (SD_FAMILY, SDXL_FAMILY, SD3_FAMILY, FLUX_FAMILY)
 # FluxPipeline packs the latents in 2x2 patches (``_pack_latents``): sides are multiples of VAE factor x 2.
 FLUX_PACKING = 2
+# Transformer rows of an SD 3 image in skip-layer guidance's window: negative, prompt, and the prompt skipping layers.
+SKIP_LAYER_GUIDANCE_ROWS = 3
 # Coordinates of each token's rotary position (``img_ids``/``txt_ids``: a zero, the row, the column).
 FLUX_ID_AXES = 3
 
@@ -115,6 +117,8 @@ class Sd3Config:
         pos_embed_max_size: the side of its position table, in patches: the largest latent side is this x patch.
         vae_shift_factor: the VAE's ``shift_factor``: latents are decoded as latents / scaling + shift.
         default_guidance_scale: the pipeline's ``__call__`` default.
+        skip_guidance_layers: the transformer blocks a skip-layer guidance row skips (``StableDiffusion3Pipeline``'s
+            ``skip_guidance_layers``), chosen at export (``--skip-guidance-layers``); empty: no skip-layer guidance.
     """
 
     text_hidden_sizes: tuple[int, int]
@@ -126,6 +130,7 @@ class Sd3Config:
     pos_embed_max_size: int
     vae_shift_factor: float
     default_guidance_scale: float
+    skip_guidance_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.t5_hidden_size is not None and self.t5_hidden_size != self.joint_attention_dim:
@@ -172,6 +177,7 @@ class Sd3Config:
                 **values,
                 "text_hidden_sizes": tuple(values["text_hidden_sizes"]),
                 "pooled_sizes": tuple(values["pooled_sizes"]),
+                "skip_guidance_layers": tuple(values.get("skip_guidance_layers", ())),
             }
         )
 

@@ -108,20 +108,35 @@ def shapes_diffusers_pipeline():
     return pipeline
 
 
+# The tiny SD 3.5's blocks its skip-layer guidance skips (export --skip-guidance-layers): its first, a dual-attention
+# block (SD 3.5 Medium's recommended 7, 8, 9 are among its 13 dual-attention blocks).
+SD35_SKIP_GUIDANCE_LAYERS = (0,)
+
+
 @pytest.fixture(scope="session")
 def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, str]]:
-    """Tiny SD 3.5 (dual attention, RMS q/k norm, T5) and SD 3 without T5: (diffusers folder, exported repository,
-    model-name prefix) of each, under the prefixes ``sd35_`` and ``no_t5_`` so that one server holds both beside
-    the tiny SD repository."""
+    """Tiny SD 3.5 (dual attention, RMS q/k norm, T5; exported with skip-guidance layers, so every SD 3.5 request
+    goes through the transformer's per-row skip flag) and SD 3 without T5 (the plain transformer): (diffusers folder,
+    exported repository, model-name prefix) of each, under the prefixes ``sd35_`` and ``no_t5_`` so that one server
+    holds both beside the tiny SD repository."""
     from sdtriton.export import RenderOptions, export_repository
     from sdtriton.tiny import make_tiny
 
     root = tmp_path_factory.mktemp("sd3")
     exports = {}
-    for name, family, t5, prefix in (("sd35", "sd35", True, "sd35_"), ("sd3_no_t5", "sd3", False, "no_t5_")):
+    for name, family, t5, prefix, layers in (
+        ("sd35", "sd35", True, "sd35_", SD35_SKIP_GUIDANCE_LAYERS),
+        ("sd3_no_t5", "sd3", False, "no_t5_", ()),
+    ):
         folder = make_tiny(root / name, family=family, t5=t5)
         repository = root / f"{name}_repository"
-        export_repository(folder, repository, options=RenderOptions(model_prefix=prefix), show_progress=False)
+        export_repository(
+            folder,
+            repository,
+            options=RenderOptions(model_prefix=prefix),
+            skip_guidance_layers=layers,
+            show_progress=False,
+        )
         exports[name] = (folder, repository, prefix)
     return exports
 

@@ -58,6 +58,9 @@ class RequestSpec:
     scheduler: str
     refiner_fraction: float = 0.0
     true_cfg_scale: float = interface.DEFAULT_TRUE_CFG_SCALE
+    skip_layer_guidance_scale: float = 0.0
+    skip_layer_guidance_start: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_START
+    skip_layer_guidance_stop: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
 
     def client_parameters(self) -> dict[str, Any]:
         """Every public input but the prompt, as keywords of ``StableDiffusionClient.generate``/``build_inputs``."""

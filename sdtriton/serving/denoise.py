@@ -25,8 +25,16 @@ import torch
 from diffusers import FluxPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from sdtriton.components import text_encoders_of
-from sdtriton.pipeline_config import FLUX_FAMILY, FLUX_PACKING, SD3_FAMILY, SD_FAMILY, SDXL_FAMILY, PipelineConfig
+from sdtriton.components import SKIP_LAYERS_INPUT, text_encoders_of
+from sdtriton.pipeline_config import (
+    FLUX_FAMILY,
+    FLUX_PACKING,
+    SD3_FAMILY,
+    SD_FAMILY,
+    SDXL_FAMILY,
+    SKIP_LAYER_GUIDANCE_ROWS,
+    PipelineConfig,
+)
 from sdtriton.schedulers import build_scheduler, dynamic_shift_mu, set_flux_timesteps
 from sdtriton.serving.conditioning import ImageRequest, Stage, stages_for, text_ids_for
 from sdtriton.serving.errors import RequestCancelledError
@@ -163,6 +171,8 @@ class ImageDenoiser:
         self.params = params
         self.config = config
         self.do_guidance = params.uses_classifier_free_guidance
+        # An SD 3 transformer exported with skip-guidance layers takes a per-row skip_layers flag in every call.
+        self._takes_skip_flag = config.sd3 is not None and bool(config.sd3.skip_guidance_layers)
         # Prepare latents exactly as diffusers draws them, with the generator every stage then shares.
         self.device = torch.device(device)
         self.generator = torch.Generator("cpu").manual_seed(params.seed)
@@ -208,8 +218,22 @@ class ImageDenoiser:
 
     @property
     def rows(self) -> int:
-        """UNet batch rows this image needs per evaluation."""
+        """UNet batch rows this image needs in this evaluation: [negative, prompt] with guidance, one more in
+        skip-layer guidance's window."""
+        if self._skips_layers():
+            return SKIP_LAYER_GUIDANCE_ROWS
         return 2 if self.do_guidance else 1
+
+    def _skips_layers(self) -> bool:
+        """Whether this evaluation adds skip-layer guidance's row, as ``StableDiffusion3Pipeline.__call__``: with
+        classifier-free guidance, at evaluation i with steps * start < i < steps * stop (its requested steps)."""
+        params = self.params
+        if not (self._takes_skip_flag and self.do_guidance and params.skip_layer_guidance_scale > 0):
+            return False
+        self._current()
+        steps = params.num_inference_steps
+        i = self._step_in_run
+        return steps * params.skip_layer_guidance_start < i < steps * params.skip_layer_guidance_stop
 
     def _current(self) -> _StageRun:
         while self._step_in_run >= len(self._runs[self._run_index].timesteps):
@@ -234,7 +258,16 @@ class ImageDenoiser:
         timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32, device=self.device)
         if self.config.flux is not None:
             timestep = timestep / FLUX_TIMESTEP_DIVISOR
-        return {self.latent_input: model_input, "timestep": timestep, **run.stage.conditioning}
+        inputs = {self.latent_input: model_input, "timestep": timestep, **run.stage.conditioning}
+        if not self._takes_skip_flag:
+            return inputs
+        flags = [0.0] * len(model_input)
+        if self._skips_layers():
+            # The prompt's row again (the last), its flag set: diffusers' call with skip_layers on the prompt alone.
+            inputs = {name: torch.cat([value, value[-1:]]) for name, value in inputs.items()}
+            flags.append(1.0)
+        inputs[SKIP_LAYERS_INPUT] = torch.tensor(flags, dtype=torch.float32, device=self.device)
+        return inputs
 
     def step(self, noise_pred: torch.Tensor) -> None:
         """Applies the UNet's answer for this image's rows: guidance, then the scheduler's step."""
@@ -242,8 +275,13 @@ class ImageDenoiser:
         t = run.timesteps[self._step_in_run]
         prediction = noise_pred
         if self.do_guidance:
-            noise_pred_uncond, noise_pred_text = prediction.chunk(2)
+            skips_layers = self._skips_layers()
+            noise_pred_uncond, noise_pred_text, *skipped = prediction.chunk(
+                SKIP_LAYER_GUIDANCE_ROWS if skips_layers else 2
+            )
             prediction = noise_pred_uncond + self.params.cfg_scale * (noise_pred_text - noise_pred_uncond)
+            if skips_layers:
+                prediction = prediction + (noise_pred_text - skipped[0]) * self.params.skip_layer_guidance_scale
         output = run.scheduler.step(prediction, t, self.latents, **run.extra_step_kwargs, return_dict=True)
         self.latents = output.prev_sample
         self.predicted_original = getattr(output, "pred_original_sample", None)

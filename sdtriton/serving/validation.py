@@ -35,6 +35,10 @@ class GenerationParams:
     # FLUX's true classifier-free guidance in effect: the request's true_cfg_scale where it is above 1 and a negative
     # prompt was sent (FluxPipeline's do_true_cfg), else 1 (off).
     true_cfg_scale: float = interface.DEFAULT_TRUE_CFG_SCALE
+    # SD 3 exported with skip-guidance layers: skip-layer guidance's scale (0: off) and its window, shares of the steps.
+    skip_layer_guidance_scale: float = 0.0
+    skip_layer_guidance_start: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_START
+    skip_layer_guidance_stop: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
 
     @property
     def uses_classifier_free_guidance(self) -> bool:
@@ -134,6 +138,29 @@ def _true_cfg_scale(value: float, config: PipelineConfig, *, negative_given: boo
     return value if value > off and negative_given else off
 
 
+def _skip_layer_guidance_scale(value: float, config: PipelineConfig) -> float:
+    field = interface.SKIP_LAYER_GUIDANCE_SCALE.name
+    high = interface.MAX_GUIDANCE_SCALE
+    if not (math.isfinite(value) and 0.0 <= value <= high):
+        raise InvalidInputError(field, f"must be 0 (off) or a finite number up to {high:g}, got {_echo(value)}")
+    if value > 0.0 and (config.sd3 is None or not config.sd3.skip_guidance_layers):
+        raise InvalidInputError(
+            field,
+            "must be 0: this repository was exported without skip-guidance layers (SD 3: export "
+            "--skip-guidance-layers)",
+        )
+    return value
+
+
+def _share(tensor: interface.PublicTensor, value: float | None, default: float) -> float:
+    if value is None:
+        return default  # the pipeline's own default as it writes it, not its float32 rounding
+    value = float(value)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise InvalidInputError(tensor.name, f"must be a number in 0..1, got {_echo(value)}")
+    return value
+
+
 def _enough_steps_for_scheduler(params: GenerationParams, config: PipelineConfig) -> None:
     """Some schedulers cannot set up fewer than a few steps (PNDM with its Runge-Kutta warm-up): the fewest are read
     from the scheduler each stage builds (its config, the model's overrides), as the denoising loop will build it."""
@@ -171,6 +198,9 @@ def parse_generation_params(
     scheduler: bytes | str | None = None,
     refiner_fraction: float | None = None,
     true_cfg_scale: float | None = None,
+    skip_layer_guidance_scale: float | None = None,
+    skip_layer_guidance_start: float | None = None,
+    skip_layer_guidance_stop: float | None = None,
     negative_given: bool = True,
     draw_seed: Callable[[], int] = random_seed,
 ) -> GenerationParams:
@@ -211,6 +241,17 @@ def parse_generation_params(
             interface.DEFAULT_TRUE_CFG_SCALE if true_cfg_scale is None else float(true_cfg_scale),
             config,
             negative_given=negative_given,
+        ),
+        skip_layer_guidance_scale=(
+            0.0
+            if skip_layer_guidance_scale is None
+            else _skip_layer_guidance_scale(float(skip_layer_guidance_scale), config)
+        ),
+        skip_layer_guidance_start=_share(
+            interface.SKIP_LAYER_GUIDANCE_START, skip_layer_guidance_start, interface.DEFAULT_SKIP_LAYER_GUIDANCE_START
+        ),
+        skip_layer_guidance_stop=_share(
+            interface.SKIP_LAYER_GUIDANCE_STOP, skip_layer_guidance_stop, interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
         ),
     )
     pixels = params.width * params.height

@@ -216,6 +216,9 @@ def _valid_request(draw: st.DrawFn, limits: EntryLimits, batch: int) -> dict[str
         interface.SCHEDULER.name: st.sampled_from(interface.SCHEDULER_NAMES),
         interface.REFINER_FRACTION.name: st.just(0.0),
         interface.TRUE_CFG_SCALE.name: st.just(interface.DEFAULT_TRUE_CFG_SCALE),
+        interface.SKIP_LAYER_GUIDANCE_SCALE.name: st.just(0.0),
+        interface.SKIP_LAYER_GUIDANCE_START.name: _float32(min_value=0.0, max_value=1.0),
+        interface.SKIP_LAYER_GUIDANCE_STOP.name: _float32(min_value=0.0, max_value=1.0),
     }
     if interface.PREVIEW_EVERY.name in limits.inputs:
         every = draw(st.integers(0, config.max_inference_steps if config.latent_rgb_projection else 0))
@@ -276,6 +279,11 @@ def _bad_refiner_fraction(config: PipelineConfig) -> st.SearchStrategy[float]:
     return _float32().filter(lambda value: value != 0.0)
 
 
+def _bad_share() -> st.SearchStrategy[float]:
+    """Outside 0..1 (NaN included), as float32 holds them."""
+    return st.one_of(st.just(math.nan), _float32(max_value=-_FLOAT32_TINY), _float32(min_value=1.0, exclude_min=True))
+
+
 @st.composite
 def _bad_scheduler(draw: st.DrawFn, max_bytes: int) -> bytes:
     kind = draw(st.sampled_from(["text", "near", "not_utf8", "huge"]))
@@ -311,6 +319,13 @@ def _value_defects(limits: EntryLimits) -> dict[str, tuple[str, st.SearchStrateg
             interface.TRUE_CFG_SCALE.name,
             _float32().filter(lambda value: value != interface.DEFAULT_TRUE_CFG_SCALE),
         ),
+        # No skip-guidance layers in SD: any scale but 0 (NaN included; -0.0 is 0).
+        "skip_layer_guidance_scale refused": (
+            interface.SKIP_LAYER_GUIDANCE_SCALE.name,
+            _float32().filter(lambda value: value != 0.0),
+        ),
+        "skip_layer_guidance_start out of range": (interface.SKIP_LAYER_GUIDANCE_START.name, _bad_share()),
+        "skip_layer_guidance_stop out of range": (interface.SKIP_LAYER_GUIDANCE_STOP.name, _bad_share()),
     }
     if interface.PREVIEW_EVERY.name in limits.inputs:
         every = st.one_of(st.integers(INT32_MIN, -1), st.integers(config.max_inference_steps + 1, INT32_MAX))
@@ -397,6 +412,9 @@ def _allowed_default(limits: EntryLimits, field: str) -> list[object]:
         interface.SCHEDULER.name: list(interface.SCHEDULER_NAMES),
         interface.REFINER_FRACTION.name: [0.0],
         interface.TRUE_CFG_SCALE.name: [interface.DEFAULT_TRUE_CFG_SCALE],
+        interface.SKIP_LAYER_GUIDANCE_SCALE.name: [0.0],
+        interface.SKIP_LAYER_GUIDANCE_START.name: [interface.DEFAULT_SKIP_LAYER_GUIDANCE_START],
+        interface.SKIP_LAYER_GUIDANCE_STOP.name: [interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP],
         interface.PREVIEW_EVERY.name: [0, 1] if config.latent_rgb_projection else [0],
     }[field]
 

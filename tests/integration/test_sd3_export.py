@@ -1,5 +1,6 @@
-"""SD 3 / 3.5 export: each exported network equals diffusers' own on new inputs (SD 3.5 with T5, and SD 3's plain
-transformer without T5). Serving them is ``test_sd3_serving.py``.
+"""SD 3 / 3.5 export: each exported network equals diffusers' own on new inputs (SD 3.5 with T5 and skip-guidance
+layers: its flagged rows equal diffusers' ``skip_layers=``, the others the plain forward; SD 3's plain transformer
+without T5). Serving them is ``test_sd3_serving.py``.
 
 The oracle is the diffusers pipeline loaded from the same folder, called as ``StableDiffusion3Pipeline`` calls
 its parts (``_get_clip_prompt_embeds``, ``_get_t5_prompt_embeds``, the transformer, ``vae.decode``).
@@ -15,7 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from sdtriton.components import ONNX_FILE_NAME
+from sdtriton.components import ONNX_FILE_NAME, SKIP_LAYERS_INPUT
 from sdtriton.export.configs import MODEL_VERSION, PIPELINE_MODEL_NAME
 from sdtriton.pipeline_config import PipelineConfig
 
@@ -97,9 +98,19 @@ def test_every_exported_network_equals_diffusers(exported: dict[str, Exported], 
                 "pooled_projections": rng.standard_normal((batch, 72), dtype=np.float32),
                 "timestep": _timesteps(pipeline, batch),
             }
+            torch_inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+            layers = list(config.sd3.skip_guidance_layers)
+            if layers:
+                # Exported with skip-guidance layers: every other row flagged, each equal to diffusers' skip_layers=.
+                flags = np.arange(batch) % 2 == 1
+                inputs[SKIP_LAYERS_INPUT] = flags.astype(np.float32)
+                plain = pipeline.transformer(**torch_inputs, return_dict=False)[0]
+                skipped = pipeline.transformer(**torch_inputs, skip_layers=layers, return_dict=False)[0]
+                expected = torch.where(torch.from_numpy(flags).view(-1, 1, 1, 1), skipped, plain)
+            else:
+                expected = pipeline.transformer(**torch_inputs, return_dict=False)[0]
             (velocity,) = transformer.run(None, inputs)
-            expected = pipeline.transformer(**{k: torch.from_numpy(v) for k, v in inputs.items()}, return_dict=False)
-            _close(velocity, expected[0], f"{family} transformer, {batch}x{height}x{width}")
+            _close(velocity, expected, f"{family} transformer, {batch}x{height}x{width}")
             latents = rng.standard_normal((batch, 16, height, width), dtype=np.float32)
             (image,) = vae.run(None, {"latents": latents})
             _close(image, pipeline.vae.decode(torch.from_numpy(latents), return_dict=False)[0], f"{family} vae")

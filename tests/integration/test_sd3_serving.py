@@ -1,6 +1,7 @@
 """SD 3 / 3.5 served through a real tritonserver: the engine's flow-matching path gives StableDiffusion3Pipeline's
 images on the same weights, for every scheduler the family offers, guidance on and off, a given and an omitted
-negative prompt, a non-square size, T5 present and absent, alone and batched with other requests in flight.
+negative prompt, a non-square size, T5 present and absent, SD 3.5's skip-layer guidance, alone and batched with other
+requests in flight.
 
 One server (``family_server``) holds a tiny repository of every family: SD 1.x's, and under model prefixes SDXL
 with its refiner, SD 3.5 (dual-attention layers, RMS q/k norm, T5) and SD 3 without T5 (diffusers encodes zeros in
@@ -16,6 +17,7 @@ import pytest
 
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
 from sdtriton.interface import FLOW_SCHEDULER_NAMES, SCHEDULER_NAMES
+from tests.conftest import SD35_SKIP_GUIDANCE_LAYERS
 from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flow_diffusers_image, max_pixel_difference
 
 pytestmark = pytest.mark.integration
@@ -88,6 +90,63 @@ def test_guidance_negative_prompts_sizes_and_defaults_match_diffusers_sd35(clien
     assert max_pixel_difference(image, expected) <= MAX_PIXEL_DIFFERENCE
 
 
+def _sd35_image(oracles, **kwargs) -> np.ndarray:
+    """diffusers' SD 3.5 image; with skip-layer guidance asked for, the exported layers passed as the pipeline takes
+    them."""
+    if kwargs.get("skip_layer_guidance_scale"):
+        kwargs["skip_guidance_layers"] = list(SD35_SKIP_GUIDANCE_LAYERS)
+    return flow_diffusers_image(oracles["sd35"], PROMPT, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        # The pipeline's window (0.01..0.2 of 12 steps: evaluations 1 and 2) at its default scale.
+        {"skip_layer_guidance_scale": 2.8, "num_inference_steps": 12},
+        # Another window (evaluations 2..4 of Heun's 11), as float32 holds it exactly, and a negative prompt.
+        {
+            "skip_layer_guidance_scale": 4.0,
+            "skip_layer_guidance_start": 0.25,
+            "skip_layer_guidance_stop": 0.75,
+            "num_inference_steps": 6,
+            "scheduler": "flow_heun",
+            "negative_prompt": "blurry",
+        },
+    ],
+    ids=["defaults", "window-heun"],
+)
+def test_skip_layer_guidance_matches_diffusers_sd35(client, oracles, kwargs) -> None:
+    kwargs = {"seed": 77, **kwargs}
+    image = np.asarray(client.generate(PROMPT, **kwargs).image)
+    assert max_pixel_difference(image, _sd35_image(oracles, **kwargs)) <= MAX_PIXEL_DIFFERENCE
+    # The skip row counts: without it the picture differs.
+    unskipped = {name: value for name, value in kwargs.items() if not name.startswith("skip_layer")}
+    assert max_pixel_difference(image, _sd35_image(oracles, **unskipped)) > MAX_PIXEL_DIFFERENCE
+
+
+def test_skip_layer_guidance_without_guidance_changes_nothing_as_in_diffusers(client) -> None:
+    kwargs = {"seed": 78, "num_inference_steps": 6, "guidance_scale": 1.0}
+    skipped = client.generate(PROMPT, skip_layer_guidance_scale=2.8, skip_layer_guidance_start=0.0, **kwargs)
+    assert np.array_equal(np.asarray(skipped.image), np.asarray(client.generate(PROMPT, **kwargs).image))
+
+
+@pytest.mark.parametrize(
+    ("entry", "kwargs", "message"),
+    [
+        (NO_T5_ENTRY, {"skip_layer_guidance_scale": 2.8}, "skip_layer_guidance_scale: must be 0: this repository"),
+        ("stable_diffusion", {"skip_layer_guidance_scale": 1.0}, "skip_layer_guidance_scale: must be 0: this"),
+        (SD35_ENTRY, {"skip_layer_guidance_scale": -1.0}, "skip_layer_guidance_scale: must be 0 (off) or a finite"),
+        (SD35_ENTRY, {"skip_layer_guidance_start": 1.5}, "skip_layer_guidance_start: must be a number in 0..1"),
+        (SD35_ENTRY, {"skip_layer_guidance_stop": float("nan")}, "skip_layer_guidance_stop: must be a number in 0..1"),
+    ],
+)
+def test_skip_layer_guidance_out_of_range_or_without_layers_is_refused(sd3_server, entry, kwargs, message) -> None:
+    with StableDiffusionClient(sd3_server.address.http_url, model_name=entry) as client:
+        with pytest.raises(InvalidRequestError) as error:
+            client.generate(PROMPT, num_inference_steps=2, **kwargs)
+    assert message in str(error.value)
+
+
 @pytest.mark.parametrize("scheduler", [None, "dpmpp_2m"])
 def test_sd3_without_t5_matches_diffusers_zeros_in_its_place(sd3_server, oracles, scheduler: str | None) -> None:
     with StableDiffusionClient(sd3_server.address.http_url, model_name=NO_T5_ENTRY) as client:
@@ -113,6 +172,8 @@ def test_every_family_served_side_by_side_by_one_server_stays_exact(
         (SD35_ENTRY, {"seed": 30, "num_inference_steps": 9, "scheduler": "unipc"}),
         (SD35_ENTRY, {"seed": 31, "num_inference_steps": 5, "guidance_scale": 1.0, "width": 96}),
         (SD35_ENTRY, {"seed": 32, "num_inference_steps": 7, "scheduler": "flow_heun"}),
+        # Three rows (skip-layer guidance) beside two- and one-row images in the same transformer call.
+        (SD35_ENTRY, {"seed": 37, "num_inference_steps": 10, "skip_layer_guidance_scale": 3.0}),
         (NO_T5_ENTRY, {"seed": 33, "num_inference_steps": 8}),
         ("stable_diffusion", {"seed": 34, "num_inference_steps": 8, "scheduler": "dpmpp_2m"}),  # SD 1.x beside them
         ("sdxl_stable_diffusion", {"seed": 35, "num_inference_steps": 6, "scheduler": "euler"}),  # and SDXL
@@ -127,7 +188,7 @@ def test_every_family_served_side_by_side_by_one_server_stays_exact(
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         images = list(pool.map(run, jobs))
     expected = {
-        SD35_ENTRY: lambda kwargs: flow_diffusers_image(oracles["sd35"], PROMPT, **kwargs),
+        SD35_ENTRY: lambda kwargs: _sd35_image(oracles, **kwargs),
         NO_T5_ENTRY: lambda kwargs: flow_diffusers_image(oracles["sd3_no_t5"], PROMPT, **kwargs),
         "stable_diffusion": lambda kwargs: diffusers_image(diffusers_pipeline, PROMPT, **kwargs),
         "sdxl_stable_diffusion": lambda kwargs: sdxl_diffusers_image(sdxl, PROMPT, **kwargs),

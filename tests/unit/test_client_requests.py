@@ -23,6 +23,9 @@ ARGUMENTS: dict[str, Any] = {
     "scheduler": "ddim",
     "refiner_fraction": 0.0,
     "true_cfg_scale": 1.0,
+    "skip_layer_guidance_scale": 0.0,
+    "skip_layer_guidance_start": 0.01,
+    "skip_layer_guidance_stop": 0.2,
 }
 
 

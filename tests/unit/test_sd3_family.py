@@ -242,3 +242,49 @@ def test_the_multistep_solvers_run_on_the_models_flow_sigmas(tiny_sd3_folders: d
     assert scheduler.config.flow_shift == config["shift"] == 3.0
     # The model's shift keeps more of the schedule at high noise, as its own FlowMatchEuler does.
     assert (scheduler.timesteps[1:] > unshifted.timesteps[1:]).all()
+
+
+def test_skip_guidance_layers_are_chosen_at_export_and_switched_on_per_request(
+    tiny_sd3_folders: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    from sdtriton.components import SD3_SKIP_LAYERS, SKIP_LAYERS_INPUT, component_table
+    from sdtriton.export.repository import TensorRtExportOptions, _configured
+    from sdtriton.serving.conditioning import Stage
+    from sdtriton.serving.denoise import ImageDenoiser
+    from sdtriton.serving.errors import InvalidInputError
+    from sdtriton.serving.validation import parse_generation_params
+
+    plain = config_of(tiny_sd3_folders["sd35"])
+    slg = config_of(tiny_sd3_folders["sd35"], skip_guidance_layers=[1, 0, 1])
+    assert slg.sd3.skip_guidance_layers == (0, 1) and PipelineConfig.from_json(slg.to_json()) == slg
+    assert (component_table(plain), component_table(slg)) == ("sd3", SD3_SKIP_LAYERS)
+    assert SKIP_LAYERS_INPUT in component_spec(component_table(slg), TRANSFORMER_MODEL_NAME).input_names
+    with pytest.raises(ValueError, match=r"block indices in 0\.\.1 \(this transformer's 2 blocks\), got \[2\]"):
+        config_of(tiny_sd3_folders["sd35"], skip_guidance_layers=[2])
+    with pytest.raises(ValueError, match="StableDiffusion3Pipeline"):
+        config_of(tiny_model_dir, skip_guidance_layers=[0])
+    with pytest.raises(ValueError, match="must hold them"):
+        _configured(slg, RenderOptions(max_batch_size=1, max_running_images=1), TensorRtExportOptions())
+
+    with pytest.raises(InvalidInputError, match="skip_layer_guidance_scale: must be 0: this repository was exported"):
+        parse_generation_params(config=plain, skip_layer_guidance_scale=2.8)
+    with pytest.raises(InvalidInputError, match=r"skip_layer_guidance_stop: must be a number in 0\.\.1"):
+        parse_generation_params(config=plain, skip_layer_guidance_stop=1.5)
+    # The pipeline's window, 0.01..0.2 of 12 steps: the third row at evaluations 1 and 2 only, the flag on it alone.
+    params = parse_generation_params(config=slg, num_inference_steps=12, skip_layer_guidance_scale=2.8, seed=0)
+    rows = slg.sd3.pooled_projection_dim
+    stage = Stage(
+        unet=TRANSFORMER_MODEL_NAME,
+        conditioning={"pooled_projections": torch.arange(2 * rows, dtype=torch.float32).view(2, rows)},
+        scheduler_config=slg.scheduler_config,
+        scheduler_overrides={},
+    )
+    denoiser = ImageDenoiser(params=params, config=slg, stages=[stage])
+    seen = []
+    while not denoiser.done:
+        inputs = denoiser.model_input()
+        seen.append(inputs[SKIP_LAYERS_INPUT].tolist())
+        assert len(inputs["hidden_states"]) == denoiser.rows == len(inputs["pooled_projections"])
+        assert torch.equal(inputs["pooled_projections"][-1], stage.conditioning["pooled_projections"][1])
+        denoiser.step(torch.zeros_like(inputs["hidden_states"]))
+    assert seen == [[0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]] + [[0.0, 0.0]] * 9
