@@ -84,7 +84,12 @@ from sdtriton.pipeline_config import (
     pipeline_config_from_components,
     sd3_pipeline_config,
 )
-from sdtriton.schedulers import flux_scheduler_names, load_scheduler_overrides, scheduler_class_from_config
+from sdtriton.schedulers import (
+    flux_scheduler_names,
+    load_scheduler_overrides,
+    scheduler_class_from_config,
+    sd3_scheduler_names,
+)
 from sdtriton.shapes.builtin import resolve_source
 
 logger = logging.getLogger(__name__)
@@ -337,6 +342,9 @@ def sd3_config_of(
         vae_shift_factor=float(pipeline.vae.config.shift_factor or 0.0),
         default_guidance_scale=float(_call_default(pipeline, "guidance_scale")),
         skip_guidance_layers=_skip_guidance_layers(pipeline, skip_guidance_layers),
+        scheduler_names=sd3_scheduler_names(
+            dict(pipeline.scheduler.config), load_scheduler_overrides(pipeline.name_or_path)
+        ),
     )
 
 

@@ -68,7 +68,8 @@ SCHEDULER = PublicTensor(
     "BYTES",
     (1,),
     True,
-    f"SD 1.x/2.x, SDXL: one of {', '.join(SCHEDULER_NAMES)}; SD 3: one of {', '.join(FLOW_SCHEDULER_NAMES)}; "
+    f"SD 1.x/2.x, SDXL: one of {', '.join(SCHEDULER_NAMES)}; SD 3: one of {', '.join(FLOW_SCHEDULER_NAMES)} "
+    "(flow_heun not with dynamic shifting); "
     "FLUX: those of these its pipeline runs on the model's scheduler config (named in a refusal)",
 )
 # SDXL base + refiner (diffusers' ensemble of experts): the base denoises down to denoising_end = 1 - fraction,

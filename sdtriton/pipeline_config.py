@@ -119,6 +119,8 @@ class Sd3Config:
         default_guidance_scale: the pipeline's ``__call__`` default.
         skip_guidance_layers: the transformer blocks a skip-layer guidance row skips (``StableDiffusion3Pipeline``'s
             ``skip_guidance_layers``), chosen at export (``--skip-guidance-layers``); empty: no skip-layer guidance.
+        scheduler_names: the flow schedulers ``StableDiffusion3Pipeline`` runs on this model's scheduler config
+            (found at export: all but ``flow_heun`` under dynamic shifting, whose ``set_timesteps`` takes no ``mu``).
     """
 
     text_hidden_sizes: tuple[int, int]
@@ -131,6 +133,7 @@ class Sd3Config:
     vae_shift_factor: float
     default_guidance_scale: float
     skip_guidance_layers: tuple[int, ...] = ()
+    scheduler_names: tuple[str, ...] = interface.FLOW_SCHEDULER_NAMES
 
     def __post_init__(self) -> None:
         if self.t5_hidden_size is not None and self.t5_hidden_size != self.joint_attention_dim:
@@ -178,6 +181,7 @@ class Sd3Config:
                 "text_hidden_sizes": tuple(values["text_hidden_sizes"]),
                 "pooled_sizes": tuple(values["pooled_sizes"]),
                 "skip_guidance_layers": tuple(values.get("skip_guidance_layers", ())),
+                "scheduler_names": tuple(values.get("scheduler_names", interface.FLOW_SCHEDULER_NAMES)),
             }
         )
 
@@ -286,11 +290,11 @@ class PipelineConfig:
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
-        """The schedulers a request may name for this model: flow-matching ones for SD 3, those of its export for
-        FLUX, else SD's."""
+        """The schedulers a request may name for this model: for SD 3 and FLUX the flow-matching ones their pipeline
+        runs on the model's scheduler config (found at export), else SD's."""
         if self.flux is not None:
             return self.flux.scheduler_names
-        return interface.FLOW_SCHEDULER_NAMES if self.sd3 is not None else interface.SCHEDULER_NAMES
+        return self.sd3.scheduler_names if self.sd3 is not None else interface.SCHEDULER_NAMES
 
     @property
     def default_guidance_scale(self) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,25 +193,55 @@ def set_flux_timesteps(
     retrieve_timesteps(scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu)
 
 
-# Steps and sequence length of the probe below: any that FluxPipeline takes (the answer depends on neither).
+def set_sd3_timesteps(
+    scheduler: SchedulerMixin, num_inference_steps: int, *, image_seq_len: int, device: Any = None
+) -> None:
+    """Sets a scheduler's timesteps as ``StableDiffusion3Pipeline.__call__`` does (its step 5): ``mu`` from the
+    image's patch count where the scheduler's config asks for dynamic shifting, nothing else.
+
+    Raises:
+        TypeError: as diffusers does for a scheduler whose ``set_timesteps`` takes no ``mu`` (FlowMatchHeun) under
+            dynamic shifting.
+    """
+    config = scheduler.config
+    kwargs = {}
+    if config.get("use_dynamic_shifting", False):
+        # StableDiffusion3Pipeline's own default max_shift where the config has none.
+        kwargs["mu"] = dynamic_shift_mu(config, image_seq_len, default_max_shift=1.16)
+    scheduler.set_timesteps(num_inference_steps, device=device, **kwargs)
+
+
+# Steps and sequence length of the probes below: any that the pipelines take (the answer depends on neither).
 _FLUX_PROBE_STEPS = 4
 _FLUX_PROBE_SEQ_LEN = 256
+
+
+def _flow_scheduler_names(
+    config: Mapping[str, Any], overrides: SchedulerOverrides | None, set_timesteps: Callable[..., None]
+) -> tuple[str, ...]:
+    names = []
+    for name in FLOW_SCHEDULERS:
+        try:
+            set_timesteps(
+                build_scheduler(config, name, overrides), _FLUX_PROBE_STEPS, image_seq_len=_FLUX_PROBE_SEQ_LEN
+            )
+        except (TypeError, ValueError, AssertionError):
+            continue
+        names.append(name)
+    return tuple(names)
+
+
+def sd3_scheduler_names(config: Mapping[str, Any], overrides: SchedulerOverrides | None = None) -> tuple[str, ...]:
+    """The flow schedulers ``StableDiffusion3Pipeline`` runs on a model with this scheduler config: all of them, but
+    FlowMatchHeun under dynamic shifting (its ``set_timesteps`` takes no ``mu``: diffusers raises)."""
+    return _flow_scheduler_names(config, overrides, set_sd3_timesteps)
 
 
 def flux_scheduler_names(config: Mapping[str, Any], overrides: SchedulerOverrides | None = None) -> tuple[str, ...]:
     """The flow schedulers ``FluxPipeline`` runs on a model with this scheduler config: those whose timesteps it can
     set up (:func:`set_flux_timesteps`). FlowMatchHeun has no ``sigmas`` argument (diffusers refuses it there);
     DPM-Solver++ takes ``mu`` only with dynamic shifting (not FLUX.1-schnell's config)."""
-    names = []
-    for name in FLOW_SCHEDULERS:
-        try:
-            set_flux_timesteps(
-                build_scheduler(config, name, overrides), _FLUX_PROBE_STEPS, image_seq_len=_FLUX_PROBE_SEQ_LEN
-            )
-        except (ValueError, AssertionError):
-            continue
-        names.append(name)
-    return tuple(names)
+    return _flow_scheduler_names(config, overrides, set_flux_timesteps)
 
 
 @dataclass(frozen=True)

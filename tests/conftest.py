@@ -115,10 +115,13 @@ SD35_SKIP_GUIDANCE_LAYERS = (0,)
 
 @pytest.fixture(scope="session")
 def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, str]]:
-    """Tiny SD 3.5 (dual attention, RMS q/k norm, T5; exported with skip-guidance layers, so every SD 3.5 request
-    goes through the transformer's per-row skip flag) and SD 3 without T5 (the plain transformer): (diffusers folder,
-    exported repository, model-name prefix) of each, under the prefixes ``sd35_`` and ``no_t5_`` so that one server
-    holds both beside the tiny SD repository."""
+    """Tiny SD 3.5 (dual attention, RMS q/k norm, T5, the published static shift; exported with skip-guidance layers,
+    so every SD 3.5 request goes through the transformer's per-row skip flag) and SD 3 without T5 (the plain
+    transformer; its scheduler config with ``use_dynamic_shifting``, so ``mu`` comes from the image's patch count):
+    (diffusers folder, exported repository, model-name prefix) of each, under the prefixes ``sd35_`` and ``no_t5_``
+    so that one server holds both beside the tiny SD repository."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     from sdtriton.export import RenderOptions, export_repository
     from sdtriton.tiny import make_tiny
 
@@ -129,6 +132,10 @@ def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
         ("sd3_no_t5", "sd3", False, "no_t5_", ()),
     ):
         folder = make_tiny(root / name, family=family, t5=t5)
+        if name == "sd3_no_t5":
+            scheduler = folder / "scheduler"
+            config = FlowMatchEulerDiscreteScheduler.load_config(scheduler)
+            FlowMatchEulerDiscreteScheduler.from_config(config, use_dynamic_shifting=True).save_pretrained(scheduler)
         repository = root / f"{name}_repository"
         export_repository(
             folder,

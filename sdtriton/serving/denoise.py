@@ -35,7 +35,7 @@ from sdtriton.pipeline_config import (
     SKIP_LAYER_GUIDANCE_ROWS,
     PipelineConfig,
 )
-from sdtriton.schedulers import build_scheduler, dynamic_shift_mu, set_flux_timesteps
+from sdtriton.schedulers import build_scheduler, set_flux_timesteps, set_sd3_timesteps
 from sdtriton.serving.conditioning import ImageRequest, Stage, stages_for, text_ids_for
 from sdtriton.serving.errors import RequestCancelledError
 from sdtriton.serving.validation import GenerationParams
@@ -86,17 +86,6 @@ def to_uint8_image(decoded: torch.Tensor) -> np.ndarray:
     return (pixels * 255).round().astype("uint8")
 
 
-def _flow_shift_kwargs(scheduler: object, config: PipelineConfig, params: GenerationParams) -> dict[str, float]:
-    """``mu`` for a scheduler with dynamic shifting, from the image's sequence length in patches, as
-    ``StableDiffusion3Pipeline.__call__`` computes it (nothing otherwise)."""
-    scheduler_config = scheduler.config
-    if config.sd3 is None or not scheduler_config.get("use_dynamic_shifting", False):
-        return {}
-    side = config.vae_scale_factor * config.sd3.patch_size
-    image_seq_len = (params.height // side) * (params.width // side)
-    return {"mu": dynamic_shift_mu(scheduler_config, image_seq_len, default_max_shift=1.16)}
-
-
 class _StageRun:
     """One stage's scheduler (a fresh one, this image's own) and the timesteps it runs."""
 
@@ -110,14 +99,14 @@ class _StageRun:
     ) -> None:
         self.stage = stage
         scheduler = build_scheduler(stage.scheduler_config, params.scheduler, stage.scheduler_overrides)
-        if config.flux is not None:
-            side = config.vae_scale_factor * FLUX_PACKING
+        if config.flow_matching:
+            # The image's sequence length: packed 2x2 latents (FLUX), patches (SD 3).
+            side = config.vae_scale_factor * (FLUX_PACKING if config.flux is not None else config.sd3.patch_size)
             image_seq_len = (params.height // side) * (params.width // side)
-            set_flux_timesteps(scheduler, params.num_inference_steps, image_seq_len=image_seq_len, device=device)
+            set_timesteps = set_flux_timesteps if config.flux is not None else set_sd3_timesteps
+            set_timesteps(scheduler, params.num_inference_steps, image_seq_len=image_seq_len, device=device)
         else:
-            scheduler.set_timesteps(
-                params.num_inference_steps, device=device, **_flow_shift_kwargs(scheduler, config, params)
-            )
+            scheduler.set_timesteps(params.num_inference_steps, device=device)
         timesteps = scheduler.timesteps
         begin = 0
         train_steps = scheduler.config.num_train_timesteps

@@ -60,8 +60,10 @@ def _close(actual: np.ndarray, expected: torch.Tensor, what: str) -> None:
 
 
 def _timesteps(pipeline, rows: int) -> np.ndarray:
-    """Timesteps as the pipeline passes them: its scheduler's sigma x 1000, as FP32, one per row."""
-    pipeline.scheduler.set_timesteps(rows + 1)
+    """Timesteps as the pipeline passes them: its scheduler's sigma x 1000, as FP32, one per row (any mu where the
+    scheduler shifts dynamically)."""
+    mu = {"mu": 0.5} if pipeline.scheduler.config.use_dynamic_shifting else {}
+    pipeline.scheduler.set_timesteps(rows + 1, **mu)
     return pipeline.scheduler.timesteps[:rows].numpy().astype(np.float32)
 
 

@@ -1,7 +1,7 @@
 """SD 3 / 3.5 served through a real tritonserver: the engine's flow-matching path gives StableDiffusion3Pipeline's
 images on the same weights, for every scheduler the family offers, guidance on and off, a given and an omitted
-negative prompt, a non-square size, T5 present and absent, SD 3.5's skip-layer guidance, alone and batched with other
-requests in flight.
+negative prompt, a non-square size, T5 present and absent, dynamic shifting (the SD 3 without T5), SD 3.5's skip-layer
+guidance, alone and batched with other requests in flight.
 
 One server (``family_server``) holds a tiny repository of every family: SD 1.x's, and under model prefixes SDXL
 with its refiner, SD 3.5 (dual-attention layers, RMS q/k norm, T5) and SD 3 without T5 (diffusers encodes zeros in
@@ -147,10 +147,26 @@ def test_skip_layer_guidance_out_of_range_or_without_layers_is_refused(sd3_serve
     assert message in str(error.value)
 
 
-@pytest.mark.parametrize("scheduler", [None, "dpmpp_2m"])
-def test_sd3_without_t5_matches_diffusers_zeros_in_its_place(sd3_server, oracles, scheduler: str | None) -> None:
+@pytest.mark.parametrize(
+    ("scheduler", "size"),
+    [(None, {}), ("dpmpp_2m", {}), ("unipc", {"width": 96, "height": 64})],
+)
+def test_sd3_without_t5_and_with_dynamic_shifting_matches_diffusers(
+    sd3_server, oracles, scheduler: str | None, size
+) -> None:
+    # Zeros in T5's place; mu from the image's patch count (another for the non-square size), as the pipeline.
+    assert oracles["sd3_no_t5"].scheduler.config.use_dynamic_shifting
     with StableDiffusionClient(sd3_server.address.http_url, model_name=NO_T5_ENTRY) as client:
-        _check(client, oracles["sd3_no_t5"], seed=11, num_inference_steps=STEPS, scheduler=scheduler)
+        _check(client, oracles["sd3_no_t5"], seed=11, num_inference_steps=STEPS, scheduler=scheduler, **size)
+
+
+def test_flow_heun_is_refused_under_dynamic_shifting_as_diffusers_cannot_run_it(sd3_server, oracles) -> None:
+    with pytest.raises(TypeError, match="mu"):  # FlowMatchHeun's set_timesteps takes no mu
+        flow_diffusers_image(oracles["sd3_no_t5"], PROMPT, seed=0, num_inference_steps=2, scheduler="flow_heun")
+    with StableDiffusionClient(sd3_server.address.http_url, model_name=NO_T5_ENTRY) as client:
+        with pytest.raises(InvalidRequestError) as error:
+            client.generate(PROMPT, num_inference_steps=2, scheduler="flow_heun")
+    assert "scheduler: must be one of flow_euler, dpmpp_2m, unipc (this sd3 model's)" in str(error.value)
 
 
 def test_every_family_served_side_by_side_by_one_server_stays_exact(

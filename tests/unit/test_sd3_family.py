@@ -288,3 +288,17 @@ def test_skip_guidance_layers_are_chosen_at_export_and_switched_on_per_request(
         assert torch.equal(inputs["pooled_projections"][-1], stage.conditioning["pooled_projections"][1])
         denoiser.step(torch.zeros_like(inputs["hidden_states"]))
     assert seen == [[0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]] + [[0.0, 0.0]] * 9
+
+
+def test_flow_heun_is_not_offered_under_dynamic_shifting(tiny_sd3_folders: dict[str, Path]) -> None:
+    from sdtriton.interface import FLOW_SCHEDULER_NAMES
+    from sdtriton.schedulers import sd3_scheduler_names
+
+    config = config_of(tiny_sd3_folders["sd35"])
+    assert config.scheduler_names == sd3_scheduler_names(config.scheduler_config) == FLOW_SCHEDULER_NAMES
+    dynamic = {**config.scheduler_config, "use_dynamic_shifting": True}
+    assert sd3_scheduler_names(dynamic) == ("flow_euler", "dpmpp_2m", "unipc")
+    # A pipeline_config.json written before the field: every flow scheduler, as then.
+    values = json.loads(config.to_json())
+    del values["sd3"]["scheduler_names"]
+    assert PipelineConfig.from_json(json.dumps(values)).scheduler_names == FLOW_SCHEDULER_NAMES
