@@ -432,18 +432,10 @@ class _Engine:
         return max(_MIN_TIMEOUT_S, _TIMEOUT_FACTOR * expected_s)
 
     def in_process(self, concurrency: int, requests: int, description: str, *, zero_time_unet: bool = False):
-        served = self.served
+        """The engine in this process over the batching-on repository's sessions, ``concurrency`` at once."""
+        options = {"description": description, "show_progress": self.show, "zero_time_unet": zero_time_unet}
         return paths.run_closed_loop(
-            config=served.config,
-            tokenizers=served.tokenizers,
-            networks=served.networks,
-            limits=self.limits,
-            request=self.request,
-            concurrency=concurrency,
-            requests=requests,
-            zero_time_unet=zero_time_unet,
-            description=description,
-            show_progress=self.show,
+            self.served, limits=self.limits, request=self.request, concurrency=concurrency, requests=requests, **options
         )
 
     def plain_loop(self, *, runs: int, warmup_runs: int = 0) -> model.PathTiming:
