@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -16,19 +17,9 @@ def _perf(args: argparse.Namespace) -> int:
     from sdtriton.perf.runner import DEFAULT_OUTPUT_DIR, PerfOptions, default_profile, run_perf
 
     profile = args.profile or default_profile()
-    options = PerfOptions(
-        profile=profile,
-        output_dir=args.output or DEFAULT_OUTPUT_DIR / profile,
-        perf_dir=args.perf_dir or DEFAULT_PERF_DIR,
-        model_dir=args.model,
-        repository=args.repository,
-        work_dir=args.work_dir,
-        perf_analyzer=args.perf_analyzer,
-        tritonserver=args.tritonserver,
-        skip_diffusers=args.skip_diffusers,
-        gpu=args.gpu,
-        time_limit_s=args.time_limit_s,
-    )
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(PerfOptions) if field.name in args}
+    output_dir, perf_dir = args.output_dir or DEFAULT_OUTPUT_DIR / profile, args.perf_dir or DEFAULT_PERF_DIR
+    options = PerfOptions(**{**given, "profile": profile, "output_dir": output_dir, "perf_dir": perf_dir})
     result, files = run_perf(options)
     for path in files.values():
         sys.stdout.write(f"{path.resolve()}\n")
@@ -45,10 +36,15 @@ def add_perf_command(commands: argparse._SubParsersAction) -> None:
     perf.add_argument(
         "--profile",
         help="a profile of perf/scenarios.json: shapes (the default model; default once its weights exist), "
-        "tiny (default until then), sd15 (heavy: SD 1.5 shapes, ~4 GB, bounded to 10 minutes)",
+        "tiny (default until then), sd15 (heavy: SD 1.5 shapes, ~4 GB, bounded to 10 minutes), engine and "
+        "transformer (the diffusion engine on the default model and on a tiny SD 3.5)",
     )
-    perf.add_argument("-o", "--output", type=Path, help="results folder (default: outputs/perf/PROFILE)")
-    perf.add_argument("--model", type=Path, help="diffusers pipeline folder (default: made with make-tiny)")
+    perf.add_argument(
+        "-o", "--output", dest="output_dir", type=Path, help="results folder (default: outputs/perf/PROFILE)"
+    )
+    perf.add_argument(
+        "--model", dest="model_dir", type=Path, help="diffusers pipeline folder (default: made with make-tiny)"
+    )
     perf.add_argument("--repository", type=Path, help="model repository of --model (default: exported from it)")
     perf.add_argument("--work-dir", type=Path, help="keep made models here (default: a temporary folder, removed)")
     perf.add_argument("--perf-dir", type=Path, help="scenarios.json and input_data/ (default: the repository's perf/)")

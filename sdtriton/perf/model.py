@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import operator
 import os
 import platform
 import statistics
@@ -395,14 +396,17 @@ class GoalRow:
         return "not measured" if self.met is None else "met" if self.met else self.missed
 
 
-def _judged(value: float | None, goal: float, *, at_most: bool = True, strict: bool = False) -> bool | None:
-    if value is None:
-        return None
-    return (value < goal if strict else value <= goal) if at_most else value >= goal
+_COMPARISONS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge}
 
 
-def _x(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}x"
+def _met(value: float | None, sign: str, goal: float) -> bool | None:
+    return None if value is None else _COMPARISONS[sign](value, goal)
+
+
+def _ratio_goal(measure: str, value: float | None, sign: str, goal: float, unit: str = "x", **row: Any) -> GoalRow:
+    """A goal on a number shown to three decimals, as ``{sign} {goal}{unit}``."""
+    measured = "" if value is None else f"{value:.3f}{unit}"
+    return GoalRow(measure, measured, f"{sign} {goal}{unit}", _met(value, sign, goal), **row)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -526,16 +530,18 @@ class PerfResult(Run):
     def goal_rows(self) -> list[GoalRow]:
         """The goals of issue 3, a miss said with its size: set for the default model at concurrency 1."""
         measures = (
-            ("Triton / plain ONNX loop", self.triton_over_onnx_loop, GOAL_TRITON_OVER_ONNX_LOOP, "x", "<= "),
-            ("Triton / diffusers", self.triton_over_diffusers, GOAL_TRITON_OVER_DIFFUSERS, "x", "<= "),
-            ("one BLS UNet call (identity UNet)", self.bls_unet_call_ms, GOAL_BLS_UNET_CALL_MS, " ms", "< "),
+            ("Triton / plain ONNX loop", self.triton_over_onnx_loop, "<=", GOAL_TRITON_OVER_ONNX_LOOP, "x"),
+            ("Triton / diffusers", self.triton_over_diffusers, "<=", GOAL_TRITON_OVER_DIFFUSERS, "x"),
+            ("one BLS UNet call (identity UNet)", self.bls_unet_call_ms, "<", GOAL_BLS_UNET_CALL_MS, " ms"),
         )
-        rows = []
-        for measure, value, goal, unit, sign in measures:
-            measured = "" if value is None else f"{value:.3f}{unit}"
-            missed = "" if value is None else f"missed by {value - goal:.3g}{unit} ({value / goal:.2f}x the goal)"
-            rows.append(GoalRow(measure, measured, f"{sign}{goal}{unit}", _judged(value, goal), missed=missed))
-        return rows
+        return [
+            _ratio_goal(measure, value, sign, goal, unit, missed=_missed_by(value, goal, unit))
+            for measure, value, sign, goal, unit in measures
+        ]
+
+
+def _missed_by(value: float | None, goal: float, unit: str) -> str:
+    return "" if value is None else f"missed by {value - goal:.3g}{unit} ({value / goal:.2f}x the goal)"
 
 
 @dataclass(frozen=True)
@@ -731,60 +737,48 @@ class EngineResult(Run):
         burst, simulated = self.burst, self.simulated
         slowest = burst.max_refusal_ms if burst is not None else None
         shares = (
-            [None, None] if simulated is None else [simulated.share_of_allowed, simulated.share_of_unet_only_allowed]
+            (None, None) if simulated is None else (simulated.share_of_allowed, simulated.share_of_unet_only_allowed)
         )
-        return [
-            GoalRow(
-                f"(a) served / in-process engine images/s at concurrency {concurrency}",
-                _x(self.served_over_ceiling),
-                f">= {GOAL_SERVED_OVER_CEILING}x",
-                _judged(self.served_over_ceiling, GOAL_SERVED_OVER_CEILING, at_most=False),
-            ),
-            GoalRow(
-                "(a) served p50 at concurrency 1 / plain loop median",
-                _x(self.c1_over_plain_loop),
-                f"<= {GOAL_C1_OVER_PLAIN_LOOP}x",
-                _judged(self.c1_over_plain_loop, GOAL_C1_OVER_PLAIN_LOOP),
-            ),
-            GoalRow(
-                "(c) short requests' p99 beside long ones / short requests alone",
-                _x(short_ratio),
-                f"< {GOAL_SHORT_P99_OVER_SHORT_ONLY}x",
-                _judged(short_ratio, GOAL_SHORT_P99_OVER_SHORT_ONLY, strict=True),
-            ),
+        ratios = (
+            (f"(a) served / in-process engine images/s at concurrency {concurrency}", self.served_over_ceiling),
+            ("(a) served p50 at concurrency 1 / plain loop median", self.c1_over_plain_loop),
+            ("(c) short requests' p99 beside long ones / short requests alone", short_ratio),
+        )
+        goals = (
+            (">=", GOAL_SERVED_OVER_CEILING),
+            ("<=", GOAL_C1_OVER_PLAIN_LOOP),
+            ("<", GOAL_SHORT_P99_OVER_SHORT_ONLY),
+        )
+        rows = [_ratio_goal(measure, value, *goal) for (measure, value), goal in zip(ratios, goals, strict=True)]
+        rows.append(
             GoalRow(
                 "(d) slowest refusal of the burst",
                 "" if slowest is None else f"{slowest:.1f} ms ({burst.refused} refused)",
                 f"< {GOAL_REFUSAL_MS:g} ms each",
-                _judged(slowest, GOAL_REFUSAL_MS, strict=True),
-            ),
-            GoalRow(
-                "(d) refusals answered UNAVAILABLE (the client's `ServerUnavailableError`)",
-                "" if burst is None else f"{burst.refused_as_unavailable} of {burst.refused}",
-                "all",
-                None if burst is None or burst.refused == 0 else burst.refused_as_unavailable == burst.refused,
-            ),
-            GoalRow(
-                "(d) every accepted request of the burst completed",
-                "" if burst is None else f"{burst.completed} of {burst.accepted}",
-                "all",
-                None if burst is None or burst.accepted == 0 else burst.failed == 0,
-            ),
-            *(
-                GoalRow(
-                    f"(e) SIMULATED: {measure}",
-                    "" if share is None else f"{share:.1%}",
-                    f">= {GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}",
-                    _judged(share, GOAL_SIMULATED_SHARE_OF_ALLOWED, at_most=False),
-                    simulated=True,
-                )
-                for measure, share in zip(
-                    (
-                        "measured c_high/c_low images/s over the allowed ratio (non-UNet parts counted)",
-                        "the same over the UNet-alone ratio (`SimulatedLatency.throughput_ratio`, stricter)",
-                    ),
-                    shares,
-                    strict=True,
-                )
-            ),
-        ]
+                _met(slowest, "<", GOAL_REFUSAL_MS),
+            )
+        )
+        if burst is None:
+            rows += [GoalRow(measure, "", "all", None) for measure in _BURST_ALL]
+        else:
+            unavailable = None if burst.refused == 0 else burst.refused_as_unavailable == burst.refused
+            completed = None if burst.accepted == 0 else burst.failed == 0
+            rows.append(
+                GoalRow(_BURST_ALL[0], f"{burst.refused_as_unavailable} of {burst.refused}", "all", unavailable)
+            )
+            rows.append(GoalRow(_BURST_ALL[1], f"{burst.completed} of {burst.accepted}", "all", completed))
+        for measure, share in zip(_SIMULATED_GOALS, shares, strict=True):
+            measured = "" if share is None else f"{share:.1%}"
+            goal, met = f">= {GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}", _met(share, ">=", GOAL_SIMULATED_SHARE_OF_ALLOWED)
+            rows.append(GoalRow(f"(e) SIMULATED: {measure}", measured, goal, met, simulated=True))
+        return rows
+
+
+_BURST_ALL = (
+    "(d) refusals answered UNAVAILABLE (the client's `ServerUnavailableError`)",
+    "(d) every accepted request of the burst completed",
+)
+_SIMULATED_GOALS = (
+    "measured c_high/c_low images/s over the allowed ratio (non-UNet parts counted)",
+    "the same over the UNet-alone ratio (`SimulatedLatency.throughput_ratio`, stricter)",
+)

@@ -292,10 +292,8 @@ class _Sink:
 
 
 def run_closed_loop(
+    served: ServedFiles,
     *,
-    config: PipelineConfig,
-    tokenizers: Any,
-    networks: Any,
     limits: EngineLimits,
     request: RequestSpec,
     concurrency: int,
@@ -305,7 +303,8 @@ def run_closed_loop(
     description: str = "in-process engine",
     show_progress: bool = True,
 ) -> InProcessRun:
-    """Runs ``warmup_requests`` then times ``requests`` of ``request``, ``concurrency`` in the engine at once.
+    """Runs ``warmup_requests`` then times ``requests`` of ``request``, ``concurrency`` in the engine at once, over
+    ``served``'s networks with ``limits``.
 
     Each submitted request is parsed and tokenized from its raw inputs, as the pipeline model does. The timed run
     starts with ``concurrency`` requests submitted together and ends when the last one finishes.
@@ -319,7 +318,8 @@ def run_closed_loop(
 
     if concurrency < 1 or requests < 1:
         raise ValueError(f"concurrency and requests must be at least 1, got {concurrency} and {requests}")
-    counting = InstrumentedNetworks(networks, zero_time_unet=zero_time_unet)
+    config, tokenizers = served.config, served.tokenizers
+    counting = InstrumentedNetworks(served.networks, zero_time_unet=zero_time_unet)
     engine = DiffusionEngine(config=config, networks=counting, limits=limits)
     raw = raw_inputs(request)
 

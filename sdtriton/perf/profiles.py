@@ -157,8 +157,24 @@ class CeilingSpec:
     turns: int = 2
 
 
+class _ClosedLoopLevels:
+    """Closed-loop levels: ``concurrency x requests_per_concurrency`` requests a level, ``min_requests`` at least."""
+
+    levels: tuple[int, ...]
+    min_requests: int
+    requests_per_concurrency: int
+
+    def request_count(self, concurrency: int) -> int:
+        return max(self.min_requests, concurrency * self.requests_per_concurrency)
+
+    @property
+    def requests(self) -> int:
+        """Requests over every level."""
+        return sum(map(self.request_count, self.levels))
+
+
 @dataclass(frozen=True)
-class SweepSpec:
+class SweepSpec(_ClosedLoopLevels):
     """(b) Client threads over gRPC at each concurrency (``levels``, increasing), step batching on and off.
 
     Both servers are up together (``max_running_images`` ``batching_on`` and ``batching_off``, 1: one image per UNet
@@ -172,9 +188,6 @@ class SweepSpec:
     min_requests: int = 12
     requests_per_concurrency: int = 6
     turns: int = 2
-
-    def request_count(self, concurrency: int) -> int:
-        return max(self.min_requests, concurrency * self.requests_per_concurrency)
 
 
 @dataclass(frozen=True)
@@ -210,7 +223,7 @@ class BurstSpec:
 
 
 @dataclass(frozen=True)
-class SimulatedSpec:
+class SimulatedSpec(_ClosedLoopLevels):
     """(e) The batching-on repository with the simulated accelerator's UNet (:mod:`sdtriton.serving.simulated`).
 
     Attributes:
@@ -229,9 +242,6 @@ class SimulatedSpec:
     requests_per_concurrency: int = 8
     in_process_requests: int = 16
     turns: int = 2
-
-    def request_count(self, concurrency: int) -> int:
-        return max(self.min_requests, concurrency * self.requests_per_concurrency)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,6 +24,7 @@ from sdtriton.perf.model import (
     EngineResult,
     GoalRow,
     InProcessRun,
+    Latencies,
     Load,
     LoadPoint,
     Outcome,
@@ -39,37 +40,29 @@ ENGINE_LOAD_CSV_NAME, REQUESTS_CSV_NAME = "engine_load_points.csv", "engine_requ
 GOALS_CSV_NAME, ENGINE_PLOT_NAME = "engine_goals.csv", "engine_sweep.png"
 # Other processes' share of the CPU above which the summary says the run shared the machine.
 OTHER_CPU_SHARE_NOTE = 0.05
+_PERCENTILES = ("p50", "p90", "p99", "mean")
 _ENGINE_LOAD_COLUMNS = (
-    "section",
-    "variant",
-    "simulated",
-    "concurrency",
-    "requests",
-    "failed",
-    "duration_s",
-    "images_per_s",
-    "p50_ms",
-    "p90_ms",
-    "p99_ms",
-    "mean_ms",
+    *("section", "variant", "simulated", "concurrency", "requests", "failed", "duration_s", "images_per_s"),
+    *(f"{name}_ms" for name in _PERCENTILES),
 )
 _REQUEST_COLUMNS = (
-    "load",
-    "simulated",
-    "class",
-    "client",
-    "started_s",
-    "latency_ms",
-    "outcome",
-    "error_type",
-    "message",
+    *("load", "simulated", "class", "client", "started_s"),
+    *("latency_ms", "outcome", "error_type", "message"),
 )
+_GOAL_COLUMNS = ("measure", "measured", "goal", "verdict", "simulated")
+_PATH_COLUMNS = ("series", "num_inference_steps", "runs", "median_ms", "min_ms", "max_ms", "latencies_ms")
 _VARIANT_LABELS = {BATCHING_ON: "step batching on", BATCHING_OFF: "step batching off"}
 _NOT_RUN = ["Not run (see below)."]
 
 
 def _f(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
+
+
+def _table(align: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A markdown table; ``align`` has an ``l`` (left) or ``r`` (right) per column."""
+    rule = "|".join("---:" if side == "r" else "---" for side in align)
+    return [f"| {' | '.join(header)} |", f"|{rule}|", *(f"| {' | '.join(map(str, row))} |" for row in rows)]
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
@@ -81,33 +74,29 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]])
 
 
 def write_reports(result: Run, directory: Path) -> dict[str, Path]:
-    """Writes every output of a run into ``directory``; returns them by kind."""
+    """Writes every output of a run into ``directory``: its CSV files, plot and summary; returns them by kind."""
     directory.mkdir(parents=True, exist_ok=True)
-    summary = directory / SUMMARY_NAME
-    summary.write_text(summary_markdown(result))
     if isinstance(result, EngineResult):
         goals = [(row.measure, row.measured, row.goal, row.verdict, row.simulated) for row in result.goal_rows()]
-        files = {
-            "load_csv": _write_csv(directory / ENGINE_LOAD_CSV_NAME, _ENGINE_LOAD_COLUMNS, engine_load_rows(result)),
-            "requests_csv": _write_csv(directory / REQUESTS_CSV_NAME, _REQUEST_COLUMNS, _request_rows(result)),
-            "goals_csv": _write_csv(
-                directory / GOALS_CSV_NAME, ("measure", "measured", "goal", "verdict", "simulated"), goals
-            ),
-            "plot": directory / ENGINE_PLOT_NAME,
+        tables = {
+            "load_csv": (ENGINE_LOAD_CSV_NAME, _ENGINE_LOAD_COLUMNS, engine_load_rows(result)),
+            "requests_csv": (REQUESTS_CSV_NAME, _REQUEST_COLUMNS, _request_rows(result)),
+            "goals_csv": (GOALS_CSV_NAME, _GOAL_COLUMNS, goals),
         }
+        plot = ENGINE_PLOT_NAME
     else:
         names = [field.name for field in dataclasses.fields(LoadPoint)]
         points = ([getattr(point, name) for name in names] for point in result.points)
-        files = {
-            "load_csv": _write_csv(directory / LOAD_CSV_NAME, names, points),
-            "paths_csv": _write_csv(directory / PATHS_CSV_NAME, _PATH_COLUMNS, _path_rows(result)),
-            "plot": directory / PLOT_NAME,
+        tables = {
+            "load_csv": (LOAD_CSV_NAME, names, points),
+            "paths_csv": (PATHS_CSV_NAME, _PATH_COLUMNS, _path_rows(result)),
         }
-    _write_plot(result, files["plot"])
+        plot = PLOT_NAME
+    files = {kind: _write_csv(directory / name, header, rows) for kind, (name, header, rows) in tables.items()}
+    files["plot"] = _write_plot(result, directory / plot)
+    summary = directory / SUMMARY_NAME
+    summary.write_text(summary_markdown(result))
     return {**files, "summary": summary}
-
-
-_PATH_COLUMNS = ("series", "num_inference_steps", "runs", "median_ms", "min_ms", "max_ms", "latencies_ms")
 
 
 def _path_rows(result: PerfResult) -> Iterable[list[object]]:
@@ -122,42 +111,40 @@ def _path_rows(result: PerfResult) -> Iterable[list[object]]:
         yield [name, timing.num_inference_steps, len(timing.latencies_ms), *(f"{v:.3f}" for v in values), latencies]
 
 
-def _in_process_row(section: str, variant: str, run: InProcessRun) -> dict[str, object]:
-    return {
-        "section": section,
-        "variant": variant,
-        "simulated": section == SIMULATED,
-        "concurrency": run.concurrency,
-        "requests": run.requests,
-        "duration_s": _f(run.elapsed_s),
-        "images_per_s": _f(run.images_per_s),
-    }
+def _load_row(
+    section: str,
+    variant: str,
+    concurrency: int,
+    requests: int,
+    images_per_s: float,
+    *,
+    failed: int | str = "",
+    duration_s: float | None = None,
+    latencies: Latencies | None = None,
+) -> list[object]:
+    """A row of the engine's load CSV; ``simulated`` marks the stand-in UNet's section."""
+    percentiles = [_f(None if latencies is None else getattr(latencies, f"{name}_ms")) for name in _PERCENTILES]
+    counts = [concurrency, requests, failed, _f(duration_s), _f(images_per_s)]
+    return [section, variant, section == SIMULATED, *counts, *percentiles]
 
 
-def _level_row(section: str, level: Load) -> dict[str, object]:
-    return {
-        "section": section,
-        "variant": level.variant,
-        "simulated": section == SIMULATED,
-        "concurrency": level.concurrency,
-        "requests": len(level.records),
-        "failed": level.failed,
-        "duration_s": _f(level.duration_s),
-        "images_per_s": _f(level.images_per_s),
-        **{f"{name}_ms": _f(getattr(level, f"{name}_ms")) for name in ("p50", "p90", "p99", "mean")},
-    }
+def _level_row(section: str, level: Load) -> list[object]:
+    counts = (level.concurrency, len(level.records), level.images_per_s)
+    return _load_row(section, level.variant, *counts, failed=level.failed, duration_s=level.duration_s, latencies=level)
+
+
+def _in_process_row(section: str, variant: str, run: InProcessRun) -> list[object]:
+    return _load_row(section, variant, run.concurrency, run.requests, run.images_per_s, duration_s=run.elapsed_s)
 
 
 def engine_load_rows(result: EngineResult) -> list[list[object]]:
     """One row per measured load: in-process runs, client-thread levels; ``simulated`` marks the stand-in UNet."""
-    rows: list[dict[str, object]] = []
+    rows = []
     ceiling, simulated = result.ceiling, result.simulated
     if ceiling is not None:
         plain = ceiling.plain_loop
-        plain_row = {"section": "ceiling", "variant": "plain_loop", "simulated": False, "concurrency": 1}
-        plain_row |= {"requests": len(plain.latencies_ms), "images_per_s": _f(1000.0 / plain.median_ms)}
         rows.append(
-            plain_row | {f"{name}_ms": _f(getattr(plain, f"{name}_ms")) for name in ("p50", "p90", "p99", "mean")}
+            _load_row("ceiling", "plain_loop", 1, len(plain.latencies_ms), 1000.0 / plain.median_ms, latencies=plain)
         )
         rows.append(_in_process_row("ceiling", "in_process_engine", ceiling.in_process))
         rows += [_level_row("ceiling", ceiling.served_one), _level_row("ceiling", ceiling.served)]
@@ -167,7 +154,7 @@ def engine_load_rows(result: EngineResult) -> list[list[object]]:
         for run in (simulated.non_unet_low, simulated.non_unet_high):
             rows.append(_in_process_row(SIMULATED, "in_process_engine_zero_time_unet", run))
         rows += [_level_row(SIMULATED, point) for point in simulated.points]
-    return [[row.get(column, "") for column in _ENGINE_LOAD_COLUMNS] for row in rows]
+    return rows
 
 
 def _request_rows(result: EngineResult) -> Iterable[list[object]]:
@@ -182,17 +169,9 @@ def _request_rows(result: EngineResult) -> Iterable[list[object]]:
     if result.burst is not None:
         records += [*result.burst.warmup_records, *result.burst.records]
     for r in records:
-        yield [
-            r.load,
-            r.load.startswith(SIMULATED),
-            r.request_class,
-            r.client,
-            f"{r.started_s:.4f}",
-            f"{r.latency_ms:.3f}",
-            r.outcome.value,
-            r.error_type,
-            r.message,
-        ]
+        started, latency = f"{r.started_s:.4f}", f"{r.latency_ms:.3f}"
+        simulated = r.load.startswith(SIMULATED)
+        yield [r.load, simulated, r.request_class, r.client, started, latency, r.outcome.value, r.error_type, r.message]
 
 
 def _write_plot(result: Run, path: Path) -> Path:
@@ -203,12 +182,9 @@ def _write_plot(result: Run, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if isinstance(result, EngineResult):
-        figure, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-        _engine_plot(result, axes)
-    else:
-        figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-        _perf_analyzer_plot(result, axes)
+    engine = isinstance(result, EngineResult)
+    figure, axes = plt.subplots(1, 3 if engine else 2, figsize=(16 if engine else 12, 4.8))
+    (_engine_plot if engine else _perf_analyzer_plot)(result, axes)
     for axis in axes:
         axis.grid(True, alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
@@ -260,12 +236,9 @@ def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
     ceiling = result.ceiling
     if ceiling is not None:
         run, served = ceiling.in_process, ceiling.served
-        throughput_axis.plot(
-            [run.concurrency], [run.images_per_s], "k*", markersize=12, label="in-process engine (ceiling)"
-        )
-        throughput_axis.plot(
-            [served.concurrency], [served.images_per_s], "kx", markersize=10, label="Triton, in turns with the ceiling"
-        )
+        ceiling_label, served_label = "in-process engine (ceiling)", "Triton, in turns with the ceiling"
+        throughput_axis.plot([run.concurrency], [run.images_per_s], "k*", markersize=12, label=ceiling_label)
+        throughput_axis.plot([served.concurrency], [served.images_per_s], "kx", markersize=10, label=served_label)
         plain_per_s = 1000.0 / ceiling.plain_loop.median_ms
         throughput_axis.axhline(plain_per_s, color="grey", linestyle=":", label="plain loop, one at a time")
     for axis, measure in ((throughput_axis, "throughput (images/s)"), (latency_axis, "latency (ms)")):
@@ -279,27 +252,23 @@ def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
         simulated_axis.plot(levels, [p.images_per_s for p in points], "o-", color="tab:green", label="measured")
         allowed = [low * simulated.latency.throughput_ratio(level, simulated.rows_per_image) for level in levels]
         simulated_axis.plot(levels, allowed, "k:", label="allowed, UNet alone (x c1)")
+        counted = "allowed, non-UNet parts counted (x c1)"
         simulated_axis.plot(
-            [simulated.high.concurrency],
-            [low * simulated.allowed_ratio],
-            "r*",
-            markersize=12,
-            label="allowed, non-UNet parts counted (x c1)",
+            [simulated.high.concurrency], [low * simulated.allowed_ratio], "r*", markersize=12, label=counted
         )
         _concurrency_axis(simulated_axis, levels, "concurrency")
     simulated_axis.set_xlabel("concurrency")
     simulated_axis.set_ylabel("SIMULATED throughput (images/s)")
-    simulated_axis.set_title(
-        f"SIMULATED accelerator ({'not run' if simulated is None else f'UNet {simulated.latency}'})"
-    )
+    what = "not run" if simulated is None else f"UNet {simulated.latency}"
+    simulated_axis.set_title(f"SIMULATED accelerator ({what})")
 
 
 def _header(result: Run, title: str) -> list[str]:
     """The run's title, machine, load and base request."""
     machine, request = result.machine, result.request
-    averages = [
+    before, after = (
         "/".join(f"{v:.2f}" for v in values) for values in (machine.load_average_before, machine.load_average_after)
-    ]
+    )
     lines = [
         f"# sdtriton perf: `{result.profile}` profile{title}",
         "",
@@ -307,7 +276,7 @@ def _header(result: Run, title: str) -> list[str]:
         f"{machine.memory_gib:.0f} GiB, {'baselines on the GPU' if machine.gpu else 'no GPU used'}; "
         f"tritonserver {machine.triton_version}. Run took {result.elapsed_s / 60:.1f} min.",
         "",
-        f"Load average (1/5/15 min) before the run {averages[0]}, after {averages[1]}.",
+        f"Load average (1/5/15 min) before the run {before}, after {after}.",
     ]
     share = result.other_cpu_share
     if share is not None:
@@ -336,8 +305,8 @@ def _header(result: Run, title: str) -> list[str]:
 
 
 def _goal_table(rows: list[GoalRow]) -> list[str]:
-    table = [f"| {row.measure} | {row.measured} | {row.goal} | {row.verdict} |" for row in rows]
-    return ["| measure | measured | goal | verdict |", "|---|---:|---:|---|", *table]
+    cells = [(row.measure, row.measured, row.goal, row.verdict) for row in rows]
+    return _table("lrrl", ("measure", "measured", "goal", "verdict"), cells)
 
 
 def _plus_minus(error_ms: float | None) -> str:
@@ -356,31 +325,21 @@ def summary_markdown(result: Run) -> str:
 
 
 def _perf_analyzer_sections(result: PerfResult) -> list[str]:
-    lines = [
-        "",
-        "## Concurrency 1: Triton against its baselines",
-        "",
-        "| path | median ms | min ms | max ms | runs |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    named = [
+    paths = [
         ("(a) diffusers `StableDiffusionPipeline`, in-process", result.diffusers),
         ("(b) plain loop over the served ONNX files, no Triton", result.onnx_loop),
         ("(c) Triton over gRPC, the client's request, one at a time", result.triton_client),
     ]
-    for name, t in named:
-        cells = (
-            "skipped | | | "
-            if t is None
-            else f"{t.median_ms:.1f} | {t.min_ms:.1f} | {t.max_ms:.1f} | {len(t.latencies_ms)}"
-        )
-        lines.append(f"| {name} | {cells} |")
+    rows = [
+        (name, "skipped", "", "", "")
+        if t is None
+        else (name, f"{t.median_ms:.1f}", f"{t.min_ms:.1f}", f"{t.max_ms:.1f}", len(t.latencies_ms))
+        for name, t in paths
+    ]
     point = result.triton_concurrency_1
     if point is not None:
-        lines.append(
-            f"| (c) Triton, perf_analyzer `{point.scenario}` at concurrency 1 (p50) | {point.p50_ms:.1f} | | "
-            f"p99 {point.p99_ms:.1f} | {point.request_count} |"
-        )
+        name = f"(c) Triton, perf_analyzer `{point.scenario}` at concurrency 1 (p50)"
+        rows.append((name, f"{point.p50_ms:.1f}", "", f"p99 {point.p99_ms:.1f}", point.request_count))
     source = "perf_analyzer p50 at concurrency 1" if point is not None else "the client's median"
     slope, loop_slope, stats = result.triton_slope, result.onnx_loop_slope, result.slope_unet_stats
     low, high = slope.low.num_inference_steps, slope.high.num_inference_steps
@@ -397,7 +356,12 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
             "medians)."
         )
     net, net_error = result.unet_call_net
-    lines += [
+    breakdown = [(part, _f(loop_ms, 1), _f(triton_ms, 1)) for part, loop_ms, triton_ms in result.time_breakdown()]
+    lines = [
+        "",
+        "## Concurrency 1: Triton against its baselines",
+        "",
+        *_table("lrrrr", ("path", "median ms", "min ms", "max ms", "runs"), rows),
         "",
         f"Triton end to end = {source} = {result.triton_end_to_end_ms:.1f} ms.",
         "",
@@ -419,35 +383,30 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
         "Means per request over the timed runs. Plain loop: timers around each network call. Triton: per-model "
         "statistics (queue + compute) over the client-timed runs.",
         "",
-        "| part | plain ONNX loop | Triton |",
-        "|---|---:|---:|",
-        *(
-            f"| {part} | {_f(loop_ms, 1)} | {_f(triton_ms, 1)} |"
-            for part, loop_ms, triton_ms in result.time_breakdown()
-        ),
+        *_table("lrr", ("part", "plain ONNX loop", "Triton"), breakdown),
     ]
     if result.max_pixel_difference:
         pairs = ", ".join(f"{name} {value}/255" for name, value in result.max_pixel_difference.items())
         lines += ["", f"Same image on every path (largest pixel difference): {pairs}."]
-    lines += [
-        "",
-        "## Load curves (perf_analyzer)",
-        "",
-        f"![throughput against latency]({PLOT_NAME})",
-        "",
-        "| scenario | protocol | mode | level | requests | images/s | p50 ms | p90 ms | p99 ms | avg ms | "
-        "server queue ms | server compute ms |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    header = ("scenario", "protocol", "mode", "level", "requests", "images/s")
+    header += ("p50 ms", "p90 ms", "p99 ms", "avg ms", "server queue ms", "server compute ms")
+    points = [_point_cells(point) for scenario in result.scenarios for point in result.points_of(scenario.name)]
+    plot = f"![throughput against latency]({PLOT_NAME})"
+    return [*lines, "", "## Load curves (perf_analyzer)", "", plot, "", *_table("lllrrrrrrrrr", header, points)]
+
+
+def _point_cells(p: LoadPoint) -> list[object]:
+    level = f"c={int(p.level)}" if p.concurrency is not None else f"{p.level:g}/s"
+    times_ms = (p.p50_ms, p.p90_ms, p.p99_ms, p.avg_ms, p.server_queue_ms, p.server_compute_ms)
+    return [
+        p.scenario,
+        p.protocol,
+        p.mode,
+        level,
+        p.request_count,
+        f"{p.throughput_per_s:.2f}",
+        *(f"{t:.1f}" for t in times_ms),
     ]
-    for scenario in result.scenarios:
-        for p in result.points_of(scenario.name):
-            level = f"c={int(p.level)}" if p.concurrency is not None else f"{p.level:g}/s"
-            lines.append(
-                f"| {p.scenario} | {p.protocol} | {p.mode} | {level} | {p.request_count} | {p.throughput_per_s:.2f} | "
-                f"{p.p50_ms:.1f} | {p.p90_ms:.1f} | {p.p99_ms:.1f} | {p.avg_ms:.1f} | {p.server_queue_ms:.1f} | "
-                f"{p.server_compute_ms:.1f} |"
-            )
-    return lines
 
 
 def _engine_sections(result: EngineResult) -> list[str]:
@@ -462,17 +421,25 @@ def _engine_sections(result: EngineResult) -> list[str]:
     return [line for title, body in sections for line in ("", f"## {title}", "", *body)]
 
 
-def _level_cells(level: Load | None, digits: int = 1) -> str:
+def _level_cells(level: Load | None, digits: int = 1) -> list[str]:
+    """images/s, p50 and p99 of a level; empty when it completed no request."""
     if level is None or not level.completed:
-        return " | |"
-    return f"{level.images_per_s:.2f} | {level.p50_ms:.{digits}f} | {level.p99_ms:.{digits}f}"
+        return ["", "", ""]
+    return [f"{level.images_per_s:.2f}", f"{level.p50_ms:.{digits}f}", f"{level.p99_ms:.{digits}f}"]
 
 
 def _ceiling_lines(result: EngineResult) -> list[str]:
     ceiling = result.ceiling
     if ceiling is None:
         return _NOT_RUN
-    run, plain = ceiling.in_process, ceiling.plain_loop
+    run, plain, served, one = ceiling.in_process, ceiling.plain_loop, ceiling.served, ceiling.served_one
+    plain_cells = [f"{1000.0 / plain.median_ms:.2f}", f"{plain.median_ms:.1f}", f"{plain.p99_ms:.1f}"]
+    rows = [
+        ("plain loop (`generate_image`, one image at a time; median)", 1, *plain_cells, len(plain.latencies_ms)),
+        ("Triton", 1, *_level_cells(one), len(one.records)),
+        ("in-process engine (ceiling)", run.concurrency, f"{run.images_per_s:.2f}", "", "", run.requests),
+        ("Triton", served.concurrency, *_level_cells(served), len(served.records)),
+    ]
     return [
         f"The ceiling is the engine driven in this process (`DiffusionEngine` over ONNX Runtime sessions of the same "
         f"ONNX files, the batching-on repository's limits, no Triton), fed {run.concurrency} requests at once as a "
@@ -481,13 +448,7 @@ def _ceiling_lines(result: EngineResult) -> list[str]:
         f"at {run.concurrency}, plain loop, served at 1, again) while the batching-on server was up, so that a drift "
         "of this machine's speed hits both sides of each ratio alike; the server's loads are client threads over gRPC.",
         "",
-        "| path | concurrency | images/s | p50 ms | p99 ms | requests |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| plain loop (`generate_image`, one image at a time; median) | 1 | {1000.0 / plain.median_ms:.2f} | "
-        f"{plain.median_ms:.1f} | {plain.p99_ms:.1f} | {len(plain.latencies_ms)} |",
-        f"| Triton | 1 | {_level_cells(ceiling.served_one)} | {len(ceiling.served_one.records)} |",
-        f"| in-process engine (ceiling) | {run.concurrency} | {run.images_per_s:.2f} | | | {run.requests} |",
-        f"| Triton | {ceiling.served.concurrency} | {_level_cells(ceiling.served)} | {len(ceiling.served.records)} |",
+        *_table("lrrrrr", ("path", "concurrency", "images/s", "p50 ms", "p99 ms", "requests"), rows),
         "",
         f"Served / ceiling at concurrency {run.concurrency}: **{ceiling.served_over_ceiling:.3f}x** (by turn: "
         f"{', '.join(f'{ratio:.3f}' for ratio in ceiling.turn_ratios)}); served p50 at concurrency 1 / plain loop "
@@ -499,7 +460,13 @@ def _sweep_lines(result: EngineResult) -> list[str]:
     if not result.sweep:
         return _NOT_RUN
     ratios = dict(result.on_off_ratios())
-    lines = [
+    header = ["concurrency"]
+    header += [f"{side}: {measure}" for side in ("on", "off") for measure in ("images/s", "p50 ms", "p99 ms")]
+    rows = []
+    for level in result.levels():
+        on, off = (_level_cells(result.sweep_point(variant, level), 0) for variant in (BATCHING_ON, BATCHING_OFF))
+        rows.append([level, *on, *off, f"{ratios[level]:.2f}x" if level in ratios else ""])
+    return [
         "Two repositories of the same export: `max_running_images` 8 (one UNet call per step for every running "
         "image) and 1 (each image its own UNet call, requests one after another). Each level is a closed loop of "
         "client threads over gRPC (`StableDiffusionClient`, one per thread), each sending the base request back to "
@@ -508,14 +475,8 @@ def _sweep_lines(result: EngineResult) -> list[str]:
         "",
         f"![sweep]({ENGINE_PLOT_NAME})",
         "",
-        "| concurrency | on: images/s | on: p50 ms | on: p99 ms | off: images/s | off: p50 ms | off: p99 ms | "
-        "on/off images/s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *_table("r" * 8, [*header, "on/off images/s"], rows),
     ]
-    for level in result.levels():
-        cells = [_level_cells(result.sweep_point(variant, level), 0) for variant in (BATCHING_ON, BATCHING_OFF)]
-        lines.append(f"| {level} | {' | '.join(cells)} | {'' if level not in ratios else f'{ratios[level]:.2f}x'} |")
-    return lines
 
 
 def _mixed_lines(result: EngineResult) -> list[str]:
@@ -523,18 +484,19 @@ def _mixed_lines(result: EngineResult) -> list[str]:
     if mixed is None:
         return _NOT_RUN
     spec = mixed.spec
-    rows = [
+    loads = [
         ("short only", SHORT, spec.short_steps, spec.concurrency, mixed.short_only),
         ("mixed", SHORT, spec.short_steps, spec.short_clients, mixed.mixed.of_class(SHORT)),
         ("mixed", LONG, spec.long_steps, spec.long_clients, mixed.mixed.of_class(LONG)),
     ]
-    table = [
-        f"| {load} | {name} | {steps} | {clients} | 0 | | | | | |"
-        if not level.completed
-        else f"| {load} | {name} | {steps} | {clients} | {level.completed} | {level.failed} | {level.images_per_s:.2f} "
-        f"| {level.p50_ms:.0f} | {level.p90_ms:.0f} | {level.p99_ms:.0f} |"
-        for load, name, steps, clients, level in rows
-    ]
+    rows = []
+    for load, name, steps, clients, level in loads:
+        cells = [0, "", "", "", "", ""]
+        if level.completed:
+            cells = [level.completed, level.failed, f"{level.images_per_s:.2f}"]
+            cells += [f"{value:.0f}" for value in (level.p50_ms, level.p90_ms, level.p99_ms)]
+        rows.append([load, name, steps, clients, *cells])
+    header = ("load", "class", "steps", "clients", "completed", "failed", "images/s", "p50 ms", "p90 ms", "p99 ms")
     return [
         f"On the batching-on server, client threads over gRPC (`StableDiffusionClient`): {spec.short_clients} sending "
         f"short requests ({spec.short_steps} steps) back to back while {spec.long_clients} send "
@@ -542,9 +504,7 @@ def _mixed_lines(result: EngineResult) -> list[str]:
         f"{spec.concurrency} clients all sending short requests (the same concurrency, no long request). "
         "Percentiles are linear between ranks over the completed requests.",
         "",
-        "| load | class | steps | clients | completed | failed | images/s | p50 ms | p90 ms | p99 ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *table,
+        *_table("ll" + "r" * 8, header, rows),
         "",
         f"Mixed load {mixed.mixed.duration_s:.1f} s, short-only load {mixed.short_only.duration_s:.1f} s. Short "
         f"requests' p99 beside long ones / alone: **{_f(mixed.short_p99_ratio, 2)}x**.",
@@ -556,6 +516,8 @@ def _burst_lines(result: EngineResult) -> list[str]:
     if burst is None:
         return _NOT_RUN
     refusals, accepted = burst.latencies_ms(Outcome.REFUSED), burst.latencies_ms(Outcome.OK)
+    header = ("sent", "accepted", "completed", "refused", "of which as UNAVAILABLE", "failed after acceptance")
+    counts = (len(burst.records), burst.accepted, burst.completed, burst.refused, burst.refused_as_unavailable)
     lines = [
         f"A repository of the same export whose engine and entries hold at most {burst.spec.max_pending_requests} "
         f"requests (`max_pending_requests`); {burst.spec.requests} requests sent at once (an asyncio gRPC client "
@@ -563,10 +525,7 @@ def _burst_lines(result: EngineResult) -> list[str]:
         'is `UNAVAILABLE` with a message starting "server busy" (the client raises `ServerUnavailableError`); time '
         "to refusal is from sending to the error.",
         "",
-        "| sent | accepted | completed | refused | of which as UNAVAILABLE | failed after acceptance |",
-        "|---:|---:|---:|---:|---:|---:|",
-        f"| {len(burst.records)} | {burst.accepted} | {burst.completed} | {burst.refused} | "
-        f"{burst.refused_as_unavailable} | {burst.failed} |",
+        *_table("r" * 6, header, [(*counts, burst.failed)]),
         "",
     ]
     if refusals:
@@ -596,15 +555,15 @@ def _simulated_lines(result: EngineResult) -> list[str]:
         return _NOT_RUN
     low, high, latency = simulated.non_unet_low, simulated.non_unet_high, simulated.latency
     c_low, c_high, rows = simulated.low.concurrency, simulated.high.concurrency, simulated.rows_per_image
-    points = sorted(simulated.points, key=lambda p: p.concurrency)
+    points = [
+        (p.concurrency, *_level_cells(p), len(p.records)) for p in sorted(simulated.points, key=lambda p: p.concurrency)
+    ]
     return [
         f"**Every number in this section is SIMULATED**: the batching-on repository with its UNet replaced by the "
         f"stand-in of `sdtriton/serving/simulated.py`, which sleeps {latency} (fixed + per batch row) a "
         "call and burns no CPU; the text encoder and VAE decoder are the real ONNX models on this CPU.",
         "",
-        "| SIMULATED concurrency | images/s | p50 ms | p99 ms | requests |",
-        "|---:|---:|---:|---:|---:|",
-        *(f"| {point.concurrency} | {_level_cells(point)} | {len(point.records)} |" for point in points),
+        *_table("rrrrr", ("SIMULATED concurrency", "images/s", "p50 ms", "p99 ms", "requests"), points),
         "",
         f"Measured c{c_high}/c{c_low}: **{simulated.measured_ratio:.2f}x** (SIMULATED).",
         "",
@@ -628,28 +587,25 @@ def _simulated_lines(result: EngineResult) -> list[str]:
 def headline(result: Run) -> str:
     """The run's paragraph for the terminal: the concurrency-1 comparison, or an engine run's headline ratios."""
     if isinstance(result, PerfResult):
-        rows = {row.measure: row for row in result.goal_rows()}
         parts = [f"Triton at concurrency 1: {result.triton_end_to_end_ms:.1f} ms"]
-        parts += [f"{row.measure} {row.measured or '-'} (goal {row.goal}: {row.verdict})" for row in rows.values()]
+        parts += [f"{row.measure} {row.measured or '-'} (goal {row.goal}: {row.verdict})" for row in result.goal_rows()]
         return f"{'; '.join(parts)}; serving adds {result.unet_call_net[0]:.3f} ms per real UNet call"
     parts = []
     if result.ceiling is not None:
         parts.append(f"served/ceiling {result.served_over_ceiling:.3f}x")
         parts.append(f"c1 served/plain loop {result.c1_over_plain_loop:.3f}x")
     if result.on_off_ratios():
-        parts.append(
-            "batching on/off " + ", ".join(f"c{level} {ratio:.2f}x" for level, ratio in result.on_off_ratios())
-        )
+        ratios = ", ".join(f"c{level} {ratio:.2f}x" for level, ratio in result.on_off_ratios())
+        parts.append(f"batching on/off {ratios}")
     if result.mixed is not None and result.mixed.short_p99_ratio is not None:
         parts.append(f"short p99 mixed/alone {result.mixed.short_p99_ratio:.2f}x")
-    if result.burst is not None:
-        burst, slowest = result.burst, _f(result.burst.max_refusal_ms, 1) or "-"
+    if (burst := result.burst) is not None:
+        slowest = _f(burst.max_refusal_ms, 1) or "-"
         parts.append(
             f"burst {burst.accepted} accepted ({burst.completed} completed), {burst.refused} refused, slowest refusal "
             f"{slowest} ms"
         )
-    if result.simulated is not None:
-        sim = result.simulated
+    if (sim := result.simulated) is not None:
         parts.append(
             f"SIMULATED c{sim.high.concurrency}/c{sim.low.concurrency} {sim.measured_ratio:.2f}x = "
             f"{sim.share_of_allowed:.1%} of the allowed {sim.allowed_ratio:.2f}x"

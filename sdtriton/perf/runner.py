@@ -16,6 +16,7 @@ in the summary, as are failed requests and a server that died.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -25,7 +26,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,39 +37,8 @@ from tqdm.auto import tqdm
 from sdtriton import interface
 from sdtriton.client import SdTritonError
 from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
-from sdtriton.perf import paths, report, repositories
-from sdtriton.perf.load import (
-    ClientClass,
-    PerfAnalyzerError,
-    find_perf_analyzer,
-    level_file_stem,
-    run_burst,
-    run_classes,
-    run_level,
-)
-from sdtriton.perf.model import (
-    BATCHING_OFF,
-    BATCHING_ON,
-    BURST,
-    BURST_WARMUP,
-    CEILING_SERVED,
-    LONG,
-    SHORT,
-    SIMULATED,
-    BurstResult,
-    CeilingResult,
-    EngineResult,
-    InProcessRun,
-    Load,
-    LoadPoint,
-    MachineInfo,
-    MixedResult,
-    ModelStats,
-    Outcome,
-    PerfResult,
-    Run,
-    SimulatedResult,
-)
+from sdtriton.perf import load, model, paths, report, repositories
+from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, InProcessRun, Load, Run
 from sdtriton.perf.profiles import (
     DEFAULT_PERF_DIR,
     INPUT_DATA_DIR_NAME,
@@ -174,8 +144,13 @@ def _estimated_level_s(scenario: Scenario, level: float, *, throughput_per_s: fl
 
 def _failures(load: str, records: list | tuple) -> list[str]:
     """``LOAD: N of M requests FAILED: first message``, or nothing when none failed."""
-    failed = [record for record in records if record.outcome is Outcome.FAILED]
+    failed = [record for record in records if record.outcome is model.Outcome.FAILED]
     return [f"{load}: {len(failed)} of {len(records)} requests FAILED: {failed[0].message}"] if failed else []
+
+
+def _in_turns(total: int, turns: int) -> int:
+    """A turn's share of ``total``, rounded up."""
+    return -(-total // turns)
 
 
 class PerfRun:
@@ -201,9 +176,9 @@ class PerfRun:
         """Whether ``what`` fits in the time left; if not, it is named in the summary."""
         if estimate_s <= self.left_s:
             return True
-        left_s = max(self.left_s, 0)
+        left_s, limit_s = max(self.left_s, 0), self.limit_s
         self.skipped.append(
-            f"{what}: about {estimate_s:.0f} s needed, {left_s:.0f} s left of the {self.limit_s:.0f} s limit"
+            f"{what}: about {estimate_s:.0f} s needed, {left_s:.0f} s left of the {limit_s:.0f} s limit"
         )
         return False
 
@@ -213,21 +188,17 @@ class PerfRun:
         or died under load is named in the summary, and what it measured so far is kept."""
         log_path = self.options.output_dir / f"{log_name}.log"
         installation = named_triton_installation(self.options.tritonserver) if self.options.tritonserver else None
-        server = TritonServer(
-            repository, address=ServerAddress.on_free_ports(), installation=installation, log_path=log_path
-        )
+        address = ServerAddress.on_free_ports()
+        server = TritonServer(repository, address=address, installation=installation, log_path=log_path)
         server.start()
         try:
             logger.info("%s: tritonserver ready after %.1f s (log: %s)", log_name, server.wait_ready(), log_path)
-            with urllib.request.urlopen(f"{server.address.http_url}/v2", timeout=10) as response:
+            with urllib.request.urlopen(f"{address.http_url}/v2", timeout=10) as response:
                 self.server_version = str(json.load(response).get("version", "unknown"))
-            triton = paths.TritonPath(server.address.grpc_url)
-            try:
+            with closing(paths.TritonPath(address.grpc_url)) as triton:
                 send = triton.runner(self.request)
                 for _ in range(warmup_requests):
                     send()
-            finally:
-                triton.close()
             yield server
         except SdTritonError as error:
             self.skipped.append(f"{log_name}: FAILED: {error}")
@@ -243,7 +214,7 @@ class PerfRun:
         if self.cpu_before is not None and cpu_after is not None:
             busy_s, own_s = (after - before for after, before in zip(cpu_after, self.cpu_before, strict=True))
             other_cpu_s = max(0.0, busy_s - own_s)
-        machine = MachineInfo.here(
+        machine = model.MachineInfo.here(
             started_utc=self.started_utc,
             triton_version=self.server_version,
             load_before=self.load_before,
@@ -260,40 +231,27 @@ class PerfRun:
         }
 
 
-@contextmanager
-def _work_folder(explicit: Path | None) -> Iterator[Path]:
-    """``explicit`` (kept), or a temporary folder removed at the end."""
-    if explicit is not None:
-        explicit.mkdir(parents=True, exist_ok=True)
-        yield explicit
-        return
-    directory = Path(tempfile.mkdtemp(prefix="sdtriton-perf-"))
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-        logger.info("removed the work folder %s", directory)
-
-
 def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
     """Runs a profile end to end; returns its result and the written files (CSVs, plot, summary) by kind."""
-    profiles = load_profiles(options.perf_dir)
-    if options.profile not in profiles:
-        raise ValueError(f"no profile {options.profile!r} in {options.perf_dir}; have {', '.join(profiles)}")
-    profile = profiles[options.profile]
+    available = load_profiles(options.perf_dir)
+    if options.profile not in available:
+        raise ValueError(f"no profile {options.profile!r} in {options.perf_dir}; have {', '.join(available)}")
+    profile = available[options.profile]
     for name in profile.input_data_files():
         if not (options.perf_dir / INPUT_DATA_DIR_NAME / name).is_file():
             raise FileNotFoundError(f"input-data file {options.perf_dir / INPUT_DATA_DIR_NAME / name} is missing")
     run = PerfRun(options, profile)
     options.output_dir.mkdir(parents=True, exist_ok=True)
     logger.info("profile %s: %s; time limit %.0f s", profile.name, profile.description, run.limit_s)
-    with _work_folder(options.work_dir) as work_dir:
+    with ExitStack() as stack:
+        # A temporary work folder unless one is named: the heavy profile's model and export are gigabytes.
+        temporary = tempfile.TemporaryDirectory(prefix="sdtriton-perf-", ignore_cleanup_errors=True)
+        work_dir = options.work_dir or Path(stack.enter_context(temporary))
+        work_dir.mkdir(parents=True, exist_ok=True)
         model_dir = repositories.ensure_model(options.model_dir, profile.model, work_dir)
+        repository = options.repository or work_dir / "repository"
         repository = repositories.ensure_repository(
-            options.repository or work_dir / "repository",
-            model_dir,
-            show_progress=options.show_progress,
-            work_dir=work_dir,
+            repository, model_dir, show_progress=options.show_progress, work_dir=work_dir
         )
         if isinstance(profile, EngineProfile):
             result: Run = _Engine(run, profile, repository, work_dir).measure()
@@ -302,8 +260,8 @@ def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
     return result, report.write_reports(result, options.output_dir)
 
 
-def _stats(http_url: str) -> dict[str, ModelStats]:
-    return {name: ModelStats.fetch(http_url, name) for name in _STATS_MODELS}
+def _stats(http_url: str) -> dict[str, model.ModelStats]:
+    return {name: model.ModelStats.fetch(http_url, name) for name in _STATS_MODELS}
 
 
 def _max_difference(first: np.ndarray, second: np.ndarray) -> int | None:
@@ -315,47 +273,48 @@ def _max_difference(first: np.ndarray, second: np.ndarray) -> int | None:
 def _perf_analyzer_profile(run: PerfRun, profile: Profile, model_dir: Path, repository: Path, work_dir: Path):
     """The three paths at concurrency 1, perf_analyzer's scenarios, and the identity-UNet probe."""
     spec, request, options = profile.baseline, run.request, run.options
-    binary = find_perf_analyzer(options.perf_analyzer)
+    binary = load.find_perf_analyzer(options.perf_analyzer)
+    timed = {"runs": spec.runs, "warmup_runs": spec.warmup_runs, "gpu": options.gpu}
+    slope = {"steps": spec.slope_steps, "runs": spec.slope_runs}
     diffusers, diffusers_image = None, None
     if not options.skip_diffusers:
-        diffusers, diffusers_image = paths.time_diffusers(
-            model_dir, request, runs=spec.runs, warmup_runs=spec.warmup_runs, gpu=options.gpu
-        )
+        diffusers, diffusers_image = paths.time_diffusers(model_dir, request, **timed)
         gc.collect()  # the heavy profile's pipeline holds gigabytes: let it go before the next path loads
-    slopes = {"slope_steps": spec.slope_steps, "slope_runs": spec.slope_runs, "gpu": options.gpu}
-    loop = paths.time_onnx_loop(repository, request, runs=spec.runs, warmup_runs=spec.warmup_runs, **slopes)
+    loop = paths.time_onnx_loop(repository, request, slope_steps=spec.slope_steps, slope_runs=spec.slope_runs, **timed)
     gc.collect()
     with run.server(repository, "tritonserver", warmup_requests=spec.warmup_runs) as server:
         http_url = server.address.http_url
-        triton = paths.TritonPath(server.address.grpc_url)
-        try:
+        with closing(paths.TritonPath(server.address.grpc_url)) as triton:
             before = _stats(http_url)
             client, triton_image = triton.time(request, runs=spec.runs)
             breakdown = {name: stats.minus(before[name]) for name, stats in _stats(http_url).items()}
-            before_slope = ModelStats.fetch(http_url, UNET.model_name)
-            triton_slope = triton.slope(request, steps=spec.slope_steps, runs=spec.slope_runs)
-            slope_unet_stats = ModelStats.fetch(http_url, UNET.model_name).minus(before_slope)
-        finally:
-            triton.close()
+            before_slope = model.ModelStats.fetch(http_url, UNET.model_name)
+            triton_slope = triton.slope(request, **slope)
+            slope_unet_stats = model.ModelStats.fetch(http_url, UNET.model_name).minus(before_slope)
         points = _run_scenarios(run, profile, server, binary, single_request_s=client.median_ms / 1000.0)
-    probe = None
+    probe = (None, None)
     if not spec.bls_probe:
         run.skipped.append("identity-UNet BLS probe: off in this profile (its goal is judged on the default model)")
     elif run.fits("identity-UNet BLS probe", _PROBE_FIXED_S + 6 * spec.slope_runs * client.median_ms / 1000.0):
         probe_repository = repositories.identity_repository(repository, work_dir / "identity_unet_repository")
         logger.info("BLS probe: the repository with an identity UNet in %s", probe_repository)
-        probe_loop = paths.time_onnx_loop(probe_repository, request, runs=1, warmup_runs=1, **slopes)
+        probe_loop = paths.time_onnx_loop(
+            probe_repository,
+            request,
+            runs=1,
+            warmup_runs=1,
+            slope_steps=spec.slope_steps,
+            slope_runs=spec.slope_runs,
+            gpu=options.gpu,
+        )
         gc.collect()
         with run.server(probe_repository, "tritonserver_identity_unet", warmup_requests=1) as server:
-            triton = paths.TritonPath(server.address.grpc_url)
-            try:
-                probe = probe_loop.slope, triton.slope(request, steps=spec.slope_steps, runs=spec.slope_runs)
-            finally:
-                triton.close()
+            with closing(paths.TritonPath(server.address.grpc_url)) as triton:
+                probe = probe_loop.slope, triton.slope(request, **slope)
     differences = {"onnx_loop vs triton": _max_difference(loop.image, triton_image)}
     if diffusers_image is not None:
         differences["diffusers vs onnx_loop"] = _max_difference(diffusers_image, loop.image)
-    return PerfResult(
+    return model.PerfResult(
         **run.common(),
         diffusers=diffusers,
         onnx_loop=loop.timing,
@@ -369,38 +328,44 @@ def _perf_analyzer_profile(run: PerfRun, profile: Profile, model_dir: Path, repo
         points=tuple(points),
         scenarios=profile.scenarios,
         max_pixel_difference={name: value for name, value in differences.items() if value is not None},
-        probe_loop_slope=None if probe is None else probe[0],
-        probe_triton_slope=None if probe is None else probe[1],
+        probe_loop_slope=probe[0],
+        probe_triton_slope=probe[1],
     )
 
 
 def _run_scenarios(
     run: PerfRun, profile: Profile, server: TritonServer, binary: Path, *, single_request_s: float
-) -> list[LoadPoint]:
-    points: list[LoadPoint] = []
+) -> list[model.LoadPoint]:
+    """Every level of every scenario that fits the time left; a failed level is named in the summary."""
+    points: list[model.LoadPoint] = []
     warmed = {profile.input_data}
     total = sum(len(scenario.levels) for scenario in profile.scenarios)
     progress = tqdm(total=total, desc=f"perf {profile.name}", unit="level", disable=not run.options.show_progress)
 
-    def level(scenario: Scenario, level: float) -> LoadPoint:
-        paths_ = {
-            "input_data_path": run.input_dir / scenario.input_data,
-            "output_dir": run.options.output_dir / "perf_analyzer",
-        }
-        return run_level(
-            scenario, level, binary=binary, address=server.address, timeout_s=max(run.left_s, 1.0), **paths_
+    def level(scenario: Scenario, value: float) -> model.LoadPoint:
+        input_data_path, output_dir = run.input_dir / scenario.input_data, run.options.output_dir / "perf_analyzer"
+        timeout_s = max(run.left_s, 1.0)
+        return load.run_level(
+            scenario,
+            value,
+            binary=binary,
+            address=server.address,
+            input_data_path=input_data_path,
+            output_dir=output_dir,
+            timeout_s=timeout_s,
         )
+
+    def skip(scenario: Scenario, levels: tuple[float, ...], reason: str) -> None:
+        run.skipped.append(f"{scenario.name}: {reason}")
+        progress.update(len(levels))
 
     with progress:
         for scenario in profile.scenarios:
             levels = scenario.levels
             if scenario.mode is LoadMode.REQUEST_RATE:
-                references = [point.throughput_per_s for point in points if point.scenario == scenario.rate_reference]
+                references = [p.throughput_per_s for p in points if p.scenario == scenario.rate_reference]
                 if not references:
-                    run.skipped.append(
-                        f"{scenario.name}: its rate reference {scenario.rate_reference} was not measured"
-                    )
-                    progress.update(len(levels))
+                    skip(scenario, levels, f"its rate reference {scenario.rate_reference} was not measured")
                     continue
                 levels = request_rates(levels, peak_throughput_per_s=max(references))
             if scenario.input_data not in warmed:
@@ -416,21 +381,20 @@ def _run_scenarios(
                 )
                 try:
                     level(warm_up, 1.0)
-                    warmed.add(scenario.input_data)
-                except PerfAnalyzerError as error:
-                    run.skipped.append(f"{scenario.name}: the warm-up failed: {error}")
-                    progress.update(len(levels))
+                except load.PerfAnalyzerError as error:
+                    skip(scenario, levels, f"the warm-up failed: {error}")
                     continue
+                warmed.add(scenario.input_data)
             throughput = 1.0 / single_request_s
             for value in levels:
-                name = level_file_stem(scenario, value)
+                name = load.level_file_stem(scenario, value)
                 progress.update()
                 if not run.fits(name, _estimated_level_s(scenario, value, throughput_per_s=throughput)):
                     continue
                 progress.set_postfix_str(f"{scenario.name} {scenario.mode.value} {value:g}")
                 try:
                     point = level(scenario, value)
-                except PerfAnalyzerError as error:
+                except load.PerfAnalyzerError as error:
                     logger.error("%s", error)
                     run.skipped.append(f"{name}: FAILED: {str(error).splitlines()[0]}")
                     continue
@@ -459,123 +423,92 @@ class _Engine:
         shutil.rmtree(self.variants / name, ignore_errors=True)
         return repositories.engine_variant(source, self.variants / name, **changes)
 
+    def server(self, repository: Path, name: str) -> contextlib.AbstractContextManager[TritonServer]:
+        return self.run.server(repository, f"tritonserver_{name}", warmup_requests=_WARMUP_REQUESTS)
+
     def timeout_s(self, steps: int, concurrency: int) -> float:
         """A request's time budget at ``concurrency``: generous, so that only a lost answer reaches it."""
         expected_s = self.image_s * steps / self.request.num_inference_steps * concurrency
         return max(_MIN_TIMEOUT_S, _TIMEOUT_FACTOR * expected_s)
 
     def in_process(self, concurrency: int, requests: int, description: str, *, zero_time_unet: bool = False):
-        served = self.served
+        """The engine in this process over the batching-on repository's sessions, ``concurrency`` at once."""
+        options = {"description": description, "show_progress": self.show, "zero_time_unet": zero_time_unet}
         return paths.run_closed_loop(
-            config=served.config,
-            tokenizers=served.tokenizers,
-            networks=served.networks,
-            limits=self.limits,
-            request=self.request,
-            concurrency=concurrency,
-            requests=requests,
-            zero_time_unet=zero_time_unet,
-            description=description,
-            show_progress=self.show,
+            self.served, limits=self.limits, request=self.request, concurrency=concurrency, requests=requests, **options
         )
 
-    def plain_loop(self, *, runs: int, warmup_runs: int = 0) -> tuple[paths.PathTiming, np.ndarray]:
+    def plain_loop(self, *, runs: int, warmup_runs: int = 0) -> model.PathTiming:
         run, steps = self.served.plain_loop()(self.request), self.request.num_inference_steps
-        return paths.timed_runs(run, path=paths.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)
+        return paths.timed_runs(run, path=paths.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)[0]
 
     def load(self, server: TritonServer, variant: str, concurrency: int, requests: int) -> Load:
         """``concurrency`` client threads over gRPC sending the base request, ``requests`` in all (rounded up)."""
         timeout_s = self.timeout_s(self.request.num_inference_steps, concurrency)
-        client_class = ClientClass(variant, self.request, concurrency, -(-requests // concurrency), timeout_s)
-        level = run_classes(
+        client_class = load.ClientClass(variant, self.request, concurrency, _in_turns(requests, concurrency), timeout_s)
+        sent = load.run_classes(
             server.address.grpc_url, [client_class], load=f"{variant}_c{concurrency}", show_progress=self.show
         )
-        level = Load(variant, concurrency, level.records, level.duration_s)
-        self.run.skipped += _failures(f"{variant} c={concurrency}", level.records)
-        return level
+        self.run.skipped += _failures(f"{variant} c={concurrency}", sent.records)
+        return Load(variant, concurrency, sent.records, sent.duration_s)
 
-    def measure(self) -> EngineResult:
-        profile, run = self.profile, self.run
-        sweep_spec, burst_spec, simulated_spec = profile.sweep, profile.burst, profile.simulated
+    def measure(self) -> model.EngineResult:
+        run, p = self.run, self.profile
+        ceiling, sweep, mixed, burst, simulated = p.ceiling, p.sweep, p.mixed, p.burst, p.simulated
         on_repository = self.repository
-        if (
-            sweep_spec is not None
-            and sweep_spec.batching_on != repositories.engine_limits_of(on_repository).max_running_images
-        ):
-            on_repository = self.variant(BATCHING_ON, on_repository, max_running_images=sweep_spec.batching_on)
+        if sweep and sweep.batching_on != repositories.engine_limits_of(on_repository).max_running_images:
+            on_repository = self.variant(BATCHING_ON, on_repository, max_running_images=sweep.batching_on)
         # The in-process sessions stay loaded, idle while a server is measured: the two sides of (a) and the
         # non-UNet parts of (e) are measured in turns with the server loads they are compared with.
         self.served = paths.ServedFiles.load(on_repository, gpu=run.options.gpu)
         self.limits = repositories.engine_limits_of(on_repository)
-        ceiling_spec = profile.ceiling
-        warmup_runs = ceiling_spec.plain_loop_warmup_runs if ceiling_spec is not None else 1
-        sizing, _ = self.plain_loop(runs=1, warmup_runs=warmup_runs)
-        self.image_s = sizing.median_ms / 1000.0
-        if ceiling_spec is not None and ceiling_spec.warmup_requests:
-            self.in_process(ceiling_spec.concurrency, ceiling_spec.warmup_requests, "in-process warm-up")
+        sizing = self.plain_loop(runs=1, warmup_runs=ceiling.plain_loop_warmup_runs if ceiling else 1)
+        self.image_s = image_s = sizing.median_ms / 1000.0
+        if ceiling and ceiling.warmup_requests:
+            self.in_process(ceiling.concurrency, ceiling.warmup_requests, "in-process warm-up")
         sections: dict[str, object] = {}
-        if ceiling_spec is not None or sweep_spec is not None or profile.mixed is not None:
+        if ceiling or sweep or mixed:
             with ExitStack() as stack:
-                on = stack.enter_context(
-                    run.server(on_repository, f"tritonserver_{BATCHING_ON}", warmup_requests=_WARMUP_REQUESTS)
-                )
-                servers = {BATCHING_ON: on}
-                sweep_s = (
-                    0.0
-                    if sweep_spec is None
-                    else 2 * (_SERVER_START_S + sum(map(sweep_spec.request_count, sweep_spec.levels)) * self.image_s)
-                )
-                if sweep_spec is not None and run.fits("batching-off server", sweep_s):
-                    off = self.variant(BATCHING_OFF, on_repository, max_running_images=sweep_spec.batching_off)
-                    servers[BATCHING_OFF] = stack.enter_context(
-                        run.server(off, f"tritonserver_{BATCHING_OFF}", warmup_requests=_WARMUP_REQUESTS)
-                    )
-                if ceiling_spec is not None and run.fits(
-                    "ceiling", 2 * (ceiling_spec.requests + ceiling_spec.plain_loop_runs) * self.image_s
-                ):
-                    sections["ceiling"] = self.ceiling(on, ceiling_spec)
+                servers = {BATCHING_ON: stack.enter_context(self.server(on_repository, BATCHING_ON))}
+                on = servers[BATCHING_ON]
+                if sweep and run.fits("batching-off server", 2 * (_SERVER_START_S + sweep.requests * image_s)):
+                    off = self.variant(BATCHING_OFF, on_repository, max_running_images=sweep.batching_off)
+                    servers[BATCHING_OFF] = stack.enter_context(self.server(off, BATCHING_OFF))
+                if ceiling and run.fits("ceiling", 2 * (ceiling.requests + ceiling.plain_loop_runs) * image_s):
+                    sections["ceiling"] = self.ceiling(on, ceiling)
                 if BATCHING_OFF in servers:
-                    sections["sweep"] = self.sweep(servers, sweep_spec)
-                mixed = profile.mixed
-                if mixed is not None:
+                    sections["sweep"] = self.sweep(servers, sweep)
+                if mixed:
                     # On this CPU a batched step costs about what its images cost one by one.
-                    work = (
-                        mixed.long_requests_per_client * mixed.long_steps * mixed.concurrency
-                        + mixed.short_only_requests * mixed.short_steps
-                    )
-                    if run.fits("mixed steps", work * self.image_s / self.request.num_inference_steps):
+                    steps = mixed.long_requests_per_client * mixed.long_steps * mixed.concurrency
+                    steps += mixed.short_only_requests * mixed.short_steps
+                    if run.fits("mixed steps", steps * image_s / self.request.num_inference_steps):
                         sections["mixed"] = self.mixed(on, mixed)
-        if burst_spec is not None and run.fits(
-            BURST, _SERVER_START_S + (1 + burst_spec.warmup_bursts) * burst_spec.max_pending_requests * self.image_s
-        ):
-            repository = self.variant(BURST, on_repository, max_pending_requests=burst_spec.max_pending_requests)
-            with run.server(repository, f"tritonserver_{BURST}", warmup_requests=_WARMUP_REQUESTS) as server:
-                sections["burst"] = self.burst(server, burst_spec)
-        if simulated_spec is not None:
-            requests = sum(map(simulated_spec.request_count, simulated_spec.levels))
-            # The stand-in UNet sleeps: a simulated request costs less of this CPU than a real one.
-            if run.fits(f"{SIMULATED} accelerator", _SERVER_START_S + requests * self.image_s / 2):
-                shutil.rmtree(self.variants / SIMULATED, ignore_errors=True)
-                repository = repositories.simulated_repository(
-                    on_repository, self.variants / SIMULATED, simulated_spec.latency
-                )
-                with run.server(repository, f"tritonserver_{SIMULATED}", warmup_requests=_WARMUP_REQUESTS) as server:
-                    sections["simulated"] = self.simulated(server, simulated_spec)
+        burst_s = _SERVER_START_S + (1 + burst.warmup_bursts) * burst.max_pending_requests * image_s if burst else 0
+        if burst and run.fits(BURST, burst_s):
+            repository = self.variant(BURST, on_repository, max_pending_requests=burst.max_pending_requests)
+            with self.server(repository, BURST) as server:
+                sections["burst"] = self.burst(server, burst)
+        # The stand-in UNet sleeps: a simulated request costs less of this CPU than a real one.
+        if simulated and run.fits(f"{SIMULATED} accelerator", _SERVER_START_S + simulated.requests * image_s / 2):
+            shutil.rmtree(self.variants / SIMULATED, ignore_errors=True)
+            repository = repositories.simulated_repository(on_repository, self.variants / SIMULATED, simulated.latency)
+            with self.server(repository, SIMULATED) as server:
+                sections["simulated"] = self.simulated(server, simulated)
         del self.served  # the in-process sessions go
         gc.collect()
-        if ceiling_spec is None:
+        if ceiling is None:
             run.skipped.append("ceiling: not in this profile")
-        return EngineResult(**run.common(), **sections)
+        return model.EngineResult(**run.common(), **sections)
 
-    def ceiling(self, server: TritonServer, spec) -> CeilingResult | None:
+    def ceiling(self, server: TritonServer, spec) -> model.CeilingResult | None:
         """In turns: in-process and served at the ceiling's concurrency, the plain loop and served at 1."""
         in_process, served, served_one, plain, turn_ratios = [], [], [], [], []
-        per_turn, plain_per_turn = -(-spec.requests // spec.turns), -(-spec.plain_loop_runs // spec.turns)
+        per_turn, plain_per_turn = _in_turns(spec.requests, spec.turns), _in_turns(spec.plain_loop_runs, spec.turns)
         for turn in range(spec.turns):
             in_process.append(self.in_process(spec.concurrency, per_turn, f"ceiling turn {turn + 1}: in-process"))
             served.append(self.load(server, CEILING_SERVED, spec.concurrency, per_turn))
-            timing, _ = self.plain_loop(runs=plain_per_turn)
-            plain += timing.latencies_ms
+            plain += self.plain_loop(runs=plain_per_turn).latencies_ms
             served_one.append(self.load(server, CEILING_SERVED, 1, plain_per_turn))
             if served[-1].completed:
                 turn_ratios.append(served[-1].images_per_s / in_process[-1].images_per_s)
@@ -583,15 +516,11 @@ class _Engine:
         if not served_level.completed or not served_one_level.completed:
             self.run.skipped.append("ceiling: the server completed no request at one of its concurrencies")
             return None
-        plain_loop = paths.PathTiming(paths.ONNX_LOOP, self.request.num_inference_steps, tuple(plain))
-        result = CeilingResult(
-            InProcessRun.merged(in_process), served_level, plain_loop, served_one_level, tuple(turn_ratios)
-        )
-        logger.info(
-            "ceiling: served/in-process %.3fx, c1 served/plain loop %.3fx",
-            result.served_over_ceiling,
-            result.one_over_plain_loop,
-        )
+        plain_loop = model.PathTiming(paths.ONNX_LOOP, self.request.num_inference_steps, tuple(plain))
+        in_process_run = InProcessRun.merged(in_process)
+        result = model.CeilingResult(in_process_run, served_level, plain_loop, served_one_level, tuple(turn_ratios))
+        ratios = (result.served_over_ceiling, result.one_over_plain_loop)
+        logger.info("ceiling: served/in-process %.3fx, c1 served/plain loop %.3fx", *ratios)
         return result
 
     def sweep(self, servers: dict[str, TritonServer], spec) -> tuple[Load, ...]:
@@ -599,64 +528,52 @@ class _Engine:
         parts: dict[tuple[str, int], list[Load]] = {}
         for _ in range(spec.turns):
             for concurrency in spec.levels:
-                requests = -(-spec.request_count(concurrency) // spec.turns)
+                requests = _in_turns(spec.request_count(concurrency), spec.turns)
                 for variant, server in servers.items():
-                    parts.setdefault((variant, concurrency), []).append(
-                        self.load(server, variant, concurrency, requests)
-                    )
+                    level = self.load(server, variant, concurrency, requests)
+                    parts.setdefault((variant, concurrency), []).append(level)
         levels = [Load.merged(turns) for turns in parts.values()]
         for level in levels:
             logger.info("%s c=%d: %.2f images/s", level.variant, level.concurrency, level.images_per_s)
         return tuple(level for level in levels if level.completed)
 
-    def mixed(self, server: TritonServer, spec) -> MixedResult:
-        url, short, long = (
-            server.address.grpc_url,
-            self.request.with_steps(spec.short_steps),
-            self.request.with_steps(spec.long_steps),
+    def mixed(self, server: TritonServer, spec) -> model.MixedResult:
+        url, concurrency = server.address.grpc_url, spec.concurrency
+        short, long = self.request.with_steps(spec.short_steps), self.request.with_steps(spec.long_steps)
+        short_timeout_s, long_timeout_s = (
+            self.timeout_s(steps, concurrency) for steps in (spec.short_steps, spec.long_steps)
         )
-        short_timeout_s = self.timeout_s(spec.short_steps, spec.concurrency)
         # The reference first: the same concurrency, every client short.
-        short_only_class = ClientClass(
-            SHORT, short, spec.concurrency, -(-spec.short_only_requests // spec.concurrency), short_timeout_s
-        )
-        short_only = run_classes(url, [short_only_class], load="short_only", show_progress=self.show)
+        per_client = _in_turns(spec.short_only_requests, concurrency)
+        short_only_class = load.ClientClass(model.SHORT, short, concurrency, per_client, short_timeout_s)
+        short_only = load.run_classes(url, [short_only_class], load="short_only", show_progress=self.show)
         classes = [
-            ClientClass(SHORT, short, spec.short_clients, None, short_timeout_s),
-            ClientClass(
-                LONG,
-                long,
-                spec.long_clients,
-                spec.long_requests_per_client,
-                self.timeout_s(spec.long_steps, spec.concurrency),
-            ),
+            load.ClientClass(model.SHORT, short, spec.short_clients, None, short_timeout_s),
+            load.ClientClass(model.LONG, long, spec.long_clients, spec.long_requests_per_client, long_timeout_s),
         ]
-        mixed = run_classes(url, classes, load="mixed", show_progress=self.show)
+        mixed = load.run_classes(url, classes, load="mixed", show_progress=self.show)
         self.run.skipped += _failures("mixed steps", [*short_only.records, *mixed.records])
-        result = MixedResult(spec, mixed, short_only)
+        result = model.MixedResult(spec, mixed, short_only)
         logger.info("mixed steps: short p99 beside long ones / alone = %s", result.short_p99_ratio)
         return result
 
-    def burst(self, server: TritonServer, spec) -> BurstResult:
+    def burst(self, server: TritonServer, spec) -> model.BurstResult:
         timeout_s = self.timeout_s(self.request.num_inference_steps, spec.max_pending_requests)
         send = {"count": spec.requests, "timeout_s": timeout_s, "show_progress": self.show}
+        url = server.address.grpc_url
         warmup = [
-            record
+            r
             for _ in range(spec.warmup_bursts)
-            for record in run_burst(server.address.grpc_url, self.request, load=BURST_WARMUP, **send)
+            for r in load.run_burst(url, self.request, load=model.BURST_WARMUP, **send)
         ]
-        records = run_burst(server.address.grpc_url, self.request, **send)
+        records = load.run_burst(url, self.request, **send)
         self.run.skipped += _failures("burst", [*warmup, *records])
-        result = BurstResult(spec, tuple(records), tuple(warmup))
-        logger.info(
-            "burst: %d accepted, %d refused, slowest refusal %s ms",
-            result.accepted,
-            result.refused,
-            result.max_refusal_ms,
-        )
+        result = model.BurstResult(spec, tuple(records), tuple(warmup))
+        slowest = result.max_refusal_ms
+        logger.info("burst: %d accepted, %d refused, slowest refusal %s ms", result.accepted, result.refused, slowest)
         return result
 
-    def simulated(self, server: TritonServer, spec) -> SimulatedResult | None:
+    def simulated(self, server: TritonServer, spec) -> model.SimulatedResult | None:
         """In turns: the non-UNet parts in-process, then the simulated server, at the lowest and highest level."""
         low_c, high_c = spec.levels[0], spec.levels[-1]
         in_process: dict[int, list[InProcessRun]] = {low_c: [], high_c: []}
@@ -664,27 +581,20 @@ class _Engine:
         for _ in range(spec.turns):
             for concurrency in spec.levels:
                 if concurrency in in_process:
-                    requests = max(-(-spec.in_process_requests // spec.turns), concurrency)
-                    description = f"non-UNet parts, c={concurrency}"
-                    in_process[concurrency].append(
-                        self.in_process(concurrency, requests, description, zero_time_unet=True)
+                    requests = max(_in_turns(spec.in_process_requests, spec.turns), concurrency)
+                    run = self.in_process(
+                        concurrency, requests, f"non-UNet parts, c={concurrency}", zero_time_unet=True
                     )
-                requests = -(-spec.request_count(concurrency) // spec.turns)
+                    in_process[concurrency].append(run)
+                requests = _in_turns(spec.request_count(concurrency), spec.turns)
                 parts[concurrency].append(self.load(server, SIMULATED, concurrency, requests))
         points = tuple(level for level in map(Load.merged, parts.values()) if level.completed)
         if {low_c, high_c} - {point.concurrency for point in points}:
             self.run.skipped.append(f"{SIMULATED} accelerator: c={low_c} or c={high_c} completed no request")
             return None
-        low_run = InProcessRun.merged(in_process[low_c])
-        rows_per_image = round(low_run.unet_rows / low_run.unet_calls)
-        calls_per_image = low_run.unet_calls / low_run.requests
-        result = SimulatedResult(
-            spec.latency, rows_per_image, calls_per_image, points, low_run, InProcessRun.merged(in_process[high_c])
-        )
-        logger.info(
-            "SIMULATED %s: measured %.2fx, %.1f%% of the allowed",
-            spec.latency,
-            result.measured_ratio,
-            100 * result.share_of_allowed,
-        )
+        low, high = InProcessRun.merged(in_process[low_c]), InProcessRun.merged(in_process[high_c])
+        rows_per_image, calls_per_image = round(low.unet_rows / low.unet_calls), low.unet_calls / low.requests
+        result = model.SimulatedResult(spec.latency, rows_per_image, calls_per_image, points, low, high)
+        measured, share = result.measured_ratio, 100 * result.share_of_allowed
+        logger.info("SIMULATED %s: measured %.2fx, %.1f%% of the allowed", spec.latency, measured, share)
         return result

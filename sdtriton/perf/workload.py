@@ -177,9 +177,6 @@ INPUT_DATA_FILES: Mapping[str, tuple[RequestSpec, ...]] = {
 def write_input_data_files(directory: Path) -> list[Path]:
     """Renders :data:`INPUT_DATA_FILES` into ``directory`` (``perf/input_data/`` in the repository)."""
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
     for name, requests in INPUT_DATA_FILES.items():
-        path = directory / name
-        path.write_text(input_data_text(requests))
-        paths.append(path)
-    return paths
+        (directory / name).write_text(input_data_text(requests))
+    return [directory / name for name in INPUT_DATA_FILES]

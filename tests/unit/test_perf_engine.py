@@ -32,7 +32,7 @@ from sdtriton.perf.model import (
     allowed_images_per_s,
     classify_error,
 )
-from sdtriton.perf.paths import InProcessEngineError, InstrumentedNetworks, run_closed_loop
+from sdtriton.perf.paths import InProcessEngineError, InstrumentedNetworks, ServedFiles, run_closed_loop
 from sdtriton.perf.profiles import (
     DEFAULT_PERF_DIR,
     INPUT_DATA_DIR_NAME,
@@ -358,9 +358,7 @@ def _small_request(steps: int = 4):
 def test_in_process_closed_loop_keeps_the_concurrency_and_counts_unet_rows() -> None:
     networks = FakeNetworks()
     run = run_closed_loop(
-        config=CONFIG,
-        tokenizers={"text_encoder": _FakeTokenizer()},
-        networks=networks,
+        ServedFiles(tokenizers={"text_encoder": _FakeTokenizer()}, config=CONFIG, networks=networks),
         limits=EngineLimits(max_running_images=8, max_unet_rows=16),
         request=_small_request(steps=4),
         concurrency=3,
@@ -387,9 +385,7 @@ def test_in_process_zero_time_unet_and_failures() -> None:
     networks.fail_unet = True
     with pytest.raises(InProcessEngineError, match="unet down"):
         run_closed_loop(
-            config=CONFIG,
-            tokenizers={"text_encoder": _FakeTokenizer()},
-            networks=networks,
+            ServedFiles(tokenizers={"text_encoder": _FakeTokenizer()}, config=CONFIG, networks=networks),
             limits=EngineLimits(),
             request=_small_request(),
             concurrency=2,
