@@ -4,6 +4,7 @@ test_parity.py proves equal to diffusers')."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -23,7 +24,8 @@ import openai
 import pytest
 from PIL import Image
 
-from sdtriton.client import StableDiffusionClient
+from sdtriton.client import RequestCancelledError, StableDiffusionClient
+from sdtriton.gateway.backend import Backend, GenerationRequest
 from sdtriton.server import free_port
 
 pytestmark = pytest.mark.integration
@@ -287,3 +289,49 @@ def test_a_client_that_leaves_cancels_its_generation_in_the_engine(gateway: str,
     while now() != (before[0] + 1, before[1] + 1) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert now() == (before[0] + 1, before[1] + 1), "answered 499, and the engine ended the request as cancelled"
+
+
+def test_the_backend_streams_progress_and_previews_and_cancels_on_its_event(grpc_url: str, triton_server) -> None:
+    """``Backend.generate`` as the job manager calls it: progress with previews, then the images; an event set
+    mid-run cancels the request in the engine."""
+    metrics_url = triton_server.address.metrics_url
+    cancels_before = _engine_cancels(metrics_url)
+
+    async def run() -> tuple[list, object]:
+        backend = Backend(grpc_url)
+        try:
+            seen = []
+            request = GenerationRequest(
+                prompt=PROMPT,
+                n=2,
+                seed=11,
+                num_inference_steps=STEPS,
+                scheduler="ddim",
+                width=64,
+                height=64,
+                preview_every=1,
+            )
+            result = await backend.generate(request, on_progress=seen.append)
+            cancelled = asyncio.Event()
+
+            async def cancel_at_first_step(progress) -> None:  # an async callback is awaited
+                cancelled.set()
+
+            long = GenerationRequest(prompt=PROMPT, num_inference_steps=150, width=128, height=128)
+            with pytest.raises(RequestCancelledError):
+                await backend.generate(long, on_progress=cancel_at_first_step, cancelled=cancelled)
+            return seen, result
+        finally:
+            await backend.close()
+
+    seen, result = asyncio.run(run())
+    assert result.seeds == [11, 12]
+    assert [progress.steps_done for progress in seen] == [[step, step] for step in range(1, STEPS + 1)]
+    previews = [progress for progress in seen if progress.previews is not None]
+    # A preview every step but the last, which the image follows.
+    assert [progress.steps_done[0] for progress in previews] == list(range(1, STEPS))
+    assert len(previews[0].previews) == 2
+    deadline = time.monotonic() + 30
+    while _engine_cancels(metrics_url) == cancels_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _engine_cancels(metrics_url) == cancels_before + 1
