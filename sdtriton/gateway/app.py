@@ -35,8 +35,9 @@ from sdtriton.gateway import errors
 from sdtriton.gateway.access import RateLimiter, find_key
 from sdtriton.gateway.backend import Backend
 from sdtriton.gateway.errors import GatewayError
-from sdtriton.gateway.images import MEDIA_TYPES, ImageStore, encode
+from sdtriton.gateway.images import MEDIA_TYPES, ImageStore
 from sdtriton.gateway.metrics import GatewayMetrics, MetricsMiddleware
+from sdtriton.gateway.runner import encode_images
 from sdtriton.gateway.schema import (
     ErrorResponse,
     Health,
@@ -177,9 +178,7 @@ async def generate_images(body: ImageGenerationRequest, request: Request) -> Ima
     result = await _cancel_on_disconnect(
         request, backend.generate(body.generation(model=model.name), cancelled=cancelled), cancelled
     )
-    files = await asyncio.to_thread(
-        lambda: [encode(image, body.output_format, compression=body.output_compression) for image in result.images]
-    )
+    files = await encode_images(result, body)
     data = []
     for file, seed in zip(files, result.seeds, strict=True):
         if body.response_format == "url":

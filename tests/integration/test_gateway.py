@@ -26,6 +26,7 @@ from PIL import Image
 
 from sdtriton.client import RequestCancelledError, StableDiffusionClient
 from sdtriton.gateway.backend import Backend, GenerationRequest
+from sdtriton.gateway.runner import job_runner
 from sdtriton.server import free_port
 
 pytestmark = pytest.mark.integration
@@ -71,12 +72,15 @@ def gateway(grpc_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         logger.info("gateway ready in %.1f s", time.monotonic() - started)
         yield url
     finally:
+        stopping = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
+            logger.error("the gateway did not stop within 10 s of SIGTERM:\n%s", log_path.read_text())
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        logger.info("gateway stopped in %.1f s (%s)", time.monotonic() - stopping, process.returncode)
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -157,6 +161,8 @@ def test_url_answer_downloads_the_image(sdk: openai.OpenAI) -> None:
     assert download.status_code == 200
     assert download.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(download.content)).size == (64, 64)
+    jpeg = sdk.images.generate(prompt=PROMPT, size="64x64", output_format="jpeg", extra_body={"num_inference_steps": 1})
+    assert Image.open(io.BytesIO(base64.b64decode(jpeg.data[0].b64_json))).format == "JPEG"
     missing = httpx.get(image.url.rsplit("/", 1)[0] + "/" + "A" * 22, timeout=10)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
@@ -335,3 +341,28 @@ def test_the_backend_streams_progress_and_previews_and_cancels_on_its_event(grpc
     while _engine_cancels(metrics_url) == cancels_before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _engine_cancels(metrics_url) == cancels_before + 1
+
+
+def test_a_jobs_run_gives_files_seeds_and_previews(grpc_url: str, client: StableDiffusionClient) -> None:
+    """``job_runner``: what a job manager calls with a stored generations body (its seed fixed)."""
+    steps: list[tuple[int, int, bool]] = []
+
+    def on_progress(step: int, total: int, preview: bytes | None = None, preview_format: str = "png") -> None:
+        if preview is not None:
+            assert Image.open(io.BytesIO(preview)).format == "PNG"
+        steps.append((step, total, preview is not None))
+
+    async def run() -> list[tuple[bytes, str, int]]:
+        backend = Backend(grpc_url)
+        try:
+            body = {"prompt": PROMPT, "n": 2, "seed": 21, "size": "64x64", "num_inference_steps": STEPS}
+            body |= {"scheduler": "ddim", "model": "stable_diffusion"}
+            return await job_runner(backend, preview_every=2)(body, on_progress, asyncio.Event())
+        finally:
+            await backend.close()
+
+    files = asyncio.run(run())
+    assert [(fmt, seed) for _, fmt, seed in files] == [("png", 21), ("png", 22)]
+    assert steps == [(step, STEPS, step == 2) for step in range(1, STEPS + 1)]
+    expected = client.generate(PROMPT, seed=22, num_inference_steps=STEPS, scheduler="ddim", width=64, height=64)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(files[1][0]))), np.asarray(expected.image))
