@@ -28,6 +28,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from tritonclient.utils import InferenceServerException
 
@@ -135,7 +136,7 @@ class Backend:
         self.timeout_s = timeout_s
         self._configured = tuple(models)
         self._address = endpoint.address
-        self._admin: object | None = None
+        self._admin: Any = None
         self._clients: dict[str, AsyncStableDiffusionClient] = {}
         self._batch_sizes: dict[str, int] = {}
         self._discovered: tuple[ModelSettings, ...] = ()
@@ -285,7 +286,7 @@ class Backend:
             self._batch_sizes[model.name] = max(1, int(config["config"].get("max_batch_size", 1)))
         return ServedModel(model.name, model.aliases, self._batch_sizes[model.name])
 
-    def _admin_client(self):  # -> tritonclient.grpc.aio.InferenceServerClient
+    def _admin_client(self) -> Any:  # tritonclient.grpc.aio.InferenceServerClient, imported when first needed
         if self._admin is None:
             import tritonclient.grpc.aio as triton
 

@@ -24,7 +24,8 @@ import openai
 import pytest
 from PIL import Image
 
-from sdtriton.client import RequestCancelledError, StableDiffusionClient
+from sdtriton.client import RequestCancelledError, RequestTimeoutError, StableDiffusionClient
+from sdtriton.gateway import errors
 from sdtriton.gateway.backend import Backend, GenerationRequest
 from sdtriton.gateway.runner import job_runner
 from sdtriton.server import free_port
@@ -366,3 +367,22 @@ def test_a_jobs_run_gives_files_seeds_and_previews(grpc_url: str, client: Stable
     assert steps == [(step, STEPS, step == 2) for step in range(1, STEPS + 1)]
     expected = client.generate(PROMPT, seed=22, num_inference_steps=STEPS, scheduler="ddim", width=64, height=64)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(files[1][0]))), np.asarray(expected.image))
+
+
+def test_a_generation_over_its_time_budget_is_504(grpc_url: str) -> None:
+    """The gateway's ``timeout_s`` is the engine's budget: the engine ends the work and says so, answered 504."""
+
+    async def run() -> Exception:
+        backend = Backend(grpc_url, timeout_s=0.5)
+        try:
+            long = GenerationRequest(prompt=PROMPT, num_inference_steps=150, width=128, height=128)
+            with pytest.raises(RequestTimeoutError) as caught:
+                await backend.generate(long)
+            return caught.value
+        finally:
+            await backend.close()
+
+    error = asyncio.run(run())
+    answer = errors.answer(error, retry_after_s=1)
+    assert (answer.status, answer.body["error"]["code"]) == (504, "deadline_exceeded")
+    assert "time budget of 500 ms" in answer.body["error"]["message"]
