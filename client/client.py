@@ -27,7 +27,7 @@ import secrets
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -196,6 +196,26 @@ def _request_parameters(
     return parameters
 
 
+def _stream_parameters(
+    endpoint: Endpoint,
+    prompt: str | Sequence[str],
+    preview_every: int | None,
+    parameters: dict[str, Any],
+    policy: RetryPolicy | None,
+) -> dict[str, Any]:
+    """A stream's parameters: ``preview_every`` among them, the seed as :func:`_with_client_seed` makes it.
+
+    Raises:
+        ValueError: ``endpoint`` is not gRPC (HTTP cannot stream a decoupled model).
+    """
+    if endpoint.protocol != "grpc":
+        raise ValueError("progress streaming needs a grpc:// URL (HTTP cannot stream a decoupled model)")
+    if preview_every is not None:
+        parameters["preview_every"] = preview_every
+    parameters["seed"] = _with_client_seed(prompt, parameters.get("seed"), policy)
+    return parameters
+
+
 def _as_client_error(error: Exception) -> SdTritonError:
     if isinstance(error, SdTritonError):
         return error
@@ -324,6 +344,13 @@ def read_progress(result: Any) -> Progress:
         if previews is None
         else [Image.fromarray(np.ascontiguousarray(item), mode="RGB") for item in previews],
     )
+
+
+def read_stream_event(result: Any) -> Progress | GenerationResult:
+    """A response of the streaming entry: the images once it carries them, else the progress."""
+    if result.as_numpy(interface.IMAGE.name) is not None:
+        return read_result(result)
+    return read_progress(result)
 
 
 # A server error's class, read from the server's own message first, then from the status. The status alone is
@@ -605,11 +632,7 @@ class StableDiffusionClient:
         With a retry policy, an attempt that fails before its first event is sent again; once progress has been
         delivered an error is raised, not retried: starting over would show the caller its steps going back.
         """
-        if self.endpoint.protocol != "grpc":
-            raise ValueError("progress streaming needs a grpc:// URL (HTTP cannot stream a decoupled model)")
-        if preview_every is not None:
-            parameters["preview_every"] = preview_every
-        parameters["seed"] = _with_client_seed(prompt, parameters.get("seed"), self.retry)
+        parameters = _stream_parameters(self.endpoint, prompt, preview_every, parameters, self.retry)
         attempts = _Attempts(self.retry, self.timeout_s)
         while True:
             timeout_s = attempts.begin()
@@ -657,11 +680,11 @@ class StableDiffusionClient:
                 if error is not None:
                     finished = True
                     raise wrap_error(error) from error
-                if result.as_numpy(interface.IMAGE.name) is not None:
-                    finished = True
-                    yield read_result(result)
+                event = read_stream_event(result)
+                finished = isinstance(event, GenerationResult)
+                yield event
+                if finished:
                     return
-                yield read_progress(result)
         finally:
             self._client.stop_stream(cancel_requests=not finished)
 
@@ -769,3 +792,70 @@ class AsyncStableDiffusionClient:
                 await asyncio.sleep(delay_s)
                 continue
             return read_result(result)
+
+    async def stream(
+        self, prompt: str | Sequence[str], *, preview_every: int | None = None, **parameters: Any
+    ) -> AsyncIterator[Progress | GenerationResult]:
+        """The asyncio twin of :meth:`StableDiffusionClient.stream` (gRPC only), retried the same way: a
+        :class:`Progress` after every step, then the :class:`GenerationResult`.
+
+        Closing the iterator early (``aclose()``, leaving ``async with contextlib.aclosing(...)``) or cancelling
+        the task that reads it cancels the request on the server, which stops at its next denoising step.
+        """
+        parameters = _stream_parameters(self.endpoint, prompt, preview_every, parameters, self.retry)
+        attempts = _Attempts(self.retry, self.timeout_s)
+        while True:
+            timeout_s = attempts.begin()
+            delivered = False
+            try:
+                async with contextlib.aclosing(self._stream_once(prompt, timeout_s, parameters)) as events:
+                    async for event in events:
+                        delivered = True
+                        yield event
+                return
+            except SdTritonError as error:
+                delay_s = None if delivered else attempts.retry_after_s(error)
+                if delay_s is None:
+                    raise
+            await asyncio.sleep(delay_s)
+
+    async def _stream_once(
+        self, prompt: str | Sequence[str], timeout_s: float | None, parameters: dict[str, Any]
+    ) -> AsyncIterator[Progress | GenerationResult]:
+        import grpc
+
+        inputs, kwargs = _prepare(self._triton, self.endpoint, timeout_s, prompt, stream=True, **parameters)
+        request = {"model_name": interface.stream_entry_name(self.model_name), "inputs": inputs, **kwargs}
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield request
+
+        # The whole stream's transport limit: the server's budget ends the work first, with its own error.
+        wait_s = None if timeout_s is None else timeout_s + _TRANSPORT_GRACE_S
+        responses = self._client.stream_infer(requests(), stream_timeout=wait_s)
+        finished = False
+        try:
+            while True:
+                try:
+                    result, error = await anext(responses)
+                except StopAsyncIteration:
+                    finished = True
+                    raise InferenceError("the stream ended without an image") from None
+                except grpc.RpcError as rpc_error:
+                    # The stream itself failed (no server, the transport's limit): its status says which.
+                    finished = True
+                    cause = InferenceServerException(
+                        msg=rpc_error.details() or str(rpc_error), status=str(rpc_error.code())
+                    )
+                    raise wrap_error(cause) from rpc_error
+                if error is not None:
+                    finished = True
+                    raise wrap_error(error) from error
+                event = read_stream_event(result)
+                finished = isinstance(event, GenerationResult)
+                yield event
+                if finished:
+                    return
+        finally:
+            if not finished:
+                responses.cancel()

@@ -1,11 +1,12 @@
 """The ``sdtriton`` command line: models (make-tiny, export, plan), serving (serve, soak), the client (generate,
-batch), the demo, the shapes model (train-shapes, eval-shapes, shapes-grid, shapes-curve) and perf (perf, scale-sim).
+batch), the HTTP gateway, the demo, the shapes model (train-shapes, eval-shapes, shapes-grid, shapes-curve) and perf
+(perf, scale-sim).
 
 Each group's options and handler live beside its domain, and this module only builds the top parser, calls each
 group's ``add_*_command(s)``, sets up logging and dispatches: ``sdtriton/model_commands.py`` (models),
 ``sdtriton/ops/serve.py`` and ``sdtriton/ops/soak/command.py`` (serving), ``client/commands.py`` (the client),
-``sdtriton/demo.py``, ``sdtriton/shapes/commands.py``, ``sdtriton/perf/command.py`` (perf) and
-``sdtriton/scaling.py`` (scale-sim).
+``sdtriton/gateway/command.py`` (the gateway), ``sdtriton/demo.py``, ``sdtriton/shapes/commands.py``,
+``sdtriton/perf/command.py`` (perf) and ``sdtriton/scaling.py`` (scale-sim).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 from sdtriton.client.commands import add_client_commands
 from sdtriton.demo import add_demo_command
+from sdtriton.gateway.command import add_gateway_command
 from sdtriton.model_commands import add_model_commands
 from sdtriton.ops.serve import add_serve_command
 from sdtriton.ops.soak.command import add_soak_command
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(commands)
     add_soak_command(commands)
     add_client_commands(commands)
+    add_gateway_command(commands)
     add_demo_command(commands)
     add_shapes_commands(commands)
 

@@ -91,3 +91,24 @@ def test_serve_closes_admin_endpoints_unless_the_operator_opts_out(monkeypatch: 
     monkeypatch.setenv(server.ADMIN_KEY_ENVIRONMENT, "short")
     with pytest.raises(SystemExit, match="16 to 256"):
         admin_access(parser.parse_args(["serve", "repo"]))
+
+
+@pytest.mark.parametrize("with_key", [False, True])
+def test_the_gateway_reads_the_index_with_the_key_and_serves_the_entry_without(
+    restricted_server, with_key: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from sdtriton.gateway.app import create_app
+    from sdtriton.gateway.settings import GatewaySettings
+
+    if with_key:
+        monkeypatch.setenv(server.ADMIN_KEY_ENVIRONMENT, KEY)
+    else:
+        monkeypatch.delenv(server.ADMIN_KEY_ENVIRONMENT, raising=False)
+    settings = GatewaySettings(triton_url=restricted_server.address.grpc_url, data_dir=tmp_path)
+    with TestClient(create_app(settings)) as http:
+        assert http.get("/readyz").json() == {"ready": True, "triton": True, "models": {"stable_diffusion": True}}
+        assert [model["id"] for model in http.get("/v1/models").json()["data"]] == ["stable_diffusion"]
+    closed = [record for record in caplog.records if "repository index is closed" in record.getMessage()]
+    assert bool(closed) != with_key

@@ -185,3 +185,29 @@ def test_every_sd_bad_input_case_is_rejected_the_same_way_by_sdxl(client) -> Non
         with pytest.raises(InvalidRequestError) as error:
             client.generate(PROMPT, **{"num_inference_steps": 2, **kwargs})
         assert field in str(error.value) and allowed in str(error.value), (kwargs, str(error.value))
+
+
+def test_the_gateway_serves_every_prefixed_family_by_name(sdxl_server, client, tmp_path: Path) -> None:
+    """The HTTP gateway (in process) over the server of every family: each prefixed entry is a model, the
+    unprefixed one the default, and an SDXL request by name gives the client's image."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from sdtriton.gateway.app import create_app
+    from sdtriton.gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(triton_url=sdxl_server.address.grpc_url, data_dir=tmp_path)
+    with TestClient(create_app(settings)) as http:
+        models = [model["id"] for model in http.get("/v1/models").json()["data"]]
+        assert models[0] == "stable_diffusion" and SDXL_ENTRY in models
+        assert {"sd35_stable_diffusion", "flux_stable_diffusion", "schnell_stable_diffusion"} <= set(models)
+        assert http.get("/readyz").json()["ready"] is True
+        body = {"model": SDXL_ENTRY, "prompt": PROMPT, "size": "64x64", "seed": 9, "num_inference_steps": 4}
+        answer = http.post("/v1/images/generations", json=body)
+    assert answer.status_code == 200, answer.text
+    image = Image.open(io.BytesIO(base64.b64decode(answer.json()["data"][0]["b64_json"])))
+    expected = client.generate(PROMPT, seed=9, num_inference_steps=4, width=64, height=64)
+    assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(expected.image))

@@ -1,0 +1,10 @@
+"""``sdtriton gateway``: an HTTP front door (FastAPI on uvicorn) to models served by Triton.
+
+OpenAI's images API (``POST /v1/images/generations``) over gRPC streams to each model's
+``<prefix>stable_diffusion_stream`` entry, with API keys, rate limits, health, readiness and Prometheus metrics.
+Modules: :mod:`~sdtriton.gateway.app` (the app and its routes), :mod:`~sdtriton.gateway.schema` (bodies),
+:mod:`~sdtriton.gateway.backend` (the Triton side), :mod:`~sdtriton.gateway.errors` (failures to HTTP),
+:mod:`~sdtriton.gateway.settings`, :mod:`~sdtriton.gateway.access` (keys, rate limits),
+:mod:`~sdtriton.gateway.images`, :mod:`~sdtriton.gateway.metrics`, :mod:`~sdtriton.gateway.runner` (a job's run)
+and :mod:`~sdtriton.gateway.command`.
+"""

@@ -1,0 +1,85 @@
+"""``sdtriton gateway``: the HTTP gateway (FastAPI on uvicorn) in front of a running Triton server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from sdtriton.gateway.errors import SettingsError
+from sdtriton.gateway.settings import (
+    API_KEYS_ENVIRONMENT,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    check_exposure,
+    default_data_dir,
+    load_settings,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def add_gateway_command(commands: argparse._SubParsersAction) -> None:
+    """Adds ``gateway`` to ``commands``."""
+    gateway = commands.add_parser(
+        "gateway", help="an OpenAI-compatible HTTP API (images, health, metrics) in front of a running Triton server"
+    )
+    gateway.add_argument("--triton", help="grpc://host:port of the Triton server (required to serve)")
+    gateway.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)")
+    gateway.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)")
+    gateway.add_argument(
+        "--config", type=Path, help="TOML: served models and aliases, limits, CORS origins (see the README)"
+    )
+    gateway.add_argument(
+        "--data-dir", type=Path, help=f"where images answered as URLs are kept (default: {default_data_dir()})"
+    )
+    gateway.add_argument(
+        "--api-keys-file",
+        type=Path,
+        help=f"accepted API keys, one a line (default: ${API_KEYS_ENVIRONMENT}, comma-separated); without keys the "
+        "gateway listens only on a loopback host",
+    )
+    gateway.add_argument(
+        "--timeout-s", type=float, help="each generation's time budget on the server (overrides the config's)"
+    )
+    gateway.add_argument(
+        "--write-openapi", type=Path, metavar="FILE", help="write the OpenAPI document to FILE and exit"
+    )
+    gateway.set_defaults(run=_gateway)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import uvicorn
+
+    from sdtriton.gateway.app import create_app
+
+    if args.triton is None and args.write_openapi is None:
+        logger.error("give --triton grpc://host:port")
+        return 2
+    try:
+        settings = load_settings(
+            triton_url=args.triton or "grpc://127.0.0.1:8001",
+            data_dir=args.data_dir or default_data_dir(),
+            config_file=args.config,
+            api_keys_file=args.api_keys_file,
+        )
+        if args.timeout_s is not None:
+            settings = dataclasses.replace(
+                settings, limits=dataclasses.replace(settings.limits, timeout_s=args.timeout_s)
+            )
+        check_exposure(args.host, settings.api_keys)
+    except SettingsError as error:
+        logger.error("%s", error)
+        return 2
+    app = create_app(settings)
+    if args.write_openapi is not None:
+        args.write_openapi.write_text(json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n")
+        logger.info("wrote %s", args.write_openapi)
+        return 0
+    keys = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API keys (loopback only)"
+    logger.info("gateway on http://%s:%d for %s, %s", args.host, args.port, settings.triton_url, keys)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, lifespan="on")
+    return 0

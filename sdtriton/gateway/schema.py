@@ -1,0 +1,164 @@
+"""The gateway's request and response bodies (pydantic): OpenAI's images API, with this engine's fields beside.
+
+These models are the OpenAPI document (``docs/openapi.json``). Only cheap, model-independent checks live here
+(``size``'s form, ``n``'s range, a seed that fits 64 bits); the engine checks every range that depends on the
+model (steps, guidance, the size step, schedulers) and its refusal passes through naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sdtriton import interface
+from sdtriton.gateway.backend import GenerationRequest
+from sdtriton.gateway.images import OutputFormat
+
+# OpenAI's own bound on n; a model may allow fewer (its max_batch_size), which the gateway checks per model.
+MAX_IMAGES = 10
+# The largest side a "WxH" size may name before the engine's own limits (a 5-digit number fits INT32).
+_MAX_SIDE_DIGITS = 5
+_MAX_INT32 = 2**31 - 1
+
+
+class ImageGenerationRequest(BaseModel):
+    """``POST /v1/images/generations``: OpenAI's fields, then this engine's (``extra_body`` in OpenAI's SDK)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description=f"What to draw ({interface.PROMPT.allowed}).")
+    model: str | None = Field(
+        None,
+        description="A served model (its Triton entry name) or an alias from the gateway's config; "
+        "default: the first served model.",
+    )
+    n: int = Field(1, ge=1, le=MAX_IMAGES, description="Images to generate (at most the model's max_batch_size).")
+    size: str | None = Field(
+        None,
+        description="WIDTHxHEIGHT in pixels, e.g. 512x512 (multiples of the model's size step); 'auto' or "
+        "omitted: the model's default size.",
+        examples=["512x512"],
+    )
+    response_format: Literal["b64_json", "url"] = Field(
+        "b64_json", description="b64_json: the image in the answer; url: a link to it, kept by the gateway."
+    )
+    output_format: OutputFormat = Field("png", description="The image file's format.")
+    output_compression: int | None = Field(
+        None, ge=0, le=100, description="JPEG and WebP: 0 (best quality) .. 100 (smallest file)."
+    )
+    user: str | None = Field(None, description="An end-user id, for the caller's own tracing (not used).")
+    negative_prompt: str | None = Field(None, description=f"What not to draw ({interface.NEGATIVE_PROMPT.allowed}).")
+    num_inference_steps: int | None = Field(
+        None, ge=1, le=_MAX_INT32, description=f"Denoising steps ({interface.NUM_INFERENCE_STEPS.allowed} by default)."
+    )
+    guidance_scale: float | None = Field(
+        None, allow_inf_nan=False, description=f"Classifier-free guidance ({interface.GUIDANCE_SCALE.allowed})."
+    )
+    seed: int | None = Field(
+        None,
+        ge=interface.MIN_SEED,
+        le=interface.MAX_SEED,
+        description="The first image's seed; image i gets seed + i. Omitted: drawn at random (each answer says).",
+    )
+    scheduler: str | None = Field(None, description=interface.SCHEDULER.allowed)
+    refiner_fraction: float | None = Field(
+        None, ge=0, lt=1, allow_inf_nan=False, description=interface.REFINER_FRACTION.allowed
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _size_form(cls, size: str | None) -> str | None:
+        if size is None or size == "auto":
+            return size
+        width, separator, height = size.partition("x")
+        if not separator or not all(_is_side(side) for side in (width, height)):
+            raise ValueError(f"must be WIDTHxHEIGHT in pixels (e.g. 512x512) or auto, got {size!r}")
+        return size
+
+    def width_height(self) -> tuple[int | None, int | None]:
+        """The size's width and height; None, None for the model's default."""
+        if self.size is None or self.size == "auto":
+            return None, None
+        width, _, height = self.size.partition("x")
+        return int(width), int(height)
+
+    def generation(self, *, model: str, preview_every: int | None = None) -> GenerationRequest:
+        """The backend's request for this body, on the served model ``model``."""
+        width, height = self.width_height()
+        return GenerationRequest(
+            prompt=self.prompt,
+            n=self.n,
+            model=model,
+            negative_prompt=self.negative_prompt,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+            width=width,
+            height=height,
+            scheduler=self.scheduler,
+            refiner_fraction=self.refiner_fraction,
+            preview_every=preview_every,
+        )
+
+
+def _is_side(text: str) -> bool:
+    return text.isascii() and text.isdigit() and not text.startswith("0") and len(text) <= _MAX_SIDE_DIGITS
+
+
+class ImageData(BaseModel):
+    """One generated image: inline (``b64_json``) or a link (``url``), and the seed it was drawn with."""
+
+    b64_json: str | None = Field(None, description="The image file, base64 (response_format b64_json).")
+    url: str | None = Field(None, description="Where to fetch the image file (response_format url).")
+    revised_prompt: str | None = Field(None, description="Never set: prompts are used as sent.")
+    seed: int = Field(description="The seed this image was drawn with: send it again for the same image.")
+
+
+class ImagesResponse(BaseModel):
+    """The answer of ``POST /v1/images/generations``."""
+
+    created: int = Field(description="Unix time (seconds) the images were made.")
+    data: list[ImageData]
+    model: str = Field(description="The served model that made them.")
+    output_format: OutputFormat
+    size: str = Field(description="WIDTHxHEIGHT of the images.")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body."""
+
+    error: ErrorDetail
+
+
+class ModelCard(BaseModel):
+    """A served model, as OpenAI's ``GET /v1/models`` lists them."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "sdtriton"
+    aliases: list[str] = Field(default_factory=list, description="Other names a request's model may use.")
+    max_images: int = Field(description="The most images (n) one request may ask for.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessReport(BaseModel):
+    ready: bool
+    triton: bool = Field(description="Triton answers and is ready.")
+    models: dict[str, bool] = Field(description="Each served model's streaming entry: ready or not.")

@@ -1,0 +1,388 @@
+"""``sdtriton gateway`` as users run it: a real gateway process in front of the real tritonserver of the tiny model,
+called with OpenAI's own SDK and plain HTTP; images equal the project's client's for the same seed (which
+test_parity.py proves equal to diffusers')."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from sdtriton.client import RequestCancelledError, RequestTimeoutError, StableDiffusionClient
+from sdtriton.gateway import errors
+from sdtriton.gateway.backend import Backend, GenerationRequest
+from sdtriton.gateway.runner import job_runner
+from sdtriton.server import free_port
+
+pytestmark = pytest.mark.integration
+logger = logging.getLogger(__name__)
+
+PROMPT = "a yellow star on a purple background"
+KEY = "test-key-main"
+LIMITED_KEY = "test-key-limited"
+ALIAS = "tiny"
+ORIGIN = "http://playground.test"
+MAX_BODY_BYTES = 64 * 1024
+READY_TIMEOUT_S = 60.0
+# Few steps: the tiny model's images differ by seed at any step count, and each costs little.
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def gateway(grpc_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One gateway process for the module (two keys, one rate-limited; an alias; CORS; a body limit), stopped
+    at the end; its base URL."""
+    folder = tmp_path_factory.mktemp("gateway")
+    keys = folder / "api_keys"
+    keys.write_text(f"# test keys\n{KEY}\n{LIMITED_KEY} rate_limit_per_s=0.01 rate_limit_burst=2\n")
+    config = folder / "gateway.toml"
+    config.write_text(
+        f'[[models]]\nname = "stable_diffusion"\naliases = ["{ALIAS}", "dall-e-2"]\n\n'
+        f"[limits]\nmax_body_bytes = {MAX_BODY_BYTES}\nrate_limit_per_s = 100.0\nrate_limit_burst = 100\n\n"
+        f'[cors]\nallow_origins = ["{ORIGIN}"]\n'
+    )
+    port = free_port()
+    command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url, "--port", str(port)]
+    command += ["--data-dir", str(folder / "data"), "--api-keys-file", str(keys), "--config", str(config)]
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:  # the gateway ends with this process, even if pytest is killed
+        command = [setpriv, "--pdeathsig", "TERM", "--", *command]
+    log_path = folder / "gateway.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process, log_path)
+        logger.info("gateway ready in %.1f s", time.monotonic() - started)
+        yield url
+    finally:
+        stopping = time.monotonic()
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            logger.error("the gateway did not stop within 10 s of SIGTERM:\n%s", log_path.read_text())
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        logger.info("gateway stopped in %.1f s (%s)", time.monotonic() - stopping, process.returncode)
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the gateway exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"the gateway was not ready within {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def sdk(gateway: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway}/v1", api_key=KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def client(grpc_url: str) -> Iterator[StableDiffusionClient]:
+    with StableDiffusionClient(grpc_url) as client:
+        yield client
+
+
+def _pixels(b64_json: str) -> np.ndarray:
+    image = Image.open(io.BytesIO(base64.b64decode(b64_json)))
+    assert image.format == "PNG"
+    return np.asarray(image.convert("RGB"))
+
+
+def _post(gateway: str, body: object, *, key: str | None = KEY, timeout_s: float = 60) -> httpx.Response:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    return httpx.post(f"{gateway}/v1/images/generations", json=body, headers=headers, timeout=timeout_s)
+
+
+def _counter(gateway: str, route: str, status: int, method: str = "POST") -> float:
+    text = httpx.get(f"{gateway}/metrics", timeout=10).text
+    labels = f'method="{method}",route="{route}",status="{status}"'
+    match = re.search(rf"^sdtriton_gateway_requests_total\{{{re.escape(labels)}\}} (\S+)$", text, re.MULTILINE)
+    return float(match[1]) if match else 0.0
+
+
+def test_openai_sdk_gets_the_clients_image(sdk: openai.OpenAI, client: StableDiffusionClient) -> None:
+    answer = sdk.images.generate(
+        model=ALIAS,
+        prompt=PROMPT,
+        size="64x48",
+        extra_body={"seed": 3, "num_inference_steps": STEPS, "scheduler": "ddim", "guidance_scale": 6.0},
+    )
+    expected = client.generate(
+        PROMPT, seed=3, num_inference_steps=STEPS, scheduler="ddim", guidance_scale=6.0, width=64, height=48
+    )
+    (image,) = answer.data
+    assert image.model_extra["seed"] == 3
+    assert answer.size == "64x48"
+    assert np.array_equal(_pixels(image.b64_json), np.asarray(expected.image))
+
+
+def test_n_images_have_their_own_seeds(sdk: openai.OpenAI, client: StableDiffusionClient) -> None:
+    answer = sdk.images.generate(prompt=PROMPT, n=2, size="64x64", extra_body={"num_inference_steps": STEPS})
+    seeds = [image.model_extra["seed"] for image in answer.data]
+    assert len(seeds) == 2 and seeds[0] != seeds[1]
+    second = client.generate(PROMPT, seed=seeds[1], num_inference_steps=STEPS, width=64, height=64)
+    assert np.array_equal(_pixels(answer.data[1].b64_json), np.asarray(second.image))
+    assert not np.array_equal(_pixels(answer.data[0].b64_json), _pixels(answer.data[1].b64_json))
+
+
+def test_url_answer_downloads_the_image(sdk: openai.OpenAI) -> None:
+    answer = sdk.images.generate(
+        prompt=PROMPT, size="64x64", response_format="url", extra_body={"seed": 5, "num_inference_steps": STEPS}
+    )
+    (image,) = answer.data
+    assert image.b64_json is None
+    download = httpx.get(image.url, timeout=10)  # no key: the URL is the capability
+    assert download.status_code == 200
+    assert download.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(download.content)).size == (64, 64)
+    jpeg = sdk.images.generate(prompt=PROMPT, size="64x64", output_format="jpeg", extra_body={"num_inference_steps": 1})
+    assert Image.open(io.BytesIO(base64.b64decode(jpeg.data[0].b64_json))).format == "JPEG"
+    missing = httpx.get(image.url.rsplit("/", 1)[0] + "/" + "A" * 22, timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "said"),
+    [
+        ({"size": "64"}, "size", "WIDTHxHEIGHT"),  # the gateway's check
+        ({"size": "65x64"}, "size", "width: must be a positive multiple of"),  # the engine's, passed through
+        ({"num_inference_steps": 1000}, "num_inference_steps", "num_inference_steps: must be an integer in 1..150"),
+        ({"n": 11}, "n", "less than or equal to 10"),
+        ({"n": 9}, "n", "n: must be in 1..8"),  # the model's max_batch_size
+        ({"guidance_scale": 99}, "guidance_scale", "guidance_scale: must be a finite number in 0..30"),
+        ({"num_steps": 4}, "num_steps", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_fields_are_400_naming_the_field(gateway: str, change: dict, param: str, said: str) -> None:
+    answer = _post(gateway, {"prompt": PROMPT, "num_inference_steps": STEPS, **change})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["param"], error["type"], error["code"]) == (param, "invalid_request_error", "invalid_value")
+    assert said in error["message"]
+
+
+def test_the_sdk_raises_its_own_error_for_a_bad_field(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.images.generate(prompt=PROMPT, size="65x64", extra_body={"num_inference_steps": STEPS})
+    assert caught.value.param == "size"
+
+
+def test_unknown_model_and_route_are_404(gateway: str) -> None:
+    answer = _post(gateway, {"prompt": PROMPT, "model": "dall-e-3"})
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "model_not_found"
+    assert "stable_diffusion" in answer.json()["error"]["message"]
+    route = httpx.get(f"{gateway}/v1/nothing", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    assert route.status_code == 404 and route.json()["error"]["code"] == "not_found"
+
+
+def test_models_are_listed_with_aliases(gateway: str) -> None:
+    answer = httpx.get(f"{gateway}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    assert answer.status_code == 200
+    (model,) = answer.json()["data"]
+    assert (model["id"], model["aliases"], model["max_images"]) == ("stable_diffusion", [ALIAS, "dall-e-2"], 8)
+
+
+@pytest.mark.parametrize("key", [None, "not-a-key"])
+def test_a_missing_or_unknown_key_is_401(gateway: str, key: str | None) -> None:
+    answer = _post(gateway, {"prompt": PROMPT}, key=key)
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"] == "Bearer"
+    assert answer.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_keys_rate_limit_is_429_with_retry_after(gateway: str) -> None:
+    headers = {"Authorization": f"Bearer {LIMITED_KEY}"}
+    statuses = [httpx.get(f"{gateway}/v1/models", headers=headers, timeout=10) for _ in range(3)]
+    assert [answer.status_code for answer in statuses] == [200, 200, 429]
+    assert int(statuses[2].headers["retry-after"]) >= 1
+    assert statuses[2].json()["error"]["code"] == "rate_limit_exceeded"
+    # Another key has its own bucket.
+    assert httpx.get(f"{gateway}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).status_code == 200
+
+
+def test_a_body_over_the_limit_is_413(gateway: str) -> None:
+    declared = _post(gateway, {"prompt": "x" * MAX_BODY_BYTES})
+    assert declared.status_code == 413 and declared.json()["error"]["code"] == "request_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: cut off as it arrives
+        yield b'{"prompt": "'
+        for _ in range(MAX_BODY_BYTES // 1024 + 1):
+            yield b"x" * 1024
+        yield b'"}'
+
+    streamed = httpx.post(
+        f"{gateway}/v1/images/generations",
+        content=chunks(),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "request_too_large"
+
+
+def test_cors_allows_the_configured_origin_only(gateway: str) -> None:
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    allowed = httpx.options(f"{gateway}/v1/images/generations", headers={"Origin": ORIGIN, **preflight}, timeout=10)
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == ORIGIN
+    other = httpx.options(
+        f"{gateway}/v1/images/generations", headers={"Origin": "http://elsewhere.test", **preflight}, timeout=10
+    )
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_health_readiness_and_metrics(gateway: str) -> None:
+    assert httpx.get(f"{gateway}/healthz", timeout=10).json() == {"status": "ok"}
+    ready = httpx.get(f"{gateway}/readyz", timeout=10)
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "triton": True, "models": {"stable_diffusion": True}}
+    route = "/v1/images/generations"
+    before = (_counter(gateway, route, 200), _counter(gateway, route, 400))
+    assert _post(gateway, {"prompt": PROMPT, "size": "64x64", "num_inference_steps": STEPS}).status_code == 200
+    assert _post(gateway, {"prompt": PROMPT, "n": 0}).status_code == 400
+    assert (_counter(gateway, route, 200), _counter(gateway, route, 400)) == (before[0] + 1, before[1] + 1)
+    text = httpx.get(f"{gateway}/metrics", timeout=10).text
+    assert re.search(
+        r'^sdtriton_gateway_request_duration_seconds_count\{method="POST",route="/v1/images/generations"\} '
+        r"[1-9]",
+        text,
+        re.MULTILINE,
+    )
+
+
+def _engine_cancels(metrics_url: str) -> float:
+    text = httpx.get(metrics_url, timeout=10).text
+    pattern = r'^sdtriton_requests_ended_total\{[^}]*state="cancelled"[^}]*\} (\S+)$'
+    return sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
+
+
+def test_a_client_that_leaves_cancels_its_generation_in_the_engine(gateway: str, triton_server) -> None:
+    route = "/v1/images/generations"
+    before = (_counter(gateway, route, 499), _engine_cancels(triton_server.address.metrics_url))
+    with pytest.raises(httpx.ReadTimeout):
+        _post(gateway, {"prompt": PROMPT, "size": "128x128", "num_inference_steps": 150}, timeout_s=1.0)
+    deadline = time.monotonic() + 30
+
+    def now() -> tuple[float, float]:
+        return _counter(gateway, route, 499), _engine_cancels(triton_server.address.metrics_url)
+
+    while now() != (before[0] + 1, before[1] + 1) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert now() == (before[0] + 1, before[1] + 1), "answered 499, and the engine ended the request as cancelled"
+
+
+def test_the_backend_streams_progress_and_previews_and_cancels_on_its_event(grpc_url: str, triton_server) -> None:
+    """``Backend.generate`` as the job manager calls it: progress with previews, then the images; an event set
+    mid-run cancels the request in the engine."""
+    metrics_url = triton_server.address.metrics_url
+    cancels_before = _engine_cancels(metrics_url)
+
+    async def run() -> tuple[list, object]:
+        backend = Backend(grpc_url)
+        try:
+            seen = []
+            request = GenerationRequest(
+                prompt=PROMPT,
+                n=2,
+                seed=11,
+                num_inference_steps=STEPS,
+                scheduler="ddim",
+                width=64,
+                height=64,
+                preview_every=1,
+            )
+            result = await backend.generate(request, on_progress=seen.append)
+            cancelled = asyncio.Event()
+
+            async def cancel_at_first_step(progress) -> None:  # an async callback is awaited
+                cancelled.set()
+
+            long = GenerationRequest(prompt=PROMPT, num_inference_steps=150, width=128, height=128)
+            with pytest.raises(RequestCancelledError):
+                await backend.generate(long, on_progress=cancel_at_first_step, cancelled=cancelled)
+            return seen, result
+        finally:
+            await backend.close()
+
+    seen, result = asyncio.run(run())
+    assert result.seeds == [11, 12]
+    assert [progress.steps_done for progress in seen] == [[step, step] for step in range(1, STEPS + 1)]
+    previews = [progress for progress in seen if progress.previews is not None]
+    # A preview every step but the last, which the image follows.
+    assert [progress.steps_done[0] for progress in previews] == list(range(1, STEPS))
+    assert len(previews[0].previews) == 2
+    deadline = time.monotonic() + 30
+    while _engine_cancels(metrics_url) == cancels_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _engine_cancels(metrics_url) == cancels_before + 1
+
+
+def test_a_jobs_run_gives_files_seeds_and_previews(grpc_url: str, client: StableDiffusionClient) -> None:
+    """``job_runner``: what a job manager calls with a stored generations body (its seed fixed)."""
+    steps: list[tuple[int, int, bool]] = []
+
+    def on_progress(step: int, total: int, preview: bytes | None = None, preview_format: str = "png") -> None:
+        if preview is not None:
+            assert Image.open(io.BytesIO(preview)).format == "PNG"
+        steps.append((step, total, preview is not None))
+
+    async def run() -> list[tuple[bytes, str, int]]:
+        backend = Backend(grpc_url)
+        try:
+            body = {"prompt": PROMPT, "n": 2, "seed": 21, "size": "64x64", "num_inference_steps": STEPS}
+            body |= {"scheduler": "ddim", "model": "stable_diffusion"}
+            return await job_runner(backend, preview_every=2)(body, on_progress, asyncio.Event())
+        finally:
+            await backend.close()
+
+    files = asyncio.run(run())
+    assert [(fmt, seed) for _, fmt, seed in files] == [("png", 21), ("png", 22)]
+    assert steps == [(step, STEPS, step == 2) for step in range(1, STEPS + 1)]
+    expected = client.generate(PROMPT, seed=22, num_inference_steps=STEPS, scheduler="ddim", width=64, height=64)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(files[1][0]))), np.asarray(expected.image))
+
+
+def test_a_generation_over_its_time_budget_is_504(grpc_url: str) -> None:
+    """The gateway's ``timeout_s`` is the engine's budget: the engine ends the work and says so, answered 504."""
+
+    async def run() -> Exception:
+        backend = Backend(grpc_url, timeout_s=0.5)
+        try:
+            long = GenerationRequest(prompt=PROMPT, num_inference_steps=150, width=128, height=128)
+            with pytest.raises(RequestTimeoutError) as caught:
+                await backend.generate(long)
+            return caught.value
+        finally:
+            await backend.close()
+
+    error = asyncio.run(run())
+    answer = errors.answer(error, retry_after_s=1)
+    assert (answer.status, answer.body["error"]["code"]) == (504, "deadline_exceeded")
+    assert "time budget of 500 ms" in answer.body["error"]["message"]

@@ -1,0 +1,264 @@
+"""The gateway's pure parts: the error table, API keys and rate limits, settings, request bodies, the OpenAPI
+document; and the app in process (FastAPI's TestClient) with a real backend whose Triton is not there."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from sdtriton import interface
+from sdtriton.client import (
+    InferenceError,
+    InvalidRequestError,
+    RequestCancelledError,
+    RequestTimeoutError,
+    RetriesExhaustedError,
+    ServerBusyError,
+    ServerUnavailableError,
+)
+from sdtriton.gateway import errors
+from sdtriton.gateway.access import ApiKey, RateLimiter, find_key, parse_api_keys
+from sdtriton.gateway.app import create_app
+from sdtriton.gateway.backend import GenerationRequest
+from sdtriton.gateway.errors import GatewayError, SettingsError
+from sdtriton.gateway.schema import ImageGenerationRequest
+from sdtriton.gateway.settings import GatewaySettings, Limits, check_exposure, load_settings
+from sdtriton.server import free_port
+
+OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code", "param"),
+    [
+        (InvalidRequestError("width: must be a positive multiple of 8, got 9"), 400, "invalid_value", "size"),
+        (InvalidRequestError("width x height: must be at most 1048576 pixels, got ..."), 400, "invalid_value", "size"),
+        (InvalidRequestError("num_inference_steps: must be an integer in 1..150, got 0"), 400, "invalid_value",
+         "num_inference_steps"),
+        (InvalidRequestError("the engine said something else"), 400, "invalid_value", None),
+        (RequestCancelledError("request cancelled"), 499, "request_cancelled", None),
+        (RequestTimeoutError("timeout: the request's time budget of 500 ms ran out"), 504, "deadline_exceeded", None),
+        (ServerBusyError("server busy: 8 requests running or queued"), 503, "server_busy", None),
+        (ServerBusyError("server draining: it is shutting down"), 503, "server_draining", None),
+        (ServerUnavailableError("cannot reach the server"), 503, "triton_unavailable", None),
+        (InferenceError("pipeline: internal error (see the server log)"), 500, "inference_failed", None),
+        (RuntimeError("a bug"), 500, "inference_failed", None),
+    ],
+)  # fmt: skip
+def test_each_error_kind_has_its_status_and_openai_body(error, status, code, param) -> None:
+    answer = errors.answer(error, retry_after_s=3)
+    assert answer.status == status
+    assert set(answer.body["error"]) == {"message", "type", "param", "code"}
+    assert (answer.body["error"]["code"], answer.body["error"]["param"]) == (code, param)
+    assert ("Retry-After" in answer.headers) == (status == 503)
+    if status == 503:
+        assert answer.headers["Retry-After"] == "3"
+    if not isinstance(error, RuntimeError):
+        assert answer.body["error"]["message"] == str(error)  # the engine's words, unchanged
+    else:
+        assert "a bug" not in answer.body["error"]["message"]  # never an internal detail
+
+
+def test_retries_exhausted_is_unavailable_and_a_gateway_error_keeps_its_retry_after() -> None:
+    last = ServerBusyError("server busy: full")
+    exhausted = RetriesExhaustedError("no time left", attempts=3, elapsed_s=1.0, last_error=last)
+    assert errors.answer(exhausted, retry_after_s=1).status == 503
+    limited = GatewayError(errors.RATE_LIMITED, "slow down", retry_after_s=7)
+    answer = errors.answer(limited, retry_after_s=1)
+    assert (answer.status, answer.headers) == (429, {"Retry-After": "7"})
+    assert errors.answer(GatewayError(errors.INVALID_API_KEY, "no key"), retry_after_s=1).headers == {
+        "WWW-Authenticate": "Bearer"
+    }
+
+
+def test_api_keys_file_lines_and_their_limits() -> None:
+    keys = parse_api_keys("# comment\n\nalpha\nbeta rate_limit_per_s=0.5 rate_limit_burst=2  # slow\n", source="f")
+    assert keys == [ApiKey("alpha"), ApiKey("beta", 0.5, 2)]
+    assert find_key(keys, "beta") is keys[1]
+    assert find_key(keys, "gamma") is None
+    assert "beta" not in repr(keys[1]) and keys[1].key_id.startswith("key-")
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ("alpha burst=2", "line 1: expected KEY"),
+        ("alpha rate_limit_per_s=fast", "line 1: could not convert"),
+        ("alpha rate_limit_per_s=0", "rate_limit_per_s must be a positive number"),
+        ("alpha rate_limit_burst=0", "rate_limit_burst must be at least 1"),
+    ],
+)
+def test_malformed_api_key_lines_are_refused_without_showing_the_key(line: str, said: str) -> None:
+    with pytest.raises(SettingsError, match=said) as caught:
+        parse_api_keys(line, source="keys")
+    assert "alpha" not in str(caught.value)
+
+
+def test_token_bucket_allows_a_burst_then_refills_at_its_rate() -> None:
+    now = [100.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    take = lambda caller: limiter.take(caller, rate_per_s=2.0, burst=3)  # noqa: E731
+    assert [take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert take("a") == pytest.approx(0.5)  # empty: one token takes 1/rate
+    assert take("b") == 0.0  # each caller has its own bucket
+    now[0] += 0.5
+    assert take("a") == 0.0
+    now[0] += 10  # never more than the burst
+    assert [take("a") for _ in range(4)][-1] > 0
+
+
+def test_settings_from_a_config_file_and_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[[models]]\nname = "sdxl_stable_diffusion"\naliases = ["sdxl"]\n[[models]]\nname = "stable_diffusion"\n'
+        "[limits]\nmax_body_bytes = 100\nrate_limit_per_s = 0.5\ntimeout_s = 30\n"
+        '[cors]\nallow_origins = ["http://a.test"]\n'
+    )
+    settings = load_settings(
+        triton_url="grpc://127.0.0.1:8001",
+        data_dir=tmp_path,
+        config_file=config,
+        environment={"SDTRITON_API_KEYS": "k1,k2"},
+    )
+    assert [model.name for model in settings.models] == ["sdxl_stable_diffusion", "stable_diffusion"]
+    assert settings.models[0].aliases == ("sdxl",)
+    assert settings.limits == Limits(max_body_bytes=100, rate_limit_per_s=0.5, timeout_s=30)
+    assert [key.key for key in settings.api_keys] == ["k1", "k2"]
+    assert settings.cors_origins == ("http://a.test",)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("[limit]\n", "unknown table"),
+        ("[limits]\nmax_body_byte = 1\n", "unknown key"),
+        ("[limits]\nrate_limit_burst = 1.5\n", "must be an integer"),
+        ("[limits]\ntimeout_s = -1\n", "timeout_s must be a positive number"),
+        ("[[models]]\naliases = []\n", "needs a name"),
+        ('[[models]]\nname = "a"\naliases = ["b"]\n[[models]]\nname = "b"\n', "repeated: b"),
+        ('[cors]\nallow_origins = "*"\n', "cors.allow_origins must be an array"),
+        ("models = [", "not valid TOML"),
+    ],
+)
+def test_malformed_config_files_are_refused_naming_the_key(tmp_path: Path, text: str, said: str) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(text)
+    with pytest.raises(SettingsError, match=said):
+        load_settings(triton_url="grpc://127.0.0.1:8001", data_dir=tmp_path, config_file=config, environment={})
+
+
+def test_the_triton_url_must_be_grpc(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="streams over gRPC"):
+        load_settings(triton_url="http://127.0.0.1:8000", data_dir=tmp_path, environment={})
+
+
+def test_without_keys_only_a_loopback_host_is_served() -> None:
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        check_exposure(host, [])
+    for host in ("0.0.0.0", "10.0.0.1", "::", "gateway.example.com"):
+        with pytest.raises(SettingsError, match="without API keys"):
+            check_exposure(host, [])
+        check_exposure(host, [ApiKey("k")])
+
+
+def test_the_command_refuses_to_listen_openly_without_keys(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", "grpc://127.0.0.1:1", "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "HOME": str(tmp_path)},
+    )
+    assert done.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without API keys" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("size", "512", "must be WIDTHxHEIGHT"),
+        ("size", "0x64", "must be WIDTHxHEIGHT"),
+        ("size", "123456x64", "must be WIDTHxHEIGHT"),
+        ("n", 0, "greater than or equal to 1"),
+        ("seed", interface.MAX_SEED + 1, "less than or equal to"),
+        ("seed", -1, "greater than or equal to 0"),
+        ("output_format", "gif", "'png', 'jpeg' or 'webp'"),
+        ("refiner_fraction", 1.0, "less than 1"),
+    ],
+)
+def test_request_body_checks_name_the_field(field: str, value: object, said: str) -> None:
+    with pytest.raises(ValidationError, match=said) as caught:
+        ImageGenerationRequest.model_validate({"prompt": "p", field: value})
+    assert caught.value.errors()[0]["loc"] == (field,)
+
+
+def test_a_body_becomes_the_backends_request() -> None:
+    body = ImageGenerationRequest(prompt="p", n=3, size="64x48", seed=interface.MAX_SEED, scheduler="ddim")
+    request = body.generation(model="stable_diffusion", preview_every=2)
+    assert request == GenerationRequest(
+        prompt="p", n=3, model="stable_diffusion", seed=interface.MAX_SEED, width=64, height=48, scheduler="ddim",
+        preview_every=2,
+    )  # fmt: skip
+    assert request.item_seeds() == [interface.MAX_SEED, 0, 1]  # image i: seed + i, wrapped
+    assert ImageGenerationRequest(prompt="p", size="auto").width_height() == (None, None)
+    drawn = GenerationRequest(prompt="p", n=2).with_fixed_seed()
+    assert drawn.seed is not None and drawn.with_fixed_seed() == drawn
+
+
+def _settings(tmp_path: Path, **changes) -> GatewaySettings:
+    return GatewaySettings(triton_url=f"grpc://127.0.0.1:{free_port()}", data_dir=tmp_path, **changes)
+
+
+def test_openapi_document_is_the_committed_one(tmp_path: Path) -> None:
+    document = create_app(_settings(tmp_path)).openapi()
+    committed = json.loads(OPENAPI.read_text())
+    assert document == committed, (
+        "docs/openapi.json differs from the app's document: regenerate it with "
+        "`sdtriton gateway --write-openapi docs/openapi.json`"
+    )
+
+
+def test_without_triton_the_app_is_alive_not_ready_and_answers_503(tmp_path: Path) -> None:
+    with TestClient(create_app(_settings(tmp_path))) as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        ready = http.get("/readyz")
+        assert (ready.status_code, ready.json()["ready"], ready.json()["triton"]) == (503, False, False)
+        answer = http.post("/v1/images/generations", json={"prompt": "p"})
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "triton_unavailable"
+        assert answer.headers["retry-after"] == "1"
+
+
+def test_malformed_bodies_and_routes_answer_in_openai_shape(tmp_path: Path) -> None:
+    with TestClient(create_app(_settings(tmp_path, limits=Limits(max_body_bytes=50)))) as http:
+        missing = http.post("/v1/images/generations", json={"n": 2})
+        assert missing.status_code == 400
+        assert missing.json()["error"] == {
+            "message": "prompt: Field required",
+            "type": "invalid_request_error",
+            "param": "prompt",
+            "code": "invalid_value",
+        }
+        not_json = http.post("/v1/images/generations", content=b"{", headers={"Content-Type": "application/json"})
+        assert not_json.status_code == 400 and not_json.json()["error"]["param"] is None
+        too_large = http.post("/v1/images/generations", json={"prompt": "x" * 50})
+        assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "request_too_large"
+        wrong_method = http.put("/v1/images/generations")
+        assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "method_not_allowed"
+        assert http.get("/v1/images/..%2Fsecret").status_code == 404
+        assert http.get("/v1/images/" + "A" * 22).json()["error"]["param"] == "image_id"
+        assert http.get("/v1/nothing").status_code == 404
+        metrics = http.get("/metrics").text
+        for method, route, status in (
+            ("POST", "/v1/images/generations", 413),
+            ("GET", "/v1/images/{image_id}", 404),
+            ("GET", "unmatched", 404),  # /v1/nothing, and the decoded path with a slash
+        ):
+            labels = f'method="{method}",route="{route}",status="{status}"'
+            assert f"sdtriton_gateway_requests_total{{{labels}}}" in metrics
