@@ -142,6 +142,7 @@ class _Running:
     total: int = 0
     cancel_requested: bool = False
     lost: bool = False
+    ended: bool = False
 
     @property
     def job_id(self) -> str:
@@ -302,10 +303,7 @@ class JobManager:
             yield event
             seen = _Seen.of(event)
             while True:
-                try:
-                    local = await asyncio.wait_for(queue.get(), self.poll_s)
-                except TimeoutError:
-                    local = None
+                local = await _within(queue.get(), self.poll_s)
                 if local is not None and local.kind != "final":
                     if seen.is_new(local):
                         yield local
@@ -333,19 +331,31 @@ class JobManager:
     async def _work(self) -> None:
         while not self._stopping:
             try:
-                claim = await asyncio.to_thread(
-                    self.store.claim, self.owner_id, lease_s=self.lease_s, max_attempts=self.max_attempts
-                )
+                claim = await self._claim()
             except Exception:
                 logger.exception("claiming a job failed; trying again in %.1f s", self.poll_s)
                 await asyncio.sleep(self.poll_s)
                 continue
             if claim is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                await _within(self._wake.wait(), self.poll_s)
                 self._wake.clear()
                 continue
             await self._run_claim(claim)
+
+    async def _claim(self) -> Claim | None:
+        """The next job for this gateway. A claim made as the worker is cancelled is handed back at once, not left
+        to wait out its lease."""
+        claiming = asyncio.ensure_future(
+            asyncio.to_thread(self.store.claim, self.owner_id, lease_s=self.lease_s, max_attempts=self.max_attempts)
+        )
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                claim = await claiming
+                if claim is not None:
+                    await self._hand_back(_Running(claim))
+            raise
 
     async def _run_claim(self, claim: Claim) -> None:
         """Runs one claimed job to its one end: finished in the store, handed back to the queue (the manager
@@ -376,6 +386,7 @@ class JobManager:
                 logger.exception("job %s failed", job.id)
                 status, error = FAILED, dict(self._describe_error(e))
         finally:
+            running.ended = True
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
@@ -433,10 +444,9 @@ class JobManager:
         claim = running.claim
         interval_s = min(self.lease_s / 3, self.poll_s)
         loop = asyncio.get_running_loop()
-        while True:
+        while not running.ended:
             last = loop.time()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(running.progressed.wait(), interval_s)
+            await _within(running.progressed.wait(), interval_s)
             spacing_s = self.progress_interval_s - (loop.time() - last)
             if spacing_s > 0:
                 await asyncio.sleep(spacing_s)
@@ -498,6 +508,19 @@ class JobManager:
             queue_position=position,
             job=job,
         )
+
+
+async def _within(awaitable: Awaitable[Any], timeout_s: float) -> Any:
+    """``awaitable``'s result, or None when it is not done within ``timeout_s`` (then it is cancelled). Not
+    ``asyncio.wait_for``: Python 3.11's swallows a cancel of the caller that comes as the awaitable completes
+    (seen here: a lease keeper that ignored its cancel and held its worker for ever)."""
+    future = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait([future], timeout=timeout_s)
+    finally:
+        if not future.done():
+            future.cancel()
+    return future.result() if done else None
 
 
 def _final_event(job: Job) -> JobEvent:

@@ -84,11 +84,12 @@ end
 """
 
 # ARGV[4] id, [5] idempotency key or '', [6] the scope's recent index, [7] sweep count, [8..] field, value pairs.
+# Returns {existing id} for a known idempotency key, else {id, the new job's fields}.
 _CREATE = """
 local idem = ARGV[5]
 if idem ~= '' then
   local existing = redis.call('GET', idem)
-  if existing and redis.call('EXISTS', jkey(existing)) == 1 then return existing end
+  if existing and redis.call('EXISTS', jkey(existing)) == 1 then return {existing} end
 end
 local id = ARGV[4]
 local seq = redis.call('INCR', prefix .. 'seq')
@@ -106,7 +107,7 @@ for _, index in ipairs({prefix .. 'recent', ARGV[6]}) do
   end
   redis.call('ZADD', index, seq, id)
 end
-return id
+return {id, redis.call('HGETALL', jkey(id))}
 """
 
 # ARGV[4] owner, [5] token, [6] lease expiry, [7] max attempts, [8] cancelled error, [9] interrupted error.
@@ -274,11 +275,15 @@ class RedisJobStore:
             digest = hashlib.sha256(json.dumps([scope, idempotency_key]).encode()).hexdigest()
             idempotency_ref = f"{self.prefix}idem:{digest}"
         pairs = [item for pair in fields.items() for item in pair]
-        got = self._run("create", job_id, idempotency_ref, self._recent_key(scope), _INDEX_SWEEP, *pairs).decode()
-        job = self.get(got)
-        if job is None:
-            raise JobStoreError(f"job {got} vanished as it was created")
-        return Submitted(job, created=got == job_id)
+        got = self._run("create", job_id, idempotency_ref, self._recent_key(scope), _INDEX_SWEEP, *pairs)
+        if len(got) == 1:  # an idempotent resubmit: the first job
+            job = self.get(got[0].decode())
+            if job is None:
+                raise JobStoreError(f"job {got[0].decode()} expired as it was resubmitted")
+            return Submitted(job, created=False)
+        flat = got[1]
+        # The new job as the script left it: read after it, a worker of another replica may have claimed it.
+        return Submitted(_job(dict(zip(flat[::2], flat[1::2], strict=True)), []), created=True)
 
     def get(self, job_id: str) -> Job | None:
         with self._redis.pipeline(transaction=True) as pipeline:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,13 @@ from sdtriton.gateway.sqlite_store import SqliteJobStore
 from sdtriton.gateway.store import SUCCEEDED, GeneratedImage, JobStore
 
 WRITE_IMAGE_BYTES = 256 * 1024
+
+
+def new_spec(kind: str, folder: Path, redis_url: str | None) -> str:
+    """A fresh store's spec: its own SQLite file in ``folder``, or its own key prefix in the Redis at ``redis_url``."""
+    if kind == "sqlite":
+        return f"sqlite:{folder / 'jobs.sqlite3'}"
+    return f"redis:{redis_url}|test-{uuid.uuid4().hex[:12]}:"
 
 
 def open_spec(spec: str, *, result_ttl_s: float | None = None) -> JobStore:
