@@ -6,7 +6,7 @@ call :meth:`JobManager.submit`, :meth:`~JobManager.get`, :meth:`~JobManager.canc
 gateway's or another replica's submits alike) and run each through the injected ``run``::
 
     async def run(request: dict, on_progress, cancelled: asyncio.Event) -> list[tuple[bytes, str, int]]:
-        ...  # on_progress(step, total, preview=None, preview_format="png") after each step;
+        ...  # on_progress(step, total, preview=None, preview_format="png") after each step, on the loop's thread;
         ...  # stop (raise) soon after `cancelled` is set; return each image's (bytes, format, seed)
 
 While a job runs, its worker renews the claim's lease (every ``min(lease_s / 3, poll_s)``, and with the progress
@@ -384,7 +384,7 @@ class JobManager:
                 hand_back = True
             elif not running.lost:
                 logger.exception("job %s failed", job.id)
-                status, error = FAILED, dict(self._describe_error(e))
+                status, error = FAILED, self._error_body(e)
         finally:
             running.ended = True
             keeper.cancel()
@@ -399,6 +399,13 @@ class JobManager:
             await self._finish(running, status=status, images=images, error=error)
         if interrupted and not self._stopping:
             raise asyncio.CancelledError
+
+    def _error_body(self, error: Exception) -> dict[str, Any]:
+        try:
+            return dict(self._describe_error(error))
+        except Exception:
+            logger.exception("describing the error of a job failed")
+            return default_error(error)
 
     async def _finish(
         self, running: _Running, *, status: str, images: Sequence[GeneratedImage], error: Mapping[str, Any] | None
