@@ -75,6 +75,20 @@ def shapes_server(shapes_repository: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real redis-server on a free loopback port with its own temporary folder (tests/redis_server.py)."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    ready_s = server.start()
+    logger.info("redis-server ready after %.2f s at %s", ready_s, server.url)
+    try:
+        yield server
+    finally:
+        logger.info("redis-server stopped with exit code %s", server.stop())
+
+
+@pytest.fixture(scope="session")
 def http_url(triton_server) -> str:
     return triton_server.address.http_url
 
