@@ -5,7 +5,7 @@ OpenAI's images API (``POST /v1/images/generations``) over gRPC streams to each 
 Modules: :mod:`~sdtriton.gateway.app` (the app and its routes), :mod:`~sdtriton.gateway.schema` (bodies),
 :mod:`~sdtriton.gateway.backend` (the Triton side), :mod:`~sdtriton.gateway.errors` (failures to HTTP),
 :mod:`~sdtriton.gateway.settings`, :mod:`~sdtriton.gateway.access` (keys, rate limits),
-:mod:`~sdtriton.gateway.images`, :mod:`~sdtriton.gateway.metrics`, :mod:`~sdtriton.gateway.runner` (a job's run)
+:mod:`~sdtriton.gateway.images`, :mod:`~sdtriton.gateway.metrics`, :mod:`~sdtriton.gateway.runner` (a job's run),
 the durable jobs (:mod:`~sdtriton.gateway.jobs`, :mod:`~sdtriton.gateway.store`,
 :mod:`~sdtriton.gateway.sqlite_store`, :mod:`~sdtriton.gateway.redis_store`, :mod:`~sdtriton.gateway.webhooks`)
 and :mod:`~sdtriton.gateway.command`.
