@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import FluxPipeline
 
 from sdtriton.components import REFINER_UNET_MODEL_NAME, T5_MODEL_NAME, TRANSFORMER_MODEL_NAME, UNET_MODEL_NAME
 from sdtriton.pipeline_config import FLUX_ID_AXES, FLUX_PACKING, FluxConfig, PipelineConfig, Sd3Config, SdxlConfig
@@ -204,6 +203,9 @@ def _flux_stage(
     rows, device = states.shape[0], states.device
     side = config.vae_scale_factor * FLUX_PACKING
     # [seq, 3] for the whole call; each image's rows carry it on the batch axis of the spec (the wrapper reads row 0).
+    # Imported here: FluxPipeline's module imports transformers (about 4 s of every SD server's start otherwise).
+    from diffusers import FluxPipeline
+
     img_ids = FluxPipeline._prepare_latent_image_ids(
         rows, image.params.height // side, image.params.width // side, device, torch.float32
     )

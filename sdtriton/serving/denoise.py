@@ -22,7 +22,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from diffusers import FluxPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from sdtriton.components import SKIP_LAYERS_INPUT, text_encoders_of
@@ -173,6 +172,8 @@ class ImageDenoiser:
         # randn_tensor draws on the generator's device (the CPU) and moves the result, as diffusers does.
         latents = randn_tensor(shape, generator=self.generator, device=self.device, dtype=torch.float32)
         if config.flux is not None:
+            from diffusers import FluxPipeline  # here: its module imports transformers (seconds of an SD start)
+
             # FluxPipeline.prepare_latents: drawn [1, C, h, w], then packed in 2x2 patches, [1, hw/4, 4C].
             latents = FluxPipeline._pack_latents(latents, *shape)
         # StableDiffusion3Pipeline and FluxPipeline do not scale them (flow matching starts at unit noise).
@@ -281,6 +282,8 @@ class ImageDenoiser:
         """Latents as the loop holds them -> [1, C, h, w] (FLUX's unpacked by ``FluxPipeline._unpack_latents``)."""
         if self.config.flux is None:
             return latents
+        from diffusers import FluxPipeline
+
         params = self.params
         return FluxPipeline._unpack_latents(latents, params.height, params.width, self.config.vae_scale_factor)
 
