@@ -23,8 +23,6 @@ from sdtriton.perf.model import (
     SIMULATED,
     EngineResult,
     GoalRow,
-    InProcessRun,
-    Latencies,
     Load,
     LoadPoint,
     Outcome,
@@ -108,7 +106,7 @@ def _path_rows(result: PerfResult) -> Iterable[list[object]]:
     for name, timing in series:
         values = (timing.median_ms, timing.min_ms, timing.max_ms)
         latencies = " ".join(f"{value:.3f}" for value in timing.latencies_ms)
-        yield [name, timing.num_inference_steps, len(timing.latencies_ms), *(f"{v:.3f}" for v in values), latencies]
+        yield [name, timing.steps, len(timing.latencies_ms), *(f"{v:.3f}" for v in values), latencies]
 
 
 def _load_row(
@@ -120,7 +118,7 @@ def _load_row(
     *,
     failed: int | str = "",
     duration_s: float | None = None,
-    latencies: Latencies | None = None,
+    latencies: Load | None = None,
 ) -> list[object]:
     """A row of the engine's load CSV; ``simulated`` marks the stand-in UNet's section."""
     percentiles = [_f(None if latencies is None else getattr(latencies, f"{name}_ms")) for name in _PERCENTILES]
@@ -133,8 +131,8 @@ def _level_row(section: str, level: Load) -> list[object]:
     return _load_row(section, level.variant, *counts, failed=level.failed, duration_s=level.duration_s, latencies=level)
 
 
-def _in_process_row(section: str, variant: str, run: InProcessRun) -> list[object]:
-    return _load_row(section, variant, run.concurrency, run.requests, run.images_per_s, duration_s=run.elapsed_s)
+def _in_process_row(section: str, variant: str, run: Load) -> list[object]:
+    return _load_row(section, variant, run.concurrency, run.completed, run.images_per_s, duration_s=run.duration_s)
 
 
 def engine_load_rows(result: EngineResult) -> list[list[object]]:
@@ -342,7 +340,7 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
         rows.append((name, f"{point.p50_ms:.1f}", "", f"p99 {point.p99_ms:.1f}", point.request_count))
     source = "perf_analyzer p50 at concurrency 1" if point is not None else "the client's median"
     slope, loop_slope, stats = result.triton_slope, result.onnx_loop_slope, result.slope_unet_stats
-    low, high = slope.low.num_inference_steps, slope.high.num_inference_steps
+    low, high = slope.low.steps, slope.high.steps
     if result.bls_round_trip is None:
         probe = "The identity-UNet probe did not run (see below), so the BLS goal is not judged."
     else:
@@ -437,7 +435,7 @@ def _ceiling_lines(result: EngineResult) -> list[str]:
     rows = [
         ("plain loop (`generate_image`, one image at a time; median)", 1, *plain_cells, len(plain.latencies_ms)),
         ("Triton", 1, *_level_cells(one), len(one.records)),
-        ("in-process engine (ceiling)", run.concurrency, f"{run.images_per_s:.2f}", "", "", run.requests),
+        ("in-process engine (ceiling)", run.concurrency, f"{run.images_per_s:.2f}", "", "", run.completed),
         ("Triton", served.concurrency, *_level_cells(served), len(served.records)),
     ]
     return [

@@ -17,6 +17,7 @@ in the summary, as are failed requests and a server that died.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -26,8 +27,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, closing, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,15 +35,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sdtriton import interface
-from sdtriton.client import SdTritonError
+from sdtriton.client import SdTritonError, StableDiffusionClient
 from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
 from sdtriton.perf import load, model, paths, report, repositories
-from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, InProcessRun, Load, Run
+from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, Load, Run
 from sdtriton.perf.profiles import (
-    DEFAULT_PERF_DIR,
     INPUT_DATA_DIR_NAME,
-    EngineProfile,
     LoadMode,
+    PerfOptions,
     Profile,
     Scenario,
     load_profiles,
@@ -56,7 +55,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_DIR = Path("outputs/perf")
 BUILTIN_PROFILE = "shapes"
-FALLBACK_PROFILE = "tiny"
 _STATS_MODELS = (
     interface.ENTRY_MODEL_NAME,
     interface.PIPELINE_MODEL_NAME,
@@ -78,51 +76,11 @@ _TIMEOUT_FACTOR = 10.0
 _MIN_TIMEOUT_S = 60.0
 
 
-@dataclass(frozen=True)
-class PerfOptions:
-    """Options of ``sdtriton perf``.
-
-    Attributes:
-        profile: a profile of ``perf/scenarios.json``: ``shapes`` (the default model), ``tiny`` (its stand-in
-            until the trained weights land), ``sd15`` (the heavy one), ``engine`` (the diffusion engine's
-            ceiling, batching, fairness, refusals and scaling on the default model; ``perf_analyzer`` unused),
-            ``transformer`` (the engine's ceiling on a tiny SD 3.5, ``make-tiny --family sd35``).
-        output_dir: where the CSV files, plot, summary and logs go.
-        perf_dir: the folder holding ``scenarios.json`` and ``input_data/``.
-        model_dir: a diffusers pipeline folder of the profile's model; made with ``make-tiny`` there if it
-            has none (make-tiny profiles). Default: made in the work folder, or the built-in model's.
-        repository: a model repository of that model; exported from ``model_dir`` if it has no models.
-            Default: exported into the work folder.
-        work_dir: where a made model and an exported repository go; default: a temporary folder deleted at
-            the end (the heavy profile's are about 4 GB each).
-        perf_analyzer: the binary; default: ``$PERF_ANALYZER``, ``tools/perf_analyzer``, or PATH.
-        tritonserver: a tritonserver binary (e.g. the NGC container's); default: the pip wheel's.
-        skip_diffusers: leave out baseline (a), e.g. when ``model_dir`` is unavailable on a serving host.
-        gpu: run baselines (a) and (b) on the GPU, for a repository exported with ``--gpu`` (not run on
-            this project's CPU machine).
-        time_limit_s: overrides the profile's.
-        show_progress: progress bars over the loads.
-    """
-
-    profile: str = FALLBACK_PROFILE
-    output_dir: Path = DEFAULT_OUTPUT_DIR
-    perf_dir: Path = DEFAULT_PERF_DIR
-    model_dir: Path | None = None
-    repository: Path | None = None
-    work_dir: Path | None = None
-    perf_analyzer: Path | None = None
-    tritonserver: Path | None = None
-    skip_diffusers: bool = False
-    gpu: bool = False
-    time_limit_s: float | None = None
-    show_progress: bool = True
-
-
 def default_profile() -> str:
     """``shapes``, the default model, once its trained weights are in the package; ``tiny`` until then."""
     from sdtriton.shapes.builtin import WEIGHTS_DIR
 
-    return BUILTIN_PROFILE if (WEIGHTS_DIR / "model_index.json").is_file() else FALLBACK_PROFILE
+    return BUILTIN_PROFILE if (WEIGHTS_DIR / "model_index.json").is_file() else "tiny"
 
 
 def _cpu_times() -> tuple[float, float] | None:
@@ -156,7 +114,7 @@ def _in_turns(total: int, turns: int) -> int:
 class PerfRun:
     """One run of a profile: its options, base request, time limit, what was skipped, and its servers."""
 
-    def __init__(self, options: PerfOptions, profile: Profile | EngineProfile) -> None:
+    def __init__(self, options: PerfOptions, profile: Profile) -> None:
         self.options, self.profile = options, profile
         self.load_before = os.getloadavg()
         self.started_utc = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -195,10 +153,9 @@ class PerfRun:
             logger.info("%s: tritonserver ready after %.1f s (log: %s)", log_name, server.wait_ready(), log_path)
             with urllib.request.urlopen(f"{address.http_url}/v2", timeout=10) as response:
                 self.server_version = str(json.load(response).get("version", "unknown"))
-            with closing(paths.TritonPath(address.grpc_url)) as triton:
-                send = triton.runner(self.request)
+            with StableDiffusionClient(address.grpc_url) as client:
                 for _ in range(warmup_requests):
-                    send()
+                    client.generate(self.request.prompt, **self.request.client_parameters())
             yield server
         except SdTritonError as error:
             self.skipped.append(f"{log_name}: FAILED: {error}")
@@ -233,6 +190,10 @@ class PerfRun:
 
 def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
     """Runs a profile end to end; returns its result and the written files (CSVs, plot, summary) by kind."""
+    profile_name = options.profile or default_profile()
+    options = dataclasses.replace(
+        options, profile=profile_name, output_dir=options.output_dir or DEFAULT_OUTPUT_DIR / profile_name
+    )
     available = load_profiles(options.perf_dir)
     if options.profile not in available:
         raise ValueError(f"no profile {options.profile!r} in {options.perf_dir}; have {', '.join(available)}")
@@ -253,7 +214,7 @@ def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
         repository = repositories.ensure_repository(
             repository, model_dir, show_progress=options.show_progress, work_dir=work_dir
         )
-        if isinstance(profile, EngineProfile):
+        if profile.engine:
             result: Run = _Engine(run, profile, repository, work_dir).measure()
         else:
             result = _perf_analyzer_profile(run, profile, model_dir, repository, work_dir)
@@ -273,9 +234,10 @@ def _max_difference(first: np.ndarray, second: np.ndarray) -> int | None:
 def _perf_analyzer_profile(run: PerfRun, profile: Profile, model_dir: Path, repository: Path, work_dir: Path):
     """The three paths at concurrency 1, perf_analyzer's scenarios, and the identity-UNet probe."""
     spec, request, options = profile.baseline, run.request, run.options
+    steps = request.num_inference_steps
     binary = load.find_perf_analyzer(options.perf_analyzer)
     timed = {"runs": spec.runs, "warmup_runs": spec.warmup_runs, "gpu": options.gpu}
-    slope = {"steps": spec.slope_steps, "runs": spec.slope_runs}
+    slope = {"path": paths.TRITON, "steps": spec.slope_steps, "runs": spec.slope_runs}
     diffusers, diffusers_image = None, None
     if not options.skip_diffusers:
         diffusers, diffusers_image = paths.time_diffusers(model_dir, request, **timed)
@@ -284,12 +246,12 @@ def _perf_analyzer_profile(run: PerfRun, profile: Profile, model_dir: Path, repo
     gc.collect()
     with run.server(repository, "tritonserver", warmup_requests=spec.warmup_runs) as server:
         http_url = server.address.http_url
-        with closing(paths.TritonPath(server.address.grpc_url)) as triton:
-            before = _stats(http_url)
-            client, triton_image = triton.time(request, runs=spec.runs)
+        with StableDiffusionClient(server.address.grpc_url) as triton:
+            send, before = paths.client_runner(triton), _stats(http_url)
+            client, triton_image = paths.timed_runs(send(request), path=paths.TRITON, steps=steps, runs=spec.runs)
             breakdown = {name: stats.minus(before[name]) for name, stats in _stats(http_url).items()}
             before_slope = model.ModelStats.fetch(http_url, UNET.model_name)
-            triton_slope = triton.slope(request, **slope)
+            triton_slope = paths.time_slope(send, request, **slope)
             slope_unet_stats = model.ModelStats.fetch(http_url, UNET.model_name).minus(before_slope)
         points = _run_scenarios(run, profile, server, binary, single_request_s=client.median_ms / 1000.0)
     probe = (None, None)
@@ -309,8 +271,8 @@ def _perf_analyzer_profile(run: PerfRun, profile: Profile, model_dir: Path, repo
         )
         gc.collect()
         with run.server(probe_repository, "tritonserver_identity_unet", warmup_requests=1) as server:
-            with closing(paths.TritonPath(server.address.grpc_url)) as triton:
-                probe = probe_loop.slope, triton.slope(request, **slope)
+            with StableDiffusionClient(server.address.grpc_url) as triton:
+                probe = probe_loop.slope, paths.time_slope(paths.client_runner(triton), request, **slope)
     differences = {"onnx_loop vs triton": _max_difference(loop.image, triton_image)}
     if diffusers_image is not None:
         differences["diffusers vs onnx_loop"] = _max_difference(diffusers_image, loop.image)
@@ -413,7 +375,7 @@ def _run_scenarios(
 class _Engine:
     """The engine profile's sections over one run; each returns None (and says why) when it could not measure."""
 
-    def __init__(self, run: PerfRun, profile: EngineProfile, repository: Path, work_dir: Path) -> None:
+    def __init__(self, run: PerfRun, profile: Profile, repository: Path, work_dir: Path) -> None:
         self.run, self.profile, self.request = run, profile, run.request
         self.show = run.options.show_progress
         self.repository, self.variants = repository, work_dir / "engine_variants"
@@ -438,7 +400,7 @@ class _Engine:
             self.served, limits=self.limits, request=self.request, concurrency=concurrency, requests=requests, **options
         )
 
-    def plain_loop(self, *, runs: int, warmup_runs: int = 0) -> model.PathTiming:
+    def plain_loop(self, *, runs: int, warmup_runs: int = 0) -> Load:
         run, steps = self.served.plain_loop()(self.request), self.request.num_inference_steps
         return paths.timed_runs(run, path=paths.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)[0]
 
@@ -508,7 +470,7 @@ class _Engine:
         for turn in range(spec.turns):
             in_process.append(self.in_process(spec.concurrency, per_turn, f"ceiling turn {turn + 1}: in-process"))
             served.append(self.load(server, CEILING_SERVED, spec.concurrency, per_turn))
-            plain += self.plain_loop(runs=plain_per_turn).latencies_ms
+            plain.append(self.plain_loop(runs=plain_per_turn))
             served_one.append(self.load(server, CEILING_SERVED, 1, plain_per_turn))
             if served[-1].completed:
                 turn_ratios.append(served[-1].images_per_s / in_process[-1].images_per_s)
@@ -516,9 +478,8 @@ class _Engine:
         if not served_level.completed or not served_one_level.completed:
             self.run.skipped.append("ceiling: the server completed no request at one of its concurrencies")
             return None
-        plain_loop = model.PathTiming(paths.ONNX_LOOP, self.request.num_inference_steps, tuple(plain))
-        in_process_run = InProcessRun.merged(in_process)
-        result = model.CeilingResult(in_process_run, served_level, plain_loop, served_one_level, tuple(turn_ratios))
+        merged = (Load.merged(in_process), served_level, Load.merged(plain), served_one_level)
+        result = model.CeilingResult(*merged, tuple(turn_ratios))
         ratios = (result.served_over_ceiling, result.one_over_plain_loop)
         logger.info("ceiling: served/in-process %.3fx, c1 served/plain loop %.3fx", *ratios)
         return result
@@ -576,7 +537,7 @@ class _Engine:
     def simulated(self, server: TritonServer, spec) -> model.SimulatedResult | None:
         """In turns: the non-UNet parts in-process, then the simulated server, at the lowest and highest level."""
         low_c, high_c = spec.levels[0], spec.levels[-1]
-        in_process: dict[int, list[InProcessRun]] = {low_c: [], high_c: []}
+        in_process: dict[int, list[Load]] = {low_c: [], high_c: []}
         parts: dict[int, list[Load]] = {level: [] for level in spec.levels}
         for _ in range(spec.turns):
             for concurrency in spec.levels:
@@ -592,8 +553,8 @@ class _Engine:
         if {low_c, high_c} - {point.concurrency for point in points}:
             self.run.skipped.append(f"{SIMULATED} accelerator: c={low_c} or c={high_c} completed no request")
             return None
-        low, high = InProcessRun.merged(in_process[low_c]), InProcessRun.merged(in_process[high_c])
-        rows_per_image, calls_per_image = round(low.unet_rows / low.unet_calls), low.unet_calls / low.requests
+        low, high = Load.merged(in_process[low_c]), Load.merged(in_process[high_c])
+        rows_per_image, calls_per_image = round(low.unet_rows / low.unet_calls), low.unet_calls / low.completed
         result = model.SimulatedResult(spec.latency, rows_per_image, calls_per_image, points, low, high)
         measured, share = result.measured_ratio, 100 * result.share_of_allowed
         logger.info("SIMULATED %s: measured %.2fx, %.1f%% of the allowed", spec.latency, measured, share)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton.perf.model import LoadPoint, MachineInfo, ModelStats, NetworkTimes, PathTiming, PerfResult, StepSlope
+from sdtriton.perf.model import Load, LoadPoint, MachineInfo, ModelStats, NetworkTimes, PerfResult, StepSlope
 from sdtriton.perf.profiles import LoadMode, Protocol, Scenario
 from sdtriton.perf.report import headline, summary_markdown, write_reports
 from sdtriton.perf.workload import fixed_requests
@@ -60,8 +60,8 @@ def test_stats_differences_per_request() -> None:
         after.minus(_stats("pipeline", requests=1, server_ms=1))
 
 
-def _timing(path: str, steps: int, *latencies: float) -> PathTiming:
-    return PathTiming(path=path, num_inference_steps=steps, latencies_ms=latencies)
+def _timing(path: str, steps: int, *latencies: float) -> Load:
+    return Load.timed(path, steps, latencies)
 
 
 SCENARIOS = (
