@@ -21,6 +21,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -304,9 +305,9 @@ _SECTIONS = {
 }
 
 
-def _positive(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{where}: must be an integer >= 1, got {value!r}")
+def _positive(value: Any, where: str, *, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{where}: must be an integer >= {least}, got {value!r}")
     return value
 
 
@@ -335,10 +336,11 @@ _SCENARIO_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "duration_s": lambda value, _: float(value),
     "rate_reference": lambda value, _: str(value),
 }
+# Warm-up counts may be 0 (no warm-up); every other count is at least 1.
 _ENGINE_FIELDS = {
     "levels": _increasing,
     "latency": _latency,
-    "warmup_bursts": lambda v, w: v if v == 0 else _positive(v, w),
+    **dict.fromkeys(("warmup_bursts", "warmup_requests", "plain_loop_warmup_runs"), partial(_positive, least=0)),
 }
 _BASELINE_FIELDS = {
     "input_data": lambda value, _: str(value),

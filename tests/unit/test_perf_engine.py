@@ -329,6 +329,11 @@ def test_engine_profile_defaults_and_document() -> None:
     profile = _engine_profile(_profile(burst={}, simulated={"latency": "5ms + 0.5ms"}))
     assert profile.burst == BurstSpec()
     assert _engine_profile(_profile(burst={"warmup_bursts": 0})).burst == BurstSpec(warmup_bursts=0)
+    # Warm-ups may be left out (0); the runner then runs none.
+    ceiling = _engine_profile(_profile(ceiling={"warmup_requests": 0, "plain_loop_warmup_runs": 0})).ceiling
+    assert ceiling is not None and (ceiling.warmup_requests, ceiling.plain_loop_warmup_runs) == (0, 0)
+    with pytest.raises(ValueError, match=r"ceiling.warmup_requests: must be an integer >= 0"):
+        _engine_profile(_profile(ceiling={"warmup_requests": -1}))
     assert profile.simulated is not None and profile.simulated.latency == SimulatedLatency(5.0, 0.5)
     assert profile.ceiling is None and profile.sweep is None and profile.mixed is None
     assert profile.engine
