@@ -39,7 +39,12 @@ GOAL_SHORT_P99_OVER_SHORT_ONLY = 2.0  # short requests' p99 beside long ones ove
 GOAL_REFUSAL_MS = 50.0  # every refused request of a burst answered within: under
 GOAL_SIMULATED_SHARE_OF_ALLOWED = 0.90  # simulated c_high/c_low throughput ratio over what the model allows: at least
 
-# Loads, and the request classes of their records.
+# Loads, and the request classes of their records: the paths timed one request at a time, the in-process engine,
+# the served loads.
+DIFFUSERS = "diffusers"
+ONNX_LOOP = "onnx_loop"
+TRITON = "triton"
+IN_PROCESS = "in_process_engine"
 BATCHING_ON = "batching_on"
 BATCHING_OFF = "batching_off"
 CEILING_SERVED = "ceiling_served"  # the batching-on server's loads measured in turns with the in-process ceiling

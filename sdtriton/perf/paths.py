@@ -27,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sdtriton import interface
-from sdtriton.perf.model import Load, NetworkTimes, Outcome, RequestRecord, StepSlope
+from sdtriton.perf.model import DIFFUSERS, IN_PROCESS, ONNX_LOOP, Load, NetworkTimes, Outcome, RequestRecord, StepSlope
 from sdtriton.perf.workload import RequestSpec, raw_inputs
 
 if TYPE_CHECKING:
@@ -42,10 +42,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DIFFUSERS = "diffusers"
-ONNX_LOOP = "onnx_loop"
-TRITON = "triton"
-IN_PROCESS = "in_process_engine"
 # The version folder of every exported model (``sdtriton.export`` writes version 1 only).
 _MODEL_VERSION = "1"
 

@@ -18,7 +18,9 @@ from sdtriton.perf.model import (
     BATCHING_ON,
     GOAL_REFUSAL_MS,
     GOAL_SIMULATED_SHARE_OF_ALLOWED,
+    IN_PROCESS,
     LONG,
+    ONNX_LOOP,
     SHORT,
     SIMULATED,
     EngineResult,
@@ -109,30 +111,23 @@ def _path_rows(result: PerfResult) -> Iterable[list[object]]:
         yield [name, timing.steps, len(timing.latencies_ms), *(f"{v:.3f}" for v in values), latencies]
 
 
-def _load_row(
-    section: str,
-    variant: str,
-    concurrency: int,
-    requests: int,
-    images_per_s: float,
-    *,
-    failed: int | str = "",
-    duration_s: float | None = None,
-    latencies: Load | None = None,
-) -> list[object]:
-    """A row of the engine's load CSV; ``simulated`` marks the stand-in UNet's section."""
-    percentiles = [_f(None if latencies is None else getattr(latencies, f"{name}_ms")) for name in _PERCENTILES]
-    counts = [concurrency, requests, failed, _f(duration_s), _f(images_per_s)]
-    return [section, variant, section == SIMULATED, *counts, *percentiles]
-
-
-def _level_row(section: str, level: Load) -> list[object]:
-    counts = (level.concurrency, len(level.records), level.images_per_s)
-    return _load_row(section, level.variant, *counts, failed=level.failed, duration_s=level.duration_s, latencies=level)
-
-
-def _in_process_row(section: str, variant: str, run: Load) -> list[object]:
-    return _load_row(section, variant, run.concurrency, run.completed, run.images_per_s, duration_s=run.duration_s)
+def _load_row(section: str, load: Load, variant: str = "") -> list[object]:
+    """A row of the engine's load CSV (``simulated`` marks the stand-in UNet's section): a client load; the plain
+    loop, timed one image at a time (images/s from its median, no wall time); the in-process engine (its wall time
+    only, no percentiles)."""
+    plain, in_process = load.variant == ONNX_LOOP, load.variant == IN_PROCESS
+    percentiles = ["" if in_process else _f(getattr(load, f"{name}_ms")) for name in _PERCENTILES]
+    images_per_s = 1000.0 / load.median_ms if plain else load.images_per_s
+    counts = [len(load.records), "" if plain or in_process else load.failed, "" if plain else _f(load.duration_s)]
+    return [
+        section,
+        variant or load.variant,
+        section == SIMULATED,
+        load.concurrency,
+        *counts,
+        _f(images_per_s),
+        *percentiles,
+    ]
 
 
 def engine_load_rows(result: EngineResult) -> list[list[object]]:
@@ -140,18 +135,14 @@ def engine_load_rows(result: EngineResult) -> list[list[object]]:
     rows = []
     ceiling, simulated = result.ceiling, result.simulated
     if ceiling is not None:
-        plain = ceiling.plain_loop
-        rows.append(
-            _load_row("ceiling", "plain_loop", 1, len(plain.latencies_ms), 1000.0 / plain.median_ms, latencies=plain)
-        )
-        rows.append(_in_process_row("ceiling", "in_process_engine", ceiling.in_process))
-        rows += [_level_row("ceiling", ceiling.served_one), _level_row("ceiling", ceiling.served)]
+        rows.append(_load_row("ceiling", ceiling.plain_loop, "plain_loop"))
+        rows += [_load_row("ceiling", load) for load in (ceiling.in_process, ceiling.served_one, ceiling.served)]
     for point in sorted(result.sweep, key=lambda p: (p.variant != BATCHING_ON, p.concurrency)):
-        rows.append(_level_row("sweep", point))
+        rows.append(_load_row("sweep", point))
     if simulated is not None:
         for run in (simulated.non_unet_low, simulated.non_unet_high):
-            rows.append(_in_process_row(SIMULATED, "in_process_engine_zero_time_unet", run))
-        rows += [_level_row(SIMULATED, point) for point in simulated.points]
+            rows.append(_load_row(SIMULATED, run, "in_process_engine_zero_time_unet"))
+        rows += [_load_row(SIMULATED, point) for point in simulated.points]
     return rows
 
 

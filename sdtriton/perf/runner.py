@@ -240,7 +240,7 @@ class PerfRun:
         spec, request, options = self.profile.baseline, self.request, self.options
         binary = load.find_perf_analyzer(options.perf_analyzer)
         timed = {"runs": spec.runs, "warmup_runs": spec.warmup_runs, "gpu": options.gpu}
-        slope = {"path": paths.TRITON, "steps": spec.slope_steps, "runs": spec.slope_runs}
+        slope = {"path": model.TRITON, "steps": spec.slope_steps, "runs": spec.slope_runs}
         loop_slope = {"slope_steps": spec.slope_steps, "slope_runs": spec.slope_runs, "gpu": options.gpu}
         diffusers, diffusers_image = None, None
         if not options.skip_diffusers:
@@ -252,7 +252,7 @@ class PerfRun:
             http_url = server.address.http_url
             with StableDiffusionClient(server.address.grpc_url) as triton:
                 send, before, steps = paths.client_runner(triton), _stats(http_url), request.num_inference_steps
-                client, triton_image = paths.timed_runs(send(request), path=paths.TRITON, steps=steps, runs=spec.runs)
+                client, triton_image = paths.timed_runs(send(request), path=model.TRITON, steps=steps, runs=spec.runs)
                 breakdown = {name: stats.minus(before[name]) for name, stats in _stats(http_url).items()}
                 before_slope = model.ModelStats.fetch(http_url, UNET.model_name)
                 triton_slope = paths.time_slope(send, request, **slope)
@@ -382,7 +382,7 @@ class PerfRun:
 
     def plain_loop(self, *, runs: int, warmup_runs: int = 0) -> Load:
         run, steps = self.served.plain_loop()(self.request), self.request.num_inference_steps
-        return paths.timed_runs(run, path=paths.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)[0]
+        return paths.timed_runs(run, path=model.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)[0]
 
     def load(self, server: TritonServer, variant: str, concurrency: int, requests: int) -> Load:
         """``concurrency`` client threads over gRPC sending the base request, ``requests`` in all (rounded up)."""

@@ -15,6 +15,7 @@ from sdtriton.perf.model import (
     BATCHING_OFF,
     BATCHING_ON,
     CEILING_SERVED,
+    IN_PROCESS,
     LONG,
     SHORT,
     SIMULATED,
@@ -30,7 +31,7 @@ from sdtriton.perf.model import (
     allowed_images_per_s,
     classify_error,
 )
-from sdtriton.perf.paths import IN_PROCESS, InProcessEngineError, InstrumentedNetworks, ServedFiles, run_closed_loop
+from sdtriton.perf.paths import InProcessEngineError, InstrumentedNetworks, ServedFiles, run_closed_loop
 from sdtriton.perf.profiles import (
     DEFAULT_PERF_DIR,
     INPUT_DATA_DIR_NAME,
