@@ -290,24 +290,12 @@ class ModelStats:
         counts = {f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self) if f.name != "name"}
         return ModelStats(name=self.name, **counts)
 
-    def _per_request_ms(self, ns: int) -> float:
+    def ms_per_request(self, *parts: str) -> float:
+        """Time per request in ``parts`` of the statistics (``queue``, ``compute_infer``...); by default all of them,
+        queue and compute (input, infer, output): the model's whole time inside the server."""
         if self.requests <= 0:
             raise ValueError(f"{self.name}: no successful requests in this interval")
-        return ns / self.requests / _NS_PER_MS
-
-    @property
-    def queue_ms_per_request(self) -> float:
-        return self._per_request_ms(self.queue_ns)
-
-    @property
-    def compute_infer_ms_per_request(self) -> float:
-        return self._per_request_ms(self.compute_infer_ns)
-
-    @property
-    def server_ms_per_request(self) -> float:
-        """Queue and compute (input, infer, output): the model's whole time inside the server per request."""
-        compute_ns = self.compute_input_ns + self.compute_infer_ns + self.compute_output_ns
-        return self._per_request_ms(self.queue_ns + compute_ns)
+        return sum(getattr(self, f"{part}_ns") for part in parts or _TIMED_PARTS) / self.requests / _NS_PER_MS
 
 
 @dataclass(frozen=True)
@@ -483,7 +471,7 @@ class PerfResult(Run):
     def time_breakdown(self) -> list[tuple[str, float | None, float | None]]:
         """Where one request's time goes on each path: (part, plain loop ms, Triton ms), from timers and statistics."""
         loop, calls = self.onnx_loop_networks, self.onnx_loop_networks.unet_calls_per_request
-        stats = {name: stats.server_ms_per_request for name, stats in self.triton_breakdown.items()}
+        stats = {name: stats.ms_per_request() for name, stats in self.triton_breakdown.items()}
         text, unet, vae = stats[TEXT_ENCODER.model_name], stats[UNET.model_name] * calls, stats[VAE_DECODER.model_name]
         executes_ms = stats[interface.ENTRY_MODEL_NAME] + stats[interface.PIPELINE_MODEL_NAME]
         rest_ms = self.triton_client.mean_ms - text - unet - vae - executes_ms

@@ -50,6 +50,7 @@ _REQUEST_COLUMNS = (
     *("latency_ms", "outcome", "error_type", "message"),
 )
 _GOAL_COLUMNS = ("measure", "measured", "goal", "verdict", "simulated")
+_POINT_TIMES = ("p50_ms", "p90_ms", "p99_ms", "avg_ms", "server_queue_ms", "server_compute_ms")
 _PATH_COLUMNS = ("series", "num_inference_steps", "runs", "median_ms", "min_ms", "max_ms", "latencies_ms")
 _VARIANT_LABELS = {BATCHING_ON: "step batching on", BATCHING_OFF: "step batching off"}
 _NOT_RUN = ["Not run (see below)."]
@@ -362,8 +363,8 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
         f"{probe} With the real UNet, the slopes are {slope.ms_per_step:.3f} ms/step through Triton and "
         f"{loop_slope.ms_per_step:.3f} ms/step in the plain loop ({result.unet_calls_per_step:g} UNet call(s) per "
         f"step): serving adds **{net:.3f}{_plus_minus(net_error)} ms** per real UNet call, fixed costs cancelled. "
-        f"Triton's statistics for `unet` over those runs: {stats.server_ms_per_request:.3f} ms per call in the "
-        f"server (queue {stats.queue_ms_per_request:.3f} ms, compute {stats.compute_infer_ms_per_request:.3f} ms) "
+        f"Triton's statistics for `unet` over those runs: {stats.ms_per_request():.3f} ms per call in the server "
+        f"(queue {stats.ms_per_request('queue'):.3f} ms, compute {stats.ms_per_request('compute_infer'):.3f} ms) "
         f"against {result.onnx_loop_networks.unet_ms_per_call:.3f} ms for the bare ONNX Runtime call in the plain "
         "loop.",
         "",
@@ -379,23 +380,13 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
         lines += ["", f"Same image on every path (largest pixel difference): {pairs}."]
     header = ("scenario", "protocol", "mode", "level", "requests", "images/s")
     header += ("p50 ms", "p90 ms", "p99 ms", "avg ms", "server queue ms", "server compute ms")
-    points = [_point_cells(point) for scenario in result.scenarios for point in result.points_of(scenario.name)]
+    points = []
+    for p in (point for scenario in result.scenarios for point in result.points_of(scenario.name)):
+        level = f"c={int(p.level)}" if p.concurrency is not None else f"{p.level:g}/s"
+        times = (f"{getattr(p, name):.1f}" for name in _POINT_TIMES)
+        points.append([p.scenario, p.protocol, p.mode, level, p.request_count, f"{p.throughput_per_s:.2f}", *times])
     plot = f"![throughput against latency]({PLOT_NAME})"
     return [*lines, "", "## Load curves (perf_analyzer)", "", plot, "", *_table("lllrrrrrrrrr", header, points)]
-
-
-def _point_cells(p: LoadPoint) -> list[object]:
-    level = f"c={int(p.level)}" if p.concurrency is not None else f"{p.level:g}/s"
-    times_ms = (p.p50_ms, p.p90_ms, p.p99_ms, p.avg_ms, p.server_queue_ms, p.server_compute_ms)
-    return [
-        p.scenario,
-        p.protocol,
-        p.mode,
-        level,
-        p.request_count,
-        f"{p.throughput_per_s:.2f}",
-        *(f"{t:.1f}" for t in times_ms),
-    ]
 
 
 def _engine_sections(result: EngineResult) -> list[str]:
