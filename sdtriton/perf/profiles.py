@@ -159,10 +159,10 @@ class CeilingSpec:
         concurrency: requests kept in the in-process engine at once (a closed loop), the served concurrency it is
             compared with; the UNet then runs at the same batch in both.
         requests: requests timed at ``concurrency`` on each side, over all turns.
-        warmup_requests: in-process requests run first, untimed.
+        warmup_requests: in-process requests run first, untimed (0: none).
         plain_loop_runs: timed runs of the plain loop (one image at a time), and served requests at concurrency 1,
             over all turns.
-        plain_loop_warmup_runs: the plain loop's untimed runs first.
+        plain_loop_warmup_runs: the plain loop's untimed runs first (0: none).
         turns: turns the measurements are split into.
     """
 
