@@ -39,7 +39,12 @@ GOAL_SHORT_P99_OVER_SHORT_ONLY = 2.0  # short requests' p99 beside long ones ove
 GOAL_REFUSAL_MS = 50.0  # every refused request of a burst answered within: under
 GOAL_SIMULATED_SHARE_OF_ALLOWED = 0.90  # simulated c_high/c_low throughput ratio over what the model allows: at least
 
-# Loads, and the request classes of their records.
+# Loads, and the request classes of their records: the paths timed one request at a time, the in-process engine,
+# the served loads.
+DIFFUSERS = "diffusers"
+ONNX_LOOP = "onnx_loop"
+TRITON = "triton"
+IN_PROCESS = "in_process_engine"
 BATCHING_ON = "batching_on"
 BATCHING_OFF = "batching_off"
 CEILING_SERVED = "ceiling_served"  # the batching-on server's loads measured in turns with the in-process ceiling
@@ -102,10 +107,36 @@ class MachineInfo:
         return self.load_average_before[0] > BUSY_LOAD_PER_CORE * self.cpu_count
 
 
-class Latencies:
-    """Percentiles (linear between the closest ranks, numpy's default) of ``latencies_ms``."""
+@dataclass(frozen=True)
+class Load:
+    """Requests of one path, variant or request class at one concurrency, one record each in the order sent, and
+    the wall time from the first sent to the last answer (``duration_s``): a path timed one request at a time
+    (:meth:`timed`; ``steps``: its request's), a closed loop of ``concurrency`` clients (or of requests kept in the
+    in-process engine, whose UNet calls and their batch rows are counted) each sending back to back, or one class of
+    a load. Throughput is the completed requests over that wall time; percentiles (linear between the closest ranks,
+    numpy's default) are the completed requests'."""
 
-    latencies_ms: tuple[float, ...]
+    variant: str
+    concurrency: int
+    records: tuple[RequestRecord, ...]
+    duration_s: float
+    steps: int = 0
+    unet_calls: int = 0
+    unet_rows: int = 0
+
+    @classmethod
+    def timed(cls, path: str, steps: int, latencies_ms: Sequence[float]) -> Load:
+        """Runs of one path, one after another, with these latencies (ms, in run order)."""
+        starts_s = np.cumsum([0.0, *latencies_ms]) / 1000.0
+        records = (
+            RequestRecord(path, path, 0, start, ms, Outcome.OK)
+            for start, ms in zip(starts_s[:-1], latencies_ms, strict=True)
+        )
+        return cls(path, 1, tuple(records), float(starts_s[-1]), steps)
+
+    @property
+    def latencies_ms(self) -> tuple[float, ...]:
+        return tuple(record.latency_ms for record in self.records if record.outcome is Outcome.OK)
 
     def percentile_ms(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q))
@@ -136,15 +167,6 @@ class Latencies:
     def max_ms(self) -> float:
         return max(self.latencies_ms)
 
-
-@dataclass(frozen=True)
-class PathTiming(Latencies):
-    """Wall-clock latencies of one path on one request, in run order."""
-
-    path: str
-    num_inference_steps: int
-    latencies_ms: tuple[float, ...]
-
     @property
     def median_standard_error_ms(self) -> float | None:
         """Standard error of the median (normal approximation: 1.2533 sigma / sqrt(n)); None for one run."""
@@ -152,17 +174,46 @@ class PathTiming(Latencies):
             return None
         return _MEDIAN_SE_FACTOR * statistics.stdev(self.latencies_ms) / math.sqrt(len(self.latencies_ms))
 
+    @property
+    def completed(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def failed(self) -> int:
+        return len(self.records) - self.completed
+
+    @property
+    def images_per_s(self) -> float:
+        return self.completed / self.duration_s
+
+    @property
+    def rows_per_unet_call(self) -> float:
+        return self.unet_rows / self.unet_calls if self.unet_calls else 0.0
+
+    def of_class(self, request_class: str) -> Load:
+        records = tuple(record for record in self.records if record.request_class == request_class)
+        return Load(request_class, self.concurrency, records, self.duration_s)
+
+    @classmethod
+    def merged(cls, parts: Sequence[Load]) -> Load:
+        """Turns of one variant and concurrency as one: their records, their durations, calls and rows added."""
+        if not parts or len({(part.variant, part.concurrency, part.steps) for part in parts}) != 1:
+            raise ValueError("merge one or more turns of one variant and concurrency")
+        records = tuple(record for part in parts for record in part.records)
+        sums = {name: sum(getattr(part, name) for part in parts) for name in ("duration_s", "unet_calls", "unet_rows")}
+        return cls(parts[0].variant, parts[0].concurrency, records, steps=parts[0].steps, **sums)
+
 
 @dataclass(frozen=True)
 class StepSlope:
     """A path at two step counts: its cost per denoising step, fixed costs cancelled."""
 
-    low: PathTiming
-    high: PathTiming
+    low: Load
+    high: Load
 
     @property
     def steps(self) -> int:
-        steps = self.high.num_inference_steps - self.low.num_inference_steps
+        steps = self.high.steps - self.low.steps
         if steps <= 0:
             raise ValueError("the high step count must exceed the low one")
         return steps
@@ -239,24 +290,12 @@ class ModelStats:
         counts = {f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self) if f.name != "name"}
         return ModelStats(name=self.name, **counts)
 
-    def _per_request_ms(self, ns: int) -> float:
+    def ms_per_request(self, *parts: str) -> float:
+        """Time per request in ``parts`` of the statistics (``queue``, ``compute_infer``...); by default all of them,
+        queue and compute (input, infer, output): the model's whole time inside the server."""
         if self.requests <= 0:
             raise ValueError(f"{self.name}: no successful requests in this interval")
-        return ns / self.requests / _NS_PER_MS
-
-    @property
-    def queue_ms_per_request(self) -> float:
-        return self._per_request_ms(self.queue_ns)
-
-    @property
-    def compute_infer_ms_per_request(self) -> float:
-        return self._per_request_ms(self.compute_infer_ns)
-
-    @property
-    def server_ms_per_request(self) -> float:
-        """Queue and compute (input, infer, output): the model's whole time inside the server per request."""
-        compute_ns = self.compute_input_ns + self.compute_infer_ns + self.compute_output_ns
-        return self._per_request_ms(self.queue_ns + compute_ns)
+        return sum(getattr(self, f"{part}_ns") for part in parts or _TIMED_PARTS) / self.requests / _NS_PER_MS
 
 
 @dataclass(frozen=True)
@@ -309,75 +348,6 @@ class RequestRecord:
     outcome: Outcome
     message: str = ""
     error_type: str = ""
-
-
-@dataclass(frozen=True)
-class Load(Latencies):
-    """Requests sent by clients over gRPC, one record each: a closed-loop level of ``concurrency`` clients each
-    sending back to back (throughput is the completed requests over the wall time from the first request sent to
-    the last answer, as the in-process ceiling is timed), or one request class of a load. Latencies are the
-    completed requests'."""
-
-    variant: str
-    concurrency: int
-    records: tuple[RequestRecord, ...]
-    duration_s: float
-
-    @property
-    def latencies_ms(self) -> tuple[float, ...]:
-        return tuple(record.latency_ms for record in self.records if record.outcome is Outcome.OK)
-
-    @property
-    def completed(self) -> int:
-        return len(self.latencies_ms)
-
-    @property
-    def failed(self) -> int:
-        return len(self.records) - self.completed
-
-    @property
-    def images_per_s(self) -> float:
-        return self.completed / self.duration_s
-
-    def of_class(self, request_class: str) -> Load:
-        records = tuple(record for record in self.records if record.request_class == request_class)
-        return Load(request_class, self.concurrency, records, self.duration_s)
-
-    @classmethod
-    def merged(cls, parts: Sequence[Load]) -> Load:
-        """Turns of one variant and concurrency as one level: their records, their durations added."""
-        if not parts or len({(part.variant, part.concurrency) for part in parts}) != 1:
-            raise ValueError("merge one or more turns of one variant and concurrency")
-        records = tuple(record for part in parts for record in part.records)
-        return cls(parts[0].variant, parts[0].concurrency, records, sum(part.duration_s for part in parts))
-
-
-@dataclass(frozen=True)
-class InProcessRun:
-    """The engine driven in this process (no Triton) as a closed loop of ``concurrency`` requests."""
-
-    concurrency: int
-    requests: int
-    elapsed_s: float
-    unet_calls: int
-    unet_rows: int
-
-    @property
-    def images_per_s(self) -> float:
-        return self.requests / self.elapsed_s
-
-    @property
-    def rows_per_unet_call(self) -> float:
-        return self.unet_rows / self.unet_calls if self.unet_calls else 0.0
-
-    @classmethod
-    def merged(cls, runs: Sequence[InProcessRun]) -> InProcessRun:
-        """Runs at one concurrency (turns) as one: their requests, time, calls and rows added."""
-        if not runs or len({run.concurrency for run in runs}) != 1:
-            raise ValueError("merge one or more runs of one concurrency")
-        totals = {name: sum(getattr(run, name) for run in runs) for name in ("requests", "elapsed_s")}
-        calls = {name: sum(getattr(run, name) for run in runs) for name in ("unet_calls", "unet_rows")}
-        return cls(concurrency=runs[0].concurrency, **totals, **calls)
 
 
 @dataclass(frozen=True)
@@ -438,12 +408,12 @@ class PerfResult(Run):
     the UNet's over its slope runs; perf_analyzer's levels; the images' largest differences; and the identity-UNet
     probe (both paths' slopes over a UNet that returns its sample), None when it did not run."""
 
-    diffusers: PathTiming | None
-    onnx_loop: PathTiming
+    diffusers: Load | None
+    onnx_loop: Load
     onnx_loop_networks: NetworkTimes
     onnx_loop_slope: StepSlope
     unet_calls_per_step: float
-    triton_client: PathTiming
+    triton_client: Load
     triton_slope: StepSlope
     triton_breakdown: Mapping[str, ModelStats]
     slope_unet_stats: ModelStats
@@ -501,7 +471,7 @@ class PerfResult(Run):
     def time_breakdown(self) -> list[tuple[str, float | None, float | None]]:
         """Where one request's time goes on each path: (part, plain loop ms, Triton ms), from timers and statistics."""
         loop, calls = self.onnx_loop_networks, self.onnx_loop_networks.unet_calls_per_request
-        stats = {name: stats.server_ms_per_request for name, stats in self.triton_breakdown.items()}
+        stats = {name: stats.ms_per_request() for name, stats in self.triton_breakdown.items()}
         text, unet, vae = stats[TEXT_ENCODER.model_name], stats[UNET.model_name] * calls, stats[VAE_DECODER.model_name]
         executes_ms = stats[interface.ENTRY_MODEL_NAME] + stats[interface.PIPELINE_MODEL_NAME]
         rest_ms = self.triton_client.mean_ms - text - unet - vae - executes_ms
@@ -550,9 +520,9 @@ class CeilingResult:
     server at that concurrency and at 1, measured in turns; ``turn_ratios``: served/in-process images/s of each
     turn (their spread shows the machine's drift)."""
 
-    in_process: InProcessRun
+    in_process: Load
     served: Load
-    plain_loop: PathTiming
+    plain_loop: Load
     served_one: Load
     turn_ratios: tuple[float, ...] = ()
 
@@ -656,8 +626,8 @@ class SimulatedResult:
     rows_per_image: int
     unet_calls_per_image: float
     points: tuple[Load, ...]
-    non_unet_low: InProcessRun
-    non_unet_high: InProcessRun
+    non_unet_low: Load
+    non_unet_high: Load
 
     @property
     def low(self) -> Load:
@@ -677,7 +647,7 @@ class SimulatedResult:
         ratio = self.latency.throughput_ratio
         return ratio(self.high.concurrency, self.rows_per_image) / ratio(self.low.concurrency, self.rows_per_image)
 
-    def allowed_images_per_s(self, run: InProcessRun) -> float:
+    def allowed_images_per_s(self, run: Load) -> float:
         return allowed_images_per_s(
             self.latency,
             concurrency=run.concurrency,

@@ -27,13 +27,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sdtriton import interface
-from sdtriton.perf.model import InProcessRun, NetworkTimes, PathTiming, StepSlope
+from sdtriton.perf.model import DIFFUSERS, IN_PROCESS, ONNX_LOOP, Load, NetworkTimes, Outcome, RequestRecord, StepSlope
 from sdtriton.perf.workload import RequestSpec, raw_inputs
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
+    from sdtriton.client import StableDiffusionClient
     from sdtriton.pipeline_config import PipelineConfig
     from sdtriton.serving.denoise import DiffusionComponents
     from sdtriton.serving.engine import EngineLimits
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DIFFUSERS = "diffusers"
-ONNX_LOOP = "onnx_loop"
-TRITON = "triton"
 # The version folder of every exported model (``sdtriton.export`` writes version 1 only).
 _MODEL_VERSION = "1"
 
@@ -60,7 +58,7 @@ def timed_runs(run: Callable[[], np.ndarray], *, path: str, steps: int, runs: in
         started = time.perf_counter()
         image = run()
         latencies.append((time.perf_counter() - started) * 1000.0)
-    timing = PathTiming(path=path, num_inference_steps=steps, latencies_ms=tuple(latencies))
+    timing = Load.timed(path, steps, latencies)
     logger.info("%s, %d steps: median %.1f ms over %d runs", path, steps, timing.median_ms, runs)
     return timing, image
 
@@ -74,7 +72,7 @@ def time_slope(runner: Runner, request: RequestSpec, *, path: str, steps: tuple[
             started = time.perf_counter()
             run()
             latencies[count].append((time.perf_counter() - started) * 1000.0)
-    slope = StepSlope(*(PathTiming(path, count, tuple(latencies[count])) for count in steps))
+    slope = StepSlope(*(Load.timed(path, count, latencies[count]) for count in steps))
     logger.info("%s: %.3f ms/step between %d and %d steps (medians of %d)", path, slope.ms_per_step, *steps, runs)
     return slope
 
@@ -187,7 +185,7 @@ class ServedFiles:
 
 @dataclass(frozen=True)
 class OnnxLoopResult:
-    timing: PathTiming
+    timing: Load
     networks: NetworkTimes
     slope: StepSlope
     unet_calls_per_step: float
@@ -241,36 +239,9 @@ def time_onnx_loop(
     return OnnxLoopResult(timing, times, slope, (unet_calls[high] - unet_calls[low]) / (high - low), image)
 
 
-class TritonPath:
-    """(c) A running server (``grpc://host:port``), sent the request :class:`~sdtriton.client.StableDiffusionClient`
-    sends (its own ``build_inputs``) through tritonclient's gRPC client, one at a time; images read as it reads them.
-    """
-
-    def __init__(self, url: str) -> None:
-        import tritonclient.grpc as triton
-
-        from sdtriton.client import parse_url
-
-        self._triton = triton
-        self._client = triton.InferenceServerClient(parse_url(url).address)
-
-    def runner(self, request: RequestSpec) -> Callable[[], np.ndarray]:
-        from sdtriton.client.client import build_inputs, read_result, requested_outputs
-
-        inputs = build_inputs(self._triton, [request.prompt], **request.client_parameters())
-        outputs = requested_outputs(self._triton)
-        infer = self._client.infer
-        return lambda: np.asarray(read_result(infer(interface.ENTRY_MODEL_NAME, inputs, outputs=outputs)).image)
-
-    def time(self, request: RequestSpec, *, runs: int, warmup_runs: int = 0) -> tuple[PathTiming, np.ndarray]:
-        steps = request.num_inference_steps
-        return timed_runs(self.runner(request), path=TRITON, steps=steps, runs=runs, warmup_runs=warmup_runs)
-
-    def slope(self, request: RequestSpec, *, steps: tuple[int, int], runs: int) -> StepSlope:
-        return time_slope(self.runner, request, path=TRITON, steps=steps, runs=runs)
-
-    def close(self) -> None:
-        self._client.close()
+def client_runner(client: StableDiffusionClient) -> Runner:
+    """(c) Triton through ``client``, as a user's request goes: ``runner(spec)()`` sends one and waits for its image."""
+    return lambda spec: lambda: np.asarray(client.generate(spec.prompt, **spec.client_parameters()).image)
 
 
 class InProcessEngineError(RuntimeError):
@@ -278,17 +249,19 @@ class InProcessEngineError(RuntimeError):
 
 
 class _Sink:
-    def __init__(self, ended: list[Exception | None]) -> None:
-        self.ended = ended
+    """Notes when and how its request ended: ``(key, finished at, error or None)``."""
+
+    def __init__(self, key: int, ended: list[tuple[int, float, Exception | None]]) -> None:
+        self.key, self.ended = key, ended
 
     def progress(self, progress: object) -> None:
         pass
 
     def finish(self, result: object) -> None:
-        self.ended.append(None)
+        self.ended.append((self.key, time.perf_counter(), None))
 
     def fail(self, error: Exception) -> None:
-        self.ended.append(error)
+        self.ended.append((self.key, time.perf_counter(), error))
 
 
 def run_closed_loop(
@@ -302,7 +275,7 @@ def run_closed_loop(
     zero_time_unet: bool = False,
     description: str = "in-process engine",
     show_progress: bool = True,
-) -> InProcessRun:
+) -> Load:
     """Runs ``warmup_requests`` then times ``requests`` of ``request``, ``concurrency`` in the engine at once, over
     ``served``'s networks with ``limits``.
 
@@ -323,31 +296,38 @@ def run_closed_loop(
     engine = DiffusionEngine(config=config, networks=counting, limits=limits)
     raw = raw_inputs(request)
 
-    def closed_loop(total: int, progress: tqdm | None) -> None:
-        ended: list[Exception | None] = []
-        sent = done = 0
-        while done < total:
-            while sent < min(total, done + concurrency):
+    def closed_loop(total: int, progress: tqdm | None) -> list[RequestRecord]:
+        ended: list[tuple[int, float, Exception | None]] = []
+        sent_at: list[float] = []
+        records: list[RequestRecord] = []
+        while len(records) < total:
+            while len(sent_at) < min(total, len(records) + concurrency):
                 images = parse_request(raw, config=config, tokenizers=tokenizers).images
-                engine.submit(EngineRequest(key=sent, images=images, sink=_Sink(ended)))
-                sent += 1
+                engine.submit(EngineRequest(key=len(sent_at), images=images, sink=_Sink(len(sent_at), ended)))
+                sent_at.append(time.perf_counter())
             if engine.counts() == (0, 0) and not ended:
-                raise InProcessEngineError(f"the engine went idle after {done} of {total} requests")
+                raise InProcessEngineError(f"the engine went idle after {len(records)} of {total} requests")
             engine.step()
-            for error in ended:
+            for key, finished, error in ended:
                 if error is not None:
                     raise InProcessEngineError(f"an in-process engine request failed: {error!r}") from error
-            done += len(ended)
+                latency_ms = (finished - sent_at[key]) * 1000.0
+                records.append(
+                    RequestRecord(IN_PROCESS, IN_PROCESS, key, sent_at[key] - sent_at[0], latency_ms, Outcome.OK)
+                )
             if progress is not None:
                 progress.update(len(ended))
             ended.clear()
+        return records
 
     if warmup_requests:
         closed_loop(warmup_requests, None)
     counting.reset()
     with tqdm(total=requests, desc=description, unit="image", disable=not show_progress) as progress:
         started = time.perf_counter()
-        closed_loop(requests, progress)
+        records = closed_loop(requests, progress)
         elapsed_s = time.perf_counter() - started
     unet_calls = len(counting.calls_ms["predict_noise"])
-    return InProcessRun(concurrency, requests, elapsed_s, unet_calls, counting.unet_rows)
+    return Load(
+        IN_PROCESS, concurrency, tuple(records), elapsed_s, request.num_inference_steps, unet_calls, counting.unet_rows
+    )

@@ -7,7 +7,7 @@ the peak throughput another scenario of the same run measured (so the same file 
 Every level is one perf_analyzer run of a fixed number of requests (``--request-count``): slow requests never
 leave a measurement window empty, and a profile's time is known.
 
-An :class:`EngineProfile` (an ``engine`` section) measures the diffusion engine rather than one request's cost:
+An engine profile (an ``engine`` section) measures the diffusion engine rather than one request's cost:
 how close the served throughput comes to the engine's own compute ceiling, what step-level batching buys at each
 concurrency, whether short requests stay fast beside long ones, how a burst past the queue limit is refused, and
 how throughput scales on a simulated accelerator; a section left out is not run.
@@ -20,7 +20,8 @@ import enum
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,51 @@ INPUT_DATA_DIR_NAME = "input_data"
 ENGINE_KEY = "engine"
 # A GPU-like UNet: 10 ms a call plus 2 ms a batch row.
 DEFAULT_SIMULATED_LATENCY = SimulatedLatency(fixed_ms=10.0, per_item_ms=2.0)
+
+
+def _cli(help_text: str, *flags: str, **argparse_options: Any) -> dict[str, Any]:
+    """A :class:`PerfOptions` field's ``perf`` command-line option (default: ``--name``, a path)."""
+    return {"cli": {"flags": flags, "help": help_text, **(argparse_options or {"type": Path})}}
+
+
+@dataclass(frozen=True)
+class PerfOptions:
+    """Options of ``sdtriton perf``, each field's help its command-line option's (None: the default said there)."""
+
+    profile: str | None = field(
+        default=None,
+        metadata=_cli(
+            "a profile of perf/scenarios.json: shapes (the default model; default once its weights exist), "
+            "tiny (default until then), sd15 (heavy: SD 1.5 shapes, ~4 GB, bounded to 10 minutes), engine and "
+            "transformer (the diffusion engine on the default model and on a tiny SD 3.5)",
+            type=str,
+        ),
+    )
+    output_dir: Path | None = field(
+        default=None, metadata=_cli("results folder (default: outputs/perf/PROFILE)", "-o", "--output")
+    )
+    model_dir: Path | None = field(
+        default=None, metadata=_cli("diffusers pipeline folder (default: made with make-tiny)", "--model")
+    )
+    repository: Path | None = field(
+        default=None, metadata=_cli("model repository of --model (default: exported from it)")
+    )
+    work_dir: Path | None = field(
+        default=None, metadata=_cli("keep made models here (default: a temporary folder, removed)")
+    )
+    perf_dir: Path = field(
+        default=DEFAULT_PERF_DIR, metadata=_cli("scenarios.json and input_data/ (default: the repository's perf/)")
+    )
+    perf_analyzer: Path | None = field(default=None, metadata=_cli("the binary (default: tools/perf_analyzer or PATH)"))
+    tritonserver: Path | None = field(default=None, metadata=_cli("a tritonserver binary (default: the pip wheel's)"))
+    skip_diffusers: bool = field(
+        default=False, metadata=_cli("leave out the in-process diffusers baseline", action="store_true")
+    )
+    gpu: bool = field(
+        default=False, metadata=_cli("baselines on the GPU, for a repository exported with --gpu", action="store_true")
+    )
+    time_limit_s: float | None = field(default=None, metadata=_cli("overrides the profile's time limit", type=float))
+    show_progress: bool = True  # progress bars over the loads
 
 
 class Protocol(enum.Enum):
@@ -101,35 +147,6 @@ class BaselineSpec:
     bls_probe: bool = True
 
 
-@dataclass(frozen=True, kw_only=True)
-class ProfileBase:
-    """What every profile names: ``model`` is a ``sdtriton make-tiny`` profile (``tiny``, ``sd15``: made at run
-    time) or the built-in model ``shapes``; the base request is the first of ``input_data``."""
-
-    name: str
-    description: str
-    model: str
-    time_limit_s: float
-    input_data: str
-
-    def input_data_files(self) -> list[str]:
-        return sorted({self.input_data, *(scenario.input_data for scenario in getattr(self, "scenarios", ()))})
-
-
-@dataclass(frozen=True, kw_only=True)
-class Profile(ProfileBase):
-    """A perf_analyzer profile: the baseline and the load scenarios."""
-
-    baseline: BaselineSpec
-    scenarios: tuple[Scenario, ...]
-
-    def scenario(self, name: str) -> Scenario:
-        for scenario in self.scenarios:
-            if scenario.name == name:
-                return scenario
-        raise KeyError(f"profile {self.name!r} has no scenario {name!r}")
-
-
 @dataclass(frozen=True)
 class CeilingSpec:
     """(a) The engine in-process over ONNX Runtime (no Triton) against Triton on the same requests.
@@ -142,10 +159,10 @@ class CeilingSpec:
         concurrency: requests kept in the in-process engine at once (a closed loop), the served concurrency it is
             compared with; the UNet then runs at the same batch in both.
         requests: requests timed at ``concurrency`` on each side, over all turns.
-        warmup_requests: in-process requests run first, untimed.
+        warmup_requests: in-process requests run first, untimed (0: none).
         plain_loop_runs: timed runs of the plain loop (one image at a time), and served requests at concurrency 1,
             over all turns.
-        plain_loop_warmup_runs: the plain loop's untimed runs first.
+        plain_loop_warmup_runs: the plain loop's untimed runs first (0: none).
         turns: turns the measurements are split into.
     """
 
@@ -245,14 +262,38 @@ class SimulatedSpec(_ClosedLoopLevels):
 
 
 @dataclass(frozen=True, kw_only=True)
-class EngineProfile(ProfileBase):
-    """An engine profile: the sections measured; a section left out of the profile is None."""
+class Profile:
+    """A profile: ``model`` is a ``sdtriton make-tiny`` profile or family (``tiny``, ``sd15``, ``sd35``: made at run
+    time) or the built-in model ``shapes``; the base request is the first of ``input_data``; then its sections. A
+    perf_analyzer profile has ``baseline`` and ``scenarios``, an engine profile (``engine`` in the file) any of the
+    others; a section left out is None and not run."""
 
+    name: str
+    description: str
+    model: str
+    time_limit_s: float
+    input_data: str
+    baseline: BaselineSpec | None = None
+    scenarios: tuple[Scenario, ...] = ()
     ceiling: CeilingSpec | None = None
     sweep: SweepSpec | None = None
     mixed: MixedSpec | None = None
     burst: BurstSpec | None = None
     simulated: SimulatedSpec | None = None
+
+    @property
+    def engine(self) -> bool:
+        """An engine profile (no perf_analyzer baseline)."""
+        return self.baseline is None
+
+    def input_data_files(self) -> list[str]:
+        return sorted({self.input_data, *(scenario.input_data for scenario in self.scenarios)})
+
+    def scenario(self, name: str) -> Scenario:
+        for scenario in self.scenarios:
+            if scenario.name == name:
+                return scenario
+        raise KeyError(f"profile {self.name!r} has no scenario {name!r}")
 
 
 _SECTIONS = {
@@ -264,9 +305,9 @@ _SECTIONS = {
 }
 
 
-def _positive(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{where}: must be an integer >= 1, got {value!r}")
+def _positive(value: Any, where: str, *, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{where}: must be an integer >= {least}, got {value!r}")
     return value
 
 
@@ -295,10 +336,11 @@ _SCENARIO_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "duration_s": lambda value, _: float(value),
     "rate_reference": lambda value, _: str(value),
 }
+# Warm-up counts may be 0 (no warm-up); every other count is at least 1.
 _ENGINE_FIELDS = {
     "levels": _increasing,
     "latency": _latency,
-    "warmup_bursts": lambda v, w: v if v == 0 else _positive(v, w),
+    **dict.fromkeys(("warmup_bursts", "warmup_requests", "plain_loop_warmup_runs"), partial(_positive, least=0)),
 }
 _BASELINE_FIELDS = {
     "input_data": lambda value, _: str(value),
@@ -350,7 +392,7 @@ def _perf_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]) 
     return profile
 
 
-def _engine_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]) -> EngineProfile:
+def _engine_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]) -> Profile:
     where = f"profile {name!r}"
     unknown = set(values) - {"model", "description", "time_limit_s", ENGINE_KEY}
     if unknown:
@@ -366,7 +408,7 @@ def _engine_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]
     if not engine:
         raise ValueError(f"{where}: no engine section (known: {sorted(_SECTIONS)})")
     sections = {key: _parsed(_SECTIONS[key], engine[key], f"{where}, {key}", _ENGINE_FIELDS) for key in engine}
-    profile = EngineProfile(**common, input_data=input_data, **sections)
+    profile = Profile(**common, input_data=input_data, **sections)
     mixed = profile.mixed
     if mixed is not None and max(mixed.short_steps, mixed.long_steps) > interface.MAX_INFERENCE_STEPS:
         steps = max(mixed.short_steps, mixed.long_steps)
@@ -380,14 +422,14 @@ def _engine_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]
     return profile
 
 
-def parse_profiles(text: str) -> dict[str, Profile | EngineProfile]:
+def parse_profiles(text: str) -> dict[str, Profile]:
     """The profiles of a ``scenarios.json`` document, by name: engine profiles where an ``engine`` section is.
 
     A profile with ``"scenarios_from": OTHER`` takes OTHER's baseline, scenarios and time limit, and may
     override any of them: one definition serves models of the same geometry.
     """
     document = json.loads(text)["profiles"]
-    profiles: dict[str, Profile | EngineProfile] = {}
+    profiles: dict[str, Profile] = {}
     for name, values in document.items():
         source = values.get("scenarios_from")
         if source is not None:
@@ -412,5 +454,5 @@ def request_rates(fractions: Sequence[float], *, peak_throughput_per_s: float) -
     return tuple(float(f"{fraction * peak_throughput_per_s:.3g}") for fraction in fractions)
 
 
-def load_profiles(perf_dir: Path) -> dict[str, Profile | EngineProfile]:
+def load_profiles(perf_dir: Path) -> dict[str, Profile]:
     return parse_profiles((perf_dir / SCENARIOS_FILE_NAME).read_text())

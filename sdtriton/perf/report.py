@@ -18,13 +18,13 @@ from sdtriton.perf.model import (
     BATCHING_ON,
     GOAL_REFUSAL_MS,
     GOAL_SIMULATED_SHARE_OF_ALLOWED,
+    IN_PROCESS,
     LONG,
+    ONNX_LOOP,
     SHORT,
     SIMULATED,
     EngineResult,
     GoalRow,
-    InProcessRun,
-    Latencies,
     Load,
     LoadPoint,
     Outcome,
@@ -50,6 +50,7 @@ _REQUEST_COLUMNS = (
     *("latency_ms", "outcome", "error_type", "message"),
 )
 _GOAL_COLUMNS = ("measure", "measured", "goal", "verdict", "simulated")
+_POINT_TIMES = ("p50_ms", "p90_ms", "p99_ms", "avg_ms", "server_queue_ms", "server_compute_ms")
 _PATH_COLUMNS = ("series", "num_inference_steps", "runs", "median_ms", "min_ms", "max_ms", "latencies_ms")
 _VARIANT_LABELS = {BATCHING_ON: "step batching on", BATCHING_OFF: "step batching off"}
 _NOT_RUN = ["Not run (see below)."]
@@ -108,33 +109,26 @@ def _path_rows(result: PerfResult) -> Iterable[list[object]]:
     for name, timing in series:
         values = (timing.median_ms, timing.min_ms, timing.max_ms)
         latencies = " ".join(f"{value:.3f}" for value in timing.latencies_ms)
-        yield [name, timing.num_inference_steps, len(timing.latencies_ms), *(f"{v:.3f}" for v in values), latencies]
+        yield [name, timing.steps, len(timing.latencies_ms), *(f"{v:.3f}" for v in values), latencies]
 
 
-def _load_row(
-    section: str,
-    variant: str,
-    concurrency: int,
-    requests: int,
-    images_per_s: float,
-    *,
-    failed: int | str = "",
-    duration_s: float | None = None,
-    latencies: Latencies | None = None,
-) -> list[object]:
-    """A row of the engine's load CSV; ``simulated`` marks the stand-in UNet's section."""
-    percentiles = [_f(None if latencies is None else getattr(latencies, f"{name}_ms")) for name in _PERCENTILES]
-    counts = [concurrency, requests, failed, _f(duration_s), _f(images_per_s)]
-    return [section, variant, section == SIMULATED, *counts, *percentiles]
-
-
-def _level_row(section: str, level: Load) -> list[object]:
-    counts = (level.concurrency, len(level.records), level.images_per_s)
-    return _load_row(section, level.variant, *counts, failed=level.failed, duration_s=level.duration_s, latencies=level)
-
-
-def _in_process_row(section: str, variant: str, run: InProcessRun) -> list[object]:
-    return _load_row(section, variant, run.concurrency, run.requests, run.images_per_s, duration_s=run.elapsed_s)
+def _load_row(section: str, load: Load, variant: str = "") -> list[object]:
+    """A row of the engine's load CSV (``simulated`` marks the stand-in UNet's section): a client load; the plain
+    loop, timed one image at a time (images/s from its median, no wall time); the in-process engine (its wall time
+    only, no percentiles)."""
+    plain, in_process = load.variant == ONNX_LOOP, load.variant == IN_PROCESS
+    percentiles = ["" if in_process else _f(getattr(load, f"{name}_ms")) for name in _PERCENTILES]
+    images_per_s = 1000.0 / load.median_ms if plain else load.images_per_s
+    counts = [len(load.records), "" if plain or in_process else load.failed, "" if plain else _f(load.duration_s)]
+    return [
+        section,
+        variant or load.variant,
+        section == SIMULATED,
+        load.concurrency,
+        *counts,
+        _f(images_per_s),
+        *percentiles,
+    ]
 
 
 def engine_load_rows(result: EngineResult) -> list[list[object]]:
@@ -142,18 +136,14 @@ def engine_load_rows(result: EngineResult) -> list[list[object]]:
     rows = []
     ceiling, simulated = result.ceiling, result.simulated
     if ceiling is not None:
-        plain = ceiling.plain_loop
-        rows.append(
-            _load_row("ceiling", "plain_loop", 1, len(plain.latencies_ms), 1000.0 / plain.median_ms, latencies=plain)
-        )
-        rows.append(_in_process_row("ceiling", "in_process_engine", ceiling.in_process))
-        rows += [_level_row("ceiling", ceiling.served_one), _level_row("ceiling", ceiling.served)]
+        rows.append(_load_row("ceiling", ceiling.plain_loop, "plain_loop"))
+        rows += [_load_row("ceiling", load) for load in (ceiling.in_process, ceiling.served_one, ceiling.served)]
     for point in sorted(result.sweep, key=lambda p: (p.variant != BATCHING_ON, p.concurrency)):
-        rows.append(_level_row("sweep", point))
+        rows.append(_load_row("sweep", point))
     if simulated is not None:
         for run in (simulated.non_unet_low, simulated.non_unet_high):
-            rows.append(_in_process_row(SIMULATED, "in_process_engine_zero_time_unet", run))
-        rows += [_level_row(SIMULATED, point) for point in simulated.points]
+            rows.append(_load_row(SIMULATED, run, "in_process_engine_zero_time_unet"))
+        rows += [_load_row(SIMULATED, point) for point in simulated.points]
     return rows
 
 
@@ -342,7 +332,7 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
         rows.append((name, f"{point.p50_ms:.1f}", "", f"p99 {point.p99_ms:.1f}", point.request_count))
     source = "perf_analyzer p50 at concurrency 1" if point is not None else "the client's median"
     slope, loop_slope, stats = result.triton_slope, result.onnx_loop_slope, result.slope_unet_stats
-    low, high = slope.low.num_inference_steps, slope.high.num_inference_steps
+    low, high = slope.low.steps, slope.high.steps
     if result.bls_round_trip is None:
         probe = "The identity-UNet probe did not run (see below), so the BLS goal is not judged."
     else:
@@ -373,8 +363,8 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
         f"{probe} With the real UNet, the slopes are {slope.ms_per_step:.3f} ms/step through Triton and "
         f"{loop_slope.ms_per_step:.3f} ms/step in the plain loop ({result.unet_calls_per_step:g} UNet call(s) per "
         f"step): serving adds **{net:.3f}{_plus_minus(net_error)} ms** per real UNet call, fixed costs cancelled. "
-        f"Triton's statistics for `unet` over those runs: {stats.server_ms_per_request:.3f} ms per call in the "
-        f"server (queue {stats.queue_ms_per_request:.3f} ms, compute {stats.compute_infer_ms_per_request:.3f} ms) "
+        f"Triton's statistics for `unet` over those runs: {stats.ms_per_request():.3f} ms per call in the server "
+        f"(queue {stats.ms_per_request('queue'):.3f} ms, compute {stats.ms_per_request('compute_infer'):.3f} ms) "
         f"against {result.onnx_loop_networks.unet_ms_per_call:.3f} ms for the bare ONNX Runtime call in the plain "
         "loop.",
         "",
@@ -390,23 +380,13 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
         lines += ["", f"Same image on every path (largest pixel difference): {pairs}."]
     header = ("scenario", "protocol", "mode", "level", "requests", "images/s")
     header += ("p50 ms", "p90 ms", "p99 ms", "avg ms", "server queue ms", "server compute ms")
-    points = [_point_cells(point) for scenario in result.scenarios for point in result.points_of(scenario.name)]
+    points = []
+    for p in (point for scenario in result.scenarios for point in result.points_of(scenario.name)):
+        level = f"c={int(p.level)}" if p.concurrency is not None else f"{p.level:g}/s"
+        times = (f"{getattr(p, name):.1f}" for name in _POINT_TIMES)
+        points.append([p.scenario, p.protocol, p.mode, level, p.request_count, f"{p.throughput_per_s:.2f}", *times])
     plot = f"![throughput against latency]({PLOT_NAME})"
     return [*lines, "", "## Load curves (perf_analyzer)", "", plot, "", *_table("lllrrrrrrrrr", header, points)]
-
-
-def _point_cells(p: LoadPoint) -> list[object]:
-    level = f"c={int(p.level)}" if p.concurrency is not None else f"{p.level:g}/s"
-    times_ms = (p.p50_ms, p.p90_ms, p.p99_ms, p.avg_ms, p.server_queue_ms, p.server_compute_ms)
-    return [
-        p.scenario,
-        p.protocol,
-        p.mode,
-        level,
-        p.request_count,
-        f"{p.throughput_per_s:.2f}",
-        *(f"{t:.1f}" for t in times_ms),
-    ]
 
 
 def _engine_sections(result: EngineResult) -> list[str]:
@@ -437,7 +417,7 @@ def _ceiling_lines(result: EngineResult) -> list[str]:
     rows = [
         ("plain loop (`generate_image`, one image at a time; median)", 1, *plain_cells, len(plain.latencies_ms)),
         ("Triton", 1, *_level_cells(one), len(one.records)),
-        ("in-process engine (ceiling)", run.concurrency, f"{run.images_per_s:.2f}", "", "", run.requests),
+        ("in-process engine (ceiling)", run.concurrency, f"{run.images_per_s:.2f}", "", "", run.completed),
         ("Triton", served.concurrency, *_level_cells(served), len(served.records)),
     ]
     return [

@@ -17,6 +17,7 @@ in the summary, as are failed requests and a server that died.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -26,8 +27,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, closing, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,15 +35,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sdtriton import interface
-from sdtriton.client import SdTritonError
+from sdtriton.client import SdTritonError, StableDiffusionClient
 from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
 from sdtriton.perf import load, model, paths, report, repositories
-from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, InProcessRun, Load, Run
+from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, Load, Run
 from sdtriton.perf.profiles import (
-    DEFAULT_PERF_DIR,
     INPUT_DATA_DIR_NAME,
-    EngineProfile,
     LoadMode,
+    PerfOptions,
     Profile,
     Scenario,
     load_profiles,
@@ -56,7 +55,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_DIR = Path("outputs/perf")
 BUILTIN_PROFILE = "shapes"
-FALLBACK_PROFILE = "tiny"
 _STATS_MODELS = (
     interface.ENTRY_MODEL_NAME,
     interface.PIPELINE_MODEL_NAME,
@@ -78,51 +76,11 @@ _TIMEOUT_FACTOR = 10.0
 _MIN_TIMEOUT_S = 60.0
 
 
-@dataclass(frozen=True)
-class PerfOptions:
-    """Options of ``sdtriton perf``.
-
-    Attributes:
-        profile: a profile of ``perf/scenarios.json``: ``shapes`` (the default model), ``tiny`` (its stand-in
-            until the trained weights land), ``sd15`` (the heavy one), ``engine`` (the diffusion engine's
-            ceiling, batching, fairness, refusals and scaling on the default model; ``perf_analyzer`` unused),
-            ``transformer`` (the engine's ceiling on a tiny SD 3.5, ``make-tiny --family sd35``).
-        output_dir: where the CSV files, plot, summary and logs go.
-        perf_dir: the folder holding ``scenarios.json`` and ``input_data/``.
-        model_dir: a diffusers pipeline folder of the profile's model; made with ``make-tiny`` there if it
-            has none (make-tiny profiles). Default: made in the work folder, or the built-in model's.
-        repository: a model repository of that model; exported from ``model_dir`` if it has no models.
-            Default: exported into the work folder.
-        work_dir: where a made model and an exported repository go; default: a temporary folder deleted at
-            the end (the heavy profile's are about 4 GB each).
-        perf_analyzer: the binary; default: ``$PERF_ANALYZER``, ``tools/perf_analyzer``, or PATH.
-        tritonserver: a tritonserver binary (e.g. the NGC container's); default: the pip wheel's.
-        skip_diffusers: leave out baseline (a), e.g. when ``model_dir`` is unavailable on a serving host.
-        gpu: run baselines (a) and (b) on the GPU, for a repository exported with ``--gpu`` (not run on
-            this project's CPU machine).
-        time_limit_s: overrides the profile's.
-        show_progress: progress bars over the loads.
-    """
-
-    profile: str = FALLBACK_PROFILE
-    output_dir: Path = DEFAULT_OUTPUT_DIR
-    perf_dir: Path = DEFAULT_PERF_DIR
-    model_dir: Path | None = None
-    repository: Path | None = None
-    work_dir: Path | None = None
-    perf_analyzer: Path | None = None
-    tritonserver: Path | None = None
-    skip_diffusers: bool = False
-    gpu: bool = False
-    time_limit_s: float | None = None
-    show_progress: bool = True
-
-
 def default_profile() -> str:
     """``shapes``, the default model, once its trained weights are in the package; ``tiny`` until then."""
     from sdtriton.shapes.builtin import WEIGHTS_DIR
 
-    return BUILTIN_PROFILE if (WEIGHTS_DIR / "model_index.json").is_file() else FALLBACK_PROFILE
+    return BUILTIN_PROFILE if (WEIGHTS_DIR / "model_index.json").is_file() else "tiny"
 
 
 def _cpu_times() -> tuple[float, float] | None:
@@ -153,11 +111,56 @@ def _in_turns(total: int, turns: int) -> int:
     return -(-total // turns)
 
 
-class PerfRun:
-    """One run of a profile: its options, base request, time limit, what was skipped, and its servers."""
+def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
+    """Runs a profile end to end; returns its result and the written files (CSVs, plot, summary) by kind."""
+    profile_name = options.profile or default_profile()
+    options = dataclasses.replace(
+        options, profile=profile_name, output_dir=options.output_dir or DEFAULT_OUTPUT_DIR / profile_name
+    )
+    available = load_profiles(options.perf_dir)
+    if options.profile not in available:
+        raise ValueError(f"no profile {options.profile!r} in {options.perf_dir}; have {', '.join(available)}")
+    profile = available[options.profile]
+    for name in profile.input_data_files():
+        if not (options.perf_dir / INPUT_DATA_DIR_NAME / name).is_file():
+            raise FileNotFoundError(f"input-data file {options.perf_dir / INPUT_DATA_DIR_NAME / name} is missing")
+    run = PerfRun(options, profile)
+    options.output_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("profile %s: %s; time limit %.0f s", profile.name, profile.description, run.limit_s)
+    with ExitStack() as stack:
+        # A temporary work folder unless one is named: the heavy profile's model and export are gigabytes.
+        temporary = tempfile.TemporaryDirectory(prefix="sdtriton-perf-", ignore_cleanup_errors=True)
+        work_dir = options.work_dir or Path(stack.enter_context(temporary))
+        work_dir.mkdir(parents=True, exist_ok=True)
+        model_dir = repositories.ensure_model(options.model_dir, profile.model, work_dir)
+        repository = options.repository or work_dir / "repository"
+        repository = repositories.ensure_repository(
+            repository, model_dir, show_progress=options.show_progress, work_dir=work_dir
+        )
+        if profile.engine:
+            result: Run = run.engine(repository, work_dir)
+        else:
+            result = run.perf_analyzer(model_dir, repository, work_dir)
+    return result, report.write_reports(result, options.output_dir)
 
-    def __init__(self, options: PerfOptions, profile: Profile | EngineProfile) -> None:
-        self.options, self.profile = options, profile
+
+def _stats(http_url: str) -> dict[str, model.ModelStats]:
+    return {name: model.ModelStats.fetch(http_url, name) for name in _STATS_MODELS}
+
+
+def _max_difference(first: np.ndarray, second: np.ndarray) -> int | None:
+    if first.shape != second.shape:
+        return None
+    return int(np.max(np.abs(first.astype(np.int16) - second.astype(np.int16))))
+
+
+class PerfRun:
+    """One run of a profile: its options, base request, time limit, what was skipped, its servers, and the sections
+    it measures (:meth:`perf_analyzer` or :meth:`engine`, each section's method returning None, with the reason in
+    ``skipped``, when it could not measure)."""
+
+    def __init__(self, options: PerfOptions, profile: Profile) -> None:
+        self.options, self.profile, self.show = options, profile, options.show_progress
         self.load_before = os.getloadavg()
         self.started_utc = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         self.started = time.monotonic()
@@ -167,6 +170,7 @@ class PerfRun:
         self.request = load_input_data(self.input_dir / profile.input_data)[0]
         self.skipped: list[str] = []
         self.server_version = "not started"
+        self.image_s = 1.0  # the plain loop's seconds an image, once timed: sizes the engine's estimates
 
     @property
     def left_s(self) -> float:
@@ -195,10 +199,9 @@ class PerfRun:
             logger.info("%s: tritonserver ready after %.1f s (log: %s)", log_name, server.wait_ready(), log_path)
             with urllib.request.urlopen(f"{address.http_url}/v2", timeout=10) as response:
                 self.server_version = str(json.load(response).get("version", "unknown"))
-            with closing(paths.TritonPath(address.grpc_url)) as triton:
-                send = triton.runner(self.request)
+            with StableDiffusionClient(address.grpc_url) as client:
                 for _ in range(warmup_requests):
-                    send()
+                    client.generate(self.request.prompt, **self.request.client_parameters())
             yield server
         except SdTritonError as error:
             self.skipped.append(f"{log_name}: FAILED: {error}")
@@ -230,201 +233,140 @@ class PerfRun:
             "other_cpu_s": other_cpu_s,
         }
 
+    # The perf_analyzer profile.
 
-def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
-    """Runs a profile end to end; returns its result and the written files (CSVs, plot, summary) by kind."""
-    available = load_profiles(options.perf_dir)
-    if options.profile not in available:
-        raise ValueError(f"no profile {options.profile!r} in {options.perf_dir}; have {', '.join(available)}")
-    profile = available[options.profile]
-    for name in profile.input_data_files():
-        if not (options.perf_dir / INPUT_DATA_DIR_NAME / name).is_file():
-            raise FileNotFoundError(f"input-data file {options.perf_dir / INPUT_DATA_DIR_NAME / name} is missing")
-    run = PerfRun(options, profile)
-    options.output_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("profile %s: %s; time limit %.0f s", profile.name, profile.description, run.limit_s)
-    with ExitStack() as stack:
-        # A temporary work folder unless one is named: the heavy profile's model and export are gigabytes.
-        temporary = tempfile.TemporaryDirectory(prefix="sdtriton-perf-", ignore_cleanup_errors=True)
-        work_dir = options.work_dir or Path(stack.enter_context(temporary))
-        work_dir.mkdir(parents=True, exist_ok=True)
-        model_dir = repositories.ensure_model(options.model_dir, profile.model, work_dir)
-        repository = options.repository or work_dir / "repository"
-        repository = repositories.ensure_repository(
-            repository, model_dir, show_progress=options.show_progress, work_dir=work_dir
-        )
-        if isinstance(profile, EngineProfile):
-            result: Run = _Engine(run, profile, repository, work_dir).measure()
-        else:
-            result = _perf_analyzer_profile(run, profile, model_dir, repository, work_dir)
-    return result, report.write_reports(result, options.output_dir)
-
-
-def _stats(http_url: str) -> dict[str, model.ModelStats]:
-    return {name: model.ModelStats.fetch(http_url, name) for name in _STATS_MODELS}
-
-
-def _max_difference(first: np.ndarray, second: np.ndarray) -> int | None:
-    if first.shape != second.shape:
-        return None
-    return int(np.max(np.abs(first.astype(np.int16) - second.astype(np.int16))))
-
-
-def _perf_analyzer_profile(run: PerfRun, profile: Profile, model_dir: Path, repository: Path, work_dir: Path):
-    """The three paths at concurrency 1, perf_analyzer's scenarios, and the identity-UNet probe."""
-    spec, request, options = profile.baseline, run.request, run.options
-    binary = load.find_perf_analyzer(options.perf_analyzer)
-    timed = {"runs": spec.runs, "warmup_runs": spec.warmup_runs, "gpu": options.gpu}
-    slope = {"steps": spec.slope_steps, "runs": spec.slope_runs}
-    diffusers, diffusers_image = None, None
-    if not options.skip_diffusers:
-        diffusers, diffusers_image = paths.time_diffusers(model_dir, request, **timed)
-        gc.collect()  # the heavy profile's pipeline holds gigabytes: let it go before the next path loads
-    loop = paths.time_onnx_loop(repository, request, slope_steps=spec.slope_steps, slope_runs=spec.slope_runs, **timed)
-    gc.collect()
-    with run.server(repository, "tritonserver", warmup_requests=spec.warmup_runs) as server:
-        http_url = server.address.http_url
-        with closing(paths.TritonPath(server.address.grpc_url)) as triton:
-            before = _stats(http_url)
-            client, triton_image = triton.time(request, runs=spec.runs)
-            breakdown = {name: stats.minus(before[name]) for name, stats in _stats(http_url).items()}
-            before_slope = model.ModelStats.fetch(http_url, UNET.model_name)
-            triton_slope = triton.slope(request, **slope)
-            slope_unet_stats = model.ModelStats.fetch(http_url, UNET.model_name).minus(before_slope)
-        points = _run_scenarios(run, profile, server, binary, single_request_s=client.median_ms / 1000.0)
-    probe = (None, None)
-    if not spec.bls_probe:
-        run.skipped.append("identity-UNet BLS probe: off in this profile (its goal is judged on the default model)")
-    elif run.fits("identity-UNet BLS probe", _PROBE_FIXED_S + 6 * spec.slope_runs * client.median_ms / 1000.0):
-        probe_repository = repositories.identity_repository(repository, work_dir / "identity_unet_repository")
-        logger.info("BLS probe: the repository with an identity UNet in %s", probe_repository)
-        probe_loop = paths.time_onnx_loop(
-            probe_repository,
-            request,
-            runs=1,
-            warmup_runs=1,
-            slope_steps=spec.slope_steps,
-            slope_runs=spec.slope_runs,
-            gpu=options.gpu,
-        )
+    def perf_analyzer(self, model_dir: Path, repository: Path, work_dir: Path) -> model.PerfResult:
+        """The three paths at concurrency 1, perf_analyzer's scenarios, and the identity-UNet probe."""
+        spec, request, options = self.profile.baseline, self.request, self.options
+        binary = load.find_perf_analyzer(options.perf_analyzer)
+        timed = {"runs": spec.runs, "warmup_runs": spec.warmup_runs, "gpu": options.gpu}
+        slope = {"path": model.TRITON, "steps": spec.slope_steps, "runs": spec.slope_runs}
+        loop_slope = {"slope_steps": spec.slope_steps, "slope_runs": spec.slope_runs, "gpu": options.gpu}
+        diffusers, diffusers_image = None, None
+        if not options.skip_diffusers:
+            diffusers, diffusers_image = paths.time_diffusers(model_dir, request, **timed)
+            gc.collect()  # the heavy profile's pipeline holds gigabytes: let it go before the next path loads
+        loop = paths.time_onnx_loop(repository, request, runs=spec.runs, warmup_runs=spec.warmup_runs, **loop_slope)
         gc.collect()
-        with run.server(probe_repository, "tritonserver_identity_unet", warmup_requests=1) as server:
-            with closing(paths.TritonPath(server.address.grpc_url)) as triton:
-                probe = probe_loop.slope, triton.slope(request, **slope)
-    differences = {"onnx_loop vs triton": _max_difference(loop.image, triton_image)}
-    if diffusers_image is not None:
-        differences["diffusers vs onnx_loop"] = _max_difference(diffusers_image, loop.image)
-    return model.PerfResult(
-        **run.common(),
-        diffusers=diffusers,
-        onnx_loop=loop.timing,
-        onnx_loop_networks=loop.networks,
-        onnx_loop_slope=loop.slope,
-        unet_calls_per_step=loop.unet_calls_per_step,
-        triton_client=client,
-        triton_slope=triton_slope,
-        triton_breakdown=breakdown,
-        slope_unet_stats=slope_unet_stats,
-        points=tuple(points),
-        scenarios=profile.scenarios,
-        max_pixel_difference={name: value for name, value in differences.items() if value is not None},
-        probe_loop_slope=probe[0],
-        probe_triton_slope=probe[1],
-    )
-
-
-def _run_scenarios(
-    run: PerfRun, profile: Profile, server: TritonServer, binary: Path, *, single_request_s: float
-) -> list[model.LoadPoint]:
-    """Every level of every scenario that fits the time left; a failed level is named in the summary."""
-    points: list[model.LoadPoint] = []
-    warmed = {profile.input_data}
-    total = sum(len(scenario.levels) for scenario in profile.scenarios)
-    progress = tqdm(total=total, desc=f"perf {profile.name}", unit="level", disable=not run.options.show_progress)
-
-    def level(scenario: Scenario, value: float) -> model.LoadPoint:
-        input_data_path, output_dir = run.input_dir / scenario.input_data, run.options.output_dir / "perf_analyzer"
-        timeout_s = max(run.left_s, 1.0)
-        return load.run_level(
-            scenario,
-            value,
-            binary=binary,
-            address=server.address,
-            input_data_path=input_data_path,
-            output_dir=output_dir,
-            timeout_s=timeout_s,
+        with self.server(repository, "tritonserver", warmup_requests=spec.warmup_runs) as server:
+            http_url = server.address.http_url
+            with StableDiffusionClient(server.address.grpc_url) as triton:
+                send, before, steps = paths.client_runner(triton), _stats(http_url), request.num_inference_steps
+                client, triton_image = paths.timed_runs(send(request), path=model.TRITON, steps=steps, runs=spec.runs)
+                breakdown = {name: stats.minus(before[name]) for name, stats in _stats(http_url).items()}
+                before_slope = model.ModelStats.fetch(http_url, UNET.model_name)
+                triton_slope = paths.time_slope(send, request, **slope)
+                slope_unet_stats = model.ModelStats.fetch(http_url, UNET.model_name).minus(before_slope)
+            points = self.scenarios(server, binary, single_request_s=client.median_ms / 1000.0)
+        probe = (None, None)
+        if not spec.bls_probe:
+            self.skipped.append(
+                "identity-UNet BLS probe: off in this profile (its goal is judged on the default model)"
+            )
+        elif self.fits("identity-UNet BLS probe", _PROBE_FIXED_S + 6 * spec.slope_runs * client.median_ms / 1000.0):
+            probe_repository = repositories.identity_repository(repository, work_dir / "identity_unet_repository")
+            logger.info("BLS probe: the repository with an identity UNet in %s", probe_repository)
+            probe_loop = paths.time_onnx_loop(probe_repository, request, runs=1, warmup_runs=1, **loop_slope)
+            gc.collect()
+            with self.server(probe_repository, "tritonserver_identity_unet", warmup_requests=1) as server:
+                with StableDiffusionClient(server.address.grpc_url) as triton:
+                    probe = probe_loop.slope, paths.time_slope(paths.client_runner(triton), request, **slope)
+        differences = {"onnx_loop vs triton": _max_difference(loop.image, triton_image)}
+        if diffusers_image is not None:
+            differences["diffusers vs onnx_loop"] = _max_difference(diffusers_image, loop.image)
+        return model.PerfResult(
+            **self.common(),
+            diffusers=diffusers,
+            onnx_loop=loop.timing,
+            onnx_loop_networks=loop.networks,
+            onnx_loop_slope=loop.slope,
+            unet_calls_per_step=loop.unet_calls_per_step,
+            triton_client=client,
+            triton_slope=triton_slope,
+            triton_breakdown=breakdown,
+            slope_unet_stats=slope_unet_stats,
+            points=tuple(points),
+            scenarios=self.profile.scenarios,
+            max_pixel_difference={name: value for name, value in differences.items() if value is not None},
+            probe_loop_slope=probe[0],
+            probe_triton_slope=probe[1],
         )
 
-    def skip(scenario: Scenario, levels: tuple[float, ...], reason: str) -> None:
-        run.skipped.append(f"{scenario.name}: {reason}")
-        progress.update(len(levels))
+    def scenarios(self, server: TritonServer, binary: Path, *, single_request_s: float) -> list[model.LoadPoint]:
+        """Every level of every scenario that fits the time left; a failed level is named in the summary."""
+        points: list[model.LoadPoint] = []
+        warmed, scenarios = {self.profile.input_data}, self.profile.scenarios
+        total = sum(len(scenario.levels) for scenario in scenarios)
+        progress = tqdm(total=total, desc=f"perf {self.profile.name}", unit="level", disable=not self.show)
+        files = {"binary": binary, "address": server.address, "output_dir": self.options.output_dir / "perf_analyzer"}
 
-    with progress:
-        for scenario in profile.scenarios:
-            levels = scenario.levels
-            if scenario.mode is LoadMode.REQUEST_RATE:
-                references = [p.throughput_per_s for p in points if p.scenario == scenario.rate_reference]
-                if not references:
-                    skip(scenario, levels, f"its rate reference {scenario.rate_reference} was not measured")
-                    continue
-                levels = request_rates(levels, peak_throughput_per_s=max(references))
-            if scenario.input_data not in warmed:
-                # One pass over the file first: each new size's first run allocates, and is not load.
-                count = len(load_input_data(run.input_dir / scenario.input_data))
-                warm_up = Scenario(
-                    f"warmup_{scenario.name}",
-                    scenario.protocol,
-                    LoadMode.CONCURRENCY,
-                    scenario.input_data,
-                    (1.0,),
-                    count,
-                )
-                try:
-                    level(warm_up, 1.0)
-                except load.PerfAnalyzerError as error:
-                    skip(scenario, levels, f"the warm-up failed: {error}")
-                    continue
-                warmed.add(scenario.input_data)
-            throughput = 1.0 / single_request_s
-            for value in levels:
-                name = load.level_file_stem(scenario, value)
-                progress.update()
-                if not run.fits(name, _estimated_level_s(scenario, value, throughput_per_s=throughput)):
-                    continue
-                progress.set_postfix_str(f"{scenario.name} {scenario.mode.value} {value:g}")
-                try:
-                    point = level(scenario, value)
-                except load.PerfAnalyzerError as error:
-                    logger.error("%s", error)
-                    run.skipped.append(f"{name}: FAILED: {str(error).splitlines()[0]}")
-                    continue
-                points.append(point)
-                throughput = max(point.throughput_per_s, 1e-6)
-                logger.info(
-                    "%s: %.2f images/s, p50 %.1f ms, p99 %.1f ms",
-                    name,
-                    point.throughput_per_s,
-                    point.p50_ms,
-                    point.p99_ms,
-                )
-    return points
+        def level(scenario: Scenario, value: float) -> model.LoadPoint:
+            input_data_path = self.input_dir / scenario.input_data
+            return load.run_level(
+                scenario, value, input_data_path=input_data_path, timeout_s=max(self.left_s, 1.0), **files
+            )
 
+        with progress:
+            for scenario in scenarios:
+                levels, reason = scenario.levels, None
+                if scenario.mode is LoadMode.REQUEST_RATE:
+                    references = [p.throughput_per_s for p in points if p.scenario == scenario.rate_reference]
+                    if references:
+                        levels = request_rates(levels, peak_throughput_per_s=max(references))
+                    else:
+                        reason = f"its rate reference {scenario.rate_reference} was not measured"
+                if reason is None and scenario.input_data not in warmed:
+                    # One pass over the file first: each new size's first run allocates, and is not load.
+                    count = len(load_input_data(self.input_dir / scenario.input_data))
+                    warm_up = Scenario(
+                        f"warmup_{scenario.name}",
+                        scenario.protocol,
+                        LoadMode.CONCURRENCY,
+                        scenario.input_data,
+                        (1.0,),
+                        count,
+                    )
+                    try:
+                        level(warm_up, 1.0)
+                        warmed.add(scenario.input_data)
+                    except load.PerfAnalyzerError as error:
+                        reason = f"the warm-up failed: {error}"
+                if reason is not None:
+                    self.skipped.append(f"{scenario.name}: {reason}")
+                    progress.update(len(levels))
+                    continue
+                throughput = 1.0 / single_request_s
+                for value in levels:
+                    name = load.level_file_stem(scenario, value)
+                    progress.update()
+                    if not self.fits(name, _estimated_level_s(scenario, value, throughput_per_s=throughput)):
+                        continue
+                    progress.set_postfix_str(f"{scenario.name} {scenario.mode.value} {value:g}")
+                    try:
+                        point = level(scenario, value)
+                    except load.PerfAnalyzerError as error:
+                        logger.error("%s", error)
+                        self.skipped.append(f"{name}: FAILED: {str(error).splitlines()[0]}")
+                        continue
+                    points.append(point)
+                    throughput = max(point.throughput_per_s, 1e-6)
+                    logger.info(
+                        "%s: %.2f images/s, p50 %.1f ms, p99 %.1f ms",
+                        name,
+                        point.throughput_per_s,
+                        point.p50_ms,
+                        point.p99_ms,
+                    )
+        return points
 
-class _Engine:
-    """The engine profile's sections over one run; each returns None (and says why) when it could not measure."""
-
-    def __init__(self, run: PerfRun, profile: EngineProfile, repository: Path, work_dir: Path) -> None:
-        self.run, self.profile, self.request = run, profile, run.request
-        self.show = run.options.show_progress
-        self.repository, self.variants = repository, work_dir / "engine_variants"
-        self.image_s = 1.0  # the plain loop's seconds an image, once timed: sizes the estimates
+    # The engine profile.
 
     def variant(self, name: str, source: Path, **changes: object) -> Path:
         shutil.rmtree(self.variants / name, ignore_errors=True)
         return repositories.engine_variant(source, self.variants / name, **changes)
 
-    def server(self, repository: Path, name: str) -> contextlib.AbstractContextManager[TritonServer]:
-        return self.run.server(repository, f"tritonserver_{name}", warmup_requests=_WARMUP_REQUESTS)
+    def engine_server(self, repository: Path, name: str) -> contextlib.AbstractContextManager[TritonServer]:
+        return self.server(repository, f"tritonserver_{name}", warmup_requests=_WARMUP_REQUESTS)
 
     def timeout_s(self, steps: int, concurrency: int) -> float:
         """A request's time budget at ``concurrency``: generous, so that only a lost answer reaches it."""
@@ -438,9 +380,9 @@ class _Engine:
             self.served, limits=self.limits, request=self.request, concurrency=concurrency, requests=requests, **options
         )
 
-    def plain_loop(self, *, runs: int, warmup_runs: int = 0) -> model.PathTiming:
+    def plain_loop(self, *, runs: int, warmup_runs: int = 0) -> Load:
         run, steps = self.served.plain_loop()(self.request), self.request.num_inference_steps
-        return paths.timed_runs(run, path=paths.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)[0]
+        return paths.timed_runs(run, path=model.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)[0]
 
     def load(self, server: TritonServer, variant: str, concurrency: int, requests: int) -> Load:
         """``concurrency`` client threads over gRPC sending the base request, ``requests`` in all (rounded up)."""
@@ -449,18 +391,19 @@ class _Engine:
         sent = load.run_classes(
             server.address.grpc_url, [client_class], load=f"{variant}_c{concurrency}", show_progress=self.show
         )
-        self.run.skipped += _failures(f"{variant} c={concurrency}", sent.records)
+        self.skipped += _failures(f"{variant} c={concurrency}", sent.records)
         return Load(variant, concurrency, sent.records, sent.duration_s)
 
-    def measure(self) -> model.EngineResult:
-        run, p = self.run, self.profile
+    def engine(self, repository: Path, work_dir: Path) -> model.EngineResult:
+        """The engine profile's sections: the in-process sides first, then one server (or the two of the sweep) at a
+        time."""
+        p, self.variants, on_repository = self.profile, work_dir / "engine_variants", repository
         ceiling, sweep, mixed, burst, simulated = p.ceiling, p.sweep, p.mixed, p.burst, p.simulated
-        on_repository = self.repository
         if sweep and sweep.batching_on != repositories.engine_limits_of(on_repository).max_running_images:
             on_repository = self.variant(BATCHING_ON, on_repository, max_running_images=sweep.batching_on)
         # The in-process sessions stay loaded, idle while a server is measured: the two sides of (a) and the
         # non-UNet parts of (e) are measured in turns with the server loads they are compared with.
-        self.served = paths.ServedFiles.load(on_repository, gpu=run.options.gpu)
+        self.served = paths.ServedFiles.load(on_repository, gpu=self.options.gpu)
         self.limits = repositories.engine_limits_of(on_repository)
         sizing = self.plain_loop(runs=1, warmup_runs=ceiling.plain_loop_warmup_runs if ceiling else 1)
         self.image_s = image_s = sizing.median_ms / 1000.0
@@ -469,12 +412,12 @@ class _Engine:
         sections: dict[str, object] = {}
         if ceiling or sweep or mixed:
             with ExitStack() as stack:
-                servers = {BATCHING_ON: stack.enter_context(self.server(on_repository, BATCHING_ON))}
+                servers = {BATCHING_ON: stack.enter_context(self.engine_server(on_repository, BATCHING_ON))}
                 on = servers[BATCHING_ON]
-                if sweep and run.fits("batching-off server", 2 * (_SERVER_START_S + sweep.requests * image_s)):
+                if sweep and self.fits("batching-off server", 2 * (_SERVER_START_S + sweep.requests * image_s)):
                     off = self.variant(BATCHING_OFF, on_repository, max_running_images=sweep.batching_off)
-                    servers[BATCHING_OFF] = stack.enter_context(self.server(off, BATCHING_OFF))
-                if ceiling and run.fits("ceiling", 2 * (ceiling.requests + ceiling.plain_loop_runs) * image_s):
+                    servers[BATCHING_OFF] = stack.enter_context(self.engine_server(off, BATCHING_OFF))
+                if ceiling and self.fits("ceiling", 2 * (ceiling.requests + ceiling.plain_loop_runs) * image_s):
                     sections["ceiling"] = self.ceiling(on, ceiling)
                 if BATCHING_OFF in servers:
                     sections["sweep"] = self.sweep(servers, sweep)
@@ -482,24 +425,24 @@ class _Engine:
                     # On this CPU a batched step costs about what its images cost one by one.
                     steps = mixed.long_requests_per_client * mixed.long_steps * mixed.concurrency
                     steps += mixed.short_only_requests * mixed.short_steps
-                    if run.fits("mixed steps", steps * image_s / self.request.num_inference_steps):
+                    if self.fits("mixed steps", steps * image_s / self.request.num_inference_steps):
                         sections["mixed"] = self.mixed(on, mixed)
         burst_s = _SERVER_START_S + (1 + burst.warmup_bursts) * burst.max_pending_requests * image_s if burst else 0
-        if burst and run.fits(BURST, burst_s):
+        if burst and self.fits(BURST, burst_s):
             repository = self.variant(BURST, on_repository, max_pending_requests=burst.max_pending_requests)
-            with self.server(repository, BURST) as server:
+            with self.engine_server(repository, BURST) as server:
                 sections["burst"] = self.burst(server, burst)
         # The stand-in UNet sleeps: a simulated request costs less of this CPU than a real one.
-        if simulated and run.fits(f"{SIMULATED} accelerator", _SERVER_START_S + simulated.requests * image_s / 2):
+        if simulated and self.fits(f"{SIMULATED} accelerator", _SERVER_START_S + simulated.requests * image_s / 2):
             shutil.rmtree(self.variants / SIMULATED, ignore_errors=True)
             repository = repositories.simulated_repository(on_repository, self.variants / SIMULATED, simulated.latency)
-            with self.server(repository, SIMULATED) as server:
+            with self.engine_server(repository, SIMULATED) as server:
                 sections["simulated"] = self.simulated(server, simulated)
         del self.served  # the in-process sessions go
         gc.collect()
         if ceiling is None:
-            run.skipped.append("ceiling: not in this profile")
-        return model.EngineResult(**run.common(), **sections)
+            self.skipped.append("ceiling: not in this profile")
+        return model.EngineResult(**self.common(), **sections)
 
     def ceiling(self, server: TritonServer, spec) -> model.CeilingResult | None:
         """In turns: in-process and served at the ceiling's concurrency, the plain loop and served at 1."""
@@ -508,17 +451,16 @@ class _Engine:
         for turn in range(spec.turns):
             in_process.append(self.in_process(spec.concurrency, per_turn, f"ceiling turn {turn + 1}: in-process"))
             served.append(self.load(server, CEILING_SERVED, spec.concurrency, per_turn))
-            plain += self.plain_loop(runs=plain_per_turn).latencies_ms
+            plain.append(self.plain_loop(runs=plain_per_turn))
             served_one.append(self.load(server, CEILING_SERVED, 1, plain_per_turn))
             if served[-1].completed:
                 turn_ratios.append(served[-1].images_per_s / in_process[-1].images_per_s)
         served_level, served_one_level = Load.merged(served), Load.merged(served_one)
         if not served_level.completed or not served_one_level.completed:
-            self.run.skipped.append("ceiling: the server completed no request at one of its concurrencies")
+            self.skipped.append("ceiling: the server completed no request at one of its concurrencies")
             return None
-        plain_loop = model.PathTiming(paths.ONNX_LOOP, self.request.num_inference_steps, tuple(plain))
-        in_process_run = InProcessRun.merged(in_process)
-        result = model.CeilingResult(in_process_run, served_level, plain_loop, served_one_level, tuple(turn_ratios))
+        merged = (Load.merged(in_process), served_level, Load.merged(plain), served_one_level)
+        result = model.CeilingResult(*merged, tuple(turn_ratios))
         ratios = (result.served_over_ceiling, result.one_over_plain_loop)
         logger.info("ceiling: served/in-process %.3fx, c1 served/plain loop %.3fx", *ratios)
         return result
@@ -552,7 +494,7 @@ class _Engine:
             load.ClientClass(model.LONG, long, spec.long_clients, spec.long_requests_per_client, long_timeout_s),
         ]
         mixed = load.run_classes(url, classes, load="mixed", show_progress=self.show)
-        self.run.skipped += _failures("mixed steps", [*short_only.records, *mixed.records])
+        self.skipped += _failures("mixed steps", [*short_only.records, *mixed.records])
         result = model.MixedResult(spec, mixed, short_only)
         logger.info("mixed steps: short p99 beside long ones / alone = %s", result.short_p99_ratio)
         return result
@@ -567,7 +509,7 @@ class _Engine:
             for r in load.run_burst(url, self.request, load=model.BURST_WARMUP, **send)
         ]
         records = load.run_burst(url, self.request, **send)
-        self.run.skipped += _failures("burst", [*warmup, *records])
+        self.skipped += _failures("burst", [*warmup, *records])
         result = model.BurstResult(spec, tuple(records), tuple(warmup))
         slowest = result.max_refusal_ms
         logger.info("burst: %d accepted, %d refused, slowest refusal %s ms", result.accepted, result.refused, slowest)
@@ -576,7 +518,7 @@ class _Engine:
     def simulated(self, server: TritonServer, spec) -> model.SimulatedResult | None:
         """In turns: the non-UNet parts in-process, then the simulated server, at the lowest and highest level."""
         low_c, high_c = spec.levels[0], spec.levels[-1]
-        in_process: dict[int, list[InProcessRun]] = {low_c: [], high_c: []}
+        in_process: dict[int, list[Load]] = {low_c: [], high_c: []}
         parts: dict[int, list[Load]] = {level: [] for level in spec.levels}
         for _ in range(spec.turns):
             for concurrency in spec.levels:
@@ -590,10 +532,10 @@ class _Engine:
                 parts[concurrency].append(self.load(server, SIMULATED, concurrency, requests))
         points = tuple(level for level in map(Load.merged, parts.values()) if level.completed)
         if {low_c, high_c} - {point.concurrency for point in points}:
-            self.run.skipped.append(f"{SIMULATED} accelerator: c={low_c} or c={high_c} completed no request")
+            self.skipped.append(f"{SIMULATED} accelerator: c={low_c} or c={high_c} completed no request")
             return None
-        low, high = InProcessRun.merged(in_process[low_c]), InProcessRun.merged(in_process[high_c])
-        rows_per_image, calls_per_image = round(low.unet_rows / low.unet_calls), low.unet_calls / low.requests
+        low, high = Load.merged(in_process[low_c]), Load.merged(in_process[high_c])
+        rows_per_image, calls_per_image = round(low.unet_rows / low.unet_calls), low.unet_calls / low.completed
         result = model.SimulatedResult(spec.latency, rows_per_image, calls_per_image, points, low, high)
         measured, share = result.measured_ratio, 100 * result.share_of_allowed
         logger.info("SIMULATED %s: measured %.2fx, %.1f%% of the allowed", spec.latency, measured, share)

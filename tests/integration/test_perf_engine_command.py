@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, LONG, SHORT, EngineResult
-from sdtriton.perf.profiles import DEFAULT_PERF_DIR, INPUT_DATA_DIR_NAME
-from sdtriton.perf.runner import PerfOptions, run_perf
+from sdtriton.perf.profiles import DEFAULT_PERF_DIR, INPUT_DATA_DIR_NAME, PerfOptions
+from sdtriton.perf.runner import run_perf
 from sdtriton.perf.workload import input_data_text, load_input_data
 
 pytestmark = pytest.mark.integration

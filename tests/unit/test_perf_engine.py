@@ -15,18 +15,17 @@ from sdtriton.perf.model import (
     BATCHING_OFF,
     BATCHING_ON,
     CEILING_SERVED,
+    IN_PROCESS,
     LONG,
     SHORT,
     SIMULATED,
     BurstResult,
     CeilingResult,
     EngineResult,
-    InProcessRun,
     Load,
     MachineInfo,
     MixedResult,
     Outcome,
-    PathTiming,
     RequestRecord,
     SimulatedResult,
     allowed_images_per_s,
@@ -37,7 +36,6 @@ from sdtriton.perf.profiles import (
     DEFAULT_PERF_DIR,
     INPUT_DATA_DIR_NAME,
     BurstSpec,
-    EngineProfile,
     MixedSpec,
     Profile,
     load_profiles,
@@ -127,6 +125,12 @@ def test_allowed_throughput_counts_the_non_unet_work_beside_the_modelled_calls()
         allowed_images_per_s(latency, concurrency=1, rows_per_image=2, unet_calls_per_image=1, non_unet_s=-1)
 
 
+def _in_process(concurrency: int, requests: int, elapsed_s: float, unet_calls: int, unet_rows: int) -> Load:
+    """The in-process engine's closed loop: ``requests`` completed in ``elapsed_s``, its UNet calls and rows."""
+    records = tuple(_record(IN_PROCESS, 1000.0 * elapsed_s, load=IN_PROCESS) for _ in range(requests))
+    return Load(IN_PROCESS, concurrency, records, elapsed_s, unet_calls=unet_calls, unet_rows=unet_rows)
+
+
 def _level(variant: str, concurrency: int, latencies_ms: list[float], duration_s: float) -> Load:
     records = tuple(_record(variant, latency, load=f"{variant}_c{concurrency}") for latency in latencies_ms)
     return Load(variant=variant, concurrency=concurrency, records=records, duration_s=duration_s)
@@ -142,8 +146,8 @@ def _simulated() -> SimulatedResult:
         unet_calls_per_image=20,
         points=(low, high),
         # 20 ms of non-UNet work an image at both concurrencies: 50 images/s with a UNet that takes no time.
-        non_unet_low=InProcessRun(concurrency=1, requests=32, elapsed_s=0.64, unet_calls=640, unet_rows=1280),
-        non_unet_high=InProcessRun(concurrency=8, requests=32, elapsed_s=0.64, unet_calls=80, unet_rows=1280),
+        non_unet_low=_in_process(concurrency=1, requests=32, elapsed_s=0.64, unet_calls=640, unet_rows=1280),
+        non_unet_high=_in_process(concurrency=8, requests=32, elapsed_s=0.64, unet_calls=80, unet_rows=1280),
     )
 
 
@@ -157,7 +161,7 @@ def test_simulated_share_of_what_the_latency_model_allows() -> None:
 
 
 def _result() -> EngineResult:
-    plain = PathTiming(path="onnx_loop", num_inference_steps=20, latencies_ms=(380.0, 390.0, 400.0))
+    plain = Load.timed("onnx_loop", 20, (380.0, 390.0, 400.0))
     on = [_level(BATCHING_ON, 1, [400.0] * 16, 6.4), _level(BATCHING_ON, 8, [3000.0] * 64, 24.0)]
     off = [_level(BATCHING_OFF, 1, [390.0] * 16, 6.2), _level(BATCHING_OFF, 8, [3200.0] * 64, 32.0)]
     mixed = MixedResult(
@@ -186,7 +190,7 @@ def _result() -> EngineResult:
         request=fixed_requests(size_px=64, num_inference_steps=20)[0],
         input_data="default_fixed.json",
         ceiling=CeilingResult(
-            in_process=InProcessRun(concurrency=8, requests=32, elapsed_s=10.0, unet_calls=80, unet_rows=1280),
+            in_process=_in_process(concurrency=8, requests=32, elapsed_s=10.0, unet_calls=80, unet_rows=1280),
             served=Load.merged(
                 [_level(CEILING_SERVED, 8, [3000.0] * 16, 6.0), _level(CEILING_SERVED, 8, [3000.0] * 16, 6.0)]
             ),
@@ -267,7 +271,7 @@ def test_reports_label_the_simulated_results(tmp_path: Path) -> None:
 
 def test_the_committed_engine_profiles() -> None:
     profiles = load_profiles(DEFAULT_PERF_DIR)
-    engine_profiles = {name: p for name, p in profiles.items() if isinstance(p, EngineProfile)}
+    engine_profiles = {name: p for name, p in profiles.items() if p.engine}
     assert set(engine_profiles) == {"engine", "transformer"}
     for profile in engine_profiles.values():
         assert (DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / profile.input_data).is_file()
@@ -283,7 +287,7 @@ def test_the_committed_engine_profiles() -> None:
     assert profile.mixed is not None and profile.mixed.concurrency == 8
     assert profile.simulated is not None and str(profile.simulated.latency) == "10ms+2ms"
     # The perf_analyzer profiles are the others.
-    assert all(isinstance(p, Profile) for n, p in profiles.items() if n not in engine_profiles)
+    assert all(not p.engine for n, p in profiles.items() if n not in engine_profiles)
 
 
 def test_instrumented_networks_count_a_transformers_rows() -> None:
@@ -298,7 +302,7 @@ def _profile(**engine: object) -> dict[str, object]:
     return {"model": "tiny", "time_limit_s": 60, "engine": {"input_data": "fixed.json", **engine}}
 
 
-def _engine_profile(values: dict[str, object]) -> EngineProfile | Profile:
+def _engine_profile(values: dict[str, object]) -> Profile:
     return parse_profiles(json.dumps({"profiles": {"p": values}}))["p"]
 
 
@@ -326,9 +330,14 @@ def test_engine_profile_defaults_and_document() -> None:
     profile = _engine_profile(_profile(burst={}, simulated={"latency": "5ms + 0.5ms"}))
     assert profile.burst == BurstSpec()
     assert _engine_profile(_profile(burst={"warmup_bursts": 0})).burst == BurstSpec(warmup_bursts=0)
+    # Warm-ups may be left out (0); the runner then runs none.
+    ceiling = _engine_profile(_profile(ceiling={"warmup_requests": 0, "plain_loop_warmup_runs": 0})).ceiling
+    assert ceiling is not None and (ceiling.warmup_requests, ceiling.plain_loop_warmup_runs) == (0, 0)
+    with pytest.raises(ValueError, match=r"ceiling.warmup_requests: must be an integer >= 0"):
+        _engine_profile(_profile(ceiling={"warmup_requests": -1}))
     assert profile.simulated is not None and profile.simulated.latency == SimulatedLatency(5.0, 0.5)
     assert profile.ceiling is None and profile.sweep is None and profile.mixed is None
-    assert isinstance(profile, EngineProfile)
+    assert profile.engine
 
 
 def test_raw_inputs_are_one_item_arrays_of_every_public_input() -> None:
@@ -366,7 +375,8 @@ def test_in_process_closed_loop_keeps_the_concurrency_and_counts_unet_rows() -> 
         warmup_requests=2,
         show_progress=False,
     )
-    assert (run.concurrency, run.requests) == (3, 7)
+    assert (run.concurrency, run.completed) == (3, 7)
+    assert [record.client for record in run.records] == list(range(7)) and min(run.latencies_ms) > 0
     # Waves of 3, 3 and 1 guided images, 4 steps each; the warm-up's calls are not counted.
     assert (run.unet_calls, run.unet_rows) == (12, 56)
     assert run.rows_per_unet_call == pytest.approx(56 / 12)
@@ -448,13 +458,13 @@ def test_turns_merge_into_one_level_and_one_run() -> None:
     with pytest.raises(ValueError, match="one variant"):
         Load.merged([first, _level(BATCHING_OFF, 2, [1.0], 1.0)])
     runs = [
-        InProcessRun(concurrency=8, requests=8, elapsed_s=2.0, unet_calls=20, unet_rows=320),
-        InProcessRun(concurrency=8, requests=16, elapsed_s=6.0, unet_calls=40, unet_rows=640),
+        _in_process(concurrency=8, requests=8, elapsed_s=2.0, unet_calls=20, unet_rows=320),
+        _in_process(concurrency=8, requests=16, elapsed_s=6.0, unet_calls=40, unet_rows=640),
     ]
-    run = InProcessRun.merged(runs)
-    assert (run.requests, run.elapsed_s, run.images_per_s, run.rows_per_unet_call) == (24, 8.0, 3.0, 16.0)
-    with pytest.raises(ValueError, match="one concurrency"):
-        InProcessRun.merged([runs[0], dataclasses.replace(runs[1], concurrency=1)])
+    run = Load.merged(runs)
+    assert (run.completed, run.duration_s, run.images_per_s, run.rows_per_unet_call) == (24, 8.0, 3.0, 16.0)
+    with pytest.raises(ValueError, match="one variant and concurrency"):
+        Load.merged([runs[0], dataclasses.replace(runs[1], concurrency=1)])
 
 
 def test_load_tests_run_with_the_engines_caches_off(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton.perf.model import LoadPoint, MachineInfo, ModelStats, NetworkTimes, PathTiming, PerfResult, StepSlope
+from sdtriton.perf.model import Load, LoadPoint, MachineInfo, ModelStats, NetworkTimes, PerfResult, StepSlope
 from sdtriton.perf.profiles import LoadMode, Protocol, Scenario
 from sdtriton.perf.report import headline, summary_markdown, write_reports
 from sdtriton.perf.workload import fixed_requests
@@ -51,17 +51,17 @@ def test_stats_differences_per_request() -> None:
     after = ModelStats.from_json(_stats_json("unet", requests=30, executions=15, queue_ns=3 * 10**6, infer_ns=49e6))
     delta = after.minus(before)
     assert (delta.requests, delta.executions) == (20, 10)
-    assert delta.queue_ms_per_request == pytest.approx(0.1)
-    assert delta.compute_infer_ms_per_request == pytest.approx(2.0)
-    assert delta.server_ms_per_request == pytest.approx(2.1)
+    assert delta.ms_per_request("queue") == pytest.approx(0.1)
+    assert delta.ms_per_request("compute_infer") == pytest.approx(2.0)
+    assert delta.ms_per_request() == pytest.approx(2.1)
     with pytest.raises(ValueError, match="no successful requests"):
-        _ = before.minus(before).server_ms_per_request
+        before.minus(before).ms_per_request()
     with pytest.raises(ValueError, match="cannot subtract"):
         after.minus(_stats("pipeline", requests=1, server_ms=1))
 
 
-def _timing(path: str, steps: int, *latencies: float) -> PathTiming:
-    return PathTiming(path=path, num_inference_steps=steps, latencies_ms=latencies)
+def _timing(path: str, steps: int, *latencies: float) -> Load:
+    return Load.timed(path, steps, latencies)
 
 
 SCENARIOS = (
