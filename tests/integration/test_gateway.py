@@ -8,15 +8,9 @@ import asyncio
 import base64
 import io
 import logging
-import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
@@ -28,7 +22,7 @@ from sdtriton.client import RequestCancelledError, RequestTimeoutError, StableDi
 from sdtriton.gateway import errors
 from sdtriton.gateway.backend import Backend, GenerationRequest
 from sdtriton.gateway.runner import job_runner
-from sdtriton.server import free_port
+from tests.integration.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -39,7 +33,6 @@ LIMITED_KEY = "test-key-limited"
 ALIAS = "tiny"
 ORIGIN = "http://playground.test"
 MAX_BODY_BYTES = 64 * 1024
-READY_TIMEOUT_S = 60.0
 # Few steps: the tiny model's images differ by seed at any step count, and each costs little.
 STEPS = 4
 
@@ -57,45 +50,12 @@ def gateway(grpc_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         f"[limits]\nmax_body_bytes = {MAX_BODY_BYTES}\nrate_limit_per_s = 100.0\nrate_limit_burst = 100\n\n"
         f'[cors]\nallow_origins = ["{ORIGIN}"]\n'
     )
-    port = free_port()
-    command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url, "--port", str(port)]
-    command += ["--data-dir", str(folder / "data"), "--api-keys-file", str(keys), "--config", str(config)]
-    setpriv = shutil.which("setpriv")
-    if setpriv is not None:  # the gateway ends with this process, even if pytest is killed
-        command = [setpriv, "--pdeathsig", "TERM", "--", *command]
-    log_path = folder / "gateway.log"
-    started = time.monotonic()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    options = ["--data-dir", str(folder / "data"), "--api-keys-file", str(keys), "--config", str(config)]
+    process = GatewayProcess(grpc_url, options, folder / "gateway.log").start()
     try:
-        _wait_ready(url, process, log_path)
-        logger.info("gateway ready in %.1f s", time.monotonic() - started)
-        yield url
+        yield process.wait_ready().url
     finally:
-        stopping = time.monotonic()
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            logger.error("the gateway did not stop within 10 s of SIGTERM:\n%s", log_path.read_text())
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        logger.info("gateway stopped in %.1f s (%s)", time.monotonic() - stopping, process.returncode)
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the gateway exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the gateway was not ready within {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
+        process.stop()
 
 
 @pytest.fixture(scope="module")
