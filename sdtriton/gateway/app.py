@@ -59,6 +59,7 @@ _T = TypeVar("_T")
 # How often a generation checks whether its HTTP client has gone (then the engine's work is cancelled).
 _DISCONNECT_POLL_S = 0.25
 IMAGES_FOLDER = "images"
+_REQUEST_PARTS = ("body", "path", "query", "header", "cookie")
 _ERROR_STATUSES = {
     400: "A field is out of range or malformed; `param` names it.",
     401: "Missing or unknown API key.",
@@ -310,7 +311,8 @@ def _validation_error(error: RequestValidationError) -> GatewayError:
     for problem in error.errors():
         # A body that is not JSON is located at the character where parsing stopped: no field to name.
         where = () if problem["type"] == "json_invalid" else problem["loc"]
-        location = [str(part) for part in where if part != "body"]
+        # pydantic locates a field after where it came from: ("body", "n"), ("path", "index"), ("query", "limit").
+        location = [str(part) for part in where[1:]] if where and where[0] in _REQUEST_PARTS else list(map(str, where))
         name = ".".join(location) or "body"
         param = param or (name if location else None)
         problems.append(f"{name}: {problem['msg'].removeprefix('Value error, ')}")

@@ -169,6 +169,9 @@ async def submit_job(
     response.status_code = 202 if submitted.created else 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     logger.info("job %s %s (%s)", job.id, "queued" if submitted.created else "resubmitted", model.name)
+    if submitted.created:
+        # The job as submitted: queued, at its place then (0 if a worker has taken it already).
+        return job_object(job, queue_position=await jobs.queue_position(job.id) or 0)
     return await _answer(jobs, job)
 
 
@@ -325,7 +328,12 @@ async def _owned(request: Request, jobs: JobManager, job_id: str) -> Job:
 
 
 async def _answer(jobs: JobManager, job: Job) -> JobObject:
-    position = await jobs.queue_position(job.id) if job.status == QUEUED else None
+    """``job`` with its place in the queue; read again if it left the queue meanwhile."""
+    if job.status != QUEUED:
+        return job_object(job)
+    position = await jobs.queue_position(job.id)
+    if position is None:
+        job = await jobs.get(job.id) or job
     return job_object(job, queue_position=position)
 
 
