@@ -63,7 +63,7 @@ _REQUEST_PARTS = ("body", "path", "query", "header", "cookie")
 _ERROR_STATUSES = {
     400: "A field is out of range or malformed; `param` names it.",
     401: "Missing or unknown API key.",
-    404: "Unknown model, route or image.",
+    404: "Unknown model, route, image or job.",
     413: "The request body is larger than the gateway allows.",
     429: "The key's rate limit is reached; retry after Retry-After seconds.",
     errors.STATUS_CANCELLED: "The request was cancelled (the client left, or the engine cancelled it).",

@@ -24,6 +24,10 @@ from sdtriton.gateway.settings import (
 
 logger = logging.getLogger(__name__)
 
+# After SIGTERM, how long open requests (long generations, event streams that would otherwise wait for their job)
+# may go on before they are cut; then running jobs go back to the queue. Under Kubernetes' default grace of 30 s.
+SHUTDOWN_GRACE_S = 25.0
+
 
 def add_gateway_command(commands: argparse._SubParsersAction) -> None:
     """Adds ``gateway`` to ``commands``."""
@@ -128,5 +132,13 @@ def _gateway(args: argparse.Namespace) -> int:
         return 0
     keys = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API keys (loopback only)"
     logger.info("gateway on http://%s:%d for %s, %s", args.host, args.port, settings.triton_url, keys)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, lifespan="on")
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
     return 0

@@ -21,7 +21,6 @@ from PIL import Image
 from sdtriton.client import RequestCancelledError, RequestTimeoutError, StableDiffusionClient
 from sdtriton.gateway import errors
 from sdtriton.gateway.backend import Backend, GenerationRequest
-from sdtriton.gateway.runner import job_runner
 from tests.integration.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
@@ -287,7 +286,7 @@ def test_the_backend_streams_progress_and_previews_and_cancels_on_its_event(grpc
             async def cancel_at_first_step(progress) -> None:  # an async callback is awaited
                 cancelled.set()
 
-            long = GenerationRequest(prompt=PROMPT, num_inference_steps=150, width=128, height=128)
+            long = GenerationRequest(prompt=PROMPT, num_inference_steps=150, width=64, height=64)
             with pytest.raises(RequestCancelledError):
                 await backend.generate(long, on_progress=cancel_at_first_step, cancelled=cancelled)
             return seen, result
@@ -305,31 +304,6 @@ def test_the_backend_streams_progress_and_previews_and_cancels_on_its_event(grpc
     while _engine_cancels(metrics_url) == cancels_before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _engine_cancels(metrics_url) == cancels_before + 1
-
-
-def test_a_jobs_run_gives_files_seeds_and_previews(grpc_url: str, client: StableDiffusionClient) -> None:
-    """``job_runner``: what a job manager calls with a stored generations body (its seed fixed)."""
-    steps: list[tuple[int, int, bool]] = []
-
-    def on_progress(step: int, total: int, preview: bytes | None = None, preview_format: str = "png") -> None:
-        if preview is not None:
-            assert Image.open(io.BytesIO(preview)).format == "PNG"
-        steps.append((step, total, preview is not None))
-
-    async def run() -> list[tuple[bytes, str, int]]:
-        backend = Backend(grpc_url)
-        try:
-            body = {"prompt": PROMPT, "n": 2, "seed": 21, "size": "64x64", "num_inference_steps": STEPS}
-            body |= {"scheduler": "ddim", "model": "stable_diffusion"}
-            return await job_runner(backend, preview_every=2)(body, on_progress, asyncio.Event())
-        finally:
-            await backend.close()
-
-    files = asyncio.run(run())
-    assert [(fmt, seed) for _, fmt, seed in files] == [("png", 21), ("png", 22)]
-    assert steps == [(step, STEPS, step == 2) for step in range(1, STEPS + 1)]
-    expected = client.generate(PROMPT, seed=22, num_inference_steps=STEPS, scheduler="ddim", width=64, height=64)
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(files[1][0]))), np.asarray(expected.image))
 
 
 def test_a_generation_over_its_time_budget_is_504(grpc_url: str) -> None:

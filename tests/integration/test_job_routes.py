@@ -35,9 +35,9 @@ SECRET = "test-webhook-secret"
 SIZE = 64
 # Few steps: the tiny model's images differ by seed at any step count, and each costs little.
 STEPS = 4
-# Past the runner's preview period (5): the stream carries a preview.
-EVENT_STEPS = 7
-# Long enough to be cancelled or restarted mid-run.
+# Past the runner's preview period (5): the stream carries a preview; long enough to be followed from its start.
+EVENT_STEPS = 12
+# Long enough to be cancelled or stopped mid-run.
 LONG_STEPS = 150
 WAIT_S = 60.0
 
@@ -271,18 +271,28 @@ def test_a_finished_job_is_posted_to_its_webhook_signed(gateway) -> None:
     assert re.search(r'^sdtriton_gateway_jobs\{state="queued"\} 0', httpx.get(f"{gateway.url}/metrics").text, re.M)
 
 
-def test_a_job_survives_a_gateway_restart_over_sqlite(gateway, client: StableDiffusionClient) -> None:
-    """Stopped mid-run, the gateway hands the job back to its SQLite queue; the next gateway on the same file runs
-    it again with the seed fixed at submit: the client's image."""
-    steps = 12  # enough to be stopped mid-run
-    job_id = _submit(gateway.url, _body(seed=81, num_inference_steps=steps)).json()["id"]
-    _until(gateway.url, job_id, lambda job: job["step"] >= 1)
+def test_jobs_survive_a_gateway_restart_over_sqlite(gateway, client: StableDiffusionClient) -> None:
+    """Two long jobs keep both workers busy and a short one waits in the queue; stopped, the gateway hands the
+    running ones back to its SQLite queue. The next gateway on the same file runs them again from their first step
+    (then they are cancelled), and the queued one after them: the client's image for the seed fixed at submit."""
+    longs = [_submit(gateway.url, _body(seed=seed, num_inference_steps=LONG_STEPS)).json()["id"] for seed in (1, 2)]
+    for job_id in longs:
+        _until(gateway.url, job_id, lambda job: job["step"] >= 1)
+    short = _submit(gateway.url, _body(seed=81)).json()
+    assert short["status"] == "queued"
     gateway.stop()
-    assert f"job {job_id} handed back to the queue" in gateway.log_path.read_text()
+    log = gateway.log_path.read_text()
+    assert all(f"job {job_id} handed back to the queue" in log for job_id in longs)
     gateway.start().wait_ready()
-    job = _finished(gateway.url, job_id)
-    assert job["status"] == "succeeded" and job["step"] == steps, job
-    expected = client.generate(PROMPT, seed=81, num_inference_steps=steps, scheduler="ddim", width=SIZE, height=SIZE)
+    for job_id in longs:
+        again = _until(gateway.url, job_id, lambda job: job["status"] == "running" and job["step"] >= 1)
+        assert again["attempts"] == 1  # a hand-back does not count as an attempt
+        assert httpx.delete(f"{gateway.url}/v1/jobs/{job_id}", headers=_headers(), timeout=30).json()["status"] == (
+            "cancelled"
+        )
+    job = _finished(gateway.url, short["id"])
+    assert job["status"] == "succeeded", job
+    expected = client.generate(PROMPT, seed=81, num_inference_steps=STEPS, scheduler="ddim", width=SIZE, height=SIZE)
     download = httpx.get(gateway.url + job["data"][0]["url"], timeout=10)
     assert np.array_equal(_pixels(download.content), np.asarray(expected.image))
 
