@@ -49,7 +49,8 @@ from sdtriton.server import ADMIN_KEY_ENVIRONMENT, AdminAccess
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[Progress], Awaitable[None] | None]
+# What Backend.generate calls after each step (jobs.ProgressCallback is what a job's run reports to its manager).
+ProgressListener = Callable[[Progress], Awaitable[None] | None]
 _STREAM_SUFFIX = interface.STREAM_ENTRY_MODEL_NAME.removeprefix(interface.ENTRY_MODEL_NAME)
 # How often an unknown model name makes the gateway look at Triton's repository again.
 _REDISCOVER_AFTER_S = 1.0
@@ -205,7 +206,7 @@ class Backend:
         self,
         request: GenerationRequest,
         *,
-        on_progress: ProgressCallback | None = None,
+        on_progress: ProgressListener | None = None,
         cancelled: asyncio.Event | None = None,
     ) -> GenerationResult:
         """Generates ``request.n`` images through the model's streaming entry.
@@ -318,7 +319,7 @@ class Backend:
 
 
 async def _follow(
-    events: AsyncIterator[Progress | GenerationResult], on_progress: ProgressCallback | None
+    events: AsyncIterator[Progress | GenerationResult], on_progress: ProgressListener | None
 ) -> GenerationResult:
     async for event in events:
         if isinstance(event, GenerationResult):

@@ -23,7 +23,6 @@ import base64
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -291,19 +290,12 @@ def _sse(event: JobEvent) -> str:
 
 async def _final(jobs: JobManager, job_id: str, *, timeout_s: float) -> Job | None:
     """The job once it is finished, or None when it is not within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-
-    async def last() -> Job | None:
-        with contextlib.suppress(UnknownJobError):
-            async for event in jobs.events(job_id):
+    with contextlib.suppress(TimeoutError, UnknownJobError):
+        async with asyncio.timeout(timeout_s), contextlib.aclosing(jobs.events(job_id)) as events:
+            async for event in events:
                 if event.kind == "final":
                     return event.job
-        return None
-
-    try:
-        return await asyncio.wait_for(last(), max(0.0, deadline - time.monotonic()))
-    except TimeoutError:
-        return None
+    return None
 
 
 async def _check_webhook(request: Request, url: str) -> None:

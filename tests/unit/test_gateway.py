@@ -3,6 +3,7 @@ document; and the app in process (FastAPI's TestClient) with a real backend whos
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -22,13 +23,15 @@ from sdtriton.client import (
     ServerBusyError,
     ServerUnavailableError,
 )
-from sdtriton.gateway import errors
+from sdtriton.gateway import errors, job_routes
 from sdtriton.gateway.access import ApiKey, RateLimiter, find_key, parse_api_keys
 from sdtriton.gateway.app import create_app
 from sdtriton.gateway.backend import GenerationRequest
 from sdtriton.gateway.errors import GatewayError, SettingsError
+from sdtriton.gateway.jobs import JobManager
 from sdtriton.gateway.schema import ImageGenerationRequest
 from sdtriton.gateway.settings import GatewaySettings, JobSettings, Limits, check_exposure, load_settings
+from sdtriton.gateway.sqlite_store import SqliteJobStore
 from sdtriton.gateway.webhooks import webhook_url_problem
 from sdtriton.server import free_port
 
@@ -268,6 +271,7 @@ def test_jobs_in_process_without_triton(tmp_path: Path) -> None:
         assert http.get("/v1/jobs/job_x/images/-1").json()["error"]["param"] == "index"
         assert http.post("/v1/jobs", json={"prompt": "p"}).status_code == 503
         assert http.get("/v1/jobs").json() == {"object": "list", "data": []}
+        assert http.get("/v1/jobs?limit=0").json()["error"]["param"] == "limit"
         assert 'sdtriton_gateway_jobs{state="queued"} 0.0' in http.get("/metrics").text
     assert (tmp_path / "jobs.sqlite3").is_file()
 
@@ -323,3 +327,30 @@ def test_malformed_bodies_and_routes_answer_in_openai_shape(tmp_path: Path) -> N
         ):
             labels = f'method="{method}",route="{route}",status="{status}"'
             assert f"sdtriton_gateway_requests_total{{{labels}}}" in metrics
+
+
+def test_an_idle_event_stream_sends_heartbeats_until_the_job_ends(tmp_path: Path, monkeypatch) -> None:
+    """The event stream of a queued job that nothing runs (a gateway with no workers): its status, heartbeat
+    comments while nothing happens, then ``done`` once it is cancelled, and the stream ends."""
+    monkeypatch.setattr(job_routes, "HEARTBEAT_S", 0.05)
+
+    async def never(request, on_progress, cancelled):
+        raise AssertionError("no worker runs it")
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+        try:
+            async with JobManager(store, never, workers=0, poll_s=0.02) as manager:
+                job = (await manager.submit({"prompt": "p"})).job
+                stream = job_routes._event_stream(manager, job.id)
+                start = [await anext(stream) for _ in range(3)]
+                await manager.cancel(job.id)
+                return start, [chunk async for chunk in stream]
+        finally:
+            store.close()
+
+    start, rest = asyncio.run(scenario())
+    assert start[0].startswith("event: status\ndata: ") and '"queue_position":0' in start[0]
+    assert start[1:] == [": heartbeat\n\n"] * 2
+    assert rest[-1].startswith("event: done\ndata: ") and '"status":"cancelled"' in rest[-1]
+    assert set(rest[:-1]) <= {": heartbeat\n\n"}
