@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -40,8 +41,8 @@ from sdtriton.gateway.jobs import JobEvent, JobManager, UnknownJobError, open_st
 from sdtriton.gateway.runner import job_runner
 from sdtriton.gateway.schema import ErrorResponse, JobCreateRequest, JobError, JobImage, JobList, JobObject
 from sdtriton.gateway.settings import GatewaySettings
-from sdtriton.gateway.store import QUEUED, Job
-from sdtriton.gateway.webhooks import WebhookSender, webhook_url_problem
+from sdtriton.gateway.store import QUEUED, Job, WebhookDelivery
+from sdtriton.gateway.webhooks import BLOCKED, WebhookSender, webhook_url_problem
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def include_job_routes(app: FastAPI, *, dependencies: list[Any], responses: dict
     registry.register(_JobCounts(app))
     app.state.webhook_attempts = Counter(
         "sdtriton_gateway_webhook_deliveries",
-        "Webhook delivery attempts by outcome: delivered (2xx), refused (another status), unreachable (no answer)",
+        "Webhook delivery attempts by outcome: delivered (2xx), refused (another status), unreachable (no answer), "
+        "blocked (the URL's host resolved to a refused address at delivery)",
         ("outcome",),
         registry=registry,
     )
@@ -90,7 +92,8 @@ async def running_jobs(app: FastAPI, backend: Backend) -> AsyncIterator[JobManag
         webhooks = WebhookSender(
             options.webhook_secret,
             payload=lambda job: job_object(job).model_dump(mode="json"),
-            on_attempt=lambda delivery: attempts.labels(_delivery_outcome(delivery.status_code, delivery.ok)).inc(),
+            on_attempt=lambda delivery: attempts.labels(_delivery_outcome(delivery)).inc(),
+            url_problem=functools.partial(webhook_url_problem, allow_private=options.webhook_allow_private),
         )
     manager = JobManager(
         store, job_runner(backend), workers=options.workers, webhooks=webhooks, describe_error=errors.describe
@@ -349,10 +352,12 @@ def _whole_s(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds)
 
 
-def _delivery_outcome(status_code: int | None, ok: bool) -> str:
-    if ok:
+def _delivery_outcome(delivery: WebhookDelivery) -> str:
+    if delivery.ok:
         return "delivered"
-    return "unreachable" if status_code is None else "refused"
+    if delivery.status_code is not None:
+        return "refused"
+    return BLOCKED if (delivery.error or "").startswith(f"{BLOCKED}:") else "unreachable"
 
 
 class _JobCounts(Collector):

@@ -38,6 +38,8 @@ SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE_S = 300.0
 _ERROR_TEXT_LIMIT = 200
 WEBHOOK_SCHEMES = ("http", "https")
+# The start of a delivery's error when the URL check refused it at delivery time.
+BLOCKED = "blocked"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +165,9 @@ class WebhookSender:
         policy: Retries and timeouts.
         payload: Makes the body from the job (default :meth:`Job.to_dict`); the gateway adds image URLs here.
         on_attempt: Called with every attempt's :class:`WebhookDelivery` (the gateway counts them in its metrics).
+        url_problem: Checks the URL again before each attempt (``webhook_url_problem`` with the gateway's rule:
+            a host may resolve elsewhere at delivery than at submit); an attempt it refuses is not sent, and is
+            recorded with an error starting ``blocked:``.
     """
 
     def __init__(
@@ -172,11 +177,13 @@ class WebhookSender:
         policy: WebhookPolicy | None = None,
         payload: Callable[[Job], Mapping[str, Any]] | None = None,
         on_attempt: Callable[[WebhookDelivery], None] | None = None,
+        url_problem: Callable[[str], str | None] | None = None,
     ):
         self._secret = _secret_bytes(secret)
         self.policy = policy or WebhookPolicy()
         self._payload = payload or Job.to_dict
         self._on_attempt = on_attempt
+        self._url_problem = url_problem
 
     async def deliver(self, job: Job, record: Recorder) -> bool:
         """POSTs ``job`` to ``job.webhook`` until it is accepted or the attempts run out, passing each attempt's
@@ -210,6 +217,12 @@ class WebhookSender:
     def _post(self, job: Job, body: bytes, attempt: int) -> WebhookDelivery:
         at = time.time()
         started = time.monotonic()
+        problem = self._url_problem(job.webhook) if self._url_problem is not None else None
+        if problem is not None:
+            error = f"{BLOCKED}: {problem}"[:_ERROR_TEXT_LIMIT]
+            return WebhookDelivery(
+                attempt=attempt, at=at, status_code=None, error=error, duration_s=time.monotonic() - started
+            )
         request = urllib.request.Request(
             job.webhook,
             data=body,
