@@ -234,6 +234,17 @@ def test_a_bad_body_is_refused_at_submit_naming_the_field(gateway, change: dict,
     assert error["param"] == param and said in error["message"], error
 
 
+def test_an_engine_refusal_fails_the_job_with_the_synchronous_routes_error(gateway) -> None:
+    """The engine's own range checks (here the size step) come after submit: the job fails with the inner error the
+    generations route would have answered, naming the field."""
+    body = _body(size="65x64")
+    synchronous = httpx.post(f"{gateway.url}/v1/images/generations", json=body, headers=_headers(), timeout=30)
+    assert synchronous.status_code == 400
+    job = _finished(gateway.url, _submit(gateway.url, body).json()["id"])
+    assert job["status"] == "failed" and job["data"] == []
+    assert job["error"] == synchronous.json()["error"] and job["error"]["param"] == "size"
+
+
 class _Receiver(BaseHTTPRequestHandler):
     received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
 
