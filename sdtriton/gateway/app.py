@@ -5,8 +5,10 @@
 reach the handlers installed here, which answer it through :func:`sdtriton.gateway.errors.answer`'s one table.
 
 Other route groups plug in with ``app.include_router(router, dependencies=V1_DEPENDENCIES,
-responses=ERROR_RESPONSES)``; they find the backend, the settings, the image store and the metrics registry on
-``request.app.state`` (``backend``, ``settings``, ``images``, ``metrics.registry``).
+responses=ERROR_RESPONSES)``; they find the backend, the settings, the image store, the metrics registry and the
+job manager on ``request.app.state`` (``backend``, ``settings``, ``images``, ``metrics.registry``, ``jobs``), and
+the caller's API key id on ``request.state.key_id`` (when the gateway has keys). The durable jobs
+(:mod:`sdtriton.gateway.job_routes`) are such a group.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sdtriton.gateway.access import RateLimiter, find_key
 from sdtriton.gateway.backend import Backend
 from sdtriton.gateway.errors import GatewayError
 from sdtriton.gateway.images import MEDIA_TYPES, ImageStore
+from sdtriton.gateway.job_routes import include_job_routes, running_jobs
 from sdtriton.gateway.metrics import GatewayMetrics, MetricsMiddleware
 from sdtriton.gateway.runner import encode_images
 from sdtriton.gateway.schema import (
@@ -56,10 +59,11 @@ _T = TypeVar("_T")
 # How often a generation checks whether its HTTP client has gone (then the engine's work is cancelled).
 _DISCONNECT_POLL_S = 0.25
 IMAGES_FOLDER = "images"
+_REQUEST_PARTS = ("body", "path", "query", "header", "cookie")
 _ERROR_STATUSES = {
     400: "A field is out of range or malformed; `param` names it.",
     401: "Missing or unknown API key.",
-    404: "Unknown model, route or image.",
+    404: "Unknown model, route, image or job.",
     413: "The request body is larger than the gateway allows.",
     429: "The key's rate limit is reached; retry after Retry-After seconds.",
     errors.STATUS_CANCELLED: "The request was cancelled (the client left, or the engine cancelled it).",
@@ -90,6 +94,7 @@ async def authorize(
             why = "no API key sent" if credentials is None else "unknown API key"
             raise GatewayError(errors.INVALID_API_KEY, f"{why}: send Authorization: Bearer <key>")
         caller = key.key_id
+        request.state.key_id = key.key_id  # whom the caller's jobs belong to
         rate_per_s = key.rate_limit_per_s or rate_per_s
         burst = key.rate_limit_burst or burst
     else:
@@ -130,7 +135,8 @@ def create_app(settings: GatewaySettings, *, backend: Backend | None = None) -> 
             else backend
         )
         try:
-            yield
+            async with running_jobs(app, app.state.backend):
+                yield
         finally:
             if own:
                 await app.state.backend.close()
@@ -148,6 +154,7 @@ def create_app(settings: GatewaySettings, *, backend: Backend | None = None) -> 
     app.state.limiter = RateLimiter()
     app.state.started = int(time.time())
     app.include_router(v1)
+    include_job_routes(app, dependencies=V1_DEPENDENCIES, responses=ERROR_RESPONSES)
     app.include_router(probes)
     _install_error_handlers(app, retry_after_s=settings.limits.retry_after_s)
     # Added innermost first: metrics see every answer (413s, CORS refusals), CORS headers go on errors too.
@@ -158,7 +165,7 @@ def create_app(settings: GatewaySettings, *, backend: Backend | None = None) -> 
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
-            expose_headers=["Retry-After"],
+            expose_headers=["Retry-After", "Location"],
         )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.openapi = lambda: _openapi(app)
@@ -249,7 +256,9 @@ async def readyz(request: Request) -> JSONResponse:
     summary="Prometheus metrics",
 )
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # Off the event loop: the job counts are read from the job store as the registry is collected.
+    text = await asyncio.to_thread(generate_latest, request.app.state.metrics.registry)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
 
 
 async def _cancel_on_disconnect(request: Request, work: Awaitable[_T], cancelled: asyncio.Event) -> _T:
@@ -302,7 +311,8 @@ def _validation_error(error: RequestValidationError) -> GatewayError:
     for problem in error.errors():
         # A body that is not JSON is located at the character where parsing stopped: no field to name.
         where = () if problem["type"] == "json_invalid" else problem["loc"]
-        location = [str(part) for part in where if part != "body"]
+        # pydantic locates a field after where it came from: ("body", "n"), ("path", "index"), ("query", "limit").
+        location = [str(part) for part in where[1:]] if where and where[0] in _REQUEST_PARTS else list(map(str, where))
         name = ".".join(location) or "body"
         param = param or (name if location else None)
         problems.append(f"{name}: {problem['msg'].removeprefix('Value error, ')}")

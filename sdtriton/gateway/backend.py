@@ -49,7 +49,8 @@ from sdtriton.server import ADMIN_KEY_ENVIRONMENT, AdminAccess
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[Progress], Awaitable[None] | None]
+# What Backend.generate calls after each step (jobs.ProgressCallback is what a job's run reports to its manager).
+ProgressListener = Callable[[Progress], Awaitable[None] | None]
 _STREAM_SUFFIX = interface.STREAM_ENTRY_MODEL_NAME.removeprefix(interface.ENTRY_MODEL_NAME)
 # How often an unknown model name makes the gateway look at Triton's repository again.
 _REDISCOVER_AFTER_S = 1.0
@@ -78,6 +79,10 @@ class GenerationRequest:
     height: int | None = None
     scheduler: str | None = None
     refiner_fraction: float | None = None
+    true_cfg_scale: float | None = None
+    skip_layer_guidance_scale: float | None = None
+    skip_layer_guidance_start: float | None = None
+    skip_layer_guidance_stop: float | None = None
     preview_every: int | None = None
 
     def with_fixed_seed(self) -> GenerationRequest:
@@ -104,6 +109,15 @@ class ServedModel:
     @property
     def stream_name(self) -> str:
         return interface.stream_entry_name(self.name)
+
+    def check_n(self, n: int) -> None:
+        """Refuses more images than one request to this model may ask.
+
+        Raises:
+            InvalidRequestError: ``n`` is not in 1..max_batch_size.
+        """
+        if not 1 <= n <= self.max_batch_size:
+            raise InvalidRequestError(f"n: must be in 1..{self.max_batch_size} for {self.name}, got {n}")
 
 
 @dataclass(frozen=True)
@@ -192,7 +206,7 @@ class Backend:
         self,
         request: GenerationRequest,
         *,
-        on_progress: ProgressCallback | None = None,
+        on_progress: ProgressListener | None = None,
         cancelled: asyncio.Event | None = None,
     ) -> GenerationResult:
         """Generates ``request.n`` images through the model's streaming entry.
@@ -214,8 +228,7 @@ class Backend:
                 as :meth:`sdtriton.client.StableDiffusionClient.generate` raises them.
         """
         model = await self.resolve(request.model)
-        if not 1 <= request.n <= model.max_batch_size:
-            raise InvalidRequestError(f"n: must be in 1..{model.max_batch_size} for {model.name}, got {request.n}")
+        model.check_n(request.n)
         request = request.with_fixed_seed()
         started = time.monotonic()
         events = self._client(model.name).stream(
@@ -228,6 +241,10 @@ class Backend:
             height=request.height,
             scheduler=request.scheduler,
             refiner_fraction=request.refiner_fraction,
+            true_cfg_scale=request.true_cfg_scale,
+            skip_layer_guidance_scale=request.skip_layer_guidance_scale,
+            skip_layer_guidance_start=request.skip_layer_guidance_start,
+            skip_layer_guidance_stop=request.skip_layer_guidance_stop,
             preview_every=request.preview_every,
         )
         async with contextlib.aclosing(events):
@@ -302,7 +319,7 @@ class Backend:
 
 
 async def _follow(
-    events: AsyncIterator[Progress | GenerationResult], on_progress: ProgressCallback | None
+    events: AsyncIterator[Progress | GenerationResult], on_progress: ProgressListener | None
 ) -> GenerationResult:
     async for event in events:
         if isinstance(event, GenerationResult):

@@ -23,6 +23,7 @@ from sdtriton.gateway.webhooks import (
     WebhookSender,
     sign,
     verify_signature,
+    webhook_url_problem,
 )
 from sdtriton.server import free_port
 from tests.integration.job_processes import deterministic_run
@@ -121,20 +122,7 @@ def test_a_webhook_gives_up_after_its_attempts(receiver: Receiver):
     receiver.refusals, receiver.refusal_status = 100, 500
     policy = WebhookPolicy(attempts=3, first_delay_s=0.01, backoff=1.0)
     sender = WebhookSender(SECRET, policy=policy, payload=lambda job: {**job.to_dict(), "url": "/v1/jobs/" + job.id})
-    job = Job(
-        id="job_x",
-        status=SUCCEEDED,
-        request={"prompt": "p", "seed": 1},
-        scope="",
-        idempotency_key=None,
-        webhook=receiver.url,
-        created_at=time.time(),
-        started_at=None,
-        finished_at=None,
-        step=0,
-        total=0,
-        error=None,
-    )
+    job = _succeeded("job_x", receiver.url)
     recorded: list[WebhookDelivery] = []
     assert not asyncio.run(sender.deliver(job, recorded.append))
     assert [(d.attempt, d.status_code) for d in recorded] == [(1, 500), (2, 500), (3, 500)]
@@ -143,3 +131,43 @@ def test_a_webhook_gives_up_after_its_attempts(receiver: Receiver):
     recorded.clear()
     assert not asyncio.run(sender.deliver(nowhere, recorded.append))
     assert len(recorded) == 3 and all(d.status_code is None and "refused" in d.error for d in recorded)
+
+
+def test_the_url_is_checked_again_at_delivery(receiver: Receiver):
+    """A host that resolves to a refused address when the job is delivered (DNS can change after submit) is not
+    POSTed to: the attempt is recorded blocked. The same check allowing private hosts lets it through."""
+    job = _succeeded("job_y", receiver.url)
+    policy = WebhookPolicy(attempts=2, first_delay_s=0.01)
+    for allow_private, delivered in ((False, False), (True, True)):
+        seen: list[WebhookDelivery] = []
+        sender = WebhookSender(
+            SECRET,
+            policy=policy,
+            on_attempt=seen.append,
+            url_problem=partial(webhook_url_problem, allow_private=allow_private),
+        )
+        recorded: list[WebhookDelivery] = []
+        assert asyncio.run(sender.deliver(job, recorded.append)) is delivered
+        assert seen == recorded
+        if not delivered:
+            assert len(recorded) == 2 and all(d.error.startswith("blocked: ") for d in recorded)
+            assert "not a public address" in recorded[0].error and receiver.received == []
+    assert [verified for _, _, verified in receiver.received] == [True]
+
+
+def _succeeded(job_id: str, webhook: str) -> Job:
+    """A succeeded job to deliver, as the store would hand it over."""
+    return Job(
+        id=job_id,
+        status=SUCCEEDED,
+        request={"prompt": "p", "seed": 1},
+        scope="",
+        idempotency_key=None,
+        webhook=webhook,
+        created_at=time.time(),
+        started_at=None,
+        finished_at=None,
+        step=0,
+        total=0,
+        error=None,
+    )

@@ -3,6 +3,7 @@ document; and the app in process (FastAPI's TestClient) with a real backend whos
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -22,13 +23,16 @@ from sdtriton.client import (
     ServerBusyError,
     ServerUnavailableError,
 )
-from sdtriton.gateway import errors
+from sdtriton.gateway import errors, job_routes
 from sdtriton.gateway.access import ApiKey, RateLimiter, find_key, parse_api_keys
 from sdtriton.gateway.app import create_app
 from sdtriton.gateway.backend import GenerationRequest
 from sdtriton.gateway.errors import GatewayError, SettingsError
+from sdtriton.gateway.jobs import JobManager
 from sdtriton.gateway.schema import ImageGenerationRequest
-from sdtriton.gateway.settings import GatewaySettings, Limits, check_exposure, load_settings
+from sdtriton.gateway.settings import GatewaySettings, JobSettings, Limits, check_exposure, load_settings
+from sdtriton.gateway.sqlite_store import SqliteJobStore
+from sdtriton.gateway.webhooks import webhook_url_problem
 from sdtriton.server import free_port
 
 OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
@@ -63,6 +67,7 @@ def test_each_error_kind_has_its_status_and_openai_body(error, status, code, par
         assert answer.body["error"]["message"] == str(error)  # the engine's words, unchanged
     else:
         assert "a bug" not in answer.body["error"]["message"]  # never an internal detail
+    assert errors.describe(error) == answer.body["error"]  # a failed job's error: the same inner body
 
 
 def test_retries_exhausted_is_unavailable_and_a_gateway_error_keeps_its_retry_after() -> None:
@@ -199,16 +204,76 @@ def test_request_body_checks_name_the_field(field: str, value: object, said: str
 
 
 def test_a_body_becomes_the_backends_request() -> None:
-    body = ImageGenerationRequest(prompt="p", n=3, size="64x48", seed=interface.MAX_SEED, scheduler="ddim")
+    body = ImageGenerationRequest(
+        prompt="p", n=3, size="64x48", seed=interface.MAX_SEED, scheduler="ddim", true_cfg_scale=2.0,
+        skip_layer_guidance_scale=2.8, skip_layer_guidance_start=0.1, skip_layer_guidance_stop=0.3,
+    )  # fmt: skip
     request = body.generation(model="stable_diffusion", preview_every=2)
     assert request == GenerationRequest(
         prompt="p", n=3, model="stable_diffusion", seed=interface.MAX_SEED, width=64, height=48, scheduler="ddim",
-        preview_every=2,
+        true_cfg_scale=2.0, skip_layer_guidance_scale=2.8, skip_layer_guidance_start=0.1,
+        skip_layer_guidance_stop=0.3, preview_every=2,
     )  # fmt: skip
     assert request.item_seeds() == [interface.MAX_SEED, 0, 1]  # image i: seed + i, wrapped
     assert ImageGenerationRequest(prompt="p", size="auto").width_height() == (None, None)
     drawn = GenerationRequest(prompt="p", n=2).with_fixed_seed()
     assert drawn.seed is not None and drawn.with_fixed_seed() == drawn
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("ftp://203.0.113.9/hook", "must be an http:// or https:// URL, got the scheme 'ftp'"),
+        ("http:///hook", "must name a host"),
+        ("http://203.0.113.9:99999/", "not a valid URL"),
+        ("http://localhost:8000/hook", "not a public address"),
+        ("http://127.0.0.1/hook", "not a public address"),
+        ("http://10.1.2.3/hook", "not a public address"),
+        ("http://192.168.0.1/hook", "not a public address"),
+        ("http://169.254.169.254/latest/meta-data", "not a public address"),  # a cloud's metadata service
+        ("http://[::1]/hook", "not a public address"),
+        ("http://[::ffff:127.0.0.1]/hook", "not a public address"),
+        ("http://0.0.0.0/hook", "not a public address"),
+        ("http://224.0.0.1/hook", "not a public address"),
+        ("https://8.8.8.8/hook", None),
+    ],
+)
+def test_webhook_urls_must_be_http_to_public_addresses(url: str, said: str | None) -> None:
+    problem = webhook_url_problem(url)
+    assert problem is None if said is None else said in problem, problem
+    if said == "not a public address":
+        assert "--webhook-allow-private" in problem
+        assert webhook_url_problem(url, allow_private=True) is None
+
+
+def test_job_settings_are_checked_and_default_to_a_sqlite_file_in_the_data_folder(tmp_path: Path) -> None:
+    assert JobSettings().store_url_in(tmp_path) == f"sqlite://{tmp_path / 'jobs.sqlite3'}"
+    assert JobSettings(store_url="redis://127.0.0.1:6379/0").store_url_in(tmp_path) == "redis://127.0.0.1:6379/0"
+    assert "secret" not in repr(JobSettings(webhook_secret="secret"))
+    for options, said in (
+        ({"workers": -1}, "--job-workers"),
+        ({"result_ttl_s": 0}, "--job-result-ttl-s"),
+        ({"webhook_secret": ""}, "--webhook-secret"),
+    ):
+        with pytest.raises(SettingsError, match=said):
+            JobSettings(**options)
+
+
+def test_jobs_in_process_without_triton(tmp_path: Path) -> None:
+    """The job routes' answers that need no engine: a webhook without a secret, an unknown job, a submit while
+    Triton is away (503: the model is resolved at submit), the jobs gauge."""
+    with TestClient(create_app(_settings(tmp_path))) as http:
+        hooked = http.post("/v1/jobs", json={"prompt": "p", "webhook": "https://8.8.8.8/hook"})
+        assert hooked.status_code == 400 and hooked.json()["error"]["param"] == "webhook"
+        assert "--webhook-secret" in hooked.json()["error"]["message"]
+        unknown = http.get("/v1/jobs/job_" + "0" * 32)
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "job_not_found"
+        assert http.get("/v1/jobs/job_x/images/-1").json()["error"]["param"] == "index"
+        assert http.post("/v1/jobs", json={"prompt": "p"}).status_code == 503
+        assert http.get("/v1/jobs").json() == {"object": "list", "data": []}
+        assert http.get("/v1/jobs?limit=0").json()["error"]["param"] == "limit"
+        assert 'sdtriton_gateway_jobs{state="queued"} 0.0' in http.get("/metrics").text
+    assert (tmp_path / "jobs.sqlite3").is_file()
 
 
 def _settings(tmp_path: Path, **changes) -> GatewaySettings:
@@ -262,3 +327,30 @@ def test_malformed_bodies_and_routes_answer_in_openai_shape(tmp_path: Path) -> N
         ):
             labels = f'method="{method}",route="{route}",status="{status}"'
             assert f"sdtriton_gateway_requests_total{{{labels}}}" in metrics
+
+
+def test_an_idle_event_stream_sends_heartbeats_until_the_job_ends(tmp_path: Path, monkeypatch) -> None:
+    """The event stream of a queued job that nothing runs (a gateway with no workers): its status, heartbeat
+    comments while nothing happens, then ``done`` once it is cancelled, and the stream ends."""
+    monkeypatch.setattr(job_routes, "HEARTBEAT_S", 0.05)
+
+    async def never(request, on_progress, cancelled):
+        raise AssertionError("no worker runs it")
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+        try:
+            async with JobManager(store, never, workers=0, poll_s=0.02) as manager:
+                job = (await manager.submit({"prompt": "p"})).job
+                stream = job_routes._event_stream(manager, job.id)
+                start = [await anext(stream) for _ in range(3)]
+                await manager.cancel(job.id)
+                return start, [chunk async for chunk in stream]
+        finally:
+            store.close()
+
+    start, rest = asyncio.run(scenario())
+    assert start[0].startswith("event: status\ndata: ") and '"queue_position":0' in start[0]
+    assert start[1:] == [": heartbeat\n\n"] * 2
+    assert rest[-1].startswith("event: done\ndata: ") and '"status":"cancelled"' in rest[-1]
+    assert set(rest[:-1]) <= {": heartbeat\n\n"}
