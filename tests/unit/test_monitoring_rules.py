@@ -126,7 +126,7 @@ def test_gateway_queries_match_its_real_labels_and_routes():
     route_patterns = set()
     for metric, label, value in gateway_matchers:
         scrape_labels = {"job", "instance", "namespace", "pod"}
-        assert label in exposition.labels[metric] | scrape_labels, f"{metric} has no label {label}"
+        assert label in exposition.labels.get(metric, frozenset()) | scrape_labels, f"{metric} has no label {label}"
         if label == "route":
             route_patterns.add(value)
     (pattern,) = route_patterns
