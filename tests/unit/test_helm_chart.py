@@ -9,6 +9,7 @@ show (scheduling on GPUs, the metric path through Prometheus, real scaling) is l
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import re
@@ -26,7 +27,10 @@ from kubernetes_validate.utils import SchemaNotFoundError, VersionNotSupportedEr
 
 from sdtriton import server
 from sdtriton.cli import parse_arguments
+from sdtriton.gateway.access import parse_api_keys
+from sdtriton.gateway.settings import check_exposure, load_settings
 from sdtriton.serving.metrics import ENGINE_METRICS, REQUESTS_RUNNING, REQUESTS_WAITING
+from tests.unit.gateway_series import gateway_exposition
 from tests.unit.promql import metric_names, recorded_series
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,8 +54,12 @@ NEWEST_KUBE = "1.37"
 KUBE_VERSIONS = (OLDEST_KUBE, NEWEST_KUBE)
 RELEASE = "sd"
 NAMESPACE = "serving"
-# The least the defaults need: the GPU the plans were built for, and where the repository is.
-MINIMAL_VALUES = {"gpu": {"product": "NVIDIA-L4"}, "modelRepository": {"pvc": {"claimName": "sdtriton-deploy"}}}
+# The least the defaults need: the GPU the plans were built for, where the repository is, and the gateway's API keys.
+MINIMAL_VALUES = {
+    "gpu": {"product": "NVIDIA-L4"},
+    "modelRepository": {"pvc": {"claimName": "sdtriton-deploy"}},
+    "gateway": {"apiKeys": {"existingSecret": "sdtriton-gateway-api-keys"}},
+}
 EXPECT_PREFIX = "# expect: "
 # Custom resources: (apiVersion, kind) -> their schema under docker/helm/crd-schemas/.
 CRD_SCHEMAS = {
@@ -74,6 +82,9 @@ MIN_SCALE_DOWN_WINDOW_S = 300
 MAX_DOUBLING_PERIOD_S = 60
 # The adapter's query placeholders, and what the HPA's request fills them with.
 ADAPTER_PLACEHOLDERS = {"<<.LabelMatchers>>": 'namespace="serving",pod=~"sd-.*"', "<<.GroupBy>>": "pod"}
+# Every object carries app.kubernetes.io/component: Triton's are `server`, the HTTP gateway's `gateway`.
+COMPONENT = "app.kubernetes.io/component"
+SERVER, GATEWAY = "server", "gateway"
 
 
 class ManifestError(AssertionError):
@@ -110,13 +121,17 @@ def _rendered(set_name: str) -> tuple[dict[str, Any], ...]:
     return tuple(doc for text in manifests.values() for doc in yaml.safe_load_all(text) if doc)
 
 
-def _objects(set_name: str, kind: str) -> list[dict[str, Any]]:
-    return [obj for obj in _rendered(set_name) if obj["kind"] == kind]
+def _component(obj: dict[str, Any]) -> str:
+    return obj["metadata"]["labels"][COMPONENT]
 
 
-def _one(set_name: str, kind: str) -> dict[str, Any]:
-    objects = _objects(set_name, kind)
-    assert len(objects) == 1, f"{set_name}: {len(objects)} {kind} objects, expected one"
+def _objects(set_name: str, kind: str, component: str = SERVER) -> list[dict[str, Any]]:
+    return [obj for obj in _rendered(set_name) if obj["kind"] == kind and _component(obj) == component]
+
+
+def _one(set_name: str, kind: str, component: str = SERVER) -> dict[str, Any]:
+    objects = _objects(set_name, kind, component)
+    assert len(objects) == 1, f"{set_name}: {len(objects)} {component} {kind} objects, expected one"
     return objects[0]
 
 
@@ -281,6 +296,7 @@ def test_value_set_lints_clean(set_name: str, kube_version: str):
 def test_every_rendered_object_is_valid(set_name: str, kube_version: str):
     objects = _rendered(set_name)
     assert {"Deployment", "Service"} <= {obj["kind"] for obj in objects}
+    assert {_component(obj) for obj in objects} <= {SERVER, GATEWAY}
     for obj in objects:
         validate_manifest(obj, kube_version)
 
@@ -437,22 +453,29 @@ def test_a_cpu_deployment_asks_for_no_gpu():
         doc
         for text in _chart().render(values, name=RELEASE, namespace=NAMESPACE).values()
         for doc in yaml.safe_load_all(text)
-        if doc and doc["kind"] == "Deployment"
+        if doc and doc["kind"] == "Deployment" and _component(doc) == SERVER
     ]
     pod_spec = deployment["spec"]["template"]["spec"]
     assert "affinity" not in pod_spec
     assert "nvidia.com/gpu" not in json.dumps(pod_spec["containers"][0]["resources"])
 
 
+def _selectors(set_name: str, component: str = SERVER) -> list[dict[str, str]]:
+    """Every pod selector of a component's objects: its Deployment's, Services', PodMonitors', PDBs', policies'."""
+    selectors = [_one(set_name, "Deployment", component)["spec"]["selector"]["matchLabels"]]
+    selectors += [service["spec"]["selector"] for service in _objects(set_name, "Service", component)]
+    selectors += [pm["spec"]["selector"]["matchLabels"] for pm in _objects(set_name, "PodMonitor", component)]
+    selectors += [
+        pdb["spec"]["selector"]["matchLabels"] for pdb in _objects(set_name, "PodDisruptionBudget", component)
+    ]
+    selectors += [np["spec"]["podSelector"]["matchLabels"] for np in _objects(set_name, "NetworkPolicy", component)]
+    return selectors
+
+
 @pytest.mark.parametrize("set_name", sorted(VALUE_SETS))
 def test_selectors_find_the_pods(set_name: str):
     pod_labels = _pod(set_name)["metadata"]["labels"]
-    selectors = [_one(set_name, "Deployment")["spec"]["selector"]["matchLabels"]]
-    selectors += [service["spec"]["selector"] for service in _objects(set_name, "Service")]
-    selectors += [pm["spec"]["selector"]["matchLabels"] for pm in _objects(set_name, "PodMonitor")]
-    selectors += [pdb["spec"]["selector"]["matchLabels"] for pdb in _objects(set_name, "PodDisruptionBudget")]
-    selectors += [np["spec"]["podSelector"]["matchLabels"] for np in _objects(set_name, "NetworkPolicy")]
-    for selector in selectors:
+    for selector in _selectors(set_name):
         assert selector and selector.items() <= pod_labels.items(), selector
     deployment_name = _one(set_name, "Deployment")["metadata"]["name"]
     targets = [hpa["spec"]["scaleTargetRef"] for hpa in _objects(set_name, "HorizontalPodAutoscaler")]
@@ -557,7 +580,7 @@ def test_monitoring_objects_query_only_metrics_that_exist(set_name: str):
         assert not unknown, f"{set_name}: autoscaling reads {query!r}, with metrics nobody exports: {unknown}"
     for rule_object in _objects(set_name, "PrometheusRule"):
         for rule in [rule for group in rule_object["spec"]["groups"] for rule in group["rules"]]:
-            names = metric_names(str(rule["expr"]))
+            names = metric_names(str(rule["expr"])) - gateway_exposition().series
             unknown = {name for name in names - OUR_SERIES - recorded if not name.startswith(KUBE_STATE_PREFIX)}
             assert not unknown, f"{set_name}: {rule.get('record') or rule.get('alert')} reads unknown {unknown}"
     # In flight = running + waiting, from the engine's own gauges.
@@ -618,7 +641,14 @@ def test_network_policy_opens_inference_to_clients_and_metrics_to_monitoring(set
     assert monitoring == {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": values["monitoringNamespace"]}}
     }
-    (clients,) = by_ports[("grpc", "http")]
+    peers = by_ports[("grpc", "http")]
+    if _values(set_name)["gateway"]["enabled"]:
+        gateway_pods = {
+            "podSelector": {"matchLabels": _gateway_deployment(set_name)["spec"]["selector"]["matchLabels"]}
+        }
+        assert gateway_pods in peers, "the gateway must reach Triton's gRPC port"
+        peers = [peer for peer in peers if peer != gateway_pods]
+    (clients,) = peers
     if values["clients"]["namespaces"]:
         (expression,) = clients["namespaceSelector"]["matchExpressions"]
         assert expression["values"] == values["clients"]["namespaces"]
@@ -638,6 +668,295 @@ def test_every_autoscaling_provider_and_repository_source_has_a_value_set():
         _sets_where(_provider_is(provider))
     for source in ("pvc", "nfs", "s3", "gcs"):
         _sets_where(_source_is(source))
+
+
+# --- the gateway ----------------------------------------------------------------------------------------------
+
+GATEWAY_PORT_NAME = "http"
+# What a Secret that the chart does not make holds, for the command line's sake (the chart never sees it).
+SECRET_PLACEHOLDER = "redis://from-a-secret:6379/0"
+
+
+def _gateway_sets() -> list[str]:
+    return _sets_where(lambda values: values["gateway"]["enabled"])
+
+
+def _gateway_deployment(set_name: str) -> dict[str, Any]:
+    return _one(set_name, "Deployment", GATEWAY)
+
+
+def _gateway_container(set_name: str) -> dict[str, Any]:
+    (container,) = _gateway_deployment(set_name)["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _gateway_words(set_name: str) -> list[str]:
+    """The gateway container's `sdtriton` words, with Kubernetes' $(VAR) expansion done from its environment."""
+    container = _gateway_container(set_name)
+    assert container["command"] == ["sdtriton"], "the image's entrypoint starts Triton: the gateway needs its own"
+    env = {item["name"]: item for item in container["env"]}
+    words = []
+    for word in container["args"]:
+        for name in re.findall(r"\$\((\w+)\)", word):
+            # Kubernetes leaves a $(NAME) it cannot resolve as it is: the gateway would get the literal text.
+            assert name in env, f"{set_name}: {word} names no environment variable of the container"
+            value = env[name].get("value", SECRET_PLACEHOLDER)
+            word = word.replace(f"$({name})", value)
+        words.append(word)
+    return words
+
+
+def _gateway_arguments(set_name: str) -> Any:
+    words = _gateway_words(set_name)
+    try:
+        return parse_arguments(words)
+    except SystemExit:
+        pytest.fail(f"sdtriton's parser rejects {words} (see its message above)")
+
+
+def _secrets(set_name: str) -> dict[str, dict[str, Any]]:
+    return {secret["metadata"]["name"]: secret for secret in _objects(set_name, "Secret", GATEWAY)}
+
+
+def _pod_selected(selector: dict[str, str], pod_labels: dict[str, str]) -> bool:
+    return selector.items() <= pod_labels.items()
+
+
+@pytest.mark.parametrize("set_name", _gateway_sets())
+def test_gateway_command_line_parses_with_sdtriton_gateway(set_name: str):
+    arguments = _gateway_arguments(set_name)
+    assert arguments.command == "gateway"
+    assert arguments.host == "0.0.0.0", "in a pod the gateway must listen beyond loopback"
+    ports = {port["name"]: port["containerPort"] for port in _gateway_container(set_name)["ports"]}
+    assert arguments.port == ports[GATEWAY_PORT_NAME]
+    # Triton's Service and its gRPC port, as the chart names them.
+    services = {service["metadata"]["name"]: service for service in _objects(set_name, "Service")}
+    triton_service = services[_one(set_name, "Deployment")["metadata"]["name"]]
+    grpc_port = {port["name"]: port["port"] for port in triton_service["spec"]["ports"]}["grpc"]
+    assert arguments.triton == f"grpc://{triton_service['metadata']['name']}:{grpc_port}"
+
+
+@pytest.mark.parametrize("set_name", _gateway_sets())
+def test_gateway_settings_load_from_the_rendered_keys_and_url(set_name: str, tmp_path: Path):
+    """The gateway's own settings code accepts the rendered Triton URL and keys, and would listen on 0.0.0.0."""
+    arguments = _gateway_arguments(set_name)
+    container = _gateway_container(set_name)
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    volumes = {
+        volume["name"]: volume for volume in _gateway_deployment(set_name)["spec"]["template"]["spec"]["volumes"]
+    }
+    keys_dir = arguments.api_keys_file.parent.as_posix()
+    assert mounts[keys_dir]["readOnly"] is True
+    secret_volume = volumes[mounts[keys_dir]["name"]]["secret"]
+    (item,) = secret_volume["items"]
+    assert item["path"] == arguments.api_keys_file.name
+    api_keys = _values(set_name)["gateway"]["apiKeys"]
+    secrets = _secrets(set_name)
+    if api_keys["existingSecret"]:
+        assert (secret_volume["secretName"], item["key"]) == (api_keys["existingSecret"], api_keys["key"])
+        assert secret_volume["secretName"] not in secrets, "the chart must not overwrite the given Secret"
+        keys_text = "an-api-key-from-the-secret\n"
+    else:
+        keys_text = base64.b64decode(secrets[secret_volume["secretName"]]["data"][item["key"]]).decode()
+        assert [key.key_id for key in parse_api_keys(keys_text, source="chart")] == [
+            key.key_id for key in parse_api_keys("\n".join(api_keys["keys"]), source="values")
+        ]
+    keys_file = tmp_path / arguments.api_keys_file.name
+    keys_file.write_text(keys_text)
+    settings = load_settings(triton_url=arguments.triton, data_dir=tmp_path, api_keys_file=keys_file)
+    assert settings.api_keys
+    check_exposure(arguments.host, settings.api_keys)
+    # The data directory is a volume of its own (the root file system is read-only).
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    data_mount = mounts[arguments.data_dir.as_posix()]
+    assert not data_mount.get("readOnly")
+    data_volume = volumes[data_mount["name"]]
+    claim = _values(set_name)["gateway"]["persistence"]["existingClaim"]
+    if claim:
+        assert data_volume["persistentVolumeClaim"]["claimName"] == claim
+    else:
+        assert data_volume["emptyDir"] == {}
+
+
+@pytest.mark.parametrize("set_name", _gateway_sets())
+def test_gateway_jobs_store_is_redis_when_given_else_sqlite_in_the_data_volume(set_name: str):
+    arguments = _gateway_arguments(set_name)
+    words = _gateway_words(set_name)
+    store = words[words.index("--jobs-store") + 1]
+    assert store == vars(arguments)["jobs_store"]
+    redis = _values(set_name)["gateway"]["redis"]
+    env = {item["name"]: item for item in _gateway_container(set_name)["env"]}
+    (store_variable,) = re.findall(
+        r"\$\((\w+)\)", _gateway_container(set_name)["args"][words.index("--jobs-store") + 1]
+    )
+    if redis["existingSecret"]:
+        reference = env[store_variable]["valueFrom"]["secretKeyRef"]
+        assert (reference["name"], reference["key"]) == (redis["existingSecret"], redis["key"])
+    elif redis["url"]:
+        assert store == redis["url"]
+    else:
+        assert store.startswith("sqlite:///")
+        path = Path(store.removeprefix("sqlite://"))
+        assert path.parent == arguments.data_dir, "the SQLite jobs must live in the data volume"
+    deployment = _gateway_deployment(set_name)
+    several = _values(set_name)["gateway"]["autoscaling"]["enabled"] or deployment["spec"].get("replicas", 1) > 1
+    if several:
+        assert store.startswith(("redis://", "rediss://")), "replicas share jobs only through Redis"
+
+
+@pytest.mark.parametrize("set_name", _gateway_sets())
+def test_gateway_webhook_secret_comes_from_a_secret(set_name: str):
+    webhook = _values(set_name)["gateway"]["webhook"]
+    env = {item["name"]: item for item in _gateway_container(set_name)["env"]}
+    configured = webhook["existingSecret"] or webhook["secret"]
+    assert ("SDTRITON_WEBHOOK_SECRET" in env) == bool(configured)
+    assert "--webhook-secret" not in _gateway_words(set_name), "a secret on the command line shows in ps"
+    if configured:
+        reference = env["SDTRITON_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"]
+        assert reference["key"] == webhook["key"]
+        if webhook["existingSecret"]:
+            assert reference["name"] == webhook["existingSecret"]
+        else:
+            data = _secrets(set_name)[reference["name"]]["data"]
+            assert base64.b64decode(data[reference["key"]]).decode() == webhook["secret"]
+
+
+@pytest.mark.parametrize("set_name", _gateway_sets())
+def test_gateway_probes_and_scrape_reach_its_real_routes(set_name: str):
+    container = _gateway_container(set_name)
+    routes = gateway_exposition().routes
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": GATEWAY_PORT_NAME}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": GATEWAY_PORT_NAME}
+    assert {"/readyz", "/healthz", "/metrics"} <= routes
+    for monitor in _objects(set_name, "PodMonitor", GATEWAY):
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        assert (endpoint["port"], endpoint["path"]) == (GATEWAY_PORT_NAME, "/metrics")
+    assert bool(_objects(set_name, "PodMonitor", GATEWAY)) == _values(set_name)["podMonitor"]["enabled"]
+    assert "nvidia.com/gpu" not in json.dumps(container["resources"]), "the gateway needs no GPU"
+    assert "affinity" not in _gateway_deployment(set_name)["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("set_name", _gateway_sets())
+def test_gateway_and_triton_selectors_find_their_own_pods_only(set_name: str):
+    gateway_pod = _gateway_deployment(set_name)["spec"]["template"]["metadata"]["labels"]
+    triton_pod = _pod(set_name)["metadata"]["labels"]
+    for selector in _selectors(set_name, GATEWAY):
+        assert _pod_selected(selector, gateway_pod) and not _pod_selected(selector, triton_pod), selector
+    for selector in _selectors(set_name):
+        assert not _pod_selected(selector, gateway_pod), f"a Triton selector takes the gateway's pods: {selector}"
+    (service,) = _objects(set_name, "Service", GATEWAY)
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == GATEWAY_PORT_NAME
+    assert port["port"] == _values(set_name)["gateway"]["service"]["port"]
+
+
+@pytest.mark.parametrize("set_name", _gateway_sets())
+def test_gateway_secret_references_resolve(set_name: str):
+    """Every Secret the gateway's pod names is one the chart makes (with that key) or one the values name."""
+    values = _values(set_name)["gateway"]
+    given = {values[group]["existingSecret"] for group in ("apiKeys", "webhook", "redis")} - {""}
+    made = _secrets(set_name)
+    pod_spec = _gateway_deployment(set_name)["spec"]["template"]["spec"]
+    references = [
+        (volume["secret"]["secretName"], item["key"])
+        for volume in pod_spec["volumes"]
+        if "secret" in volume
+        for item in volume["secret"]["items"]
+    ]
+    references += [
+        (ref["name"], ref["key"])
+        for item in pod_spec["containers"][0]["env"]
+        if (ref := item.get("valueFrom", {}).get("secretKeyRef"))
+    ]
+    assert references
+    for name, key in references:
+        assert name in given or key in made[name]["data"], f"{set_name}: Secret {name} (key {key}) is nowhere"
+    assert not given & set(made), "the chart must not make a Secret the values say exists"
+
+
+@pytest.mark.parametrize("set_name", _gateway_sets())
+def test_gateway_scales_on_the_request_rate_it_exports(set_name: str):
+    autoscaling = _values(set_name)["gateway"]["autoscaling"]
+    hpas = _objects(set_name, "HorizontalPodAutoscaler", GATEWAY)
+    config_maps = _objects(set_name, "ConfigMap", GATEWAY)
+    deployment = _gateway_deployment(set_name)
+    if not autoscaling["enabled"]:
+        assert not hpas and not config_maps
+        assert deployment["spec"]["replicas"] == _values(set_name)["gateway"]["replicas"]
+        return
+    (hpa,) = hpas
+    assert "replicas" not in deployment["spec"], "the HPA owns the pod count"
+    spec = hpa["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (autoscaling["minReplicas"], autoscaling["maxReplicas"])
+    (metric,) = spec["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["target"] == {
+        "type": "AverageValue",
+        "averageValue": str(autoscaling["targetRequestsPerSecondPerPod"]),
+    }
+    (config_map,) = config_maps
+    (rule,) = yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"], "the HPA asks for a metric the rule does not serve"
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    exposition = gateway_exposition()
+    for key in ("seriesQuery", "metricsQuery"):
+        query = _adapter_query(rule[key])
+        names = metric_names(query)
+        assert names and names <= exposition.series, f"{key} reads {names - exposition.series}, which the gateway lacks"
+    # The series the adapter finds is the one whose rate it serves, a counter.
+    assert re.fullmatch(rule["name"]["matches"], "sdtriton_gateway_requests_total")
+    assert "rate(" in rule["metricsQuery"]
+    (route_pattern,) = re.findall(r'route=~"([^"]+)"', rule["metricsQuery"])
+    assert "route" in exposition.labels["sdtriton_gateway_requests_total"]
+    api = {route for route in exposition.routes if re.fullmatch(route_pattern, route)}
+    assert api == {route for route in exposition.routes if route.startswith("/v1/")}, (
+        "probes and scrapes must not count"
+    )
+
+
+def _render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    manifests = _chart().render(values, name=RELEASE, namespace=NAMESPACE)
+    return [doc for text in manifests.values() for doc in yaml.safe_load_all(text) if doc]
+
+
+def test_gateway_off_renders_no_gateway_object_and_no_reference_to_one():
+    every_option = {
+        **MINIMAL_VALUES,
+        "podMonitor": {"enabled": True},
+        "podDisruptionBudget": {"enabled": True},
+        "networkPolicy": {"enabled": True, "clients": {"podLabels": {"app": "web"}}},
+    }
+    on = _render(every_option)
+    gateway_kinds = {obj["kind"] for obj in on if _component(obj) == GATEWAY}
+    assert {"Deployment", "Service", "PodMonitor", "PodDisruptionBudget"} <= gateway_kinds
+    off = _render({**every_option, "gateway": {"enabled": False}})
+    assert not [obj for obj in off if _component(obj) == GATEWAY]
+    assert "gateway" not in json.dumps(off)
+    # Turning the gateway on or off leaves Triton's objects as they were, but for the gRPC peer it needs.
+    without_policy = [obj for obj in on if _component(obj) == SERVER and obj["kind"] != "NetworkPolicy"]
+    assert without_policy == [obj for obj in off if obj["kind"] != "NetworkPolicy"]
+    for set_name in _sets_where(lambda values: not values["gateway"]["enabled"]):
+        assert not [obj for obj in _rendered(set_name) if _component(obj) == GATEWAY]
+
+
+def test_some_value_set_covers_each_gateway_option():
+    gateway = lambda check: lambda values: values["gateway"]["enabled"] and check(values["gateway"])  # noqa: E731
+    _sets_where(gateway(lambda g: g["autoscaling"]["enabled"]))
+    _sets_where(gateway(lambda g: not g["autoscaling"]["enabled"] and g["replicas"] > 1))
+    _sets_where(gateway(lambda g: g["redis"]["existingSecret"]))
+    _sets_where(gateway(lambda g: g["redis"]["url"]))
+    _sets_where(gateway(lambda g: not g["redis"]["url"] and not g["redis"]["existingSecret"]))
+    _sets_where(gateway(lambda g: g["apiKeys"]["keys"]))
+    _sets_where(gateway(lambda g: g["webhook"]["secret"]))
+    _sets_where(gateway(lambda g: g["webhook"]["existingSecret"]))
+    _sets_where(gateway(lambda g: g["persistence"]["existingClaim"]))
+    _sets_where(lambda values: not values["gateway"]["enabled"])
+    _sets_where(lambda values: values["gateway"]["enabled"] and values["networkPolicy"]["enabled"])
 
 
 # --- KServe and the README -------------------------------------------------------------------------------------

@@ -133,3 +133,72 @@ scaleDown:
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/* The gateway (`sdtriton gateway`): its own name and labels, so that no selector of Triton's finds its pods. */}}
+{{- define "sdtriton.gateway.fullname" -}}
+{{- printf "%s-gateway" (include "sdtriton.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "sdtriton.gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sdtriton.name" . | trunc 55 | trimSuffix "-" }}-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "sdtriton.gateway.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "sdtriton.gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/part-of: {{ include "sdtriton.name" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Where the gateway keeps images answered as URLs (--data-dir) and, without Redis, its SQLite job store. */}}
+{{- define "sdtriton.gateway.dataDir" -}}
+/var/lib/sdtriton-gateway
+{{- end }}
+
+{{/* The API keys file, projected from the Secret under a fixed name whatever the Secret's key. */}}
+{{- define "sdtriton.gateway.apiKeysDir" -}}
+/var/run/secrets/sdtriton/gateway-api-keys
+{{- end }}
+
+{{- define "sdtriton.gateway.apiKeysSecret" -}}
+{{- .Values.gateway.apiKeys.existingSecret | default (printf "%s-api-keys" (include "sdtriton.gateway.fullname" .)) }}
+{{- end }}
+
+{{- define "sdtriton.gateway.webhookSecret" -}}
+{{- .Values.gateway.webhook.existingSecret | default (printf "%s-webhook" (include "sdtriton.gateway.fullname" .)) }}
+{{- end }}
+
+{{/* Several gateways share jobs only through Redis: each SQLite store is its own pod's. */}}
+{{- define "sdtriton.gateway.redis" -}}
+{{- if or .Values.gateway.redis.url .Values.gateway.redis.existingSecret }}true{{ end }}
+{{- end }}
+
+{{- define "sdtriton.gateway.tritonUrl" -}}
+{{- .Values.gateway.tritonUrl | default (printf "grpc://%s:8001" (include "sdtriton.fullname" .)) }}
+{{- end }}
+
+{{/* Checks values.schema.json cannot express, for the gateway. */}}
+{{- define "sdtriton.gateway.check" -}}
+{{- $gateway := .Values.gateway }}
+{{- if not (or $gateway.apiKeys.existingSecret $gateway.apiKeys.keys) }}
+{{- fail "gateway.apiKeys.existingSecret or gateway.apiKeys.keys is required: the gateway refuses to listen beyond loopback without API keys (or set gateway.enabled: false)" }}
+{{- end }}
+{{- if and $gateway.apiKeys.existingSecret $gateway.apiKeys.keys }}
+{{- fail "give gateway.apiKeys.existingSecret or gateway.apiKeys.keys, not both" }}
+{{- end }}
+{{- if and $gateway.webhook.existingSecret $gateway.webhook.secret }}
+{{- fail "give gateway.webhook.existingSecret or gateway.webhook.secret, not both" }}
+{{- end }}
+{{- if and $gateway.redis.url $gateway.redis.existingSecret }}
+{{- fail "give gateway.redis.url or gateway.redis.existingSecret, not both" }}
+{{- end }}
+{{- if and (not (include "sdtriton.gateway.redis" .)) (or $gateway.autoscaling.enabled (gt (int $gateway.replicas) 1)) }}
+{{- fail "gateway.redis.url or gateway.redis.existingSecret is required for more than one gateway replica (gateway.replicas > 1 or gateway.autoscaling.enabled): without Redis each pod keeps its jobs in its own SQLite file" }}
+{{- end }}
+{{- if gt (int $gateway.autoscaling.minReplicas) (int $gateway.autoscaling.maxReplicas) }}
+{{- fail (printf "gateway.autoscaling.minReplicas (%d) must not exceed gateway.autoscaling.maxReplicas (%d)" (int $gateway.autoscaling.minReplicas) (int $gateway.autoscaling.maxReplicas)) }}
+{{- end }}
+{{- end }}
