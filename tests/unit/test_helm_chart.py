@@ -28,7 +28,7 @@ from kubernetes_validate.utils import SchemaNotFoundError, VersionNotSupportedEr
 from sdtriton import server
 from sdtriton.cli import parse_arguments
 from sdtriton.gateway.access import parse_api_keys
-from sdtriton.gateway.settings import check_exposure, load_settings
+from sdtriton.gateway.settings import WEBHOOK_SECRET_ENVIRONMENT, check_exposure, load_settings
 from sdtriton.serving.metrics import ENGINE_METRICS, REQUESTS_RUNNING, REQUESTS_WAITING
 from tests.unit.gateway_series import gateway_exposition
 from tests.unit.promql import metric_names, recorded_series
@@ -809,10 +809,10 @@ def test_gateway_webhook_secret_comes_from_a_secret(set_name: str):
     webhook = _values(set_name)["gateway"]["webhook"]
     env = {item["name"]: item for item in _gateway_container(set_name)["env"]}
     configured = webhook["existingSecret"] or webhook["secret"]
-    assert ("SDTRITON_WEBHOOK_SECRET" in env) == bool(configured)
+    assert (WEBHOOK_SECRET_ENVIRONMENT in env) == bool(configured)
     assert "--webhook-secret" not in _gateway_words(set_name), "a secret on the command line shows in ps"
     if configured:
-        reference = env["SDTRITON_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"]
+        reference = env[WEBHOOK_SECRET_ENVIRONMENT]["valueFrom"]["secretKeyRef"]
         assert reference["key"] == webhook["key"]
         if webhook["existingSecret"]:
             assert reference["name"] == webhook["existingSecret"]
