@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import sdtriton
 from sdtriton.client import SdTritonError
-from sdtriton.gateway import errors
+from sdtriton.gateway import errors, playground
 from sdtriton.gateway.access import RateLimiter, find_key
 from sdtriton.gateway.backend import Backend
 from sdtriton.gateway.errors import GatewayError
@@ -149,6 +149,7 @@ def create_app(settings: GatewaySettings, *, backend: Backend | None = None) -> 
     app.state.started = int(time.time())
     app.include_router(v1)
     app.include_router(probes)
+    app.include_router(playground.router)
     _install_error_handlers(app, retry_after_s=settings.limits.retry_after_s)
     # Added innermost first: metrics see every answer (413s, CORS refusals), CORS headers go on errors too.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.limits.max_body_bytes)
@@ -200,12 +201,7 @@ async def generate_images(body: ImageGenerationRequest, request: Request) -> Ima
 async def list_models(request: Request) -> ModelList:
     models = await request.app.state.backend.models()
     created = request.app.state.started
-    return ModelList(
-        data=[
-            ModelCard(id=model.name, created=created, aliases=list(model.aliases), max_images=model.max_batch_size)
-            for model in models
-        ]
-    )
+    return ModelList(data=[ModelCard.of(model, created=created) for model in models])
 
 
 @probes.get(

@@ -7,13 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import logging
-import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +22,11 @@ from sdtriton.client import RequestCancelledError, RequestTimeoutError, StableDi
 from sdtriton.gateway import errors
 from sdtriton.gateway.backend import Backend, GenerationRequest
 from sdtriton.gateway.runner import job_runner
-from sdtriton.server import free_port
+from sdtriton.interface import PIPELINE_MODEL_NAME
+from sdtriton.pipeline_config import PipelineConfig
+from tests.integration.gateway_process import running_gateway
 
 pytestmark = pytest.mark.integration
-logger = logging.getLogger(__name__)
 
 PROMPT = "a yellow star on a purple background"
 KEY = "test-key-main"
@@ -39,7 +34,6 @@ LIMITED_KEY = "test-key-limited"
 ALIAS = "tiny"
 ORIGIN = "http://playground.test"
 MAX_BODY_BYTES = 64 * 1024
-READY_TIMEOUT_S = 60.0
 # Few steps: the tiny model's images differ by seed at any step count, and each costs little.
 STEPS = 4
 
@@ -57,45 +51,8 @@ def gateway(grpc_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         f"[limits]\nmax_body_bytes = {MAX_BODY_BYTES}\nrate_limit_per_s = 100.0\nrate_limit_burst = 100\n\n"
         f'[cors]\nallow_origins = ["{ORIGIN}"]\n'
     )
-    port = free_port()
-    command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url, "--port", str(port)]
-    command += ["--data-dir", str(folder / "data"), "--api-keys-file", str(keys), "--config", str(config)]
-    setpriv = shutil.which("setpriv")
-    if setpriv is not None:  # the gateway ends with this process, even if pytest is killed
-        command = [setpriv, "--pdeathsig", "TERM", "--", *command]
-    log_path = folder / "gateway.log"
-    started = time.monotonic()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, process, log_path)
-        logger.info("gateway ready in %.1f s", time.monotonic() - started)
+    with running_gateway(grpc_url, folder, "--api-keys-file", str(keys), "--config", str(config)) as url:
         yield url
-    finally:
-        stopping = time.monotonic()
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            logger.error("the gateway did not stop within 10 s of SIGTERM:\n%s", log_path.read_text())
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        logger.info("gateway stopped in %.1f s (%s)", time.monotonic() - stopping, process.returncode)
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the gateway exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the gateway was not ready within {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -203,11 +160,20 @@ def test_unknown_model_and_route_are_404(gateway: str) -> None:
     assert route.status_code == 404 and route.json()["error"]["code"] == "not_found"
 
 
-def test_models_are_listed_with_aliases(gateway: str) -> None:
+def test_models_are_listed_with_aliases(gateway: str, tiny_repository: Path) -> None:
     answer = httpx.get(f"{gateway}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
     assert answer.status_code == 200
     (model,) = answer.json()["data"]
     assert (model["id"], model["aliases"], model["max_images"]) == ("stable_diffusion", [ALIAS, "dall-e-2"], 8)
+    # What the export wrote of the model, read back through Triton's config of its entry.
+    exported = PipelineConfig.load(tiny_repository / PIPELINE_MODEL_NAME / "1").description
+    assert (model["family"], model["schedulers"]) == (exported.family, list(exported.scheduler_names))
+    assert model["default_size"] == f"{exported.default_width}x{exported.default_height}"
+    assert (model["size_step"], model["default_num_inference_steps"], model["max_num_inference_steps"]) == (
+        exported.size_multiple,
+        exported.default_num_inference_steps,
+        exported.max_inference_steps,
+    )
 
 
 @pytest.mark.parametrize("key", [None, "not-a-key"])
