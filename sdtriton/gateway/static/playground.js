@@ -327,7 +327,7 @@ async function finish(job) {
     setStatus(`Job ${job.id}: succeeded`);
   } else if (job.status === "failed") {
     const error = job.error || {};
-    showError(error.message || "the job failed");
+    showError(`Job failed: ${error.message || "no reason given"}`);
     setStatus(`Job ${job.id}: failed`);
   } else {
     setStatus(`Job ${job.id}: cancelled`);
