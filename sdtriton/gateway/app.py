@@ -5,8 +5,10 @@
 reach the handlers installed here, which answer it through :func:`sdtriton.gateway.errors.answer`'s one table.
 
 Other route groups plug in with ``app.include_router(router, dependencies=V1_DEPENDENCIES,
-responses=ERROR_RESPONSES)``; they find the backend, the settings, the image store and the metrics registry on
-``request.app.state`` (``backend``, ``settings``, ``images``, ``metrics.registry``).
+responses=ERROR_RESPONSES)``; they find the backend, the settings, the image store, the metrics registry and the
+job manager on ``request.app.state`` (``backend``, ``settings``, ``images``, ``metrics.registry``, ``jobs``), and
+the caller's API key id on ``request.state.key_id`` (when the gateway has keys). The durable jobs
+(:mod:`sdtriton.gateway.job_routes`) are such a group.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sdtriton.gateway.access import RateLimiter, find_key
 from sdtriton.gateway.backend import Backend
 from sdtriton.gateway.errors import GatewayError
 from sdtriton.gateway.images import MEDIA_TYPES, ImageStore
+from sdtriton.gateway.job_routes import include_job_routes, running_jobs
 from sdtriton.gateway.metrics import GatewayMetrics, MetricsMiddleware
 from sdtriton.gateway.runner import encode_images
 from sdtriton.gateway.schema import (
@@ -90,6 +93,7 @@ async def authorize(
             why = "no API key sent" if credentials is None else "unknown API key"
             raise GatewayError(errors.INVALID_API_KEY, f"{why}: send Authorization: Bearer <key>")
         caller = key.key_id
+        request.state.key_id = key.key_id  # whom the caller's jobs belong to
         rate_per_s = key.rate_limit_per_s or rate_per_s
         burst = key.rate_limit_burst or burst
     else:
@@ -130,7 +134,8 @@ def create_app(settings: GatewaySettings, *, backend: Backend | None = None) -> 
             else backend
         )
         try:
-            yield
+            async with running_jobs(app, app.state.backend):
+                yield
         finally:
             if own:
                 await app.state.backend.close()
@@ -148,6 +153,7 @@ def create_app(settings: GatewaySettings, *, backend: Backend | None = None) -> 
     app.state.limiter = RateLimiter()
     app.state.started = int(time.time())
     app.include_router(v1)
+    include_job_routes(app, dependencies=V1_DEPENDENCIES, responses=ERROR_RESPONSES)
     app.include_router(probes)
     app.include_router(playground.router)
     _install_error_handlers(app, retry_after_s=settings.limits.retry_after_s)
@@ -159,7 +165,7 @@ def create_app(settings: GatewaySettings, *, backend: Backend | None = None) -> 
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
-            expose_headers=["Retry-After"],
+            expose_headers=["Retry-After", "Location"],
         )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.openapi = lambda: _openapi(app)
@@ -245,7 +251,9 @@ async def readyz(request: Request) -> JSONResponse:
     summary="Prometheus metrics",
 )
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # Off the event loop: the job counts are read from the job store as the registry is collected.
+    text = await asyncio.to_thread(generate_latest, request.app.state.metrics.registry)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
 
 
 async def _cancel_on_disconnect(request: Request, work: Awaitable[_T], cancelled: asyncio.Event) -> _T:

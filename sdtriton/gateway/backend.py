@@ -78,6 +78,10 @@ class GenerationRequest:
     height: int | None = None
     scheduler: str | None = None
     refiner_fraction: float | None = None
+    true_cfg_scale: float | None = None
+    skip_layer_guidance_scale: float | None = None
+    skip_layer_guidance_start: float | None = None
+    skip_layer_guidance_stop: float | None = None
     preview_every: int | None = None
 
     def with_fixed_seed(self) -> GenerationRequest:
@@ -106,6 +110,15 @@ class ServedModel:
     @property
     def stream_name(self) -> str:
         return interface.stream_entry_name(self.name)
+
+    def check_n(self, n: int) -> None:
+        """Refuses more images than one request to this model may ask.
+
+        Raises:
+            InvalidRequestError: ``n`` is not in 1..max_batch_size.
+        """
+        if not 1 <= n <= self.max_batch_size:
+            raise InvalidRequestError(f"n: must be in 1..{self.max_batch_size} for {self.name}, got {n}")
 
 
 @dataclass(frozen=True)
@@ -217,8 +230,7 @@ class Backend:
                 as :meth:`sdtriton.client.StableDiffusionClient.generate` raises them.
         """
         model = await self.resolve(request.model)
-        if not 1 <= request.n <= model.max_batch_size:
-            raise InvalidRequestError(f"n: must be in 1..{model.max_batch_size} for {model.name}, got {request.n}")
+        model.check_n(request.n)
         request = request.with_fixed_seed()
         started = time.monotonic()
         events = self._client(model.name).stream(
@@ -231,6 +243,10 @@ class Backend:
             height=request.height,
             scheduler=request.scheduler,
             refiner_fraction=request.refiner_fraction,
+            true_cfg_scale=request.true_cfg_scale,
+            skip_layer_guidance_scale=request.skip_layer_guidance_scale,
+            skip_layer_guidance_start=request.skip_layer_guidance_start,
+            skip_layer_guidance_stop=request.skip_layer_guidance_stop,
             preview_every=request.preview_every,
         )
         async with contextlib.aclosing(events):

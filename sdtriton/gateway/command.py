@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 from sdtriton.gateway.errors import SettingsError
 from sdtriton.gateway.settings import (
     API_KEYS_ENVIRONMENT,
     DEFAULT_HOST,
+    DEFAULT_JOB_WORKERS,
     DEFAULT_PORT,
+    JOBS_FILE,
+    WEBHOOK_SECRET_ENVIRONMENT,
+    JobSettings,
     check_exposure,
     default_data_dir,
     load_settings,
@@ -32,7 +37,9 @@ def add_gateway_command(commands: argparse._SubParsersAction) -> None:
         "--config", type=Path, help="TOML: served models and aliases, limits, CORS origins (see the README)"
     )
     gateway.add_argument(
-        "--data-dir", type=Path, help=f"where images answered as URLs are kept (default: {default_data_dir()})"
+        "--data-dir",
+        type=Path,
+        help=f"where images answered as URLs (and the default job store) are kept (default: {default_data_dir()})",
     )
     gateway.add_argument(
         "--api-keys-file",
@@ -42,6 +49,38 @@ def add_gateway_command(commands: argparse._SubParsersAction) -> None:
     )
     gateway.add_argument(
         "--timeout-s", type=float, help="each generation's time budget on the server (overrides the config's)"
+    )
+    jobs = gateway.add_argument_group("durable jobs (/v1/jobs)")
+    jobs.add_argument(
+        "--jobs-store",
+        metavar="URL",
+        help="sqlite:///path or redis://host:port/db (gateways sharing one Redis share the queue; default: the "
+        f"SQLite file {JOBS_FILE} in --data-dir)",
+    )
+    jobs.add_argument(
+        "--job-workers",
+        type=int,
+        default=DEFAULT_JOB_WORKERS,
+        metavar="N",
+        help="jobs this gateway runs at once; 0: it queues and serves jobs that other replicas run "
+        "(default: %(default)s)",
+    )
+    jobs.add_argument(
+        "--job-result-ttl-s",
+        "--job-result-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="how long a finished job and its images are kept (default: Redis 3600, SQLite for ever)",
+    )
+    jobs.add_argument(
+        "--webhook-secret",
+        help=f"the HMAC key that signs webhooks (default: ${WEBHOOK_SECRET_ENVIRONMENT}); without one, jobs with "
+        "a webhook are refused",
+    )
+    jobs.add_argument(
+        "--webhook-allow-private",
+        action="store_true",
+        help="accept webhook URLs on loopback, private and link-local addresses (refused by default)",
     )
     gateway.add_argument(
         "--write-openapi", type=Path, metavar="FILE", help="write the OpenAPI document to FILE and exit"
@@ -70,6 +109,14 @@ def _gateway(args: argparse.Namespace) -> int:
             settings = dataclasses.replace(
                 settings, limits=dataclasses.replace(settings.limits, timeout_s=args.timeout_s)
             )
+        jobs = JobSettings(
+            store_url=args.jobs_store,
+            workers=args.job_workers,
+            webhook_secret=args.webhook_secret or os.environ.get(WEBHOOK_SECRET_ENVIRONMENT) or None,
+            result_ttl_s=args.job_result_ttl_s,
+            webhook_allow_private=args.webhook_allow_private,
+        )
+        settings = dataclasses.replace(settings, jobs=jobs)
         check_exposure(args.host, settings.api_keys)
     except SettingsError as error:
         logger.error("%s", error)

@@ -9,6 +9,7 @@ a field out of range (gateway or engine)      400     invalid_request_error  inv
 missing or unknown API key                    401     authentication_error   invalid_api_key
 unknown model                                 404     invalid_request_error  model_not_found
 unknown route or image                        404     invalid_request_error  not_found
+unknown job (or another key's)                404     invalid_request_error  job_not_found
 method not allowed on the route               405     invalid_request_error  method_not_allowed
 request body over the limit                   413     invalid_request_error  request_too_large
 rate limit of the key                         429     rate_limit_error       rate_limit_exceeded
@@ -67,6 +68,7 @@ INVALID_VALUE = ErrorKind(400, "invalid_request_error", "invalid_value")
 INVALID_API_KEY = ErrorKind(401, "authentication_error", "invalid_api_key")
 MODEL_NOT_FOUND = ErrorKind(404, "invalid_request_error", "model_not_found")
 NOT_FOUND = ErrorKind(404, "invalid_request_error", "not_found")
+JOB_NOT_FOUND = ErrorKind(404, "invalid_request_error", "job_not_found")
 METHOD_NOT_ALLOWED = ErrorKind(405, "invalid_request_error", "method_not_allowed")
 REQUEST_TOO_LARGE = ErrorKind(413, "invalid_request_error", "request_too_large")
 RATE_LIMITED = ErrorKind(429, "rate_limit_error", "rate_limit_exceeded", retry_after=True)
@@ -145,19 +147,31 @@ def engine_param(message: str) -> str | None:
     return _REQUEST_FIELDS.get(match["field"], match["field"])
 
 
+def classify(error: BaseException) -> tuple[ErrorKind, str, str | None]:
+    """``error``'s kind, message and field: a :class:`GatewayError`, one of the client's exceptions, or anything
+    else (``inference_failed``, with a message that tells nothing of it)."""
+    if isinstance(error, GatewayError):
+        return error.kind, str(error), error.param
+    if isinstance(error, SdTritonError):
+        kind, message = engine_kind(error), str(error)
+        return kind, message, engine_param(message) if kind is INVALID_VALUE else None
+    return INFERENCE_FAILED, "internal error of the gateway (see its log)", None
+
+
+def describe(error: BaseException) -> dict[str, str | None]:
+    """The inner OpenAI error (``message``, ``type``, ``param``, ``code``) of ``error``: a failed job's ``error``,
+    the same as the synchronous route's answer would carry."""
+    return error_body(*classify(error))["error"]
+
+
 def answer(error: Exception, *, retry_after_s: int) -> ErrorAnswer:
     """How the gateway answers ``error``: a :class:`GatewayError`, one of the client's exceptions, or anything
     else (500, with the traceback logged and never sent)."""
-    if isinstance(error, GatewayError):
-        kind, message, param = error.kind, str(error), error.param
-        if error.retry_after_s is not None:
-            retry_after_s = error.retry_after_s
-    elif isinstance(error, SdTritonError):
-        kind, message = engine_kind(error), str(error)
-        param = engine_param(message) if kind is INVALID_VALUE else None
-    else:
+    if not isinstance(error, GatewayError | SdTritonError):
         logger.error("unexpected error answering a request", exc_info=error)
-        kind, message, param = INFERENCE_FAILED, "internal error of the gateway (see its log)", None
+    kind, message, param = classify(error)
+    if isinstance(error, GatewayError) and error.retry_after_s is not None:
+        retry_after_s = error.retry_after_s
     headers = {"Retry-After": str(retry_after_s)} if kind.retry_after else {}
     if kind is INVALID_API_KEY:
         headers["WWW-Authenticate"] = "Bearer"

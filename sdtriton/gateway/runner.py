@@ -11,12 +11,13 @@ encoded files, with progress and previews as a job manager wants them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
 from sdtriton.client import GenerationResult, Progress
 from sdtriton.gateway.backend import Backend
 from sdtriton.gateway.images import encode
+from sdtriton.gateway.jobs import ProgressCallback, Runner
 from sdtriton.gateway.schema import ImageGenerationRequest
 
 # Previews are small (latent resolution): PNG keeps them exact and costs little.
@@ -24,14 +25,7 @@ PREVIEW_FORMAT = "png"
 DEFAULT_PREVIEW_EVERY = 5
 
 
-class StepCallback(Protocol):
-    def __call__(self, step: int, total: int, preview: bytes | None = None, preview_format: str = "png") -> None: ...
-
-
-JobRun = Callable[[Mapping[str, Any], StepCallback, asyncio.Event], Awaitable[list[tuple[bytes, str, int]]]]
-
-
-def job_runner(backend: Backend, *, preview_every: int | None = DEFAULT_PREVIEW_EVERY) -> JobRun:
+def job_runner(backend: Backend, *, preview_every: int | None = DEFAULT_PREVIEW_EVERY) -> Runner:
     """The run of one job on ``backend``.
 
     The returned coroutine function validates ``request`` as a ``POST /v1/images/generations`` body (pydantic's
@@ -42,7 +36,7 @@ def job_runner(backend: Backend, *, preview_every: int | None = DEFAULT_PREVIEW_
     """
 
     async def run(
-        request: Mapping[str, Any], on_progress: StepCallback, cancelled: asyncio.Event
+        request: Mapping[str, Any], on_progress: ProgressCallback, cancelled: asyncio.Event
     ) -> list[tuple[bytes, str, int]]:
         body = ImageGenerationRequest.model_validate(dict(request))
         model = await backend.resolve(body.model)

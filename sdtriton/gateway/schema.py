@@ -65,6 +65,16 @@ class ImageGenerationRequest(BaseModel):
     refiner_fraction: float | None = Field(
         None, ge=0, lt=1, allow_inf_nan=False, description=interface.REFINER_FRACTION.allowed
     )
+    true_cfg_scale: float | None = Field(None, allow_inf_nan=False, description=interface.TRUE_CFG_SCALE.allowed)
+    skip_layer_guidance_scale: float | None = Field(
+        None, allow_inf_nan=False, description=interface.SKIP_LAYER_GUIDANCE_SCALE.allowed
+    )
+    skip_layer_guidance_start: float | None = Field(
+        None, allow_inf_nan=False, description=interface.SKIP_LAYER_GUIDANCE_START.allowed
+    )
+    skip_layer_guidance_stop: float | None = Field(
+        None, allow_inf_nan=False, description=interface.SKIP_LAYER_GUIDANCE_STOP.allowed
+    )
 
     @field_validator("size")
     @classmethod
@@ -98,6 +108,10 @@ class ImageGenerationRequest(BaseModel):
             height=height,
             scheduler=self.scheduler,
             refiner_fraction=self.refiner_fraction,
+            true_cfg_scale=self.true_cfg_scale,
+            skip_layer_guidance_scale=self.skip_layer_guidance_scale,
+            skip_layer_guidance_start=self.skip_layer_guidance_start,
+            skip_layer_guidance_stop=self.skip_layer_guidance_stop,
             preview_every=preview_every,
         )
 
@@ -187,3 +201,67 @@ class ReadinessReport(BaseModel):
     ready: bool
     triton: bool = Field(description="Triton answers and is ready.")
     models: dict[str, bool] = Field(description="Each served model's streaming entry: ready or not.")
+
+
+# A webhook URL's longest form (browsers' practical limit).
+MAX_WEBHOOK_CHARS = 2048
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobCreateRequest(ImageGenerationRequest):
+    """``POST /v1/jobs``: a generations body (``response_format`` aside: a job's images are always URLs), and where
+    to POST the finished job."""
+
+    webhook: str | None = Field(
+        None,
+        max_length=MAX_WEBHOOK_CHARS,
+        description="An http(s) URL the finished job is POSTed to, signed with the gateway's webhook secret "
+        "(Sdtriton-Signature: t=<unix seconds>,v1=<HMAC-SHA256 hex of '<t>.' + body>); hosts on loopback, private "
+        "and link-local addresses are refused unless the gateway allows them.",
+        examples=["https://app.example.com/hooks/sdtriton"],
+    )
+
+    def stored(self, *, model: str) -> dict[str, object]:
+        """The job's request as stored: the generations body (no webhook), on the served model ``model``."""
+        return self.model_dump(mode="json", exclude_none=True, exclude={"webhook"}) | {"model": model}
+
+
+class JobError(BaseModel):
+    """Why a job failed or was cancelled: the inner error of OpenAI's error body."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class JobImage(BaseModel):
+    url: str = Field(description="Where to fetch the image file (no API key: the job id is the capability).")
+    seed: int = Field(description="The seed this image was drawn with.")
+    output_format: str = Field(description="png, jpeg or webp.")
+
+
+class JobObject(BaseModel):
+    """A job, as ``/v1/jobs`` answers it."""
+
+    id: str
+    object: Literal["job"] = "job"
+    status: JobStatus
+    model: str | None = Field(description="The served model that runs it.")
+    created: int = Field(description="Unix time (seconds) it was submitted.")
+    started: int | None = Field(description="Unix time it first started running.")
+    finished: int | None = Field(description="Unix time it succeeded, failed or was cancelled.")
+    step: int = Field(description="Denoising steps done (of its latest attempt).")
+    total_steps: int = Field(description="Denoising steps in all; 0 until the first step.")
+    queue_position: int | None = Field(description="Queued jobs ahead of it (0: next); null unless queued.")
+    error: JobError | None = Field(description="Why it failed or was cancelled; null otherwise.")
+    data: list[JobImage] = Field(description="The images, once it succeeded (empty before).")
+    attempts: int = Field(description="Times it was started (a run taken over from a stopped gateway counts).")
+    webhook: str | None = Field(description="Where the finished job is POSTed.")
+    webhook_deliveries: int = Field(description="Webhook delivery attempts so far.")
+    webhook_delivered: bool = Field(description="A webhook delivery was accepted (2xx).")
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobObject]

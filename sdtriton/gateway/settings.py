@@ -43,6 +43,11 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_RATE_LIMIT_PER_S = 10.0
 DEFAULT_RATE_LIMIT_BURST = 20
 DEFAULT_RETRY_AFTER_S = 1
+# Environment variable with the webhooks' HMAC secret (--webhook-secret).
+WEBHOOK_SECRET_ENVIRONMENT = "SDTRITON_WEBHOOK_SECRET"
+DEFAULT_JOB_WORKERS = 2
+# The default job store: a SQLite file of this name in the data folder.
+JOBS_FILE = "jobs.sqlite3"
 
 
 @dataclass(frozen=True)
@@ -79,16 +84,50 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    """The durable jobs (``/v1/jobs``).
+
+    Attributes:
+        store_url: ``sqlite:///path`` or ``redis://host:port/db`` (several gateways share one Redis); None: the SQLite
+            file :data:`JOBS_FILE` in the data folder.
+        workers: jobs this gateway runs at once (0: it only queues and serves them; other replicas run them).
+        webhook_secret: the HMAC key of webhook signatures; None: jobs with a webhook are refused.
+        result_ttl_s: how long a finished job is kept; None: the store's default (Redis 1 h, SQLite for ever).
+        webhook_allow_private: accept webhook URLs on loopback, private and link-local addresses (refused by
+            default: a caller must not make the gateway POST into its own network).
+    """
+
+    store_url: str | None = None
+    workers: int = DEFAULT_JOB_WORKERS
+    webhook_secret: str | None = field(default=None, repr=False)
+    result_ttl_s: float | None = None
+    webhook_allow_private: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise SettingsError(f"--job-workers must be at least 0, got {self.workers}")
+        if self.result_ttl_s is not None and not (self.result_ttl_s > 0 and math.isfinite(self.result_ttl_s)):
+            raise SettingsError(f"--job-result-ttl-s must be a positive number of seconds, got {self.result_ttl_s}")
+        if self.webhook_secret is not None and not self.webhook_secret:
+            raise SettingsError("--webhook-secret must not be empty")
+
+    def store_url_in(self, data_dir: Path) -> str:
+        """The store's URL, the default one under ``data_dir``."""
+        return self.store_url or f"sqlite://{data_dir / JOBS_FILE}"
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     """Everything the app needs, from the command line and the config file.
 
     Attributes:
         triton_url: ``grpc://host:port`` of the Triton server.
-        data_dir: where images answered as URLs (and later jobs) are kept.
+        data_dir: where images answered as URLs (and, by default, the jobs) are kept.
         models: the served models in order (the first is the default); empty: every model Triton holds.
         api_keys: the accepted keys; empty: no authentication (only allowed on a loopback host).
         limits: body size, rate limit, time budget.
         cors_origins: origins a browser may call the API from (CORS); empty: none.
+        jobs: the durable jobs' store, workers and webhooks.
     """
 
     triton_url: str
@@ -97,6 +136,7 @@ class GatewaySettings:
     api_keys: tuple[ApiKey, ...] = ()
     limits: Limits = field(default_factory=Limits)
     cors_origins: tuple[str, ...] = ()
+    jobs: JobSettings = field(default_factory=JobSettings)
 
     def __post_init__(self) -> None:
         names = [name for model in self.models for name in (model.name, *model.aliases)]

@@ -15,10 +15,13 @@ import asyncio
 import hashlib
 import hmac
 import inspect
+import ipaddress
 import json
 import logging
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ SIGNATURE_VERSION = "v1"
 # How old a signature's timestamp may be when verified (and how far in the future, for clocks out of step).
 DEFAULT_TOLERANCE_S = 300.0
 _ERROR_TEXT_LIMIT = 200
+WEBHOOK_SCHEMES = ("http", "https")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +112,39 @@ def verify_signature(
     return hmac.compare_digest(signature, _digest(secret, body, timestamp))
 
 
+def webhook_url_problem(url: str, *, allow_private: bool = False) -> str | None:
+    """Why the gateway refuses to POST to ``url``, or None when it may: not http(s), no host, a host that does not
+    resolve, or (unless ``allow_private``) one that resolves to an address that is not globally reachable
+    (loopback, private, link-local such as a cloud's metadata service, reserved, multicast): a caller must not turn
+    the gateway into a client of its own network. The check resolves the host now; redirects are never followed.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        return f"not a valid URL ({error})"
+    if parts.scheme not in WEBHOOK_SCHEMES:
+        return f"must be an http:// or https:// URL, got the scheme {parts.scheme!r}"
+    host = parts.hostname
+    if not host:
+        return "must name a host"
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        return f"its host {host!r} does not resolve ({error})"
+    if allow_private:
+        return None
+    for *_, address in found:
+        ip = ipaddress.ip_address(address[0].split("%", 1)[0])
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        if not (mapped or ip).is_global or (mapped or ip).is_multicast:
+            return (
+                f"its host {host!r} resolves to {ip}, which is not a public address (loopback, private, link-local "
+                "and reserved addresses are refused unless the gateway runs with --webhook-allow-private)"
+            )
+    return None
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None  # a 3xx answer is then an HTTPError, counted as a failed try
@@ -125,6 +162,7 @@ class WebhookSender:
         secret: The HMAC key (from the gateway's config); shared with the receivers.
         policy: Retries and timeouts.
         payload: Makes the body from the job (default :meth:`Job.to_dict`); the gateway adds image URLs here.
+        on_attempt: Called with every attempt's :class:`WebhookDelivery` (the gateway counts them in its metrics).
     """
 
     def __init__(
@@ -133,10 +171,12 @@ class WebhookSender:
         *,
         policy: WebhookPolicy | None = None,
         payload: Callable[[Job], Mapping[str, Any]] | None = None,
+        on_attempt: Callable[[WebhookDelivery], None] | None = None,
     ):
         self._secret = _secret_bytes(secret)
         self.policy = policy or WebhookPolicy()
         self._payload = payload or Job.to_dict
+        self._on_attempt = on_attempt
 
     async def deliver(self, job: Job, record: Recorder) -> bool:
         """POSTs ``job`` to ``job.webhook`` until it is accepted or the attempts run out, passing each attempt's
@@ -146,6 +186,8 @@ class WebhookSender:
         body = json.dumps(self._payload(job), separators=(",", ":")).encode()
         for attempt in range(1, self.policy.attempts + 1):
             delivery = await asyncio.to_thread(self._post, job, body, attempt)
+            if self._on_attempt is not None:
+                self._on_attempt(delivery)
             recorded = record(delivery)
             if inspect.isawaitable(recorded):
                 await recorded

@@ -1,9 +1,8 @@
-"""A real ``sdtriton gateway`` process for the integration tests: started on a free loopback port in its own process
-group (ended with pytest, even a killed one, where ``setpriv`` exists), ready when ``/readyz`` answers 200."""
+"""A real ``sdtriton gateway`` process for the tests: started on a free port in its own process group (ended with
+the test process where ``setpriv`` exists), logged to a file, stopped with SIGTERM (SIGKILL after 10 s)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -11,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
@@ -25,46 +23,61 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 
-@contextlib.contextmanager
-def running_gateway(grpc_url: str, folder: Path, *options: str) -> Iterator[str]:
-    """A gateway in front of ``grpc_url`` with its data and log in ``folder`` and these command-line options,
-    stopped on exit; its base URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url, "--port", str(port)]
-    command += ["--data-dir", str(folder / "data"), *options]
-    setpriv = shutil.which("setpriv")
-    if setpriv is not None:  # the gateway ends with this process, even if pytest is killed
-        command = [setpriv, "--pdeathsig", "TERM", "--", *command]
-    log_path = folder / "gateway.log"
-    started = time.monotonic()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, process, log_path)
-        logger.info("gateway ready in %.1f s", time.monotonic() - started)
-        yield url
-    finally:
+class GatewayProcess:
+    """``sdtriton gateway --triton GRPC_URL --port PORT *options``, its log at ``log_path``.
+
+    ``start()`` returns at once, ``wait_ready()`` until ``/readyz`` answers 200; ``stop()`` and ``start()`` again
+    restart it on the same port (and the same options: the same job store).
+    """
+
+    def __init__(self, grpc_url: str, options: list[str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url]
+        self._command += ["--port", str(self.port), *options]
+        self._process: subprocess.Popen[bytes] | None = None
+        self._started = 0.0
+
+    def start(self) -> GatewayProcess:
+        command = self._command
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:  # the gateway ends with this process, even if pytest is killed
+            command = [setpriv, "--pdeathsig", "TERM", "--", *command]
+        self._started = time.monotonic()
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_ready(self) -> GatewayProcess:
+        assert self._process is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                pytest.fail(f"the gateway exited with {self._process.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    logger.info("gateway ready in %.1f s", time.monotonic() - self._started)
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"the gateway was not ready within {READY_TIMEOUT_S} s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> int | None:
+        """SIGTERM (a graceful stop: running jobs go back to the queue), SIGKILL if it is still up after 10 s."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
         stopping = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            logger.error("the gateway did not stop within %g s of SIGTERM:\n%s", STOP_TIMEOUT_S, log_path.read_text())
+            logger.error(
+                "the gateway did not stop within %s s of SIGTERM:\n%s", STOP_TIMEOUT_S, self.log_path.read_text()
+            )
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         logger.info("gateway stopped in %.1f s (%s)", time.monotonic() - stopping, process.returncode)
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the gateway exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the gateway was not ready within {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
+        return process.returncode

@@ -24,7 +24,7 @@ from sdtriton.gateway.backend import Backend, GenerationRequest
 from sdtriton.gateway.runner import job_runner
 from sdtriton.interface import PIPELINE_MODEL_NAME
 from sdtriton.pipeline_config import PipelineConfig
-from tests.integration.gateway_process import running_gateway
+from tests.integration.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
 
@@ -51,8 +51,12 @@ def gateway(grpc_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         f"[limits]\nmax_body_bytes = {MAX_BODY_BYTES}\nrate_limit_per_s = 100.0\nrate_limit_burst = 100\n\n"
         f'[cors]\nallow_origins = ["{ORIGIN}"]\n'
     )
-    with running_gateway(grpc_url, folder, "--api-keys-file", str(keys), "--config", str(config)) as url:
-        yield url
+    options = ["--data-dir", str(folder / "data"), "--api-keys-file", str(keys), "--config", str(config)]
+    process = GatewayProcess(grpc_url, options, folder / "gateway.log").start()
+    try:
+        yield process.wait_ready().url
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="module")

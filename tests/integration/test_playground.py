@@ -22,7 +22,7 @@ from sdtriton.client import StableDiffusionClient
 from sdtriton.gateway.playground import CONTENT_SECURITY_POLICY
 from sdtriton.interface import PIPELINE_MODEL_NAME, ModelDescription
 from sdtriton.pipeline_config import PipelineConfig
-from tests.integration.gateway_process import running_gateway
+from tests.integration.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +64,12 @@ def gateway(grpc_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     folder = tmp_path_factory.mktemp("playground")
     keys = folder / "api_keys"
     keys.write_text(f"{KEY}\n")
-    with running_gateway(grpc_url, folder, "--api-keys-file", str(keys)) as url:
-        yield url
+    options = ["--data-dir", str(folder / "data"), "--api-keys-file", str(keys), "--job-workers", "2"]
+    process = GatewayProcess(grpc_url, options, folder / "gateway.log").start()
+    try:
+        yield process.wait_ready().url
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="module")
