@@ -1,14 +1,11 @@
 """The gateway's playground page in a real browser (Debian's chromium driven by Playwright) against a real gateway
 in front of the real tritonserver of the tiny model: the page's image equals the project's client's for the same
-seed and settings (which test_parity.py proves equal to diffusers').
-
-``SDTRITON_PLAYGROUND_SCREENSHOT=docs/images/playground.png`` also writes the README's screenshot there.
-"""
+seed and settings (which test_parity.py proves equal to diffusers')."""
 
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +24,8 @@ from tests.integration.gateway_process import GatewayProcess
 pytestmark = pytest.mark.integration
 
 KEY = "playground-key"
+# A key whose bucket the page's first two calls (the models, the recent jobs) empty: its Generate is a 429.
+LIMITED_KEY = "playground-key-limited"
 PROMPT = "a red circle on a blue background"
 NEGATIVE_PROMPT = "a green square"
 # Enough steps for the progress bar to pass through values between 0 and done, and for a preview.
@@ -34,7 +33,6 @@ STEPS = 10
 SEED = 11
 GUIDANCE = 5.0
 SCHEDULER = "euler"
-SCREENSHOT_ENVIRONMENT = "SDTRITON_PLAYGROUND_SCREENSHOT"
 EXPECT_TIMEOUT_MS = 30_000
 KEY_STORAGE = "sdtriton.apiKey"
 # Every value the progress bar takes, recorded in the page (an attribute's old value, then the current one).
@@ -63,7 +61,7 @@ def gateway(grpc_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """A gateway that requires an API key."""
     folder = tmp_path_factory.mktemp("playground")
     keys = folder / "api_keys"
-    keys.write_text(f"{KEY}\n")
+    keys.write_text(f"{KEY}\n{LIMITED_KEY} rate_limit_per_s=0.01 rate_limit_burst=2\n")
     options = ["--data-dir", str(folder / "data"), "--api-keys-file", str(keys), "--job-workers", "2"]
     process = GatewayProcess(grpc_url, options, folder / "gateway.log").start()
     try:
@@ -77,6 +75,8 @@ def browser() -> Iterator[Browser]:
     """Debian's chromium (scripts/setup.sh installs it; Playwright's own browser downloads are not used)."""
     executable = shutil.which("chromium")
     assert executable is not None, "chromium is not installed: run scripts/setup.sh"
+    # Playwright's assertions wait 5 s by default: too little for a generation on a shared CPU.
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     with sync_playwright() as playwright:
         # --no-sandbox: chromium refuses to sandbox as root (CI runs as root).
         browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
@@ -109,8 +109,8 @@ def client(grpc_url: str) -> Iterator[StableDiffusionClient]:
         yield client
 
 
-def _open_with_key(page: Page, gateway: str) -> None:
-    page.context.add_init_script(f"localStorage.setItem({json.dumps(KEY_STORAGE)}, {json.dumps(KEY)})")
+def _open_with_key(page: Page, gateway: str, key: str = KEY) -> None:
+    page.context.add_init_script(f"localStorage.setItem({json.dumps(KEY_STORAGE)}, {json.dumps(key)})")
     page.goto(gateway)
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     expect(page.locator("#model option")).not_to_have_count(0)
@@ -151,7 +151,7 @@ def test_the_page_takes_a_key_then_offers_the_models_schedulers_and_sizes(
 
 
 def test_generate_shows_progress_and_previews_then_the_clients_image(
-    page: Page, gateway: str, client: StableDiffusionClient, exported: ModelDescription, tmp_path: Path
+    page: Page, gateway: str, client: StableDiffusionClient
 ) -> None:
     _open_with_key(page, gateway)
     page.get_by_label("Prompt", exact=True).fill(PROMPT)
@@ -197,10 +197,6 @@ def test_generate_shows_progress_and_previews_then_the_clients_image(
     expect(recent).to_have_attribute("id", f"job-{job_id}")
     expect(recent).to_have_attribute("data-status", "succeeded")
     expect(recent.locator("img")).to_be_visible()
-    screenshot = page.screenshot(path=tmp_path / "playground.png", full_page=True)
-    target = os.environ.get(SCREENSHOT_ENVIRONMENT)
-    if target:
-        Path(target).write_bytes(screenshot)
 
 
 def test_cancel_shows_cancelled(page: Page, gateway: str, exported: ModelDescription) -> None:
@@ -239,3 +235,16 @@ def test_a_bad_value_shows_the_message_naming_the_field(page: Page, gateway: str
     expect(page.locator("#output")).to_have_attribute("data-job-status", "failed")
     expect(error).to_contain_text(f"num_inference_steps: must be an integer in 1..{exported.max_inference_steps}")
     expect(generate).to_be_enabled()
+
+
+def test_a_rate_limited_generate_shows_the_429_and_when_to_retry(page: Page, gateway: str) -> None:
+    with page.expect_response(lambda response: "/v1/jobs?" in response.url) as listed:
+        _open_with_key(page, gateway, LIMITED_KEY)
+    assert listed.value.status == 200
+    page.get_by_label("Prompt", exact=True).fill(PROMPT)
+    page.get_by_role("button", name="Generate").click()
+    error = page.get_by_role("alert")
+    expect(error).to_contain_text("429: rate limit reached")
+    expect(error).to_contain_text(re.compile(r"\(retry in \d+ s\)"))
+    expect(page.locator("#status")).to_have_text("Not submitted.")
+    expect(page.get_by_role("button", name="Generate")).to_be_enabled()

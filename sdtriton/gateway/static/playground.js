@@ -126,12 +126,12 @@ function fillModelChoices() {
   const model = selectedModel();
   const size = $("size");
   const defaultSize = model && model.default_size ? ` (${model.default_size})` : "";
-  size.replaceChildren(new Option(`model default${defaultSize}`, ""));
+  size.replaceChildren(new Option(`default${defaultSize}`, ""));
   for (const choice of sizesOf(model)) {
     size.add(new Option(choice, choice));
   }
   const scheduler = $("scheduler");
-  scheduler.replaceChildren(new Option("model default", ""));
+  scheduler.replaceChildren(new Option("default", ""));
   for (const name of (model && model.schedulers) || []) {
     scheduler.add(new Option(name, name));
   }
