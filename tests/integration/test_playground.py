@@ -125,7 +125,8 @@ def test_the_page_takes_a_key_then_offers_the_models_schedulers_and_sizes(
     # No key yet: the gateway's 401 is shown.
     expect(page.locator("#error")).to_contain_text("401")
     expect(page.locator("#error")).to_contain_text("API key")
-    page.get_by_text("API key", exact=True).click()
+    # ... and the key field opened.
+    expect(page.locator("#key-panel")).to_have_attribute("open", "")
     page.get_by_label("Bearer key").fill(KEY)
     page.get_by_role("button", name="Save key").click()
     expect(page.locator("#error")).to_be_hidden()

@@ -96,6 +96,9 @@ async function loadModels() {
   } catch (error) {
     showError(`Could not list the models: ${error.message}`);
     models = [];
+    if (error.status === 401) {
+      $("key-panel").open = true; // the gateway wants a key: show where it goes
+    }
   }
   const select = $("model");
   select.replaceChildren(...models.map((model) => new Option(model.id, model.id)));
