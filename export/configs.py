@@ -181,8 +181,9 @@ def render_pipeline_config(pipeline_config: PipelineConfig, options: RenderOptio
     return config
 
 
-def render_entry_config(options: RenderOptions, *, stream: bool) -> mc.ModelConfig:
-    """``stable_diffusion`` (one response: HTTP and gRPC) or ``stable_diffusion_stream`` (decoupled, gRPC)."""
+def render_entry_config(pipeline_config: PipelineConfig, options: RenderOptions, *, stream: bool) -> mc.ModelConfig:
+    """``stable_diffusion`` (one response: HTTP and gRPC) or ``stable_diffusion_stream`` (decoupled, gRPC), with
+    the model's :class:`~sdtriton.interface.ModelDescription` in its parameters for callers to read."""
     name = interface.STREAM_ENTRY_MODEL_NAME if stream else interface.ENTRY_MODEL_NAME
     config = _python_model(name, options, decoupled=stream)
     # Every input optional: the engine names a missing prompt in its error.
@@ -193,6 +194,8 @@ def render_entry_config(options: RenderOptions, *, stream: bool) -> mc.ModelConf
     # Load shedding at the edge: an entry already holding this many requests refuses the next one itself,
     # without a BLS hop to the engine (which still enforces the limit over both entries together).
     _set_parameter(config, "max_pending_requests", options.max_pending_requests)
+    for key, value in pipeline_config.description.parameters().items():
+        config.parameters[key].string_value = value
     if not stream:
         # Requests queued while the entry is busy reach it together, and a batch it refuses whole goes back in
         # one answer (a burst past the limit; a decoupled model answers only through response senders).
@@ -271,8 +274,8 @@ def render_all_configs(pipeline_config: PipelineConfig, options: RenderOptions) 
     """Every model of the repository, by its name without ``options.model_prefix`` (the configs carry it)."""
     configs = {
         PIPELINE_MODEL_NAME: render_pipeline_config(pipeline_config, options),
-        interface.ENTRY_MODEL_NAME: render_entry_config(options, stream=False),
-        interface.STREAM_ENTRY_MODEL_NAME: render_entry_config(options, stream=True),
+        interface.ENTRY_MODEL_NAME: render_entry_config(pipeline_config, options, stream=False),
+        interface.STREAM_ENTRY_MODEL_NAME: render_entry_config(pipeline_config, options, stream=True),
     }
     for spec in components_of(pipeline_config):
         configs[spec.model_name] = render_component_config(spec, pipeline_config, options)

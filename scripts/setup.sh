@@ -7,6 +7,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 "$root/scripts/setup_monitoring.sh"  # promtool for the Prometheus rule tests (skipped when already on PATH)
 "$root/scripts/setup_redis.sh"  # redis-server for the job store tests (skipped when already on PATH)
+"$root/scripts/setup_browser.sh"  # chromium for the playground's browser test (skipped when already on PATH)
 python="${PYTHON:-python3}"
 venv="$root/.venv"
 stamp="$venv/.sdtriton-setup"

@@ -6,6 +6,7 @@ field's name, type, default and allowed range are written once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 ENTRY_MODEL_NAME = "stable_diffusion"
@@ -177,3 +178,62 @@ PREVIEW = PublicTensor(
 )
 PROGRESS_OUTPUTS: tuple[PublicTensor, ...] = (STEP, TOTAL_STEPS, ELAPSED_MS)
 STREAM_OUTPUTS: tuple[PublicTensor, ...] = (*PROGRESS_OUTPUTS, PREVIEW, *PUBLIC_OUTPUTS)
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What an exported model offers a caller, beyond its tensors: written by ``sdtriton export`` as parameters of
+    both entries' configs, read back through Triton's model config by the gateway (``GET /v1/models``), whose
+    callers (the playground) offer the schedulers and sizes the model takes.
+
+    Attributes:
+        family: the model family (``sd``, ``sdxl``, ``sd3``, ``flux``).
+        scheduler_names: the ``scheduler`` values a request may send.
+        default_width / default_height: the size of a request without one.
+        size_multiple: width and height are multiples of this.
+        default_num_inference_steps / max_inference_steps: the steps of a request without any, and the most.
+    """
+
+    family: str
+    scheduler_names: tuple[str, ...]
+    default_width: int
+    default_height: int
+    size_multiple: int
+    default_num_inference_steps: int
+    max_inference_steps: int
+
+    def parameters(self) -> dict[str, str]:
+        """The entry configs' parameters (Triton's are strings): the field names, the schedulers comma-separated."""
+        return {
+            _DESCRIPTION_PARAMETERS[name]: ",".join(value) if isinstance(value, tuple) else str(value)
+            for name, value in vars(self).items()
+        }
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, str]) -> ModelDescription | None:
+        """The description in an entry config's parameters; None for a repository exported before they were written
+        (or one whose entries lack any of them).
+
+        Raises:
+            ValueError: a number that is not one.
+        """
+        values = {name: parameters.get(key) for name, key in _DESCRIPTION_PARAMETERS.items()}
+        if any(value is None for value in values.values()):
+            return None
+        return cls(
+            family=str(values["family"]),
+            scheduler_names=tuple(name for name in str(values["scheduler_names"]).split(",") if name),
+            **{name: int(str(value)) for name, value in values.items() if name not in ("family", "scheduler_names")},
+        )
+
+
+# Each ModelDescription field's parameter key ("family" alone would clash with the component models' own parameter).
+_DESCRIPTION_PARAMETERS = {
+    "family": "model_family",
+    "scheduler_names": "scheduler_names",
+    "default_width": "default_width",
+    "default_height": "default_height",
+    "size_multiple": "size_multiple",
+    "default_num_inference_steps": "default_num_inference_steps",
+    "max_inference_steps": "max_inference_steps",
+}

@@ -332,6 +332,19 @@ class PipelineConfig:
         return SDXL_FAMILY if self.sdxl is not None else SD_FAMILY
 
     @property
+    def description(self) -> interface.ModelDescription:
+        """What a caller is told of this model (its entries' config parameters, the gateway's ``GET /v1/models``)."""
+        return interface.ModelDescription(
+            family=self.family,
+            scheduler_names=self.scheduler_names,
+            default_width=self.default_width,
+            default_height=self.default_height,
+            size_multiple=self.size_multiple,
+            default_num_inference_steps=self.default_num_inference_steps,
+            max_inference_steps=self.max_inference_steps,
+        )
+
+    @property
     def has_refiner(self) -> bool:
         return self.sdxl is not None and self.sdxl.refiner is not None
 

@@ -7,6 +7,7 @@ Modules: :mod:`~sdtriton.gateway.app` (the app and its routes), :mod:`~sdtriton.
 :mod:`~sdtriton.gateway.backend` (the Triton side), :mod:`~sdtriton.gateway.errors` (failures to HTTP),
 :mod:`~sdtriton.gateway.settings`, :mod:`~sdtriton.gateway.access` (keys, rate limits),
 :mod:`~sdtriton.gateway.images`, :mod:`~sdtriton.gateway.metrics`, :mod:`~sdtriton.gateway.runner` (a job's run),
+:mod:`~sdtriton.gateway.playground` (the page at ``/``),
 the durable jobs (their routes :mod:`~sdtriton.gateway.job_routes`, :mod:`~sdtriton.gateway.jobs`,
 :mod:`~sdtriton.gateway.store`, :mod:`~sdtriton.gateway.sqlite_store`, :mod:`~sdtriton.gateway.redis_store`,
 :mod:`~sdtriton.gateway.webhooks`) and :mod:`~sdtriton.gateway.command`.

@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import sdtriton
 from sdtriton.client import SdTritonError
-from sdtriton.gateway import errors
+from sdtriton.gateway import errors, playground
 from sdtriton.gateway.access import RateLimiter, find_key
 from sdtriton.gateway.backend import Backend
 from sdtriton.gateway.errors import GatewayError
@@ -156,6 +156,7 @@ def create_app(settings: GatewaySettings, *, backend: Backend | None = None) -> 
     app.include_router(v1)
     include_job_routes(app, dependencies=V1_DEPENDENCIES, responses=ERROR_RESPONSES)
     app.include_router(probes)
+    app.include_router(playground.router)
     _install_error_handlers(app, retry_after_s=settings.limits.retry_after_s)
     # Added innermost first: metrics see every answer (413s, CORS refusals), CORS headers go on errors too.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.limits.max_body_bytes)
@@ -207,12 +208,7 @@ async def generate_images(body: ImageGenerationRequest, request: Request) -> Ima
 async def list_models(request: Request) -> ModelList:
     models = await request.app.state.backend.models()
     created = request.app.state.started
-    return ModelList(
-        data=[
-            ModelCard(id=model.name, created=created, aliases=list(model.aliases), max_images=model.max_batch_size)
-            for model in models
-        ]
-    )
+    return ModelList(data=[ModelCard.of(model, created=created) for model in models])
 
 
 @probes.get(

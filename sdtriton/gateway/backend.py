@@ -100,11 +100,13 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A model the gateway serves: its Triton entry name, its aliases, and the most images one request may ask."""
+    """A model the gateway serves: its Triton entry name, its aliases, the most images one request may ask, and
+    what its export says of it (None: exported before entries carried a description)."""
 
     name: str
     aliases: tuple[str, ...]
     max_batch_size: int
+    description: interface.ModelDescription | None = None
 
     @property
     def stream_name(self) -> str:
@@ -152,7 +154,8 @@ class Backend:
         self._address = endpoint.address
         self._admin: Any = None
         self._clients: dict[str, AsyncStableDiffusionClient] = {}
-        self._batch_sizes: dict[str, int] = {}
+        # Each served model's stream entry: its max_batch_size and description, read from its config once.
+        self._entry_configs: dict[str, tuple[int, interface.ModelDescription | None]] = {}
         self._discovered: tuple[ModelSettings, ...] = ()
         self._discovered_at = -float("inf")
 
@@ -294,14 +297,19 @@ class Backend:
         return tuple(ModelSettings(name) for name in entries)
 
     async def _served(self, model: ModelSettings) -> ServedModel:
-        if model.name not in self._batch_sizes:
+        if model.name not in self._entry_configs:
             stream_name = interface.stream_entry_name(model.name)
             try:
-                config = await self._admin_client().get_model_config(stream_name, as_json=True)
+                config = (await self._admin_client().get_model_config(stream_name, as_json=True))["config"]
             except Exception as error:
                 raise wrap_error(error) from error
-            self._batch_sizes[model.name] = max(1, int(config["config"].get("max_batch_size", 1)))
-        return ServedModel(model.name, model.aliases, self._batch_sizes[model.name])
+            parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+            self._entry_configs[model.name] = (
+                max(1, int(config.get("max_batch_size", 1))),
+                interface.ModelDescription.from_parameters(parameters),
+            )
+        max_batch_size, description = self._entry_configs[model.name]
+        return ServedModel(model.name, model.aliases, max_batch_size, description)
 
     def _admin_client(self) -> Any:  # tritonclient.grpc.aio.InferenceServerClient, imported when first needed
         if self._admin is None:

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdtriton import interface
-from sdtriton.gateway.backend import GenerationRequest
+from sdtriton.gateway.backend import GenerationRequest, ServedModel
 from sdtriton.gateway.images import OutputFormat
 
 # OpenAI's own bound on n; a model may allow fewer (its max_batch_size), which the gateway checks per model.
@@ -161,6 +161,31 @@ class ModelCard(BaseModel):
     owned_by: str = "sdtriton"
     aliases: list[str] = Field(default_factory=list, description="Other names a request's model may use.")
     max_images: int = Field(description="The most images (n) one request may ask for.")
+    # What the export says of the model (absent for a repository exported before its entries carried it).
+    family: str | None = Field(None, description="The model family: sd (SD 1.x/2.x), sdxl, sd3 or flux.")
+    schedulers: list[str] | None = Field(None, description="The scheduler values a request may send to this model.")
+    default_size: str | None = Field(None, description="WIDTHxHEIGHT of a request without a size.")
+    size_step: int | None = Field(None, description="Width and height are multiples of this.")
+    default_num_inference_steps: int | None = Field(None, description="The steps of a request without any.")
+    max_num_inference_steps: int | None = Field(None, description="The most steps a request may ask for.")
+
+    @classmethod
+    def of(cls, model: ServedModel, *, created: int) -> ModelCard:
+        """The card of a served model."""
+        card = cls(id=model.name, created=created, aliases=list(model.aliases), max_images=model.max_batch_size)
+        described = model.description
+        if described is None:
+            return card
+        return card.model_copy(
+            update={
+                "family": described.family,
+                "schedulers": list(described.scheduler_names),
+                "default_size": f"{described.default_width}x{described.default_height}",
+                "size_step": described.size_multiple,
+                "default_num_inference_steps": described.default_num_inference_steps,
+                "max_num_inference_steps": described.max_inference_steps,
+            }
+        )
 
 
 class ModelList(BaseModel):

@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import logging
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
@@ -21,10 +21,11 @@ from PIL import Image
 from sdtriton.client import RequestCancelledError, RequestTimeoutError, StableDiffusionClient
 from sdtriton.gateway import errors
 from sdtriton.gateway.backend import Backend, GenerationRequest
+from sdtriton.interface import PIPELINE_MODEL_NAME
+from sdtriton.pipeline_config import PipelineConfig
 from tests.integration.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
-logger = logging.getLogger(__name__)
 
 PROMPT = "a yellow star on a purple background"
 KEY = "test-key-main"
@@ -165,11 +166,20 @@ def test_unknown_model_and_route_are_404(gateway: str) -> None:
     assert route.status_code == 404 and route.json()["error"]["code"] == "not_found"
 
 
-def test_models_are_listed_with_aliases(gateway: str) -> None:
+def test_models_are_listed_with_aliases(gateway: str, tiny_repository: Path) -> None:
     answer = httpx.get(f"{gateway}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
     assert answer.status_code == 200
     (model,) = answer.json()["data"]
     assert (model["id"], model["aliases"], model["max_images"]) == ("stable_diffusion", [ALIAS, "dall-e-2"], 8)
+    # What the export wrote of the model, read back through Triton's config of its entry.
+    exported = PipelineConfig.load(tiny_repository / PIPELINE_MODEL_NAME / "1").description
+    assert (model["family"], model["schedulers"]) == (exported.family, list(exported.scheduler_names))
+    assert model["default_size"] == f"{exported.default_width}x{exported.default_height}"
+    assert (model["size_step"], model["default_num_inference_steps"], model["max_num_inference_steps"]) == (
+        exported.size_multiple,
+        exported.default_num_inference_steps,
+        exported.max_inference_steps,
+    )
 
 
 @pytest.mark.parametrize("key", [None, "not-a-key"])

@@ -97,6 +97,17 @@ def test_entries_expose_the_public_interface_and_the_pipeline_takes_both(default
     assert configs["unet"].max_batch_size == int(pipeline.parameters["max_unet_rows"].string_value) == 16
 
 
+def test_entries_describe_the_model_to_callers(default_pipeline_config) -> None:
+    configs = render_all_configs(default_pipeline_config, RenderOptions())
+    for name in (interface.ENTRY_MODEL_NAME, interface.STREAM_ENTRY_MODEL_NAME):
+        parameters = {key: value.string_value for key, value in configs[name].parameters.items()}
+        described = interface.ModelDescription.from_parameters(parameters)
+        assert described == default_pipeline_config.description
+        assert described.scheduler_names == interface.SCHEDULER_NAMES
+    # A repository exported before the description was written has none.
+    assert interface.ModelDescription.from_parameters({"max_pending_requests": "32"}) is None
+
+
 def test_component_dims_follow_the_model(default_pipeline_config) -> None:
     configs = render_all_configs(default_pipeline_config, RenderOptions())
     unet = configs["unet"]

