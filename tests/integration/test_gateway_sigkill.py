@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,9 +46,10 @@ STEPS = 6
 JOBS = 6
 
 
-def _gateway(grpc_url: str, folder: Path, name: str, store_url: str, *, workers: int = 2) -> GatewayProcess:
+def _gateway(grpc_url: str, folder: Path, name: str, store_url: str) -> GatewayProcess:
+    """A gateway of 2 workers with short leases on ``store_url``, its log ``folder/name.log``."""
     options = ["--api-keys-file", str(folder / "api_keys"), "--data-dir", str(folder / name)]
-    options += ["--jobs-store", store_url, "--job-workers", str(workers), "--job-lease-s", str(LEASE_S)]
+    options += ["--jobs-store", store_url, "--job-workers", "2", "--job-lease-s", str(LEASE_S)]
     return GatewayProcess(grpc_url, options, folder / f"{name}.log")
 
 
@@ -57,7 +59,9 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _kill_mid_run(gateway: GatewayProcess, store_url: str, job_ids: list[str], owned) -> dict[str, Job]:
+def _kill_mid_run(
+    gateway: GatewayProcess, store_url: str, job_ids: list[str], owned: Callable[[Job], bool]
+) -> dict[str, Job]:
     """SIGKILLs ``gateway`` once a job it runs (``owned(job)``) has done a step (its progress is in the store); returns
     the jobs as it left them in the store."""
     store = open_store(store_url)
