@@ -13,6 +13,7 @@ from sdtriton.gateway.settings import (
     API_KEYS_ENVIRONMENT,
     DEFAULT_HOST,
     DEFAULT_JOB_WORKERS,
+    DEFAULT_LEASE_S,
     DEFAULT_PORT,
     JOBS_FILE,
     WEBHOOK_SECRET_ENVIRONMENT,
@@ -70,6 +71,14 @@ def add_gateway_command(commands: argparse._SubParsersAction) -> None:
         "(default: %(default)s)",
     )
     jobs.add_argument(
+        "--job-lease-s",
+        type=float,
+        default=DEFAULT_LEASE_S,
+        metavar="SECONDS",
+        help="how long a claim on a running job lasts without renewal (at least 1): the jobs of a gateway that died "
+        "are run again (same seed) by another one this long after its last renewal (default: %(default)s)",
+    )
+    jobs.add_argument(
         "--job-result-ttl-s",
         "--job-result-ttl",
         type=float,
@@ -119,6 +128,7 @@ def _gateway(args: argparse.Namespace) -> int:
             webhook_secret=args.webhook_secret or os.environ.get(WEBHOOK_SECRET_ENVIRONMENT) or None,
             result_ttl_s=args.job_result_ttl_s,
             webhook_allow_private=args.webhook_allow_private,
+            lease_s=args.job_lease_s,
         )
         settings = dataclasses.replace(settings, jobs=jobs)
         check_exposure(args.host, settings.api_keys)

@@ -96,12 +96,17 @@ async def running_jobs(app: FastAPI, backend: Backend) -> AsyncIterator[JobManag
             url_problem=functools.partial(webhook_url_problem, allow_private=options.webhook_allow_private),
         )
     manager = JobManager(
-        store, job_runner(backend), workers=options.workers, webhooks=webhooks, describe_error=errors.describe
+        store,
+        job_runner(backend),
+        workers=options.workers,
+        lease_s=options.lease_s,
+        webhooks=webhooks,
+        describe_error=errors.describe,
     )
     try:
         await manager.start()
         app.state.jobs = manager
-        logger.info("jobs in %s, %d worker(s)", type(store).__name__, options.workers)
+        logger.info("jobs in %s, %d worker(s), leases of %g s", type(store).__name__, options.workers, options.lease_s)
         yield manager
     finally:
         app.state.jobs = None

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from sdtriton import interface
 from sdtriton.gateway.store import (
     CANCELLED,
+    DEFAULT_LEASE_S,
     DEFAULT_MAX_ATTEMPTS,
     FAILED,
     QUEUED,
@@ -53,7 +54,6 @@ from sdtriton.gateway.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LEASE_S = 30.0
 DEFAULT_POLL_S = 0.5
 # The fewest seconds between two progress writes of one job to the store (steps can be faster than that).
 DEFAULT_PROGRESS_INTERVAL_S = 0.2

@@ -34,6 +34,7 @@ import tomllib
 from sdtriton.client import parse_url
 from sdtriton.gateway.access import ApiKey, parse_api_keys
 from sdtriton.gateway.errors import SettingsError
+from sdtriton.gateway.store import DEFAULT_LEASE_S
 
 # Environment variable with API keys, comma- or newline-separated (each as a line of an API keys file).
 API_KEYS_ENVIRONMENT = "SDTRITON_API_KEYS"
@@ -48,6 +49,9 @@ WEBHOOK_SECRET_ENVIRONMENT = "SDTRITON_WEBHOOK_SECRET"
 DEFAULT_JOB_WORKERS = 2
 # The default job store: a SQLite file of this name in the data folder.
 JOBS_FILE = "jobs.sqlite3"
+# The shortest job lease: a running job's lease is renewed every min(lease / 3, 0.5 s), but its progress writes are
+# spaced at least 0.2 s apart; a shorter lease would run out under a busy store and have live jobs taken over.
+MIN_JOB_LEASE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,9 @@ class JobSettings:
         result_ttl_s: how long a finished job is kept; None: the store's default (Redis 1 h, SQLite for ever).
         webhook_allow_private: accept webhook URLs on loopback, private and link-local addresses (refused by
             default: a caller must not make the gateway POST into its own network).
+        lease_s: how long this gateway's claim on a running job lasts without renewal (renewed every
+            ``min(lease_s / 3, 0.5)`` s): if the gateway dies, its jobs are run again by another one (or by it,
+            restarted) this long after its last renewal.
     """
 
     store_url: str | None = None
@@ -102,10 +109,13 @@ class JobSettings:
     webhook_secret: str | None = field(default=None, repr=False)
     result_ttl_s: float | None = None
     webhook_allow_private: bool = False
+    lease_s: float = DEFAULT_LEASE_S
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise SettingsError(f"--job-workers must be at least 0, got {self.workers}")
+        if not (self.lease_s >= MIN_JOB_LEASE_S and math.isfinite(self.lease_s)):
+            raise SettingsError(f"--job-lease-s must be a number of seconds >= {MIN_JOB_LEASE_S:g}, got {self.lease_s}")
         if self.result_ttl_s is not None and not (self.result_ttl_s > 0 and math.isfinite(self.result_ttl_s)):
             raise SettingsError(f"--job-result-ttl-s must be a positive number of seconds, got {self.result_ttl_s}")
         if self.webhook_secret is not None and not self.webhook_secret:

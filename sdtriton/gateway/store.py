@@ -42,6 +42,8 @@ FINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 # How many times a job may be claimed (its first run and the runs that took it over from a dead gateway) before a
 # claim fails it instead: a request that kills its gateway every time must not go round the replicas for ever.
 DEFAULT_MAX_ATTEMPTS = 3
+# How long a claim lasts without renewal: a dead gateway's jobs are taken over this long after its last renewal.
+DEFAULT_LEASE_S = 30.0
 JOB_ID_PREFIX = "job_"
 
 

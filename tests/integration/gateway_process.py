@@ -1,5 +1,6 @@
 """A real ``sdtriton gateway`` process for the tests: started on a free port in its own process group (ended with
-the test process where ``setpriv`` exists), logged to a file, stopped with SIGTERM (SIGKILL after 10 s)."""
+the test process where ``setpriv`` exists), logged to a file, stopped with SIGTERM (SIGKILL after 10 s) or killed
+outright with SIGKILL."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ class GatewayProcess:
         self._command += ["--port", str(self.port), *options]
         self._process: subprocess.Popen[bytes] | None = None
         self._started = 0.0
+
+    @property
+    def pid(self) -> int:
+        """The running gateway's process id (the job store's owner names begin ``host:pid:``)."""
+        assert self._process is not None, "the gateway is not running"
+        return self._process.pid
 
     def start(self) -> GatewayProcess:
         command = self._command
@@ -81,3 +88,12 @@ class GatewayProcess:
             process.wait()
         logger.info("gateway stopped in %.1f s (%s)", time.monotonic() - stopping, process.returncode)
         return process.returncode
+
+    def kill(self) -> int:
+        """SIGKILL, as a crash would end it: nothing is handed back, its leases are left to run out."""
+        process, self._process = self._process, None
+        assert process is not None, "the gateway is not running"
+        os.killpg(process.pid, signal.SIGKILL)
+        returncode = process.wait()
+        logger.info("gateway killed (%s)", returncode)
+        return returncode

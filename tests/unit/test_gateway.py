@@ -253,6 +253,8 @@ def test_job_settings_are_checked_and_default_to_a_sqlite_file_in_the_data_folde
     for options, said in (
         ({"workers": -1}, "--job-workers"),
         ({"result_ttl_s": 0}, "--job-result-ttl-s"),
+        ({"lease_s": 0.5}, "--job-lease-s must be a number of seconds >= 1, got 0.5"),
+        ({"lease_s": float("inf")}, "--job-lease-s"),
         ({"webhook_secret": ""}, "--webhook-secret"),
     ):
         with pytest.raises(SettingsError, match=said):
