@@ -39,7 +39,15 @@ from sdtriton.gateway.errors import GatewayError
 from sdtriton.gateway.images import MEDIA_TYPES
 from sdtriton.gateway.jobs import JobEvent, JobManager, UnknownJobError, open_store
 from sdtriton.gateway.runner import job_runner
-from sdtriton.gateway.schema import ErrorResponse, JobCreateRequest, JobError, JobImage, JobList, JobObject
+from sdtriton.gateway.schema import (
+    ErrorResponse,
+    JobCreateRequest,
+    JobError,
+    JobImage,
+    JobList,
+    JobObject,
+    JobProgress,
+)
 from sdtriton.gateway.settings import GatewaySettings
 from sdtriton.gateway.store import QUEUED, Job, WebhookDelivery
 from sdtriton.gateway.webhooks import BLOCKED, WebhookSender, webhook_url_problem
@@ -54,6 +62,8 @@ DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 100
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 EVENT_STREAM = "text/event-stream"
+# The download routes' failures but 404 (their own): a malformed index, a gateway starting or stopping.
+_DOWNLOAD_ERRORS = (400, 503)
 
 router = APIRouter(prefix="/v1/jobs")
 # Image downloads carry no API key: browsers fetch them as <img src>, and the job id (128 random bits) is the
@@ -63,11 +73,34 @@ downloads = APIRouter()
 JobId = Annotated[str, Path(description="The job's id (job_ and 32 hex digits).")]
 
 
+def _event(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One kind of server-sent event: its name, and its data as JSON text of the schema ``data``."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": name},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+        },
+    }
+
+
+_JOB_SCHEMA = {"$ref": "#/components/schemas/JobObject"}
+# The schema of each event (what OpenAPI 3.2 calls itemSchema; before 3.2 an event stream's schema is per event).
+_EVENT_SCHEMA = {
+    "oneOf": [
+        _event("status", _JOB_SCHEMA),
+        _event("progress", JobProgress.model_json_schema()),
+        _event("done", _JOB_SCHEMA),
+    ]
+}
+
+
 def include_job_routes(app: FastAPI, *, dependencies: list[Any], responses: dict[int | str, Any]) -> None:
     """Adds the job routes to ``app`` (behind ``dependencies``, but for image downloads) and the jobs' metrics to
     its registry (``app.state.metrics.registry``)."""
     app.include_router(router, dependencies=dependencies, responses=responses)
-    app.include_router(downloads)
+    app.include_router(downloads, responses={status: responses[status] for status in _DOWNLOAD_ERRORS})
     registry = app.state.metrics.registry
     registry.register(_JobCounts(app))
     app.state.webhook_attempts = Counter(
@@ -217,7 +250,7 @@ async def cancel_job(job_id: JobId, request: Request) -> JobObject:
     response_class=StreamingResponse,
     responses={
         200: {
-            "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
+            "content": {EVENT_STREAM: {"schema": _EVENT_SCHEMA}},
             "description": "Server-sent events: `status` (the job object), `progress` ({step, total_steps, preview: "
             "a data: URL on the gateway that runs the job, every few steps}), then `done` (the final job object), "
             f"after which the stream ends; a comment line every {HEARTBEAT_S:g} s.",
@@ -285,10 +318,12 @@ async def _event_stream(jobs: JobManager, job_id: str) -> AsyncIterator[str]:
 def _sse(event: JobEvent) -> str:
     if event.kind == "progress":
         name = "progress"
-        data: dict[str, Any] = {"step": event.step, "total_steps": event.total}
+        preview = None
         if event.preview is not None:
             encoded = base64.b64encode(event.preview).decode("ascii")
-            data["preview"] = f"data:{MEDIA_TYPES[event.preview_format or 'png']};base64,{encoded}"
+            preview = f"data:{MEDIA_TYPES[event.preview_format or 'png']};base64,{encoded}"
+        progress = JobProgress(step=event.step, total_steps=event.total, preview=preview)
+        data: dict[str, Any] = progress.model_dump(exclude_none=True)
     else:
         name = "status" if event.kind == "status" else "done"
         assert event.job is not None  # status and final events carry the job

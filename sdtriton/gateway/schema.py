@@ -1,12 +1,15 @@
 """The gateway's request and response bodies (pydantic): OpenAI's images API, with this engine's fields beside.
 
 These models are the OpenAPI document (``docs/openapi.json``). Only cheap, model-independent checks live here
-(``size``'s form, ``n``'s range, a seed that fits 64 bits); the engine checks every range that depends on the
-model (steps, guidance, the size step, schedulers) and its refusal passes through naming the field.
+(``size``'s form, ``n``'s range, a seed that fits 64 bits, the most steps any model takes); the engine checks every
+range that depends on the model (steps, the size step, schedulers) and its refusal passes through naming the field.
+The document also states the ranges the engine holds every model to (guidance scales, skip-layer guidance's
+window), which the engine checks, so that it accepts nothing the gateway always refuses.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -14,12 +17,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sdtriton import interface
 from sdtriton.gateway.backend import GenerationRequest, ServedModel
 from sdtriton.gateway.images import OutputFormat
+from sdtriton.pipeline_config import HARD_MAX_INFERENCE_STEPS
 
 # OpenAI's own bound on n; a model may allow fewer (its max_batch_size), which the gateway checks per model.
 MAX_IMAGES = 10
-# The largest side a "WxH" size may name before the engine's own limits (a 5-digit number fits INT32).
-_MAX_SIDE_DIGITS = 5
-_MAX_INT32 = 2**31 - 1
+# "WIDTHxHEIGHT" or auto; a side of at most 5 digits (it fits INT32) before the engine's own limits.
+_SIZE = re.compile(r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})$")
+
+
+def _engine_range(low: float, high: float) -> dict[str, float]:
+    """The document's bounds of a number the engine checks against ``low``..``high`` for every model (its message
+    names the field and the range)."""
+    return {"minimum": low, "maximum": high}
+
+
+_GUIDANCE_RANGE = _engine_range(interface.MIN_GUIDANCE_SCALE, interface.MAX_GUIDANCE_SCALE)
 
 
 class ImageGenerationRequest(BaseModel):
@@ -39,6 +51,7 @@ class ImageGenerationRequest(BaseModel):
         description="WIDTHxHEIGHT in pixels, e.g. 512x512 (multiples of the model's size step); 'auto' or "
         "omitted: the model's default size.",
         examples=["512x512"],
+        json_schema_extra={"pattern": _SIZE.pattern},
     )
     response_format: Literal["b64_json", "url"] = Field(
         "b64_json", description="b64_json: the image in the answer; url: a link to it, kept by the gateway."
@@ -50,10 +63,17 @@ class ImageGenerationRequest(BaseModel):
     user: str | None = Field(None, description="An end-user id, for the caller's own tracing (not used).")
     negative_prompt: str | None = Field(None, description=f"What not to draw ({interface.NEGATIVE_PROMPT.allowed}).")
     num_inference_steps: int | None = Field(
-        None, ge=1, le=_MAX_INT32, description=f"Denoising steps ({interface.NUM_INFERENCE_STEPS.allowed} by default)."
+        None,
+        ge=interface.MIN_INFERENCE_STEPS,
+        le=HARD_MAX_INFERENCE_STEPS,
+        description=f"Denoising steps ({interface.NUM_INFERENCE_STEPS.allowed} by default; a model may be exported "
+        f"with up to {HARD_MAX_INFERENCE_STEPS}).",
     )
     guidance_scale: float | None = Field(
-        None, allow_inf_nan=False, description=f"Classifier-free guidance ({interface.GUIDANCE_SCALE.allowed})."
+        None,
+        allow_inf_nan=False,
+        json_schema_extra=_GUIDANCE_RANGE,
+        description=f"Classifier-free guidance ({interface.GUIDANCE_SCALE.allowed}).",
     )
     seed: int | None = Field(
         None,
@@ -65,24 +85,32 @@ class ImageGenerationRequest(BaseModel):
     refiner_fraction: float | None = Field(
         None, ge=0, lt=1, allow_inf_nan=False, description=interface.REFINER_FRACTION.allowed
     )
-    true_cfg_scale: float | None = Field(None, allow_inf_nan=False, description=interface.TRUE_CFG_SCALE.allowed)
+    true_cfg_scale: float | None = Field(
+        None, allow_inf_nan=False, json_schema_extra=_GUIDANCE_RANGE, description=interface.TRUE_CFG_SCALE.allowed
+    )
     skip_layer_guidance_scale: float | None = Field(
-        None, allow_inf_nan=False, description=interface.SKIP_LAYER_GUIDANCE_SCALE.allowed
+        None,
+        allow_inf_nan=False,
+        json_schema_extra=_engine_range(0, interface.MAX_GUIDANCE_SCALE),
+        description=interface.SKIP_LAYER_GUIDANCE_SCALE.allowed,
     )
     skip_layer_guidance_start: float | None = Field(
-        None, allow_inf_nan=False, description=interface.SKIP_LAYER_GUIDANCE_START.allowed
+        None,
+        allow_inf_nan=False,
+        json_schema_extra=_engine_range(0, 1),
+        description=interface.SKIP_LAYER_GUIDANCE_START.allowed,
     )
     skip_layer_guidance_stop: float | None = Field(
-        None, allow_inf_nan=False, description=interface.SKIP_LAYER_GUIDANCE_STOP.allowed
+        None,
+        allow_inf_nan=False,
+        json_schema_extra=_engine_range(0, 1),
+        description=interface.SKIP_LAYER_GUIDANCE_STOP.allowed,
     )
 
     @field_validator("size")
     @classmethod
     def _size_form(cls, size: str | None) -> str | None:
-        if size is None or size == "auto":
-            return size
-        width, separator, height = size.partition("x")
-        if not separator or not all(_is_side(side) for side in (width, height)):
+        if size is not None and not _SIZE.fullmatch(size):
             raise ValueError(f"must be WIDTHxHEIGHT in pixels (e.g. 512x512) or auto, got {size!r}")
         return size
 
@@ -114,10 +142,6 @@ class ImageGenerationRequest(BaseModel):
             skip_layer_guidance_stop=self.skip_layer_guidance_stop,
             preview_every=preview_every,
         )
-
-
-def _is_side(text: str) -> bool:
-    return text.isascii() and text.isdigit() and not text.startswith("0") and len(text) <= _MAX_SIDE_DIGITS
 
 
 class ImageData(BaseModel):
@@ -260,6 +284,16 @@ class JobObject(BaseModel):
     webhook: str | None = Field(description="Where the finished job is POSTed.")
     webhook_deliveries: int = Field(description="Webhook delivery attempts so far.")
     webhook_delivered: bool = Field(description="A webhook delivery was accepted (2xx).")
+
+
+class JobProgress(BaseModel):
+    """A ``progress`` event of ``GET /v1/jobs/{id}/events``."""
+
+    step: int = Field(description="Denoising steps done.")
+    total_steps: int = Field(description="Denoising steps in all.")
+    preview: str | None = Field(
+        None, description="A data: URL of a preview image, every few steps, on the gateway that runs the job."
+    )
 
 
 class JobList(BaseModel):
