@@ -39,7 +39,12 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--seed", type=int, help="0..2^63-1; default: random (the seed used is logged)")
     generate.add_argument("--width", type=int)
     generate.add_argument("--height", type=int)
-    generate.add_argument("--scheduler", choices=interface.SCHEDULER_NAMES)
+    generate.add_argument(
+        "--scheduler",
+        choices=interface.ACCEPTED_SCHEDULER_NAMES,
+        help=f"SD 1.x/2.x, SDXL: {', '.join(interface.SCHEDULER_NAMES)}; SD 3, FLUX: "
+        f"{', '.join(interface.FLOW_SCHEDULER_NAMES)} (a model refuses the others by name)",
+    )
     generate.add_argument(
         "--refiner-fraction",
         type=float,
@@ -56,9 +61,15 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         help="SD 3 exported with --skip-guidance-layers: skip-layer guidance, e.g. 2.8 (default: 0, off)",
     )
     generate.add_argument(
-        "--skip-layer-guidance-start", type=float, help="its first share of the steps, 0..1 (default: 0.01)"
+        "--skip-layer-guidance-start",
+        type=float,
+        help=f"its first share of the steps, 0..1 (default: {interface.DEFAULT_SKIP_LAYER_GUIDANCE_START:g})",
     )
-    generate.add_argument("--skip-layer-guidance-stop", type=float, help="its last share of the steps (default: 0.2)")
+    generate.add_argument(
+        "--skip-layer-guidance-stop",
+        type=float,
+        help=f"its last share of the steps (default: {interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP:g})",
+    )
     generate.add_argument(
         "--timeout-s", type=float, help="time budget: the server ends the request, queued or running, when it runs out"
     )

@@ -28,6 +28,7 @@ from sdtriton.components import (
     component_table,
     components_of,
 )
+from sdtriton.export.errors import ExportOptionError
 from sdtriton.interface import PublicTensor
 from sdtriton.pipeline_config import PipelineConfig
 
@@ -93,10 +94,12 @@ class RenderOptions:
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]*", self.model_prefix):
-            raise ValueError(f"model_prefix may hold letters, digits, '_' and '-' only, got {self.model_prefix!r}")
+            raise ExportOptionError(
+                "model_prefix", f"may hold letters, digits, '_' and '-' only, got {self.model_prefix!r}"
+            )
         for name in ("response_cache_mb", "text_cache_entries"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be at least 0 (0: off), got {getattr(self, name)}")
+                raise ExportOptionError(name, f"must be at least 0 (0: off), got {getattr(self, name)}")
 
     @property
     def component_max_batch_size(self) -> int:

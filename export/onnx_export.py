@@ -55,6 +55,11 @@ DEFAULT_CHECK_ATOL = 1e-3
 # bake a dynamic size into the graph, so those, and tracer warnings from any other module (ours too), still show.
 _HARMLESS_TRACER_MESSAGE = "Converting a tensor to a Python boolean"
 _HARMLESS_TRACER_MODULES = r"(diffusers|transformers)\."
+# CLIP's pooled output picks each row's end-of-text state, hidden[arange(batch), argmax(...)]: advanced indexing, which
+# the ONNX exporter warns gives wrong results for negative indices. A row number and an argmax are never negative, so
+# the warning is silenced for the encoders whose outputs include it (their `pooled`) and shows for any other network.
+_CLIP_POOLING_MESSAGE = "Exporting aten::index operator of advanced indexing"
+_ONNX_EXPORTER_MODULES = r"torch\.onnx\."
 
 
 def _rms_norm_symbolic(g, x, normalized_shape, weight, eps):
@@ -185,6 +190,8 @@ def _pass_over_rows(
 
 class _TextEncoderPooled(torch.nn.Module):
     """FLUX's CLIP as ``FluxPipeline._get_clip_prompt_embeds`` reads it: ``CLIPTextModel``'s pooled output."""
+
+    pooled = True  # CLIP's pooled output (see _CLIP_POOLING_MESSAGE)
 
     def __init__(self, text_encoder: torch.nn.Module) -> None:
         super().__init__()
@@ -345,6 +352,10 @@ def _export_module(
                 category=torch.jit.TracerWarning,
                 module=_HARMLESS_TRACER_MODULES,
             )
+            if getattr(module, "pooled", False):
+                warnings.filterwarnings(
+                    "ignore", message=_CLIP_POOLING_MESSAGE, category=UserWarning, module=_ONNX_EXPORTER_MODULES
+                )
             with _traceable_unflatten(module):
                 torch.onnx.export(
                     module,

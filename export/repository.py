@@ -58,6 +58,7 @@ from sdtriton.export.configs import (
     RenderOptions,
     write_model_files,
 )
+from sdtriton.export.errors import ExportOptionError
 from sdtriton.export.onnx_export import ExportResult, export_components
 from sdtriton.export.preview_fit import fit_preview_projection
 from sdtriton.export.tensorrt import (
@@ -109,6 +110,7 @@ _SDXL_BASE_TIME_IDS = 6  # original size, crop top-left, target size
 _SDXL_AESTHETIC_TIME_IDS = 5  # original size, crop top-left, aesthetic score
 # StableDiffusion3Pipeline.check_inputs and FluxPipeline.check_inputs refuse a longer max_sequence_length.
 SD3_MAX_SEQUENCE_LENGTH_LIMIT = 512
+_REFINER_AFTER_SDXL = "a refiner is served after an SDXL base only"
 
 
 def _load(
@@ -293,9 +295,10 @@ def _max_sequence_length(pipeline: DiffusionPipeline, max_sequence_length: int |
     if max_sequence_length is None:
         max_sequence_length = int(_call_default(pipeline, "max_sequence_length"))
     if not 1 <= max_sequence_length <= SD3_MAX_SEQUENCE_LENGTH_LIMIT:
-        raise ValueError(
-            f"max_sequence_length must be in 1..{SD3_MAX_SEQUENCE_LENGTH_LIMIT} ({type(pipeline).__name__}'s limit), "
-            f"got {max_sequence_length}"
+        raise ExportOptionError(
+            "max_sequence_length",
+            f"must be in 1..{SD3_MAX_SEQUENCE_LENGTH_LIMIT} ({type(pipeline).__name__}'s limit), got "
+            f"{max_sequence_length}",
         )
     return max_sequence_length
 
@@ -305,9 +308,10 @@ def _skip_guidance_layers(pipeline: DiffusionPipeline, layers: Sequence[int]) ->
     count = int(pipeline.transformer.config.num_layers)
     chosen = tuple(sorted(set(layers)))
     if any(not 0 <= layer < count for layer in chosen):
-        raise ValueError(
-            f"skip_guidance_layers must be block indices in 0..{count - 1} (this transformer's {count} blocks), "
-            f"got {list(layers)}"
+        raise ExportOptionError(
+            "skip_guidance_layers",
+            f"must be block indices in 0..{count - 1} (this transformer's {count} blocks), got "
+            f"{','.join(map(str, layers))}",
         )
     return chosen
 
@@ -413,10 +417,13 @@ def pipeline_config_of(
             then takes no ``skip_layers`` input).
     """
     if skip_guidance_layers and not isinstance(pipeline, StableDiffusion3Pipeline):
-        raise ValueError("skip_guidance_layers is SD 3's skip-layer guidance (StableDiffusion3Pipeline) only")
+        raise ExportOptionError(
+            "skip_guidance_layers",
+            f"SD 3's skip-layer guidance, for a StableDiffusion3Pipeline only; this is a {type(pipeline).__name__}",
+        )
     if isinstance(pipeline, FluxPipeline):
         if refiner is not None:
-            raise ValueError("a refiner is served after an SDXL base only")
+            raise ExportOptionError("refiner", _REFINER_AFTER_SDXL)
         return flux_pipeline_config(
             vae_config=pipeline.vae.config,
             default_sample_size=int(pipeline.default_sample_size),
@@ -432,7 +439,7 @@ def pipeline_config_of(
         )
     if isinstance(pipeline, StableDiffusion3Pipeline):
         if refiner is not None:
-            raise ValueError("a refiner is served after an SDXL base only")
+            raise ExportOptionError("refiner", _REFINER_AFTER_SDXL)
         return sd3_pipeline_config(
             transformer_config=pipeline.transformer.config,
             vae_config=pipeline.vae.config,
@@ -451,10 +458,12 @@ def pipeline_config_of(
             limits=limits,
         )
     if max_sequence_length is not None:
-        raise ValueError("max_sequence_length is a setting of SD 3's T5 encoder (and FLUX's); this pipeline has no T5")
+        raise ExportOptionError(
+            "max_sequence_length", f"a setting of SD 3's and FLUX's T5 encoder; a {type(pipeline).__name__} has no T5"
+        )
     sdxl = sdxl_config_of(pipeline, refiner) if isinstance(pipeline, StableDiffusionXLPipeline) else None
     if refiner is not None and sdxl is None:
-        raise ValueError("a refiner is served after an SDXL base only")
+        raise ExportOptionError("refiner", _REFINER_AFTER_SDXL)
     return pipeline_config_from_components(
         unet_config=pipeline.unet.config,
         vae_config=pipeline.vae.config,
@@ -499,14 +508,15 @@ BUILD_SCRIPT_FILE_NAME = "build_engines.sh"
 def _configured(config: PipelineConfig, options: RenderOptions, tensorrt: TensorRtExportOptions) -> PipelineConfig:
     skip_layer_guidance = config.sd3 is not None and bool(config.sd3.skip_guidance_layers)
     if skip_layer_guidance and options.component_max_batch_size < SKIP_LAYER_GUIDANCE_ROWS:
-        raise ValueError(
+        raise ExportOptionError(
+            "skip_guidance_layers",
             f"skip-layer guidance sends {SKIP_LAYER_GUIDANCE_ROWS} transformer rows an image: the networks' batch "
             f"({options.component_max_batch_size}, twice the larger of max_batch_size and max_running_images) must "
-            f"hold them"
+            f"hold them",
         )
     if tensorrt.static_shapes:
         if options.component_backend is not ComponentBackend.TENSORRT:
-            raise ValueError("static shapes are a TensorRT option (--backend tensorrt)")
+            raise ExportOptionError("static_shapes", "a TensorRT option (--backend tensorrt)")
         return dataclasses.replace(config, fixed_size=True)
     return config
 
@@ -588,7 +598,9 @@ def export_repository(
     tensorrt = tensorrt or TensorRtExportOptions()
     uses_tensorrt = options.component_backend is ComponentBackend.TENSORRT
     if uses_tensorrt and not tensorrt.build_engines and tensorrt.onnx_dir is None:
-        raise ValueError("without an engine build, name the folder that keeps the prepared ONNX files (onnx_dir)")
+        raise ExportOptionError(
+            "onnx_dir", "without an engine build, name the folder that keeps the prepared ONNX files"
+        )
     fit = None
     # The figures of the preview fit and of each component follow the finished bar, one line each: a line
     # logged while the bar is drawn would leave a piece of the bar behind it.

@@ -36,6 +36,9 @@ MAX_PREVIEW_EVERY = MAX_INFERENCE_STEPS
 SCHEDULER_NAMES: tuple[str, ...] = ("ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lms", "heun")
 # SD 3 / 3.5 (flow matching); FLUX offers those of them FluxPipeline runs on its scheduler config:
 FLOW_SCHEDULER_NAMES: tuple[str, ...] = ("flow_euler", "flow_heun", "dpmpp_2m", "unipc")
+# Every name some family accepts, each once: what a client offers before it knows the model (a refusal names those
+# the model takes).
+ACCEPTED_SCHEDULER_NAMES: tuple[str, ...] = tuple(dict.fromkeys((*SCHEDULER_NAMES, *FLOW_SCHEDULER_NAMES)))
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,14 @@ TRUE_CFG_SCALE = PublicTensor(
 # Start and stop default to the pipeline's own; they are checked everywhere and used only with a scale above 0.
 DEFAULT_SKIP_LAYER_GUIDANCE_START = 0.01
 DEFAULT_SKIP_LAYER_GUIDANCE_STOP = 0.2
+
+
+def in_skip_layer_guidance_window(evaluation: int, steps: int, *, start: float, stop: float) -> bool:
+    """Whether the transformer evaluation ``evaluation`` (from 0) of a request for ``steps`` steps adds skip-layer
+    guidance's row: ``StableDiffusion3Pipeline.__call__``'s ``steps * start < i < steps * stop``."""
+    return steps * start < evaluation < steps * stop
+
+
 SKIP_LAYER_GUIDANCE_SCALE = PublicTensor(
     "skip_layer_guidance_scale",
     "FP32",

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sdtriton import interface
 from sdtriton.pipeline_config import DEFAULT_MAX_INFERENCE_STEPS, DEFAULT_MAX_PROMPT_BYTES, RequestLimits
 
 
@@ -148,7 +149,14 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
         "--guidance",
         action=argparse.BooleanOptionalAction,
         help="classifier-free guidance: denoiser and text encoders at twice the batch (default: on; off for FLUX.1, "
-        "which dev embeds instead)",
+        "which dev embeds instead; on for FLUX.1 is true_cfg_scale with a negative prompt)",
+    )
+    planner.add_argument(
+        "--skip-layer-guidance",
+        action="store_true",
+        help="SD 3.5 with guidance: a third transformer row an image in the steps of skip-layer guidance's window "
+        f"(the pipeline's {interface.DEFAULT_SKIP_LAYER_GUIDANCE_START:g}.."
+        f"{interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP:g} of them; export --skip-guidance-layers)",
     )
     planner.add_argument("--gpu", default="all", help="a GPU of the planner's table, or all (default: a row each)")
     planner.add_argument(
@@ -195,6 +203,17 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from sdtriton.export import ExportOptionError
+
+    try:
+        return _export_with(args)
+    except ExportOptionError as error:
+        # One line naming the flag, as the checks of the flags themselves below answer (exit status 1).
+        flag = f"--{error.option.replace('_', '-')}" if hasattr(args, error.option) else error.option
+        raise SystemExit(f"{flag}: {error.reason}") from None
+
+
+def _export_with(args: argparse.Namespace) -> int:
     from sdtriton.export import (
         ComponentBackend,
         RenderOptions,
@@ -284,6 +303,7 @@ def _plan(args: argparse.Namespace) -> int:
             guidance=args.guidance,
             dtype=args.dtype,
             fused_attention=args.attention == "fused",
+            skip_layer_guidance=args.skip_layer_guidance,
         )
         if args.gpu.lower() == "all":
             text = planning.render_table(measurement, overhead_bytes=overhead_bytes)

@@ -20,6 +20,7 @@ the FLOPs of one image over the GPU's dense fp16 tensor peak, which no real run 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -46,6 +47,12 @@ from sdtriton.flux import (
     FLUX_VAE,
     FluxCall,
 )
+from sdtriton.interface import (
+    DEFAULT_SKIP_LAYER_GUIDANCE_START,
+    DEFAULT_SKIP_LAYER_GUIDANCE_STOP,
+    in_skip_layer_guidance_window,
+)
+from sdtriton.pipeline_config import SKIP_LAYER_GUIDANCE_ROWS
 from sdtriton.sd3 import SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_TEXT_ENCODER_3, SD3_TRANSFORMERS, SD3_VAE
 from sdtriton.sd15 import SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
 
@@ -596,9 +603,12 @@ class Workload:
         width_px / height_px: image size (multiples of :attr:`Architecture.pixel_multiple`).
         steps: denoising steps (UNet or transformer calls).
         batch: images per request.
-        guidance: classifier-free guidance: the denoiser and text encoders run at twice the batch.
+        guidance: classifier-free guidance: the denoiser and text encoders run at twice the batch (FLUX.1:
+            ``true_cfg_scale`` with a negative prompt).
         dtype: ``fp16``, ``bf16`` or ``fp32``, weights and activations (T5 and an upcast VAE excepted).
         fused_attention: attention as the GPU's fused kernel (see :class:`FusedAttentionMode`).
+        skip_layer_guidance: SD 3.5's skip-layer guidance (with ``guidance``): the transformer calls in its window
+            (the pipeline's default share of the steps) carry a third row an image.
     """
 
     width_px: int
@@ -608,11 +618,25 @@ class Workload:
     guidance: bool = True
     dtype: str = "fp16"
     fused_attention: bool = True
+    skip_layer_guidance: bool = False
 
     @property
     def rows(self) -> int:
         """Rows the denoiser and text encoders see: the batch, doubled by guidance."""
         return self.batch * (2 if self.guidance else 1)
+
+    @property
+    def skip_layer_guidance_rows(self) -> int:
+        """Rows of a denoiser call in skip-layer guidance's window: negative, prompt and the prompt skipping layers."""
+        return self.batch * SKIP_LAYER_GUIDANCE_ROWS
+
+    @property
+    def skip_layer_guidance_calls(self) -> int:
+        """Denoiser calls in skip-layer guidance's window, as the serving engine and diffusers choose them."""
+        if not self.skip_layer_guidance:
+            return 0
+        window = {"start": DEFAULT_SKIP_LAYER_GUIDANCE_START, "stop": DEFAULT_SKIP_LAYER_GUIDANCE_STOP}
+        return sum(in_skip_layer_guidance_window(step, self.steps, **window) for step in range(self.steps))
 
 
 @dataclass(frozen=True)
@@ -630,7 +654,11 @@ class NetworkCost:
         calls_per_request: forward passes a request makes (``steps`` for the denoiser).
         rows: batch rows of each call.
         flops_per_call: FLOPs of one call at ``rows``.
-        activation_peak_bytes: activation peak of one call.
+        activation_peak_bytes: activation peak of one call (of the widest, with skip-layer guidance).
+        wide_calls: of ``calls_per_request``, those at ``wide_rows`` instead (skip-layer guidance's window).
+        wide_rows: batch rows of each of those calls.
+        flops_per_wide_call: FLOPs of one of them. The served transformer runs the skipped blocks for the third row
+            too and keeps their inputs (one call for every row), so the row costs a full one.
     """
 
     role: str
@@ -641,10 +669,16 @@ class NetworkCost:
     rows: int
     flops_per_call: int
     activation_peak_bytes: int
+    wide_calls: int = 0
+    wide_rows: int = 0
+    flops_per_wide_call: int = 0
 
     @property
     def flops_per_request(self) -> int:
-        return self.flops_per_call * self.calls_per_request
+        return (
+            self.flops_per_call * (self.calls_per_request - self.wide_calls)
+            + self.flops_per_wide_call * self.wide_calls
+        )
 
 
 DENOISER_ROLES = ("unet", "transformer")
@@ -683,6 +717,11 @@ class Measurement:
     def flops_per_step(self) -> int:
         """One denoiser call (both guidance rows of every image of the request)."""
         return self.denoiser.flops_per_call
+
+    @property
+    def flops_per_wide_step(self) -> int:
+        """One denoiser call in skip-layer guidance's window (three rows an image); 0 without it."""
+        return self.denoiser.flops_per_wide_call
 
     @property
     def flops_per_request(self) -> int:
@@ -739,9 +778,8 @@ def _latent_shape(arch: Architecture, workload: Workload) -> tuple[int, int]:
     return workload.height_px // scale, workload.width_px // scale
 
 
-def _unet_inputs(arch: Architecture, workload: Workload, dtype: torch.dtype) -> _Inputs:
+def _unet_inputs(arch: Architecture, workload: Workload, rows: int, dtype: torch.dtype) -> _Inputs:
     unet = arch.denoiser
-    rows = workload.rows
     meta = {"device": "meta", "dtype": dtype}
     sample = torch.empty(rows, unet.get("in_channels", 4), *_latent_shape(arch, workload), **meta)
     text = torch.empty(rows, arch.text_encoders[0].tokens, unet["cross_attention_dim"], **meta)
@@ -771,9 +809,8 @@ def _t5_tokens(arch: Architecture) -> int:
     return SD3_MAX_SEQUENCE_LENGTH if (t5 := t5_encoder(arch)) is None else t5.tokens
 
 
-def _sd3_inputs(arch: Architecture, workload: Workload, dtype: torch.dtype) -> _Inputs:
+def _sd3_inputs(arch: Architecture, workload: Workload, rows: int, dtype: torch.dtype) -> _Inputs:
     config = arch.denoiser
-    rows = workload.rows
     meta = {"device": "meta", "dtype": dtype}
     latent_shape = _latent_shape(arch, workload)
     table = config.get("pos_embed_max_size")
@@ -794,9 +831,8 @@ def _sd3_inputs(arch: Architecture, workload: Workload, dtype: torch.dtype) -> _
     return kwargs, list(kwargs.values())
 
 
-def _flux_inputs(arch: Architecture, workload: Workload, dtype: torch.dtype) -> _Inputs:
+def _flux_inputs(arch: Architecture, workload: Workload, rows: int, dtype: torch.dtype) -> _Inputs:
     config = arch.denoiser
-    rows = workload.rows
     meta = {"device": "meta", "dtype": dtype}
     height, width = (side // FLUX_LATENT_PACKING for side in _latent_shape(arch, workload))
     image_tokens, text_tokens = height * width, _t5_tokens(arch)
@@ -828,18 +864,21 @@ class DenoiserKind:
 
     Attributes:
         role: its folder in a diffusers pipeline (``unet``, ``transformer``).
-        inputs: its forward's keyword arguments on ``meta`` for a workload, and the tensors among them.
+        inputs: its forward's keyword arguments on ``meta`` for a workload at a number of rows, and the tensors
+            among them.
         latent_patch: latents a side that make one token (1 for a UNet), from its config.
+        skips_layers: takes skip-layer guidance's third row (SD 3.5's transformer).
     """
 
     role: str
-    inputs: Callable[[Architecture, Workload, torch.dtype], _Inputs]
+    inputs: Callable[[Architecture, Workload, int, torch.dtype], _Inputs]
     latent_patch: Callable[[dict[str, Any]], int]
+    skips_layers: bool = False
 
 
 DENOISERS: dict[str, DenoiserKind] = {
     "UNet2DConditionModel": DenoiserKind("unet", _unet_inputs, lambda config: 1),
-    "SD3Transformer2DModel": DenoiserKind("transformer", _sd3_inputs, _sd3_patch),
+    "SD3Transformer2DModel": DenoiserKind("transformer", _sd3_inputs, _sd3_patch, skips_layers=True),
     "FluxTransformer2DModel": DenoiserKind("transformer", _flux_inputs, _flux_patch),
 }
 
@@ -847,10 +886,24 @@ DENOISERS: dict[str, DenoiserKind] = {
 def _denoiser_cost(arch: Architecture, workload: Workload, dtype: torch.dtype) -> NetworkCost:
     kind = DENOISERS[arch.denoiser_class]
     model = build_diffusers(arch.denoiser_class, arch.denoiser, dtype)
-    kwargs, inputs = kind.inputs(arch, workload, dtype)
-    cost = count_call(model, lambda: model(**kwargs), inputs=inputs, fused_attention=workload.fused_attention)
-    return _network_cost(
+
+    def call_cost(rows: int) -> CallCost:
+        kwargs, inputs = kind.inputs(arch, workload, rows, dtype)
+        return count_call(model, lambda: model(**kwargs), inputs=inputs, fused_attention=workload.fused_attention)
+
+    cost = call_cost(workload.rows)
+    network = _network_cost(
         kind.role, weight_tensors(model), workload.dtype, calls=workload.steps, rows=workload.rows, cost=cost
+    )
+    if not workload.skip_layer_guidance_calls:
+        return network
+    wide = call_cost(workload.skip_layer_guidance_rows)
+    return dataclasses.replace(
+        network,
+        activation_peak_bytes=max(cost.activation_peak_bytes, wide.activation_peak_bytes),
+        wide_calls=workload.skip_layer_guidance_calls,
+        wide_rows=workload.skip_layer_guidance_rows,
+        flops_per_wide_call=wide.flops,
     )
 
 
@@ -890,6 +943,11 @@ def measure(arch: Architecture, workload: Workload) -> Measurement:
             raise PlanError(f"{name}: {value} must be at least 1")
     if workload.dtype not in DTYPES:
         raise PlanError(f"dtype: {workload.dtype!r} must be one of {', '.join(DTYPES)}")
+    if workload.skip_layer_guidance and not (DENOISERS[arch.denoiser_class].skips_layers and workload.guidance):
+        raise PlanError(
+            f"skip_layer_guidance: SD 3.5's, with classifier-free guidance only; {arch.name} has a "
+            f"{arch.denoiser_class}" + ("" if workload.guidance else " and guidance is off")
+        )
     networks = [_text_encoder_cost(arch, encoder, workload) for encoder in arch.text_encoders]
     networks.append(_denoiser_cost(arch, workload, DTYPES[workload.dtype]))
     networks.append(_vae_decoder_cost(arch, workload))
@@ -906,6 +964,7 @@ def measure_model(
     guidance: bool | None = None,
     dtype: str | None = None,
     fused_attention: bool = True,
+    skip_layer_guidance: bool = False,
 ) -> Measurement:
     """:func:`measure` for a model by name or folder, at its native size and defaults unless given (cached).
 
@@ -914,6 +973,7 @@ def measure_model(
         width_px / height_px: default: the denoiser's ``sample_size`` (FLUX: its pipeline's) times the VAE's
             scale factor.
         steps / guidance / dtype: default: the pipeline's (:class:`Architecture`).
+        skip_layer_guidance: SD 3.5's third row in its window (:class:`Workload`).
     """
     arch = architecture(model)
     workload = Workload(
@@ -924,6 +984,7 @@ def measure_model(
         guidance=arch.guidance if guidance is None else guidance,
         dtype=dtype or arch.dtype,
         fused_attention=fused_attention,
+        skip_layer_guidance=skip_layer_guidance,
     )
     return _measure_cached(str(model), workload)
 
@@ -1075,8 +1136,9 @@ def describe_workload(measurement: Measurement) -> str:
     work = measurement.workload
     return (
         f"{measurement.model} at {work.width_px}x{work.height_px}, {work.steps} steps, batch {work.batch}, "
-        f"guidance {'on' if work.guidance else 'off'}, {work.dtype}, "
-        f"{'fused' if work.fused_attention else 'math-path'} attention"
+        f"guidance {'on' if work.guidance else 'off'}, "
+        + ("skip-layer guidance, " if work.skip_layer_guidance else "")
+        + f"{work.dtype}, {'fused' if work.fused_attention else 'math-path'} attention"
     )
 
 
@@ -1090,13 +1152,20 @@ def render_measurement(measurement: Measurement) -> list[str]:
     )
     activations = ", ".join(f"{n.role} {n.activation_peak_bytes / GIB:.2f}" for n in networks)
     flops = ", ".join(f"{n.role} {n.flops_per_request / TERA:.2f}" for n in networks)
-    return [
+    lines = [
         describe_workload(measurement),
         f"  weights      {_gib(measurement.weight_bytes)}  ({per_network})",
         f"  activations  {_gib(measurement.activation_peak_bytes)} peak, in the {peak.role}  ({activations})",
         f"  FLOPs        {_tflop(measurement.flops_per_step)} a step ({denoiser.role} at batch {denoiser.rows}), "
         f"{_tflop(measurement.flops_per_image)} an image  (a request: {flops})",
     ]
+    if denoiser.wide_calls:
+        lines.append(
+            f"               {_tflop(measurement.flops_per_wide_step)} a step in skip-layer guidance's window "
+            f"({denoiser.role} at batch {denoiser.wide_rows}, {denoiser.wide_calls} of {denoiser.calls_per_request} "
+            "steps)"
+        )
+    return lines
 
 
 def render_plan(report: PlanReport) -> str:
@@ -1207,17 +1276,28 @@ def _model_section(measurement: Measurement) -> list[str]:
         "| network | parameters | dtype | weights GiB | activation peak GiB | GFLOP a call | calls a request |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
-    lines += [
-        f"| {n.role} | {n.parameters / 1e6:.1f} M | {n.dtype} | {n.weight_bytes / GIB:.2f} | "
-        f"{n.activation_peak_bytes / GIB:.2f} | {n.flops_per_call / 1e9:,.0f} | {n.calls_per_request} |"
-        for n in networks
-    ]
+    for n in networks:
+        lines.append(
+            f"| {n.role} | {n.parameters / 1e6:.1f} M | {n.dtype} | {n.weight_bytes / GIB:.2f} | "
+            f"{n.activation_peak_bytes / GIB:.2f} | {n.flops_per_call / 1e9:,.0f} | "
+            f"{n.calls_per_request - n.wide_calls} |"
+        )
+        if n.wide_calls:
+            lines.append(
+                f"| {n.role} at {n.wide_rows} rows (skip-layer guidance) | | | | | "
+                f"{n.flops_per_wide_call / 1e9:,.0f} | {n.wide_calls} |"
+            )
     total = plan(measurement, GPUS[0]).total_bytes
+    wide_step = (
+        f", one in skip-layer guidance's window {_tflop(measurement.flops_per_wide_step)}"
+        if measurement.flops_per_wide_step
+        else ""
+    )
     lines += [
         "",
         f"Needs {_gib(total)}: weights {_gib(measurement.weight_bytes)} + activation peak "
         f"{_gib(measurement.activation_peak_bytes)} (the {measurement.peak_network.role}) + overhead "
-        f"{_gib(CUDA_OVERHEAD_BYTES)}. One step is {_tflop(measurement.flops_per_step)}, one image "
+        f"{_gib(CUDA_OVERHEAD_BYTES)}. One step is {_tflop(measurement.flops_per_step)}{wide_step}, one image "
         f"{_tflop(measurement.flops_per_image)}.",
         "",
         *_TABLE_HEADER,
@@ -1294,6 +1374,8 @@ def sizing_markdown() -> str:
     sd15_unet, sdxl_unet = sd15.network("unet"), sdxl.network("unet")
     t4 = plan(sdxl, gpu_spec("T4"))
     medium, large, dev, schnell = (measure_model(model) for model in DOCS_TRANSFORMERS)
+    medium_slg = measure_model(medium.model, skip_layer_guidance=True)
+    slg_transformer = medium_slg.denoiser
     t5 = medium.network(t5_encoder(architecture(medium.model)).role)
     medium_total, large_total, dev_total = (plan(m, GPUS[0]).total_bytes for m in (medium, large, dev))
     dev_fp32 = measure_model(dev.model, dtype="fp32")
@@ -1358,6 +1440,16 @@ def sizing_markdown() -> str:
         f"{_sd3_position_table(large.model) / 1e6:.0f} M in Large).",
         "",
         *(line for m in (medium, large, dev, schnell) for line in _model_section(m)),
+        "**SD 3.5 Medium with skip-layer guidance.** Its model card recommends skip-layer guidance (blocks 7, 8 "
+        "and 9: `export --skip-guidance-layers 7,8,9`, request input `skip_layer_guidance_scale`). In the steps of "
+        "its window (the pipeline's "
+        f"{DEFAULT_SKIP_LAYER_GUIDANCE_START:g}..{DEFAULT_SKIP_LAYER_GUIDANCE_STOP:g} of them: "
+        f"{slg_transformer.wide_calls} of {slg_transformer.calls_per_request}) the transformer takes a third row an "
+        "image, the prompt passing over those blocks. The served transformer runs the blocks for that row too and "
+        "keeps their inputs (one call for all rows, one copy of the weights), so the row costs a full one. "
+        "`sdtriton plan --model sd35-medium --skip-layer-guidance`:",
+        "",
+        *_model_section(medium_slg),
         "### Weights and fit by precision",
         "",
         "Every network at the precision named (bf16 is fp16's size), each model at its defaults as above; "
@@ -1421,13 +1513,22 @@ def sizing_markdown() -> str:
         f"* **Transformer speed.** A step of SD 3.5 Large is {_tflop(large.flops_per_step)} for its two guidance rows "
         f"({large.flops_per_step / sdxl.flops_per_step:.1f}x SDXL's), FLUX.1 dev's {_tflop(dev.flops_per_step)} for "
         f"its one row: a FLUX row costs {2 * dev.flops_per_step / large.flops_per_step:.1f}x an SD 3.5 Large row, "
-        "and guidance distillation is what keeps a FLUX image from costing twice that. The expected range comes "
-        "from published UNet runs; the transformers' large matrix products likely run nearer its fast end, but "
+        "and guidance distillation is what keeps a FLUX image from costing twice that (FLUX's true CFG, "
+        "`true_cfg_scale` with a negative prompt, pays it: `--guidance` counts two rows). SD 3.5 Medium's skip-layer "
+        f"guidance adds {medium_slg.flops_per_image / medium.flops_per_image - 1:.0%} to an image; its transformer's "
+        f"activation peak grows from {_gib(medium.denoiser.activation_peak_bytes)} to "
+        f"{_gib(slg_transformer.activation_peak_bytes)}, "
+        + (
+            f"below the {medium.peak_network.role}'s, so it needs no more memory. "
+            if plan(medium_slg, GPUS[0]).total_bytes == medium_total
+            else f"and it needs {_gib(plan(medium_slg, GPUS[0]).total_bytes)} against {_gib(medium_total)} without. "
+        )
+        + "The expected range comes from published UNet runs; the transformers' large matrix products likely run "
+        "nearer its fast end, but "
         "no published diffusers latency for them is among the sources here.",
         "* **Not counted**: the VAE encoder (img2img), a safety checker, a refiner, LoRA weights, TensorRT "
         "engines' own workspaces, and more than one instance of a model per GPU (each holds its own weights); "
-        "for the transformers, T5 offloaded or freed after encoding, quantised (fp8, NF4) weights, and SD 3.5's "
-        "skip-layer guidance (a third row on some steps).",
+        "for the transformers, T5 offloaded or freed after encoding and quantised (fp8, NF4) weights.",
         "",
         "## What the published runs reach",
         "",

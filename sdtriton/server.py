@@ -390,7 +390,9 @@ class TritonServer:
         shown = " ".join(self.command())
         if self.admin_access is not None:
             shown = shown.replace(self.admin_access.key, "***")
-        logger.info("starting %s", shown)
+        # At INFO where to reach it; the whole command line (several hundred characters) at DEBUG (sdtriton -v).
+        logger.info("starting tritonserver on %s and %s", self.address.http_url, self.address.grpc_url)
+        logger.debug("tritonserver command: %s", shown)
         command = self._launch_command()
 
         def start() -> subprocess.Popen[bytes]:

@@ -137,13 +137,53 @@ def shapes_diffusers_pipeline():
 SD35_SKIP_GUIDANCE_LAYERS = (0,)
 
 
+# The SD 3 without T5 of other geometry than make-tiny's: a transformer of 1x1 patches (make-tiny's: 2x2) over a VAE
+# of 4 latent channels (16), its position table widened to the same largest side (48 latents, 96 px).
+SD3_OTHER_GEOMETRY = {"patch_size": 1, "latent_channels": 4, "pos_embed_max_size": 48}
+# The FLUX.1-schnell's T5 width (make-tiny's: 88, the tiny SD 3's); exported at schnell's usual 256 rows (512).
+SCHNELL_T5_WIDTH = 56
+
+
+def _resave(folder: Path, model_class: type, seed: int, **changes: object) -> None:
+    """Replaces a component of a diffusers folder by a seeded random one of its config with ``changes``."""
+    import torch
+
+    config = model_class.load_config(folder)
+    torch.manual_seed(seed)
+    model_class.from_config({**config, **changes}).save_pretrained(folder)
+
+
+def _sd3_of_other_geometry(folder: Path) -> None:
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+
+    channels = SD3_OTHER_GEOMETRY["latent_channels"]
+    _resave(folder / "vae", AutoencoderKL, 10, latent_channels=channels)
+    transformer = {key: SD3_OTHER_GEOMETRY[key] for key in ("patch_size", "pos_embed_max_size")}
+    _resave(
+        folder / "transformer", SD3Transformer2DModel, 11, in_channels=channels, out_channels=channels, **transformer
+    )
+
+
+def _flux_of_other_t5_width(folder: Path) -> None:
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    t5_config = T5Config.from_pretrained(folder / "text_encoder_2")
+    t5_config.d_model = SCHNELL_T5_WIDTH
+    torch.manual_seed(12)
+    T5EncoderModel(t5_config).eval().save_pretrained(folder / "text_encoder_2")
+    _resave(folder / "transformer", FluxTransformer2DModel, 13, joint_attention_dim=SCHNELL_T5_WIDTH)
+
+
 @pytest.fixture(scope="session")
 def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, str]]:
     """Tiny SD 3.5 (dual attention, RMS q/k norm, T5, the published static shift; exported with skip-guidance layers,
-    so every SD 3.5 request goes through the transformer's per-row skip flag) and SD 3 without T5 (the plain
-    transformer; its scheduler config with ``use_dynamic_shifting``, so ``mu`` comes from the image's patch count):
-    (diffusers folder, exported repository, model-name prefix) of each, under the prefixes ``sd35_`` and ``no_t5_``
-    so that one server holds both beside the tiny SD repository."""
+    so every SD 3.5 request goes through the transformer's per-row skip flag) and SD 3 without T5 of other geometry
+    (:data:`SD3_OTHER_GEOMETRY`: 1x1 patches, 4 latent channels; the plain transformer; its scheduler config with
+    ``use_dynamic_shifting``, so ``mu`` comes from the image's patch count): (diffusers folder, exported repository,
+    model-name prefix) of each, under the prefixes ``sd35_`` and ``no_t5_`` so that one server holds both beside the
+    tiny SD repository."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from sdtriton.export import RenderOptions, export_repository
@@ -157,6 +197,7 @@ def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
     ):
         folder = make_tiny(root / name, family=family, t5=t5)
         if name == "sd3_no_t5":
+            _sd3_of_other_geometry(folder)
             scheduler = folder / "scheduler"
             config = FlowMatchEulerDiscreteScheduler.load_config(scheduler)
             FlowMatchEulerDiscreteScheduler.from_config(config, use_dynamic_shifting=True).save_pretrained(scheduler)
@@ -175,9 +216,9 @@ def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
 @pytest.fixture(scope="session")
 def flux_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, str]]:
     """Tiny FLUX.1-dev (guidance embedding, dynamic shifting, T5 at FluxPipeline's 512 rows) and FLUX.1-schnell (no
-    guidance, no shifting; T5 at schnell's usual 256 rows, export --max-sequence-length): (diffusers folder, exported
-    repository, model-name prefix) of each, under the prefixes ``flux_`` and ``schnell_`` so one server holds
-    both beside the other families' repositories (``family_server``)."""
+    guidance, no shifting; a T5 of another width, :data:`SCHNELL_T5_WIDTH`, at schnell's usual 256 rows, export
+    --max-sequence-length): (diffusers folder, exported repository, model-name prefix) of each, under the prefixes
+    ``flux_`` and ``schnell_`` so one server holds both beside the other families' repositories (``family_server``)."""
     from sdtriton.export import RenderOptions, export_repository
     from sdtriton.tiny import make_tiny
 
@@ -185,6 +226,8 @@ def flux_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
     exports = {}
     for family, prefix, max_sequence_length in (("flux-dev", "flux_", None), ("flux-schnell", "schnell_", 256)):
         folder = make_tiny(root / family, family=family)
+        if family == "flux-schnell":
+            _flux_of_other_t5_width(folder)
         repository = root / f"{family}_repository"
         export_repository(
             folder,

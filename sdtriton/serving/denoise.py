@@ -25,6 +25,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from sdtriton.components import SKIP_LAYERS_INPUT, text_encoders_of
+from sdtriton.interface import in_skip_layer_guidance_window
 from sdtriton.pipeline_config import (
     FLUX_FAMILY,
     FLUX_PACKING,
@@ -221,9 +222,12 @@ class ImageDenoiser:
         if not (self._takes_skip_flag and self.do_guidance and params.skip_layer_guidance_scale > 0):
             return False
         self._current()
-        steps = params.num_inference_steps
-        i = self._step_in_run
-        return steps * params.skip_layer_guidance_start < i < steps * params.skip_layer_guidance_stop
+        return in_skip_layer_guidance_window(
+            self._step_in_run,
+            params.num_inference_steps,
+            start=params.skip_layer_guidance_start,
+            stop=params.skip_layer_guidance_stop,
+        )
 
     def _current(self) -> _StageRun:
         while self._step_in_run >= len(self._runs[self._run_index].timesteps):

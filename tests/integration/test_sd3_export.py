@@ -1,6 +1,6 @@
 """SD 3 / 3.5 export: each exported network equals diffusers' own on new inputs (SD 3.5 with T5 and skip-guidance
 layers: its flagged rows equal diffusers' ``skip_layers=``, the others the plain forward; SD 3's plain transformer
-without T5). Serving them is ``test_sd3_serving.py``.
+without T5, of other geometry: 1x1 patches, 4 latent channels). Serving them is ``test_sd3_serving.py``.
 
 The oracle is the diffusers pipeline loaded from the same folder, called as ``StableDiffusion3Pipeline`` calls
 its parts (``_get_clip_prompt_embeds``, ``_get_t5_prompt_embeds``, the transformer, ``vae.decode``).
@@ -93,11 +93,13 @@ def test_every_exported_network_equals_diffusers(exported: dict[str, Exported], 
             expected = pipeline._get_t5_prompt_embeds(prompts, max_sequence_length=t5_rows)
             _close(t5_states, expected, f"{family} text_encoder_3, {rows} rows")
         transformer, vae = model.session("transformer"), model.session("vae_decoder")
+        # The SD 3 without T5 is of other geometry (tests/conftest.py: 1x1 patches, 4 latent channels).
+        channels, text = config.latent_channels, (77 + t5_rows, config.sd3.joint_attention_dim)
         for batch, height, width in LATENT_SHAPES:
             inputs = {
-                "hidden_states": rng.standard_normal((batch, 16, height, width), dtype=np.float32),
-                "encoder_hidden_states": rng.standard_normal((batch, 77 + t5_rows, 88), dtype=np.float32),
-                "pooled_projections": rng.standard_normal((batch, 72), dtype=np.float32),
+                "hidden_states": rng.standard_normal((batch, channels, height, width), dtype=np.float32),
+                "encoder_hidden_states": rng.standard_normal((batch, *text), dtype=np.float32),
+                "pooled_projections": rng.standard_normal((batch, config.sd3.pooled_projection_dim), dtype=np.float32),
                 "timestep": _timesteps(pipeline, batch),
             }
             torch_inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
@@ -113,6 +115,6 @@ def test_every_exported_network_equals_diffusers(exported: dict[str, Exported], 
                 expected = pipeline.transformer(**torch_inputs, return_dict=False)[0]
             (velocity,) = transformer.run(None, inputs)
             _close(velocity, expected, f"{family} transformer, {batch}x{height}x{width}")
-            latents = rng.standard_normal((batch, 16, height, width), dtype=np.float32)
+            latents = rng.standard_normal((batch, channels, height, width), dtype=np.float32)
             (image,) = vae.run(None, {"latents": latents})
             _close(image, pipeline.vae.decode(torch.from_numpy(latents), return_dict=False)[0], f"{family} vae")

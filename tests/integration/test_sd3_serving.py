@@ -5,15 +5,18 @@ guidance, alone and batched with other requests in flight.
 
 One server (``family_server``) holds a tiny repository of every family: SD 1.x's, and under model prefixes SDXL
 with its refiner, SD 3.5 (dual-attention layers, RMS q/k norm, T5) and SD 3 without T5 (diffusers encodes zeros in
-its place).
+its place), of other geometry than make-tiny's (1x1 patches, 4 latent channels: ``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
 from sdtriton.interface import FLOW_SCHEDULER_NAMES, SCHEDULER_NAMES
@@ -238,3 +241,29 @@ def test_progress_and_previews_stream_and_end_with_the_same_image(client, oracle
     assert {preview.size for preview in previews} == {(latent_side, latent_side)}
     assert all(np.asarray(preview).std() > 0 for preview in previews)
     assert np.array_equal(np.asarray(streamed.image), np.asarray(client.generate(PROMPT, **kwargs).image))
+
+
+def test_the_generate_command_offers_every_scheduler_a_family_accepts(sd3_server, client, tmp_path) -> None:
+    """``sdtriton generate --scheduler`` takes the names of every family (the flow ones too), from the interface's
+    lists; a flow scheduler sent from the command gives the client's image."""
+    from sdtriton.cli import build_parser
+
+    (generate,) = (
+        parser
+        for action in build_parser()._subparsers._group_actions
+        for name, parser in action.choices.items()
+        if name == "generate"
+    )
+    (scheduler,) = (action for action in generate._actions if action.dest == "scheduler")
+    assert sorted(scheduler.choices) == sorted({*SCHEDULER_NAMES, *FLOW_SCHEDULER_NAMES})
+    output = tmp_path / "heun.png"
+    arguments = ["--steps", "4", "--seed", "5", "--scheduler", "flow_heun", "--model", SD35_ENTRY, "-o", str(output)]
+    done = subprocess.run(
+        [sys.executable, "-m", "sdtriton.cli", "generate", PROMPT, "--url", sd3_server.address.grpc_url, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = client.generate(PROMPT, seed=5, num_inference_steps=4, scheduler="flow_heun").image
+    assert np.array_equal(np.asarray(Image.open(output).convert("RGB")), np.asarray(expected))

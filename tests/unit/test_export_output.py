@@ -67,3 +67,30 @@ def test_a_graph_that_runs_at_the_traced_size_only_fails_the_export(
     monkeypatch.setattr(onnx_export._VaeDecode, "forward", forward_with_a_baked_width)
     with pytest.raises(RuntimeError, match=r"vae_decoder: the exported graph fails at another size \(latents \[1, "):
         export_repository(tiny_model_dir, tmp_path / "repository", show_progress=False, fit_preview=False)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["pooling-encoder", "undeclared"])
+def test_the_clip_pooling_warning_is_silenced_for_the_pooling_encoders_only(tmp_path: Path, declared: bool) -> None:
+    """CLIP's pooled output (SDXL's and SD 3's second encoders, FLUX's CLIP) indexes by row and argmax, never a
+    negative index: the exporter's advanced-indexing warning is known there and silenced; the same graph from a
+    network that does not declare it keeps the warning."""
+    from sdtriton.export.repository import load_source_pipeline, pipeline_config_of
+    from sdtriton.tiny import make_tiny
+
+    pipeline = load_source_pipeline(make_tiny(tmp_path / "flux", family="flux-schnell"))
+    config = pipeline_config_of(pipeline)
+    (spec,) = (spec for spec in components_of(config) if spec.model_name == "text_encoder")
+    module = onnx_export._TextEncoderPooled(pipeline.text_encoder).eval()
+    module.pooled = declared
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        onnx_export._export_module(
+            module,
+            spec,
+            config,
+            tmp_path / "model.onnx",
+            check_atol=onnx_export.DEFAULT_CHECK_ATOL,
+            vocab_size=pipeline.text_encoder.config.vocab_size,
+        )
+    indexing = [w for w in caught if onnx_export._CLIP_POOLING_MESSAGE in str(w.message)]
+    assert bool(indexing) != declared

@@ -79,7 +79,7 @@ def test_the_flux_pipeline_config_is_read_from_the_folder(tiny_flux_folders: dic
     assert dev.scheduler_names == ("flow_euler", "dpmpp_2m", "unipc")
     assert schnell.scheduler_names == ("flow_euler", "unipc")
     assert config_of(tiny_flux_folders["schnell"], max_sequence_length=256).flux.t5_max_length == 256
-    with pytest.raises(ValueError, match=r"max_sequence_length must be in 1\.\.512 \(FluxPipeline's limit\)"):
+    with pytest.raises(ValueError, match=r"max_sequence_length: must be in 1\.\.512 \(FluxPipeline's limit\)"):
         config_of(tiny_flux_folders["dev"], max_sequence_length=513)
 
 

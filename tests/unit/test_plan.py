@@ -354,6 +354,41 @@ def test_plan_reads_an_sd3_folder_and_counts_its_checkpoint(tmp_path: Path) -> N
     assert measurement.denoiser.parameters == held  # the position table (a buffer) included
 
 
+def test_skip_layer_guidance_adds_a_full_third_row_in_its_window(capsys: pytest.CaptureFixture[str]) -> None:
+    """SD 3.5's skip-layer guidance: the steps StableDiffusion3Pipeline's window picks carry three rows an image."""
+    plain = planning.measure_model("sd35-medium")
+    guided = planning.measure_model("sd35-medium", skip_layer_guidance=True)
+    call = planning._call_defaults("StableDiffusion3Pipeline")
+    steps = call["num_inference_steps"]
+    start, stop = call["skip_layer_guidance_start"], call["skip_layer_guidance_stop"]
+    # StableDiffusion3Pipeline.__call__'s test, as it writes it.
+    window = [i for i in range(steps) if i > steps * start and i < steps * stop]
+    transformer = guided.denoiser
+    assert (transformer.rows, transformer.wide_rows, transformer.wide_calls) == (2, 3, len(window))
+    assert guided.flops_per_step == plain.flops_per_step
+    assert guided.flops_per_wide_step == pytest.approx(1.5 * plain.flops_per_step, rel=1e-6)  # every FLOP is a row's
+    extra = len(window) * (guided.flops_per_wide_step - plain.flops_per_step)
+    assert guided.flops_per_image == pytest.approx(plain.flops_per_image + extra, rel=1e-9)
+    assert transformer.activation_peak_bytes > plain.denoiser.activation_peak_bytes
+    assert main(["plan", "--model", "sd35-medium", "--skip-layer-guidance", "--gpu", "H100"]) == 0
+    out = capsys.readouterr().out
+    assert f"a step in skip-layer guidance's window (transformer at batch 3, {len(window)} of {steps} steps)" in out
+    # Only SD 3.5's transformer takes the row, and only with guidance.
+    assert main(["plan", "--model", "flux-dev", "--skip-layer-guidance"]) == 2
+    assert "skip_layer_guidance: SD 3.5's, with classifier-free guidance only" in capsys.readouterr().err
+    assert main(["plan", "--model", "sd35-medium", "--no-guidance", "--skip-layer-guidance"]) == 2
+    assert "guidance is off" in capsys.readouterr().err
+
+
+def test_flux_true_cfg_counts_two_rows() -> None:
+    """FluxPipeline's true_cfg_scale with a negative prompt: the negative prompt encoded and a second transformer
+    row an image (``--guidance``), twice the guidance-distilled step."""
+    distilled = planning.measure_model("flux-dev")
+    true_cfg = planning.measure_model("flux-dev", guidance=True)
+    assert [n.rows for n in true_cfg.networks] == [2, 2, 2, 1]  # CLIP, T5, transformer; the VAE decodes one image
+    assert true_cfg.flops_per_step == pytest.approx(2 * distilled.flops_per_step, rel=1e-6)
+
+
 # --- 6. The committed sizing document --------------------------------------------------------------------------
 def test_gpu_sizing_doc_is_current() -> None:
     committed = (REPO_ROOT / "docs" / "gpu_sizing.md").read_text()

@@ -102,12 +102,12 @@ def test_the_sd3_pipeline_config_is_read_from_the_folder(tiny_sd3_folders: dict[
     assert PipelineConfig.from_json(config.to_json()) == config
     shorter = config_of(tiny_sd3_folders["sd35"], max_sequence_length=77, default_num_inference_steps=10)
     assert (shorter.sd3.t5_max_length, shorter.default_num_inference_steps) == (77, 10)
-    with pytest.raises(ValueError, match=r"max_sequence_length must be in 1\.\.512"):
+    with pytest.raises(ValueError, match=r"max_sequence_length: must be in 1\.\.512"):
         config_of(tiny_sd3_folders["sd35"], max_sequence_length=513)
 
 
 def test_max_sequence_length_is_refused_for_a_family_without_t5(tiny_model_dir: Path) -> None:
-    with pytest.raises(ValueError, match="max_sequence_length is a setting of SD 3's T5"):
+    with pytest.raises(ValueError, match=r"max_sequence_length: a setting of SD 3's and FLUX's T5"):
         config_of(tiny_model_dir, max_sequence_length=77)
 
 
@@ -259,7 +259,7 @@ def test_skip_guidance_layers_are_chosen_at_export_and_switched_on_per_request(
     assert slg.sd3.skip_guidance_layers == (0, 1) and PipelineConfig.from_json(slg.to_json()) == slg
     assert (component_table(plain), component_table(slg)) == ("sd3", SD3_SKIP_LAYERS)
     assert SKIP_LAYERS_INPUT in component_spec(component_table(slg), TRANSFORMER_MODEL_NAME).input_names
-    with pytest.raises(ValueError, match=r"block indices in 0\.\.1 \(this transformer's 2 blocks\), got \[2\]"):
+    with pytest.raises(ValueError, match=r"block indices in 0\.\.1 \(this transformer's 2 blocks\), got 2"):
         config_of(tiny_sd3_folders["sd35"], skip_guidance_layers=[2])
     with pytest.raises(ValueError, match="StableDiffusion3Pipeline"):
         config_of(tiny_model_dir, skip_guidance_layers=[0])
@@ -288,6 +288,47 @@ def test_skip_guidance_layers_are_chosen_at_export_and_switched_on_per_request(
         assert torch.equal(inputs["pooled_projections"][-1], stage.conditioning["pooled_projections"][1])
         denoiser.step(torch.zeros_like(inputs["hidden_states"]))
     assert seen == [[0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]] + [[0.0, 0.0]] * 9
+
+
+@pytest.mark.parametrize(
+    ("folder", "layers", "message"),
+    [
+        ("sd35", "7,x", "argument --skip-guidance-layers: must be block indices joined by commas, e.g. 7,8,9"),
+        (
+            "sd35",
+            "1,99",
+            "--skip-guidance-layers: must be block indices in 0..1 (this transformer's 2 blocks), got 1,99",
+        ),
+        (
+            "sd",
+            "7",
+            "--skip-guidance-layers: SD 3's skip-layer guidance, for a StableDiffusion3Pipeline only; this is a "
+            "StableDiffusionPipeline",
+        ),
+    ],
+    ids=["not-a-list", "beyond-the-blocks", "sd-folder"],
+)
+def test_export_names_a_bad_skip_guidance_layers_in_one_line(
+    tiny_sd3_folders: dict[str, Path],
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    folder: str,
+    layers: str,
+    message: str,
+) -> None:
+    """As the export command's other option errors, no traceback: argparse's own (status 2) for a value that is no
+    list, one line naming the flag and the allowed range (SystemExit's message, status 1) for one the model refuses."""
+    from sdtriton.cli import main
+
+    source = tiny_model_dir if folder == "sd" else tiny_sd3_folders[folder]
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(source), "--output", str(tmp_path / "repository"), f"--skip-guidance-layers={layers}"])
+    if isinstance(exit_.value.code, int):
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    else:
+        assert exit_.value.code == message
+    assert not (tmp_path / "repository").exists()
 
 
 def test_flow_heun_is_not_offered_under_dynamic_shifting(tiny_sd3_folders: dict[str, Path]) -> None:
