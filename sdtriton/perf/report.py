@@ -16,6 +16,9 @@ from typing import Any
 from sdtriton.perf.model import (
     BATCHING_OFF,
     BATCHING_ON,
+    DIRECT_GRPC,
+    GATEWAY_HTTP,
+    GOAL_GATEWAY_OVER_DIRECT,
     GOAL_REFUSAL_MS,
     GOAL_SIMULATED_SHARE_OF_ALLOWED,
     IN_PROCESS,
@@ -40,7 +43,7 @@ ENGINE_LOAD_CSV_NAME, REQUESTS_CSV_NAME = "engine_load_points.csv", "engine_requ
 GOALS_CSV_NAME, ENGINE_PLOT_NAME = "engine_goals.csv", "engine_sweep.png"
 # Other processes' share of the CPU above which the summary says the run shared the machine.
 OTHER_CPU_SHARE_NOTE = 0.05
-_PERCENTILES = ("p50", "p90", "p99", "mean")
+_PERCENTILES = ("p50", "p90", "p95", "p99", "mean")
 _ENGINE_LOAD_COLUMNS = (
     *("section", "variant", "simulated", "concurrency", "requests", "failed", "duration_s", "images_per_s"),
     *(f"{name}_ms" for name in _PERCENTILES),
@@ -52,7 +55,12 @@ _REQUEST_COLUMNS = (
 _GOAL_COLUMNS = ("measure", "measured", "goal", "verdict", "simulated")
 _POINT_TIMES = ("p50_ms", "p90_ms", "p99_ms", "avg_ms", "server_queue_ms", "server_compute_ms")
 _PATH_COLUMNS = ("series", "num_inference_steps", "runs", "median_ms", "min_ms", "max_ms", "latencies_ms")
-_VARIANT_LABELS = {BATCHING_ON: "step batching on", BATCHING_OFF: "step batching off"}
+_VARIANT_LABELS = {
+    BATCHING_ON: "step batching on",
+    BATCHING_OFF: "step batching off",
+    DIRECT_GRPC: "direct gRPC",
+    GATEWAY_HTTP: "HTTP gateway",
+}
 _NOT_RUN = ["Not run (see below)."]
 
 
@@ -144,6 +152,8 @@ def engine_load_rows(result: EngineResult) -> list[list[object]]:
         for run in (simulated.non_unet_low, simulated.non_unet_high):
             rows.append(_load_row(SIMULATED, run, "in_process_engine_zero_time_unet"))
         rows += [_load_row(SIMULATED, point) for point in simulated.points]
+    if result.gateway is not None:
+        rows += [_load_row("gateway", load) for load in (*result.gateway.direct, *result.gateway.gateway)]
     return rows
 
 
@@ -155,6 +165,7 @@ def _request_rows(result: EngineResult) -> Iterable[list[object]]:
     loads = [result.ceiling.served_one, result.ceiling.served] if result.ceiling is not None else []
     loads += [*result.sweep, *(result.simulated.points if result.simulated is not None else ())]
     loads += [result.mixed.short_only, result.mixed.mixed] if result.mixed is not None else []
+    loads += [*result.gateway.direct, *result.gateway.gateway] if result.gateway is not None else []
     records = [record for load in loads for record in load.records]
     if result.burst is not None:
         records += [*result.burst.warmup_records, *result.burst.records]
@@ -216,8 +227,10 @@ def _concurrency_axis(axis: Any, levels: list[int], label: str) -> None:
 
 def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
     throughput_axis, latency_axis, simulated_axis = axes
-    for variant, colour in ((BATCHING_ON, "tab:blue"), (BATCHING_OFF, "tab:orange")):
-        points = sorted((p for p in result.sweep if p.variant == variant), key=lambda p: p.concurrency)
+    gateway = (*result.gateway.direct, *result.gateway.gateway) if result.gateway is not None else ()
+    colours = ((BATCHING_ON, "tab:blue"), (BATCHING_OFF, "tab:orange"), (DIRECT_GRPC, "tab:purple"))
+    for variant, colour in (*colours, (GATEWAY_HTTP, "tab:red")):
+        points = sorted((p for p in (*result.sweep, *gateway) if p.variant == variant), key=lambda p: p.concurrency)
         levels, label = [p.concurrency for p in points], _VARIANT_LABELS[variant]
         if points:
             throughput_axis.plot(levels, [p.images_per_s for p in points], "o-", color=colour, label=label)
@@ -233,8 +246,9 @@ def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
         throughput_axis.axhline(plain_per_s, color="grey", linestyle=":", label="plain loop, one at a time")
     for axis, measure in ((throughput_axis, "throughput (images/s)"), (latency_axis, "latency (ms)")):
         axis.set_ylabel(measure)
-        axis.set_title(f"{result.profile}: {measure.split(' (')[0]}, step batching on/off")
-        _concurrency_axis(axis, result.levels(), "concurrency (client threads, gRPC)")
+        axis.set_title(f"{result.profile}: {measure.split(' (')[0]} against concurrency")
+        levels = sorted({*result.levels(), *(load.concurrency for load in gateway)})
+        _concurrency_axis(axis, levels, "concurrency (client threads)")
     simulated = result.simulated
     if simulated is not None:
         points = sorted(simulated.points, key=lambda p: p.concurrency)
@@ -390,15 +404,18 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
 
 
 def _engine_sections(result: EngineResult) -> list[str]:
+    """The goals, then each section the profile has or that ran."""
     sections = (
-        ("Goals", _goal_table(result.goal_rows())),
-        ("(a) Compute ceiling against served throughput", _ceiling_lines(result)),
-        ("(b) Concurrency sweep, step batching on and off", _sweep_lines(result)),
-        ("(c) Mixed steps: short requests beside long ones", _mixed_lines(result)),
-        ("(d) A burst past the queue limit", _burst_lines(result)),
-        ("(e) SIMULATED accelerator", _simulated_lines(result)),
+        ("goals", "Goals", _goal_table(result.goal_rows())),
+        ("ceiling", "(a) Compute ceiling against served throughput", _ceiling_lines(result)),
+        ("sweep", "(b) Concurrency sweep, step batching on and off", _sweep_lines(result)),
+        ("mixed", "(c) Mixed steps: short requests beside long ones", _mixed_lines(result)),
+        ("burst", "(d) A burst past the queue limit", _burst_lines(result)),
+        ("simulated", "(e) SIMULATED accelerator", _simulated_lines(result)),
+        ("gateway", "(f) The HTTP gateway against direct gRPC", _gateway_lines(result)),
     )
-    return [line for title, body in sections for line in ("", f"## {title}", "", *body)]
+    shown = [(title, body) for name, title, body in sections if name == "goals" or result.shown(name)]
+    return [line for title, body in shown for line in ("", f"## {title}", "", *body)]
 
 
 def _level_cells(level: Load | None, digits: int = 1) -> list[str]:
@@ -564,6 +581,39 @@ def _simulated_lines(result: EngineResult) -> list[str]:
     ]
 
 
+def _gateway_lines(result: EngineResult) -> list[str]:
+    gateway = result.gateway
+    if gateway is None or not gateway.pairs():
+        return _NOT_RUN
+    rows = []
+    for direct, through in gateway.pairs():
+        for load in (direct, through):
+            cells = [f"{getattr(load, f'p{q}_ms'):.1f}" for q in (50, 95, 99)]
+            rows.append([_VARIANT_LABELS[load.variant], load.concurrency, f"{load.images_per_s:.2f}", *cells])
+            rows[-1] += [len(load.records), load.failed]
+        ratio, overhead_ms = through.images_per_s / direct.images_per_s, through.p50_ms - direct.p50_ms
+        rows.append(
+            ["gateway / direct", direct.concurrency, f"**{ratio:.3f}x**", f"**{overhead_ms:+.1f}**", "", "", "", ""]
+        )
+    header = ("path", "concurrency", "images/s", "p50 ms", "p95 ms", "p99 ms", "requests", "failed")
+    turns = [f"{ratio:.3f}" for ratio in gateway.turn_ratios]
+    return [
+        "The base request from client threads (one client and connection each, connected first, back to back): "
+        "straight to Triton over gRPC (`StableDiffusionClient`, the non-streaming entry), and as HTTP POSTs to "
+        "`/v1/images/generations` of a real `sdtriton gateway` process in front of the same server (`b64_json`; "
+        "the gateway streams each request through the streaming entry, a progress response a step), with the "
+        f"same seed and parameters. Each level ran in {len(gateway.turn_ratios)} turns, the side that goes first "
+        "alternating, so that a drift of this machine's speed hits both alike; the gateway's and the gRPC clients "
+        "share this machine's CPU with the server. The gateway row of each level: its images/s ratio and the p50 "
+        "overhead per request (gateway minus direct, ms).",
+        "",
+        *_table("lrrrrrrr", header, rows),
+        "",
+        f"Gateway / direct images/s at concurrency {gateway.pairs()[-1][0].concurrency}: "
+        f"**{gateway.over_direct:.3f}x** (goal >= {GOAL_GATEWAY_OVER_DIRECT}; by turn: {', '.join(turns)}).",
+    ]
+
+
 def headline(result: Run) -> str:
     """The run's paragraph for the terminal: the concurrency-1 comparison, or an engine run's headline ratios."""
     if isinstance(result, PerfResult):
@@ -590,6 +640,9 @@ def headline(result: Run) -> str:
             f"SIMULATED c{sim.high.concurrency}/c{sim.low.concurrency} {sim.measured_ratio:.2f}x = "
             f"{sim.share_of_allowed:.1%} of the allowed {sim.allowed_ratio:.2f}x"
         )
+    for direct, through in result.gateway.pairs() if result.gateway is not None else ():
+        ratio, overhead_ms = through.images_per_s / direct.images_per_s, through.p50_ms - direct.p50_ms
+        parts.append(f"c{direct.concurrency} gateway/direct {ratio:.3f}x, p50 {overhead_ms:+.1f} ms")
     missed = [row.measure for row in result.goal_rows() if row.met is False]
     verdict = f"goals missed: {'; '.join(missed)}" if missed else "every measured goal met"
     return f"Engine ({result.profile}): {'; '.join(parts) or 'nothing measured'}. {verdict}."
