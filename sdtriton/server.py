@@ -85,20 +85,31 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def process_group_members(group_id: int) -> list[int]:
-    """The pids of the processes in process group ``group_id`` (read from /proc; zombies left out)."""
-    members = []
+def _group_stat_fields(group_id: int) -> dict[int, list[str]]:
+    """Each live process of group ``group_id`` (read from /proc; zombies left out) by pid: its stat fields after the
+    command name, which may hold spaces (state is the 1st, pgrp the 3rd, utime and stime the 12th and 13th)."""
+    members = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            # Fields after the command name, which may hold spaces: state is the 3rd field, pgrp the 5th.
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
         if fields[0] != "Z" and int(fields[2]) == group_id:
-            members.append(int(entry.name))
+            members[int(entry.name)] = fields
     return members
+
+
+def process_group_members(group_id: int) -> list[int]:
+    """The pids of the processes in process group ``group_id`` (zombies left out)."""
+    return list(_group_stat_fields(group_id))
+
+
+def process_group_cpu_s(group_id: int) -> float:
+    """The CPU seconds (user and system) the live processes of group ``group_id`` have used."""
+    ticks = sum(int(fields[11]) + int(fields[12]) for fields in _group_stat_fields(group_id).values())
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def end_process_group(group_id: int, *, timeout_s: float = _GROUP_EXIT_TIMEOUT_S) -> list[int]:
@@ -122,6 +133,26 @@ def end_process_group(group_id: int, *, timeout_s: float = _GROUP_EXIT_TIMEOUT_S
 # short-lived thread (a test's restart thread) got SIGTERM as soon as that thread returned (measured). This one
 # worker thread forks every bound server and lives as long as this process.
 _LAUNCHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdtriton-launcher")
+
+
+def launch(
+    command: Sequence[str],
+    *,
+    output: IO[bytes] | None = None,
+    environment: dict[str, str] | None = None,
+    end_with_parent: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Starts ``command`` in a process group of its own (:func:`end_process_group` ends what it leaves), its
+    output (stdout and stderr) to ``output`` (None: inherited). With ``end_with_parent`` it gets SIGTERM when this
+    process dies, however it dies (``setpriv --pdeathsig``, forked from :data:`_LAUNCHER`), where setpriv exists.
+    """
+    setpriv = shutil.which(_SETPRIV) if end_with_parent else None
+    if end_with_parent and setpriv is None:
+        logger.warning("%s not found: %s will outlive this process if it is killed", _SETPRIV, command[0])
+    bound = [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else list(command)
+    stderr = subprocess.STDOUT if output else None
+    options = {"env": environment, "stdout": output, "stderr": stderr, "start_new_session": True}
+    return _LAUNCHER.submit(subprocess.Popen, bound, **options).result()
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -391,33 +422,10 @@ class TritonServer:
         if self.admin_access is not None:
             shown = shown.replace(self.admin_access.key, "***")
         logger.info("starting %s", shown)
-        command = self._launch_command()
-
-        def start() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                command,
-                env=environment,
-                stdout=output,
-                stderr=subprocess.STDOUT if output else None,
-                start_new_session=True,
-            )
-
-        # Bound to this process, the server is started from a thread that lives as long as it (see _LAUNCHER).
-        self._process = _LAUNCHER.submit(start).result() if self.end_with_parent else start()
-
-    def _launch_command(self) -> list[str]:
-        """:meth:`command`, bound to this process's life when ``end_with_parent``: tritonserver gets SIGTERM (and
-        ends its stubs) when this process dies, so a Python parent killed without running ``stop()`` (SIGKILL, an
-        OOM kill, pytest ended by a timeout) leaves no server behind (measured before: tritonserver and 6 stubs
-        kept running under init). Linux sends it when the forking *thread* ends: ``_LAUNCHER`` forks from one
-        that lives as long as this process."""
-        if not self.end_with_parent:
-            return self.command()
-        setpriv = shutil.which(_SETPRIV)
-        if setpriv is None:
-            logger.warning("%s not found: tritonserver will outlive this process if it is killed", _SETPRIV)
-            return self.command()
-        return [setpriv, "--pdeathsig", "TERM", "--", *self.command()]
+        # Bound to this process's life (measured before: a killed parent left tritonserver and 6 stubs under init).
+        self._process = launch(
+            self.command(), output=output, environment=environment, end_with_parent=self.end_with_parent
+        )
 
     def is_ready(self) -> bool:
         try:

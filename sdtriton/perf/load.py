@@ -181,11 +181,9 @@ def _record(load: str, request_class: str, client: int, origin: float, sent_at: 
 
 
 class GatewayClient:
-    """``POST /v1/images/generations`` to an ``sdtriton gateway`` (``http://host:port``) over one kept-alive HTTP/1.1
-    connection (:mod:`http.client`: the lightest real client, so that the load's own CPU cost stays small beside the
-    gRPC client's), with :class:`StableDiffusionClient`'s ``generate``: every public input in the body (width and
-    height as ``size``), the image back as ``b64_json``, decoded. A refusal raises :class:`SdTritonError` with the
-    gateway's message (a busy engine's starts "server busy", as over gRPC)."""
+    """:class:`StableDiffusionClient`'s ``generate`` as ``POST /v1/images/generations`` to an ``sdtriton gateway``
+    (``http://host:port``) over one kept-alive connection (:mod:`http.client`, light beside the gRPC client): every
+    input in the body, the image back as ``b64_json``; a refusal raises :class:`SdTritonError` with its message."""
 
     def __init__(self, url: str, *, timeout_s: float | None = None) -> None:
         parts = urlsplit(url)
@@ -218,7 +216,8 @@ class GatewayClient:
         self._connection.close()
 
 
-def _connected(client: StableDiffusionClient, url: str) -> StableDiffusionClient:
+def connected(client: StableDiffusionClient, url: str) -> StableDiffusionClient:
+    """``client`` once its server answers ready; :class:`SdTritonError` (the client closed) after 30 s."""
     deadline = time.monotonic() + _CONNECT_TIMEOUT_S
     while not client.is_ready():
         if time.monotonic() > deadline:
@@ -274,7 +273,7 @@ def run_classes(
     try:
         for client_class in senders:
             connect = GatewayClient if gateway else StableDiffusionClient
-            clients.append(_connected(connect(url, timeout_s=client_class.timeout_s), url))
+            clients.append(connected(connect(url, timeout_s=client_class.timeout_s), url))
         threads = [
             threading.Thread(target=send_all, args=(c, client, index), name=f"{load}-{c.name}-{index}", daemon=True)
             for index, (c, client) in enumerate(zip(senders, clients, strict=True))

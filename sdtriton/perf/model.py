@@ -680,26 +680,27 @@ class SimulatedResult:
 @dataclass(frozen=True)
 class GatewayResult:
     """(f) The same requests straight to Triton over gRPC and through the HTTP gateway, each level's turns merged;
-    ``turn_ratios``: gateway/direct images/s of each turn at the highest level."""
+    ``turn_ratios``: gateway/direct images/s of each turn at the highest level; ``gateway_cpu_ms``: the gateway
+    process's CPU time per request completed during the direct side's loads (idle) and its own (serving them)."""
 
     direct: tuple[Load, ...]
     gateway: tuple[Load, ...]
     turn_ratios: tuple[float, ...] = ()
+    gateway_cpu_ms: tuple[float, float] | None = None  # None: not measured
 
-    def pairs(self) -> list[tuple[Load, Load]]:
-        """(direct, gateway) at each level both completed requests at, by concurrency."""
+    def levels(self) -> list[tuple[Load, Load, float, float]]:
+        """(direct, gateway, gateway/direct images/s, p50 overhead ms) at each level both sides completed requests."""
         gateway = {load.concurrency: load for load in self.gateway if load.completed}
+        pairs = [(d, gateway[d.concurrency]) for d in self.direct if d.completed and d.concurrency in gateway]
         return [
-            (d, gateway[d.concurrency])
-            for d in sorted(self.direct, key=lambda d: d.concurrency)
-            if d.completed and d.concurrency in gateway
+            (d, g, g.images_per_s / d.images_per_s, g.p50_ms - d.p50_ms)
+            for d, g in sorted(pairs, key=lambda p: p[0].concurrency)
         ]
 
     @property
     def over_direct(self) -> float | None:
         """Gateway/direct images/s at the highest level both measured."""
-        pairs = self.pairs()
-        return pairs[-1][1].images_per_s / pairs[-1][0].images_per_s if pairs else None
+        return self.levels()[-1][2] if self.levels() else None
 
 
 _SECTION_LETTERS = dict(zip(("ceiling", "sweep", "mixed", "burst", "simulated", "gateway"), "abcdef", strict=True))
@@ -783,12 +784,9 @@ class EngineResult(Run):
             goal, met = f">= {GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}", _met(share, ">=", GOAL_SIMULATED_SHARE_OF_ALLOWED)
             rows.append(GoalRow(f"(e) SIMULATED: {measure}", measured, goal, met, simulated=True))
         gateway = self.gateway.over_direct if self.gateway is not None else None
-        level = self.gateway.pairs()[-1][0].concurrency if gateway is not None else "?"
-        rows.append(
-            _ratio_goal(
-                f"(f) gateway / direct gRPC images/s at concurrency {level}", gateway, ">=", GOAL_GATEWAY_OVER_DIRECT
-            )
-        )
+        level = self.gateway.levels()[-1][0].concurrency if gateway else "?"
+        measure = f"(f) gateway / direct gRPC images/s at concurrency {level}"
+        rows.append(_ratio_goal(measure, gateway, ">=", GOAL_GATEWAY_OVER_DIRECT))
         shown = {letter for section, letter in _SECTION_LETTERS.items() if self.shown(section)}
         return [row for row in rows if row.measure[1] in shown]
 

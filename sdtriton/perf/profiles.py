@@ -52,7 +52,8 @@ class PerfOptions:
         metadata=_cli(
             "a profile of perf/scenarios.json: shapes (the default model; default once its weights exist), "
             "tiny (default until then), sd15 (heavy: SD 1.5 shapes, ~4 GB, bounded to 10 minutes), engine and "
-            "transformer (the diffusion engine on the default model and on a tiny SD 3.5)",
+            "transformer (the diffusion engine on the default model and on a tiny SD 3.5), gateway (the HTTP "
+            "gateway against direct gRPC)",
             type=str,
         ),
     )

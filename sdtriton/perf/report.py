@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -583,34 +584,31 @@ def _simulated_lines(result: EngineResult) -> list[str]:
 
 def _gateway_lines(result: EngineResult) -> list[str]:
     gateway = result.gateway
-    if gateway is None or not gateway.pairs():
+    if gateway is None or not gateway.levels():
         return _NOT_RUN
-    rows = []
-    for direct, through in gateway.pairs():
-        for load in (direct, through):
-            cells = [f"{getattr(load, f'p{q}_ms'):.1f}" for q in (50, 95, 99)]
-            rows.append([_VARIANT_LABELS[load.variant], load.concurrency, f"{load.images_per_s:.2f}", *cells])
-            rows[-1] += [len(load.records), load.failed]
-        ratio, overhead_ms = through.images_per_s / direct.images_per_s, through.p50_ms - direct.p50_ms
-        rows.append(
-            ["gateway / direct", direct.concurrency, f"**{ratio:.3f}x**", f"**{overhead_ms:+.1f}**", "", "", "", ""]
-        )
     header = ("path", "concurrency", "images/s", "p50 ms", "p95 ms", "p99 ms", "requests", "failed")
-    turns = [f"{ratio:.3f}" for ratio in gateway.turn_ratios]
+    rows = []
+    for direct, through, ratio, overhead_ms in gateway.levels():
+        for load in (direct, through):
+            times = [f"{load.percentile_ms(q):.1f}" for q in (50, 95, 99)]
+            counts = [len(load.records), load.failed]
+            rows.append([_VARIANT_LABELS[load.variant], load.concurrency, f"{load.images_per_s:.2f}", *times, *counts])
+        rows.append(["gateway / direct", direct.concurrency, f"**{ratio:.3f}x**", f"**{overhead_ms:+.1f}**", *[""] * 4])
+    idle_ms, serving_ms = gateway.gateway_cpu_ms or (math.nan, math.nan)
     return [
-        "The base request from client threads (one client and connection each, connected first, back to back): "
-        "straight to Triton over gRPC (`StableDiffusionClient`, the non-streaming entry), and as HTTP POSTs to "
-        "`/v1/images/generations` of a real `sdtriton gateway` process in front of the same server (`b64_json`; "
-        "the gateway streams each request through the streaming entry, a progress response a step), with the "
-        f"same seed and parameters. Each level ran in {len(gateway.turn_ratios)} turns, the side that goes first "
-        "alternating, so that a drift of this machine's speed hits both alike; the gateway's and the gRPC clients "
-        "share this machine's CPU with the server. The gateway row of each level: its images/s ratio and the p50 "
+        "The base request, same seed and parameters, from client threads (a connection each, back to back): straight "
+        "to Triton over gRPC (`StableDiffusionClient`), and as `POST /v1/images/generations` (`b64_json`) to a real "
+        "`sdtriton gateway` process in front of the same server. Levels ran in turns whose first side alternates; "
+        "the clients share this CPU with the server and the gateway. Per level: the images/s ratio and the p50 "
         "overhead per request (gateway minus direct, ms).",
         "",
         *_table("lrrrrrrr", header, rows),
         "",
-        f"Gateway / direct images/s at concurrency {gateway.pairs()[-1][0].concurrency}: "
-        f"**{gateway.over_direct:.3f}x** (goal >= {GOAL_GATEWAY_OVER_DIRECT}; by turn: {', '.join(turns)}).",
+        f"Gateway / direct images/s at concurrency {gateway.levels()[-1][0].concurrency}: "
+        f"**{gateway.over_direct:.3f}x** (goal >= {GOAL_GATEWAY_OVER_DIRECT}; by turn: "
+        f"{', '.join(f'{ratio:.3f}' for ratio in gateway.turn_ratios)}). The gateway process's own CPU time (its "
+        f"process group's, from `/proc`; other work inflates it far less than latencies): **{serving_ms:.1f} ms** "
+        f"per request it served, {idle_ms:.1f} ms per direct request while it stood idle beside them.",
     ]
 
 
@@ -640,8 +638,7 @@ def headline(result: Run) -> str:
             f"SIMULATED c{sim.high.concurrency}/c{sim.low.concurrency} {sim.measured_ratio:.2f}x = "
             f"{sim.share_of_allowed:.1%} of the allowed {sim.allowed_ratio:.2f}x"
         )
-    for direct, through in result.gateway.pairs() if result.gateway is not None else ():
-        ratio, overhead_ms = through.images_per_s / direct.images_per_s, through.p50_ms - direct.p50_ms
+    for direct, _, ratio, overhead_ms in result.gateway.levels() if result.gateway is not None else ():
         parts.append(f"c{direct.concurrency} gateway/direct {ratio:.3f}x, p50 {overhead_ms:+.1f} ms")
     missed = [row.measure for row in result.goal_rows() if row.met is False]
     verdict = f"goals missed: {'; '.join(missed)}" if missed else "every measured goal met"

@@ -215,25 +215,18 @@ class PerfRun:
             server.stop()
 
     @contextmanager
-    def gateway_process(self, grpc_url: str, log_name: str) -> Iterator[str]:
-        """A real ``sdtriton gateway`` in front of ``grpc_url`` on a free loopback port, its log beside the servers'
-        (its own process group, ended with this process where ``setpriv`` exists); yields its URL once ready."""
+    def gateway_process(self, grpc_url: str, log_name: str) -> Iterator[tuple[str, int]]:
+        """A real ``sdtriton gateway`` in front of ``grpc_url`` on a free loopback port, logged beside the servers;
+        yields its URL and process group once ready, and ends that group."""
         log_path, port = self.options.output_dir / f"{log_name}.log", server_module.free_port()
         command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url, "--port", str(port)]
-        command += ["--data-dir", str(self.variants / log_name)]
-        if setpriv := shutil.which("setpriv"):
-            command = [setpriv, "--pdeathsig", "TERM", "--", *command]
         server_module.rotate_log(log_path)
         with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + _SERVER_START_S
+            process = server_module.launch([*command, "--data-dir", str(self.variants / log_name)], output=log)
+        url = f"http://127.0.0.1:{port}"
         try:
-            with contextlib.closing(load.GatewayClient(url, timeout_s=_SERVER_START_S)) as client:
-                while not client.is_ready():
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise SdTritonError(f"the gateway was not ready in {_SERVER_START_S:.0f} s (log: {log_path})")
-                    time.sleep(0.1)
-            yield url
+            load.connected(load.GatewayClient(url, timeout_s=_SERVER_START_S), url).close()
+            yield url, process.pid
         finally:
             process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -477,8 +470,8 @@ class PerfRun:
                 sections["simulated"] = self.simulated(server, simulated)
         if gateway and self.fits("gateway", _SERVER_START_S + 2 * gateway.requests * image_s):
             with self.engine_server(on_repository, "gateway") as server:
-                with self.gateway_process(server.address.grpc_url, "gateway") as url:
-                    sections["gateway"] = self.gateway(server, url, gateway)
+                with self.gateway_process(server.address.grpc_url, "gateway") as (url, group):
+                    sections["gateway"] = self.gateway(server, url, group, gateway)
         del self.served  # the in-process sessions go
         gc.collect()
         return model.EngineResult(**self.common(), **sections, planned=p.engine_sections)
@@ -580,17 +573,20 @@ class PerfRun:
         logger.info("SIMULATED %s: measured %.2fx, %.1f%% of the allowed", spec.latency, measured, share)
         return result
 
-    def gateway(self, server: TritonServer, url: str, spec) -> model.GatewayResult:
+    def gateway(self, server: TritonServer, url: str, group: int, spec) -> model.GatewayResult:
         """Each level straight to Triton and through the gateway, in turns whose first side alternates, after one
-        untimed load through the gateway at the highest level (its connections, the server's largest batch)."""
-        high, parts = spec.levels[-1], {}
+        untimed load through the gateway at the highest level (its connections, the server's largest batch); and
+        the CPU seconds the gateway's process ``group`` used during each side's loads."""
+        high, parts, cpu_s = spec.levels[-1], {}, dict.fromkeys((model.DIRECT_GRPC, model.GATEWAY_HTTP), 0.0)
         self.load(server, f"{model.GATEWAY_HTTP}_warmup", high, high, gateway_url=url)
         for turn in range(spec.turns):
             sides = [(model.DIRECT_GRPC, None), (model.GATEWAY_HTTP, url)][:: -1 if turn % 2 else 1]
             for concurrency in spec.levels:
                 requests = _in_turns(spec.request_count(concurrency), spec.turns)
                 for variant, gateway_url in sides:
+                    before_s = server_module.process_group_cpu_s(group)
                     level = self.load(server, variant, concurrency, requests, gateway_url=gateway_url)
+                    cpu_s[variant] += server_module.process_group_cpu_s(group) - before_s
                     parts.setdefault((variant, concurrency), []).append(level)
         pairs = zip(parts[model.DIRECT_GRPC, high], parts[model.GATEWAY_HTTP, high], strict=True)
         ratios = tuple(g.images_per_s / d.images_per_s for d, g in pairs if d.completed and g.completed)
@@ -598,8 +594,5 @@ class PerfRun:
         sides = [
             [level for (v, _), level in merged.items() if v == side] for side in (model.DIRECT_GRPC, model.GATEWAY_HTTP)
         ]
-        result = model.GatewayResult(*map(tuple, sides), ratios)
-        for direct, through in result.pairs():
-            numbers = (through.images_per_s, direct.images_per_s, through.p50_ms - direct.p50_ms)
-            logger.info("gateway c=%d: %.2f / %.2f images/s direct, p50 %+.1f ms", direct.concurrency, *numbers)
-        return result
+        cpu_ms = [1000 * cpu_s[side[0].variant] / max(1, sum(load.completed for load in side)) for side in sides]
+        return model.GatewayResult(*map(tuple, sides), ratios, tuple(cpu_ms))

@@ -91,10 +91,11 @@ def test_gateway_profile_compares_the_gateway_with_direct_grpc(
 
     assert isinstance(result, EngineResult) and result.gateway is not None
     assert not result.skipped, result.skipped
-    pairs = result.gateway.pairs()
-    assert [direct.concurrency for direct, _ in pairs] == [1, 2]
-    assert all(load.failed == 0 and load.completed >= 2 for pair in pairs for load in pair)
+    levels = result.gateway.levels()
+    assert [direct.concurrency for direct, *_ in levels] == [1, 2]
+    assert all(load.failed == 0 and load.completed >= 2 for level in levels for load in level[:2])
     assert len(result.gateway.turn_ratios) == 2 and result.gateway.over_direct > 0
+    assert result.gateway.gateway_cpu_ms is not None and min(result.gateway.gateway_cpu_ms) >= 0
     [row] = result.goal_rows()  # only the gateway's goal: the profile has no other section
     assert row.measure.startswith("(f)") and row.measured == f"{result.gateway.over_direct:.3f}x"
     summary = files["summary"].read_text()

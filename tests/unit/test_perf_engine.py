@@ -275,8 +275,9 @@ def test_reports_label_the_simulated_results(tmp_path: Path) -> None:
 def test_gateway_ratio_overhead_and_a_summary_of_its_section_alone() -> None:
     direct = (_level(DIRECT_GRPC, 1, [100.0] * 8, 0.8), _level(DIRECT_GRPC, 8, [400.0] * 32, 1.6))
     through = (_level(GATEWAY_HTTP, 1, [104.0] * 8, 0.84), _level(GATEWAY_HTTP, 8, [420.0] * 32, 1.7))
-    gateway = GatewayResult(direct, through, (0.95, 0.93))
-    assert [(d.concurrency, g.p50_ms - d.p50_ms) for d, g in gateway.pairs()] == [(1, 4.0), (8, 20.0)]
+    gateway = GatewayResult(direct, through, (0.95, 0.93), (5.0, 12.0))
+    levels = [(d.concurrency, g.concurrency, ratio, overhead_ms) for d, g, ratio, overhead_ms in gateway.levels()]
+    assert levels == [(1, 1, pytest.approx(0.8 / 0.84), 4.0), (8, 8, pytest.approx(1.6 / 1.7), 20.0)]
     assert gateway.over_direct == pytest.approx(1.6 / 1.7)
     result = dataclasses.replace(
         _result(), ceiling=None, sweep=(), mixed=None, burst=None, simulated=None, gateway=gateway, planned=("gateway",)
@@ -290,6 +291,7 @@ def test_gateway_ratio_overhead_and_a_summary_of_its_section_alone() -> None:
     summary = summary_markdown(result)
     assert "## (f) The HTTP gateway against direct gRPC" in summary and "## (a)" not in summary
     assert "| gateway / direct | 8 | **0.941x** | **+20.0** |" in summary
+    assert "**12.0 ms** per request it served, 5.0 ms per direct request" in summary
     assert "c1 gateway/direct 0.952x, p50 +4.0 ms" in headline(result)
 
 
