@@ -185,7 +185,8 @@ def _write_plot(result: Run, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     engine = isinstance(result, EngineResult)
-    figure, axes = plt.subplots(1, 3 if engine else 2, figsize=(16 if engine else 12, 4.8))
+    panels = 3 if engine and result.shown(SIMULATED) else 2  # an engine profile's third: the simulated accelerator
+    figure, axes = plt.subplots(1, panels, figsize=(4 + 4 * panels, 4.8))
     (_engine_plot if engine else _perf_analyzer_plot)(result, axes)
     for axis in axes:
         axis.grid(True, alpha=0.3)
@@ -227,7 +228,7 @@ def _concurrency_axis(axis: Any, levels: list[int], label: str) -> None:
 
 
 def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
-    throughput_axis, latency_axis, simulated_axis = axes
+    throughput_axis, latency_axis, *simulated_axes = axes
     gateway = (*result.gateway.direct, *result.gateway.gateway) if result.gateway is not None else ()
     colours = ((BATCHING_ON, "tab:blue"), (BATCHING_OFF, "tab:orange"), (DIRECT_GRPC, "tab:purple"))
     for variant, colour in (*colours, (GATEWAY_HTTP, "tab:red")):
@@ -251,6 +252,9 @@ def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
         levels = sorted({*result.levels(), *(load.concurrency for load in gateway)})
         _concurrency_axis(axis, levels, "concurrency (client threads)")
     simulated = result.simulated
+    if not simulated_axes:
+        return
+    simulated_axis = simulated_axes[0]
     if simulated is not None:
         points = sorted(simulated.points, key=lambda p: p.concurrency)
         levels, low = [p.concurrency for p in points], simulated.low.images_per_s
