@@ -135,24 +135,27 @@ def end_process_group(group_id: int, *, timeout_s: float = _GROUP_EXIT_TIMEOUT_S
 _LAUNCHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdtriton-launcher")
 
 
-def launch(
-    command: Sequence[str],
-    *,
-    output: IO[bytes] | None = None,
-    environment: dict[str, str] | None = None,
-    end_with_parent: bool = True,
-) -> subprocess.Popen[bytes]:
-    """Starts ``command`` in a process group of its own (:func:`end_process_group` ends what it leaves), its
-    output (stdout and stderr) to ``output`` (None: inherited). With ``end_with_parent`` it gets SIGTERM when this
-    process dies, however it dies (``setpriv --pdeathsig``, forked from :data:`_LAUNCHER`), where setpriv exists.
-    """
-    setpriv = shutil.which(_SETPRIV) if end_with_parent else None
-    if end_with_parent and setpriv is None:
+def bound_to_this_process(command: Sequence[str]) -> list[str]:
+    """``command`` under util-linux's ``setpriv --pdeathsig TERM``: it gets SIGTERM when this process dies, however it
+    dies, so that a Python parent killed without stopping it (SIGKILL, an OOM kill, pytest ended by a timeout) leaves
+    nothing behind (measured before: tritonserver and 6 stubs kept running under init). Start it with :func:`launch`:
+    Linux sends the signal when the forking *thread* ends. Without setpriv, ``command`` as it is."""
+    setpriv = shutil.which(_SETPRIV)
+    if setpriv is None:
         logger.warning("%s not found: %s will outlive this process if it is killed", _SETPRIV, command[0])
-    bound = [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else list(command)
+        return list(command)
+    return [setpriv, "--pdeathsig", "TERM", "--", *command]
+
+
+def launch(
+    command: Sequence[str], *, output: IO[bytes] | None = None, environment: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Starts ``command`` in a process group of its own (:func:`end_process_group` ends what it leaves), its output
+    (stdout and stderr) to ``output`` (None: inherited), forked from :data:`_LAUNCHER`, which lives as long as this
+    process."""
     stderr = subprocess.STDOUT if output else None
     options = {"env": environment, "stdout": output, "stderr": stderr, "start_new_session": True}
-    return _LAUNCHER.submit(subprocess.Popen, bound, **options).result()
+    return _LAUNCHER.submit(subprocess.Popen, list(command), **options).result()
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -422,10 +425,13 @@ class TritonServer:
         if self.admin_access is not None:
             shown = shown.replace(self.admin_access.key, "***")
         logger.info("starting %s", shown)
-        # Bound to this process's life (measured before: a killed parent left tritonserver and 6 stubs under init).
-        self._process = launch(
-            self.command(), output=output, environment=environment, end_with_parent=self.end_with_parent
-        )
+        command = self._launch_command()
+
+        self._process = launch(command, output=output, environment=environment)
+
+    def _launch_command(self) -> list[str]:
+        """:meth:`command`, bound to this process's life (:func:`bound_to_this_process`) when ``end_with_parent``."""
+        return bound_to_this_process(self.command()) if self.end_with_parent else self.command()
 
     def is_ready(self) -> bool:
         try:

@@ -220,9 +220,10 @@ class PerfRun:
         yields its URL and process group once ready, and ends that group."""
         log_path, port = self.options.output_dir / f"{log_name}.log", server_module.free_port()
         command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url, "--port", str(port)]
+        command += ["--data-dir", str(self.variants / log_name)]
         server_module.rotate_log(log_path)
         with log_path.open("wb") as log:
-            process = server_module.launch([*command, "--data-dir", str(self.variants / log_name)], output=log)
+            process = server_module.launch(server_module.bound_to_this_process(command), output=log)
         url = f"http://127.0.0.1:{port}"
         try:
             load.connected(load.GatewayClient(url, timeout_s=_SERVER_START_S), url).close()
