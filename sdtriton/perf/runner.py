@@ -595,5 +595,5 @@ class PerfRun:
         sides = [
             [level for (v, _), level in merged.items() if v == side] for side in (model.DIRECT_GRPC, model.GATEWAY_HTTP)
         ]
-        cpu_ms = [1000 * cpu_s[side[0].variant] / max(1, sum(load.completed for load in side)) for side in sides]
+        cpu_ms = [1000 * cpu_s[side[0].variant] / max(1, sum(level.completed for level in side)) for side in sides]
         return model.GatewayResult(*map(tuple, sides), ratios, tuple(cpu_ms))
