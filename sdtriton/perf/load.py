@@ -5,14 +5,18 @@ perf_analyzer gives one latency distribution per run; the engine profile's loads
 (short and long requests at once) or the answer of every request of a burst, so each of its senders keeps its own
 records. Classes are client threads (:class:`sdtriton.client.StableDiffusionClient`) sending back to back; a burst
 is asyncio clients (:class:`sdtriton.client.AsyncStableDiffusionClient`) released together. Each client has its
-own gRPC channel, connected before the load starts.
+own gRPC channel (or, through the HTTP gateway, its own :class:`GatewayClient` connection), connected before the
+load starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
+import http.client
 import io
+import json
 import logging
 import os
 import shutil
@@ -22,7 +26,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+from PIL import Image
 from tqdm.auto import tqdm
 
 from sdtriton import interface
@@ -173,7 +180,44 @@ def _record(load: str, request_class: str, client: int, origin: float, sent_at: 
     return RequestRecord(load, request_class, client, sent_at - origin, latency_ms, outcome, message, error_type)
 
 
-def _connected(client: StableDiffusionClient, url: str) -> StableDiffusionClient:
+class GatewayClient:
+    """:class:`StableDiffusionClient`'s ``generate`` as ``POST /v1/images/generations`` to an ``sdtriton gateway``
+    (``http://host:port``) over one kept-alive connection (:mod:`http.client`, light beside the gRPC client): every
+    input in the body, the image back as ``b64_json``; a refusal raises :class:`SdTritonError` with its message."""
+
+    def __init__(self, url: str, *, timeout_s: float | None = None) -> None:
+        parts = urlsplit(url)
+        self._connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        try:
+            data = None if body is None else json.dumps(body)
+            self._connection.request(method, path, data, {"Content-Type": "application/json"})
+            response = self._connection.getresponse()
+            return response.status, json.loads(response.read())
+        except BaseException:
+            self._connection.close()  # opened again by the next request
+            raise
+
+    def is_ready(self) -> bool:
+        try:
+            return self._call("GET", "/readyz")[0] == 200
+        except OSError:
+            return False
+
+    def generate(self, prompt: str, *, width: int, height: int, **parameters: Any) -> Image.Image:
+        body = {"prompt": prompt, "size": f"{width}x{height}", "response_format": "b64_json", **parameters}
+        status, answer = self._call("POST", "/v1/images/generations", body)
+        if status != 200:
+            raise SdTritonError(f"{answer['error']['message']} (HTTP {status})")
+        return Image.open(io.BytesIO(base64.b64decode(answer["data"][0]["b64_json"]))).convert("RGB")
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def connected(client: StableDiffusionClient, url: str) -> StableDiffusionClient:
+    """``client`` once its server answers ready; :class:`SdTritonError` (the client closed) after 30 s."""
     deadline = time.monotonic() + _CONNECT_TIMEOUT_S
     while not client.is_ready():
         if time.monotonic() > deadline:
@@ -183,8 +227,11 @@ def _connected(client: StableDiffusionClient, url: str) -> StableDiffusionClient
     return client
 
 
-def run_classes(url: str, classes: Sequence[ClientClass], *, load: str, show_progress: bool = True) -> Load:
+def run_classes(
+    url: str, classes: Sequence[ClientClass], *, load: str, show_progress: bool = True, gateway: bool = False
+) -> Load:
     """Runs every class's threads at once; returns their records (by start time) and the load's duration.
+    ``gateway``: ``url`` is an ``sdtriton gateway``'s, and each thread sends through a :class:`GatewayClient`.
 
     Threads of a class with ``requests_per_client`` None keep sending until the bounded classes are done
     (their last request may end after that). At least one class must be bounded.
@@ -225,7 +272,8 @@ def run_classes(url: str, classes: Sequence[ClientClass], *, load: str, show_pro
 
     try:
         for client_class in senders:
-            clients.append(_connected(StableDiffusionClient(url, timeout_s=client_class.timeout_s), url))
+            connect = GatewayClient if gateway else StableDiffusionClient
+            clients.append(connected(connect(url, timeout_s=client_class.timeout_s), url))
         threads = [
             threading.Thread(target=send_all, args=(c, client, index), name=f"{load}-{c.name}-{index}", daemon=True)
             for index, (c, client) in enumerate(zip(senders, clients, strict=True))

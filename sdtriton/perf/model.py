@@ -38,6 +38,7 @@ GOAL_C1_OVER_PLAIN_LOOP = 1.05  # served p50 at concurrency 1 over the plain loo
 GOAL_SHORT_P99_OVER_SHORT_ONLY = 2.0  # short requests' p99 beside long ones over their p99 alone: under
 GOAL_REFUSAL_MS = 50.0  # every refused request of a burst answered within: under
 GOAL_SIMULATED_SHARE_OF_ALLOWED = 0.90  # simulated c_high/c_low throughput ratio over what the model allows: at least
+GOAL_GATEWAY_OVER_DIRECT = 0.95  # images/s through the HTTP gateway over direct gRPC, at the highest level: at least
 
 # Loads, and the request classes of their records: the paths timed one request at a time, the in-process engine,
 # the served loads.
@@ -49,6 +50,8 @@ BATCHING_ON = "batching_on"
 BATCHING_OFF = "batching_off"
 CEILING_SERVED = "ceiling_served"  # the batching-on server's loads measured in turns with the in-process ceiling
 SIMULATED = "simulated"
+DIRECT_GRPC = "direct_grpc"  # the gateway section's two sides: the client straight to Triton, HTTP to the gateway
+GATEWAY_HTTP = "gateway_http"
 SHORT = "short"
 LONG = "long"
 BURST = "burst"
@@ -150,6 +153,10 @@ class Load:
     @property
     def p90_ms(self) -> float:
         return self.percentile_ms(90)
+
+    @property
+    def p95_ms(self) -> float:
+        return self.percentile_ms(95)
 
     @property
     def p99_ms(self) -> float:
@@ -670,15 +677,50 @@ class SimulatedResult:
         return self.measured_ratio / self.unet_only_allowed_ratio
 
 
+@dataclass(frozen=True)
+class GatewayResult:
+    """(f) The same requests straight to Triton over gRPC and through the HTTP gateway, each level's turns merged;
+    ``turn_ratios``: gateway/direct images/s of each turn at the highest level; ``gateway_cpu_ms``: the gateway
+    process's CPU time per request completed during the direct side's loads (idle) and its own (serving them)."""
+
+    direct: tuple[Load, ...]
+    gateway: tuple[Load, ...]
+    turn_ratios: tuple[float, ...] = ()
+    gateway_cpu_ms: tuple[float, float] | None = None  # None: not measured
+
+    def levels(self) -> list[tuple[Load, Load, float, float]]:
+        """(direct, gateway, gateway/direct images/s, p50 overhead ms) at each level both sides completed requests."""
+        gateway = {load.concurrency: load for load in self.gateway if load.completed}
+        pairs = [(d, gateway[d.concurrency]) for d in self.direct if d.completed and d.concurrency in gateway]
+        return [
+            (d, g, g.images_per_s / d.images_per_s, g.p50_ms - d.p50_ms)
+            for d, g in sorted(pairs, key=lambda p: p[0].concurrency)
+        ]
+
+    @property
+    def over_direct(self) -> float | None:
+        """Gateway/direct images/s at the highest level both measured."""
+        return self.levels()[-1][2] if self.levels() else None
+
+
+_SECTION_LETTERS = dict(zip(("ceiling", "sweep", "mixed", "burst", "simulated", "gateway"), "abcdef", strict=True))
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineResult(Run):
-    """The engine profile; a section that did not run is None (see ``skipped``)."""
+    """The engine profile; a section that did not run is None (see ``skipped``). ``planned``: the sections its
+    profile has (shown in the summary, run or not); the others are shown only when they ran."""
 
     ceiling: CeilingResult | None = None
     sweep: tuple[Load, ...] = ()
     mixed: MixedResult | None = None
     burst: BurstResult | None = None
     simulated: SimulatedResult | None = None
+    gateway: GatewayResult | None = None
+    planned: tuple[str, ...] = ("ceiling", "sweep", "mixed", "burst", "simulated")
+
+    def shown(self, section: str) -> bool:
+        return section in self.planned or bool(getattr(self, section))
 
     def sweep_point(self, variant: str, concurrency: int) -> Load | None:
         points = (p for p in self.sweep if (p.variant, p.concurrency) == (variant, concurrency) and p.completed)
@@ -741,7 +783,12 @@ class EngineResult(Run):
             measured = "" if share is None else f"{share:.1%}"
             goal, met = f">= {GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}", _met(share, ">=", GOAL_SIMULATED_SHARE_OF_ALLOWED)
             rows.append(GoalRow(f"(e) SIMULATED: {measure}", measured, goal, met, simulated=True))
-        return rows
+        gateway = self.gateway.over_direct if self.gateway is not None else None
+        level = self.gateway.levels()[-1][0].concurrency if gateway else "?"
+        measure = f"(f) gateway / direct gRPC images/s at concurrency {level}"
+        rows.append(_ratio_goal(measure, gateway, ">=", GOAL_GATEWAY_OVER_DIRECT))
+        shown = {letter for section, letter in _SECTION_LETTERS.items() if self.shown(section)}
+        return [row for row in rows if row.measure[1] in shown]
 
 
 _BURST_ALL = (

@@ -9,8 +9,9 @@ leave a measurement window empty, and a profile's time is known.
 
 An engine profile (an ``engine`` section) measures the diffusion engine rather than one request's cost:
 how close the served throughput comes to the engine's own compute ceiling, what step-level batching buys at each
-concurrency, whether short requests stay fast beside long ones, how a burst past the queue limit is refused, and
-how throughput scales on a simulated accelerator; a section left out is not run.
+concurrency, whether short requests stay fast beside long ones, how a burst past the queue limit is refused,
+how throughput scales on a simulated accelerator, and what the HTTP gateway costs against direct gRPC; a section
+left out is not run.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class PerfOptions:
         metadata=_cli(
             "a profile of perf/scenarios.json: shapes (the default model; default once its weights exist), "
             "tiny (default until then), sd15 (heavy: SD 1.5 shapes, ~4 GB, bounded to 10 minutes), engine and "
-            "transformer (the diffusion engine on the default model and on a tiny SD 3.5)",
+            "transformer (the diffusion engine on the default model and on a tiny SD 3.5), gateway (the HTTP "
+            "gateway against direct gRPC)",
             type=str,
         ),
     )
@@ -261,6 +263,18 @@ class SimulatedSpec(_ClosedLoopLevels):
     turns: int = 2
 
 
+@dataclass(frozen=True)
+class GatewaySpec(_ClosedLoopLevels):
+    """(f) The base request through a real ``sdtriton gateway`` process (HTTP POSTs, client threads) and straight to
+    the same server over gRPC (:class:`sdtriton.client.StableDiffusionClient`), at each level, in ``turns`` that
+    alternate which side goes first; the last level's images/s ratio is judged."""
+
+    levels: tuple[int, ...] = (1, 8)
+    min_requests: int = 16
+    requests_per_concurrency: int = 4
+    turns: int = 4
+
+
 @dataclass(frozen=True, kw_only=True)
 class Profile:
     """A profile: ``model`` is a ``sdtriton make-tiny`` profile or family (``tiny``, ``sd15``, ``sd35``: made at run
@@ -280,11 +294,17 @@ class Profile:
     mixed: MixedSpec | None = None
     burst: BurstSpec | None = None
     simulated: SimulatedSpec | None = None
+    gateway: GatewaySpec | None = None
 
     @property
     def engine(self) -> bool:
         """An engine profile (no perf_analyzer baseline)."""
         return self.baseline is None
+
+    @property
+    def engine_sections(self) -> tuple[str, ...]:
+        """The engine sections this profile measures, in order."""
+        return tuple(name for name in _SECTIONS if getattr(self, name) is not None)
 
     def input_data_files(self) -> list[str]:
         return sorted({self.input_data, *(scenario.input_data for scenario in self.scenarios)})
@@ -302,6 +322,7 @@ _SECTIONS = {
     "mixed": MixedSpec,
     "burst": BurstSpec,
     "simulated": SimulatedSpec,
+    "gateway": GatewaySpec,
 }
 
 

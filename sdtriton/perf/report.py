@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any
 from sdtriton.perf.model import (
     BATCHING_OFF,
     BATCHING_ON,
+    DIRECT_GRPC,
+    GATEWAY_HTTP,
+    GOAL_GATEWAY_OVER_DIRECT,
     GOAL_REFUSAL_MS,
     GOAL_SIMULATED_SHARE_OF_ALLOWED,
     IN_PROCESS,
@@ -40,7 +44,7 @@ ENGINE_LOAD_CSV_NAME, REQUESTS_CSV_NAME = "engine_load_points.csv", "engine_requ
 GOALS_CSV_NAME, ENGINE_PLOT_NAME = "engine_goals.csv", "engine_sweep.png"
 # Other processes' share of the CPU above which the summary says the run shared the machine.
 OTHER_CPU_SHARE_NOTE = 0.05
-_PERCENTILES = ("p50", "p90", "p99", "mean")
+_PERCENTILES = ("p50", "p90", "p95", "p99", "mean")
 _ENGINE_LOAD_COLUMNS = (
     *("section", "variant", "simulated", "concurrency", "requests", "failed", "duration_s", "images_per_s"),
     *(f"{name}_ms" for name in _PERCENTILES),
@@ -52,7 +56,12 @@ _REQUEST_COLUMNS = (
 _GOAL_COLUMNS = ("measure", "measured", "goal", "verdict", "simulated")
 _POINT_TIMES = ("p50_ms", "p90_ms", "p99_ms", "avg_ms", "server_queue_ms", "server_compute_ms")
 _PATH_COLUMNS = ("series", "num_inference_steps", "runs", "median_ms", "min_ms", "max_ms", "latencies_ms")
-_VARIANT_LABELS = {BATCHING_ON: "step batching on", BATCHING_OFF: "step batching off"}
+_VARIANT_LABELS = {
+    BATCHING_ON: "step batching on",
+    BATCHING_OFF: "step batching off",
+    DIRECT_GRPC: "direct gRPC",
+    GATEWAY_HTTP: "HTTP gateway",
+}
 _NOT_RUN = ["Not run (see below)."]
 
 
@@ -144,6 +153,8 @@ def engine_load_rows(result: EngineResult) -> list[list[object]]:
         for run in (simulated.non_unet_low, simulated.non_unet_high):
             rows.append(_load_row(SIMULATED, run, "in_process_engine_zero_time_unet"))
         rows += [_load_row(SIMULATED, point) for point in simulated.points]
+    if result.gateway is not None:
+        rows += [_load_row("gateway", load) for load in (*result.gateway.direct, *result.gateway.gateway)]
     return rows
 
 
@@ -155,6 +166,7 @@ def _request_rows(result: EngineResult) -> Iterable[list[object]]:
     loads = [result.ceiling.served_one, result.ceiling.served] if result.ceiling is not None else []
     loads += [*result.sweep, *(result.simulated.points if result.simulated is not None else ())]
     loads += [result.mixed.short_only, result.mixed.mixed] if result.mixed is not None else []
+    loads += [*result.gateway.direct, *result.gateway.gateway] if result.gateway is not None else []
     records = [record for load in loads for record in load.records]
     if result.burst is not None:
         records += [*result.burst.warmup_records, *result.burst.records]
@@ -173,7 +185,8 @@ def _write_plot(result: Run, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     engine = isinstance(result, EngineResult)
-    figure, axes = plt.subplots(1, 3 if engine else 2, figsize=(16 if engine else 12, 4.8))
+    panels = 3 if engine and result.shown(SIMULATED) else 2  # an engine profile's third: the simulated accelerator
+    figure, axes = plt.subplots(1, panels, figsize=(4 + 4 * panels, 4.8))
     (_engine_plot if engine else _perf_analyzer_plot)(result, axes)
     for axis in axes:
         axis.grid(True, alpha=0.3)
@@ -215,9 +228,11 @@ def _concurrency_axis(axis: Any, levels: list[int], label: str) -> None:
 
 
 def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
-    throughput_axis, latency_axis, simulated_axis = axes
-    for variant, colour in ((BATCHING_ON, "tab:blue"), (BATCHING_OFF, "tab:orange")):
-        points = sorted((p for p in result.sweep if p.variant == variant), key=lambda p: p.concurrency)
+    throughput_axis, latency_axis, *simulated_axes = axes
+    gateway = (*result.gateway.direct, *result.gateway.gateway) if result.gateway is not None else ()
+    colours = ((BATCHING_ON, "tab:blue"), (BATCHING_OFF, "tab:orange"), (DIRECT_GRPC, "tab:purple"))
+    for variant, colour in (*colours, (GATEWAY_HTTP, "tab:red")):
+        points = sorted((p for p in (*result.sweep, *gateway) if p.variant == variant), key=lambda p: p.concurrency)
         levels, label = [p.concurrency for p in points], _VARIANT_LABELS[variant]
         if points:
             throughput_axis.plot(levels, [p.images_per_s for p in points], "o-", color=colour, label=label)
@@ -233,9 +248,13 @@ def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
         throughput_axis.axhline(plain_per_s, color="grey", linestyle=":", label="plain loop, one at a time")
     for axis, measure in ((throughput_axis, "throughput (images/s)"), (latency_axis, "latency (ms)")):
         axis.set_ylabel(measure)
-        axis.set_title(f"{result.profile}: {measure.split(' (')[0]}, step batching on/off")
-        _concurrency_axis(axis, result.levels(), "concurrency (client threads, gRPC)")
+        axis.set_title(f"{result.profile}: {measure.split(' (')[0]} against concurrency")
+        levels = sorted({*result.levels(), *(load.concurrency for load in gateway)})
+        _concurrency_axis(axis, levels, "concurrency (client threads)")
     simulated = result.simulated
+    if not simulated_axes:
+        return
+    simulated_axis = simulated_axes[0]
     if simulated is not None:
         points = sorted(simulated.points, key=lambda p: p.concurrency)
         levels, low = [p.concurrency for p in points], simulated.low.images_per_s
@@ -390,15 +409,18 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
 
 
 def _engine_sections(result: EngineResult) -> list[str]:
+    """The goals, then each section the profile has or that ran."""
     sections = (
-        ("Goals", _goal_table(result.goal_rows())),
-        ("(a) Compute ceiling against served throughput", _ceiling_lines(result)),
-        ("(b) Concurrency sweep, step batching on and off", _sweep_lines(result)),
-        ("(c) Mixed steps: short requests beside long ones", _mixed_lines(result)),
-        ("(d) A burst past the queue limit", _burst_lines(result)),
-        ("(e) SIMULATED accelerator", _simulated_lines(result)),
+        ("goals", "Goals", _goal_table(result.goal_rows())),
+        ("ceiling", "(a) Compute ceiling against served throughput", _ceiling_lines(result)),
+        ("sweep", "(b) Concurrency sweep, step batching on and off", _sweep_lines(result)),
+        ("mixed", "(c) Mixed steps: short requests beside long ones", _mixed_lines(result)),
+        ("burst", "(d) A burst past the queue limit", _burst_lines(result)),
+        ("simulated", "(e) SIMULATED accelerator", _simulated_lines(result)),
+        ("gateway", "(f) The HTTP gateway against direct gRPC", _gateway_lines(result)),
     )
-    return [line for title, body in sections for line in ("", f"## {title}", "", *body)]
+    shown = [(title, body) for name, title, body in sections if name == "goals" or result.shown(name)]
+    return [line for title, body in shown for line in ("", f"## {title}", "", *body)]
 
 
 def _level_cells(level: Load | None, digits: int = 1) -> list[str]:
@@ -564,6 +586,36 @@ def _simulated_lines(result: EngineResult) -> list[str]:
     ]
 
 
+def _gateway_lines(result: EngineResult) -> list[str]:
+    gateway = result.gateway
+    if gateway is None or not gateway.levels():
+        return _NOT_RUN
+    header = ("path", "concurrency", "images/s", "p50 ms", "p95 ms", "p99 ms", "requests", "failed")
+    rows = []
+    for direct, through, ratio, overhead_ms in gateway.levels():
+        for load in (direct, through):
+            times = [f"{load.percentile_ms(q):.1f}" for q in (50, 95, 99)]
+            counts = [len(load.records), load.failed]
+            rows.append([_VARIANT_LABELS[load.variant], load.concurrency, f"{load.images_per_s:.2f}", *times, *counts])
+        rows.append(["gateway / direct", direct.concurrency, f"**{ratio:.3f}x**", f"**{overhead_ms:+.1f}**", *[""] * 4])
+    idle_ms, serving_ms = gateway.gateway_cpu_ms or (math.nan, math.nan)
+    return [
+        "The base request, same seed and parameters, from client threads (a connection each, back to back): straight "
+        "to Triton over gRPC (`StableDiffusionClient`), and as `POST /v1/images/generations` (`b64_json`) to a real "
+        "`sdtriton gateway` process in front of the same server. Levels ran in turns whose first side alternates; "
+        "the clients share this CPU with the server and the gateway. Per level: the images/s ratio and the p50 "
+        "overhead per request (gateway minus direct, ms).",
+        "",
+        *_table("lrrrrrrr", header, rows),
+        "",
+        f"Gateway / direct images/s at concurrency {gateway.levels()[-1][0].concurrency}: "
+        f"**{gateway.over_direct:.3f}x** (goal >= {GOAL_GATEWAY_OVER_DIRECT}; by turn: "
+        f"{', '.join(f'{ratio:.3f}' for ratio in gateway.turn_ratios)}). The gateway process's own CPU time (its "
+        f"process group's, from `/proc`; other work inflates it far less than latencies): **{serving_ms:.1f} ms** "
+        f"per request it served, {idle_ms:.1f} ms per direct request while it stood idle beside them.",
+    ]
+
+
 def headline(result: Run) -> str:
     """The run's paragraph for the terminal: the concurrency-1 comparison, or an engine run's headline ratios."""
     if isinstance(result, PerfResult):
@@ -590,6 +642,8 @@ def headline(result: Run) -> str:
             f"SIMULATED c{sim.high.concurrency}/c{sim.low.concurrency} {sim.measured_ratio:.2f}x = "
             f"{sim.share_of_allowed:.1%} of the allowed {sim.allowed_ratio:.2f}x"
         )
+    for direct, _, ratio, overhead_ms in result.gateway.levels() if result.gateway is not None else ():
+        parts.append(f"c{direct.concurrency} gateway/direct {ratio:.3f}x, p50 {overhead_ms:+.1f} ms")
     missed = [row.measure for row in result.goal_rows() if row.met is False]
     verdict = f"goals missed: {'; '.join(missed)}" if missed else "every measured goal met"
     return f"Engine ({result.profile}): {'; '.join(parts) or 'nothing measured'}. {verdict}."

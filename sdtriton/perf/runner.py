@@ -11,7 +11,8 @@ in the summary, as are failed requests and a server that died.
 - engine profile: the plain loop, the engine over ONNX Runtime at the ceiling's concurrency (the compute ceiling)
   and with a UNet that takes no time (the non-UNet parts), measured in turns with the server loads they are
   compared with; the batching-on and batching-off servers (ceiling, sweep, mixed steps), the burst one (a small
-  ``max_pending_requests``), the simulated-accelerator one. Every served load is client threads over gRPC.
+  ``max_pending_requests``), the simulated-accelerator one, the gateway's server with a real ``sdtriton gateway``
+  process in front of it. Every served load is client threads, over gRPC or HTTP POSTs to the gateway.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -35,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sdtriton import interface
+from sdtriton import server as server_module
 from sdtriton.client import SdTritonError, StableDiffusionClient
 from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
 from sdtriton.perf import load, model, paths, report, repositories
@@ -210,6 +214,26 @@ class PerfRun:
                 self.skipped.append(f"{log_name}: tritonserver DIED during its loads (FAILED; log: {log_path})")
             server.stop()
 
+    @contextmanager
+    def gateway_process(self, grpc_url: str, log_name: str) -> Iterator[tuple[str, int]]:
+        """A real ``sdtriton gateway`` in front of ``grpc_url`` on a free loopback port, logged beside the servers;
+        yields its URL and process group once ready, and ends that group."""
+        log_path, port = self.options.output_dir / f"{log_name}.log", server_module.free_port()
+        command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url, "--port", str(port)]
+        command += ["--data-dir", str(self.variants / log_name)]
+        server_module.rotate_log(log_path)
+        with log_path.open("wb") as log:
+            process = server_module.launch(server_module.bound_to_this_process(command), output=log)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            load.connected(load.GatewayClient(url, timeout_s=_SERVER_START_S), url).close()
+            yield url, process.pid
+        finally:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=_SERVER_START_S)
+            server_module.end_process_group(process.pid)
+
     def common(self) -> dict[str, object]:
         """The fields of :class:`~sdtriton.perf.model.Run`, read after every server stopped."""
         cpu_after, elapsed_s = _cpu_times(), time.monotonic() - self.started
@@ -384,12 +408,19 @@ class PerfRun:
         run, steps = self.served.plain_loop()(self.request), self.request.num_inference_steps
         return paths.timed_runs(run, path=model.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)[0]
 
-    def load(self, server: TritonServer, variant: str, concurrency: int, requests: int) -> Load:
-        """``concurrency`` client threads over gRPC sending the base request, ``requests`` in all (rounded up)."""
+    def load(
+        self, server: TritonServer, variant: str, concurrency: int, requests: int, *, gateway_url: str | None = None
+    ) -> Load:
+        """``concurrency`` client threads over gRPC sending the base request, ``requests`` in all (rounded up); with
+        ``gateway_url``, as HTTP POSTs to that gateway (in front of ``server``)."""
         timeout_s = self.timeout_s(self.request.num_inference_steps, concurrency)
         client_class = load.ClientClass(variant, self.request, concurrency, _in_turns(requests, concurrency), timeout_s)
         sent = load.run_classes(
-            server.address.grpc_url, [client_class], load=f"{variant}_c{concurrency}", show_progress=self.show
+            gateway_url or server.address.grpc_url,
+            [client_class],
+            load=f"{variant}_c{concurrency}",
+            show_progress=self.show,
+            gateway=gateway_url is not None,
         )
         self.skipped += _failures(f"{variant} c={concurrency}", sent.records)
         return Load(variant, concurrency, sent.records, sent.duration_s)
@@ -398,7 +429,7 @@ class PerfRun:
         """The engine profile's sections: the in-process sides first, then one server (or the two of the sweep) at a
         time."""
         p, self.variants, on_repository = self.profile, work_dir / "engine_variants", repository
-        ceiling, sweep, mixed, burst, simulated = p.ceiling, p.sweep, p.mixed, p.burst, p.simulated
+        ceiling, sweep, mixed, burst, simulated, gateway = p.ceiling, p.sweep, p.mixed, p.burst, p.simulated, p.gateway
         if sweep and sweep.batching_on != repositories.engine_limits_of(on_repository).max_running_images:
             on_repository = self.variant(BATCHING_ON, on_repository, max_running_images=sweep.batching_on)
         # The in-process sessions stay loaded, idle while a server is measured: the two sides of (a) and the
@@ -438,11 +469,13 @@ class PerfRun:
             repository = repositories.simulated_repository(on_repository, self.variants / SIMULATED, simulated.latency)
             with self.engine_server(repository, SIMULATED) as server:
                 sections["simulated"] = self.simulated(server, simulated)
+        if gateway and self.fits("gateway", _SERVER_START_S + 2 * gateway.requests * image_s):
+            with self.engine_server(on_repository, "gateway") as server:
+                with self.gateway_process(server.address.grpc_url, "gateway") as (url, group):
+                    sections["gateway"] = self.gateway(server, url, group, gateway)
         del self.served  # the in-process sessions go
         gc.collect()
-        if ceiling is None:
-            self.skipped.append("ceiling: not in this profile")
-        return model.EngineResult(**self.common(), **sections)
+        return model.EngineResult(**self.common(), **sections, planned=p.engine_sections)
 
     def ceiling(self, server: TritonServer, spec) -> model.CeilingResult | None:
         """In turns: in-process and served at the ceiling's concurrency, the plain loop and served at 1."""
@@ -540,3 +573,27 @@ class PerfRun:
         measured, share = result.measured_ratio, 100 * result.share_of_allowed
         logger.info("SIMULATED %s: measured %.2fx, %.1f%% of the allowed", spec.latency, measured, share)
         return result
+
+    def gateway(self, server: TritonServer, url: str, group: int, spec) -> model.GatewayResult:
+        """Each level straight to Triton and through the gateway, in turns whose first side alternates, after one
+        untimed load through the gateway at the highest level (its connections, the server's largest batch); and
+        the CPU seconds the gateway's process ``group`` used during each side's loads."""
+        high, parts, cpu_s = spec.levels[-1], {}, dict.fromkeys((model.DIRECT_GRPC, model.GATEWAY_HTTP), 0.0)
+        self.load(server, f"{model.GATEWAY_HTTP}_warmup", high, high, gateway_url=url)
+        for turn in range(spec.turns):
+            sides = [(model.DIRECT_GRPC, None), (model.GATEWAY_HTTP, url)][:: -1 if turn % 2 else 1]
+            for concurrency in spec.levels:
+                requests = _in_turns(spec.request_count(concurrency), spec.turns)
+                for variant, gateway_url in sides:
+                    before_s = server_module.process_group_cpu_s(group)
+                    level = self.load(server, variant, concurrency, requests, gateway_url=gateway_url)
+                    cpu_s[variant] += server_module.process_group_cpu_s(group) - before_s
+                    parts.setdefault((variant, concurrency), []).append(level)
+        pairs = zip(parts[model.DIRECT_GRPC, high], parts[model.GATEWAY_HTTP, high], strict=True)
+        ratios = tuple(g.images_per_s / d.images_per_s for d, g in pairs if d.completed and g.completed)
+        merged = {key: Load.merged(turns) for key, turns in parts.items()}
+        sides = [
+            [level for (v, _), level in merged.items() if v == side] for side in (model.DIRECT_GRPC, model.GATEWAY_HTTP)
+        ]
+        cpu_ms = [1000 * cpu_s[side[0].variant] / max(1, sum(level.completed for level in side)) for side in sides]
+        return model.GatewayResult(*map(tuple, sides), ratios, tuple(cpu_ms))

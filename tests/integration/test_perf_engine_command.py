@@ -1,4 +1,5 @@
-"""``sdtriton perf`` on a one-level engine profile: every section through real servers, no failed request."""
+"""``sdtriton perf`` on a one-level engine profile: every section through real servers, no failed request; and the
+gateway profile's comparison through a real ``sdtriton gateway`` process."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, LONG, SHORT, EngineResult
+from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, GATEWAY_HTTP, LONG, SHORT, EngineResult
 from sdtriton.perf.profiles import DEFAULT_PERF_DIR, INPUT_DATA_DIR_NAME, PerfOptions
 from sdtriton.perf.runner import run_perf
 from sdtriton.perf.workload import input_data_text, load_input_data
@@ -32,7 +33,12 @@ _ENGINE = {
 def engine_perf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     perf_dir = tmp_path_factory.mktemp("engine_perf_dir")
     profile = {"description": "smoke: the tiny model, one level", "model": "tiny", "time_limit_s": 300}
-    (perf_dir / "scenarios.json").write_text(json.dumps({"profiles": {"engine_smoke": {**profile, "engine": _ENGINE}}}))
+    gateway = {
+        "input_data": "fixed.json",
+        "gateway": {"levels": [1, 2], "min_requests": 2, "requests_per_concurrency": 1, "turns": 2},
+    }
+    profiles = {"engine_smoke": {**profile, "engine": _ENGINE}, "gateway_smoke": {**profile, "engine": gateway}}
+    (perf_dir / "scenarios.json").write_text(json.dumps({"profiles": profiles}))
     (perf_dir / INPUT_DATA_DIR_NAME).mkdir()
     requests = load_input_data(DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / "default_fixed.json")
     text = input_data_text([request.with_steps(_STEPS) for request in requests])
@@ -40,19 +46,22 @@ def engine_perf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return perf_dir
 
 
-def test_engine_profile_runs_every_section(
-    engine_perf_dir: Path, tiny_model_dir: Path, tiny_repository: Path, tmp_path: Path
-) -> None:
-    options = PerfOptions(
-        profile="engine_smoke",
+def _options(profile: str, perf_dir: Path, model_dir: Path, repository: Path, tmp_path: Path) -> PerfOptions:
+    return PerfOptions(
+        profile=profile,
         output_dir=tmp_path / "out",
-        perf_dir=engine_perf_dir,
-        model_dir=tiny_model_dir,
-        repository=tiny_repository,
+        perf_dir=perf_dir,
+        model_dir=model_dir,
+        repository=repository,
         work_dir=tmp_path / "work",
         show_progress=False,
     )
-    result, files = run_perf(options)
+
+
+def test_engine_profile_runs_every_section(
+    engine_perf_dir: Path, tiny_model_dir: Path, tiny_repository: Path, tmp_path: Path
+) -> None:
+    result, files = run_perf(_options("engine_smoke", engine_perf_dir, tiny_model_dir, tiny_repository, tmp_path))
 
     assert isinstance(result, EngineResult)
     assert not [reason for reason in result.skipped if "FAILED" in reason], result.skipped
@@ -73,3 +82,22 @@ def test_engine_profile_runs_every_section(
     assert set(files) == {"load_csv", "requests_csv", "goals_csv", "plot", "summary"}
     assert all(path.is_file() and path.stat().st_size > 0 for path in files.values())
     assert "## (e) SIMULATED accelerator" in files["summary"].read_text()
+
+
+def test_gateway_profile_compares_the_gateway_with_direct_grpc(
+    engine_perf_dir: Path, tiny_model_dir: Path, tiny_repository: Path, tmp_path: Path
+) -> None:
+    result, files = run_perf(_options("gateway_smoke", engine_perf_dir, tiny_model_dir, tiny_repository, tmp_path))
+
+    assert isinstance(result, EngineResult) and result.gateway is not None
+    assert not result.skipped, result.skipped
+    levels = result.gateway.levels()
+    assert [direct.concurrency for direct, *_ in levels] == [1, 2]
+    assert all(load.failed == 0 and load.completed >= 2 for level in levels for load in level[:2])
+    assert len(result.gateway.turn_ratios) == 2 and result.gateway.over_direct > 0
+    assert result.gateway.gateway_cpu_ms is not None and min(result.gateway.gateway_cpu_ms) >= 0
+    [row] = result.goal_rows()  # only the gateway's goal: the profile has no other section
+    assert row.measure.startswith("(f)") and row.measured == f"{result.gateway.over_direct:.3f}x"
+    summary = files["summary"].read_text()
+    assert "## (f) The HTTP gateway against direct gRPC" in summary and "## (a)" not in summary
+    assert GATEWAY_HTTP in files["load_csv"].read_text()

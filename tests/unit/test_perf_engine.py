@@ -15,6 +15,8 @@ from sdtriton.perf.model import (
     BATCHING_OFF,
     BATCHING_ON,
     CEILING_SERVED,
+    DIRECT_GRPC,
+    GATEWAY_HTTP,
     IN_PROCESS,
     LONG,
     SHORT,
@@ -22,6 +24,7 @@ from sdtriton.perf.model import (
     BurstResult,
     CeilingResult,
     EngineResult,
+    GatewayResult,
     Load,
     MachineInfo,
     MixedResult,
@@ -269,10 +272,37 @@ def test_reports_label_the_simulated_results(tmp_path: Path) -> None:
     assert "served/ceiling 0.833x" in text and "SIMULATED c8/c1" in text and "goals missed" in text
 
 
+def test_gateway_ratio_overhead_and_a_summary_of_its_section_alone() -> None:
+    direct = (_level(DIRECT_GRPC, 1, [100.0] * 8, 0.8), _level(DIRECT_GRPC, 8, [400.0] * 32, 1.6))
+    through = (_level(GATEWAY_HTTP, 1, [104.0] * 8, 0.84), _level(GATEWAY_HTTP, 8, [420.0] * 32, 1.7))
+    gateway = GatewayResult(direct, through, (0.95, 0.93), (5.0, 12.0))
+    levels = [(d.concurrency, g.concurrency, ratio, overhead_ms) for d, g, ratio, overhead_ms in gateway.levels()]
+    assert levels == [(1, 1, pytest.approx(0.8 / 0.84), 4.0), (8, 8, pytest.approx(1.6 / 1.7), 20.0)]
+    assert gateway.over_direct == pytest.approx(1.6 / 1.7)
+    result = dataclasses.replace(
+        _result(), ceiling=None, sweep=(), mixed=None, burst=None, simulated=None, gateway=gateway, planned=("gateway",)
+    )
+    [row] = result.goal_rows()
+    assert (row.measure, row.measured, row.verdict) == (
+        "(f) gateway / direct gRPC images/s at concurrency 8",
+        "0.941x",
+        "MISSED",
+    )
+    summary = summary_markdown(result)
+    assert "## (f) The HTTP gateway against direct gRPC" in summary and "## (a)" not in summary
+    assert "| gateway / direct | 8 | **0.941x** | **+20.0** |" in summary
+    assert "**12.0 ms** per request it served, 5.0 ms per direct request" in summary
+    assert "c1 gateway/direct 0.952x, p50 +4.0 ms" in headline(result)
+
+
 def test_the_committed_engine_profiles() -> None:
     profiles = load_profiles(DEFAULT_PERF_DIR)
     engine_profiles = {name: p for name, p in profiles.items() if p.engine}
-    assert set(engine_profiles) == {"engine", "transformer"}
+    assert set(engine_profiles) == {"engine", "transformer", "gateway"}
+    # The gateway profile: the tiny model, the gateway against direct gRPC at concurrency 1 and 8, nothing else.
+    gateway = engine_profiles["gateway"]
+    assert gateway.model == "tiny" and gateway.engine_sections == ("gateway",)
+    assert gateway.gateway is not None and gateway.gateway.levels == (1, 8) and gateway.gateway.turns >= 2
     for profile in engine_profiles.values():
         assert (DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / profile.input_data).is_file()
     # The transformer profile: a tiny SD 3.5 (make-tiny --family sd35), its ceiling at concurrency 8 and 1 only.
