@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 logger = logging.getLogger(__name__)
-
-# One OpenMP thread per process: this test process and every server stub it starts (they inherit it) run torch at
-# once on this 2-core machine, and OpenMP's spinning threads then oversubscribe the cores. Measured under load:
-# test_parity.py 4 m 51 s with torch's default two threads, 1 m 11 s with one; a 20-step diffusers call of the tiny
-# model 16-40 s against 1.5-3 s. The variable (a caller's value wins) reaches the processes started from here; this
-# process has imported torch already (pyproject's filterwarnings names torch.jit's warning), so it is told directly.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
