@@ -4,6 +4,7 @@ outright with SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
@@ -70,6 +72,15 @@ class GatewayProcess:
                 pass
             time.sleep(0.1)
         pytest.fail(f"the gateway was not ready within {READY_TIMEOUT_S} s:\n{self.log_path.read_text()}")
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[GatewayProcess]:
+        """Started and ready for the ``with`` block (stopped even when it never gets ready), stopped after it."""
+        self.start()
+        try:
+            yield self.wait_ready()
+        finally:
+            self.stop()
 
     def stop(self) -> int | None:
         """SIGTERM (a graceful stop: running jobs go back to the queue), SIGKILL if it is still up after 10 s."""

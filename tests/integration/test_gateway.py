@@ -51,11 +51,8 @@ def gateway(grpc_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         f'[cors]\nallow_origins = ["{ORIGIN}"]\n'
     )
     options = ["--data-dir", str(folder / "data"), "--api-keys-file", str(keys), "--config", str(config)]
-    process = GatewayProcess(grpc_url, options, folder / "gateway.log").start()
-    try:
-        yield process.wait_ready().url
-    finally:
-        process.stop()
+    with GatewayProcess(grpc_url, options, folder / "gateway.log").running() as process:
+        yield process.url
 
 
 @pytest.fixture(scope="module")

@@ -112,16 +112,14 @@ def gateway(grpc_url: str, tmp_path_factory: pytest.TempPathFactory, request: py
     (folder / "gateway.toml").write_text("[limits]\nrate_limit_per_s = 1000.0\nrate_limit_burst = 1000\n")
     options = ["--data-dir", str(folder / "data"), "--api-keys-file", str(folder / "api_keys")]
     options += ["--config", str(folder / "gateway.toml"), "--job-workers", "1"]
-    process = GatewayProcess(grpc_url, options, folder / "gateway.log").start()
     started = time.monotonic()
     try:
-        url = process.wait_ready().url
-        (model,) = httpx.get(f"{url}/v1/models", headers=_auth(), timeout=10).json()["data"]
-        LIMITS["max_images"] = model["max_images"]
-        _seed_known(url)
-        yield url
+        with GatewayProcess(grpc_url, options, folder / "gateway.log").running() as process:
+            (model,) = httpx.get(f"{process.url}/v1/models", headers=_auth(), timeout=10).json()["data"]
+            LIMITS["max_images"] = model["max_images"]
+            _seed_known(process.url)
+            yield process.url
     finally:
-        process.stop()
         _report(request.config, time.monotonic() - started)
 
 

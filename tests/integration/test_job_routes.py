@@ -55,11 +55,8 @@ def gateway(grpc_url: str, folder: Path) -> Iterator[GatewayProcess]:
     options = ["--data-dir", str(folder / "data"), "--api-keys-file", str(folder / "api_keys")]
     options += ["--jobs-store", f"sqlite://{folder / 'jobs.sqlite3'}", "--job-workers", "2"]
     options += ["--webhook-secret", SECRET, "--webhook-allow-private"]
-    process = GatewayProcess(grpc_url, options, folder / "gateway.log").start().wait_ready()
-    try:
+    with GatewayProcess(grpc_url, options, folder / "gateway.log").running() as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

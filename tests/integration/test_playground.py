@@ -63,11 +63,8 @@ def gateway(grpc_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     keys = folder / "api_keys"
     keys.write_text(f"{KEY}\n{LIMITED_KEY} rate_limit_per_s=0.01 rate_limit_burst=2\n")
     options = ["--data-dir", str(folder / "data"), "--api-keys-file", str(keys), "--job-workers", "2"]
-    process = GatewayProcess(grpc_url, options, folder / "gateway.log").start()
-    try:
-        yield process.wait_ready().url
-    finally:
-        process.stop()
+    with GatewayProcess(grpc_url, options, folder / "gateway.log").running() as process:
+        yield process.url
 
 
 @pytest.fixture(scope="module")
