@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from sdtriton.server import free_port
+from sdtriton.server import bound_to_this_process, free_port, launch
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +48,10 @@ class GatewayProcess:
         return self._process.pid
 
     def start(self) -> GatewayProcess:
-        command = self._command
-        setpriv = shutil.which("setpriv")
-        if setpriv is not None:  # the gateway ends with this process, even if pytest is killed
-            command = [setpriv, "--pdeathsig", "TERM", "--", *command]
+        """Starts it in a process group of its own, ended with this process even if pytest is killed."""
         self._started = time.monotonic()
         with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self._process = launch(bound_to_this_process(self._command), output=log)
         return self
 
     def wait_ready(self) -> GatewayProcess:
