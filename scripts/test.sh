@@ -6,4 +6,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 "$root/.venv/bin/ruff" check .
 "$root/.venv/bin/ruff" format --check .
-exec "$root/.venv/bin/python" -m pytest -p no:cacheprovider "$@"
+# Two pytest-xdist workers (tests/worker_groups.py decides what runs where; SDTRITON_TEST_WORKERS=0 runs in one
+# process), each server's stubs with one OpenMP thread so that two workers' torch threads do not spin against each
+# other on a machine of two cores.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+exec "$root/.venv/bin/python" -m pytest -p no:cacheprovider -n "${SDTRITON_TEST_WORKERS:-2}" "$@"

@@ -264,3 +264,18 @@ def family_server(
     repositories = (sdxl_repository, *(repository for _, repository, _ in exported))
     extra_args = tuple(f"--model-repository={repository}" for repository in repositories)
     yield from serve(tiny_repository, tmp_path_factory, extra_args=extra_args)
+
+
+# Parallel runs (scripts/test.sh: pytest-xdist's ``-n 2``): tests/worker_groups.py keeps each module on one worker and
+# the modules sharing an expensive session server on the same one, and runs those groups first.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    from tests.worker_groups import run_order
+
+    items.sort(key=lambda item: run_order(item.path))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from tests.worker_groups import GroupScheduling
+
+    return GroupScheduling(config, log)
