@@ -1,8 +1,5 @@
-"""Writes a run's results: CSV files, a plot (PNG) and the markdown summary, for either profile.
-
-Everything measured on the simulated accelerator is labelled so: ``simulated`` is a CSV column, its summary
-section and goals say SIMULATED, and its plot panel's title does too.
-"""
+"""Writes a run's CSV files, plot (PNG) and markdown summary, for either profile. What the simulated accelerator
+measured is labelled so: a ``simulated`` CSV column, SIMULATED in its section, goals and plot panel."""
 
 from __future__ import annotations
 
@@ -44,10 +41,11 @@ ENGINE_LOAD_CSV_NAME, REQUESTS_CSV_NAME = "engine_load_points.csv", "engine_requ
 GOALS_CSV_NAME, ENGINE_PLOT_NAME = "engine_goals.csv", "engine_sweep.png"
 # Other processes' share of the CPU above which the summary says the run shared the machine.
 OTHER_CPU_SHARE_NOTE = 0.05
-_PERCENTILES = ("p50", "p90", "p95", "p99", "mean")
+_PERCENTILES = (50, 90, 95, 99)
 _ENGINE_LOAD_COLUMNS = (
     *("section", "variant", "simulated", "concurrency", "requests", "failed", "duration_s", "images_per_s"),
-    *(f"{name}_ms" for name in _PERCENTILES),
+    *(f"p{q}_ms" for q in _PERCENTILES),
+    "mean_ms",
 )
 _REQUEST_COLUMNS = (
     *("load", "simulated", "class", "client", "started_s"),
@@ -116,17 +114,16 @@ def _path_rows(result: PerfResult) -> Iterable[list[object]]:
     series += [("onnx_loop_slope_high", result.onnx_loop_slope.high), ("triton_client", result.triton_client)]
     series += [("triton_slope_low", result.triton_slope.low), ("triton_slope_high", result.triton_slope.high)]
     for name, timing in series:
-        values = (timing.median_ms, timing.min_ms, timing.max_ms)
+        values = (timing.median_ms, min(timing.latencies_ms), max(timing.latencies_ms))
         latencies = " ".join(f"{value:.3f}" for value in timing.latencies_ms)
         yield [name, timing.steps, len(timing.latencies_ms), *(f"{v:.3f}" for v in values), latencies]
 
 
 def _load_row(section: str, load: Load, variant: str = "") -> list[object]:
-    """A row of the engine's load CSV (``simulated`` marks the stand-in UNet's section): a client load; the plain
-    loop, timed one image at a time (images/s from its median, no wall time); the in-process engine (its wall time
-    only, no percentiles)."""
+    """A client load; the plain loop, timed one image at a time (images/s from its median, no wall time); or the
+    in-process engine (its wall time, no percentiles)."""
     plain, in_process = load.variant == ONNX_LOOP, load.variant == IN_PROCESS
-    percentiles = ["" if in_process else _f(getattr(load, f"{name}_ms")) for name in _PERCENTILES]
+    times = [*(load.percentile_ms(q) for q in _PERCENTILES), load.mean_ms] if not in_process else [None] * 5
     images_per_s = 1000.0 / load.median_ms if plain else load.images_per_s
     counts = [len(load.records), "" if plain or in_process else load.failed, "" if plain else _f(load.duration_s)]
     return [
@@ -136,12 +133,11 @@ def _load_row(section: str, load: Load, variant: str = "") -> list[object]:
         load.concurrency,
         *counts,
         _f(images_per_s),
-        *percentiles,
+        *map(_f, times),
     ]
 
 
 def engine_load_rows(result: EngineResult) -> list[list[object]]:
-    """One row per measured load: in-process runs, client-thread levels; ``simulated`` marks the stand-in UNet."""
     rows = []
     ceiling, simulated = result.ceiling, result.simulated
     if ceiling is not None:
@@ -159,10 +155,7 @@ def engine_load_rows(result: EngineResult) -> list[list[object]]:
 
 
 def _request_rows(result: EngineResult) -> Iterable[list[object]]:
-    """Every client request: ceiling, sweep and simulated levels, the mixed and short-only loads, the burst.
-
-    ``started_s`` counts from the start of the request's load (of its turn, for loads run in turns).
-    """
+    """Every client request; ``started_s`` counts from the start of its load (of its turn, for loads in turns)."""
     loads = [result.ceiling.served_one, result.ceiling.served] if result.ceiling is not None else []
     loads += [*result.sweep, *(result.simulated.points if result.simulated is not None else ())]
     loads += [result.mixed.short_only, result.mixed.mixed] if result.mixed is not None else []
@@ -342,7 +335,7 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
     rows = [
         (name, "skipped", "", "", "")
         if t is None
-        else (name, f"{t.median_ms:.1f}", f"{t.min_ms:.1f}", f"{t.max_ms:.1f}", len(t.latencies_ms))
+        else (name, *(f"{v:.1f}" for v in (t.median_ms, min(t.latencies_ms), max(t.latencies_ms))), len(t.latencies_ms))
         for name, t in paths
     ]
     point = result.triton_concurrency_1
@@ -496,7 +489,7 @@ def _mixed_lines(result: EngineResult) -> list[str]:
         cells = [0, "", "", "", "", ""]
         if level.completed:
             cells = [level.completed, level.failed, f"{level.images_per_s:.2f}"]
-            cells += [f"{value:.0f}" for value in (level.p50_ms, level.p90_ms, level.p99_ms)]
+            cells += [f"{level.percentile_ms(q):.0f}" for q in (50, 90, 99)]
         rows.append([load, name, steps, clients, *cells])
     header = ("load", "class", "steps", "clients", "completed", "failed", "images/s", "p50 ms", "p90 ms", "p99 ms")
     return [
@@ -539,7 +532,7 @@ def _burst_lines(result: EngineResult) -> list[str]:
     if accepted:
         lines.append(f"Accepted requests' latency: {', '.join(f'{value:.0f}' for value in sorted(accepted))} ms.")
     if burst.warmup_records:
-        cold = burst.warmup_max_refusal_ms
+        cold = max(burst.latencies_ms(Outcome.REFUSED, warmup=True), default=None)
         lines.append(
             f"Before it, {burst.spec.warmup_bursts} burst(s) of the same size warmed the server up, not judged: the "
             "first burst after a server's start pays one-off costs (threads of the entry model and gRPC); its "
@@ -617,33 +610,10 @@ def _gateway_lines(result: EngineResult) -> list[str]:
 
 
 def headline(result: Run) -> str:
-    """The run's paragraph for the terminal: the concurrency-1 comparison, or an engine run's headline ratios."""
+    """The run's line for the terminal: each measured goal and its verdict (the summary has the rest)."""
+    rows = (row for row in result.goal_rows() if row.met is not None)
+    parts = [f"{row.measure} {row.measured} (goal {row.goal}: {row.verdict})" for row in rows]
     if isinstance(result, PerfResult):
-        parts = [f"Triton at concurrency 1: {result.triton_end_to_end_ms:.1f} ms"]
-        parts += [f"{row.measure} {row.measured or '-'} (goal {row.goal}: {row.verdict})" for row in result.goal_rows()]
-        return f"{'; '.join(parts)}; serving adds {result.unet_call_net[0]:.3f} ms per real UNet call"
-    parts = []
-    if result.ceiling is not None:
-        parts.append(f"served/ceiling {result.served_over_ceiling:.3f}x")
-        parts.append(f"c1 served/plain loop {result.c1_over_plain_loop:.3f}x")
-    if result.on_off_ratios():
-        ratios = ", ".join(f"c{level} {ratio:.2f}x" for level, ratio in result.on_off_ratios())
-        parts.append(f"batching on/off {ratios}")
-    if result.mixed is not None and result.mixed.short_p99_ratio is not None:
-        parts.append(f"short p99 mixed/alone {result.mixed.short_p99_ratio:.2f}x")
-    if (burst := result.burst) is not None:
-        slowest = _f(burst.max_refusal_ms, 1) or "-"
-        parts.append(
-            f"burst {burst.accepted} accepted ({burst.completed} completed), {burst.refused} refused, slowest refusal "
-            f"{slowest} ms"
-        )
-    if (sim := result.simulated) is not None:
-        parts.append(
-            f"SIMULATED c{sim.high.concurrency}/c{sim.low.concurrency} {sim.measured_ratio:.2f}x = "
-            f"{sim.share_of_allowed:.1%} of the allowed {sim.allowed_ratio:.2f}x"
-        )
-    for direct, _, ratio, overhead_ms in result.gateway.levels() if result.gateway is not None else ():
-        parts.append(f"c{direct.concurrency} gateway/direct {ratio:.3f}x, p50 {overhead_ms:+.1f} ms")
-    missed = [row.measure for row in result.goal_rows() if row.met is False]
-    verdict = f"goals missed: {'; '.join(missed)}" if missed else "every measured goal met"
-    return f"Engine ({result.profile}): {'; '.join(parts) or 'nothing measured'}. {verdict}."
+        parts.insert(0, f"Triton at concurrency 1: {result.triton_end_to_end_ms:.1f} ms")
+        parts.append(f"serving adds {result.unet_call_net[0]:.3f} ms per real UNet call")
+    return f"{result.profile}: {'; '.join(parts) or 'nothing measured'}"

@@ -1,18 +1,10 @@
-"""``sdtriton perf``: one runner, which takes a profile as data (:mod:`sdtriton.perf.profiles`) and fills one model
-of the run (:mod:`sdtriton.perf.model`).
+"""``sdtriton perf``: one runner, which takes a profile (:mod:`sdtriton.perf.profiles`) and fills one model of the
+run (:mod:`sdtriton.perf.model`).
 
-Order matters on a small CPU: what runs in this process (the in-process baselines, the in-process engine) is
-loaded before any server starts; then one server at a time, each on free loopback ports and warmed up.
-Everything runs under the profile's time limit, counted from the start: what would not fit is skipped and named
-in the summary, as are failed requests and a server that died.
-
-- perf_analyzer profile: diffusers and the plain ONNX loop in-process; then Triton through the client at the same
-  concurrency 1 (and its per-model statistics), then perf_analyzer's scenarios; then the identity-UNet BLS probe.
-- engine profile: the plain loop, the engine over ONNX Runtime at the ceiling's concurrency (the compute ceiling)
-  and with a UNet that takes no time (the non-UNet parts), measured in turns with the server loads they are
-  compared with; the batching-on and batching-off servers (ceiling, sweep, mixed steps), the burst one (a small
-  ``max_pending_requests``), the simulated-accelerator one, the gateway's server with a real ``sdtriton gateway``
-  process in front of it. Every served load is client threads, over gRPC or HTTP POSTs to the gateway.
+Order matters on a small CPU: what runs in this process (the baselines, the in-process engine) is loaded before any
+server starts, then one server at a time (the sweep's two together), each on free loopback ports and warmed up; the
+in-process sides the engine profile compares with a server run in turns with it. Everything runs under the profile's
+time limit: what would not fit is skipped and named in the summary, as are failed requests and a server that died.
 """
 
 from __future__ import annotations
@@ -81,15 +73,15 @@ _MIN_TIMEOUT_S = 60.0
 
 
 def default_profile() -> str:
-    """``shapes``, the default model, once its trained weights are in the package; ``tiny`` until then."""
+    """``shapes`` once its trained weights are in the package; ``tiny`` until then."""
     from sdtriton.shapes.builtin import WEIGHTS_DIR
 
     return BUILTIN_PROFILE if (WEIGHTS_DIR / "model_index.json").is_file() else "tiny"
 
 
 def _cpu_times() -> tuple[float, float] | None:
-    """The machine's busy CPU time (``/proc/stat``: all but idle and iowait) and this run's (:func:`os.times`, whose
-    children's share holds each stopped server's and perf_analyzer's, stubs included); None without /proc/stat."""
+    """The machine's busy CPU seconds (``/proc/stat``: all but idle and iowait) and this run's, its stopped children's
+    (servers, stubs, perf_analyzer) included; None without /proc/stat."""
     try:
         ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     except OSError:
@@ -105,13 +97,11 @@ def _estimated_level_s(scenario: Scenario, level: float, *, throughput_per_s: fl
 
 
 def _failures(load: str, records: list | tuple) -> list[str]:
-    """``LOAD: N of M requests FAILED: first message``, or nothing when none failed."""
     failed = [record for record in records if record.outcome is model.Outcome.FAILED]
     return [f"{load}: {len(failed)} of {len(records)} requests FAILED: {failed[0].message}"] if failed else []
 
 
 def _in_turns(total: int, turns: int) -> int:
-    """A turn's share of ``total``, rounded up."""
     return -(-total // turns)
 
 
@@ -159,9 +149,8 @@ def _max_difference(first: np.ndarray, second: np.ndarray) -> int | None:
 
 
 class PerfRun:
-    """One run of a profile: its options, base request, time limit, what was skipped, its servers, and the sections
-    it measures (:meth:`perf_analyzer` or :meth:`engine`, each section's method returning None, with the reason in
-    ``skipped``, when it could not measure)."""
+    """One run of a profile (:meth:`perf_analyzer` or :meth:`engine`): its time limit, servers, and what was skipped;
+    a section that could not measure returns None with the reason in ``skipped``."""
 
     def __init__(self, options: PerfOptions, profile: Profile) -> None:
         self.options, self.profile, self.show = options, profile, options.show_progress
@@ -181,19 +170,16 @@ class PerfRun:
         return self.limit_s - (time.monotonic() - self.started)
 
     def fits(self, what: str, estimate_s: float) -> bool:
-        """Whether ``what`` fits in the time left; if not, it is named in the summary."""
-        if estimate_s <= self.left_s:
-            return True
-        left_s, limit_s = max(self.left_s, 0), self.limit_s
-        self.skipped.append(
-            f"{what}: about {estimate_s:.0f} s needed, {left_s:.0f} s left of the {limit_s:.0f} s limit"
-        )
-        return False
+        if estimate_s > self.left_s:
+            left_s, limit_s = max(self.left_s, 0), self.limit_s
+            self.skipped.append(
+                f"{what}: about {estimate_s:.0f} s needed, {left_s:.0f} s left of the {limit_s:.0f} s limit"
+            )
+        return estimate_s <= self.left_s
 
     @contextmanager
     def server(self, repository: Path, log_name: str, *, warmup_requests: int) -> Iterator[TritonServer]:
-        """A server over ``repository`` on free loopback ports, warmed up with the base request; one that failed
-        or died under load is named in the summary, and what it measured so far is kept."""
+        """A server warmed up with the base request; one that failed or died is named in the summary."""
         log_path = self.options.output_dir / f"{log_name}.log"
         installation = named_triton_installation(self.options.tritonserver) if self.options.tritonserver else None
         address = ServerAddress.on_free_ports()
@@ -216,8 +202,7 @@ class PerfRun:
 
     @contextmanager
     def gateway_process(self, grpc_url: str, log_name: str) -> Iterator[tuple[str, int]]:
-        """A real ``sdtriton gateway`` in front of ``grpc_url`` on a free loopback port, logged beside the servers;
-        yields its URL and process group once ready, and ends that group."""
+        """A real ``sdtriton gateway`` in front of ``grpc_url``: its URL and process group, once ready."""
         log_path, port = self.options.output_dir / f"{log_name}.log", server_module.free_port()
         command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url, "--port", str(port)]
         command += ["--data-dir", str(self.variants / log_name)]
@@ -235,7 +220,7 @@ class PerfRun:
             server_module.end_process_group(process.pid)
 
     def common(self) -> dict[str, object]:
-        """The fields of :class:`~sdtriton.perf.model.Run`, read after every server stopped."""
+        """The fields of :class:`~sdtriton.perf.model.Run`, read once every server stopped."""
         cpu_after, elapsed_s = _cpu_times(), time.monotonic() - self.started
         other_cpu_s = None
         if self.cpu_before is not None and cpu_after is not None:
@@ -256,8 +241,6 @@ class PerfRun:
             "elapsed_s": elapsed_s,
             "other_cpu_s": other_cpu_s,
         }
-
-    # The perf_analyzer profile.
 
     def perf_analyzer(self, model_dir: Path, repository: Path, work_dir: Path) -> model.PerfResult:
         """The three paths at concurrency 1, perf_analyzer's scenarios, and the identity-UNet probe."""
@@ -325,10 +308,8 @@ class PerfRun:
         files = {"binary": binary, "address": server.address, "output_dir": self.options.output_dir / "perf_analyzer"}
 
         def level(scenario: Scenario, value: float) -> model.LoadPoint:
-            input_data_path = self.input_dir / scenario.input_data
-            return load.run_level(
-                scenario, value, input_data_path=input_data_path, timeout_s=max(self.left_s, 1.0), **files
-            )
+            input_data_path, timeout_s = self.input_dir / scenario.input_data, max(self.left_s, 1.0)
+            return load.run_level(scenario, value, input_data_path=input_data_path, timeout_s=timeout_s, **files)
 
         with progress:
             for scenario in scenarios:
@@ -342,13 +323,8 @@ class PerfRun:
                 if reason is None and scenario.input_data not in warmed:
                     # One pass over the file first: each new size's first run allocates, and is not load.
                     count = len(load_input_data(self.input_dir / scenario.input_data))
-                    warm_up = Scenario(
-                        f"warmup_{scenario.name}",
-                        scenario.protocol,
-                        LoadMode.CONCURRENCY,
-                        scenario.input_data,
-                        (1.0,),
-                        count,
+                    warm_up = dataclasses.replace(
+                        scenario, name=f"warmup_{scenario.name}", mode=LoadMode.CONCURRENCY, min_requests=count
                     )
                     try:
                         level(warm_up, 1.0)
@@ -374,16 +350,8 @@ class PerfRun:
                         continue
                     points.append(point)
                     throughput = max(point.throughput_per_s, 1e-6)
-                    logger.info(
-                        "%s: %.2f images/s, p50 %.1f ms, p99 %.1f ms",
-                        name,
-                        point.throughput_per_s,
-                        point.p50_ms,
-                        point.p99_ms,
-                    )
+                    logger.info("%s: %.2f images/s, p50 %.1f ms", name, point.throughput_per_s, point.p50_ms)
         return points
-
-    # The engine profile.
 
     def variant(self, name: str, source: Path, **changes: object) -> Path:
         shutil.rmtree(self.variants / name, ignore_errors=True)
