@@ -11,27 +11,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sdtriton.perf.model import (
-    BATCHING_OFF,
-    BATCHING_ON,
-    DIRECT_GRPC,
-    GATEWAY_HTTP,
-    GOAL_GATEWAY_OVER_DIRECT,
-    GOAL_REFUSAL_MS,
-    GOAL_SIMULATED_SHARE_OF_ALLOWED,
-    IN_PROCESS,
-    LONG,
-    ONNX_LOOP,
-    SHORT,
-    SIMULATED,
-    EngineResult,
-    GoalRow,
-    Load,
-    LoadPoint,
-    Outcome,
-    PerfResult,
-    Run,
-)
+from sdtriton.perf import model
+from sdtriton.perf.model import EngineResult, Load, Outcome, PerfResult, Run
 from sdtriton.perf.profiles import LoadMode
 
 SUMMARY_NAME = "summary.md"
@@ -55,12 +36,14 @@ _GOAL_COLUMNS = ("measure", "measured", "goal", "verdict", "simulated")
 _POINT_TIMES = ("p50_ms", "p90_ms", "p99_ms", "avg_ms", "server_queue_ms", "server_compute_ms")
 _PATH_COLUMNS = ("series", "num_inference_steps", "runs", "median_ms", "min_ms", "max_ms", "latencies_ms")
 _VARIANT_LABELS = {
-    BATCHING_ON: "step batching on",
-    BATCHING_OFF: "step batching off",
-    DIRECT_GRPC: "direct gRPC",
-    GATEWAY_HTTP: "HTTP gateway",
+    model.BATCHING_ON: "step batching on",
+    model.BATCHING_OFF: "step batching off",
+    model.DIRECT_GRPC: "direct gRPC",
+    model.GATEWAY_HTTP: "HTTP gateway",
 }
 _NOT_RUN = ["Not run (see below)."]
+# A summary is blocks separated by blank lines: a paragraph, a table's lines; False or None is left out.
+Block = str | Sequence[str] | bool | None
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -87,13 +70,17 @@ def write_reports(result: Run, directory: Path) -> dict[str, Path]:
     if isinstance(result, EngineResult):
         goals = [(row.measure, row.measured, row.goal, row.verdict, row.simulated) for row in result.goal_rows()]
         tables = {
-            "load_csv": (ENGINE_LOAD_CSV_NAME, _ENGINE_LOAD_COLUMNS, engine_load_rows(result)),
+            "load_csv": (
+                ENGINE_LOAD_CSV_NAME,
+                _ENGINE_LOAD_COLUMNS,
+                (_load_row(*load) for load in _engine_loads(result)),
+            ),
             "requests_csv": (REQUESTS_CSV_NAME, _REQUEST_COLUMNS, _request_rows(result)),
             "goals_csv": (GOALS_CSV_NAME, _GOAL_COLUMNS, goals),
         }
         plot = ENGINE_PLOT_NAME
     else:
-        names = [field.name for field in dataclasses.fields(LoadPoint)]
+        names = [field.name for field in dataclasses.fields(model.LoadPoint)]
         points = ([getattr(point, name) for name in names] for point in result.points)
         tables = {
             "load_csv": (LOAD_CSV_NAME, names, points),
@@ -122,14 +109,14 @@ def _path_rows(result: PerfResult) -> Iterable[list[object]]:
 def _load_row(section: str, load: Load, variant: str = "") -> list[object]:
     """A client load; the plain loop, timed one image at a time (images/s from its median, no wall time); or the
     in-process engine (its wall time, no percentiles)."""
-    plain, in_process = load.variant == ONNX_LOOP, load.variant == IN_PROCESS
+    plain, in_process = load.variant == model.ONNX_LOOP, load.variant == model.IN_PROCESS
     times = [*(load.percentile_ms(q) for q in _PERCENTILES), load.mean_ms] if not in_process else [None] * 5
     images_per_s = 1000.0 / load.median_ms if plain else load.images_per_s
     counts = [len(load.records), "" if plain or in_process else load.failed, "" if plain else _f(load.duration_s)]
     return [
         section,
         variant or load.variant,
-        section == SIMULATED,
+        section == model.SIMULATED,
         load.concurrency,
         *counts,
         _f(images_per_s),
@@ -137,35 +124,32 @@ def _load_row(section: str, load: Load, variant: str = "") -> list[object]:
     ]
 
 
-def engine_load_rows(result: EngineResult) -> list[list[object]]:
-    rows = []
-    ceiling, simulated = result.ceiling, result.simulated
-    if ceiling is not None:
-        rows.append(_load_row("ceiling", ceiling.plain_loop, "plain_loop"))
-        rows += [_load_row("ceiling", load) for load in (ceiling.in_process, ceiling.served_one, ceiling.served)]
-    for point in sorted(result.sweep, key=lambda p: (p.variant != BATCHING_ON, p.concurrency)):
-        rows.append(_load_row("sweep", point))
-    if simulated is not None:
-        for run in (simulated.non_unet_low, simulated.non_unet_high):
-            rows.append(_load_row(SIMULATED, run, "in_process_engine_zero_time_unet"))
-        rows += [_load_row(SIMULATED, point) for point in simulated.points]
-    if result.gateway is not None:
-        rows += [_load_row("gateway", load) for load in (*result.gateway.direct, *result.gateway.gateway)]
-    return rows
+def _engine_loads(result: EngineResult) -> list[tuple[str, Load, str]]:
+    """Every load of the load CSV, in its order: (section, load, the variant shown if not the load's own)."""
+    ceiling, simulated, gateway = result.ceiling, result.simulated, result.gateway
+    loads = [("ceiling", ceiling.plain_loop, "plain_loop")] if ceiling else []
+    loads += [
+        ("ceiling", load, "") for load in ((ceiling.in_process, ceiling.served_one, ceiling.served) if ceiling else ())
+    ]
+    loads += [
+        ("sweep", p, "") for p in sorted(result.sweep, key=lambda p: (p.variant != model.BATCHING_ON, p.concurrency))
+    ]
+    zero_time = (simulated.non_unet_low, simulated.non_unet_high) if simulated else ()
+    loads += [(model.SIMULATED, run, "in_process_engine_zero_time_unet") for run in zero_time]
+    loads += [(model.SIMULATED, point, "") for point in (simulated.points if simulated else ())]
+    return loads + [("gateway", load, "") for load in ((*gateway.direct, *gateway.gateway) if gateway else ())]
 
 
 def _request_rows(result: EngineResult) -> Iterable[list[object]]:
     """Every client request; ``started_s`` counts from the start of its load (of its turn, for loads in turns)."""
-    loads = [result.ceiling.served_one, result.ceiling.served] if result.ceiling is not None else []
-    loads += [*result.sweep, *(result.simulated.points if result.simulated is not None else ())]
+    loads = [load for _, load, _ in _engine_loads(result) if load.variant not in (model.ONNX_LOOP, model.IN_PROCESS)]
     loads += [result.mixed.short_only, result.mixed.mixed] if result.mixed is not None else []
-    loads += [*result.gateway.direct, *result.gateway.gateway] if result.gateway is not None else []
     records = [record for load in loads for record in load.records]
     if result.burst is not None:
         records += [*result.burst.warmup_records, *result.burst.records]
     for r in records:
         started, latency = f"{r.started_s:.4f}", f"{r.latency_ms:.3f}"
-        simulated = r.load.startswith(SIMULATED)
+        simulated = r.load.startswith(model.SIMULATED)
         yield [r.load, simulated, r.request_class, r.client, started, latency, r.outcome.value, r.error_type, r.message]
 
 
@@ -178,7 +162,9 @@ def _write_plot(result: Run, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     engine = isinstance(result, EngineResult)
-    panels = 3 if engine and result.shown(SIMULATED) else 2  # an engine profile's third: the simulated accelerator
+    panels = (
+        3 if engine and result.shown(model.SIMULATED) else 2
+    )  # an engine profile's third: the simulated accelerator
     figure, axes = plt.subplots(1, panels, figsize=(4 + 4 * panels, 4.8))
     (_engine_plot if engine else _perf_analyzer_plot)(result, axes)
     for axis in axes:
@@ -223,8 +209,8 @@ def _concurrency_axis(axis: Any, levels: list[int], label: str) -> None:
 def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
     throughput_axis, latency_axis, *simulated_axes = axes
     gateway = (*result.gateway.direct, *result.gateway.gateway) if result.gateway is not None else ()
-    colours = ((BATCHING_ON, "tab:blue"), (BATCHING_OFF, "tab:orange"), (DIRECT_GRPC, "tab:purple"))
-    for variant, colour in (*colours, (GATEWAY_HTTP, "tab:red")):
+    colours = ((model.BATCHING_ON, "tab:blue"), (model.BATCHING_OFF, "tab:orange"), (model.DIRECT_GRPC, "tab:purple"))
+    for variant, colour in (*colours, (model.GATEWAY_HTTP, "tab:red")):
         points = sorted((p for p in (*result.sweep, *gateway) if p.variant == variant), key=lambda p: p.concurrency)
         levels, label = [p.concurrency for p in points], _VARIANT_LABELS[variant]
         if points:
@@ -265,40 +251,28 @@ def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
     simulated_axis.set_title(f"SIMULATED accelerator ({what})")
 
 
-def _header(result: Run, title: str) -> list[str]:
+def _header(result: Run) -> list[Block]:
     """The run's title, machine, load and base request."""
-    machine, request = result.machine, result.request
+    machine, request, share = result.machine, result.request, result.other_cpu_share
     before, after = (
         "/".join(f"{v:.2f}" for v in values) for values in (machine.load_average_before, machine.load_average_after)
     )
-    lines = [
-        f"# sdtriton perf: `{result.profile}` profile{title}",
-        "",
+    shared = f". **Above {OTHER_CPU_SHARE_NOTE:.0%}: the numbers below shared the CPU with other work.**"
+    engine = " (the diffusion engine)" if isinstance(result, EngineResult) else ""
+    return [
+        f"# sdtriton perf: `{result.profile}` profile{engine}",
         f"{machine.started_utc} on `{machine.hostname}`: {machine.cpu_model}, {machine.cpu_count} cores, "
         f"{machine.memory_gib:.0f} GiB, {'baselines on the GPU' if machine.gpu else 'no GPU used'}; "
         f"tritonserver {machine.triton_version}. Run took {result.elapsed_s / 60:.1f} min.",
-        "",
         f"Load average (1/5/15 min) before the run {before}, after {after}.",
-    ]
-    share = result.other_cpu_share
-    if share is not None:
-        shared = f". **Above {OTHER_CPU_SHARE_NOTE:.0%}: the numbers below shared the CPU with other work.**"
-        lines += [
-            "",
-            f"Other processes (not this run, its servers or their stubs) used {result.other_cpu_s:.0f} CPU-seconds "
-            f"during the run: {share:.1%} of the {machine.cpu_count} cores' time"
-            + (shared if share > OTHER_CPU_SHARE_NOTE else "."),
-        ]
-    if machine.busy_at_start:
-        lines += [
-            "",
-            f"**The 1-minute load average was {machine.load_average_before[0]:.2f} on {machine.cpu_count} cores when "
-            "this run started: other work (or a run that had just ended) was using the CPU; compare the spread of "
-            "the runs below.**",
-        ]
-    return [
-        *lines,
-        "",
+        share is not None
+        and f"Other processes (not this run, its servers or their stubs) used {result.other_cpu_s:.0f} CPU-seconds "
+        f"during the run: {share:.1%} of the {machine.cpu_count} cores' time"
+        + (shared if share > OTHER_CPU_SHARE_NOTE else "."),
+        machine.busy_at_start
+        and f"**The 1-minute load average was {machine.load_average_before[0]:.2f} on {machine.cpu_count} cores when "
+        "this run started: other work (or a run that had just ended) was using the CPU; compare the spread of "
+        "the runs below.**",
         f"Base request (`{result.input_data}`): prompt {request.prompt!r}, negative prompt "
         f"{request.negative_prompt!r}, {request.num_inference_steps} steps, guidance {request.guidance_scale:g}, "
         f"{request.width}x{request.height}, seed {request.seed}, scheduler `{request.scheduler}`; the same weights "
@@ -306,7 +280,7 @@ def _header(result: Run, title: str) -> list[str]:
     ]
 
 
-def _goal_table(rows: list[GoalRow]) -> list[str]:
+def _goal_table(rows: list[model.GoalRow]) -> list[str]:
     cells = [(row.measure, row.measured, row.goal, row.verdict) for row in rows]
     return _table("lrrl", ("measure", "measured", "goal", "verdict"), cells)
 
@@ -317,16 +291,15 @@ def _plus_minus(error_ms: float | None) -> str:
 
 def summary_markdown(result: Run) -> str:
     """The run's markdown summary: machine, goals, then each measurement with how it was made."""
-    if isinstance(result, EngineResult):
-        lines = _header(result, " (the diffusion engine)") + _engine_sections(result)
-    else:
-        lines = _header(result, "") + _perf_analyzer_sections(result)
+    engine = isinstance(result, EngineResult)
+    blocks = [*_header(result), *(_engine_sections(result) if engine else _perf_analyzer_sections(result))]
     if result.skipped:
-        lines += ["", "## Not run", "", *(f"- {reason}" for reason in result.skipped)]
-    return "\n".join(lines) + "\n"
+        blocks += ["## Not run", [f"- {reason}" for reason in result.skipped]]
+    lines = [line for block in blocks if block for line in ("", *([block] if isinstance(block, str) else block))]
+    return "\n".join(lines[1:]) + "\n"
 
 
-def _perf_analyzer_sections(result: PerfResult) -> list[str]:
+def _perf_analyzer_sections(result: PerfResult) -> list[Block]:
     paths = [
         ("(a) diffusers `StableDiffusionPipeline`, in-process", result.diffusers),
         ("(b) plain loop over the served ONNX files, no Triton", result.onnx_loop),
@@ -344,14 +317,12 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
         rows.append((name, f"{point.p50_ms:.1f}", "", f"p99 {point.p99_ms:.1f}", point.request_count))
     source = "perf_analyzer p50 at concurrency 1" if point is not None else "the client's median"
     slope, loop_slope, stats = result.triton_slope, result.onnx_loop_slope, result.slope_unet_stats
-    low, high = slope.low.steps, slope.high.steps
-    if result.bls_round_trip is None:
-        probe = "The identity-UNet probe did not run (see below), so the BLS goal is not judged."
-    else:
+    probe = "The identity-UNet probe did not run (see below), so the BLS goal is not judged."
+    if result.bls_round_trip is not None:
         cost, error = result.bls_round_trip
         probe = (
             f"One BLS UNet call, measured with an identity UNet (the same repository, its UNet returning the "
-            f"sample): the per-step slope between {low} and {high} steps is "
+            f"sample): the per-step slope between {slope.low.steps} and {slope.high.steps} steps is "
             f"{result.probe_triton_slope.ms_per_step:.3f} ms/step through Triton and "
             f"{result.probe_loop_slope.ms_per_step:.3f} ms/step in the plain loop, so "
             f"the call mechanism costs **{cost:.3f}{_plus_minus(error)} ms** per call (± one standard error of the "
@@ -359,37 +330,7 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
         )
     net, net_error = result.unet_call_net
     breakdown = [(part, _f(loop_ms, 1), _f(triton_ms, 1)) for part, loop_ms, triton_ms in result.time_breakdown()]
-    lines = [
-        "",
-        "## Concurrency 1: Triton against its baselines",
-        "",
-        *_table("lrrrr", ("path", "median ms", "min ms", "max ms", "runs"), rows),
-        "",
-        f"Triton end to end = {source} = {result.triton_end_to_end_ms:.1f} ms.",
-        "",
-        *_goal_table(result.goal_rows()),
-        "",
-        "The goals are those of issue 3, set for the default model at concurrency 1; on other profiles they are "
-        "for reference.",
-        "",
-        f"{probe} With the real UNet, the slopes are {slope.ms_per_step:.3f} ms/step through Triton and "
-        f"{loop_slope.ms_per_step:.3f} ms/step in the plain loop ({result.unet_calls_per_step:g} UNet call(s) per "
-        f"step): serving adds **{net:.3f}{_plus_minus(net_error)} ms** per real UNet call, fixed costs cancelled. "
-        f"Triton's statistics for `unet` over those runs: {stats.ms_per_request():.3f} ms per call in the server "
-        f"(queue {stats.ms_per_request('queue'):.3f} ms, compute {stats.ms_per_request('compute_infer'):.3f} ms) "
-        f"against {result.onnx_loop_networks.unet_ms_per_call:.3f} ms for the bare ONNX Runtime call in the plain "
-        "loop.",
-        "",
-        "## Where one request's time goes (ms)",
-        "",
-        "Means per request over the timed runs. Plain loop: timers around each network call. Triton: per-model "
-        "statistics (queue + compute) over the client-timed runs.",
-        "",
-        *_table("lrr", ("part", "plain ONNX loop", "Triton"), breakdown),
-    ]
-    if result.max_pixel_difference:
-        pairs = ", ".join(f"{name} {value}/255" for name, value in result.max_pixel_difference.items())
-        lines += ["", f"Same image on every path (largest pixel difference): {pairs}."]
+    pairs = ", ".join(f"{name} {value}/255" for name, value in result.max_pixel_difference.items())
     header = ("scenario", "protocol", "mode", "level", "requests", "images/s")
     header += ("p50 ms", "p90 ms", "p99 ms", "avg ms", "server queue ms", "server compute ms")
     points = []
@@ -397,23 +338,48 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
         level = f"c={int(p.level)}" if p.concurrency is not None else f"{p.level:g}/s"
         times = (f"{getattr(p, name):.1f}" for name in _POINT_TIMES)
         points.append([p.scenario, p.protocol, p.mode, level, p.request_count, f"{p.throughput_per_s:.2f}", *times])
-    plot = f"![throughput against latency]({PLOT_NAME})"
-    return [*lines, "", "## Load curves (perf_analyzer)", "", plot, "", *_table("lllrrrrrrrrr", header, points)]
+    return [
+        "## Concurrency 1: Triton against its baselines",
+        _table("lrrrr", ("path", "median ms", "min ms", "max ms", "runs"), rows),
+        f"Triton end to end = {source} = {result.triton_end_to_end_ms:.1f} ms.",
+        _goal_table(result.goal_rows()),
+        "The goals are those of issue 3, set for the default model at concurrency 1; on other profiles they are "
+        "for reference.",
+        f"{probe} With the real UNet, the slopes are {slope.ms_per_step:.3f} ms/step through Triton and "
+        f"{loop_slope.ms_per_step:.3f} ms/step in the plain loop ({result.unet_calls_per_step:g} UNet call(s) per "
+        f"step): serving adds **{net:.3f}{_plus_minus(net_error)} ms** per real UNet call, fixed costs cancelled. "
+        f"Triton's statistics for `unet` over those runs: {stats.ms_per_request():.3f} ms per call in the server "
+        f"(queue {stats.ms_per_request('queue'):.3f} ms, compute {stats.ms_per_request('compute_infer'):.3f} ms) "
+        f"against {result.onnx_loop_networks.unet_ms_per_call:.3f} ms for the bare ONNX Runtime call in the plain "
+        "loop.",
+        "## Where one request's time goes (ms)",
+        "Means per request over the timed runs. Plain loop: timers around each network call. Triton: per-model "
+        "statistics (queue + compute) over the client-timed runs.",
+        _table("lrr", ("part", "plain ONNX loop", "Triton"), breakdown),
+        bool(pairs) and f"Same image on every path (largest pixel difference): {pairs}.",
+        "## Load curves (perf_analyzer)",
+        f"![throughput against latency]({PLOT_NAME})",
+        _table("lllrrrrrrrrr", header, points),
+    ]
 
 
-def _engine_sections(result: EngineResult) -> list[str]:
+def _engine_sections(result: EngineResult) -> list[Block]:
     """The goals, then each section the profile has or that ran."""
     sections = (
-        ("goals", "Goals", _goal_table(result.goal_rows())),
-        ("ceiling", "(a) Compute ceiling against served throughput", _ceiling_lines(result)),
-        ("sweep", "(b) Concurrency sweep, step batching on and off", _sweep_lines(result)),
-        ("mixed", "(c) Mixed steps: short requests beside long ones", _mixed_lines(result)),
-        ("burst", "(d) A burst past the queue limit", _burst_lines(result)),
-        ("simulated", "(e) SIMULATED accelerator", _simulated_lines(result)),
-        ("gateway", "(f) The HTTP gateway against direct gRPC", _gateway_lines(result)),
+        ("ceiling", "(a) Compute ceiling against served throughput", _ceiling_lines),
+        ("sweep", "(b) Concurrency sweep, step batching on and off", _sweep_lines),
+        ("mixed", "(c) Mixed steps: short requests beside long ones", _mixed_lines),
+        ("burst", "(d) A burst past the queue limit", _burst_lines),
+        ("simulated", "(e) SIMULATED accelerator", _simulated_lines),
+        ("gateway", "(f) The HTTP gateway against direct gRPC", _gateway_lines),
     )
-    shown = [(title, body) for name, title, body in sections if name == "goals" or result.shown(name)]
-    return [line for title, body in shown for line in ("", f"## {title}", "", *body)]
+    blocks: list[Block] = ["## Goals", _goal_table(result.goal_rows())]
+    for name, title, body in sections:
+        section = getattr(result, name)
+        if result.shown(name):
+            ran = section and (name != "gateway" or section.levels())
+            blocks += [f"## {title}", *(body(result, section) if ran else _NOT_RUN)]
+    return blocks
 
 
 def _level_cells(level: Load | None, digits: int = 1) -> list[str]:
@@ -423,10 +389,7 @@ def _level_cells(level: Load | None, digits: int = 1) -> list[str]:
     return [f"{level.images_per_s:.2f}", f"{level.p50_ms:.{digits}f}", f"{level.p99_ms:.{digits}f}"]
 
 
-def _ceiling_lines(result: EngineResult) -> list[str]:
-    ceiling = result.ceiling
-    if ceiling is None:
-        return _NOT_RUN
+def _ceiling_lines(result: EngineResult, ceiling: model.CeilingResult) -> list[Block]:
     run, plain, served, one = ceiling.in_process, ceiling.plain_loop, ceiling.served, ceiling.served_one
     plain_cells = [f"{1000.0 / plain.median_ms:.2f}", f"{plain.median_ms:.1f}", f"{plain.p99_ms:.1f}"]
     rows = [
@@ -442,24 +405,22 @@ def _ceiling_lines(result: EngineResult) -> list[str]:
         f"concurrency {run.concurrency}. It and the server ran in {len(ceiling.turn_ratios)} turns (in-process, served "
         f"at {run.concurrency}, plain loop, served at 1, again) while the batching-on server was up, so that a drift "
         "of this machine's speed hits both sides of each ratio alike; the server's loads are client threads over gRPC.",
-        "",
-        *_table("lrrrrr", ("path", "concurrency", "images/s", "p50 ms", "p99 ms", "requests"), rows),
-        "",
+        _table("lrrrrr", ("path", "concurrency", "images/s", "p50 ms", "p99 ms", "requests"), rows),
         f"Served / ceiling at concurrency {run.concurrency}: **{ceiling.served_over_ceiling:.3f}x** (by turn: "
         f"{', '.join(f'{ratio:.3f}' for ratio in ceiling.turn_ratios)}); served p50 at concurrency 1 / plain loop "
         f"median: **{ceiling.one_over_plain_loop:.3f}x**.",
     ]
 
 
-def _sweep_lines(result: EngineResult) -> list[str]:
-    if not result.sweep:
-        return _NOT_RUN
+def _sweep_lines(result: EngineResult, sweep: tuple[Load, ...]) -> list[Block]:
     ratios = dict(result.on_off_ratios())
     header = ["concurrency"]
     header += [f"{side}: {measure}" for side in ("on", "off") for measure in ("images/s", "p50 ms", "p99 ms")]
     rows = []
     for level in result.levels():
-        on, off = (_level_cells(result.sweep_point(variant, level), 0) for variant in (BATCHING_ON, BATCHING_OFF))
+        on, off = (
+            _level_cells(result.sweep_point(variant, level), 0) for variant in (model.BATCHING_ON, model.BATCHING_OFF)
+        )
         rows.append([level, *on, *off, f"{ratios[level]:.2f}x" if level in ratios else ""])
     return [
         "Two repositories of the same export: `max_running_images` 8 (one UNet call per step for every running "
@@ -467,22 +428,17 @@ def _sweep_lines(result: EngineResult) -> list[str]:
         "client threads over gRPC (`StableDiffusionClient`, one per thread), each sending the base request back to "
         "back, a fixed number of requests per level; images/s is completed requests over the wall time from the first "
         "request to the last answer (as the in-process ceiling is timed), percentiles linear between ranks.",
-        "",
         f"![sweep]({ENGINE_PLOT_NAME})",
-        "",
-        *_table("r" * 8, [*header, "on/off images/s"], rows),
+        _table("r" * 8, [*header, "on/off images/s"], rows),
     ]
 
 
-def _mixed_lines(result: EngineResult) -> list[str]:
-    mixed = result.mixed
-    if mixed is None:
-        return _NOT_RUN
+def _mixed_lines(result: EngineResult, mixed: model.MixedResult) -> list[Block]:
     spec = mixed.spec
     loads = [
-        ("short only", SHORT, spec.short_steps, spec.concurrency, mixed.short_only),
-        ("mixed", SHORT, spec.short_steps, spec.short_clients, mixed.mixed.of_class(SHORT)),
-        ("mixed", LONG, spec.long_steps, spec.long_clients, mixed.mixed.of_class(LONG)),
+        ("short only", model.SHORT, spec.short_steps, spec.concurrency, mixed.short_only),
+        ("mixed", model.SHORT, spec.short_steps, spec.short_clients, mixed.mixed.of_class(model.SHORT)),
+        ("mixed", model.LONG, spec.long_steps, spec.long_clients, mixed.mixed.of_class(model.LONG)),
     ]
     rows = []
     for load, name, steps, clients, level in loads:
@@ -498,36 +454,30 @@ def _mixed_lines(result: EngineResult) -> list[str]:
         f"{spec.long_requests_per_client} long ones ({spec.long_steps} steps) each; the reference is "
         f"{spec.concurrency} clients all sending short requests (the same concurrency, no long request). "
         "Percentiles are linear between ranks over the completed requests.",
-        "",
-        *_table("ll" + "r" * 8, header, rows),
-        "",
+        _table("ll" + "r" * 8, header, rows),
         f"Mixed load {mixed.mixed.duration_s:.1f} s, short-only load {mixed.short_only.duration_s:.1f} s. Short "
         f"requests' p99 beside long ones / alone: **{_f(mixed.short_p99_ratio, 2)}x**.",
     ]
 
 
-def _burst_lines(result: EngineResult) -> list[str]:
-    burst = result.burst
-    if burst is None:
-        return _NOT_RUN
+def _burst_lines(result: EngineResult, burst: model.BurstResult) -> list[Block]:
     refusals, accepted = burst.latencies_ms(Outcome.REFUSED), burst.latencies_ms(Outcome.OK)
     header = ("sent", "accepted", "completed", "refused", "of which as UNAVAILABLE", "failed after acceptance")
     counts = (len(burst.records), burst.accepted, burst.completed, burst.refused, burst.refused_as_unavailable)
-    lines = [
+    intro = [
         f"A repository of the same export whose engine and entries hold at most {burst.spec.max_pending_requests} "
         f"requests (`max_pending_requests`); {burst.spec.requests} requests sent at once (an asyncio gRPC client "
         "each, on one event loop, released together, connections made first), after the warm-up below. A refusal "
         'is `UNAVAILABLE` with a message starting "server busy" (the client raises `ServerUnavailableError`); time '
         "to refusal is from sending to the error.",
-        "",
-        *_table("r" * 6, header, [(*counts, burst.failed)]),
-        "",
+        _table("r" * 6, header, [(*counts, burst.failed)]),
     ]
+    lines = []
     if refusals:
         lines.append(
             f"Time to refusal: min {min(refusals):.1f} ms, median {statistics.median(refusals):.1f} ms, max "
-            f"{max(refusals):.1f} ms (goal < {GOAL_REFUSAL_MS:g} ms each; "
-            f"{sum(value >= GOAL_REFUSAL_MS for value in refusals)} at or over it)."
+            f"{max(refusals):.1f} ms (goal < {model.GOAL_REFUSAL_MS:g} ms each; "
+            f"{sum(value >= model.GOAL_REFUSAL_MS for value in refusals)} at or over it)."
         )
     if accepted:
         lines.append(f"Accepted requests' latency: {', '.join(f'{value:.0f}' for value in sorted(accepted))} ms.")
@@ -541,13 +491,10 @@ def _burst_lines(result: EngineResult) -> list[str]:
     failures = sorted({record.message for record in burst.records if record.outcome is Outcome.FAILED})
     if failures:
         lines.append(f"Failures: {'; '.join(failures)}.")
-    return lines
+    return [*intro, lines]
 
 
-def _simulated_lines(result: EngineResult) -> list[str]:
-    simulated = result.simulated
-    if simulated is None:
-        return _NOT_RUN
+def _simulated_lines(result: EngineResult, simulated: model.SimulatedResult) -> list[Block]:
     low, high, latency = simulated.non_unet_low, simulated.non_unet_high, simulated.latency
     c_low, c_high, rows = simulated.low.concurrency, simulated.high.concurrency, simulated.rows_per_image
     points = [
@@ -557,11 +504,8 @@ def _simulated_lines(result: EngineResult) -> list[str]:
         f"**Every number in this section is SIMULATED**: the batching-on repository with its UNet replaced by the "
         f"stand-in of `sdtriton/serving/simulated.py`, which sleeps {latency} (fixed + per batch row) a "
         "call and burns no CPU; the text encoder and VAE decoder are the real ONNX models on this CPU.",
-        "",
-        *_table("rrrrr", ("SIMULATED concurrency", "images/s", "p50 ms", "p99 ms", "requests"), points),
-        "",
+        _table("rrrrr", ("SIMULATED concurrency", "images/s", "p50 ms", "p99 ms", "requests"), points),
         f"Measured c{c_high}/c{c_low}: **{simulated.measured_ratio:.2f}x** (SIMULATED).",
-        "",
         f"What the latency model allows: for the UNet alone, `SimulatedLatency.throughput_ratio` gives "
         f"{simulated.unet_only_allowed_ratio:.2f}x ({c_high} images of {rows} rows in one call of "
         f"{latency.call_s(c_high * rows) * 1000:.0f} ms against one of {latency.call_s(c_low * rows) * 1000:.0f} ms). "
@@ -573,16 +517,13 @@ def _simulated_lines(result: EngineResult) -> list[str]:
         f"calls an image, a batch of c images takes calls x call(c x {rows} rows) + c x that work, so the model "
         f"allows {simulated.allowed_images_per_s(low):.2f} and {simulated.allowed_images_per_s(high):.2f} images/s: "
         f"**{simulated.allowed_ratio:.2f}x**. Measured / allowed: **{simulated.share_of_allowed:.1%}** (goal >= "
-        f"{GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}); against the UNet-alone ratio: "
+        f"{model.GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}); against the UNet-alone ratio: "
         f"{simulated.share_of_unet_only_allowed:.1%}. What the allowance leaves out is serving's own cost: BLS hops, "
         "gRPC, the entry model, Python threads sharing the CPU with the real text encoder and VAE.",
     ]
 
 
-def _gateway_lines(result: EngineResult) -> list[str]:
-    gateway = result.gateway
-    if gateway is None or not gateway.levels():
-        return _NOT_RUN
+def _gateway_lines(result: EngineResult, gateway: model.GatewayResult) -> list[Block]:
     header = ("path", "concurrency", "images/s", "p50 ms", "p95 ms", "p99 ms", "requests", "failed")
     rows = []
     for direct, through, ratio, overhead_ms in gateway.levels():
@@ -598,11 +539,9 @@ def _gateway_lines(result: EngineResult) -> list[str]:
         "`sdtriton gateway` process in front of the same server. Levels ran in turns whose first side alternates; "
         "the clients share this CPU with the server and the gateway. Per level: the images/s ratio and the p50 "
         "overhead per request (gateway minus direct, ms).",
-        "",
-        *_table("lrrrrrrr", header, rows),
-        "",
+        _table("lrrrrrrr", header, rows),
         f"Gateway / direct images/s at concurrency {gateway.levels()[-1][0].concurrency}: "
-        f"**{gateway.over_direct:.3f}x** (goal >= {GOAL_GATEWAY_OVER_DIRECT}; by turn: "
+        f"**{gateway.over_direct:.3f}x** (goal >= {model.GOAL_GATEWAY_OVER_DIRECT}; by turn: "
         f"{', '.join(f'{ratio:.3f}' for ratio in gateway.turn_ratios)}). The gateway process's own CPU time (its "
         f"process group's, from `/proc`; other work inflates it far less than latencies): **{serving_ms:.1f} ms** "
         f"per request it served, {idle_ms:.1f} ms per direct request while it stood idle beside them.",
