@@ -36,8 +36,7 @@ GOAL_REFUSAL_MS = 50.0  # every refused request of a burst answered within: unde
 GOAL_SIMULATED_SHARE_OF_ALLOWED = 0.90  # simulated c_high/c_low throughput ratio over what the model allows: at least
 GOAL_GATEWAY_OVER_DIRECT = 0.95  # images/s through the HTTP gateway over direct gRPC, at the highest level: at least
 
-# Loads, and the request classes of their records: the paths timed one request at a time, the in-process engine,
-# the served loads.
+# Loads and request classes: the paths timed one request at a time, the in-process engine, the served loads.
 DIFFUSERS = "diffusers"
 ONNX_LOOP = "onnx_loop"
 TRITON = "triton"
@@ -88,16 +87,9 @@ class MachineInfo:
             memory_gib = next(int(line.split()[1]) / 2**20 for line in meminfo if line.startswith("MemTotal:"))
         except (OSError, StopIteration):
             pass
+        cpus, load_after = os.cpu_count() or 1, os.getloadavg()
         return cls(
-            started_utc=started_utc,
-            hostname=platform.node(),
-            cpu_model=cpu_model,
-            cpu_count=os.cpu_count() or 1,
-            memory_gib=memory_gib,
-            triton_version=triton_version,
-            load_average_before=load_before,
-            load_average_after=os.getloadavg(),
-            gpu=gpu,
+            started_utc, platform.node(), cpu_model, cpus, memory_gib, triton_version, load_before, load_after, gpu
         )
 
     @property
@@ -456,25 +448,16 @@ class PerfResult(Run):
         text, unet, vae = stats[TEXT_ENCODER.model_name], stats[UNET.model_name] * calls, stats[VAE_DECODER.model_name]
         executes_ms = stats[interface.ENTRY_MODEL_NAME] + stats[interface.PIPELINE_MODEL_NAME]
         rest_ms = self.triton_client.mean_ms - text - unet - vae - executes_ms
+        execute = "entry and pipeline `execute` (Triton: forward; validate, tokenize, submit to the engine)"
+        glue = "loop glue: scheduler, torch ops, validation, tokenizer (the plain loop's time outside the networks)"
+        rest = "rest of Triton: the engine loop outside network calls (scheduler, torch ops), BLS hops, client, gRPC"
         return [
             ("text encoder", loop.encode_text_ms, text),
             (f"UNet ({calls} calls)", loop.unet_ms_per_call * calls, unet),
             ("VAE decoder", loop.decode_ms, vae),
-            (
-                "entry and pipeline `execute` (Triton: forward; validate, tokenize, submit to the engine)",
-                None,
-                executes_ms,
-            ),
-            (
-                "loop glue: scheduler, torch ops, validation, tokenizer (the plain loop's time outside the networks)",
-                loop.other_ms(self.onnx_loop.mean_ms),
-                None,
-            ),
-            (
-                "rest of Triton: the engine loop outside network calls (scheduler, torch ops), BLS hops, client, gRPC",
-                None,
-                rest_ms,
-            ),
+            (execute, None, executes_ms),
+            (glue, loop.other_ms(self.onnx_loop.mean_ms), None),
+            (rest, None, rest_ms),
             ("total (mean of the timed runs)", self.onnx_loop.mean_ms, self.triton_client.mean_ms),
         ]
 

@@ -15,7 +15,7 @@ import enum
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,49 +32,21 @@ ENGINE_KEY = "engine"
 DEFAULT_SIMULATED_LATENCY = SimulatedLatency(fixed_ms=10.0, per_item_ms=2.0)
 
 
-def _cli(help_text: str, *flags: str, **argparse_options: Any) -> dict[str, Any]:
-    """A field's ``perf`` option (default: ``--name``, a path)."""
-    return {"cli": {"flags": flags, "help": help_text, **(argparse_options or {"type": Path})}}
-
-
 @dataclass(frozen=True)
 class PerfOptions:
-    """Options of ``sdtriton perf``, each field's help its option's (None: the default said there)."""
+    """Options of ``sdtriton perf`` (``perf --help`` says each); None: the default named there."""
 
-    profile: str | None = field(
-        default=None,
-        metadata=_cli(
-            "a profile of perf/scenarios.json: shapes (the default model; default once its weights exist), "
-            "tiny (default until then), sd15 (heavy: SD 1.5 shapes, ~4 GB, bounded to 10 minutes), engine and "
-            "transformer (the diffusion engine on the default model and on a tiny SD 3.5), gateway (the HTTP "
-            "gateway against direct gRPC)",
-            type=str,
-        ),
-    )
-    output_dir: Path | None = field(
-        default=None, metadata=_cli("results folder (default: outputs/perf/PROFILE)", "-o", "--output")
-    )
-    model_dir: Path | None = field(
-        default=None, metadata=_cli("diffusers pipeline folder (default: made with make-tiny)", "--model")
-    )
-    repository: Path | None = field(
-        default=None, metadata=_cli("model repository of --model (default: exported from it)")
-    )
-    work_dir: Path | None = field(
-        default=None, metadata=_cli("keep made models here (default: a temporary folder, removed)")
-    )
-    perf_dir: Path = field(
-        default=DEFAULT_PERF_DIR, metadata=_cli("scenarios.json and input_data/ (default: the repository's perf/)")
-    )
-    perf_analyzer: Path | None = field(default=None, metadata=_cli("the binary (default: tools/perf_analyzer or PATH)"))
-    tritonserver: Path | None = field(default=None, metadata=_cli("a tritonserver binary (default: the pip wheel's)"))
-    skip_diffusers: bool = field(
-        default=False, metadata=_cli("leave out the in-process diffusers baseline", action="store_true")
-    )
-    gpu: bool = field(
-        default=False, metadata=_cli("baselines on the GPU, for a repository exported with --gpu", action="store_true")
-    )
-    time_limit_s: float | None = field(default=None, metadata=_cli("overrides the profile's time limit", type=float))
+    profile: str | None = None
+    output_dir: Path | None = None
+    model_dir: Path | None = None
+    repository: Path | None = None
+    work_dir: Path | None = None
+    perf_dir: Path = DEFAULT_PERF_DIR
+    perf_analyzer: Path | None = None
+    tritonserver: Path | None = None
+    skip_diffusers: bool = False
+    gpu: bool = False
+    time_limit_s: float | None = None
     show_progress: bool = True  # progress bars over the loads
 
 
@@ -286,40 +258,33 @@ def _latency(value: Any, where: str) -> SimulatedLatency:
         raise ValueError(f"{where}: {error}") from None
 
 
-_SCENARIO_FIELDS: dict[str, Callable[[Any, str], Any]] = {
-    "name": lambda value, _: str(value),
-    "protocol": lambda value, _: Protocol(value),
-    "mode": lambda value, _: LoadMode(value),
-    "input_data": lambda value, _: str(value),
-    "levels": lambda value, _: tuple(float(level) for level in value),
-    "duration_s": lambda value, _: float(value),
-    "rate_reference": lambda value, _: str(value),
+# A spec field's parser by its declared type; counts are integers >= 1, warm-up counts >= 0 (none).
+_PARSERS: dict[str, Callable[[Any, str], Any]] = {
+    **dict.fromkeys(("str", "str | None"), lambda value, _: str(value)),
+    "float": lambda value, _: float(value),
+    "bool": lambda value, _: bool(value),
+    "int": _positive,
+    "Protocol": lambda value, _: Protocol(value),
+    "LoadMode": lambda value, _: LoadMode(value),
+    "SimulatedLatency": _latency,
+    "tuple[float, ...]": lambda value, _: tuple(float(level) for level in value),
+    "tuple[int, ...]": _increasing,
+    "tuple[int, int]": lambda value, _: tuple(int(steps) for steps in value),
 }
-# Warm-up counts may be 0 (no warm-up); every other count is at least 1.
-_ENGINE_FIELDS = {
-    "levels": _increasing,
-    "latency": _latency,
-    **dict.fromkeys(("warmup_bursts", "warmup_requests", "plain_loop_warmup_runs"), partial(_positive, least=0)),
-}
-_BASELINE_FIELDS = {
-    "input_data": lambda value, _: str(value),
-    "slope_steps": lambda value, _: tuple(int(steps) for steps in value),
-    "warmup_runs": lambda value, _: int(value),
-    "bls_probe": lambda value, _: bool(value),
-}
+_WARMUPS = ("warmup_runs", "warmup_requests", "plain_loop_warmup_runs", "warmup_bursts")
 
 
-def _parsed(cls: type, values: Mapping[str, Any], where: str, parsers: Mapping[str, Callable[[Any, str], Any]]) -> Any:
-    """Unknown keys refused, each value parsed (integers >= 1 by default)."""
-    known = [field.name for field in dataclasses.fields(cls)]
-    unknown = set(values) - set(known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-    return cls(**{key: parsers.get(key, _positive)(value, f"{where}.{key}") for key, value in values.items()})
+def _parsed(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """A spec from its JSON object, unknown keys refused."""
+    types = {field.name: field.type for field in dataclasses.fields(cls)}
+    if unknown := set(values) - set(types):
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(types)})")
+    parsers = {key: partial(_positive, least=0) if key in _WARMUPS else _PARSERS[types[key]] for key in values}
+    return cls(**{key: parsers[key](value, f"{where}.{key}") for key, value in values.items()})
 
 
 def _scenario(values: Mapping[str, Any], where: str) -> Scenario:
-    scenario = _parsed(Scenario, values, f"{where}, scenario {values.get('name')!r}", _SCENARIO_FIELDS)
+    scenario = _parsed(Scenario, values, f"{where}, scenario {values.get('name')!r}")
     where = f"scenario {scenario.name!r}"
     if not scenario.levels or any(level <= 0 for level in scenario.levels):
         raise ValueError(f"{where}: levels must be positive, got {list(scenario.levels)}")
@@ -332,7 +297,7 @@ def _scenario(values: Mapping[str, Any], where: str) -> Scenario:
 
 def _perf_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]) -> Profile:
     where = f"profile {name!r}"
-    baseline = _parsed(BaselineSpec, values["baseline"], f"{where}, baseline", _BASELINE_FIELDS)
+    baseline = _parsed(BaselineSpec, values["baseline"], f"{where}, baseline")
     steps = baseline.slope_steps
     if len(steps) != 2 or not interface.MIN_INFERENCE_STEPS <= steps[0] < steps[1] <= interface.MAX_INFERENCE_STEPS:
         raise ValueError(f"{where}: slope_steps must be two increasing step counts, got {list(steps)}")
@@ -360,7 +325,7 @@ def _engine_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]
     if unknown or not engine:
         what = f"unknown engine sections {sorted(unknown)}" if unknown else "no engine section"
         raise ValueError(f"{where}: {what} (known: {sorted(_SECTIONS)})")
-    sections = {key: _parsed(_SECTIONS[key], engine[key], f"{where}, {key}", _ENGINE_FIELDS) for key in engine}
+    sections = {key: _parsed(_SECTIONS[key], engine[key], f"{where}, {key}") for key in engine}
     profile = Profile(**common, input_data=input_data, **sections)
     mixed = profile.mixed
     if mixed is not None and mixed.long_steps > interface.MAX_INFERENCE_STEPS:

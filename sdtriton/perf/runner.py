@@ -105,6 +105,11 @@ def _in_turns(total: int, turns: int) -> int:
     return -(-total // turns)
 
 
+def _turn_levels(spec) -> list[tuple[int, int, int]]:
+    """(turn, concurrency, its requests in the turn) for every level of every turn, in order."""
+    return [(turn, c, _in_turns(spec.request_count(c), spec.turns)) for turn in range(spec.turns) for c in spec.levels]
+
+
 def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
     """Runs a profile end to end; returns its result and the written files (CSVs, plot, summary) by kind."""
     profile_name = options.profile or default_profile()
@@ -469,12 +474,9 @@ class PerfRun:
     def sweep(self, servers: dict[str, TritonServer], spec) -> tuple[Load, ...]:
         """Every level on every server, in turns: a drift of the machine's speed hits both variants alike."""
         parts: dict[tuple[str, int], list[Load]] = {}
-        for _ in range(spec.turns):
-            for concurrency in spec.levels:
-                requests = _in_turns(spec.request_count(concurrency), spec.turns)
-                for variant, server in servers.items():
-                    level = self.load(server, variant, concurrency, requests)
-                    parts.setdefault((variant, concurrency), []).append(level)
+        for _, concurrency, requests in _turn_levels(spec):
+            for variant, server in servers.items():
+                parts.setdefault((variant, concurrency), []).append(self.load(server, variant, concurrency, requests))
         levels = [Load.merged(turns) for turns in parts.values()]
         for level in levels:
             logger.info("%s c=%d: %.2f images/s", level.variant, level.concurrency, level.images_per_s)
@@ -504,11 +506,8 @@ class PerfRun:
         timeout_s = self.timeout_s(self.request.num_inference_steps, spec.max_pending_requests)
         send = {"count": spec.requests, "timeout_s": timeout_s, "show_progress": self.show}
         url = server.address.grpc_url
-        warmup = [
-            r
-            for _ in range(spec.warmup_bursts)
-            for r in load.run_burst(url, self.request, load=model.BURST_WARMUP, **send)
-        ]
+        bursts = [load.run_burst(url, self.request, load=model.BURST_WARMUP, **send) for _ in range(spec.warmup_bursts)]
+        warmup = [record for burst in bursts for record in burst]
         records = load.run_burst(url, self.request, **send)
         self.skipped += _failures("burst", [*warmup, *records])
         result = model.BurstResult(spec, tuple(records), tuple(warmup))
@@ -521,16 +520,12 @@ class PerfRun:
         low_c, high_c = spec.levels[0], spec.levels[-1]
         in_process: dict[int, list[Load]] = {low_c: [], high_c: []}
         parts: dict[int, list[Load]] = {level: [] for level in spec.levels}
-        for _ in range(spec.turns):
-            for concurrency in spec.levels:
-                if concurrency in in_process:
-                    requests = max(_in_turns(spec.in_process_requests, spec.turns), concurrency)
-                    run = self.in_process(
-                        concurrency, requests, f"non-UNet parts, c={concurrency}", zero_time_unet=True
-                    )
-                    in_process[concurrency].append(run)
-                requests = _in_turns(spec.request_count(concurrency), spec.turns)
-                parts[concurrency].append(self.load(server, SIMULATED, concurrency, requests))
+        in_process_requests = _in_turns(spec.in_process_requests, spec.turns)
+        for _, concurrency, requests in _turn_levels(spec):
+            if concurrency in in_process:
+                what, count = f"non-UNet parts, c={concurrency}", max(in_process_requests, concurrency)
+                in_process[concurrency].append(self.in_process(concurrency, count, what, zero_time_unet=True))
+            parts[concurrency].append(self.load(server, SIMULATED, concurrency, requests))
         points = tuple(level for level in map(Load.merged, parts.values()) if level.completed)
         if {low_c, high_c} - {point.concurrency for point in points}:
             self.skipped.append(f"{SIMULATED} accelerator: c={low_c} or c={high_c} completed no request")
@@ -548,15 +543,14 @@ class PerfRun:
         the CPU seconds the gateway's process ``group`` used during each side's loads."""
         high, parts, cpu_s = spec.levels[-1], {}, dict.fromkeys((model.DIRECT_GRPC, model.GATEWAY_HTTP), 0.0)
         self.load(server, f"{model.GATEWAY_HTTP}_warmup", high, high, gateway_url=url)
-        for turn in range(spec.turns):
-            sides = [(model.DIRECT_GRPC, None), (model.GATEWAY_HTTP, url)][:: -1 if turn % 2 else 1]
-            for concurrency in spec.levels:
-                requests = _in_turns(spec.request_count(concurrency), spec.turns)
-                for variant, gateway_url in sides:
-                    before_s = server_module.process_group_cpu_s(group)
-                    level = self.load(server, variant, concurrency, requests, gateway_url=gateway_url)
-                    cpu_s[variant] += server_module.process_group_cpu_s(group) - before_s
-                    parts.setdefault((variant, concurrency), []).append(level)
+        for turn, concurrency, requests in _turn_levels(spec):
+            for variant, gateway_url in [(model.DIRECT_GRPC, None), (model.GATEWAY_HTTP, url)][
+                :: -1 if turn % 2 else 1
+            ]:
+                before_s = server_module.process_group_cpu_s(group)
+                level = self.load(server, variant, concurrency, requests, gateway_url=gateway_url)
+                cpu_s[variant] += server_module.process_group_cpu_s(group) - before_s
+                parts.setdefault((variant, concurrency), []).append(level)
         pairs = zip(parts[model.DIRECT_GRPC, high], parts[model.GATEWAY_HTTP, high], strict=True)
         ratios = tuple(g.images_per_s / d.images_per_s for d, g in pairs if d.completed and g.completed)
         merged = {key: Load.merged(turns) for key, turns in parts.items()}
