@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import csv
 import http.client
 import io
@@ -158,12 +159,10 @@ def _record(load: str, request_class: str, client: int, origin: float, sent_at: 
     """A request sent at ``sent_at`` and answered now; an exception other than the server's typed errors is a bug on
     the client side: a failed request of the load, not a hang."""
     latency_ms = (time.perf_counter() - sent_at) * 1000.0
-    if error is None:
-        outcome, message = Outcome.OK, ""
-    elif isinstance(error, SdTritonError):
-        outcome, message = classify_error(str(error)), str(error)
-    else:
-        outcome, message = Outcome.FAILED, repr(error)
+    outcome, message = Outcome.OK, ""
+    if error is not None:
+        typed = isinstance(error, SdTritonError)
+        outcome, message = (classify_error(str(error)), str(error)) if typed else (Outcome.FAILED, repr(error))
     error_type = "" if error is None else type(error).__name__
     return RequestRecord(load, request_class, client, sent_at - origin, latency_ms, outcome, message, error_type)
 
@@ -178,8 +177,7 @@ class GatewayClient:
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         try:
-            data = None if body is None else json.dumps(body)
-            self._connection.request(method, path, data, {"Content-Type": "application/json"})
+            self._connection.request(method, path, body and json.dumps(body), {"Content-Type": "application/json"})
             response = self._connection.getresponse()
             return response.status, json.loads(response.read())
         except BaseException:
@@ -187,10 +185,9 @@ class GatewayClient:
             raise
 
     def is_ready(self) -> bool:
-        try:
+        with contextlib.suppress(OSError):
             return self._call("GET", "/readyz")[0] == 200
-        except OSError:
-            return False
+        return False
 
     def generate(self, prompt: str, *, width: int, height: int, **parameters: Any) -> Image.Image:
         body = {"prompt": prompt, "size": f"{width}x{height}", "response_format": "b64_json", **parameters}

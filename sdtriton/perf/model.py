@@ -78,7 +78,6 @@ class MachineInfo:
 
     @classmethod
     def here(cls, *, started_utc: str, triton_version: str, load_before: tuple[float, float, float], gpu: bool):
-        """This machine, the server's version and the load averages before and now."""
         cpu_model, memory_gib = platform.processor() or platform.machine(), 0.0
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
@@ -94,7 +93,6 @@ class MachineInfo:
 
     @property
     def busy_at_start(self) -> bool:
-        """The 1-minute load average when the run started says other work was using the CPU."""
         return self.load_average_before[0] > BUSY_LOAD_PER_CORE * self.cpu_count
 
 
@@ -115,7 +113,6 @@ class Load:
 
     @classmethod
     def timed(cls, path: str, steps: int, latencies_ms: Sequence[float]) -> Load:
-        """Runs of one path, one after another, with these latencies (ms, in run order)."""
         starts_s = np.cumsum([0.0, *latencies_ms]) / 1000.0
         records = (
             RequestRecord(path, path, 0, start, ms, Outcome.OK)
@@ -173,7 +170,7 @@ class Load:
 
     @classmethod
     def merged(cls, parts: Sequence[Load]) -> Load:
-        """Turns of one variant and concurrency as one: their records, their durations, calls and rows added."""
+        """Turns of one variant and concurrency as one: records joined, durations, calls and rows added."""
         if not parts or len({(part.variant, part.concurrency, part.steps) for part in parts}) != 1:
             raise ValueError("merge one or more turns of one variant and concurrency")
         records = tuple(record for part in parts for record in part.records)
@@ -190,10 +187,7 @@ class StepSlope:
 
     @property
     def steps(self) -> int:
-        steps = self.high.steps - self.low.steps
-        if steps <= 0:
-            raise ValueError("the high step count must exceed the low one")
-        return steps
+        return self.high.steps - self.low.steps  # the profile's slope_steps increase
 
     @property
     def ms_per_step(self) -> float:
@@ -223,7 +217,6 @@ class NetworkTimes:
     decode_ms: float
 
     def other_ms(self, total_ms: float) -> float:
-        """Tokenizer, validation, scheduler steps and torch glue: the loop's time outside the networks."""
         return total_ms - self.encode_text_ms - self.unet_ms_per_call * self.unet_calls_per_request - self.decode_ms
 
 
@@ -296,15 +289,12 @@ class LoadPoint:
 
 
 class Outcome(enum.Enum):
-    """How one client request ended."""
-
     OK = "ok"  # an image came back
     REFUSED = "refused"  # UNAVAILABLE "server busy": the engine was full, nothing was started
     FAILED = "failed"  # any other error
 
 
 def classify_error(message: str) -> Outcome:
-    """A refusal when the server said it was full (its message starts ``server busy``), else a failure."""
     return Outcome.REFUSED if message.lstrip().lower().startswith(BUSY_MESSAGE_PREFIX) else Outcome.FAILED
 
 
@@ -427,12 +417,10 @@ class PerfResult(Run):
 
     @property
     def unet_call_net(self) -> tuple[float, float | None]:
-        """What serving adds per real UNet call, and its error."""
         return per_call_difference(self.triton_slope, self.onnx_loop_slope, self.unet_calls_per_step)
 
     @property
     def bls_round_trip(self) -> tuple[float, float | None] | None:
-        """One BLS UNet call with no compute behind it, and its error."""
         if self.probe_triton_slope is None or self.probe_loop_slope is None:
             return None
         return per_call_difference(self.probe_triton_slope, self.probe_loop_slope, self.unet_calls_per_step)
@@ -505,7 +493,6 @@ class MixedResult:
 
     @property
     def short_p99_ratio(self) -> float | None:
-        """Short requests' p99 beside long ones over their p99 alone."""
         short = self.mixed.of_class(SHORT)
         if not short.completed or not self.short_only.completed:
             return None
@@ -537,7 +524,6 @@ class BurstResult:
 
     @property
     def failed(self) -> int:
-        """Accepted requests that ended in an error (there should be none)."""
         return len(self.latencies_ms(Outcome.FAILED))
 
     @property
@@ -683,7 +669,6 @@ class EngineResult(Run):
         return sorted({point.concurrency for point in self.sweep})
 
     def goal_rows(self) -> list[GoalRow]:
-        """Every goal of the sections shown, in section order."""
         ceiling, mixed, burst, simulated, gateway = self.ceiling, self.mixed, self.burst, self.simulated, self.gateway
         level = ceiling.in_process.concurrency if ceiling else "?"
         ratios = (

@@ -129,11 +129,6 @@ class InstrumentedNetworks:
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self._timed("decode_latents", latents)
 
-    def reset(self) -> None:
-        for values in self.calls_ms.values():
-            values.clear()
-        self.unet_rows = 0
-
 
 @dataclass(frozen=True)
 class ServedFiles:
@@ -193,11 +188,10 @@ def time_onnx_loop(
 ) -> OnnxLoopResult:
     """(b) The plain loop, each network call timed; the slope runs follow on warm sessions, no warm-up of their own."""
     served = ServedFiles.load(repository, gpu=gpu)
+    for _ in range(warmup_runs):
+        served.plain_loop()(request)()
     networks = InstrumentedNetworks(served.networks)
     plain_loop = served.plain_loop(networks)
-    for _ in range(warmup_runs):
-        plain_loop(request)()
-    networks.reset()
     timing, image = timed_runs(plain_loop(request), path=ONNX_LOOP, steps=request.num_inference_steps, runs=runs)
     calls = networks.calls_ms
     times = NetworkTimes(
@@ -241,9 +235,9 @@ class _Sink:
         pass
 
     def finish(self, result: object) -> None:
-        self.ended.append((self.key, time.perf_counter(), None))
+        self.fail(None)
 
-    def fail(self, error: Exception) -> None:
+    def fail(self, error: Exception | None) -> None:
         self.ended.append((self.key, time.perf_counter(), error))
 
 
@@ -254,14 +248,13 @@ def run_closed_loop(
     request: RequestSpec,
     concurrency: int,
     requests: int,
-    warmup_requests: int = 0,
     zero_time_unet: bool = False,
     description: str = "in-process engine",
     show_progress: bool = True,
 ) -> Load:
-    """Times ``requests`` of ``request`` (after ``warmup_requests``), ``concurrency`` in the engine at once, each
-    parsed and tokenized from its raw inputs as the pipeline model does: from the first ``concurrency`` submitted
-    together to the last one finished.
+    """Times ``requests`` of ``request``, ``concurrency`` in the engine at once over ``served``'s networks, each parsed
+    and tokenized from its raw inputs as the pipeline model does: from the first ``concurrency`` submitted together
+    to the last one finished.
 
     Raises:
         InProcessEngineError: a request failed, or the engine went idle before the last one.
@@ -269,24 +262,21 @@ def run_closed_loop(
     from sdtriton.serving.engine import DiffusionEngine, EngineRequest
     from sdtriton.serving.requests import parse_request
 
-    if concurrency < 1 or requests < 1:
-        raise ValueError(f"concurrency and requests must be at least 1, got {concurrency} and {requests}")
-    config, tokenizers = served.config, served.tokenizers
+    config, tokenizers, raw = served.config, served.tokenizers, raw_inputs(request)
     counting = InstrumentedNetworks(served.networks, zero_time_unet=zero_time_unet)
     engine = DiffusionEngine(config=config, networks=counting, limits=limits)
-    raw = raw_inputs(request)
-
-    def closed_loop(total: int, progress: tqdm | None) -> list[RequestRecord]:
-        ended: list[tuple[int, float, Exception | None]] = []
-        sent_at: list[float] = []
-        records: list[RequestRecord] = []
-        while len(records) < total:
-            while len(sent_at) < min(total, len(records) + concurrency):
+    ended: list[tuple[int, float, Exception | None]] = []
+    sent_at: list[float] = []
+    records: list[RequestRecord] = []
+    with tqdm(total=requests, desc=description, unit="image", disable=not show_progress) as progress:
+        started = time.perf_counter()
+        while len(records) < requests:
+            while len(sent_at) < min(requests, len(records) + concurrency):
                 images = parse_request(raw, config=config, tokenizers=tokenizers).images
                 engine.submit(EngineRequest(key=len(sent_at), images=images, sink=_Sink(len(sent_at), ended)))
                 sent_at.append(time.perf_counter())
             if engine.counts() == (0, 0) and not ended:
-                raise InProcessEngineError(f"the engine went idle after {len(records)} of {total} requests")
+                raise InProcessEngineError(f"the engine went idle after {len(records)} of {requests} requests")
             engine.step()
             for key, finished, error in ended:
                 if error is not None:
@@ -295,17 +285,8 @@ def run_closed_loop(
                 records.append(
                     RequestRecord(IN_PROCESS, IN_PROCESS, key, sent_at[key] - sent_at[0], latency_ms, Outcome.OK)
                 )
-            if progress is not None:
-                progress.update(len(ended))
+            progress.update(len(ended))
             ended.clear()
-        return records
-
-    if warmup_requests:
-        closed_loop(warmup_requests, None)
-    counting.reset()
-    with tqdm(total=requests, desc=description, unit="image", disable=not show_progress) as progress:
-        started = time.perf_counter()
-        records = closed_loop(requests, progress)
         elapsed_s = time.perf_counter() - started
     unet_calls = len(counting.calls_ms["predict_noise"])
     return Load(

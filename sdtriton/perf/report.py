@@ -321,12 +321,10 @@ def _perf_analyzer_sections(result: PerfResult) -> list[Block]:
     if result.bls_round_trip is not None:
         cost, error = result.bls_round_trip
         probe = (
-            f"One BLS UNet call, measured with an identity UNet (the same repository, its UNet returning the "
-            f"sample): the per-step slope between {slope.low.steps} and {slope.high.steps} steps is "
-            f"{result.probe_triton_slope.ms_per_step:.3f} ms/step through Triton and "
-            f"{result.probe_loop_slope.ms_per_step:.3f} ms/step in the plain loop, so "
-            f"the call mechanism costs **{cost:.3f}{_plus_minus(error)} ms** per call (± one standard error of the "
-            "medians)."
+            f"With an identity UNet (returning its sample), the per-step slope between {slope.low.steps} and "
+            f"{slope.high.steps} steps is {result.probe_triton_slope.ms_per_step:.3f} ms/step through Triton and "
+            f"{result.probe_loop_slope.ms_per_step:.3f} ms/step in the plain loop: one BLS UNet call costs "
+            f"**{cost:.3f}{_plus_minus(error)} ms** (± one standard error of the medians)."
         )
     net, net_error = result.unet_call_net
     breakdown = [(part, _f(loop_ms, 1), _f(triton_ms, 1)) for part, loop_ms, triton_ms in result.time_breakdown()]
@@ -345,13 +343,12 @@ def _perf_analyzer_sections(result: PerfResult) -> list[Block]:
         _goal_table(result.goal_rows()),
         "The goals are those of issue 3, set for the default model at concurrency 1; on other profiles they are "
         "for reference.",
-        f"{probe} With the real UNet, the slopes are {slope.ms_per_step:.3f} ms/step through Triton and "
-        f"{loop_slope.ms_per_step:.3f} ms/step in the plain loop ({result.unet_calls_per_step:g} UNet call(s) per "
-        f"step): serving adds **{net:.3f}{_plus_minus(net_error)} ms** per real UNet call, fixed costs cancelled. "
-        f"Triton's statistics for `unet` over those runs: {stats.ms_per_request():.3f} ms per call in the server "
-        f"(queue {stats.ms_per_request('queue'):.3f} ms, compute {stats.ms_per_request('compute_infer'):.3f} ms) "
-        f"against {result.onnx_loop_networks.unet_ms_per_call:.3f} ms for the bare ONNX Runtime call in the plain "
-        "loop.",
+        f"{probe} With the real UNet: {slope.ms_per_step:.3f} ms/step through Triton, {loop_slope.ms_per_step:.3f} "
+        "in the plain loop "
+        f"({result.unet_calls_per_step:g} UNet call(s) a step): serving adds **{net:.3f}{_plus_minus(net_error)} ms** "
+        f"per real UNet call. Triton's `unet` statistics over those runs: {stats.ms_per_request():.3f} ms a call "
+        f"(queue {stats.ms_per_request('queue'):.3f}, compute {stats.ms_per_request('compute_infer'):.3f}), the "
+        f"plain loop's ONNX Runtime call {result.onnx_loop_networks.unet_ms_per_call:.3f} ms.",
         "## Where one request's time goes (ms)",
         "Means per request over the timed runs. Plain loop: timers around each network call. Triton: per-model "
         "statistics (queue + compute) over the client-timed runs.",
@@ -399,12 +396,10 @@ def _ceiling_lines(result: EngineResult, ceiling: model.CeilingResult) -> list[B
         ("Triton", served.concurrency, *_level_cells(served), len(served.records)),
     ]
     return [
-        f"The ceiling is the engine driven in this process (`DiffusionEngine` over ONNX Runtime sessions of the same "
-        f"ONNX files, the batching-on repository's limits, no Triton), fed {run.concurrency} requests at once as a "
-        f"closed loop: its UNet calls held {run.rows_per_unet_call:.1f} rows on average, as the server's do at "
-        f"concurrency {run.concurrency}. It and the server ran in {len(ceiling.turn_ratios)} turns (in-process, served "
-        f"at {run.concurrency}, plain loop, served at 1, again) while the batching-on server was up, so that a drift "
-        "of this machine's speed hits both sides of each ratio alike; the server's loads are client threads over gRPC.",
+        f"The ceiling: `DiffusionEngine` in this process over the same ONNX files and limits, no Triton, "
+        f"{run.concurrency} requests at once (UNet calls of {run.rows_per_unet_call:.1f} rows on average). It and the "
+        f"server (client threads over gRPC) ran in {len(ceiling.turn_ratios)} turns, so a drift of the machine's "
+        "speed hits both sides of a ratio alike.",
         _table("lrrrrr", ("path", "concurrency", "images/s", "p50 ms", "p99 ms", "requests"), rows),
         f"Served / ceiling at concurrency {run.concurrency}: **{ceiling.served_over_ceiling:.3f}x** (by turn: "
         f"{', '.join(f'{ratio:.3f}' for ratio in ceiling.turn_ratios)}); served p50 at concurrency 1 / plain loop "
@@ -423,11 +418,9 @@ def _sweep_lines(result: EngineResult, sweep: tuple[Load, ...]) -> list[Block]:
         )
         rows.append([level, *on, *off, f"{ratios[level]:.2f}x" if level in ratios else ""])
     return [
-        "Two repositories of the same export: `max_running_images` 8 (one UNet call per step for every running "
-        "image) and 1 (each image its own UNet call, requests one after another). Each level is a closed loop of "
-        "client threads over gRPC (`StableDiffusionClient`, one per thread), each sending the base request back to "
-        "back, a fixed number of requests per level; images/s is completed requests over the wall time from the first "
-        "request to the last answer (as the in-process ceiling is timed), percentiles linear between ranks.",
+        "Two repositories of one export: `max_running_images` 8 (one UNet call a step for every running image) and 1. "
+        "Each level: client threads over gRPC sending the base request back to back; images/s is completed requests "
+        "over the wall time from the first request to the last answer.",
         f"![sweep]({ENGINE_PLOT_NAME})",
         _table("r" * 8, [*header, "on/off images/s"], rows),
     ]
@@ -449,11 +442,9 @@ def _mixed_lines(result: EngineResult, mixed: model.MixedResult) -> list[Block]:
         rows.append([load, name, steps, clients, *cells])
     header = ("load", "class", "steps", "clients", "completed", "failed", "images/s", "p50 ms", "p90 ms", "p99 ms")
     return [
-        f"On the batching-on server, client threads over gRPC (`StableDiffusionClient`): {spec.short_clients} sending "
-        f"short requests ({spec.short_steps} steps) back to back while {spec.long_clients} send "
-        f"{spec.long_requests_per_client} long ones ({spec.long_steps} steps) each; the reference is "
-        f"{spec.concurrency} clients all sending short requests (the same concurrency, no long request). "
-        "Percentiles are linear between ranks over the completed requests.",
+        f"On the batching-on server, {spec.short_clients} client threads send short requests back to back while "
+        f"{spec.long_clients} send {spec.long_requests_per_client} long ones each; the reference: {spec.concurrency} "
+        "clients all sending short requests.",
         _table("ll" + "r" * 8, header, rows),
         f"Mixed load {mixed.mixed.duration_s:.1f} s, short-only load {mixed.short_only.duration_s:.1f} s. Short "
         f"requests' p99 beside long ones / alone: **{_f(mixed.short_p99_ratio, 2)}x**.",
@@ -465,11 +456,9 @@ def _burst_lines(result: EngineResult, burst: model.BurstResult) -> list[Block]:
     header = ("sent", "accepted", "completed", "refused", "of which as UNAVAILABLE", "failed after acceptance")
     counts = (len(burst.records), burst.accepted, burst.completed, burst.refused, burst.refused_as_unavailable)
     intro = [
-        f"A repository of the same export whose engine and entries hold at most {burst.spec.max_pending_requests} "
-        f"requests (`max_pending_requests`); {burst.spec.requests} requests sent at once (an asyncio gRPC client "
-        "each, on one event loop, released together, connections made first), after the warm-up below. A refusal "
-        'is `UNAVAILABLE` with a message starting "server busy" (the client raises `ServerUnavailableError`); time '
-        "to refusal is from sending to the error.",
+        f"`max_pending_requests` {burst.spec.max_pending_requests}; {burst.spec.requests} requests sent at once "
+        '(an asyncio gRPC client each, connected first). A refusal is `UNAVAILABLE` "server busy" '
+        "(`ServerUnavailableError`), timed from sending to the error.",
         _table("r" * 6, header, [(*counts, burst.failed)]),
     ]
     lines = []
@@ -484,9 +473,8 @@ def _burst_lines(result: EngineResult, burst: model.BurstResult) -> list[Block]:
     if burst.warmup_records:
         cold = max(burst.latencies_ms(Outcome.REFUSED, warmup=True), default=None)
         lines.append(
-            f"Before it, {burst.spec.warmup_bursts} burst(s) of the same size warmed the server up, not judged: the "
-            "first burst after a server's start pays one-off costs (threads of the entry model and gRPC); its "
-            f"slowest refusal took {'-' if cold is None else f'{cold:.1f}'} ms."
+            f"{burst.spec.warmup_bursts} warm-up burst(s) first, not judged (one-off costs after a start): slowest "
+            f"refusal {'-' if cold is None else f'{cold:.1f}'} ms."
         )
     failures = sorted({record.message for record in burst.records if record.outcome is Outcome.FAILED})
     if failures:
@@ -506,20 +494,17 @@ def _simulated_lines(result: EngineResult, simulated: model.SimulatedResult) -> 
         "call and burns no CPU; the text encoder and VAE decoder are the real ONNX models on this CPU.",
         _table("rrrrr", ("SIMULATED concurrency", "images/s", "p50 ms", "p99 ms", "requests"), points),
         f"Measured c{c_high}/c{c_low}: **{simulated.measured_ratio:.2f}x** (SIMULATED).",
-        f"What the latency model allows: for the UNet alone, `SimulatedLatency.throughput_ratio` gives "
-        f"{simulated.unet_only_allowed_ratio:.2f}x ({c_high} images of {rows} rows in one call of "
-        f"{latency.call_s(c_high * rows) * 1000:.0f} ms against one of {latency.call_s(c_low * rows) * 1000:.0f} ms). "
-        "The rest of a request (text encoder, VAE decoder, scheduler steps, the engine's glue) runs on this CPU and "
-        "does not shrink with the simulated UNet, so it is counted at its own cost: the engine driven in this process "
-        f"with a UNet that takes no time gave {low.images_per_s:.1f} images/s at c={low.concurrency} and "
-        f"{high.images_per_s:.1f} images/s at c={high.concurrency}, i.e. {1000 / low.images_per_s:.1f} and "
-        f"{1000 / high.images_per_s:.1f} ms of non-UNet work an image. With {simulated.unet_calls_per_image:g} UNet "
-        f"calls an image, a batch of c images takes calls x call(c x {rows} rows) + c x that work, so the model "
-        f"allows {simulated.allowed_images_per_s(low):.2f} and {simulated.allowed_images_per_s(high):.2f} images/s: "
-        f"**{simulated.allowed_ratio:.2f}x**. Measured / allowed: **{simulated.share_of_allowed:.1%}** (goal >= "
-        f"{model.GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}); against the UNet-alone ratio: "
-        f"{simulated.share_of_unet_only_allowed:.1%}. What the allowance leaves out is serving's own cost: BLS hops, "
-        "gRPC, the entry model, Python threads sharing the CPU with the real text encoder and VAE.",
+        f"Allowed for the UNet alone (`SimulatedLatency.throughput_ratio`): {simulated.unet_only_allowed_ratio:.2f}x "
+        f"({c_high} images of {rows} rows in one call of {latency.call_s(c_high * rows) * 1000:.0f} ms against one of "
+        f"{latency.call_s(c_low * rows) * 1000:.0f} ms). The rest of a request runs on this CPU and does not shrink: "
+        f"the engine in this process with a zero-time UNet did {1000 / low.images_per_s:.1f} ms of it an image at "
+        f"c={low.concurrency} and {1000 / high.images_per_s:.1f} ms at c={high.concurrency}. With "
+        f"{simulated.unet_calls_per_image:g} UNet calls an image, c images take calls x call(c x {rows} rows) + c x "
+        f"that work: {simulated.allowed_images_per_s(low):.2f} and {simulated.allowed_images_per_s(high):.2f} "
+        f"images/s, **{simulated.allowed_ratio:.2f}x** allowed. Measured / allowed: "
+        f"**{simulated.share_of_allowed:.1%}** (goal >= {model.GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}); against the "
+        f"UNet-alone ratio: {simulated.share_of_unet_only_allowed:.1%}. Left out: serving's own cost (BLS hops, gRPC, "
+        "the entry model, threads sharing the CPU).",
     ]
 
 
@@ -534,17 +519,14 @@ def _gateway_lines(result: EngineResult, gateway: model.GatewayResult) -> list[B
         rows.append(["gateway / direct", direct.concurrency, f"**{ratio:.3f}x**", f"**{overhead_ms:+.1f}**", *[""] * 4])
     idle_ms, serving_ms = gateway.gateway_cpu_ms or (math.nan, math.nan)
     return [
-        "The base request, same seed and parameters, from client threads (a connection each, back to back): straight "
-        "to Triton over gRPC (`StableDiffusionClient`), and as `POST /v1/images/generations` (`b64_json`) to a real "
-        "`sdtriton gateway` process in front of the same server. Levels ran in turns whose first side alternates; "
-        "the clients share this CPU with the server and the gateway. Per level: the images/s ratio and the p50 "
-        "overhead per request (gateway minus direct, ms).",
+        "The base request from client threads, straight to Triton over gRPC and as `POST /v1/images/generations` "
+        "(`b64_json`) to a real `sdtriton gateway` in front of the same server, in turns whose first side alternates. "
+        "Per level: the images/s ratio and the p50 overhead (gateway minus direct, ms).",
         _table("lrrrrrrr", header, rows),
         f"Gateway / direct images/s at concurrency {gateway.levels()[-1][0].concurrency}: "
         f"**{gateway.over_direct:.3f}x** (goal >= {model.GOAL_GATEWAY_OVER_DIRECT}; by turn: "
-        f"{', '.join(f'{ratio:.3f}' for ratio in gateway.turn_ratios)}). The gateway process's own CPU time (its "
-        f"process group's, from `/proc`; other work inflates it far less than latencies): **{serving_ms:.1f} ms** "
-        f"per request it served, {idle_ms:.1f} ms per direct request while it stood idle beside them.",
+        f"{', '.join(f'{ratio:.3f}' for ratio in gateway.turn_ratios)}). The gateway process group's CPU time (from "
+        f"`/proc`): **{serving_ms:.1f} ms** per request it served, {idle_ms:.1f} ms per direct request while idle.",
     ]
 
 

@@ -33,17 +33,9 @@ from sdtriton import interface
 from sdtriton import server as server_module
 from sdtriton.client import SdTritonError, StableDiffusionClient
 from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
-from sdtriton.perf import load, model, paths, report, repositories
+from sdtriton.perf import load, model, paths, profiles, report, repositories
 from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, Load, Run
-from sdtriton.perf.profiles import (
-    INPUT_DATA_DIR_NAME,
-    LoadMode,
-    PerfOptions,
-    Profile,
-    Scenario,
-    load_profiles,
-    request_rates,
-)
+from sdtriton.perf.profiles import INPUT_DATA_DIR_NAME, LoadMode, PerfOptions, Profile, Scenario, load_profiles
 from sdtriton.perf.workload import load_input_data
 from sdtriton.server import ServerAddress, TritonServer, named_triton_installation
 
@@ -54,9 +46,7 @@ BUILTIN_PROFILE = "shapes"
 _STATS_MODELS = (
     interface.ENTRY_MODEL_NAME,
     interface.PIPELINE_MODEL_NAME,
-    TEXT_ENCODER.model_name,
-    UNET.model_name,
-    VAE_DECODER.model_name,
+    *(c.model_name for c in (TEXT_ENCODER, UNET, VAE_DECODER)),
 )
 # perf_analyzer's own start-up and connection, on top of the requests of a level.
 _PERF_ANALYZER_START_S = 5.0
@@ -175,12 +165,10 @@ class PerfRun:
         return self.limit_s - (time.monotonic() - self.started)
 
     def fits(self, what: str, estimate_s: float) -> bool:
-        if estimate_s > self.left_s:
-            left_s, limit_s = max(self.left_s, 0), self.limit_s
-            self.skipped.append(
-                f"{what}: about {estimate_s:.0f} s needed, {left_s:.0f} s left of the {limit_s:.0f} s limit"
-            )
-        return estimate_s <= self.left_s
+        if estimate_s > (left_s := self.left_s):
+            needed = f"about {estimate_s:.0f} s needed, {max(left_s, 0):.0f} s left of the {self.limit_s:.0f} s limit"
+            self.skipped.append(f"{what}: {needed}")
+        return estimate_s <= left_s
 
     @contextmanager
     def server(self, repository: Path, log_name: str, *, warmup_requests: int) -> Iterator[TritonServer]:
@@ -231,21 +219,15 @@ class PerfRun:
         if self.cpu_before is not None and cpu_after is not None:
             busy_s, own_s = (after - before for after, before in zip(cpu_after, self.cpu_before, strict=True))
             other_cpu_s = max(0.0, busy_s - own_s)
-        machine = model.MachineInfo.here(
-            started_utc=self.started_utc,
-            triton_version=self.server_version,
-            load_before=self.load_before,
-            gpu=self.options.gpu,
-        )
-        return {
+        here = {"started_utc": self.started_utc, "triton_version": self.server_version, "gpu": self.options.gpu}
+        machine = model.MachineInfo.here(**here, load_before=self.load_before)
+        run = {
             "profile": self.profile.name,
             "machine": machine,
             "request": self.request,
-            "input_data": self.profile.input_data,
             "skipped": tuple(self.skipped),
-            "elapsed_s": elapsed_s,
-            "other_cpu_s": other_cpu_s,
         }
+        return run | {"input_data": self.profile.input_data, "elapsed_s": elapsed_s, "other_cpu_s": other_cpu_s}
 
     def perf_analyzer(self, model_dir: Path, repository: Path, work_dir: Path) -> model.PerfResult:
         """The three paths at concurrency 1, perf_analyzer's scenarios, and the identity-UNet probe."""
@@ -322,7 +304,7 @@ class PerfRun:
                 if scenario.mode is LoadMode.REQUEST_RATE:
                     references = [p.throughput_per_s for p in points if p.scenario == scenario.rate_reference]
                     if references:
-                        levels = request_rates(levels, peak_throughput_per_s=max(references))
+                        levels = profiles.request_rates(levels, peak_throughput_per_s=max(references))
                     else:
                         reason = f"its rate reference {scenario.rate_reference} was not measured"
                 if reason is None and scenario.input_data not in warmed:

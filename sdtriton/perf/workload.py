@@ -66,23 +66,13 @@ class RequestSpec:
 
     @classmethod
     def from_input_data_entry(cls, entry: Mapping[str, Any]) -> RequestSpec:
-        values: dict[str, Any] = {}
-        for tensor in interface.PUBLIC_INPUTS:
-            if tensor.name not in entry:
-                raise ValueError(f"input-data entry has no {tensor.name!r} (it has {sorted(entry)})")
-            content = entry[tensor.name]["content"]
-            if len(content) != 1:
-                raise ValueError(f"input-data entry {tensor.name!r} must hold one item, got {len(content)}")
-            values[tensor.name] = _FIELD_TYPES[tensor.name](content[0])
-        return cls(**values)
+        """A request from an input-data entry (one item an input); numbers keep their JSON types."""
+        if missing := [tensor.name for tensor in interface.PUBLIC_INPUTS if tensor.name not in entry]:
+            raise ValueError(f"input-data entry has no {missing[0]!r} (it has {sorted(entry)})")
+        return cls(**{tensor.name: entry[tensor.name]["content"][0] for tensor in interface.PUBLIC_INPUTS})
 
     def with_steps(self, num_inference_steps: int) -> RequestSpec:
         return dataclasses.replace(self, num_inference_steps=num_inference_steps)
-
-
-_FIELD_TYPES = {
-    field.name: {"int": int, "float": float}.get(field.type, str) for field in dataclasses.fields(RequestSpec)
-}
 
 
 def raw_inputs(request: RequestSpec) -> dict[str, np.ndarray]:

@@ -404,12 +404,11 @@ def test_in_process_closed_loop_keeps_the_concurrency_and_counts_unet_rows() -> 
         request=_small_request(steps=4),
         concurrency=3,
         requests=7,
-        warmup_requests=2,
         show_progress=False,
     )
     assert (run.concurrency, run.completed) == (3, 7)
     assert [record.client for record in run.records] == list(range(7)) and min(run.latencies_ms) > 0
-    # Waves of 3, 3 and 1 guided images, 4 steps each; the warm-up's calls are not counted.
+    # Waves of 3, 3 and 1 guided images, 4 steps each.
     assert (run.unet_calls, run.unet_rows) == (12, 56)
     assert run.rows_per_unet_call == pytest.approx(56 / 12)
     assert run.images_per_s > 0
