@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sdtriton import interface
 from sdtriton.perf.model import DIFFUSERS, IN_PROCESS, ONNX_LOOP, Load, NetworkTimes, Outcome, RequestRecord, StepSlope
+from sdtriton.perf.profiles import BaselineSpec
 from sdtriton.perf.workload import RequestSpec, raw_inputs
 
 if TYPE_CHECKING:
@@ -176,19 +177,10 @@ class OnnxLoopResult:
     image: np.ndarray
 
 
-def time_onnx_loop(
-    repository: Path,
-    request: RequestSpec,
-    *,
-    runs: int,
-    warmup_runs: int,
-    slope_steps: tuple[int, int],
-    slope_runs: int,
-    gpu: bool = False,
-) -> OnnxLoopResult:
+def time_onnx_loop(repository: Path, request: RequestSpec, spec: BaselineSpec, *, gpu: bool = False) -> OnnxLoopResult:
     """(b) The plain loop, each network call timed; the slope runs follow on warm sessions, no warm-up of their own."""
-    served = ServedFiles.load(repository, gpu=gpu)
-    for _ in range(warmup_runs):
+    served, runs, (low, high) = ServedFiles.load(repository, gpu=gpu), spec.runs, spec.slope_steps
+    for _ in range(spec.warmup_runs):
         served.plain_loop()(request)()
     networks = InstrumentedNetworks(served.networks)
     plain_loop = served.plain_loop(networks)
@@ -211,8 +203,7 @@ def time_onnx_loop(
 
         return run
 
-    slope = time_slope(counted, request, path=ONNX_LOOP, steps=slope_steps, runs=slope_runs)
-    low, high = slope_steps
+    slope = time_slope(counted, request, path=ONNX_LOOP, steps=spec.slope_steps, runs=spec.slope_runs)
     return OnnxLoopResult(timing, times, slope, (unet_calls[high] - unet_calls[low]) / (high - low), image)
 
 
@@ -243,9 +234,9 @@ class _Sink:
 
 def run_closed_loop(
     served: ServedFiles,
-    *,
     limits: EngineLimits,
     request: RequestSpec,
+    *,
     concurrency: int,
     requests: int,
     zero_time_unet: bool = False,

@@ -69,12 +69,9 @@ def write_reports(result: Run, directory: Path) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(result, EngineResult):
         goals = [(row.measure, row.measured, row.goal, row.verdict, row.simulated) for row in result.goal_rows()]
+        loads = [_load_row(*load) for load in _engine_loads(result)]
         tables = {
-            "load_csv": (
-                ENGINE_LOAD_CSV_NAME,
-                _ENGINE_LOAD_COLUMNS,
-                (_load_row(*load) for load in _engine_loads(result)),
-            ),
+            "load_csv": (ENGINE_LOAD_CSV_NAME, _ENGINE_LOAD_COLUMNS, loads),
             "requests_csv": (REQUESTS_CSV_NAME, _REQUEST_COLUMNS, _request_rows(result)),
             "goals_csv": (GOALS_CSV_NAME, _GOAL_COLUMNS, goals),
         }
@@ -89,9 +86,9 @@ def write_reports(result: Run, directory: Path) -> dict[str, Path]:
         plot = PLOT_NAME
     files = {kind: _write_csv(directory / name, header, rows) for kind, (name, header, rows) in tables.items()}
     files["plot"] = _write_plot(result, directory / plot)
-    summary = directory / SUMMARY_NAME
-    summary.write_text(summary_markdown(result))
-    return {**files, "summary": summary}
+    files["summary"] = directory / SUMMARY_NAME
+    files["summary"].write_text(summary_markdown(result))
+    return files
 
 
 def _path_rows(result: PerfResult) -> Iterable[list[object]]:
@@ -113,15 +110,8 @@ def _load_row(section: str, load: Load, variant: str = "") -> list[object]:
     times = [*(load.percentile_ms(q) for q in _PERCENTILES), load.mean_ms] if not in_process else [None] * 5
     images_per_s = 1000.0 / load.median_ms if plain else load.images_per_s
     counts = [len(load.records), "" if plain or in_process else load.failed, "" if plain else _f(load.duration_s)]
-    return [
-        section,
-        variant or load.variant,
-        section == model.SIMULATED,
-        load.concurrency,
-        *counts,
-        _f(images_per_s),
-        *map(_f, times),
-    ]
+    row = [section, variant or load.variant, section == model.SIMULATED, load.concurrency, *counts]
+    return [*row, _f(images_per_s), *map(_f, times)]
 
 
 def _engine_loads(result: EngineResult) -> list[tuple[str, Load, str]]:

@@ -235,12 +235,11 @@ class PerfRun:
         binary = load.find_perf_analyzer(options.perf_analyzer)
         timed = {"runs": spec.runs, "warmup_runs": spec.warmup_runs, "gpu": options.gpu}
         slope = {"path": model.TRITON, "steps": spec.slope_steps, "runs": spec.slope_runs}
-        loop_slope = {"slope_steps": spec.slope_steps, "slope_runs": spec.slope_runs, "gpu": options.gpu}
         diffusers, diffusers_image = None, None
         if not options.skip_diffusers:
             diffusers, diffusers_image = paths.time_diffusers(model_dir, request, **timed)
             gc.collect()  # the heavy profile's pipeline holds gigabytes: let it go before the next path loads
-        loop = paths.time_onnx_loop(repository, request, runs=spec.runs, warmup_runs=spec.warmup_runs, **loop_slope)
+        loop = paths.time_onnx_loop(repository, request, spec, gpu=options.gpu)
         gc.collect()
         with self.server(repository, "tritonserver", warmup_requests=spec.warmup_runs) as server:
             http_url = server.address.http_url
@@ -260,7 +259,8 @@ class PerfRun:
         elif self.fits("identity-UNet BLS probe", _PROBE_FIXED_S + 6 * spec.slope_runs * client.median_ms / 1000.0):
             probe_repository = repositories.identity_repository(repository, work_dir / "identity_unet_repository")
             logger.info("BLS probe: the repository with an identity UNet in %s", probe_repository)
-            probe_loop = paths.time_onnx_loop(probe_repository, request, runs=1, warmup_runs=1, **loop_slope)
+            probe_spec = dataclasses.replace(spec, runs=1, warmup_runs=1)
+            probe_loop = paths.time_onnx_loop(probe_repository, request, probe_spec, gpu=options.gpu)
             gc.collect()
             with self.server(probe_repository, "tritonserver_identity_unet", warmup_requests=1) as server:
                 with StableDiffusionClient(server.address.grpc_url) as triton:
@@ -356,7 +356,7 @@ class PerfRun:
         """The engine in this process over the batching-on repository's sessions, ``concurrency`` at once."""
         options = {"description": description, "show_progress": self.show, "zero_time_unet": zero_time_unet}
         return paths.run_closed_loop(
-            self.served, limits=self.limits, request=self.request, concurrency=concurrency, requests=requests, **options
+            self.served, self.limits, self.request, concurrency=concurrency, requests=requests, **options
         )
 
     def plain_loop(self, *, runs: int, warmup_runs: int = 0) -> Load:

@@ -400,8 +400,8 @@ def test_in_process_closed_loop_keeps_the_concurrency_and_counts_unet_rows() -> 
     networks = FakeNetworks()
     run = run_closed_loop(
         ServedFiles(tokenizers={"text_encoder": _FakeTokenizer()}, config=CONFIG, networks=networks),
-        limits=EngineLimits(max_running_images=8, max_unet_rows=16),
-        request=_small_request(steps=4),
+        EngineLimits(max_running_images=8, max_unet_rows=16),
+        _small_request(steps=4),
         concurrency=3,
         requests=7,
         show_progress=False,
@@ -427,8 +427,8 @@ def test_in_process_zero_time_unet_and_failures() -> None:
     with pytest.raises(InProcessEngineError, match="unet down"):
         run_closed_loop(
             ServedFiles(tokenizers={"text_encoder": _FakeTokenizer()}, config=CONFIG, networks=networks),
-            limits=EngineLimits(),
-            request=_small_request(),
+            EngineLimits(),
+            _small_request(),
             concurrency=2,
             requests=2,
             show_progress=False,
