@@ -279,32 +279,23 @@ def run_burst(
     (measured: 24 threads spread their sends over 8-25 ms), which separate users' clients never do."""
 
     async def burst() -> list[RequestRecord]:
-        clients: list[AsyncStableDiffusionClient] = []
-        records: list[RequestRecord] = []
+        clients = [AsyncStableDiffusionClient(url, timeout_s=timeout_s) for _ in range(count)]
         progress = tqdm(total=count, desc=load, unit="request", disable=not show_progress)
-        release = asyncio.Event()
-        origin = time.perf_counter()
 
-        async def one(client: AsyncStableDiffusionClient, index: int) -> None:
-            await release.wait()
+        async def one(client: AsyncStableDiffusionClient, index: int) -> RequestRecord:
             sent_at, error = time.perf_counter(), None
             try:
                 await client.generate(request.prompt, **request.client_parameters())
             except Exception as failure:
                 error = failure
-            records.append(_record(load, BURST, index, origin, sent_at, error))
             progress.update()
+            return _record(load, BURST, index, origin, sent_at, error)
 
-        try:
-            for _ in range(count):  # the server is up and warm: connecting is all this waits for
-                clients.append(client := AsyncStableDiffusionClient(url, timeout_s=timeout_s))
-                if not await client.is_ready():
-                    raise SdTritonError(f"{url} is not ready")
-            tasks = [asyncio.create_task(one(client, index)) for index, client in enumerate(clients)]
-            await asyncio.sleep(0)  # every task waits on the release
+        try:  # the server is up and warm: connecting is all this waits for
+            if not all(await asyncio.gather(*(client.is_ready() for client in clients))):
+                raise SdTritonError(f"{url} is not ready")
             origin = time.perf_counter()
-            release.set()
-            await asyncio.gather(*tasks)
+            records = await asyncio.gather(*(one(client, index) for index, client in enumerate(clients)))
         finally:
             progress.close()
             for client in clients:
