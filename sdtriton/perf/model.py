@@ -389,14 +389,10 @@ class PerfResult(Run):
     @property
     def triton_concurrency_1(self) -> LoadPoint | None:
         """perf_analyzer at concurrency 1 on the base request, gRPC preferred: Triton end to end."""
-        candidates = [
-            (scenario.protocol is not Protocol.GRPC, index, point)
-            for index, scenario in enumerate(self.scenarios)
-            if scenario.mode is LoadMode.CONCURRENCY and scenario.input_data == self.input_data
-            for point in self.points
-            if point.scenario == scenario.name and point.concurrency == 1
-        ]
-        return min(candidates, key=lambda candidate: candidate[:2])[2] if candidates else None
+        base = [s for s in self.scenarios if s.mode is LoadMode.CONCURRENCY and s.input_data == self.input_data]
+        ordered = sorted(base, key=lambda scenario: scenario.protocol is not Protocol.GRPC)  # stable: file order next
+        points = (p for s in ordered for p in self.points if p.scenario == s.name and p.concurrency == 1)
+        return next(points, None)
 
     def points_of(self, scenario_name: str) -> list[LoadPoint]:
         return sorted((point for point in self.points if point.scenario == scenario_name), key=lambda p: p.level)

@@ -152,9 +152,7 @@ def _write_plot(result: Run, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     engine = isinstance(result, EngineResult)
-    panels = (
-        3 if engine and result.shown(model.SIMULATED) else 2
-    )  # an engine profile's third: the simulated accelerator
+    panels = 3 if engine and result.shown(model.SIMULATED) else 2
     figure, axes = plt.subplots(1, panels, figsize=(4 + 4 * panels, 4.8))
     (_engine_plot if engine else _perf_analyzer_plot)(result, axes)
     for axis in axes:
@@ -221,24 +219,20 @@ def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
         levels = sorted({*result.levels(), *(load.concurrency for load in gateway)})
         _concurrency_axis(axis, levels, "concurrency (client threads)")
     simulated = result.simulated
-    if not simulated_axes:
-        return
-    simulated_axis = simulated_axes[0]
-    if simulated is not None:
+    for simulated_axis in simulated_axes:  # the third panel, when the profile has the section
+        simulated_axis.set_ylabel("SIMULATED throughput (images/s)")
+        what = "not run" if simulated is None else f"UNet {simulated.latency}"
+        simulated_axis.set_title(f"SIMULATED accelerator ({what})")
+        simulated_axis.set_xlabel("concurrency")
+    if simulated is not None and simulated_axes:
         points = sorted(simulated.points, key=lambda p: p.concurrency)
         levels, low = [p.concurrency for p in points], simulated.low.images_per_s
         simulated_axis.plot(levels, [p.images_per_s for p in points], "o-", color="tab:green", label="measured")
         allowed = [low * simulated.latency.throughput_ratio(level, simulated.rows_per_image) for level in levels]
         simulated_axis.plot(levels, allowed, "k:", label="allowed, UNet alone (x c1)")
-        counted = "allowed, non-UNet parts counted (x c1)"
-        simulated_axis.plot(
-            [simulated.high.concurrency], [low * simulated.allowed_ratio], "r*", markersize=12, label=counted
-        )
+        counted, high = "allowed, non-UNet parts counted (x c1)", simulated.high.concurrency
+        simulated_axis.plot([high], [low * simulated.allowed_ratio], "r*", markersize=12, label=counted)
         _concurrency_axis(simulated_axis, levels, "concurrency")
-    simulated_axis.set_xlabel("concurrency")
-    simulated_axis.set_ylabel("SIMULATED throughput (images/s)")
-    what = "not run" if simulated is None else f"UNet {simulated.latency}"
-    simulated_axis.set_title(f"SIMULATED accelerator ({what})")
 
 
 def _header(result: Run) -> list[Block]:
