@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from pathlib import Path
 
 from sdtriton.perf.profiles import PerfOptions
 
@@ -16,7 +17,7 @@ def _perf(args: argparse.Namespace) -> int:
     from sdtriton.perf.report import headline
     from sdtriton.perf.runner import run_perf
 
-    given = {field.name: getattr(args, field.name) for field in _cli_fields()}
+    given = {field.name: getattr(args, field.name, None) for field in dataclasses.fields(PerfOptions)}
     result, files = run_perf(PerfOptions(**{name: value for name, value in given.items() if value is not None}))
     for path in files.values():
         sys.stdout.write(f"{path.resolve()}\n")
@@ -26,16 +27,26 @@ def _perf(args: argparse.Namespace) -> int:
     return 1 if any("FAILED" in reason for reason in result.skipped) else 0
 
 
-def _cli_fields() -> list[dataclasses.Field]:
-    return [field for field in dataclasses.fields(PerfOptions) if "cli" in field.metadata]
-
-
 def add_perf_command(commands: argparse._SubParsersAction) -> None:
     perf = commands.add_parser(
         "perf", help="load-test the served model with perf_analyzer against in-process baselines (perf/README.md)"
     )
-    for field in _cli_fields():
-        cli = dict(field.metadata["cli"])
-        flags = cli.pop("flags") or (f"--{field.name.replace('_', '-')}",)
-        perf.add_argument(*flags, dest=field.name, **cli)
+    option = perf.add_argument
+    option(
+        "--profile",
+        help="a profile of perf/scenarios.json: shapes (the default model; default once its weights exist), "
+        "tiny (default until then), sd15 (heavy: SD 1.5 shapes, ~4 GB, bounded to 10 minutes), engine and "
+        "transformer (the diffusion engine on the default model and on a tiny SD 3.5), gateway (the HTTP "
+        "gateway against direct gRPC)",
+    )
+    option("-o", "--output", dest="output_dir", type=Path, help="results folder (default: outputs/perf/PROFILE)")
+    option("--model", dest="model_dir", type=Path, help="diffusers pipeline folder (default: made with make-tiny)")
+    option("--repository", type=Path, help="model repository of --model (default: exported from it)")
+    option("--work-dir", type=Path, help="keep made models here (default: a temporary folder, removed)")
+    option("--perf-dir", type=Path, help="scenarios.json and input_data/ (default: the repository's perf/)")
+    option("--perf-analyzer", type=Path, help="the binary (default: tools/perf_analyzer or PATH)")
+    option("--tritonserver", type=Path, help="a tritonserver binary (default: the pip wheel's)")
+    option("--skip-diffusers", action="store_true", help="leave out the in-process diffusers baseline")
+    option("--gpu", action="store_true", help="baselines on the GPU, for a repository exported with --gpu")
+    option("--time-limit-s", type=float, help="overrides the profile's time limit")
     perf.set_defaults(run=_perf)

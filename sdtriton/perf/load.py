@@ -1,18 +1,13 @@
-"""The load generators, each in one place: perf_analyzer (one process per level, its CSV read into a
-:class:`~sdtriton.perf.model.LoadPoint`), client threads and an asyncio burst (one record a request).
-
-perf_analyzer gives one latency distribution per run; the engine profile's loads need one per request class
-(short and long requests at once) or the answer of every request of a burst, so each of its senders keeps its own
-records. Classes are client threads (:class:`sdtriton.client.StableDiffusionClient`) sending back to back; a burst
-is asyncio clients (:class:`sdtriton.client.AsyncStableDiffusionClient`) released together. Each client has its
-own gRPC channel (or, through the HTTP gateway, its own :class:`GatewayClient` connection), connected before the
-load starts.
+"""The load generators, each in one place: perf_analyzer (a process per level, its CSV read into a
+:class:`~sdtriton.perf.model.LoadPoint`), client threads and an asyncio burst (a record per request, which the
+engine profile needs per request class and per refusal). Every client has its own connection, made before the load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import csv
 import http.client
 import io
@@ -33,6 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sdtriton import interface
+from sdtriton.batch import wait_until_ready
 from sdtriton.client import AsyncStableDiffusionClient, SdTritonError, StableDiffusionClient
 from sdtriton.perf.model import BURST, Load, LoadPoint, Outcome, RequestRecord, classify_error
 from sdtriton.perf.profiles import LoadMode, Protocol, Scenario
@@ -45,7 +41,7 @@ PERF_ANALYZER_ENV = "PERF_ANALYZER"
 # Where scripts/setup_perf.sh installs it: a wrapper that puts its libraries on LD_LIBRARY_PATH.
 REPOSITORY_PERF_ANALYZER = Path(__file__).resolve().parents[2] / "tools" / "perf_analyzer" / "perf_analyzer"
 _LOG_TAIL_LINES = 25
-# perf_analyzer's CSV columns (microseconds) whose sum is its average client latency, and the server's compute.
+# perf_analyzer's CSV columns (us) whose sum is its average client latency, and the server's compute.
 _SERVER_COMPUTE = ("Server Compute Input", "Server Compute Infer", "Server Compute Output")
 _LATENCY_PARTS = ("Client Send", "Network+Server Send/Recv", "Server Queue", *_SERVER_COMPUTE, "Client Recv")
 _US_PER_MS = 1000.0
@@ -59,11 +55,9 @@ class PerfAnalyzerError(RuntimeError):
 
 def find_perf_analyzer(explicit: Path | None = None) -> Path:
     """``explicit``, else ``$PERF_ANALYZER``, else ``tools/perf_analyzer/perf_analyzer``, else one on PATH."""
-    if explicit is not None:
-        if explicit.is_file() and os.access(explicit, os.X_OK):
-            return explicit
+    if explicit is not None and not (explicit.is_file() and os.access(explicit, os.X_OK)):
         raise PerfAnalyzerError(f"{explicit} is not an executable perf_analyzer")
-    candidates = [os.environ.get(PERF_ANALYZER_ENV), REPOSITORY_PERF_ANALYZER, shutil.which("perf_analyzer")]
+    candidates = [explicit, os.environ.get(PERF_ANALYZER_ENV), REPOSITORY_PERF_ANALYZER, shutil.which("perf_analyzer")]
     for candidate in (Path(path) for path in candidates if path):
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
@@ -76,7 +70,7 @@ def find_perf_analyzer(explicit: Path | None = None) -> Path:
 def perf_analyzer_command(
     scenario: Scenario, level: float, *, binary: str | Path, address: str, input_data_path: Path, csv_path: Path
 ) -> list[str]:
-    """perf_analyzer's arguments for one level: ``address`` is ``host:port`` of the scenario's protocol."""
+    """perf_analyzer's arguments for one level; ``address``: ``host:port`` of the scenario's protocol."""
     command = [str(binary), "-m", interface.ENTRY_MODEL_NAME, "-i", scenario.protocol.value, "-u", address, "-b", "1"]
     command += ["--input-data", str(input_data_path), "--request-count", str(scenario.request_count(level))]
     command += ["-f", str(csv_path)]
@@ -88,7 +82,6 @@ def perf_analyzer_command(
 
 
 def parse_perf_analyzer_csv(text: str, scenario: Scenario, *, request_count: int) -> list[LoadPoint]:
-    """The rows of perf_analyzer's ``-f`` CSV (one per level) as load points."""
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows:
         raise ValueError("perf_analyzer's CSV has no rows")
@@ -127,7 +120,7 @@ def run_level(
     output_dir: Path,
     timeout_s: float | None = None,
 ) -> LoadPoint:
-    """Runs one level; its CSV and log are kept in ``output_dir``. Raises :class:`PerfAnalyzerError` on failure."""
+    """Runs one level, its CSV and log kept in ``output_dir``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = level_file_stem(scenario, level)
     csv_path, log_path = output_dir / f"{stem}.csv", output_dir / f"{stem}.log"
@@ -151,12 +144,9 @@ def run_level(
 
 @dataclass(frozen=True)
 class ClientClass:
-    """``clients`` threads sending ``request`` back to back, as request class ``name`` (``short``, ``long``).
-
-    ``requests_per_client`` None: until every bounded class is done. ``timeout_s``: each request's time budget
-    (the server ends it, the client gives up a little later), so that a request whose answer is lost fails
-    instead of holding its thread for ever; None: no budget.
-    """
+    """``clients`` threads sending ``request`` back to back as class ``name``, ``requests_per_client`` each (None:
+    until the bounded classes are done); ``timeout_s``: a request's budget, so that a lost answer fails its request
+    instead of holding its thread for ever."""
 
     name: str
     request: RequestSpec
@@ -166,24 +156,20 @@ class ClientClass:
 
 
 def _record(load: str, request_class: str, client: int, origin: float, sent_at: float, error: Exception | None):
-    """The record of a request sent at ``sent_at`` (``perf_counter``) and answered now (an image, or ``error``):
-    the server's typed errors by their message; any other exception is a bug on the client side, a failed
-    request of the load (not a hang)."""
+    """A request sent at ``sent_at`` and answered now; an exception other than the server's typed errors is a bug on
+    the client side: a failed request of the load, not a hang."""
     latency_ms = (time.perf_counter() - sent_at) * 1000.0
-    if error is None:
-        outcome, message = Outcome.OK, ""
-    elif isinstance(error, SdTritonError):
-        outcome, message = classify_error(str(error)), str(error)
-    else:
-        outcome, message = Outcome.FAILED, repr(error)
+    outcome, message = Outcome.OK, ""
+    if error is not None:
+        typed = isinstance(error, SdTritonError)
+        outcome, message = (classify_error(str(error)), str(error)) if typed else (Outcome.FAILED, repr(error))
     error_type = "" if error is None else type(error).__name__
     return RequestRecord(load, request_class, client, sent_at - origin, latency_ms, outcome, message, error_type)
 
 
 class GatewayClient:
-    """:class:`StableDiffusionClient`'s ``generate`` as ``POST /v1/images/generations`` to an ``sdtriton gateway``
-    (``http://host:port``) over one kept-alive connection (:mod:`http.client`, light beside the gRPC client): every
-    input in the body, the image back as ``b64_json``; a refusal raises :class:`SdTritonError` with its message."""
+    """:class:`StableDiffusionClient`'s ``generate`` as ``POST /v1/images/generations`` to an ``sdtriton gateway`` over
+    one kept-alive connection (:mod:`http.client`, light beside the gRPC client); an error raises SdTritonError."""
 
     def __init__(self, url: str, *, timeout_s: float | None = None) -> None:
         parts = urlsplit(url)
@@ -191,8 +177,7 @@ class GatewayClient:
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         try:
-            data = None if body is None else json.dumps(body)
-            self._connection.request(method, path, data, {"Content-Type": "application/json"})
+            self._connection.request(method, path, body and json.dumps(body), {"Content-Type": "application/json"})
             response = self._connection.getresponse()
             return response.status, json.loads(response.read())
         except BaseException:
@@ -200,10 +185,9 @@ class GatewayClient:
             raise
 
     def is_ready(self) -> bool:
-        try:
+        with contextlib.suppress(OSError):
             return self._call("GET", "/readyz")[0] == 200
-        except OSError:
-            return False
+        return False
 
     def generate(self, prompt: str, *, width: int, height: int, **parameters: Any) -> Image.Image:
         body = {"prompt": prompt, "size": f"{width}x{height}", "response_format": "b64_json", **parameters}
@@ -218,57 +202,40 @@ class GatewayClient:
 
 def connected(client: StableDiffusionClient, url: str) -> StableDiffusionClient:
     """``client`` once its server answers ready; :class:`SdTritonError` (the client closed) after 30 s."""
-    deadline = time.monotonic() + _CONNECT_TIMEOUT_S
-    while not client.is_ready():
-        if time.monotonic() > deadline:
-            client.close()
-            raise SdTritonError(f"{url} is not ready after {_CONNECT_TIMEOUT_S:.0f} s")
-        time.sleep(0.1)
+    if not wait_until_ready(client, timeout_s=_CONNECT_TIMEOUT_S):
+        client.close()
+        raise SdTritonError(f"{url} is not ready after {_CONNECT_TIMEOUT_S:.0f} s")
     return client
 
 
 def run_classes(
     url: str, classes: Sequence[ClientClass], *, load: str, show_progress: bool = True, gateway: bool = False
 ) -> Load:
-    """Runs every class's threads at once; returns their records (by start time) and the load's duration.
-    ``gateway``: ``url`` is an ``sdtriton gateway``'s, and each thread sends through a :class:`GatewayClient`.
-
-    Threads of a class with ``requests_per_client`` None keep sending until the bounded classes are done
-    (their last request may end after that). At least one class must be bounded.
-    """
+    """Every class's threads at once, their records by start time; ``gateway``: ``url`` is an ``sdtriton gateway``'s.
+    Unbounded classes keep sending until the bounded ones are done (their last request may end after that)."""
     bounded = [c for c in classes if c.requests_per_client is not None]
     if not bounded:
         raise ValueError("at least one class needs requests_per_client")
     senders = [c for c in classes for _ in range(c.clients)]
     clients: list[StableDiffusionClient] = []
     records: list[RequestRecord] = []
-    lock = threading.Lock()
-    bounded_left = [sum(c.clients for c in bounded)]
-    stop = threading.Event()
-    start = threading.Barrier(len(senders) + 1)
+    lock, stop, start = threading.Lock(), threading.Event(), threading.Barrier(len(senders) + 1)
     progress = tqdm(total=sum(c.clients * c.requests_per_client for c in bounded), desc=load, disable=not show_progress)
     origin = 0.0
 
     def send_all(client_class: ClientClass, client: StableDiffusionClient, index: int) -> None:
-        count = client_class.requests_per_client
-        try:
-            start.wait()
-            sent = 0
-            while not (stop.is_set() if count is None else sent >= count):
-                sent_at, error = time.perf_counter(), None
-                try:
-                    client.generate(client_class.request.prompt, **client_class.request.client_parameters())
-                except Exception as failure:
-                    error = failure
-                with lock:
-                    records.append(_record(load, client_class.name, index, origin, sent_at, error))
-                    progress.update(count is not None)
-                sent += 1
-        finally:
+        count, sent, request = client_class.requests_per_client, 0, client_class.request
+        start.wait()
+        while not (stop.is_set() if count is None else sent >= count):
+            sent_at, error = time.perf_counter(), None
+            try:
+                client.generate(request.prompt, **request.client_parameters())
+            except Exception as failure:
+                error = failure
             with lock:
-                bounded_left[0] -= count is not None
-                if bounded_left[0] == 0:
-                    stop.set()
+                records.append(_record(load, client_class.name, index, origin, sent_at, error))
+                progress.update(count is not None)
+            sent += 1
 
     try:
         for client_class in senders:
@@ -282,7 +249,12 @@ def run_classes(
             thread.start()
         origin = time.perf_counter()
         start.wait()
-        for thread in threads:
+        unbounded_last = sorted(
+            zip(threads, senders, strict=True), key=lambda pair: pair[1].requests_per_client is None
+        )
+        for thread, client_class in unbounded_last:
+            if client_class.requests_per_client is None:
+                stop.set()  # the bounded classes are done
             thread.join()
         duration_s = time.perf_counter() - origin
     finally:
@@ -302,44 +274,28 @@ def run_burst(
     load: str = BURST,
     show_progress: bool = True,
 ) -> list[RequestRecord]:
-    """Sends ``count`` requests at once; returns one record each, by start time.
-
-    Each request has its own asyncio client (its own gRPC channel, connected first), all on one event loop
-    released together: a burst is many independent clients, and threads of one Python process would queue on its
-    GIL to build and send their requests (measured: 24 threads spread their sends over 8-25 ms), which a user's
-    separate clients never do. Each latency runs from that request's own call to its answer.
-    """
+    """Sends ``count`` requests at once, a record each by start time: an asyncio client each (its own gRPC channel),
+    on one event loop, released together. Threads of one process would queue on the GIL to build and send them
+    (measured: 24 threads spread their sends over 8-25 ms), which separate users' clients never do."""
 
     async def burst() -> list[RequestRecord]:
-        clients: list[AsyncStableDiffusionClient] = []
-        records: list[RequestRecord] = []
+        clients = [AsyncStableDiffusionClient(url, timeout_s=timeout_s) for _ in range(count)]
         progress = tqdm(total=count, desc=load, unit="request", disable=not show_progress)
-        release = asyncio.Event()
-        origin = time.perf_counter()
 
-        async def one(client: AsyncStableDiffusionClient, index: int) -> None:
-            await release.wait()
+        async def one(client: AsyncStableDiffusionClient, index: int) -> RequestRecord:
             sent_at, error = time.perf_counter(), None
             try:
                 await client.generate(request.prompt, **request.client_parameters())
             except Exception as failure:
                 error = failure
-            records.append(_record(load, BURST, index, origin, sent_at, error))
             progress.update()
+            return _record(load, BURST, index, origin, sent_at, error)
 
-        try:
-            for _ in range(count):
-                clients.append(client := AsyncStableDiffusionClient(url, timeout_s=timeout_s))
-                deadline = time.monotonic() + _CONNECT_TIMEOUT_S
-                while not await client.is_ready():
-                    if time.monotonic() > deadline:
-                        raise SdTritonError(f"{url} is not ready after {_CONNECT_TIMEOUT_S:.0f} s")
-                    await asyncio.sleep(0.1)
-            tasks = [asyncio.create_task(one(client, index)) for index, client in enumerate(clients)]
-            await asyncio.sleep(0)  # every task waits on the release
+        try:  # the server is up and warm: connecting is all this waits for
+            if not all(await asyncio.gather(*(client.is_ready() for client in clients))):
+                raise SdTritonError(f"{url} is not ready")
             origin = time.perf_counter()
-            release.set()
-            await asyncio.gather(*tasks)
+            records = await asyncio.gather(*(one(client, index) for index, client in enumerate(clients)))
         finally:
             progress.close()
             for client in clients:

@@ -1,9 +1,5 @@
-"""One model of a perf run, filled by both profiles: where and when it ran, what it sent, each path's timings, and
-the ratios judged against the goals.
-
-Pure: :mod:`sdtriton.perf.runner` fills it, :mod:`sdtriton.perf.report` renders it, unit tests check it.
-Latencies are milliseconds, throughputs images (one a request) per second.
-"""
+"""One model of a perf run, filled by both profiles and rendered by :mod:`sdtriton.perf.report`: the machine, what
+was sent, each path's timings, and the ratios judged against the goals. Latencies in ms, throughputs in images/s."""
 
 from __future__ import annotations
 
@@ -40,8 +36,7 @@ GOAL_REFUSAL_MS = 50.0  # every refused request of a burst answered within: unde
 GOAL_SIMULATED_SHARE_OF_ALLOWED = 0.90  # simulated c_high/c_low throughput ratio over what the model allows: at least
 GOAL_GATEWAY_OVER_DIRECT = 0.95  # images/s through the HTTP gateway over direct gRPC, at the highest level: at least
 
-# Loads, and the request classes of their records: the paths timed one request at a time, the in-process engine,
-# the served loads.
+# Loads and request classes: the paths timed one request at a time, the in-process engine, the served loads.
 DIFFUSERS = "diffusers"
 ONNX_LOOP = "onnx_loop"
 TRITON = "triton"
@@ -83,7 +78,6 @@ class MachineInfo:
 
     @classmethod
     def here(cls, *, started_utc: str, triton_version: str, load_before: tuple[float, float, float], gpu: bool):
-        """This machine, the server's version and the load averages before and now."""
         cpu_model, memory_gib = platform.processor() or platform.machine(), 0.0
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
@@ -92,32 +86,22 @@ class MachineInfo:
             memory_gib = next(int(line.split()[1]) / 2**20 for line in meminfo if line.startswith("MemTotal:"))
         except (OSError, StopIteration):
             pass
+        cpus, load_after = os.cpu_count() or 1, os.getloadavg()
         return cls(
-            started_utc=started_utc,
-            hostname=platform.node(),
-            cpu_model=cpu_model,
-            cpu_count=os.cpu_count() or 1,
-            memory_gib=memory_gib,
-            triton_version=triton_version,
-            load_average_before=load_before,
-            load_average_after=os.getloadavg(),
-            gpu=gpu,
+            started_utc, platform.node(), cpu_model, cpus, memory_gib, triton_version, load_before, load_after, gpu
         )
 
     @property
     def busy_at_start(self) -> bool:
-        """The 1-minute load average when the run started says other work was using the CPU."""
         return self.load_average_before[0] > BUSY_LOAD_PER_CORE * self.cpu_count
 
 
 @dataclass(frozen=True)
 class Load:
-    """Requests of one path, variant or request class at one concurrency, one record each in the order sent, and
-    the wall time from the first sent to the last answer (``duration_s``): a path timed one request at a time
-    (:meth:`timed`; ``steps``: its request's), a closed loop of ``concurrency`` clients (or of requests kept in the
-    in-process engine, whose UNet calls and their batch rows are counted) each sending back to back, or one class of
-    a load. Throughput is the completed requests over that wall time; percentiles (linear between the closest ranks,
-    numpy's default) are the completed requests'."""
+    """Requests of one path, variant or request class at one concurrency, a record each, and the wall time from the
+    first sent to the last answer: a path timed one request at a time (:meth:`timed`), a closed loop of clients (or of
+    requests in the in-process engine, whose UNet calls and batch rows are counted), or one class of a load.
+    Throughput is completed requests over ``duration_s``; percentiles (numpy's linear) are the completed requests'."""
 
     variant: str
     concurrency: int
@@ -129,7 +113,6 @@ class Load:
 
     @classmethod
     def timed(cls, path: str, steps: int, latencies_ms: Sequence[float]) -> Load:
-        """Runs of one path, one after another, with these latencies (ms, in run order)."""
         starts_s = np.cumsum([0.0, *latencies_ms]) / 1000.0
         records = (
             RequestRecord(path, path, 0, start, ms, Outcome.OK)
@@ -151,28 +134,12 @@ class Load:
     p50_ms = median_ms
 
     @property
-    def p90_ms(self) -> float:
-        return self.percentile_ms(90)
-
-    @property
-    def p95_ms(self) -> float:
-        return self.percentile_ms(95)
-
-    @property
     def p99_ms(self) -> float:
         return self.percentile_ms(99)
 
     @property
     def mean_ms(self) -> float:
         return statistics.mean(self.latencies_ms)
-
-    @property
-    def min_ms(self) -> float:
-        return min(self.latencies_ms)
-
-    @property
-    def max_ms(self) -> float:
-        return max(self.latencies_ms)
 
     @property
     def median_standard_error_ms(self) -> float | None:
@@ -203,7 +170,7 @@ class Load:
 
     @classmethod
     def merged(cls, parts: Sequence[Load]) -> Load:
-        """Turns of one variant and concurrency as one: their records, their durations, calls and rows added."""
+        """Turns of one variant and concurrency as one: records joined, durations, calls and rows added."""
         if not parts or len({(part.variant, part.concurrency, part.steps) for part in parts}) != 1:
             raise ValueError("merge one or more turns of one variant and concurrency")
         records = tuple(record for part in parts for record in part.records)
@@ -220,10 +187,7 @@ class StepSlope:
 
     @property
     def steps(self) -> int:
-        steps = self.high.steps - self.low.steps
-        if steps <= 0:
-            raise ValueError("the high step count must exceed the low one")
-        return steps
+        return self.high.steps - self.low.steps  # the profile's slope_steps increase
 
     @property
     def ms_per_step(self) -> float:
@@ -253,15 +217,13 @@ class NetworkTimes:
     decode_ms: float
 
     def other_ms(self, total_ms: float) -> float:
-        """Tokenizer, validation, scheduler steps and torch glue: the loop's time outside the networks."""
         return total_ms - self.encode_text_ms - self.unet_ms_per_call * self.unet_calls_per_request - self.decode_ms
 
 
 @dataclass(frozen=True)
 class ModelStats:
-    """Triton's cumulative counters of one model version (``GET /v2/models/<name>/stats``); subtract an earlier
-    reading to get one interval's. ``requests`` counts successful requests (a BLS call is one), ``executions`` the
-    batches they ran in; times are summed over requests, in nanoseconds."""
+    """Triton's cumulative counters of one model (``/v2/models/<name>/stats``): successful requests (a BLS call is
+    one), the batches they ran in, and times summed over requests in ns; :meth:`minus` gives an interval's."""
 
     name: str
     requests: int
@@ -274,7 +236,6 @@ class ModelStats:
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> ModelStats:
-        """Reads the first entry of a ``/v2/models/<name>/stats`` answer."""
         (stats, *_) = document["model_stats"]
         inference = stats["inference_stats"]
         return cls(
@@ -287,7 +248,6 @@ class ModelStats:
 
     @classmethod
     def fetch(cls, http_url: str, model_name: str) -> ModelStats:
-        """Reads one model's statistics from a server's HTTP endpoint (``http://host:port``)."""
         with urllib.request.urlopen(f"{http_url}/v2/models/{model_name}/stats", timeout=10) as response:
             return cls.from_json(json.load(response))
 
@@ -298,8 +258,8 @@ class ModelStats:
         return ModelStats(name=self.name, **counts)
 
     def ms_per_request(self, *parts: str) -> float:
-        """Time per request in ``parts`` of the statistics (``queue``, ``compute_infer``...); by default all of them,
-        queue and compute (input, infer, output): the model's whole time inside the server."""
+        """Time per request in ``parts`` (``queue``, ``compute_infer``...); by default the model's whole time inside
+        the server (queue and compute)."""
         if self.requests <= 0:
             raise ValueError(f"{self.name}: no successful requests in this interval")
         return sum(getattr(self, f"{part}_ns") for part in parts or _TIMED_PARTS) / self.requests / _NS_PER_MS
@@ -329,23 +289,19 @@ class LoadPoint:
 
 
 class Outcome(enum.Enum):
-    """How one client request ended."""
-
     OK = "ok"  # an image came back
     REFUSED = "refused"  # UNAVAILABLE "server busy": the engine was full, nothing was started
     FAILED = "failed"  # any other error
 
 
 def classify_error(message: str) -> Outcome:
-    """A refusal when the server said it was full (its message starts ``server busy``), else a failure."""
     return Outcome.REFUSED if message.lstrip().lower().startswith(BUSY_MESSAGE_PREFIX) else Outcome.FAILED
 
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One request sent by a client: its load (``mixed``, ``burst``...), class (``short``, ``long``, ``burst``),
-    client, start from the start of the load, latency to its answer (image or error), outcome, and the error's
-    message and client exception class name (``ServerUnavailableError`` for ``UNAVAILABLE``), if any."""
+    """One request: its load (``mixed``, ``burst``...) and class (``short``, ``long``...), its client, its start from
+    the load's start, its latency to the answer, and an error's message and client exception class name."""
 
     load: str
     request_class: str
@@ -359,7 +315,7 @@ class RequestRecord:
 
 @dataclass(frozen=True)
 class GoalRow:
-    """One goal: what was measured against it, and the verdict (``met`` None when not measured)."""
+    """One goal, what was measured against it, and whether it was met (None: not measured)."""
 
     measure: str
     measured: str
@@ -381,15 +337,14 @@ def _met(value: float | None, sign: str, goal: float) -> bool | None:
 
 
 def _ratio_goal(measure: str, value: float | None, sign: str, goal: float, unit: str = "x", **row: Any) -> GoalRow:
-    """A goal on a number shown to three decimals, as ``{sign} {goal}{unit}``."""
     measured = "" if value is None else f"{value:.3f}{unit}"
     return GoalRow(measure, measured, f"{sign} {goal}{unit}", _met(value, sign, goal), **row)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Run:
-    """What every profile's run has: the profile, the machine, the base request (the first of ``input_data``),
-    what was not run and why, the wall time, and other processes' CPU time (None: not measured)."""
+    """What every profile's run has: the machine, the base request (the first of ``input_data``), what was not run
+    and why, the wall time, and other processes' CPU time (None: not measured)."""
 
     profile: str
     machine: MachineInfo
@@ -399,9 +354,11 @@ class Run:
     elapsed_s: float = 0.0
     other_cpu_s: float | None = None
 
+    def goal_rows(self) -> list[GoalRow]:
+        raise NotImplementedError
+
     @property
     def other_cpu_share(self) -> float | None:
-        """Other processes' CPU time over the run, as a share of every core's time."""
         if self.other_cpu_s is None or self.elapsed_s <= 0:
             return None
         return self.other_cpu_s / (self.elapsed_s * self.machine.cpu_count)
@@ -409,11 +366,10 @@ class Run:
 
 @dataclass(frozen=True, kw_only=True)
 class PerfResult(Run):
-    """The perf_analyzer profile: the three paths at concurrency 1 on the base request, (a) diffusers in-process
-    (None when skipped), (b) the plain loop over the served ONNX files, (c) Triton through the client, each at the
-    two slope step counts too; Triton's per-model statistics over (c)'s runs (``triton_breakdown``, by model) and
-    the UNet's over its slope runs; perf_analyzer's levels; the images' largest differences; and the identity-UNet
-    probe (both paths' slopes over a UNet that returns its sample), None when it did not run."""
+    """The perf_analyzer profile: the three paths at concurrency 1, (a) diffusers (None: skipped), (b) the plain loop,
+    (c) Triton through the client, and (b) and (c) at the slope's two step counts; Triton's per-model statistics
+    over (c)'s runs and the UNet's over its slope runs; perf_analyzer's levels; the images' largest differences;
+    and both paths' slopes over the identity UNet (None: the probe did not run)."""
 
     diffusers: Load | None
     onnx_loop: Load
@@ -433,21 +389,17 @@ class PerfResult(Run):
     @property
     def triton_concurrency_1(self) -> LoadPoint | None:
         """perf_analyzer at concurrency 1 on the base request, gRPC preferred: Triton end to end."""
-        candidates = [
-            (scenario.protocol is not Protocol.GRPC, index, point)
-            for index, scenario in enumerate(self.scenarios)
-            if scenario.mode is LoadMode.CONCURRENCY and scenario.input_data == self.input_data
-            for point in self.points
-            if point.scenario == scenario.name and point.concurrency == 1
-        ]
-        return min(candidates, key=lambda candidate: candidate[:2])[2] if candidates else None
+        base = [s for s in self.scenarios if s.mode is LoadMode.CONCURRENCY and s.input_data == self.input_data]
+        ordered = sorted(base, key=lambda scenario: scenario.protocol is not Protocol.GRPC)  # stable: file order next
+        points = (p for s in ordered for p in self.points if p.scenario == s.name and p.concurrency == 1)
+        return next(points, None)
 
     def points_of(self, scenario_name: str) -> list[LoadPoint]:
         return sorted((point for point in self.points if point.scenario == scenario_name), key=lambda p: p.level)
 
     @property
     def triton_end_to_end_ms(self) -> float:
-        """perf_analyzer's p50 at concurrency 1 on the base request; the client's median if none ran."""
+        """perf_analyzer's p50 at concurrency 1; the client's median if none ran."""
         point = self.triton_concurrency_1
         return point.p50_ms if point is not None else self.triton_client.median_ms
 
@@ -461,12 +413,10 @@ class PerfResult(Run):
 
     @property
     def unet_call_net(self) -> tuple[float, float | None]:
-        """What serving adds per real UNet call, and its error: the per-step slopes' difference per call."""
         return per_call_difference(self.triton_slope, self.onnx_loop_slope, self.unet_calls_per_step)
 
     @property
     def bls_round_trip(self) -> tuple[float, float | None] | None:
-        """One BLS UNet call with no compute behind it, and its error; None when the probe did not run."""
         if self.probe_triton_slope is None or self.probe_loop_slope is None:
             return None
         return per_call_difference(self.probe_triton_slope, self.probe_loop_slope, self.unet_calls_per_step)
@@ -476,56 +426,43 @@ class PerfResult(Run):
         return None if self.bls_round_trip is None else self.bls_round_trip[0]
 
     def time_breakdown(self) -> list[tuple[str, float | None, float | None]]:
-        """Where one request's time goes on each path: (part, plain loop ms, Triton ms), from timers and statistics."""
+        """(part, plain loop ms, Triton ms): where one request's time goes, from timers and Triton's statistics."""
         loop, calls = self.onnx_loop_networks, self.onnx_loop_networks.unet_calls_per_request
         stats = {name: stats.ms_per_request() for name, stats in self.triton_breakdown.items()}
         text, unet, vae = stats[TEXT_ENCODER.model_name], stats[UNET.model_name] * calls, stats[VAE_DECODER.model_name]
         executes_ms = stats[interface.ENTRY_MODEL_NAME] + stats[interface.PIPELINE_MODEL_NAME]
         rest_ms = self.triton_client.mean_ms - text - unet - vae - executes_ms
+        execute = "entry and pipeline `execute` (Triton: forward; validate, tokenize, submit to the engine)"
+        glue = "loop glue: scheduler, torch ops, validation, tokenizer (the plain loop's time outside the networks)"
+        rest = "rest of Triton: the engine loop outside network calls (scheduler, torch ops), BLS hops, client, gRPC"
         return [
             ("text encoder", loop.encode_text_ms, text),
             (f"UNet ({calls} calls)", loop.unet_ms_per_call * calls, unet),
             ("VAE decoder", loop.decode_ms, vae),
-            (
-                "entry and pipeline `execute` (Triton: forward; validate, tokenize, submit to the engine)",
-                None,
-                executes_ms,
-            ),
-            (
-                "loop glue: scheduler, torch ops, validation, tokenizer (the plain loop's time outside the networks)",
-                loop.other_ms(self.onnx_loop.mean_ms),
-                None,
-            ),
-            (
-                "rest of Triton: the engine loop outside network calls (scheduler, torch ops), BLS hops, client, gRPC",
-                None,
-                rest_ms,
-            ),
+            (execute, None, executes_ms),
+            (glue, loop.other_ms(self.onnx_loop.mean_ms), None),
+            (rest, None, rest_ms),
             ("total (mean of the timed runs)", self.onnx_loop.mean_ms, self.triton_client.mean_ms),
         ]
 
     def goal_rows(self) -> list[GoalRow]:
-        """The goals of issue 3, a miss said with its size: set for the default model at concurrency 1."""
+        """The goals of issue 3 (set for the default model at concurrency 1), a miss said with its size."""
         measures = (
             ("Triton / plain ONNX loop", self.triton_over_onnx_loop, "<=", GOAL_TRITON_OVER_ONNX_LOOP, "x"),
             ("Triton / diffusers", self.triton_over_diffusers, "<=", GOAL_TRITON_OVER_DIFFUSERS, "x"),
             ("one BLS UNet call (identity UNet)", self.bls_unet_call_ms, "<", GOAL_BLS_UNET_CALL_MS, " ms"),
         )
-        return [
-            _ratio_goal(measure, value, sign, goal, unit, missed=_missed_by(value, goal, unit))
-            for measure, value, sign, goal, unit in measures
-        ]
-
-
-def _missed_by(value: float | None, goal: float, unit: str) -> str:
-    return "" if value is None else f"missed by {value - goal:.3g}{unit} ({value / goal:.2f}x the goal)"
+        rows = []
+        for measure, value, sign, goal, unit in measures:
+            missed = "" if value is None else f"missed by {value - goal:.3g}{unit} ({value / goal:.2f}x the goal)"
+            rows.append(_ratio_goal(measure, value, sign, goal, unit, missed=missed))
+        return rows
 
 
 @dataclass(frozen=True)
 class CeilingResult:
-    """(a) The in-process engine at the ceiling's concurrency and the plain loop (one image at a time) against the
-    server at that concurrency and at 1, measured in turns; ``turn_ratios``: served/in-process images/s of each
-    turn (their spread shows the machine's drift)."""
+    """(a) The in-process engine and the plain loop against the server at the ceiling's concurrency and at 1,
+    measured in turns; ``turn_ratios``: each turn's served/in-process images/s (their spread: the machine's drift)."""
 
     in_process: Load
     served: Load
@@ -552,7 +489,6 @@ class MixedResult:
 
     @property
     def short_p99_ratio(self) -> float | None:
-        """Short requests' p99 beside long ones over their p99 alone; None when a side has no completed one."""
         short = self.mixed.of_class(SHORT)
         if not short.completed or not self.short_only.completed:
             return None
@@ -584,7 +520,6 @@ class BurstResult:
 
     @property
     def failed(self) -> int:
-        """Accepted requests that ended in an error: every accepted request should complete."""
         return len(self.latencies_ms(Outcome.FAILED))
 
     @property
@@ -593,29 +528,19 @@ class BurstResult:
 
     @property
     def refused_as_unavailable(self) -> int:
-        """Refusals the client raised as ``UNAVAILABLE`` (:class:`ServerUnavailableError`), as they should be."""
-        refusals = (r for r in self.records if r.outcome is Outcome.REFUSED)
-        return sum(r.error_type in UNAVAILABLE_ERROR_TYPES for r in refusals)
+        return sum(r.outcome is Outcome.REFUSED and r.error_type in UNAVAILABLE_ERROR_TYPES for r in self.records)
 
     @property
     def max_refusal_ms(self) -> float | None:
         return max(self.latencies_ms(Outcome.REFUSED), default=None)
 
-    @property
-    def warmup_max_refusal_ms(self) -> float | None:
-        return max(self.latencies_ms(Outcome.REFUSED, warmup=True), default=None)
-
 
 def allowed_images_per_s(
     latency: SimulatedLatency, *, concurrency: int, rows_per_image: int, unet_calls_per_image: float, non_unet_s: float
 ) -> float:
-    """What the latency model allows at ``concurrency``, with the non-UNet parts at their measured cost.
-
-    ``concurrency`` images advance together: each of their ``unet_calls_per_image`` evaluations is one UNet
-    call of ``concurrency * rows_per_image`` rows (:meth:`SimulatedLatency.call_s`), and the rest of their work
-    (text encoder, VAE decoder, scheduler steps, glue: ``non_unet_s`` an image, measured at the same
-    ``concurrency``) runs on the CPU beside it, not overlapped.
-    """
+    """What the latency model allows at ``concurrency``: the images advance together, each UNet evaluation one call of
+    ``concurrency * rows_per_image`` rows, and their other work (``non_unet_s`` an image, measured at the same
+    concurrency: text encoder, VAE, scheduler, glue) runs on the CPU beside it, not overlapped."""
     if non_unet_s < 0:
         raise ValueError(f"non_unet_s must be >= 0, got {non_unet_s}")
     return concurrency / (
@@ -625,9 +550,8 @@ def allowed_images_per_s(
 
 @dataclass(frozen=True)
 class SimulatedResult:
-    """(e) The simulated accelerator (a sleeping UNet; every number here is SIMULATED): UNet rows (2 with
-    classifier-free guidance) and evaluations per image, every level measured, and the in-process engine with a
-    UNet that takes no time at the lowest and highest level (the non-UNet parts' cost an image)."""
+    """(e) The simulated accelerator (a sleeping UNet: every number SIMULATED): UNet rows (2 with guidance) and calls
+    an image, every level, and the in-process engine with a zero-time UNet at the lowest and highest level."""
 
     latency: SimulatedLatency
     rows_per_image: int
@@ -650,7 +574,6 @@ class SimulatedResult:
 
     @property
     def unet_only_allowed_ratio(self) -> float:
-        """The latency model's ratio for the UNet alone (:meth:`SimulatedLatency.throughput_ratio`)."""
         ratio = self.latency.throughput_ratio
         return ratio(self.high.concurrency, self.rows_per_image) / ratio(self.low.concurrency, self.rows_per_image)
 
@@ -679,14 +602,14 @@ class SimulatedResult:
 
 @dataclass(frozen=True)
 class GatewayResult:
-    """(f) The same requests straight to Triton over gRPC and through the HTTP gateway, each level's turns merged;
-    ``turn_ratios``: gateway/direct images/s of each turn at the highest level; ``gateway_cpu_ms``: the gateway
-    process's CPU time per request completed during the direct side's loads (idle) and its own (serving them)."""
+    """(f) The same requests straight to Triton over gRPC and through the HTTP gateway, turns merged; ``turn_ratios``:
+    each turn's gateway/direct images/s at the highest level; ``gateway_cpu_ms``: the gateway process's CPU time per
+    request during the direct side's loads (idle) and its own (serving)."""
 
     direct: tuple[Load, ...]
     gateway: tuple[Load, ...]
     turn_ratios: tuple[float, ...] = ()
-    gateway_cpu_ms: tuple[float, float] | None = None  # None: not measured
+    gateway_cpu_ms: tuple[float, float] | None = None
 
     def levels(self) -> list[tuple[Load, Load, float, float]]:
         """(direct, gateway, gateway/direct images/s, p50 overhead ms) at each level both sides completed requests."""
@@ -699,7 +622,6 @@ class GatewayResult:
 
     @property
     def over_direct(self) -> float | None:
-        """Gateway/direct images/s at the highest level both measured."""
         return self.levels()[-1][2] if self.levels() else None
 
 
@@ -708,8 +630,8 @@ _SECTION_LETTERS = dict(zip(("ceiling", "sweep", "mixed", "burst", "simulated", 
 
 @dataclass(frozen=True, kw_only=True)
 class EngineResult(Run):
-    """The engine profile; a section that did not run is None (see ``skipped``). ``planned``: the sections its
-    profile has (shown in the summary, run or not); the others are shown only when they ran."""
+    """The engine profile; a section that did not run is None. ``planned``: the profile's sections, shown in the
+    summary run or not; the others are shown when they ran."""
 
     ceiling: CeilingResult | None = None
     sweep: tuple[Load, ...] = ()
@@ -743,18 +665,12 @@ class EngineResult(Run):
         return sorted({point.concurrency for point in self.sweep})
 
     def goal_rows(self) -> list[GoalRow]:
-        """Every goal of the engine profile, in section order."""
-        concurrency = self.ceiling.in_process.concurrency if self.ceiling is not None else "?"
-        short_ratio = self.mixed.short_p99_ratio if self.mixed is not None else None
-        burst, simulated = self.burst, self.simulated
-        slowest = burst.max_refusal_ms if burst is not None else None
-        shares = (
-            (None, None) if simulated is None else (simulated.share_of_allowed, simulated.share_of_unet_only_allowed)
-        )
+        ceiling, mixed, burst, simulated, gateway = self.ceiling, self.mixed, self.burst, self.simulated, self.gateway
+        level = ceiling.in_process.concurrency if ceiling else "?"
         ratios = (
-            (f"(a) served / in-process engine images/s at concurrency {concurrency}", self.served_over_ceiling),
+            (f"(a) served / in-process engine images/s at concurrency {level}", self.served_over_ceiling),
             ("(a) served p50 at concurrency 1 / plain loop median", self.c1_over_plain_loop),
-            ("(c) short requests' p99 beside long ones / short requests alone", short_ratio),
+            ("(c) short requests' p99 beside long ones / short requests alone", mixed and mixed.short_p99_ratio),
         )
         goals = (
             (">=", GOAL_SERVED_OVER_CEILING),
@@ -762,31 +678,22 @@ class EngineResult(Run):
             ("<", GOAL_SHORT_P99_OVER_SHORT_ONLY),
         )
         rows = [_ratio_goal(measure, value, *goal) for (measure, value), goal in zip(ratios, goals, strict=True)]
-        rows.append(
-            GoalRow(
-                "(d) slowest refusal of the burst",
-                "" if slowest is None else f"{slowest:.1f} ms ({burst.refused} refused)",
-                f"< {GOAL_REFUSAL_MS:g} ms each",
-                _met(slowest, "<", GOAL_REFUSAL_MS),
-            )
-        )
-        if burst is None:
-            rows += [GoalRow(measure, "", "all", None) for measure in _BURST_ALL]
-        else:
-            unavailable = None if burst.refused == 0 else burst.refused_as_unavailable == burst.refused
-            completed = None if burst.accepted == 0 else burst.failed == 0
+        slowest = burst.max_refusal_ms if burst else None
+        measured = "" if slowest is None else f"{slowest:.1f} ms ({burst.refused} refused)"
+        goal, met = f"< {GOAL_REFUSAL_MS:g} ms each", _met(slowest, "<", GOAL_REFUSAL_MS)
+        rows.append(GoalRow("(d) slowest refusal of the burst", measured, goal, met))
+        counts = [(burst.refused_as_unavailable, burst.refused), (burst.completed, burst.accepted)] if burst else []
+        for measure, (count, total) in zip(_BURST_ALL, counts or [(0, 0)] * 2, strict=True):
             rows.append(
-                GoalRow(_BURST_ALL[0], f"{burst.refused_as_unavailable} of {burst.refused}", "all", unavailable)
+                GoalRow(measure, f"{count} of {total}" if counts else "", "all", count == total if total else None)
             )
-            rows.append(GoalRow(_BURST_ALL[1], f"{burst.completed} of {burst.accepted}", "all", completed))
+        shares = (simulated.share_of_allowed, simulated.share_of_unet_only_allowed) if simulated else (None, None)
         for measure, share in zip(_SIMULATED_GOALS, shares, strict=True):
-            measured = "" if share is None else f"{share:.1%}"
             goal, met = f">= {GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}", _met(share, ">=", GOAL_SIMULATED_SHARE_OF_ALLOWED)
-            rows.append(GoalRow(f"(e) SIMULATED: {measure}", measured, goal, met, simulated=True))
-        gateway = self.gateway.over_direct if self.gateway is not None else None
-        level = self.gateway.levels()[-1][0].concurrency if gateway else "?"
+            rows.append(GoalRow(f"(e) SIMULATED: {measure}", "" if share is None else f"{share:.1%}", goal, met, True))
+        level = gateway.levels()[-1][0].concurrency if gateway and gateway.levels() else "?"
         measure = f"(f) gateway / direct gRPC images/s at concurrency {level}"
-        rows.append(_ratio_goal(measure, gateway, ">=", GOAL_GATEWAY_OVER_DIRECT))
+        rows.append(_ratio_goal(measure, gateway.over_direct if gateway else None, ">=", GOAL_GATEWAY_OVER_DIRECT))
         shown = {letter for section, letter in _SECTION_LETTERS.items() if self.shown(section)}
         return [row for row in rows if row.measure[1] in shown]
 

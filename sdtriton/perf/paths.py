@@ -1,16 +1,10 @@
-"""The paths a request can take, timed on the same weights and request.
+"""The paths a request can take, timed on the same weights and request: (a) diffusers in-process; (b) the plain loop,
+the serving code's own loop over ONNX Runtime sessions of the served files, no Triton: the floor of what serving can
+cost; (c) Triton through the client. (b) and (c) also run at two step counts: the difference of their per-step
+slopes is what one BLS UNet call costs, free of every fixed cost.
 
-(a) diffusers' ``StableDiffusionPipeline`` in-process; (b) the served ONNX files driven by the serving code's
-own loop (:func:`sdtriton.serving.denoise.generate_image` over ONNX Runtime sessions), no Triton: the floor of
-what serving can cost; (c) the Triton path through the client. (b) also times each network call, and (b) and (c)
-are also run at two step counts: the difference of their per-step slopes is what one BLS UNet call costs, free
-of every fixed cost (model load, tokenizer, VAE, transport).
-
-The engine profile also drives the diffusion engine itself in this process (:func:`run_closed_loop`): a closed
-loop keeps ``concurrency`` requests in the engine, as that many clients would, with the served repository's own
-limits over ONNX Runtime sessions of its ONNX files, so that its UNet calls have the batch the server's have at
-the same concurrency. With ``zero_time_unet`` the UNet answers zeros at once: the engine's time without the UNet
-(text encoder, VAE decoder, scheduler steps and glue), which the simulated-accelerator section counts.
+The engine profile also drives the engine in this process (:func:`run_closed_loop`), with the served repository's
+limits, so that its UNet calls batch as the server's do; with ``zero_time_unet`` the UNet answers zeros at once.
 """
 
 from __future__ import annotations
@@ -28,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sdtriton import interface
 from sdtriton.perf.model import DIFFUSERS, IN_PROCESS, ONNX_LOOP, Load, NetworkTimes, Outcome, RequestRecord, StepSlope
+from sdtriton.perf.profiles import BaselineSpec
 from sdtriton.perf.workload import RequestSpec, raw_inputs
 
 if TYPE_CHECKING:
@@ -42,14 +37,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The version folder of every exported model (``sdtriton.export`` writes version 1 only).
+# ``sdtriton.export`` writes version 1 only.
 _MODEL_VERSION = "1"
 
 Runner = Callable[[RequestSpec], Callable[[], np.ndarray]]
 
 
 def timed_runs(run: Callable[[], np.ndarray], *, path: str, steps: int, runs: int, warmup_runs: int = 0):
-    """``warmup_runs`` untimed runs of ``run``, then ``runs`` timed ones: their timing and the last image."""
+    """``runs`` timed runs after ``warmup_runs``: their timing and the last image."""
     image = np.zeros((0,), np.uint8)
     for _ in range(warmup_runs):
         image = run()
@@ -78,11 +73,8 @@ def time_slope(runner: Runner, request: RequestSpec, *, path: str, steps: tuple[
 
 
 def time_diffusers(model_dir: Path, request: RequestSpec, *, runs: int, warmup_runs: int, gpu: bool = False):
-    """(a) ``StableDiffusionPipeline`` in this process, the request's scheduler swapped in as diffusers documents.
-
-    With ``gpu``, the pipeline runs on ``cuda`` (fp32, as exported); latents are still drawn on the CPU
-    generator, as the Triton pipeline draws them.
-    """
+    """(a) ``StableDiffusionPipeline``, the request's scheduler swapped in; with ``gpu`` on ``cuda`` (fp32, as
+    exported), latents still drawn on the CPU generator as the Triton pipeline draws them."""
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -105,8 +97,8 @@ def time_diffusers(model_dir: Path, request: RequestSpec, *, runs: int, warmup_r
 
 
 class InstrumentedNetworks:
-    """Passes every network call on (the UNet's answered with zeros at once if ``zero_time_unet``: an infinitely
-    fast accelerator); times each call by name and counts the UNet's batch rows."""
+    """Times every network call by name and counts the UNet's batch rows; ``zero_time_unet``: the UNet answers zeros
+    at once (an infinitely fast accelerator)."""
 
     def __init__(self, inner: Any, *, zero_time_unet: bool = False) -> None:
         self.inner = inner
@@ -138,15 +130,11 @@ class InstrumentedNetworks:
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self._timed("decode_latents", latents)
 
-    def reset(self) -> None:
-        for values in self.calls_ms.values():
-            values.clear()
-        self.unet_rows = 0
-
 
 @dataclass(frozen=True)
 class ServedFiles:
-    """An exported repository's tokenizers, pipeline config and ONNX Runtime sessions, as the server loads them."""
+    """An exported repository's tokenizers, pipeline config and ONNX Runtime sessions, as the pipeline model loads
+    them (CUDA first with ``gpu``, as ``export --gpu`` configures the served models)."""
 
     tokenizers: dict[str, PreTrainedTokenizerBase]
     config: PipelineConfig
@@ -154,9 +142,6 @@ class ServedFiles:
 
     @classmethod
     def load(cls, repository: Path, *, gpu: bool = False) -> ServedFiles:
-        """Loads what the served engine runs on: the tokenizers in ``pipeline/1`` (the engine tokenizes), its
-        config, and a session per ONNX file. With ``gpu``, the sessions use ONNX Runtime's CUDA provider first,
-        as ``export --gpu`` configures the served models."""
         from sdtriton.pipeline_config import PipelineConfig
         from sdtriton.serving.networks import OnnxRuntimeComponents
         from sdtriton.serving.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER
@@ -169,7 +154,7 @@ class ServedFiles:
         return cls(tokenizers=load_tokenizers(pipeline_dir, config), config=config, networks=networks)
 
     def plain_loop(self, networks: DiffusionComponents | None = None) -> Runner:
-        """``runner(spec)()`` tokenizes, validates and generates one image as the served engine does, alone."""
+        """``runner(spec)()`` tokenizes, validates and generates one image as the pipeline does, alone."""
         from sdtriton.serving.denoise import generate_image
         from sdtriton.serving.requests import parse_request
 
@@ -192,27 +177,13 @@ class OnnxLoopResult:
     image: np.ndarray
 
 
-def time_onnx_loop(
-    repository: Path,
-    request: RequestSpec,
-    *,
-    runs: int,
-    warmup_runs: int,
-    slope_steps: tuple[int, int],
-    slope_runs: int,
-    gpu: bool = False,
-) -> OnnxLoopResult:
-    """(b) The served ONNX files in ONNX Runtime, driven by the serving code's loop in this process.
-
-    Each run tokenizes, validates and generates as the Triton pipeline does, with the same session options.
-    The slope runs follow the timed ones on warm sessions, without warm-up of their own.
-    """
-    served = ServedFiles.load(repository, gpu=gpu)
+def time_onnx_loop(repository: Path, request: RequestSpec, spec: BaselineSpec, *, gpu: bool = False) -> OnnxLoopResult:
+    """(b) The plain loop, each network call timed; the slope runs follow on warm sessions, no warm-up of their own."""
+    served, runs, (low, high) = ServedFiles.load(repository, gpu=gpu), spec.runs, spec.slope_steps
+    for _ in range(spec.warmup_runs):
+        served.plain_loop()(request)()
     networks = InstrumentedNetworks(served.networks)
     plain_loop = served.plain_loop(networks)
-    for _ in range(warmup_runs):
-        plain_loop(request)()
-    networks.reset()
     timing, image = timed_runs(plain_loop(request), path=ONNX_LOOP, steps=request.num_inference_steps, runs=runs)
     calls = networks.calls_ms
     times = NetworkTimes(
@@ -224,23 +195,20 @@ def time_onnx_loop(
     unet_calls: dict[int, int] = {}
 
     def counted(spec: RequestSpec) -> Callable[[], np.ndarray]:
-        run = plain_loop(spec)
-
-        def run_and_count() -> np.ndarray:
+        def run() -> np.ndarray:
             before = len(calls["predict_noise"])
-            image = run()
+            image = plain_loop(spec)()
             unet_calls[spec.num_inference_steps] = len(calls["predict_noise"]) - before
             return image
 
-        return run_and_count
+        return run
 
-    slope = time_slope(counted, request, path=ONNX_LOOP, steps=slope_steps, runs=slope_runs)
-    low, high = slope_steps
+    slope = time_slope(counted, request, path=ONNX_LOOP, steps=spec.slope_steps, runs=spec.slope_runs)
     return OnnxLoopResult(timing, times, slope, (unet_calls[high] - unet_calls[low]) / (high - low), image)
 
 
 def client_runner(client: StableDiffusionClient) -> Runner:
-    """(c) Triton through ``client``, as a user's request goes: ``runner(spec)()`` sends one and waits for its image."""
+    """(c) Triton through ``client``: ``runner(spec)()`` sends one request and waits for its image."""
     return lambda spec: lambda: np.asarray(client.generate(spec.prompt, **spec.client_parameters()).image)
 
 
@@ -258,55 +226,48 @@ class _Sink:
         pass
 
     def finish(self, result: object) -> None:
-        self.ended.append((self.key, time.perf_counter(), None))
+        self.fail(None)
 
-    def fail(self, error: Exception) -> None:
+    def fail(self, error: Exception | None) -> None:
         self.ended.append((self.key, time.perf_counter(), error))
 
 
 def run_closed_loop(
     served: ServedFiles,
-    *,
     limits: EngineLimits,
     request: RequestSpec,
+    *,
     concurrency: int,
     requests: int,
-    warmup_requests: int = 0,
     zero_time_unet: bool = False,
     description: str = "in-process engine",
     show_progress: bool = True,
 ) -> Load:
-    """Runs ``warmup_requests`` then times ``requests`` of ``request``, ``concurrency`` in the engine at once, over
-    ``served``'s networks with ``limits``.
-
-    Each submitted request is parsed and tokenized from its raw inputs, as the pipeline model does. The timed run
-    starts with ``concurrency`` requests submitted together and ends when the last one finishes.
+    """Times ``requests`` of ``request``, ``concurrency`` in the engine at once over ``served``'s networks, each parsed
+    and tokenized from its raw inputs as the pipeline model does: from the first ``concurrency`` submitted together
+    to the last one finished.
 
     Raises:
         InProcessEngineError: a request failed, or the engine went idle before the last one.
-        ValueError: ``concurrency`` or ``requests`` below 1.
     """
     from sdtriton.serving.engine import DiffusionEngine, EngineRequest
     from sdtriton.serving.requests import parse_request
 
-    if concurrency < 1 or requests < 1:
-        raise ValueError(f"concurrency and requests must be at least 1, got {concurrency} and {requests}")
-    config, tokenizers = served.config, served.tokenizers
+    config, tokenizers, raw = served.config, served.tokenizers, raw_inputs(request)
     counting = InstrumentedNetworks(served.networks, zero_time_unet=zero_time_unet)
     engine = DiffusionEngine(config=config, networks=counting, limits=limits)
-    raw = raw_inputs(request)
-
-    def closed_loop(total: int, progress: tqdm | None) -> list[RequestRecord]:
-        ended: list[tuple[int, float, Exception | None]] = []
-        sent_at: list[float] = []
-        records: list[RequestRecord] = []
-        while len(records) < total:
-            while len(sent_at) < min(total, len(records) + concurrency):
+    ended: list[tuple[int, float, Exception | None]] = []
+    sent_at: list[float] = []
+    records: list[RequestRecord] = []
+    with tqdm(total=requests, desc=description, unit="image", disable=not show_progress) as progress:
+        started = time.perf_counter()
+        while len(records) < requests:
+            while len(sent_at) < min(requests, len(records) + concurrency):
                 images = parse_request(raw, config=config, tokenizers=tokenizers).images
                 engine.submit(EngineRequest(key=len(sent_at), images=images, sink=_Sink(len(sent_at), ended)))
                 sent_at.append(time.perf_counter())
             if engine.counts() == (0, 0) and not ended:
-                raise InProcessEngineError(f"the engine went idle after {len(records)} of {total} requests")
+                raise InProcessEngineError(f"the engine went idle after {len(records)} of {requests} requests")
             engine.step()
             for key, finished, error in ended:
                 if error is not None:
@@ -315,17 +276,8 @@ def run_closed_loop(
                 records.append(
                     RequestRecord(IN_PROCESS, IN_PROCESS, key, sent_at[key] - sent_at[0], latency_ms, Outcome.OK)
                 )
-            if progress is not None:
-                progress.update(len(ended))
+            progress.update(len(ended))
             ended.clear()
-        return records
-
-    if warmup_requests:
-        closed_loop(warmup_requests, None)
-    counting.reset()
-    with tqdm(total=requests, desc=description, unit="image", disable=not show_progress) as progress:
-        started = time.perf_counter()
-        records = closed_loop(requests, progress)
         elapsed_s = time.perf_counter() - started
     unet_calls = len(counting.calls_ms["predict_noise"])
     return Load(

@@ -1,8 +1,5 @@
-"""Writes a run's results: CSV files, a plot (PNG) and the markdown summary, for either profile.
-
-Everything measured on the simulated accelerator is labelled so: ``simulated`` is a CSV column, its summary
-section and goals say SIMULATED, and its plot panel's title does too.
-"""
+"""Writes a run's CSV files, plot (PNG) and markdown summary, for either profile. What the simulated accelerator
+measured is labelled so: a ``simulated`` CSV column, SIMULATED in its section, goals and plot panel."""
 
 from __future__ import annotations
 
@@ -14,27 +11,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sdtriton.perf.model import (
-    BATCHING_OFF,
-    BATCHING_ON,
-    DIRECT_GRPC,
-    GATEWAY_HTTP,
-    GOAL_GATEWAY_OVER_DIRECT,
-    GOAL_REFUSAL_MS,
-    GOAL_SIMULATED_SHARE_OF_ALLOWED,
-    IN_PROCESS,
-    LONG,
-    ONNX_LOOP,
-    SHORT,
-    SIMULATED,
-    EngineResult,
-    GoalRow,
-    Load,
-    LoadPoint,
-    Outcome,
-    PerfResult,
-    Run,
-)
+from sdtriton.perf import model
+from sdtriton.perf.model import EngineResult, Load, Outcome, PerfResult, Run
 from sdtriton.perf.profiles import LoadMode
 
 SUMMARY_NAME = "summary.md"
@@ -44,10 +22,11 @@ ENGINE_LOAD_CSV_NAME, REQUESTS_CSV_NAME = "engine_load_points.csv", "engine_requ
 GOALS_CSV_NAME, ENGINE_PLOT_NAME = "engine_goals.csv", "engine_sweep.png"
 # Other processes' share of the CPU above which the summary says the run shared the machine.
 OTHER_CPU_SHARE_NOTE = 0.05
-_PERCENTILES = ("p50", "p90", "p95", "p99", "mean")
+_PERCENTILES = (50, 90, 95, 99)
 _ENGINE_LOAD_COLUMNS = (
     *("section", "variant", "simulated", "concurrency", "requests", "failed", "duration_s", "images_per_s"),
-    *(f"{name}_ms" for name in _PERCENTILES),
+    *(f"p{q}_ms" for q in _PERCENTILES),
+    "mean_ms",
 )
 _REQUEST_COLUMNS = (
     *("load", "simulated", "class", "client", "started_s"),
@@ -57,12 +36,14 @@ _GOAL_COLUMNS = ("measure", "measured", "goal", "verdict", "simulated")
 _POINT_TIMES = ("p50_ms", "p90_ms", "p99_ms", "avg_ms", "server_queue_ms", "server_compute_ms")
 _PATH_COLUMNS = ("series", "num_inference_steps", "runs", "median_ms", "min_ms", "max_ms", "latencies_ms")
 _VARIANT_LABELS = {
-    BATCHING_ON: "step batching on",
-    BATCHING_OFF: "step batching off",
-    DIRECT_GRPC: "direct gRPC",
-    GATEWAY_HTTP: "HTTP gateway",
+    model.BATCHING_ON: "step batching on",
+    model.BATCHING_OFF: "step batching off",
+    model.DIRECT_GRPC: "direct gRPC",
+    model.GATEWAY_HTTP: "HTTP gateway",
 }
 _NOT_RUN = ["Not run (see below)."]
+# A summary is blocks separated by blank lines: a paragraph, a table's lines; False or None is left out.
+Block = str | Sequence[str] | bool | None
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -88,14 +69,15 @@ def write_reports(result: Run, directory: Path) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(result, EngineResult):
         goals = [(row.measure, row.measured, row.goal, row.verdict, row.simulated) for row in result.goal_rows()]
+        loads = [_load_row(*load) for load in _engine_loads(result)]
         tables = {
-            "load_csv": (ENGINE_LOAD_CSV_NAME, _ENGINE_LOAD_COLUMNS, engine_load_rows(result)),
+            "load_csv": (ENGINE_LOAD_CSV_NAME, _ENGINE_LOAD_COLUMNS, loads),
             "requests_csv": (REQUESTS_CSV_NAME, _REQUEST_COLUMNS, _request_rows(result)),
             "goals_csv": (GOALS_CSV_NAME, _GOAL_COLUMNS, goals),
         }
         plot = ENGINE_PLOT_NAME
     else:
-        names = [field.name for field in dataclasses.fields(LoadPoint)]
+        names = [field.name for field in dataclasses.fields(model.LoadPoint)]
         points = ([getattr(point, name) for name in names] for point in result.points)
         tables = {
             "load_csv": (LOAD_CSV_NAME, names, points),
@@ -104,9 +86,9 @@ def write_reports(result: Run, directory: Path) -> dict[str, Path]:
         plot = PLOT_NAME
     files = {kind: _write_csv(directory / name, header, rows) for kind, (name, header, rows) in tables.items()}
     files["plot"] = _write_plot(result, directory / plot)
-    summary = directory / SUMMARY_NAME
-    summary.write_text(summary_markdown(result))
-    return {**files, "summary": summary}
+    files["summary"] = directory / SUMMARY_NAME
+    files["summary"].write_text(summary_markdown(result))
+    return files
 
 
 def _path_rows(result: PerfResult) -> Iterable[list[object]]:
@@ -116,63 +98,48 @@ def _path_rows(result: PerfResult) -> Iterable[list[object]]:
     series += [("onnx_loop_slope_high", result.onnx_loop_slope.high), ("triton_client", result.triton_client)]
     series += [("triton_slope_low", result.triton_slope.low), ("triton_slope_high", result.triton_slope.high)]
     for name, timing in series:
-        values = (timing.median_ms, timing.min_ms, timing.max_ms)
+        values = (timing.median_ms, min(timing.latencies_ms), max(timing.latencies_ms))
         latencies = " ".join(f"{value:.3f}" for value in timing.latencies_ms)
         yield [name, timing.steps, len(timing.latencies_ms), *(f"{v:.3f}" for v in values), latencies]
 
 
 def _load_row(section: str, load: Load, variant: str = "") -> list[object]:
-    """A row of the engine's load CSV (``simulated`` marks the stand-in UNet's section): a client load; the plain
-    loop, timed one image at a time (images/s from its median, no wall time); the in-process engine (its wall time
-    only, no percentiles)."""
-    plain, in_process = load.variant == ONNX_LOOP, load.variant == IN_PROCESS
-    percentiles = ["" if in_process else _f(getattr(load, f"{name}_ms")) for name in _PERCENTILES]
+    """A client load; the plain loop, timed one image at a time (images/s from its median, no wall time); or the
+    in-process engine (its wall time, no percentiles)."""
+    plain, in_process = load.variant == model.ONNX_LOOP, load.variant == model.IN_PROCESS
+    times = [*(load.percentile_ms(q) for q in _PERCENTILES), load.mean_ms] if not in_process else [None] * 5
     images_per_s = 1000.0 / load.median_ms if plain else load.images_per_s
     counts = [len(load.records), "" if plain or in_process else load.failed, "" if plain else _f(load.duration_s)]
-    return [
-        section,
-        variant or load.variant,
-        section == SIMULATED,
-        load.concurrency,
-        *counts,
-        _f(images_per_s),
-        *percentiles,
+    row = [section, variant or load.variant, section == model.SIMULATED, load.concurrency, *counts]
+    return [*row, _f(images_per_s), *map(_f, times)]
+
+
+def _engine_loads(result: EngineResult) -> list[tuple[str, Load, str]]:
+    """Every load of the load CSV, in its order: (section, load, the variant shown if not the load's own)."""
+    ceiling, simulated, gateway = result.ceiling, result.simulated, result.gateway
+    loads = [("ceiling", ceiling.plain_loop, "plain_loop")] if ceiling else []
+    loads += [
+        ("ceiling", load, "") for load in ((ceiling.in_process, ceiling.served_one, ceiling.served) if ceiling else ())
     ]
-
-
-def engine_load_rows(result: EngineResult) -> list[list[object]]:
-    """One row per measured load: in-process runs, client-thread levels; ``simulated`` marks the stand-in UNet."""
-    rows = []
-    ceiling, simulated = result.ceiling, result.simulated
-    if ceiling is not None:
-        rows.append(_load_row("ceiling", ceiling.plain_loop, "plain_loop"))
-        rows += [_load_row("ceiling", load) for load in (ceiling.in_process, ceiling.served_one, ceiling.served)]
-    for point in sorted(result.sweep, key=lambda p: (p.variant != BATCHING_ON, p.concurrency)):
-        rows.append(_load_row("sweep", point))
-    if simulated is not None:
-        for run in (simulated.non_unet_low, simulated.non_unet_high):
-            rows.append(_load_row(SIMULATED, run, "in_process_engine_zero_time_unet"))
-        rows += [_load_row(SIMULATED, point) for point in simulated.points]
-    if result.gateway is not None:
-        rows += [_load_row("gateway", load) for load in (*result.gateway.direct, *result.gateway.gateway)]
-    return rows
+    loads += [
+        ("sweep", p, "") for p in sorted(result.sweep, key=lambda p: (p.variant != model.BATCHING_ON, p.concurrency))
+    ]
+    zero_time = (simulated.non_unet_low, simulated.non_unet_high) if simulated else ()
+    loads += [(model.SIMULATED, run, "in_process_engine_zero_time_unet") for run in zero_time]
+    loads += [(model.SIMULATED, point, "") for point in (simulated.points if simulated else ())]
+    return loads + [("gateway", load, "") for load in ((*gateway.direct, *gateway.gateway) if gateway else ())]
 
 
 def _request_rows(result: EngineResult) -> Iterable[list[object]]:
-    """Every client request: ceiling, sweep and simulated levels, the mixed and short-only loads, the burst.
-
-    ``started_s`` counts from the start of the request's load (of its turn, for loads run in turns).
-    """
-    loads = [result.ceiling.served_one, result.ceiling.served] if result.ceiling is not None else []
-    loads += [*result.sweep, *(result.simulated.points if result.simulated is not None else ())]
+    """Every client request; ``started_s`` counts from the start of its load (of its turn, for loads in turns)."""
+    loads = [load for _, load, _ in _engine_loads(result) if load.variant not in (model.ONNX_LOOP, model.IN_PROCESS)]
     loads += [result.mixed.short_only, result.mixed.mixed] if result.mixed is not None else []
-    loads += [*result.gateway.direct, *result.gateway.gateway] if result.gateway is not None else []
     records = [record for load in loads for record in load.records]
     if result.burst is not None:
         records += [*result.burst.warmup_records, *result.burst.records]
     for r in records:
         started, latency = f"{r.started_s:.4f}", f"{r.latency_ms:.3f}"
-        simulated = r.load.startswith(SIMULATED)
+        simulated = r.load.startswith(model.SIMULATED)
         yield [r.load, simulated, r.request_class, r.client, started, latency, r.outcome.value, r.error_type, r.message]
 
 
@@ -185,7 +152,7 @@ def _write_plot(result: Run, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     engine = isinstance(result, EngineResult)
-    panels = 3 if engine and result.shown(SIMULATED) else 2  # an engine profile's third: the simulated accelerator
+    panels = 3 if engine and result.shown(model.SIMULATED) else 2
     figure, axes = plt.subplots(1, panels, figsize=(4 + 4 * panels, 4.8))
     (_engine_plot if engine else _perf_analyzer_plot)(result, axes)
     for axis in axes:
@@ -230,8 +197,8 @@ def _concurrency_axis(axis: Any, levels: list[int], label: str) -> None:
 def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
     throughput_axis, latency_axis, *simulated_axes = axes
     gateway = (*result.gateway.direct, *result.gateway.gateway) if result.gateway is not None else ()
-    colours = ((BATCHING_ON, "tab:blue"), (BATCHING_OFF, "tab:orange"), (DIRECT_GRPC, "tab:purple"))
-    for variant, colour in (*colours, (GATEWAY_HTTP, "tab:red")):
+    colours = ((model.BATCHING_ON, "tab:blue"), (model.BATCHING_OFF, "tab:orange"), (model.DIRECT_GRPC, "tab:purple"))
+    for variant, colour in (*colours, (model.GATEWAY_HTTP, "tab:red")):
         points = sorted((p for p in (*result.sweep, *gateway) if p.variant == variant), key=lambda p: p.concurrency)
         levels, label = [p.concurrency for p in points], _VARIANT_LABELS[variant]
         if points:
@@ -252,60 +219,44 @@ def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
         levels = sorted({*result.levels(), *(load.concurrency for load in gateway)})
         _concurrency_axis(axis, levels, "concurrency (client threads)")
     simulated = result.simulated
-    if not simulated_axes:
-        return
-    simulated_axis = simulated_axes[0]
-    if simulated is not None:
+    for simulated_axis in simulated_axes:  # the third panel, when the profile has the section
+        simulated_axis.set_ylabel("SIMULATED throughput (images/s)")
+        what = "not run" if simulated is None else f"UNet {simulated.latency}"
+        simulated_axis.set_title(f"SIMULATED accelerator ({what})")
+        simulated_axis.set_xlabel("concurrency")
+    if simulated is not None and simulated_axes:
         points = sorted(simulated.points, key=lambda p: p.concurrency)
         levels, low = [p.concurrency for p in points], simulated.low.images_per_s
         simulated_axis.plot(levels, [p.images_per_s for p in points], "o-", color="tab:green", label="measured")
         allowed = [low * simulated.latency.throughput_ratio(level, simulated.rows_per_image) for level in levels]
         simulated_axis.plot(levels, allowed, "k:", label="allowed, UNet alone (x c1)")
-        counted = "allowed, non-UNet parts counted (x c1)"
-        simulated_axis.plot(
-            [simulated.high.concurrency], [low * simulated.allowed_ratio], "r*", markersize=12, label=counted
-        )
+        counted, high = "allowed, non-UNet parts counted (x c1)", simulated.high.concurrency
+        simulated_axis.plot([high], [low * simulated.allowed_ratio], "r*", markersize=12, label=counted)
         _concurrency_axis(simulated_axis, levels, "concurrency")
-    simulated_axis.set_xlabel("concurrency")
-    simulated_axis.set_ylabel("SIMULATED throughput (images/s)")
-    what = "not run" if simulated is None else f"UNet {simulated.latency}"
-    simulated_axis.set_title(f"SIMULATED accelerator ({what})")
 
 
-def _header(result: Run, title: str) -> list[str]:
+def _header(result: Run) -> list[Block]:
     """The run's title, machine, load and base request."""
-    machine, request = result.machine, result.request
+    machine, request, share = result.machine, result.request, result.other_cpu_share
     before, after = (
         "/".join(f"{v:.2f}" for v in values) for values in (machine.load_average_before, machine.load_average_after)
     )
-    lines = [
-        f"# sdtriton perf: `{result.profile}` profile{title}",
-        "",
+    shared = f". **Above {OTHER_CPU_SHARE_NOTE:.0%}: the numbers below shared the CPU with other work.**"
+    engine = " (the diffusion engine)" if isinstance(result, EngineResult) else ""
+    return [
+        f"# sdtriton perf: `{result.profile}` profile{engine}",
         f"{machine.started_utc} on `{machine.hostname}`: {machine.cpu_model}, {machine.cpu_count} cores, "
         f"{machine.memory_gib:.0f} GiB, {'baselines on the GPU' if machine.gpu else 'no GPU used'}; "
         f"tritonserver {machine.triton_version}. Run took {result.elapsed_s / 60:.1f} min.",
-        "",
         f"Load average (1/5/15 min) before the run {before}, after {after}.",
-    ]
-    share = result.other_cpu_share
-    if share is not None:
-        shared = f". **Above {OTHER_CPU_SHARE_NOTE:.0%}: the numbers below shared the CPU with other work.**"
-        lines += [
-            "",
-            f"Other processes (not this run, its servers or their stubs) used {result.other_cpu_s:.0f} CPU-seconds "
-            f"during the run: {share:.1%} of the {machine.cpu_count} cores' time"
-            + (shared if share > OTHER_CPU_SHARE_NOTE else "."),
-        ]
-    if machine.busy_at_start:
-        lines += [
-            "",
-            f"**The 1-minute load average was {machine.load_average_before[0]:.2f} on {machine.cpu_count} cores when "
-            "this run started: other work (or a run that had just ended) was using the CPU; compare the spread of "
-            "the runs below.**",
-        ]
-    return [
-        *lines,
-        "",
+        share is not None
+        and f"Other processes (not this run, its servers or their stubs) used {result.other_cpu_s:.0f} CPU-seconds "
+        f"during the run: {share:.1%} of the {machine.cpu_count} cores' time"
+        + (shared if share > OTHER_CPU_SHARE_NOTE else "."),
+        machine.busy_at_start
+        and f"**The 1-minute load average was {machine.load_average_before[0]:.2f} on {machine.cpu_count} cores when "
+        "this run started: other work (or a run that had just ended) was using the CPU; compare the spread of "
+        "the runs below.**",
         f"Base request (`{result.input_data}`): prompt {request.prompt!r}, negative prompt "
         f"{request.negative_prompt!r}, {request.num_inference_steps} steps, guidance {request.guidance_scale:g}, "
         f"{request.width}x{request.height}, seed {request.seed}, scheduler `{request.scheduler}`; the same weights "
@@ -313,7 +264,7 @@ def _header(result: Run, title: str) -> list[str]:
     ]
 
 
-def _goal_table(rows: list[GoalRow]) -> list[str]:
+def _goal_table(rows: list[model.GoalRow]) -> list[str]:
     cells = [(row.measure, row.measured, row.goal, row.verdict) for row in rows]
     return _table("lrrl", ("measure", "measured", "goal", "verdict"), cells)
 
@@ -324,16 +275,15 @@ def _plus_minus(error_ms: float | None) -> str:
 
 def summary_markdown(result: Run) -> str:
     """The run's markdown summary: machine, goals, then each measurement with how it was made."""
-    if isinstance(result, EngineResult):
-        lines = _header(result, " (the diffusion engine)") + _engine_sections(result)
-    else:
-        lines = _header(result, "") + _perf_analyzer_sections(result)
+    engine = isinstance(result, EngineResult)
+    blocks = [*_header(result), *(_engine_sections(result) if engine else _perf_analyzer_sections(result))]
     if result.skipped:
-        lines += ["", "## Not run", "", *(f"- {reason}" for reason in result.skipped)]
-    return "\n".join(lines) + "\n"
+        blocks += ["## Not run", [f"- {reason}" for reason in result.skipped]]
+    lines = [line for block in blocks if block for line in ("", *([block] if isinstance(block, str) else block))]
+    return "\n".join(lines[1:]) + "\n"
 
 
-def _perf_analyzer_sections(result: PerfResult) -> list[str]:
+def _perf_analyzer_sections(result: PerfResult) -> list[Block]:
     paths = [
         ("(a) diffusers `StableDiffusionPipeline`, in-process", result.diffusers),
         ("(b) plain loop over the served ONNX files, no Triton", result.onnx_loop),
@@ -342,7 +292,7 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
     rows = [
         (name, "skipped", "", "", "")
         if t is None
-        else (name, f"{t.median_ms:.1f}", f"{t.min_ms:.1f}", f"{t.max_ms:.1f}", len(t.latencies_ms))
+        else (name, *(f"{v:.1f}" for v in (t.median_ms, min(t.latencies_ms), max(t.latencies_ms))), len(t.latencies_ms))
         for name, t in paths
     ]
     point = result.triton_concurrency_1
@@ -351,52 +301,18 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
         rows.append((name, f"{point.p50_ms:.1f}", "", f"p99 {point.p99_ms:.1f}", point.request_count))
     source = "perf_analyzer p50 at concurrency 1" if point is not None else "the client's median"
     slope, loop_slope, stats = result.triton_slope, result.onnx_loop_slope, result.slope_unet_stats
-    low, high = slope.low.steps, slope.high.steps
-    if result.bls_round_trip is None:
-        probe = "The identity-UNet probe did not run (see below), so the BLS goal is not judged."
-    else:
+    probe = "The identity-UNet probe did not run (see below), so the BLS goal is not judged."
+    if result.bls_round_trip is not None:
         cost, error = result.bls_round_trip
         probe = (
-            f"One BLS UNet call, measured with an identity UNet (the same repository, its UNet returning the "
-            f"sample): the per-step slope between {low} and {high} steps is "
-            f"{result.probe_triton_slope.ms_per_step:.3f} ms/step through Triton and "
-            f"{result.probe_loop_slope.ms_per_step:.3f} ms/step in the plain loop, so "
-            f"the call mechanism costs **{cost:.3f}{_plus_minus(error)} ms** per call (± one standard error of the "
-            "medians)."
+            f"With an identity UNet (returning its sample), the per-step slope between {slope.low.steps} and "
+            f"{slope.high.steps} steps is {result.probe_triton_slope.ms_per_step:.3f} ms/step through Triton and "
+            f"{result.probe_loop_slope.ms_per_step:.3f} ms/step in the plain loop: one BLS UNet call costs "
+            f"**{cost:.3f}{_plus_minus(error)} ms** (± one standard error of the medians)."
         )
     net, net_error = result.unet_call_net
     breakdown = [(part, _f(loop_ms, 1), _f(triton_ms, 1)) for part, loop_ms, triton_ms in result.time_breakdown()]
-    lines = [
-        "",
-        "## Concurrency 1: Triton against its baselines",
-        "",
-        *_table("lrrrr", ("path", "median ms", "min ms", "max ms", "runs"), rows),
-        "",
-        f"Triton end to end = {source} = {result.triton_end_to_end_ms:.1f} ms.",
-        "",
-        *_goal_table(result.goal_rows()),
-        "",
-        "The goals are those of issue 3, set for the default model at concurrency 1; on other profiles they are "
-        "for reference.",
-        "",
-        f"{probe} With the real UNet, the slopes are {slope.ms_per_step:.3f} ms/step through Triton and "
-        f"{loop_slope.ms_per_step:.3f} ms/step in the plain loop ({result.unet_calls_per_step:g} UNet call(s) per "
-        f"step): serving adds **{net:.3f}{_plus_minus(net_error)} ms** per real UNet call, fixed costs cancelled. "
-        f"Triton's statistics for `unet` over those runs: {stats.ms_per_request():.3f} ms per call in the server "
-        f"(queue {stats.ms_per_request('queue'):.3f} ms, compute {stats.ms_per_request('compute_infer'):.3f} ms) "
-        f"against {result.onnx_loop_networks.unet_ms_per_call:.3f} ms for the bare ONNX Runtime call in the plain "
-        "loop.",
-        "",
-        "## Where one request's time goes (ms)",
-        "",
-        "Means per request over the timed runs. Plain loop: timers around each network call. Triton: per-model "
-        "statistics (queue + compute) over the client-timed runs.",
-        "",
-        *_table("lrr", ("part", "plain ONNX loop", "Triton"), breakdown),
-    ]
-    if result.max_pixel_difference:
-        pairs = ", ".join(f"{name} {value}/255" for name, value in result.max_pixel_difference.items())
-        lines += ["", f"Same image on every path (largest pixel difference): {pairs}."]
+    pairs = ", ".join(f"{name} {value}/255" for name, value in result.max_pixel_difference.items())
     header = ("scenario", "protocol", "mode", "level", "requests", "images/s")
     header += ("p50 ms", "p90 ms", "p99 ms", "avg ms", "server queue ms", "server compute ms")
     points = []
@@ -404,23 +320,47 @@ def _perf_analyzer_sections(result: PerfResult) -> list[str]:
         level = f"c={int(p.level)}" if p.concurrency is not None else f"{p.level:g}/s"
         times = (f"{getattr(p, name):.1f}" for name in _POINT_TIMES)
         points.append([p.scenario, p.protocol, p.mode, level, p.request_count, f"{p.throughput_per_s:.2f}", *times])
-    plot = f"![throughput against latency]({PLOT_NAME})"
-    return [*lines, "", "## Load curves (perf_analyzer)", "", plot, "", *_table("lllrrrrrrrrr", header, points)]
+    return [
+        "## Concurrency 1: Triton against its baselines",
+        _table("lrrrr", ("path", "median ms", "min ms", "max ms", "runs"), rows),
+        f"Triton end to end = {source} = {result.triton_end_to_end_ms:.1f} ms.",
+        _goal_table(result.goal_rows()),
+        "The goals are those of issue 3, set for the default model at concurrency 1; on other profiles they are "
+        "for reference.",
+        f"{probe} With the real UNet: {slope.ms_per_step:.3f} ms/step through Triton, {loop_slope.ms_per_step:.3f} "
+        "in the plain loop "
+        f"({result.unet_calls_per_step:g} UNet call(s) a step): serving adds **{net:.3f}{_plus_minus(net_error)} ms** "
+        f"per real UNet call. Triton's `unet` statistics over those runs: {stats.ms_per_request():.3f} ms a call "
+        f"(queue {stats.ms_per_request('queue'):.3f}, compute {stats.ms_per_request('compute_infer'):.3f}), the "
+        f"plain loop's ONNX Runtime call {result.onnx_loop_networks.unet_ms_per_call:.3f} ms.",
+        "## Where one request's time goes (ms)",
+        "Means per request over the timed runs. Plain loop: timers around each network call. Triton: per-model "
+        "statistics (queue + compute) over the client-timed runs.",
+        _table("lrr", ("part", "plain ONNX loop", "Triton"), breakdown),
+        bool(pairs) and f"Same image on every path (largest pixel difference): {pairs}.",
+        "## Load curves (perf_analyzer)",
+        f"![throughput against latency]({PLOT_NAME})",
+        _table("lllrrrrrrrrr", header, points),
+    ]
 
 
-def _engine_sections(result: EngineResult) -> list[str]:
+def _engine_sections(result: EngineResult) -> list[Block]:
     """The goals, then each section the profile has or that ran."""
     sections = (
-        ("goals", "Goals", _goal_table(result.goal_rows())),
-        ("ceiling", "(a) Compute ceiling against served throughput", _ceiling_lines(result)),
-        ("sweep", "(b) Concurrency sweep, step batching on and off", _sweep_lines(result)),
-        ("mixed", "(c) Mixed steps: short requests beside long ones", _mixed_lines(result)),
-        ("burst", "(d) A burst past the queue limit", _burst_lines(result)),
-        ("simulated", "(e) SIMULATED accelerator", _simulated_lines(result)),
-        ("gateway", "(f) The HTTP gateway against direct gRPC", _gateway_lines(result)),
+        ("ceiling", "(a) Compute ceiling against served throughput", _ceiling_lines),
+        ("sweep", "(b) Concurrency sweep, step batching on and off", _sweep_lines),
+        ("mixed", "(c) Mixed steps: short requests beside long ones", _mixed_lines),
+        ("burst", "(d) A burst past the queue limit", _burst_lines),
+        ("simulated", "(e) SIMULATED accelerator", _simulated_lines),
+        ("gateway", "(f) The HTTP gateway against direct gRPC", _gateway_lines),
     )
-    shown = [(title, body) for name, title, body in sections if name == "goals" or result.shown(name)]
-    return [line for title, body in shown for line in ("", f"## {title}", "", *body)]
+    blocks: list[Block] = ["## Goals", _goal_table(result.goal_rows())]
+    for name, title, body in sections:
+        section = getattr(result, name)
+        if result.shown(name):
+            ran = section and (name != "gateway" or section.levels())
+            blocks += [f"## {title}", *(body(result, section) if ran else _NOT_RUN)]
+    return blocks
 
 
 def _level_cells(level: Load | None, digits: int = 1) -> list[str]:
@@ -430,10 +370,7 @@ def _level_cells(level: Load | None, digits: int = 1) -> list[str]:
     return [f"{level.images_per_s:.2f}", f"{level.p50_ms:.{digits}f}", f"{level.p99_ms:.{digits}f}"]
 
 
-def _ceiling_lines(result: EngineResult) -> list[str]:
-    ceiling = result.ceiling
-    if ceiling is None:
-        return _NOT_RUN
+def _ceiling_lines(result: EngineResult, ceiling: model.CeilingResult) -> list[Block]:
     run, plain, served, one = ceiling.in_process, ceiling.plain_loop, ceiling.served, ceiling.served_one
     plain_cells = [f"{1000.0 / plain.median_ms:.2f}", f"{plain.median_ms:.1f}", f"{plain.p99_ms:.1f}"]
     rows = [
@@ -443,118 +380,93 @@ def _ceiling_lines(result: EngineResult) -> list[str]:
         ("Triton", served.concurrency, *_level_cells(served), len(served.records)),
     ]
     return [
-        f"The ceiling is the engine driven in this process (`DiffusionEngine` over ONNX Runtime sessions of the same "
-        f"ONNX files, the batching-on repository's limits, no Triton), fed {run.concurrency} requests at once as a "
-        f"closed loop: its UNet calls held {run.rows_per_unet_call:.1f} rows on average, as the server's do at "
-        f"concurrency {run.concurrency}. It and the server ran in {len(ceiling.turn_ratios)} turns (in-process, served "
-        f"at {run.concurrency}, plain loop, served at 1, again) while the batching-on server was up, so that a drift "
-        "of this machine's speed hits both sides of each ratio alike; the server's loads are client threads over gRPC.",
-        "",
-        *_table("lrrrrr", ("path", "concurrency", "images/s", "p50 ms", "p99 ms", "requests"), rows),
-        "",
+        f"The ceiling: `DiffusionEngine` in this process over the same ONNX files and limits, no Triton, "
+        f"{run.concurrency} requests at once (UNet calls of {run.rows_per_unet_call:.1f} rows on average). It and the "
+        f"server (client threads over gRPC) ran in {len(ceiling.turn_ratios)} turns, so a drift of the machine's "
+        "speed hits both sides of a ratio alike.",
+        _table("lrrrrr", ("path", "concurrency", "images/s", "p50 ms", "p99 ms", "requests"), rows),
         f"Served / ceiling at concurrency {run.concurrency}: **{ceiling.served_over_ceiling:.3f}x** (by turn: "
         f"{', '.join(f'{ratio:.3f}' for ratio in ceiling.turn_ratios)}); served p50 at concurrency 1 / plain loop "
         f"median: **{ceiling.one_over_plain_loop:.3f}x**.",
     ]
 
 
-def _sweep_lines(result: EngineResult) -> list[str]:
-    if not result.sweep:
-        return _NOT_RUN
+def _sweep_lines(result: EngineResult, sweep: tuple[Load, ...]) -> list[Block]:
     ratios = dict(result.on_off_ratios())
     header = ["concurrency"]
     header += [f"{side}: {measure}" for side in ("on", "off") for measure in ("images/s", "p50 ms", "p99 ms")]
     rows = []
     for level in result.levels():
-        on, off = (_level_cells(result.sweep_point(variant, level), 0) for variant in (BATCHING_ON, BATCHING_OFF))
+        on, off = (
+            _level_cells(result.sweep_point(variant, level), 0) for variant in (model.BATCHING_ON, model.BATCHING_OFF)
+        )
         rows.append([level, *on, *off, f"{ratios[level]:.2f}x" if level in ratios else ""])
     return [
-        "Two repositories of the same export: `max_running_images` 8 (one UNet call per step for every running "
-        "image) and 1 (each image its own UNet call, requests one after another). Each level is a closed loop of "
-        "client threads over gRPC (`StableDiffusionClient`, one per thread), each sending the base request back to "
-        "back, a fixed number of requests per level; images/s is completed requests over the wall time from the first "
-        "request to the last answer (as the in-process ceiling is timed), percentiles linear between ranks.",
-        "",
+        "Two repositories of one export: `max_running_images` 8 (one UNet call a step for every running image) and 1. "
+        "Each level: client threads over gRPC sending the base request back to back; images/s is completed requests "
+        "over the wall time from the first request to the last answer.",
         f"![sweep]({ENGINE_PLOT_NAME})",
-        "",
-        *_table("r" * 8, [*header, "on/off images/s"], rows),
+        _table("r" * 8, [*header, "on/off images/s"], rows),
     ]
 
 
-def _mixed_lines(result: EngineResult) -> list[str]:
-    mixed = result.mixed
-    if mixed is None:
-        return _NOT_RUN
+def _mixed_lines(result: EngineResult, mixed: model.MixedResult) -> list[Block]:
     spec = mixed.spec
     loads = [
-        ("short only", SHORT, spec.short_steps, spec.concurrency, mixed.short_only),
-        ("mixed", SHORT, spec.short_steps, spec.short_clients, mixed.mixed.of_class(SHORT)),
-        ("mixed", LONG, spec.long_steps, spec.long_clients, mixed.mixed.of_class(LONG)),
+        ("short only", model.SHORT, spec.short_steps, spec.concurrency, mixed.short_only),
+        ("mixed", model.SHORT, spec.short_steps, spec.short_clients, mixed.mixed.of_class(model.SHORT)),
+        ("mixed", model.LONG, spec.long_steps, spec.long_clients, mixed.mixed.of_class(model.LONG)),
     ]
     rows = []
     for load, name, steps, clients, level in loads:
         cells = [0, "", "", "", "", ""]
         if level.completed:
             cells = [level.completed, level.failed, f"{level.images_per_s:.2f}"]
-            cells += [f"{value:.0f}" for value in (level.p50_ms, level.p90_ms, level.p99_ms)]
+            cells += [f"{level.percentile_ms(q):.0f}" for q in (50, 90, 99)]
         rows.append([load, name, steps, clients, *cells])
     header = ("load", "class", "steps", "clients", "completed", "failed", "images/s", "p50 ms", "p90 ms", "p99 ms")
     return [
-        f"On the batching-on server, client threads over gRPC (`StableDiffusionClient`): {spec.short_clients} sending "
-        f"short requests ({spec.short_steps} steps) back to back while {spec.long_clients} send "
-        f"{spec.long_requests_per_client} long ones ({spec.long_steps} steps) each; the reference is "
-        f"{spec.concurrency} clients all sending short requests (the same concurrency, no long request). "
-        "Percentiles are linear between ranks over the completed requests.",
-        "",
-        *_table("ll" + "r" * 8, header, rows),
-        "",
+        f"On the batching-on server, {spec.short_clients} client threads send short requests back to back while "
+        f"{spec.long_clients} send {spec.long_requests_per_client} long ones each; the reference: {spec.concurrency} "
+        "clients all sending short requests.",
+        _table("ll" + "r" * 8, header, rows),
         f"Mixed load {mixed.mixed.duration_s:.1f} s, short-only load {mixed.short_only.duration_s:.1f} s. Short "
         f"requests' p99 beside long ones / alone: **{_f(mixed.short_p99_ratio, 2)}x**.",
     ]
 
 
-def _burst_lines(result: EngineResult) -> list[str]:
-    burst = result.burst
-    if burst is None:
-        return _NOT_RUN
+def _burst_lines(result: EngineResult, burst: model.BurstResult) -> list[Block]:
     refusals, accepted = burst.latencies_ms(Outcome.REFUSED), burst.latencies_ms(Outcome.OK)
     header = ("sent", "accepted", "completed", "refused", "of which as UNAVAILABLE", "failed after acceptance")
     counts = (len(burst.records), burst.accepted, burst.completed, burst.refused, burst.refused_as_unavailable)
-    lines = [
-        f"A repository of the same export whose engine and entries hold at most {burst.spec.max_pending_requests} "
-        f"requests (`max_pending_requests`); {burst.spec.requests} requests sent at once (an asyncio gRPC client "
-        "each, on one event loop, released together, connections made first), after the warm-up below. A refusal "
-        'is `UNAVAILABLE` with a message starting "server busy" (the client raises `ServerUnavailableError`); time '
-        "to refusal is from sending to the error.",
-        "",
-        *_table("r" * 6, header, [(*counts, burst.failed)]),
-        "",
+    intro = [
+        f"`max_pending_requests` {burst.spec.max_pending_requests}; {burst.spec.requests} requests sent at once "
+        '(an asyncio gRPC client each, connected first). A refusal is `UNAVAILABLE` "server busy" '
+        "(`ServerUnavailableError`), timed from sending to the error.",
+        _table("r" * 6, header, [(*counts, burst.failed)]),
     ]
+    lines = []
     if refusals:
         lines.append(
             f"Time to refusal: min {min(refusals):.1f} ms, median {statistics.median(refusals):.1f} ms, max "
-            f"{max(refusals):.1f} ms (goal < {GOAL_REFUSAL_MS:g} ms each; "
-            f"{sum(value >= GOAL_REFUSAL_MS for value in refusals)} at or over it)."
+            f"{max(refusals):.1f} ms (goal < {model.GOAL_REFUSAL_MS:g} ms each; "
+            f"{sum(value >= model.GOAL_REFUSAL_MS for value in refusals)} at or over it)."
         )
     if accepted:
         lines.append(f"Accepted requests' latency: {', '.join(f'{value:.0f}' for value in sorted(accepted))} ms.")
     if burst.warmup_records:
-        cold = burst.warmup_max_refusal_ms
+        cold = max(burst.latencies_ms(Outcome.REFUSED, warmup=True), default=None)
         lines.append(
-            f"Before it, {burst.spec.warmup_bursts} burst(s) of the same size warmed the server up, not judged: the "
-            "first burst after a server's start pays one-off costs (threads of the entry model and gRPC); its "
-            f"slowest refusal took {'-' if cold is None else f'{cold:.1f}'} ms."
+            f"{burst.spec.warmup_bursts} warm-up burst(s) first, not judged (one-off costs after a start): slowest "
+            f"refusal {'-' if cold is None else f'{cold:.1f}'} ms."
         )
     failures = sorted({record.message for record in burst.records if record.outcome is Outcome.FAILED})
     if failures:
         lines.append(f"Failures: {'; '.join(failures)}.")
-    return lines
+    return [*intro, lines]
 
 
-def _simulated_lines(result: EngineResult) -> list[str]:
-    simulated = result.simulated
-    if simulated is None:
-        return _NOT_RUN
+def _simulated_lines(result: EngineResult, simulated: model.SimulatedResult) -> list[Block]:
     low, high, latency = simulated.non_unet_low, simulated.non_unet_high, simulated.latency
     c_low, c_high, rows = simulated.low.concurrency, simulated.high.concurrency, simulated.rows_per_image
     points = [
@@ -564,32 +476,23 @@ def _simulated_lines(result: EngineResult) -> list[str]:
         f"**Every number in this section is SIMULATED**: the batching-on repository with its UNet replaced by the "
         f"stand-in of `sdtriton/serving/simulated.py`, which sleeps {latency} (fixed + per batch row) a "
         "call and burns no CPU; the text encoder and VAE decoder are the real ONNX models on this CPU.",
-        "",
-        *_table("rrrrr", ("SIMULATED concurrency", "images/s", "p50 ms", "p99 ms", "requests"), points),
-        "",
+        _table("rrrrr", ("SIMULATED concurrency", "images/s", "p50 ms", "p99 ms", "requests"), points),
         f"Measured c{c_high}/c{c_low}: **{simulated.measured_ratio:.2f}x** (SIMULATED).",
-        "",
-        f"What the latency model allows: for the UNet alone, `SimulatedLatency.throughput_ratio` gives "
-        f"{simulated.unet_only_allowed_ratio:.2f}x ({c_high} images of {rows} rows in one call of "
-        f"{latency.call_s(c_high * rows) * 1000:.0f} ms against one of {latency.call_s(c_low * rows) * 1000:.0f} ms). "
-        "The rest of a request (text encoder, VAE decoder, scheduler steps, the engine's glue) runs on this CPU and "
-        "does not shrink with the simulated UNet, so it is counted at its own cost: the engine driven in this process "
-        f"with a UNet that takes no time gave {low.images_per_s:.1f} images/s at c={low.concurrency} and "
-        f"{high.images_per_s:.1f} images/s at c={high.concurrency}, i.e. {1000 / low.images_per_s:.1f} and "
-        f"{1000 / high.images_per_s:.1f} ms of non-UNet work an image. With {simulated.unet_calls_per_image:g} UNet "
-        f"calls an image, a batch of c images takes calls x call(c x {rows} rows) + c x that work, so the model "
-        f"allows {simulated.allowed_images_per_s(low):.2f} and {simulated.allowed_images_per_s(high):.2f} images/s: "
-        f"**{simulated.allowed_ratio:.2f}x**. Measured / allowed: **{simulated.share_of_allowed:.1%}** (goal >= "
-        f"{GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}); against the UNet-alone ratio: "
-        f"{simulated.share_of_unet_only_allowed:.1%}. What the allowance leaves out is serving's own cost: BLS hops, "
-        "gRPC, the entry model, Python threads sharing the CPU with the real text encoder and VAE.",
+        f"Allowed for the UNet alone (`SimulatedLatency.throughput_ratio`): {simulated.unet_only_allowed_ratio:.2f}x "
+        f"({c_high} images of {rows} rows in one call of {latency.call_s(c_high * rows) * 1000:.0f} ms against one of "
+        f"{latency.call_s(c_low * rows) * 1000:.0f} ms). The rest of a request runs on this CPU and does not shrink: "
+        f"the engine in this process with a zero-time UNet did {1000 / low.images_per_s:.1f} ms of it an image at "
+        f"c={low.concurrency} and {1000 / high.images_per_s:.1f} ms at c={high.concurrency}. With "
+        f"{simulated.unet_calls_per_image:g} UNet calls an image, c images take calls x call(c x {rows} rows) + c x "
+        f"that work: {simulated.allowed_images_per_s(low):.2f} and {simulated.allowed_images_per_s(high):.2f} "
+        f"images/s, **{simulated.allowed_ratio:.2f}x** allowed. Measured / allowed: "
+        f"**{simulated.share_of_allowed:.1%}** (goal >= {model.GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}); against the "
+        f"UNet-alone ratio: {simulated.share_of_unet_only_allowed:.1%}. Left out: serving's own cost (BLS hops, gRPC, "
+        "the entry model, threads sharing the CPU).",
     ]
 
 
-def _gateway_lines(result: EngineResult) -> list[str]:
-    gateway = result.gateway
-    if gateway is None or not gateway.levels():
-        return _NOT_RUN
+def _gateway_lines(result: EngineResult, gateway: model.GatewayResult) -> list[Block]:
     header = ("path", "concurrency", "images/s", "p50 ms", "p95 ms", "p99 ms", "requests", "failed")
     rows = []
     for direct, through, ratio, overhead_ms in gateway.levels():
@@ -600,50 +503,22 @@ def _gateway_lines(result: EngineResult) -> list[str]:
         rows.append(["gateway / direct", direct.concurrency, f"**{ratio:.3f}x**", f"**{overhead_ms:+.1f}**", *[""] * 4])
     idle_ms, serving_ms = gateway.gateway_cpu_ms or (math.nan, math.nan)
     return [
-        "The base request, same seed and parameters, from client threads (a connection each, back to back): straight "
-        "to Triton over gRPC (`StableDiffusionClient`), and as `POST /v1/images/generations` (`b64_json`) to a real "
-        "`sdtriton gateway` process in front of the same server. Levels ran in turns whose first side alternates; "
-        "the clients share this CPU with the server and the gateway. Per level: the images/s ratio and the p50 "
-        "overhead per request (gateway minus direct, ms).",
-        "",
-        *_table("lrrrrrrr", header, rows),
-        "",
+        "The base request from client threads, straight to Triton over gRPC and as `POST /v1/images/generations` "
+        "(`b64_json`) to a real `sdtriton gateway` in front of the same server, in turns whose first side alternates. "
+        "Per level: the images/s ratio and the p50 overhead (gateway minus direct, ms).",
+        _table("lrrrrrrr", header, rows),
         f"Gateway / direct images/s at concurrency {gateway.levels()[-1][0].concurrency}: "
-        f"**{gateway.over_direct:.3f}x** (goal >= {GOAL_GATEWAY_OVER_DIRECT}; by turn: "
-        f"{', '.join(f'{ratio:.3f}' for ratio in gateway.turn_ratios)}). The gateway process's own CPU time (its "
-        f"process group's, from `/proc`; other work inflates it far less than latencies): **{serving_ms:.1f} ms** "
-        f"per request it served, {idle_ms:.1f} ms per direct request while it stood idle beside them.",
+        f"**{gateway.over_direct:.3f}x** (goal >= {model.GOAL_GATEWAY_OVER_DIRECT}; by turn: "
+        f"{', '.join(f'{ratio:.3f}' for ratio in gateway.turn_ratios)}). The gateway process group's CPU time (from "
+        f"`/proc`): **{serving_ms:.1f} ms** per request it served, {idle_ms:.1f} ms per direct request while idle.",
     ]
 
 
 def headline(result: Run) -> str:
-    """The run's paragraph for the terminal: the concurrency-1 comparison, or an engine run's headline ratios."""
+    """The run's line for the terminal: each measured goal and its verdict (the summary has the rest)."""
+    rows = (row for row in result.goal_rows() if row.met is not None)
+    parts = [f"{row.measure} {row.measured} (goal {row.goal}: {row.verdict})" for row in rows]
     if isinstance(result, PerfResult):
-        parts = [f"Triton at concurrency 1: {result.triton_end_to_end_ms:.1f} ms"]
-        parts += [f"{row.measure} {row.measured or '-'} (goal {row.goal}: {row.verdict})" for row in result.goal_rows()]
-        return f"{'; '.join(parts)}; serving adds {result.unet_call_net[0]:.3f} ms per real UNet call"
-    parts = []
-    if result.ceiling is not None:
-        parts.append(f"served/ceiling {result.served_over_ceiling:.3f}x")
-        parts.append(f"c1 served/plain loop {result.c1_over_plain_loop:.3f}x")
-    if result.on_off_ratios():
-        ratios = ", ".join(f"c{level} {ratio:.2f}x" for level, ratio in result.on_off_ratios())
-        parts.append(f"batching on/off {ratios}")
-    if result.mixed is not None and result.mixed.short_p99_ratio is not None:
-        parts.append(f"short p99 mixed/alone {result.mixed.short_p99_ratio:.2f}x")
-    if (burst := result.burst) is not None:
-        slowest = _f(burst.max_refusal_ms, 1) or "-"
-        parts.append(
-            f"burst {burst.accepted} accepted ({burst.completed} completed), {burst.refused} refused, slowest refusal "
-            f"{slowest} ms"
-        )
-    if (sim := result.simulated) is not None:
-        parts.append(
-            f"SIMULATED c{sim.high.concurrency}/c{sim.low.concurrency} {sim.measured_ratio:.2f}x = "
-            f"{sim.share_of_allowed:.1%} of the allowed {sim.allowed_ratio:.2f}x"
-        )
-    for direct, _, ratio, overhead_ms in result.gateway.levels() if result.gateway is not None else ():
-        parts.append(f"c{direct.concurrency} gateway/direct {ratio:.3f}x, p50 {overhead_ms:+.1f} ms")
-    missed = [row.measure for row in result.goal_rows() if row.met is False]
-    verdict = f"goals missed: {'; '.join(missed)}" if missed else "every measured goal met"
-    return f"Engine ({result.profile}): {'; '.join(parts) or 'nothing measured'}. {verdict}."
+        parts.insert(0, f"Triton at concurrency 1: {result.triton_end_to_end_ms:.1f} ms")
+        parts.append(f"serving adds {result.unet_call_net[0]:.3f} ms per real UNet call")
+    return f"{result.profile}: {'; '.join(parts) or 'nothing measured'}"

@@ -1,16 +1,8 @@
 """The model and repositories a run needs: the profile's model, its export with the engine's caches off, and the
-variants a run compares, each a copy of one export (files of 1 MiB or more, the ONNX weights, linked).
-
-- An engine variant (:func:`engine_variant`) changes the ``pipeline`` config's engine parameters
-  (``max_running_images`` 8 or 1, a small ``max_pending_requests``, the caches): what ``sdtriton export`` renders
-  for those options, since the components' batch limits do not depend on a smaller value
-  (:attr:`sdtriton.export.configs.RenderOptions.component_max_batch_size`), which is checked.
-- The identity-UNet repository (:func:`identity_repository`) serves a UNet that returns its sample: with the
-  UNet's compute gone, Triton's per-step cost minus that of the plain loop over the same files is what the BLS
-  call mechanism itself costs (request objects, shared-memory copies, the hops between processes). The graph keeps
-  the UNet spec's tensor names, types and dynamic axes, so the same model class serves it and the same loop drives it.
-- The simulated repository (:func:`simulated_repository`) serves the stand-in UNet of
-  :mod:`sdtriton.serving.simulated`, which sleeps as an accelerator would compute.
+variants a run compares, each a copy of one export with its large files (the ONNX weights) linked: an engine variant
+(other engine limits), the identity-UNet repository (its UNet returns its sample: Triton's per-step cost minus the
+plain loop's over the same files is then what the BLS call mechanism itself costs), and the simulated repository
+(the stand-in UNet of :mod:`sdtriton.serving.simulated`, which sleeps as an accelerator would compute).
 
 ``sdtriton.export`` is imported where it runs: it loads torch and diffusers.
 """
@@ -18,7 +10,6 @@ variants a run compares, each a copy of one export (files of 1 MiB or more, the 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -69,7 +60,6 @@ def _pipeline_config_path(repository: Path) -> Path:
 
 
 def engine_limits_of(repository: Path) -> EngineLimits:
-    """The engine limits the repository's ``pipeline`` model runs with (its config's parameters)."""
     from sdtriton.export.configs import ENGINE_PARAMETERS, parse_config_text
 
     parameters = parse_config_text(_pipeline_config_path(repository).read_text()).parameters
@@ -96,12 +86,8 @@ def engine_variant(
     caches_off: bool = False,
 ) -> Path:
     """A copy of ``source`` whose engine holds ``max_running_images`` / ``max_pending_requests`` (None: as is),
-    with the engine's response and text-embedding caches off if ``caches_off``.
-
-    Raises:
-        FileExistsError: ``destination`` exists and is not empty.
-        ValueError: a value below 1, or more running images than the components' batch limit holds.
-    """
+    caches off if ``caches_off``: what ``sdtriton export`` renders for those options, as long as the components' batch
+    limits (rendered for the export's ``max_running_images``) hold the new value, which is checked."""
     from sdtriton.export.configs import CONFIG_FILE_NAME
 
     limits = engine_limits_of(source)
@@ -127,14 +113,13 @@ def engine_variant(
 
 
 def identity_repository(repository: Path, target: Path) -> Path:
-    """A copy of ``repository`` (its files linked) whose UNet is ``noise_pred = sample`` (other inputs ignored)."""
+    """A copy of ``repository`` whose UNet is ``noise_pred = sample``, with the UNet spec's tensors (other inputs
+    ignored): the same model class serves it and the same loop drives it."""
     import onnx
     from onnx import TensorProto, helper
 
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(
-        repository.resolve(), target, copy_function=os.symlink, ignore=shutil.ignore_patterns("__pycache__")
-    )
+    linked_copy(repository, target)
     unet_version_dir = target / UNET.model_name / "1"
     for path in unet_version_dir.glob(f"{ONNX_FILE_NAME}*"):  # model.onnx and its external data
         path.unlink()
@@ -154,11 +139,8 @@ def identity_repository(repository: Path, target: Path) -> Path:
 
 
 def simulated_unet_config_text(source_config_text: str, latency: SimulatedLatency) -> str:
-    """The source's rendered UNet config served by the stand-in: same tensors and batching, plus the latency.
-
-    The backend becomes ``python`` (a source rendered for ``onnxruntime`` or ``tensorrt`` names a model file
-    the stand-in does not have), and instances run on the CPU: the stand-in only sleeps.
-    """
+    """The source's UNet config with the stand-in's latency, on the ``python`` backend (a source's ``onnxruntime`` or
+    ``tensorrt`` names a model file the stand-in lacks) and the CPU (it only sleeps)."""
     from sdtriton.export.configs import config_text, parse_config_text
 
     config = parse_config_text(source_config_text)
@@ -174,7 +156,6 @@ def simulated_unet_config_text(source_config_text: str, latency: SimulatedLatenc
 
 
 def simulated_model_file_text() -> str:
-    """The ``unet/1/model.py`` of a simulated repository."""
     doc = f'"""Triton Python-backend entry point of a simulated `{UNET.model_name}`; see sdtriton.serving.simulated."""'
     return f'{doc}\n\n{_SIMULATED_ADAPTER}\n\n__all__ = ["TritonPythonModel"]\n'
 
@@ -182,26 +163,17 @@ def simulated_model_file_text() -> str:
 def simulated_repository(
     source: Path, destination: Path, latency: SimulatedLatency, *, models: Sequence[str] | None = None
 ) -> Path:
-    """A copy of an exported repository (``models`` of it, ``unet`` among them; default: every model) whose
-    ``unet`` is the stand-in of ``latency``: its config (inputs, outputs, ``max_batch_size``, dynamic batching)
-    plus the two latency parameters; its version folders hold the stand-in's ``model.py`` and none of the ONNX files.
-
-    Raises:
-        FileNotFoundError: ``source`` has no ``unet`` or lacks a named model.
-        FileExistsError: ``destination`` is not empty.
-        ValueError: ``models`` leaves out ``unet``.
-    """
+    """A copy of an exported repository (``models`` of it, ``unet`` among them; default: all) whose ``unet`` is the
+    stand-in of ``latency``: its config plus the latency parameters, the stand-in's ``model.py``, no ONNX files."""
     from sdtriton.export.configs import CONFIG_FILE_NAME, MODEL_FILE_NAME
 
-    source, destination = Path(source), Path(destination)
     if not (source / UNET.model_name / CONFIG_FILE_NAME).is_file():
         raise FileNotFoundError(f"{source} has no {UNET.model_name}/{CONFIG_FILE_NAME}")
     names = sorted(path.name for path in source.iterdir() if path.is_dir()) if models is None else list(models)
     if UNET.model_name not in names:
         raise ValueError(f"models must include {UNET.model_name!r}, got {names}")
-    for name in names:
-        if not (source / name).is_dir():
-            raise FileNotFoundError(f"{source} has no model {name!r}")
+    if missing := [name for name in names if not (source / name).is_dir()]:
+        raise FileNotFoundError(f"{source} has no model {missing[0]!r}")
     if destination.exists() and any(destination.iterdir()):
         raise FileExistsError(f"{destination} is not empty")
     for name in names:
@@ -217,8 +189,8 @@ def simulated_repository(
 
 
 def ensure_model(model_dir: Path | None, model: str, work_dir: Path) -> Path:
-    """A diffusers folder of ``model``: ``model_dir`` if it holds one, else made (make-tiny: ``model`` a profile of
-    the SD family, or another family such as ``sd35``) or the built-in one."""
+    """A diffusers folder of ``model``: ``model_dir`` if it holds one, else made by make-tiny (``model`` a profile of
+    the SD family or another family, such as ``sd35``), else the built-in one."""
     from sdtriton.tiny import FAMILIES, PROFILES, make_tiny
 
     if model_dir is not None and (model_dir / "model_index.json").is_file():

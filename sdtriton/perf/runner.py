@@ -1,18 +1,10 @@
-"""``sdtriton perf``: one runner, which takes a profile as data (:mod:`sdtriton.perf.profiles`) and fills one model
-of the run (:mod:`sdtriton.perf.model`).
+"""``sdtriton perf``: one runner, which takes a profile (:mod:`sdtriton.perf.profiles`) and fills one model of the
+run (:mod:`sdtriton.perf.model`).
 
-Order matters on a small CPU: what runs in this process (the in-process baselines, the in-process engine) is
-loaded before any server starts; then one server at a time, each on free loopback ports and warmed up.
-Everything runs under the profile's time limit, counted from the start: what would not fit is skipped and named
-in the summary, as are failed requests and a server that died.
-
-- perf_analyzer profile: diffusers and the plain ONNX loop in-process; then Triton through the client at the same
-  concurrency 1 (and its per-model statistics), then perf_analyzer's scenarios; then the identity-UNet BLS probe.
-- engine profile: the plain loop, the engine over ONNX Runtime at the ceiling's concurrency (the compute ceiling)
-  and with a UNet that takes no time (the non-UNet parts), measured in turns with the server loads they are
-  compared with; the batching-on and batching-off servers (ceiling, sweep, mixed steps), the burst one (a small
-  ``max_pending_requests``), the simulated-accelerator one, the gateway's server with a real ``sdtriton gateway``
-  process in front of it. Every served load is client threads, over gRPC or HTTP POSTs to the gateway.
+Order matters on a small CPU: what runs in this process (the baselines, the in-process engine) is loaded before any
+server starts, then one server at a time (the sweep's two together), each on free loopback ports and warmed up; the
+in-process sides the engine profile compares with a server run in turns with it. Everything runs under the profile's
+time limit: what would not fit is skipped and named in the summary, as are failed requests and a server that died.
 """
 
 from __future__ import annotations
@@ -41,17 +33,9 @@ from sdtriton import interface
 from sdtriton import server as server_module
 from sdtriton.client import SdTritonError, StableDiffusionClient
 from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
-from sdtriton.perf import load, model, paths, report, repositories
+from sdtriton.perf import load, model, paths, profiles, report, repositories
 from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, Load, Run
-from sdtriton.perf.profiles import (
-    INPUT_DATA_DIR_NAME,
-    LoadMode,
-    PerfOptions,
-    Profile,
-    Scenario,
-    load_profiles,
-    request_rates,
-)
+from sdtriton.perf.profiles import INPUT_DATA_DIR_NAME, LoadMode, PerfOptions, Profile, Scenario, load_profiles
 from sdtriton.perf.workload import load_input_data
 from sdtriton.server import ServerAddress, TritonServer, named_triton_installation
 
@@ -62,9 +46,7 @@ BUILTIN_PROFILE = "shapes"
 _STATS_MODELS = (
     interface.ENTRY_MODEL_NAME,
     interface.PIPELINE_MODEL_NAME,
-    TEXT_ENCODER.model_name,
-    UNET.model_name,
-    VAE_DECODER.model_name,
+    *(c.model_name for c in (TEXT_ENCODER, UNET, VAE_DECODER)),
 )
 # perf_analyzer's own start-up and connection, on top of the requests of a level.
 _PERF_ANALYZER_START_S = 5.0
@@ -81,15 +63,15 @@ _MIN_TIMEOUT_S = 60.0
 
 
 def default_profile() -> str:
-    """``shapes``, the default model, once its trained weights are in the package; ``tiny`` until then."""
+    """``shapes`` once its trained weights are in the package; ``tiny`` until then."""
     from sdtriton.shapes.builtin import WEIGHTS_DIR
 
     return BUILTIN_PROFILE if (WEIGHTS_DIR / "model_index.json").is_file() else "tiny"
 
 
 def _cpu_times() -> tuple[float, float] | None:
-    """The machine's busy CPU time (``/proc/stat``: all but idle and iowait) and this run's (:func:`os.times`, whose
-    children's share holds each stopped server's and perf_analyzer's, stubs included); None without /proc/stat."""
+    """The machine's busy CPU seconds (``/proc/stat``: all but idle and iowait) and this run's, its stopped children's
+    (servers, stubs, perf_analyzer) included; None without /proc/stat."""
     try:
         ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     except OSError:
@@ -105,14 +87,17 @@ def _estimated_level_s(scenario: Scenario, level: float, *, throughput_per_s: fl
 
 
 def _failures(load: str, records: list | tuple) -> list[str]:
-    """``LOAD: N of M requests FAILED: first message``, or nothing when none failed."""
     failed = [record for record in records if record.outcome is model.Outcome.FAILED]
     return [f"{load}: {len(failed)} of {len(records)} requests FAILED: {failed[0].message}"] if failed else []
 
 
 def _in_turns(total: int, turns: int) -> int:
-    """A turn's share of ``total``, rounded up."""
     return -(-total // turns)
+
+
+def _turn_levels(spec) -> list[tuple[int, int, int]]:
+    """(turn, concurrency, its requests in the turn) for every level of every turn, in order."""
+    return [(turn, c, _in_turns(spec.request_count(c), spec.turns)) for turn in range(spec.turns) for c in spec.levels]
 
 
 def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
@@ -159,9 +144,8 @@ def _max_difference(first: np.ndarray, second: np.ndarray) -> int | None:
 
 
 class PerfRun:
-    """One run of a profile: its options, base request, time limit, what was skipped, its servers, and the sections
-    it measures (:meth:`perf_analyzer` or :meth:`engine`, each section's method returning None, with the reason in
-    ``skipped``, when it could not measure)."""
+    """One run of a profile (:meth:`perf_analyzer` or :meth:`engine`): its time limit, servers, and what was skipped;
+    a section that could not measure returns None with the reason in ``skipped``."""
 
     def __init__(self, options: PerfOptions, profile: Profile) -> None:
         self.options, self.profile, self.show = options, profile, options.show_progress
@@ -181,19 +165,14 @@ class PerfRun:
         return self.limit_s - (time.monotonic() - self.started)
 
     def fits(self, what: str, estimate_s: float) -> bool:
-        """Whether ``what`` fits in the time left; if not, it is named in the summary."""
-        if estimate_s <= self.left_s:
-            return True
-        left_s, limit_s = max(self.left_s, 0), self.limit_s
-        self.skipped.append(
-            f"{what}: about {estimate_s:.0f} s needed, {left_s:.0f} s left of the {limit_s:.0f} s limit"
-        )
-        return False
+        if estimate_s > (left_s := self.left_s):
+            needed = f"about {estimate_s:.0f} s needed, {max(left_s, 0):.0f} s left of the {self.limit_s:.0f} s limit"
+            self.skipped.append(f"{what}: {needed}")
+        return estimate_s <= left_s
 
     @contextmanager
     def server(self, repository: Path, log_name: str, *, warmup_requests: int) -> Iterator[TritonServer]:
-        """A server over ``repository`` on free loopback ports, warmed up with the base request; one that failed
-        or died under load is named in the summary, and what it measured so far is kept."""
+        """A server warmed up with the base request; one that failed or died is named in the summary."""
         log_path = self.options.output_dir / f"{log_name}.log"
         installation = named_triton_installation(self.options.tritonserver) if self.options.tritonserver else None
         address = ServerAddress.on_free_ports()
@@ -216,8 +195,7 @@ class PerfRun:
 
     @contextmanager
     def gateway_process(self, grpc_url: str, log_name: str) -> Iterator[tuple[str, int]]:
-        """A real ``sdtriton gateway`` in front of ``grpc_url`` on a free loopback port, logged beside the servers;
-        yields its URL and process group once ready, and ends that group."""
+        """A real ``sdtriton gateway`` in front of ``grpc_url``: its URL and process group, once ready."""
         log_path, port = self.options.output_dir / f"{log_name}.log", server_module.free_port()
         command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url, "--port", str(port)]
         command += ["--data-dir", str(self.variants / log_name)]
@@ -235,29 +213,21 @@ class PerfRun:
             server_module.end_process_group(process.pid)
 
     def common(self) -> dict[str, object]:
-        """The fields of :class:`~sdtriton.perf.model.Run`, read after every server stopped."""
+        """The fields of :class:`~sdtriton.perf.model.Run`, read once every server stopped."""
         cpu_after, elapsed_s = _cpu_times(), time.monotonic() - self.started
         other_cpu_s = None
         if self.cpu_before is not None and cpu_after is not None:
             busy_s, own_s = (after - before for after, before in zip(cpu_after, self.cpu_before, strict=True))
             other_cpu_s = max(0.0, busy_s - own_s)
-        machine = model.MachineInfo.here(
-            started_utc=self.started_utc,
-            triton_version=self.server_version,
-            load_before=self.load_before,
-            gpu=self.options.gpu,
-        )
-        return {
+        here = {"started_utc": self.started_utc, "triton_version": self.server_version, "gpu": self.options.gpu}
+        machine = model.MachineInfo.here(**here, load_before=self.load_before)
+        run = {
             "profile": self.profile.name,
             "machine": machine,
             "request": self.request,
-            "input_data": self.profile.input_data,
             "skipped": tuple(self.skipped),
-            "elapsed_s": elapsed_s,
-            "other_cpu_s": other_cpu_s,
         }
-
-    # The perf_analyzer profile.
+        return run | {"input_data": self.profile.input_data, "elapsed_s": elapsed_s, "other_cpu_s": other_cpu_s}
 
     def perf_analyzer(self, model_dir: Path, repository: Path, work_dir: Path) -> model.PerfResult:
         """The three paths at concurrency 1, perf_analyzer's scenarios, and the identity-UNet probe."""
@@ -265,12 +235,11 @@ class PerfRun:
         binary = load.find_perf_analyzer(options.perf_analyzer)
         timed = {"runs": spec.runs, "warmup_runs": spec.warmup_runs, "gpu": options.gpu}
         slope = {"path": model.TRITON, "steps": spec.slope_steps, "runs": spec.slope_runs}
-        loop_slope = {"slope_steps": spec.slope_steps, "slope_runs": spec.slope_runs, "gpu": options.gpu}
         diffusers, diffusers_image = None, None
         if not options.skip_diffusers:
             diffusers, diffusers_image = paths.time_diffusers(model_dir, request, **timed)
             gc.collect()  # the heavy profile's pipeline holds gigabytes: let it go before the next path loads
-        loop = paths.time_onnx_loop(repository, request, runs=spec.runs, warmup_runs=spec.warmup_runs, **loop_slope)
+        loop = paths.time_onnx_loop(repository, request, spec, gpu=options.gpu)
         gc.collect()
         with self.server(repository, "tritonserver", warmup_requests=spec.warmup_runs) as server:
             http_url = server.address.http_url
@@ -290,7 +259,8 @@ class PerfRun:
         elif self.fits("identity-UNet BLS probe", _PROBE_FIXED_S + 6 * spec.slope_runs * client.median_ms / 1000.0):
             probe_repository = repositories.identity_repository(repository, work_dir / "identity_unet_repository")
             logger.info("BLS probe: the repository with an identity UNet in %s", probe_repository)
-            probe_loop = paths.time_onnx_loop(probe_repository, request, runs=1, warmup_runs=1, **loop_slope)
+            probe_spec = dataclasses.replace(spec, runs=1, warmup_runs=1)
+            probe_loop = paths.time_onnx_loop(probe_repository, request, probe_spec, gpu=options.gpu)
             gc.collect()
             with self.server(probe_repository, "tritonserver_identity_unet", warmup_requests=1) as server:
                 with StableDiffusionClient(server.address.grpc_url) as triton:
@@ -325,10 +295,8 @@ class PerfRun:
         files = {"binary": binary, "address": server.address, "output_dir": self.options.output_dir / "perf_analyzer"}
 
         def level(scenario: Scenario, value: float) -> model.LoadPoint:
-            input_data_path = self.input_dir / scenario.input_data
-            return load.run_level(
-                scenario, value, input_data_path=input_data_path, timeout_s=max(self.left_s, 1.0), **files
-            )
+            input_data_path, timeout_s = self.input_dir / scenario.input_data, max(self.left_s, 1.0)
+            return load.run_level(scenario, value, input_data_path=input_data_path, timeout_s=timeout_s, **files)
 
         with progress:
             for scenario in scenarios:
@@ -336,19 +304,14 @@ class PerfRun:
                 if scenario.mode is LoadMode.REQUEST_RATE:
                     references = [p.throughput_per_s for p in points if p.scenario == scenario.rate_reference]
                     if references:
-                        levels = request_rates(levels, peak_throughput_per_s=max(references))
+                        levels = profiles.request_rates(levels, peak_throughput_per_s=max(references))
                     else:
                         reason = f"its rate reference {scenario.rate_reference} was not measured"
                 if reason is None and scenario.input_data not in warmed:
                     # One pass over the file first: each new size's first run allocates, and is not load.
                     count = len(load_input_data(self.input_dir / scenario.input_data))
-                    warm_up = Scenario(
-                        f"warmup_{scenario.name}",
-                        scenario.protocol,
-                        LoadMode.CONCURRENCY,
-                        scenario.input_data,
-                        (1.0,),
-                        count,
+                    warm_up = dataclasses.replace(
+                        scenario, name=f"warmup_{scenario.name}", mode=LoadMode.CONCURRENCY, min_requests=count
                     )
                     try:
                         level(warm_up, 1.0)
@@ -374,16 +337,8 @@ class PerfRun:
                         continue
                     points.append(point)
                     throughput = max(point.throughput_per_s, 1e-6)
-                    logger.info(
-                        "%s: %.2f images/s, p50 %.1f ms, p99 %.1f ms",
-                        name,
-                        point.throughput_per_s,
-                        point.p50_ms,
-                        point.p99_ms,
-                    )
+                    logger.info("%s: %.2f images/s, p50 %.1f ms", name, point.throughput_per_s, point.p50_ms)
         return points
-
-    # The engine profile.
 
     def variant(self, name: str, source: Path, **changes: object) -> Path:
         shutil.rmtree(self.variants / name, ignore_errors=True)
@@ -401,7 +356,7 @@ class PerfRun:
         """The engine in this process over the batching-on repository's sessions, ``concurrency`` at once."""
         options = {"description": description, "show_progress": self.show, "zero_time_unet": zero_time_unet}
         return paths.run_closed_loop(
-            self.served, limits=self.limits, request=self.request, concurrency=concurrency, requests=requests, **options
+            self.served, self.limits, self.request, concurrency=concurrency, requests=requests, **options
         )
 
     def plain_loop(self, *, runs: int, warmup_runs: int = 0) -> Load:
@@ -501,12 +456,9 @@ class PerfRun:
     def sweep(self, servers: dict[str, TritonServer], spec) -> tuple[Load, ...]:
         """Every level on every server, in turns: a drift of the machine's speed hits both variants alike."""
         parts: dict[tuple[str, int], list[Load]] = {}
-        for _ in range(spec.turns):
-            for concurrency in spec.levels:
-                requests = _in_turns(spec.request_count(concurrency), spec.turns)
-                for variant, server in servers.items():
-                    level = self.load(server, variant, concurrency, requests)
-                    parts.setdefault((variant, concurrency), []).append(level)
+        for _, concurrency, requests in _turn_levels(spec):
+            for variant, server in servers.items():
+                parts.setdefault((variant, concurrency), []).append(self.load(server, variant, concurrency, requests))
         levels = [Load.merged(turns) for turns in parts.values()]
         for level in levels:
             logger.info("%s c=%d: %.2f images/s", level.variant, level.concurrency, level.images_per_s)
@@ -536,11 +488,8 @@ class PerfRun:
         timeout_s = self.timeout_s(self.request.num_inference_steps, spec.max_pending_requests)
         send = {"count": spec.requests, "timeout_s": timeout_s, "show_progress": self.show}
         url = server.address.grpc_url
-        warmup = [
-            r
-            for _ in range(spec.warmup_bursts)
-            for r in load.run_burst(url, self.request, load=model.BURST_WARMUP, **send)
-        ]
+        bursts = [load.run_burst(url, self.request, load=model.BURST_WARMUP, **send) for _ in range(spec.warmup_bursts)]
+        warmup = [record for burst in bursts for record in burst]
         records = load.run_burst(url, self.request, **send)
         self.skipped += _failures("burst", [*warmup, *records])
         result = model.BurstResult(spec, tuple(records), tuple(warmup))
@@ -553,16 +502,12 @@ class PerfRun:
         low_c, high_c = spec.levels[0], spec.levels[-1]
         in_process: dict[int, list[Load]] = {low_c: [], high_c: []}
         parts: dict[int, list[Load]] = {level: [] for level in spec.levels}
-        for _ in range(spec.turns):
-            for concurrency in spec.levels:
-                if concurrency in in_process:
-                    requests = max(_in_turns(spec.in_process_requests, spec.turns), concurrency)
-                    run = self.in_process(
-                        concurrency, requests, f"non-UNet parts, c={concurrency}", zero_time_unet=True
-                    )
-                    in_process[concurrency].append(run)
-                requests = _in_turns(spec.request_count(concurrency), spec.turns)
-                parts[concurrency].append(self.load(server, SIMULATED, concurrency, requests))
+        in_process_requests = _in_turns(spec.in_process_requests, spec.turns)
+        for _, concurrency, requests in _turn_levels(spec):
+            if concurrency in in_process:
+                what, count = f"non-UNet parts, c={concurrency}", max(in_process_requests, concurrency)
+                in_process[concurrency].append(self.in_process(concurrency, count, what, zero_time_unet=True))
+            parts[concurrency].append(self.load(server, SIMULATED, concurrency, requests))
         points = tuple(level for level in map(Load.merged, parts.values()) if level.completed)
         if {low_c, high_c} - {point.concurrency for point in points}:
             self.skipped.append(f"{SIMULATED} accelerator: c={low_c} or c={high_c} completed no request")
@@ -580,15 +525,14 @@ class PerfRun:
         the CPU seconds the gateway's process ``group`` used during each side's loads."""
         high, parts, cpu_s = spec.levels[-1], {}, dict.fromkeys((model.DIRECT_GRPC, model.GATEWAY_HTTP), 0.0)
         self.load(server, f"{model.GATEWAY_HTTP}_warmup", high, high, gateway_url=url)
-        for turn in range(spec.turns):
-            sides = [(model.DIRECT_GRPC, None), (model.GATEWAY_HTTP, url)][:: -1 if turn % 2 else 1]
-            for concurrency in spec.levels:
-                requests = _in_turns(spec.request_count(concurrency), spec.turns)
-                for variant, gateway_url in sides:
-                    before_s = server_module.process_group_cpu_s(group)
-                    level = self.load(server, variant, concurrency, requests, gateway_url=gateway_url)
-                    cpu_s[variant] += server_module.process_group_cpu_s(group) - before_s
-                    parts.setdefault((variant, concurrency), []).append(level)
+        for turn, concurrency, requests in _turn_levels(spec):
+            for variant, gateway_url in [(model.DIRECT_GRPC, None), (model.GATEWAY_HTTP, url)][
+                :: -1 if turn % 2 else 1
+            ]:
+                before_s = server_module.process_group_cpu_s(group)
+                level = self.load(server, variant, concurrency, requests, gateway_url=gateway_url)
+                cpu_s[variant] += server_module.process_group_cpu_s(group) - before_s
+                parts.setdefault((variant, concurrency), []).append(level)
         pairs = zip(parts[model.DIRECT_GRPC, high], parts[model.GATEWAY_HTTP, high], strict=True)
         ratios = tuple(g.images_per_s / d.images_per_s for d, g in pairs if d.completed and g.completed)
         merged = {key: Load.merged(turns) for key, turns in parts.items()}

@@ -1,8 +1,6 @@
-"""The requests of the load tests, and the perf_analyzer ``--input-data`` files that carry them.
-
-One :class:`RequestSpec` per request, its fields named as the public inputs of ``stable_diffusion``. The
-committed files under ``perf/input_data/`` are this module's rendering of :data:`INPUT_DATA_FILES` (a unit
-test keeps them equal); the baselines read the same files, so every path is timed on the same parameters.
+"""The requests of the load tests, one :class:`RequestSpec` each, and the perf_analyzer ``--input-data`` files that
+carry them: ``perf/input_data/`` is :data:`INPUT_DATA_FILES` rendered (a unit test keeps them equal), and every path,
+the baselines too, reads them, so all are timed on the same parameters.
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ _NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP3
 
 @dataclass(frozen=True)
 class RequestSpec:
-    """One request of ``stable_diffusion``, one image; every field is sent, so every path runs the same."""
+    """One request of ``stable_diffusion``, fields named as its public inputs; every one is sent, on every path."""
 
     prompt: str
     negative_prompt: str
@@ -63,61 +61,39 @@ class RequestSpec:
     skip_layer_guidance_stop: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
 
     def client_parameters(self) -> dict[str, Any]:
-        """Every public input but the prompt, as keywords of ``StableDiffusionClient.generate``/``build_inputs``."""
+        """Every public input but the prompt, as keywords of ``StableDiffusionClient.generate``."""
         return {tensor.name: getattr(self, tensor.name) for tensor in interface.PUBLIC_INPUTS[1:]}
-
-    def to_input_data_entry(self) -> dict[str, dict[str, list[Any]]]:
-        """One ``data`` entry of a perf_analyzer input-data file: each input as a ``[1]`` item."""
-        return {
-            tensor.name: {"content": [getattr(self, tensor.name)], "shape": list(tensor.dims)}
-            for tensor in interface.PUBLIC_INPUTS
-        }
 
     @classmethod
     def from_input_data_entry(cls, entry: Mapping[str, Any]) -> RequestSpec:
-        values: dict[str, Any] = {}
-        for tensor in interface.PUBLIC_INPUTS:
-            if tensor.name not in entry:
-                raise ValueError(f"input-data entry has no {tensor.name!r} (it has {sorted(entry)})")
-            content = entry[tensor.name]["content"]
-            if len(content) != 1:
-                raise ValueError(f"input-data entry {tensor.name!r} must hold one item, got {len(content)}")
-            values[tensor.name] = _FIELD_TYPES[tensor.name](content[0])
-        return cls(**values)
+        """A request from an input-data entry (one item an input); numbers keep their JSON types."""
+        if missing := [tensor.name for tensor in interface.PUBLIC_INPUTS if tensor.name not in entry]:
+            raise ValueError(f"input-data entry has no {missing[0]!r} (it has {sorted(entry)})")
+        return cls(**{tensor.name: entry[tensor.name]["content"][0] for tensor in interface.PUBLIC_INPUTS})
 
     def with_steps(self, num_inference_steps: int) -> RequestSpec:
         return dataclasses.replace(self, num_inference_steps=num_inference_steps)
 
 
-_FIELD_TYPES = {
-    field.name: {"int": int, "float": float}.get(field.type, str) for field in dataclasses.fields(RequestSpec)
-}
-
-
 def raw_inputs(request: RequestSpec) -> dict[str, np.ndarray]:
-    """The request's public inputs as the pipeline model reads them: one value per input, as ``[1]`` arrays."""
+    """The request's public inputs as the pipeline model reads them, ``[1]`` arrays."""
     return {
         tensor.name: np.array([getattr(request, tensor.name)], dtype=_NUMPY_DTYPES[tensor.triton_dtype])
         for tensor in interface.PUBLIC_INPUTS
     }
 
 
-def input_data_document(requests: Sequence[RequestSpec]) -> dict[str, list[dict[str, Any]]]:
-    """A perf_analyzer ``--input-data`` JSON document: requests are sent in this order, round robin."""
+def input_data_text(requests: Sequence[RequestSpec]) -> str:
+    """A perf_analyzer ``--input-data`` document (sent in this order, round robin), one request a line: each input
+    a ``[1]`` item."""
     if not requests:
         raise ValueError("an input-data file needs at least one request")
-    return {"data": [request.to_input_data_entry() for request in requests]}
-
-
-def input_data_text(requests: Sequence[RequestSpec]) -> str:
-    """The input-data document as committed: one request per line."""
-    entries = input_data_document(requests)["data"]
-    lines = ",\n".join("  " + json.dumps(entry, ensure_ascii=False) for entry in entries)
-    return '{"data": [\n' + lines + "\n]}\n"
+    tensors = interface.PUBLIC_INPUTS
+    entries = [{t.name: {"content": [getattr(r, t.name)], "shape": list(t.dims)} for t in tensors} for r in requests]
+    return '{"data": [\n' + ",\n".join("  " + json.dumps(entry, ensure_ascii=False) for entry in entries) + "\n]}\n"
 
 
 def load_input_data(path: Path) -> tuple[RequestSpec, ...]:
-    """The requests of an input-data file written by :func:`input_data_text`."""
     document = json.loads(path.read_text())
     entries = document.get("data") if isinstance(document, dict) else None
     if not entries:
@@ -126,7 +102,7 @@ def load_input_data(path: Path) -> tuple[RequestSpec, ...]:
 
 
 def fixed_requests(*, size_px: int, num_inference_steps: int) -> tuple[RequestSpec, ...]:
-    """One request sent again and again: the baselines' parameters and the latency curves' workload."""
+    """One request sent again and again: the baselines' and the latency curves' workload."""
     return (
         RequestSpec(
             prompt=PROMPTS[0],
@@ -141,14 +117,9 @@ def fixed_requests(*, size_px: int, num_inference_steps: int) -> tuple[RequestSp
     )
 
 
-def varied_requests(
-    *,
-    sizes_px: Sequence[int],
-    steps: Sequence[int],
-    guidance_scales: Sequence[float] = (DEFAULT_GUIDANCE_SCALE, 5.0, 1.0),
-    count: int,
-) -> tuple[RequestSpec, ...]:
+def varied_requests(*, sizes_px: Sequence[int], steps: Sequence[int], count: int) -> tuple[RequestSpec, ...]:
     """Every prompt, scheduler, step count, size and guidance (1.0 turns guidance off), with distinct seeds."""
+    guidance_scales = (DEFAULT_GUIDANCE_SCALE, 5.0, 1.0)
     return tuple(
         RequestSpec(
             prompt=PROMPTS[index % len(PROMPTS)],
@@ -174,9 +145,7 @@ INPUT_DATA_FILES: Mapping[str, tuple[RequestSpec, ...]] = {
 }
 
 
-def write_input_data_files(directory: Path) -> list[Path]:
-    """Renders :data:`INPUT_DATA_FILES` into ``directory`` (``perf/input_data/`` in the repository)."""
-    directory.mkdir(parents=True, exist_ok=True)
+def write_input_data_files(directory: Path) -> None:
+    """Renders :data:`INPUT_DATA_FILES` into ``directory`` (``perf/input_data/``)."""
     for name, requests in INPUT_DATA_FILES.items():
         (directory / name).write_text(input_data_text(requests))
-    return [directory / name for name in INPUT_DATA_FILES]

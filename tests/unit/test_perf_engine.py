@@ -106,7 +106,7 @@ def test_burst_counts_accepted_refused_and_the_slowest_refusal() -> None:
         _record("burst", 500.0, load="burst_warmup"),
     )
     burst = BurstResult(spec=BurstSpec(max_pending_requests=2, requests=4), records=records, warmup_records=warmup)
-    assert burst.warmup_max_refusal_ms == 110.0
+    assert burst.latencies_ms(Outcome.REFUSED, warmup=True) == [110.0]
     assert (burst.accepted, burst.completed, burst.refused, burst.failed) == (2, 1, 2, 1)
     assert burst.refused_as_unavailable == 1
     assert burst.latencies_ms(Outcome.REFUSED) == [12.0, 61.0]
@@ -269,7 +269,7 @@ def test_reports_label_the_simulated_results(tmp_path: Path) -> None:
     assert shared.other_cpu_share == pytest.approx(0.1)
     assert "used 60 CPU-seconds during the run: 10.0% of the 2 cores' time. **Above 5%" in summary_markdown(shared)
     text = headline(result)
-    assert "served/ceiling 0.833x" in text and "SIMULATED c8/c1" in text and "goals missed" in text
+    assert "concurrency 8 0.833x (goal >= 0.9x: MISSED)" in text and "(e) SIMULATED: measured" in text
 
 
 def test_gateway_ratio_overhead_and_a_summary_of_its_section_alone() -> None:
@@ -292,7 +292,9 @@ def test_gateway_ratio_overhead_and_a_summary_of_its_section_alone() -> None:
     assert "## (f) The HTTP gateway against direct gRPC" in summary and "## (a)" not in summary
     assert "| gateway / direct | 8 | **0.941x** | **+20.0** |" in summary
     assert "**12.0 ms** per request it served, 5.0 ms per direct request" in summary
-    assert "c1 gateway/direct 0.952x, p50 +4.0 ms" in headline(result)
+    assert (
+        headline(result) == "engine: (f) gateway / direct gRPC images/s at concurrency 8 0.941x (goal >= 0.95x: MISSED)"
+    )
 
 
 def test_the_committed_engine_profiles() -> None:
@@ -398,16 +400,15 @@ def test_in_process_closed_loop_keeps_the_concurrency_and_counts_unet_rows() -> 
     networks = FakeNetworks()
     run = run_closed_loop(
         ServedFiles(tokenizers={"text_encoder": _FakeTokenizer()}, config=CONFIG, networks=networks),
-        limits=EngineLimits(max_running_images=8, max_unet_rows=16),
-        request=_small_request(steps=4),
+        EngineLimits(max_running_images=8, max_unet_rows=16),
+        _small_request(steps=4),
         concurrency=3,
         requests=7,
-        warmup_requests=2,
         show_progress=False,
     )
     assert (run.concurrency, run.completed) == (3, 7)
     assert [record.client for record in run.records] == list(range(7)) and min(run.latencies_ms) > 0
-    # Waves of 3, 3 and 1 guided images, 4 steps each; the warm-up's calls are not counted.
+    # Waves of 3, 3 and 1 guided images, 4 steps each.
     assert (run.unet_calls, run.unet_rows) == (12, 56)
     assert run.rows_per_unet_call == pytest.approx(56 / 12)
     assert run.images_per_s > 0
@@ -426,8 +427,8 @@ def test_in_process_zero_time_unet_and_failures() -> None:
     with pytest.raises(InProcessEngineError, match="unet down"):
         run_closed_loop(
             ServedFiles(tokenizers={"text_encoder": _FakeTokenizer()}, config=CONFIG, networks=networks),
-            limits=EngineLimits(),
-            request=_small_request(),
+            EngineLimits(),
+            _small_request(),
             concurrency=2,
             requests=2,
             show_progress=False,

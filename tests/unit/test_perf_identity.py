@@ -16,7 +16,8 @@ def test_identity_repository_swaps_only_the_unet(tmp_path: Path) -> None:
     for model in ("unet", "vae_decoder"):
         (source / model / "1").mkdir(parents=True)
         (source / model / "config.pbtxt").write_text(f'name: "{model}"\n')
-        (source / model / "1" / ONNX_FILE_NAME).write_bytes(b"weights")
+        # The vae's weights at 1 MiB: files that large are linked, not copied.
+        (source / model / "1" / ONNX_FILE_NAME).write_bytes(b"weights" if model == "unet" else bytes(1 << 20))
     (source / "unet" / "1" / f"{ONNX_FILE_NAME}.data").write_bytes(b"external weights")
 
     target = identity_repository(source, tmp_path / "identity")

@@ -204,8 +204,8 @@ def test_slope_errors_need_two_runs_a_side() -> None:
 
 def test_headline_gives_each_goal_its_verdict() -> None:
     text = headline(_result())
-    assert text.startswith("Triton at concurrency 1: 105.0 ms; Triton / plain ONNX loop 1.050x (goal <= 1.1x: met)")
-    assert "one BLS UNet call (identity UNet) 0.100 ms (goal < 0.3 ms: met)" in text
-    assert "Triton / diffusers - (goal <= 0.9x: not measured)" in headline(
-        dataclasses.replace(_result(), diffusers=None)
+    assert text.startswith(
+        "tiny: Triton at concurrency 1: 105.0 ms; Triton / plain ONNX loop 1.050x (goal <= 1.1x: met)"
     )
+    assert "one BLS UNet call (identity UNet) 0.100 ms (goal < 0.3 ms: met)" in text
+    assert "Triton / diffusers" not in headline(dataclasses.replace(_result(), diffusers=None))

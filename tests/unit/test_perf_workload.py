@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +16,6 @@ from sdtriton.perf.workload import (
     PROMPTS,
     RequestSpec,
     fixed_requests,
-    input_data_document,
     input_data_text,
     load_input_data,
     varied_requests,
@@ -63,14 +63,14 @@ def test_committed_input_data_equals_its_rendering(name: str) -> None:
 
 
 def test_entries_are_perf_analyzer_items_of_shape_1() -> None:
-    (entry,) = input_data_document(fixed_requests(size_px=64, num_inference_steps=3))["data"]
+    (entry,) = json.loads(input_data_text(fixed_requests(size_px=64, num_inference_steps=3)))["data"]
     assert entry["prompt"] == {"content": [PROMPTS[0]], "shape": [1]}
     assert entry["num_inference_steps"] == {"content": [3], "shape": [1]}
     assert RequestSpec.from_input_data_entry(entry).num_inference_steps == 3
 
 
 def test_an_entry_without_an_input_is_rejected() -> None:
-    (entry,) = input_data_document(fixed_requests(size_px=64, num_inference_steps=3))["data"]
+    (entry,) = json.loads(input_data_text(fixed_requests(size_px=64, num_inference_steps=3)))["data"]
     del entry["seed"]
     with pytest.raises(ValueError, match="seed"):
         RequestSpec.from_input_data_entry(entry)
