@@ -971,7 +971,8 @@ def _vae_decoder_cost(arch: Architecture, workload: Workload) -> NetworkCost:
     costs: dict[tuple[int, ...], CallCost] = {}
     for tile in tiles:
         if tuple(tile.shape) not in costs:
-            costs[tuple(tile.shape)] = decode_cost(tile)
+            # A copy, as the engine sends it: a slice's storage is the whole latents'.
+            costs[tuple(tile.shape)] = decode_cost(tile.contiguous())
     flops = sum(costs[tuple(tile.shape)].flops for tile in tiles)
     peak = max(cost.activation_peak_bytes for cost in costs.values())
     network = _network_cost(

@@ -711,7 +711,7 @@ def warm_up_engine_code(
     """Runs the engine's own code once per scheduler, without networks: tokenizing and validating a request, drawing
     latents, each scheduler's setup and steps (zeros for the noise), the conditioning, the image conversion. The
     networks warm up through their configs' ``model_warmup``; this spares the first request the first-call costs of
-    Python, torch and the schedulers here. Returns the seconds it took."""
+    Python, torch and the schedulers here (and of the tiles' blend). Returns the seconds it took."""
     started = time.perf_counter()
     for scheduler in (None, *config.scheduler_names):
         raw: dict[str, np.ndarray] = {
@@ -738,4 +738,8 @@ def warm_up_engine_code(
             denoiser.step(torch.zeros_like(denoiser.model_input()[denoiser.latent_input]))
         height, width = image.params.height, image.params.width
         to_uint8_image(torch.zeros((1, 3, height, width), device=device) + denoiser.scaled_latents().mean())
+    if config.vae_tiling is not None:
+        # The blend is diffusers' (its models package costs a second to import): two tiles side by side.
+        side = config.vae_tiling.sample_size
+        join_tiles([[torch.zeros((1, 3, side, side), device=device) for _ in range(2)]], config.vae_tiling)
     return time.perf_counter() - started

@@ -99,3 +99,18 @@ def test_the_engine_decodes_the_tiles_of_several_requests_in_shared_calls() -> N
     # 12 x 8 latents in tiles of 4 every 3: rows of 4, 4, 4, 3 and columns of 4, 4, 2 latents, 12 tiles an image
     # of 4 shapes; each shape's tiles of both requests in one call.
     assert sorted(networks.vae_batches) == [2 * 1, 2 * 2, 2 * 3, 2 * 6]
+
+
+def test_the_planner_counts_one_tiles_peak_above_the_vae_sample_size() -> None:
+    from sdtriton.plan import measure_model, render_measurement
+
+    native = measure_model("sd15", steps=1).network("vae_decoder")  # 512 px: SD 1.5's VAE sample_size, one call
+    large = measure_model("sd15", width_px=1024, height_px=768, steps=1)
+    whole = measure_model("sd15", width_px=1024, height_px=768, steps=1, vae_tile_above_px=0).network("vae_decoder")
+    tiled = large.network("vae_decoder")
+    assert native.vae_tiling.tiles == 1 and whole.vae_tiling.tiles == 1
+    # 128 x 96 latents in tiles of 64 every 48: columns of 64, 64, 32 and rows of 64, 48.
+    assert tiled.vae_tiling.tiles == tiled.calls_per_request == 6
+    assert tiled.activation_peak_bytes == native.activation_peak_bytes
+    assert tiled.vae_tiling.untiled_activation_peak_bytes == whole.activation_peak_bytes > tiled.activation_peak_bytes
+    assert "VAE tiling   on above 512 px a side" in "\n".join(render_measurement(large))
