@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _SCHEMES = ("http", "grpc")
-_NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+_NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_}
 # How much longer than the server-side budget the transport waits, so that the server's error comes first.
 _TRANSPORT_GRACE_S = 5.0
 # How long a stream that failed to start waits for the callback that carries the failure's status.
@@ -537,6 +537,7 @@ class StableDiffusionClient:
         skip_layer_guidance_scale: float | Sequence[float] | None = None,
         skip_layer_guidance_start: float | Sequence[float] | None = None,
         skip_layer_guidance_stop: float | Sequence[float] | None = None,
+        vae_tiling: bool | Sequence[bool] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         preview_every: int | None = None,
     ) -> GenerationResult:
@@ -555,6 +556,8 @@ class StableDiffusionClient:
             skip_layer_guidance_scale: SD 3 exported with ``--skip-guidance-layers``: ``StableDiffusion3Pipeline``'s
                 skip-layer guidance (0 or None: off); ``skip_layer_guidance_start``/``_stop``: its window, shares of
                 the steps (None: the pipeline's 0.01 and 0.2).
+            vae_tiling: True: decode in overlapping tiles, as diffusers' ``vae.enable_tiling()``; False: in one
+                call (refused above the export's ``--vae-tile-above``); None: tiles above that size.
             on_progress: called after every denoising step with a :class:`Progress` (gRPC streaming only).
             preview_every: with ``on_progress``, a cheap preview of each image every this many steps.
 
@@ -775,6 +778,7 @@ class AsyncStableDiffusionClient:
         skip_layer_guidance_scale: float | Sequence[float] | None = None,
         skip_layer_guidance_start: float | Sequence[float] | None = None,
         skip_layer_guidance_stop: float | Sequence[float] | None = None,
+        vae_tiling: bool | Sequence[bool] | None = None,
     ) -> GenerationResult:
         """See :meth:`StableDiffusionClient.generate`."""
         parameters = _request_parameters(prompt, locals(), self.retry)

@@ -71,6 +71,12 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         help=f"its last share of the steps (default: {interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP:g})",
     )
     generate.add_argument(
+        "--vae-tiling",
+        action=argparse.BooleanOptionalAction,
+        help="decode in overlapping tiles as diffusers' vae.enable_tiling() (default: above the export's "
+        "--vae-tile-above size; --no-vae-tiling: in one call, refused above it)",
+    )
+    generate.add_argument(
         "--timeout-s", type=float, help="time budget: the server ends the request, queued or running, when it runs out"
     )
     generate.add_argument("--progress", action="store_true", help="show a progress bar (gRPC streaming)")
@@ -142,6 +148,7 @@ def _generate(args: argparse.Namespace) -> int:
         "skip_layer_guidance_scale": args.skip_layer_guidance_scale,
         "skip_layer_guidance_start": args.skip_layer_guidance_start,
         "skip_layer_guidance_stop": args.skip_layer_guidance_stop,
+        "vae_tiling": args.vae_tiling,
     }
     preview_dir = args.output.parent / f"{args.output.stem}_previews" if args.preview_every else None
     try:

@@ -517,8 +517,19 @@ def _configured(config: PipelineConfig, options: RenderOptions, tensorrt: Tensor
     if tensorrt.static_shapes:
         if options.component_backend is not ComponentBackend.TENSORRT:
             raise ExportOptionError("static_shapes", "a TensorRT option (--backend tensorrt)")
-        return dataclasses.replace(config, fixed_size=True)
+        # Tiles come in many shapes (those at the edges are cut short), which engines of one size cannot take.
+        return dataclasses.replace(config, fixed_size=True, vae_tiling=None)
     return config
+
+
+def _with_vae_tile_above(config: PipelineConfig, tile_above_px: int | None) -> PipelineConfig:
+    if tile_above_px is None or config.vae_tiling is None:
+        return config
+    if tile_above_px < 0:
+        raise ExportOptionError(
+            "vae_tile_above_px", f"must be 0 (tiles only per request) or a size in pixels, got {tile_above_px}"
+        )
+    return dataclasses.replace(config, vae_tiling=dataclasses.replace(config.vae_tiling, tile_above_px=tile_above_px))
 
 
 def _engine_builds(
@@ -583,6 +594,7 @@ def export_repository(
     refiner: str | Path | None = None,
     tensorrt: TensorRtExportOptions | None = None,
     limits: RequestLimits | None = None,
+    vae_tile_above_px: int | None = None,
 ) -> PipelineConfig:
     """Writes configs, model code, tokenizer, pipeline config and the networks of every model into ``output``.
 
@@ -592,7 +604,8 @@ def export_repository(
     With the TensorRT backend the ONNX files are prepared for TensorRT (fp16), checked against torch fp32, and
     built into ``model.plan`` engines (see ``tensorrt``). ``default_num_inference_steps`` and
     ``max_sequence_length`` (SD 3's T5 rows) and ``skip_guidance_layers`` (SD 3's skip-layer guidance): see
-    :func:`pipeline_config_of`.
+    :func:`pipeline_config_of`. ``vae_tile_above_px``: images wider or taller than this are decoded in tiles
+    (0: only requests that ask; None: above the VAE's ``sample_size``, diffusers' tile).
     """
     options = options or RenderOptions()
     tensorrt = tensorrt or TensorRtExportOptions()
@@ -617,7 +630,7 @@ def export_repository(
             skip_guidance_layers=skip_guidance_layers,
             limits=limits,
         )
-        config = _configured(config, options, tensorrt)
+        config = _with_vae_tile_above(_configured(config, options, tensorrt), vae_tile_above_px)
         progress.total += len(components_of(config)) * (1 + uses_tensorrt)
         progress.update()
         if fit_preview:

@@ -106,6 +106,9 @@ def _type_problem(name: str, value: Any) -> str | None:
     elif dtype in ("INT32", "INT64"):
         ok = isinstance(value, int) and not isinstance(value, bool)
         wanted = "an integer"
+    elif dtype == "BOOL":
+        ok = isinstance(value, bool)
+        wanted = "true or false"
     else:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         wanted = "a number"

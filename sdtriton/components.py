@@ -14,7 +14,17 @@ from sdtriton.pipeline_config import FLUX_PACKING, PipelineConfig
 
 BATCH = "batch"
 # Axes that vary per request: exported as dynamic, -1 in Triton configs.
-DYNAMIC_AXES = frozenset({BATCH, "latent_height", "latent_width", "image_height", "image_width", "image_sequence"})
+# The VAE decoder's own spatial axes, by the denoiser's axis each stands for: its profile is one tile's where the
+# export decodes large images in tiles (PipelineConfig.vae_tiling), whatever the largest image.
+VAE_AXES = {
+    "vae_latent_height": "latent_height",
+    "vae_latent_width": "latent_width",
+    "vae_image_height": "image_height",
+    "vae_image_width": "image_width",
+}
+DYNAMIC_AXES = frozenset(
+    {BATCH, "latent_height", "latent_width", "image_height", "image_width", "image_sequence", *VAE_AXES}
+)
 RGB_CHANNELS = 3
 
 
@@ -120,6 +130,8 @@ def _dynamic_axis_size(axis: str, which: str, config: PipelineConfig, *, max_bat
     f = config.vae_scale_factor
     # FLUX's packed latents: one token per 2x2 latent patch.
     patch = f * FLUX_PACKING
+    if axis in VAE_AXES and (config.fixed_size or which == "check"):
+        axis = VAE_AXES[axis]
     if config.fixed_size and axis != BATCH:
         sides = {"image_height": config.default_height, "image_width": config.default_width}
         sides |= {"latent_height": config.default_height // f, "latent_width": config.default_width // f}
@@ -139,7 +151,23 @@ def _dynamic_axis_size(axis: str, which: str, config: PipelineConfig, *, max_bat
             (config.max_height // patch) * (config.max_width // patch),
         ),
     }
+    for vae_axis, axis_of in VAE_AXES.items():
+        table[vae_axis] = _vae_axis_range(config, table[axis_of], image=axis_of.startswith("image"))
     return table[axis][("min", "opt", "max").index(which)]
+
+
+def _vae_axis_range(config: PipelineConfig, sizes: tuple[int, int, int], *, image: bool) -> tuple[int, int, int]:
+    """The VAE decoder's range of a side: the denoiser's, but with tiling down to a one-latent edge tile, and, where
+    every image above the export's size is tiled, up to the larger of that size and a tile only."""
+    tiling = config.vae_tiling
+    if tiling is None:
+        return sizes
+    f = config.vae_scale_factor
+    scale = f if image else 1
+    _, opt, high = sizes
+    if tiling.tile_above_px:
+        high = min(high, max(tiling.tile_above_px // f, tiling.latent_size) * scale)
+    return (scale, min(opt, high), high)
 
 
 def _check_axis_size(axis: str, config: PipelineConfig, *, patch: int) -> int:
@@ -175,8 +203,8 @@ UNET = ComponentSpec(
 )
 VAE_DECODER = ComponentSpec(
     model_name="vae_decoder",
-    inputs=(TensorSpec("latents", "FP32", (BATCH, "latent_channels", "latent_height", "latent_width")),),
-    outputs=(TensorSpec("image", "FP32", (BATCH, "rgb", "image_height", "image_width")),),
+    inputs=(TensorSpec("latents", "FP32", (BATCH, "latent_channels", "vae_latent_height", "vae_latent_width")),),
+    outputs=(TensorSpec("image", "FP32", (BATCH, "rgb", "vae_image_height", "vae_image_width")),),
 )
 
 

@@ -136,6 +136,16 @@ SKIP_LAYER_GUIDANCE_STOP = PublicTensor(
     f"a number in 0..1 (default {DEFAULT_SKIP_LAYER_GUIDANCE_STOP:g}): the share of the steps where it stops",
 )
 
+# Tiled VAE decoding, as diffusers' vae.enable_tiling(): overlapping tiles of the VAE's sample_size, blended.
+VAE_TILING = PublicTensor(
+    "vae_tiling",
+    "BOOL",
+    (1,),
+    True,
+    "true: decode in tiles (as diffusers' vae.enable_tiling()); false: in one call, only up to the export's "
+    "--vae-tile-above size; omitted: tiles above that size",
+)
+
 PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     PROMPT,
     NEGATIVE_PROMPT,
@@ -150,6 +160,7 @@ PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     SKIP_LAYER_GUIDANCE_SCALE,
     SKIP_LAYER_GUIDANCE_START,
     SKIP_LAYER_GUIDANCE_STOP,
+    VAE_TILING,
 )
 # Inputs the ensemble hands unchanged to the pipeline model.
 GENERATION_INPUTS: tuple[PublicTensor, ...] = PUBLIC_INPUTS[2:]

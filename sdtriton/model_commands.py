@@ -71,6 +71,13 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     )
     export.add_argument("--max-size-factor", type=int, default=2, help="largest side, as a multiple of the native")
     export.add_argument(
+        "--vae-tile-above",
+        type=int,
+        metavar="PX",
+        help="decode images wider or taller than PX pixels in overlapping tiles, as diffusers' vae.enable_tiling() "
+        "(default: the VAE's sample_size, its tile; 0: only requests that send vae_tiling true)",
+    )
+    export.add_argument(
         "--default-steps",
         type=int,
         help="num_inference_steps when a request omits it (default: 30; SD 3: its pipeline's default, 28)",
@@ -157,6 +164,13 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
         help="SD 3.5 with guidance: a third transformer row an image in the steps of skip-layer guidance's window "
         f"(the pipeline's {interface.DEFAULT_SKIP_LAYER_GUIDANCE_START:g}.."
         f"{interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP:g} of them; export --skip-guidance-layers)",
+    )
+    planner.add_argument(
+        "--vae-tile-above",
+        type=int,
+        metavar="PX",
+        help="as export's: the VAE decodes larger sides in tiles, its peak one tile's (default: the VAE's "
+        "sample_size; 0: never)",
     )
     planner.add_argument("--gpu", default="all", help="a GPU of the planner's table, or all (default: a row each)")
     planner.add_argument(
@@ -279,6 +293,7 @@ def _export_with(args: argparse.Namespace) -> int:
         limits=RequestLimits(
             max_inference_steps=args.max_steps, max_prompt_bytes=args.max_prompt_bytes, max_pixels=args.max_pixels
         ),
+        vae_tile_above_px=args.vae_tile_above,
     )
     sys.stdout.write(f"{args.output}\n")
     return 0
@@ -304,6 +319,7 @@ def _plan(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             fused_attention=args.attention == "fused",
             skip_layer_guidance=args.skip_layer_guidance,
+            vae_tile_above_px=args.vae_tile_above,
         )
         if args.gpu.lower() == "all":
             text = planning.render_table(measurement, overhead_bytes=overhead_bytes)

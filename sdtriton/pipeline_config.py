@@ -240,6 +240,68 @@ class FluxConfig:
         return cls(**{**values, "scheduler_names": tuple(values["scheduler_names"])})
 
 
+# diffusers' AutoencoderKL.tile_overlap_factor: an attribute its __init__ sets to this, not a config key.
+VAE_TILE_OVERLAP_FACTOR = 0.25
+
+
+@dataclass(frozen=True)
+class VaeTiling:
+    """The tiles of a tiled VAE decode, as ``AutoencoderKL.enable_tiling()`` makes diffusers compute them.
+
+    Attributes:
+        sample_size: a tile's side in pixels, the VAE config's ``sample_size`` (diffusers' ``tile_sample_min_size``).
+        latent_size: a tile's side in latents, ``sample_size / 2 ** (down blocks - 1)`` (``tile_latent_min_size``).
+        tile_above_px: images wider or taller than this are decoded in tiles whatever the request says (export
+            ``--vae-tile-above``; default ``sample_size``); 0: only requests that send ``vae_tiling`` true.
+        overlap_factor: the share of a tile its neighbours overlap (``tile_overlap_factor``).
+    """
+
+    sample_size: int
+    latent_size: int
+    tile_above_px: int
+    overlap_factor: float = VAE_TILE_OVERLAP_FACTOR
+
+    def __post_init__(self) -> None:
+        if self.tile_above_px < 0:
+            raise ValueError(f"tile_above_px must be at least 0 (0: only per request), got {self.tile_above_px}")
+        if self.latent_stride < 1:
+            raise ValueError(f"a VAE tile of {self.latent_size} latents a side leaves no stride between tiles")
+
+    @classmethod
+    def of_vae(cls, vae_config: Any) -> VaeTiling:
+        """As ``AutoencoderKL.__init__`` derives them (a list ``sample_size``: its first side)."""
+        sample_size = vae_config.sample_size
+        side = int(sample_size[0] if isinstance(sample_size, list | tuple) else sample_size)
+        return cls(
+            sample_size=side,
+            latent_size=int(side / 2 ** (len(vae_config.block_out_channels) - 1)),
+            tile_above_px=side,
+        )
+
+    @property
+    def latent_stride(self) -> int:
+        """Latents from one tile's start to the next's (``tiled_decode``'s ``overlap_size``)."""
+        return int(self.latent_size * (1 - self.overlap_factor))
+
+    @property
+    def blend_extent(self) -> int:
+        """Pixel rows (columns) blended where two tiles overlap."""
+        return int(self.sample_size * self.overlap_factor)
+
+    @property
+    def row_limit(self) -> int:
+        """Pixels of each tile that go into the image, per side."""
+        return self.sample_size - self.blend_extent
+
+    def always_above(self, *, width: int, height: int) -> bool:
+        """Whether an image of this size is decoded in tiles whatever its request says."""
+        return 0 < self.tile_above_px < max(width, height)
+
+    def splits(self, *, latent_height: int, latent_width: int) -> bool:
+        """diffusers' ``_decode``: latents larger than one tile on either side are decoded in tiles."""
+        return latent_height > self.latent_size or latent_width > self.latent_size
+
+
 @dataclass(frozen=True)
 class RequestLimits:
     """What one request may ask for, set at export (the fields of the same names of :class:`PipelineConfig`)."""
@@ -287,6 +349,8 @@ class PipelineConfig:
     max_inference_steps: int = DEFAULT_MAX_INFERENCE_STEPS
     max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES
     max_pixels: int | None = None
+    # Tiled VAE decoding (None: a repository exported before it, which decodes every image in one call).
+    vae_tiling: VaeTiling | None = None
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
@@ -407,6 +471,8 @@ class PipelineConfig:
             values["sd3"] = Sd3Config.from_dict(values["sd3"])
         if values.get("flux") is not None:
             values["flux"] = FluxConfig.from_dict(values["flux"])
+        if values.get("vae_tiling") is not None:
+            values["vae_tiling"] = VaeTiling(**values["vae_tiling"])
         return cls(**values)
 
     def save(self, directory: Path) -> Path:
@@ -551,6 +617,7 @@ def _vae_settings(vae_config: Any) -> dict[str, Any]:
         "vae_force_upcast": bool(getattr(vae_config, "force_upcast", False)),
         "vae_latents_mean": _optional_floats(getattr(vae_config, "latents_mean", None)),
         "vae_latents_std": _optional_floats(getattr(vae_config, "latents_std", None)),
+        "vae_tiling": VaeTiling.of_vae(vae_config),
     }
 
 

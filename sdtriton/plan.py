@@ -52,7 +52,7 @@ from sdtriton.interface import (
     DEFAULT_SKIP_LAYER_GUIDANCE_STOP,
     in_skip_layer_guidance_window,
 )
-from sdtriton.pipeline_config import SKIP_LAYER_GUIDANCE_ROWS
+from sdtriton.pipeline_config import SKIP_LAYER_GUIDANCE_ROWS, VaeTiling
 from sdtriton.sd3 import SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_TEXT_ENCODER_3, SD3_TRANSFORMERS, SD3_VAE
 from sdtriton.sd15 import SD15_TEXT_ENCODER, SD15_UNET, SD15_VAE
 
@@ -609,6 +609,8 @@ class Workload:
         fused_attention: attention as the GPU's fused kernel (see :class:`FusedAttentionMode`).
         skip_layer_guidance: SD 3.5's skip-layer guidance (with ``guidance``): the transformer calls in its window
             (the pipeline's default share of the steps) carry a third row an image.
+        vae_tile_above_px: the VAE decodes images wider or taller than this in tiles, as the server does (export
+            ``--vae-tile-above``); None: above the VAE's ``sample_size`` (export's default); 0: never.
     """
 
     width_px: int
@@ -619,6 +621,7 @@ class Workload:
     dtype: str = "fp16"
     fused_attention: bool = True
     skip_layer_guidance: bool = False
+    vae_tile_above_px: int | None = None
 
     @property
     def rows(self) -> int:
@@ -637,6 +640,23 @@ class Workload:
             return 0
         window = {"start": DEFAULT_SKIP_LAYER_GUIDANCE_START, "stop": DEFAULT_SKIP_LAYER_GUIDANCE_STOP}
         return sum(in_skip_layer_guidance_window(step, self.steps, **window) for step in range(self.steps))
+
+
+@dataclass(frozen=True)
+class VaeTilingCount:
+    """The VAE decoder's tiling at a workload (as the server decodes: one call a tile, a tile's rows per image).
+
+    Attributes:
+        tile_above_px: tiles above this many pixels a side (0: never).
+        tile_px: a tile's side in pixels (the VAE's ``sample_size``).
+        tiles: tiles an image at the workload's size (1: decoded in one call).
+        untiled_activation_peak_bytes: the activation peak of decoding the image in one call.
+    """
+
+    tile_above_px: int
+    tile_px: int
+    tiles: int
+    untiled_activation_peak_bytes: int
 
 
 @dataclass(frozen=True)
@@ -659,6 +679,8 @@ class NetworkCost:
         wide_rows: batch rows of each of those calls.
         flops_per_wide_call: FLOPs of one of them. The served transformer runs the skipped blocks for the third row
             too and keeps their inputs (one call for every row), so the row costs a full one.
+        vae_tiling: the VAE decoder's tiles (then ``calls_per_request`` counts them, ``flops_per_call`` is their
+            mean and ``activation_peak_bytes`` the largest tile's); None for other networks.
     """
 
     role: str
@@ -672,6 +694,7 @@ class NetworkCost:
     wide_calls: int = 0
     wide_rows: int = 0
     flops_per_wide_call: int = 0
+    vae_tiling: VaeTilingCount | None = None
 
     @property
     def flops_per_request(self) -> int:
@@ -910,6 +933,8 @@ def _denoiser_cost(arch: Architecture, workload: Workload, dtype: torch.dtype) -
 def _vae_decoder_cost(arch: Architecture, workload: Workload) -> NetworkCost:
     # diffusers' SD and SDXL pipelines decode in fp32 when the VAE config says force_upcast (SDXL's VAE overflows
     # fp16); StableDiffusion3Pipeline and FluxPipeline decode in the pipeline's dtype whatever the config says.
+    from sdtriton.serving.tiling import cut_tiles
+
     dtype_name = "fp32" if arch.upcasts_vae and arch.vae.get("force_upcast") else workload.dtype
     vae_dtype = DTYPES[dtype_name]
     vae = build_vae(arch.vae, vae_dtype)
@@ -920,10 +945,45 @@ def _vae_decoder_cost(arch: Architecture, workload: Workload) -> NetworkCost:
         device="meta",
         dtype=vae_dtype,
     )
-    cost = count_call(vae, lambda: vae.decode(latents), inputs=[latents], fused_attention=workload.fused_attention)
+
+    def decode_cost(z: torch.Tensor) -> CallCost:
+        return count_call(vae, lambda: vae.decode(z), inputs=[z], fused_attention=workload.fused_attention)
+
+    untiled = decode_cost(latents)
     # Serving holds the decoder alone (txt2img); the encoder is for img2img.
     weights = weight_tensors(vae, vae.decoder, vae.post_quant_conv)
-    return _network_cost("vae_decoder", weights, dtype_name, calls=1, rows=workload.batch, cost=cost)
+    tiling = VaeTiling.of_vae(vae.config)
+    if workload.vae_tile_above_px is not None:
+        tiling = dataclasses.replace(tiling, tile_above_px=workload.vae_tile_above_px)
+    tiled = tiling.always_above(width=workload.width_px, height=workload.height_px) and tiling.splits(
+        latent_height=latents.shape[2], latent_width=latents.shape[3]
+    )
+    tiles = [tile for row in cut_tiles(latents, tiling if tiled else None) for tile in row]
+    count = VaeTilingCount(
+        tile_above_px=tiling.tile_above_px,
+        tile_px=tiling.sample_size,
+        tiles=len(tiles),
+        untiled_activation_peak_bytes=untiled.activation_peak_bytes,
+    )
+    if not tiled:
+        network = _network_cost("vae_decoder", weights, dtype_name, calls=1, rows=workload.batch, cost=untiled)
+        return dataclasses.replace(network, vae_tiling=count)
+    costs: dict[tuple[int, ...], CallCost] = {}
+    for tile in tiles:
+        if tuple(tile.shape) not in costs:
+            # A copy, as the engine sends it: a slice's storage is the whole latents'.
+            costs[tuple(tile.shape)] = decode_cost(tile.contiguous())
+    flops = sum(costs[tuple(tile.shape)].flops for tile in tiles)
+    peak = max(cost.activation_peak_bytes for cost in costs.values())
+    network = _network_cost(
+        "vae_decoder",
+        weights,
+        dtype_name,
+        calls=len(tiles),
+        rows=workload.batch,
+        cost=CallCost(flops=flops // len(tiles), activation_peak_bytes=peak),
+    )
+    return dataclasses.replace(network, vae_tiling=count)
 
 
 def measure(arch: Architecture, workload: Workload) -> Measurement:
@@ -965,6 +1025,7 @@ def measure_model(
     dtype: str | None = None,
     fused_attention: bool = True,
     skip_layer_guidance: bool = False,
+    vae_tile_above_px: int | None = None,
 ) -> Measurement:
     """:func:`measure` for a model by name or folder, at its native size and defaults unless given (cached).
 
@@ -974,6 +1035,7 @@ def measure_model(
             scale factor.
         steps / guidance / dtype: default: the pipeline's (:class:`Architecture`).
         skip_layer_guidance: SD 3.5's third row in its window (:class:`Workload`).
+        vae_tile_above_px: tiled VAE decoding above this side (:class:`Workload`; None: the VAE's ``sample_size``).
     """
     arch = architecture(model)
     workload = Workload(
@@ -985,6 +1047,7 @@ def measure_model(
         dtype=dtype or arch.dtype,
         fused_attention=fused_attention,
         skip_layer_guidance=skip_layer_guidance,
+        vae_tile_above_px=vae_tile_above_px,
     )
     return _measure_cached(str(model), workload)
 
@@ -1165,7 +1228,23 @@ def render_measurement(measurement: Measurement) -> list[str]:
             f"({denoiser.role} at batch {denoiser.wide_rows}, {denoiser.wide_calls} of {denoiser.calls_per_request} "
             "steps)"
         )
+    lines.extend(_render_vae_tiling(measurement.network("vae_decoder")))
     return lines
+
+
+def _render_vae_tiling(vae: NetworkCost) -> list[str]:
+    tiling = vae.vae_tiling
+    if tiling is None:
+        return []
+    if not tiling.tile_above_px:
+        return ["  VAE tiling   off at any size (export --vae-tile-above 0: only requests that send vae_tiling)"]
+    when = f"on above {tiling.tile_above_px} px a side (export --vae-tile-above)"
+    if tiling.tiles == 1:
+        return [f"  VAE tiling   {when}; this size decodes in one call"]
+    return [
+        f"  VAE tiling   {when}: {tiling.tiles} tiles of {tiling.tile_px} px, peak {_gib(vae.activation_peak_bytes)} "
+        f"(one tile; {_gib(tiling.untiled_activation_peak_bytes)} in one call)"
+    ]
 
 
 def render_plan(report: PlanReport) -> str:

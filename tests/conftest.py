@@ -10,6 +10,10 @@ import pytest
 
 logger = logging.getLogger(__name__)
 
+# The test repositories decode in tiles only where a request sends vae_tiling (export --vae-tile-above 0): their
+# images are compared with diffusers' default, untiled, at sizes above the tiny VAEs' 64 px tile.
+UNTILED = 0
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -23,7 +27,7 @@ def tiny_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     from sdtriton.export import export_repository
 
     repository = tmp_path_factory.mktemp("repository")
-    export_repository(tiny_model_dir, repository, show_progress=False)
+    export_repository(tiny_model_dir, repository, show_progress=False, vae_tile_above_px=UNTILED)
     return repository
 
 
@@ -198,6 +202,7 @@ def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
             options=RenderOptions(model_prefix=prefix),
             skip_guidance_layers=layers,
             show_progress=False,
+            vae_tile_above_px=UNTILED,
         )
         exports[name] = (folder, repository, prefix)
     return exports
@@ -225,12 +230,18 @@ def flux_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
             options=RenderOptions(model_prefix=prefix),
             max_sequence_length=max_sequence_length,
             show_progress=False,
+            vae_tile_above_px=UNTILED,
         )
         exports[family] = (folder, repository, prefix)
     return exports
 
 
 SDXL_PREFIX = "sdxl_"
+# The tiny SD once more, taking sides up to this many times its native 64 px (tiled VAE decoding's memory test), one
+# image at a time: a VAE call holds at most two tiles (twice the larger of max_batch_size and max_running_images).
+LARGE_PREFIX = "large_"
+LARGE_SIZE_FACTOR = 8
+LARGE_IMAGES_AT_ONCE = 1
 
 
 @pytest.fixture(scope="session")
@@ -243,8 +254,29 @@ def sdxl_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def large_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD exported for sides up to :data:`LARGE_SIZE_FACTOR` times its own, models ``large_*``, no previews."""
+    from sdtriton.export import RenderOptions, export_repository
+
+    repository = tmp_path_factory.mktemp("large_repository")
+    export_repository(
+        tiny_model_dir,
+        repository,
+        options=RenderOptions(
+            model_prefix=LARGE_PREFIX, max_batch_size=LARGE_IMAGES_AT_ONCE, max_running_images=LARGE_IMAGES_AT_ONCE
+        ),
+        max_size_factor=LARGE_SIZE_FACTOR,
+        show_progress=False,
+        fit_preview=False,
+        vae_tile_above_px=UNTILED,
+    )
+    return repository
+
+
+@pytest.fixture(scope="session")
 def family_server(
     tiny_repository: Path,
+    large_repository: Path,
     sdxl_dirs: tuple[Path, Path],
     sd3_exports,
     flux_exports,
@@ -252,16 +284,21 @@ def family_server(
 ) -> Iterator[object]:
     """One real tritonserver holding a repository of every family side by side: the tiny SD one, SDXL with its
     refiner (models ``sdxl_*``), SD 3.5 (``sd35_*``), SD 3 without T5 (``no_t5_*``), FLUX.1-dev (``flux_*``) and
-    FLUX.1-schnell (``schnell_*``)."""
+    FLUX.1-schnell (``schnell_*``), and the tiny SD again with sides up to 8 times its own (``large_*``)."""
     from sdtriton.export import RenderOptions, export_repository
 
     base, refiner = sdxl_dirs
     sdxl_repository = tmp_path_factory.mktemp("sdxl_repository")
     export_repository(
-        base, sdxl_repository, refiner=refiner, options=RenderOptions(model_prefix=SDXL_PREFIX), show_progress=False
+        base,
+        sdxl_repository,
+        refiner=refiner,
+        options=RenderOptions(model_prefix=SDXL_PREFIX),
+        show_progress=False,
+        vae_tile_above_px=UNTILED,
     )
     exported = (*sd3_exports.values(), *flux_exports.values())
-    repositories = (sdxl_repository, *(repository for _, repository, _ in exported))
+    repositories = (sdxl_repository, large_repository, *(repository for _, repository, _ in exported))
     extra_args = tuple(f"--model-repository={repository}" for repository in repositories)
     yield from serve(tiny_repository, tmp_path_factory, extra_args=extra_args)
 

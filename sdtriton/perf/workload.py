@@ -39,7 +39,7 @@ NEGATIVE_PROMPTS: tuple[str, ...] = ("", "blurry, low quality", "text, watermark
 _SEED_BASE = 1000
 # The default model's own scheduler (DPM-Solver++ 2M): one UNet call per step.
 FIXED_SCHEDULER = "dpmpp_2m"
-_NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+_NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_}
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ class RequestSpec:
     skip_layer_guidance_scale: float = 0.0
     skip_layer_guidance_start: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_START
     skip_layer_guidance_stop: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
+    # Tiles where the image is larger than the VAE's tile: what an export does by default (--vae-tile-above).
+    vae_tiling: bool = True
 
     def client_parameters(self) -> dict[str, Any]:
         """Every public input but the prompt, as keywords of ``StableDiffusionClient.generate``."""

@@ -38,6 +38,7 @@ from sdtriton.pipeline_config import (
 from sdtriton.schedulers import build_scheduler, set_flux_timesteps, set_sd3_timesteps
 from sdtriton.serving.conditioning import ImageRequest, Stage, stages_for, text_ids_for
 from sdtriton.serving.errors import RequestCancelledError
+from sdtriton.serving.tiling import decode_in_tiles, tiling_of
 from sdtriton.serving.validation import GenerationParams
 
 # StableDiffusionPipeline's default eta: only DDIM reads it.
@@ -345,5 +346,7 @@ def generate_image(
         if is_cancelled():
             raise RequestCancelledError
         denoiser.step(components.predict_noise(denoiser.unet, denoiser.model_input()))
-    # 5. Decode and convert to uint8.
-    return to_uint8_image(components.decode_latents(denoiser.scaled_latents()))
+    # 5. Decode (in tiles where the image asks) and convert to uint8.
+    latents = denoiser.scaled_latents()
+    tiling = tiling_of(image.params, config, latents)
+    return to_uint8_image(decode_in_tiles(latents, tiling, components.decode_latents))

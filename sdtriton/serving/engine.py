@@ -9,7 +9,9 @@ Each iteration (:meth:`DiffusionEngine.step`) is, in order:
    send two rows, unguided one), then each image's own scheduler step with its own generator; an SDXL
    image moves from the base UNet to the refiner's mid-way, and never shares a call with the other UNet;
 5. report: progress (and previews) to the requests that asked for it;
-6. finish: decode the finished images of all requests together, answer each finished request.
+6. finish: decode the finished images of all requests together (an image decoded in tiles, as diffusers'
+   ``vae.enable_tiling()``, sends its tiles: tiles of one shape share calls, whichever images they come from),
+   answer each finished request.
 
 Requests join between steps and leave when done, cancelled or expired, so a 10-step request sent while a
 150-step one runs finishes after its own 10 steps. Every image is computed by
@@ -36,7 +38,7 @@ import torch
 
 from sdtriton import interface
 from sdtriton.components import text_encoders_of
-from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.pipeline_config import PipelineConfig, VaeTiling
 from sdtriton.serving.caches import (
     RESPONSE_CACHE,
     TEXT_EMBEDDING_CACHE,
@@ -51,6 +53,7 @@ from sdtriton.serving.errors import DeadlineExceededError, RequestCancelledError
 from sdtriton.serving.metrics import EngineObserver, GuardedObserver, NoObserver
 from sdtriton.serving.preview import latents_to_preview
 from sdtriton.serving.requests import parse_request
+from sdtriton.serving.tiling import TileGrid, cut_tiles, join_tiles, tiling_of
 
 logger = logging.getLogger(__name__)
 
@@ -617,33 +620,46 @@ class DiffusionEngine:
         finished = [active for active in self._running if active.done]
         if not finished:
             return
-        by_size: dict[tuple[int, int], list[tuple[_Active, int, ImageDenoiser]]] = {}
+        # Each image's latents whole, or in the tiles diffusers' tiled_decode cuts; every piece of one shape (of any
+        # image, any request) may share a VAE call: (request, image, tile row, tile column, latents) by shape.
+        tilings: dict[tuple[int, int], VaeTiling | None] = {}
+        grids: dict[tuple[int, int], TileGrid] = {}
+        by_shape: dict[tuple[int, ...], list[tuple[_Active, int, int, int, torch.Tensor]]] = {}
         for active in finished:
             for index, denoiser in enumerate(active.denoisers):
-                by_size.setdefault(denoiser.latent_size, []).append((active, index, denoiser))
-        images: dict[int, dict[int, np.ndarray]] = {id(active): {} for active in finished}
-        for triples in by_size.values():
-            for start in range(0, len(triples), self.limits.max_vae_rows):
+                latents = denoiser.scaled_latents()
+                tiling = tiling_of(denoiser.params, self.config, latents)
+                tiles = cut_tiles(latents, tiling)
+                tilings[(id(active), index)] = tiling
+                grids[(id(active), index)] = [list(row) for row in tiles]
+                for i, row in enumerate(tiles):
+                    for j, tile in enumerate(row):
+                        by_shape.setdefault(tuple(tile.shape[1:]), []).append((active, index, i, j, tile))
+        for pieces in by_shape.values():
+            for start in range(0, len(pieces), self.limits.max_vae_rows):
                 chunk = [
-                    t for t in triples[start : start + self.limits.max_vae_rows] if t[0].state is RequestState.RUNNING
+                    p for p in pieces[start : start + self.limits.max_vae_rows] if p[0].state is RequestState.RUNNING
                 ]
                 if not chunk:
                     continue
                 try:
-                    decoded = self.networks.decode_latents(torch.cat([d.scaled_latents() for _, _, d in chunk]))
+                    decoded = self.networks.decode_latents(torch.cat([p[4] for p in chunk]))
                 except Exception as error:
                     logger.exception("VAE decoder call failed")
-                    for active in {id(a): a for a, _, _ in chunk}.values():
+                    for active in {id(p[0]): p[0] for p in chunk}.values():
                         self._end(active, RequestState.FAILED, error)
                     continue
-                for row, (active, index, _) in enumerate(chunk):
-                    images[id(active)][index] = to_uint8_image(decoded[row : row + 1])
+                for row, (active, index, i, j, _) in enumerate(chunk):
+                    # A copy: the blend writes into its tiles, never into the call's output.
+                    grids[(id(active), index)][i][j] = decoded[row : row + 1].clone()
         for active in finished:
             if active.state is not RequestState.RUNNING:
                 continue
-            done = images[id(active)]
             result = Finished(
-                images=tuple(done[index] for index in range(len(active.denoisers))),
+                images=tuple(
+                    to_uint8_image(join_tiles(grids[(id(active), index)], tilings[(id(active), index)]))
+                    for index in range(len(active.denoisers))
+                ),
                 seeds=tuple(image.params.seed for image in active.request.images),
             )
             self._end(active, RequestState.FINISHED, result)
@@ -695,7 +711,7 @@ def warm_up_engine_code(
     """Runs the engine's own code once per scheduler, without networks: tokenizing and validating a request, drawing
     latents, each scheduler's setup and steps (zeros for the noise), the conditioning, the image conversion. The
     networks warm up through their configs' ``model_warmup``; this spares the first request the first-call costs of
-    Python, torch and the schedulers here. Returns the seconds it took."""
+    Python, torch and the schedulers here (and of the tiles' blend). Returns the seconds it took."""
     started = time.perf_counter()
     for scheduler in (None, *config.scheduler_names):
         raw: dict[str, np.ndarray] = {
@@ -722,4 +738,8 @@ def warm_up_engine_code(
             denoiser.step(torch.zeros_like(denoiser.model_input()[denoiser.latent_input]))
         height, width = image.params.height, image.params.width
         to_uint8_image(torch.zeros((1, 3, height, width), device=device) + denoiser.scaled_latents().mean())
+    if config.vae_tiling is not None:
+        # The blend is diffusers' (its models package costs a second to import): two tiles side by side.
+        side = config.vae_tiling.sample_size
+        join_tiles([[torch.zeros((1, 3, side, side), device=device) for _ in range(2)]], config.vae_tiling)
     return time.perf_counter() - started

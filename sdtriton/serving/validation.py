@@ -6,6 +6,7 @@ Scheduler names are looked up in a fixed table only: nothing a request sends is 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 from collections.abc import Callable
@@ -39,6 +40,8 @@ class GenerationParams:
     skip_layer_guidance_scale: float = 0.0
     skip_layer_guidance_start: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_START
     skip_layer_guidance_stop: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
+    # Whether the VAE decodes the image in tiles (PipelineConfig.vae_tiling), as diffusers with vae.enable_tiling().
+    vae_tiled: bool = False
 
     @property
     def uses_classifier_free_guidance(self) -> bool:
@@ -161,6 +164,28 @@ def _share(tensor: interface.PublicTensor, value: float | None, default: float) 
     return value
 
 
+def _vae_tiled(value: bool | None, config: PipelineConfig, *, width: int, height: int) -> bool:
+    """Tiles where the request asks, and always above the export's size (one tile's memory is what the VAE holds)."""
+    field = interface.VAE_TILING.name
+    tiling = config.vae_tiling
+    if tiling is None:
+        if value:
+            raise InvalidInputError(
+                field, "must be false or omitted: this repository was exported without VAE tiling (export it again)"
+            )
+        return False
+    always = tiling.always_above(width=width, height=height)
+    if value is None:
+        return always
+    if not value and always:
+        raise InvalidInputError(
+            field,
+            f"must be true or omitted for images over {tiling.tile_above_px} px a side (this repository decodes "
+            f"them in tiles of {tiling.sample_size} px: export --vae-tile-above), got false for {width} x {height}",
+        )
+    return bool(value)
+
+
 def _enough_steps_for_scheduler(params: GenerationParams, config: PipelineConfig) -> None:
     """Some schedulers cannot set up fewer than a few steps (PNDM with its Runge-Kutta warm-up): the fewest are read
     from the scheduler each stage builds (its config, the model's overrides), as the denoising loop will build it."""
@@ -201,6 +226,7 @@ def parse_generation_params(
     skip_layer_guidance_scale: float | None = None,
     skip_layer_guidance_start: float | None = None,
     skip_layer_guidance_stop: float | None = None,
+    vae_tiling: bool | None = None,
     negative_given: bool = True,
     draw_seed: Callable[[], int] = random_seed,
 ) -> GenerationParams:
@@ -261,4 +287,7 @@ def parse_generation_params(
             f"must be at most {config.pixel_limit} pixels, got {params.width} x {params.height} = {pixels}",
         )
     _enough_steps_for_scheduler(params, config)
-    return params
+    vae_tiled = _vae_tiled(
+        None if vae_tiling is None else bool(vae_tiling), config, width=params.width, height=params.height
+    )
+    return dataclasses.replace(params, vae_tiled=vae_tiled)

@@ -194,6 +194,14 @@ def _text(max_size: int) -> st.SearchStrategy[str]:
     return st.text(st.characters(exclude_categories=("Cs",)), max_size=max_size)
 
 
+def _vae_tiling(config: PipelineConfig, *, width: int, height: int) -> st.SearchStrategy[bool]:
+    """The values allowed at this size: none but false without tiling, none but true where it is always on."""
+    tiling = config.vae_tiling
+    if tiling is None:
+        return st.just(False)
+    return st.just(True) if tiling.always_above(width=width, height=height) else st.booleans()
+
+
 @st.composite
 def _valid_request(draw: st.DrawFn, limits: EntryLimits, batch: int) -> dict[str, list[object]]:
     """One value per item for a subset of the inputs, every value allowed; prompt always there.
@@ -219,6 +227,7 @@ def _valid_request(draw: st.DrawFn, limits: EntryLimits, batch: int) -> dict[str
         interface.SKIP_LAYER_GUIDANCE_SCALE.name: st.just(0.0),
         interface.SKIP_LAYER_GUIDANCE_START.name: _float32(min_value=0.0, max_value=1.0),
         interface.SKIP_LAYER_GUIDANCE_STOP.name: _float32(min_value=0.0, max_value=1.0),
+        interface.VAE_TILING.name: _vae_tiling(config, width=width, height=height),
     }
     if interface.PREVIEW_EVERY.name in limits.inputs:
         every = draw(st.integers(0, config.max_inference_steps if config.latent_rgb_projection else 0))

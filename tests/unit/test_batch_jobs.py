@@ -34,10 +34,11 @@ def test_lines_become_jobs_named_by_id_or_line_number(tmp_path):
             '{"prompt": "a red circle", "seed": 3, "width": 64, "guidance_scale": 7, "scheduler": "ddim"}',
             "",
             '{"prompt": "a blue square", "id": "square-1"}',
-            '{"prompt": "a star", "id": 17}',
+            '{"prompt": "a star", "id": 17, "vae_tiling": true}',
         )
     )
     assert [(job.line, job.job_id) for job in jobs] == [(1, "1"), (3, "square-1"), (4, "17")]
+    assert jobs[2].parameters["vae_tiling"] is True
     assert jobs[0].parameters == {
         "prompt": "a red circle",
         "seed": 3,
@@ -60,8 +61,9 @@ def test_every_bad_line_is_named_and_nothing_is_run(tmp_path):
         '{"prompt": "d", "seed": true}',  # line 7: a bool is not a seed
         '{"prompt": "e", "id": "../escape"}',  # line 8
         '{"prompt": "f", "id": "x.error"}',  # line 9: would collide with x's error file
+        '{"prompt": "g", "vae_tiling": 1}',  # line 10: a number is not a bool
     )
-    assert [line for line, _ in problems] == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert [line for line, _ in problems] == [2, 3, 4, 5, 6, 7, 8, 9, 10]
     messages = dict(problems)
     assert "unknown key 'steps'" in messages[2] and "num_inference_steps" in messages[2]
     assert messages[3].startswith("not JSON")
@@ -70,6 +72,7 @@ def test_every_bad_line_is_named_and_nothing_is_run(tmp_path):
     assert messages[6].startswith("width: must be an integer")
     assert messages[7].startswith("seed: must be an integer")
     assert messages[8].startswith("id:") and messages[9].startswith("id:")
+    assert messages[10].startswith("vae_tiling: must be true or false")
 
 
 def test_the_error_message_names_the_line(tmp_path):

@@ -26,6 +26,7 @@ ARGUMENTS: dict[str, Any] = {
     "skip_layer_guidance_scale": 0.0,
     "skip_layer_guidance_start": 0.01,
     "skip_layer_guidance_stop": 0.2,
+    "vae_tiling": True,
 }
 
 

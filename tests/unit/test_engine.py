@@ -186,6 +186,17 @@ def _request(key: int, *images: ImageRequest, **options) -> tuple[EngineRequest,
     return EngineRequest(key=key, images=images, sink=sink, **options), sink
 
 
+def _serve_each(engine: DiffusionEngine, images: list[ImageRequest]) -> list[RecordingSink]:
+    """Submits each image as a request of its own, runs the engine until all end; their sinks, in order."""
+    sinks = []
+    for key, image in enumerate(images):
+        request, sink = _request(key, image)
+        engine.submit(request)
+        sinks.append(sink)
+    _run(engine)
+    return sinks
+
+
 def _run(engine: DiffusionEngine, limit: int = 1000) -> int:
     iterations = 0
     while engine.step():
@@ -207,12 +218,7 @@ def test_a_batched_request_gives_the_image_it_gives_alone_for_every_scheduler() 
         )
         for index, name in enumerate(SCHEDULER_NAMES)
     ]
-    sinks = []
-    for key, image in enumerate(images):
-        request, sink = _request(key, image)
-        engine.submit(request)
-        sinks.append(sink)
-    _run(engine)
+    sinks = _serve_each(engine, images)
     for image, sink in zip(images, sinks, strict=True):
         assert sink.endings == 1 and sink.error is None
         assert np.array_equal(sink.result.images[0], _alone(image))
@@ -237,12 +243,7 @@ def test_sdxl_images_with_and_without_the_refiner_are_exact_batched_and_never_mi
         )
     ]
     images.append(_image(seed=40, steps=8, negative_given=False, refiner_fraction=0.3))
-    sinks = []
-    for key, image in enumerate(images):
-        request, sink = _request(key, image)
-        engine.submit(request)
-        sinks.append(sink)
-    _run(engine)
+    sinks = _serve_each(engine, images)
     for image, sink in zip(images, sinks, strict=True):
         assert sink.error is None
         assert np.array_equal(sink.result.images[0], _alone(image, SDXL_CONFIG))
