@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -33,6 +31,7 @@ from sdtriton import interface
 from sdtriton import server as server_module
 from sdtriton.client import SdTritonError, StableDiffusionClient
 from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
+from sdtriton.gateway.process import GatewayProcess
 from sdtriton.perf import load, model, paths, profiles, report, repositories
 from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, Load, Run
 from sdtriton.perf.profiles import INPUT_DATA_DIR_NAME, LoadMode, PerfOptions, Profile, Scenario, load_profiles
@@ -192,25 +191,6 @@ class PerfRun:
             if not server.running:
                 self.skipped.append(f"{log_name}: tritonserver DIED during its loads (FAILED; log: {log_path})")
             server.stop()
-
-    @contextmanager
-    def gateway_process(self, grpc_url: str, log_name: str) -> Iterator[tuple[str, int]]:
-        """A real ``sdtriton gateway`` in front of ``grpc_url``: its URL and process group, once ready."""
-        log_path, port = self.options.output_dir / f"{log_name}.log", server_module.free_port()
-        command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url, "--port", str(port)]
-        command += ["--data-dir", str(self.variants / log_name)]
-        server_module.rotate_log(log_path)
-        with log_path.open("wb") as log:
-            process = server_module.launch(server_module.bound_to_this_process(command), output=log)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            load.connected(load.GatewayClient(url, timeout_s=_SERVER_START_S), url).close()
-            yield url, process.pid
-        finally:
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=_SERVER_START_S)
-            server_module.end_process_group(process.pid)
 
     def common(self) -> dict[str, object]:
         """The fields of :class:`~sdtriton.perf.model.Run`, read once every server stopped."""
@@ -425,9 +405,10 @@ class PerfRun:
             with self.engine_server(repository, SIMULATED) as server:
                 sections["simulated"] = self.simulated(server, simulated)
         if gateway and self.fits("gateway", _SERVER_START_S + 2 * gateway.requests * image_s):
+            options, log_path = ["--data-dir", str(self.variants / "gateway")], self.options.output_dir / "gateway.log"
             with self.engine_server(on_repository, "gateway") as server:
-                with self.gateway_process(server.address.grpc_url, "gateway") as (url, group):
-                    sections["gateway"] = self.gateway(server, url, group, gateway)
+                with GatewayProcess(server.address.grpc_url, options, log_path).running() as process:
+                    sections["gateway"] = self.gateway(server, process.url, process.pid, gateway)
         del self.served  # the in-process sessions go
         gc.collect()
         return model.EngineResult(**self.common(), **sections, planned=p.engine_sections)
