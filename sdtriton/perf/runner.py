@@ -322,7 +322,9 @@ class PerfRun:
 
     def variant(self, name: str, source: Path, **changes: object) -> Path:
         shutil.rmtree(self.variants / name, ignore_errors=True)
-        return repositories.engine_variant(source, self.variants / name, **changes)
+        from sdtriton.export.variants import engine_variant
+
+        return engine_variant(source, self.variants / name, **changes)
 
     def engine_server(self, repository: Path, name: str) -> contextlib.AbstractContextManager[TritonServer]:
         return self.server(repository, f"tritonserver_{name}", warmup_requests=_WARMUP_REQUESTS)
@@ -363,14 +365,16 @@ class PerfRun:
     def engine(self, repository: Path, work_dir: Path) -> model.EngineResult:
         """The engine profile's sections: the in-process sides first, then one server (or the two of the sweep) at a
         time."""
+        from sdtriton.export.variants import engine_limits_of, simulated_repository
+
         p, self.variants, on_repository = self.profile, work_dir / "engine_variants", repository
         ceiling, sweep, mixed, burst, simulated, gateway = p.ceiling, p.sweep, p.mixed, p.burst, p.simulated, p.gateway
-        if sweep and sweep.batching_on != repositories.engine_limits_of(on_repository).max_running_images:
+        if sweep and sweep.batching_on != engine_limits_of(on_repository).max_running_images:
             on_repository = self.variant(BATCHING_ON, on_repository, max_running_images=sweep.batching_on)
         # The in-process sessions stay loaded, idle while a server is measured: the two sides of (a) and the
         # non-UNet parts of (e) are measured in turns with the server loads they are compared with.
         self.served = paths.ServedFiles.load(on_repository, gpu=self.options.gpu)
-        self.limits = repositories.engine_limits_of(on_repository)
+        self.limits = engine_limits_of(on_repository)
         sizing = self.plain_loop(runs=1, warmup_runs=ceiling.plain_loop_warmup_runs if ceiling else 1)
         self.image_s = image_s = sizing.median_ms / 1000.0
         if ceiling and ceiling.warmup_requests:
@@ -401,7 +405,7 @@ class PerfRun:
         # The stand-in UNet sleeps: a simulated request costs less of this CPU than a real one.
         if simulated and self.fits(f"{SIMULATED} accelerator", _SERVER_START_S + simulated.requests * image_s / 2):
             shutil.rmtree(self.variants / SIMULATED, ignore_errors=True)
-            repository = repositories.simulated_repository(on_repository, self.variants / SIMULATED, simulated.latency)
+            repository = simulated_repository(on_repository, self.variants / SIMULATED, simulated.latency)
             with self.engine_server(repository, SIMULATED) as server:
                 sections["simulated"] = self.simulated(server, simulated)
         if gateway and self.fits("gateway", _SERVER_START_S + 2 * gateway.requests * image_s):
