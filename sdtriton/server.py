@@ -158,6 +158,15 @@ def launch(
     return _LAUNCHER.submit(subprocess.Popen, list(command), **options).result()
 
 
+def answers_ok(url: str, *, timeout_s: float = 2.0) -> bool:
+    """Whether a GET of ``url`` answers 200 within ``timeout_s`` (a health or readiness route)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def free_port(host: str = DEFAULT_HOST) -> int:
     """A TCP port nothing listens on right now, for servers started by tests and demos."""
     return free_ports(1, host)[0]
@@ -436,11 +445,7 @@ class TritonServer:
         return bound_to_this_process(self.command()) if self.end_with_parent else self.command()
 
     def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.address.http_url}/v2/health/ready", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return answers_ok(f"{self.address.http_url}/v2/health/ready")
 
     def in_flight_requests(self) -> int:
         """Requests the server's engines hold now (running plus waiting), read from its metrics page.

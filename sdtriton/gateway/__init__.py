@@ -10,5 +10,6 @@ Modules: :mod:`~sdtriton.gateway.app` (the app and its routes), :mod:`~sdtriton.
 :mod:`~sdtriton.gateway.playground` (the page at ``/``),
 the durable jobs (their routes :mod:`~sdtriton.gateway.job_routes`, :mod:`~sdtriton.gateway.jobs`,
 :mod:`~sdtriton.gateway.store`, :mod:`~sdtriton.gateway.sqlite_store`, :mod:`~sdtriton.gateway.redis_store`,
-:mod:`~sdtriton.gateway.webhooks`) and :mod:`~sdtriton.gateway.command`.
+:mod:`~sdtriton.gateway.webhooks`), :mod:`~sdtriton.gateway.command` and :mod:`~sdtriton.gateway.process` (a gateway
+process, for the tests and ``sdtriton perf``).
 """

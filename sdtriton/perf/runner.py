@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -33,6 +31,7 @@ from sdtriton import interface
 from sdtriton import server as server_module
 from sdtriton.client import SdTritonError, StableDiffusionClient
 from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
+from sdtriton.gateway.process import GatewayProcess
 from sdtriton.perf import load, model, paths, profiles, report, repositories
 from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, Load, Run
 from sdtriton.perf.profiles import INPUT_DATA_DIR_NAME, LoadMode, PerfOptions, Profile, Scenario, load_profiles
@@ -193,25 +192,6 @@ class PerfRun:
                 self.skipped.append(f"{log_name}: tritonserver DIED during its loads (FAILED; log: {log_path})")
             server.stop()
 
-    @contextmanager
-    def gateway_process(self, grpc_url: str, log_name: str) -> Iterator[tuple[str, int]]:
-        """A real ``sdtriton gateway`` in front of ``grpc_url``: its URL and process group, once ready."""
-        log_path, port = self.options.output_dir / f"{log_name}.log", server_module.free_port()
-        command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url, "--port", str(port)]
-        command += ["--data-dir", str(self.variants / log_name)]
-        server_module.rotate_log(log_path)
-        with log_path.open("wb") as log:
-            process = server_module.launch(server_module.bound_to_this_process(command), output=log)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            load.connected(load.GatewayClient(url, timeout_s=_SERVER_START_S), url).close()
-            yield url, process.pid
-        finally:
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=_SERVER_START_S)
-            server_module.end_process_group(process.pid)
-
     def common(self) -> dict[str, object]:
         """The fields of :class:`~sdtriton.perf.model.Run`, read once every server stopped."""
         cpu_after, elapsed_s = _cpu_times(), time.monotonic() - self.started
@@ -342,7 +322,9 @@ class PerfRun:
 
     def variant(self, name: str, source: Path, **changes: object) -> Path:
         shutil.rmtree(self.variants / name, ignore_errors=True)
-        return repositories.engine_variant(source, self.variants / name, **changes)
+        from sdtriton.export.variants import engine_variant
+
+        return engine_variant(source, self.variants / name, **changes)
 
     def engine_server(self, repository: Path, name: str) -> contextlib.AbstractContextManager[TritonServer]:
         return self.server(repository, f"tritonserver_{name}", warmup_requests=_WARMUP_REQUESTS)
@@ -383,14 +365,16 @@ class PerfRun:
     def engine(self, repository: Path, work_dir: Path) -> model.EngineResult:
         """The engine profile's sections: the in-process sides first, then one server (or the two of the sweep) at a
         time."""
+        from sdtriton.export.variants import engine_limits_of, simulated_repository
+
         p, self.variants, on_repository = self.profile, work_dir / "engine_variants", repository
         ceiling, sweep, mixed, burst, simulated, gateway = p.ceiling, p.sweep, p.mixed, p.burst, p.simulated, p.gateway
-        if sweep and sweep.batching_on != repositories.engine_limits_of(on_repository).max_running_images:
+        if sweep and sweep.batching_on != engine_limits_of(on_repository).max_running_images:
             on_repository = self.variant(BATCHING_ON, on_repository, max_running_images=sweep.batching_on)
         # The in-process sessions stay loaded, idle while a server is measured: the two sides of (a) and the
         # non-UNet parts of (e) are measured in turns with the server loads they are compared with.
         self.served = paths.ServedFiles.load(on_repository, gpu=self.options.gpu)
-        self.limits = repositories.engine_limits_of(on_repository)
+        self.limits = engine_limits_of(on_repository)
         sizing = self.plain_loop(runs=1, warmup_runs=ceiling.plain_loop_warmup_runs if ceiling else 1)
         self.image_s = image_s = sizing.median_ms / 1000.0
         if ceiling and ceiling.warmup_requests:
@@ -421,13 +405,14 @@ class PerfRun:
         # The stand-in UNet sleeps: a simulated request costs less of this CPU than a real one.
         if simulated and self.fits(f"{SIMULATED} accelerator", _SERVER_START_S + simulated.requests * image_s / 2):
             shutil.rmtree(self.variants / SIMULATED, ignore_errors=True)
-            repository = repositories.simulated_repository(on_repository, self.variants / SIMULATED, simulated.latency)
+            repository = simulated_repository(on_repository, self.variants / SIMULATED, simulated.latency)
             with self.engine_server(repository, SIMULATED) as server:
                 sections["simulated"] = self.simulated(server, simulated)
         if gateway and self.fits("gateway", _SERVER_START_S + 2 * gateway.requests * image_s):
+            options, log_path = ["--data-dir", str(self.variants / "gateway")], self.options.output_dir / "gateway.log"
             with self.engine_server(on_repository, "gateway") as server:
-                with self.gateway_process(server.address.grpc_url, "gateway") as (url, group):
-                    sections["gateway"] = self.gateway(server, url, group, gateway)
+                with GatewayProcess(server.address.grpc_url, options, log_path).running() as process:
+                    sections["gateway"] = self.gateway(server, process.url, process.pid, gateway)
         del self.served  # the in-process sessions go
         gc.collect()
         return model.EngineResult(**self.common(), **sections, planned=p.engine_sections)

@@ -6,7 +6,7 @@ per call (``rows`` summed over the requests the dynamic batcher joined) and answ
 batching and fairness of the serving engine can be measured as they would behave on a GPU.
 
 This module is pure: the latency model, its config parameters and the request checks. The Triton adapter is
-:class:`sdtriton.serving.triton_simulated.SimulatedUNetModel`; :func:`sdtriton.perf.repositories.simulated_repository`
+:class:`sdtriton.serving.triton_simulated.SimulatedUNetModel`; :func:`sdtriton.export.variants.simulated_repository`
 makes a repository that serves it.
 """
 

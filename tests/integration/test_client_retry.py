@@ -23,7 +23,7 @@ from sdtriton.client import (
     ServerUnavailableError,
     StableDiffusionClient,
 )
-from sdtriton.perf.repositories import engine_variant
+from sdtriton.export.variants import engine_variant
 from sdtriton.server import ServerAddress, TritonServer
 from tests.conftest import serve
 

@@ -21,9 +21,9 @@ from PIL import Image
 from sdtriton.client import RequestCancelledError, RequestTimeoutError, StableDiffusionClient
 from sdtriton.gateway import errors
 from sdtriton.gateway.backend import Backend, GenerationRequest
+from sdtriton.gateway.process import GatewayProcess
 from sdtriton.interface import PIPELINE_MODEL_NAME
 from sdtriton.pipeline_config import PipelineConfig
-from tests.integration.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
 

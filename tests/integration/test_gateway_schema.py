@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from sdtriton import interface
-from tests.integration.gateway_process import GatewayProcess
+from sdtriton.gateway.process import GatewayProcess
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)

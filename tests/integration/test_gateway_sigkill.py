@@ -19,8 +19,8 @@ import pytest
 
 from sdtriton.client import StableDiffusionClient
 from sdtriton.gateway.jobs import open_store
+from sdtriton.gateway.process import GatewayProcess
 from sdtriton.gateway.store import RUNNING, Job
-from tests.integration.gateway_process import GatewayProcess
 from tests.integration.test_job_routes import (
     KEY,
     PROMPT,

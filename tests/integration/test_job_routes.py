@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from sdtriton.client import StableDiffusionClient
+from sdtriton.gateway.process import GatewayProcess
 from sdtriton.gateway.webhooks import SIGNATURE_HEADER, verify_signature
-from tests.integration.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
 

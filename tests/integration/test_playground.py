@@ -17,9 +17,9 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from sdtriton.client import StableDiffusionClient
 from sdtriton.gateway.playground import CONTENT_SECURITY_POLICY
+from sdtriton.gateway.process import GatewayProcess
 from sdtriton.interface import PIPELINE_MODEL_NAME, ModelDescription
 from sdtriton.pipeline_config import PipelineConfig
-from tests.integration.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from sdtriton.export.variants import engine_limits_of, engine_variant
 from sdtriton.perf.model import (
     BATCHING_OFF,
     BATCHING_ON,
@@ -45,7 +46,6 @@ from sdtriton.perf.profiles import (
     parse_profiles,
 )
 from sdtriton.perf.report import headline, summary_markdown, write_reports
-from sdtriton.perf.repositories import engine_limits_of, engine_variant
 from sdtriton.perf.workload import fixed_requests, raw_inputs
 from sdtriton.serving.engine import EngineLimits
 from sdtriton.serving.simulated import SimulatedLatency

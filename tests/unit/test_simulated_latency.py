@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from sdtriton.components import COMPONENT_FAMILY_PARAMETER, ONNX_FILE_NAME, UNET
 from sdtriton.export.configs import CONFIG_FILE_NAME, MODEL_FILE_NAME, config_text, parse_config_text
-from sdtriton.perf.repositories import simulated_model_file_text, simulated_repository, simulated_unet_config_text
+from sdtriton.export.variants import simulated_model_file_text, simulated_repository, simulated_unet_config_text
 from sdtriton.serving.errors import InvalidInputError
 from sdtriton.serving.simulated import (
     FIXED_MS_PARAMETER,

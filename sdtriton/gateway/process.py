@@ -1,6 +1,6 @@
-"""A real ``sdtriton gateway`` process for the tests: started on a free port in its own process group (ended with
-the test process where ``setpriv`` exists), logged to a file, stopped with SIGTERM (SIGKILL after 10 s) or killed
-outright with SIGKILL."""
+"""A real ``sdtriton gateway`` process, for the tests and ``sdtriton perf``: started on a free port in its own process
+group (ended with this process where ``setpriv`` exists), logged to a file, stopped with SIGTERM (SIGKILL after 10 s)
+or killed outright with SIGKILL."""
 
 from __future__ import annotations
 
@@ -11,13 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import httpx2 as httpx
-import pytest
-
-from sdtriton.server import bound_to_this_process, free_port, launch
+from sdtriton.server import answers_ok, bound_to_this_process, end_process_group, free_port, launch, rotate_log
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +22,22 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 
+class GatewayNotReadyError(RuntimeError):
+    """The gateway exited, or did not answer ``/readyz`` in time; the message holds its log."""
+
+
 class GatewayProcess:
-    """``sdtriton gateway --triton GRPC_URL --port PORT *options``, its log at ``log_path``.
+    """``sdtriton gateway --triton GRPC_URL --port PORT *options``, its log at ``log_path`` (an earlier one rotated).
 
     ``start()`` returns at once, ``wait_ready()`` until ``/readyz`` answers 200; ``stop()`` and ``start()`` again
     restart it on the same port (and the same options: the same job store).
     """
 
-    def __init__(self, grpc_url: str, options: list[str], log_path: Path) -> None:
+    def __init__(self, grpc_url: str, options: Sequence[str], log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        rotate_log(log_path)
         self._command = [sys.executable, "-m", "sdtriton.cli", "gateway", "--triton", grpc_url]
         self._command += ["--port", str(self.port), *options]
         self._process: subprocess.Popen[bytes] | None = None
@@ -43,31 +45,31 @@ class GatewayProcess:
 
     @property
     def pid(self) -> int:
-        """The running gateway's process id (the job store's owner names begin ``host:pid:``)."""
-        assert self._process is not None, "the gateway is not running"
+        """The running gateway's process id, and its process group's (job store owners begin ``host:pid:``)."""
+        if self._process is None:
+            raise RuntimeError("the gateway is not running")
         return self._process.pid
 
     def start(self) -> GatewayProcess:
-        """Starts it in a process group of its own, ended with this process even if pytest is killed."""
+        """Starts it in a process group of its own, ended with this process even if this one is killed."""
         self._started = time.monotonic()
         with self.log_path.open("ab") as log:
             self._process = launch(bound_to_this_process(self._command), output=log)
         return self
 
     def wait_ready(self) -> GatewayProcess:
-        assert self._process is not None
+        """Returns once ``/readyz`` answers 200; :class:`GatewayNotReadyError` if it exits or 60 s pass first."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                pytest.fail(f"the gateway exited with {self._process.returncode}:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    logger.info("gateway ready in %.1f s", time.monotonic() - self._started)
-                    return self
-            except httpx.TransportError:
-                pass
+            if self._process is None or self._process.poll() is not None:
+                code = None if self._process is None else self._process.returncode
+                raise GatewayNotReadyError(f"the gateway exited with {code}:\n{self.log_path.read_text()}")
+            if answers_ok(f"{self.url}/readyz"):
+                logger.info("gateway ready in %.1f s", time.monotonic() - self._started)
+                return self
             time.sleep(0.1)
-        pytest.fail(f"the gateway was not ready within {READY_TIMEOUT_S} s:\n{self.log_path.read_text()}")
+        log = self.log_path.read_text()
+        raise GatewayNotReadyError(f"the gateway was not ready within {READY_TIMEOUT_S} s:\n{log}")
 
     @contextlib.contextmanager
     def running(self) -> Iterator[GatewayProcess]:
@@ -93,13 +95,15 @@ class GatewayProcess:
             )
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        end_process_group(process.pid)
         logger.info("gateway stopped in %.1f s (%s)", time.monotonic() - stopping, process.returncode)
         return process.returncode
 
     def kill(self) -> int:
         """SIGKILL, as a crash would end it: nothing is handed back, its leases are left to run out."""
         process, self._process = self._process, None
-        assert process is not None, "the gateway is not running"
+        if process is None:
+            raise RuntimeError("the gateway is not running")
         os.killpg(process.pid, signal.SIGKILL)
         returncode = process.wait()
         logger.info("gateway killed (%s)", returncode)
