@@ -1,6 +1,7 @@
 """The txt2img pipelines of diffusers (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline`` and its refiner,
-``StableDiffusion3Pipeline``, ``FluxPipeline``) and the img2img ones of SD and SDXL
-(``StableDiffusionImg2ImgPipeline``, ``StableDiffusionXLImg2ImgPipeline``), with their networks behind an interface.
+``StableDiffusion3Pipeline``, ``FluxPipeline``) and their img2img ones (``StableDiffusionImg2ImgPipeline``,
+``StableDiffusionXLImg2ImgPipeline``, ``StableDiffusion3Img2ImgPipeline``, ``FluxImg2ImgPipeline``), with their
+networks behind an interface.
 
 The numbered steps follow the pipelines' ``__call__`` so that the same seed and parameters give the same
 image: latents drawn by ``randn_tensor`` from ``torch.Generator("cpu").manual_seed(seed)``, the same generator
@@ -137,9 +138,11 @@ class _StageRun:
         # Image-to-image: the timestep the input image's latents are noised to (None: text-to-image).
         self.start_timestep: torch.Tensor | None = None
         if strength is not None:
-            # As StableDiffusionImg2ImgPipeline.get_timesteps (SDXL's without denoising_start): the noisiest steps
-            # skipped, the scheduler told where it begins; the noise is added at the first remaining timestep.
-            skipped = image_to_image_skipped_steps(params.num_inference_steps, strength, flow_matching=False)
+            # As StableDiffusionImg2ImgPipeline.get_timesteps (SDXL's without denoising_start, SD 3's, FLUX's): the
+            # noisiest steps skipped, the scheduler told where it begins; noise added at the first remaining timestep.
+            skipped = image_to_image_skipped_steps(
+                params.num_inference_steps, strength, flow_matching=config.flow_matching
+            )
             begin = skipped * scheduler.order
             timesteps = timesteps[begin:]
             self.start_timestep = timesteps[:1]
@@ -182,7 +185,7 @@ class ImageDenoiser:
             (:meth:`DiffusionComponents.encode_image` of :func:`preprocess_image`). The latents are then drawn as
             the img2img pipelines' ``prepare_latents`` does: a sample of it with the image's generator
             (``retrieve_latents``), normalized, and noised to the first timestep by the scheduler's ``add_noise``
-            with noise drawn next from the same generator.
+            (flow matching: ``scale_noise``, then FLUX's packing) with noise drawn next from the same generator.
     """
 
     def __init__(
@@ -240,7 +243,16 @@ class ImageDenoiser:
         latents = normalize_latents(sample, self.config)
         noise = randn_tensor(latents.shape, generator=self.generator, device=self.device, dtype=latents.dtype)
         run = self._runs[0]
-        return run.scheduler.add_noise(latents, noise, run.start_timestep.repeat(latents.shape[0]))
+        timestep = run.start_timestep.repeat(latents.shape[0])
+        if not self.config.flow_matching:
+            return run.scheduler.add_noise(latents, noise, timestep)
+        # StableDiffusion3Img2ImgPipeline and FluxImg2ImgPipeline: the flow schedulers' interpolation toward the noise.
+        latents = run.scheduler.scale_noise(latents, timestep, noise)
+        if self.config.flux is None:
+            return latents
+        from diffusers import FluxPipeline
+
+        return FluxPipeline._pack_latents(latents, *latents.shape)
 
     @property
     def timesteps(self) -> list:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sdtriton import interface
-from sdtriton.pipeline_config import SD_FAMILY, SDXL_FAMILY, PipelineConfig
+from sdtriton.pipeline_config import FLUX_FAMILY, SD3_FAMILY, SD_FAMILY, SDXL_FAMILY, PipelineConfig
 from sdtriton.schedulers import (
+    image_to_image_noise_method,
     image_to_image_skipped_steps,
     scheduler_class_from_config,
     scheduler_key_for_class,
@@ -24,8 +25,8 @@ from sdtriton.schedulers import (
 from sdtriton.serving.errors import InvalidInputError
 
 _MAX_ECHOED_CHARS = 40
-# The families whose image-to-image pipelines the engine follows (StableDiffusionImg2ImgPipeline and SDXL's).
-IMAGE_TO_IMAGE_FAMILIES = (SD_FAMILY, SDXL_FAMILY)
+# The families whose image-to-image pipelines the engine follows (StableDiffusionImg2ImgPipeline and its kin).
+IMAGE_TO_IMAGE_FAMILIES = (SD_FAMILY, SDXL_FAMILY, SD3_FAMILY, FLUX_FAMILY)
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,24 @@ def _strength(value: float | None, config: PipelineConfig, *, num_inference_step
     return strength
 
 
+def _image_to_image_options(params: GenerationParams, config: PipelineConfig) -> None:
+    """What an image-to-image request may not combine with, as its pipeline: a scheduler without the noising method
+    the pipeline calls (SD 3's multistep solvers), SD 3.5's skip-layer guidance (not in its img2img pipeline)."""
+    if not image_to_image_noise_method(config.scheduler_config, params.scheduler):
+        able = [name for name in config.scheduler_names if image_to_image_noise_method(config.scheduler_config, name)]
+        raise InvalidInputError(
+            interface.SCHEDULER.name,
+            f"must be one of {', '.join(able)} with an {interface.INPUT_IMAGE.name} on this {config.family} model (its "
+            f"img2img pipeline noises the image with the scheduler's scale_noise), got {_echo(params.scheduler)}",
+        )
+    if params.skip_layer_guidance_scale > 0:
+        raise InvalidInputError(
+            interface.SKIP_LAYER_GUIDANCE_SCALE.name,
+            f"must be 0 with an {interface.INPUT_IMAGE.name} "
+            "(StableDiffusion3Img2ImgPipeline has no skip-layer guidance)",
+        )
+
+
 def _image_size(
     image_size: tuple[int, int], config: PipelineConfig, *, width: int | None, height: int | None
 ) -> tuple[int, int]:
@@ -335,4 +354,6 @@ def parse_generation_params(
             f"must be at most {config.pixel_limit} pixels, got {params.width} x {params.height} = {pixels}",
         )
     _enough_steps_for_scheduler(params, config)
+    if params.strength is not None:
+        _image_to_image_options(params, config)
     return params

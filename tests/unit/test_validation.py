@@ -163,12 +163,20 @@ def test_each_bad_image_to_image_value_names_its_field(kwargs, message: str) -> 
         parse_generation_params(config=CONFIG, seed=1, **kwargs)
 
 
-def test_image_to_image_is_refused_by_name_on_a_family_without_it() -> None:
+def test_flow_models_take_an_image_with_the_schedulers_that_have_scale_noise_only() -> None:
     flux_fields = {"pooled_size": 8, "t5_hidden_size": 8, "t5_max_length": 16, "guidance_embeds": True}
-    flux_fields |= {"vae_shift_factor": 0.1, "default_guidance_scale": 3.5, "scheduler_names": ("flow_euler",)}
-    flux = dataclasses.replace(CONFIG, flux=FluxConfig(**flux_fields))
-    with pytest.raises(InvalidInputError, match=r"input_image: is not taken by this flux model \(image-to-image: sd"):
-        parse_generation_params(config=flux, seed=1, image_size=(64, 64))
+    flux_fields |= {"vae_shift_factor": 0.1, "default_guidance_scale": 3.5, "scheduler_names": ("flow_euler", "unipc")}
+    flux = dataclasses.replace(
+        CONFIG,
+        flux=FluxConfig(**flux_fields),
+        scheduler_config={"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0},
+    )
+    assert parse_generation_params(config=flux, seed=1, image_size=(64, 64), scheduler="flow_euler").strength == 0.8
+    assert parse_generation_params(config=flux, seed=1, scheduler="unipc").strength is None  # text-to-image: any
+    with pytest.raises(
+        InvalidInputError, match=r"scheduler: must be one of flow_euler with an input_image on this flux"
+    ):
+        parse_generation_params(config=flux, seed=1, image_size=(64, 64), scheduler="unipc")
 
 
 @pytest.mark.parametrize(
