@@ -52,7 +52,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _SCHEMES = ("http", "grpc")
-_NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_}
+_NUMPY_DTYPES = {
+    "BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_, "UINT8": np.uint8
+}  # fmt: skip
 # How much longer than the server-side budget the transport waits, so that the server's error comes first.
 _TRANSPORT_GRACE_S = 5.0
 # How long a stream that failed to start waits for the callback that carries the failure's status.
@@ -189,9 +191,11 @@ def _with_client_seed(prompt: str | Sequence[str], seed: Any, policy: RetryPolic
 def _request_parameters(
     prompt: str | Sequence[str], arguments: Mapping[str, Any], policy: RetryPolicy | None
 ) -> dict[str, Any]:
-    """Every public input but the prompt, taken by name from ``generate``'s ``arguments``, in the interface's
-    order; the seed as :func:`_with_client_seed` makes it. Both clients build their requests with this."""
-    parameters = {tensor.name: arguments[tensor.name] for tensor in interface.PUBLIC_INPUTS[1:]}
+    """Every input of the entry but the prompt, taken by name from ``generate``'s ``arguments`` (the input image from
+    its ``image``), in the interface's order; the seed as :func:`_with_client_seed` makes it. Both clients build
+    their requests with this."""
+    named = {**arguments, interface.INPUT_IMAGE.name: arguments["image"]}
+    parameters = {tensor.name: named[tensor.name] for tensor in interface.ENTRY_INPUTS[1:]}
     parameters[interface.SEED.name] = _with_client_seed(prompt, parameters[interface.SEED.name], policy)
     return parameters
 
@@ -203,13 +207,16 @@ def _stream_parameters(
     parameters: dict[str, Any],
     policy: RetryPolicy | None,
 ) -> dict[str, Any]:
-    """A stream's parameters: ``preview_every`` among them, the seed as :func:`_with_client_seed` makes it.
+    """A stream's parameters: ``preview_every`` among them, the seed as :func:`_with_client_seed` makes it, an
+    ``image`` (as :meth:`StableDiffusionClient.generate` takes it) as the ``input_image`` tensor.
 
     Raises:
         ValueError: ``endpoint`` is not gRPC (HTTP cannot stream a decoupled model).
     """
     if endpoint.protocol != "grpc":
         raise ValueError("progress streaming needs a grpc:// URL (HTTP cannot stream a decoupled model)")
+    if "image" in parameters:
+        parameters[interface.INPUT_IMAGE.name] = parameters.pop("image")
     if preview_every is not None:
         parameters["preview_every"] = preview_every
     parameters["seed"] = _with_client_seed(prompt, parameters.get("seed"), policy)
@@ -289,14 +296,22 @@ def _per_item(name: str, value: Any, count: int) -> list[Any] | None:
     return list(value)
 
 
+def _pixels(image: Image.Image | np.ndarray) -> np.ndarray:
+    """An input image as the server takes it: [H, W, 3] uint8 RGB (a PIL image of another mode is converted)."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    return np.asarray(image)
+
+
 def build_inputs(
     triton: types.ModuleType,
     prompts: Sequence[str],
     *,
-    tensors: Sequence[interface.PublicTensor] = interface.PUBLIC_INPUTS,
+    tensors: Sequence[interface.PublicTensor] = interface.ENTRY_INPUTS,
     **parameters: Any,
 ) -> list[Any]:
-    """The request tensors for ``triton`` (``tritonclient.http`` or ``tritonclient.grpc``): [N, 1] each."""
+    """The request tensors for ``triton`` (``tritonclient.http`` or ``tritonclient.grpc``): [N, 1] each, the input
+    image [N, H, W, 3] (one image for every prompt, or one per prompt)."""
     count = len(prompts)
     values = {interface.PROMPT.name: list(prompts)}
     for tensor in tensors[1:]:
@@ -312,7 +327,10 @@ def build_inputs(
         items = values[tensor.name]
         if tensor.triton_dtype == "BYTES":
             items = [item.encode("utf-8") if isinstance(item, str) else item for item in items]
-        array = np.array(items, dtype=_NUMPY_DTYPES[tensor.triton_dtype]).reshape(count, 1)
+        if len(tensor.dims) > 1:
+            array = np.stack([_pixels(item) for item in items]).astype(_NUMPY_DTYPES[tensor.triton_dtype], copy=False)
+        else:
+            array = np.array(items, dtype=_NUMPY_DTYPES[tensor.triton_dtype]).reshape(count, 1)
         infer_input = triton.InferInput(tensor.name, list(array.shape), tensor.triton_dtype)
         infer_input.set_data_from_numpy(array)
         inputs.append(infer_input)
@@ -420,7 +438,7 @@ def _prepare(
     **parameters: Any,
 ) -> tuple[list[Any], dict[str, Any]]:
     """The request tensors and the infer() keyword arguments shared by the sync and async clients."""
-    input_tensors = interface.STREAM_INPUTS if stream else interface.PUBLIC_INPUTS
+    input_tensors = interface.STREAM_INPUTS if stream else interface.ENTRY_INPUTS
     output_tensors = interface.STREAM_OUTPUTS if stream else interface.PUBLIC_OUTPUTS
     inputs = build_inputs(triton, _prompts(prompt), tensors=input_tensors, **parameters)
     kwargs: dict[str, Any] = {"outputs": requested_outputs(triton, output_tensors)}
@@ -538,6 +556,8 @@ class StableDiffusionClient:
         skip_layer_guidance_start: float | Sequence[float] | None = None,
         skip_layer_guidance_stop: float | Sequence[float] | None = None,
         vae_tiling: bool | Sequence[bool] | None = None,
+        image: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray] | None = None,
+        strength: float | Sequence[float] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         preview_every: int | None = None,
     ) -> GenerationResult:
@@ -558,6 +578,10 @@ class StableDiffusionClient:
                 the steps (None: the pipeline's 0.01 and 0.2).
             vae_tiling: True: decode in overlapping tiles, as diffusers' ``vae.enable_tiling()``; False: in one
                 call (refused above the export's ``--vae-tile-above``); None: tiles above that size.
+            image: image-to-image: the image to start from (a PIL image, or [H, W, 3] uint8 RGB pixels), one for
+                every prompt or one per prompt; the images are drawn at its size (SD 1.x/2.x and SDXL).
+            strength: with ``image``: how much of the denoising is redone, above 0 and at most 1 (None: 0.8, as
+                ``StableDiffusionImg2ImgPipeline``); ``int(num_inference_steps x strength)`` steps run.
             on_progress: called after every denoising step with a :class:`Progress` (gRPC streaming only).
             preview_every: with ``on_progress``, a cheap preview of each image every this many steps.
 
@@ -779,6 +803,8 @@ class AsyncStableDiffusionClient:
         skip_layer_guidance_start: float | Sequence[float] | None = None,
         skip_layer_guidance_stop: float | Sequence[float] | None = None,
         vae_tiling: bool | Sequence[bool] | None = None,
+        image: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray] | None = None,
+        strength: float | Sequence[float] | None = None,
     ) -> GenerationResult:
         """See :meth:`StableDiffusionClient.generate`."""
         parameters = _request_parameters(prompt, locals(), self.retry)

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sdtriton import interface
 
@@ -75,6 +75,17 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         help="decode in overlapping tiles as diffusers' vae.enable_tiling() (default: above the export's "
         "--vae-tile-above size; --no-vae-tiling: in one call, refused above it)",
+    )
+    generate.add_argument(
+        "--image",
+        type=Path,
+        help="image-to-image: start from this image file (SD 1.x/2.x, SDXL); the output has its size",
+    )
+    generate.add_argument(
+        "--strength",
+        type=float,
+        help=f"with --image: how much of the denoising is redone, above 0 and at most 1 "
+        f"(default: {interface.DEFAULT_STRENGTH:g})",
     )
     generate.add_argument(
         "--timeout-s", type=float, help="time budget: the server ends the request, queued or running, when it runs out"
@@ -149,8 +160,14 @@ def _generate(args: argparse.Namespace) -> int:
         "skip_layer_guidance_start": args.skip_layer_guidance_start,
         "skip_layer_guidance_stop": args.skip_layer_guidance_stop,
         "vae_tiling": args.vae_tiling,
+        "strength": args.strength,
     }
     preview_dir = args.output.parent / f"{args.output.stem}_previews" if args.preview_every else None
+    try:
+        parameters["image"] = _input_image(args.image)
+    except OSError as error:
+        sys.stderr.write(f"error: --image: {error}\n")
+        return 2
     try:
         with StableDiffusionClient(args.url, model_name=args.model, timeout_s=args.timeout_s, retry=retry) as client:
             if not (args.progress or args.preview_every):
@@ -180,6 +197,16 @@ def _generate(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{args.output.resolve()}\n")
     logger.info("seed %d, %dx%d", result.seed, result.image.width, result.image.height)
     return 0
+
+
+def _input_image(path: Path | None) -> Any:
+    """The ``--image`` file as an RGB PIL image (None without one)."""
+    if path is None:
+        return None
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def _batch(args: argparse.Namespace) -> int:

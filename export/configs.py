@@ -190,7 +190,7 @@ def render_entry_config(pipeline_config: PipelineConfig, options: RenderOptions,
     name = interface.STREAM_ENTRY_MODEL_NAME if stream else interface.ENTRY_MODEL_NAME
     config = _python_model(name, options, decoupled=stream)
     # Every input optional: the engine names a missing prompt in its error.
-    for tensor in interface.STREAM_INPUTS if stream else interface.PUBLIC_INPUTS:
+    for tensor in interface.STREAM_INPUTS if stream else interface.ENTRY_INPUTS:
         _add_public_input(config, tensor)
     for tensor in interface.STREAM_OUTPUTS if stream else interface.PUBLIC_OUTPUTS:
         _add_public_output(config, tensor)

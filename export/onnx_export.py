@@ -1,5 +1,5 @@
-"""Exports the text encoders, UNet (SD 3, FLUX: transformer) and VAE decoder of a diffusers pipeline to ONNX, and
-checks each.
+"""Exports the text encoders, UNet (SD 3, FLUX: transformer), VAE decoder and VAE encoder of a diffusers pipeline to
+ONNX, and checks each.
 
 ``torch.onnx.export(dynamo=False)`` with the dynamic axes of :mod:`sdtriton.components` exports diffusers'
 modules unpatched (measured: the dynamo exporter needs ``Upsample2D`` patched for a dynamic batch), with one
@@ -35,6 +35,7 @@ from sdtriton.components import (
     T5_MODEL_NAME,
     TRANSFORMER_MODEL_NAME,
     VAE_DECODER,
+    VAE_ENCODER,
     ComponentSpec,
     components_of,
 )
@@ -263,6 +264,19 @@ class _VaeDecode(torch.nn.Module):
         return self.vae.decode(latents, return_dict=False)[0]
 
 
+class _VaeEncode(torch.nn.Module):
+    """The VAE's encoder as image-to-image pipelines use it (``retrieve_latents``): the latent distribution's mean and
+    standard deviation; the engine draws the sample from them with the request's generator."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distribution = self.vae.encode(image, return_dict=False)[0]
+        return distribution.mean, distribution.std
+
+
 @dataclass(frozen=True)
 class ExportResult:
     """One exported file, with the example inputs it was checked on and torch's (fp32) outputs for them."""
@@ -421,23 +435,26 @@ def _save_whole(exported_path: Path, output_path: Path) -> None:
 def _modules(pipeline: DiffusionPipeline, config: PipelineConfig, refiner: DiffusionPipeline | None) -> list:
     """(spec, module, vocab size or None) of every component of the config's family, in call order."""
     specs = {spec.model_name: spec for spec in components_of(config)}
-    vae = (specs[VAE_DECODER.model_name], _VaeDecode(pipeline.vae), None)
+    vae = [
+        (specs[VAE_DECODER.model_name], _VaeDecode(pipeline.vae), None),
+        (specs[VAE_ENCODER.model_name], _VaeEncode(pipeline.vae), None),
+    ]
     if config.sd3 is not None:
-        return [*_sd3_modules(pipeline, specs, config.sd3), vae]
+        return [*_sd3_modules(pipeline, specs, config.sd3), *vae]
     if config.flux is not None:
         clip, t5 = pipeline.text_encoder, pipeline.text_encoder_2
         return [
             (specs["text_encoder"], _TextEncoderPooled(clip), clip.config.vocab_size),
             (specs["text_encoder_2"], _TextEncoderLastHiddenState(t5), t5.config.vocab_size),
             (specs[TRANSFORMER_MODEL_NAME], _FluxTransformerVelocity(pipeline.transformer), None),
-            vae,
+            *vae,
         ]
     if config.sdxl is None:
         encoder = pipeline.text_encoder
         return [
             (specs["text_encoder"], _TextEncoderLastHiddenState(encoder), encoder.config.vocab_size),
             (specs["unet"], _UNetNoisePrediction(pipeline.unet), None),
-            vae,
+            *vae,
         ]
     first, second = pipeline.text_encoder, pipeline.text_encoder_2
     modules = [
@@ -447,7 +464,7 @@ def _modules(pipeline: DiffusionPipeline, config: PipelineConfig, refiner: Diffu
     ]
     if refiner is not None:
         modules.append((specs["refiner_unet"], _SdxlUNetNoisePrediction(refiner.unet), None))
-    return [*modules, vae]
+    return [*modules, *vae]
 
 
 def _sd3_modules(pipeline: DiffusionPipeline, specs: dict[str, ComponentSpec], sd3: Sd3Config) -> list:

@@ -4,9 +4,10 @@ Everything model-specific (tokenizers, channel counts, VAE scale and scaling fac
 family itself: SD 1.x/2.x, SDXL, SD 3 / 3.5 or FLUX.1, from the folder's ``model_index.json``) is read from SRC; nothing
 assumes our own models. ``--refiner DIR`` adds an SDXL refiner as a second stage of the same repository.
 
-An SD 3 / 3.5 repository holds its five networks (two CLIPs, T5 where the pipeline has it, the transformer and the
+An SD 3 / 3.5 repository holds its networks (two CLIPs, T5 where the pipeline has it, the transformer and the
 VAE decoder), its three tokenizers, ``pipeline_config.json`` and the entries, served like the others. A FLUX.1
-repository holds its four (CLIP's pooled output, T5, the transformer on packed latents, the VAE decoder).
+repository holds CLIP's pooled output, T5, the transformer on packed latents and the VAE decoder. Every family's
+repository also holds the VAE encoder (``vae_encoder``), for image-to-image requests.
 """
 
 from __future__ import annotations

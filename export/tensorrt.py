@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from sdtriton.components import VAE_DECODER, ComponentSpec
+from sdtriton.components import VAE_DECODER, VAE_ENCODER, ComponentSpec
 from sdtriton.pipeline_config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,9 @@ def optimization_profile(
 
 def runs_in_fp16(spec: ComponentSpec, config: PipelineConfig) -> bool:
     """Every network in fp16 but one whose spec says it overflows there (SD 3's T5) and a VAE whose config says
-    ``force_upcast`` (diffusers decodes those in fp32: SDXL's VAE overflows in fp16)."""
-    return spec.fp16_safe and not (spec.model_name == VAE_DECODER.model_name and config.vae_force_upcast)
+    ``force_upcast`` (diffusers decodes and encodes with those in fp32: SDXL's VAE overflows in fp16)."""
+    vae = (VAE_DECODER.model_name, VAE_ENCODER.model_name)
+    return spec.fp16_safe and not (spec.model_name in vae and config.vae_force_upcast)
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,19 @@ VAE_DECODER = ComponentSpec(
     inputs=(TensorSpec("latents", "FP32", (BATCH, "latent_channels", "vae_latent_height", "vae_latent_width")),),
     outputs=(TensorSpec("image", "FP32", (BATCH, "rgb", "vae_image_height", "vae_image_width")),),
 )
+# Image-to-image: the VAE's encoder, as the latent distribution's mean and standard deviation (its
+# DiagonalGaussianDistribution), so that the engine draws the sample with the request's own generator exactly as
+# diffusers' retrieve_latents does (mean + std x randn_tensor(generator)), and normalizes it as the pipeline does.
+VAE_ENCODER = ComponentSpec(
+    model_name="vae_encoder",
+    inputs=(TensorSpec("image", "FP32", (BATCH, "rgb", "image_height", "image_width")),),
+    outputs=(
+        TensorSpec("latent_mean", "FP32", VAE_DECODER.inputs[0].axes),
+        TensorSpec("latent_std", "FP32", VAE_DECODER.inputs[0].axes),
+    ),
+)
+# The VAE of every family, after its denoiser.
+_VAE = (VAE_DECODER, VAE_ENCODER)
 
 
 # SDXL: two text encoders whose penultimate hidden states (as diffusers takes them) are concatenated, the second
@@ -334,23 +347,21 @@ FLUX_UNGUIDED = "flux-unguided"
 
 # Every component of each family, by model name; a repository holds those of its config (components_of).
 FAMILY_COMPONENTS: Mapping[str, Mapping[str, ComponentSpec]] = {
-    "sd": {spec.model_name: spec for spec in (TEXT_ENCODER, UNET, VAE_DECODER)},
+    "sd": {spec.model_name: spec for spec in (TEXT_ENCODER, UNET, *_VAE)},
     "sdxl": {
-        spec.model_name: spec
-        for spec in (SDXL_TEXT_ENCODER, SDXL_TEXT_ENCODER_2, SDXL_UNET, SDXL_REFINER_UNET, VAE_DECODER)
+        spec.model_name: spec for spec in (SDXL_TEXT_ENCODER, SDXL_TEXT_ENCODER_2, SDXL_UNET, SDXL_REFINER_UNET, *_VAE)
     },
     "sd3": {
         spec.model_name: spec
-        for spec in (SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_TEXT_ENCODER_3, SD3_TRANSFORMER, VAE_DECODER)
+        for spec in (SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_TEXT_ENCODER_3, SD3_TRANSFORMER, *_VAE)
     },
     SD3_SKIP_LAYERS: {
         spec.model_name: spec
-        for spec in (SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_TEXT_ENCODER_3, SD3_SKIP_LAYERS_TRANSFORMER, VAE_DECODER)
+        for spec in (SD3_TEXT_ENCODER, SD3_TEXT_ENCODER_2, SD3_TEXT_ENCODER_3, SD3_SKIP_LAYERS_TRANSFORMER, *_VAE)
     },
-    "flux": {spec.model_name: spec for spec in (FLUX_TEXT_ENCODER, FLUX_TEXT_ENCODER_2, FLUX_TRANSFORMER, VAE_DECODER)},
+    "flux": {spec.model_name: spec for spec in (FLUX_TEXT_ENCODER, FLUX_TEXT_ENCODER_2, FLUX_TRANSFORMER, *_VAE)},
     FLUX_UNGUIDED: {
-        spec.model_name: spec
-        for spec in (FLUX_TEXT_ENCODER, FLUX_TEXT_ENCODER_2, FLUX_UNGUIDED_TRANSFORMER, VAE_DECODER)
+        spec.model_name: spec for spec in (FLUX_TEXT_ENCODER, FLUX_TEXT_ENCODER_2, FLUX_UNGUIDED_TRANSFORMER, *_VAE)
     },
 }
 # SD 1.x/2.x, the default family.
@@ -361,6 +372,7 @@ REFINER_UNET_MODEL_NAME = SDXL_REFINER_UNET.model_name
 T5_MODEL_NAME = SD3_TEXT_ENCODER_3.model_name
 TRANSFORMER_MODEL_NAME = SD3_TRANSFORMER.model_name
 VAE_DECODER_MODEL_NAME = VAE_DECODER.model_name
+VAE_ENCODER_MODEL_NAME = VAE_ENCODER.model_name
 # The config parameter of a component model that names its family (absent: "sd").
 COMPONENT_FAMILY_PARAMETER = "family"
 # The config parameter of the pipeline model naming the device of the engine's tensors (absent: "cpu"); export --gpu

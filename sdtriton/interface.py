@@ -146,6 +146,7 @@ VAE_TILING = PublicTensor(
     "--vae-tile-above size; omitted: tiles above that size",
 )
 
+# The inputs of one value per prompt (text-to-image); the entry takes these and IMAGE_INPUTS (ENTRY_INPUTS).
 PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     PROMPT,
     NEGATIVE_PROMPT,
@@ -165,6 +166,30 @@ PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
 # Inputs the ensemble hands unchanged to the pipeline model.
 GENERATION_INPUTS: tuple[PublicTensor, ...] = PUBLIC_INPUTS[2:]
 
+# Image-to-image (StableDiffusionImg2ImgPipeline and its kin): the image to start from, each item its own, and how much
+# of the denoising is redone (diffusers' strength: the steps run are int(steps x strength), noise added to match).
+# The output has the input's size. A mask (inpainting) is one more tensor of this group, beside the image.
+DEFAULT_STRENGTH = 0.8
+INPUT_IMAGE = PublicTensor(
+    "input_image",
+    "UINT8",
+    (-1, -1, 3),
+    True,
+    "RGB pixels [height, width, 3], each side a multiple of the model's size step within its size limits; "
+    "the image is drawn at this size",
+)
+STRENGTH = PublicTensor(
+    "strength",
+    "FP32",
+    (1,),
+    True,
+    f"with an input_image only: a number above 0 and at most 1 (default {DEFAULT_STRENGTH:g}), large enough that "
+    "at least one step runs",
+)
+IMAGE_INPUTS: tuple[PublicTensor, ...] = (INPUT_IMAGE, STRENGTH)
+# Every input of the entry: the per-item scalars, then the images.
+ENTRY_INPUTS: tuple[PublicTensor, ...] = (*PUBLIC_INPUTS, *IMAGE_INPUTS)
+
 IMAGE = PublicTensor("image", "UINT8", (-1, -1, 3), False, "RGB pixels, [height, width, 3]")
 USED_SEED = PublicTensor("used_seed", "INT64", (1,), False, "the seed the image was drawn with")
 PUBLIC_OUTPUTS: tuple[PublicTensor, ...] = (IMAGE, USED_SEED)
@@ -181,7 +206,7 @@ ERROR_CODE = PublicTensor("error_code", "INT32", (1,), False, "Triton error code
 ERROR_MESSAGE = PublicTensor("error_message", "BYTES", (1,), False, "the error's message")
 INTERNAL_OUTPUTS: tuple[PublicTensor, ...] = (ERROR_CODE, ERROR_MESSAGE)
 
-# The streaming entry takes the public inputs and one more.
+# The streaming entry takes the entry's inputs and one more.
 PREVIEW_EVERY = PublicTensor(
     "preview_every",
     "INT32",
@@ -189,7 +214,7 @@ PREVIEW_EVERY = PublicTensor(
     True,
     f"0 (no previews, the default) or 1..{MAX_PREVIEW_EVERY}: a preview every k steps",
 )
-STREAM_INPUTS: tuple[PublicTensor, ...] = (*PUBLIC_INPUTS, PREVIEW_EVERY)
+STREAM_INPUTS: tuple[PublicTensor, ...] = (*ENTRY_INPUTS, PREVIEW_EVERY)
 
 # Each response of the stream carries the progress of every item; the last one carries image and used_seed too.
 STEP = PublicTensor("step", "INT32", (1,), False, "network evaluations done for this item")

@@ -280,3 +280,23 @@ def scheduler_steps_minimum(
 def _cached_steps_minimum(arguments: str) -> StepsMinimum | None:
     config, name, overrides = json.loads(arguments)
     return steps_minimum(build_scheduler(config, name, overrides))
+
+
+def image_to_image_skipped_steps(num_inference_steps: int, strength: float, *, flow_matching: bool) -> int:
+    """How many of ``num_inference_steps`` an image-to-image request skips (the noisiest ones): its schedule starts
+    at this step, times the scheduler's order. As the pipelines' ``get_timesteps``: ``StableDiffusionImg2ImgPipeline``
+    and SDXL's take ``int(steps x strength)`` steps, ``StableDiffusion3Img2ImgPipeline`` and FLUX's skip
+    ``int(steps - steps x strength)``; a request runs ``num_inference_steps`` minus this many steps."""
+    if flow_matching:
+        return int(max(num_inference_steps - num_inference_steps * strength, 0))
+    run = min(int(num_inference_steps * strength), num_inference_steps)
+    return max(num_inference_steps - run, 0)
+
+
+def image_to_image_noise_method(config: Mapping[str, Any], name: str | None) -> str:
+    """The method the img2img pipelines noise the input image's latents with, on the scheduler ``name`` (None: the
+    model's own) of a model of this scheduler config: ``add_noise`` (SD, SDXL), ``scale_noise`` on flow matching
+    (``StableDiffusion3Img2ImgPipeline``, whose multistep solvers have none, so diffusers cannot run them there)."""
+    scheduler_class = scheduler_class_from_config(config) if name is None else schedulers_for(config)[name]
+    method = "scale_noise" if is_flow_matching(config) else "add_noise"
+    return method if hasattr(scheduler_class, method) else ""

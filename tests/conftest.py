@@ -114,6 +114,16 @@ def diffusers_pipeline(tiny_model_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def diffusers_img2img_pipeline(diffusers_pipeline):
+    """The image-to-image oracle: diffusers' StableDiffusionImg2ImgPipeline on the same modules."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipeline = StableDiffusionImg2ImgPipeline.from_pipe(diffusers_pipeline)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="session")
 def shapes_diffusers_pipeline():
     """The oracle for the trained default model: diffusers on the built-in 'shapes' weights, in fp32 as exported."""
     import torch

@@ -2,10 +2,11 @@
 
 - The response cache answers a non-streaming request whose every seed the client sent, from the images an
   identical earlier request got. Its key (:func:`response_key`) is everything that determines the images: the
-  validated parameters of every image (seed, steps, guidance, size, scheduler, refiner share), the token ids
-  of prompt and negative prompt per text encoder, and whether a negative prompt was sent. The model is implicit:
-  one engine serves one repository. Triton's own response cache cannot be used: it hashes the inputs present,
-  so two unseeded requests (which must get two different images) would share an entry.
+  validated parameters of every image (seed, steps, guidance, size, scheduler, refiner share, strength), the
+  token ids of prompt and negative prompt per text encoder, whether a negative prompt was sent, and the input
+  image's digest. The model is implicit: one engine serves one repository. Triton's own response cache cannot be
+  used: it hashes the inputs present, so two unseeded requests (which must get two different images) would share
+  an entry.
 - The text-embedding cache keeps one text-encoder output row per (encoder, token ids), so a repeated prompt, or
   the common negative prompt, skips the text encoder.
 
@@ -14,6 +15,7 @@ Pure code: no ``pb_utils``; the values are whatever the engine stores (numpy ima
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -98,13 +100,26 @@ def _ids_key(ids: Mapping[str, np.ndarray]) -> tuple[tuple[str, bytes], ...]:
     return tuple((encoder, np.asarray(ids[encoder], dtype=np.int64).tobytes()) for encoder in sorted(ids))
 
 
+def _pixels_key(pixels: np.ndarray | None) -> tuple[tuple[int, ...], bytes] | None:
+    """An input image by its shape and digest (the key holds no copy of the pixels)."""
+    if pixels is None:
+        return None
+    return pixels.shape, hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).digest()
+
+
 def response_key(images: Sequence[ImageRequest]) -> Hashable:
     """Everything that determines a request's images, in order; equal keys give byte-identical images.
 
     Only meaningful for a request whose every seed the client sent: an unseeded image's seed was drawn for it.
     """
     return tuple(
-        (image.params, image.negative_given, _ids_key(image.prompt_ids), _ids_key(image.negative_ids))
+        (
+            image.params,
+            image.negative_given,
+            _ids_key(image.prompt_ids),
+            _ids_key(image.negative_ids),
+            _pixels_key(image.input_image),
+        )
         for image in images
     )
 

@@ -53,12 +53,14 @@ class ImageRequest:
         prompt_ids: text encoder model name -> [T] token ids of the prompt (by that encoder's tokenizer).
         negative_ids: the same for the negative prompt ("" where it was omitted).
         negative_given: whether the request sent a negative prompt (SDXL zeros an omitted one).
+        input_image: image-to-image: the [H, W, 3] uint8 image to start from (None: text-to-image).
     """
 
     params: GenerationParams
     prompt_ids: Mapping[str, np.ndarray]
     negative_ids: Mapping[str, np.ndarray]
     negative_given: bool = True
+    input_image: np.ndarray | None = None
 
 
 def text_ids_for(image: ImageRequest, encoder: str) -> np.ndarray:

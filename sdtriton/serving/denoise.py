@@ -1,5 +1,7 @@
 """The txt2img pipelines of diffusers (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline`` and its refiner,
-``StableDiffusion3Pipeline``, ``FluxPipeline``), with their networks behind an interface.
+``StableDiffusion3Pipeline``, ``FluxPipeline``) and their img2img ones (``StableDiffusionImg2ImgPipeline``,
+``StableDiffusionXLImg2ImgPipeline``, ``StableDiffusion3Img2ImgPipeline``, ``FluxImg2ImgPipeline``), with their
+networks behind an interface.
 
 The numbered steps follow the pipelines' ``__call__`` so that the same seed and parameters give the same
 image: latents drawn by ``randn_tensor`` from ``torch.Generator("cpu").manual_seed(seed)``, the same generator
@@ -22,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from sdtriton.components import SKIP_LAYERS_INPUT, text_encoders_of
@@ -35,7 +38,12 @@ from sdtriton.pipeline_config import (
     SKIP_LAYER_GUIDANCE_ROWS,
     PipelineConfig,
 )
-from sdtriton.schedulers import build_scheduler, set_flux_timesteps, set_sd3_timesteps
+from sdtriton.schedulers import (
+    build_scheduler,
+    image_to_image_skipped_steps,
+    set_flux_timesteps,
+    set_sd3_timesteps,
+)
 from sdtriton.serving.conditioning import ImageRequest, Stage, stages_for, text_ids_for
 from sdtriton.serving.errors import RequestCancelledError
 from sdtriton.serving.tiling import decode_in_tiles, tiling_of
@@ -68,6 +76,21 @@ class DiffusionComponents(Protocol):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, C, h, w] scaled latents -> [B, 3, H, W] image in -1..1."""
 
+    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, H, W] image in -1..1 -> the VAE's latent distribution: (mean, std), [B, C, h, w] each."""
+
+
+# The VAE's latent distribution of one input image: (mean, std), [1, C, h, w] each.
+LatentDistribution = tuple[torch.Tensor, torch.Tensor]
+
+
+def preprocess_image(pixels: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[H, W, 3] uint8 -> [1, 3, H, W] in -1..1, as ``VaeImageProcessor.preprocess`` makes a PIL image of a size the
+    VAE takes (``pil_to_numpy``'s / 255, then its own ``numpy_to_pt`` and ``normalize``); no resize: the size was
+    checked to be a multiple of the model's size step."""
+    scaled = pixels[None].astype(np.float32) / 255.0
+    return VaeImageProcessor.normalize(VaeImageProcessor.numpy_to_pt(scaled)).to(device)
+
 
 def _extra_step_kwargs(scheduler: object, generator: torch.Generator) -> dict[str, object]:
     # As StableDiffusionPipeline.prepare_extra_step_kwargs: pass what the scheduler's step accepts.
@@ -97,6 +120,8 @@ class _StageRun:
         generator: torch.Generator,
         device: torch.device,
         config: PipelineConfig,
+        *,
+        strength: float | None = None,
     ) -> None:
         self.stage = stage
         scheduler = build_scheduler(stage.scheduler_config, params.scheduler, stage.scheduler_overrides)
@@ -111,6 +136,17 @@ class _StageRun:
         timesteps = scheduler.timesteps
         begin = 0
         train_steps = scheduler.config.num_train_timesteps
+        # Image-to-image: the timestep the input image's latents are noised to (None: text-to-image).
+        self.start_timestep: torch.Tensor | None = None
+        if strength is not None:
+            # As StableDiffusionImg2ImgPipeline.get_timesteps (SDXL's without denoising_start, SD 3's, FLUX's): the
+            # noisiest steps skipped, the scheduler told where it begins; noise added at the first remaining timestep.
+            skipped = image_to_image_skipped_steps(
+                params.num_inference_steps, strength, flow_matching=config.flow_matching
+            )
+            begin = skipped * scheduler.order
+            timesteps = timesteps[begin:]
+            self.start_timestep = timesteps[:1]
         if stage.denoising_start is not None:
             # As StableDiffusionXLImg2ImgPipeline.get_timesteps with denoising_start.
             cutoff = round(train_steps - stage.denoising_start * train_steps)
@@ -123,7 +159,7 @@ class _StageRun:
             # As StableDiffusionXLPipeline.__call__ with denoising_end.
             cutoff = round(train_steps - stage.denoising_end * train_steps)
             timesteps = timesteps[: len([t for t in timesteps if t >= cutoff])]
-        if stage.set_begin_index and hasattr(scheduler, "set_begin_index"):
+        if (stage.set_begin_index or strength is not None) and hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(begin)
         self.scheduler = scheduler
         self.timesteps = list(timesteps)
@@ -146,6 +182,11 @@ class ImageDenoiser:
         config: the exported model's geometry and scheduler config.
         stages: the image's denoising stages (:func:`~sdtriton.serving.conditioning.stages_for`).
         device: where the latents live (the networks' device); the generator stays on the CPU.
+        input_latents: image-to-image (``params.strength`` set): the VAE's latent distribution of the input image
+            (:meth:`DiffusionComponents.encode_image` of :func:`preprocess_image`). The latents are then drawn as
+            the img2img pipelines' ``prepare_latents`` does: a sample of it with the image's generator
+            (``retrieve_latents``), normalized, and noised to the first timestep by the scheduler's ``add_noise``
+            (flow matching: ``scale_noise``, then FLUX's packing) with noise drawn next from the same generator.
     """
 
     def __init__(
@@ -155,9 +196,12 @@ class ImageDenoiser:
         config: PipelineConfig,
         stages: Sequence[Stage],
         device: torch.device | str = "cpu",
+        input_latents: LatentDistribution | None = None,
     ) -> None:
         if not stages:
             raise ValueError("an image needs at least one denoising stage")
+        if (params.strength is None) != (input_latents is None):
+            raise ValueError("an image-to-image image needs its strength and its input image's latent distribution")
         self.params = params
         self.config = config
         self.do_guidance = params.uses_classifier_free_guidance
@@ -166,11 +210,22 @@ class ImageDenoiser:
         # Prepare latents exactly as diffusers draws them, with the generator every stage then shares.
         self.device = torch.device(device)
         self.generator = torch.Generator("cpu").manual_seed(params.seed)
-        self._runs = [_StageRun(stage, params, self.generator, self.device, config) for stage in stages]
+        self._runs = [
+            _StageRun(
+                stage, params, self.generator, self.device, config, strength=params.strength if index == 0 else None
+            )
+            for index, stage in enumerate(stages)
+        ]
         self._run_index = 0
         self._step_in_run = 0
         shape = config.latent_shape(height=params.height, width=params.width)
         self._latent_size = (shape[2], shape[3])
+        self.steps_done = 0
+        # The scheduler's estimate of the clean latents at the last step, where it gives one (previews).
+        self.predicted_original: torch.Tensor | None = None
+        if input_latents is not None:
+            self.latents = self._noised_input(input_latents)
+            return
         # randn_tensor draws on the generator's device (the CPU) and moves the result, as diffusers does.
         latents = randn_tensor(shape, generator=self.generator, device=self.device, dtype=torch.float32)
         if config.flux is not None:
@@ -180,9 +235,25 @@ class ImageDenoiser:
             latents = FluxPipeline._pack_latents(latents, *shape)
         # StableDiffusion3Pipeline and FluxPipeline do not scale them (flow matching starts at unit noise).
         self.latents = latents if config.flow_matching else latents * self._runs[0].scheduler.init_noise_sigma
-        self.steps_done = 0
-        # The scheduler's estimate of the clean latents at the last step, where it gives one (previews).
-        self.predicted_original: torch.Tensor | None = None
+
+    def _noised_input(self, input_latents: LatentDistribution) -> torch.Tensor:
+        """The first latents of an image-to-image image (``StableDiffusionImg2ImgPipeline.prepare_latents``)."""
+        mean, std = (value.to(self.device) for value in input_latents)
+        # DiagonalGaussianDistribution.sample: mean + std x noise drawn on the generator's device, then moved.
+        sample = mean + std * randn_tensor(mean.shape, generator=self.generator, device=self.device, dtype=mean.dtype)
+        latents = normalize_latents(sample, self.config)
+        noise = randn_tensor(latents.shape, generator=self.generator, device=self.device, dtype=latents.dtype)
+        run = self._runs[0]
+        timestep = run.start_timestep.repeat(latents.shape[0])
+        if not self.config.flow_matching:
+            return run.scheduler.add_noise(latents, noise, timestep)
+        # StableDiffusion3Img2ImgPipeline and FluxImg2ImgPipeline: the flow schedulers' interpolation toward the noise.
+        latents = run.scheduler.scale_noise(latents, timestep, noise)
+        if self.config.flux is None:
+            return latents
+        from diffusers import FluxPipeline
+
+        return FluxPipeline._pack_latents(latents, *latents.shape)
 
     @property
     def timesteps(self) -> list:
@@ -300,12 +371,32 @@ class ImageDenoiser:
         """The final latents as the VAE decoder takes them, [1, C, h, w] (de-normalized as diffusers does)."""
         config = self.config
         latents = self.spatial(self.latents)
-        if config.vae_latents_mean is not None and config.vae_latents_std is not None:
-            channels = (1, len(config.vae_latents_mean), 1, 1)
-            mean = torch.tensor(config.vae_latents_mean, dtype=torch.float32, device=self.device).view(channels)
-            std = torch.tensor(config.vae_latents_std, dtype=torch.float32, device=self.device).view(channels)
+        channel_stats = _latent_channel_stats(config, latents.device)
+        if channel_stats is not None:
+            mean, std = channel_stats
             return latents * std / config.vae_scaling_factor + mean
         return latents / config.vae_scaling_factor + config.vae_shift_factor
+
+
+def _latent_channel_stats(config: PipelineConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The VAE config's per-channel ``latents_mean`` and ``latents_std`` as [1, C, 1, 1] (an SDXL VAE may have them)."""
+    if config.vae_latents_mean is None or config.vae_latents_std is None:
+        return None
+    channels = (1, len(config.vae_latents_mean), 1, 1)
+    mean = torch.tensor(config.vae_latents_mean, dtype=torch.float32, device=device).view(channels)
+    std = torch.tensor(config.vae_latents_std, dtype=torch.float32, device=device).view(channels)
+    return mean, std
+
+
+def normalize_latents(latents: torch.Tensor, config: PipelineConfig) -> torch.Tensor:
+    """A VAE encoder's latents as the denoiser takes them, the inverse of :meth:`ImageDenoiser.scaled_latents`: as the
+    img2img pipelines' ``prepare_latents``, (latents - latents_mean) x scaling / latents_std where the VAE has
+    per-channel statistics (SDXL), else (latents - shift) x scaling (SD: no shift; SD 3 and FLUX have one)."""
+    channel_stats = _latent_channel_stats(config, latents.device)
+    if channel_stats is not None:
+        mean, std = channel_stats
+        return (latents - mean) * config.vae_scaling_factor / std
+    return (latents - config.vae_shift_factor) * config.vae_scaling_factor
 
 
 def encode_image_text(
@@ -337,9 +428,16 @@ def generate_image(
     """
     # 1. Encode the prompt; with guidance, [negative, prompt] in one batch.
     encoded = encode_image_text(image, config, components)
-    # 2.-3. Timesteps and latents.
+    # 2.-3. Timesteps and latents (image-to-image: from the input image's latent distribution).
+    input_latents = None
+    if image.input_image is not None:
+        input_latents = components.encode_image(preprocess_image(image.input_image, components.device))
     denoiser = ImageDenoiser(
-        params=image.params, config=config, stages=stages_for(image, config, encoded), device=components.device
+        params=image.params,
+        config=config,
+        stages=stages_for(image, config, encoded),
+        device=components.device,
+        input_latents=input_latents,
     )
     # 4. Denoise.
     while not denoiser.done:

@@ -4,7 +4,8 @@ Each iteration (:meth:`DiffusionEngine.step`) is, in order:
 
 1. retire: end the requests the client cancelled and those whose time budget ran out, queued or running;
 2. admit: move queued requests into the running set while it has room for their images (FIFO);
-3. start: encode the prompts of the admitted requests in one call per text encoder, draw their latents;
+3. start: encode the prompts of the admitted requests in one call per text encoder, the input images of the
+   image-to-image ones in one VAE-encoder call per image size, draw their latents;
 4. denoise: one UNet call per UNet and latent size for every running image (per-image timesteps; guided images
    send two rows, unguided one), then each image's own scheduler step with its own generator; an SDXL
    image moves from the base UNet to the refiner's mid-way, and never shares a call with the other UNet;
@@ -29,9 +30,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ from sdtriton.serving.caches import (
     text_row_key,
 )
 from sdtriton.serving.conditioning import ImageRequest, stages_for, text_ids_for
-from sdtriton.serving.denoise import ImageDenoiser, to_uint8_image
+from sdtriton.serving.denoise import ImageDenoiser, LatentDistribution, preprocess_image, to_uint8_image
 from sdtriton.serving.errors import DeadlineExceededError, RequestCancelledError, ServerBusyError
 from sdtriton.serving.metrics import EngineObserver, GuardedObserver, NoObserver
 from sdtriton.serving.preview import latents_to_preview
@@ -61,6 +62,9 @@ logger = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.5
 # A cancel that arrives before its request (two calls racing through the server) is kept this long.
 _EARLY_CANCEL_KEEP_S = 60.0
+# What a VAE call takes per image (pixels, denoisers) and answers (:meth:`DiffusionEngine._vae_calls`).
+_Item = TypeVar("_Item")
+_Answer = TypeVar("_Answer")
 
 
 class RequestState(enum.Enum):
@@ -83,7 +87,7 @@ class EngineLimits:
         max_pending_requests: running plus queued requests; one more is refused at once (``UNAVAILABLE``).
         max_unet_rows: rows of one UNet call (a guided image sends two); larger sets are split into calls.
         max_text_rows: rows of one text-encoder call.
-        max_vae_rows: rows of one VAE-decoder call.
+        max_vae_rows: rows of one VAE-decoder (or VAE-encoder) call.
         response_cache_bytes: the most image bytes the response cache holds (0: off). A non-streaming request
             whose every seed was sent is answered from it when an identical one finished before.
         text_cache_entries: the most text-encoder rows the prompt-embedding cache holds (0: off); a row found
@@ -124,6 +128,8 @@ class EngineNetworks(Protocol):
     def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -465,6 +471,7 @@ class DiffusionEngine:
         }
         for spec in text_encoders_of(self.config):
             self._encode(spec.model_name, images, encoded)
+        input_latents = self._encode_input_images(images)
         for active in admitted:
             if active.state is not RequestState.RUNNING:
                 continue
@@ -475,12 +482,58 @@ class DiffusionEngine:
                         config=self.config,
                         stages=stages_for(image, self.config, encoded[(id(active), index)]),
                         device=self.networks.device,
+                        input_latents=input_latents.get((id(active), index)),
                     )
                     for index, image in enumerate(active.request.images)
                 ]
             except Exception as error:
                 logger.exception("preparing latents failed")
                 self._end(active, RequestState.FAILED, error)
+
+    def _encode_input_images(
+        self, images: list[tuple[_Active, int, ImageRequest]]
+    ) -> dict[tuple[int, int], LatentDistribution]:
+        """The latent distribution of every image-to-image image admitted, by (id(active), index): one VAE-encoder
+        call per image size and ``max_vae_rows`` images."""
+        by_size: dict[tuple[int, ...], list[tuple[_Active, int, np.ndarray]]] = {}
+        for active, index, image in images:
+            if image.input_image is not None and active.state is RequestState.RUNNING:
+                by_size.setdefault(image.input_image.shape, []).append((active, index, image.input_image))
+        device = self.networks.device
+
+        def encode(items: list[np.ndarray]) -> LatentDistribution:
+            return self.networks.encode_image(torch.cat([preprocess_image(pixels, device) for pixels in items]))
+
+        latents: dict[tuple[int, int], LatentDistribution] = {}
+        for chunk, (mean, std) in self._vae_calls(by_size.values(), encode, network="VAE encoder"):
+            for row, (active, index, _) in enumerate(chunk):
+                latents[(id(active), index)] = (mean[row : row + 1], std[row : row + 1])
+        return latents
+
+    def _vae_calls(
+        self,
+        groups: Iterable[list[tuple[_Active, int, _Item]]],
+        call: Callable[[list[_Item]], _Answer],
+        *,
+        network: str,
+    ) -> Iterator[tuple[list[tuple[_Active, int, _Item]], _Answer]]:
+        """``call`` on each group's (one size's) items of requests still running, ``max_vae_rows`` at a time; yields
+        each chunk with its answer. A failed call ends the requests of its chunk."""
+        for triples in groups:
+            for start in range(0, len(triples), self.limits.max_vae_rows):
+                chunk = [
+                    t for t in triples[start : start + self.limits.max_vae_rows] if t[0].state is RequestState.RUNNING
+                ]
+                if not chunk:
+                    continue
+                try:
+                    answer = call([item for _, _, item in chunk])
+                except Exception as error:
+                    logger.exception("%s call failed", network)
+                    for active in {id(a): a for a, _, _ in chunk}.values():
+                        self._end(active, RequestState.FAILED, error)
+                    continue
+                yield chunk, answer
 
     def _encode(
         self,
@@ -624,7 +677,7 @@ class DiffusionEngine:
         # image, any request) may share a VAE call: (request, image, tile row, tile column, latents) by shape.
         tilings: dict[tuple[int, int], VaeTiling | None] = {}
         grids: dict[tuple[int, int], TileGrid] = {}
-        by_shape: dict[tuple[int, ...], list[tuple[_Active, int, int, int, torch.Tensor]]] = {}
+        by_shape: dict[tuple[int, ...], list[tuple[_Active, int, tuple[int, int, torch.Tensor]]]] = {}
         for active in finished:
             for index, denoiser in enumerate(active.denoisers):
                 latents = denoiser.scaled_latents()
@@ -634,24 +687,15 @@ class DiffusionEngine:
                 grids[(id(active), index)] = [list(row) for row in tiles]
                 for i, row in enumerate(tiles):
                     for j, tile in enumerate(row):
-                        by_shape.setdefault(tuple(tile.shape[1:]), []).append((active, index, i, j, tile))
-        for pieces in by_shape.values():
-            for start in range(0, len(pieces), self.limits.max_vae_rows):
-                chunk = [
-                    p for p in pieces[start : start + self.limits.max_vae_rows] if p[0].state is RequestState.RUNNING
-                ]
-                if not chunk:
-                    continue
-                try:
-                    decoded = self.networks.decode_latents(torch.cat([p[4] for p in chunk]))
-                except Exception as error:
-                    logger.exception("VAE decoder call failed")
-                    for active in {id(p[0]): p[0] for p in chunk}.values():
-                        self._end(active, RequestState.FAILED, error)
-                    continue
-                for row, (active, index, i, j, _) in enumerate(chunk):
-                    # A copy: the blend writes into its tiles, never into the call's output.
-                    grids[(id(active), index)][i][j] = decoded[row : row + 1].clone()
+                        by_shape.setdefault(tuple(tile.shape[1:]), []).append((active, index, (i, j, tile)))
+
+        def decode(pieces: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
+            return self.networks.decode_latents(torch.cat([tile for _, _, tile in pieces]))
+
+        for chunk, decoded in self._vae_calls(by_shape.values(), decode, network="VAE decoder"):
+            for row, (active, index, (i, j, _)) in enumerate(chunk):
+                # A copy: the blend writes into its tiles, never into the call's output.
+                grids[(id(active), index)][i][j] = decoded[row : row + 1].clone()
         for active in finished:
             if active.state is not RequestState.RUNNING:
                 continue

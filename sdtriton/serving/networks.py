@@ -1,9 +1,10 @@
 """The networks interface of the engine and the plain loop, over one ``run(spec, inputs)`` per transport.
 
-:class:`SpecNetworks` turns the three calls the denoising code makes (``encode_text``, ``predict_noise``,
-``decode_latents``) into runs of the component specs of the exported model's family; subclasses say how one
-component runs: a BLS call inside Triton, an ONNX Runtime session in the baselines and tests. Tensors are torch
-tensors on the networks' ``device`` (a GPU host's loop keeps them there; the CPU run is the same code).
+:class:`SpecNetworks` turns the calls the denoising code makes (``encode_text``, ``predict_noise``,
+``decode_latents``, and for image-to-image ``encode_image``) into runs of the component specs of the exported
+model's family; subclasses say how one component runs: a BLS call inside Triton, an ONNX Runtime session in the
+baselines and tests. Tensors are torch tensors on the networks' ``device`` (a GPU host's loop keeps them there; the
+CPU run is the same code).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from pathlib import Path
 
 import torch
 
-from sdtriton.components import ONNX_FILE_NAME, VAE_DECODER_MODEL_NAME, ComponentSpec, components_of
+from sdtriton.components import (
+    ONNX_FILE_NAME,
+    VAE_DECODER_MODEL_NAME,
+    VAE_ENCODER_MODEL_NAME,
+    ComponentSpec,
+    components_of,
+)
 from sdtriton.interface import PIPELINE_MODEL_NAME
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.onnx_runtime import ComponentSession
@@ -52,6 +59,12 @@ class SpecNetworks:
         spec = self._spec(VAE_DECODER_MODEL_NAME)
         ((latents_name,), (image,)) = spec.input_names, spec.output_names
         return self.run(spec, {latents_name: latents})[image]
+
+    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = self._spec(VAE_ENCODER_MODEL_NAME)
+        ((image_name,), (mean, std)) = spec.input_names, spec.output_names
+        outputs = self.run(spec, {image_name: image})
+        return outputs[mean], outputs[std]
 
 
 class OnnxRuntimeComponents(SpecNetworks):

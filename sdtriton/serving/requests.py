@@ -51,6 +51,23 @@ def _preview_every(values: np.ndarray | None, config: PipelineConfig) -> int:
     return every
 
 
+def _input_images(values: np.ndarray | None, count: int) -> list[np.ndarray | None]:
+    """Each item's input image ([H, W, 3] uint8), or None per item when the request sent none."""
+    field = interface.INPUT_IMAGE.name
+    if values is None:
+        return [None] * count
+    values = np.asarray(values)
+    if values.dtype != np.uint8:
+        raise InvalidInputError(field, f"must be UINT8 pixels, got {values.dtype}: {interface.INPUT_IMAGE.allowed}")
+    if values.ndim != 4 or values.shape[-1] != interface.INPUT_IMAGE.dims[-1] or 0 in values.shape:
+        raise InvalidInputError(
+            field, f"must be [height, width, 3] RGB pixels per prompt, got shape {list(values.shape[1:])}"
+        )
+    if len(values) != count:
+        raise InvalidInputError(field, f"must have one image per prompt ({count}), got {len(values)}")
+    return [np.ascontiguousarray(image) for image in values]
+
+
 def parse_request(
     raw: Mapping[str, np.ndarray | None],
     *,
@@ -60,7 +77,8 @@ def parse_request(
     """Checks a request's inputs and tokenizes its prompts, as diffusers pads and truncates them.
 
     Args:
-        raw: input name -> [N] values (None: omitted); names of :data:`interface.STREAM_INPUTS`.
+        raw: input name -> [N] values (None: omitted); names of :data:`interface.STREAM_INPUTS` (the input image:
+            [N, H, W, 3]).
         config: the exported model's geometry and defaults.
         tokenizers: text encoder model name -> its tokenizer (:func:`sdtriton.serving.text.load_tokenizers`).
     """
@@ -78,17 +96,23 @@ def parse_request(
             for item in negative_items
         ]
     )
-    for tensor in (interface.NEGATIVE_PROMPT, *interface.GENERATION_INPUTS, interface.PREVIEW_EVERY):
+    per_item = (*interface.GENERATION_INPUTS, interface.STRENGTH)
+    for tensor in (interface.NEGATIVE_PROMPT, *per_item, interface.PREVIEW_EVERY):
         values = raw.get(tensor.name)
         if values is not None and len(values) != count:
             raise InvalidInputError(tensor.name, f"must have one value per prompt ({count}), got {len(values)}")
+    input_images = _input_images(raw.get(interface.INPUT_IMAGE.name), count)
     params = []
-    for index in range(count):
-        item = {
-            tensor.name: None if raw.get(tensor.name) is None else raw[tensor.name][index]
-            for tensor in interface.GENERATION_INPUTS
-        }
-        params.append(parse_generation_params(config=config, negative_given=negative_items is not None, **item))
+    for index, input_image in enumerate(input_images):
+        item = {tensor.name: None if raw.get(tensor.name) is None else raw[tensor.name][index] for tensor in per_item}
+        params.append(
+            parse_generation_params(
+                config=config,
+                negative_given=negative_items is not None,
+                image_size=None if input_image is None else input_image.shape[:2],
+                **item,
+            )
+        )
     if len({(p.height, p.width) for p in params}) > 1:
         raise InvalidInputError(interface.WIDTH.name, "width and height must be the same for every item of one request")
     prompt_ids = {encoder: tokenize_prompts(tokenizer, prompts) for encoder, tokenizer in tokenizers.items()}
@@ -99,6 +123,7 @@ def parse_request(
             prompt_ids={encoder: ids[index] for encoder, ids in prompt_ids.items()},
             negative_ids={encoder: ids[index] for encoder, ids in negative_ids.items()},
             negative_given=negative_items is not None,
+            input_image=input_images[index],
         )
         for index, item in enumerate(params)
     )

@@ -53,8 +53,12 @@ def respond(request: Any, handle: Callable[[Any], list[Any]], model_name: str) -
 
 
 def optional_items(request: Any, tensor: PublicTensor) -> np.ndarray | None:
+    """A public input's items, [N] for a per-item scalar, [N, *dims] for an array per item (an input image)."""
     value = pb_utils.get_input_tensor_by_name(request, tensor.name)
-    return None if value is None else value.as_numpy().reshape(-1)
+    if value is None:
+        return None
+    items = value.as_numpy()
+    return items if len(tensor.dims) > 1 else items.reshape(-1)
 
 
 def required_items(request: Any, name: str, allowed: str = "") -> np.ndarray:

@@ -12,12 +12,22 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from sdtriton import interface
-from sdtriton.pipeline_config import PipelineConfig
-from sdtriton.schedulers import scheduler_class_from_config, scheduler_key_for_class, scheduler_steps_minimum
+from sdtriton.pipeline_config import FLUX_FAMILY, SD3_FAMILY, SD_FAMILY, SDXL_FAMILY, PipelineConfig
+from sdtriton.schedulers import (
+    image_to_image_noise_method,
+    image_to_image_skipped_steps,
+    scheduler_class_from_config,
+    scheduler_key_for_class,
+    scheduler_steps_minimum,
+)
 from sdtriton.serving.errors import InvalidInputError
 
 _MAX_ECHOED_CHARS = 40
+# The families whose image-to-image pipelines the engine follows (StableDiffusionImg2ImgPipeline and its kin).
+IMAGE_TO_IMAGE_FAMILIES = (SD_FAMILY, SDXL_FAMILY, SD3_FAMILY, FLUX_FAMILY)
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class GenerationParams:
     skip_layer_guidance_stop: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
     # Whether the VAE decodes the image in tiles (PipelineConfig.vae_tiling), as diffusers with vae.enable_tiling().
     vae_tiled: bool = False
+    # Image-to-image: the share of the denoising redone from the input image (None: text-to-image).
+    strength: float | None = None
 
     @property
     def uses_classifier_free_guidance(self) -> bool:
@@ -88,16 +100,18 @@ def _guidance_scale(value: float) -> float:
     return value
 
 
-def _image_side(field: str, value: int, *, multiple: int, maximum: int, only: int | None) -> int:
+def _image_side(field: str, value: int, *, multiple: int, maximum: int, only: int | None, side: str = "") -> int:
+    """Checks one side of the image; ``side`` names it where the field is the whole image (``input_image``)."""
+    subject = f"its {side} " if side else ""
     if only is not None and value != only:
         raise InvalidInputError(
             field,
-            f"must be {only}: this repository's engines were built for one image size "
+            f"{subject}must be {only}: this repository's engines were built for one image size "
             f"(export --trt-static-shapes), got {_echo(value)}",
         )
     if not (multiple <= value <= maximum and value % multiple == 0):
         raise InvalidInputError(
-            field, f"must be a positive multiple of {multiple} in {multiple}..{maximum}, got {_echo(value)}"
+            field, f"{subject}must be a positive multiple of {multiple} in {multiple}..{maximum}, got {_echo(value)}"
         )
     return value
 
@@ -208,6 +222,73 @@ def _enough_steps_for_scheduler(params: GenerationParams, config: PipelineConfig
         )
 
 
+def _strength(value: float | None, config: PipelineConfig, *, num_inference_steps: int) -> float:
+    """The strength as the client wrote it (a float32 on the wire is read back as its shortest decimal, so 0.7 is
+    diffusers' 0.7, not 0.69999999), checked as the pipelines check it, and large enough that a step runs."""
+    field = interface.STRENGTH.name
+    if value is None:
+        return interface.DEFAULT_STRENGTH
+    strength = float(str(np.float32(value)))
+    if not (math.isfinite(strength) and 0.0 < strength <= 1.0):
+        raise InvalidInputError(field, f"must be a number above 0 and at most 1, got {_echo(strength)}")
+    skipped = image_to_image_skipped_steps(num_inference_steps, strength, flow_matching=config.flow_matching)
+    if num_inference_steps - skipped < 1:
+        raise InvalidInputError(
+            field,
+            f"must be at least {1 / num_inference_steps:g} with {num_inference_steps} inference steps: "
+            f"int({interface.NUM_INFERENCE_STEPS.name} x {field}) steps run, and {_echo(strength)} runs none",
+        )
+    return strength
+
+
+def _image_to_image_options(params: GenerationParams, config: PipelineConfig) -> None:
+    """What an image-to-image request may not combine with, as its pipeline: a scheduler without the noising method
+    the pipeline calls (SD 3's multistep solvers), SD 3.5's skip-layer guidance (not in its img2img pipeline)."""
+    if not image_to_image_noise_method(config.scheduler_config, params.scheduler):
+        able = [name for name in config.scheduler_names if image_to_image_noise_method(config.scheduler_config, name)]
+        raise InvalidInputError(
+            interface.SCHEDULER.name,
+            f"must be one of {', '.join(able)} with an {interface.INPUT_IMAGE.name} on this {config.family} model (its "
+            f"img2img pipeline noises the image with the scheduler's scale_noise), got {_echo(params.scheduler)}",
+        )
+    if params.skip_layer_guidance_scale > 0:
+        raise InvalidInputError(
+            interface.SKIP_LAYER_GUIDANCE_SCALE.name,
+            f"must be 0 with an {interface.INPUT_IMAGE.name} "
+            "(StableDiffusion3Img2ImgPipeline has no skip-layer guidance)",
+        )
+
+
+def _image_size(
+    image_size: tuple[int, int], config: PipelineConfig, *, width: int | None, height: int | None
+) -> tuple[int, int]:
+    """(width, height) of an image-to-image request: the input image's, which width and height, when sent, equal."""
+    field = interface.INPUT_IMAGE.name
+    if config.family not in IMAGE_TO_IMAGE_FAMILIES:
+        raise InvalidInputError(
+            field, f"is not taken by this {config.family} model (image-to-image: {', '.join(IMAGE_TO_IMAGE_FAMILIES)})"
+        )
+    image_height, image_width = image_size
+    for tensor, sent, side in ((interface.WIDTH, width, image_width), (interface.HEIGHT, height, image_height)):
+        if sent is not None and int(sent) != side:
+            raise InvalidInputError(
+                tensor.name, f"must be the {field}'s {tensor.name} ({side}) or omitted, got {_echo(int(sent))}"
+            )
+    for tensor, side, maximum, only in (
+        (interface.WIDTH, image_width, config.max_width, config.default_width),
+        (interface.HEIGHT, image_height, config.max_height, config.default_height),
+    ):
+        _image_side(
+            field,
+            side,
+            multiple=config.size_multiple,
+            maximum=maximum,
+            only=only if config.fixed_size else None,
+            side=tensor.name,
+        )
+    return image_width, image_height
+
+
 def random_seed() -> int:
     return secrets.randbelow(interface.MAX_SEED + 1)
 
@@ -227,12 +308,23 @@ def parse_generation_params(
     skip_layer_guidance_start: float | None = None,
     skip_layer_guidance_stop: float | None = None,
     vae_tiling: bool | None = None,
+    strength: float | None = None,
     negative_given: bool = True,
+    image_size: tuple[int, int] | None = None,
     draw_seed: Callable[[], int] = random_seed,
 ) -> GenerationParams:
     """Validates one item's parameters; an omitted one takes the model's default. ``negative_given``: whether the
-    request sent a negative prompt (FLUX's true CFG needs one)."""
+    request sent a negative prompt (FLUX's true CFG needs one); ``image_size``: (height, width) of its input image
+    (image-to-image; None: text-to-image), which is then the size drawn."""
     steps = config.default_num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+    if image_size is None:
+        if strength is not None:
+            raise InvalidInputError(
+                interface.STRENGTH.name,
+                f"is taken with an {interface.INPUT_IMAGE.name} only: {interface.STRENGTH.allowed}",
+            )
+    else:
+        width, height = _image_size(image_size, config, width=width, height=height)
     params = GenerationParams(
         num_inference_steps=_int_in_range(
             interface.NUM_INFERENCE_STEPS.name,
@@ -279,6 +371,7 @@ def parse_generation_params(
         skip_layer_guidance_stop=_share(
             interface.SKIP_LAYER_GUIDANCE_STOP, skip_layer_guidance_stop, interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
         ),
+        strength=None if image_size is None else _strength(strength, config, num_inference_steps=steps),
     )
     pixels = params.width * params.height
     if pixels > config.pixel_limit:
@@ -287,6 +380,8 @@ def parse_generation_params(
             f"must be at most {config.pixel_limit} pixels, got {params.width} x {params.height} = {pixels}",
         )
     _enough_steps_for_scheduler(params, config)
+    if params.strength is not None:
+        _image_to_image_options(params, config)
     vae_tiled = _vae_tiled(
         None if vae_tiling is None else bool(vae_tiling), config, width=params.width, height=params.height
     )

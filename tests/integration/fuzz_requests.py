@@ -335,6 +335,9 @@ def _value_defects(limits: EntryLimits) -> dict[str, tuple[str, st.SearchStrateg
         ),
         "skip_layer_guidance_start out of range": (interface.SKIP_LAYER_GUIDANCE_START.name, _bad_share()),
         "skip_layer_guidance_stop out of range": (interface.SKIP_LAYER_GUIDANCE_STOP.name, _bad_share()),
+        # No input_image in these requests: any strength is refused (image-to-image's own refusals:
+        # test_img2img.py).
+        "strength without an image": (interface.STRENGTH.name, _float32()),
     }
     if interface.PREVIEW_EVERY.name in limits.inputs:
         every = st.one_of(st.integers(INT32_MIN, -1), st.integers(config.max_inference_steps + 1, INT32_MAX))
@@ -424,6 +427,7 @@ def _allowed_default(limits: EntryLimits, field: str) -> list[object]:
         interface.SKIP_LAYER_GUIDANCE_SCALE.name: [0.0],
         interface.SKIP_LAYER_GUIDANCE_START.name: [interface.DEFAULT_SKIP_LAYER_GUIDANCE_START],
         interface.SKIP_LAYER_GUIDANCE_STOP.name: [interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP],
+        interface.STRENGTH.name: [interface.DEFAULT_STRENGTH],
         interface.PREVIEW_EVERY.name: [0, 1] if config.latent_rgb_projection else [0],
     }[field]
 

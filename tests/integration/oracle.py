@@ -1,9 +1,14 @@
-"""The diffusers oracle: what StableDiffusionPipeline draws for a seed and parameters."""
+"""The diffusers oracle: what StableDiffusionPipeline (and its img2img and other families' pipelines) draws for a seed
+and parameters."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
+from PIL import Image
 
 from sdtriton.schedulers import build_scheduler, load_scheduler_overrides
 
@@ -29,23 +34,77 @@ def diffusers_image(
     The model's own settings for that scheduler (its ``sdtriton_scheduler_overrides.json``) apply on top of its
     scheduler config, as they do in the served pipeline, unless ``model_scheduler_settings`` is False.
     """
+    return _pipeline_image(
+        pipeline,
+        prompt,
+        seed=seed,
+        scheduler=scheduler,
+        model_scheduler_settings=model_scheduler_settings,
+        negative_prompt=negative_prompt,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        width=width,
+        height=height,
+    )
+
+
+def _pipeline_image(
+    pipeline, prompt: str, *, seed: int, scheduler: str | None, model_scheduler_settings: bool = True, **call
+) -> np.ndarray:
+    """The first image of ``pipeline(prompt, **call)`` with the seed's generator and ``scheduler`` swapped in."""
+    with _scheduler_swapped(pipeline, scheduler, model_scheduler_settings=model_scheduler_settings):
+        image = pipeline(prompt, generator=torch.Generator("cpu").manual_seed(seed), **call).images[0]
+    return np.asarray(image)
+
+
+@contextlib.contextmanager
+def _scheduler_swapped(pipeline, scheduler: str | None, *, model_scheduler_settings: bool = True) -> Iterator[None]:
+    """``pipeline`` with the scheduler a request's key names, built from its own (and the model's settings for it)."""
     original = pipeline.scheduler
     if scheduler is not None:
         overrides = load_scheduler_overrides(pipeline.name_or_path) if model_scheduler_settings else {}
         pipeline.scheduler = build_scheduler(original.config, scheduler, overrides)
     try:
-        image = pipeline(
-            prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            width=width,
-            height=height,
-            generator=torch.Generator("cpu").manual_seed(seed),
-        ).images[0]
+        yield
     finally:
         pipeline.scheduler = original
-    return np.asarray(image)
+
+
+def img2img_diffusers_image(
+    pipeline,
+    prompt: str,
+    *,
+    image: Image.Image,
+    strength: float,
+    seed: int,
+    num_inference_steps: int,
+    guidance_scale: float = 7.5,
+    negative_prompt: str | None = None,
+    scheduler: str | None = None,
+) -> np.ndarray:
+    """[H, W, 3] uint8 image of ``StableDiffusionImg2ImgPipeline`` (``pipeline``) from ``image``, with ``scheduler``
+    swapped in as :func:`diffusers_image` does."""
+    return _pipeline_image(
+        pipeline,
+        prompt,
+        seed=seed,
+        scheduler=scheduler,
+        image=image,
+        strength=strength,
+        negative_prompt=negative_prompt,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+    )
+
+
+def start_picture(width: int, height: int, variant: int = 0) -> Image.Image:
+    """A smooth picture (a gradient and a disc, not noise) to start image-to-image from; ``variant`` tints it."""
+    rows, columns = np.mgrid[0:height, 0:width]
+    disc = (rows - height / 2) ** 2 + (columns - width / 3) ** 2 < (height / 4) ** 2
+    blue = np.full_like(rows, 60 + 40 * variant)
+    pixels = np.stack([columns * 255 // width, rows * 255 // height, blue], axis=-1)
+    pixels[disc] = (250, 220, 30)
+    return Image.fromarray(pixels.astype(np.uint8), mode="RGB")
 
 
 def max_pixel_difference(a: np.ndarray, b: np.ndarray) -> int:
@@ -66,10 +125,14 @@ def sdxl_diffusers_image(
     width: int | None = None,
     height: int | None = None,
     scheduler: str | None = None,
+    image: Image.Image | None = None,
+    strength: float | None = None,
 ) -> np.ndarray:
     """[H, W, 3] uint8 image of ``StableDiffusionXLPipeline``; with ``refiner_fraction``, diffusers' base+refiner
     recipe: the base to ``denoising_end = 1 - fraction`` as latents, the refiner from ``denoising_start`` there,
-    one generator passed to both, ``scheduler`` swapped into both with the base model's own scheduler settings."""
+    one generator passed to both, ``scheduler`` swapped into both with the base model's own scheduler settings.
+    With ``image``, the base is ``StableDiffusionXLImg2ImgPipeline`` on the base's modules (image-to-image from it
+    at ``strength``), the rest the same."""
     pipelines = [base] if refiner is None else [base, refiner]
     originals = [pipeline.scheduler for pipeline in pipelines]
     if scheduler is not None:
@@ -83,19 +146,22 @@ def sdxl_diffusers_image(
         "guidance_scale": guidance_scale,
         "generator": generator,
     }
+    first, start = base, {"width": width, "height": height}
+    if image is not None:
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        first, start = StableDiffusionXLImg2ImgPipeline.from_pipe(base), {"image": image, "strength": strength}
     try:
         if not refiner_fraction:
-            image = base(prompt, width=width, height=height, **common).images[0]
+            result = first(prompt, **start, **common).images[0]
         else:
             split = 1.0 - float(np.float32(refiner_fraction))
-            latents = base(
-                prompt, width=width, height=height, denoising_end=split, output_type="latent", **common
-            ).images
-            image = refiner(prompt, image=latents, denoising_start=split, **common).images[0]
+            latents = first(prompt, **start, denoising_end=split, output_type="latent", **common).images
+            result = refiner(prompt, image=latents, denoising_start=split, **common).images[0]
     finally:
         for pipeline, original in zip(pipelines, originals, strict=True):
             pipeline.scheduler = original
-    return np.asarray(image)
+    return np.asarray(result)
 
 
 def sd3_diffusers_scheduler(pipeline, scheduler: str | None):

@@ -19,7 +19,7 @@ import pytest
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
 from sdtriton.interface import FLOW_SCHEDULER_NAMES
 from sdtriton.pipeline_config import PipelineConfig
-from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flow_diffusers_image, max_pixel_difference
+from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flow_diffusers_image, max_pixel_difference, start_picture
 
 pytestmark = pytest.mark.integration
 
@@ -203,3 +203,37 @@ def test_flux_progress_and_previews_stream_and_end_with_the_same_image(flux_serv
     assert [preview.size for preview in previews] == [(32, 32)]
     assert np.asarray(previews[0]).std() > 0
     assert np.array_equal(np.asarray(streamed.image), np.asarray(plain.image))
+
+
+@pytest.mark.parametrize(
+    ("family", "scheduler", "strength", "extra"),
+    [
+        ("flux-dev", None, 0.5, {"guidance_scale": 3.5}),
+        ("flux-dev", "flow_euler", 0.8, {"guidance_scale": 7.0}),
+        ("flux-dev", "flow_euler", 0.6, {"guidance_scale": 3.5, "true_cfg_scale": 3.0, "negative_prompt": "blurry"}),
+        ("flux-schnell", "flow_euler", 0.5, {}),
+    ],
+)
+def test_image_to_image_matches_flux_img2img_pipeline(
+    flux_server, oracles, family: str, scheduler, strength: float, extra: dict
+) -> None:
+    """FluxImg2ImgPipeline on the same modules: the flow schedulers it runs (those with scale_noise), several
+    strengths, true CFG; its image resized to width x height, given as the input's size."""
+    from diffusers import FluxImg2ImgPipeline
+
+    picture = start_picture(96, 64)
+    kwargs = {"seed": 8, "num_inference_steps": STEPS, "scheduler": scheduler, "strength": strength, **extra}
+    image = _generate(flux_server.address.grpc_url, family, image=picture, **kwargs)
+    assert image.shape == (64, 96, 3)
+    pipeline, max_sequence_length = oracles[family]
+    img2img = FluxImg2ImgPipeline.from_pipe(pipeline)
+    img2img.set_progress_bar_config(disable=True)
+    expected = flow_diffusers_image(
+        img2img, PROMPT, image=picture, width=96, height=64, max_sequence_length=max_sequence_length, **kwargs
+    )
+    assert max_pixel_difference(image, expected) <= MAX_PIXEL_DIFFERENCE
+
+
+def test_flux_image_to_image_refuses_the_schedulers_its_pipeline_cannot_run(flux_server) -> None:
+    with pytest.raises(InvalidRequestError, match="scheduler: must be one of flow_euler with an input_image"):
+        _generate(flux_server.address.grpc_url, "flux-dev", image=start_picture(64, 64), scheduler="unipc")

@@ -21,7 +21,7 @@ from PIL import Image
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
 from sdtriton.interface import FLOW_SCHEDULER_NAMES, SCHEDULER_NAMES
 from tests.conftest import SD35_SKIP_GUIDANCE_LAYERS
-from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flow_diffusers_image, max_pixel_difference
+from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flow_diffusers_image, max_pixel_difference, start_picture
 
 pytestmark = pytest.mark.integration
 
@@ -267,3 +267,51 @@ def test_the_generate_command_offers_every_scheduler_a_family_accepts(sd3_server
     assert done.returncode == 0, done.stderr
     expected = client.generate(PROMPT, seed=5, num_inference_steps=4, scheduler="flow_heun").image
     assert np.array_equal(np.asarray(Image.open(output).convert("RGB")), np.asarray(expected))
+
+
+@pytest.fixture(scope="module")
+def img2img_oracles(oracles) -> dict[str, object]:
+    """diffusers' own StableDiffusion3Img2ImgPipeline on the same modules."""
+    from diffusers import StableDiffusion3Img2ImgPipeline
+
+    pipelines = {name: StableDiffusion3Img2ImgPipeline.from_pipe(pipeline) for name, pipeline in oracles.items()}
+    for pipeline in pipelines.values():
+        pipeline.set_progress_bar_config(disable=True)
+    return pipelines
+
+
+@pytest.mark.parametrize("strength", [0.5, 0.8])
+@pytest.mark.parametrize("scheduler", [None, "flow_euler", "flow_heun"])
+def test_image_to_image_matches_diffusers_sd35_img2img(
+    client, img2img_oracles, scheduler: str | None, strength: float
+) -> None:
+    """Every scheduler StableDiffusion3Img2ImgPipeline runs (those with scale_noise), two strengths, non-square."""
+    kwargs = {"seed": 3, "num_inference_steps": STEPS, "scheduler": scheduler, "strength": strength}
+    picture = start_picture(96, 64)
+    result = client.generate(PROMPT, image=picture, **kwargs)
+    assert result.image.size == (96, 64)
+    # The pipeline resizes the image to width x height (its default size unless given): given, as the served size.
+    expected = flow_diffusers_image(img2img_oracles["sd35"], PROMPT, image=picture, width=96, height=64, **kwargs)
+    assert max_pixel_difference(np.asarray(result.image), expected) <= MAX_PIXEL_DIFFERENCE
+
+
+def test_image_to_image_with_dynamic_shifting_matches_diffusers(sd3_server, img2img_oracles) -> None:
+    """The SD 3 without T5: mu from the input image's patch count, as the img2img pipeline computes it."""
+    kwargs = {"seed": 4, "num_inference_steps": STEPS, "strength": 0.7}
+    picture = start_picture(64, 96, variant=2)
+    with StableDiffusionClient(sd3_server.address.http_url, model_name=NO_T5_ENTRY) as client:
+        result = client.generate(PROMPT, image=picture, **kwargs)
+    expected = flow_diffusers_image(img2img_oracles["sd3_no_t5"], PROMPT, image=picture, width=64, height=96, **kwargs)
+    assert max_pixel_difference(np.asarray(result.image), expected) <= MAX_PIXEL_DIFFERENCE
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scheduler": "dpmpp_2m"}, "scheduler: must be one of flow_euler, flow_heun with an input_image on this sd3"),
+        ({"skip_layer_guidance_scale": 2.0}, "skip_layer_guidance_scale: must be 0 with an input_image"),
+    ],
+)
+def test_what_the_sd3_img2img_pipeline_cannot_do_is_refused_by_name(client, kwargs, message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        client.generate(PROMPT, image=start_picture(64, 64), num_inference_steps=STEPS, **kwargs)

@@ -15,7 +15,7 @@ import pytest
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
 from sdtriton.interface import SCHEDULER_NAMES
 from tests.conftest import SDXL_PREFIX
-from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, max_pixel_difference, sdxl_diffusers_image
+from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, max_pixel_difference, sdxl_diffusers_image, start_picture
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +211,42 @@ def test_the_gateway_serves_every_prefixed_family_by_name(sdxl_server, client, t
     image = Image.open(io.BytesIO(base64.b64decode(answer.json()["data"][0]["b64_json"])))
     expected = client.generate(PROMPT, seed=9, num_inference_steps=4, width=64, height=64)
     assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(expected.image))
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_image_to_image_matches_diffusers_sdxl_img2img(client, oracle, scheduler: str) -> None:
+    """StableDiffusionXLImg2ImgPipeline on the base's modules, every scheduler, from a non-square picture."""
+    picture = start_picture(96, 64)
+    result = client.generate(PROMPT, image=picture, strength=0.6, seed=5, num_inference_steps=8, scheduler=scheduler)
+    assert result.image.size == (96, 64)
+    expected = sdxl_diffusers_image(
+        oracle[0], PROMPT, image=picture, strength=0.6, seed=5, num_inference_steps=8, scheduler=scheduler
+    )
+    assert max_pixel_difference(np.asarray(result.image), expected) <= MAX_PIXEL_DIFFERENCE
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "strength", "fraction"), [("euler", 0.5, 0.3), ("heun", 0.8, 0.2), ("dpmpp_2m", 1.0, 0.4)]
+)
+def test_image_to_image_with_the_refiner_matches_diffusers_recipe(
+    sdxl_server, oracle, scheduler: str, strength: float, fraction: float
+) -> None:
+    """The img2img base to denoising_end, the refiner from denoising_start (diffusers' recipe), batched with a
+    text-to-image request of the same size."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    picture = start_picture(64, 64, variant=1)
+    jobs = [
+        {"image": picture, "strength": strength, "refiner_fraction": fraction, "scheduler": scheduler, "seed": 40},
+        {"scheduler": "unipc", "seed": 41, "refiner_fraction": 0.25},
+    ]
+
+    def run(kwargs: dict) -> np.ndarray:
+        with StableDiffusionClient(sdxl_server.address.grpc_url, model_name=SDXL_ENTRY) as client:
+            return np.asarray(client.generate(PROMPT, num_inference_steps=10, **kwargs).image)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        images = list(pool.map(run, jobs))
+    for image, kwargs in zip(images, jobs, strict=True):
+        expected = sdxl_diffusers_image(oracle[0], PROMPT, refiner=oracle[1], num_inference_steps=10, **kwargs)
+        assert max_pixel_difference(image, expected) <= MAX_PIXEL_DIFFERENCE

@@ -12,7 +12,7 @@ from sdtriton.serving.liveness import StubProcess
 pytestmark = pytest.mark.integration
 
 TORCH_LIBRARY = "libtorch_cpu"
-NO_TORCH_MODELS = ("stable_diffusion", "stable_diffusion_stream", "text_encoder", "unet", "vae_decoder")
+NO_TORCH_MODELS = ("stable_diffusion", "stable_diffusion_stream", "text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 
 def _loads_torch(triton_server, model: str) -> bool:

@@ -26,7 +26,7 @@ MAX_FIRST_OVER_WARM = 2.0
 
 
 def test_every_network_warms_up_before_ready(shapes_repository: Path) -> None:
-    for model in ("text_encoder", "unet", "vae_decoder"):
+    for model in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
         config = parse_config_text((shapes_repository / model / CONFIG_FILE_NAME).read_text())
         (warmup,) = config.model_warmup
         assert warmup.batch_size == 2 and set(warmup.inputs) == {i.name for i in config.input}

@@ -1,4 +1,4 @@
-"""Both clients build the same request from ``generate``'s arguments: every public input but the prompt, by name."""
+"""Both clients build the same request from ``generate``'s arguments: every input but the prompt, by name."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from sdtriton import interface
 from sdtriton.client import AsyncStableDiffusionClient, RetryPolicy, StableDiffusionClient
@@ -27,6 +28,8 @@ ARGUMENTS: dict[str, Any] = {
     "skip_layer_guidance_start": 0.01,
     "skip_layer_guidance_stop": 0.2,
     "vae_tiling": True,
+    "input_image": Image.new("RGB", (64, 96), (10, 20, 30)),
+    "strength": 0.6,
 }
 
 
@@ -47,6 +50,8 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 def _generate_both(arguments: dict[str, Any], *, retry: RetryPolicy | None = None) -> None:
+    # generate() takes the input image as ``image``.
+    arguments = {"image" if name == interface.INPUT_IMAGE.name else name: value for name, value in arguments.items()}
     with StableDiffusionClient(URL, retry=retry) as client, pytest.raises(_SentError):
         client.generate("a red star", **arguments)
 
@@ -60,7 +65,7 @@ def _generate_both(arguments: dict[str, Any], *, retry: RetryPolicy | None = Non
 
 def test_sync_and_async_clients_send_every_public_input_the_same(sent: list[dict[str, Any]]) -> None:
     _generate_both(ARGUMENTS)
-    assert [list(request) for request in sent] == [[tensor.name for tensor in interface.PUBLIC_INPUTS[1:]]] * 2
+    assert [list(request) for request in sent] == [[tensor.name for tensor in interface.ENTRY_INPUTS[1:]]] * 2
     assert sent == [ARGUMENTS, ARGUMENTS]
 
 

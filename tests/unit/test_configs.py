@@ -26,7 +26,15 @@ from sdtriton.export.repository import load_source_pipeline, pipeline_config_of
 from sdtriton.serving.engine import EngineLimits
 
 COMMITTED_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
-EXPECTED_MODELS = {"text_encoder", "unet", "vae_decoder", "pipeline", "stable_diffusion", "stable_diffusion_stream"}
+EXPECTED_MODELS = {
+    "text_encoder",
+    "unet",
+    "vae_decoder",
+    "vae_encoder",
+    "pipeline",
+    "stable_diffusion",
+    "stable_diffusion_stream",
+}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +86,7 @@ def test_every_variant_renders_to_a_parsable_config(default_pipeline_config, bac
 def test_entries_expose_the_public_interface_and_the_pipeline_takes_both(default_pipeline_config) -> None:
     configs = render_all_configs(default_pipeline_config, RenderOptions(max_running_images=4))
     entry, stream = configs[interface.ENTRY_MODEL_NAME], configs[interface.STREAM_ENTRY_MODEL_NAME]
-    assert [i.name for i in entry.input] == [t.name for t in interface.PUBLIC_INPUTS]
+    assert [i.name for i in entry.input] == [t.name for t in interface.ENTRY_INPUTS]
     assert [o.name for o in entry.output] == [t.name for t in interface.PUBLIC_OUTPUTS]
     # HTTP /infer answers 501 for a decoupled model: the plain entry must not be one.
     assert not entry.model_transaction_policy.decoupled

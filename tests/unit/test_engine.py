@@ -13,7 +13,7 @@ from diffusers import PNDMScheduler
 from sdtriton.interface import SCHEDULER_NAMES
 from sdtriton.pipeline_config import PipelineConfig, SdxlConfig, SdxlRefinerConfig
 from sdtriton.serving.conditioning import stages_for
-from sdtriton.serving.denoise import ImageDenoiser, encode_image_text, generate_image
+from sdtriton.serving.denoise import ImageDenoiser, encode_image_text, generate_image, preprocess_image
 from sdtriton.serving.engine import (
     DiffusionEngine,
     EngineLimits,
@@ -81,6 +81,7 @@ class FakeNetworks:
         self.unet_calls: list[tuple[str, int]] = []
         self.text_batches: list[int] = []
         self.vae_batches: list[int] = []
+        self.encoder_batches: list[int] = []
         self.fail_unet = False
 
     def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -116,6 +117,13 @@ class FakeNetworks:
         self.vae_batches.append(len(latents))
         pixels = np.tanh(latents.numpy()[:, :3]).repeat(2, axis=2).repeat(2, axis=3)
         return torch.from_numpy(pixels.astype(np.float32))
+
+    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's 2x2 average (the VAE scale factor) as the mean of 4 channels, a small std."""
+        self.encoder_batches.append(len(image))
+        pooled = torch.nn.functional.avg_pool2d(image, 2)
+        mean = torch.cat([pooled, pooled.mean(dim=1, keepdim=True)], dim=1)
+        return mean, 0.05 + 0.01 * mean.abs()
 
 
 class RecordingSink:
@@ -158,6 +166,7 @@ def _image(
     scheduler: str | None = None,
     refiner_fraction: float = 0.0,
     negative_given: bool = True,
+    strength: float | None = None,
 ):
     params = GenerationParams(
         num_inference_steps=steps,
@@ -167,13 +176,18 @@ def _image(
         height=size,
         scheduler=scheduler,
         refiner_fraction=refiner_fraction,
+        strength=strength,
     )
+    pixels = None
+    if strength is not None:
+        pixels = np.random.default_rng(seed + 77).integers(0, 256, size=(size, size, 3)).astype(np.uint8)
     encoders = ("text_encoder", "text_encoder_2")
     return ImageRequest(
         params=params,
         prompt_ids={encoder: _ids(seed + index) for index, encoder in enumerate(encoders)},
         negative_ids={encoder: _ids(seed + 1000 + index) for index, encoder in enumerate(encoders)},
         negative_given=negative_given,
+        input_image=pixels,
     )
 
 
@@ -188,12 +202,18 @@ def _request(key: int, *images: ImageRequest, **options) -> tuple[EngineRequest,
 
 def _serve_each(engine: DiffusionEngine, images: list[ImageRequest]) -> list[RecordingSink]:
     """Submits each image as a request of its own, runs the engine until all end; their sinks, in order."""
+    sinks = _submit_each(engine, images)
+    _run(engine)
+    return sinks
+
+
+def _submit_each(engine: DiffusionEngine, images: list[ImageRequest]) -> list[RecordingSink]:
+    """Submits each image as a request of its own (keys 0, 1, ...); returns their sinks."""
     sinks = []
     for key, image in enumerate(images):
         request, sink = _request(key, image)
         engine.submit(request)
         sinks.append(sink)
-    _run(engine)
     return sinks
 
 
@@ -228,9 +248,39 @@ def test_a_batched_request_gives_the_image_it_gives_alone_for_every_scheduler() 
     assert max(networks.unet_batches) > 2
 
 
+@pytest.mark.parametrize("config", [CONFIG, SDXL_CONFIG], ids=["sd", "sdxl"])
+def test_image_to_image_requests_share_steps_with_text_ones_and_give_their_images_alone(config) -> None:
+    networks = FakeNetworks()
+    engine = DiffusionEngine(config=config, networks=networks, limits=EngineLimits(max_running_images=16))
+    fraction = 0.3 if config.sdxl is not None else 0.0
+    images = [
+        _image(seed=1, steps=8, scheduler="euler"),
+        _image(seed=2, steps=8, scheduler="heun", strength=0.5),
+        _image(seed=3, steps=8, scheduler="dpmpp_2m", strength=0.8, refiner_fraction=fraction),
+        _image(seed=4, steps=8, scheduler="ddim", strength=1.0, guidance=1.0),
+        _image(seed=5, steps=8, size=24, scheduler="lms", strength=0.6),
+    ]
+    sinks = _serve_each(engine, images)
+    for image, sink in zip(images, sinks, strict=True):
+        assert sink.error is None
+        assert np.array_equal(sink.result.images[0], _alone(image, config))
+    # One encoder call per image size for the images admitted together; text and image rows in one UNet call.
+    assert sorted(networks.encoder_batches) == [1, 3]
+    assert networks.unet_batches[0] == 2 + 2 + 2 + 1
+    # int(steps x strength) steps run (Heun: twice a step but the first), and the input image changes the image.
+    assert len(_steps(images[1], config)) == 2 * 4 - 1
+    other_pixels = dataclasses.replace(images[3], input_image=255 - images[3].input_image)
+    assert not np.array_equal(_alone(images[3], config), _alone(other_pixels, config))
+
+
 def _steps(image: ImageRequest, config: PipelineConfig = CONFIG) -> list:
-    encoded = encode_image_text(image, config, FakeNetworks())
-    return ImageDenoiser(params=image.params, config=config, stages=stages_for(image, config, encoded)).timesteps
+    networks = FakeNetworks()
+    encoded = encode_image_text(image, config, networks)
+    input_latents = None
+    if image.input_image is not None:
+        input_latents = networks.encode_image(preprocess_image(image.input_image))
+    stages = stages_for(image, config, encoded)
+    return ImageDenoiser(params=image.params, config=config, stages=stages, input_latents=input_latents).timesteps
 
 
 def test_sdxl_images_with_and_without_the_refiner_are_exact_batched_and_never_mix_unets() -> None:

@@ -86,7 +86,7 @@ def test_the_flux_pipeline_config_is_read_from_the_folder(tiny_flux_folders: dic
 def test_flux_specs_take_the_shapes_diffusers_passes(tiny_flux_folders: dict[str, Path]) -> None:
     dev, schnell = config_of(tiny_flux_folders["dev"]), config_of(tiny_flux_folders["schnell"])
     specs = {spec.model_name: spec for spec in components_of(dev)}
-    assert list(specs) == ["text_encoder", "text_encoder_2", "transformer", "vae_decoder"]
+    assert list(specs) == ["text_encoder", "text_encoder_2", "transformer", "vae_decoder", "vae_encoder"]
 
     def dims(config: PipelineConfig, model: str) -> dict[str, tuple[int, ...]]:
         spec = {spec.model_name: spec for spec in components_of(config)}[model]
@@ -175,7 +175,7 @@ def test_dry_run_of_flux_gives_the_profiles_of_its_published_geometry(
 ) -> None:
     folder = _write_config_only_flux(tmp_path / published, published)
     commands = _dry_run(capsys, folder, "--max-size-factor", "1")
-    assert set(commands) == {"text_encoder", "text_encoder_2", "transformer", "vae_decoder"}
+    assert set(commands) == {"text_encoder", "text_encoder_2", "transformer", "vae_decoder", "vae_encoder"}
     transformer = commands["transformer"]
     # 1024x1024 native (128x128 latents = 64x64 packed tokens), sides from 16 px up to 1024; 512 T5 rows of 4096;
     # pooled 768; up to 16 rows, the components' batch limit of every family (FLUX's 8 running images send one row
@@ -196,6 +196,8 @@ def test_dry_run_of_flux_gives_the_profiles_of_its_published_geometry(
     assert _shapes(commands["vae_decoder"], "opt") == {"latents": "2x16x128x128"}
     # T5 overflows fp16 and the FLUX VAE says force_upcast: both fp32; CLIP and the transformer in fp16.
     assert "--fp16" not in commands["text_encoder_2"] and "--fp16" not in commands["vae_decoder"]
+    assert _shapes(commands["vae_encoder"], "opt") == {"image": "2x3x1024x1024"}
+    assert "--fp16" not in commands["vae_encoder"]
     assert all("--fp16" in commands[name] for name in ("text_encoder", "transformer"))
     shorter = _dry_run(capsys, folder, "--max-sequence-length", "256")
     assert _shapes(shorter["transformer"], "opt")["encoder_hidden_states"] == "2x256x4096"

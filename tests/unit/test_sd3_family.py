@@ -44,6 +44,10 @@ def tiny_sd3_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     return make_tiny_folders(root, runs)
 
 
+# An SD 3 repository's networks, in call order.
+SD3_MODELS = ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder", "vae_encoder"]
+
+
 def test_make_tiny_sd3_is_byte_for_byte_reproducible(tiny_sd3_folders: dict[str, Path]) -> None:
     first, again, other = (file_digests(tiny_sd3_folders[name]) for name in ("sd3", "sd3_again", "sd3_seed_1"))
     assert first == again
@@ -114,7 +118,7 @@ def test_max_sequence_length_is_refused_for_a_family_without_t5(tiny_model_dir: 
 def test_sd3_specs_take_the_shapes_diffusers_passes(tiny_sd3_folders: dict[str, Path]) -> None:
     config = config_of(tiny_sd3_folders["sd3"])
     specs = {spec.model_name: spec for spec in components_of(config)}
-    assert list(specs) == ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder"]
+    assert list(specs) == SD3_MODELS
 
     def dims(model: str) -> dict[str, tuple[int, ...]]:
         spec = specs[model]
@@ -133,6 +137,7 @@ def test_sd3_specs_take_the_shapes_diffusers_passes(tiny_sd3_folders: dict[str, 
     }
     assert specs["transformer"].tensor("timestep").triton_dtype == "FP32"
     assert dims("vae_decoder") == {"latents": (16, -1, -1), "image": (3, -1, -1)}
+    assert dims("vae_encoder") == {"image": (3, -1, -1), "latent_mean": (16, -1, -1), "latent_std": (16, -1, -1)}
     # Without T5 its model is left out; the transformer still takes 256 (zero) T5 rows, as diffusers sends them.
     no_t5 = config_of(tiny_sd3_folders["sd3_no_t5"])
     assert T5_MODEL_NAME not in {spec.model_name for spec in components_of(no_t5)}
@@ -183,7 +188,7 @@ def test_dry_run_of_sd35_gives_the_profiles_of_its_published_geometry(
 ) -> None:
     folder = _write_config_only_sd3(tmp_path / published, SD3_TRANSFORMERS[published])
     commands = _dry_run(capsys, folder, "--max-size-factor", "1")
-    assert set(commands) == {"text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder"}
+    assert set(commands) == set(SD3_MODELS)
     transformer = commands["transformer"]
     # 1024x1024 native (128x128 latents, opt at one guided image), sides from 16 px (patch 2 x VAE 8) up to 1024;
     # 77 CLIP + 256 T5 rows of 4096; pooled 768 + 1280; 16 rows = 8 running images x 2 with guidance.

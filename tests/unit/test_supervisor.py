@@ -46,4 +46,12 @@ def test_backoff_doubles_up_to_its_ceiling() -> None:
 def test_every_model_of_the_committed_repository_has_a_stub_to_watch() -> None:
     repository = Path(__file__).resolve().parents[2] / "model_repository"
     names = [directory.name for directory in python_model_directories(repository)]
-    assert names == ["pipeline", "stable_diffusion", "stable_diffusion_stream", "text_encoder", "unet", "vae_decoder"]
+    assert names == [
+        "pipeline",
+        "stable_diffusion",
+        "stable_diffusion_stream",
+        "text_encoder",
+        "unet",
+        "vae_decoder",
+        "vae_encoder",
+    ]

@@ -90,7 +90,7 @@ def sdxl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_dry_run_of_sd15_gives_the_profiles_of_its_published_geometry(capsys, sd15_folder: Path) -> None:
     commands = _dry_run(capsys, sd15_folder)
-    assert set(commands) == {"text_encoder", "unet", "vae_decoder"}
+    assert set(commands) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
     unet = commands["unet"]
     # 512x512 native (64x64 latents, opt at one guided image), sides from 64 (the UNet's 3 downsamplings x the
     # VAE's 8) to 1024 (--max-size-factor 2); 16 rows = 8 running images x 2 with guidance.
@@ -106,6 +106,9 @@ def test_dry_run_of_sd15_gives_the_profiles_of_its_published_geometry(capsys, sd
     # fp16 networks; the VAE in fp32 as diffusers decodes it (its config's force_upcast defaults to true).
     assert "--fp16" in unet and "--fp16" in commands["text_encoder"]
     assert "--fp16" not in commands["vae_decoder"]
+    # The encoder of image-to-image over the same sizes, in fp32 too.
+    assert _shapes(commands["vae_encoder"], "max") == {"image": "16x3x1024x1024"}
+    assert "--fp16" not in commands["vae_encoder"]
     assert f"--saveEngine={Path('/srv/repo/unet/1/model.plan')}" in unet
 
 
@@ -122,7 +125,13 @@ def test_dry_run_of_sdxl_gives_both_encoders_and_the_micro_conditioned_unet(caps
         "--model-prefix",
         "sdxl_",
     )
-    assert set(commands) == {"sdxl_text_encoder", "sdxl_text_encoder_2", "sdxl_unet", "sdxl_vae_decoder"}
+    assert set(commands) == {
+        "sdxl_text_encoder",
+        "sdxl_text_encoder_2",
+        "sdxl_unet",
+        "sdxl_vae_decoder",
+        "sdxl_vae_encoder",
+    }
     unet = commands["sdxl_unet"]
     # 1024x1024 native (128x128 latents) and nothing larger; sides from 32 (2 downsamplings x 8); 4 rows.
     assert _shapes(unet, "min") == {
@@ -197,7 +206,7 @@ def test_export_without_a_gpu_leaves_fp16_graphs_and_trtexec_lines_for_the_gpu_h
     repository, onnx_dir = tensorrt_export
     script = (onnx_dir / BUILD_SCRIPT_FILE_NAME).read_text().splitlines()
     commands = [shlex.split(line) for line in script if line.startswith("trtexec")]
-    assert len(commands) == 3
+    assert len(commands) == 4  # text encoder, UNet, VAE decoder and encoder
     for command in commands:
         onnx_path = Path(next(a for a in command if a.startswith("--onnx=")).split("=", 1)[1])
         plan_path = Path(next(a for a in command if a.startswith("--saveEngine=")).split("=", 1)[1])

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 
+import numpy as np
 import pytest
 
 from sdtriton import interface
-from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.pipeline_config import FluxConfig, PipelineConfig
 from sdtriton.serving.errors import InvalidInputError
+from sdtriton.serving.requests import parse_request
 from sdtriton.serving.validation import decode_prompt, parse_generation_params
 
 CONFIG = PipelineConfig(
@@ -124,3 +128,67 @@ def test_limits_that_contradict_the_model_are_refused_at_export() -> None:
         dataclasses.replace(CONFIG, max_pixels=100)
     with pytest.raises(ValueError, match=r"max_inference_steps must be in 1\.\.1000"):
         dataclasses.replace(CONFIG, max_inference_steps=5000)
+
+
+def test_an_input_image_sets_the_size_and_the_strength_defaults_to_diffusers() -> None:
+    params = parse_generation_params(config=CONFIG, image_size=(128, 320), seed=1)
+    assert (params.width, params.height) == (320, 128)
+    assert params.strength == interface.DEFAULT_STRENGTH
+    assert parse_generation_params(config=CONFIG, seed=1).strength is None  # text-to-image
+    # A float32 on the wire is the decimal the client wrote: int(10 x 0.7) = 7 steps, as diffusers' 0.7 runs.
+    sent = parse_generation_params(config=CONFIG, image_size=(64, 64), strength=np.float32(0.7), num_inference_steps=10)
+    assert sent.strength == 0.7
+    assert parse_generation_params(config=CONFIG, image_size=(64, 64), width=64, height=64).width == 64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"image_size": (64, 128), "width": 64}, "width: must be the input_image's width (128) or omitted, got 64"),
+        ({"image_size": (64, 128), "height": 128}, "height: must be the input_image's height (64) or omitted"),
+        ({"image_size": (64, 100)}, "input_image: its width must be a positive multiple of 64 in 64..768, got 100"),
+        ({"image_size": (1088, 64)}, "input_image: its height must be a positive multiple of 64 in 64..1024"),
+        ({"image_size": (64, 64), "strength": 0.0}, "strength: must be a number above 0 and at most 1, got 0.0"),
+        ({"image_size": (64, 64), "strength": 1.01}, "strength: must be a number above 0 and at most 1"),
+        ({"image_size": (64, 64), "strength": math.nan}, "strength: must be a number above 0 and at most 1"),
+        (
+            {"image_size": (64, 64), "strength": 0.19, "num_inference_steps": 5},
+            "strength: must be at least 0.2 with 5 inference steps: int(num_inference_steps x strength) steps run",
+        ),
+        ({"strength": 0.5}, "strength: is taken with an input_image only"),
+    ],
+)
+def test_each_bad_image_to_image_value_names_its_field(kwargs, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        parse_generation_params(config=CONFIG, seed=1, **kwargs)
+
+
+def test_flow_models_take_an_image_with_the_schedulers_that_have_scale_noise_only() -> None:
+    flux_fields = {"pooled_size": 8, "t5_hidden_size": 8, "t5_max_length": 16, "guidance_embeds": True}
+    flux_fields |= {"vae_shift_factor": 0.1, "default_guidance_scale": 3.5, "scheduler_names": ("flow_euler", "unipc")}
+    flux = dataclasses.replace(
+        CONFIG,
+        flux=FluxConfig(**flux_fields),
+        scheduler_config={"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0},
+    )
+    assert parse_generation_params(config=flux, seed=1, image_size=(64, 64), scheduler="flow_euler").strength == 0.8
+    assert parse_generation_params(config=flux, seed=1, scheduler="unipc").strength is None  # text-to-image: any
+    with pytest.raises(
+        InvalidInputError, match=r"scheduler: must be one of flow_euler with an input_image on this flux"
+    ):
+        parse_generation_params(config=flux, seed=1, image_size=(64, 64), scheduler="unipc")
+
+
+@pytest.mark.parametrize(
+    ("pixels", "message"),
+    [
+        (np.zeros((1, 64, 64, 3), dtype=np.float32), "input_image: must be UINT8 pixels, got float32"),
+        (np.zeros((1, 64, 64, 4), dtype=np.uint8), "input_image: must be [height, width, 3] RGB pixels per prompt"),
+        (np.zeros((1, 64, 64), dtype=np.uint8), "input_image: must be [height, width, 3] RGB pixels per prompt"),
+        (np.zeros((2, 64, 64, 3), dtype=np.uint8), "input_image: must have one image per prompt (1), got 2"),
+    ],
+)
+def test_bad_input_image_tensors_are_refused_by_name(pixels: np.ndarray, message: str) -> None:
+    raw = {"prompt": np.array([b"a star"], dtype=np.object_), "input_image": pixels}
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        parse_request(raw, config=CONFIG, tokenizers={})  # refused before any prompt is tokenized
