@@ -537,6 +537,8 @@ class StableDiffusionClient:
         skip_layer_guidance_scale: float | Sequence[float] | None = None,
         skip_layer_guidance_start: float | Sequence[float] | None = None,
         skip_layer_guidance_stop: float | Sequence[float] | None = None,
+        lora: str | Sequence[str] | None = None,
+        lora_scale: float | Sequence[float] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         preview_every: int | None = None,
     ) -> GenerationResult:
@@ -555,6 +557,8 @@ class StableDiffusionClient:
             skip_layer_guidance_scale: SD 3 exported with ``--skip-guidance-layers``: ``StableDiffusion3Pipeline``'s
                 skip-layer guidance (0 or None: off); ``skip_layer_guidance_start``/``_stop``: its window, shares of
                 the steps (None: the pipeline's 0.01 and 0.2).
+            lora: the LoRA adapter of each image, one the repository was exported with (``export --lora``); None or
+                "": none. ``lora_scale``: its weight, as diffusers' ``set_adapters([lora], [lora_scale])`` (None: 1).
             on_progress: called after every denoising step with a :class:`Progress` (gRPC streaming only).
             preview_every: with ``on_progress``, a cheap preview of each image every this many steps.
 
@@ -775,6 +779,8 @@ class AsyncStableDiffusionClient:
         skip_layer_guidance_scale: float | Sequence[float] | None = None,
         skip_layer_guidance_start: float | Sequence[float] | None = None,
         skip_layer_guidance_stop: float | Sequence[float] | None = None,
+        lora: str | Sequence[str] | None = None,
+        lora_scale: float | Sequence[float] | None = None,
     ) -> GenerationResult:
         """See :meth:`StableDiffusionClient.generate`."""
         parameters = _request_parameters(prompt, locals(), self.retry)

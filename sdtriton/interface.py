@@ -136,6 +136,27 @@ SKIP_LAYER_GUIDANCE_STOP = PublicTensor(
     f"a number in 0..1 (default {DEFAULT_SKIP_LAYER_GUIDANCE_STOP:g}): the share of the steps where it stops",
 )
 
+# LoRA adapters exported into the networks (sdtriton export --lora NAME=PATH): each image names at most one, with its
+# weight (diffusers' set_adapters([name], [scale])); images of different adapters and scales share a network call.
+MIN_LORA_SCALE = -4.0
+MAX_LORA_SCALE = 4.0
+DEFAULT_LORA_SCALE = 1.0
+LORA = PublicTensor(
+    "lora",
+    "BYTES",
+    (1,),
+    True,
+    "the name of one adapter the repository was exported with (export --lora NAME=PATH); absent or empty: none",
+)
+LORA_SCALE = PublicTensor(
+    "lora_scale",
+    "FP32",
+    (1,),
+    True,
+    f"a finite number in {MIN_LORA_SCALE:g}..{MAX_LORA_SCALE:g} (default {DEFAULT_LORA_SCALE:g}): the adapter's "
+    "weight, as diffusers' set_adapters",
+)
+
 PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     PROMPT,
     NEGATIVE_PROMPT,
@@ -150,6 +171,8 @@ PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     SKIP_LAYER_GUIDANCE_SCALE,
     SKIP_LAYER_GUIDANCE_START,
     SKIP_LAYER_GUIDANCE_STOP,
+    LORA,
+    LORA_SCALE,
 )
 # Inputs the ensemble hands unchanged to the pipeline model.
 GENERATION_INPUTS: tuple[PublicTensor, ...] = PUBLIC_INPUTS[2:]

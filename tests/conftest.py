@@ -242,17 +242,54 @@ def sdxl_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_tiny(models / "base", family="sdxl"), make_tiny(models / "refiner", family="sdxl-refiner")
 
 
+LORA_PREFIX = "lora_"
+
+
+@pytest.fixture(scope="session")
+def lora_files(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two random LoRA adapters of the tiny SD model, saved by diffusers' save_lora_weights: ``style`` (rank 4, alpha
+    8: the UNet's and the text encoder's attention) and ``detail`` (rank 8, alpha 4: the UNet's attention and its
+    ResNet convolutions, Conv2d LoRA layers)."""
+    from sdtriton.tiny import make_tiny_lora
+
+    root = tmp_path_factory.mktemp("loras")
+    return {
+        "style": make_tiny_lora(tiny_model_dir, root / "style", seed=1, rank=4, alpha=8.0, text_encoder=True),
+        "detail": make_tiny_lora(tiny_model_dir, root / "detail", seed=2, rank=8, alpha=4.0, conv=True),
+    }
+
+
+@pytest.fixture(scope="session")
+def lora_repository(
+    tiny_model_dir: Path, lora_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The tiny SD model exported with both adapters of ``lora_files`` (models ``lora_*``; no preview fit)."""
+    from sdtriton.export import LoraSource, RenderOptions, export_repository
+
+    repository = tmp_path_factory.mktemp("lora_repository")
+    export_repository(
+        tiny_model_dir,
+        repository,
+        options=RenderOptions(model_prefix=LORA_PREFIX),
+        loras=[LoraSource(name, path) for name, path in lora_files.items()],
+        fit_preview=False,
+        show_progress=False,
+    )
+    return repository
+
+
 @pytest.fixture(scope="session")
 def family_server(
     tiny_repository: Path,
     sdxl_dirs: tuple[Path, Path],
     sd3_exports,
     flux_exports,
+    lora_repository: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[object]:
     """One real tritonserver holding a repository of every family side by side: the tiny SD one, SDXL with its
     refiner (models ``sdxl_*``), SD 3.5 (``sd35_*``), SD 3 without T5 (``no_t5_*``), FLUX.1-dev (``flux_*``) and
-    FLUX.1-schnell (``schnell_*``)."""
+    FLUX.1-schnell (``schnell_*``), and the tiny SD one with two LoRA adapters (``lora_*``)."""
     from sdtriton.export import RenderOptions, export_repository
 
     base, refiner = sdxl_dirs
@@ -261,6 +298,6 @@ def family_server(
         base, sdxl_repository, refiner=refiner, options=RenderOptions(model_prefix=SDXL_PREFIX), show_progress=False
     )
     exported = (*sd3_exports.values(), *flux_exports.values())
-    repositories = (sdxl_repository, *(repository for _, repository, _ in exported))
+    repositories = (sdxl_repository, *(repository for _, repository, _ in exported), lora_repository)
     extra_args = tuple(f"--model-repository={repository}" for repository in repositories)
     yield from serve(tiny_repository, tmp_path_factory, extra_args=extra_args)

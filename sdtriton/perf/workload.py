@@ -61,6 +61,8 @@ class RequestSpec:
     skip_layer_guidance_scale: float = 0.0
     skip_layer_guidance_start: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_START
     skip_layer_guidance_stop: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
+    lora: str = ""  # none
+    lora_scale: float = interface.DEFAULT_LORA_SCALE
 
     def client_parameters(self) -> dict[str, Any]:
         """Every public input but the prompt, as keywords of ``StableDiffusionClient.generate``/``build_inputs``."""

@@ -39,6 +39,10 @@ class GenerationParams:
     skip_layer_guidance_scale: float = 0.0
     skip_layer_guidance_start: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_START
     skip_layer_guidance_stop: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
+    # The LoRA adapter of this image (None: none) and its weight (the default where there is none, so that requests
+    # without an adapter are equal whatever scale they sent).
+    lora: str | None = None
+    lora_scale: float = interface.DEFAULT_LORA_SCALE
 
     @property
     def uses_classifier_free_guidance(self) -> bool:
@@ -161,6 +165,34 @@ def _share(tensor: interface.PublicTensor, value: float | None, default: float) 
     return value
 
 
+def _lora(raw: bytes | str | None, config: PipelineConfig) -> str | None:
+    field = interface.LORA.name
+    name = "" if raw is None else raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    if not name:
+        return None
+    if not config.loras:
+        raise InvalidInputError(
+            field,
+            f"must be empty: this repository was exported without LoRA adapters (export --lora), got {_echo(name)}",
+        )
+    if name not in config.lora_names:
+        raise InvalidInputError(
+            field,
+            f"must be one of {', '.join(config.lora_names)} (the adapters this {config.family} repository was "
+            f"exported with) or empty, got {_echo(name)}",
+        )
+    return name
+
+
+def _lora_scale(value: float | None, lora: str | None) -> float:
+    field = interface.LORA_SCALE.name
+    low, high = interface.MIN_LORA_SCALE, interface.MAX_LORA_SCALE
+    scale = interface.DEFAULT_LORA_SCALE if value is None else float(value)
+    if not (math.isfinite(scale) and low <= scale <= high):
+        raise InvalidInputError(field, f"must be a finite number in {low:g}..{high:g}, got {_echo(value)}")
+    return scale if lora is not None else interface.DEFAULT_LORA_SCALE
+
+
 def _enough_steps_for_scheduler(params: GenerationParams, config: PipelineConfig) -> None:
     """Some schedulers cannot set up fewer than a few steps (PNDM with its Runge-Kutta warm-up): the fewest are read
     from the scheduler each stage builds (its config, the model's overrides), as the denoising loop will build it."""
@@ -201,12 +233,15 @@ def parse_generation_params(
     skip_layer_guidance_scale: float | None = None,
     skip_layer_guidance_start: float | None = None,
     skip_layer_guidance_stop: float | None = None,
+    lora: bytes | str | None = None,
+    lora_scale: float | None = None,
     negative_given: bool = True,
     draw_seed: Callable[[], int] = random_seed,
 ) -> GenerationParams:
     """Validates one item's parameters; an omitted one takes the model's default. ``negative_given``: whether the
     request sent a negative prompt (FLUX's true CFG needs one)."""
     steps = config.default_num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+    adapter = _lora(lora, config)
     params = GenerationParams(
         num_inference_steps=_int_in_range(
             interface.NUM_INFERENCE_STEPS.name,
@@ -253,6 +288,8 @@ def parse_generation_params(
         skip_layer_guidance_stop=_share(
             interface.SKIP_LAYER_GUIDANCE_STOP, skip_layer_guidance_stop, interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
         ),
+        lora=adapter,
+        lora_scale=_lora_scale(lora_scale, adapter),
     )
     pixels = params.width * params.height
     if pixels > config.pixel_limit:

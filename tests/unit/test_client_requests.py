@@ -26,6 +26,8 @@ ARGUMENTS: dict[str, Any] = {
     "skip_layer_guidance_scale": 0.0,
     "skip_layer_guidance_start": 0.01,
     "skip_layer_guidance_stop": 0.2,
+    "lora": "style",
+    "lora_scale": 0.5,
 }
 
 
@@ -70,3 +72,16 @@ def test_omitted_arguments_are_sent_as_none_and_a_retry_policy_draws_the_seed(se
     for drawn in sent[2:]:
         assert 0 <= drawn["seed"] <= interface.MAX_SEED
         assert {**drawn, "seed": None} == dict.fromkeys(ARGUMENTS)
+
+
+def test_generate_command_reads_lora_as_name_and_optional_scale() -> None:
+    import argparse
+
+    from sdtriton.client.commands import _lora_choice
+
+    assert _lora_choice("style") == {"lora": "style"}
+    assert _lora_choice("style:0.5") == {"lora": "style", "lora_scale": 0.5}
+    assert _lora_choice("my.lora:-1") == {"lora": "my.lora", "lora_scale": -1.0}
+    for bad in (":0.5", "style:strong"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _lora_choice(bad)

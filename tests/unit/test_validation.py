@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from sdtriton import interface
-from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.pipeline_config import LoraAdapter, PipelineConfig
 from sdtriton.serving.errors import InvalidInputError
 from sdtriton.serving.validation import decode_prompt, parse_generation_params
 
@@ -124,3 +125,38 @@ def test_limits_that_contradict_the_model_are_refused_at_export() -> None:
         dataclasses.replace(CONFIG, max_pixels=100)
     with pytest.raises(ValueError, match=r"max_inference_steps must be in 1\.\.1000"):
         dataclasses.replace(CONFIG, max_inference_steps=5000)
+
+
+LORA_CONFIG = dataclasses.replace(
+    CONFIG,
+    loras=(
+        LoraAdapter(name="style", components=("unet", "text_encoder")),
+        LoraAdapter(name="detail", components=("unet",)),
+    ),
+)
+
+
+def test_a_lora_is_one_of_the_exported_adapters_and_its_scale_is_in_range() -> None:
+    params = parse_generation_params(config=LORA_CONFIG, lora=b"detail", lora_scale=-0.5)
+    assert (params.lora, params.lora_scale) == ("detail", -0.5)
+    # None, or an empty name, is no adapter; its scale is then the default, so such requests are equal.
+    assert parse_generation_params(config=LORA_CONFIG, seed=1, lora=b"", lora_scale=2.0) == parse_generation_params(
+        config=LORA_CONFIG, seed=1
+    )
+    with pytest.raises(InvalidInputError, match=r"^lora: must be one of style, detail \(the adapters this sd"):
+        parse_generation_params(config=LORA_CONFIG, lora=b"anime")
+    with pytest.raises(InvalidInputError, match=r"^lora: must be empty: this repository was exported without LoRA"):
+        parse_generation_params(config=CONFIG, lora="style")
+    for scale in (math.nan, 4.01, -4.5):
+        with pytest.raises(InvalidInputError, match=r"^lora_scale: must be a finite number in -4\.\.4"):
+            parse_generation_params(config=LORA_CONFIG, lora=b"style", lora_scale=scale)
+
+
+def test_lora_scales_rows_put_the_weight_in_the_adapters_column_where_it_has_layers() -> None:
+    assert LORA_CONFIG.lora_components() == {"unet", "text_encoder"}
+    assert LORA_CONFIG.lora_scales("style", 0.5, component="text_encoder") == [0.5, 0.0]
+    assert LORA_CONFIG.lora_scales("detail", 0.7, component="unet") == [0.0, 0.7]
+    # detail has no text-encoder layers: its rows there are the base encoder's (and share its cache entries).
+    assert LORA_CONFIG.lora_scales("detail", 0.7, component="text_encoder") == [0.0, 0.0]
+    assert LORA_CONFIG.lora_scales(None, 1.0, component="unet") == [0.0, 0.0]
+    assert PipelineConfig.from_json(LORA_CONFIG.to_json()) == LORA_CONFIG
