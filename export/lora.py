@@ -197,14 +197,20 @@ def attach_loras(
     scales: dict[str, LoraScales] = {}
     for attribute, network in _networks(pipeline).items():
         model_name = ADAPTABLE_NETWORKS[attribute]
-        if not layers[model_name]:
-            continue
-        scales[model_name] = LoraScales()
-        for path, layer in layers[model_name]:
-            _replace(network, path, _batched(layer, names, f"{model_name}.{path}", scales[model_name]))
+        if layers[model_name]:
+            scales[model_name] = batch_lora_layers(network, names, model_name=model_name)
     for adapter in adapters:
         logger.info("LoRA %s: adapts %s", adapter.name, ", ".join(adapter.components))
     return tuple(adapters), scales
+
+
+def batch_lora_layers(network: torch.nn.Module, names: Sequence[str], *, model_name: str) -> LoraScales:
+    """Replaces every peft LoRA layer of ``network`` by a :class:`BatchedLoraLayer` over the adapters ``names`` (their
+    order is the order of the ``lora_scales`` columns); returns the :class:`LoraScales` those layers read."""
+    scales = LoraScales()
+    for path, layer in _adapted(network):
+        _replace(network, path, _batched(layer, names, f"{model_name}.{path}", scales))
+    return scales
 
 
 class WithLoraScales(torch.nn.Module):

@@ -430,7 +430,7 @@ def make_tiny_lora(
     seed: int,
     rank: int = 4,
     alpha: float = 4.0,
-    text_encoder: bool = False,
+    text_encoders: tuple[str, ...] = (),
     conv: bool = False,
 ) -> Path:
     """A random non-zero LoRA adapter of a tiny SD / SDXL pipeline, saved by diffusers' own ``save_lora_weights``
@@ -438,7 +438,7 @@ def make_tiny_lora(
 
     Args:
         rank / alpha: peft's ``r`` and ``lora_alpha`` (the update is scaled by alpha / rank).
-        text_encoder: adapt the (first) text encoder's attention too.
+        text_encoders: the text encoders (``text_encoder``, SDXL's ``text_encoder_2``) whose attention it adapts too.
         conv: adapt the UNet's ResNet convolutions too (Conv2d LoRA layers).
     """
     from peft import LoraConfig
@@ -453,13 +453,13 @@ def make_tiny_lora(
         "unet_lora_layers": get_peft_model_state_dict(pipeline.unet),
         "unet_lora_adapter_metadata": unet_config.to_dict(),
     }
-    if text_encoder:
+    for encoder in text_encoders:
         text_config = LoraConfig(
             r=rank, lora_alpha=alpha, target_modules=list(_LORA_TEXT_TARGETS), init_lora_weights=False
         )
-        pipeline.text_encoder.add_adapter(text_config)
-        saved["text_encoder_lora_layers"] = get_peft_model_state_dict(pipeline.text_encoder)
-        saved["text_encoder_lora_adapter_metadata"] = text_config.to_dict()
+        getattr(pipeline, encoder).add_adapter(text_config)
+        saved[f"{encoder}_lora_layers"] = get_peft_model_state_dict(getattr(pipeline, encoder))
+        saved[f"{encoder}_lora_adapter_metadata"] = text_config.to_dict()
     output_dir.mkdir(parents=True, exist_ok=True)
     type(pipeline).save_lora_weights(output_dir, weight_name=LORA_WEIGHT_NAME, **saved)
     logger.info("wrote a LoRA (rank %d, seed %d) of %s to %s", rank, seed, model_dir, output_dir)

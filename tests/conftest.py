@@ -254,7 +254,9 @@ def lora_files(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     root = tmp_path_factory.mktemp("loras")
     return {
-        "style": make_tiny_lora(tiny_model_dir, root / "style", seed=1, rank=4, alpha=8.0, text_encoder=True),
+        "style": make_tiny_lora(
+            tiny_model_dir, root / "style", seed=1, rank=4, alpha=8.0, text_encoders=("text_encoder",)
+        ),
         "detail": make_tiny_lora(tiny_model_dir, root / "detail", seed=2, rank=8, alpha=4.0, conv=True),
     }
 
@@ -279,23 +281,40 @@ def lora_repository(
 
 
 @pytest.fixture(scope="session")
+def sdxl_lora_file(sdxl_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random LoRA adapter of the tiny SDXL base (rank 4, alpha 2: the UNet's and the second text encoder's
+    attention), exported into family_server's SDXL repository as ``xl``."""
+    from sdtriton.tiny import make_tiny_lora
+
+    root = tmp_path_factory.mktemp("sdxl_lora")
+    return make_tiny_lora(sdxl_dirs[0], root, seed=3, rank=4, alpha=2.0, text_encoders=("text_encoder_2",))
+
+
+@pytest.fixture(scope="session")
 def family_server(
     tiny_repository: Path,
     sdxl_dirs: tuple[Path, Path],
     sd3_exports,
     flux_exports,
     lora_repository: Path,
+    sdxl_lora_file: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[object]:
     """One real tritonserver holding a repository of every family side by side: the tiny SD one, SDXL with its
     refiner (models ``sdxl_*``), SD 3.5 (``sd35_*``), SD 3 without T5 (``no_t5_*``), FLUX.1-dev (``flux_*``) and
-    FLUX.1-schnell (``schnell_*``), and the tiny SD one with two LoRA adapters (``lora_*``)."""
-    from sdtriton.export import RenderOptions, export_repository
+    FLUX.1-schnell (``schnell_*``), and the tiny SD one with two LoRA adapters (``lora_*``). The SDXL one carries
+    the LoRA adapter ``xl`` (its rows without it are the base model's, exactly)."""
+    from sdtriton.export import LoraSource, RenderOptions, export_repository
 
     base, refiner = sdxl_dirs
     sdxl_repository = tmp_path_factory.mktemp("sdxl_repository")
     export_repository(
-        base, sdxl_repository, refiner=refiner, options=RenderOptions(model_prefix=SDXL_PREFIX), show_progress=False
+        base,
+        sdxl_repository,
+        refiner=refiner,
+        options=RenderOptions(model_prefix=SDXL_PREFIX),
+        loras=[LoraSource("xl", sdxl_lora_file)],
+        show_progress=False,
     )
     exported = (*sd3_exports.values(), *flux_exports.values())
     repositories = (sdxl_repository, *(repository for _, repository, _ in exported), lora_repository)

@@ -1,6 +1,7 @@
-"""LoRA adapters per request through a real server: the tiny SD model exported with two adapters (``lora_*`` models on
-``family_server``), each image against diffusers' ``load_lora_weights`` + ``set_adapters([name], [scale])``, alone and
-with other adapters, scales and a plain image in the same UNet and text-encoder calls."""
+"""LoRA adapters per request through a real server (``family_server``): the tiny SD model exported with two adapters
+(``lora_*`` models) and the SDXL one with one (``sdxl_*``), each image against diffusers' ``load_lora_weights`` +
+``set_adapters([name], [scale])``, alone and with other adapters, scales and a plain image in the same UNet and
+text-encoder calls."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ import pytest
 
 from sdtriton import interface
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
-from tests.conftest import LORA_PREFIX
-from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, diffusers_image, max_pixel_difference
+from tests.conftest import LORA_PREFIX, SDXL_PREFIX
+from tests.integration.oracle import (
+    MAX_PIXEL_DIFFERENCE,
+    diffusers_image,
+    max_pixel_difference,
+    sdxl_diffusers_image,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,13 +49,30 @@ def expected(tiny_model_dir, lora_files) -> dict[tuple[str | None, float], np.nd
         pipeline.load_lora_weights(str(path), adapter_name=name)
     images = {}
     for lora, scale in CASES:
-        if lora is None:
-            pipeline.disable_lora()
-        else:
-            pipeline.enable_lora()
-            pipeline.set_adapters([lora], [scale])
+        _choose_adapter(pipeline, lora, scale)
         images[(lora, scale)] = diffusers_image(pipeline, PROMPT, seed=SEED, num_inference_steps=STEPS)
     return images
+
+
+def _choose_adapter(pipeline, lora: str | None, scale: float) -> None:
+    """diffusers' way: ``set_adapters([lora], [scale])``, or the adapters off."""
+    if lora is None:
+        pipeline.disable_lora()
+    else:
+        pipeline.enable_lora()
+        pipeline.set_adapters([lora], [scale])
+
+
+def _in_one_request(client: StableDiffusionClient, cases: tuple[tuple[str | None, float], ...]) -> list[np.ndarray]:
+    """One image per case, all in one request (so in the same network calls), same prompt and seed."""
+    result = client.generate(
+        [PROMPT] * len(cases),
+        seed=SEED,
+        num_inference_steps=STEPS,
+        lora=[lora or "" for lora, _ in cases],
+        lora_scale=[scale for _, scale in cases],
+    )
+    return [np.asarray(image) for image in result.images]
 
 
 def _unet_rows_and_calls(http_url: str) -> tuple[int, int]:
@@ -75,20 +98,14 @@ def test_four_adapted_images_and_a_plain_one_share_every_network_call(family_ser
     http_url = family_server.address.http_url
     rows_before, calls_before = _unet_rows_and_calls(http_url)
     with StableDiffusionClient(http_url, model_name=ENTRY) as client:
-        result = client.generate(
-            [PROMPT] * len(CASES),
-            seed=SEED,
-            num_inference_steps=STEPS,
-            lora=[lora or "" for lora, _ in CASES],
-            lora_scale=[scale for _, scale in CASES],
-        )
+        images = _in_one_request(client, CASES)
     rows_after, calls_after = _unet_rows_and_calls(http_url)
     rows, calls = rows_after - rows_before, calls_after - calls_before
     # Five guided images, two rows each, in every UNet call (the model's PNDM evaluates once more than its steps).
     assert calls >= STEPS
     assert rows == 2 * len(CASES) * calls
-    for case, image in zip(CASES, result.images, strict=True):
-        assert max_pixel_difference(np.asarray(image), expected[case]) <= MAX_PIXEL_DIFFERENCE, case
+    for case, image in zip(CASES, images, strict=True):
+        assert max_pixel_difference(image, expected[case]) <= MAX_PIXEL_DIFFERENCE, case
 
 
 def test_unknown_adapters_and_scales_out_of_range_are_refused_by_name(family_server) -> None:
@@ -104,11 +121,33 @@ def test_unknown_adapters_and_scales_out_of_range_are_refused_by_name(family_ser
             client.generate(PROMPT, num_inference_steps=1, lora="style")
 
 
-def test_an_adapter_of_another_family_is_refused_at_export_by_name(tiny_model_dir, sdxl_dirs, tmp_path) -> None:
-    from sdtriton.export import ExportOptionError, LoraSource, export_repository
-    from sdtriton.tiny import make_tiny_lora
+def test_an_sdxl_adapter_on_its_unet_and_second_text_encoder_matches_diffusers(
+    family_server, sdxl_dirs, sdxl_lora_file
+) -> None:
+    import torch
+    from diffusers import StableDiffusionXLPipeline
 
-    sdxl_lora = make_tiny_lora(sdxl_dirs[0], tmp_path / "sdxl_lora", seed=5)
+    base = StableDiffusionXLPipeline.from_pretrained(sdxl_dirs[0], dtype=torch.float32)
+    base.set_progress_bar_config(disable=True)
+    base.load_lora_weights(str(sdxl_lora_file), adapter_name="xl")
+    cases = (("xl", 1.0), ("xl", 0.6), (None, 1.0))
+    expected = []
+    for lora, scale in cases:
+        _choose_adapter(base, lora, scale)
+        expected.append(sdxl_diffusers_image(base, PROMPT, seed=SEED, num_inference_steps=STEPS))
+    entry = SDXL_PREFIX + interface.ENTRY_MODEL_NAME
+    with StableDiffusionClient(family_server.address.grpc_url, model_name=entry) as client:
+        # The three in one request: the adapted rows and the plain one share every call.
+        images = _in_one_request(client, cases)
+    for case, image, want in zip(cases, images, expected, strict=True):
+        assert max_pixel_difference(image, want) <= MAX_PIXEL_DIFFERENCE, case
+    assert max_pixel_difference(expected[0], expected[2]) > 4 * MAX_PIXEL_DIFFERENCE
+
+
+def test_an_adapter_of_another_family_is_refused_at_export_by_name(tiny_model_dir, sdxl_lora_file, tmp_path) -> None:
+    from sdtriton.export import ExportOptionError, LoraSource, export_repository
+
+    sdxl_lora = sdxl_lora_file
     with pytest.raises(ExportOptionError, match=r"^lora: xl: .* (is not a LoRA|adapts no layer of) this sd pipeline"):
         export_repository(
             tiny_model_dir,
