@@ -558,6 +558,8 @@ class StableDiffusionClient:
         vae_tiling: bool | Sequence[bool] | None = None,
         image: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray] | None = None,
         strength: float | Sequence[float] | None = None,
+        lora: str | Sequence[str] | None = None,
+        lora_scale: float | Sequence[float] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         preview_every: int | None = None,
     ) -> GenerationResult:
@@ -582,6 +584,8 @@ class StableDiffusionClient:
                 every prompt or one per prompt; the images are drawn at its size (SD 1.x/2.x and SDXL).
             strength: with ``image``: how much of the denoising is redone, above 0 and at most 1 (None: 0.8, as
                 ``StableDiffusionImg2ImgPipeline``); ``int(num_inference_steps x strength)`` steps run.
+            lora: the LoRA adapter of each image, one the repository was exported with (``export --lora``); None or
+                "": none. ``lora_scale``: its weight, as diffusers' ``set_adapters([lora], [lora_scale])`` (None: 1).
             on_progress: called after every denoising step with a :class:`Progress` (gRPC streaming only).
             preview_every: with ``on_progress``, a cheap preview of each image every this many steps.
 
@@ -805,6 +809,8 @@ class AsyncStableDiffusionClient:
         vae_tiling: bool | Sequence[bool] | None = None,
         image: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray] | None = None,
         strength: float | Sequence[float] | None = None,
+        lora: str | Sequence[str] | None = None,
+        lora_scale: float | Sequence[float] | None = None,
     ) -> GenerationResult:
         """See :meth:`StableDiffusionClient.generate`."""
         parameters = _request_parameters(prompt, locals(), self.retry)

@@ -88,6 +88,13 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         f"(default: {interface.DEFAULT_STRENGTH:g})",
     )
     generate.add_argument(
+        "--lora",
+        type=_lora_choice,
+        metavar="NAME[:SCALE]",
+        help=f"a LoRA adapter the repository was exported with (export --lora), and its weight "
+        f"({interface.MIN_LORA_SCALE:g}..{interface.MAX_LORA_SCALE:g}, default {interface.DEFAULT_LORA_SCALE:g})",
+    )
+    generate.add_argument(
         "--timeout-s", type=float, help="time budget: the server ends the request, queued or running, when it runs out"
     )
     generate.add_argument("--progress", action="store_true", help="show a progress bar (gRPC streaming)")
@@ -140,6 +147,19 @@ def _retry_policy(args: argparse.Namespace) -> RetryPolicy | None:
         raise SystemExit(f"retry options: {error}") from None
 
 
+def _lora_choice(text: str) -> dict[str, object]:
+    """``NAME`` or ``NAME:SCALE`` -> ``generate``'s ``lora`` and ``lora_scale`` (the server checks both)."""
+    name, separator, scale = text.rpartition(":") if ":" in text else (text, "", "")
+    if not name:
+        raise argparse.ArgumentTypeError(f"must be NAME or NAME:SCALE, got {text!r}")
+    if not separator:
+        return {"lora": name}
+    try:
+        return {"lora": name, "lora_scale": float(scale)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"SCALE must be a number, got {scale!r}") from None
+
+
 def _generate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -161,6 +181,7 @@ def _generate(args: argparse.Namespace) -> int:
         "skip_layer_guidance_stop": args.skip_layer_guidance_stop,
         "vae_tiling": args.vae_tiling,
         "strength": args.strength,
+        **(args.lora or {}),
     }
     preview_dir = args.output.parent / f"{args.output.stem}_previews" if args.preview_every else None
     try:

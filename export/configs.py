@@ -19,8 +19,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 from sdtriton import interface
 from sdtriton.components import (
     COMPONENT_FAMILY_PARAMETER,
+    COMPONENT_LORA_PARAMETER,
     ENGINE_DEVICE_PARAMETER,
     FAMILY_COMPONENTS,
+    LORA_SCALES_INPUT,
     MODEL_PREFIX_PARAMETER,
     ONNX_FILE_NAME,
     TENSORRT_PLAN_FILE_NAME,
@@ -235,6 +237,8 @@ def render_component_config(
     _add_warmup(config, spec, pipeline_config)
     # The family says which spec of this name the model serves (an SDXL text_encoder is not SD's).
     config.parameters[COMPONENT_FAMILY_PARAMETER].string_value = component_table(pipeline_config)
+    if LORA_SCALES_INPUT in spec.input_names:
+        config.parameters[COMPONENT_LORA_PARAMETER].string_value = str(len(pipeline_config.loras))
     return config
 
 

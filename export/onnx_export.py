@@ -18,7 +18,7 @@ import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from diffusers import DiffusionPipeline
 from torch.onnx import symbolic_helper
 
 from sdtriton.components import (
+    LORA_SCALES_INPUT,
     SKIP_LAYERS_INPUT,
     T5_MODEL_NAME,
     TRANSFORMER_MODEL_NAME,
@@ -39,6 +40,7 @@ from sdtriton.components import (
     ComponentSpec,
     components_of,
 )
+from sdtriton.export.lora import LoraScales, WithLoraScales
 from sdtriton.pipeline_config import PipelineConfig, Sd3Config
 
 logger = logging.getLogger(__name__)
@@ -318,6 +320,9 @@ def example_inputs(
         elif tensor.name == SKIP_LAYERS_INPUT:
             # Rows skipping and rows not (one row, the check's: skipping), so the export check covers both.
             inputs[tensor.name] = (np.arange(shape[0])[::-1] % 2 == 0).astype(np.float32)
+        elif tensor.name == LORA_SCALES_INPUT:
+            # Weights of every adapter at once, some negative: each adapter's path is checked.
+            inputs[tensor.name] = rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
         elif tensor.name in ("timestep", "guidance"):
             inputs[tensor.name] = np.full(shape, _example_scalar(tensor.name, config), dtype=np.float32)
         else:
@@ -491,11 +496,16 @@ def export_components(
     refiner: DiffusionPipeline | None = None,
     check_atol: float = DEFAULT_CHECK_ATOL,
     progress: Callable[[str], None] = lambda _name: None,
+    lora_scales: Mapping[str, LoraScales] | None = None,
 ) -> list[ExportResult]:
-    """Exports every network of the config's family; ``path_for`` says where each component's ONNX file goes."""
+    """Exports every network of the config's family; ``path_for`` says where each component's ONNX file goes.
+    ``lora_scales``: the networks made batched by :func:`sdtriton.export.lora.attach_loras`, which take the rows'
+    adapter weights as their last input."""
     results = []
     for spec, module, vocab_size in _modules(pipeline, config, refiner):
         progress(spec.model_name)
+        if lora_scales and spec.model_name in lora_scales:
+            module = WithLoraScales(module, lora_scales[spec.model_name])
         results.append(
             _export_module(module.eval(), spec, config, path_for(spec), check_atol=check_atol, vocab_size=vocab_size)
         )

@@ -60,6 +60,7 @@ from sdtriton.export.configs import (
     write_model_files,
 )
 from sdtriton.export.errors import ExportOptionError
+from sdtriton.export.lora import LoraSource, attach_loras
 from sdtriton.export.onnx_export import ExportResult, export_components
 from sdtriton.export.preview_fit import fit_preview_projection
 from sdtriton.export.tensorrt import (
@@ -596,6 +597,7 @@ def export_repository(
     tensorrt: TensorRtExportOptions | None = None,
     limits: RequestLimits | None = None,
     vae_tile_above_px: int | None = None,
+    loras: Sequence[LoraSource] = (),
 ) -> PipelineConfig:
     """Writes configs, model code, tokenizer, pipeline config and the networks of every model into ``output``.
 
@@ -606,7 +608,9 @@ def export_repository(
     built into ``model.plan`` engines (see ``tensorrt``). ``default_num_inference_steps`` and
     ``max_sequence_length`` (SD 3's T5 rows) and ``skip_guidance_layers`` (SD 3's skip-layer guidance): see
     :func:`pipeline_config_of`. ``vae_tile_above_px``: images wider or taller than this are decoded in tiles
-    (0: only requests that ask; None: above the VAE's ``sample_size``, diffusers' tile).
+    (0: only requests that ask; None: above the VAE's ``sample_size``, diffusers' tile). ``loras``
+    (``--lora NAME=PATH``): adapters loaded by diffusers and exported into the networks they adapt, chosen per request
+    row (:mod:`sdtriton.export.lora`).
     """
     options = options or RenderOptions()
     tensorrt = tensorrt or TensorRtExportOptions()
@@ -639,6 +643,12 @@ def export_repository(
             fit = fit_preview_projection(pipeline, config)
             config = dataclasses.replace(config, latent_rgb_projection=fit.projection.astype(float).tolist())
             progress.update()
+        lora_scales = {}
+        if loras:
+            # After the preview fit, which draws with the base model.
+            progress.set_postfix_str("LoRA adapters")
+            adapters, lora_scales = attach_loras(pipeline, loras, family=config.family)
+            config = dataclasses.replace(config, loras=adapters)
 
         def advance(name: str) -> None:
             progress.set_postfix_str(name)
@@ -657,6 +667,7 @@ def export_repository(
                 ),
                 refiner=refiner_pipeline,
                 progress=advance,
+                lora_scales=lora_scales,
             )
             if onnx_root is not None:
                 _make_engines(results, config, options, tensorrt, output=output, onnx_root=onnx_root, advance=advance)

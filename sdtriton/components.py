@@ -7,6 +7,7 @@ no tensor name of a component is written anywhere else.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -111,6 +112,8 @@ def fixed_axis_size(axis: str, config: PipelineConfig) -> int:
         sizes |= config.sd3.axis_sizes(clip_length=config.text_max_length)
     if config.flux is not None:
         sizes |= config.flux.axis_sizes(latent_channels=config.latent_channels)
+    if config.loras:
+        sizes[LORA_ADAPTERS_AXIS] = len(config.loras)
     sdxl = config.sdxl
     if sdxl is not None:
         sizes |= {
@@ -373,6 +376,21 @@ T5_MODEL_NAME = SD3_TEXT_ENCODER_3.model_name
 TRANSFORMER_MODEL_NAME = SD3_TRANSFORMER.model_name
 VAE_DECODER_MODEL_NAME = VAE_DECODER.model_name
 VAE_ENCODER_MODEL_NAME = VAE_ENCODER.model_name
+# LoRA adapters exported into a network (PipelineConfig.loras): the network takes one more input, each row's weight of
+# every adapter (0 where unused), and adds each adapted layer's delta ((x A^T) * the row's weights over each adapter's
+# rank) B^T, so rows of different adapters and scales share one call (sdtriton.export.lora).
+LORA_SCALES_INPUT = "lora_scales"
+LORA_ADAPTERS_AXIS = "lora_adapters"
+LORA_SCALES = TensorSpec(LORA_SCALES_INPUT, "FP32", (BATCH, LORA_ADAPTERS_AXIS))
+# The config parameter of a component model that takes lora_scales (absent: it does not).
+COMPONENT_LORA_PARAMETER = "lora_adapters"
+
+
+def with_lora_scales(spec: ComponentSpec) -> ComponentSpec:
+    """The spec of a network exported with LoRA adapters: its inputs and ``lora_scales`` last."""
+    return dataclasses.replace(spec, inputs=(*spec.inputs, LORA_SCALES))
+
+
 # The config parameter of a component model that names its family (absent: "sd").
 COMPONENT_FAMILY_PARAMETER = "family"
 # The config parameter of the pipeline model naming the device of the engine's tensors (absent: "cpu"); export --gpu
@@ -406,7 +424,12 @@ def components_of(config: PipelineConfig) -> tuple[ComponentSpec, ...]:
         absent.add(REFINER_UNET_MODEL_NAME)
     if config.sd3 is not None and not config.sd3.has_t5:
         absent.add(T5_MODEL_NAME)
-    return tuple(spec for name, spec in FAMILY_COMPONENTS[component_table(config)].items() if name not in absent)
+    adapted = config.lora_components()
+    return tuple(
+        with_lora_scales(spec) if name in adapted else spec
+        for name, spec in FAMILY_COMPONENTS[component_table(config)].items()
+        if name not in absent
+    )
 
 
 def is_t5_encoder(spec: ComponentSpec) -> bool:
@@ -419,12 +442,14 @@ def text_encoders_of(config: PipelineConfig) -> tuple[ComponentSpec, ...]:
     return tuple(spec for spec in components_of(config) if spec.model_name in TOKENIZER_DIRS)
 
 
-def component_spec(family: str, model_name: str) -> ComponentSpec:
-    """The spec of ``model_name`` in a ``family`` repository (names are looked up in a fixed table only)."""
+def component_spec(family: str, model_name: str, *, lora: bool = False) -> ComponentSpec:
+    """The spec of ``model_name`` in a ``family`` repository (names are looked up in a fixed table only); with
+    ``lora``, as exported with LoRA adapters."""
     try:
-        return FAMILY_COMPONENTS[family][model_name]
+        spec = FAMILY_COMPONENTS[family][model_name]
     except KeyError:
         raise KeyError(f"no component {model_name!r} in a {family!r} repository") from None
+    return with_lora_scales(spec) if lora else spec
 
 
 ONNX_FILE_NAME = "model.onnx"

@@ -146,6 +146,27 @@ VAE_TILING = PublicTensor(
     "--vae-tile-above size; omitted: tiles above that size",
 )
 
+# LoRA adapters exported into the networks (sdtriton export --lora NAME=PATH): each image names at most one, with its
+# weight (diffusers' set_adapters([name], [scale])); images of different adapters and scales share a network call.
+MIN_LORA_SCALE = -4.0
+MAX_LORA_SCALE = 4.0
+DEFAULT_LORA_SCALE = 1.0
+LORA = PublicTensor(
+    "lora",
+    "BYTES",
+    (1,),
+    True,
+    "the name of one adapter the repository was exported with (export --lora NAME=PATH); absent or empty: none",
+)
+LORA_SCALE = PublicTensor(
+    "lora_scale",
+    "FP32",
+    (1,),
+    True,
+    f"a finite number in {MIN_LORA_SCALE:g}..{MAX_LORA_SCALE:g} (default {DEFAULT_LORA_SCALE:g}): the adapter's "
+    "weight, as diffusers' set_adapters",
+)
+
 # The inputs of one value per prompt (text-to-image); the entry takes these and IMAGE_INPUTS (ENTRY_INPUTS).
 PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     PROMPT,
@@ -162,6 +183,8 @@ PUBLIC_INPUTS: tuple[PublicTensor, ...] = (
     SKIP_LAYER_GUIDANCE_START,
     SKIP_LAYER_GUIDANCE_STOP,
     VAE_TILING,
+    LORA,
+    LORA_SCALE,
 )
 # Inputs the ensemble hands unchanged to the pipeline model.
 GENERATION_INPUTS: tuple[PublicTensor, ...] = PUBLIC_INPUTS[2:]

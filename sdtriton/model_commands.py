@@ -94,6 +94,14 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
         help="SD 3.5: transformer blocks skip-layer guidance skips, e.g. 7,8,9 (SD 3.5 Medium's); requests then may "
         "send skip_layer_guidance_scale (default: none)",
     )
+    export.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a LoRA adapter (a diffusers or kohya safetensors file diffusers' load_lora_weights takes) exported into "
+        "the networks it adapts; requests choose it per image by NAME (lora, lora_scale); repeatable",
+    )
     limits = export.add_argument_group("request limits (refused with INVALID_ARG naming the field)")
     limits.add_argument(
         "--max-steps", type=int, default=DEFAULT_MAX_INFERENCE_STEPS, help="most num_inference_steps a request may ask"
@@ -230,6 +238,7 @@ def _export(args: argparse.Namespace) -> int:
 def _export_with(args: argparse.Namespace) -> int:
     from sdtriton.export import (
         ComponentBackend,
+        LoraSource,
         RenderOptions,
         TensorRtExportOptions,
         export_repository,
@@ -290,6 +299,7 @@ def _export_with(args: argparse.Namespace) -> int:
         skip_guidance_layers=args.skip_guidance_layers,
         refiner=args.refiner,
         tensorrt=tensorrt,
+        loras=[LoraSource.parse(text) for text in args.lora],
         limits=RequestLimits(
             max_inference_steps=args.max_steps, max_prompt_bytes=args.max_prompt_bytes, max_pixels=args.max_pixels
         ),

@@ -303,6 +303,24 @@ class VaeTiling:
 
 
 @dataclass(frozen=True)
+class LoraAdapter:
+    """A LoRA adapter exported into the networks (``sdtriton export --lora NAME=PATH``).
+
+    Attributes:
+        name: what a request's ``lora`` names it by; its column in every adapted network's ``lora_scales`` input is
+            its place in :attr:`PipelineConfig.loras`.
+        components: the networks (model names) it has layers in: the UNet or transformer, text encoders.
+    """
+
+    name: str
+    components: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LoraAdapter:
+        return cls(name=str(values["name"]), components=tuple(values["components"]))
+
+
+@dataclass(frozen=True)
 class RequestLimits:
     """What one request may ask for, set at export (the fields of the same names of :class:`PipelineConfig`)."""
 
@@ -351,6 +369,25 @@ class PipelineConfig:
     max_pixels: int | None = None
     # Tiled VAE decoding (None: a repository exported before it, which decodes every image in one call).
     vae_tiling: VaeTiling | None = None
+    # LoRA adapters exported into the networks, in the order of their lora_scales columns (empty: none).
+    loras: tuple[LoraAdapter, ...] = ()
+
+    @property
+    def lora_names(self) -> tuple[str, ...]:
+        return tuple(adapter.name for adapter in self.loras)
+
+    def lora_components(self) -> frozenset[str]:
+        """The networks some adapter has layers in: those take a ``lora_scales`` input."""
+        return frozenset(name for adapter in self.loras for name in adapter.components)
+
+    def lora_scales(self, lora: str | None, scale: float, *, component: str) -> list[float]:
+        """One row of ``component``'s ``lora_scales``: ``scale`` in the column of the adapter ``lora`` where it has
+        layers in that network, 0 elsewhere (and everywhere without an adapter)."""
+        return [scale if adapter.name == lora and component in adapter.components else 0.0 for adapter in self.loras]
+
+    def lora_touches(self, lora: str | None, component: str) -> bool:
+        """Whether the adapter ``lora`` has layers in ``component`` (its outputs then depend on the adapter)."""
+        return any(adapter.name == lora and component in adapter.components for adapter in self.loras)
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
@@ -473,6 +510,7 @@ class PipelineConfig:
             values["flux"] = FluxConfig.from_dict(values["flux"])
         if values.get("vae_tiling") is not None:
             values["vae_tiling"] = VaeTiling(**values["vae_tiling"])
+        values["loras"] = tuple(LoraAdapter.from_dict(adapter) for adapter in values.get("loras", ()))
         return cls(**values)
 
     def save(self, directory: Path) -> Path:

@@ -413,3 +413,54 @@ def make_tiny(output_dir: Path, *, profile: str = "tiny", seed: int = 0, family:
         save_scheduler_overrides(output_dir, SDXL_SCHEDULER_OVERRIDES)
     logger.info("wrote the %s pipeline (seed %d) to %s", profile if family == "sd" else family, seed, output_dir)
     return output_dir
+
+
+# Layers a tiny LoRA adapts: the attention projections of the UNet (diffusers' own LoRA scripts' targets), with
+# ``conv`` the ResNet convolutions too (kohya's LoCon), and CLIP's attention projections.
+_LORA_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+_LORA_CONV_TARGETS = ("conv1", "conv2")
+_LORA_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def make_tiny_lora(
+    model_dir: Path,
+    output_dir: Path,
+    *,
+    seed: int,
+    rank: int = 4,
+    alpha: float = 4.0,
+    text_encoders: tuple[str, ...] = (),
+    conv: bool = False,
+) -> Path:
+    """A random non-zero LoRA adapter of a tiny SD / SDXL pipeline, saved by diffusers' own ``save_lora_weights``
+    (with peft's config as its metadata, so ``lora_alpha`` travels); returns the safetensors file.
+
+    Args:
+        rank / alpha: peft's ``r`` and ``lora_alpha`` (the update is scaled by alpha / rank).
+        text_encoders: the text encoders (``text_encoder``, SDXL's ``text_encoder_2``) whose attention it adapts too.
+        conv: adapt the UNet's ResNet convolutions too (Conv2d LoRA layers).
+    """
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipeline = DiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    unet_targets = [*_LORA_UNET_TARGETS, *(_LORA_CONV_TARGETS if conv else ())]
+    unet_config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=unet_targets, init_lora_weights=False)
+    pipeline.unet.add_adapter(unet_config)
+    saved: dict[str, Any] = {
+        "unet_lora_layers": get_peft_model_state_dict(pipeline.unet),
+        "unet_lora_adapter_metadata": unet_config.to_dict(),
+    }
+    for encoder in text_encoders:
+        text_config = LoraConfig(
+            r=rank, lora_alpha=alpha, target_modules=list(_LORA_TEXT_TARGETS), init_lora_weights=False
+        )
+        getattr(pipeline, encoder).add_adapter(text_config)
+        saved[f"{encoder}_lora_layers"] = get_peft_model_state_dict(getattr(pipeline, encoder))
+        saved[f"{encoder}_lora_adapter_metadata"] = text_config.to_dict()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    type(pipeline).save_lora_weights(output_dir, weight_name=LORA_WEIGHT_NAME, **saved)
+    logger.info("wrote a LoRA (rank %d, seed %d) of %s to %s", rank, seed, model_dir, output_dir)
+    return output_dir / LORA_WEIGHT_NAME

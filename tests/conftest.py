@@ -263,6 +263,55 @@ def sdxl_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_tiny(models / "base", family="sdxl"), make_tiny(models / "refiner", family="sdxl-refiner")
 
 
+LORA_PREFIX = "lora_"
+
+
+@pytest.fixture(scope="session")
+def lora_files(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two random LoRA adapters of the tiny SD model, saved by diffusers' save_lora_weights: ``style`` (rank 4, alpha
+    8: the UNet's and the text encoder's attention) and ``detail`` (rank 8, alpha 4: the UNet's attention and its
+    ResNet convolutions, Conv2d LoRA layers)."""
+    from sdtriton.tiny import make_tiny_lora
+
+    root = tmp_path_factory.mktemp("loras")
+    return {
+        "style": make_tiny_lora(
+            tiny_model_dir, root / "style", seed=1, rank=4, alpha=8.0, text_encoders=("text_encoder",)
+        ),
+        "detail": make_tiny_lora(tiny_model_dir, root / "detail", seed=2, rank=8, alpha=4.0, conv=True),
+    }
+
+
+@pytest.fixture(scope="session")
+def lora_repository(
+    tiny_model_dir: Path, lora_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The tiny SD model exported with both adapters of ``lora_files`` (models ``lora_*``; no preview fit)."""
+    from sdtriton.export import LoraSource, RenderOptions, export_repository
+
+    repository = tmp_path_factory.mktemp("lora_repository")
+    export_repository(
+        tiny_model_dir,
+        repository,
+        options=RenderOptions(model_prefix=LORA_PREFIX),
+        loras=[LoraSource(name, path) for name, path in lora_files.items()],
+        fit_preview=False,
+        show_progress=False,
+        vae_tile_above_px=UNTILED,
+    )
+    return repository
+
+
+@pytest.fixture(scope="session")
+def sdxl_lora_file(sdxl_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random LoRA adapter of the tiny SDXL base (rank 4, alpha 2: the UNet's and the second text encoder's
+    attention), exported into family_server's SDXL repository as ``xl``."""
+    from sdtriton.tiny import make_tiny_lora
+
+    root = tmp_path_factory.mktemp("sdxl_lora")
+    return make_tiny_lora(sdxl_dirs[0], root, seed=3, rank=4, alpha=2.0, text_encoders=("text_encoder_2",))
+
+
 @pytest.fixture(scope="session")
 def large_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny SD exported for sides up to :data:`LARGE_SIZE_FACTOR` times its own, models ``large_*``, no previews."""
@@ -290,12 +339,16 @@ def family_server(
     sdxl_dirs: tuple[Path, Path],
     sd3_exports,
     flux_exports,
+    lora_repository: Path,
+    sdxl_lora_file: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[object]:
     """One real tritonserver holding a repository of every family side by side: the tiny SD one, SDXL with its
     refiner (models ``sdxl_*``), SD 3.5 (``sd35_*``), SD 3 without T5 (``no_t5_*``), FLUX.1-dev (``flux_*``) and
-    FLUX.1-schnell (``schnell_*``), and the tiny SD again with sides up to 8 times its own (``large_*``)."""
-    from sdtriton.export import RenderOptions, export_repository
+    FLUX.1-schnell (``schnell_*``), the tiny SD again with sides up to 8 times its own (``large_*``) and the tiny SD
+    one with two LoRA adapters (``lora_*``). The SDXL one carries the LoRA adapter ``xl`` (its rows without it are the
+    base model's, exactly)."""
+    from sdtriton.export import LoraSource, RenderOptions, export_repository
 
     base, refiner = sdxl_dirs
     sdxl_repository = tmp_path_factory.mktemp("sdxl_repository")
@@ -304,11 +357,12 @@ def family_server(
         sdxl_repository,
         refiner=refiner,
         options=RenderOptions(model_prefix=SDXL_PREFIX),
+        loras=[LoraSource("xl", sdxl_lora_file)],
         show_progress=False,
         vae_tile_above_px=UNTILED,
     )
     exported = (*sd3_exports.values(), *flux_exports.values())
-    repositories = (sdxl_repository, large_repository, *(repository for _, repository, _ in exported))
+    repositories = (sdxl_repository, large_repository, *(repository for _, repository, _ in exported), lora_repository)
     extra_args = tuple(f"--model-repository={repository}" for repository in repositories)
     yield from serve(tiny_repository, tmp_path_factory, extra_args=extra_args)
 

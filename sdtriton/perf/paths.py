@@ -113,8 +113,10 @@ class InstrumentedNetworks:
         self.calls_ms[name].append((time.perf_counter() - started) * 1000.0)
         return output
 
-    def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self._timed("encode_text", encoder, input_ids)
+    def encode_text(
+        self, encoder: str, input_ids: torch.Tensor, lora_scales: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        return self._timed("encode_text", encoder, input_ids, lora_scales)
 
     def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         # The denoiser's first input is its latents: the UNet's ``sample``, a transformer's ``hidden_states``.

@@ -61,6 +61,8 @@ class RequestSpec:
     skip_layer_guidance_stop: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
     # One VAE call for the image: perf's sizes are the model's native ones, which no export tiles (--vae-tile-above).
     vae_tiling: bool = False
+    lora: str = ""  # none
+    lora_scale: float = interface.DEFAULT_LORA_SCALE
 
     def client_parameters(self) -> dict[str, Any]:
         """Every public input but the prompt, as keywords of ``StableDiffusionClient.generate``."""

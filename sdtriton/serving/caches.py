@@ -124,9 +124,11 @@ def response_key(images: Sequence[ImageRequest]) -> Hashable:
     )
 
 
-def text_row_key(encoder: str, ids: np.ndarray) -> Hashable:
-    """The key of one text-encoder row: the encoder and the row's token ids."""
-    return (encoder, np.asarray(ids, dtype=np.int64).tobytes())
+def text_row_key(encoder: str, ids: np.ndarray, lora_scales: np.ndarray | None = None) -> Hashable:
+    """The key of one text-encoder row: the encoder, the row's token ids and, for an encoder exported with LoRA
+    adapters, the row's adapter weights (which adapter, at what scale)."""
+    lora = None if lora_scales is None else np.asarray(lora_scales, dtype=np.float32).tobytes()
+    return (encoder, np.asarray(ids, dtype=np.int64).tobytes(), lora)
 
 
 def images_nbytes(images: Sequence[np.ndarray]) -> int:

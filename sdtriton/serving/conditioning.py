@@ -27,6 +27,7 @@ Rows: with classifier-free guidance every conditioning has two rows, [negative, 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdtriton.components import REFINER_UNET_MODEL_NAME, T5_MODEL_NAME, TRANSFORMER_MODEL_NAME, UNET_MODEL_NAME
+from sdtriton.components import (
+    LORA_SCALES_INPUT,
+    REFINER_UNET_MODEL_NAME,
+    T5_MODEL_NAME,
+    TRANSFORMER_MODEL_NAME,
+    UNET_MODEL_NAME,
+)
 from sdtriton.pipeline_config import FLUX_ID_AXES, FLUX_PACKING, FluxConfig, PipelineConfig, Sd3Config, SdxlConfig
 from sdtriton.serving.validation import GenerationParams
 
@@ -73,6 +80,17 @@ def text_ids_for(image: ImageRequest, encoder: str) -> np.ndarray:
     return ids.astype(np.int64, copy=False)
 
 
+def lora_scales_for(image: ImageRequest, config: PipelineConfig, component: str) -> np.ndarray | None:
+    """The ``lora_scales`` rows one image sends to ``component`` (one per row of :func:`text_ids_for`, the same for
+    both rows of a guided image, as diffusers' adapters act on the negative prompt too); None where the network takes
+    none (no adapter has layers in it)."""
+    if component not in config.lora_components():
+        return None
+    row = config.lora_scales(image.params.lora, image.params.lora_scale, component=component)
+    rows = 2 if image.params.uses_classifier_free_guidance else 1
+    return np.array([row] * rows, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One denoising stage of an image: which UNet it calls, with what conditioning, over which timesteps.
@@ -97,7 +115,20 @@ class Stage:
 
 
 def stages_for(image: ImageRequest, config: PipelineConfig, encoded: Mapping[str, EncodedText]) -> list[Stage]:
-    """The denoising stages of one image, given its text encoders' outputs (``encoded[encoder][output]``)."""
+    """The denoising stages of one image, given its text encoders' outputs (``encoded[encoder][output]``); a stage
+    whose network carries LoRA adapters gets the image's ``lora_scales`` rows in its conditioning."""
+    stages = []
+    for stage in _family_stages(image, config, encoded):
+        scales = lora_scales_for(image, config, stage.unet)
+        if scales is not None:
+            device = next(iter(stage.conditioning.values())).device
+            conditioning = {**stage.conditioning, LORA_SCALES_INPUT: torch.from_numpy(scales).to(device)}
+            stage = dataclasses.replace(stage, conditioning=conditioning)
+        stages.append(stage)
+    return stages
+
+
+def _family_stages(image: ImageRequest, config: PipelineConfig, encoded: Mapping[str, EncodedText]) -> list[Stage]:
     if config.sd3 is not None:
         return [_sd3_stage(config, config.sd3, encoded)]
     if config.flux is not None:

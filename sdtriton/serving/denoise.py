@@ -44,7 +44,7 @@ from sdtriton.schedulers import (
     set_flux_timesteps,
     set_sd3_timesteps,
 )
-from sdtriton.serving.conditioning import ImageRequest, Stage, stages_for, text_ids_for
+from sdtriton.serving.conditioning import ImageRequest, Stage, lora_scales_for, stages_for, text_ids_for
 from sdtriton.serving.errors import RequestCancelledError
 from sdtriton.serving.tiling import decode_in_tiles, tiling_of
 from sdtriton.serving.validation import GenerationParams
@@ -67,8 +67,11 @@ class DiffusionComponents(Protocol):
 
     device: torch.device
 
-    def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """[B, T] int64 token ids -> the text encoder ``encoder``'s outputs by name, [B, ...] each."""
+    def encode_text(
+        self, encoder: str, input_ids: torch.Tensor, lora_scales: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """[B, T] int64 token ids -> the text encoder ``encoder``'s outputs by name, [B, ...] each; ``lora_scales``
+        [B, adapters]: each row's adapter weights, for an encoder exported with LoRA adapters."""
 
     def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The UNet ``unet``'s inputs by name ([B, C, h, w] sample, [B] timestep, conditioning) -> [B, C, h, w]."""
@@ -403,12 +406,13 @@ def encode_image_text(
     image: ImageRequest, config: PipelineConfig, components: DiffusionComponents
 ) -> dict[str, dict[str, torch.Tensor]]:
     """One image's text-encoder outputs, encoder by encoder (the plain loop; the engine batches these calls)."""
-    return {
-        spec.model_name: components.encode_text(
-            spec.model_name, torch.from_numpy(text_ids_for(image, spec.model_name)).to(components.device)
-        )
-        for spec in text_encoders_of(config)
-    }
+    encoded = {}
+    for spec in text_encoders_of(config):
+        ids = torch.from_numpy(text_ids_for(image, spec.model_name)).to(components.device)
+        scales = lora_scales_for(image, config, spec.model_name)
+        lora = None if scales is None else torch.from_numpy(scales).to(components.device)
+        encoded[spec.model_name] = components.encode_text(spec.model_name, ids, lora)
+    return encoded
 
 
 def generate_image(

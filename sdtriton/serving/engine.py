@@ -48,7 +48,7 @@ from sdtriton.serving.caches import (
     response_key,
     text_row_key,
 )
-from sdtriton.serving.conditioning import ImageRequest, stages_for, text_ids_for
+from sdtriton.serving.conditioning import ImageRequest, lora_scales_for, stages_for, text_ids_for
 from sdtriton.serving.denoise import ImageDenoiser, LatentDistribution, preprocess_image, to_uint8_image
 from sdtriton.serving.errors import DeadlineExceededError, RequestCancelledError, ServerBusyError
 from sdtriton.serving.metrics import EngineObserver, GuardedObserver, NoObserver
@@ -123,7 +123,9 @@ class EngineNetworks(Protocol):
 
     device: torch.device
 
-    def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]: ...
+    def encode_text(
+        self, encoder: str, input_ids: torch.Tensor, lora_scales: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]: ...
 
     def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
 
@@ -546,12 +548,15 @@ class DiffusionEngine:
         caching = self._text_rows.enabled
         # rows[(id(active), index)] = the image's rows, each its cached outputs or the index of a row to encode
         rows: dict[tuple[int, int], list[dict[str, torch.Tensor] | int]] = {}
-        wanted: list[tuple[np.ndarray, Hashable, list[_Active]]] = []  # (ids, key, requests waiting on it)
+        # (ids, LoRA weights or None, key, requests waiting on it)
+        wanted: list[tuple[np.ndarray, np.ndarray | None, Hashable, list[_Active]]] = []
         position: dict[Hashable, int] = {}
         for active, index, image in images:
             image_rows: list[dict[str, torch.Tensor] | int] = []
-            for ids in text_ids_for(image, encoder):
-                key = text_row_key(encoder, ids) if caching else len(wanted)
+            scales = lora_scales_for(image, self.config, encoder)
+            for row, ids in enumerate(text_ids_for(image, encoder)):
+                row_scales = None if scales is None else scales[row]
+                key = text_row_key(encoder, ids, row_scales) if caching else len(wanted)
                 cached = self._text_rows.get(key) if caching else None
                 if caching:
                     self._observer.cache_lookup(cache=TEXT_EMBEDDING_CACHE, hit=cached is not None)
@@ -560,28 +565,31 @@ class DiffusionEngine:
                     continue
                 if key not in position:
                     position[key] = len(wanted)
-                    wanted.append((ids, key, []))
-                wanted[position[key]][2].append(active)
+                    wanted.append((ids, row_scales, key, []))
+                wanted[position[key]][3].append(active)
                 image_rows.append(position[key])
             rows[(id(active), index)] = image_rows
         computed: list[dict[str, torch.Tensor] | None] = [None] * len(wanted)
         for start in range(0, len(wanted), self.limits.max_text_rows):
             chunk = range(start, min(start + self.limits.max_text_rows, len(wanted)))
-            if not any(a.state is RequestState.RUNNING for row in chunk for a in wanted[row][2]):
+            if not any(a.state is RequestState.RUNNING for row in chunk for a in wanted[row][3]):
                 continue
             try:
                 ids = torch.from_numpy(np.stack([wanted[row][0] for row in chunk])).to(self.networks.device)
-                outputs = self.networks.encode_text(encoder, ids)
+                lora = None
+                if wanted[chunk[0]][1] is not None:
+                    lora = torch.from_numpy(np.stack([wanted[row][1] for row in chunk])).to(self.networks.device)
+                outputs = self.networks.encode_text(encoder, ids, lora)
             except Exception as error:
                 logger.exception("text encoder %s call failed", encoder)
-                for active in {id(a): a for row in chunk for a in wanted[row][2]}.values():
+                for active in {id(a): a for row in chunk for a in wanted[row][3]}.values():
                     self._end(active, RequestState.FAILED, error)
                 continue
             for offset, row in enumerate(chunk):
                 # A clone: a slice would keep the whole call's outputs alive in the cache.
                 computed[row] = {name: value[offset : offset + 1].clone() for name, value in outputs.items()}
                 if caching:
-                    self._text_rows.put(wanted[row][1], computed[row])
+                    self._text_rows.put(wanted[row][2], computed[row])
         for active, index, _ in images:
             if active.state is not RequestState.RUNNING:
                 continue

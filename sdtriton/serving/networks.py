@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from sdtriton.components import (
+    LORA_SCALES_INPUT,
     ONNX_FILE_NAME,
     VAE_DECODER_MODEL_NAME,
     VAE_ENCODER_MODEL_NAME,
@@ -28,12 +29,22 @@ from sdtriton.serving.onnx_runtime import ComponentSession
 TORCH_DTYPES = {"FP32": torch.float32, "FP16": torch.float16, "INT64": torch.int64, "INT32": torch.int32}
 
 
+def _lora_columns(scales: torch.Tensor, spec: ComponentSpec, adapters: int) -> torch.Tensor:
+    """``lora_scales`` as float32 [rows, adapters]; an empty [rows, 0] (none sent) is zeros: the base network."""
+    if scales.shape[-1] == 0:
+        return torch.zeros((scales.shape[0], adapters), dtype=torch.float32, device=scales.device)
+    if scales.shape[-1] != adapters:
+        raise ValueError(f"{spec.model_name}: lora_scales has {scales.shape[-1]} columns, the network {adapters}")
+    return scales.to(torch.float32)
+
+
 class SpecNetworks:
     """A :class:`~sdtriton.serving.denoise.DiffusionComponents` over the components of one exported model."""
 
     def __init__(self, config: PipelineConfig, *, device: torch.device | str = "cpu") -> None:
         self.specs: dict[str, ComponentSpec] = {spec.model_name: spec for spec in components_of(config)}
         self.device = torch.device(device)
+        self.lora_adapters = len(config.loras)
 
     def run(self, spec: ComponentSpec, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Runs one component on its inputs by name; returns its outputs by name, on ``device``."""
@@ -45,10 +56,17 @@ class SpecNetworks:
         except KeyError:
             raise KeyError(f"this model has no component {model_name!r} (it has {sorted(self.specs)})") from None
 
-    def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_text(
+        self, encoder: str, input_ids: torch.Tensor, lora_scales: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         spec = self._spec(encoder)
-        (ids,) = spec.input_names
-        return self.run(spec, {ids: input_ids})
+        ids, *lora = spec.input_names
+        inputs = {ids: input_ids}
+        if lora:
+            # A network exported with adapters: each row's weights (none given: the base network's rows).
+            scales = lora_scales if lora_scales is not None else input_ids.new_zeros((len(input_ids), 0))
+            inputs[LORA_SCALES_INPUT] = _lora_columns(scales, spec, self.lora_adapters)
+        return self.run(spec, inputs)
 
     def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         spec = self._spec(unet)

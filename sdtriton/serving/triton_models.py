@@ -41,6 +41,7 @@ import triton_python_backend_utils as pb_utils
 from sdtriton import interface
 from sdtriton.components import (
     COMPONENT_FAMILY_PARAMETER,
+    COMPONENT_LORA_PARAMETER,
     MODEL_PREFIX_PARAMETER,
     ONNX_FILE_NAME,
     ComponentSpec,
@@ -86,7 +87,11 @@ class OnnxComponentModel:
         model_config = json.loads(args["model_config"])
         family = string_parameter(model_config, COMPONENT_FAMILY_PARAMETER, "sd")
         prefix = string_parameter(model_config, MODEL_PREFIX_PARAMETER, "")
-        self.spec: ComponentSpec = component_spec(family, args["model_name"].removeprefix(prefix))
+        self.spec: ComponentSpec = component_spec(
+            family,
+            args["model_name"].removeprefix(prefix),
+            lora=int_parameter(model_config, COMPONENT_LORA_PARAMETER, 0) > 0,
+        )
         if args["model_instance_kind"] == "GPU":
             device_id = int(args["model_instance_device_id"])
             providers: list[Any] = [(CUDA_PROVIDER, {"device_id": device_id}), CPU_PROVIDER]

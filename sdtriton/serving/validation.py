@@ -54,6 +54,10 @@ class GenerationParams:
     vae_tiled: bool = False
     # Image-to-image: the share of the denoising redone from the input image (None: text-to-image).
     strength: float | None = None
+    # The LoRA adapter of this image (None: none) and its weight (the default where there is none, so that requests
+    # without an adapter are equal whatever scale they sent).
+    lora: str | None = None
+    lora_scale: float = interface.DEFAULT_LORA_SCALE
 
     @property
     def uses_classifier_free_guidance(self) -> bool:
@@ -200,6 +204,34 @@ def _vae_tiled(value: bool | None, config: PipelineConfig, *, width: int, height
     return bool(value)
 
 
+def _lora(raw: bytes | str | None, config: PipelineConfig) -> str | None:
+    field = interface.LORA.name
+    name = "" if raw is None else raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    if not name:
+        return None
+    if not config.loras:
+        raise InvalidInputError(
+            field,
+            f"must be empty: this repository was exported without LoRA adapters (export --lora), got {_echo(name)}",
+        )
+    if name not in config.lora_names:
+        raise InvalidInputError(
+            field,
+            f"must be one of {', '.join(config.lora_names)} (the adapters this {config.family} repository was "
+            f"exported with) or empty, got {_echo(name)}",
+        )
+    return name
+
+
+def _lora_scale(value: float | None, lora: str | None) -> float:
+    field = interface.LORA_SCALE.name
+    low, high = interface.MIN_LORA_SCALE, interface.MAX_LORA_SCALE
+    scale = interface.DEFAULT_LORA_SCALE if value is None else float(value)
+    if not (math.isfinite(scale) and low <= scale <= high):
+        raise InvalidInputError(field, f"must be a finite number in {low:g}..{high:g}, got {_echo(value)}")
+    return scale if lora is not None else interface.DEFAULT_LORA_SCALE
+
+
 def _enough_steps_for_scheduler(params: GenerationParams, config: PipelineConfig) -> None:
     """Some schedulers cannot set up fewer than a few steps (PNDM with its Runge-Kutta warm-up): the fewest are read
     from the scheduler each stage builds (its config, the model's overrides), as the denoising loop will build it."""
@@ -309,6 +341,8 @@ def parse_generation_params(
     skip_layer_guidance_stop: float | None = None,
     vae_tiling: bool | None = None,
     strength: float | None = None,
+    lora: bytes | str | None = None,
+    lora_scale: float | None = None,
     negative_given: bool = True,
     image_size: tuple[int, int] | None = None,
     draw_seed: Callable[[], int] = random_seed,
@@ -325,6 +359,7 @@ def parse_generation_params(
             )
     else:
         width, height = _image_size(image_size, config, width=width, height=height)
+    adapter = _lora(lora, config)
     params = GenerationParams(
         num_inference_steps=_int_in_range(
             interface.NUM_INFERENCE_STEPS.name,
@@ -372,6 +407,8 @@ def parse_generation_params(
             interface.SKIP_LAYER_GUIDANCE_STOP, skip_layer_guidance_stop, interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
         ),
         strength=None if image_size is None else _strength(strength, config, num_inference_steps=steps),
+        lora=adapter,
+        lora_scale=_lora_scale(lora_scale, adapter),
     )
     pixels = params.width * params.height
     if pixels > config.pixel_limit:

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sdtriton.serving.caches import RESPONSE_CACHE, TEXT_EMBEDDING_CACHE, LruCache, response_key
+from sdtriton.serving.caches import RESPONSE_CACHE, TEXT_EMBEDDING_CACHE, LruCache, response_key, text_row_key
 from sdtriton.serving.engine import DiffusionEngine, EngineLimits, EngineRequest
 from sdtriton.serving.errors import ServerBusyError
 from sdtriton.serving.metrics import NoObserver
@@ -265,3 +265,11 @@ def test_both_caches_off_at_0() -> None:
     assert sum(networks.text_batches) == 4 and len(networks.vae_batches) == 2
     assert observer.lookups == []
     assert np.array_equal(sink.result.images[0], _alone(image))
+
+
+def test_a_text_row_key_carries_the_rows_adapter_and_scale() -> None:
+    ids = np.arange(5)
+    style = text_row_key("text_encoder", ids, np.array([0.5, 0.0], dtype=np.float32))
+    assert style != text_row_key("text_encoder", ids, np.array([1.0, 0.0], dtype=np.float32))  # another scale
+    assert style != text_row_key("text_encoder", ids, np.array([0.0, 0.5], dtype=np.float32))  # another adapter
+    assert style == text_row_key("text_encoder", ids.astype(np.int32), np.array([0.5, 0.0]))  # the same row

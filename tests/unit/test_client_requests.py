@@ -30,6 +30,8 @@ ARGUMENTS: dict[str, Any] = {
     "vae_tiling": True,
     "input_image": Image.new("RGB", (64, 96), (10, 20, 30)),
     "strength": 0.6,
+    "lora": "style",
+    "lora_scale": 0.5,
 }
 
 
@@ -76,3 +78,16 @@ def test_omitted_arguments_are_sent_as_none_and_a_retry_policy_draws_the_seed(se
     for drawn in sent[2:]:
         assert 0 <= drawn["seed"] <= interface.MAX_SEED
         assert {**drawn, "seed": None} == dict.fromkeys(ARGUMENTS)
+
+
+def test_generate_command_reads_lora_as_name_and_optional_scale() -> None:
+    import argparse
+
+    from sdtriton.client.commands import _lora_choice
+
+    assert _lora_choice("style") == {"lora": "style"}
+    assert _lora_choice("style:0.5") == {"lora": "style", "lora_scale": 0.5}
+    assert _lora_choice("my.lora:-1") == {"lora": "my.lora", "lora_scale": -1.0}
+    for bad in (":0.5", "style:strong"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _lora_choice(bad)

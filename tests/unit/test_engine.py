@@ -84,7 +84,9 @@ class FakeNetworks:
         self.encoder_batches: list[int] = []
         self.fail_unet = False
 
-    def encode_text(self, encoder: str, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_text(
+        self, encoder: str, input_ids: torch.Tensor, lora_scales: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         self.text_batches.append(len(input_ids))
         input_ids = input_ids.numpy()
         if encoder == "text_encoder":

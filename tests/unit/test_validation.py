@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sdtriton import interface
-from sdtriton.pipeline_config import FluxConfig, PipelineConfig
+from sdtriton.pipeline_config import FluxConfig, LoraAdapter, PipelineConfig
 from sdtriton.serving.errors import InvalidInputError
 from sdtriton.serving.requests import parse_request
 from sdtriton.serving.validation import decode_prompt, parse_generation_params
@@ -192,3 +192,38 @@ def test_bad_input_image_tensors_are_refused_by_name(pixels: np.ndarray, message
     raw = {"prompt": np.array([b"a star"], dtype=np.object_), "input_image": pixels}
     with pytest.raises(InvalidInputError, match=re.escape(message)):
         parse_request(raw, config=CONFIG, tokenizers={})  # refused before any prompt is tokenized
+
+
+LORA_CONFIG = dataclasses.replace(
+    CONFIG,
+    loras=(
+        LoraAdapter(name="style", components=("unet", "text_encoder")),
+        LoraAdapter(name="detail", components=("unet",)),
+    ),
+)
+
+
+def test_a_lora_is_one_of_the_exported_adapters_and_its_scale_is_in_range() -> None:
+    params = parse_generation_params(config=LORA_CONFIG, lora=b"detail", lora_scale=-0.5)
+    assert (params.lora, params.lora_scale) == ("detail", -0.5)
+    # None, or an empty name, is no adapter; its scale is then the default, so such requests are equal.
+    assert parse_generation_params(config=LORA_CONFIG, seed=1, lora=b"", lora_scale=2.0) == parse_generation_params(
+        config=LORA_CONFIG, seed=1
+    )
+    with pytest.raises(InvalidInputError, match=r"^lora: must be one of style, detail \(the adapters this sd"):
+        parse_generation_params(config=LORA_CONFIG, lora=b"anime")
+    with pytest.raises(InvalidInputError, match=r"^lora: must be empty: this repository was exported without LoRA"):
+        parse_generation_params(config=CONFIG, lora="style")
+    for scale in (math.nan, 4.01, -4.5):
+        with pytest.raises(InvalidInputError, match=r"^lora_scale: must be a finite number in -4\.\.4"):
+            parse_generation_params(config=LORA_CONFIG, lora=b"style", lora_scale=scale)
+
+
+def test_lora_scales_rows_put_the_weight_in_the_adapters_column_where_it_has_layers() -> None:
+    assert LORA_CONFIG.lora_components() == {"unet", "text_encoder"}
+    assert LORA_CONFIG.lora_scales("style", 0.5, component="text_encoder") == [0.5, 0.0]
+    assert LORA_CONFIG.lora_scales("detail", 0.7, component="unet") == [0.0, 0.7]
+    # detail has no text-encoder layers: its rows there are the base encoder's (and share its cache entries).
+    assert LORA_CONFIG.lora_scales("detail", 0.7, component="text_encoder") == [0.0, 0.0]
+    assert LORA_CONFIG.lora_scales(None, 1.0, component="unet") == [0.0, 0.0]
+    assert PipelineConfig.from_json(LORA_CONFIG.to_json()) == LORA_CONFIG
