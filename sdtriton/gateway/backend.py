@@ -83,6 +83,9 @@ class GenerationRequest:
     skip_layer_guidance_scale: float | None = None
     skip_layer_guidance_start: float | None = None
     skip_layer_guidance_stop: float | None = None
+    vae_tiling: bool | None = None
+    lora: str | None = None
+    lora_scale: float | None = None
     preview_every: int | None = None
 
     def with_fixed_seed(self) -> GenerationRequest:
@@ -249,6 +252,9 @@ class Backend:
             "skip_layer_guidance_scale": request.skip_layer_guidance_scale,
             "skip_layer_guidance_start": request.skip_layer_guidance_start,
             "skip_layer_guidance_stop": request.skip_layer_guidance_stop,
+            "vae_tiling": request.vae_tiling,
+            "lora": request.lora,
+            "lora_scale": request.lora_scale,
         }
         if on_progress is None and not request.preview_every:
             # Nobody reads progress: the entry that answers once. Through the streaming entry, a response a step

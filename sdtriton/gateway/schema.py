@@ -106,6 +106,14 @@ class ImageGenerationRequest(BaseModel):
         json_schema_extra=_engine_range(0, 1),
         description=interface.SKIP_LAYER_GUIDANCE_STOP.allowed,
     )
+    vae_tiling: bool | None = Field(None, description=interface.VAE_TILING.allowed)
+    lora: str | None = Field(None, description=interface.LORA.allowed)
+    lora_scale: float | None = Field(
+        None,
+        allow_inf_nan=False,
+        json_schema_extra=_engine_range(interface.MIN_LORA_SCALE, interface.MAX_LORA_SCALE),
+        description=interface.LORA_SCALE.allowed,
+    )
 
     @field_validator("size")
     @classmethod
@@ -140,6 +148,9 @@ class ImageGenerationRequest(BaseModel):
             skip_layer_guidance_scale=self.skip_layer_guidance_scale,
             skip_layer_guidance_start=self.skip_layer_guidance_start,
             skip_layer_guidance_stop=self.skip_layer_guidance_stop,
+            vae_tiling=self.vae_tiling,
+            lora=self.lora,
+            lora_scale=self.lora_scale,
             preview_every=preview_every,
         )
 

@@ -125,7 +125,9 @@ class Load:
         return tuple(record.latency_ms for record in self.records if record.outcome is Outcome.OK)
 
     def percentile_ms(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q))
+        """NaN for a load none of whose requests succeeded (its failures are in the report)."""
+        latencies = self.latencies_ms
+        return float(np.percentile(latencies, q)) if latencies else math.nan
 
     @property
     def median_ms(self) -> float:
@@ -139,7 +141,8 @@ class Load:
 
     @property
     def mean_ms(self) -> float:
-        return statistics.mean(self.latencies_ms)
+        latencies = self.latencies_ms
+        return statistics.mean(latencies) if latencies else math.nan
 
     @property
     def median_standard_error_ms(self) -> float | None:

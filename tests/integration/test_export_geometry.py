@@ -20,7 +20,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from sdtriton.client import StableDiffusionClient
 from sdtriton.sd15 import SD15_SCHEDULER_CONFIG
-from tests.conftest import serve
+from tests.conftest import UNTILED, serve
 from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, diffusers_image, max_pixel_difference
 
 pytestmark = pytest.mark.integration
@@ -128,14 +128,19 @@ def pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(pipelines, tmp_path_factory: pytest.TempPathFactory):
-    """Both exported (each model named <geometry>_*) and served by one tritonserver."""
+    """Both exported (each model named <geometry>_*) and served by one tritonserver; untiled, as the diffusers they are
+    compared with decodes (their VAEs' tiles are smaller than the test's images)."""
     from sdtriton.export import RenderOptions, export_repository
 
     repositories = []
     for name in GEOMETRIES:
         repository = tmp_path_factory.mktemp(f"{name}_repository")
         export_repository(
-            pipelines[name], repository, options=RenderOptions(model_prefix=f"{name}_"), show_progress=False
+            pipelines[name],
+            repository,
+            options=RenderOptions(model_prefix=f"{name}_"),
+            show_progress=False,
+            vae_tile_above_px=UNTILED,
         )
         repositories.append(repository)
     first, *others = repositories

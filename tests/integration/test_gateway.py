@@ -100,6 +100,16 @@ def test_openai_sdk_gets_the_clients_image(sdk: openai.OpenAI, client: StableDif
     assert np.array_equal(_pixels(image.b64_json), np.asarray(expected.image))
 
 
+def test_the_engines_newer_fields_reach_it(sdk: openai.OpenAI, client: StableDiffusionClient) -> None:
+    """vae_tiling true tiles a 128x64 image (the tiny VAE's tile is 64 px): the client's tiled image, not the whole."""
+    parameters = {"seed": 4, "num_inference_steps": STEPS, "scheduler": "ddim"}
+    answer = sdk.images.generate(prompt=PROMPT, size="128x64", extra_body={**parameters, "vae_tiling": True})
+    tiled = client.generate(PROMPT, width=128, height=64, vae_tiling=True, **parameters)
+    whole = client.generate(PROMPT, width=128, height=64, **parameters)
+    pixels = _pixels(answer.data[0].b64_json)
+    assert np.array_equal(pixels, np.asarray(tiled.image)) and not np.array_equal(pixels, np.asarray(whole.image))
+
+
 def test_n_images_have_their_own_seeds(sdk: openai.OpenAI, client: StableDiffusionClient) -> None:
     answer = sdk.images.generate(prompt=PROMPT, n=2, size="64x64", extra_body={"num_inference_steps": STEPS})
     seeds = [image.model_extra["seed"] for image in answer.data]
@@ -138,6 +148,10 @@ def test_url_answer_downloads_the_image(sdk: openai.OpenAI) -> None:
         # The newer extras reach the engine, which refuses them on a model of another family.
         ({"true_cfg_scale": 2.0}, "true_cfg_scale", "true_cfg_scale: must be 1: true classifier-free guidance is"),
         ({"skip_layer_guidance_scale": 1.0}, "skip_layer_guidance_scale", "skip_layer_guidance_scale: must be 0"),
+        # The tiny repository has no adapters and is exported untiled (tiling only on request).
+        ({"lora": "style"}, "lora", "lora: must be empty: this repository was exported without LoRA"),
+        ({"lora_scale": 9.0}, "lora_scale", "lora_scale: must be a finite number in -4..4"),
+        ({"vae_tiling": "sometimes"}, "vae_tiling", "valid boolean"),
     ],
 )
 def test_bad_fields_are_400_naming_the_field(gateway: str, change: dict, param: str, said: str) -> None:

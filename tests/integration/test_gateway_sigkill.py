@@ -41,8 +41,10 @@ logger = logging.getLogger(__name__)
 
 # Short: the dead gateway's jobs are taken over this long after its last renewal.
 LEASE_S = 2.0
-# Enough steps that a job is seen running (its progress reaches the store every 0.2 s) well before it ends.
-STEPS = 6
+# Enough steps that a job is seen running (its progress reaches the store every 0.2 s) well before it ends, and that
+# the dead gateway's runs are still running when their streams' close reaches the engine: with 6, under the load of
+# two test workers, one of them was once seen at step 1 in the store and still finished in the engine.
+STEPS = 30
 JOBS = 6
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,10 @@ def test_records_split_by_class_in_order_and_summaries_count_completed_ones_only
     assert short.mean_ms == pytest.approx(200.0)
     assert short.images_per_s == pytest.approx(1.5)
     assert load.of_class(LONG).completed == 1 and load.of_class("burst").completed == 0
+    # A class none of whose requests succeeded has no latency (the report shows its failures, not a crash).
+    none_ok = Load("mixed", 1, (_record(SHORT, 50.0, Outcome.FAILED),), 1.0)
+    assert math.isnan(none_ok.p50_ms) and math.isnan(none_ok.p99_ms) and math.isnan(none_ok.mean_ms)
+    assert (none_ok.completed, none_ok.failed) == (0, 1)
 
 
 def test_a_refusal_is_the_servers_busy_message() -> None:
