@@ -95,8 +95,10 @@ def join_tiles(outputs: TileGrid, tiling: VaeTiling | None, *, encode: bool = Fa
 
 def join_moments(encoded: list[list[Moments]], tiling: VaeTiling | None) -> Moments:
     """The image's latent distribution of its encoded tiles' (mean, std). diffusers blends the encoder's moments,
-    mean and log-variance; ours answers ``std = exp(0.5 * clamp(logvar))``, so each tile's clamped log-variance is
-    ``2 log std``, and a blend of values inside the clamp's range stays inside it (the clamp again changes nothing)."""
+    mean and log-variance, and clamps the log-variance to [-30, 20] after; ours answers ``std = exp(0.5 *
+    clamp(logvar))``, so each tile's log-variance is ``2 log std`` (to a float's rounding), clamped before the blend.
+    The two agree wherever the encoder's log-variance lies inside the clamp's range (a blend of values inside it stays
+    inside); a tile's outside it would blend its clamped value."""
     if tiling is None:
         (whole,), *_ = encoded
         return whole
