@@ -15,8 +15,8 @@ from sdtriton.pipeline_config import FLUX_PACKING, PipelineConfig
 
 BATCH = "batch"
 # Axes that vary per request: exported as dynamic, -1 in Triton configs.
-# The VAE decoder's own spatial axes, by the denoiser's axis each stands for: its profile is one tile's where the
-# export decodes large images in tiles (PipelineConfig.vae_tiling), whatever the largest image.
+# The VAE's own spatial axes (decoder and encoder), by the denoiser's axis each stands for: its profile is one tile's
+# where the export decodes and encodes large images in tiles (PipelineConfig.vae_tiling), whatever the largest image.
 VAE_AXES = {
     "vae_latent_height": "latent_height",
     "vae_latent_width": "latent_width",
@@ -160,7 +160,7 @@ def _dynamic_axis_size(axis: str, which: str, config: PipelineConfig, *, max_bat
 
 
 def _vae_axis_range(config: PipelineConfig, sizes: tuple[int, int, int], *, image: bool) -> tuple[int, int, int]:
-    """The VAE decoder's range of a side: the denoiser's, but with tiling down to a one-latent edge tile, and, where
+    """The VAE's range of a side: the denoiser's, but with tiling down to a one-latent edge tile, and, where
     every image above the export's size is tiled, up to the larger of that size and a tile only."""
     tiling = config.vae_tiling
     if tiling is None:
@@ -214,7 +214,7 @@ VAE_DECODER = ComponentSpec(
 # diffusers' retrieve_latents does (mean + std x randn_tensor(generator)), and normalizes it as the pipeline does.
 VAE_ENCODER = ComponentSpec(
     model_name="vae_encoder",
-    inputs=(TensorSpec("image", "FP32", (BATCH, "rgb", "image_height", "image_width")),),
+    inputs=(TensorSpec("image", "FP32", VAE_DECODER.outputs[0].axes),),
     outputs=(
         TensorSpec("latent_mean", "FP32", VAE_DECODER.inputs[0].axes),
         TensorSpec("latent_std", "FP32", VAE_DECODER.inputs[0].axes),

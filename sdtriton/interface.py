@@ -142,7 +142,8 @@ VAE_TILING = PublicTensor(
     "BOOL",
     (1,),
     True,
-    "true: decode in tiles (as diffusers' vae.enable_tiling()); false: in one call, only up to the export's "
+    "true: decode (and encode an input_image) in tiles (as diffusers' vae.enable_tiling()); false: in one call, "
+    "only up to the export's "
     "--vae-tile-above size; omitted: tiles above that size",
 )
 

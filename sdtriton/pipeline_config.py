@@ -246,7 +246,7 @@ VAE_TILE_OVERLAP_FACTOR = 0.25
 
 @dataclass(frozen=True)
 class VaeTiling:
-    """The tiles of a tiled VAE decode, as ``AutoencoderKL.enable_tiling()`` makes diffusers compute them.
+    """The tiles of a tiled VAE decode and encode, as ``AutoencoderKL.enable_tiling()`` makes diffusers compute them.
 
     Attributes:
         sample_size: a tile's side in pixels, the VAE config's ``sample_size`` (diffusers' ``tile_sample_min_size``).
@@ -292,6 +292,21 @@ class VaeTiling:
     def row_limit(self) -> int:
         """Pixels of each tile that go into the image, per side."""
         return self.sample_size - self.blend_extent
+
+    @property
+    def sample_stride(self) -> int:
+        """Pixels from one encoded tile's start to the next's (``_tiled_encode``'s ``overlap_size``)."""
+        return int(self.sample_size * (1 - self.overlap_factor))
+
+    @property
+    def latent_blend_extent(self) -> int:
+        """Latent rows (columns) blended where two encoded tiles overlap."""
+        return int(self.latent_size * self.overlap_factor)
+
+    @property
+    def latent_row_limit(self) -> int:
+        """Latents of each encoded tile that go into the image's latents, per side."""
+        return self.latent_size - self.latent_blend_extent
 
     def always_above(self, *, width: int, height: int) -> bool:
         """Whether an image of this size is decoded in tiles whatever its request says."""

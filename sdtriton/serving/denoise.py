@@ -46,7 +46,7 @@ from sdtriton.schedulers import (
 )
 from sdtriton.serving.conditioning import ImageRequest, Stage, lora_scales_for, stages_for, text_ids_for
 from sdtriton.serving.errors import RequestCancelledError
-from sdtriton.serving.tiling import decode_in_tiles, tiling_of
+from sdtriton.serving.tiling import decode_in_tiles, encode_in_tiles, tiling_of
 from sdtriton.serving.validation import GenerationParams
 
 # StableDiffusionPipeline's default eta: only DDIM reads it.
@@ -435,7 +435,9 @@ def generate_image(
     # 2.-3. Timesteps and latents (image-to-image: from the input image's latent distribution).
     input_latents = None
     if image.input_image is not None:
-        input_latents = components.encode_image(preprocess_image(image.input_image, components.device))
+        pixels = preprocess_image(image.input_image, components.device)
+        tiling = tiling_of(image.params, config, pixels, encode=True)
+        input_latents = encode_in_tiles(pixels, tiling, components.encode_image)
     denoiser = ImageDenoiser(
         params=image.params,
         config=config,

@@ -54,7 +54,7 @@ from sdtriton.serving.errors import DeadlineExceededError, RequestCancelledError
 from sdtriton.serving.metrics import EngineObserver, GuardedObserver, NoObserver
 from sdtriton.serving.preview import latents_to_preview
 from sdtriton.serving.requests import parse_request
-from sdtriton.serving.tiling import TileGrid, cut_tiles, join_tiles, tiling_of
+from sdtriton.serving.tiling import TileGrid, cut_tiles, join_moments, join_tiles, tiling_of
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,16 @@ def _chunks(pairs: Sequence[tuple[_Active, ImageDenoiser]], max_rows: int) -> It
         rows += pair[1].rows
     if chunk:
         yield chunk
+
+
+# (request, image, tile row, tile column, tile) by the tile's shape: the pieces that may share a VAE call.
+_PiecesByShape = dict[tuple[int, ...], list[tuple[_Active, int, tuple[int, int, torch.Tensor]]]]
+
+
+def _group_by_shape(by_shape: _PiecesByShape, active: _Active, index: int, tiles: TileGrid) -> None:
+    for i, row in enumerate(tiles):
+        for j, tile in enumerate(row):
+            by_shape.setdefault(tuple(tile.shape[1:]), []).append((active, index, (i, j, tile)))
 
 
 class DiffusionEngine:
@@ -495,22 +505,33 @@ class DiffusionEngine:
     def _encode_input_images(
         self, images: list[tuple[_Active, int, ImageRequest]]
     ) -> dict[tuple[int, int], LatentDistribution]:
-        """The latent distribution of every image-to-image image admitted, by (id(active), index): one VAE-encoder
-        call per image size and ``max_vae_rows`` images."""
-        by_size: dict[tuple[int, ...], list[tuple[_Active, int, np.ndarray]]] = {}
-        for active, index, image in images:
-            if image.input_image is not None and active.state is RequestState.RUNNING:
-                by_size.setdefault(image.input_image.shape, []).append((active, index, image.input_image))
+        """The latent distribution of every image-to-image image admitted, by (id(active), index): each input image
+        whole, or in the tiles diffusers' ``_tiled_encode`` cuts; one VAE-encoder call per piece shape (of any image,
+        any request) and ``max_vae_rows`` pieces."""
         device = self.networks.device
+        tilings: dict[tuple[int, int], VaeTiling | None] = {}
+        grids: dict[tuple[int, int], list[list[LatentDistribution]]] = {}
+        by_shape: _PiecesByShape = {}
+        for active, index, image in images:
+            if image.input_image is None or active.state is not RequestState.RUNNING:
+                continue
+            pixels = preprocess_image(image.input_image, device)
+            tiling = tiling_of(image.params, self.config, pixels, encode=True)
+            tiles = cut_tiles(pixels, tiling, encode=True)
+            tilings[(id(active), index)] = tiling
+            # Each tile's place, its (mean, std) once encoded.
+            grids[(id(active), index)] = [[(tile, tile) for tile in row] for row in tiles]
+            _group_by_shape(by_shape, active, index, tiles)
 
-        def encode(items: list[np.ndarray]) -> LatentDistribution:
-            return self.networks.encode_image(torch.cat([preprocess_image(pixels, device) for pixels in items]))
+        def encode(pieces: list[tuple[int, int, torch.Tensor]]) -> LatentDistribution:
+            return self.networks.encode_image(torch.cat([tile for _, _, tile in pieces]))
 
-        latents: dict[tuple[int, int], LatentDistribution] = {}
-        for chunk, (mean, std) in self._vae_calls(by_size.values(), encode, network="VAE encoder"):
-            for row, (active, index, _) in enumerate(chunk):
-                latents[(id(active), index)] = (mean[row : row + 1], std[row : row + 1])
-        return latents
+        for chunk, (mean, std) in self._vae_calls(by_shape.values(), encode, network="VAE encoder"):
+            for row, (active, index, (i, j, _)) in enumerate(chunk):
+                grids[(id(active), index)][i][j] = (mean[row : row + 1], std[row : row + 1])
+        # A request still running had every piece answered (a failed call ends the requests of its pieces).
+        running = {id(active) for active, _, _ in images if active.state is RequestState.RUNNING}
+        return {key: join_moments(grid, tilings[key]) for key, grid in grids.items() if key[0] in running}
 
     def _vae_calls(
         self,
@@ -685,7 +706,7 @@ class DiffusionEngine:
         # image, any request) may share a VAE call: (request, image, tile row, tile column, latents) by shape.
         tilings: dict[tuple[int, int], VaeTiling | None] = {}
         grids: dict[tuple[int, int], TileGrid] = {}
-        by_shape: dict[tuple[int, ...], list[tuple[_Active, int, tuple[int, int, torch.Tensor]]]] = {}
+        by_shape: _PiecesByShape = {}
         for active in finished:
             for index, denoiser in enumerate(active.denoisers):
                 latents = denoiser.scaled_latents()
@@ -693,9 +714,7 @@ class DiffusionEngine:
                 tiles = cut_tiles(latents, tiling)
                 tilings[(id(active), index)] = tiling
                 grids[(id(active), index)] = [list(row) for row in tiles]
-                for i, row in enumerate(tiles):
-                    for j, tile in enumerate(row):
-                        by_shape.setdefault(tuple(tile.shape[1:]), []).append((active, index, (i, j, tile)))
+                _group_by_shape(by_shape, active, index, tiles)
 
         def decode(pieces: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
             return self.networks.decode_latents(torch.cat([tile for _, _, tile in pieces]))

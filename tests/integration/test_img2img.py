@@ -1,5 +1,6 @@
 """Image-to-image through the real server gives the image diffusers' StableDiffusionImg2ImgPipeline gives: every
-scheduler at two strengths, batched with text-to-image requests, streamed, from the CLI; bad images refused by name."""
+scheduler at two strengths, batched with text-to-image requests, streamed, from the CLI, encoded and decoded in tiles
+(``vae_tiling``) as with ``pipe.vae.enable_tiling()``; bad images refused by name."""
 
 from __future__ import annotations
 
@@ -120,6 +121,27 @@ def test_the_stream_reports_the_steps_strength_leaves(grpc_url: str, diffusers_i
     assert progress[-1].total_steps == [5]
     expected = img2img_diffusers_image(diffusers_img2img_pipeline, PROMPT, image=_input_image(), **kwargs)
     assert max_pixel_difference(np.asarray(result.image), expected) <= MAX_PIXEL_DIFFERENCE
+
+
+# The tiny VAE's tiles are 64 px a side, one every 48 px: a 112 x 80 input image is encoded in tiles of 64, 64 and
+# 16 px across and 64 and 32 down (not whole tiles), and decoded in the tiles of its 56 x 40 latents.
+TILED_WIDTH, TILED_HEIGHT = 112, 80
+
+
+def test_a_tiled_request_encodes_its_image_in_tiles_as_diffusers(client, diffusers_img2img_pipeline) -> None:
+    kwargs = {"seed": 31, "num_inference_steps": STEPS, "strength": 0.6}
+    image = start_picture(TILED_WIDTH, TILED_HEIGHT, 3)
+    tiled = np.asarray(client.generate(PROMPT, image=image, vae_tiling=True, **kwargs).image)
+    untiled = np.asarray(client.generate(PROMPT, image=image, **kwargs).image)
+    diffusers_img2img_pipeline.vae.enable_tiling()
+    try:
+        expected = img2img_diffusers_image(diffusers_img2img_pipeline, PROMPT, image=image, **kwargs)
+    finally:
+        diffusers_img2img_pipeline.vae.disable_tiling()
+    assert tiled.shape == (TILED_HEIGHT, TILED_WIDTH, 3)
+    assert max_pixel_difference(tiled, expected) <= MAX_PIXEL_DIFFERENCE
+    # The comparison can fail: encoded and decoded in one call each, the image is another.
+    assert max_pixel_difference(untiled, expected) > MAX_PIXEL_DIFFERENCE
 
 
 @pytest.mark.parametrize(

@@ -225,6 +225,21 @@ def test_image_to_image_matches_diffusers_sdxl_img2img(client, oracle, scheduler
     assert max_pixel_difference(np.asarray(result.image), expected) <= MAX_PIXEL_DIFFERENCE
 
 
+def test_a_tiled_image_to_image_request_is_diffusers_with_vae_tiling(client, oracle) -> None:
+    """112 x 80 px: the input image encoded (and the latents decoded) in tiles of the tiny VAE's 64 px that do not
+    divide it, as StableDiffusionXLImg2ImgPipeline with ``pipe.vae.enable_tiling()``."""
+    picture = start_picture(112, 80, variant=2)
+    kwargs = {"image": picture, "strength": 0.6, "seed": 7, "num_inference_steps": 8}
+    result = np.asarray(client.generate(PROMPT, vae_tiling=True, **kwargs).image)
+    base = oracle[0]
+    base.vae.enable_tiling()
+    try:
+        expected = sdxl_diffusers_image(base, PROMPT, **kwargs)
+    finally:
+        base.vae.disable_tiling()
+    assert max_pixel_difference(result, expected) <= MAX_PIXEL_DIFFERENCE
+
+
 @pytest.mark.parametrize(
     ("scheduler", "strength", "fraction"), [("euler", 0.5, 0.3), ("heun", 0.8, 0.2), ("dpmpp_2m", 1.0, 0.4)]
 )

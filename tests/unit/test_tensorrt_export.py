@@ -106,8 +106,10 @@ def test_dry_run_of_sd15_gives_the_profiles_of_its_published_geometry(capsys, sd
     # fp16 networks; the VAE in fp32 as diffusers decodes it (its config's force_upcast defaults to true).
     assert "--fp16" in unet and "--fp16" in commands["text_encoder"]
     assert "--fp16" not in commands["vae_decoder"]
-    # The encoder of image-to-image over the same sizes, in fp32 too.
-    assert _shapes(commands["vae_encoder"], "max") == {"image": "16x3x1024x1024"}
+    # The encoder of image-to-image in fp32 too, its profile one tile's as the decoder's: images above the VAE's
+    # sample_size (512 px) are encoded in tiles.
+    assert _shapes(commands["vae_encoder"], "min") == {"image": "1x3x8x8"}
+    assert _shapes(commands["vae_encoder"], "max") == {"image": "16x3x512x512"}
     assert "--fp16" not in commands["vae_encoder"]
     assert f"--saveEngine={Path('/srv/repo/unet/1/model.plan')}" in unet
 
