@@ -124,14 +124,16 @@ def test_progress_callback_and_heun_counts_network_evaluations(grpc_url):
 
 
 def _assert_cancel_idles_the_server(repository: Path, cancel, step_s: float) -> None:
-    """After ``cancel()``, the server's CPU falls to idle within one step time plus 0.2 s."""
+    """After ``cancel()``, the server's CPU falls to idle within the step in flight: two of the longest steps seen
+    plus 0.2 s (a step under the load of a second test worker once took 1.5 s where the longest seen was 1.2 s), far
+    less than the request's remaining steps."""
     window_s = 0.1
     cancelled = time.monotonic()
     cancel()
     while (rate := server_cpu_rate(repository, window_s=window_s)) >= IDLE_CORES:
         assert time.monotonic() - cancelled < 5.0, f"server still busy 5 s after the cancel: {rate:.2f} cores"
     idle_after_s = time.monotonic() - cancelled - window_s  # the first idle window began then
-    assert idle_after_s <= step_s + 0.2, f"idle {idle_after_s:.2f} s after the cancel; one step takes {step_s:.2f} s"
+    assert idle_after_s <= 2 * step_s + 0.2, f"idle {idle_after_s:.2f} s after the cancel; a step takes {step_s:.2f} s"
 
 
 def _step_time_s(events) -> float:
