@@ -271,9 +271,9 @@ def test_a_burst_beyond_the_limit_is_refused_at_once_and_the_rest_complete(small
     refused = [seconds for outcome, seconds in outcomes if outcome == "refused"]
     assert len(done) + len(refused) == burst
     assert len(done) >= 3 and refused, outcomes
-    # At once: a refusal takes a small share of a served request's time (0.05 s absolute failed once, at 0.067 s,
-    # under a second test worker's load).
-    assert np.median(refused) < 0.1 * min(done), (refused, done)
+    # At once, not after waiting for a slot (which takes at least a whole served request): under half the fastest
+    # served request (0.05 s absolute failed once, at 0.067 s, under a second test worker's load).
+    assert np.median(refused) < 0.5 * min(done), (refused, done)
 
 
 def test_a_queued_request_expires_while_queued(small_server):
