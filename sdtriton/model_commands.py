@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from sdtriton import interface
-from sdtriton.pipeline_config import DEFAULT_MAX_INFERENCE_STEPS, DEFAULT_MAX_PROMPT_BYTES, RequestLimits
+from sdtriton.pipeline_config import (
+    DEFAULT_MAX_INFERENCE_STEPS,
+    DEFAULT_MAX_PROMPT_BYTES,
+    HARD_MAX_INFERENCE_STEPS,
+    HARD_MAX_PROMPT_BYTES,
+    RequestLimits,
+)
 
 
 def add_model_commands(commands: argparse._SubParsersAction) -> None:
@@ -47,44 +54,49 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
         "(with --gpu: its TensorRT provider, fp16); tensorrt: fp16 TensorRT engines built on this GPU",
     )
     export.add_argument("--gpu", action="store_true", help="run the networks on GPU instances")
-    export.add_argument("--max-batch-size", type=int, default=8)
+    export.add_argument("--max-batch-size", type=_int_in(1), default=8)
     export.add_argument(
-        "--max-running-images", type=int, default=8, help="images denoised together, one UNet call a step (1: off)"
+        "--max-running-images",
+        type=_int_in(1),
+        default=8,
+        help="images denoised together, one UNet call a step (1: off)",
     )
     export.add_argument(
         "--max-pending-requests",
-        type=int,
+        type=_int_in(1),
         default=32,
         help="running plus queued requests; more are refused at once with UNAVAILABLE",
     )
     export.add_argument(
         "--response-cache-mb",
-        type=int,
+        type=_int_in(0),
         default=64,
         help="MiB of images of fully seeded non-streaming requests answered again from the engine's cache (0: off)",
     )
     export.add_argument(
         "--text-cache-entries",
-        type=int,
+        type=_int_in(0),
         default=256,
         help="text-encoder rows kept so that a repeated prompt skips the text encoder (0: off)",
     )
-    export.add_argument("--max-size-factor", type=int, default=2, help="largest side, as a multiple of the native")
+    export.add_argument(
+        "--max-size-factor", type=_int_in(1), default=2, help="largest side, as a multiple of the native"
+    )
     export.add_argument(
         "--vae-tile-above",
-        type=int,
+        type=_int_in(0),
         metavar="PX",
         help="decode images wider or taller than PX pixels in overlapping tiles, as diffusers' vae.enable_tiling() "
         "(default: the VAE's sample_size, its tile; 0: only requests that send vae_tiling true)",
     )
     export.add_argument(
         "--default-steps",
-        type=int,
+        type=_int_in(1, HARD_MAX_INFERENCE_STEPS),
         help="num_inference_steps when a request omits it (default: 30; SD 3: its pipeline's default, 28)",
     )
     export.add_argument(
         "--max-sequence-length",
-        type=int,
+        type=_int_in(1),
         help="SD 3: T5's token rows (default: its pipeline's max_sequence_length, 256; at most 512)",
     )
     export.add_argument(
@@ -104,13 +116,19 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     )
     limits = export.add_argument_group("request limits (refused with INVALID_ARG naming the field)")
     limits.add_argument(
-        "--max-steps", type=int, default=DEFAULT_MAX_INFERENCE_STEPS, help="most num_inference_steps a request may ask"
+        "--max-steps",
+        type=_int_in(1, HARD_MAX_INFERENCE_STEPS),
+        default=DEFAULT_MAX_INFERENCE_STEPS,
+        help="most num_inference_steps a request may ask",
     )
     limits.add_argument(
-        "--max-prompt-bytes", type=int, default=DEFAULT_MAX_PROMPT_BYTES, help="most UTF-8 bytes of each prompt"
+        "--max-prompt-bytes",
+        type=_int_in(1, HARD_MAX_PROMPT_BYTES),
+        default=DEFAULT_MAX_PROMPT_BYTES,
+        help="most UTF-8 bytes of each prompt",
     )
     limits.add_argument(
-        "--max-pixels", type=int, help="most width x height of an image (default: the largest sides allow)"
+        "--max-pixels", type=_int_in(1), help="most width x height of an image (default: the largest sides allow)"
     )
     export.add_argument(
         "--refiner", help="an SDXL refiner folder (StableDiffusionXLImg2ImgPipeline): served as a second stage"
@@ -151,15 +169,15 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
         "or a diffusers pipeline folder",
     )
     planner.add_argument(
-        "--width", type=int, help="pixels (default: the model's native size, 1024 for SDXL, SD 3.5 and FLUX.1)"
+        "--width", type=_int_in(1), help="pixels (default: the model's native size, 1024 for SDXL, SD 3.5 and FLUX.1)"
     )
-    planner.add_argument("--height", type=int, help="pixels (default: the model's native size)")
+    planner.add_argument("--height", type=_int_in(1), help="pixels (default: the model's native size)")
     planner.add_argument(
         "--steps",
-        type=int,
+        type=_int_in(1, HARD_MAX_INFERENCE_STEPS),
         help="denoising steps (default: the pipeline's; 50 SD/SDXL, 28 SD 3.5 and FLUX dev, 4 schnell)",
     )
-    planner.add_argument("--batch", type=int, default=1, help="images per request")
+    planner.add_argument("--batch", type=_int_in(1), default=1, help="images per request")
     planner.add_argument(
         "--guidance",
         action=argparse.BooleanOptionalAction,
@@ -175,7 +193,7 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     )
     planner.add_argument(
         "--vae-tile-above",
-        type=int,
+        type=_int_in(0),
         metavar="PX",
         help="as export's: the VAE decodes larger sides in tiles, its peak one tile's (default: the VAE's "
         "sample_size; 0: never)",
@@ -199,6 +217,22 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
         "--markdown", action="store_true", help="print docs/gpu_sizing.md (every built-in model on every GPU) instead"
     )
     planner.set_defaults(run=_plan)
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low`` (and at most ``high``), refused by name otherwise."""
+    allowed = f"in {low}..{high}" if high is not None else f"at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+        return value
+
+    return parse
 
 
 def _layer_list(text: str) -> tuple[int, ...]:
@@ -257,6 +291,8 @@ def _export_with(args: argparse.Namespace) -> int:
     misplaced = [flag for flag, value in tensorrt_flags.items() if value and not uses_tensorrt]
     if misplaced:
         raise SystemExit(f"{', '.join(misplaced)}: only with --backend tensorrt")
+    if args.default_steps is not None and args.default_steps > args.max_steps:
+        raise SystemExit(f"--default-steps: {args.default_steps} is above --max-steps {args.max_steps}")
     if args.no_engine_build and args.onnx_dir is None:
         raise SystemExit("--no-engine-build needs --onnx-dir (where the prepared ONNX files and trtexec lines stay)")
     options = RenderOptions(

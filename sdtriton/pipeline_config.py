@@ -471,10 +471,10 @@ class PipelineConfig:
             )
         if not 1 <= self.max_prompt_bytes <= HARD_MAX_PROMPT_BYTES:
             raise ValueError(f"max_prompt_bytes must be in 1..{HARD_MAX_PROMPT_BYTES}, got {self.max_prompt_bytes}")
-        if self.default_num_inference_steps > self.max_inference_steps:
+        if not 1 <= self.default_num_inference_steps <= self.max_inference_steps:
             raise ValueError(
-                f"the default of {self.default_num_inference_steps} steps is above max_inference_steps "
-                f"{self.max_inference_steps}"
+                f"default_num_inference_steps must be in 1..max_inference_steps ({self.max_inference_steps}), got "
+                f"{self.default_num_inference_steps}"
             )
         default_pixels = self.default_width * self.default_height
         if self.max_pixels is not None and self.max_pixels < default_pixels:

@@ -190,6 +190,39 @@ def test_tensorrt_flags_need_the_tensorrt_backend(argv: list[str], tiny_model_di
         cli.main(["export", str(tiny_model_dir), "--output", "out", *argv])
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-steps", "0"], "argument --max-steps: must be in 1..1000, got 0"),
+        (["--default-steps", "0"], "argument --default-steps: must be in 1..1000, got 0"),
+        (["--max-batch-size", "x"], "argument --max-batch-size: must be an integer at least 1, got 'x'"),
+        (["--response-cache-mb", "-1"], "argument --response-cache-mb: must be at least 0, got -1"),
+    ],
+)
+def test_export_refuses_numbers_out_of_range_by_flag(argv: list[str], message: str, capsys, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", "unread", "--output", str(tmp_path / "out"), *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_a_default_above_the_step_limit(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--default-steps: 50 is above --max-steps 10"):
+        cli.main(
+            [
+                "export",
+                str(tiny_model_dir),
+                "--output",
+                str(tmp_path / "out"),
+                "--default-steps",
+                "50",
+                "--max-steps",
+                "10",
+            ]
+        )
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def tensorrt_export(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     repository, onnx_dir = tmp_path_factory.mktemp("trt_repository"), tmp_path_factory.mktemp("trt_onnx")

@@ -122,8 +122,12 @@ def test_the_exports_request_limits_are_enforced_by_name() -> None:
 def test_limits_that_contradict_the_model_are_refused_at_export() -> None:
     import dataclasses
 
-    with pytest.raises(ValueError, match="default of 30 steps is above max_inference_steps 20"):
+    with pytest.raises(
+        ValueError, match=r"default_num_inference_steps must be in 1\.\.max_inference_steps \(20\), got 30"
+    ):
         dataclasses.replace(CONFIG, max_inference_steps=20)
+    with pytest.raises(ValueError, match="default_num_inference_steps must be in 1"):
+        dataclasses.replace(CONFIG, default_num_inference_steps=0)
     with pytest.raises(ValueError, match=r"max_pixels must allow the default image \(512 x 512 = 262144 pixels\)"):
         dataclasses.replace(CONFIG, max_pixels=100)
     with pytest.raises(ValueError, match=r"max_inference_steps must be in 1\.\.1000"):
