@@ -28,7 +28,7 @@ from kubernetes_validate.utils import SchemaNotFoundError, VersionNotSupportedEr
 from sdtriton import server
 from sdtriton.cli import parse_arguments
 from sdtriton.gateway.access import parse_api_keys
-from sdtriton.gateway.settings import WEBHOOK_SECRET_ENVIRONMENT, check_exposure, load_settings
+from sdtriton.gateway.settings import MIN_JOB_LEASE_S, WEBHOOK_SECRET_ENVIRONMENT, check_exposure, load_settings
 from sdtriton.serving.metrics import ENGINE_METRICS, REQUESTS_RUNNING, REQUESTS_WAITING
 from tests.unit.gateway_series import gateway_exposition
 from tests.unit.promql import metric_names, recorded_series
@@ -776,6 +776,16 @@ def test_gateway_settings_load_from_the_rendered_keys_and_url(set_name: str, tmp
         assert data_volume["persistentVolumeClaim"]["claimName"] == claim
     else:
         assert data_volume["emptyDir"] == {}
+
+
+@pytest.mark.parametrize("set_name", _gateway_sets())
+def test_gateway_job_workers_and_lease_are_the_values(set_name: str):
+    """What the gateway's parser reads from the pod's command line is what the values ask (a lease the gateway's own
+    settings accept)."""
+    arguments = _gateway_arguments(set_name)
+    jobs = _values(set_name)["gateway"]["jobs"]
+    assert (arguments.job_workers, arguments.job_lease_s) == (jobs["workers"], jobs["leaseSeconds"])
+    assert arguments.job_lease_s >= MIN_JOB_LEASE_S
 
 
 @pytest.mark.parametrize("set_name", _gateway_sets())
