@@ -41,6 +41,22 @@ def shapes_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repository
 
 
+# A model instance is a Python stub of its own that starts in turn: seen up to 10 s each under a load average of 18
+# (two test workers beside other work on 2 cores), so family_server's 63 models missed the default 300 s.
+READY_S_PER_MODEL = 10.0
+
+
+def ready_budget_s(repository: Path, extra_args: tuple[str, ...] = ()) -> float:
+    """How long a server over ``repository`` (and the ``--model-repository=`` ones in ``extra_args``) may take to be
+    ready: the default, or :data:`READY_S_PER_MODEL` for each model it loads, whichever is longer."""
+    from sdtriton.server import DEFAULT_READY_TIMEOUT_S
+
+    prefix = "--model-repository="
+    folders = [repository, *(Path(arg.removeprefix(prefix)) for arg in extra_args if arg.startswith(prefix))]
+    models = sum(1 for folder in folders for _ in folder.glob("*/config.pbtxt"))
+    return max(DEFAULT_READY_TIMEOUT_S, READY_S_PER_MODEL * models)
+
+
 def serve(
     repository: Path,
     tmp_path_factory: pytest.TempPathFactory,
@@ -58,7 +74,7 @@ def serve(
     )
     server.start()
     try:
-        ready_s = server.wait_ready()
+        ready_s = server.wait_ready(timeout_s=ready_budget_s(repository, extra_args))
         logger.info("tritonserver on %s ready after %.1f s at %s", repository.name, ready_s, address.http_url)
         yield server
     finally:
