@@ -1,7 +1,8 @@
 """The gateway's request and response bodies (pydantic): OpenAI's images API, with this engine's fields beside.
 
 These models are the OpenAPI document (``docs/openapi.json``). Only cheap, model-independent checks live here
-(``size``'s form, ``n``'s range, a seed that fits 64 bits, the most steps any model takes); the engine checks every
+(``size``'s form, ``n``'s range, a seed that fits 64 bits, the most steps any model takes; input images decoded as PNG
+files, a mask against its image, a size against the image); the engine checks every
 range that depends on the model (steps, the size step, schedulers) and its refusal passes through naming the field.
 The document also states the ranges the engine holds every model to (guidance scales, skip-layer guidance's
 window), which the engine checks, so that it accepts nothing the gateway always refuses.
@@ -169,8 +170,8 @@ class ImageRequest(BaseModel):
                     "size", f"must be the image's size {image.width}x{image.height} or auto, got {self.size}"
                 )
             inputs[interface.INPUT_IMAGE.name] = input_pixels(image)
-        if mask is not None and image is not None:
-            inputs[MASK_IMAGE_INPUT] = edit_mask(mask, size=image.size)
+            if mask is not None:
+                inputs[MASK_IMAGE_INPUT] = edit_mask(mask, size=image.size)
         if width is not None:
             inputs |= {interface.WIDTH.name: width, interface.HEIGHT.name: height}
         return GenerationRequest(
@@ -178,11 +179,10 @@ class ImageRequest(BaseModel):
         )
 
 
-# The engine inputs a body's own fields do not carry by the same name: the size is "WxH", the images are files.
-_FROM_OTHER_FIELDS = REQUEST_FIELDS
-# The rest are the body's fields of the same name: every engine input needs one (checked at import, as a new input of
-# the interface without its field here would be silently dropped).
-_BODY_INPUTS = tuple(name for name in ENGINE_INPUTS if name not in _FROM_OTHER_FIELDS)
+# The engine inputs a body carries in fields of their own name: all but those REQUEST_FIELDS maps to other fields (the
+# size is "WxH", the images are files). Each needs its field (checked at import: a new input of the interface without
+# one here would be dropped silently).
+_BODY_INPUTS = tuple(name for name in ENGINE_INPUTS if name not in REQUEST_FIELDS)
 _WITHOUT_FIELD = [name for name in (*_BODY_INPUTS, interface.SEED.name) if name not in ImageRequest.model_fields]
 if _WITHOUT_FIELD:
     raise ImportError(f"engine inputs without a field in ImageRequest: {', '.join(_WITHOUT_FIELD)}")

@@ -394,10 +394,7 @@ def test_the_backend_streams_progress_and_previews_and_cancels_on_its_event(grpc
                 prompt=PROMPT,
                 n=2,
                 seed=11,
-                num_inference_steps=STEPS,
-                scheduler="ddim",
-                width=64,
-                height=64,
+                inputs={"num_inference_steps": STEPS, "scheduler": "ddim", "width": 64, "height": 64},
                 preview_every=1,
             )
             result = await backend.generate(request, on_progress=seen.append)
@@ -406,7 +403,7 @@ def test_the_backend_streams_progress_and_previews_and_cancels_on_its_event(grpc
             async def cancel_at_first_step(progress) -> None:  # an async callback is awaited
                 cancelled.set()
 
-            long = GenerationRequest(prompt=PROMPT, num_inference_steps=150, width=64, height=64)
+            long = GenerationRequest(prompt=PROMPT, inputs={"num_inference_steps": 150, "width": 64, "height": 64})
             with pytest.raises(RequestCancelledError):
                 await backend.generate(long, on_progress=cancel_at_first_step, cancelled=cancelled)
             return seen, result
@@ -432,7 +429,7 @@ def test_a_generation_over_its_time_budget_is_504(grpc_url: str) -> None:
     async def run() -> Exception:
         backend = Backend(grpc_url, timeout_s=0.5)
         try:
-            long = GenerationRequest(prompt=PROMPT, num_inference_steps=150, width=128, height=128)
+            long = GenerationRequest(prompt=PROMPT, inputs={"num_inference_steps": 150, "width": 128, "height": 128})
             with pytest.raises(RequestTimeoutError) as caught:
                 await backend.generate(long)
             return caught.value
