@@ -30,6 +30,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from sdtriton import interface
@@ -66,7 +68,8 @@ ENGINE_INPUTS: tuple[str, ...] = tuple(
         (*(tensor.name for tensor in interface.ENTRY_INPUTS if tensor.name not in _OWN_FIELDS), MASK_IMAGE_INPUT)
     )
 )
-# Where the client's keyword differs from the engine input's name (the client takes images as image=, mask=).
+# Where generate()'s keyword differs from the engine input's name (it takes the images as image=, mask=); the
+# client's stream() takes every input by its own name.
 _CLIENT_KEYWORDS = {interface.INPUT_IMAGE.name: "image", MASK_IMAGE_INPUT: "mask"}
 
 
@@ -251,16 +254,17 @@ class Backend:
         request = request.with_fixed_seed()
         started = time.monotonic()
         client, prompts = self._client(model.name), [request.prompt] * request.n
-        parameters = {
-            _CLIENT_KEYWORDS.get(name, name): value for name, value in request.inputs.items() if value is not None
-        }
-        parameters[interface.SEED.name] = request.item_seeds()
+        inputs = {name: value for name, value in request.inputs.items() if value is not None}
+        inputs[interface.SEED.name] = request.item_seeds()
         if on_progress is None and not request.preview_every:
             # Nobody reads progress: the entry that answers once. Through the streaming entry, a response a step
             # cost this process 6-10 ms more CPU a 20-step request (21-26 ms against 15-16; measured 2026-12-06).
-            result = await _unless_cancelled(client.generate(prompts, **parameters), cancelled)
+            keywords = {_CLIENT_KEYWORDS.get(name, name): value for name, value in inputs.items()}
+            result = await _unless_cancelled(client.generate(prompts, **keywords), cancelled)
         else:
-            events = client.stream(prompts, preview_every=request.preview_every, **parameters)
+            # The stream takes the entry's tensors by their own names, the images as their pixels.
+            tensors = {name: _tensor(value) for name, value in inputs.items()}
+            events = client.stream(prompts, preview_every=request.preview_every, **tensors)
             async with contextlib.aclosing(events):
                 result = await _unless_cancelled(_follow(events, on_progress), cancelled)
         logger.info("%s: %d image(s) in %.2f s", model.name, request.n, time.monotonic() - started)
@@ -335,6 +339,15 @@ class Backend:
                 self.triton_url, model_name=model_name, timeout_s=self.timeout_s
             )
         return self._clients[model_name]
+
+
+def _tensor(value: Any) -> Any:
+    """An input as the entry's tensor takes it: a PIL image as its UINT8 pixels, [H, W, 3] RGB or, greyscale (a
+    mask), [H, W, 1]; anything else as it is."""
+    if not isinstance(value, Image.Image):
+        return value
+    pixels = np.asarray(value)
+    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
 
 
 async def _follow(
