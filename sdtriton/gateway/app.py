@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -45,7 +45,9 @@ from sdtriton.gateway.schema import (
     ErrorResponse,
     Health,
     ImageData,
+    ImageEditRequest,
     ImageGenerationRequest,
+    ImageRequest,
     ImagesResponse,
     ModelCard,
     ModelList,
@@ -180,12 +182,29 @@ def create_app(settings: GatewaySettings, *, backend: Backend | None = None) -> 
     summary="Generate images from a prompt (OpenAI's images API)",
 )
 async def generate_images(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
+    return await _images(body, request)
+
+
+@v1.post(
+    "/images/edits",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    summary="Redraw an image, or the transparent area of its mask, from a prompt (OpenAI's images API)",
+)
+async def edit_images(
+    body: Annotated[ImageEditRequest, Form(media_type="multipart/form-data")], request: Request
+) -> ImagesResponse:
+    return await _images(body, request)
+
+
+async def _images(body: ImageRequest, request: Request) -> ImagesResponse:
+    """The images of ``body`` on its model, answered inline or as URLs."""
     backend: Backend = request.app.state.backend
     model = await backend.resolve(body.model)
+    # Off the event loop: the body's images are decoded here.
+    generation = await asyncio.to_thread(body.generation, model=model.name)
     cancelled = asyncio.Event()
-    result = await _cancel_on_disconnect(
-        request, backend.generate(body.generation(model=model.name), cancelled=cancelled), cancelled
-    )
+    result = await _cancel_on_disconnect(request, backend.generate(generation, cancelled=cancelled), cancelled)
     files = await encode_images(result, body)
     data = []
     for file, seed in zip(files, result.seeds, strict=True):

@@ -6,7 +6,7 @@ Routes and the job manager call only this module's public API::
 
     backend = Backend("grpc://127.0.0.1:8001", models=settings.models, timeout_s=300)
     result = await backend.generate(
-        GenerationRequest(prompt="a red circle", n=2, seed=7),
+        GenerationRequest(prompt="a red circle", n=2, seed=7, inputs={"num_inference_steps": 20}),
         on_progress=lambda progress: ...,  # a Progress after every step (previews with preview_every)
         cancelled=event,  # an asyncio.Event: set, the engine stops at its next step
     )
@@ -26,10 +26,12 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from sdtriton import interface
@@ -44,6 +46,7 @@ from sdtriton.client import (
 )
 from sdtriton.client.client import wrap_error
 from sdtriton.gateway.errors import unknown_model
+from sdtriton.gateway.images import MASK_IMAGE_INPUT
 from sdtriton.gateway.settings import ModelSettings
 from sdtriton.server import ADMIN_KEY_ENVIRONMENT, AdminAccess
 
@@ -56,37 +59,49 @@ _STREAM_SUFFIX = interface.STREAM_ENTRY_MODEL_NAME.removeprefix(interface.ENTRY_
 _REDISCOVER_AFTER_S = 1.0
 
 
+# The engine inputs a GenerationRequest carries by name: every input of the entry (and inpainting's mask) but the
+# prompt and the seed, which are its own fields (image i is drawn with seed + i): a new input of the interface is one
+# here too.
+_OWN_FIELDS = (interface.PROMPT.name, interface.SEED.name)
+ENGINE_INPUTS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        (*(tensor.name for tensor in interface.ENTRY_INPUTS if tensor.name not in _OWN_FIELDS), MASK_IMAGE_INPUT)
+    )
+)
+# Where generate()'s keyword differs from the engine input's name (it takes the images as image=, mask=); the
+# client's stream() takes every input by its own name.
+_CLIENT_KEYWORDS = {interface.INPUT_IMAGE.name: "image", MASK_IMAGE_INPUT: "mask"}
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One generation of ``n`` images of one prompt; None takes the model's default.
+    """One generation of ``n`` images of one prompt, with the engine inputs ``inputs`` (by name, one of
+    :data:`ENGINE_INPUTS` each; absent or None: the model's default), the same for every image.
 
     Image ``i`` is drawn with seed ``seed + i``, so a request with a fixed seed gives the same images every time
     (``seed`` None: one is drawn when the request is sent; :meth:`with_fixed_seed` draws it beforehand).
 
     Attributes:
         model: a served model's name or alias; None: the first served model.
+        inputs: e.g. ``{"num_inference_steps": 20, "width": 64, "height": 64}``; ``input_image`` a PIL image,
+            ``mask_image`` a greyscale ("L") PIL image of its size, 255 where it is redrawn.
         preview_every: with a progress callback, a preview of each image every this many steps (0/None: none).
+
+    Raises:
+        ValueError: ``inputs`` names something that is not an engine input.
     """
 
     prompt: str
     n: int = 1
     model: str | None = None
-    negative_prompt: str | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
     seed: int | None = None
-    width: int | None = None
-    height: int | None = None
-    scheduler: str | None = None
-    refiner_fraction: float | None = None
-    true_cfg_scale: float | None = None
-    skip_layer_guidance_scale: float | None = None
-    skip_layer_guidance_start: float | None = None
-    skip_layer_guidance_stop: float | None = None
-    vae_tiling: bool | None = None
-    lora: str | None = None
-    lora_scale: float | None = None
+    inputs: Mapping[str, Any] = field(default_factory=dict)
     preview_every: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.inputs) - set(ENGINE_INPUTS))
+        if unknown:
+            raise ValueError(f"not engine inputs: {', '.join(unknown)} (they are {', '.join(ENGINE_INPUTS)})")
 
     def with_fixed_seed(self) -> GenerationRequest:
         """This request with its seed drawn now if it has none: sent again, it gives the same images."""
@@ -239,29 +254,17 @@ class Backend:
         request = request.with_fixed_seed()
         started = time.monotonic()
         client, prompts = self._client(model.name), [request.prompt] * request.n
-        parameters = {
-            "negative_prompt": request.negative_prompt,
-            "num_inference_steps": request.num_inference_steps,
-            "guidance_scale": request.guidance_scale,
-            "seed": request.item_seeds(),
-            "width": request.width,
-            "height": request.height,
-            "scheduler": request.scheduler,
-            "refiner_fraction": request.refiner_fraction,
-            "true_cfg_scale": request.true_cfg_scale,
-            "skip_layer_guidance_scale": request.skip_layer_guidance_scale,
-            "skip_layer_guidance_start": request.skip_layer_guidance_start,
-            "skip_layer_guidance_stop": request.skip_layer_guidance_stop,
-            "vae_tiling": request.vae_tiling,
-            "lora": request.lora,
-            "lora_scale": request.lora_scale,
-        }
+        inputs = {name: value for name, value in request.inputs.items() if value is not None}
+        inputs[interface.SEED.name] = request.item_seeds()
         if on_progress is None and not request.preview_every:
             # Nobody reads progress: the entry that answers once. Through the streaming entry, a response a step
             # cost this process 6-10 ms more CPU a 20-step request (21-26 ms against 15-16; measured 2026-12-06).
-            result = await _unless_cancelled(client.generate(prompts, **parameters), cancelled)
+            keywords = {_CLIENT_KEYWORDS.get(name, name): value for name, value in inputs.items()}
+            result = await _unless_cancelled(client.generate(prompts, **keywords), cancelled)
         else:
-            events = client.stream(prompts, preview_every=request.preview_every, **parameters)
+            # The stream takes the entry's tensors by their own names, the images as their pixels.
+            tensors = {name: _tensor(value) for name, value in inputs.items()}
+            events = client.stream(prompts, preview_every=request.preview_every, **tensors)
             async with contextlib.aclosing(events):
                 result = await _unless_cancelled(_follow(events, on_progress), cancelled)
         logger.info("%s: %d image(s) in %.2f s", model.name, request.n, time.monotonic() - started)
@@ -336,6 +339,15 @@ class Backend:
                 self.triton_url, model_name=model_name, timeout_s=self.timeout_s
             )
         return self._clients[model_name]
+
+
+def _tensor(value: Any) -> Any:
+    """An input as the entry's tensor takes it: a PIL image as its UINT8 pixels, [H, W, 3] RGB or, greyscale (a
+    mask), [H, W, 1]; anything else as it is."""
+    if not isinstance(value, Image.Image):
+        return value
+    pixels = np.asarray(value)
+    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
 
 
 async def _follow(

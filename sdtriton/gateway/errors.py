@@ -6,6 +6,7 @@ Every failure a client sees has OpenAI's shape, ``{"error": {"message", "type", 
 kind                                          status  type                   code
 ============================================  ======  =====================  ======================
 a field out of range (gateway or engine)      400     invalid_request_error  invalid_value
+an input image that is not a PNG, or misfits  400     invalid_request_error  invalid_value
 missing or unknown API key                    401     authentication_error   invalid_api_key
 unknown model                                 404     invalid_request_error  model_not_found
 unknown route or image                        404     invalid_request_error  not_found
@@ -39,13 +40,20 @@ from sdtriton.client import (
     ServerBusyError,
     ServerUnavailableError,
 )
+from sdtriton.gateway.images import MASK_IMAGE_INPUT, ImageInputError
 
 logger = logging.getLogger(__name__)
 
 # nginx's "client closed request": the status OpenAI-style gateways answer a cancelled request with.
 STATUS_CANCELLED = 499
-# The request field a refused engine input came from, where the names differ (size is "WxH" on the gateway).
-_REQUEST_FIELDS = {interface.WIDTH.name: "size", interface.HEIGHT.name: "size"}
+# The request field a refused engine input came from, where the names differ (size is "WxH" on the gateway, the images
+# are files).
+REQUEST_FIELDS = {
+    interface.WIDTH.name: "size",
+    interface.HEIGHT.name: "size",
+    interface.INPUT_IMAGE.name: "image",
+    MASK_IMAGE_INPUT: "mask",
+}
 # An engine refusal starts with the input's name: "width: must be ...", "width x height: must be at most ...".
 _ENGINE_FIELD = re.compile(r"(?P<field>[a-z_]+)(?: x [a-z_]+)?: ")
 
@@ -144,7 +152,7 @@ def engine_param(message: str) -> str | None:
     match = _ENGINE_FIELD.match(message)
     if match is None:
         return None
-    return _REQUEST_FIELDS.get(match["field"], match["field"])
+    return REQUEST_FIELDS.get(match["field"], match["field"])
 
 
 def classify(error: BaseException) -> tuple[ErrorKind, str, str | None]:
@@ -152,6 +160,8 @@ def classify(error: BaseException) -> tuple[ErrorKind, str, str | None]:
     else (``inference_failed``, with a message that tells nothing of it)."""
     if isinstance(error, GatewayError):
         return error.kind, str(error), error.param
+    if isinstance(error, ImageInputError):
+        return INVALID_VALUE, str(error), error.field
     if isinstance(error, SdTritonError):
         kind, message = engine_kind(error), str(error)
         return kind, message, engine_param(message) if kind is INVALID_VALUE else None
@@ -167,7 +177,7 @@ def describe(error: BaseException) -> dict[str, str | None]:
 def answer(error: Exception, *, retry_after_s: int) -> ErrorAnswer:
     """How the gateway answers ``error``: a :class:`GatewayError`, one of the client's exceptions, or anything
     else (500, with the traceback logged and never sent)."""
-    if not isinstance(error, GatewayError | SdTritonError):
+    if not isinstance(error, GatewayError | SdTritonError | ImageInputError):
         logger.error("unexpected error answering a request", exc_info=error)
     kind, message, param = classify(error)
     if isinstance(error, GatewayError) and error.retry_after_s is not None:

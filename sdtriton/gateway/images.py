@@ -1,7 +1,9 @@
-"""Images as the gateway answers them: encoded (PNG, JPEG, WebP) and, for URL answers, kept in a folder."""
+"""Images as the gateway answers them (encoded as PNG, JPEG or WebP and, for URL answers, kept in a folder), and the
+PNG files it takes (an edit's image and mask, a generations or jobs body's base64 ones), decoded and checked."""
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import secrets
@@ -55,3 +57,89 @@ class ImageStore:
             if path.is_file():
                 return path, media_type
         return None
+
+
+class ImageInputError(ValueError):
+    """An input image the gateway cannot take, or a field that does not fit it (answered 400 naming ``field``):
+    the message starts with the field's name."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+# The most pixels an input image may declare before it is decoded: far above any model's own limit (which the engine
+# checks, naming the field), low enough that a small file of a huge image cannot make the gateway decode gigabytes.
+MAX_INPUT_PIXELS = 4096 * 4096
+# The engine's inpainting input (interface.MASK_IMAGE once inpainting declares it there): UINT8 [H, W, 1].
+MASK_IMAGE_INPUT = "mask_image"
+# OpenAI's mask convention: the fully transparent pixels of the mask (alpha 0) are the area to edit. The engine's
+# mask_image is 255 where it repaints and 0 where it keeps.
+EDIT_ALPHA = 0
+REPAINT, KEEP = 255, 0
+_DATA_URL_PREFIX = "data:image/png;base64,"
+
+
+def decode_png(data: bytes, *, field: str) -> Image.Image:
+    """The PNG file ``data`` (an upload's bytes, or a JSON field's after base64), decoded.
+
+    Raises:
+        ImageInputError: not a PNG file, truncated, or declaring more than MAX_INPUT_PIXELS pixels.
+    """
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageInputError(field, f"must be a PNG file ({error})") from error
+    if image.format != "PNG":
+        raise ImageInputError(field, f"must be a PNG file, got {image.format or 'an unknown format'}")
+    width, height = image.size
+    if width * height > MAX_INPUT_PIXELS:
+        raise ImageInputError(field, f"must have at most {MAX_INPUT_PIXELS} pixels, got {width}x{height}")
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageInputError(field, f"must be a whole PNG file ({error})") from error
+    return image
+
+
+def decode_base64_png(text: str, *, field: str) -> Image.Image:
+    """A JSON field's PNG: base64 text, with or without a ``data:image/png;base64,`` prefix.
+
+    Raises:
+        ImageInputError: not base64, or not a PNG file (as :func:`decode_png`).
+    """
+    try:
+        data = base64.b64decode(text.removeprefix(_DATA_URL_PREFIX), validate=True)
+    except ValueError as error:
+        raise ImageInputError(field, f"must be a base64 PNG file ({error})") from error
+    return decode_png(data, field=field)
+
+
+def input_pixels(image: Image.Image) -> Image.Image:
+    """The RGB image the engine draws from (a PNG's transparency is dropped, as its colours stand)."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def edit_mask(mask: Image.Image, *, size: tuple[int, int], field: str = "mask") -> Image.Image:
+    """OpenAI's edit mask as the engine's ``mask_image``: a greyscale ("L") image, REPAINT where the mask is fully
+    transparent, KEEP elsewhere.
+
+    Raises:
+        ImageInputError: the mask has no alpha channel (nothing would say what to edit), or its size is not the
+            image's ``size`` (width, height).
+    """
+    if mask.size != size:
+        raise ImageInputError(
+            field, f"must have the image's size {size[0]}x{size[1]}, got {mask.size[0]}x{mask.size[1]}"
+        )
+    if not _has_alpha(mask):
+        raise ImageInputError(
+            field,
+            "must have an alpha channel (a PNG with transparency): its fully transparent pixels are the area to edit",
+        )
+    alpha = mask.convert("RGBA").getchannel("A")
+    return alpha.point([REPAINT if level == EDIT_ALPHA else KEEP for level in range(256)])
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return "A" in image.getbands() or "transparency" in image.info

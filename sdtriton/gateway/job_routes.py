@@ -202,6 +202,8 @@ async def submit_job(
         await _check_webhook(request, body.webhook)
     model = await request.app.state.backend.resolve(body.model)
     model.check_n(body.n)
+    # Refused now rather than failed later: images that are not PNG files, or do not fit each other or the size.
+    await asyncio.to_thread(body.generation, model=model.name)
     submitted = await jobs.submit(
         body.stored(model=model.name), scope=_scope(request), idempotency_key=idempotency_key, webhook=body.webhook
     )

@@ -18,7 +18,7 @@ from sdtriton.client import GenerationResult, Progress
 from sdtriton.gateway.backend import Backend
 from sdtriton.gateway.images import encode
 from sdtriton.gateway.jobs import ProgressCallback, Runner
-from sdtriton.gateway.schema import ImageGenerationRequest
+from sdtriton.gateway.schema import ImageGenerationRequest, ImageRequest
 
 # Previews are small (latent resolution): PNG keeps them exact and costs little.
 PREVIEW_FORMAT = "png"
@@ -47,16 +47,16 @@ def job_runner(backend: Backend, *, preview_every: int | None = DEFAULT_PREVIEW_
                 preview = encode(progress.previews[0], PREVIEW_FORMAT)
             on_progress(progress.steps_done[0], progress.total_steps[0], preview, PREVIEW_FORMAT)
 
-        result = await backend.generate(
-            body.generation(model=model.name, preview_every=preview_every), on_progress=progressed, cancelled=cancelled
-        )
+        # Off the event loop: the body's images are decoded here.
+        generation = await asyncio.to_thread(body.generation, model=model.name, preview_every=preview_every)
+        result = await backend.generate(generation, on_progress=progressed, cancelled=cancelled)
         files = await encode_images(result, body)
         return [(file, body.output_format, seed) for file, seed in zip(files, result.seeds, strict=True)]
 
     return run
 
 
-async def encode_images(result: GenerationResult, body: ImageGenerationRequest) -> list[bytes]:
+async def encode_images(result: GenerationResult, body: ImageRequest) -> list[bytes]:
     """``result``'s images as files of the body's ``output_format`` (in a thread: encoding takes the CPU)."""
     return await asyncio.to_thread(
         lambda: [encode(image, body.output_format, compression=body.output_compression) for image in result.images]

@@ -1,7 +1,8 @@
 """The gateway's request and response bodies (pydantic): OpenAI's images API, with this engine's fields beside.
 
 These models are the OpenAPI document (``docs/openapi.json``). Only cheap, model-independent checks live here
-(``size``'s form, ``n``'s range, a seed that fits 64 bits, the most steps any model takes); the engine checks every
+(``size``'s form, ``n``'s range, a seed that fits 64 bits, the most steps any model takes; input images decoded as PNG
+files, a mask against its image, a size against the image); the engine checks every
 range that depends on the model (steps, the size step, schedulers) and its refusal passes through naming the field.
 The document also states the ranges the engine holds every model to (guidance scales, skip-layer guidance's
 window), which the engine checks, so that it accepts nothing the gateway always refuses.
@@ -12,11 +13,22 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from fastapi import UploadFile
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdtriton import interface
-from sdtriton.gateway.backend import GenerationRequest, ServedModel
-from sdtriton.gateway.images import OutputFormat
+from sdtriton.gateway.backend import ENGINE_INPUTS, GenerationRequest, ServedModel
+from sdtriton.gateway.errors import REQUEST_FIELDS
+from sdtriton.gateway.images import (
+    MASK_IMAGE_INPUT,
+    ImageInputError,
+    OutputFormat,
+    decode_base64_png,
+    decode_png,
+    edit_mask,
+    input_pixels,
+)
 from sdtriton.pipeline_config import HARD_MAX_INFERENCE_STEPS
 
 # OpenAI's own bound on n; a model may allow fewer (its max_batch_size), which the gateway checks per model.
@@ -34,8 +46,9 @@ def _engine_range(low: float, high: float) -> dict[str, float]:
 _GUIDANCE_RANGE = _engine_range(interface.MIN_GUIDANCE_SCALE, interface.MAX_GUIDANCE_SCALE)
 
 
-class ImageGenerationRequest(BaseModel):
-    """``POST /v1/images/generations``: OpenAI's fields, then this engine's (``extra_body`` in OpenAI's SDK)."""
+class ImageRequest(BaseModel):
+    """The fields every image route takes (generations, edits, jobs): OpenAI's, then this engine's (``extra_body``
+    in OpenAI's SDK); each route adds its images."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -114,6 +127,7 @@ class ImageGenerationRequest(BaseModel):
         json_schema_extra=_engine_range(interface.MIN_LORA_SCALE, interface.MAX_LORA_SCALE),
         description=interface.LORA_SCALE.allowed,
     )
+    strength: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description=interface.STRENGTH.allowed)
 
     @field_validator("size")
     @classmethod
@@ -129,30 +143,96 @@ class ImageGenerationRequest(BaseModel):
         width, _, height = self.size.partition("x")
         return int(width), int(height)
 
+    def input_images(self) -> tuple[Image.Image | None, Image.Image | None]:
+        """The request's image and mask as sent (decoded PNG files); None where it has none.
+
+        Raises:
+            ImageInputError: a file that is not a PNG (400 naming the field).
+        """
+        return None, None
+
     def generation(self, *, model: str, preview_every: int | None = None) -> GenerationRequest:
-        """The backend's request for this body, on the served model ``model``."""
+        """The backend's request for this body, on the served model ``model`` (decoding its images: call it off
+        the event loop).
+
+        Raises:
+            ImageInputError: an image that is not a PNG, a mask without an alpha channel or of another size than the
+                image, a mask without an image, a ``size`` other than the image's (400 naming the field).
+        """
         width, height = self.width_height()
+        inputs = self.model_dump(include=set(_BODY_INPUTS), exclude_none=True)
+        image, mask = self.input_images()
+        if mask is not None and image is None:
+            raise ImageInputError("mask", "needs an image: the mask says which part of the image to redraw")
+        if image is not None:
+            if width is not None and (width, height) != image.size:
+                raise ImageInputError(
+                    "size", f"must be the image's size {image.width}x{image.height} or auto, got {self.size}"
+                )
+            inputs[interface.INPUT_IMAGE.name] = input_pixels(image)
+            if mask is not None:
+                inputs[MASK_IMAGE_INPUT] = edit_mask(mask, size=image.size)
+        if width is not None:
+            inputs |= {interface.WIDTH.name: width, interface.HEIGHT.name: height}
         return GenerationRequest(
-            prompt=self.prompt,
-            n=self.n,
-            model=model,
-            negative_prompt=self.negative_prompt,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            seed=self.seed,
-            width=width,
-            height=height,
-            scheduler=self.scheduler,
-            refiner_fraction=self.refiner_fraction,
-            true_cfg_scale=self.true_cfg_scale,
-            skip_layer_guidance_scale=self.skip_layer_guidance_scale,
-            skip_layer_guidance_start=self.skip_layer_guidance_start,
-            skip_layer_guidance_stop=self.skip_layer_guidance_stop,
-            vae_tiling=self.vae_tiling,
-            lora=self.lora,
-            lora_scale=self.lora_scale,
-            preview_every=preview_every,
+            prompt=self.prompt, n=self.n, model=model, seed=self.seed, inputs=inputs, preview_every=preview_every
         )
+
+
+# The engine inputs a body carries in fields of their own name: all but those REQUEST_FIELDS maps to other fields (the
+# size is "WxH", the images are files). Each needs its field (checked at import: a new input of the interface without
+# one here would be dropped silently).
+_BODY_INPUTS = tuple(name for name in ENGINE_INPUTS if name not in REQUEST_FIELDS)
+_WITHOUT_FIELD = [name for name in (*_BODY_INPUTS, interface.SEED.name) if name not in ImageRequest.model_fields]
+if _WITHOUT_FIELD:
+    raise ImportError(f"engine inputs without a field in ImageRequest: {', '.join(_WITHOUT_FIELD)}")
+
+
+def _decoded(text: str | None, *, field: str) -> Image.Image | None:
+    return None if text is None else decode_base64_png(text, field=field)
+
+
+_IMAGE_FIELD = (
+    "Image-to-image: the PNG file to start from, base64 (a data:image/png;base64, URL too); the images "
+    "have its size (its transparency is dropped)."
+)
+_MASK_FIELD = (
+    "Inpainting, with image: a PNG file of the image's size, base64, whose fully transparent pixels (alpha "
+    "0) are the area to redraw, as OpenAI's edits take masks."
+)
+
+
+class ImageGenerationRequest(ImageRequest):
+    """``POST /v1/images/generations``: OpenAI's fields, then this engine's (``extra_body`` in OpenAI's SDK)."""
+
+    image: str | None = Field(None, description=_IMAGE_FIELD)
+    mask: str | None = Field(None, description=_MASK_FIELD)
+
+    def input_images(self) -> tuple[Image.Image | None, Image.Image | None]:
+        return _decoded(self.image, field="image"), _decoded(self.mask, field="mask")
+
+
+class ImageEditRequest(ImageRequest):
+    """``POST /v1/images/edits`` (multipart form): OpenAI's fields, then this engine's, as on generations."""
+
+    image: UploadFile = Field(
+        description="The PNG file to edit; the images have its size (its transparency is dropped)."
+    )
+    mask: UploadFile | None = Field(
+        None,
+        description="A PNG file of the image's size whose fully transparent pixels (alpha 0) are the area to edit "
+        "(inpainting); omitted: the whole image is redrawn, as far as strength says (image-to-image).",
+    )
+
+    def input_images(self) -> tuple[Image.Image | None, Image.Image | None]:
+        # The uploads are spooled whole before the route runs: reading them here (off the event loop) waits on no one.
+        image = _uploaded(self.image, field="image")
+        return image, None if self.mask is None else _uploaded(self.mask, field="mask")
+
+
+def _uploaded(upload: UploadFile, *, field: str) -> Image.Image:
+    upload.file.seek(0)
+    return decode_png(upload.file.read(), field=field)
 
 
 class ImageData(BaseModel):
@@ -165,7 +245,7 @@ class ImageData(BaseModel):
 
 
 class ImagesResponse(BaseModel):
-    """The answer of ``POST /v1/images/generations``."""
+    """The answer of ``POST /v1/images/generations`` and ``/v1/images/edits``."""
 
     created: int = Field(description="Unix time (seconds) the images were made.")
     data: list[ImageData]
@@ -243,9 +323,25 @@ MAX_WEBHOOK_CHARS = 2048
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
+# A job's request is kept in the job store and read back whenever the job is (listed, followed, run): a job's image
+# and mask are each at most this much base64 text (about 1 MiB of PNG), so that a page of jobs stays cheap to read.
+MAX_JOB_IMAGE_CHARS = 4 * (1024 * 1024 // 3 + 1)
+
+
 class JobCreateRequest(ImageGenerationRequest):
     """``POST /v1/jobs``: a generations body (``response_format`` aside: a job's images are always URLs), and where
     to POST the finished job."""
+
+    image: str | None = Field(
+        None,
+        max_length=MAX_JOB_IMAGE_CHARS,
+        description=f"{_IMAGE_FIELD} At most {MAX_JOB_IMAGE_CHARS} characters: the job store keeps it.",
+    )
+    mask: str | None = Field(
+        None,
+        max_length=MAX_JOB_IMAGE_CHARS,
+        description=f"{_MASK_FIELD} At most {MAX_JOB_IMAGE_CHARS} characters: the job store keeps it.",
+    )
 
     webhook: str | None = Field(
         None,

@@ -24,6 +24,7 @@ from sdtriton.gateway.backend import Backend, GenerationRequest
 from sdtriton.gateway.process import GatewayProcess
 from sdtriton.interface import PIPELINE_MODEL_NAME
 from sdtriton.pipeline_config import PipelineConfig
+from tests.integration.oracle import start_picture
 
 pytestmark = pytest.mark.integration
 
@@ -168,6 +169,104 @@ def test_the_sdk_raises_its_own_error_for_a_bad_field(sdk: openai.OpenAI) -> Non
     assert caught.value.param == "size"
 
 
+# Image inputs: not square (a swapped width and height would show), a multiple of the tiny model's size step.
+EDIT_WIDTH, EDIT_HEIGHT = 64, 48
+EDIT_STEPS = {"seed": 6, "num_inference_steps": STEPS, "scheduler": "ddim", "strength": 0.75}
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _edit_mask() -> tuple[Image.Image, Image.Image]:
+    """OpenAI's mask (the left third fully transparent: edited; the rest opaque or half transparent: kept) and the
+    engine's mask_image it stands for (255 repaints)."""
+    alpha = np.full((EDIT_HEIGHT, EDIT_WIDTH), 255, dtype=np.uint8)
+    alpha[:, : EDIT_WIDTH // 3] = 0
+    alpha[: EDIT_HEIGHT // 2, EDIT_WIDTH // 2 :] = 100  # partly transparent still keeps
+    openai_mask = Image.fromarray(np.dstack([np.zeros((EDIT_HEIGHT, EDIT_WIDTH, 3), np.uint8), alpha]), "RGBA")
+    return openai_mask, Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8), "L")
+
+
+def test_openai_sdk_edits_an_image_as_the_clients_img2img(
+    gateway: str, sdk: openai.OpenAI, client: StableDiffusionClient
+) -> None:
+    """``images.edit`` without a mask is image-to-image: the client's image for the same seed and strength (which
+    test_img2img.py proves equal to diffusers'); n images get seeds seed + i; the same fields on generations."""
+    start = start_picture(EDIT_WIDTH, EDIT_HEIGHT)
+    answer = sdk.images.edit(image=("start.png", _png(start), "image/png"), prompt=PROMPT, n=2, extra_body=EDIT_STEPS)
+    assert answer.size == f"{EDIT_WIDTH}x{EDIT_HEIGHT}"
+    assert [image.model_extra["seed"] for image in answer.data] == [6, 7]
+    expected = client.generate([PROMPT] * 2, image=start, **(EDIT_STEPS | {"seed": [6, 7]}))
+    for image, wanted in zip(answer.data, expected.images, strict=True):
+        assert np.array_equal(_pixels(image.b64_json), np.asarray(wanted))
+    # A PNG with transparency is drawn from its colours; the JSON routes take the image as base64.
+    body = {"prompt": PROMPT, "image": base64.b64encode(_png(start.convert("RGBA"))).decode(), **EDIT_STEPS}
+    generated = _post(gateway, body)
+    assert generated.status_code == 200, generated.text
+    assert np.array_equal(_pixels(generated.json()["data"][0]["b64_json"]), np.asarray(expected.image))
+
+
+def test_an_edit_with_a_mask_is_the_clients_inpainting(
+    gateway: str, sdk: openai.OpenAI, client: StableDiffusionClient
+) -> None:
+    """With a mask, its fully transparent pixels are redrawn: the client's inpainting (``mask=``, 255 repaints) for
+    the same seed and strength, through edits and through generations' JSON."""
+    start = start_picture(EDIT_WIDTH, EDIT_HEIGHT)
+    openai_mask, mask_image = _edit_mask()
+    answer = sdk.images.edit(
+        image=("start.png", _png(start), "image/png"),
+        mask=("mask.png", _png(openai_mask), "image/png"),
+        prompt=PROMPT,
+        extra_body=EDIT_STEPS,
+    )
+    expected = client.generate(PROMPT, image=start, mask=mask_image, **EDIT_STEPS)
+    assert np.array_equal(_pixels(answer.data[0].b64_json), np.asarray(expected.image))
+    body = {"prompt": PROMPT, "image": base64.b64encode(_png(start)).decode(), **EDIT_STEPS}
+    generated = _post(gateway, body | {"mask": base64.b64encode(_png(openai_mask)).decode()})
+    assert generated.status_code == 200, generated.text
+    assert np.array_equal(_pixels(generated.json()["data"][0]["b64_json"]), np.asarray(expected.image))
+
+
+def _edit(gateway: str, fields: dict, files: dict) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    return httpx.post(f"{gateway}/v1/images/edits", data=fields, files=files, headers=headers, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("fields", "files", "param", "said"),
+    [
+        ({}, {"image": b"GIF89a not a png"}, "image", "image: must be a PNG file"),
+        ({}, {"image": "truncated"}, "image", "image: must be a"),
+        ({}, {}, "image", "image: Field required"),
+        ({}, {"image": "start", "mask": "small"}, "mask", f"mask: must have the image's size {EDIT_WIDTH}x"),
+        ({}, {"image": "start", "mask": "opaque"}, "mask", "mask: must have an alpha channel"),
+        ({"size": "64x64"}, {"image": "start"}, "size", f"size: must be the image's size {EDIT_WIDTH}x{EDIT_HEIGHT}"),
+        ({"strength": "0"}, {"image": "start"}, "strength", "strength: Input should be greater than 0"),
+        ({"quality": "high"}, {"image": "start"}, "quality", "quality: Extra inputs are not permitted"),
+        # The engine's own refusal of the image, passed through naming the request's field.
+        ({}, {"image": "odd"}, "image", "input_image: its width must be a positive multiple of"),
+    ],
+)
+def test_bad_edits_are_400_naming_the_field(gateway: str, fields: dict, files: dict, param: str, said: str) -> None:
+    start = start_picture(EDIT_WIDTH, EDIT_HEIGHT)
+    made = {
+        "start": _png(start),
+        "truncated": _png(start)[:100],
+        "small": _png(start.resize((32, 24)).convert("RGBA")),
+        "opaque": _png(start),
+        "odd": _png(start.resize((EDIT_WIDTH - 2, EDIT_HEIGHT))),
+    }
+    files = {name: (f"{name}.png", made.get(value, value), "image/png") for name, value in files.items()}
+    answer = _edit(gateway, {"prompt": PROMPT, "num_inference_steps": str(STEPS), **fields}, files)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["param"], error["code"]) == (param, "invalid_value")
+    assert error["message"].startswith(said), error["message"]
+
+
 def test_unknown_model_and_route_are_404(gateway: str) -> None:
     answer = _post(gateway, {"prompt": PROMPT, "model": "dall-e-3"})
     assert answer.status_code == 404
@@ -295,10 +394,7 @@ def test_the_backend_streams_progress_and_previews_and_cancels_on_its_event(grpc
                 prompt=PROMPT,
                 n=2,
                 seed=11,
-                num_inference_steps=STEPS,
-                scheduler="ddim",
-                width=64,
-                height=64,
+                inputs={"num_inference_steps": STEPS, "scheduler": "ddim", "width": 64, "height": 64},
                 preview_every=1,
             )
             result = await backend.generate(request, on_progress=seen.append)
@@ -307,7 +403,7 @@ def test_the_backend_streams_progress_and_previews_and_cancels_on_its_event(grpc
             async def cancel_at_first_step(progress) -> None:  # an async callback is awaited
                 cancelled.set()
 
-            long = GenerationRequest(prompt=PROMPT, num_inference_steps=150, width=64, height=64)
+            long = GenerationRequest(prompt=PROMPT, inputs={"num_inference_steps": 150, "width": 64, "height": 64})
             with pytest.raises(RequestCancelledError):
                 await backend.generate(long, on_progress=cancel_at_first_step, cancelled=cancelled)
             return seen, result
@@ -333,7 +429,7 @@ def test_a_generation_over_its_time_budget_is_504(grpc_url: str) -> None:
     async def run() -> Exception:
         backend = Backend(grpc_url, timeout_s=0.5)
         try:
-            long = GenerationRequest(prompt=PROMPT, num_inference_steps=150, width=128, height=128)
+            long = GenerationRequest(prompt=PROMPT, inputs={"num_inference_steps": 150, "width": 128, "height": 128})
             with pytest.raises(RequestTimeoutError) as caught:
                 await backend.generate(long)
             return caught.value

@@ -25,6 +25,7 @@ from PIL import Image
 from sdtriton.client import StableDiffusionClient
 from sdtriton.gateway.process import GatewayProcess
 from sdtriton.gateway.webhooks import SIGNATURE_HEADER, verify_signature
+from tests.integration.oracle import start_picture
 
 pytestmark = pytest.mark.integration
 
@@ -222,13 +223,56 @@ def test_unknown_jobs_are_404(gateway) -> None:
         ({"model": "dall-e-3"}, "model", "is not served here"),
         ({"webhook": "ftp://127.0.0.1/hook"}, "webhook", "must be an http:// or https:// URL"),
         ({"webhook": "http:///hook"}, "webhook", "must name a host"),
+        # Images are decoded and checked at submit.
+        ({"image": "bm90IGEgcG5n"}, "image", "image: must be a PNG file"),
+        ({"image": "START", "size": "32x32"}, "size", f"size: must be the image's size {SIZE}x{SIZE} or auto"),
+        ({"mask": "START"}, "mask", "mask: needs an image"),
     ],
 )
 def test_a_bad_body_is_refused_at_submit_naming_the_field(gateway, change: dict, param: str, said: str) -> None:
+    change = {name: _base64_png(_start()) if value == "START" else value for name, value in change.items()}
     answer = _submit(gateway.url, _body(**change))
     assert answer.status_code in (400, 404), answer.text
     error = answer.json()["error"]
     assert error["param"] == param and said in error["message"], error
+
+
+def _start() -> Image.Image:
+    return start_picture(SIZE, SIZE)
+
+
+def _base64_png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_a_job_with_an_image_is_the_clients_img2img(gateway, client: StableDiffusionClient) -> None:
+    """A job takes generations' image fields (a base64 PNG and the strength): its image is the client's
+    image-to-image for the same seed, and its stored request does not grow past the job limit."""
+    job_id = _submit(gateway.url, _body(seed=51, image=_base64_png(_start()), strength=0.5)).json()["id"]
+    job = _finished(gateway.url, job_id)
+    assert job["status"] == "succeeded", job
+    assert job["total_steps"] == STEPS // 2  # strength 0.5 runs half the steps
+    expected = client.generate(PROMPT, image=_start(), strength=0.5, seed=51, num_inference_steps=STEPS,
+                               scheduler="ddim")  # fmt: skip
+    download = httpx.get(gateway.url + job["data"][0]["url"], timeout=10)
+    assert np.array_equal(_pixels(download.content), np.asarray(expected.image))
+
+
+def test_a_job_with_a_mask_is_the_clients_inpainting(gateway, client: StableDiffusionClient) -> None:
+    """A job's mask (base64 PNG, OpenAI's convention: alpha 0 is redrawn) is the client's inpainting ``mask=``."""
+    alpha = np.full((SIZE, SIZE), 255, dtype=np.uint8)
+    alpha[SIZE // 4 : SIZE // 2, :] = 0
+    openai_mask = Image.fromarray(np.dstack([np.zeros((SIZE, SIZE, 3), np.uint8), alpha]), "RGBA")
+    body = _body(seed=52, image=_base64_png(_start()), mask=_base64_png(openai_mask), strength=0.75)
+    job = _finished(gateway.url, _submit(gateway.url, body).json()["id"])
+    assert job["status"] == "succeeded", job
+    mask_image = Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8), "L")
+    expected = client.generate(PROMPT, image=_start(), mask=mask_image, strength=0.75, seed=52,
+                               num_inference_steps=STEPS, scheduler="ddim")  # fmt: skip
+    download = httpx.get(gateway.url + job["data"][0]["url"], timeout=10)
+    assert np.array_equal(_pixels(download.content), np.asarray(expected.image))
 
 
 def test_an_engine_refusal_fails_the_job_with_the_synchronous_routes_error(gateway) -> None:
@@ -305,7 +349,9 @@ def test_jobs_survive_a_gateway_restart_over_sqlite(gateway, client: StableDiffu
     assert np.array_equal(_pixels(download.content), np.asarray(expected.image))
 
 
-def test_two_gateways_on_one_redis_share_their_jobs(grpc_url: str, redis_server, folder: Path) -> None:
+def test_two_gateways_on_one_redis_share_their_jobs(
+    grpc_url: str, redis_server, folder: Path, client: StableDiffusionClient
+) -> None:
     """One gateway runs jobs (1 worker), the other only queues and serves them (0 workers): a job submitted to the
     second is run by the first, followed to its end and downloaded through either. Webhook hosts on private
     addresses are refused by a gateway that does not allow them."""
@@ -323,7 +369,8 @@ def test_two_gateways_on_one_redis_share_their_jobs(grpc_url: str, redis_server,
         refused = _submit(front.url, _body(webhook="http://127.0.0.1:9/hook"))
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "webhook"
         assert "--webhook-allow-private" in refused.json()["error"]["message"]
-        job_id = _submit(front.url, _body(seed=91)).json()["id"]
+        # The job carries an image through the Redis store: the runner draws the client's image-to-image.
+        job_id = _submit(front.url, _body(seed=91, image=_base64_png(_start()), strength=0.5)).json()["id"]
         events = _events(front.url, job_id)
         assert events[-1][0] == "done" and events[-1][1]["status"] == "succeeded"
         seen = _get(runner.url, job_id).json()
@@ -331,5 +378,8 @@ def test_two_gateways_on_one_redis_share_their_jobs(grpc_url: str, redis_server,
         assert job_id in [job["id"] for job in httpx.get(f"{runner.url}/v1/jobs", headers=_headers()).json()["data"]]
         front_image = httpx.get(front.url + seen["data"][0]["url"], timeout=10).content
         assert front_image == httpx.get(runner.url + seen["data"][0]["url"], timeout=10).content
+        expected = client.generate(PROMPT, image=_start(), strength=0.5, seed=91, num_inference_steps=STEPS,
+                                   scheduler="ddim")  # fmt: skip
+        assert np.array_equal(_pixels(front_image), np.asarray(expected.image))
     finally:
         runner.stop(), front.stop()

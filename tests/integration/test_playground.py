@@ -20,6 +20,7 @@ from sdtriton.gateway.playground import CONTENT_SECURITY_POLICY
 from sdtriton.gateway.process import GatewayProcess
 from sdtriton.interface import PIPELINE_MODEL_NAME, ModelDescription
 from sdtriton.pipeline_config import PipelineConfig
+from tests.integration.oracle import start_picture
 
 pytestmark = pytest.mark.integration
 
@@ -195,6 +196,29 @@ def test_generate_shows_progress_and_previews_then_the_clients_image(
     expect(recent).to_have_attribute("id", f"job-{job_id}")
     expect(recent).to_have_attribute("data-status", "succeeded")
     expect(recent.locator("img")).to_be_visible()
+
+
+def test_a_start_image_gives_the_clients_image_to_image(
+    page: Page, gateway: str, client: StableDiffusionClient, tmp_path: Path
+) -> None:
+    """A PNG chosen as the start image goes into the job (base64) with the strength: the client's image-to-image,
+    at the image's size whatever the size field says."""
+    start = start_picture(64, 48)
+    start.save(tmp_path / "start.png")
+    _open_with_key(page, gateway)
+    page.get_by_label("Prompt", exact=True).fill(PROMPT)
+    page.get_by_label("Steps").fill("4")
+    page.get_by_label("Seed").fill(str(SEED))
+    page.get_by_label("Scheduler").select_option("ddim")
+    page.get_by_label("Start image (PNG)").set_input_files(tmp_path / "start.png")
+    page.get_by_label("Strength").fill("0.5")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#output")).to_have_attribute("data-job-status", "succeeded")
+    expect(page.locator("#result")).to_be_visible()
+    width, height, rgba = page.evaluate(RESULT_PIXELS)
+    shown = np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[..., :3]
+    expected = client.generate(PROMPT, image=start, strength=0.5, seed=SEED, num_inference_steps=4, scheduler="ddim")
+    assert np.array_equal(shown, np.asarray(expected.image))
 
 
 def test_cancel_shows_cancelled(page: Page, gateway: str, exported: ModelDescription) -> None:

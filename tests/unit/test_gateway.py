@@ -4,13 +4,17 @@ document; and the app in process (FastAPI's TestClient) with a real backend whos
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from pydantic import ValidationError
 
 from sdtriton import interface
@@ -23,13 +27,13 @@ from sdtriton.client import (
     ServerBusyError,
     ServerUnavailableError,
 )
-from sdtriton.gateway import errors, job_routes
+from sdtriton.gateway import backend, errors, images, job_routes
 from sdtriton.gateway.access import ApiKey, RateLimiter, find_key, parse_api_keys
 from sdtriton.gateway.app import create_app
 from sdtriton.gateway.backend import GenerationRequest
 from sdtriton.gateway.errors import GatewayError, SettingsError
 from sdtriton.gateway.jobs import JobManager
-from sdtriton.gateway.schema import ImageGenerationRequest
+from sdtriton.gateway.schema import MAX_JOB_IMAGE_CHARS, ImageGenerationRequest, JobCreateRequest
 from sdtriton.gateway.settings import GatewaySettings, JobSettings, Limits, check_exposure, load_settings
 from sdtriton.gateway.sqlite_store import SqliteJobStore
 from sdtriton.gateway.webhooks import webhook_url_problem
@@ -210,14 +214,94 @@ def test_a_body_becomes_the_backends_request() -> None:
     )  # fmt: skip
     request = body.generation(model="stable_diffusion", preview_every=2)
     assert request == GenerationRequest(
-        prompt="p", n=3, model="stable_diffusion", seed=interface.MAX_SEED, width=64, height=48, scheduler="ddim",
-        true_cfg_scale=2.0, skip_layer_guidance_scale=2.8, skip_layer_guidance_start=0.1,
-        skip_layer_guidance_stop=0.3, preview_every=2,
+        prompt="p", n=3, model="stable_diffusion", seed=interface.MAX_SEED, preview_every=2, inputs={
+            "width": 64, "height": 48, "scheduler": "ddim", "true_cfg_scale": 2.0, "skip_layer_guidance_scale": 2.8,
+            "skip_layer_guidance_start": 0.1, "skip_layer_guidance_stop": 0.3,
+        },
     )  # fmt: skip
     assert request.item_seeds() == [interface.MAX_SEED, 0, 1]  # image i: seed + i, wrapped
     assert ImageGenerationRequest(prompt="p", size="auto").width_height() == (None, None)
     drawn = GenerationRequest(prompt="p", n=2).with_fixed_seed()
     assert drawn.seed is not None and drawn.with_fixed_seed() == drawn
+    with pytest.raises(ValueError, match="not engine inputs: steps"):
+        GenerationRequest(prompt="p", inputs={"steps": 4})
+
+
+def test_every_engine_input_reaches_the_backend_from_a_body() -> None:
+    """Each scalar input of the interface is a body field of its name that lands in the backend's request as it
+    was sent: a new engine input without its field fails the gateway's import, one with it is carried."""
+    values = {"bool": True, "str": "ddim", "int": 3, "float": 0.25}
+    sent = {}
+    for name in backend.ENGINE_INPUTS:
+        if name in errors.REQUEST_FIELDS:
+            continue
+        annotation = str(ImageGenerationRequest.model_fields[name].annotation)
+        sent[name] = next(value for kind, value in values.items() if kind in annotation)
+    request = ImageGenerationRequest(prompt="p", seed=5, **sent).generation(model="m")
+    assert request.inputs == sent and request.seed == 5
+
+
+def _png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_an_edit_mask_is_repainted_where_fully_transparent() -> None:
+    """OpenAI's convention (alpha 0: edit) becomes the engine's mask_image (255: repaint, 0: keep); any alpha above 0
+    keeps, whatever the colour."""
+    alpha = np.array([[0, 1, 128], [255, 0, 0]], dtype=np.uint8)
+    rgba = np.dstack([np.full((2, 3, 3), 200, dtype=np.uint8), alpha])
+    expected = np.where(alpha == 0, 255, 0)
+    for mask in (Image.fromarray(rgba, "RGBA"), Image.fromarray(rgba[..., [0, 3]], "LA")):
+        converted = images.edit_mask(mask, size=(3, 2))
+        assert converted.mode == "L" and np.array_equal(np.asarray(converted), expected)
+    palette = Image.fromarray(np.array([[0, 1, 1], [1, 0, 1]], dtype=np.uint8), "P")
+    palette.info["transparency"] = 0  # palette entry 0 is transparent
+    decoded = images.decode_base64_png(_png(palette), field="mask")
+    assert np.array_equal(np.asarray(images.edit_mask(decoded, size=(3, 2))), [[255, 0, 0], [0, 255, 0]])
+    with pytest.raises(images.ImageInputError, match=r"^mask: must have the image's size 4x2, got 3x2$"):
+        images.edit_mask(Image.fromarray(rgba, "RGBA"), size=(4, 2))
+    with pytest.raises(images.ImageInputError, match=r"^mask: must have an alpha channel"):
+        images.edit_mask(Image.new("RGB", (3, 2)), size=(3, 2))
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "said"),
+    [
+        ({"image": "not base64!"}, "image", "image: must be a base64 PNG file"),
+        ({"image": base64.b64encode(b"GIF89a....").decode()}, "image", "image: must be a PNG file"),
+        ({"mask": "PLACEHOLDER"}, "mask", "mask: needs an image"),
+        ({"image": "PLACEHOLDER", "mask": "PLACEHOLDER"}, "mask", "mask: must have an alpha channel"),
+        ({"image": "PLACEHOLDER", "size": "64x64"}, "size", "size: must be the image's size 32x16 or auto, got 64x64"),
+    ],
+)
+def test_a_bodys_images_are_checked_naming_the_field(change: dict, param: str, said: str) -> None:
+    png = _png(Image.new("RGB", (32, 16)))
+    body = ImageGenerationRequest(prompt="p", **{name: png if value == "PLACEHOLDER" else value
+                                                 for name, value in change.items()})  # fmt: skip
+    with pytest.raises(images.ImageInputError) as caught:
+        body.generation(model="m")
+    answer = errors.answer(caught.value, retry_after_s=1)
+    assert (answer.status, answer.body["error"]["param"]) == (400, param)
+    assert str(caught.value).startswith(said)
+
+
+def test_a_bodys_image_is_sent_as_rgb_pixels_and_its_mask_converted() -> None:
+    rgba = Image.new("RGBA", (32, 16), (10, 20, 30, 0))
+    mask = Image.new("LA", (32, 16), (0, 255))
+    mask.paste((0, 0), (0, 0, 8, 16))  # the left quarter transparent: redrawn
+    body = ImageGenerationRequest(prompt="p", image=_png(rgba), mask="data:image/png;base64," + _png(mask),
+                                  size="32x16", strength=0.5)  # fmt: skip
+    inputs = body.generation(model="m").inputs
+    assert inputs["strength"] == 0.5 and (inputs["width"], inputs["height"]) == (32, 16)
+    image = inputs[interface.INPUT_IMAGE.name]
+    assert image.mode == "RGB" and image.getpixel((0, 0)) == (10, 20, 30)
+    repaint = np.asarray(inputs[images.MASK_IMAGE_INPUT])
+    assert (repaint[:, :8] == 255).all() and (repaint[:, 8:] == 0).all()
+    with pytest.raises(ValidationError, match="at most 1398104 characters") as caught:
+        JobCreateRequest(prompt="p", image="A" * (MAX_JOB_IMAGE_CHARS + 1))
+    assert caught.value.errors()[0]["loc"] == ("image",)
 
 
 @pytest.mark.parametrize(

@@ -149,14 +149,32 @@ function fillModelChoices() {
 
 // A job: submit, follow its events, show its image.
 
-function requestBody() {
+// The chosen start image as base64 PNG (the jobs body's image), or undefined.
+function startImage() {
+  const file = $("image").files[0];
+  if (!file) {
+    return Promise.resolve(undefined);
+  }
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result); // a data: URL, which the gateway takes as it is
+    reader.onerror = () => reject(new Error(`image: cannot read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
+
+async function requestBody() {
   const body = { prompt: $("prompt").value };
+  const image = await startImage();
   const text = (id) => $(id).value.trim();
   const number = (id) => (text(id) === "" ? undefined : Number(text(id)));
   const fields = {
     model: text("model") || undefined,
     negative_prompt: text("negative-prompt") || undefined,
-    size: text("size") || undefined,
+    // With a start image the images have its size.
+    size: image ? undefined : text("size") || undefined,
+    image,
+    strength: image ? number("strength") : undefined,
     num_inference_steps: number("steps"),
     guidance_scale: number("guidance"),
     seed: number("seed"),
@@ -186,7 +204,7 @@ async function generate(event) {
     const response = await api("v1/jobs", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(requestBody()),
+      body: JSON.stringify(await requestBody()),
     });
     job = await response.json();
   } catch (error) {
