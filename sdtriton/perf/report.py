@@ -363,11 +363,11 @@ def _engine_sections(result: EngineResult) -> list[Block]:
     return blocks
 
 
-def _level_cells(level: Load | None, digits: int = 1) -> list[str]:
-    """images/s, p50 and p99 of a level; empty when it completed no request."""
+def _level_cells(level: Load | None, digits: int = 1, percentiles: Sequence[int] = (50, 99)) -> list[str]:
+    """images/s and the ``percentiles`` (ms) of a level; empty when it completed no request."""
     if level is None or not level.completed:
-        return ["", "", ""]
-    return [f"{level.images_per_s:.2f}", f"{level.p50_ms:.{digits}f}", f"{level.p99_ms:.{digits}f}"]
+        return [""] * (1 + len(percentiles))
+    return [f"{level.images_per_s:.2f}", *(f"{level.percentile_ms(q):.{digits}f}" for q in percentiles)]
 
 
 def _ceiling_lines(result: EngineResult, ceiling: model.CeilingResult) -> list[Block]:
@@ -419,11 +419,8 @@ def _mixed_lines(result: EngineResult, mixed: model.MixedResult) -> list[Block]:
     ]
     rows = []
     for load, name, steps, clients, level in loads:
-        cells = [0, "", "", "", "", ""]
-        if level.completed:
-            cells = [level.completed, level.failed, f"{level.images_per_s:.2f}"]
-            cells += [f"{level.percentile_ms(q):.0f}" for q in (50, 90, 99)]
-        rows.append([load, name, steps, clients, *cells])
+        failed = level.failed if level.completed else ""
+        rows.append([load, name, steps, clients, level.completed, failed, *_level_cells(level, 0, (50, 90, 99))])
     header = ("load", "class", "steps", "clients", "completed", "failed", "images/s", "p50 ms", "p90 ms", "p99 ms")
     return [
         f"On the batching-on server, {spec.short_clients} client threads send short requests back to back while "
@@ -497,9 +494,8 @@ def _gateway_lines(result: EngineResult, gateway: model.GatewayResult) -> list[B
     rows = []
     for direct, through, ratio, overhead_ms in gateway.levels():
         for load in (direct, through):
-            times = [f"{load.percentile_ms(q):.1f}" for q in (50, 95, 99)]
-            counts = [len(load.records), load.failed]
-            rows.append([_VARIANT_LABELS[load.variant], load.concurrency, f"{load.images_per_s:.2f}", *times, *counts])
+            cells = [*_level_cells(load, 1, (50, 95, 99)), len(load.records), load.failed]
+            rows.append([_VARIANT_LABELS[load.variant], load.concurrency, *cells])
         rows.append(["gateway / direct", direct.concurrency, f"**{ratio:.3f}x**", f"**{overhead_ms:+.1f}**", *[""] * 4])
     idle_ms, serving_ms = gateway.gateway_cpu_ms or (math.nan, math.nan)
     return [
