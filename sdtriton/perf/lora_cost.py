@@ -18,12 +18,13 @@ import json
 import logging
 import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from sdtriton.components import LORA_SCALES_INPUT, UNET, with_lora_scales
+from sdtriton.perf.paths import in_turns_ms
 from sdtriton.sd15 import SD15_UNET
 
 logger = logging.getLogger(__name__)
@@ -127,12 +128,7 @@ def measure(*, width_factor: float, rank: int, size: int, images: int, runs: int
                 run_feeds = feeds if scales is None else {**feeds, LORA_SCALES_INPUT: scales}
                 session.run(None, run_feeds)  # the first run plans memory
                 cases.append((f"{adapters} exported", rows_on, session, run_feeds))
-        runs_ms: list[list[float]] = [[] for _ in cases]
-        for _ in range(runs):
-            for index, (_, _, session, run_feeds) in enumerate(cases):
-                started = time.perf_counter()
-                session.run(None, run_feeds)
-                runs_ms[index].append((time.perf_counter() - started) * 1000.0)
+        runs_ms = in_turns_ms([partial(session.run, None, run_feeds) for _, _, session, run_feeds in cases], runs=runs)
         timings = [
             {"network": network, "rows_on": rows_on, "median_ms": statistics.median(times), "runs_ms": times}
             for (network, rows_on, _, _), times in zip(cases, runs_ms, strict=True)

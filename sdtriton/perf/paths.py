@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,16 +58,21 @@ def timed_runs(run: Callable[[], np.ndarray], *, path: str, steps: int, runs: in
     return timing, image
 
 
-def time_slope(runner: Runner, request: RequestSpec, *, path: str, steps: tuple[int, int], runs: int) -> StepSlope:
-    """Runs at the two step counts in turns (low, high, low, ...), so a drifting background load hits both."""
-    latencies: dict[int, list[float]] = {count: [] for count in steps}
+def in_turns_ms(calls: Sequence[Callable[[], object]], *, runs: int) -> list[list[float]]:
+    """Each call's times (ms) over ``runs`` rounds of every call in turn, so a drifting background load hits all."""
+    times: list[list[float]] = [[] for _ in calls]
     for _ in range(runs):
-        for count in steps:
-            run = runner(request.with_steps(count))
+        for call, call_times in zip(calls, times, strict=True):
             started = time.perf_counter()
-            run()
-            latencies[count].append((time.perf_counter() - started) * 1000.0)
-    slope = StepSlope(*(Load.timed(path, count, latencies[count]) for count in steps))
+            call()
+            call_times.append((time.perf_counter() - started) * 1000.0)
+    return times
+
+
+def time_slope(runner: Runner, request: RequestSpec, *, path: str, steps: tuple[int, int], runs: int) -> StepSlope:
+    """Runs at the two step counts in turns (low, high, low, ...)."""
+    latencies = in_turns_ms([runner(request.with_steps(count)) for count in steps], runs=runs)
+    slope = StepSlope(*(Load.timed(path, count, ms) for count, ms in zip(steps, latencies, strict=True)))
     logger.info("%s: %.3f ms/step between %d and %d steps (medians of %d)", path, slope.ms_per_step, *steps, runs)
     return slope
 

@@ -442,25 +442,20 @@ def _burst_lines(result: EngineResult, burst: model.BurstResult) -> list[Block]:
         "(`ServerUnavailableError`), timed from sending to the error.",
         _table("r" * 6, header, [(*counts, burst.failed)]),
     ]
-    lines = []
-    if refusals:
-        lines.append(
-            f"Time to refusal: min {min(refusals):.1f} ms, median {statistics.median(refusals):.1f} ms, max "
-            f"{max(refusals):.1f} ms (goal < {model.GOAL_REFUSAL_MS:g} ms each; "
-            f"{sum(value >= model.GOAL_REFUSAL_MS for value in refusals)} at or over it)."
-        )
-    if accepted:
-        lines.append(f"Accepted requests' latency: {', '.join(f'{value:.0f}' for value in sorted(accepted))} ms.")
-    if burst.warmup_records:
-        cold = max(burst.latencies_ms(Outcome.REFUSED, warmup=True), default=None)
-        lines.append(
-            f"{burst.spec.warmup_bursts} warm-up burst(s) first, not judged (one-off costs after a start): slowest "
-            f"refusal {'-' if cold is None else f'{cold:.1f}'} ms."
-        )
     failures = sorted({record.message for record in burst.records if record.outcome is Outcome.FAILED})
-    if failures:
-        lines.append(f"Failures: {'; '.join(failures)}.")
-    return [*intro, lines]
+    cold = max(burst.latencies_ms(Outcome.REFUSED, warmup=True), default=None)
+    lines = [
+        refusals
+        and f"Time to refusal: min {min(refusals):.1f} ms, median {statistics.median(refusals):.1f} ms, max "
+        f"{max(refusals):.1f} ms (goal < {model.GOAL_REFUSAL_MS:g} ms each; "
+        f"{sum(value >= model.GOAL_REFUSAL_MS for value in refusals)} at or over it).",
+        accepted and f"Accepted requests' latency: {', '.join(f'{value:.0f}' for value in sorted(accepted))} ms.",
+        burst.warmup_records
+        and f"{burst.spec.warmup_bursts} warm-up burst(s) first, not judged (one-off costs after a start): slowest "
+        f"refusal {'-' if cold is None else f'{cold:.1f}'} ms.",
+        failures and f"Failures: {'; '.join(failures)}.",
+    ]
+    return [*intro, [line for line in lines if line]]
 
 
 def _simulated_lines(result: EngineResult, simulated: model.SimulatedResult) -> list[Block]:
