@@ -43,21 +43,6 @@ _MODEL_VERSION = "1"
 Runner = Callable[[RequestSpec], Callable[[], np.ndarray]]
 
 
-def timed_runs(run: Callable[[], np.ndarray], *, path: str, steps: int, runs: int, warmup_runs: int = 0):
-    """``runs`` timed runs after ``warmup_runs``: their timing and the last image."""
-    image = np.zeros((0,), np.uint8)
-    for _ in range(warmup_runs):
-        image = run()
-    latencies = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        image = run()
-        latencies.append((time.perf_counter() - started) * 1000.0)
-    timing = Load.timed(path, steps, latencies)
-    logger.info("%s, %d steps: median %.1f ms over %d runs", path, steps, timing.median_ms, runs)
-    return timing, image
-
-
 def in_turns_ms(calls: Sequence[Callable[[], object]], *, runs: int) -> list[list[float]]:
     """Each call's times (ms) over ``runs`` rounds of every call in turn, so a drifting background load hits all."""
     times: list[list[float]] = [[] for _ in calls]
@@ -67,6 +52,17 @@ def in_turns_ms(calls: Sequence[Callable[[], object]], *, runs: int) -> list[lis
             call()
             call_times.append((time.perf_counter() - started) * 1000.0)
     return times
+
+
+def timed_runs(run: Callable[[], np.ndarray], *, path: str, steps: int, runs: int, warmup_runs: int = 0):
+    """``runs`` timed runs after ``warmup_runs``: their timing and the last image."""
+    for _ in range(warmup_runs):
+        run()
+    images: list[np.ndarray] = []
+    (latencies,) = in_turns_ms([lambda: images.append(run())], runs=runs)
+    timing = Load.timed(path, steps, latencies)
+    logger.info("%s, %d steps: median %.1f ms over %d runs", path, steps, timing.median_ms, runs)
+    return timing, images[-1]
 
 
 def time_slope(runner: Runner, request: RequestSpec, *, path: str, steps: tuple[int, int], runs: int) -> StepSlope:
@@ -199,19 +195,14 @@ def time_onnx_loop(repository: Path, request: RequestSpec, spec: BaselineSpec, *
         unet_calls_per_request=len(calls["predict_noise"]) // runs,
         decode_ms=sum(calls["decode_latents"]) / runs,
     )
-    unet_calls: dict[int, int] = {}
+    counting = {steps: InstrumentedNetworks(served.networks) for steps in (low, high)}
 
-    def counted(spec: RequestSpec) -> Callable[[], np.ndarray]:
-        def run() -> np.ndarray:
-            before = len(calls["predict_noise"])
-            image = plain_loop(spec)()
-            unet_calls[spec.num_inference_steps] = len(calls["predict_noise"]) - before
-            return image
+    def runner(one: RequestSpec) -> Callable[[], np.ndarray]:  # on its step count's own networks: its UNet calls
+        return served.plain_loop(counting[one.num_inference_steps])(one)
 
-        return run
-
-    slope = time_slope(counted, request, path=ONNX_LOOP, steps=spec.slope_steps, runs=spec.slope_runs)
-    return OnnxLoopResult(timing, times, slope, (unet_calls[high] - unet_calls[low]) / (high - low), image)
+    slope = time_slope(runner, request, path=ONNX_LOOP, steps=spec.slope_steps, runs=spec.slope_runs)
+    low_calls, high_calls = (len(counting[steps].calls_ms["predict_noise"]) / spec.slope_runs for steps in (low, high))
+    return OnnxLoopResult(timing, times, slope, (high_calls - low_calls) / (high - low), image)
 
 
 def client_runner(client: StableDiffusionClient) -> Runner:
