@@ -200,14 +200,6 @@ class GatewayClient:
         self._connection.close()
 
 
-def connected(client: StableDiffusionClient, url: str) -> StableDiffusionClient:
-    """``client`` once its server answers ready; :class:`SdTritonError` (the client closed) after 30 s."""
-    if not wait_until_ready(client, timeout_s=_CONNECT_TIMEOUT_S):
-        client.close()
-        raise SdTritonError(f"{url} is not ready after {_CONNECT_TIMEOUT_S:.0f} s")
-    return client
-
-
 def run_classes(
     url: str, classes: Sequence[ClientClass], *, load: str, show_progress: bool = True, gateway: bool = False
 ) -> Load:
@@ -238,9 +230,10 @@ def run_classes(
             sent += 1
 
     try:
-        for client_class in senders:
-            connect = GatewayClient if gateway else StableDiffusionClient
-            clients.append(connected(connect(url, timeout_s=client_class.timeout_s), url))
+        for client_class in senders:  # every client ready before the load starts (all closed in `finally`)
+            clients.append((GatewayClient if gateway else StableDiffusionClient)(url, timeout_s=client_class.timeout_s))
+            if not wait_until_ready(clients[-1], timeout_s=_CONNECT_TIMEOUT_S):
+                raise SdTritonError(f"{url} is not ready after {_CONNECT_TIMEOUT_S:.0f} s")
         threads = [
             threading.Thread(target=send_all, args=(c, client, index), name=f"{load}-{c.name}-{index}", daemon=True)
             for index, (c, client) in enumerate(zip(senders, clients, strict=True))

@@ -14,15 +14,18 @@ growth. The figures are written as JSON (``--output``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+
+from sdtriton.components import LORA_SCALES_INPUT, UNET, with_lora_scales
+from sdtriton.perf.paths import in_turns_ms
+from sdtriton.sd15 import SD15_UNET
 
 logger = logging.getLogger(__name__)
 
@@ -30,27 +33,20 @@ _TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 _ADAPTERS = (0, 1, 4)
 
 
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    network: str
-    rows_on: str
-    median_ms: float
-    runs_ms: list[float]
-
-
 def _unet(width_factor: float, seed: int):
     import torch
     from diffusers import UNet2DConditionModel
-
-    from sdtriton.sd15 import SD15_UNET
 
     widths = tuple(max(32, int(width * width_factor)) // 32 * 32 for width in SD15_UNET["block_out_channels"])
     torch.manual_seed(seed)
     return UNet2DConditionModel(**{**SD15_UNET, "block_out_channels": widths}).eval()
 
 
-def _export(adapters: int, *, width_factor: float, rank: int, size: int, folder: Path) -> tuple[Path, int]:
-    """The UNet with ``adapters`` adapters as ONNX; returns its path and the adapters' parameter count."""
+def _export(
+    adapters: int, *, width_factor: float, rank: int, feeds: dict[str, np.ndarray], folder: Path
+) -> tuple[Path, int]:
+    """The UNet with ``adapters`` adapters as ONNX, traced on ``feeds``, with its spec's tensors and dynamic axes (as
+    ``sdtriton export --lora`` exports it); returns its path and the adapters' parameter count."""
     import torch
     from peft import LoraConfig
 
@@ -66,27 +62,21 @@ def _export(adapters: int, *, width_factor: float, rank: int, size: int, folder:
             adapter_name=name,
         )
     lora_parameters = sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n)
-    module: torch.nn.Module = _UNetNoisePrediction(unet)
-    latent = size // 8
-    inputs = [
-        torch.randn(2, 4, latent, latent),
-        torch.full((2,), 500.0),
-        torch.randn(2, 77, unet.config.cross_attention_dim),
-    ]
-    names_in = ["sample", "timestep", "encoder_hidden_states"]
+    module, spec = _UNetNoisePrediction(unet), UNET
+    inputs = [torch.from_numpy(feeds[name]) for name in UNET.input_names]
     if adapters:
-        module = WithLoraScales(module, batch_lora_layers(unet, names, model_name="unet"))
-        inputs.append(torch.rand(2, adapters))
-        names_in.append("lora_scales")
+        module = WithLoraScales(module, batch_lora_layers(unet, names, model_name=UNET.model_name))
+        spec = with_lora_scales(UNET)
+        inputs.append(torch.rand(len(inputs[0]), adapters))
     path = folder / f"unet_{adapters}.onnx"
     with torch.no_grad():
         torch.onnx.export(
             module,
             tuple(inputs),
             str(path),
-            input_names=names_in,
-            output_names=["noise_pred"],
-            dynamic_axes={name: {0: "batch"} for name in (*names_in, "noise_pred")},
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes={tensor.name: tensor.onnx_dynamic_axes() for tensor in (*spec.inputs, *spec.outputs)},
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
@@ -111,20 +101,21 @@ def _row_cases(adapters: int, rows: int) -> dict[str, np.ndarray | None]:
 def measure(*, width_factor: float, rank: int, size: int, images: int, runs: int) -> dict:
     import onnxruntime as ort
 
-    rows = 2 * images
+    rows, latent = 2 * images, size // 8
     rng = np.random.default_rng(0)
-    latent = size // 8
+    sample, timestep, text = UNET.input_names
+    feeds = {
+        sample: rng.standard_normal((rows, 4, latent, latent)).astype(np.float32),
+        timestep: np.full((rows,), 500.0, dtype=np.float32),
+        text: rng.standard_normal((rows, 77, SD15_UNET["cross_attention_dim"])).astype(np.float32),
+    }
     with tempfile.TemporaryDirectory(prefix="sdtriton-lora-cost-") as scratch:
         exported = {
-            n: _export(n, width_factor=width_factor, rank=rank, size=size, folder=Path(scratch)) for n in _ADAPTERS
+            n: _export(n, width_factor=width_factor, rank=rank, feeds=feeds, folder=Path(scratch)) for n in _ADAPTERS
         }
         sizes = {
             n: path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(f"{path.name}*.data"))
             for n, (path, _) in exported.items()
-        }
-        feeds = {
-            "sample": rng.standard_normal((rows, 4, latent, latent)).astype(np.float32),
-            "timestep": np.full((rows,), 500.0, dtype=np.float32),
         }
         # Every case's session first, then the runs round robin: a host whose load swings (shared CPUs) swings under
         # every case alike. One thread each: the figures are per core, steadier under others' load.
@@ -133,24 +124,17 @@ def measure(*, width_factor: float, rank: int, size: int, images: int, runs: int
         cases: list[tuple[str, str, object, dict[str, np.ndarray]]] = []
         for adapters, (path, _) in exported.items():
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            hidden = session.get_inputs()[2].shape[2]
-            base_feeds = {**feeds, "encoder_hidden_states": rng.standard_normal((rows, 77, hidden)).astype(np.float32)}
             for rows_on, scales in _row_cases(adapters, rows).items():
-                run_feeds = base_feeds if scales is None else {**base_feeds, "lora_scales": scales}
+                run_feeds = feeds if scales is None else {**feeds, LORA_SCALES_INPUT: scales}
                 session.run(None, run_feeds)  # the first run plans memory
                 cases.append((f"{adapters} exported", rows_on, session, run_feeds))
-        runs_ms: list[list[float]] = [[] for _ in cases]
-        for _ in range(runs):
-            for index, (_, _, session, run_feeds) in enumerate(cases):
-                started = time.perf_counter()
-                session.run(None, run_feeds)
-                runs_ms[index].append((time.perf_counter() - started) * 1000.0)
+        runs_ms = in_turns_ms([partial(session.run, None, run_feeds) for _, _, session, run_feeds in cases], runs=runs)
         timings = [
-            Timing(network, rows_on, statistics.median(times), times)
+            {"network": network, "rows_on": rows_on, "median_ms": statistics.median(times), "runs_ms": times}
             for (network, rows_on, _, _), times in zip(cases, runs_ms, strict=True)
         ]
         for timing in timings:
-            logger.info("%s, %s: median %.1f ms", timing.network, timing.rows_on, timing.median_ms)
+            logger.info("%s, %s: median %.1f ms", timing["network"], timing["rows_on"], timing["median_ms"])
     per_adapter = exported[1][1]
     return {
         "unet": f"SD 1.5 layout x {width_factor:g} width, random weights",
@@ -162,7 +146,7 @@ def measure(*, width_factor: float, rank: int, size: int, images: int, runs: int
         "adapter_mib_fp32": per_adapter * 4 / 2**20,
         "adapter_mib_fp16": per_adapter * 2 / 2**20,
         "onnx_mib": {str(n): size_bytes / 2**20 for n, size_bytes in sizes.items()},
-        "timings": [dataclasses.asdict(t) for t in timings],
+        "timings": timings,
     }
 
 

@@ -424,10 +424,6 @@ class PerfResult(Run):
             return None
         return per_call_difference(self.probe_triton_slope, self.probe_loop_slope, self.unet_calls_per_step)
 
-    @property
-    def bls_unet_call_ms(self) -> float | None:
-        return None if self.bls_round_trip is None else self.bls_round_trip[0]
-
     def time_breakdown(self) -> list[tuple[str, float | None, float | None]]:
         """(part, plain loop ms, Triton ms): where one request's time goes, from timers and Triton's statistics."""
         loop, calls = self.onnx_loop_networks, self.onnx_loop_networks.unet_calls_per_request
@@ -450,10 +446,11 @@ class PerfResult(Run):
 
     def goal_rows(self) -> list[GoalRow]:
         """The goals of issue 3 (set for the default model at concurrency 1), a miss said with its size."""
+        bls_call_ms = self.bls_round_trip and self.bls_round_trip[0]
         measures = (
             ("Triton / plain ONNX loop", self.triton_over_onnx_loop, "<=", GOAL_TRITON_OVER_ONNX_LOOP, "x"),
             ("Triton / diffusers", self.triton_over_diffusers, "<=", GOAL_TRITON_OVER_DIFFUSERS, "x"),
-            ("one BLS UNet call (identity UNet)", self.bls_unet_call_ms, "<", GOAL_BLS_UNET_CALL_MS, " ms"),
+            ("one BLS UNet call (identity UNet)", bls_call_ms, "<", GOAL_BLS_UNET_CALL_MS, " ms"),
         )
         rows = []
         for measure, value, sign, goal, unit in measures:
@@ -496,10 +493,6 @@ class MixedResult:
         if not short.completed or not self.short_only.completed:
             return None
         return short.p99_ms / self.short_only.p99_ms
-
-    @property
-    def failures(self) -> int:
-        return self.mixed.failed + self.short_only.failed
 
 
 @dataclass(frozen=True)
@@ -651,14 +644,6 @@ class EngineResult(Run):
         points = (p for p in self.sweep if (p.variant, p.concurrency) == (variant, concurrency) and p.completed)
         return next(points, None)
 
-    @property
-    def served_over_ceiling(self) -> float | None:
-        return None if self.ceiling is None else self.ceiling.served_over_ceiling
-
-    @property
-    def c1_over_plain_loop(self) -> float | None:
-        return None if self.ceiling is None else self.ceiling.one_over_plain_loop
-
     def on_off_ratios(self) -> list[tuple[int, float]]:
         """(concurrency, batching-on images/s over batching-off) at every level both measured."""
         pairs = [(self.sweep_point(BATCHING_ON, c), self.sweep_point(BATCHING_OFF, c)) for c in self.levels()]
@@ -670,9 +655,10 @@ class EngineResult(Run):
     def goal_rows(self) -> list[GoalRow]:
         ceiling, mixed, burst, simulated, gateway = self.ceiling, self.mixed, self.burst, self.simulated, self.gateway
         level = ceiling.in_process.concurrency if ceiling else "?"
+        served, one = (ceiling.served_over_ceiling, ceiling.one_over_plain_loop) if ceiling else (None, None)
         ratios = (
-            (f"(a) served / in-process engine images/s at concurrency {level}", self.served_over_ceiling),
-            ("(a) served p50 at concurrency 1 / plain loop median", self.c1_over_plain_loop),
+            (f"(a) served / in-process engine images/s at concurrency {level}", served),
+            ("(a) served p50 at concurrency 1 / plain loop median", one),
             ("(c) short requests' p99 beside long ones / short requests alone", mixed and mixed.short_p99_ratio),
         )
         goals = (

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,31 +43,32 @@ _MODEL_VERSION = "1"
 Runner = Callable[[RequestSpec], Callable[[], np.ndarray]]
 
 
+def in_turns_ms(calls: Sequence[Callable[[], object]], *, runs: int) -> list[list[float]]:
+    """Each call's times (ms) over ``runs`` rounds of every call in turn, so a drifting background load hits all."""
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(runs):
+        for call, call_times in zip(calls, times, strict=True):
+            started = time.perf_counter()
+            call()
+            call_times.append((time.perf_counter() - started) * 1000.0)
+    return times
+
+
 def timed_runs(run: Callable[[], np.ndarray], *, path: str, steps: int, runs: int, warmup_runs: int = 0):
     """``runs`` timed runs after ``warmup_runs``: their timing and the last image."""
-    image = np.zeros((0,), np.uint8)
     for _ in range(warmup_runs):
-        image = run()
-    latencies = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        image = run()
-        latencies.append((time.perf_counter() - started) * 1000.0)
+        run()
+    images: list[np.ndarray] = []
+    (latencies,) = in_turns_ms([lambda: images.append(run())], runs=runs)
     timing = Load.timed(path, steps, latencies)
     logger.info("%s, %d steps: median %.1f ms over %d runs", path, steps, timing.median_ms, runs)
-    return timing, image
+    return timing, images[-1]
 
 
 def time_slope(runner: Runner, request: RequestSpec, *, path: str, steps: tuple[int, int], runs: int) -> StepSlope:
-    """Runs at the two step counts in turns (low, high, low, ...), so a drifting background load hits both."""
-    latencies: dict[int, list[float]] = {count: [] for count in steps}
-    for _ in range(runs):
-        for count in steps:
-            run = runner(request.with_steps(count))
-            started = time.perf_counter()
-            run()
-            latencies[count].append((time.perf_counter() - started) * 1000.0)
-    slope = StepSlope(*(Load.timed(path, count, latencies[count]) for count in steps))
+    """Runs at the two step counts in turns (low, high, low, ...)."""
+    latencies = in_turns_ms([runner(request.with_steps(count)) for count in steps], runs=runs)
+    slope = StepSlope(*(Load.timed(path, count, ms) for count, ms in zip(steps, latencies, strict=True)))
     logger.info("%s: %.3f ms/step between %d and %d steps (medians of %d)", path, slope.ms_per_step, *steps, runs)
     return slope
 
@@ -194,19 +195,14 @@ def time_onnx_loop(repository: Path, request: RequestSpec, spec: BaselineSpec, *
         unet_calls_per_request=len(calls["predict_noise"]) // runs,
         decode_ms=sum(calls["decode_latents"]) / runs,
     )
-    unet_calls: dict[int, int] = {}
+    counting = {steps: InstrumentedNetworks(served.networks) for steps in (low, high)}
 
-    def counted(spec: RequestSpec) -> Callable[[], np.ndarray]:
-        def run() -> np.ndarray:
-            before = len(calls["predict_noise"])
-            image = plain_loop(spec)()
-            unet_calls[spec.num_inference_steps] = len(calls["predict_noise"]) - before
-            return image
+    def runner(one: RequestSpec) -> Callable[[], np.ndarray]:  # on its step count's own networks: its UNet calls
+        return served.plain_loop(counting[one.num_inference_steps])(one)
 
-        return run
-
-    slope = time_slope(counted, request, path=ONNX_LOOP, steps=spec.slope_steps, runs=spec.slope_runs)
-    return OnnxLoopResult(timing, times, slope, (unet_calls[high] - unet_calls[low]) / (high - low), image)
+    slope = time_slope(runner, request, path=ONNX_LOOP, steps=spec.slope_steps, runs=spec.slope_runs)
+    low_calls, high_calls = (len(counting[steps].calls_ms["predict_noise"]) / spec.slope_runs for steps in (low, high))
+    return OnnxLoopResult(timing, times, slope, (high_calls - low_calls) / (high - low), image)
 
 
 def client_runner(client: StableDiffusionClient) -> Runner:

@@ -363,11 +363,11 @@ def _engine_sections(result: EngineResult) -> list[Block]:
     return blocks
 
 
-def _level_cells(level: Load | None, digits: int = 1) -> list[str]:
-    """images/s, p50 and p99 of a level; empty when it completed no request."""
+def _level_cells(level: Load | None, digits: int = 1, percentiles: Sequence[int] = (50, 99)) -> list[str]:
+    """images/s and the ``percentiles`` (ms) of a level; empty when it completed no request."""
     if level is None or not level.completed:
-        return ["", "", ""]
-    return [f"{level.images_per_s:.2f}", f"{level.p50_ms:.{digits}f}", f"{level.p99_ms:.{digits}f}"]
+        return [""] * (1 + len(percentiles))
+    return [f"{level.images_per_s:.2f}", *(f"{level.percentile_ms(q):.{digits}f}" for q in percentiles)]
 
 
 def _ceiling_lines(result: EngineResult, ceiling: model.CeilingResult) -> list[Block]:
@@ -419,11 +419,8 @@ def _mixed_lines(result: EngineResult, mixed: model.MixedResult) -> list[Block]:
     ]
     rows = []
     for load, name, steps, clients, level in loads:
-        cells = [0, "", "", "", "", ""]
-        if level.completed:
-            cells = [level.completed, level.failed, f"{level.images_per_s:.2f}"]
-            cells += [f"{level.percentile_ms(q):.0f}" for q in (50, 90, 99)]
-        rows.append([load, name, steps, clients, *cells])
+        failed = level.failed if level.completed else ""
+        rows.append([load, name, steps, clients, level.completed, failed, *_level_cells(level, 0, (50, 90, 99))])
     header = ("load", "class", "steps", "clients", "completed", "failed", "images/s", "p50 ms", "p90 ms", "p99 ms")
     return [
         f"On the batching-on server, {spec.short_clients} client threads send short requests back to back while "
@@ -445,25 +442,20 @@ def _burst_lines(result: EngineResult, burst: model.BurstResult) -> list[Block]:
         "(`ServerUnavailableError`), timed from sending to the error.",
         _table("r" * 6, header, [(*counts, burst.failed)]),
     ]
-    lines = []
-    if refusals:
-        lines.append(
-            f"Time to refusal: min {min(refusals):.1f} ms, median {statistics.median(refusals):.1f} ms, max "
-            f"{max(refusals):.1f} ms (goal < {model.GOAL_REFUSAL_MS:g} ms each; "
-            f"{sum(value >= model.GOAL_REFUSAL_MS for value in refusals)} at or over it)."
-        )
-    if accepted:
-        lines.append(f"Accepted requests' latency: {', '.join(f'{value:.0f}' for value in sorted(accepted))} ms.")
-    if burst.warmup_records:
-        cold = max(burst.latencies_ms(Outcome.REFUSED, warmup=True), default=None)
-        lines.append(
-            f"{burst.spec.warmup_bursts} warm-up burst(s) first, not judged (one-off costs after a start): slowest "
-            f"refusal {'-' if cold is None else f'{cold:.1f}'} ms."
-        )
     failures = sorted({record.message for record in burst.records if record.outcome is Outcome.FAILED})
-    if failures:
-        lines.append(f"Failures: {'; '.join(failures)}.")
-    return [*intro, lines]
+    cold = max(burst.latencies_ms(Outcome.REFUSED, warmup=True), default=None)
+    lines = [
+        refusals
+        and f"Time to refusal: min {min(refusals):.1f} ms, median {statistics.median(refusals):.1f} ms, max "
+        f"{max(refusals):.1f} ms (goal < {model.GOAL_REFUSAL_MS:g} ms each; "
+        f"{sum(value >= model.GOAL_REFUSAL_MS for value in refusals)} at or over it).",
+        accepted and f"Accepted requests' latency: {', '.join(f'{value:.0f}' for value in sorted(accepted))} ms.",
+        burst.warmup_records
+        and f"{burst.spec.warmup_bursts} warm-up burst(s) first, not judged (one-off costs after a start): slowest "
+        f"refusal {'-' if cold is None else f'{cold:.1f}'} ms.",
+        failures and f"Failures: {'; '.join(failures)}.",
+    ]
+    return [*intro, [line for line in lines if line]]
 
 
 def _simulated_lines(result: EngineResult, simulated: model.SimulatedResult) -> list[Block]:
@@ -497,9 +489,8 @@ def _gateway_lines(result: EngineResult, gateway: model.GatewayResult) -> list[B
     rows = []
     for direct, through, ratio, overhead_ms in gateway.levels():
         for load in (direct, through):
-            times = [f"{load.percentile_ms(q):.1f}" for q in (50, 95, 99)]
-            counts = [len(load.records), load.failed]
-            rows.append([_VARIANT_LABELS[load.variant], load.concurrency, f"{load.images_per_s:.2f}", *times, *counts])
+            cells = [*_level_cells(load, 1, (50, 95, 99)), len(load.records), load.failed]
+            rows.append([_VARIANT_LABELS[load.variant], load.concurrency, *cells])
         rows.append(["gateway / direct", direct.concurrency, f"**{ratio:.3f}x**", f"**{overhead_ms:+.1f}**", *[""] * 4])
     idle_ms, serving_ms = gateway.gateway_cpu_ms or (math.nan, math.nan)
     return [

@@ -508,12 +508,11 @@ class PerfRun:
         """Each level straight to Triton and through the gateway, in turns whose first side alternates, after one
         untimed load through the gateway at the highest level (its connections, the server's largest batch); and
         the CPU seconds the gateway's process ``group`` used during each side's loads."""
-        high, parts, cpu_s = spec.levels[-1], {}, dict.fromkeys((model.DIRECT_GRPC, model.GATEWAY_HTTP), 0.0)
+        high, parts, order = spec.levels[-1], {}, [(model.DIRECT_GRPC, None), (model.GATEWAY_HTTP, url)]
+        cpu_s = {variant: 0.0 for variant, _ in order}
         self.load(server, f"{model.GATEWAY_HTTP}_warmup", high, high, gateway_url=url)
         for turn, concurrency, requests in _turn_levels(spec):
-            for variant, gateway_url in [(model.DIRECT_GRPC, None), (model.GATEWAY_HTTP, url)][
-                :: -1 if turn % 2 else 1
-            ]:
+            for variant, gateway_url in order[:: -1 if turn % 2 else 1]:
                 before_s = server_module.process_group_cpu_s(group)
                 level = self.load(server, variant, concurrency, requests, gateway_url=gateway_url)
                 cpu_s[variant] += server_module.process_group_cpu_s(group) - before_s
@@ -521,8 +520,6 @@ class PerfRun:
         pairs = zip(parts[model.DIRECT_GRPC, high], parts[model.GATEWAY_HTTP, high], strict=True)
         ratios = tuple(g.images_per_s / d.images_per_s for d, g in pairs if d.completed and g.completed)
         merged = {key: Load.merged(turns) for key, turns in parts.items()}
-        sides = [
-            [level for (v, _), level in merged.items() if v == side] for side in (model.DIRECT_GRPC, model.GATEWAY_HTTP)
-        ]
-        cpu_ms = [1000 * cpu_s[side[0].variant] / max(1, sum(level.completed for level in side)) for side in sides]
-        return model.GatewayResult(*map(tuple, sides), ratios, tuple(cpu_ms))
+        sides = {variant: tuple(level for (v, _), level in merged.items() if v == variant) for variant, _ in order}
+        cpu_ms = tuple(1000 * cpu_s[v] / max(1, sum(level.completed for level in s)) for v, s in sides.items())
+        return model.GatewayResult(*sides.values(), ratios, cpu_ms)

@@ -16,7 +16,6 @@ import numpy as np
 
 from sdtriton import interface
 
-DEFAULT_GUIDANCE_SCALE = interface.DEFAULT_GUIDANCE_SCALE
 # Prompts in the default model's own words (a coloured shape on a plain background), then one long
 # prompt past CLIP's 77 tokens, which the tokenizer truncates as diffusers does.
 PROMPTS: tuple[str, ...] = (
@@ -112,7 +111,7 @@ def fixed_requests(*, size_px: int, num_inference_steps: int) -> tuple[RequestSp
             prompt=PROMPTS[0],
             negative_prompt=NEGATIVE_PROMPTS[1],
             num_inference_steps=num_inference_steps,
-            guidance_scale=DEFAULT_GUIDANCE_SCALE,
+            guidance_scale=interface.DEFAULT_GUIDANCE_SCALE,
             seed=_SEED_BASE,
             width=size_px,
             height=size_px,
@@ -123,7 +122,7 @@ def fixed_requests(*, size_px: int, num_inference_steps: int) -> tuple[RequestSp
 
 def varied_requests(*, sizes_px: Sequence[int], steps: Sequence[int], count: int) -> tuple[RequestSpec, ...]:
     """Every prompt, scheduler, step count, size and guidance (1.0 turns guidance off), with distinct seeds."""
-    guidance_scales = (DEFAULT_GUIDANCE_SCALE, 5.0, 1.0)
+    guidance_scales = (interface.DEFAULT_GUIDANCE_SCALE, 5.0, 1.0)
     return tuple(
         RequestSpec(
             prompt=PROMPTS[index % len(PROMPTS)],

@@ -71,8 +71,8 @@ def test_engine_profile_runs_every_section(
         for concurrency in (1, 2):
             level = result.sweep_point(variant, concurrency)
             assert level is not None and level.failed == 0 and level.images_per_s > 0
-    assert result.served_over_ceiling is not None and result.c1_over_plain_loop is not None
-    assert result.mixed is not None and result.mixed.failures == 0
+    assert result.ceiling.served_over_ceiling > 0 and result.ceiling.one_over_plain_loop > 0
+    assert result.mixed is not None and result.mixed.mixed.failed == result.mixed.short_only.failed == 0
     assert {record.request_class for record in result.mixed.mixed.records} == {SHORT, LONG}
     assert result.burst is not None
     assert result.burst.accepted >= 1 and result.burst.refused >= 1 and result.burst.failed == 0

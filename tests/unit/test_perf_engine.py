@@ -217,15 +217,14 @@ def _result() -> EngineResult:
 
 def test_served_ratios_and_on_off_ratios() -> None:
     result = _result()
-    assert result.served_over_ceiling == pytest.approx((32 / 12.0) / 3.2)
-    assert result.c1_over_plain_loop == pytest.approx(400.0 / 390.0)
     assert result.ceiling is not None and len(result.ceiling.served.records) == 32
+    assert result.ceiling.served_over_ceiling == pytest.approx((32 / 12.0) / 3.2)
+    assert result.ceiling.one_over_plain_loop == pytest.approx(400.0 / 390.0)
     assert result.on_off_ratios() == [(1, pytest.approx(2.5 / (16 / 6.2))), (8, pytest.approx((64 / 24) / 2.0))]
     assert result.mixed is not None and result.mixed.short_p99_ratio == pytest.approx(
         float(np.percentile([1000, 1500], 99)) / 1000
     )
     empty = dataclasses.replace(result, ceiling=None, sweep=(), mixed=None, burst=None, simulated=None)
-    assert empty.served_over_ceiling is None and empty.c1_over_plain_loop is None
     assert all(row.met is None for row in empty.goal_rows())
 
 

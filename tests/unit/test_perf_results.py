@@ -158,8 +158,8 @@ def test_bls_cost_is_the_difference_of_per_step_slopes() -> None:
     # Real UNet: Triton (210 - 42) / 40 = 4.2 ms/step, plain loop (200 - 40) / 40 = 4.0 ms/step.
     assert result.unet_call_net[0] == pytest.approx(0.2)
     # Identity UNet: (46 - 4) / 40 = 1.05 ms/step against (42 - 4) / 40 = 0.95 ms/step.
-    assert result.bls_unet_call_ms == pytest.approx(0.1)
-    assert dataclasses.replace(result, probe_triton_slope=None).bls_unet_call_ms is None
+    assert result.bls_round_trip is not None and result.bls_round_trip[0] == pytest.approx(0.1)
+    assert dataclasses.replace(result, probe_triton_slope=None).bls_round_trip is None
     assert "not judged" in summary_markdown(dataclasses.replace(result, probe_triton_slope=None))
 
 
