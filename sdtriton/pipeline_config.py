@@ -264,7 +264,7 @@ class VaeTiling:
     def __post_init__(self) -> None:
         if self.tile_above_px < 0:
             raise ValueError(f"tile_above_px must be at least 0 (0: only per request), got {self.tile_above_px}")
-        if self.latent_stride < 1:
+        if int(self.latent_size * (1 - self.overlap_factor)) < 1:
             raise ValueError(f"a VAE tile of {self.latent_size} latents a side leaves no stride between tiles")
 
     @classmethod
@@ -277,36 +277,6 @@ class VaeTiling:
             latent_size=int(side / 2 ** (len(vae_config.block_out_channels) - 1)),
             tile_above_px=side,
         )
-
-    @property
-    def latent_stride(self) -> int:
-        """Latents from one tile's start to the next's (``tiled_decode``'s ``overlap_size``)."""
-        return int(self.latent_size * (1 - self.overlap_factor))
-
-    @property
-    def blend_extent(self) -> int:
-        """Pixel rows (columns) blended where two tiles overlap."""
-        return int(self.sample_size * self.overlap_factor)
-
-    @property
-    def row_limit(self) -> int:
-        """Pixels of each tile that go into the image, per side."""
-        return self.sample_size - self.blend_extent
-
-    @property
-    def sample_stride(self) -> int:
-        """Pixels from one encoded tile's start to the next's (``_tiled_encode``'s ``overlap_size``)."""
-        return int(self.sample_size * (1 - self.overlap_factor))
-
-    @property
-    def latent_blend_extent(self) -> int:
-        """Latent rows (columns) blended where two encoded tiles overlap."""
-        return int(self.latent_size * self.overlap_factor)
-
-    @property
-    def latent_row_limit(self) -> int:
-        """Latents of each encoded tile that go into the image's latents, per side."""
-        return self.latent_size - self.latent_blend_extent
 
     def always_above(self, *, width: int, height: int) -> bool:
         """Whether an image of this size is decoded in tiles whatever its request says."""

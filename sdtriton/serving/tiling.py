@@ -2,12 +2,12 @@
 compute them (``vae.enable_tiling()``).
 
 Decoding: the latents are cut into overlapping tiles of :attr:`~sdtriton.pipeline_config.VaeTiling.latent_size` a
-side, a tile starting every :attr:`~sdtriton.pipeline_config.VaeTiling.latent_stride` latents (those at the right
-and bottom edges are cut short by the image, as diffusers' slices are); each tile is decoded alone, so the VAE
-decoder only ever holds one tile's activations; the decoded tiles are blended where they overlap with diffusers' own
-``blend_v``/``blend_h`` and cropped into the image. Encoding (image-to-image's input image) is the same with the
-sizes swapped: pixel tiles of ``sample_size`` every ``sample_stride``, their latent moments (mean and log-variance,
-as diffusers blends them) blended over ``latent_blend_extent`` and cropped to ``latent_row_limit``. Cutting
+side, a tile starting every ``latent_size * (1 - overlap_factor)`` latents (those at the right and bottom edges are
+cut short by the image, as diffusers' slices are); each tile is decoded alone, so the VAE decoder only ever holds one
+tile's activations; the decoded tiles are blended where they overlap (``sample_size * overlap_factor`` pixels) with
+diffusers' own ``blend_v``/``blend_h`` and cropped into the image. Encoding (image-to-image's input image) is the same
+with the sizes swapped: pixel tiles of ``sample_size``, their latent moments (mean and log-variance, as diffusers
+blends them) blended and cropped in latents (:class:`_Cut` holds both directions). Cutting
 (:func:`cut_tiles`) and joining (:func:`join_tiles`, :func:`join_moments`) are apart so that the engine can run the
 tiles of many images in shared calls between the two.
 """
@@ -39,9 +39,13 @@ class _Cut:
 
     @classmethod
     def of(cls, tiling: VaeTiling, *, encode: bool) -> _Cut:
-        if encode:
-            return cls(tiling.sample_size, tiling.sample_stride, tiling.latent_blend_extent, tiling.latent_row_limit)
-        return cls(tiling.latent_size, tiling.latent_stride, tiling.blend_extent, tiling.row_limit)
+        """``tiled_decode``'s (latent tiles into pixels) or ``_tiled_encode``'s (pixel tiles into latents): both step
+        by the input tile's side less its overlap, and blend and crop by the output tile's."""
+        size, output_size = (
+            (tiling.sample_size, tiling.latent_size) if encode else (tiling.latent_size, tiling.sample_size)
+        )
+        blend_extent = int(output_size * tiling.overlap_factor)
+        return cls(size, int(size * (1 - tiling.overlap_factor)), blend_extent, output_size - blend_extent)
 
 
 def tiling_of(
