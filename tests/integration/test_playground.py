@@ -5,6 +5,7 @@ seed and settings (which test_parity.py proves equal to diffusers')."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ GUIDANCE = 5.0
 SCHEDULER = "euler"
 EXPECT_TIMEOUT_MS = 30_000
 KEY_STORAGE = "sdtriton.apiKey"
+SCREENSHOT_DIR_ENVIRONMENT = "SDTRITON_SCREENSHOT_DIR"
 # Every value the progress bar takes, recorded in the page (an attribute's old value, then the current one).
 RECORD_PROGRESS = """() => {
   const bar = document.getElementById("progress");
@@ -107,6 +109,15 @@ def client(grpc_url: str) -> Iterator[StableDiffusionClient]:
         yield client
 
 
+def _screenshot(page: Page, tmp_path: Path, name: str) -> None:
+    """The whole page as a PNG people can look at: in the test's folder, and in $SDTRITON_SCREENSHOT_DIR when set
+    (``SDTRITON_SCREENSHOT_DIR=docs/images`` renews the README's screenshots)."""
+    page.screenshot(path=tmp_path / name, full_page=True)
+    assert (tmp_path / name).stat().st_size > 0
+    if folder := os.environ.get(SCREENSHOT_DIR_ENVIRONMENT):
+        shutil.copyfile(tmp_path / name, Path(folder) / name)
+
+
 def _open_with_key(page: Page, gateway: str, key: str = KEY) -> None:
     page.context.add_init_script(f"localStorage.setItem({json.dumps(KEY_STORAGE)}, {json.dumps(key)})")
     page.goto(gateway)
@@ -150,7 +161,7 @@ def test_the_page_takes_a_key_then_offers_the_models_schedulers_and_sizes(
 
 
 def test_generate_shows_progress_and_previews_then_the_clients_image(
-    page: Page, gateway: str, client: StableDiffusionClient
+    page: Page, gateway: str, client: StableDiffusionClient, tmp_path: Path
 ) -> None:
     _open_with_key(page, gateway)
     page.get_by_label("Prompt", exact=True).fill(PROMPT)
@@ -196,6 +207,7 @@ def test_generate_shows_progress_and_previews_then_the_clients_image(
     expect(recent).to_have_attribute("id", f"job-{job_id}")
     expect(recent).to_have_attribute("data-status", "succeeded")
     expect(recent.locator("img")).to_be_visible()
+    _screenshot(page, tmp_path, "playground.png")
 
 
 def test_a_start_image_gives_the_clients_image_to_image(
@@ -219,6 +231,7 @@ def test_a_start_image_gives_the_clients_image_to_image(
     shown = np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[..., :3]
     expected = client.generate(PROMPT, image=start, strength=0.5, seed=SEED, num_inference_steps=4, scheduler="ddim")
     assert np.array_equal(shown, np.asarray(expected.image))
+    _screenshot(page, tmp_path, "playground_start_image.png")
 
 
 def test_cancel_shows_cancelled(page: Page, gateway: str, exported: ModelDescription) -> None:
