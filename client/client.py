@@ -595,9 +595,10 @@ class StableDiffusionClient:
                 every prompt or one per prompt; the images are drawn at its size (SD 1.x/2.x and SDXL).
             mask: inpainting, with ``image``: which of its pixels are redrawn (a PIL image, converted to gray as
                 diffusers does, or [H, W] / [H, W, 1] uint8; 128..255 repaint, below keep), of the image's size, one
-                for every prompt or one per prompt (SD 1.x/2.x and SDXL; an inpainting model needs one).
+                for every prompt or one per prompt (every family; an SD/SDXL inpainting model needs one).
             strength: with ``image``: how much of the denoising is redone, above 0 and at most 1 (None: 0.8, as
-                ``StableDiffusionImg2ImgPipeline``; with ``mask``, the inpainting pipeline's: SD 1.0, SDXL 0.9999);
+                ``StableDiffusionImg2ImgPipeline``; with ``mask``, the inpainting pipeline's: SD 1.0, SDXL 0.9999,
+                SD 3 and FLUX 0.6);
                 ``int(num_inference_steps x strength)`` steps run.
             lora: the LoRA adapter of each image, one the repository was exported with (``export --lora``); None or
                 "": none. ``lora_scale``: its weight, as diffusers' ``set_adapters([lora], [lora_scale])`` (None: 1).

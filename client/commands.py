@@ -91,7 +91,8 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         "--strength",
         type=float,
         help=f"with --image: how much of the denoising is redone, above 0 and at most 1 "
-        f"(default: {interface.DEFAULT_STRENGTH:g}; with --mask the inpainting pipeline's, SD 1, SDXL 0.9999)",
+        f"(default: {interface.DEFAULT_STRENGTH:g}; with --mask the inpainting pipeline's, SD 1, SDXL 0.9999, "
+        "SD 3 and FLUX 0.6)",
     )
     generate.add_argument(
         "--lora",

@@ -208,13 +208,13 @@ STRENGTH = PublicTensor(
     (1,),
     True,
     f"with an input_image only: a number above 0 and at most 1 (default {DEFAULT_STRENGTH:g}; with a mask_image, "
-    "the inpainting pipeline's: SD 1, SDXL 0.9999), large enough that at least one step runs",
+    "the inpainting pipeline's: SD 1, SDXL 0.9999, SD 3 and FLUX 0.6), large enough that at least one step runs",
 )
 # Inpainting (StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline): which pixels of the input image are
 # redrawn. Binarized as diffusers' mask processor does (value / 255 >= 0.5: 128 and above repaint); a dedicated
 # inpainting model (a 9-channel UNet) takes the mask and the masked image, any other model keeps the unmasked latents
-# of the input image (re-noised to each step) and denoises the rest. Without it, strength defaults to the inpainting
-# pipeline's (SD 1.0, SDXL 0.9999).
+# of the input image (re-noised to each step) and denoises the rest. With it, strength defaults to the inpainting
+# pipeline's (SD 1.0, SDXL 0.9999, SD 3 and FLUX 0.6).
 MASK_BINARIZE_AT = 128
 MASK_IMAGE = PublicTensor(
     "mask_image",
@@ -222,8 +222,8 @@ MASK_IMAGE = PublicTensor(
     (-1, -1, 1),
     True,
     f"with an {INPUT_IMAGE.name} of the same height and width only: [height, width, 1] gray pixels, "
-    f"{MASK_BINARIZE_AT}..255 repaint, 0..{MASK_BINARIZE_AT - 1} keep; SD 1.x/2.x and SDXL (required by an "
-    "inpainting model, a 9-channel UNet)",
+    f"{MASK_BINARIZE_AT}..255 repaint, 0..{MASK_BINARIZE_AT - 1} keep; every family (required by an SD or SDXL "
+    "inpainting model, a 9-channel UNet); not with the SDXL refiner",
 )
 IMAGE_INPUTS: tuple[PublicTensor, ...] = (INPUT_IMAGE, MASK_IMAGE, STRENGTH)
 # Every input of the entry: the per-item scalars, then the images.

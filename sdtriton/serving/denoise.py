@@ -289,10 +289,8 @@ class ImageDenoiser:
         # randn_tensor draws on the generator's device (the CPU) and moves the result, as diffusers does.
         latents = randn_tensor(shape, generator=self.generator, device=self.device, dtype=torch.float32)
         if config.flux is not None:
-            from diffusers import FluxPipeline  # here: its module imports transformers (seconds of an SD start)
-
             # FluxPipeline.prepare_latents: drawn [1, C, h, w], then packed in 2x2 patches, [1, hw/4, 4C].
-            latents = FluxPipeline._pack_latents(latents, *shape)
+            latents = _pack(latents)
         # StableDiffusion3Pipeline and FluxPipeline do not scale them (flow matching starts at unit noise).
         self.latents = latents if config.flow_matching else latents * self._runs[0].scheduler.init_noise_sigma
 
@@ -306,26 +304,40 @@ class ImageDenoiser:
         self, input_latents: LatentDistribution | None, mask: np.ndarray, masked_latents: LatentDistribution | None
     ) -> torch.Tensor:
         """The first latents of an inpainting image, with the generator's draws in the order of
-        ``StableDiffusionInpaintPipeline.__call__`` (and its SDXL twin's): the input image's sample where it is used,
-        the noise, then the masked image's sample (drawn for a plain UNet too, which never reads it). Their
-        ``_encode_vae_image`` scales the sample by the VAE's scaling factor alone (no shift, no SDXL latents_mean)."""
+        ``StableDiffusionInpaintPipeline.__call__`` (and its SDXL and SD 3 twins'): the input image's sample where it
+        is used, the noise, then the masked image's sample (drawn for a plain UNet too, which never reads it). Their
+        ``_encode_vae_image`` shifts and scales the sample (SD 3's shift; no SDXL latents_mean); flow matching noises
+        with the scheduler's ``scale_noise`` and starts from unit noise."""
         config, run = self.config, self._runs[0]
-        scaling = config.vae_scaling_factor
-        image_latents = None if input_latents is None else self._sample(input_latents) * scaling
+        image_latents = None if input_latents is None else self._inpainting_latents(input_latents)
         shape = config.latent_shape(height=self.params.height, width=self.params.width)
         noise = randn_tensor(shape, generator=self.generator, device=self.device, dtype=torch.float32)
-        if self.params.strength == 1.0:
-            latents = noise * run.scheduler.init_noise_sigma  # is_strength_max: pure noise
+        timestep = run.start_timestep.repeat(shape[0])
+        if self.params.strength == 1.0 and config.flux is None:
+            # is_strength_max: pure noise (FluxInpaintPipeline has no such case: it always noises the image)
+            latents = noise if config.flow_matching else noise * run.scheduler.init_noise_sigma
+        elif config.flow_matching:
+            latents = run.scheduler.scale_noise(image_latents, timestep, noise)
         else:
-            latents = run.scheduler.add_noise(image_latents, noise, run.start_timestep.repeat(shape[0]))
+            latents = run.scheduler.add_noise(image_latents, noise, timestep)
         # prepare_mask_latents: the binarized mask resized (nearest) to the latents.
         self._mask = torch.nn.functional.interpolate(preprocess_mask(mask, self.device), size=self._latent_size)
         if masked_latents is not None:
-            self._masked_image_latents = self._sample(masked_latents) * scaling
+            self._masked_image_latents = self._inpainting_latents(masked_latents)
         else:
             randn_tensor(shape, generator=self.generator, device=self.device, dtype=torch.float32)
             self._image_latents, self._noise = image_latents, noise
-        return latents
+        if config.flux is None:
+            return latents
+        # FluxInpaintPipeline blends packed latents: the mask repeated over the channels and packed alike.
+        self._mask = _pack(self._mask.repeat(1, shape[1], 1, 1))
+        self._image_latents, self._noise = _pack(image_latents), _pack(noise)
+        return _pack(latents)
+
+    def _inpainting_latents(self, distribution: LatentDistribution) -> torch.Tensor:
+        """A picture's latents as the inpainting pipelines' ``_encode_vae_image`` makes them: a sample, shifted and
+        scaled (SD, SDXL: no shift; unlike their img2img twins, SDXL's ignores the VAE's latents_mean/std)."""
+        return (self._sample(distribution) - self.config.vae_shift_factor) * self.config.vae_scaling_factor
 
     def _noised_input(self, input_latents: LatentDistribution) -> torch.Tensor:
         """The first latents of an image-to-image image (``StableDiffusionImg2ImgPipeline.prepare_latents``)."""
@@ -337,11 +349,7 @@ class ImageDenoiser:
             return run.scheduler.add_noise(latents, noise, timestep)
         # StableDiffusion3Img2ImgPipeline and FluxImg2ImgPipeline: the flow schedulers' interpolation toward the noise.
         latents = run.scheduler.scale_noise(latents, timestep, noise)
-        if self.config.flux is None:
-            return latents
-        from diffusers import FluxPipeline
-
-        return FluxPipeline._pack_latents(latents, *latents.shape)
+        return latents if self.config.flux is None else _pack(latents)
 
     @property
     def timesteps(self) -> list:
@@ -456,7 +464,11 @@ class ImageDenoiser:
         known = self._image_latents
         following = self._step_in_run + 1
         if following < len(run.timesteps):
-            known = run.scheduler.add_noise(known, self._noise, run.timesteps[following].reshape(1))
+            timestep = run.timesteps[following].reshape(1)
+            if self.config.flow_matching:
+                known = run.scheduler.scale_noise(known, timestep, self._noise)
+            else:
+                known = run.scheduler.add_noise(known, self._noise, timestep)
         return (1 - self._mask) * known + self._mask * self.latents
 
     def spatial(self, latents: torch.Tensor) -> torch.Tensor:
@@ -476,11 +488,22 @@ class ImageDenoiser:
         """The final latents as the VAE decoder takes them, [1, C, h, w] (de-normalized as diffusers does)."""
         config = self.config
         latents = self.spatial(self.latents)
+        if self.params.inpaint and config.sd3 is not None:
+            # StableDiffusion3InpaintPipeline decodes latents / scaling_factor without adding back the VAE's
+            # shift_factor it subtracted when encoding (its text-to-image and img2img twins add it): as it draws.
+            return latents / config.vae_scaling_factor
         channel_stats = _latent_channel_stats(config, latents.device)
         if channel_stats is not None:
             mean, std = channel_stats
             return latents * std / config.vae_scaling_factor + mean
         return latents / config.vae_scaling_factor + config.vae_shift_factor
+
+
+def _pack(latents: torch.Tensor) -> torch.Tensor:
+    """FLUX's 2x2 packing of [B, C, h, w] latents into [B, hw/4, 4C] (``FluxPipeline._pack_latents``)."""
+    from diffusers import FluxPipeline  # here: its module imports transformers (seconds of an SD start)
+
+    return FluxPipeline._pack_latents(latents, *latents.shape)
 
 
 def _latent_channel_stats(config: PipelineConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
