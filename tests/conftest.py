@@ -47,8 +47,10 @@ def serve(
     extra_args: tuple[str, ...] = (),
     *,
     admin_access: object | None = None,
+    ready_timeout_s: float | None = None,
 ) -> Iterator[object]:
-    """A real tritonserver over ``repository`` on free loopback ports, stopped when the generator closes."""
+    """A real tritonserver over ``repository`` on free loopback ports, stopped when the generator closes;
+    ``ready_timeout_s``: how long its models may take to load (None: the server's default)."""
     from sdtriton.server import ServerAddress, TritonServer
 
     address = ServerAddress.on_free_ports()
@@ -58,7 +60,7 @@ def serve(
     )
     server.start()
     try:
-        ready_s = server.wait_ready()
+        ready_s = server.wait_ready() if ready_timeout_s is None else server.wait_ready(timeout_s=ready_timeout_s)
         logger.info("tritonserver on %s ready after %.1f s at %s", repository.name, ready_s, address.http_url)
         yield server
     finally:
@@ -246,6 +248,7 @@ def flux_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
 
 
 SDXL_PREFIX = "sdxl_"
+FAMILY_READY_TIMEOUT_S = 600.0
 # The tiny SD and SDXL with a dedicated inpainting UNet (9 input channels), in family_server beside the plain ones.
 INPAINT_PREFIX = "inpaint_"
 SDXL_INPAINT_PREFIX = "xlinpaint_"
@@ -385,7 +388,9 @@ def family_server(
     exported = (*sd3_exports.values(), *flux_exports.values(), *inpainting_exports.values())
     repositories = (sdxl_repository, large_repository, *(repository for _, repository, _ in exported), lora_repository)
     extra_args = tuple(f"--model-repository={repository}" for repository in repositories)
-    yield from serve(tiny_repository, tmp_path_factory, extra_args=extra_args)
+    # About 70 models, loaded one after the other (each pipeline warms its engine's code for 15-30 s under load):
+    # measured 300 s not enough under a load average of 17.
+    yield from serve(tiny_repository, tmp_path_factory, extra_args=extra_args, ready_timeout_s=FAMILY_READY_TIMEOUT_S)
 
 
 # Parallel runs (scripts/test.sh: pytest-xdist's ``-n 2``): tests/worker_groups.py keeps each module on one worker and
