@@ -830,7 +830,9 @@ def warm_up_engine_code(
             masked_latents=pictures.get(MASKED_PICTURE),
         )
         while not denoiser.done:
-            denoiser.step(torch.zeros_like(denoiser.model_input()[denoiser.latent_input]))
+            sample = denoiser.model_input()[denoiser.latent_input]
+            # The UNet answers for the latents alone (an inpainting UNet's sample has the mask's channels too).
+            denoiser.step(torch.zeros_like(sample[:, : config.latent_channels] if config.inpainting_unet else sample))
         height, width = image.params.height, image.params.width
         to_uint8_image(torch.zeros((1, 3, height, width), device=device) + denoiser.scaled_latents().mean())
     if config.vae_tiling is not None:
