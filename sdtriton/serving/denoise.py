@@ -1,8 +1,8 @@
 """The txt2img pipelines of diffusers (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline`` and its refiner,
 ``StableDiffusion3Pipeline``, ``FluxPipeline``), their img2img ones (``StableDiffusionImg2ImgPipeline``,
 ``StableDiffusionXLImg2ImgPipeline``, ``StableDiffusion3Img2ImgPipeline``, ``FluxImg2ImgPipeline``) and inpainting
-ones (``StableDiffusionInpaintPipeline``, ``StableDiffusionXLInpaintPipeline``), with their networks behind an
-interface.
+ones (``StableDiffusionInpaintPipeline``, ``StableDiffusionXLInpaintPipeline``, ``StableDiffusion3InpaintPipeline``,
+``FluxInpaintPipeline``), with their networks behind an interface.
 
 The numbered steps follow the pipelines' ``__call__`` so that the same seed and parameters give the same
 image: latents drawn by ``randn_tensor`` from ``torch.Generator("cpu").manual_seed(seed)``, the same generator
