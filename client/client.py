@@ -192,9 +192,13 @@ def _request_parameters(
     prompt: str | Sequence[str], arguments: Mapping[str, Any], policy: RetryPolicy | None
 ) -> dict[str, Any]:
     """Every input of the entry but the prompt, taken by name from ``generate``'s ``arguments`` (the input image from
-    its ``image``), in the interface's order; the seed as :func:`_with_client_seed` makes it. Both clients build
-    their requests with this."""
-    named = {**arguments, interface.INPUT_IMAGE.name: arguments["image"]}
+    its ``image``, the mask from its ``mask``), in the interface's order; the seed as :func:`_with_client_seed` makes
+    it. Both clients build their requests with this."""
+    named = {
+        **arguments,
+        interface.INPUT_IMAGE.name: arguments["image"],
+        interface.MASK_IMAGE.name: arguments["mask"],
+    }
     parameters = {tensor.name: named[tensor.name] for tensor in interface.ENTRY_INPUTS[1:]}
     parameters[interface.SEED.name] = _with_client_seed(prompt, parameters[interface.SEED.name], policy)
     return parameters
@@ -208,15 +212,17 @@ def _stream_parameters(
     policy: RetryPolicy | None,
 ) -> dict[str, Any]:
     """A stream's parameters: ``preview_every`` among them, the seed as :func:`_with_client_seed` makes it, an
-    ``image`` (as :meth:`StableDiffusionClient.generate` takes it) as the ``input_image`` tensor.
+    ``image`` and a ``mask`` (as :meth:`StableDiffusionClient.generate` takes them) as the ``input_image`` and
+    ``mask_image`` tensors.
 
     Raises:
         ValueError: ``endpoint`` is not gRPC (HTTP cannot stream a decoupled model).
     """
     if endpoint.protocol != "grpc":
         raise ValueError("progress streaming needs a grpc:// URL (HTTP cannot stream a decoupled model)")
-    if "image" in parameters:
-        parameters[interface.INPUT_IMAGE.name] = parameters.pop("image")
+    for argument, tensor in (("image", interface.INPUT_IMAGE), ("mask", interface.MASK_IMAGE)):
+        if argument in parameters:
+            parameters[tensor.name] = parameters.pop(argument)
     if preview_every is not None:
         parameters["preview_every"] = preview_every
     parameters["seed"] = _with_client_seed(prompt, parameters.get("seed"), policy)
@@ -296,11 +302,14 @@ def _per_item(name: str, value: Any, count: int) -> list[Any] | None:
     return list(value)
 
 
-def _pixels(image: Image.Image | np.ndarray) -> np.ndarray:
-    """An input image as the server takes it: [H, W, 3] uint8 RGB (a PIL image of another mode is converted)."""
+def _pixels(image: Image.Image | np.ndarray, channels: int) -> np.ndarray:
+    """A picture as the server takes it: [H, W, 3] uint8 RGB for an input image, [H, W, 1] gray for a mask (a PIL
+    image of another mode is converted as diffusers converts it; a mask's [H, W] array gains its axis)."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    return np.asarray(image)
+        pixels = np.asarray(image.convert("RGB" if channels == interface.INPUT_IMAGE.dims[-1] else "L"))
+    else:
+        pixels = np.asarray(image)
+    return pixels[..., None] if channels == 1 and pixels.ndim == 2 else pixels
 
 
 def build_inputs(
@@ -328,7 +337,8 @@ def build_inputs(
         if tensor.triton_dtype == "BYTES":
             items = [item.encode("utf-8") if isinstance(item, str) else item for item in items]
         if len(tensor.dims) > 1:
-            array = np.stack([_pixels(item) for item in items]).astype(_NUMPY_DTYPES[tensor.triton_dtype], copy=False)
+            pixels = [_pixels(item, tensor.dims[-1]) for item in items]
+            array = np.stack(pixels).astype(_NUMPY_DTYPES[tensor.triton_dtype], copy=False)
         else:
             array = np.array(items, dtype=_NUMPY_DTYPES[tensor.triton_dtype]).reshape(count, 1)
         infer_input = triton.InferInput(tensor.name, list(array.shape), tensor.triton_dtype)
@@ -557,6 +567,7 @@ class StableDiffusionClient:
         skip_layer_guidance_stop: float | Sequence[float] | None = None,
         vae_tiling: bool | Sequence[bool] | None = None,
         image: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray] | None = None,
+        mask: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray] | None = None,
         strength: float | Sequence[float] | None = None,
         lora: str | Sequence[str] | None = None,
         lora_scale: float | Sequence[float] | None = None,
@@ -582,8 +593,13 @@ class StableDiffusionClient:
                 call (refused above the export's ``--vae-tile-above``); None: tiles above that size.
             image: image-to-image: the image to start from (a PIL image, or [H, W, 3] uint8 RGB pixels), one for
                 every prompt or one per prompt; the images are drawn at its size (SD 1.x/2.x and SDXL).
+            mask: inpainting, with ``image``: which of its pixels are redrawn (a PIL image, converted to gray as
+                diffusers does, or [H, W] / [H, W, 1] uint8; 128..255 repaint, below keep), of the image's size, one
+                for every prompt or one per prompt (every family; an SD/SDXL inpainting model needs one).
             strength: with ``image``: how much of the denoising is redone, above 0 and at most 1 (None: 0.8, as
-                ``StableDiffusionImg2ImgPipeline``); ``int(num_inference_steps x strength)`` steps run.
+                ``StableDiffusionImg2ImgPipeline``; with ``mask``, the inpainting pipeline's: SD 1.0, SDXL 0.9999,
+                SD 3 and FLUX 0.6);
+                ``int(num_inference_steps x strength)`` steps run.
             lora: the LoRA adapter of each image, one the repository was exported with (``export --lora``); None or
                 "": none. ``lora_scale``: its weight, as diffusers' ``set_adapters([lora], [lora_scale])`` (None: 1).
             on_progress: called after every denoising step with a :class:`Progress` (gRPC streaming only).
@@ -808,6 +824,7 @@ class AsyncStableDiffusionClient:
         skip_layer_guidance_stop: float | Sequence[float] | None = None,
         vae_tiling: bool | Sequence[bool] | None = None,
         image: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray] | None = None,
+        mask: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray] | None = None,
         strength: float | Sequence[float] | None = None,
         lora: str | Sequence[str] | None = None,
         lora_scale: float | Sequence[float] | None = None,

@@ -82,10 +82,17 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         help="image-to-image: start from this image file (SD 1.x/2.x, SDXL); the output has its size",
     )
     generate.add_argument(
+        "--mask",
+        type=Path,
+        help="inpainting, with --image: a mask file of the image's size (read as gray, as diffusers does: 128..255 "
+        "repaint, darker keep)",
+    )
+    generate.add_argument(
         "--strength",
         type=float,
         help=f"with --image: how much of the denoising is redone, above 0 and at most 1 "
-        f"(default: {interface.DEFAULT_STRENGTH:g})",
+        f"(default: {interface.DEFAULT_STRENGTH:g}; with --mask the inpainting pipeline's, SD 1, SDXL 0.9999, "
+        "SD 3 and FLUX 0.6)",
     )
     generate.add_argument(
         "--lora",
@@ -184,11 +191,12 @@ def _generate(args: argparse.Namespace) -> int:
         **(args.lora or {}),
     }
     preview_dir = args.output.parent / f"{args.output.stem}_previews" if args.preview_every else None
-    try:
-        parameters["image"] = _input_image(args.image)
-    except OSError as error:
-        sys.stderr.write(f"error: --image: {error}\n")
-        return 2
+    for option, argument, mode in (("--image", "image", "RGB"), ("--mask", "mask", "L")):
+        try:
+            parameters[argument] = _picture(getattr(args, argument), mode)
+        except OSError as error:
+            sys.stderr.write(f"error: {option}: {error}\n")
+            return 2
     try:
         with StableDiffusionClient(args.url, model_name=args.model, timeout_s=args.timeout_s, retry=retry) as client:
             if not (args.progress or args.preview_every):
@@ -220,14 +228,14 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _input_image(path: Path | None) -> Any:
-    """The ``--image`` file as an RGB PIL image (None without one)."""
+def _picture(path: Path | None, mode: str) -> Any:
+    """The ``--image`` (RGB) or ``--mask`` (L, gray) file as a PIL image of that mode (None without one)."""
     if path is None:
         return None
     from PIL import Image
 
     with Image.open(path) as image:
-        return image.convert("RGB")
+        return image.convert(mode)
 
 
 def _batch(args: argparse.Namespace) -> int:

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import FluxPipeline, StableDiffusionPipeline
+from diffusers import (
+    FluxPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLInpaintPipeline,
+)
+from PIL import Image
 
 from sdtriton.interface import DEFAULT_GUIDANCE_SCALE
 from sdtriton.pipeline_config import PipelineConfig
@@ -86,6 +92,14 @@ def sample_final_latents(
     """
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator("cpu").manual_seed(seed)
+    inputs = {}
+    if isinstance(pipeline, StableDiffusionInpaintPipeline | StableDiffusionXLInpaintPipeline):
+        # An inpainting model draws only with an image and a mask: a blank one, repainted whole from noise.
+        inputs = {
+            "image": Image.new("RGB", (width, height)),
+            "mask_image": Image.new("L", (width, height), 255),
+            "strength": 1.0,
+        }
     latents = pipeline(
         prompt=list(prompts),
         height=height,
@@ -94,6 +108,7 @@ def sample_final_latents(
         guidance_scale=guidance_scale,
         generator=generator,
         output_type="latent",
+        **inputs,
     ).images
     if isinstance(pipeline, FluxPipeline):
         # FLUX's loop holds them packed; the preview projects them unpacked, as the pipeline decodes them.

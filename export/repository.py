@@ -32,8 +32,10 @@ from diffusers import (
     FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -102,6 +104,9 @@ logger = logging.getLogger(__name__)
 SOURCE_PIPELINES: dict[str, type[DiffusionPipeline]] = {
     "StableDiffusionPipeline": StableDiffusionPipeline,
     "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
+    # Inpainting checkpoints (a 9-channel UNet) name their inpainting pipeline; the networks are SD's and SDXL's.
+    "StableDiffusionInpaintPipeline": StableDiffusionInpaintPipeline,
+    "StableDiffusionXLInpaintPipeline": StableDiffusionXLInpaintPipeline,
     "StableDiffusion3Pipeline": StableDiffusion3Pipeline,
     "FluxPipeline": FluxPipeline,
 }
@@ -129,7 +134,9 @@ def _load(
             f"{source}: {what} must be one of {', '.join(classes)}; its model_index.json says {class_name}"
         )
     extra = (
-        {"safety_checker": None, "requires_safety_checker": False} if pipeline_class is StableDiffusionPipeline else {}
+        {"safety_checker": None, "requires_safety_checker": False}
+        if pipeline_class in (StableDiffusionPipeline, StableDiffusionInpaintPipeline)
+        else {}
     )
     # Components the folder leaves out ([null, null] in model_index.json, e.g. SD 3 without T5) are passed as None,
     # as diffusers asks of a component its pipeline does not list as optional.
@@ -463,7 +470,8 @@ def pipeline_config_of(
         raise ExportOptionError(
             "max_sequence_length", f"a setting of SD 3's and FLUX's T5 encoder; a {type(pipeline).__name__} has no T5"
         )
-    sdxl = sdxl_config_of(pipeline, refiner) if isinstance(pipeline, StableDiffusionXLPipeline) else None
+    is_sdxl = isinstance(pipeline, StableDiffusionXLPipeline | StableDiffusionXLInpaintPipeline)
+    sdxl = sdxl_config_of(pipeline, refiner) if is_sdxl else None
     if refiner is not None and sdxl is None:
         raise ExportOptionError("refiner", _REFINER_AFTER_SDXL)
     return pipeline_config_from_components(

@@ -106,6 +106,8 @@ def fixed_axis_size(axis: str, config: PipelineConfig) -> int:
         "sequence": config.text_max_length,
         "hidden": config.text_hidden_size,
         "latent_channels": config.latent_channels,
+        # The UNet's sample: the latents, or an inpainting UNet's latents + mask + masked-image latents.
+        "unet_in_channels": config.unet_in_channels or config.latent_channels,
         "rgb": RGB_CHANNELS,
     }
     if config.sd3 is not None:
@@ -198,7 +200,7 @@ TEXT_ENCODER = ComponentSpec(
 UNET = ComponentSpec(
     model_name="unet",
     inputs=(
-        TensorSpec("sample", "FP32", (BATCH, "latent_channels", "latent_height", "latent_width")),
+        TensorSpec("sample", "FP32", (BATCH, "unet_in_channels", "latent_height", "latent_width")),
         TensorSpec("timestep", "FP32", (BATCH,)),
         TensorSpec("encoder_hidden_states", "FP32", (BATCH, "sequence", "hidden")),
     ),

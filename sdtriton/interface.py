@@ -192,7 +192,7 @@ GENERATION_INPUTS: tuple[PublicTensor, ...] = PUBLIC_INPUTS[2:]
 
 # Image-to-image (StableDiffusionImg2ImgPipeline and its kin): the image to start from, each item its own, and how much
 # of the denoising is redone (diffusers' strength: the steps run are int(steps x strength), noise added to match).
-# The output has the input's size. A mask (inpainting) is one more tensor of this group, beside the image.
+# The output has the input's size.
 DEFAULT_STRENGTH = 0.8
 INPUT_IMAGE = PublicTensor(
     "input_image",
@@ -207,10 +207,25 @@ STRENGTH = PublicTensor(
     "FP32",
     (1,),
     True,
-    f"with an input_image only: a number above 0 and at most 1 (default {DEFAULT_STRENGTH:g}), large enough that "
-    "at least one step runs",
+    f"with an input_image only: a number above 0 and at most 1 (default {DEFAULT_STRENGTH:g}; with a mask_image, "
+    "the inpainting pipeline's: SD 1, SDXL 0.9999, SD 3 and FLUX 0.6), large enough that at least one step runs",
 )
-IMAGE_INPUTS: tuple[PublicTensor, ...] = (INPUT_IMAGE, STRENGTH)
+# Inpainting (StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline): which pixels of the input image are
+# redrawn. Binarized as diffusers' mask processor does (value / 255 >= 0.5: 128 and above repaint); a dedicated
+# inpainting model (a 9-channel UNet) takes the mask and the masked image, any other model keeps the unmasked latents
+# of the input image (re-noised to each step) and denoises the rest. With it, strength defaults to the inpainting
+# pipeline's (SD 1.0, SDXL 0.9999, SD 3 and FLUX 0.6).
+MASK_BINARIZE_AT = 128
+MASK_IMAGE = PublicTensor(
+    "mask_image",
+    "UINT8",
+    (-1, -1, 1),
+    True,
+    f"with an {INPUT_IMAGE.name} of the same height and width only: [height, width, 1] gray pixels, "
+    f"{MASK_BINARIZE_AT}..255 repaint, 0..{MASK_BINARIZE_AT - 1} keep; every family (required by an SD or SDXL "
+    "inpainting model, a 9-channel UNet); not with the SDXL refiner",
+)
+IMAGE_INPUTS: tuple[PublicTensor, ...] = (INPUT_IMAGE, MASK_IMAGE, STRENGTH)
 # Every input of the entry: the per-item scalars, then the images.
 ENTRY_INPUTS: tuple[PublicTensor, ...] = (*PUBLIC_INPUTS, *IMAGE_INPUTS)
 

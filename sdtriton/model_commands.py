@@ -31,7 +31,8 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     tiny.add_argument(
         "--family",
         default="sd",
-        help="sd (default; StableDiffusionPipeline), sdxl (StableDiffusionXLPipeline), sdxl-refiner "
+        help="sd (default; StableDiffusionPipeline), sdxl (StableDiffusionXLPipeline), sd-inpaint or sdxl-inpaint "
+        "(their inpainting pipelines: a 9-channel UNet), sdxl-refiner "
         "(StableDiffusionXLImg2ImgPipeline sharing the sdxl base's second encoder and VAE at the same --seed), "
         "sd3 or sd35 (StableDiffusion3Pipeline; sd35: SD 3.5's dual attention and RMS q/k norm), flux-dev or "
         "flux-schnell (FluxPipeline; dev: guidance embedding and dynamic shifting)",

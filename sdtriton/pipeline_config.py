@@ -32,6 +32,11 @@ SD_FAMILY = "sd"
 SDXL_FAMILY = "sdxl"
 SD3_FAMILY = "sd3"
 FLUX_FAMILY = "flux"
+# The inpainting pipelines' default strength by family (StableDiffusionInpaintPipeline's 1.0,
+# StableDiffusionXLInpaintPipeline's 0.9999, StableDiffusion3InpaintPipeline's and FluxInpaintPipeline's 0.6); the
+# families the engine inpaints for.
+INPAINT_STRENGTH_DEFAULTS: dict[str, float] = {SD_FAMILY: 1.0, SDXL_FAMILY: 0.9999, SD3_FAMILY: 0.6, FLUX_FAMILY: 0.6}
+INPAINTING_FAMILIES: tuple[str, ...] = tuple(INPAINT_STRENGTH_DEFAULTS)
 FAMILIES = (SD_FAMILY, SDXL_FAMILY, SD3_FAMILY, FLUX_FAMILY)
 # FluxPipeline packs the latents in 2x2 patches (``_pack_latents``): sides are multiples of VAE factor x 2.
 FLUX_PACKING = 2
@@ -356,6 +361,14 @@ class PipelineConfig:
     vae_tiling: VaeTiling | None = None
     # LoRA adapters exported into the networks, in the order of their lora_scales columns (empty: none).
     loras: tuple[LoraAdapter, ...] = ()
+    # The UNet's input channels where they are not the latents' (None): a dedicated inpainting UNet takes
+    # latents + mask + masked-image latents (StableDiffusionInpaintPipeline's 9 = 4 + 1 + 4).
+    unet_in_channels: int | None = None
+
+    @property
+    def inpainting_unet(self) -> bool:
+        """Whether the UNet is a dedicated inpainting one (it then needs a mask_image in every request)."""
+        return self.unet_in_channels == inpainting_unet_channels(self.latent_channels)
 
     @property
     def lora_names(self) -> tuple[str, ...]:
@@ -408,6 +421,11 @@ class PipelineConfig:
             if family is not None:
                 return family.vae_shift_factor
         return 0.0
+
+    @property
+    def default_inpaint_strength(self) -> float:
+        """The strength of an inpainting request without one: its pipeline's ``__call__`` default."""
+        return INPAINT_STRENGTH_DEFAULTS[self.family]
 
     @property
     def family(self) -> str:
@@ -508,6 +526,26 @@ class PipelineConfig:
         return cls.from_json((directory / PIPELINE_CONFIG_FILE_NAME).read_text())
 
 
+def inpainting_unet_channels(latent_channels: int) -> int:
+    """The input channels of a dedicated inpainting UNet: latents, the mask, the masked image's latents."""
+    return 2 * latent_channels + 1
+
+
+def _unet_in_channels(unet_config: Any, vae_config: Any) -> int | None:
+    """None for a UNet that takes the latents alone; the channel count of an inpainting UNet (as
+    ``StableDiffusionInpaintPipeline`` checks them: 4 or latents + mask + masked-image latents)."""
+    latent_channels = int(vae_config.latent_channels)
+    in_channels = int(unet_config.in_channels)
+    if in_channels == latent_channels:
+        return None
+    if in_channels != inpainting_unet_channels(latent_channels):
+        raise ValueError(
+            f"the UNet takes {in_channels} channels: it must take the VAE's {latent_channels} latent channels, or "
+            f"{inpainting_unet_channels(latent_channels)} (an inpainting UNet: latents, mask, masked-image latents)"
+        )
+    return in_channels
+
+
 def pipeline_config_from_components(
     *,
     unet_config: Any,
@@ -532,7 +570,8 @@ def pipeline_config_from_components(
     unet_downsamplings = len(unet_config.down_block_types) - 1
     default_size = unet_config.sample_size * vae_scale_factor
     return PipelineConfig(
-        latent_channels=unet_config.in_channels,
+        latent_channels=int(vae_config.latent_channels),
+        unet_in_channels=_unet_in_channels(unet_config, vae_config),
         vae_scale_factor=vae_scale_factor,
         size_multiple=vae_scale_factor * 2**unet_downsamplings,
         default_height=default_size,

@@ -16,6 +16,10 @@ encoder and VAE are the base's own weights, as diffusers' base+refiner recipe sh
 ``--family sd35`` the same with SD 3.5 Medium's transformer features (``dual_attention_layers``, RMS q/k norm);
 ``--without-t5`` leaves ``text_encoder_3`` out (``None``, as diffusers allows: its states are then zeros).
 
+``--family sd-inpaint`` and ``--family sdxl-inpaint`` make the tiny SD and SDXL with a dedicated inpainting UNet
+(9 input channels: latents, mask, masked-image latents) saved as ``StableDiffusionInpaintPipeline`` and
+``StableDiffusionXLInpaintPipeline``, as inpainting checkpoints are; the other components are the plain ones' own.
+
 ``--family flux-dev`` makes a tiny ``FluxPipeline`` (``CLIPTextModel`` for the pooled text, ``T5EncoderModel`` with
 the same local T5 tokenizer, a ``FluxTransformer2DModel`` with ``guidance_embeds``, a 16-channel VAE with FLUX's
 ``scaling_factor``/``shift_factor``, FLUX.1-dev's published scheduler config with dynamic shifting), and
@@ -40,8 +44,10 @@ from diffusers import (
     PNDMScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -121,16 +127,26 @@ PROFILES: dict[str, TinyProfile] = {
 }
 
 
-def build_tiny_pipeline(*, profile: str = "tiny", seed: int = 0) -> StableDiffusionPipeline:
-    """Builds a random-weight SD pipeline; the same profile and seed give the same weights."""
+def _unet_in_channels(latent_channels: int, *, inpainting: bool) -> int:
+    # An inpainting UNet takes the latents, the mask and the masked image's latents (StableDiffusionInpaintPipeline).
+    return 2 * latent_channels + 1 if inpainting else latent_channels
+
+
+def build_tiny_pipeline(
+    *, profile: str = "tiny", seed: int = 0, inpainting: bool = False
+) -> StableDiffusionPipeline | StableDiffusionInpaintPipeline:
+    """Builds a random-weight SD pipeline; the same profile and seed give the same weights. ``inpainting``: with a
+    9-channel UNet, as a ``StableDiffusionInpaintPipeline``."""
     spec = PROFILES[profile]
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(**spec.text_encoder)).eval()
     torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(**spec.unet).eval()
+    in_channels = _unet_in_channels(spec.vae["latent_channels"], inpainting=inpainting)
+    unet = UNet2DConditionModel(**{**spec.unet, "in_channels": in_channels}).eval()
     torch.manual_seed(seed + 2)
     vae = AutoencoderKL(**spec.vae).eval()
-    return StableDiffusionPipeline(
+    pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    return pipeline_class(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=build_clip_tokenizer(),
@@ -176,7 +192,7 @@ _SDXL_TEXT_ENCODER_2 = {
 }
 _SDXL_ADDITION_TIME_EMBED_DIM = 8
 _SDXL_VAE = {**PROFILES["tiny"].vae, "scaling_factor": 0.13025, "force_upcast": True}
-FAMILIES = ("sd", "sdxl", "sdxl-refiner", "sd3", "sd35", "flux-dev", "flux-schnell")
+FAMILIES = ("sd", "sd-inpaint", "sdxl", "sdxl-inpaint", "sdxl-refiner", "sd3", "sd35", "flux-dev", "flux-schnell")
 # The tiny SDXL's own scheduler settings (sdtriton.schedulers.SCHEDULER_OVERRIDES_FILE_NAME). SDXL's Euler config
 # has no clip_sample, so DDIM built from it clips the predicted sample to -1..1; with random weights that makes
 # DDIM chaotic (measured: a 1e-5 change of one UNet output moved pixels by 141 of 255, against 1 for every other
@@ -186,11 +202,11 @@ SDXL_SCHEDULER_OVERRIDES = {"ddim": {"clip_sample": False}}
 SDXL_TOKENIZER_2_PAD_TOKEN = "!"
 
 
-def _sdxl_unet(*, cross_attention_dim: int, time_ids: int, seed: int) -> UNet2DConditionModel:
+def _sdxl_unet(*, cross_attention_dim: int, time_ids: int, seed: int, in_channels: int = 4) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=32,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=2,
@@ -217,8 +233,11 @@ def _sdxl_shared_parts(seed: int) -> tuple[CLIPTextModelWithProjection, Autoenco
     return text_encoder_2, vae
 
 
-def build_tiny_sdxl_pipeline(*, seed: int = 0) -> StableDiffusionXLPipeline:
-    """A random-weight SDXL base: two text encoders, a text_time UNet, SDXL's VAE settings and scheduler."""
+def build_tiny_sdxl_pipeline(
+    *, seed: int = 0, inpainting: bool = False
+) -> StableDiffusionXLPipeline | StableDiffusionXLInpaintPipeline:
+    """A random-weight SDXL base: two text encoders, a text_time UNet, SDXL's VAE settings and scheduler.
+    ``inpainting``: with a 9-channel UNet, as a ``StableDiffusionXLInpaintPipeline``."""
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(**_SDXL_TEXT_ENCODER)).eval()
     text_encoder_2, vae = _sdxl_shared_parts(seed)
@@ -226,8 +245,10 @@ def build_tiny_sdxl_pipeline(*, seed: int = 0) -> StableDiffusionXLPipeline:
         cross_attention_dim=_SDXL_TEXT_ENCODER["hidden_size"] + _SDXL_TEXT_ENCODER_2["hidden_size"],
         time_ids=6,  # original size, crop top-left, target size
         seed=seed + 2,
+        in_channels=_unet_in_channels(_SDXL_VAE["latent_channels"], inpainting=inpainting),
     )
-    return StableDiffusionXLPipeline(
+    pipeline_class = StableDiffusionXLInpaintPipeline if inpainting else StableDiffusionXLPipeline
+    return pipeline_class(
         vae=vae,
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
@@ -388,17 +409,18 @@ def make_tiny(output_dir: Path, *, profile: str = "tiny", seed: int = 0, family:
 
     Args:
         family: ``sd`` (``StableDiffusionPipeline``, shapes of ``profile``), ``sdxl``
-            (``StableDiffusionXLPipeline``), ``sdxl-refiner`` (``StableDiffusionXLImg2ImgPipeline``), or ``sd3`` /
+            (``StableDiffusionXLPipeline``), ``sd-inpaint`` / ``sdxl-inpaint`` (their inpainting pipelines, a 9-channel
+            UNet), ``sdxl-refiner`` (``StableDiffusionXLImg2ImgPipeline``), or ``sd3`` /
             ``sd35`` (``StableDiffusion3Pipeline``), or ``flux-dev`` / ``flux-schnell`` (``FluxPipeline``).
         t5: ``sd3``/``sd35`` only: with ``text_encoder_3`` (T5); without, it is ``None`` in the folder.
     """
     pipeline: DiffusionPipeline
     if not t5 and family not in SD3_TRANSFORMERS:
         raise ValueError(f"only an SD 3 family ({', '.join(SD3_TRANSFORMERS)}) can leave T5 out, not {family!r}")
-    if family == "sd":
-        pipeline = build_tiny_pipeline(profile=profile, seed=seed)
-    elif family == "sdxl":
-        pipeline = build_tiny_sdxl_pipeline(seed=seed)
+    if family in ("sd", "sd-inpaint"):
+        pipeline = build_tiny_pipeline(profile=profile, seed=seed, inpainting=family == "sd-inpaint")
+    elif family in ("sdxl", "sdxl-inpaint"):
+        pipeline = build_tiny_sdxl_pipeline(seed=seed, inpainting=family == "sdxl-inpaint")
     elif family == "sdxl-refiner":
         pipeline = build_tiny_sdxl_refiner(seed=seed)
     elif family in SD3_TRANSFORMERS:
@@ -409,7 +431,7 @@ def make_tiny(output_dir: Path, *, profile: str = "tiny", seed: int = 0, family:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     output_dir.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(output_dir, safe_serialization=True)
-    if family in ("sdxl", "sdxl-refiner"):
+    if family in ("sdxl", "sdxl-inpaint", "sdxl-refiner"):
         save_scheduler_overrides(output_dir, SDXL_SCHEDULER_OVERRIDES)
     logger.info("wrote the %s pipeline (seed %d) to %s", profile if family == "sd" else family, seed, output_dir)
     return output_dir

@@ -196,6 +196,21 @@ def _flux_of_other_t5_width(folder: Path) -> None:
     _resave(folder / "transformer", FluxTransformer2DModel, 13, joint_attention_dim=SCHNELL_T5_WIDTH)
 
 
+def _export_prefixed(folder: Path, repository: Path, prefix: str, **options: object) -> None:
+    """Exports a tiny model with its models named ``prefix`` + role (one server holds it beside the others), untiled
+    as the other parity repositories."""
+    from sdtriton.export import RenderOptions, export_repository
+
+    export_repository(
+        folder,
+        repository,
+        options=RenderOptions(model_prefix=prefix),
+        show_progress=False,
+        vae_tile_above_px=UNTILED,
+        **options,
+    )
+
+
 @pytest.fixture(scope="session")
 def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, str]]:
     """Tiny SD 3.5 (dual attention, RMS q/k norm, T5, the published static shift; exported with skip-guidance layers,
@@ -206,7 +221,6 @@ def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
     tiny SD repository."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from sdtriton.export import RenderOptions, export_repository
     from sdtriton.tiny import make_tiny
 
     root = tmp_path_factory.mktemp("sd3")
@@ -222,14 +236,7 @@ def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
             config = FlowMatchEulerDiscreteScheduler.load_config(scheduler)
             FlowMatchEulerDiscreteScheduler.from_config(config, use_dynamic_shifting=True).save_pretrained(scheduler)
         repository = root / f"{name}_repository"
-        export_repository(
-            folder,
-            repository,
-            options=RenderOptions(model_prefix=prefix),
-            skip_guidance_layers=layers,
-            show_progress=False,
-            vae_tile_above_px=UNTILED,
-        )
+        _export_prefixed(folder, repository, prefix, skip_guidance_layers=layers)
         exports[name] = (folder, repository, prefix)
     return exports
 
@@ -240,7 +247,6 @@ def flux_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
     guidance, no shifting; a T5 of another width, :data:`SCHNELL_T5_WIDTH`, at schnell's usual 256 rows, export
     --max-sequence-length): (diffusers folder, exported repository, model-name prefix) of each, under the prefixes
     ``flux_`` and ``schnell_`` so one server holds both beside the other families' repositories (``family_server``)."""
-    from sdtriton.export import RenderOptions, export_repository
     from sdtriton.tiny import make_tiny
 
     root = tmp_path_factory.mktemp("flux")
@@ -250,19 +256,15 @@ def flux_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
         if family == "flux-schnell":
             _flux_of_other_t5_width(folder)
         repository = root / f"{family}_repository"
-        export_repository(
-            folder,
-            repository,
-            options=RenderOptions(model_prefix=prefix),
-            max_sequence_length=max_sequence_length,
-            show_progress=False,
-            vae_tile_above_px=UNTILED,
-        )
+        _export_prefixed(folder, repository, prefix, max_sequence_length=max_sequence_length)
         exports[family] = (folder, repository, prefix)
     return exports
 
 
 SDXL_PREFIX = "sdxl_"
+# The tiny SD and SDXL with a dedicated inpainting UNet (9 input channels), in family_server beside the plain ones.
+INPAINT_PREFIX = "inpaint_"
+SDXL_INPAINT_PREFIX = "xlinpaint_"
 # The tiny SD once more, taking sides up to this many times its native 64 px (tiled VAE decoding's memory test), one
 # image at a time: a VAE call holds at most two tiles (twice the larger of max_batch_size and max_running_images).
 LARGE_PREFIX = "large_"
@@ -329,6 +331,23 @@ def sdxl_lora_file(sdxl_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="session")
+def inpainting_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, str]]:
+    """Tiny SD and SDXL inpainting models (``make-tiny --family sd-inpaint`` / ``sdxl-inpaint``: the plain ones'
+    shapes with a 9-channel UNet, saved as their inpainting pipelines): (diffusers folder, exported repository,
+    model-name prefix) of each, under :data:`INPAINT_PREFIX` and :data:`SDXL_INPAINT_PREFIX` (no preview fit)."""
+    from sdtriton.tiny import make_tiny
+
+    root = tmp_path_factory.mktemp("inpainting")
+    exports = {}
+    for family, prefix in (("sd-inpaint", INPAINT_PREFIX), ("sdxl-inpaint", SDXL_INPAINT_PREFIX)):
+        folder = make_tiny(root / family, family=family)
+        repository = root / f"{family}_repository"
+        _export_prefixed(folder, repository, prefix, fit_preview=False)
+        exports[family] = (folder, repository, prefix)
+    return exports
+
+
+@pytest.fixture(scope="session")
 def large_repository(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny SD exported for sides up to :data:`LARGE_SIZE_FACTOR` times its own, models ``large_*``, no previews."""
     from sdtriton.export import RenderOptions, export_repository
@@ -357,12 +376,14 @@ def family_server(
     flux_exports,
     lora_repository: Path,
     sdxl_lora_file: Path,
+    inpainting_exports,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[object]:
     """One real tritonserver holding a repository of every family side by side: the tiny SD one, SDXL with its
     refiner (models ``sdxl_*``), SD 3.5 (``sd35_*``), SD 3 without T5 (``no_t5_*``), FLUX.1-dev (``flux_*``) and
     FLUX.1-schnell (``schnell_*``), the tiny SD again with sides up to 8 times its own (``large_*``) and the tiny SD
-    one with two LoRA adapters (``lora_*``). The SDXL one carries the LoRA adapter ``xl`` (its rows without it are the
+    one with two LoRA adapters (``lora_*``), and the SD and SDXL inpainting models (``inpaint_*``, ``xlinpaint_*``).
+    The SDXL one carries the LoRA adapter ``xl`` (its rows without it are the
     base model's, exactly)."""
     from sdtriton.export import LoraSource, RenderOptions, export_repository
 
@@ -377,9 +398,11 @@ def family_server(
         show_progress=False,
         vae_tile_above_px=UNTILED,
     )
-    exported = (*sd3_exports.values(), *flux_exports.values())
+    exported = (*sd3_exports.values(), *flux_exports.values(), *inpainting_exports.values())
     repositories = (sdxl_repository, large_repository, *(repository for _, repository, _ in exported), lora_repository)
     extra_args = tuple(f"--model-repository={repository}" for repository in repositories)
+    # About 70 models, loaded one after the other (each pipeline warms its engine's code for 15-30 s under load):
+    # measured 300 s not enough under a load average of 17.
     yield from serve(tiny_repository, tmp_path_factory, extra_args=extra_args)
 
 

@@ -18,7 +18,7 @@ from xdist.scheduler import LoadScopeScheduling
 # Group name: the session fixtures whose modules run on one worker. Listed longest first: they run first, so that no
 # long group starts last while the other worker has nothing left.
 SHARED_FIXTURE_GROUPS = {
-    "families": ("family_server", "sd3_exports", "flux_exports", "sdxl_dirs"),
+    "families": ("family_server", "sd3_exports", "flux_exports", "sdxl_dirs", "inpainting_exports"),
     "shapes": ("shapes_server", "shapes_repository", "shapes_diffusers_pipeline"),
 }
 

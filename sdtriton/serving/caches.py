@@ -119,6 +119,7 @@ def response_key(images: Sequence[ImageRequest]) -> Hashable:
             _ids_key(image.prompt_ids),
             _ids_key(image.negative_ids),
             _pixels_key(image.input_image),
+            _pixels_key(image.mask_image),
         )
         for image in images
     )

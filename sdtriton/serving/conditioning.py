@@ -61,6 +61,7 @@ class ImageRequest:
         negative_ids: the same for the negative prompt ("" where it was omitted).
         negative_given: whether the request sent a negative prompt (SDXL zeros an omitted one).
         input_image: image-to-image: the [H, W, 3] uint8 image to start from (None: text-to-image).
+        mask_image: inpainting: the [H, W, 1] uint8 mask of ``input_image`` (None: none).
     """
 
     params: GenerationParams
@@ -68,6 +69,7 @@ class ImageRequest:
     negative_ids: Mapping[str, np.ndarray]
     negative_given: bool = True
     input_image: np.ndarray | None = None
+    mask_image: np.ndarray | None = None
 
 
 def text_ids_for(image: ImageRequest, encoder: str) -> np.ndarray:

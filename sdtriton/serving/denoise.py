@@ -1,7 +1,8 @@
 """The txt2img pipelines of diffusers (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline`` and its refiner,
-``StableDiffusion3Pipeline``, ``FluxPipeline``) and their img2img ones (``StableDiffusionImg2ImgPipeline``,
-``StableDiffusionXLImg2ImgPipeline``, ``StableDiffusion3Img2ImgPipeline``, ``FluxImg2ImgPipeline``), with their
-networks behind an interface.
+``StableDiffusion3Pipeline``, ``FluxPipeline``), their img2img ones (``StableDiffusionImg2ImgPipeline``,
+``StableDiffusionXLImg2ImgPipeline``, ``StableDiffusion3Img2ImgPipeline``, ``FluxImg2ImgPipeline``) and inpainting
+ones (``StableDiffusionInpaintPipeline``, ``StableDiffusionXLInpaintPipeline``, ``StableDiffusion3InpaintPipeline``,
+``FluxInpaintPipeline``), with their networks behind an interface.
 
 The numbered steps follow the pipelines' ``__call__`` so that the same seed and parameters give the same
 image: latents drawn by ``randn_tensor`` from ``torch.Generator("cpu").manual_seed(seed)``, the same generator
@@ -85,6 +86,11 @@ class DiffusionComponents(Protocol):
 
 # The VAE's latent distribution of one input image: (mean, std), [1, C, h, w] each.
 LatentDistribution = tuple[torch.Tensor, torch.Tensor]
+# The pictures an image sends through the VAE encoder (:func:`pictures_to_encode`), by name.
+INPUT_PICTURE = "input_image"
+MASKED_PICTURE = "masked_image"
+# The inpainting pipelines' mask processor binarizes value / 255 at this threshold (VaeImageProcessor.binarize).
+_MASK_THRESHOLD = 0.5
 
 
 def preprocess_image(pixels: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -93,6 +99,36 @@ def preprocess_image(pixels: np.ndarray, device: torch.device | str = "cpu") -> 
     checked to be a multiple of the model's size step."""
     scaled = pixels[None].astype(np.float32) / 255.0
     return VaeImageProcessor.normalize(VaeImageProcessor.numpy_to_pt(scaled)).to(device)
+
+
+def preprocess_mask(mask: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[H, W, 1] uint8 -> [1, 1, H, W] of 0 and 1, as the inpainting pipelines' ``mask_processor`` makes a gray PIL
+    mask (``VaeImageProcessor`` with ``do_binarize``, no normalize: ``pil_to_numpy``'s / 255, then ``binarize``)."""
+    scaled = VaeImageProcessor.numpy_to_pt(mask[None].astype(np.float32) / 255.0)
+    return (scaled >= _MASK_THRESHOLD).to(torch.float32).to(device)
+
+
+def uses_input_latents(params: GenerationParams, config: PipelineConfig) -> bool:
+    """Whether an image-to-image image draws from its input image's latents: always, but an inpainting UNet's at
+    strength 1 (its pipeline's ``prepare_latents`` then starts from noise alone, encoding no image)."""
+    if params.strength is None:
+        return False
+    return not (params.inpaint and config.inpainting_unet and params.strength == 1.0)
+
+
+def pictures_to_encode(
+    image: ImageRequest, config: PipelineConfig, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """The [1, 3, H, W] pictures (-1..1) one image sends through the VAE encoder, by name: the input image where its
+    latents are used (:func:`uses_input_latents`), and for an inpainting UNet the masked image as its pipeline makes
+    it (``init_image * (mask < 0.5)``). Empty for text-to-image."""
+    if image.input_image is None:
+        return {}
+    pixels = preprocess_image(image.input_image, device)
+    pictures = {INPUT_PICTURE: pixels} if uses_input_latents(image.params, config) else {}
+    if image.params.inpaint and config.inpainting_unet:
+        pictures[MASKED_PICTURE] = pixels * (preprocess_mask(image.mask_image, device) < _MASK_THRESHOLD)
+    return pictures
 
 
 def _extra_step_kwargs(scheduler: object, generator: torch.Generator) -> dict[str, object]:
@@ -185,11 +221,17 @@ class ImageDenoiser:
         config: the exported model's geometry and scheduler config.
         stages: the image's denoising stages (:func:`~sdtriton.serving.conditioning.stages_for`).
         device: where the latents live (the networks' device); the generator stays on the CPU.
-        input_latents: image-to-image (``params.strength`` set): the VAE's latent distribution of the input image
-            (:meth:`DiffusionComponents.encode_image` of :func:`preprocess_image`). The latents are then drawn as
-            the img2img pipelines' ``prepare_latents`` does: a sample of it with the image's generator
-            (``retrieve_latents``), normalized, and noised to the first timestep by the scheduler's ``add_noise``
-            (flow matching: ``scale_noise``, then FLUX's packing) with noise drawn next from the same generator.
+        input_latents: image-to-image (``params.strength`` set, where :func:`uses_input_latents`): the VAE's latent
+            distribution of the input image (:meth:`DiffusionComponents.encode_image` of :func:`preprocess_image`).
+            The latents are then drawn as the img2img pipelines' ``prepare_latents`` does: a sample of it with the
+            image's generator (``retrieve_latents``), normalized, and noised to the first timestep by the
+            scheduler's ``add_noise`` (flow matching: ``scale_noise``, then FLUX's packing) with noise drawn next
+            from the same generator.
+        mask: inpainting (``params.inpaint``): the [H, W, 1] uint8 mask. The latents are drawn as the inpainting
+            pipelines' ``prepare_latents`` and ``prepare_mask_latents`` draw them (:meth:`_inpainting_start`); a
+            plain UNet's latents are blended with the re-noised input image outside the mask after every step.
+        masked_latents: inpainting with an inpainting UNet: the VAE's latent distribution of the masked image
+            (:func:`pictures_to_encode`), sampled with the generator and sent to the UNet with the mask.
     """
 
     def __init__(
@@ -200,11 +242,17 @@ class ImageDenoiser:
         stages: Sequence[Stage],
         device: torch.device | str = "cpu",
         input_latents: LatentDistribution | None = None,
+        mask: np.ndarray | None = None,
+        masked_latents: LatentDistribution | None = None,
     ) -> None:
         if not stages:
             raise ValueError("an image needs at least one denoising stage")
-        if (params.strength is None) != (input_latents is None):
+        if uses_input_latents(params, config) != (input_latents is not None):
             raise ValueError("an image-to-image image needs its strength and its input image's latent distribution")
+        if params.inpaint != (mask is not None) or (params.inpaint and config.inpainting_unet) != (
+            masked_latents is not None
+        ):
+            raise ValueError("an inpainting image needs its mask (and, for an inpainting UNet, its masked image's)")
         self.params = params
         self.config = config
         self.do_guidance = params.uses_classifier_free_guidance
@@ -226,25 +274,74 @@ class ImageDenoiser:
         self.steps_done = 0
         # The scheduler's estimate of the clean latents at the last step, where it gives one (previews).
         self.predicted_original: torch.Tensor | None = None
+        # Inpainting: the mask at latent size [1, 1, h, w]; an inpainting UNet's masked-image latents; a plain UNet's
+        # input-image latents and the noise they are re-noised with before every blend.
+        self._mask: torch.Tensor | None = None
+        self._masked_image_latents: torch.Tensor | None = None
+        self._image_latents: torch.Tensor | None = None
+        self._noise: torch.Tensor | None = None
+        if mask is not None:
+            self.latents = self._inpainting_start(input_latents, mask, masked_latents)
+            return
         if input_latents is not None:
             self.latents = self._noised_input(input_latents)
             return
         # randn_tensor draws on the generator's device (the CPU) and moves the result, as diffusers does.
         latents = randn_tensor(shape, generator=self.generator, device=self.device, dtype=torch.float32)
         if config.flux is not None:
-            from diffusers import FluxPipeline  # here: its module imports transformers (seconds of an SD start)
-
             # FluxPipeline.prepare_latents: drawn [1, C, h, w], then packed in 2x2 patches, [1, hw/4, 4C].
-            latents = FluxPipeline._pack_latents(latents, *shape)
+            latents = _pack(latents)
         # StableDiffusion3Pipeline and FluxPipeline do not scale them (flow matching starts at unit noise).
         self.latents = latents if config.flow_matching else latents * self._runs[0].scheduler.init_noise_sigma
 
+    def _sample(self, distribution: LatentDistribution) -> torch.Tensor:
+        """``retrieve_latents``: DiagonalGaussianDistribution.sample, mean + std x noise drawn on the generator's
+        device, then moved."""
+        mean, std = (value.to(self.device) for value in distribution)
+        return mean + std * randn_tensor(mean.shape, generator=self.generator, device=self.device, dtype=mean.dtype)
+
+    def _inpainting_start(
+        self, input_latents: LatentDistribution | None, mask: np.ndarray, masked_latents: LatentDistribution | None
+    ) -> torch.Tensor:
+        """The first latents of an inpainting image, with the generator's draws in the order of
+        ``StableDiffusionInpaintPipeline.__call__`` (and its SDXL and SD 3 twins'): the input image's sample where it
+        is used, the noise, then the masked image's sample (drawn for a plain UNet too, which never reads it). Their
+        ``_encode_vae_image`` shifts and scales the sample (SD 3's shift; no SDXL latents_mean); flow matching noises
+        with the scheduler's ``scale_noise`` and starts from unit noise."""
+        config, run = self.config, self._runs[0]
+        image_latents = None if input_latents is None else self._inpainting_latents(input_latents)
+        shape = config.latent_shape(height=self.params.height, width=self.params.width)
+        noise = randn_tensor(shape, generator=self.generator, device=self.device, dtype=torch.float32)
+        timestep = run.start_timestep.repeat(shape[0])
+        if self.params.strength == 1.0 and config.flux is None:
+            # is_strength_max: pure noise (FluxInpaintPipeline has no such case: it always noises the image)
+            latents = noise if config.flow_matching else noise * run.scheduler.init_noise_sigma
+        elif config.flow_matching:
+            latents = run.scheduler.scale_noise(image_latents, timestep, noise)
+        else:
+            latents = run.scheduler.add_noise(image_latents, noise, timestep)
+        # prepare_mask_latents: the binarized mask resized (nearest) to the latents.
+        self._mask = torch.nn.functional.interpolate(preprocess_mask(mask, self.device), size=self._latent_size)
+        if masked_latents is not None:
+            self._masked_image_latents = self._inpainting_latents(masked_latents)
+        else:
+            randn_tensor(shape, generator=self.generator, device=self.device, dtype=torch.float32)
+            self._image_latents, self._noise = image_latents, noise
+        if config.flux is None:
+            return latents
+        # FluxInpaintPipeline blends packed latents: the mask repeated over the channels and packed alike.
+        self._mask = _pack(self._mask.repeat(1, shape[1], 1, 1))
+        self._image_latents, self._noise = _pack(image_latents), _pack(noise)
+        return _pack(latents)
+
+    def _inpainting_latents(self, distribution: LatentDistribution) -> torch.Tensor:
+        """A picture's latents as the inpainting pipelines' ``_encode_vae_image`` makes them: a sample, shifted and
+        scaled (SD, SDXL: no shift; unlike their img2img twins, SDXL's ignores the VAE's latents_mean/std)."""
+        return (self._sample(distribution) - self.config.vae_shift_factor) * self.config.vae_scaling_factor
+
     def _noised_input(self, input_latents: LatentDistribution) -> torch.Tensor:
         """The first latents of an image-to-image image (``StableDiffusionImg2ImgPipeline.prepare_latents``)."""
-        mean, std = (value.to(self.device) for value in input_latents)
-        # DiagonalGaussianDistribution.sample: mean + std x noise drawn on the generator's device, then moved.
-        sample = mean + std * randn_tensor(mean.shape, generator=self.generator, device=self.device, dtype=mean.dtype)
-        latents = normalize_latents(sample, self.config)
+        latents = normalize_latents(self._sample(input_latents), self.config)
         noise = randn_tensor(latents.shape, generator=self.generator, device=self.device, dtype=latents.dtype)
         run = self._runs[0]
         timestep = run.start_timestep.repeat(latents.shape[0])
@@ -252,11 +349,7 @@ class ImageDenoiser:
             return run.scheduler.add_noise(latents, noise, timestep)
         # StableDiffusion3Img2ImgPipeline and FluxImg2ImgPipeline: the flow schedulers' interpolation toward the noise.
         latents = run.scheduler.scale_noise(latents, timestep, noise)
-        if self.config.flux is None:
-            return latents
-        from diffusers import FluxPipeline
-
-        return FluxPipeline._pack_latents(latents, *latents.shape)
+        return latents if self.config.flux is None else _pack(latents)
 
     @property
     def timesteps(self) -> list:
@@ -324,6 +417,12 @@ class ImageDenoiser:
         model_input = torch.cat([self.latents] * 2) if self.do_guidance else self.latents
         if not self.config.flow_matching:
             model_input = run.scheduler.scale_model_input(model_input, t)
+        if self._masked_image_latents is not None:
+            # An inpainting UNet's channels: the scaled latents, the mask, the masked image's latents.
+            rows = (model_input.shape[0], 1, 1, 1)
+            model_input = torch.cat(
+                [model_input, self._mask.repeat(rows), self._masked_image_latents.repeat(rows)], dim=1
+            )
         timestep = torch.full((model_input.shape[0],), float(t), dtype=torch.float32, device=self.device)
         if self.config.flux is not None:
             timestep = timestep / FLUX_TIMESTEP_DIVISOR
@@ -353,9 +452,24 @@ class ImageDenoiser:
                 prediction = prediction + (noise_pred_text - skipped[0]) * self.params.skip_layer_guidance_scale
         output = run.scheduler.step(prediction, t, self.latents, **run.extra_step_kwargs, return_dict=True)
         self.latents = output.prev_sample
+        if self._image_latents is not None:
+            self.latents = self._blend(run)
         self.predicted_original = getattr(output, "pred_original_sample", None)
         self._step_in_run += 1
         self.steps_done += 1
+
+    def _blend(self, run: _StageRun) -> torch.Tensor:
+        """A plain UNet's inpainting, as its pipeline after each step: the input image's latents noised to the next
+        timestep (none after the last) outside the mask, the denoised latents inside."""
+        known = self._image_latents
+        following = self._step_in_run + 1
+        if following < len(run.timesteps):
+            timestep = run.timesteps[following].reshape(1)
+            if self.config.flow_matching:
+                known = run.scheduler.scale_noise(known, timestep, self._noise)
+            else:
+                known = run.scheduler.add_noise(known, self._noise, timestep)
+        return (1 - self._mask) * known + self._mask * self.latents
 
     def spatial(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents as the loop holds them -> [1, C, h, w] (FLUX's unpacked by ``FluxPipeline._unpack_latents``)."""
@@ -374,11 +488,22 @@ class ImageDenoiser:
         """The final latents as the VAE decoder takes them, [1, C, h, w] (de-normalized as diffusers does)."""
         config = self.config
         latents = self.spatial(self.latents)
+        if self.params.inpaint and config.sd3 is not None:
+            # StableDiffusion3InpaintPipeline decodes latents / scaling_factor without adding back the VAE's
+            # shift_factor it subtracted when encoding (its text-to-image and img2img twins add it): as it draws.
+            return latents / config.vae_scaling_factor
         channel_stats = _latent_channel_stats(config, latents.device)
         if channel_stats is not None:
             mean, std = channel_stats
             return latents * std / config.vae_scaling_factor + mean
         return latents / config.vae_scaling_factor + config.vae_shift_factor
+
+
+def _pack(latents: torch.Tensor) -> torch.Tensor:
+    """FLUX's 2x2 packing of [B, C, h, w] latents into [B, hw/4, 4C] (``FluxPipeline._pack_latents``)."""
+    from diffusers import FluxPipeline  # here: its module imports transformers (seconds of an SD start)
+
+    return FluxPipeline._pack_latents(latents, *latents.shape)
 
 
 def _latent_channel_stats(config: PipelineConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -432,18 +557,19 @@ def generate_image(
     """
     # 1. Encode the prompt; with guidance, [negative, prompt] in one batch.
     encoded = encode_image_text(image, config, components)
-    # 2.-3. Timesteps and latents (image-to-image: from the input image's latent distribution).
-    input_latents = None
-    if image.input_image is not None:
-        pixels = preprocess_image(image.input_image, components.device)
-        tiling = tiling_of(image.params, config, pixels, encode=True)
-        input_latents = encode_in_tiles(pixels, tiling, components.encode_image)
+    # 2.-3. Timesteps and latents (image-to-image and inpainting: from the input pictures' latent distributions).
+    distributions = {
+        name: encode_in_tiles(pixels, tiling_of(image.params, config, pixels, encode=True), components.encode_image)
+        for name, pixels in pictures_to_encode(image, config, components.device).items()
+    }
     denoiser = ImageDenoiser(
         params=image.params,
         config=config,
         stages=stages_for(image, config, encoded),
         device=components.device,
-        input_latents=input_latents,
+        input_latents=distributions.get(INPUT_PICTURE),
+        mask=image.mask_image,
+        masked_latents=distributions.get(MASKED_PICTURE),
     )
     # 4. Denoise.
     while not denoiser.done:

@@ -5,7 +5,8 @@ Each iteration (:meth:`DiffusionEngine.step`) is, in order:
 1. retire: end the requests the client cancelled and those whose time budget ran out, queued or running;
 2. admit: move queued requests into the running set while it has room for their images (FIFO);
 3. start: encode the prompts of the admitted requests in one call per text encoder, the input images of the
-   image-to-image ones in one VAE-encoder call per image size, draw their latents;
+   image-to-image ones (and an inpainting UNet's masked images) in one VAE-encoder call per image size, draw their
+   latents;
 4. denoise: one UNet call per UNet and latent size for every running image (per-image timesteps; guided images
    send two rows, unguided one), then each image's own scheduler step with its own generator; an SDXL
    image moves from the base UNet to the refiner's mid-way, and never shares a call with the other UNet;
@@ -49,7 +50,14 @@ from sdtriton.serving.caches import (
     text_row_key,
 )
 from sdtriton.serving.conditioning import ImageRequest, lora_scales_for, stages_for, text_ids_for
-from sdtriton.serving.denoise import ImageDenoiser, LatentDistribution, preprocess_image, to_uint8_image
+from sdtriton.serving.denoise import (
+    INPUT_PICTURE,
+    MASKED_PICTURE,
+    ImageDenoiser,
+    LatentDistribution,
+    pictures_to_encode,
+    to_uint8_image,
+)
 from sdtriton.serving.errors import DeadlineExceededError, RequestCancelledError, ServerBusyError
 from sdtriton.serving.metrics import EngineObserver, GuardedObserver, NoObserver
 from sdtriton.serving.preview import latents_to_preview
@@ -226,11 +234,12 @@ def _chunks(pairs: Sequence[tuple[_Active, ImageDenoiser]], max_rows: int) -> It
         yield chunk
 
 
-# (request, image, tile row, tile column, tile) by the tile's shape: the pieces that may share a VAE call.
-_PiecesByShape = dict[tuple[int, ...], list[tuple[_Active, int, tuple[int, int, torch.Tensor]]]]
+# (request, image or (image, picture), tile row, tile column, tile) by the tile's shape: the pieces that may share a
+# VAE call.
+_PiecesByShape = dict[tuple[int, ...], list[tuple[_Active, Hashable, tuple[int, int, torch.Tensor]]]]
 
 
-def _group_by_shape(by_shape: _PiecesByShape, active: _Active, index: int, tiles: TileGrid) -> None:
+def _group_by_shape(by_shape: _PiecesByShape, active: _Active, index: Hashable, tiles: TileGrid) -> None:
     for i, row in enumerate(tiles):
         for j, tile in enumerate(row):
             by_shape.setdefault(tuple(tile.shape[1:]), []).append((active, index, (i, j, tile)))
@@ -483,7 +492,7 @@ class DiffusionEngine:
         }
         for spec in text_encoders_of(self.config):
             self._encode(spec.model_name, images, encoded)
-        input_latents = self._encode_input_images(images)
+        pictures = self._encode_pictures(images)
         for active in admitted:
             if active.state is not RequestState.RUNNING:
                 continue
@@ -494,7 +503,9 @@ class DiffusionEngine:
                         config=self.config,
                         stages=stages_for(image, self.config, encoded[(id(active), index)]),
                         device=self.networks.device,
-                        input_latents=input_latents.get((id(active), index)),
+                        input_latents=pictures.get((id(active), (index, INPUT_PICTURE))),
+                        mask=image.mask_image,
+                        masked_latents=pictures.get((id(active), (index, MASKED_PICTURE))),
                     )
                     for index, image in enumerate(active.request.images)
                 ]
@@ -502,26 +513,26 @@ class DiffusionEngine:
                 logger.exception("preparing latents failed")
                 self._end(active, RequestState.FAILED, error)
 
-    def _encode_input_images(
+    def _encode_pictures(
         self, images: list[tuple[_Active, int, ImageRequest]]
-    ) -> dict[tuple[int, int], LatentDistribution]:
-        """The latent distribution of every image-to-image image admitted, by (id(active), index): each input image
-        whole, or in the tiles diffusers' ``_tiled_encode`` cuts; one VAE-encoder call per piece shape (of any image,
-        any request) and ``max_vae_rows`` pieces."""
-        device = self.networks.device
-        tilings: dict[tuple[int, int], VaeTiling | None] = {}
-        grids: dict[tuple[int, int], list[list[LatentDistribution]]] = {}
+    ) -> dict[tuple[int, tuple[int, str]], LatentDistribution]:
+        """The latent distribution of every picture the admitted images send through the VAE encoder (an
+        image-to-image image's input image, an inpainting UNet's masked image: ``pictures_to_encode``), by
+        (id(active), (index, picture)): each picture whole, or in the tiles diffusers' ``_tiled_encode`` cuts; one
+        VAE-encoder call per piece shape (of any picture, image, request) and ``max_vae_rows`` pieces."""
+        tilings: dict[tuple[int, tuple[int, str]], VaeTiling | None] = {}
+        grids: dict[tuple[int, tuple[int, str]], list[list[LatentDistribution]]] = {}
         by_shape: _PiecesByShape = {}
         for active, index, image in images:
-            if image.input_image is None or active.state is not RequestState.RUNNING:
+            if active.state is not RequestState.RUNNING:
                 continue
-            pixels = preprocess_image(image.input_image, device)
-            tiling = tiling_of(image.params, self.config, pixels, encode=True)
-            tiles = cut_tiles(pixels, tiling, encode=True)
-            tilings[(id(active), index)] = tiling
-            # Each tile's place, its (mean, std) once encoded.
-            grids[(id(active), index)] = [[(tile, tile) for tile in row] for row in tiles]
-            _group_by_shape(by_shape, active, index, tiles)
+            for name, pixels in pictures_to_encode(image, self.config, self.networks.device).items():
+                tiling = tiling_of(image.params, self.config, pixels, encode=True)
+                tiles = cut_tiles(pixels, tiling, encode=True)
+                tilings[(id(active), (index, name))] = tiling
+                # Each tile's place, its (mean, std) once encoded.
+                grids[(id(active), (index, name))] = [[(tile, tile) for tile in row] for row in tiles]
+                _group_by_shape(by_shape, active, (index, name), tiles)
 
         def encode(pieces: list[tuple[int, int, torch.Tensor]]) -> LatentDistribution:
             return self.networks.encode_image(torch.cat([tile for _, _, tile in pieces]))
@@ -793,6 +804,11 @@ def warm_up_engine_code(
         }
         if scheduler is not None:
             raw[interface.SCHEDULER.name] = np.array([scheduler.encode()], dtype=np.object_)
+        if config.inpainting_unet:
+            # An inpainting model takes inpainting requests only: a blank picture, repainted whole.
+            size = (1, config.default_height, config.default_width)
+            raw[interface.INPUT_IMAGE.name] = np.zeros((*size, 3), dtype=np.uint8)
+            raw[interface.MASK_IMAGE.name] = np.full((*size, 1), 255, dtype=np.uint8)
         (image,) = parse_request(raw, config=config, tokenizers=tokenizers).images
         rows = 2 if image.params.uses_classifier_free_guidance else 1
         encoded = {
@@ -802,11 +818,21 @@ def warm_up_engine_code(
             }
             for spec in text_encoders_of(config)
         }
+        zeros = torch.zeros(config.latent_shape(height=image.params.height, width=image.params.width), device=device)
+        pictures = {name: (zeros, zeros) for name in pictures_to_encode(image, config, device)}
         denoiser = ImageDenoiser(
-            params=image.params, config=config, stages=stages_for(image, config, encoded), device=device
+            params=image.params,
+            config=config,
+            stages=stages_for(image, config, encoded),
+            device=device,
+            input_latents=pictures.get(INPUT_PICTURE),
+            mask=image.mask_image,
+            masked_latents=pictures.get(MASKED_PICTURE),
         )
         while not denoiser.done:
-            denoiser.step(torch.zeros_like(denoiser.model_input()[denoiser.latent_input]))
+            sample = denoiser.model_input()[denoiser.latent_input]
+            # The UNet answers for the latents alone (an inpainting UNet's sample has the mask's channels too).
+            denoiser.step(torch.zeros_like(sample[:, : config.latent_channels] if config.inpainting_unet else sample))
         height, width = image.params.height, image.params.width
         to_uint8_image(torch.zeros((1, 3, height, width), device=device) + denoiser.scaled_latents().mean())
     if config.vae_tiling is not None:

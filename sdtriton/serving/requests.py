@@ -51,17 +51,20 @@ def _preview_every(values: np.ndarray | None, config: PipelineConfig) -> int:
     return every
 
 
-def _input_images(values: np.ndarray | None, count: int) -> list[np.ndarray | None]:
-    """Each item's input image ([H, W, 3] uint8), or None per item when the request sent none."""
-    field = interface.INPUT_IMAGE.name
+def _pixel_items(
+    values: np.ndarray | None, count: int, tensor: interface.PublicTensor, what: str
+) -> list[np.ndarray | None]:
+    """Each item's pixels of ``tensor`` ([H, W, channels] uint8), or None per item when the request sent none."""
+    field = tensor.name
     if values is None:
         return [None] * count
     values = np.asarray(values)
     if values.dtype != np.uint8:
-        raise InvalidInputError(field, f"must be UINT8 pixels, got {values.dtype}: {interface.INPUT_IMAGE.allowed}")
-    if values.ndim != 4 or values.shape[-1] != interface.INPUT_IMAGE.dims[-1] or 0 in values.shape:
+        raise InvalidInputError(field, f"must be UINT8 pixels, got {values.dtype}: {tensor.allowed}")
+    channels = tensor.dims[-1]
+    if values.ndim != 4 or values.shape[-1] != channels or 0 in values.shape:
         raise InvalidInputError(
-            field, f"must be [height, width, 3] RGB pixels per prompt, got shape {list(values.shape[1:])}"
+            field, f"must be [height, width, {channels}] {what} per prompt, got shape {list(values.shape[1:])}"
         )
     if len(values) != count:
         raise InvalidInputError(field, f"must have one image per prompt ({count}), got {len(values)}")
@@ -78,7 +81,7 @@ def parse_request(
 
     Args:
         raw: input name -> [N] values (None: omitted); names of :data:`interface.STREAM_INPUTS` (the input image:
-            [N, H, W, 3]).
+            [N, H, W, 3], the mask: [N, H, W, 1]).
         config: the exported model's geometry and defaults.
         tokenizers: text encoder model name -> its tokenizer (:func:`sdtriton.serving.text.load_tokenizers`).
     """
@@ -101,15 +104,17 @@ def parse_request(
         values = raw.get(tensor.name)
         if values is not None and len(values) != count:
             raise InvalidInputError(tensor.name, f"must have one value per prompt ({count}), got {len(values)}")
-    input_images = _input_images(raw.get(interface.INPUT_IMAGE.name), count)
+    input_images = _pixel_items(raw.get(interface.INPUT_IMAGE.name), count, interface.INPUT_IMAGE, "RGB pixels")
+    masks = _pixel_items(raw.get(interface.MASK_IMAGE.name), count, interface.MASK_IMAGE, "gray pixels")
     params = []
-    for index, input_image in enumerate(input_images):
+    for index, (input_image, mask) in enumerate(zip(input_images, masks, strict=True)):
         item = {tensor.name: None if raw.get(tensor.name) is None else raw[tensor.name][index] for tensor in per_item}
         params.append(
             parse_generation_params(
                 config=config,
                 negative_given=negative_items is not None,
                 image_size=None if input_image is None else input_image.shape[:2],
+                mask_size=None if mask is None else mask.shape[:2],
                 **item,
             )
         )
@@ -124,6 +129,7 @@ def parse_request(
             negative_ids={encoder: ids[index] for encoder, ids in negative_ids.items()},
             negative_given=negative_items is not None,
             input_image=input_images[index],
+            mask_image=masks[index],
         )
         for index, item in enumerate(params)
     )

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from sdtriton import interface
-from sdtriton.pipeline_config import FLUX_FAMILY, SD3_FAMILY, SD_FAMILY, SDXL_FAMILY, PipelineConfig
+from sdtriton.pipeline_config import (
+    FLUX_FAMILY,
+    INPAINTING_FAMILIES,
+    SD3_FAMILY,
+    SD_FAMILY,
+    SDXL_FAMILY,
+    PipelineConfig,
+)
 from sdtriton.schedulers import (
     image_to_image_noise_method,
     image_to_image_skipped_steps,
@@ -54,6 +61,8 @@ class GenerationParams:
     vae_tiled: bool = False
     # Image-to-image: the share of the denoising redone from the input image (None: text-to-image).
     strength: float | None = None
+    # Inpainting: the image-to-image request sent a mask (StableDiffusionInpaintPipeline and its SDXL twin).
+    inpaint: bool = False
     # The LoRA adapter of this image (None: none) and its weight (the default where there is none, so that requests
     # without an adapter are equal whatever scale they sent).
     lora: str | None = None
@@ -254,12 +263,13 @@ def _enough_steps_for_scheduler(params: GenerationParams, config: PipelineConfig
         )
 
 
-def _strength(value: float | None, config: PipelineConfig, *, num_inference_steps: int) -> float:
+def _strength(value: float | None, config: PipelineConfig, *, num_inference_steps: int, inpaint: bool) -> float:
     """The strength as the client wrote it (a float32 on the wire is read back as its shortest decimal, so 0.7 is
-    diffusers' 0.7, not 0.69999999), checked as the pipelines check it, and large enough that a step runs."""
+    diffusers' 0.7, not 0.69999999), checked as the pipelines check it, and large enough that a step runs. Omitted:
+    the pipeline's default (the inpainting pipelines' with a mask)."""
     field = interface.STRENGTH.name
     if value is None:
-        return interface.DEFAULT_STRENGTH
+        return config.default_inpaint_strength if inpaint else interface.DEFAULT_STRENGTH
     strength = float(str(np.float32(value)))
     if not (math.isfinite(strength) and 0.0 < strength <= 1.0):
         raise InvalidInputError(field, f"must be a number above 0 and at most 1, got {_echo(strength)}")
@@ -275,7 +285,8 @@ def _strength(value: float | None, config: PipelineConfig, *, num_inference_step
 
 def _image_to_image_options(params: GenerationParams, config: PipelineConfig) -> None:
     """What an image-to-image request may not combine with, as its pipeline: a scheduler without the noising method
-    the pipeline calls (SD 3's multistep solvers), SD 3.5's skip-layer guidance (not in its img2img pipeline)."""
+    the pipeline calls (SD 3's multistep solvers), SD 3.5's skip-layer guidance (not in its img2img pipeline), the
+    SDXL refiner with a mask."""
     if not image_to_image_noise_method(config.scheduler_config, params.scheduler):
         able = [name for name in config.scheduler_names if image_to_image_noise_method(config.scheduler_config, name)]
         raise InvalidInputError(
@@ -288,6 +299,12 @@ def _image_to_image_options(params: GenerationParams, config: PipelineConfig) ->
             interface.SKIP_LAYER_GUIDANCE_SCALE.name,
             f"must be 0 with an {interface.INPUT_IMAGE.name} "
             "(StableDiffusion3Img2ImgPipeline has no skip-layer guidance)",
+        )
+    if params.inpaint and params.refiner_fraction > 0:
+        # diffusers' inpainting refiner recipe blends with the base's latents, not the input image's: not served.
+        raise InvalidInputError(
+            interface.REFINER_FRACTION.name,
+            f"must be 0 (off) with a {interface.MASK_IMAGE.name}, got {params.refiner_fraction:g}",
         )
 
 
@@ -321,6 +338,36 @@ def _image_size(
     return image_width, image_height
 
 
+def _mask_size(mask_size: tuple[int, int] | None, image_size: tuple[int, int] | None, config: PipelineConfig) -> bool:
+    """Whether the request inpaints: a mask of its input image's size, on a family that inpaints; an inpainting
+    model (a 9-channel UNet) takes nothing else, as only diffusers' inpainting pipelines can run it."""
+    field = interface.MASK_IMAGE.name
+    if mask_size is None:
+        if config.inpainting_unet:
+            raise InvalidInputError(
+                field,
+                f"is required by this inpainting model (a {config.unet_in_channels}-channel UNet: latents, mask, "
+                f"masked-image latents, as StableDiffusionInpaintPipeline): send an {interface.INPUT_IMAGE.name} "
+                f"and a {field}",
+            )
+        return False
+    if image_size is None:
+        raise InvalidInputError(
+            field, f"is taken with an {interface.INPUT_IMAGE.name} only: {interface.MASK_IMAGE.allowed}"
+        )
+    if config.family not in INPAINTING_FAMILIES:
+        raise InvalidInputError(
+            field, f"is not taken by this {config.family} model (inpainting: {', '.join(INPAINTING_FAMILIES)})"
+        )
+    if tuple(mask_size) != tuple(image_size):
+        raise InvalidInputError(
+            field,
+            f"must have the {interface.INPUT_IMAGE.name}'s height and width ({image_size[0]} x {image_size[1]}), "
+            f"got {mask_size[0]} x {mask_size[1]}",
+        )
+    return True
+
+
 def random_seed() -> int:
     return secrets.randbelow(interface.MAX_SEED + 1)
 
@@ -345,12 +392,15 @@ def parse_generation_params(
     lora_scale: float | None = None,
     negative_given: bool = True,
     image_size: tuple[int, int] | None = None,
+    mask_size: tuple[int, int] | None = None,
     draw_seed: Callable[[], int] = random_seed,
 ) -> GenerationParams:
     """Validates one item's parameters; an omitted one takes the model's default. ``negative_given``: whether the
     request sent a negative prompt (FLUX's true CFG needs one); ``image_size``: (height, width) of its input image
-    (image-to-image; None: text-to-image), which is then the size drawn."""
+    (image-to-image; None: text-to-image), which is then the size drawn; ``mask_size``: (height, width) of its mask
+    (inpainting; None: none)."""
     steps = config.default_num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+    inpaint = _mask_size(mask_size, image_size, config)
     if image_size is None:
         if strength is not None:
             raise InvalidInputError(
@@ -406,7 +456,10 @@ def parse_generation_params(
         skip_layer_guidance_stop=_share(
             interface.SKIP_LAYER_GUIDANCE_STOP, skip_layer_guidance_stop, interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
         ),
-        strength=None if image_size is None else _strength(strength, config, num_inference_steps=steps),
+        strength=None
+        if image_size is None
+        else _strength(strength, config, num_inference_steps=steps, inpaint=inpaint),
+        inpaint=inpaint,
         lora=adapter,
         lora_scale=_lora_scale(lora_scale, adapter),
     )

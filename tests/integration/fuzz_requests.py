@@ -372,6 +372,8 @@ def malformed_cases(draw: st.DrawFn, limits: EntryLimits) -> Case:
     ]
     if interface.PREVIEW_EVERY.name in inputs:
         structural.append("preview_every differs")
+    if interface.MASK_IMAGE.name in inputs:
+        structural.append("mask without an image")
     defect = draw(st.sampled_from(structural + sorted(value_defects)))
     # A single item cannot differ from itself: a value out of range instead.
     if defect == "sizes differ" and (batch < 2 or limits.config.fixed_size):
@@ -404,6 +406,12 @@ def malformed_cases(draw: st.DrawFn, limits: EntryLimits) -> Case:
         case = replace(case, tensors=good_tensors(rest, inputs), fields=(interface.PROMPT.name,))
     elif defect == "no inputs":
         case = replace(case, tensors=(), fields=(NO_INPUTS,))
+    elif defect == "mask without an image":
+        # Inpainting's own refusals (size, kind of model): test_inpaint.py.
+        side = draw(st.sampled_from(limits.sides[0]))
+        pixels = np.full((batch, side, side, 1), draw(st.integers(0, 255)), dtype=np.uint8)
+        mask = Tensor(interface.MASK_IMAGE.name, "UINT8", pixels)
+        case = replace(case, tensors=(*case.tensors, mask), fields=(interface.MASK_IMAGE.name,))
     else:
         case = draw(_structural_defect(case, limits, defect, batch, values))
     return draw(_transport(case))

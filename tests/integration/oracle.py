@@ -1,10 +1,11 @@
-"""The diffusers oracle: what StableDiffusionPipeline (and its img2img and other families' pipelines) draws for a seed
-and parameters."""
+"""The diffusers oracle: what StableDiffusionPipeline (and its img2img, inpainting and other families' pipelines) draws
+for a seed and parameters. Each helper runs its pipeline through one setup: the request's scheduler swapped in
+(:func:`_schedulers_swapped`, :func:`_request_scheduler`) and the seed's generator (:func:`_generator`)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -49,25 +50,51 @@ def diffusers_image(
 
 
 def _pipeline_image(
-    pipeline, prompt: str, *, seed: int, scheduler: str | None, model_scheduler_settings: bool = True, **call
+    pipeline,
+    prompt: str,
+    *,
+    seed: int,
+    scheduler: str | None,
+    model_scheduler_settings: bool = True,
+    settings_of=None,
+    **call,
 ) -> np.ndarray:
-    """The first image of ``pipeline(prompt, **call)`` with the seed's generator and ``scheduler`` swapped in."""
-    with _scheduler_swapped(pipeline, scheduler, model_scheduler_settings=model_scheduler_settings):
-        image = pipeline(prompt, generator=torch.Generator("cpu").manual_seed(seed), **call).images[0]
+    """The first image of ``pipeline(prompt, **call)`` with the seed's generator and ``scheduler`` swapped in (the
+    model's settings for it read from ``settings_of``, default ``pipeline``, where ``model_scheduler_settings``)."""
+    build = _request_scheduler(scheduler, settings_of or pipeline, model_scheduler_settings=model_scheduler_settings)
+    with _schedulers_swapped([pipeline], build):
+        image = pipeline(prompt, generator=_generator(seed), **call).images[0]
     return np.asarray(image)
 
 
+def _generator(seed: int) -> torch.Generator:
+    """The generator a request's seed means: diffusers' CPU generator seeded with it."""
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def _request_scheduler(
+    scheduler: str | None, settings_of, *, model_scheduler_settings: bool = True
+) -> Callable[[object], object] | None:
+    """How a pipeline gets the scheduler a request's key names: built from the pipeline's own config with the model's
+    settings for it (``settings_of``'s ``sdtriton_scheduler_overrides.json``); None keeps the pipeline's own."""
+    if scheduler is None:
+        return None
+    overrides = load_scheduler_overrides(settings_of.name_or_path) if model_scheduler_settings else {}
+    return lambda pipeline: build_scheduler(pipeline.scheduler.config, scheduler, overrides)
+
+
 @contextlib.contextmanager
-def _scheduler_swapped(pipeline, scheduler: str | None, *, model_scheduler_settings: bool = True) -> Iterator[None]:
-    """``pipeline`` with the scheduler a request's key names, built from its own (and the model's settings for it)."""
-    original = pipeline.scheduler
-    if scheduler is not None:
-        overrides = load_scheduler_overrides(pipeline.name_or_path) if model_scheduler_settings else {}
-        pipeline.scheduler = build_scheduler(original.config, scheduler, overrides)
+def _schedulers_swapped(pipelines: Sequence[object], build: Callable[[object], object] | None) -> Iterator[None]:
+    """``pipelines`` with the scheduler ``build`` makes for each swapped in (None: their own), restored after."""
+    originals = [pipeline.scheduler for pipeline in pipelines]
+    if build is not None:
+        for pipeline in pipelines:
+            pipeline.scheduler = build(pipeline)
     try:
         yield
     finally:
-        pipeline.scheduler = original
+        for pipeline, original in zip(pipelines, originals, strict=True):
+            pipeline.scheduler = original
 
 
 def img2img_diffusers_image(
@@ -95,6 +122,54 @@ def img2img_diffusers_image(
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
     )
+
+
+def inpaint_diffusers_image(
+    pipeline,
+    prompt: str,
+    *,
+    image: Image.Image,
+    mask: Image.Image,
+    seed: int,
+    num_inference_steps: int,
+    strength: float | None = None,
+    scheduler: str | None = None,
+    **call,
+) -> np.ndarray:
+    """[H, W, 3] uint8 image of diffusers' inpainting pipeline on ``pipeline``'s modules (``AutoPipelineForInpainting``:
+    ``StableDiffusionInpaintPipeline`` or ``StableDiffusionXLInpaintPipeline``, whichever UNet it has) from ``image``
+    and ``mask`` at the image's size (the pipelines resize to their default size otherwise), ``strength`` None: the
+    pipeline's default, with ``scheduler`` swapped in as :func:`diffusers_image` does."""
+    from diffusers import AutoPipelineForInpainting
+
+    inpainting = AutoPipelineForInpainting.from_pipe(pipeline)
+    inpainting.set_progress_bar_config(disable=True)
+    given = {} if strength is None else {"strength": strength}
+    return _pipeline_image(
+        inpainting,
+        prompt,
+        seed=seed,
+        scheduler=scheduler,
+        settings_of=pipeline,
+        image=image,
+        mask_image=mask,
+        width=image.width,
+        height=image.height,
+        num_inference_steps=num_inference_steps,
+        **given,
+        **call,
+    )
+
+
+def inpaint_mask(width: int, height: int, variant: int = 0) -> Image.Image:
+    """A gray mask: a block to repaint (its edge at 128, which repaints, beside 127, which keeps, as diffusers
+    binarizes), the rest kept; ``variant`` moves the block."""
+    rows, columns = np.mgrid[0:height, 0:width]
+    left = width // 3 + 8 * variant
+    pixels = np.where((columns >= left) & (rows >= height // 4), 255, 0)
+    pixels[:, left - 1] = 127
+    pixels[:, left] = 128
+    return Image.fromarray(pixels.astype(np.uint8), mode="L")
 
 
 def start_picture(width: int, height: int, variant: int = 0) -> Image.Image:
@@ -134,12 +209,7 @@ def sdxl_diffusers_image(
     With ``image``, the base is ``StableDiffusionXLImg2ImgPipeline`` on the base's modules (image-to-image from it
     at ``strength``), the rest the same."""
     pipelines = [base] if refiner is None else [base, refiner]
-    originals = [pipeline.scheduler for pipeline in pipelines]
-    if scheduler is not None:
-        overrides = load_scheduler_overrides(base.name_or_path)
-        for pipeline in pipelines:
-            pipeline.scheduler = build_scheduler(pipeline.scheduler.config, scheduler, overrides)
-    generator = torch.Generator("cpu").manual_seed(seed)
+    generator = _generator(seed)
     common = {
         "negative_prompt": negative_prompt,
         "num_inference_steps": num_inference_steps,
@@ -151,16 +221,13 @@ def sdxl_diffusers_image(
         from diffusers import StableDiffusionXLImg2ImgPipeline
 
         first, start = StableDiffusionXLImg2ImgPipeline.from_pipe(base), {"image": image, "strength": strength}
-    try:
+    with _schedulers_swapped(pipelines, _request_scheduler(scheduler, base)):
         if not refiner_fraction:
             result = first(prompt, **start, **common).images[0]
         else:
             split = 1.0 - float(np.float32(refiner_fraction))
             latents = first(prompt, **start, denoising_end=split, output_type="latent", **common).images
             result = refiner(prompt, image=latents, denoising_start=split, **common).images[0]
-    finally:
-        for pipeline, original in zip(pipelines, originals, strict=True):
-            pipeline.scheduler = original
     return np.asarray(result)
 
 
@@ -190,11 +257,7 @@ def flow_diffusers_image(pipeline, prompt: str, *, seed: int, scheduler: str | N
     """[H, W, 3] uint8 image of ``StableDiffusion3Pipeline`` or ``FluxPipeline`` with the scheduler a request's key
     names swapped in (:func:`sd3_diffusers_scheduler`); ``call``'s arguments go to the pipeline's ``__call__``, whose
     own defaults apply where one is None (guidance, size, negative prompt)."""
-    original = pipeline.scheduler
-    pipeline.scheduler = sd3_diffusers_scheduler(pipeline, scheduler)
     given = {name: value for name, value in call.items() if value is not None}
-    try:
-        image = pipeline(prompt, generator=torch.Generator("cpu").manual_seed(seed), **given).images[0]
-    finally:
-        pipeline.scheduler = original
+    with _schedulers_swapped([pipeline], lambda pipe: sd3_diffusers_scheduler(pipe, scheduler)):
+        image = pipeline(prompt, generator=_generator(seed), **given).images[0]
     return np.asarray(image)

@@ -19,7 +19,13 @@ import pytest
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
 from sdtriton.interface import FLOW_SCHEDULER_NAMES
 from sdtriton.pipeline_config import PipelineConfig
-from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flow_diffusers_image, max_pixel_difference, start_picture
+from tests.integration.oracle import (
+    MAX_PIXEL_DIFFERENCE,
+    flow_diffusers_image,
+    inpaint_mask,
+    max_pixel_difference,
+    start_picture,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -237,3 +243,35 @@ def test_image_to_image_matches_flux_img2img_pipeline(
 def test_flux_image_to_image_refuses_the_schedulers_its_pipeline_cannot_run(flux_server) -> None:
     with pytest.raises(InvalidRequestError, match="scheduler: must be one of flow_euler with an input_image"):
         _generate(flux_server.address.grpc_url, "flux-dev", image=start_picture(64, 64), scheduler="unipc")
+
+
+@pytest.mark.parametrize(
+    ("family", "strength", "extra"),
+    [
+        ("flux-dev", None, {"guidance_scale": 3.5}),
+        ("flux-dev", 1.0, {"guidance_scale": 3.5, "true_cfg_scale": 2.0, "negative_prompt": "blurry"}),
+        ("flux-schnell", 0.5, {}),
+    ],
+)
+def test_inpainting_matches_flux_inpaint_pipeline(flux_server, oracles, family: str, strength, extra: dict) -> None:
+    """FluxInpaintPipeline on the same modules: packed latents blended with the re-noised image's outside the packed
+    mask after each step; its default strength 0.6, 1.0 and 0.5, true CFG (its default guidance is 7.0: sent)."""
+    from diffusers import FluxInpaintPipeline
+
+    picture, mask = start_picture(96, 64), inpaint_mask(96, 64)
+    kwargs = {"seed": 8, "num_inference_steps": STEPS, "scheduler": "flow_euler", "strength": strength, **extra}
+    image = _generate(flux_server.address.grpc_url, family, image=picture, mask=mask, **kwargs)
+    pipeline, max_sequence_length = oracles[family]
+    inpainting = FluxInpaintPipeline.from_pipe(pipeline)
+    inpainting.set_progress_bar_config(disable=True)
+    expected = flow_diffusers_image(
+        inpainting,
+        PROMPT,
+        image=picture,
+        mask_image=mask,
+        width=96,
+        height=64,
+        max_sequence_length=max_sequence_length,
+        **kwargs,
+    )
+    assert max_pixel_difference(image, expected) <= MAX_PIXEL_DIFFERENCE

@@ -21,7 +21,13 @@ from PIL import Image
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
 from sdtriton.interface import FLOW_SCHEDULER_NAMES, SCHEDULER_NAMES
 from tests.conftest import SD35_SKIP_GUIDANCE_LAYERS
-from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, flow_diffusers_image, max_pixel_difference, start_picture
+from tests.integration.oracle import (
+    MAX_PIXEL_DIFFERENCE,
+    flow_diffusers_image,
+    inpaint_mask,
+    max_pixel_difference,
+    start_picture,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -315,3 +321,19 @@ def test_image_to_image_with_dynamic_shifting_matches_diffusers(sd3_server, img2
 def test_what_the_sd3_img2img_pipeline_cannot_do_is_refused_by_name(client, kwargs, message: str) -> None:
     with pytest.raises(InvalidRequestError, match=message):
         client.generate(PROMPT, image=start_picture(64, 64), num_inference_steps=STEPS, **kwargs)
+
+
+@pytest.mark.parametrize(("scheduler", "strength"), [(None, None), ("flow_euler", 1.0), ("flow_heun", 0.5)])
+def test_inpainting_matches_diffusers_sd35_inpaint(client, oracles, scheduler: str | None, strength) -> None:
+    """StableDiffusion3InpaintPipeline on the same modules (a 16-channel transformer: the latents outside the mask
+    replaced by the re-noised image's after each step), its schedulers with scale_noise, strengths 1.0, 0.5 and its
+    default 0.6; it decodes without the VAE's shift (as diffusers draws it, so does the server)."""
+    from diffusers import StableDiffusion3InpaintPipeline
+
+    inpainting = StableDiffusion3InpaintPipeline.from_pipe(oracles["sd35"])
+    inpainting.set_progress_bar_config(disable=True)
+    picture, mask = start_picture(96, 64), inpaint_mask(96, 64)
+    kwargs = {"seed": 3, "num_inference_steps": STEPS, "scheduler": scheduler, "strength": strength}
+    result = client.generate(PROMPT, image=picture, mask=mask, **kwargs)
+    expected = flow_diffusers_image(inpainting, PROMPT, image=picture, mask_image=mask, width=96, height=64, **kwargs)
+    assert max_pixel_difference(np.asarray(result.image), expected) <= MAX_PIXEL_DIFFERENCE

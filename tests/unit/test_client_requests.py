@@ -29,6 +29,7 @@ ARGUMENTS: dict[str, Any] = {
     "skip_layer_guidance_stop": 0.2,
     "vae_tiling": True,
     "input_image": Image.new("RGB", (64, 96), (10, 20, 30)),
+    "mask_image": Image.new("L", (64, 96), 255),
     "strength": 0.6,
     "lora": "style",
     "lora_scale": 0.5,
@@ -52,8 +53,9 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 def _generate_both(arguments: dict[str, Any], *, retry: RetryPolicy | None = None) -> None:
-    # generate() takes the input image as ``image``.
-    arguments = {"image" if name == interface.INPUT_IMAGE.name else name: value for name, value in arguments.items()}
+    # generate() takes the input image as ``image``, the mask as ``mask``.
+    renamed = {interface.INPUT_IMAGE.name: "image", interface.MASK_IMAGE.name: "mask"}
+    arguments = {renamed.get(name, name): value for name, value in arguments.items()}
     with StableDiffusionClient(URL, retry=retry) as client, pytest.raises(_SentError):
         client.generate("a red star", **arguments)
 

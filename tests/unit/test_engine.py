@@ -104,6 +104,8 @@ class FakeNetworks:
             raise RuntimeError("unet down")
         inputs = {name: value.numpy() for name, value in inputs.items()}
         sample, timestep = inputs["sample"], inputs["timestep"]
+        # An inpainting UNet's sample carries the mask and the masked image's latents after the latents.
+        sample, extra = sample[:, : CONFIG.latent_channels], sample[:, CONFIG.latent_channels :]
         self.unet_batches.append(len(sample))
         self.unet_calls.append((unet, len(sample)))
         text = inputs["encoder_hidden_states"].mean(axis=(1, 2))
@@ -113,6 +115,8 @@ class FakeNetworks:
         if unet == "refiner_unet":
             text = -text
         noise = 0.3 * sample + 0.001 * timestep[:, None, None, None] + text[:, None, None, None]
+        if extra.shape[1]:
+            noise = noise + 0.1 * extra.mean(axis=1, keepdims=True)
         return torch.from_numpy(noise.astype(np.float32))
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -273,6 +277,38 @@ def test_image_to_image_requests_share_steps_with_text_ones_and_give_their_image
     assert len(_steps(images[1], config)) == 2 * 4 - 1
     other_pixels = dataclasses.replace(images[3], input_image=255 - images[3].input_image)
     assert not np.array_equal(_alone(images[3], config), _alone(other_pixels, config))
+
+
+INPAINTING_CONFIG = dataclasses.replace(CONFIG, unet_in_channels=2 * CONFIG.latent_channels + 1)
+
+
+def _inpainting(image: ImageRequest, *, shift: int = 0) -> ImageRequest:
+    """``image`` (an image-to-image one) with a mask: its lower right part repainted, the block moved by ``shift``."""
+    side = image.params.height
+    mask = np.zeros((side, side, 1), dtype=np.uint8)
+    mask[side // 4 + shift :, side // 3 :] = 255
+    return dataclasses.replace(image, params=dataclasses.replace(image.params, inpaint=True), mask_image=mask)
+
+
+@pytest.mark.parametrize("config", [CONFIG, INPAINTING_CONFIG], ids=["plain_unet", "inpainting_unet"])
+def test_inpainting_requests_share_steps_and_give_their_images_alone(config) -> None:
+    networks = FakeNetworks()
+    engine = DiffusionEngine(config=config, networks=networks, limits=EngineLimits(max_running_images=16))
+    images = [
+        _inpainting(_image(seed=1, steps=8, scheduler="euler_a", strength=1.0)),
+        _inpainting(_image(seed=2, steps=8, scheduler="heun", strength=0.5)),
+        _inpainting(_image(seed=3, steps=8, scheduler="ddim", strength=0.8, guidance=1.0)),
+    ]
+    if not config.inpainting_unet:  # an inpainting UNet takes inpainting images only
+        images += [_image(seed=4, steps=8, scheduler="lms"), _image(seed=5, steps=8, scheduler="unipc", strength=0.6)]
+    sinks = _serve_each(engine, images)
+    for image, sink in zip(images, sinks, strict=True):
+        assert sink.error is None
+        assert np.array_equal(sink.result.images[0], _alone(image, config))
+    # Every image's rows in the first UNet call: inpainting, image-to-image and text images of one UNet and size.
+    assert networks.unet_batches[0] == sum(2 if image.params.guidance_scale > 1 else 1 for image in images)
+    # The mask changes the image.
+    assert not np.array_equal(_alone(images[1], config), _alone(_inpainting(images[1], shift=4), config))
 
 
 def _steps(image: ImageRequest, config: PipelineConfig = CONFIG) -> list:

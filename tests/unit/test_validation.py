@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sdtriton import interface
-from sdtriton.pipeline_config import FluxConfig, LoraAdapter, PipelineConfig
+from sdtriton.pipeline_config import FluxConfig, LoraAdapter, PipelineConfig, SdxlConfig
 from sdtriton.serving.errors import InvalidInputError
 from sdtriton.serving.requests import parse_request
 from sdtriton.serving.validation import decode_prompt, parse_generation_params
@@ -196,6 +196,56 @@ def test_bad_input_image_tensors_are_refused_by_name(pixels: np.ndarray, message
     raw = {"prompt": np.array([b"a star"], dtype=np.object_), "input_image": pixels}
     with pytest.raises(InvalidInputError, match=re.escape(message)):
         parse_request(raw, config=CONFIG, tokenizers={})  # refused before any prompt is tokenized
+
+
+@pytest.mark.parametrize(
+    ("pixels", "message"),
+    [
+        (np.zeros((1, 64, 64, 1), dtype=np.float32), "mask_image: must be UINT8 pixels, got float32"),
+        (np.zeros((1, 64, 64, 3), dtype=np.uint8), "mask_image: must be [height, width, 1] gray pixels per prompt"),
+        (np.zeros((2, 64, 64, 1), dtype=np.uint8), "mask_image: must have one image per prompt (1), got 2"),
+    ],
+)
+def test_bad_mask_tensors_are_refused_by_name(pixels: np.ndarray, message: str) -> None:
+    raw = {"prompt": np.array([b"a star"], dtype=np.object_), "mask_image": pixels}
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        parse_request(raw, config=CONFIG, tokenizers={})
+
+
+def test_a_mask_makes_an_inpainting_request_with_the_inpainting_pipelines_default_strength() -> None:
+    params = parse_generation_params(config=CONFIG, seed=1, image_size=(64, 128), mask_size=(64, 128))
+    assert params.inpaint and params.strength == 1.0  # StableDiffusionInpaintPipeline's default
+    sdxl = dataclasses.replace(CONFIG, sdxl=SdxlConfig(text_hidden_sizes=(768, 1280), pooled_size=1280))
+    assert parse_generation_params(config=sdxl, seed=1, image_size=(64, 64), mask_size=(64, 64)).strength == 0.9999
+    sent = parse_generation_params(config=CONFIG, seed=1, image_size=(64, 64), mask_size=(64, 64), strength=0.5)
+    assert sent.strength == 0.5
+    assert not parse_generation_params(config=CONFIG, seed=1, image_size=(64, 64)).inpaint
+
+
+INPAINTING_CONFIG = dataclasses.replace(CONFIG, unet_in_channels=9)
+
+
+@pytest.mark.parametrize(
+    ("config", "kwargs", "message"),
+    [
+        (CONFIG, {"mask_size": (64, 64)}, "mask_image: is taken with an input_image only"),
+        (
+            CONFIG,
+            {"image_size": (64, 128), "mask_size": (64, 64)},
+            "mask_image: must have the input_image's height and width (64 x 128), got 64 x 64",
+        ),
+        (INPAINTING_CONFIG, {}, "mask_image: is required by this inpainting model (a 9-channel UNet"),
+        (INPAINTING_CONFIG, {"image_size": (64, 64)}, "mask_image: is required by this inpainting model"),
+    ],
+)
+def test_each_bad_mask_names_its_field(config: PipelineConfig, kwargs, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        parse_generation_params(config=config, seed=1, **kwargs)
+
+
+def test_an_inpainting_model_takes_a_masked_request() -> None:
+    params = parse_generation_params(config=INPAINTING_CONFIG, seed=1, image_size=(64, 64), mask_size=(64, 64))
+    assert params.inpaint and INPAINTING_CONFIG.inpainting_unet and not CONFIG.inpainting_unet
 
 
 LORA_CONFIG = dataclasses.replace(
