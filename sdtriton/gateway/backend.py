@@ -59,14 +59,11 @@ _STREAM_SUFFIX = interface.STREAM_ENTRY_MODEL_NAME.removeprefix(interface.ENTRY_
 _REDISCOVER_AFTER_S = 1.0
 
 
-# The engine inputs a GenerationRequest carries by name: every input of the entry (and inpainting's mask) but the
-# prompt and the seed, which are its own fields (image i is drawn with seed + i): a new input of the interface is one
-# here too.
+# The engine inputs a GenerationRequest carries by name: every input of the entry but the prompt and the seed, which
+# are its own fields (image i is drawn with seed + i): a new input of the interface is one here too.
 _OWN_FIELDS = (interface.PROMPT.name, interface.SEED.name)
 ENGINE_INPUTS: tuple[str, ...] = tuple(
-    dict.fromkeys(
-        (*(tensor.name for tensor in interface.ENTRY_INPUTS if tensor.name not in _OWN_FIELDS), MASK_IMAGE_INPUT)
-    )
+    tensor.name for tensor in interface.ENTRY_INPUTS if tensor.name not in _OWN_FIELDS
 )
 # Where generate()'s keyword differs from the engine input's name (it takes the images as image=, mask=); the
 # client's stream() takes every input by its own name.
