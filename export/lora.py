@@ -13,8 +13,10 @@ the base network, a row with its adapter's column at ``s`` is diffusers after ``
 requests of different adapters and scales, and requests without one, share every UNet and text-encoder call, and the
 weights are held once: each adapter adds only its low-rank matrices.
 
-Linear and Conv2d LoRA layers are exported (what diffusers' SD / SDXL LoRAs and kohya's LoCon adapt); DoRA, LoRA
-biases and other peft layer kinds are refused by name at export.
+Linear and Conv2d LoRA layers are exported (what diffusers' SD / SDXL / SD 3 / FLUX LoRAs and kohya's LoCon adapt;
+an SD 3 or FLUX adapter's transformer and CLIP layers, the networks their pipelines' ``load_lora_weights`` loads
+into); DoRA, LoRA biases and other peft layer kinds are refused by name at export, and so is a file some of whose
+layers find no place in this pipeline (another family's).
 """
 
 from __future__ import annotations
