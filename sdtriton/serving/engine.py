@@ -799,8 +799,8 @@ def warm_up_engine_code(
         tiling = config.vae_tiling
         side, latent_side = tiling.sample_size, tiling.latent_size
         join_tiles([[torch.zeros((1, 3, side, side), device=device) for _ in range(2)]], tiling)
-        moments = (torch.zeros((1, config.latent_channels, latent_side, latent_side), device=device),) * 2
-        join_moments([[moments, moments]], tiling)
+        mean = torch.zeros((1, config.latent_channels, latent_side, latent_side), device=device)
+        join_moments([[(mean, torch.ones_like(mean))] * 2], tiling)
     return time.perf_counter() - started
 
 
