@@ -13,8 +13,10 @@ the base network, a row with its adapter's column at ``s`` is diffusers after ``
 requests of different adapters and scales, and requests without one, share every UNet and text-encoder call, and the
 weights are held once: each adapter adds only its low-rank matrices.
 
-Linear and Conv2d LoRA layers are exported (what diffusers' SD / SDXL LoRAs and kohya's LoCon adapt); DoRA, LoRA
-biases and other peft layer kinds are refused by name at export.
+Linear and Conv2d LoRA layers are exported (what diffusers' SD / SDXL / SD 3 / FLUX LoRAs and kohya's LoCon adapt;
+an SD 3 or FLUX adapter's transformer and CLIP layers, the networks their pipelines' ``load_lora_weights`` loads
+into); DoRA, LoRA biases and other peft layer kinds are refused by name at export, and so is a file some of whose
+layers find no place in this pipeline (another family's).
 """
 
 from __future__ import annotations
@@ -187,12 +189,14 @@ def attach_loras(
             ) from error
     layers = {ADAPTABLE_NETWORKS[attribute]: _adapted(network) for attribute, network in _networks(pipeline).items()}
     adapters = []
-    for name in names:
+    for source in sources:
+        name = source.name
         components = tuple(
             model for model, adapted in layers.items() if any(name in layer.lora_A for _, layer in adapted)
         )
         if not components:
-            raise _refuse(name, f"it adapts no layer of this {family} pipeline (made for another family?)")
+            raise _refuse(name, f"{source.path} adapts no layer of this {family} pipeline (made for another family?)")
+        _check_all_placed(pipeline, source, layers, family=family)
         adapters.append(LoraAdapter(name=name, components=components))
     scales: dict[str, LoraScales] = {}
     for attribute, network in _networks(pipeline).items():
@@ -202,6 +206,34 @@ def attach_loras(
     for adapter in adapters:
         logger.info("LoRA %s: adapts %s", adapter.name, ", ".join(adapter.components))
     return tuple(adapters), scales
+
+
+# How a low-rank down matrix's key ends in the state dicts diffusers' lora_state_dict returns (peft's and diffusers'
+# older names; kohya's files come converted to one of them).
+_DOWN_KEY_ENDINGS = ("lora_A.weight", "lora.down.weight", "lora_down.weight", "lora_linear_layer.down.weight")
+
+
+def _check_all_placed(
+    pipeline: DiffusionPipeline,
+    source: LoraSource,
+    layers: Mapping[str, Sequence[tuple[str, torch.nn.Module]]],
+    *,
+    family: str,
+) -> None:
+    """Refuses a file some of whose layers found no place here: diffusers skips the keys of networks this pipeline
+    does not load LoRAs into (an SD 3 file's ``transformer.*`` in an SD pipeline) and peft the layers this network
+    lacks (FLUX's single blocks in SD 3), so another family's adapter of matching widths would load in part."""
+    state = pipeline.lora_state_dict(str(source.path))
+    keys = list((state[0] if isinstance(state, tuple) else state).keys())
+    in_file = sum(key.endswith(_DOWN_KEY_ENDINGS) for key in keys)
+    placed = sum(source.name in layer.lora_A for adapted in layers.values() for _, layer in adapted)
+    if placed < in_file:
+        prefixes = sorted({key.split(".", 1)[0] for key in keys})
+        raise _refuse(
+            source.name,
+            f"{source.path} is not a LoRA of this {family} pipeline: {in_file - placed} of its {in_file} layers "
+            f"(under {', '.join(prefixes)}) have no place in it (made for another family?)",
+        )
 
 
 def batch_lora_layers(network: torch.nn.Module, names: Sequence[str], *, model_name: str) -> LoraScales:

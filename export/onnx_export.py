@@ -245,8 +245,9 @@ def _unflatten_as_reshape(self: torch.Tensor, dim: int, sizes: tuple[int, ...]) 
 
 @contextlib.contextmanager
 def _traceable_unflatten(module: torch.nn.Module) -> Iterator[None]:
-    """For FLUX's transformer only: ``Tensor.unflatten`` as the ``reshape`` it is, whose sizes the tracer follows."""
-    if not isinstance(module, _FluxTransformerVelocity):
+    """For FLUX's transformer only (also inside :class:`WithLoraScales`): ``Tensor.unflatten`` as the ``reshape`` it
+    is, whose sizes the tracer follows."""
+    if not any(isinstance(part, _FluxTransformerVelocity) for part in (module, *module.children())):
         yield
         return
     original = torch.Tensor.unflatten

@@ -1,8 +1,8 @@
 """``sdtriton plan``: how much GPU a diffusion deployment needs (SD 1.5, SDXL, SD 3.5, FLUX.1), counted from configs.
 
 Nothing here loads a weight or touches a GPU. Each network (CLIP and T5 text encoders, the UNet or transformer, the
-VAE decoder) is built from its config on PyTorch's ``meta`` device, where tensors have shapes and dtypes but no
-data, and one forward pass of each is run under two observers:
+VAE decoder, and the VAE encoder that image-to-image requests run) is built from its config on PyTorch's ``meta``
+device, where tensors have shapes and dtypes but no data, and one forward pass of each is run under two observers:
 
 * :class:`torch.utils.flop_counter.FlopCounterMode` counts the FLOPs of every matrix product, convolution and
   attention (normalisations and pointwise ops are not counted: they are bandwidth, not FLOPs).
@@ -644,7 +644,8 @@ class Workload:
 
 @dataclass(frozen=True)
 class VaeTilingCount:
-    """The VAE decoder's tiling at a workload (as the server decodes: one call a tile, a tile's rows per image).
+    """The VAE decoder's (or encoder's) tiling at a workload (as the server runs it: one call a tile, a tile's rows
+    per image).
 
     Attributes:
         tile_above_px: tiles above this many pixels a side (0: never).
@@ -664,14 +665,15 @@ class NetworkCost:
     """One network of the pipeline, counted at the workload's shapes.
 
     Attributes:
-        role: ``text_encoder``, ``text_encoder_2``, ``text_encoder_3``, ``unet``, ``transformer`` or
-            ``vae_decoder``.
+        role: ``text_encoder``, ``text_encoder_2``, ``text_encoder_3``, ``unet``, ``transformer``, ``vae_decoder``
+            or ``vae_encoder``.
         parameters: what its checkpoint holds: parameters and persistent buffers (the VAE decoder's: decoder and
-            ``post_quant_conv``).
+            ``post_quant_conv``; the encoder's: encoder and ``quant_conv``).
         weight_bytes: those at the dtype they run in.
         dtype: the dtype it runs in (``fp32`` for a VAE with ``force_upcast`` in an SD or SDXL pipeline, ``bf16``
             for T5 in an fp16 pipeline).
-        calls_per_request: forward passes a request makes (``steps`` for the denoiser).
+        calls_per_request: forward passes a request makes (``steps`` for the denoiser; 0 for the VAE encoder, which
+            only image-to-image requests run).
         rows: batch rows of each call.
         flops_per_call: FLOPs of one call at ``rows``.
         activation_peak_bytes: activation peak of one call (of the widest, with skip-layer guidance).
@@ -679,8 +681,9 @@ class NetworkCost:
         wide_rows: batch rows of each of those calls.
         flops_per_wide_call: FLOPs of one of them. The served transformer runs the skipped blocks for the third row
             too and keeps their inputs (one call for every row), so the row costs a full one.
-        vae_tiling: the VAE decoder's tiles (then ``calls_per_request`` counts them, ``flops_per_call`` is their
-            mean and ``activation_peak_bytes`` the largest tile's); None for other networks.
+        vae_tiling: the VAE decoder's or encoder's tiles (then the decoder's ``calls_per_request`` counts them,
+            ``flops_per_call`` is their mean and ``activation_peak_bytes`` the largest tile's); None for other
+            networks.
     """
 
     role: str
@@ -930,56 +933,59 @@ def _denoiser_cost(arch: Architecture, workload: Workload, dtype: torch.dtype) -
     )
 
 
-def _vae_decoder_cost(arch: Architecture, workload: Workload) -> NetworkCost:
-    # diffusers' SD and SDXL pipelines decode in fp32 when the VAE config says force_upcast (SDXL's VAE overflows
-    # fp16); StableDiffusion3Pipeline and FluxPipeline decode in the pipeline's dtype whatever the config says.
+def _vae_cost(arch: Architecture, workload: Workload, *, encode: bool) -> NetworkCost:
+    """The VAE decoder (``encode``: the encoder, image-to-image's), one call an image, or one a tile where the server
+    tiles: an image whose decode is tiled has its input image encoded in the tiles diffusers' ``_tiled_encode`` cuts,
+    so the peak is one tile's. The encoder runs for image-to-image requests only: its weights and peak are counted
+    (a served repository holds it), its calls not (the workload is text-to-image)."""
+    # diffusers' SD and SDXL pipelines decode (and their img2img pipelines encode) in fp32 when the VAE config says
+    # force_upcast (SDXL's VAE overflows fp16); StableDiffusion3Pipeline and FluxPipeline use the pipeline's dtype
+    # whatever the config says.
     from sdtriton.serving.tiling import cut_tiles
 
     dtype_name = "fp32" if arch.upcasts_vae and arch.vae.get("force_upcast") else workload.dtype
     vae_dtype = DTYPES[dtype_name]
     vae = build_vae(arch.vae, vae_dtype)
-    latents = torch.empty(
-        workload.batch,
-        arch.vae.get("latent_channels", 4),
-        *_latent_shape(arch, workload),
-        device="meta",
-        dtype=vae_dtype,
-    )
+    latent_shape = _latent_shape(arch, workload)
+    if encode:
+        role, call, parts = "vae_encoder", vae.encode, (vae.encoder, vae.quant_conv)
+        channels, shape = arch.vae.get("in_channels", 3), (workload.height_px, workload.width_px)
+    else:
+        role, call, parts = "vae_decoder", vae.decode, (vae.decoder, vae.post_quant_conv)
+        channels, shape = arch.vae.get("latent_channels", 4), latent_shape
+    pixels_or_latents = torch.empty(workload.batch, channels, *shape, device="meta", dtype=vae_dtype)
 
-    def decode_cost(z: torch.Tensor) -> CallCost:
-        return count_call(vae, lambda: vae.decode(z), inputs=[z], fused_attention=workload.fused_attention)
+    def call_cost(x: torch.Tensor) -> CallCost:
+        return count_call(vae, lambda: call(x), inputs=[x], fused_attention=workload.fused_attention)
 
-    untiled = decode_cost(latents)
-    # Serving holds the decoder alone (txt2img); the encoder is for img2img.
-    weights = weight_tensors(vae, vae.decoder, vae.post_quant_conv)
+    untiled = call_cost(pixels_or_latents)
+    weights = weight_tensors(vae, *parts)
     tiling = VaeTiling.of_vae(vae.config)
     if workload.vae_tile_above_px is not None:
         tiling = dataclasses.replace(tiling, tile_above_px=workload.vae_tile_above_px)
+    # Image and latents exceed one tile together (sample_size = latent_size x the VAE's scale factor).
     tiled = tiling.always_above(width=workload.width_px, height=workload.height_px) and tiling.splits(
-        latent_height=latents.shape[2], latent_width=latents.shape[3]
+        latent_height=latent_shape[0], latent_width=latent_shape[1]
     )
-    tiles = [tile for row in cut_tiles(latents, tiling if tiled else None) for tile in row]
+    tiles = [tile for row in cut_tiles(pixels_or_latents, tiling if tiled else None, encode=encode) for tile in row]
     count = VaeTilingCount(
         tile_above_px=tiling.tile_above_px,
         tile_px=tiling.sample_size,
         tiles=len(tiles),
         untiled_activation_peak_bytes=untiled.activation_peak_bytes,
     )
-    if not tiled:
-        network = _network_cost("vae_decoder", weights, dtype_name, calls=1, rows=workload.batch, cost=untiled)
-        return dataclasses.replace(network, vae_tiling=count)
-    costs: dict[tuple[int, ...], CallCost] = {}
+    costs: dict[tuple[int, ...], CallCost] = {tuple(pixels_or_latents.shape): untiled}
     for tile in tiles:
         if tuple(tile.shape) not in costs:
-            # A copy, as the engine sends it: a slice's storage is the whole latents'.
-            costs[tuple(tile.shape)] = decode_cost(tile.contiguous())
+            # A copy, as the engine sends it: a slice's storage is the whole tensor's.
+            costs[tuple(tile.shape)] = call_cost(tile.contiguous())
     flops = sum(costs[tuple(tile.shape)].flops for tile in tiles)
-    peak = max(cost.activation_peak_bytes for cost in costs.values())
+    peak = max(costs[tuple(tile.shape)].activation_peak_bytes for tile in tiles)
     network = _network_cost(
-        "vae_decoder",
+        role,
         weights,
         dtype_name,
-        calls=len(tiles),
+        calls=0 if encode else len(tiles),
         rows=workload.batch,
         cost=CallCost(flops=flops // len(tiles), activation_peak_bytes=peak),
     )
@@ -1010,7 +1016,8 @@ def measure(arch: Architecture, workload: Workload) -> Measurement:
         )
     networks = [_text_encoder_cost(arch, encoder, workload) for encoder in arch.text_encoders]
     networks.append(_denoiser_cost(arch, workload, DTYPES[workload.dtype]))
-    networks.append(_vae_decoder_cost(arch, workload))
+    networks.append(_vae_cost(arch, workload, encode=False))
+    networks.append(_vae_cost(arch, workload, encode=True))
     return Measurement(model=arch.name, workload=workload, networks=tuple(networks))
 
 
@@ -1229,6 +1236,13 @@ def render_measurement(measurement: Measurement) -> list[str]:
             "steps)"
         )
     lines.extend(_render_vae_tiling(measurement.network("vae_decoder")))
+    encoder = measurement.network("vae_encoder")
+    tiles = encoder.vae_tiling.tiles if encoder.vae_tiling is not None else 1
+    lines.append(
+        f"  VAE encoder  image-to-image only: {_tflop(encoder.flops_per_call * tiles)} an image"
+        + (f" in {tiles} tiles" if tiles > 1 else "")
+        + f", peak {_gib(encoder.activation_peak_bytes)} (weights and peak counted above, FLOPs not)"
+    )
     return lines
 
 
@@ -1605,7 +1619,8 @@ def sizing_markdown() -> str:
         + "The expected range comes from published UNet runs; the transformers' large matrix products likely run "
         "nearer its fast end, but "
         "no published diffusers latency for them is among the sources here.",
-        "* **Not counted**: the VAE encoder (img2img), a safety checker, a refiner, LoRA weights, TensorRT "
+        "* **Not counted**: the VAE encoder's FLOPs (it runs for image-to-image requests only; its weights and "
+        "activation peak are counted), a safety checker, a refiner, LoRA weights, TensorRT "
         "engines' own workspaces, and more than one instance of a model per GPU (each holds its own weights); "
         "for the transformers, T5 offloaded or freed after encoding and quantised (fp8, NF4) weights.",
         "",

@@ -438,8 +438,10 @@ def make_tiny(output_dir: Path, *, profile: str = "tiny", seed: int = 0, family:
 
 
 # Layers a tiny LoRA adapts: the attention projections of the UNet (diffusers' own LoRA scripts' targets), with
-# ``conv`` the ResNet convolutions too (kohya's LoCon), and CLIP's attention projections.
+# ``conv`` the ResNet convolutions too (kohya's LoCon), and CLIP's attention projections. An SD 3 / FLUX transformer's
+# joint attention has its text stream's projections beside them (diffusers' train_dreambooth_lora_sd3/flux targets).
 _LORA_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+_LORA_TRANSFORMER_TARGETS = (*_LORA_UNET_TARGETS, "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 _LORA_CONV_TARGETS = ("conv1", "conv2")
 _LORA_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -455,25 +457,33 @@ def make_tiny_lora(
     text_encoders: tuple[str, ...] = (),
     conv: bool = False,
 ) -> Path:
-    """A random non-zero LoRA adapter of a tiny SD / SDXL pipeline, saved by diffusers' own ``save_lora_weights``
-    (with peft's config as its metadata, so ``lora_alpha`` travels); returns the safetensors file.
+    """A random non-zero LoRA adapter of a tiny pipeline (its UNet, or SD 3's / FLUX's transformer), saved by
+    diffusers' own ``save_lora_weights`` (with peft's config as its metadata, so ``lora_alpha`` travels); returns the
+    safetensors file.
 
     Args:
         rank / alpha: peft's ``r`` and ``lora_alpha`` (the update is scaled by alpha / rank).
-        text_encoders: the text encoders (``text_encoder``, SDXL's ``text_encoder_2``) whose attention it adapts too.
-        conv: adapt the UNet's ResNet convolutions too (Conv2d LoRA layers).
+        text_encoders: the CLIP text encoders (``text_encoder``; SDXL's and SD 3's ``text_encoder_2`` too) whose
+            attention it adapts too.
+        conv: adapt the UNet's ResNet convolutions too (Conv2d LoRA layers); a transformer has none.
     """
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     pipeline = DiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32)
     torch.manual_seed(seed)
-    unet_targets = [*_LORA_UNET_TARGETS, *(_LORA_CONV_TARGETS if conv else ())]
-    unet_config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=unet_targets, init_lora_weights=False)
-    pipeline.unet.add_adapter(unet_config)
+    denoiser = "unet" if hasattr(pipeline, "unet") else "transformer"
+    if denoiser == "unet":
+        targets = [*_LORA_UNET_TARGETS, *(_LORA_CONV_TARGETS if conv else ())]
+    elif conv:
+        raise ValueError(f"{model_dir}: conv adapts a UNet's convolutions; this pipeline has a transformer")
+    else:
+        targets = list(_LORA_TRANSFORMER_TARGETS)
+    denoiser_config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False)
+    getattr(pipeline, denoiser).add_adapter(denoiser_config)
     saved: dict[str, Any] = {
-        "unet_lora_layers": get_peft_model_state_dict(pipeline.unet),
-        "unet_lora_adapter_metadata": unet_config.to_dict(),
+        f"{denoiser}_lora_layers": get_peft_model_state_dict(getattr(pipeline, denoiser)),
+        f"{denoiser}_lora_adapter_metadata": denoiser_config.to_dict(),
     }
     for encoder in text_encoders:
         text_config = LoraConfig(

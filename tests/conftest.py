@@ -164,6 +164,37 @@ SD3_OTHER_GEOMETRY = {"patch_size": 1, "latent_channels": 4, "pos_embed_max_size
 SCHNELL_T5_WIDTH = 56
 
 
+# LoRA adapters the SD 3.5 and FLUX.1-dev exports carry (their rows without one are the base network exactly): name ->
+# (seed, rank, alpha, CLIP text encoders it adapts besides the transformer's joint attention). ``glow`` touches the
+# text encoders diffusers' load_lora_weights loads LoRAs into (SD 3: both CLIPs; FLUX: its CLIP; never T5). Large
+# alphas: at alpha / rank 0.5 the tiny FLUX's image moved 1/255 (measured); at these, 13-46/255, SD 3.5's 115-182.
+TRANSFORMER_LORAS: dict[str, tuple[int, int, float, dict[str, tuple[str, ...]]]] = {
+    "glow": (6, 4, 16.0, {"sd3": ("text_encoder", "text_encoder_2"), "flux": ("text_encoder",)}),
+    "grain": (7, 8, 64.0, {"sd3": (), "flux": ()}),
+}
+
+
+def transformer_lora_files(folder: Path) -> dict[str, Path]:
+    """The :data:`TRANSFORMER_LORAS` files of the tiny SD 3 / FLUX pipeline in ``folder`` (made beside it by
+    :func:`_make_transformer_loras`), by adapter name."""
+    from sdtriton.tiny import LORA_WEIGHT_NAME
+
+    return {name: folder.parent / f"{folder.name}_loras" / name / LORA_WEIGHT_NAME for name in TRANSFORMER_LORAS}
+
+
+def _make_transformer_loras(folder: Path, family: str) -> list[object]:
+    """Makes :func:`transformer_lora_files` (saved by diffusers' save_lora_weights); returns them as ``--lora``s."""
+    from sdtriton.export import LoraSource
+    from sdtriton.tiny import make_tiny_lora
+
+    sources = []
+    for name, path in transformer_lora_files(folder).items():
+        seed, rank, alpha, encoders = TRANSFORMER_LORAS[name]
+        made = make_tiny_lora(folder, path.parent, seed=seed, rank=rank, alpha=alpha, text_encoders=encoders[family])
+        sources.append(LoraSource(name, made))
+    return sources
+
+
 def _resave(folder: Path, model_class: type, seed: int, **changes: object) -> None:
     """Replaces a component of a diffusers folder by a seeded random one of its config with ``changes``."""
     import torch
@@ -218,7 +249,7 @@ def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
     (:data:`SD3_OTHER_GEOMETRY`: 1x1 patches, 4 latent channels; the plain transformer; its scheduler config with
     ``use_dynamic_shifting``, so ``mu`` comes from the image's patch count): (diffusers folder, exported repository,
     model-name prefix) of each, under the prefixes ``sd35_`` and ``no_t5_`` so that one server holds both beside the
-    tiny SD repository."""
+    tiny SD repository. The SD 3.5 one carries the LoRA adapters :data:`TRANSFORMER_LORAS`."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from sdtriton.tiny import make_tiny
@@ -236,7 +267,13 @@ def sd3_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
             config = FlowMatchEulerDiscreteScheduler.load_config(scheduler)
             FlowMatchEulerDiscreteScheduler.from_config(config, use_dynamic_shifting=True).save_pretrained(scheduler)
         repository = root / f"{name}_repository"
-        _export_prefixed(folder, repository, prefix, skip_guidance_layers=layers)
+        _export_prefixed(
+            folder,
+            repository,
+            prefix,
+            skip_guidance_layers=layers,
+            loras=_make_transformer_loras(folder, "sd3") if name == "sd35" else (),
+        )
         exports[name] = (folder, repository, prefix)
     return exports
 
@@ -246,7 +283,8 @@ def flux_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
     """Tiny FLUX.1-dev (guidance embedding, dynamic shifting, T5 at FluxPipeline's 512 rows) and FLUX.1-schnell (no
     guidance, no shifting; a T5 of another width, :data:`SCHNELL_T5_WIDTH`, at schnell's usual 256 rows, export
     --max-sequence-length): (diffusers folder, exported repository, model-name prefix) of each, under the prefixes
-    ``flux_`` and ``schnell_`` so one server holds both beside the other families' repositories (``family_server``)."""
+    ``flux_`` and ``schnell_`` so one server holds both beside the other families' repositories (``family_server``).
+    The dev one carries the LoRA adapters :data:`TRANSFORMER_LORAS`."""
     from sdtriton.tiny import make_tiny
 
     root = tmp_path_factory.mktemp("flux")
@@ -256,7 +294,13 @@ def flux_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
         if family == "flux-schnell":
             _flux_of_other_t5_width(folder)
         repository = root / f"{family}_repository"
-        _export_prefixed(folder, repository, prefix, max_sequence_length=max_sequence_length)
+        _export_prefixed(
+            folder,
+            repository,
+            prefix,
+            max_sequence_length=max_sequence_length,
+            loras=_make_transformer_loras(folder, "flux") if family == "flux-dev" else (),
+        )
         exports[family] = (folder, repository, prefix)
     return exports
 

@@ -39,8 +39,9 @@ import numpy as np
 import torch
 
 from sdtriton import interface
-from sdtriton.components import text_encoders_of
+from sdtriton.components import VAE_ENCODER_MODEL_NAME, components_of, text_encoders_of
 from sdtriton.pipeline_config import PipelineConfig, VaeTiling
+from sdtriton.schedulers import image_to_image_noise_method
 from sdtriton.serving.caches import (
     RESPONSE_CACHE,
     TEXT_EMBEDDING_CACHE,
@@ -791,52 +792,84 @@ def warm_up_engine_code(
     *, config: PipelineConfig, tokenizers: Mapping[str, Any], device: torch.device | str = "cpu"
 ) -> float:
     """Runs the engine's own code once per scheduler, without networks: tokenizing and validating a request, drawing
-    latents, each scheduler's setup and steps (zeros for the noise), the conditioning, the image conversion. The
-    networks warm up through their configs' ``model_warmup``; this spares the first request the first-call costs of
-    Python, torch and the schedulers here (and of the tiles' blend). Returns the seconds it took."""
+    latents, each scheduler's setup and steps (zeros for the noise), the conditioning, the image conversion; and,
+    where the repository has a ``vae_encoder``, an image-to-image request too on every scheduler that takes one (the
+    input image's preprocessing, its latents drawn from the encoder's moments and noised by the scheduler's
+    ``add_noise`` / ``scale_noise`` at the strength's first timestep). The networks warm up through their configs'
+    ``model_warmup`` (the ``vae_encoder`` included: its ONNX Runtime session or TensorRT engine is made before
+    ready); this spares the first request of either kind the first-call costs of Python, torch and the schedulers
+    here (and of the tiles' blend). Returns the seconds it took."""
     started = time.perf_counter()
+    encodes = any(spec.model_name == VAE_ENCODER_MODEL_NAME for spec in components_of(config))
     for scheduler in (None, *config.scheduler_names):
-        raw: dict[str, np.ndarray] = {
-            interface.PROMPT.name: np.array([b"warm up"], dtype=np.object_),
-            interface.SEED.name: np.array([0], dtype=np.int64),
-            # 4: the fewest PNDM with Runge-Kutta warm-up steps (skip_prk_steps false) can set up.
-            interface.NUM_INFERENCE_STEPS.name: np.array([4], dtype=np.int32),
-        }
-        if scheduler is not None:
-            raw[interface.SCHEDULER.name] = np.array([scheduler.encode()], dtype=np.object_)
-        if config.inpainting_unet:
-            # An inpainting model takes inpainting requests only: a blank picture, repainted whole.
-            size = (1, config.default_height, config.default_width)
-            raw[interface.INPUT_IMAGE.name] = np.zeros((*size, 3), dtype=np.uint8)
-            raw[interface.MASK_IMAGE.name] = np.full((*size, 1), 255, dtype=np.uint8)
-        (image,) = parse_request(raw, config=config, tokenizers=tokenizers).images
-        rows = 2 if image.params.uses_classifier_free_guidance else 1
-        encoded = {
-            spec.model_name: {
-                tensor.name: torch.zeros((rows, *tensor.shape_range(config, max_batch_size=rows)[1][1:]), device=device)
-                for tensor in spec.outputs
-            }
-            for spec in text_encoders_of(config)
-        }
-        zeros = torch.zeros(config.latent_shape(height=image.params.height, width=image.params.width), device=device)
-        pictures = {name: (zeros, zeros) for name in pictures_to_encode(image, config, device)}
-        denoiser = ImageDenoiser(
-            params=image.params,
-            config=config,
-            stages=stages_for(image, config, encoded),
-            device=device,
-            input_latents=pictures.get(INPUT_PICTURE),
-            mask=image.mask_image,
-            masked_latents=pictures.get(MASKED_PICTURE),
-        )
-        while not denoiser.done:
-            sample = denoiser.model_input()[denoiser.latent_input]
-            # The UNet answers for the latents alone (an inpainting UNet's sample has the mask's channels too).
-            denoiser.step(torch.zeros_like(sample[:, : config.latent_channels] if config.inpainting_unet else sample))
-        height, width = image.params.height, image.params.width
-        to_uint8_image(torch.zeros((1, 3, height, width), device=device) + denoiser.scaled_latents().mean())
+        _warm_up_request(config, tokenizers, device, scheduler=scheduler, image_to_image=False)
+        # (An inpainting UNet's requests are all image requests: the first one was one.)
+        if encodes and not config.inpainting_unet and image_to_image_noise_method(config.scheduler_config, scheduler):
+            _warm_up_request(config, tokenizers, device, scheduler=scheduler, image_to_image=True)
     if config.vae_tiling is not None:
-        # The blend is diffusers' (its models package costs a second to import): two tiles side by side.
-        side = config.vae_tiling.sample_size
-        join_tiles([[torch.zeros((1, 3, side, side), device=device) for _ in range(2)]], config.vae_tiling)
+        # The blend is diffusers' (its models package costs a second to import): two tiles side by side, each way.
+        tiling = config.vae_tiling
+        side, latent_side = tiling.sample_size, tiling.latent_size
+        join_tiles([[torch.zeros((1, 3, side, side), device=device) for _ in range(2)]], tiling)
+        mean = torch.zeros((1, config.latent_channels, latent_side, latent_side), device=device)
+        join_moments([[(mean, torch.ones_like(mean))] * 2], tiling)
     return time.perf_counter() - started
+
+
+def _warm_up_request(
+    config: PipelineConfig,
+    tokenizers: Mapping[str, Any],
+    device: torch.device | str,
+    *,
+    scheduler: str | None,
+    image_to_image: bool,
+) -> None:
+    """One request of :func:`warm_up_engine_code` through the engine's code, zeros where networks would answer."""
+    raw: dict[str, np.ndarray] = {
+        interface.PROMPT.name: np.array([b"warm up"], dtype=np.object_),
+        interface.SEED.name: np.array([0], dtype=np.int64),
+        # 4: the fewest PNDM with Runge-Kutta warm-up steps (skip_prk_steps false) can set up.
+        interface.NUM_INFERENCE_STEPS.name: np.array([4], dtype=np.int32),
+    }
+    if scheduler is not None:
+        raw[interface.SCHEDULER.name] = np.array([scheduler.encode()], dtype=np.object_)
+    if config.inpainting_unet:
+        # An inpainting model takes inpainting requests only: a blank picture, repainted whole.
+        size = (1, config.default_height, config.default_width)
+        raw[interface.INPUT_IMAGE.name] = np.zeros((*size, 3), dtype=np.uint8)
+        raw[interface.MASK_IMAGE.name] = np.full((*size, 1), 255, dtype=np.uint8)
+    elif image_to_image:
+        # Strength 1: every one of the four steps runs, whichever scheduler (a cut could leave PNDM too few). The
+        # smallest image the repository takes (the code is the same at any size; the default's latents would double
+        # the warm-up of a large model, measured 3.6 -> 11 s on the tiny FLUX under load).
+        height = config.default_height if config.fixed_size else config.min_size
+        width = config.default_width if config.fixed_size else config.min_size
+        raw[interface.INPUT_IMAGE.name] = np.zeros((1, height, width, 3), dtype=np.uint8)
+        raw[interface.STRENGTH.name] = np.array([1.0], dtype=np.float32)
+    (image,) = parse_request(raw, config=config, tokenizers=tokenizers).images
+    rows = 2 if image.params.uses_classifier_free_guidance else 1
+    encoded = {
+        spec.model_name: {
+            tensor.name: torch.zeros((rows, *tensor.shape_range(config, max_batch_size=rows)[1][1:]), device=device)
+            for tensor in spec.outputs
+        }
+        for spec in text_encoders_of(config)
+    }
+    # The VAE encoder's moments where it would answer (mean 0, std 1) for every picture the request encodes.
+    mean = torch.zeros(config.latent_shape(height=image.params.height, width=image.params.width), device=device)
+    pictures = {name: (mean, torch.ones_like(mean)) for name in pictures_to_encode(image, config, device)}
+    denoiser = ImageDenoiser(
+        params=image.params,
+        config=config,
+        stages=stages_for(image, config, encoded),
+        device=device,
+        input_latents=pictures.get(INPUT_PICTURE),
+        mask=image.mask_image,
+        masked_latents=pictures.get(MASKED_PICTURE),
+    )
+    while not denoiser.done:
+        sample = denoiser.model_input()[denoiser.latent_input]
+        # The UNet answers for the latents alone (an inpainting UNet's sample has the mask's channels too).
+        denoiser.step(torch.zeros_like(sample[:, : config.latent_channels] if config.inpainting_unet else sample))
+    height, width = image.params.height, image.params.width
+    to_uint8_image(torch.zeros((1, 3, height, width), device=device) + denoiser.scaled_latents().mean())

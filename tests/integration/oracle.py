@@ -17,6 +17,25 @@ from sdtriton.schedulers import build_scheduler, load_scheduler_overrides
 MAX_PIXEL_DIFFERENCE = 2
 
 
+class BaseNetworkSession:
+    """An exported network's ONNX Runtime session run as the base network diffusers' pipeline holds: where it was
+    exported with LoRA adapters, its rows are sent none (``lora_scales`` zeros)."""
+
+    def __init__(self, path) -> None:
+        import onnxruntime as ort
+
+        from sdtriton.components import LORA_SCALES_INPUT
+
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self._lora = {tensor.name: tensor for tensor in self.session.get_inputs()}.get(LORA_SCALES_INPUT)
+
+    def run(self, outputs, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self._lora is not None:
+            rows = len(next(iter(inputs.values())))
+            inputs = {**inputs, self._lora.name: np.zeros((rows, self._lora.shape[-1]), dtype=np.float32)}
+        return self.session.run(outputs, inputs)
+
+
 def diffusers_image(
     pipeline,
     prompt: str,

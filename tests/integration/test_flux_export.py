@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
 from sdtriton.components import ONNX_FILE_NAME
 from sdtriton.export.configs import MODEL_VERSION, PIPELINE_MODEL_NAME
 from sdtriton.pipeline_config import PipelineConfig
+from tests.integration.oracle import BaseNetworkSession
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +46,8 @@ def test_every_exported_flux_network_equals_diffusers(flux_exports, family: str)
     assert config.family == "flux" and flux is not None
     assert flux.guidance_embeds == (family == "flux-dev")
 
-    def session(model_name: str) -> ort.InferenceSession:
-        path = Path(repository) / f"{prefix}{model_name}" / MODEL_VERSION / ONNX_FILE_NAME
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    def session(model_name: str) -> BaseNetworkSession:
+        return BaseNetworkSession(Path(repository) / f"{prefix}{model_name}" / MODEL_VERSION / ONNX_FILE_NAME)
 
     rng = np.random.default_rng(0)
     with torch.no_grad():

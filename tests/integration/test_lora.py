@@ -1,11 +1,13 @@
 """LoRA adapters per request through a real server (``family_server``): the tiny SD model exported with two adapters
-(``lora_*`` models) and the SDXL one with one (``sdxl_*``), each image against diffusers' ``load_lora_weights`` +
-``set_adapters([name], [scale])``, alone and with other adapters, scales and a plain image in the same UNet and
-text-encoder calls."""
+(``lora_*`` models), the SDXL one with one (``sdxl_*``), SD 3.5 (``sd35_*``) and FLUX.1-dev (``flux_*``) with two
+each (``TRANSFORMER_LORAS``: the transformer's joint attention, one also the CLIP text encoders), each image against
+diffusers' ``load_lora_weights`` + ``set_adapters([name], [scale])``, alone and with other adapters, scales and a
+plain image in the same denoiser and text-encoder calls."""
 
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 
 import numpy as np
@@ -13,10 +15,11 @@ import pytest
 
 from sdtriton import interface
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
-from tests.conftest import LORA_PREFIX, SDXL_PREFIX
+from tests.conftest import LORA_PREFIX, SDXL_PREFIX, transformer_lora_files
 from tests.integration.oracle import (
     MAX_PIXEL_DIFFERENCE,
     diffusers_image,
+    flow_diffusers_image,
     max_pixel_difference,
     sdxl_diffusers_image,
 )
@@ -75,8 +78,8 @@ def _in_one_request(client: StableDiffusionClient, cases: tuple[tuple[str | None
     return [np.asarray(image) for image in result.images]
 
 
-def _unet_rows_and_calls(http_url: str) -> tuple[int, int]:
-    with urllib.request.urlopen(f"{http_url}/v2/models/{LORA_PREFIX}unet/stats", timeout=10) as response:
+def _unet_rows_and_calls(http_url: str, model: str = f"{LORA_PREFIX}unet") -> tuple[int, int]:
+    with urllib.request.urlopen(f"{http_url}/v2/models/{model}/stats", timeout=10) as response:
         (stats,) = json.load(response)["model_stats"]
     return int(stats["inference_count"]), int(stats["execution_count"])
 
@@ -153,6 +156,88 @@ def test_an_adapter_of_another_family_is_refused_at_export_by_name(tiny_model_di
             tiny_model_dir,
             tmp_path / "repository",
             loras=[LoraSource("xl", sdxl_lora)],
+            fit_preview=False,
+            show_progress=False,
+        )
+
+
+# family -> (the session fixture holding its export, the model-name prefix, denoiser rows per image at the pipelines'
+# default guidance: SD 3.5 guides with a negative row, FLUX.1-dev embeds its guidance).
+TRANSFORMER_FAMILIES = {"sd35": ("sd3_exports", "sd35_", 2), "flux-dev": ("flux_exports", "flux_", 1)}
+TRANSFORMER_CASES: tuple[tuple[str | None, float], ...] = (
+    ("glow", 1.0),
+    ("glow", 0.6),
+    ("grain", 0.8),
+    ("grain", -1.0),
+    (None, 1.0),
+)
+
+
+def _transformer_export(request, family: str) -> tuple[object, str]:
+    """(the diffusers folder, the model-name prefix) of ``family``'s export with :data:`TRANSFORMER_LORAS`."""
+    fixture, prefix, _ = TRANSFORMER_FAMILIES[family]
+    folder, _, exported_prefix = request.getfixturevalue(fixture)[family]
+    assert exported_prefix == prefix
+    return folder, prefix
+
+
+@pytest.mark.parametrize("family", TRANSFORMER_FAMILIES)
+def test_sd3_and_flux_adapters_alone_and_sharing_calls_match_diffusers(family_server, request, family: str) -> None:
+    from diffusers import DiffusionPipeline
+
+    folder, prefix = _transformer_export(request, family)
+    pipeline = DiffusionPipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    for name, path in transformer_lora_files(folder).items():
+        pipeline.load_lora_weights(str(path), adapter_name=name)
+    expected = {}
+    for lora, scale in TRANSFORMER_CASES:
+        _choose_adapter(pipeline, lora, scale)
+        expected[(lora, scale)] = flow_diffusers_image(pipeline, PROMPT, seed=SEED, num_inference_steps=STEPS)
+    plain = expected[(None, 1.0)]
+    http_url = family_server.address.http_url
+    with StableDiffusionClient(http_url, model_name=prefix + interface.ENTRY_MODEL_NAME) as client:
+        for lora, scale in TRANSFORMER_CASES:
+            image = np.asarray(
+                client.generate(PROMPT, seed=SEED, num_inference_steps=STEPS, lora=lora, lora_scale=scale).image
+            )
+            assert max_pixel_difference(image, expected[(lora, scale)]) <= MAX_PIXEL_DIFFERENCE, (lora, scale)
+            if lora is not None:
+                assert max_pixel_difference(image, plain) > 4 * MAX_PIXEL_DIFFERENCE, (lora, scale)
+        rows_before, calls_before = _unet_rows_and_calls(http_url, f"{prefix}transformer")
+        images = _in_one_request(client, TRANSFORMER_CASES)
+        rows_after, calls_after = _unet_rows_and_calls(http_url, f"{prefix}transformer")
+        with pytest.raises(InvalidRequestError, match=r"lora: must be one of glow, grain \(the adapters this"):
+            client.generate(PROMPT, num_inference_steps=1, lora="anime")
+    # Every image's rows in every transformer call: the four adapted and the plain one share each step.
+    rows_per_image = TRANSFORMER_FAMILIES[family][2]
+    assert calls_after - calls_before == STEPS
+    assert rows_after - rows_before == rows_per_image * len(TRANSFORMER_CASES) * STEPS
+    for case, image in zip(TRANSFORMER_CASES, images, strict=True):
+        assert max_pixel_difference(image, expected[case]) <= MAX_PIXEL_DIFFERENCE, case
+
+
+@pytest.mark.parametrize(
+    ("target", "source"),
+    [("sd35", "sd"), ("sd35", "flux-dev"), ("flux-dev", "sd35"), ("sd", "sd35")],
+)
+def test_a_transformer_familys_adapter_elsewhere_is_refused_at_export_naming_file_and_family(
+    request, tiny_model_dir, lora_files, tmp_path, target: str, source: str
+) -> None:
+    """Another family's file is refused even where its widths match (the tiny models': diffusers and peft would load
+    the layers they find a place for and skip the rest)."""
+    from sdtriton.export import ExportOptionError, LoraSource, export_repository
+
+    folders = {"sd": tiny_model_dir}
+    for family in {target, source} - {"sd"}:
+        folders[family] = _transformer_export(request, family)[0]
+    path = lora_files["style"] if source == "sd" else transformer_lora_files(folders[source])["glow"]
+    family = {"sd": "sd", "sd35": "sd3", "flux-dev": "flux"}[target]
+    with pytest.raises(ExportOptionError, match=rf"^lora: other: {re.escape(str(path))} .*this {family} pipeline"):
+        export_repository(
+            folders[target],
+            tmp_path / "repository",
+            loras=[LoraSource("other", path)],
             fit_preview=False,
             show_progress=False,
         )

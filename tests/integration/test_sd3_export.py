@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
 from sdtriton.components import ONNX_FILE_NAME, SKIP_LAYERS_INPUT
 from sdtriton.export.configs import MODEL_VERSION, PIPELINE_MODEL_NAME
 from sdtriton.pipeline_config import PipelineConfig
+from tests.integration.oracle import BaseNetworkSession
 
 # fp32 ONNX Runtime against fp32 torch (measured: <= 4e-6 on the tiny models).
 ATOL = 1e-4
@@ -34,9 +34,8 @@ class Exported:
     config: PipelineConfig
     prefix: str
 
-    def session(self, model_name: str) -> ort.InferenceSession:
-        path = self.repository / f"{self.prefix}{model_name}" / MODEL_VERSION / ONNX_FILE_NAME
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    def session(self, model_name: str) -> BaseNetworkSession:
+        return BaseNetworkSession(self.repository / f"{self.prefix}{model_name}" / MODEL_VERSION / ONNX_FILE_NAME)
 
 
 @pytest.fixture(scope="module")

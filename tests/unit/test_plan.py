@@ -167,12 +167,36 @@ print(json.dumps({"peak_growth_bytes": peak - before, "input_bytes": inputs}))
 """
 
 
-def _real_cpu_peak_bytes() -> int:
+# The same for the VAE encoder of a diffusers folder (image-to-image's), on an image of a given side.
+_REAL_ENCODE = """
+import json, sys
+import torch
+from diffusers import AutoencoderKL
+
+def status_bytes(key):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(key))
+
+folder, side, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+vae = AutoencoderKL.from_pretrained(folder).eval()
+image = torch.randn(rows, vae.config.in_channels, side, side)
+with torch.no_grad():
+    vae.encode(image[..., :32, :32])
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    before = status_bytes("VmRSS:")
+    output = vae.encode(image).latent_dist
+    peak = status_bytes("VmHWM:")
+print(json.dumps({"peak_growth_bytes": peak - before, "input_bytes": image.numel() * image.element_size()}))
+"""
+
+
+def _real_cpu_peak_bytes(script: str, *args: str) -> int:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    args = [json.dumps(TINY_UNET), str(MEMORY_LATENT_PX), str(MEMORY_ROWS)]
     try:
         done = subprocess.run(
-            [sys.executable, "-c", _REAL_RUN, *args], capture_output=True, text=True, env=env, timeout=120, check=True
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=120, check=True
         )
     except subprocess.CalledProcessError as error:
         if "clear_refs" in error.stderr:
@@ -195,12 +219,53 @@ def test_activation_peak_matches_a_real_cpu_run() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
     assert planned.activation_peak_bytes > 4 * weight_bytes  # activations dominate at this size
 
-    measured = _real_cpu_peak_bytes()
+    measured = _real_cpu_peak_bytes(_REAL_RUN, json.dumps(TINY_UNET), str(MEMORY_LATENT_PX), str(MEMORY_ROWS))
     # 5%: RSS counts whole 4 KiB pages per tensor, glibc's block headers, small tensors served from the heap,
     # oneDNN's scratch buffers and what the small warm-up left unbuilt, none of which the planner sees (measured
     # here: 34.6 MiB planned, 35.2 MiB real, 1.7% apart). CPU SDPA runs a fused flash kernel, as the planner
     # assumes; the math path would add 2 x 8 x 2304^2 x 4 B = 340 MB of attention scores.
     assert planned.activation_peak_bytes == pytest.approx(measured, rel=0.05)
+
+
+ENCODE_SIDE_PX = 384  # the tiny VAE's first level: 32 channels of 384 x 384, 18 MiB a tensor in fp32
+
+
+def test_the_vae_encoders_activation_peak_matches_a_real_cpu_run(tmp_path: Path) -> None:
+    """Image-to-image's VAE encoder as ``plan`` counts it (one call at the image's size, untiled) against the resident
+    memory a real encode adds (the same observers and allowances as the UNet's run above)."""
+    from sdtriton.tiny import make_tiny
+
+    folder = make_tiny(tmp_path / "sd")
+    side = ENCODE_SIDE_PX
+    encoder = planning.measure_model(
+        str(folder), width_px=side, height_px=side, steps=1, dtype="fp32", vae_tile_above_px=0
+    ).network("vae_encoder")
+    assert encoder.calls_per_request == 0 and encoder.vae_tiling.tiles == 1  # counted, but text-to-image runs none
+    measured = _real_cpu_peak_bytes(_REAL_ENCODE, str(folder / "vae"), str(side), "1")
+    assert encoder.activation_peak_bytes > 3 * 32 * side * side * 4  # several first-level tensors live at once
+    # 10%: what RSS holds and the planner does not see (see the UNet's run above); measured here: 73.7 MiB planned,
+    # 78.5 MiB real (6.1% apart; 1.7% for the UNet, whose activations are more of the large tensors counted).
+    assert encoder.activation_peak_bytes == pytest.approx(measured, rel=0.10)
+
+
+def test_the_vae_encoder_is_counted_with_its_weights_and_one_tiles_peak(sd15: planning.Measurement) -> None:
+    """SD 1.5's encoder: the VAE's parameters less the decoder's (the published AutoencoderKL has 83.65 M, the
+    decoder 49.49 M); in every plan's weights and peak; at 1024 x 768 (tiled, as the server tiles an image whose
+    decode it tiles) 6 tiles of 512 px every 384 px, each at most the native 512 px encode's peak."""
+    encoder = sd15.network("vae_encoder")
+    vae = planning.build_vae(planning.architecture("sd15").vae, torch.float16)
+    assert encoder.parameters + sd15.network("vae_decoder").parameters == sum(p.numel() for p in vae.parameters())
+    assert encoder.parameters == pytest.approx(83.65e6 - 49.49e6, rel=0.01)
+    assert sd15.weight_bytes == sum(network.weight_bytes for network in sd15.networks) > encoder.weight_bytes
+    large = planning.measure_model("sd15", width_px=1024, height_px=768, steps=1)
+    whole = planning.measure_model("sd15", width_px=1024, height_px=768, steps=1, vae_tile_above_px=0)
+    tiled, untiled = large.network("vae_encoder"), whole.network("vae_encoder")
+    # Columns at 0, 384 and 768 px, rows at 0 and 384 px (diffusers' _tiled_encode, tile_overlap_factor 0.25).
+    assert tiled.vae_tiling.tiles == 6 and untiled.vae_tiling.tiles == 1
+    assert tiled.activation_peak_bytes == encoder.activation_peak_bytes < untiled.activation_peak_bytes
+    assert tiled.vae_tiling.untiled_activation_peak_bytes == untiled.activation_peak_bytes
+    assert "VAE encoder  image-to-image only" in "\n".join(planning.render_measurement(large))
+    assert "in 6 tiles" in "\n".join(planning.render_measurement(large))
 
 
 # --- 3. Weights against the published parameter counts --------------------------------------------------------
@@ -249,7 +314,7 @@ def test_plan_reads_a_pipeline_folder(family: str, tmp_path: Path, capsys: pytes
     measurement = planning.measure_model(str(folder), steps=4)
     roles = [network.role for network in measurement.networks]
     expected = ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]
-    assert roles == [*expected, "unet", "vae_decoder"]
+    assert roles == [*expected, "unet", "vae_decoder", "vae_encoder"]
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(folder / "unet")  # the real weights, to count them
@@ -346,7 +411,7 @@ def test_plan_reads_an_sd3_folder_and_counts_its_checkpoint(tmp_path: Path) -> N
     folder = make_tiny(tmp_path / "sd35", family="sd35")
     measurement = planning.measure_model(str(folder), steps=2)
     roles = [network.role for network in measurement.networks]
-    assert roles == ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder"]
+    assert roles == ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder", "vae_encoder"]
     assert measurement.workload.dtype == "bf16" and measurement.denoiser.rows == 2
     (weights,) = (folder / "transformer").glob("*.safetensors")
     with safe_open(str(weights), "pt") as checkpoint:
@@ -385,7 +450,8 @@ def test_flux_true_cfg_counts_two_rows() -> None:
     row an image (``--guidance``), twice the guidance-distilled step."""
     distilled = planning.measure_model("flux-dev")
     true_cfg = planning.measure_model("flux-dev", guidance=True)
-    assert [n.rows for n in true_cfg.networks] == [2, 2, 2, 1]  # CLIP, T5, transformer; the VAE decodes one image
+    # CLIP, T5, transformer; the VAE decodes (and encodes) one image
+    assert [n.rows for n in true_cfg.networks] == [2, 2, 2, 1, 1]
     assert true_cfg.flops_per_step == pytest.approx(2 * distilled.flops_per_step, rel=1e-6)
 
 
