@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from sdtriton import interface
 from sdtriton.client.exceptions import (
@@ -52,9 +52,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _SCHEMES = ("http", "grpc")
-_NUMPY_DTYPES = {
-    "BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_, "UINT8": np.uint8
-}  # fmt: skip
 # How much longer than the server-side budget the transport waits, so that the server's error comes first.
 _TRANSPORT_GRACE_S = 5.0
 # How long a stream that failed to start waits for the callback that carries the failure's status.
@@ -338,9 +335,9 @@ def build_inputs(
             items = [item.encode("utf-8") if isinstance(item, str) else item for item in items]
         if len(tensor.dims) > 1:
             pixels = [_pixels(item, tensor.dims[-1]) for item in items]
-            array = np.stack(pixels).astype(_NUMPY_DTYPES[tensor.triton_dtype], copy=False)
+            array = np.stack(pixels).astype(triton_to_np_dtype(tensor.triton_dtype), copy=False)
         else:
-            array = np.array(items, dtype=_NUMPY_DTYPES[tensor.triton_dtype]).reshape(count, 1)
+            array = np.array(items, dtype=triton_to_np_dtype(tensor.triton_dtype)).reshape(count, 1)
         infer_input = triton.InferInput(tensor.name, list(array.shape), tensor.triton_dtype)
         infer_input.set_data_from_numpy(array)
         inputs.append(infer_input)

@@ -6,11 +6,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 "$root/.venv/bin/ruff" check .
 "$root/.venv/bin/ruff" format --check .
-# One process by default. SDTRITON_TEST_WORKERS=2 runs two pytest-xdist workers (tests/worker_groups.py decides what
-# runs where), each server's stubs then with one OpenMP thread so that two workers' torch threads do not spin against
-# each other on a machine of two cores. Not the default yet: on 2 cores each of two clean-clone runs failed one
-# timing-bound test under the second worker's load (a cancel's idle time, a refusal's latency).
-workers="${SDTRITON_TEST_WORKERS:-0}"
+# Two pytest-xdist workers by default (SDTRITON_TEST_WORKERS=0: one process); tests/worker_groups.py decides what runs
+# where. With workers each server's stubs run one OpenMP thread, so that two workers' torch threads do not spin
+# against each other on a machine of two cores.
+workers="${SDTRITON_TEST_WORKERS:-2}"
 if [[ "$workers" != 0 ]]; then
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 fi

@@ -2,9 +2,10 @@
 
 A worker is a process with its own session fixtures, so a session server used by two workers starts twice. Each test
 module stays on one worker (its module-scoped servers start once), and the modules that use one of the expensive
-session fixtures below share a worker: the server over every family's repository (about 50 s to export and start) and
-the trained default model's. xdist's own ``--dist loadgroup`` would do this with marks, but it renames node ids in a
-way pytest 9 no longer sees, so the split is made here, from each module's source.
+session fixtures below share a worker: the server over every family's repository (about 200 s to export and start,
+seen in a two-worker run) and the trained default model's. xdist's own ``--dist loadgroup`` would do this with
+marks, but it renames node ids in a way pytest 9 no longer sees, so the split is made here, from each module's
+source.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tritonclient.utils import triton_to_np_dtype
 
 from sdtriton import interface
 
@@ -38,7 +39,6 @@ NEGATIVE_PROMPTS: tuple[str, ...] = ("", "blurry, low quality", "text, watermark
 _SEED_BASE = 1000
 # The default model's own scheduler (DPM-Solver++ 2M): one UNet call per step.
 FIXED_SCHEDULER = "dpmpp_2m"
-_NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_}
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class RequestSpec:
 def raw_inputs(request: RequestSpec) -> dict[str, np.ndarray]:
     """The request's public inputs as the pipeline model reads them, ``[1]`` arrays."""
     return {
-        tensor.name: np.array([getattr(request, tensor.name)], dtype=_NUMPY_DTYPES[tensor.triton_dtype])
+        tensor.name: np.array([getattr(request, tensor.name)], dtype=triton_to_np_dtype(tensor.triton_dtype))
         for tensor in interface.PUBLIC_INPUTS
     }
 
