@@ -227,7 +227,6 @@ def sdxl_diffusers_image(
     one generator passed to both, ``scheduler`` swapped into both with the base model's own scheduler settings.
     With ``image``, the base is ``StableDiffusionXLImg2ImgPipeline`` on the base's modules (image-to-image from it
     at ``strength``), the rest the same."""
-    pipelines = [base] if refiner is None else [base, refiner]
     generator = _generator(seed)
     common = {
         "negative_prompt": negative_prompt,
@@ -240,6 +239,8 @@ def sdxl_diffusers_image(
         from diffusers import StableDiffusionXLImg2ImgPipeline
 
         first, start = StableDiffusionXLImg2ImgPipeline.from_pipe(base), {"image": image, "strength": strength}
+    # Swapped into the pipelines that run: from_pipe made ``first`` with the base's scheduler of that moment.
+    pipelines = [first] if refiner is None else [first, refiner]
     with _schedulers_swapped(pipelines, _request_scheduler(scheduler, base)):
         if not refiner_fraction:
             result = first(prompt, **start, **common).images[0]
