@@ -33,10 +33,8 @@ SDXL_FAMILY = "sdxl"
 SD3_FAMILY = "sd3"
 FLUX_FAMILY = "flux"
 # The inpainting pipelines' default strength by family (StableDiffusionInpaintPipeline's 1.0,
-# StableDiffusionXLInpaintPipeline's 0.9999, StableDiffusion3InpaintPipeline's and FluxInpaintPipeline's 0.6); the
-# families the engine inpaints for.
+# StableDiffusionXLInpaintPipeline's 0.9999, StableDiffusion3InpaintPipeline's and FluxInpaintPipeline's 0.6).
 INPAINT_STRENGTH_DEFAULTS: dict[str, float] = {SD_FAMILY: 1.0, SDXL_FAMILY: 0.9999, SD3_FAMILY: 0.6, FLUX_FAMILY: 0.6}
-INPAINTING_FAMILIES: tuple[str, ...] = tuple(INPAINT_STRENGTH_DEFAULTS)
 FAMILIES = (SD_FAMILY, SDXL_FAMILY, SD3_FAMILY, FLUX_FAMILY)
 # FluxPipeline packs the latents in 2x2 patches (``_pack_latents``): sides are multiples of VAE factor x 2.
 FLUX_PACKING = 2

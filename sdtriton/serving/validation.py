@@ -17,7 +17,6 @@ import numpy as np
 from sdtriton import interface
 from sdtriton.pipeline_config import (
     FLUX_FAMILY,
-    INPAINTING_FAMILIES,
     SD3_FAMILY,
     SD_FAMILY,
     SDXL_FAMILY,
@@ -339,7 +338,7 @@ def _image_size(
 
 
 def _mask_size(mask_size: tuple[int, int] | None, image_size: tuple[int, int] | None, config: PipelineConfig) -> bool:
-    """Whether the request inpaints: a mask of its input image's size, on a family that inpaints; an inpainting
+    """Whether the request inpaints: a mask of its input image's size (every family inpaints); an inpainting
     model (a 9-channel UNet) takes nothing else, as only diffusers' inpainting pipelines can run it."""
     field = interface.MASK_IMAGE.name
     if mask_size is None:
@@ -354,10 +353,6 @@ def _mask_size(mask_size: tuple[int, int] | None, image_size: tuple[int, int] | 
     if image_size is None:
         raise InvalidInputError(
             field, f"is taken with an {interface.INPUT_IMAGE.name} only: {interface.MASK_IMAGE.allowed}"
-        )
-    if config.family not in INPAINTING_FAMILIES:
-        raise InvalidInputError(
-            field, f"is not taken by this {config.family} model (inpainting: {', '.join(INPAINTING_FAMILIES)})"
         )
     if tuple(mask_size) != tuple(image_size):
         raise InvalidInputError(
