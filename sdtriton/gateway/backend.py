@@ -30,8 +30,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from sdtriton import interface
@@ -46,7 +44,6 @@ from sdtriton.client import (
 )
 from sdtriton.client.client import wrap_error
 from sdtriton.gateway.errors import unknown_model
-from sdtriton.gateway.images import MASK_IMAGE_INPUT
 from sdtriton.gateway.settings import ModelSettings
 from sdtriton.server import ADMIN_KEY_ENVIRONMENT, AdminAccess
 
@@ -67,7 +64,7 @@ ENGINE_INPUTS: tuple[str, ...] = tuple(
 )
 # Where generate()'s keyword differs from the engine input's name (it takes the images as image=, mask=); the
 # client's stream() takes every input by its own name.
-_CLIENT_KEYWORDS = {interface.INPUT_IMAGE.name: "image", MASK_IMAGE_INPUT: "mask"}
+_CLIENT_KEYWORDS = {interface.INPUT_IMAGE.name: "image", interface.MASK_IMAGE.name: "mask"}
 
 
 @dataclass(frozen=True)
@@ -259,9 +256,8 @@ class Backend:
             keywords = {_CLIENT_KEYWORDS.get(name, name): value for name, value in inputs.items()}
             result = await _unless_cancelled(client.generate(prompts, **keywords), cancelled)
         else:
-            # The stream takes the entry's tensors by their own names, the images as their pixels.
-            tensors = {name: _tensor(value) for name, value in inputs.items()}
-            events = client.stream(prompts, preview_every=request.preview_every, **tensors)
+            # The stream takes the entry's tensors by their own names (the images as PIL images, as generate()).
+            events = client.stream(prompts, preview_every=request.preview_every, **inputs)
             async with contextlib.aclosing(events):
                 result = await _unless_cancelled(_follow(events, on_progress), cancelled)
         logger.info("%s: %d image(s) in %.2f s", model.name, request.n, time.monotonic() - started)
@@ -336,15 +332,6 @@ class Backend:
                 self.triton_url, model_name=model_name, timeout_s=self.timeout_s
             )
         return self._clients[model_name]
-
-
-def _tensor(value: Any) -> Any:
-    """An input as the entry's tensor takes it: a PIL image as its UINT8 pixels, [H, W, 3] RGB or, greyscale (a
-    mask), [H, W, 1]; anything else as it is."""
-    if not isinstance(value, Image.Image):
-        return value
-    pixels = np.asarray(value)
-    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
 
 
 async def _follow(

@@ -40,7 +40,7 @@ from sdtriton.client import (
     ServerBusyError,
     ServerUnavailableError,
 )
-from sdtriton.gateway.images import MASK_IMAGE_INPUT, ImageInputError
+from sdtriton.gateway.images import ImageInputError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ REQUEST_FIELDS = {
     interface.WIDTH.name: "size",
     interface.HEIGHT.name: "size",
     interface.INPUT_IMAGE.name: "image",
-    MASK_IMAGE_INPUT: "mask",
+    interface.MASK_IMAGE.name: "mask",
 }
 # An engine refusal starts with the input's name: "width: must be ...", "width x height: must be at most ...".
 _ENGINE_FIELD = re.compile(r"(?P<field>[a-z_]+)(?: x [a-z_]+)?: ")

@@ -12,8 +12,6 @@ from typing import Literal
 
 from PIL import Image
 
-from sdtriton import interface
-
 OutputFormat = Literal["png", "jpeg", "webp"]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("png", "jpeg", "webp")
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -73,8 +71,6 @@ class ImageInputError(ValueError):
 # The most pixels an input image may declare before it is decoded: far above any model's own limit (which the engine
 # checks, naming the field), low enough that a small file of a huge image cannot make the gateway decode gigabytes.
 MAX_INPUT_PIXELS = 4096 * 4096
-# The engine's inpainting input: UINT8 [H, W, 1].
-MASK_IMAGE_INPUT = interface.MASK_IMAGE.name
 # OpenAI's mask convention: the fully transparent pixels of the mask (alpha 0) are the area to edit. The engine's
 # mask_image is 255 where it repaints and 0 where it keeps.
 EDIT_ALPHA = 0

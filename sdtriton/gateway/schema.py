@@ -21,7 +21,6 @@ from sdtriton import interface
 from sdtriton.gateway.backend import ENGINE_INPUTS, GenerationRequest, ServedModel
 from sdtriton.gateway.errors import REQUEST_FIELDS
 from sdtriton.gateway.images import (
-    MASK_IMAGE_INPUT,
     ImageInputError,
     OutputFormat,
     decode_base64_png,
@@ -171,7 +170,7 @@ class ImageRequest(BaseModel):
                 )
             inputs[interface.INPUT_IMAGE.name] = input_pixels(image)
             if mask is not None:
-                inputs[MASK_IMAGE_INPUT] = edit_mask(mask, size=image.size)
+                inputs[interface.MASK_IMAGE.name] = edit_mask(mask, size=image.size)
         if width is not None:
             inputs |= {interface.WIDTH.name: width, interface.HEIGHT.name: height}
         return GenerationRequest(

@@ -297,7 +297,7 @@ def test_a_bodys_image_is_sent_as_rgb_pixels_and_its_mask_converted() -> None:
     assert inputs["strength"] == 0.5 and (inputs["width"], inputs["height"]) == (32, 16)
     image = inputs[interface.INPUT_IMAGE.name]
     assert image.mode == "RGB" and image.getpixel((0, 0)) == (10, 20, 30)
-    repaint = np.asarray(inputs[images.MASK_IMAGE_INPUT])
+    repaint = np.asarray(inputs[interface.MASK_IMAGE.name])
     assert (repaint[:, :8] == 255).all() and (repaint[:, 8:] == 0).all()
     with pytest.raises(ValidationError, match="at most 1398104 characters") as caught:
         JobCreateRequest(prompt="p", image="A" * (MAX_JOB_IMAGE_CHARS + 1))
