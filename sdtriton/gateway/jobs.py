@@ -412,7 +412,13 @@ class JobManager:
     ) -> None:
         claim = running.claim
         done = await asyncio.to_thread(
-            self.store.finish, claim.job.id, claim.token, status=status, images=images, error=error
+            self.store.finish,
+            claim.job.id,
+            claim.token,
+            status=status,
+            images=images,
+            error=error,
+            total=running.total or None,
         )
         if not done:
             logger.warning("job %s: claim lost before it finished as %s; result dropped", claim.job.id, status)

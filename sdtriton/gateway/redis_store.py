@@ -158,12 +158,13 @@ redis.call('ZADD', prefix .. 'running', ARGV[6], id)
 return {1, cancel}
 """
 
-# ARGV[4] id, [5] token, [6] status, [7] error or '', [8] images' JSON, [9..] each image's bytes.
+# ARGV[4] id, [5] token, [6] status, [7] error or '', [8] total steps or '', [9] images' JSON, [10..] each image.
 _FINISH = """
 local id = ARGV[4]
 if not held(jkey(id), ARGV[5]) then return 0 end
-redis.call('HSET', jkey(id), 'images', ARGV[8])
-for i = 9, #ARGV do redis.call('HSET', prefix .. 'images:' .. id, tostring(i - 9), ARGV[i]) end
+if ARGV[8] ~= '' then redis.call('HSET', jkey(id), 'total', ARGV[8]) end
+redis.call('HSET', jkey(id), 'images', ARGV[9])
+for i = 10, #ARGV do redis.call('HSET', prefix .. 'images:' .. id, tostring(i - 10), ARGV[i]) end
 finish(id, ARGV[6], ARGV[7])
 return 1
 """
@@ -336,6 +337,7 @@ class RedisJobStore:
         status: str,
         images: Sequence[GeneratedImage] = (),
         error: Mapping[str, Any] | None = None,
+        total: int | None = None,
     ) -> bool:
         check_final_status(status)
         listed = [
@@ -344,7 +346,14 @@ class RedisJobStore:
         ]
         error_json = json.dumps(dict(error)) if error is not None else ""
         done = self._run(
-            "finish", job_id, token, status, error_json, json.dumps(listed), *(image.data for image in images)
+            "finish",
+            job_id,
+            token,
+            status,
+            error_json,
+            "" if total is None else str(total),
+            json.dumps(listed),
+            *(image.data for image in images),
         )
         return bool(done)
 

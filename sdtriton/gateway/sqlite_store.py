@@ -216,11 +216,14 @@ class SqliteJobStore:
         status: str,
         images: Sequence[GeneratedImage] = (),
         error: Mapping[str, Any] | None = None,
+        total: int | None = None,
     ) -> bool:
         check_final_status(status)
         with self._write() as connection:
             if not self._holds(connection, job_id, token):
                 return False
+            if total is not None:
+                connection.execute("UPDATE jobs SET total = ? WHERE id = ?", (total, job_id))
             self._end(connection, job_id, status, error=error)
             connection.executemany(
                 "INSERT INTO images (job_id, idx, format, seed, data) VALUES (?, ?, ?, ?, ?)",

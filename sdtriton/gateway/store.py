@@ -234,10 +234,12 @@ class JobStore(Protocol):
         status: str,
         images: Sequence[GeneratedImage] = (),
         error: Mapping[str, Any] | None = None,
+        total: int | None = None,
     ) -> bool:
         """Ends a running job as ``status`` (succeeded with its ``images``, failed or cancelled with ``error``), if
-        ``token`` still holds its claim; False (and no change) otherwise. Finished jobs expire after the store's
-        result TTL."""
+        ``token`` still holds its claim; False (and no change) otherwise. ``total``: its steps as the run last saw
+        them (a run shorter than the progress interval never renewed them; None: as stored). Finished jobs expire
+        after the store's result TTL."""
         ...
 
     def release(self, job_id: str, token: str) -> bool:

@@ -280,3 +280,14 @@ def test_a_process_killed_mid_write_leaves_every_job_whole(job_store_spec: str, 
     while (claim := job_store.claim("after", lease_s=60)) is not None and claim.job.id != fresh:
         job_store.finish(claim.job.id, claim.token, status=SUCCEEDED)
     assert claim is not None and job_store.finish(fresh, claim.token, status=SUCCEEDED)
+
+
+def test_a_run_shorter_than_one_renewal_finishes_with_its_steps(job_store: JobStore):
+    """A job that ends before its first progress write (renew) still shows its steps: the total travels with the
+    final state, and a succeeded job's step is its total."""
+    job_id = job_store.create({"prompt": "p"}).job.id
+    claim = job_store.claim("gateway-a", lease_s=60)
+    assert job_store.get(job_id).total == 0
+    assert job_store.finish(job_id, claim.token, status=SUCCEEDED, images=[image(1)], total=2)
+    done = job_store.get(job_id)
+    assert (done.step, done.total) == (2, 2)
