@@ -87,6 +87,8 @@ def test_a_server_killed_by_sigsegv_is_restarted_with_its_log_kept(supervised) -
     server = supervised.server
     group = server.pid
     first_seed_image = _image(server.address.http_url, 11)
+    regions = server.leftover_shm_regions()
+    assert regions
     os.kill(group, signal.SIGSEGV)
     _wait_restarted(supervised, 1)
     (end,) = supervised.ends
@@ -96,6 +98,7 @@ def test_a_server_killed_by_sigsegv_is_restarted_with_its_log_kept(supervised) -
     kept = server.log_path.with_name(server.log_path.name + ".1")
     assert "Started GRPCInferenceService" in kept.read_text(errors="replace")
     assert process_group_members(group) == [], "no stub of the dead server outlives it"
+    assert [region for region in regions if region.exists()] == [], "nor their shared memory"
     assert _image(server.address.http_url, 11) == first_seed_image
 
 
@@ -103,8 +106,12 @@ def test_a_stopped_server_leaves_no_process_of_its_group(tiny_repository: Path, 
     server = TritonServer(tiny_repository, address=ServerAddress.on_free_ports(), log_path=tmp_path / "t.log")
     with server:
         group = server.pid
+        regions = server.leftover_shm_regions()
+        stubs = len(process_group_members(group)) - 1  # the group is tritonserver and its stubs
+        assert len(regions) >= stubs > 0, "every stub's region carries the server's prefix"
         os.kill(group, signal.SIGKILL)  # the stubs are orphaned, as after a crash
         while server.running:
             time.sleep(0.05)
         assert server.stop() == -signal.SIGKILL
     assert process_group_members(group) == []
+    assert [region for region in regions if region.exists()] == [], "the killed stubs' shared memory is unlinked"
