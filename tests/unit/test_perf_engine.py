@@ -47,7 +47,7 @@ from sdtriton.perf.profiles import (
     parse_profiles,
 )
 from sdtriton.perf.report import headline, summary_markdown, write_reports
-from sdtriton.perf.workload import fixed_requests, raw_inputs
+from sdtriton.perf.workload import fixed_requests, load_input_data, raw_inputs
 from sdtriton.serving.engine import EngineLimits
 from sdtriton.serving.simulated import SimulatedLatency
 from sdtriton.tiny import FAMILIES
@@ -304,7 +304,18 @@ def test_gateway_ratio_overhead_and_a_summary_of_its_section_alone() -> None:
 def test_the_committed_engine_profiles() -> None:
     profiles = load_profiles(DEFAULT_PERF_DIR)
     engine_profiles = {name: p for name, p in profiles.items() if p.engine}
-    assert set(engine_profiles) == {"engine", "transformer", "gateway"}
+    assert set(engine_profiles) == {"engine", "transformer", "gateway", "mixed_inputs"}
+    # The mixed inputs: the base request's ceiling and the mix's on one model, exported with the mix's adapters; every
+    # kind sent equally often on every side (a turn's requests a multiple of the mix's and of the concurrency).
+    mixed = engine_profiles["mixed_inputs"]
+    assert mixed.engine_sections == ("ceiling", "mixed_inputs") and mixed.mixed_inputs is not None
+    mix = load_input_data(DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / mixed.mixed_inputs.input_data)
+    assert [request.kind for request in mix] == ["text", "img2img", "inpaint", "lora style", "lora detail"]
+    assert {request.lora for request in mix} - {""} == set(mixed.loras)
+    assert any(request.lora and request.lora_scale != 1 for request in mix)
+    spec = mixed.mixed_inputs
+    assert spec.requests % (spec.turns * len(mix) * spec.concurrency) == 0
+    assert spec.plain_loop_runs % (spec.turns * len(mix)) == 0
     # The gateway profile: the tiny model, the gateway against direct gRPC at concurrency 1 and 8, nothing else.
     gateway = engine_profiles["gateway"]
     assert gateway.model == "tiny" and gateway.engine_sections == ("gateway",)
@@ -405,7 +416,7 @@ def test_in_process_closed_loop_keeps_the_concurrency_and_counts_unet_rows() -> 
     run = run_closed_loop(
         ServedFiles(tokenizers={"text_encoder": _FakeTokenizer()}, config=CONFIG, networks=networks),
         EngineLimits(max_running_images=8, max_unet_rows=16),
-        _small_request(steps=4),
+        [_small_request(steps=4)],
         concurrency=3,
         requests=7,
         show_progress=False,
@@ -432,7 +443,7 @@ def test_in_process_zero_time_unet_and_failures() -> None:
         run_closed_loop(
             ServedFiles(tokenizers={"text_encoder": _FakeTokenizer()}, config=CONFIG, networks=networks),
             EngineLimits(),
-            _small_request(),
+            [_small_request()],
             concurrency=2,
             requests=2,
             show_progress=False,

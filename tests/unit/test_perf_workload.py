@@ -47,7 +47,7 @@ def _model_config(model: str) -> PipelineConfig:
 
 
 def test_request_fields_are_the_public_inputs() -> None:
-    assert [f.name for f in dataclasses.fields(RequestSpec)] == [t.name for t in interface.PUBLIC_INPUTS]
+    assert [f.name for f in dataclasses.fields(RequestSpec)] == [t.name for t in interface.ENTRY_INPUTS]
 
 
 @pytest.mark.parametrize("name", sorted(INPUT_DATA_FILES))
