@@ -147,7 +147,7 @@ class ClientClass:
     """``clients`` threads sending ``requests`` back to back as class ``name``, ``requests_per_client`` each (None:
     until the bounded classes are done); ``timeout_s``: a request's budget, so that a lost answer fails its request
     instead of holding its thread for ever. Several requests are cycled as one closed loop sends them (client ``i``'s
-    ``n``-th is the ``n x clients + i``-th), each recorded as its kind."""
+    ``n``-th is the ``n x clients + i``-th, ``i`` counting the load's clients), each recorded as its kind."""
 
     name: str
     requests: Sequence[RequestSpec]
@@ -156,7 +156,7 @@ class ClientClass:
     timeout_s: float | None = None
 
     def request(self, client: int, sent: int) -> tuple[str, RequestSpec]:
-        """The class's ``client``-th thread's ``sent``-th request and the class it is recorded as."""
+        """The ``client``-th thread's ``sent``-th request and the class it is recorded as."""
         request = self.requests[(sent * self.clients + client) % len(self.requests)]
         return (self.name if len(self.requests) == 1 else request.kind), request
 
@@ -214,18 +214,18 @@ def run_classes(
     bounded = [c for c in classes if c.requests_per_client is not None]
     if not bounded:
         raise ValueError("at least one class needs requests_per_client")
-    senders = [(c, in_class) for c in classes for in_class in range(c.clients)]
+    senders = [c for c in classes for _ in range(c.clients)]
     clients: list[StableDiffusionClient] = []
     records: list[RequestRecord] = []
     lock, stop, start = threading.Lock(), threading.Event(), threading.Barrier(len(senders) + 1)
     progress = tqdm(total=sum(c.clients * c.requests_per_client for c in bounded), desc=load, disable=not show_progress)
     origin = 0.0
 
-    def send_all(client_class: ClientClass, client: StableDiffusionClient, index: int, in_class: int) -> None:
+    def send_all(client_class: ClientClass, client: StableDiffusionClient, index: int) -> None:
         count, sent = client_class.requests_per_client, 0
         start.wait()
         while not (stop.is_set() if count is None else sent >= count):
-            (name, request), sent_at, error = client_class.request(in_class, sent), time.perf_counter(), None
+            (name, request), sent_at, error = client_class.request(index, sent), time.perf_counter(), None
             try:
                 client.generate(request.prompt, **request.client_parameters())
             except Exception as failure:
@@ -236,22 +236,22 @@ def run_classes(
             sent += 1
 
     try:
-        for client_class, _ in senders:  # every client ready before the load starts (all closed in `finally`)
+        for client_class in senders:  # every client ready before the load starts (all closed in `finally`)
             clients.append((GatewayClient if gateway else StableDiffusionClient)(url, timeout_s=client_class.timeout_s))
             if not wait_until_ready(clients[-1], timeout_s=_CONNECT_TIMEOUT_S):
                 raise SdTritonError(f"{url} is not ready after {_CONNECT_TIMEOUT_S:.0f} s")
         threads = [
-            threading.Thread(target=send_all, args=(c, client, index, i), name=f"{load}-{c.name}-{index}", daemon=True)
-            for index, ((c, i), client) in enumerate(zip(senders, clients, strict=True))
+            threading.Thread(target=send_all, args=(c, client, index), name=f"{load}-{c.name}-{index}", daemon=True)
+            for index, (c, client) in enumerate(zip(senders, clients, strict=True))
         ]
         for thread in threads:
             thread.start()
         origin = time.perf_counter()
         start.wait()
         unbounded_last = sorted(
-            zip(threads, senders, strict=True), key=lambda pair: pair[1][0].requests_per_client is None
+            zip(threads, senders, strict=True), key=lambda pair: pair[1].requests_per_client is None
         )
-        for thread, (client_class, _) in unbounded_last:
+        for thread, client_class in unbounded_last:
             if client_class.requests_per_client is None:
                 stop.set()  # the bounded classes are done
             thread.join()

@@ -492,18 +492,13 @@ class CeilingResult:
 
 def _ceiling_goals(letter: str, what: str, ceiling: CeilingResult | None) -> list[GoalRow]:
     """The two goals of a ceiling section."""
-    level = ceiling.in_process.concurrency if ceiling else "?"
-    served, one = (ceiling.served_over_ceiling, ceiling.one_over_plain_loop) if ceiling else (None, None)
+    served, level = f"({letter}) {what}served", ceiling.in_process.concurrency if ceiling else "?"
+    ratios = (ceiling.served_over_ceiling, ceiling.one_over_plain_loop) if ceiling else (None, None)
     return [
         _ratio_goal(
-            f"({letter}) {what}served / in-process engine images/s at concurrency {level}",
-            served,
-            ">=",
-            GOAL_SERVED_OVER_CEILING,
+            f"{served} / in-process engine images/s at concurrency {level}", ratios[0], ">=", GOAL_SERVED_OVER_CEILING
         ),
-        _ratio_goal(
-            f"({letter}) {what}served p50 at concurrency 1 / plain loop median", one, "<=", GOAL_C1_OVER_PLAIN_LOOP
-        ),
+        _ratio_goal(f"{served} p50 at concurrency 1 / plain loop median", ratios[1], "<=", GOAL_C1_OVER_PLAIN_LOOP),
     ]
 
 
@@ -649,8 +644,9 @@ class GatewayResult:
         return self.levels()[-1][2] if self.levels() else None
 
 
-_SECTIONS = ("ceiling", "sweep", "mixed", "burst", "simulated", "gateway", "mixed_inputs")
-_SECTION_LETTERS = dict(zip(_SECTIONS, "abcdefg", strict=True))
+_SECTION_LETTERS = dict(
+    zip(("ceiling", "sweep", "mixed", "burst", "simulated", "gateway", "mixed_inputs"), "abcdefg", strict=True)
+)
 
 
 @dataclass(frozen=True, kw_only=True)

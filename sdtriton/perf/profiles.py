@@ -29,6 +29,8 @@ DEFAULT_PERF_DIR = Path(__file__).resolve().parents[2] / "perf"
 SCENARIOS_FILE_NAME = "scenarios.json"
 INPUT_DATA_DIR_NAME = "input_data"
 ENGINE_KEY = "engine"
+# LoRA adapters to make and export with a profile's model: make_tiny_lora's options by adapter name.
+Loras = Mapping[str, Mapping[str, Any]]
 # A GPU-like UNet: 10 ms a call plus 2 ms a batch row.
 DEFAULT_SIMULATED_LATENCY = SimulatedLatency(fixed_ms=10.0, per_item_ms=2.0)
 
@@ -218,7 +220,7 @@ class Profile:
     simulated: SimulatedSpec | None = None
     gateway: GatewaySpec | None = None
     mixed_inputs: CeilingSpec | None = None  # (g) the ceiling again, over a file of mixed requests
-    loras: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    loras: Loras = dataclasses.field(default_factory=dict)
 
     @property
     def engine(self) -> bool:

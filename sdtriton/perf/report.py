@@ -211,15 +211,15 @@ def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
             latency_axis.plot(levels, [p.p50_ms for p in points], "o-", color=colour, label=f"{label}, p50")
             latency_axis.plot(levels, [p.p99_ms for p in points], "s--", color=colour, label=f"{label}, p99")
     for section, ceiling in _ceilings(result):
-        run, served, plain_per_s = ceiling.in_process, ceiling.served, 1000.0 / ceiling.plain_loop.median_ms
         what, colour = ("", "black") if section == "ceiling" else ("mixed inputs: ", "tab:green")
-        options = {"color": colour, "markersize": 10}
-        throughput_axis.plot(
-            [run.concurrency], [run.images_per_s], "*", label=f"{what}in-process engine (ceiling)", **options
-        )
-        throughput_axis.plot(
-            [served.concurrency], [served.images_per_s], "x", label=f"{what}Triton, in turns with it", **options
-        )
+        for load, marker, label in (
+            (ceiling.in_process, "*", "in-process engine (ceiling)"),
+            (ceiling.served, "x", "Triton"),
+        ):
+            throughput_axis.plot(
+                [load.concurrency], [load.images_per_s], marker, color=colour, ms=10, label=what + label
+            )
+        plain_per_s = 1000.0 / ceiling.plain_loop.median_ms
         throughput_axis.axhline(plain_per_s, color=colour, linestyle=":", label=f"{what}plain loop, one at a time")
     for axis, measure in ((throughput_axis, "throughput (images/s)"), (latency_axis, "latency (ms)")):
         axis.set_ylabel(measure)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from sdtriton import interface
 from sdtriton.components import ONNX_FILE_NAME, TOKENIZER_DIR_NAME, TRANSFORMER_MODEL_NAME, UNET
+from sdtriton.perf.profiles import Loras
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +75,7 @@ def ensure_model(model_dir: Path | None, model: str, work_dir: Path) -> Path:
     return target
 
 
-def ensure_repository(
-    repository: Path,
-    model_dir: Path,
-    *,
-    show_progress: bool,
-    work_dir: Path,
-    loras: Mapping[str, Mapping[str, Any]] | None = None,
-) -> Path:
+def ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool, work_dir: Path, loras: Loras) -> Path:
     """The export to load-test: ``repository`` if it holds one with the engine's caches off; a variant of it in
     ``work_dir`` with them off if they are on; else ``model_dir`` exported into ``repository`` with them off, and with
     ``loras`` (random adapters made in ``work_dir`` by ``make_tiny_lora`` with these options, by name)."""
@@ -107,7 +99,7 @@ def ensure_repository(
 
     started = time.monotonic()
     options = RenderOptions(**PERF_RENDER_OPTIONS_CACHES_OFF)
-    made = [LoraSource(n, make_tiny_lora(model_dir, work_dir / "loras" / n, **o)) for n, o in (loras or {}).items()]
+    made = [LoraSource(n, make_tiny_lora(model_dir, work_dir / "loras" / n, **o)) for n, o in loras.items()]
     export_repository(model_dir, repository, options=options, show_progress=show_progress, loras=made)
     logger.info("exported %s to %s in %.0f s", model_dir, repository, time.monotonic() - started)
     return repository

@@ -35,7 +35,15 @@ from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
 from sdtriton.gateway.process import GatewayProcess
 from sdtriton.perf import load, model, paths, profiles, report, repositories
 from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, Load, Run
-from sdtriton.perf.profiles import INPUT_DATA_DIR_NAME, LoadMode, PerfOptions, Profile, Scenario, load_profiles
+from sdtriton.perf.profiles import (
+    INPUT_DATA_DIR_NAME,
+    CeilingSpec,
+    LoadMode,
+    PerfOptions,
+    Profile,
+    Scenario,
+    load_profiles,
+)
 from sdtriton.perf.workload import RequestSpec, load_input_data
 from sdtriton.server import ServerAddress, TritonServer, named_triton_installation
 
@@ -367,11 +375,8 @@ class PerfRun:
     ) -> Load:
         """``concurrency`` client threads over gRPC sending ``mix`` in turn (by default the base request), ``requests``
         in all (rounded up); with ``gateway_url``, as HTTP POSTs to that gateway (in front of ``server``)."""
-        timeout_s, per_client = (
-            self.timeout_s(self.request.num_inference_steps, concurrency),
-            _in_turns(requests, concurrency),
-        )
-        client_class = load.ClientClass(variant, mix or (self.request,), concurrency, per_client, timeout_s)
+        timeout_s, mix = self.timeout_s(self.request.num_inference_steps, concurrency), mix or (self.request,)
+        client_class = load.ClientClass(variant, mix, concurrency, _in_turns(requests, concurrency), timeout_s)
         sent = load.run_classes(
             gateway_url or server.address.grpc_url,
             [client_class],
@@ -405,9 +410,10 @@ class PerfRun:
                 if sweep and self.fits("batching-off server", 2 * (_SERVER_START_S + sweep.requests * image_s)):
                     off = self.variant(BATCHING_OFF, on_repository, max_running_images=sweep.batching_off)
                     servers[BATCHING_OFF] = stack.enter_context(self.engine_server(off, BATCHING_OFF))
-                for name, spec in (("ceiling", ceiling), ("mixed_inputs", p.mixed_inputs)):
-                    if spec and self.fits(name, 2 * (spec.requests + spec.plain_loop_runs) * image_s):
-                        sections[name] = self.ceiling(on, spec, _SERVED_VARIANTS[name])
+                specs = {name: spec for name, spec in (("ceiling", ceiling), ("mixed_inputs", p.mixed_inputs)) if spec}
+                ceilings_s = sum(2 * (s.requests + s.plain_loop_runs) for s in specs.values()) * image_s
+                if specs and self.fits(" and ".join(specs), ceilings_s):
+                    sections.update(self.ceilings(on, specs))
                 if BATCHING_OFF in servers:
                     sections["sweep"] = self.sweep(servers, sweep)
                 if mixed:
@@ -436,31 +442,46 @@ class PerfRun:
         gc.collect()
         return model.EngineResult(**self.common(), **sections, planned=p.engine_sections)
 
-    def ceiling(self, server: TritonServer, spec, variant: str) -> model.CeilingResult | None:
-        """After warm-ups of both sides: in turns, in-process and served at the ceiling's concurrency, the plain loop
-        and served at 1, over the spec's requests (by default the base request)."""
-        mix = load_input_data(self.input_dir / spec.input_data) if spec.input_data else ()
-        in_process, served, served_one, plain, turn_ratios = [], [], [], [], []
-        per_turn, plain_per_turn = _in_turns(spec.requests, spec.turns), _in_turns(spec.plain_loop_runs, spec.turns)
-        if spec.warmup_requests:
-            self.in_process(spec.concurrency, spec.warmup_requests, f"{variant} warm-up: in-process", mix=mix)
-            self.load(server, f"{variant}_warmup", spec.concurrency, spec.warmup_requests, mix=mix)
-        for turn in range(spec.turns):
-            what = f"{variant} turn {turn + 1}: in-process"
-            in_process.append(self.in_process(spec.concurrency, per_turn, what, mix=mix))
-            served.append(self.load(server, variant, spec.concurrency, per_turn, mix=mix))
-            plain.append(self.plain_loop(runs=plain_per_turn, mix=mix))
-            served_one.append(self.load(server, variant, 1, plain_per_turn, mix=mix))
-            if served[-1].completed:
-                turn_ratios.append(served[-1].images_per_s / in_process[-1].images_per_s)
+    def ceilings(self, server: TritonServer, specs: dict[str, CeilingSpec]) -> dict[str, model.CeilingResult | None]:
+        """After warm-ups of both sides of each: in turns, in-process and served at each section's concurrency, the
+        plain loop and served at 1, over its requests (by default the base request), one section's turn after the
+        other's, so that a drift of the machine's speed hits the sections' ratios alike too."""
+        mixes = {
+            name: load_input_data(self.input_dir / s.input_data) if s.input_data else () for name, s in specs.items()
+        }
+        loads: dict[str, tuple[list[Load], ...]] = {name: ([], [], [], []) for name in specs}
+        for name, spec in specs.items():
+            if spec.warmup_requests:
+                what, variant = f"{name} warm-up: in-process", f"{_SERVED_VARIANTS[name]}_warmup"
+                self.in_process(spec.concurrency, spec.warmup_requests, what, mix=mixes[name])
+                self.load(server, variant, spec.concurrency, spec.warmup_requests, mix=mixes[name])
+        for turn in range(max(spec.turns for spec in specs.values())):
+            for name, spec in ((n, s) for n, s in specs.items() if turn < s.turns):
+                variant, mix, (in_process, served, plain, served_one) = _SERVED_VARIANTS[name], mixes[name], loads[name]
+                per_turn, plain_per_turn = (
+                    _in_turns(count, spec.turns) for count in (spec.requests, spec.plain_loop_runs)
+                )
+                what = f"{name} turn {turn + 1}: in-process"
+                in_process.append(self.in_process(spec.concurrency, per_turn, what, mix=mix))
+                served.append(self.load(server, variant, spec.concurrency, per_turn, mix=mix))
+                plain.append(self.plain_loop(runs=plain_per_turn, mix=mix))
+                served_one.append(self.load(server, variant, 1, plain_per_turn, mix=mix))
+        return {name: self._ceiling(name, *turns) for name, turns in loads.items()}
+
+    def _ceiling(self, name: str, *turns: list[Load]) -> model.CeilingResult | None:
+        """A ceiling section's turns (in-process, served, plain loop, served at 1) merged; None, and why in the
+        summary, if the server completed no request at one of its concurrencies."""
+        in_process, served, plain, served_one = turns
+        pairs = zip(in_process, served, strict=True)
+        turn_ratios = tuple(s.images_per_s / i.images_per_s for i, s in pairs if s.completed)
         served_level, served_one_level = Load.merged(served), Load.merged(served_one)
         if not served_level.completed or not served_one_level.completed:
-            self.skipped.append(f"{variant}: the server completed no request at one of its concurrencies")
+            self.skipped.append(f"{name}: the server completed no request at one of its concurrencies")
             return None
         merged = (Load.merged(in_process), served_level, Load.merged(plain), served_one_level)
-        result = model.CeilingResult(*merged, tuple(turn_ratios))
+        result = model.CeilingResult(*merged, turn_ratios)
         ratios = (result.served_over_ceiling, result.one_over_plain_loop)
-        logger.info("%s: served/in-process %.3fx, c1 served/plain loop %.3fx", variant, *ratios)
+        logger.info("%s: served/in-process %.3fx, c1 served/plain loop %.3fx", name, *ratios)
         return result
 
     def sweep(self, servers: dict[str, TritonServer], spec) -> tuple[Load, ...]:
