@@ -35,15 +35,7 @@ from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
 from sdtriton.gateway.process import GatewayProcess
 from sdtriton.perf import load, model, paths, profiles, report, repositories
 from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, Load, Run
-from sdtriton.perf.profiles import (
-    INPUT_DATA_DIR_NAME,
-    CeilingSpec,
-    LoadMode,
-    PerfOptions,
-    Profile,
-    Scenario,
-    load_profiles,
-)
+from sdtriton.perf.profiles import INPUT_DATA_DIR_NAME, LoadMode, PerfOptions, Profile, Scenario, load_profiles
 from sdtriton.perf.workload import RequestSpec, load_input_data
 from sdtriton.server import ServerAddress, TritonServer, named_triton_installation
 
@@ -442,7 +434,9 @@ class PerfRun:
         gc.collect()
         return model.EngineResult(**self.common(), **sections, planned=p.engine_sections)
 
-    def ceilings(self, server: TritonServer, specs: dict[str, CeilingSpec]) -> dict[str, model.CeilingResult | None]:
+    def ceilings(
+        self, server: TritonServer, specs: dict[str, profiles.CeilingSpec]
+    ) -> dict[str, model.CeilingResult | None]:
         """After warm-ups of both sides of each: in turns, in-process and served at each section's concurrency, the
         plain loop and served at 1, over its requests (by default the base request), one section's turn after the
         other's, so that a drift of the machine's speed hits the sections' ratios alike too."""
