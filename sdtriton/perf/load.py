@@ -144,15 +144,21 @@ def run_level(
 
 @dataclass(frozen=True)
 class ClientClass:
-    """``clients`` threads sending ``request`` back to back as class ``name``, ``requests_per_client`` each (None:
+    """``clients`` threads sending ``requests`` back to back as class ``name``, ``requests_per_client`` each (None:
     until the bounded classes are done); ``timeout_s``: a request's budget, so that a lost answer fails its request
-    instead of holding its thread for ever."""
+    instead of holding its thread for ever. Several requests are cycled as one closed loop sends them (client ``i``'s
+    ``n``-th is the ``n x clients + i``-th, ``i`` counting the load's clients), each recorded as its kind."""
 
     name: str
-    request: RequestSpec
+    requests: Sequence[RequestSpec]
     clients: int
     requests_per_client: int | None
     timeout_s: float | None = None
+
+    def request(self, client: int, sent: int) -> tuple[str, RequestSpec]:
+        """The ``client``-th thread's ``sent``-th request and the class it is recorded as."""
+        request = self.requests[(sent * self.clients + client) % len(self.requests)]
+        return (self.name if len(self.requests) == 1 else request.kind), request
 
 
 def _record(load: str, request_class: str, client: int, origin: float, sent_at: float, error: Exception | None):
@@ -216,16 +222,16 @@ def run_classes(
     origin = 0.0
 
     def send_all(client_class: ClientClass, client: StableDiffusionClient, index: int) -> None:
-        count, sent, request = client_class.requests_per_client, 0, client_class.request
+        count, sent = client_class.requests_per_client, 0
         start.wait()
         while not (stop.is_set() if count is None else sent >= count):
-            sent_at, error = time.perf_counter(), None
+            (name, request), sent_at, error = client_class.request(index, sent), time.perf_counter(), None
             try:
                 client.generate(request.prompt, **request.client_parameters())
             except Exception as failure:
                 error = failure
             with lock:
-                records.append(_record(load, client_class.name, index, origin, sent_at, error))
+                records.append(_record(load, name, index, origin, sent_at, error))
                 progress.update(count is not None)
             sent += 1
 

@@ -44,6 +44,7 @@ IN_PROCESS = "in_process_engine"
 BATCHING_ON = "batching_on"
 BATCHING_OFF = "batching_off"
 CEILING_SERVED = "ceiling_served"  # the batching-on server's loads measured in turns with the in-process ceiling
+MIXED_INPUTS_SERVED = "mixed_inputs_served"  # the same over the mixed inputs (text, img2img, inpaint, adapters)
 SIMULATED = "simulated"
 DIRECT_GRPC = "direct_grpc"  # the gateway section's two sides: the client straight to Triton, HTTP to the gateway
 GATEWAY_HTTP = "gateway_http"
@@ -478,6 +479,28 @@ class CeilingResult:
     def one_over_plain_loop(self) -> float:
         return self.served_one.p50_ms / self.plain_loop.median_ms
 
+    def kinds(self) -> dict[str, tuple[Load, Load, Load]]:
+        """By request kind (the class of a mixed load's records) in the order sent, its in-process, served and
+        served-at-1 requests."""
+        sent = sorted(self.in_process.records, key=lambda record: record.client)  # the in-process engine's keys
+        names = dict.fromkeys(record.request_class for record in sent)
+        return {
+            name: (self.in_process.of_class(name), self.served.of_class(name), self.served_one.of_class(name))
+            for name in names
+        }
+
+
+def _ceiling_goals(letter: str, what: str, ceiling: CeilingResult | None) -> list[GoalRow]:
+    """The two goals of a ceiling section."""
+    served, level = f"({letter}) {what}served", ceiling.in_process.concurrency if ceiling else "?"
+    ratios = (ceiling.served_over_ceiling, ceiling.one_over_plain_loop) if ceiling else (None, None)
+    return [
+        _ratio_goal(
+            f"{served} / in-process engine images/s at concurrency {level}", ratios[0], ">=", GOAL_SERVED_OVER_CEILING
+        ),
+        _ratio_goal(f"{served} p50 at concurrency 1 / plain loop median", ratios[1], "<=", GOAL_C1_OVER_PLAIN_LOOP),
+    ]
+
 
 @dataclass(frozen=True)
 class MixedResult:
@@ -621,7 +644,9 @@ class GatewayResult:
         return self.levels()[-1][2] if self.levels() else None
 
 
-_SECTION_LETTERS = dict(zip(("ceiling", "sweep", "mixed", "burst", "simulated", "gateway"), "abcdef", strict=True))
+_SECTION_LETTERS = dict(
+    zip(("ceiling", "sweep", "mixed", "burst", "simulated", "gateway", "mixed_inputs"), "abcdefg", strict=True)
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -635,6 +660,7 @@ class EngineResult(Run):
     burst: BurstResult | None = None
     simulated: SimulatedResult | None = None
     gateway: GatewayResult | None = None
+    mixed_inputs: CeilingResult | None = None
     planned: tuple[str, ...] = ("ceiling", "sweep", "mixed", "burst", "simulated")
 
     def shown(self, section: str) -> bool:
@@ -653,20 +679,10 @@ class EngineResult(Run):
         return sorted({point.concurrency for point in self.sweep})
 
     def goal_rows(self) -> list[GoalRow]:
-        ceiling, mixed, burst, simulated, gateway = self.ceiling, self.mixed, self.burst, self.simulated, self.gateway
-        level = ceiling.in_process.concurrency if ceiling else "?"
-        served, one = (ceiling.served_over_ceiling, ceiling.one_over_plain_loop) if ceiling else (None, None)
-        ratios = (
-            (f"(a) served / in-process engine images/s at concurrency {level}", served),
-            ("(a) served p50 at concurrency 1 / plain loop median", one),
-            ("(c) short requests' p99 beside long ones / short requests alone", mixed and mixed.short_p99_ratio),
-        )
-        goals = (
-            (">=", GOAL_SERVED_OVER_CEILING),
-            ("<=", GOAL_C1_OVER_PLAIN_LOOP),
-            ("<", GOAL_SHORT_P99_OVER_SHORT_ONLY),
-        )
-        rows = [_ratio_goal(measure, value, *goal) for (measure, value), goal in zip(ratios, goals, strict=True)]
+        mixed, burst, simulated, gateway = self.mixed, self.burst, self.simulated, self.gateway
+        short = "(c) short requests' p99 beside long ones / short requests alone"
+        rows = _ceiling_goals("a", "", self.ceiling)
+        rows.append(_ratio_goal(short, mixed and mixed.short_p99_ratio, "<", GOAL_SHORT_P99_OVER_SHORT_ONLY))
         slowest = burst.max_refusal_ms if burst else None
         measured = "" if slowest is None else f"{slowest:.1f} ms ({burst.refused} refused)"
         goal, met = f"< {GOAL_REFUSAL_MS:g} ms each", _met(slowest, "<", GOAL_REFUSAL_MS)
@@ -683,6 +699,7 @@ class EngineResult(Run):
         level = gateway.levels()[-1][0].concurrency if gateway and gateway.levels() else "?"
         measure = f"(f) gateway / direct gRPC images/s at concurrency {level}"
         rows.append(_ratio_goal(measure, gateway.over_direct if gateway else None, ">=", GOAL_GATEWAY_OVER_DIRECT))
+        rows += _ceiling_goals("g", "mixed inputs: ", self.mixed_inputs)
         shown = {letter for section, letter in _SECTION_LETTERS.items() if self.shown(section)}
         return [row for row in rows if row.measure[1] in shown]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,26 +99,27 @@ def time_diffusers(model_dir: Path, request: RequestSpec, *, runs: int, warmup_r
 
 
 class InstrumentedNetworks:
-    """Times every network call by name and counts the UNet's batch rows; ``zero_time_unet``: the UNet answers zeros
-    at once (an infinitely fast accelerator)."""
+    """Times every network call by name (``encode_text``, ``encode_image``, ``predict_noise``, ``decode_latents``) and
+    counts the UNet's batch rows; ``zero_time_unet``: the UNet answers zeros at once (an infinitely fast
+    accelerator)."""
 
     def __init__(self, inner: Any, *, zero_time_unet: bool = False) -> None:
         self.inner = inner
         self.device = inner.device
         self.zero_time_unet = zero_time_unet
-        self.calls_ms: dict[str, list[float]] = {"encode_text": [], "predict_noise": [], "decode_latents": []}
+        self.calls_ms: defaultdict[str, list[float]] = defaultdict(list)
         self.unet_rows = 0
 
-    def _timed(self, name: str, *args: Any) -> Any:
-        started = time.perf_counter()
-        output = getattr(self.inner, name)(*args)
-        self.calls_ms[name].append((time.perf_counter() - started) * 1000.0)
-        return output
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        call = getattr(self.inner, name)
 
-    def encode_text(
-        self, encoder: str, input_ids: torch.Tensor, lora_scales: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        return self._timed("encode_text", encoder, input_ids, lora_scales)
+        def timed(*args: Any) -> Any:
+            started = time.perf_counter()
+            output = call(*args)
+            self.calls_ms[name].append((time.perf_counter() - started) * 1000.0)
+            return output
+
+        return timed
 
     def predict_noise(self, unet: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         # The denoiser's first input is its latents: the UNet's ``sample``, a transformer's ``hidden_states``.
@@ -128,10 +130,7 @@ class InstrumentedNetworks:
 
             self.calls_ms["predict_noise"].append(0.0)
             return torch.zeros_like(sample)
-        return self._timed("predict_noise", unet, inputs)
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self._timed("decode_latents", latents)
+        return self.__getattr__("predict_noise")(unet, inputs)
 
 
 @dataclass(frozen=True)
@@ -233,7 +232,7 @@ class _Sink:
 def run_closed_loop(
     served: ServedFiles,
     limits: EngineLimits,
-    request: RequestSpec,
+    mix: Sequence[RequestSpec],
     *,
     concurrency: int,
     requests: int,
@@ -241,9 +240,9 @@ def run_closed_loop(
     description: str = "in-process engine",
     show_progress: bool = True,
 ) -> Load:
-    """Times ``requests`` of ``request``, ``concurrency`` in the engine at once over ``served``'s networks, each parsed
-    and tokenized from its raw inputs as the pipeline model does: from the first ``concurrency`` submitted together
-    to the last one finished.
+    """Times ``requests`` of ``mix`` (cycled; several: each recorded as its kind), ``concurrency`` in the engine at once
+    over ``served``'s networks, each parsed and tokenized from its raw inputs as the pipeline model does: from the
+    first ``concurrency`` submitted together to the last one finished.
 
     Raises:
         InProcessEngineError: a request failed, or the engine went idle before the last one.
@@ -251,7 +250,8 @@ def run_closed_loop(
     from sdtriton.serving.engine import DiffusionEngine, EngineRequest
     from sdtriton.serving.requests import parse_request
 
-    config, tokenizers, raw = served.config, served.tokenizers, raw_inputs(request)
+    config, tokenizers, raws = served.config, served.tokenizers, [raw_inputs(request) for request in mix]
+    kinds = [IN_PROCESS] if len(mix) == 1 else [request.kind for request in mix]
     counting = InstrumentedNetworks(served.networks, zero_time_unet=zero_time_unet)
     engine = DiffusionEngine(config=config, networks=counting, limits=limits)
     ended: list[tuple[int, float, Exception | None]] = []
@@ -261,7 +261,7 @@ def run_closed_loop(
         started = time.perf_counter()
         while len(records) < requests:
             while len(sent_at) < min(requests, len(records) + concurrency):
-                images = parse_request(raw, config=config, tokenizers=tokenizers).images
+                images = parse_request(raws[len(sent_at) % len(mix)], config=config, tokenizers=tokenizers).images
                 engine.submit(EngineRequest(key=len(sent_at), images=images, sink=_Sink(len(sent_at), ended)))
                 sent_at.append(time.perf_counter())
             if engine.counts() == (0, 0) and not ended:
@@ -271,13 +271,11 @@ def run_closed_loop(
                 if error is not None:
                     raise InProcessEngineError(f"an in-process engine request failed: {error!r}") from error
                 latency_ms = (finished - sent_at[key]) * 1000.0
-                records.append(
-                    RequestRecord(IN_PROCESS, IN_PROCESS, key, sent_at[key] - sent_at[0], latency_ms, Outcome.OK)
-                )
+                kind = kinds[key % len(mix)]
+                records.append(RequestRecord(IN_PROCESS, kind, key, sent_at[key] - sent_at[0], latency_ms, Outcome.OK))
             progress.update(len(ended))
             ended.clear()
         elapsed_s = time.perf_counter() - started
     unet_calls = len(counting.calls_ms["predict_noise"])
-    return Load(
-        IN_PROCESS, concurrency, tuple(records), elapsed_s, request.num_inference_steps, unet_calls, counting.unet_rows
-    )
+    steps = mix[0].num_inference_steps
+    return Load(IN_PROCESS, concurrency, tuple(records), elapsed_s, steps, unet_calls, counting.unet_rows)

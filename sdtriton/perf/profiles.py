@@ -5,7 +5,8 @@ A perf_analyzer profile holds the baseline (three paths at concurrency 1) and :c
 level is a fixed number of requests (``--request-count``), so slow requests never leave a window empty and a
 profile's time is known. Request rates are fractions of a peak another scenario measured, so one file suits this
 CPU and a GPU host. An engine profile (an ``engine`` section) measures the diffusion engine instead; a section left
-out is not run.
+out is not run. A profile's ``loras`` are made (``make_tiny_lora``'s options by adapter name) and exported with its
+model.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ DEFAULT_PERF_DIR = Path(__file__).resolve().parents[2] / "perf"
 SCENARIOS_FILE_NAME = "scenarios.json"
 INPUT_DATA_DIR_NAME = "input_data"
 ENGINE_KEY = "engine"
+# LoRA adapters to make and export with a profile's model: make_tiny_lora's options by adapter name.
+Loras = Mapping[str, Mapping[str, Any]]
 # A GPU-like UNet: 10 ms a call plus 2 ms a batch row.
 DEFAULT_SIMULATED_LATENCY = SimulatedLatency(fixed_ms=10.0, per_item_ms=2.0)
 
@@ -102,8 +105,11 @@ class CeilingSpec:
     """(a) The engine in-process over ONNX Runtime against Triton, ``concurrency`` requests at once on both sides (so
     the UNet runs the same batch), ``requests`` in all a side; and the plain loop against Triton at concurrency 1,
     ``plain_loop_runs`` each. In ``turns`` (in-process, served, plain loop, served at 1, again) while the batching-on
-    server is up, so a drift of the machine's speed hits both sides of a ratio alike; warm-ups may be 0."""
+    server is up, so a drift of the machine's speed hits both sides of a ratio alike; warm-ups may be 0. ``input_data``:
+    the requests, cycled in file order on every side (None: the profile's base request); a turn's requests a multiple
+    of the file's and of ``concurrency``, and ``plain_loop_runs`` a turn of the file's, send each equally often."""
 
+    input_data: str | None = None
     concurrency: int = 8
     requests: int = 32
     warmup_requests: int = 8
@@ -213,6 +219,8 @@ class Profile:
     burst: BurstSpec | None = None
     simulated: SimulatedSpec | None = None
     gateway: GatewaySpec | None = None
+    mixed_inputs: CeilingSpec | None = None  # (g) the ceiling again, over a file of mixed requests
+    loras: Loras = dataclasses.field(default_factory=dict)
 
     @property
     def engine(self) -> bool:
@@ -223,7 +231,8 @@ class Profile:
         return tuple(name for name in _SECTIONS if getattr(self, name) is not None)
 
     def input_data_files(self) -> list[str]:
-        return sorted({self.input_data, *(scenario.input_data for scenario in self.scenarios)})
+        ceilings = (spec.input_data for spec in (self.ceiling, self.mixed_inputs) if spec and spec.input_data)
+        return sorted({self.input_data, *ceilings, *(scenario.input_data for scenario in self.scenarios)})
 
 
 _SECTIONS = {
@@ -233,6 +242,7 @@ _SECTIONS = {
     "burst": BurstSpec,
     "simulated": SimulatedSpec,
     "gateway": GatewaySpec,
+    "mixed_inputs": CeilingSpec,
 }
 
 
@@ -314,7 +324,7 @@ def _perf_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]) 
 
 def _engine_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]) -> Profile:
     where = f"profile {name!r}"
-    unknown = set(values) - {"model", "description", "time_limit_s", ENGINE_KEY}
+    unknown = set(values) - {"model", "description", "time_limit_s", "loras", ENGINE_KEY}
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)} beside {ENGINE_KEY!r}")
     engine = dict(values[ENGINE_KEY])
@@ -326,7 +336,10 @@ def _engine_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]
         what = f"unknown engine sections {sorted(unknown)}" if unknown else "no engine section"
         raise ValueError(f"{where}: {what} (known: {sorted(_SECTIONS)})")
     sections = {key: _parsed(_SECTIONS[key], engine[key], f"{where}, {key}") for key in engine}
-    profile = Profile(**common, input_data=input_data, **sections)
+    loras = values.get("loras", {})
+    if not isinstance(loras, dict) or not all(isinstance(options, dict) for options in loras.values()):
+        raise ValueError(f"{where}: loras must map adapter names to make_tiny_lora's options, got {loras!r}")
+    profile = Profile(**common, input_data=input_data, loras=loras, **sections)
     mixed = profile.mixed
     if mixed is not None and mixed.long_steps > interface.MAX_INFERENCE_STEPS:
         raise ValueError(f"{where}, mixed: steps at most {interface.MAX_INFERENCE_STEPS}, got {mixed.long_steps}")

@@ -116,11 +116,10 @@ def _load_row(section: str, load: Load, variant: str = "") -> list[object]:
 
 def _engine_loads(result: EngineResult) -> list[tuple[str, Load, str]]:
     """Every load of the load CSV, in its order: (section, load, the variant shown if not the load's own)."""
-    ceiling, simulated, gateway = result.ceiling, result.simulated, result.gateway
-    loads = [("ceiling", ceiling.plain_loop, "plain_loop")] if ceiling else []
-    loads += [
-        ("ceiling", load, "") for load in ((ceiling.in_process, ceiling.served_one, ceiling.served) if ceiling else ())
-    ]
+    simulated, gateway, loads = result.simulated, result.gateway, []
+    for section, ceiling in _ceilings(result):
+        loads += [(section, ceiling.plain_loop, "plain_loop")]
+        loads += [(section, load, "") for load in (ceiling.in_process, ceiling.served_one, ceiling.served)]
     loads += [
         ("sweep", p, "") for p in sorted(result.sweep, key=lambda p: (p.variant != model.BATCHING_ON, p.concurrency))
     ]
@@ -128,6 +127,12 @@ def _engine_loads(result: EngineResult) -> list[tuple[str, Load, str]]:
     loads += [(model.SIMULATED, run, "in_process_engine_zero_time_unet") for run in zero_time]
     loads += [(model.SIMULATED, point, "") for point in (simulated.points if simulated else ())]
     return loads + [("gateway", load, "") for load in ((*gateway.direct, *gateway.gateway) if gateway else ())]
+
+
+def _ceilings(result: EngineResult) -> list[tuple[str, model.CeilingResult]]:
+    """The ceiling sections that ran: the base request's, the mixed inputs'."""
+    ceilings = (("ceiling", result.ceiling), ("mixed_inputs", result.mixed_inputs))
+    return [(section, ceiling) for section, ceiling in ceilings if ceiling is not None]
 
 
 def _request_rows(result: EngineResult) -> Iterable[list[object]]:
@@ -205,14 +210,17 @@ def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
             throughput_axis.plot(levels, [p.images_per_s for p in points], "o-", color=colour, label=label)
             latency_axis.plot(levels, [p.p50_ms for p in points], "o-", color=colour, label=f"{label}, p50")
             latency_axis.plot(levels, [p.p99_ms for p in points], "s--", color=colour, label=f"{label}, p99")
-    ceiling = result.ceiling
-    if ceiling is not None:
-        run, served = ceiling.in_process, ceiling.served
-        ceiling_label, served_label = "in-process engine (ceiling)", "Triton, in turns with the ceiling"
-        throughput_axis.plot([run.concurrency], [run.images_per_s], "k*", markersize=12, label=ceiling_label)
-        throughput_axis.plot([served.concurrency], [served.images_per_s], "kx", markersize=10, label=served_label)
+    for section, ceiling in _ceilings(result):
+        what, colour = ("", "black") if section == "ceiling" else ("mixed inputs: ", "tab:green")
+        for load, marker, label in (
+            (ceiling.in_process, "*", "in-process engine (ceiling)"),
+            (ceiling.served, "x", "Triton"),
+        ):
+            throughput_axis.plot(
+                [load.concurrency], [load.images_per_s], marker, color=colour, ms=10, label=what + label
+            )
         plain_per_s = 1000.0 / ceiling.plain_loop.median_ms
-        throughput_axis.axhline(plain_per_s, color="grey", linestyle=":", label="plain loop, one at a time")
+        throughput_axis.axhline(plain_per_s, color=colour, linestyle=":", label=f"{what}plain loop, one at a time")
     for axis, measure in ((throughput_axis, "throughput (images/s)"), (latency_axis, "latency (ms)")):
         axis.set_ylabel(measure)
         axis.set_title(f"{result.profile}: {measure.split(' (')[0]} against concurrency")
@@ -353,6 +361,7 @@ def _engine_sections(result: EngineResult) -> list[Block]:
         ("burst", "(d) A burst past the queue limit", _burst_lines),
         ("simulated", "(e) SIMULATED accelerator", _simulated_lines),
         ("gateway", "(f) The HTTP gateway against direct gRPC", _gateway_lines),
+        ("mixed_inputs", "(g) Mixed inputs: text only, img2img, inpaint, two adapters", _mixed_inputs_lines),
     )
     blocks: list[Block] = ["## Goals", _goal_table(result.goal_rows())]
     for name, title, body in sections:
@@ -388,6 +397,34 @@ def _ceiling_lines(result: EngineResult, ceiling: model.CeilingResult) -> list[B
         f"Served / ceiling at concurrency {run.concurrency}: **{ceiling.served_over_ceiling:.3f}x** (by turn: "
         f"{', '.join(f'{ratio:.3f}' for ratio in ceiling.turn_ratios)}); served p50 at concurrency 1 / plain loop "
         f"median: **{ceiling.one_over_plain_loop:.3f}x**.",
+    ]
+
+
+def _mixed_inputs_lines(result: EngineResult, mix: model.CeilingResult) -> list[Block]:
+    """(a) over the mixed requests, the requests of each kind, and the two ceilings side by side."""
+    header = ("kind", "in-process requests", "served requests", "served p50 ms", "served requests at 1", "p50 ms at 1")
+    kinds = [
+        (kind, run.completed, served.completed, _f(served.p50_ms, 0), one.completed, _f(one.p50_ms, 0))
+        for kind, (run, served, one) in mix.kinds().items()
+    ]
+    measures = (
+        (f"served images/s at concurrency {mix.served.concurrency}", lambda ceiling: ceiling.served.images_per_s),
+        ("in-process engine images/s (ceiling)", lambda ceiling: ceiling.in_process.images_per_s),
+        ("served / in-process engine", lambda ceiling: ceiling.served_over_ceiling),
+        ("plain loop images/s, one at a time", lambda ceiling: 1000.0 / ceiling.plain_loop.median_ms),
+        ("served p50 at concurrency 1 / plain loop median", lambda ceiling: ceiling.one_over_plain_loop),
+    )
+    text = result.ceiling
+    side = [(name, _f(of(text)), _f(of(mix)), f"{of(mix) / of(text):.3f}x") for name, of in measures] if text else []
+    return [
+        "Section (a) again on the same server, over the profile's mixed requests, each sent in turn on every side "
+        "(the in-process engine, the clients, the plain loop): text only, image-to-image, inpainting (a plain UNet: "
+        "the unmasked latents blended back at each step) and one request per adapter, all in flight together so "
+        "that their UNet calls share steps.",
+        *_ceiling_lines(result, mix),
+        _table("lrrrrr", header, kinds),
+        bool(side) and "Beside the base request alone (section (a), the same model, server and networks):",
+        bool(side) and _table("lrrr", ("measure", "text only (a)", "mixed inputs (g)", "mixed / text only"), side),
     ]
 
 

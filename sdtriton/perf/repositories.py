@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sdtriton import interface
 from sdtriton.components import ONNX_FILE_NAME, TOKENIZER_DIR_NAME, TRANSFORMER_MODEL_NAME, UNET
+from sdtriton.perf.profiles import Loras
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +75,10 @@ def ensure_model(model_dir: Path | None, model: str, work_dir: Path) -> Path:
     return target
 
 
-def ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool, work_dir: Path) -> Path:
+def ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool, work_dir: Path, loras: Loras) -> Path:
     """The export to load-test: ``repository`` if it holds one with the engine's caches off; a variant of it in
-    ``work_dir`` with them off if they are on; else ``model_dir`` exported into ``repository`` with them off."""
+    ``work_dir`` with them off if they are on; else ``model_dir`` exported into ``repository`` with them off, and with
+    ``loras`` (random adapters made in ``work_dir`` by ``make_tiny_lora`` with these options, by name)."""
     exported = (
         (repository / interface.ENTRY_MODEL_NAME / "config.pbtxt").is_file()
         and (repository / interface.PIPELINE_MODEL_NAME / "1" / TOKENIZER_DIR_NAME).is_dir()
@@ -92,10 +94,12 @@ def ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool,
         shutil.rmtree(variant, ignore_errors=True)
         logger.info("load-testing %s with the engine's caches off (a variant in %s)", repository, variant)
         return engine_variant(repository, variant, caches_off=True)
-    from sdtriton.export import RenderOptions, export_repository
+    from sdtriton.export import LoraSource, RenderOptions, export_repository
+    from sdtriton.tiny import make_tiny_lora
 
     started = time.monotonic()
     options = RenderOptions(**PERF_RENDER_OPTIONS_CACHES_OFF)
-    export_repository(model_dir, repository, options=options, show_progress=show_progress)
+    made = [LoraSource(n, make_tiny_lora(model_dir, work_dir / "loras" / n, **o)) for n, o in loras.items()]
+    export_repository(model_dir, repository, options=options, show_progress=show_progress, loras=made)
     logger.info("exported %s to %s in %.0f s", model_dir, repository, time.monotonic() - started)
     return repository

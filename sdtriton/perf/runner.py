@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import itertools
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +36,7 @@ from sdtriton.gateway.process import GatewayProcess
 from sdtriton.perf import load, model, paths, profiles, report, repositories
 from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, Load, Run
 from sdtriton.perf.profiles import INPUT_DATA_DIR_NAME, LoadMode, PerfOptions, Profile, Scenario, load_profiles
-from sdtriton.perf.workload import load_input_data
+from sdtriton.perf.workload import RequestSpec, load_input_data
 from sdtriton.server import ServerAddress, TritonServer, named_triton_installation
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ _WARMUP_REQUESTS = 2
 # speed, times the images it shares the CPU with), and at least the minimum. Only a lost answer comes near it.
 _TIMEOUT_FACTOR = 10.0
 _MIN_TIMEOUT_S = 60.0
+# The served loads of each ceiling section, as the CSVs name them.
+_SERVED_VARIANTS = {"ceiling": CEILING_SERVED, "mixed_inputs": model.MIXED_INPUTS_SERVED}
+# Requests sent in turn; empty: the base request.
+Mix = Sequence[RequestSpec]
 
 
 def default_profile() -> str:
@@ -123,7 +128,7 @@ def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
         model_dir = repositories.ensure_model(options.model_dir, profile.model, work_dir)
         repository = options.repository or work_dir / "repository"
         repository = repositories.ensure_repository(
-            repository, model_dir, show_progress=options.show_progress, work_dir=work_dir
+            repository, model_dir, show_progress=options.show_progress, work_dir=work_dir, loras=profile.loras
         )
         if profile.engine:
             result: Run = run.engine(repository, work_dir)
@@ -334,24 +339,36 @@ class PerfRun:
         expected_s = self.image_s * steps / self.request.num_inference_steps * concurrency
         return max(_MIN_TIMEOUT_S, _TIMEOUT_FACTOR * expected_s)
 
-    def in_process(self, concurrency: int, requests: int, description: str, *, zero_time_unet: bool = False):
-        """The engine in this process over the batching-on repository's sessions, ``concurrency`` at once."""
+    def in_process(
+        self, concurrency: int, requests: int, description: str, *, zero_time_unet: bool = False, mix: Mix = ()
+    ) -> Load:
+        """The engine in this process over the batching-on repository's sessions, ``concurrency`` at once, sending
+        ``mix`` in turn (by default the base request)."""
         options = {"description": description, "show_progress": self.show, "zero_time_unet": zero_time_unet}
         return paths.run_closed_loop(
-            self.served, self.limits, self.request, concurrency=concurrency, requests=requests, **options
+            self.served, self.limits, mix or (self.request,), concurrency=concurrency, requests=requests, **options
         )
 
-    def plain_loop(self, *, runs: int, warmup_runs: int = 0) -> Load:
-        run, steps = self.served.plain_loop()(self.request), self.request.num_inference_steps
+    def plain_loop(self, *, runs: int, warmup_runs: int = 0, mix: Mix = ()) -> Load:
+        """The plain loop, one image at a time, over ``mix`` in turn (by default the base request)."""
+        runs_of, turn = [self.served.plain_loop()(request) for request in mix or (self.request,)], itertools.count()
+        run, steps = lambda: runs_of[next(turn) % len(runs_of)](), self.request.num_inference_steps
         return paths.timed_runs(run, path=model.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)[0]
 
     def load(
-        self, server: TritonServer, variant: str, concurrency: int, requests: int, *, gateway_url: str | None = None
+        self,
+        server: TritonServer,
+        variant: str,
+        concurrency: int,
+        requests: int,
+        *,
+        gateway_url: str | None = None,
+        mix: Mix = (),
     ) -> Load:
-        """``concurrency`` client threads over gRPC sending the base request, ``requests`` in all (rounded up); with
-        ``gateway_url``, as HTTP POSTs to that gateway (in front of ``server``)."""
-        timeout_s = self.timeout_s(self.request.num_inference_steps, concurrency)
-        client_class = load.ClientClass(variant, self.request, concurrency, _in_turns(requests, concurrency), timeout_s)
+        """``concurrency`` client threads over gRPC sending ``mix`` in turn (by default the base request), ``requests``
+        in all (rounded up); with ``gateway_url``, as HTTP POSTs to that gateway (in front of ``server``)."""
+        timeout_s, mix = self.timeout_s(self.request.num_inference_steps, concurrency), mix or (self.request,)
+        client_class = load.ClientClass(variant, mix, concurrency, _in_turns(requests, concurrency), timeout_s)
         sent = load.run_classes(
             gateway_url or server.address.grpc_url,
             [client_class],
@@ -377,18 +394,18 @@ class PerfRun:
         self.limits = engine_limits_of(on_repository)
         sizing = self.plain_loop(runs=1, warmup_runs=ceiling.plain_loop_warmup_runs if ceiling else 1)
         self.image_s = image_s = sizing.median_ms / 1000.0
-        if ceiling and ceiling.warmup_requests:
-            self.in_process(ceiling.concurrency, ceiling.warmup_requests, "in-process warm-up")
         sections: dict[str, object] = {}
-        if ceiling or sweep or mixed:
+        if ceiling or sweep or mixed or p.mixed_inputs:
             with ExitStack() as stack:
                 servers = {BATCHING_ON: stack.enter_context(self.engine_server(on_repository, BATCHING_ON))}
                 on = servers[BATCHING_ON]
                 if sweep and self.fits("batching-off server", 2 * (_SERVER_START_S + sweep.requests * image_s)):
                     off = self.variant(BATCHING_OFF, on_repository, max_running_images=sweep.batching_off)
                     servers[BATCHING_OFF] = stack.enter_context(self.engine_server(off, BATCHING_OFF))
-                if ceiling and self.fits("ceiling", 2 * (ceiling.requests + ceiling.plain_loop_runs) * image_s):
-                    sections["ceiling"] = self.ceiling(on, ceiling)
+                specs = {name: spec for name, spec in (("ceiling", ceiling), ("mixed_inputs", p.mixed_inputs)) if spec}
+                ceilings_s = sum(2 * (s.requests + s.plain_loop_runs) for s in specs.values()) * image_s
+                if specs and self.fits(" and ".join(specs), ceilings_s):
+                    sections.update(self.ceilings(on, specs))
                 if BATCHING_OFF in servers:
                     sections["sweep"] = self.sweep(servers, sweep)
                 if mixed:
@@ -417,25 +434,48 @@ class PerfRun:
         gc.collect()
         return model.EngineResult(**self.common(), **sections, planned=p.engine_sections)
 
-    def ceiling(self, server: TritonServer, spec) -> model.CeilingResult | None:
-        """In turns: in-process and served at the ceiling's concurrency, the plain loop and served at 1."""
-        in_process, served, served_one, plain, turn_ratios = [], [], [], [], []
-        per_turn, plain_per_turn = _in_turns(spec.requests, spec.turns), _in_turns(spec.plain_loop_runs, spec.turns)
-        for turn in range(spec.turns):
-            in_process.append(self.in_process(spec.concurrency, per_turn, f"ceiling turn {turn + 1}: in-process"))
-            served.append(self.load(server, CEILING_SERVED, spec.concurrency, per_turn))
-            plain.append(self.plain_loop(runs=plain_per_turn))
-            served_one.append(self.load(server, CEILING_SERVED, 1, plain_per_turn))
-            if served[-1].completed:
-                turn_ratios.append(served[-1].images_per_s / in_process[-1].images_per_s)
+    def ceilings(
+        self, server: TritonServer, specs: dict[str, profiles.CeilingSpec]
+    ) -> dict[str, model.CeilingResult | None]:
+        """After warm-ups of both sides of each: in turns, in-process and served at each section's concurrency, the
+        plain loop and served at 1, over its requests (by default the base request), one section's turn after the
+        other's, so that a drift of the machine's speed hits the sections' ratios alike too."""
+        mixes = {
+            name: load_input_data(self.input_dir / s.input_data) if s.input_data else () for name, s in specs.items()
+        }
+        loads: dict[str, tuple[list[Load], ...]] = {name: ([], [], [], []) for name in specs}
+        for name, spec in specs.items():
+            if spec.warmup_requests:
+                what, variant = f"{name} warm-up: in-process", f"{_SERVED_VARIANTS[name]}_warmup"
+                self.in_process(spec.concurrency, spec.warmup_requests, what, mix=mixes[name])
+                self.load(server, variant, spec.concurrency, spec.warmup_requests, mix=mixes[name])
+        for turn in range(max(spec.turns for spec in specs.values())):
+            for name, spec in ((n, s) for n, s in specs.items() if turn < s.turns):
+                variant, mix, (in_process, served, plain, served_one) = _SERVED_VARIANTS[name], mixes[name], loads[name]
+                per_turn, plain_per_turn = (
+                    _in_turns(count, spec.turns) for count in (spec.requests, spec.plain_loop_runs)
+                )
+                what = f"{name} turn {turn + 1}: in-process"
+                in_process.append(self.in_process(spec.concurrency, per_turn, what, mix=mix))
+                served.append(self.load(server, variant, spec.concurrency, per_turn, mix=mix))
+                plain.append(self.plain_loop(runs=plain_per_turn, mix=mix))
+                served_one.append(self.load(server, variant, 1, plain_per_turn, mix=mix))
+        return {name: self._ceiling(name, *turns) for name, turns in loads.items()}
+
+    def _ceiling(self, name: str, *turns: list[Load]) -> model.CeilingResult | None:
+        """A ceiling section's turns (in-process, served, plain loop, served at 1) merged; None, and why in the
+        summary, if the server completed no request at one of its concurrencies."""
+        in_process, served, plain, served_one = turns
+        pairs = zip(in_process, served, strict=True)
+        turn_ratios = tuple(s.images_per_s / i.images_per_s for i, s in pairs if s.completed)
         served_level, served_one_level = Load.merged(served), Load.merged(served_one)
         if not served_level.completed or not served_one_level.completed:
-            self.skipped.append("ceiling: the server completed no request at one of its concurrencies")
+            self.skipped.append(f"{name}: the server completed no request at one of its concurrencies")
             return None
         merged = (Load.merged(in_process), served_level, Load.merged(plain), served_one_level)
-        result = model.CeilingResult(*merged, tuple(turn_ratios))
+        result = model.CeilingResult(*merged, turn_ratios)
         ratios = (result.served_over_ceiling, result.one_over_plain_loop)
-        logger.info("ceiling: served/in-process %.3fx, c1 served/plain loop %.3fx", *ratios)
+        logger.info("%s: served/in-process %.3fx, c1 served/plain loop %.3fx", name, *ratios)
         return result
 
     def sweep(self, servers: dict[str, TritonServer], spec) -> tuple[Load, ...]:
@@ -457,11 +497,11 @@ class PerfRun:
         )
         # The reference first: the same concurrency, every client short.
         per_client = _in_turns(spec.short_only_requests, concurrency)
-        short_only_class = load.ClientClass(model.SHORT, short, concurrency, per_client, short_timeout_s)
+        short_only_class = load.ClientClass(model.SHORT, (short,), concurrency, per_client, short_timeout_s)
         short_only = load.run_classes(url, [short_only_class], load="short_only", show_progress=self.show)
         classes = [
-            load.ClientClass(model.SHORT, short, spec.short_clients, None, short_timeout_s),
-            load.ClientClass(model.LONG, long, spec.long_clients, spec.long_requests_per_client, long_timeout_s),
+            load.ClientClass(model.SHORT, (short,), spec.short_clients, None, short_timeout_s),
+            load.ClientClass(model.LONG, (long,), spec.long_clients, spec.long_requests_per_client, long_timeout_s),
         ]
         mixed = load.run_classes(url, classes, load="mixed", show_progress=self.show)
         self.skipped += _failures("mixed steps", [*short_only.records, *mixed.records])

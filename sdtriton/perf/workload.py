@@ -5,6 +5,7 @@ the baselines too, reads them, so all are timed on the same parameters.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ import numpy as np
 from tritonclient.utils import triton_to_np_dtype
 
 from sdtriton import interface
+from sdtriton.shapes.world import Scene, render, render_mask
 
 # Prompts in the default model's own words (a coloured shape on a plain background), then one long
 # prompt past CLIP's 77 tokens, which the tokenizer truncates as diffusers does.
@@ -39,6 +41,10 @@ NEGATIVE_PROMPTS: tuple[str, ...] = ("", "blurry, low quality", "text, watermark
 _SEED_BASE = 1000
 # The default model's own scheduler (DPM-Solver++ 2M): one UNet call per step.
 FIXED_SCHEDULER = "dpmpp_2m"
+# The mixed inputs' picture: the base request's prompt drawn as the default model's world draws it.
+_MIXED_SCENE = Scene("yellow", "star", "purple", span=40.0, centre_x=32.0, centre_y=32.0)
+# The client's keywords of the image inputs (the others are named as their tensors).
+_CLIENT_KEYWORDS = {interface.INPUT_IMAGE.name: "image", interface.MASK_IMAGE.name: "mask"}
 
 
 @dataclass(frozen=True)
@@ -62,37 +68,69 @@ class RequestSpec:
     vae_tiling: bool = False
     lora: str = ""  # none
     lora_scale: float = interface.DEFAULT_LORA_SCALE
+    # Image-to-image and inpainting, omitted when None: the pictures as base64 of their [height, width, channels]
+    # uint8 pixels (perf_analyzer's ``b64`` items), and the strength.
+    input_image: str | None = None
+    mask_image: str | None = None
+    strength: float | None = None
+
+    @property
+    def kind(self) -> str:
+        """What the request asks for, as the mixed load counts it: inpaint, img2img, ``lora NAME`` or text."""
+        if self.input_image:
+            return "inpaint" if self.mask_image else "img2img"
+        return f"lora {self.lora}" if self.lora else "text"
+
+    def sent(self) -> dict[str, Any]:
+        """Every input the request sends, by tensor name: a picture as its pixels, [height, width, channels]."""
+        sent = {t: getattr(self, t.name) for t in interface.ENTRY_INPUTS if getattr(self, t.name) is not None}
+        return {
+            t.name: np.frombuffer(base64.b64decode(v), np.uint8).reshape(self.height, self.width, t.dims[-1])
+            if t.triton_dtype == "UINT8"
+            else v
+            for t, v in sent.items()
+        }
 
     def client_parameters(self) -> dict[str, Any]:
-        """Every public input but the prompt, as keywords of ``StableDiffusionClient.generate``."""
-        return {tensor.name: getattr(self, tensor.name) for tensor in interface.PUBLIC_INPUTS[1:]}
+        """Every input it sends but the prompt, as keywords of ``StableDiffusionClient.generate``."""
+        sent = self.sent()
+        del sent[interface.PROMPT.name]
+        return {_CLIENT_KEYWORDS.get(name, name): value for name, value in sent.items()}
 
     @classmethod
     def from_input_data_entry(cls, entry: Mapping[str, Any]) -> RequestSpec:
-        """A request from an input-data entry (one item an input); numbers keep their JSON types."""
+        """A request from an input-data entry (one item an input, a picture's ``b64``); numbers keep their JSON
+        types; the image inputs may be left out."""
         if missing := [tensor.name for tensor in interface.PUBLIC_INPUTS if tensor.name not in entry]:
             raise ValueError(f"input-data entry has no {missing[0]!r} (it has {sorted(entry)})")
-        return cls(**{tensor.name: entry[tensor.name]["content"][0] for tensor in interface.PUBLIC_INPUTS})
+        items = {t.name: entry[t.name] for t in interface.ENTRY_INPUTS if t.name in entry}
+        return cls(**{name: item["b64"] if "b64" in item else item["content"][0] for name, item in items.items()})
 
     def with_steps(self, num_inference_steps: int) -> RequestSpec:
         return dataclasses.replace(self, num_inference_steps=num_inference_steps)
 
 
 def raw_inputs(request: RequestSpec) -> dict[str, np.ndarray]:
-    """The request's public inputs as the pipeline model reads them, ``[1]`` arrays."""
-    return {
-        tensor.name: np.array([getattr(request, tensor.name)], dtype=triton_to_np_dtype(tensor.triton_dtype))
-        for tensor in interface.PUBLIC_INPUTS
-    }
+    """The inputs the request sends as the pipeline model reads them, one item each (``[1]``, a picture
+    ``[1, height, width, channels]``)."""
+    dtypes = {tensor.name: triton_to_np_dtype(tensor.triton_dtype) for tensor in interface.ENTRY_INPUTS}
+    return {name: np.array([value], dtype=dtypes[name]) for name, value in request.sent().items()}
 
 
 def input_data_text(requests: Sequence[RequestSpec]) -> str:
     """A perf_analyzer ``--input-data`` document (sent in this order, round robin), one request a line: each input
-    a ``[1]`` item."""
+    it sends a ``[1]`` item, a picture ``b64`` with its shape."""
     if not requests:
         raise ValueError("an input-data file needs at least one request")
-    tensors = interface.PUBLIC_INPUTS
-    entries = [{t.name: {"content": [getattr(r, t.name)], "shape": list(t.dims)} for t in tensors} for r in requests]
+    entries = [
+        {
+            name: {"b64": getattr(r, name), "shape": list(value.shape)}
+            if isinstance(value, np.ndarray)
+            else {"content": [value], "shape": [1]}
+            for name, value in r.sent().items()
+        }
+        for r in requests
+    ]
     return '{"data": [\n' + ",\n".join("  " + json.dumps(entry, ensure_ascii=False) for entry in entries) + "\n]}\n"
 
 
@@ -138,11 +176,35 @@ def varied_requests(*, sizes_px: Sequence[int], steps: Sequence[int], count: int
     )
 
 
+def mixed_requests(
+    base: RequestSpec, *, strengths: tuple[float, float], adapters: Sequence[tuple[str, float]]
+) -> tuple[RequestSpec, ...]:
+    """The mixed inputs: ``base`` (text only); image-to-image from the picture its prompt describes and inpainting of
+    that picture's shape (a plain UNet: the unmasked latents blended back at each step), at ``strengths``; then
+    ``base`` with each adapter at its scale."""
+    picture = render(_MIXED_SCENE, size=base.width)
+    shape = {name: getattr(_MIXED_SCENE, name) for name in ("centre_x", "centre_y", "span")}
+    mask = render_mask(_MIXED_SCENE.shape, size=base.width, **shape) >= interface.MASK_BINARIZE_AT / 255
+    image = dataclasses.replace(base, input_image=_b64(picture), strength=strengths[0])
+    inpaint = dataclasses.replace(image, mask_image=_b64(mask.astype(np.uint8) * 255), strength=strengths[1])
+    return (base, image, inpaint, *(dataclasses.replace(base, lora=n, lora_scale=s) for n, s in adapters))
+
+
+def _b64(pixels: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).decode("ascii")
+
+
 # The committed input-data files, by file name; `sdtriton perf` profiles name them in perf/scenarios.json.
 INPUT_DATA_FILES: Mapping[str, tuple[RequestSpec, ...]] = {
     # The default model: 64x64 native, sizes up to 2x, the model's default steps around 20.
     "default_fixed.json": fixed_requests(size_px=64, num_inference_steps=20),
     "default_varied.json": varied_requests(sizes_px=(64, 96, 128), steps=(10, 20, 30), count=24),
+    # Text only, image-to-image, inpainting and two adapters (perf/scenarios.json's mixed_inputs profile exports them).
+    "default_mixed.json": mixed_requests(
+        fixed_requests(size_px=64, num_inference_steps=20)[0],
+        strengths=(0.6, 0.8),
+        adapters=(("style", 1.0), ("detail", 0.6)),
+    ),
     # The heavy profile (SD 1.5 shapes): 256x256 and few steps, to stay inside its time limit.
     "sd15_fixed.json": fixed_requests(size_px=256, num_inference_steps=4),
 }

@@ -1,5 +1,6 @@
-"""``sdtriton perf`` on a one-level engine profile: every section through real servers, no failed request; and the
-gateway profile's comparison through a real ``sdtriton gateway`` process."""
+"""``sdtriton perf`` on a one-level engine profile: every section through real servers, no failed request; the
+gateway profile's comparison through a real ``sdtriton gateway`` process; and the mixed inputs' ceiling on a model
+the run exports with two adapters."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, GATEWAY_HTTP, LONG, SHORT, EngineResult
-from sdtriton.perf.profiles import DEFAULT_PERF_DIR, INPUT_DATA_DIR_NAME, PerfOptions
+from sdtriton.perf.profiles import DEFAULT_PERF_DIR, INPUT_DATA_DIR_NAME, PerfOptions, load_profiles
 from sdtriton.perf.runner import run_perf
 from sdtriton.perf.workload import input_data_text, load_input_data
 
@@ -28,6 +29,18 @@ _ENGINE = {
                   "in_process_requests": 4},
 }  # fmt: skip
 
+# The mixed inputs: one turn, each of the five kinds once a side (the ceiling's concurrency 5: one request a client).
+_ONE_TURN = {
+    "concurrency": 2,
+    "requests": 2,
+    "warmup_requests": 0,
+    "plain_loop_runs": 1,
+    "plain_loop_warmup_runs": 0,
+    "turns": 1,
+}
+_MIX = {"input_data": "mixed.json", "concurrency": 5, "requests": 5, "plain_loop_runs": 5}
+_KINDS = ["text", "img2img", "inpaint", "lora style", "lora detail"]  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def engine_perf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -37,12 +50,19 @@ def engine_perf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "input_data": "fixed.json",
         "gateway": {"levels": [1, 2], "min_requests": 2, "requests_per_concurrency": 1, "turns": 2},
     }
-    profiles = {"engine_smoke": {**profile, "engine": _ENGINE}, "gateway_smoke": {**profile, "engine": gateway}}
+    committed = load_profiles(DEFAULT_PERF_DIR)["mixed_inputs"]
+    mixed = {"input_data": "fixed.json", "ceiling": _ONE_TURN, "mixed_inputs": {**_ONE_TURN, **_MIX}}
+    profiles = {
+        "engine_smoke": {**profile, "engine": _ENGINE},
+        "gateway_smoke": {**profile, "engine": gateway},
+        "mixed_smoke": {**profile, "loras": committed.loras, "engine": mixed},
+    }
     (perf_dir / "scenarios.json").write_text(json.dumps({"profiles": profiles}))
     (perf_dir / INPUT_DATA_DIR_NAME).mkdir()
-    requests = load_input_data(DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / "default_fixed.json")
-    text = input_data_text([request.with_steps(_STEPS) for request in requests])
-    (perf_dir / INPUT_DATA_DIR_NAME / "fixed.json").write_text(text)
+    for name, source in (("fixed.json", "default_fixed.json"), ("mixed.json", committed.mixed_inputs.input_data)):
+        requests = load_input_data(DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / source)
+        text = input_data_text([request.with_steps(_STEPS) for request in requests])
+        (perf_dir / INPUT_DATA_DIR_NAME / name).write_text(text)
     return perf_dir
 
 
@@ -101,3 +121,29 @@ def test_gateway_profile_compares_the_gateway_with_direct_grpc(
     summary = files["summary"].read_text()
     assert "## (f) The HTTP gateway against direct gRPC" in summary and "## (a)" not in summary
     assert GATEWAY_HTTP in files["load_csv"].read_text()
+
+
+def test_mixed_inputs_profile_serves_every_kind_beside_the_base_requests_ceiling(
+    engine_perf_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # No repository given: the run makes the profile's adapters and exports the model with them.
+    options = _options("mixed_smoke", engine_perf_dir, tiny_model_dir, tmp_path / "repository", tmp_path)
+    result, files = run_perf(options)
+
+    assert isinstance(result, EngineResult) and result.ceiling is not None and result.mixed_inputs is not None
+    assert not result.skipped, result.skipped
+    kinds = result.mixed_inputs.kinds()
+    assert list(kinds) == _KINDS
+    for kind, (in_process, served, served_one) in kinds.items():
+        assert (in_process.completed, served.completed, served_one.completed) == (1, 1, 1), kind
+        assert served.failed == served_one.failed == 0, kind
+    assert result.mixed_inputs.in_process.rows_per_unet_call > 2  # the kinds share UNet calls
+    rows = {row.measure: row for row in result.goal_rows()}
+    served_row = rows["(g) mixed inputs: served / in-process engine images/s at concurrency 5"]
+    assert served_row.measured == f"{result.mixed_inputs.served_over_ceiling:.3f}x"
+    assert "(a) served / in-process engine images/s at concurrency 2" in rows
+    summary = files["summary"].read_text()
+    assert "## (g) Mixed inputs: text only, img2img, inpaint, two adapters" in summary
+    text_only, mixed = result.ceiling.served_over_ceiling, result.mixed_inputs.served_over_ceiling
+    assert f"| served / in-process engine | {text_only:.3f} | {mixed:.3f} | {mixed / text_only:.3f}x |" in summary
+    assert "mixed_inputs,in_process_engine," in files["load_csv"].read_text()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sdtriton.export.variants import engine_limits_of, engine_variant
+from sdtriton.perf.load import ClientClass
 from sdtriton.perf.model import (
     BATCHING_OFF,
     BATCHING_ON,
@@ -21,6 +22,7 @@ from sdtriton.perf.model import (
     GATEWAY_HTTP,
     IN_PROCESS,
     LONG,
+    MIXED_INPUTS_SERVED,
     SHORT,
     SIMULATED,
     BurstResult,
@@ -47,7 +49,7 @@ from sdtriton.perf.profiles import (
     parse_profiles,
 )
 from sdtriton.perf.report import headline, summary_markdown, write_reports
-from sdtriton.perf.workload import fixed_requests, raw_inputs
+from sdtriton.perf.workload import fixed_requests, load_input_data, raw_inputs
 from sdtriton.serving.engine import EngineLimits
 from sdtriton.serving.simulated import SimulatedLatency
 from sdtriton.tiny import FAMILIES
@@ -304,7 +306,21 @@ def test_gateway_ratio_overhead_and_a_summary_of_its_section_alone() -> None:
 def test_the_committed_engine_profiles() -> None:
     profiles = load_profiles(DEFAULT_PERF_DIR)
     engine_profiles = {name: p for name, p in profiles.items() if p.engine}
-    assert set(engine_profiles) == {"engine", "transformer", "gateway"}
+    assert set(engine_profiles) == {"engine", "transformer", "gateway", "mixed_inputs"}
+    # The mixed inputs: the base request's ceiling and the mix's on one model, exported with the mix's adapters; every
+    # kind sent equally often on every side (a turn's requests a multiple of the mix's and of the concurrency).
+    mixed = engine_profiles["mixed_inputs"]
+    assert mixed.engine_sections == ("ceiling", "mixed_inputs") and mixed.mixed_inputs is not None
+    mix = load_input_data(DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / mixed.mixed_inputs.input_data)
+    assert [request.kind for request in mix] == ["text", "img2img", "inpaint", "lora style", "lora detail"]
+    assert {request.lora for request in mix} - {""} == set(mixed.loras)
+    assert any(request.lora and request.lora_scale != 1 for request in mix)
+    spec = mixed.mixed_inputs
+    assert spec.requests % (spec.turns * len(mix) * spec.concurrency) == 0
+    assert spec.plain_loop_runs % (spec.turns * len(mix)) == 0
+    # The two ceilings alternate turn by turn: turns of the same size, so that a drift hits both alike.
+    sizes = ("concurrency", "requests", "plain_loop_runs", "turns")
+    assert [getattr(mixed.ceiling, size) for size in sizes] == [getattr(spec, size) for size in sizes]
     # The gateway profile: the tiny model, the gateway against direct gRPC at concurrency 1 and 8, nothing else.
     gateway = engine_profiles["gateway"]
     assert gateway.model == "tiny" and gateway.engine_sections == ("gateway",)
@@ -405,7 +421,7 @@ def test_in_process_closed_loop_keeps_the_concurrency_and_counts_unet_rows() -> 
     run = run_closed_loop(
         ServedFiles(tokenizers={"text_encoder": _FakeTokenizer()}, config=CONFIG, networks=networks),
         EngineLimits(max_running_images=8, max_unet_rows=16),
-        _small_request(steps=4),
+        [_small_request(steps=4)],
         concurrency=3,
         requests=7,
         show_progress=False,
@@ -432,7 +448,7 @@ def test_in_process_zero_time_unet_and_failures() -> None:
         run_closed_loop(
             ServedFiles(tokenizers={"text_encoder": _FakeTokenizer()}, config=CONFIG, networks=networks),
             EngineLimits(),
-            _small_request(),
+            [_small_request()],
             concurrency=2,
             requests=2,
             show_progress=False,
@@ -509,3 +525,68 @@ def test_load_tests_run_with_the_engines_caches_off(tmp_path: Path) -> None:
     off = engine_limits_of(engine_variant(source, tmp_path / "off", caches_off=True))
     assert (off.response_cache_bytes, off.text_cache_entries) == (0, 0)
     assert off.max_running_images == engine_limits_of(source).max_running_images
+
+
+_MIX = load_input_data(DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME / "default_mixed.json")
+_KINDS = [request.kind for request in _MIX]
+
+
+def test_a_client_class_of_several_requests_sends_them_as_one_closed_loop_and_records_each_kind() -> None:
+    alone = ClientClass(SHORT, _MIX[:1], clients=3, requests_per_client=2)
+    assert alone.request(2, 1) == (SHORT, _MIX[0])  # one request: the class's own name
+    mixed = ClientClass(MIXED_INPUTS_SERVED, _MIX, clients=8, requests_per_client=5)
+    sent = [mixed.request(client, n) for n in range(5) for client in range(8)]  # the loop's order: 40 requests
+    assert [kind for kind, _ in sent] == _KINDS * 8
+    assert all(request.kind == kind for kind, request in sent)
+
+
+def _mixed_ceiling() -> CeilingResult:
+    """Two of each kind a side; the served ones at 8 take 20% longer than the in-process engine's."""
+
+    def load(variant: str, concurrency: int, latency_ms: float, duration_s: float) -> Load:
+        records = [
+            dataclasses.replace(_record(kind, latency_ms, load=variant), client=index)
+            for index, kind in enumerate(_KINDS * 2)
+        ]
+        return Load(variant, concurrency, tuple(records), duration_s)
+
+    return CeilingResult(
+        in_process=load(IN_PROCESS, 8, 2000.0, 4.0),
+        served=load(MIXED_INPUTS_SERVED, 8, 2400.0, 5.0),
+        plain_loop=Load.timed("onnx_loop", 20, (300.0,) * 10),
+        served_one=load(MIXED_INPUTS_SERVED, 1, 330.0, 3.3),
+    )
+
+
+def test_the_mixed_inputs_section_counts_each_kind_and_sets_its_ceiling_beside_the_base_requests(
+    tmp_path: Path,
+) -> None:
+    mix = _mixed_ceiling()
+    kinds = mix.kinds()
+    assert list(kinds) == _KINDS  # in the order sent
+    assert all([load.completed for load in loads] == [2, 2, 2] for loads in kinds.values())
+    result = dataclasses.replace(_result(), mixed_inputs=mix, planned=("ceiling", "mixed_inputs"))
+    rows = {row.measure: row for row in result.goal_rows()}
+    served = rows["(g) mixed inputs: served / in-process engine images/s at concurrency 8"]
+    assert (served.measured, served.verdict) == ("0.800x", "MISSED")  # 2 images/s against 2.5
+    assert rows["(g) mixed inputs: served p50 at concurrency 1 / plain loop median"].measured == "1.100x"
+    summary = summary_markdown(result)
+    assert "## (g) Mixed inputs: text only, img2img, inpaint, two adapters" in summary
+    assert "| lora detail | 2 | 2 | 2400 | 2 | 330 |" in summary
+    text_only = result.ceiling.served_over_ceiling
+    assert f"| served / in-process engine | {text_only:.3f} | 0.800 | {0.8 / text_only:.3f}x |" in summary
+    files = write_reports(result, tmp_path)
+    with files["load_csv"].open() as file:
+        sections = [(row["section"], row["variant"]) for row in csv.DictReader(file)]
+    assert ("mixed_inputs", MIXED_INPUTS_SERVED) in sections and ("mixed_inputs", "plain_loop") in sections
+    with files["requests_csv"].open() as file:
+        served_kinds = {row["class"] for row in csv.DictReader(file) if row["load"] == MIXED_INPUTS_SERVED}
+    assert served_kinds == set(_KINDS)
+
+
+def test_a_profiles_loras_are_make_tiny_lora_options_by_name_and_its_ceilings_name_their_files() -> None:
+    loras = {"a": {"seed": 1, "rank": 4}}
+    profile = _engine_profile({**_profile(mixed_inputs={"input_data": "mixed.json"}), "loras": loras})
+    assert profile.loras == loras and profile.input_data_files() == ["fixed.json", "mixed.json"]
+    with pytest.raises(ValueError, match="loras must map adapter names to make_tiny_lora's options"):
+        _engine_profile({**_profile(ceiling={}), "loras": {"a": 4}})

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from sdtriton import interface
@@ -18,10 +19,13 @@ from sdtriton.perf.workload import (
     fixed_requests,
     input_data_text,
     load_input_data,
+    mixed_requests,
+    raw_inputs,
     varied_requests,
 )
 from sdtriton.pipeline_config import PipelineConfig, pipeline_config_from_components
 from sdtriton.serving.validation import parse_generation_params
+from sdtriton.shapes.world import PALETTE
 from sdtriton.tiny import PROFILES
 
 INPUT_DIR = DEFAULT_PERF_DIR / INPUT_DATA_DIR_NAME
@@ -47,7 +51,7 @@ def _model_config(model: str) -> PipelineConfig:
 
 
 def test_request_fields_are_the_public_inputs() -> None:
-    assert [f.name for f in dataclasses.fields(RequestSpec)] == [t.name for t in interface.PUBLIC_INPUTS]
+    assert [f.name for f in dataclasses.fields(RequestSpec)] == [t.name for t in interface.ENTRY_INPUTS]
 
 
 @pytest.mark.parametrize("name", sorted(INPUT_DATA_FILES))
@@ -91,6 +95,7 @@ def test_every_profile_request_is_valid_for_its_model() -> None:
         config = _model_config(profile.model)
         for name in profile.input_data_files():
             for request in load_input_data(INPUT_DIR / name):
+                pictures = {name: v.shape[:2] for name, v in request.sent().items() if isinstance(v, np.ndarray)}
                 params = parse_generation_params(
                     config=config,
                     num_inference_steps=request.num_inference_steps,
@@ -99,8 +104,11 @@ def test_every_profile_request_is_valid_for_its_model() -> None:
                     width=request.width,
                     height=request.height,
                     scheduler=request.scheduler,
+                    strength=request.strength,
+                    image_size=pictures.get(interface.INPUT_IMAGE.name),
+                    mask_size=pictures.get(interface.MASK_IMAGE.name),
                 )
-                assert params.width == request.width
+                assert params.width == request.width and params.inpaint == (request.mask_image is not None)
                 assert len(request.prompt.encode()) <= interface.MAX_PROMPT_BYTES
 
 
@@ -109,3 +117,36 @@ def test_load_input_data_names_an_empty_file(tmp_path: Path) -> None:
     path.write_text('{"data": []}')
     with pytest.raises(ValueError, match="no 'data'"):
         load_input_data(path)
+
+
+def test_the_mixed_inputs_are_text_img2img_inpaint_and_each_adapter_on_the_prompts_own_picture() -> None:
+    base = fixed_requests(size_px=64, num_inference_steps=20)[0]
+    mix = mixed_requests(base, strengths=(0.6, 0.8), adapters=(("a", 1.0), ("b", 0.5)))
+    assert [request.kind for request in mix] == ["text", "img2img", "inpaint", "lora a", "lora b"]
+    text, image, inpaint, *adapted = mix
+    assert text == base and [(r.lora, r.lora_scale) for r in adapted] == [("a", 1.0), ("b", 0.5)]
+    assert (image.strength, inpaint.strength, inpaint.input_image) == (0.6, 0.8, image.input_image)
+    picture, mask = inpaint.sent()["input_image"], inpaint.sent()["mask_image"]
+    assert picture.shape == (64, 64, 3) and mask.shape == (64, 64, 1)
+    # A yellow star on purple, as the base prompt says; the mask repaints the star alone (binary, as diffusers reads).
+    assert set(np.unique(mask)) == {0, 255}
+    star = mask[..., 0] == 255
+    assert 0.05 < star.mean() < 0.5
+    assert np.abs(picture[star].mean(axis=0) - PALETTE["yellow"]).max() < 40
+    assert np.abs(picture[~star].mean(axis=0) - PALETTE["purple"]).max() < 40
+
+
+def test_pictures_travel_as_b64_items_and_reach_the_client_and_the_pipeline_as_pixels() -> None:
+    _, image, inpaint, *_ = INPUT_DATA_FILES["default_mixed.json"]
+    entry = json.loads(input_data_text([inpaint]))["data"][0]
+    assert entry["input_image"]["shape"] == [64, 64, 3] and entry["mask_image"]["shape"] == [64, 64, 1]
+    assert entry["input_image"]["b64"] == inpaint.input_image and entry["strength"] == {"content": [0.8], "shape": [1]}
+    assert RequestSpec.from_input_data_entry(entry) == inpaint
+    text_entry = json.loads(input_data_text([fixed_requests(size_px=64, num_inference_steps=3)[0]]))["data"][0]
+    assert not {"input_image", "mask_image", "strength"} & set(text_entry)  # text only: omitted, not empty
+    parameters = image.client_parameters()
+    assert parameters["image"].shape == (64, 64, 3) and parameters["strength"] == 0.6
+    assert "mask" not in parameters and "prompt" not in parameters
+    raw = raw_inputs(inpaint)
+    assert raw["input_image"].shape == (1, 64, 64, 3) and raw["mask_image"].dtype == np.uint8
+    assert raw["strength"].dtype == np.float32
