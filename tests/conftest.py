@@ -206,7 +206,8 @@ SCHNELL_T5_WIDTH = 56
 # LoRA adapters the SD 3.5 and FLUX.1-dev exports carry (their rows without one are the base network exactly): name ->
 # (seed, rank, alpha, CLIP text encoders it adapts besides the transformer's joint attention). ``glow`` touches the
 # text encoders diffusers' load_lora_weights loads LoRAs into (SD 3: both CLIPs; FLUX: its CLIP; never T5). Large
-# alphas: at alpha / rank 0.5 the tiny FLUX's image moved 1/255 (measured); at these, 13-46/255, SD 3.5's 115-182.
+# alphas: at alpha / rank 0.5 the tiny FLUX's image moved 1/255 (measured); at these, 13-46/255 at its default 256 px
+# and 18-60/255 at test_lora's 64 px, SD 3.5's 115-182.
 TRANSFORMER_LORAS: dict[str, tuple[int, int, float, dict[str, tuple[str, ...]]]] = {
     "glow": (6, 4, 16.0, {"sd3": ("text_encoder", "text_encoder_2"), "flux": ("text_encoder",)}),
     "grain": (7, 8, 64.0, {"sd3": (), "flux": ()}),
