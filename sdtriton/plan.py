@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_flatten, tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from sdtriton.flux import (
@@ -534,6 +534,29 @@ def count_call(
     return CallCost(flops=flop_counter.get_total_flops(), activation_peak_bytes=live.peak_bytes)
 
 
+# Counted passes by what decides them (the network's class and config, its dtype, the call's input shapes): the
+# same text encoder, UNet or VAE call recurs across workloads (another step count, skip-layer guidance's wide row,
+# another dtype of the denoiser only), and a pass on ``meta`` costs seconds of dispatch.
+_CALL_COSTS: dict[tuple[Any, ...], CallCost] = {}
+
+
+def _memo_cost(key: tuple[Any, ...], count: Callable[[], CallCost]) -> CallCost:
+    """``count()``, once per ``key`` (a tuple of everything the counted pass depends on) in this process."""
+    if key not in _CALL_COSTS:
+        _CALL_COSTS[key] = count()
+    return _CALL_COSTS[key]
+
+
+def _config_key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _shapes_key(tensors: Any) -> tuple[Any, ...]:
+    """The structure, shapes and dtypes of a call's tensor arguments (all that a pass on ``meta`` reads of them)."""
+    leaves, spec = tree_flatten(tensors)
+    return str(spec), tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves)
+
+
 @contextmanager
 def _quiet(logger_name: str) -> Iterator[None]:
     """Silences a library's INFO/WARNING chatter about building random-weight models."""
@@ -787,11 +810,15 @@ def _text_encoder_cost(arch: Architecture, encoder: TextEncoderSpec, workload: W
     model = build_text_encoder(encoder.class_name, encoder.config, DTYPES[dtype_name])
     input_ids = torch.zeros(workload.rows, encoder.tokens, dtype=torch.long, device="meta")
     hidden_states = arch.penultimate_states and encoder.class_name != "T5EncoderModel"
-    cost = count_call(
-        model,
-        lambda: model(input_ids, output_hidden_states=hidden_states),
-        inputs=[input_ids],
-        fused_attention=workload.fused_attention,
+    key = ("text", encoder.class_name, _config_key(encoder.config), dtype_name, _shapes_key(input_ids), hidden_states)
+    cost = _memo_cost(
+        (*key, workload.fused_attention),
+        lambda: count_call(
+            model,
+            lambda: model(input_ids, output_hidden_states=hidden_states),
+            inputs=[input_ids],
+            fused_attention=workload.fused_attention,
+        ),
     )
     return _network_cost(encoder.role, weight_tensors(model), dtype_name, calls=1, rows=workload.rows, cost=cost)
 
@@ -915,7 +942,11 @@ def _denoiser_cost(arch: Architecture, workload: Workload, dtype: torch.dtype) -
 
     def call_cost(rows: int) -> CallCost:
         kwargs, inputs = kind.inputs(arch, workload, rows, dtype)
-        return count_call(model, lambda: model(**kwargs), inputs=inputs, fused_attention=workload.fused_attention)
+        key = ("denoiser", arch.denoiser_class, _config_key(arch.denoiser), str(dtype), _shapes_key(kwargs))
+        return _memo_cost(
+            (*key, workload.fused_attention),
+            lambda: count_call(model, lambda: model(**kwargs), inputs=inputs, fused_attention=workload.fused_attention),
+        )
 
     cost = call_cost(workload.rows)
     network = _network_cost(
@@ -956,7 +987,10 @@ def _vae_cost(arch: Architecture, workload: Workload, *, encode: bool) -> Networ
     pixels_or_latents = torch.empty(workload.batch, channels, *shape, device="meta", dtype=vae_dtype)
 
     def call_cost(x: torch.Tensor) -> CallCost:
-        return count_call(vae, lambda: call(x), inputs=[x], fused_attention=workload.fused_attention)
+        key = ("vae", role, _config_key(arch.vae), dtype_name, _shapes_key(x), workload.fused_attention)
+        return _memo_cost(
+            key, lambda: count_call(vae, lambda: call(x), inputs=[x], fused_attention=workload.fused_attention)
+        )
 
     untiled = call_cost(pixels_or_latents)
     weights = weight_tensors(vae, *parts)

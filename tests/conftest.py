@@ -94,6 +94,45 @@ def shapes_server(shapes_repository: Path, tmp_path_factory: pytest.TempPathFact
     yield from serve(shapes_repository, tmp_path_factory)
 
 
+# One image denoised at a time and at most this many requests held (the entry refuses the next at once).
+ONE_IMAGE_MAX_PENDING = 3
+
+
+@pytest.fixture(scope="session")
+def one_image_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The tiny model denoising one image at a time and holding at most :data:`ONE_IMAGE_MAX_PENDING` requests: the
+    queue bound's and the metrics' tests share it (``tests/worker_groups.py`` keeps them on one worker). A test that
+    leaves a request running waits for its end, so that the next one starts on an idle engine."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdtriton.export.configs import RenderOptions, write_model_files
+    from sdtriton.pipeline_config import PipelineConfig
+
+    repository = tmp_path_factory.mktemp("one_image") / "repository"
+    shutil.copytree(tiny_repository, repository, symlinks=True)
+    config = PipelineConfig.load(repository / "pipeline" / "1")
+    write_model_files(
+        repository, config, RenderOptions(max_running_images=1, max_pending_requests=ONE_IMAGE_MAX_PENDING)
+    )
+    for server in serve(repository, tmp_path_factory):
+        # Warm, with a burst like the queue bound's test: the first requests after start pay one-off costs (measured
+        # on a quiet machine: refusals of a first burst 102-114 ms, of the next ones 5-57 ms).
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            list(pool.map(_warm_up, [server.address.grpc_url] * 6))
+        yield server
+
+
+def _warm_up(url: str) -> None:
+    from sdtriton.client import ServerBusyError, StableDiffusionClient
+
+    with StableDiffusionClient(url) as client:
+        try:
+            client.generate("a yellow star on a purple background", seed=0, num_inference_steps=2)
+        except ServerBusyError:
+            pass
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real redis-server on a free loopback port with its own temporary folder (tests/redis_server.py)."""
@@ -167,7 +206,8 @@ SCHNELL_T5_WIDTH = 56
 # LoRA adapters the SD 3.5 and FLUX.1-dev exports carry (their rows without one are the base network exactly): name ->
 # (seed, rank, alpha, CLIP text encoders it adapts besides the transformer's joint attention). ``glow`` touches the
 # text encoders diffusers' load_lora_weights loads LoRAs into (SD 3: both CLIPs; FLUX: its CLIP; never T5). Large
-# alphas: at alpha / rank 0.5 the tiny FLUX's image moved 1/255 (measured); at these, 13-46/255, SD 3.5's 115-182.
+# alphas: at alpha / rank 0.5 the tiny FLUX's image moved 1/255 (measured); at these, 13-46/255 at its default 256 px
+# and 18-60/255 at test_lora's 64 px, SD 3.5's 115-182.
 TRANSFORMER_LORAS: dict[str, tuple[int, int, float, dict[str, tuple[str, ...]]]] = {
     "glow": (6, 4, 16.0, {"sd3": ("text_encoder", "text_encoder_2"), "flux": ("text_encoder",)}),
     "grain": (7, 8, 64.0, {"sd3": (), "flux": ()}),

@@ -20,6 +20,7 @@ from xdist.scheduler import LoadScopeScheduling
 # long group starts last while the other worker has nothing left.
 SHARED_FIXTURE_GROUPS = {
     "families": ("family_server", "sd3_exports", "flux_exports", "sdxl_dirs", "inpainting_exports"),
+    "one_image": ("one_image_server",),
     "shapes": ("shapes_server", "shapes_repository", "shapes_diffusers_pipeline"),
 }
 

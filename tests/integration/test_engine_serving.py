@@ -4,7 +4,6 @@ queue bound answer clearly, short requests are not starved, and the stream repor
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 import urllib.request
@@ -22,10 +21,9 @@ from sdtriton.client import (
     ServerBusyError,
     StableDiffusionClient,
 )
-from sdtriton.export.configs import RenderOptions, write_model_files
 from sdtriton.interface import SCHEDULER_NAMES
 from sdtriton.pipeline_config import PipelineConfig
-from tests.conftest import serve
+from tests.conftest import ONE_IMAGE_MAX_PENDING
 from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, diffusers_image, max_pixel_difference
 from tests.integration.processes import server_cpu_rate
 
@@ -220,31 +218,8 @@ def test_a_short_request_finishes_long_before_a_long_one(grpc_url):
     assert 0 < done_when_short_finished < 0.5 * LONG["num_inference_steps"]
 
 
-@pytest.fixture(scope="module")
-def small_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The tiny model with one image denoised at a time and at most three requests held."""
-    repository = tmp_path_factory.mktemp("small") / "repository"
-    shutil.copytree(tiny_repository, repository, symlinks=True)
-    config = PipelineConfig.load(repository / "pipeline" / "1")
-    write_model_files(repository, config, RenderOptions(max_running_images=1, max_pending_requests=3))
-    for server in serve(repository, tmp_path_factory):
-        # Warm, with a burst like the test's: the first requests after start pay one-off costs (measured on a
-        # quiet machine: refusals of a first burst 102-114 ms, of the next ones 5-57 ms).
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            list(pool.map(_warm_up, [server.address.grpc_url] * 6))
-        yield server
-
-
-def _warm_up(url: str) -> None:
-    with StableDiffusionClient(url) as client:
-        try:
-            client.generate(PROMPT, seed=0, num_inference_steps=2)
-        except ServerBusyError:
-            pass
-
-
-def test_a_burst_beyond_the_limit_is_refused_at_once_and_the_rest_complete(small_server):
-    url = small_server.address.grpc_url
+def test_a_burst_beyond_the_limit_is_refused_at_once_and_the_rest_complete(one_image_server):
+    url = one_image_server.address.grpc_url
     burst = 10
     clients = [StableDiffusionClient(url) for _ in range(burst)]
     assert all(client.is_ready() for client in clients)  # connections made before the clock starts
@@ -257,7 +232,7 @@ def test_a_burst_beyond_the_limit_is_refused_at_once_and_the_rest_complete(small
         try:
             clients[index].generate(PROMPT, seed=index, num_inference_steps=20)
         except ServerBusyError as error:
-            assert "max_pending_requests 3" in str(error)
+            assert f"max_pending_requests {ONE_IMAGE_MAX_PENDING}" in str(error)
             return "refused", time.monotonic() - started
         return "done", time.monotonic() - started
 
@@ -276,14 +251,17 @@ def test_a_burst_beyond_the_limit_is_refused_at_once_and_the_rest_complete(small
     assert np.median(refused) < 0.5 * min(done), (refused, done)
 
 
-def test_a_queued_request_expires_while_queued(small_server):
-    url = small_server.address.grpc_url
+def test_a_queued_request_expires_while_queued(one_image_server):
+    url = one_image_server.address.grpc_url
     with StableDiffusionClient(url) as client, StableDiffusionClient(url, timeout_s=0.3) as hurried:
         running = client.submit(PROMPT, seed=90, **LONG)
         time.sleep(0.3)
         with pytest.raises(RequestTimeoutError, match="while queued"):
             hurried.generate(PROMPT, seed=91, num_inference_steps=5)
         running.cancel()
+        # Ended before the next test of the shared server starts (the metrics' count what they send).
+        with pytest.raises(RequestCancelledError):
+            running.result(timeout_s=10)
 
 
 def test_a_bare_grpc_deadline_also_stops_the_work(grpc_url, tiny_repository):

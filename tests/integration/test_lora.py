@@ -66,14 +66,17 @@ def _choose_adapter(pipeline, lora: str | None, scale: float) -> None:
         pipeline.set_adapters([lora], [scale])
 
 
-def _in_one_request(client: StableDiffusionClient, cases: tuple[tuple[str | None, float], ...]) -> list[np.ndarray]:
-    """One image per case, all in one request (so in the same network calls), same prompt and seed."""
+def _in_one_request(
+    client: StableDiffusionClient, cases: tuple[tuple[str | None, float], ...], **size: int
+) -> list[np.ndarray]:
+    """One image per case, all in one request (so in the same network calls), same prompt, seed and ``size``."""
     result = client.generate(
         [PROMPT] * len(cases),
         seed=SEED,
         num_inference_steps=STEPS,
         lora=[lora or "" for lora, _ in cases],
         lora_scale=[scale for _, scale in cases],
+        **size,
     )
     return [np.asarray(image) for image in result.images]
 
@@ -164,6 +167,10 @@ def test_an_adapter_of_another_family_is_refused_at_export_by_name(tiny_model_di
 # family -> (the session fixture holding its export, the model-name prefix, denoiser rows per image at the pipelines'
 # default guidance: SD 3.5 guides with a negative row, FLUX.1-dev embeds its guidance).
 TRANSFORMER_FAMILIES = {"sd35": ("sd3_exports", "sd35_", 2), "flux-dev": ("flux_exports", "flux_", 1)}
+# Both families' adapters at the tiny SD 3.5's default size: the tiny FLUX's default (256 px: FluxPipeline's 128 latents
+# a side) holds 16 times the tokens and made this FLUX case take 86 s in CI; an adapter's path through the transformer
+# is the same at any size, and the FLUX default is served against diffusers in test_flux_serving.py.
+TRANSFORMER_SIZE = {"width": 64, "height": 64}
 TRANSFORMER_CASES: tuple[tuple[str | None, float], ...] = (
     ("glow", 1.0),
     ("glow", 0.6),
@@ -193,19 +200,23 @@ def test_sd3_and_flux_adapters_alone_and_sharing_calls_match_diffusers(family_se
     expected = {}
     for lora, scale in TRANSFORMER_CASES:
         _choose_adapter(pipeline, lora, scale)
-        expected[(lora, scale)] = flow_diffusers_image(pipeline, PROMPT, seed=SEED, num_inference_steps=STEPS)
+        expected[(lora, scale)] = flow_diffusers_image(
+            pipeline, PROMPT, seed=SEED, num_inference_steps=STEPS, **TRANSFORMER_SIZE
+        )
     plain = expected[(None, 1.0)]
     http_url = family_server.address.http_url
     with StableDiffusionClient(http_url, model_name=prefix + interface.ENTRY_MODEL_NAME) as client:
         for lora, scale in TRANSFORMER_CASES:
             image = np.asarray(
-                client.generate(PROMPT, seed=SEED, num_inference_steps=STEPS, lora=lora, lora_scale=scale).image
+                client.generate(
+                    PROMPT, seed=SEED, num_inference_steps=STEPS, lora=lora, lora_scale=scale, **TRANSFORMER_SIZE
+                ).image
             )
             assert max_pixel_difference(image, expected[(lora, scale)]) <= MAX_PIXEL_DIFFERENCE, (lora, scale)
             if lora is not None:
                 assert max_pixel_difference(image, plain) > 4 * MAX_PIXEL_DIFFERENCE, (lora, scale)
         rows_before, calls_before = _unet_rows_and_calls(http_url, f"{prefix}transformer")
-        images = _in_one_request(client, TRANSFORMER_CASES)
+        images = _in_one_request(client, TRANSFORMER_CASES, **TRANSFORMER_SIZE)
         rows_after, calls_after = _unet_rows_and_calls(http_url, f"{prefix}transformer")
         with pytest.raises(InvalidRequestError, match=r"lora: must be one of glow, grain \(the adapters this"):
             client.generate(PROMPT, num_inference_steps=1, lora="anime")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,18 +14,16 @@ from pathlib import Path
 import pytest
 
 from sdtriton.client import RequestCancelledError, RequestTimeoutError, ServerBusyError, StableDiffusionClient
-from sdtriton.export.configs import RenderOptions, write_model_files
 from sdtriton.interface import ENTRY_MODEL_NAME, PIPELINE_MODEL_NAME, STREAM_ENTRY_MODEL_NAME
-from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.metrics import ENDED_STATES, ENGINE_METRICS, STEP_DURATION
-from tests.conftest import serve
+from tests.conftest import ONE_IMAGE_MAX_PENDING, serve
 
 pytestmark = pytest.mark.integration
 
 PROMPT = "a yellow star on a purple background"
 # Long enough to hold the engine for the whole test (cancelled at its end): seconds a step on this CPU.
 LONG = {"num_inference_steps": 150, "width": 128, "height": 128, "scheduler": "ddim", "guidance_scale": 7.5}
-MAX_PENDING = 3
+MAX_PENDING = ONE_IMAGE_MAX_PENDING
 DASHBOARD = Path(__file__).resolve().parents[2] / "monitoring" / "grafana_dashboard.json"
 _SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -58,13 +55,9 @@ class Scrape:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The tiny model denoising one image at a time and holding at most three requests."""
-    repository = tmp_path_factory.mktemp("metrics") / "repository"
-    shutil.copytree(tiny_repository, repository, symlinks=True)
-    config = PipelineConfig.load(repository / "pipeline" / "1")
-    write_model_files(repository, config, RenderOptions(max_running_images=1, max_pending_requests=MAX_PENDING))
-    yield from serve(repository, tmp_path_factory)
+def server(one_image_server):
+    """The tiny model denoising one image at a time and holding at most three requests (shared, tests/conftest.py)."""
+    return one_image_server
 
 
 def _scrape(server) -> Scrape:
