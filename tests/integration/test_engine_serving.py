@@ -255,7 +255,12 @@ def test_a_queued_request_expires_while_queued(one_image_server):
     url = one_image_server.address.grpc_url
     with StableDiffusionClient(url) as client, StableDiffusionClient(url, timeout_s=0.3) as hurried:
         running = client.submit(PROMPT, seed=90, **LONG)
-        time.sleep(0.3)
+        # Until the engine holds it (a fixed sleep let the hurried request in first under load: 1 run in 6 failed
+        # "at step N"); the engine denoises one image at a time, so the next request queues behind it.
+        deadline = time.monotonic() + 30
+        while one_image_server.in_flight_requests() < 1:
+            assert time.monotonic() < deadline, "the first request never reached the engine"
+            time.sleep(0.02)
         with pytest.raises(RequestTimeoutError, match="while queued"):
             hurried.generate(PROMPT, seed=91, num_inference_steps=5)
         running.cancel()
