@@ -82,6 +82,16 @@ def serve(
         logger.info("tritonserver stopped with exit code %s", exit_code)
 
 
+# What a stub's crash writes into the server log: every sdtriton stub turns Python's faulthandler on
+# (triton_common.report_crashes), and tritonserver itself logs nothing when a stub dies.
+CRASH_REPORT = "Fatal Python error"
+
+
+def crash_reports(log_path: Path) -> list[str]:
+    """The lines of a server's log that report a stub's crash (a fatal signal: SIGSEGV, SIGABRT, ...)."""
+    return [line for line in log_path.read_text(errors="replace").splitlines() if CRASH_REPORT in line]
+
+
 @pytest.fixture(scope="session")
 def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real tritonserver over the random-weight tiny model (parity and validation tests)."""
