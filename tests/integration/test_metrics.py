@@ -19,7 +19,7 @@ from sdtriton.export.configs import RenderOptions, write_model_files
 from sdtriton.interface import ENTRY_MODEL_NAME, PIPELINE_MODEL_NAME, STREAM_ENTRY_MODEL_NAME
 from sdtriton.pipeline_config import PipelineConfig
 from sdtriton.serving.metrics import ENDED_STATES, ENGINE_METRICS, STEP_DURATION
-from tests.conftest import crash_reports, serve
+from tests.conftest import serve
 from tests.integration.python_models import one_python_model
 
 pytestmark = pytest.mark.integration
@@ -65,12 +65,9 @@ def server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     shutil.copytree(tiny_repository, repository, symlinks=True)
     config = PipelineConfig.load(repository / "pipeline" / "1")
     write_model_files(repository, config, RenderOptions(max_running_images=1, max_pending_requests=MAX_PENDING))
-    with contextlib.closing(serve(repository, tmp_path_factory)) as servers:
-        server = next(servers)
-        yield server
-    # Stopped after refusals, cancels and expiries: its pipeline's stub died at the stop (SIGSEGV in
-    # InferRequest::~InferRequest: a refusal's traceback cycle held execute's frame; engine._refuse).
-    assert crash_reports(server.log_path) == []
+    # Stopped after refusals, cancels and expiries, its pipeline's stub died (SIGSEGV in InferRequest::~InferRequest:
+    # a refusal's traceback cycle held execute's frame; engine._refuse): serve() fails on a stub's crash report.
+    yield from serve(repository, tmp_path_factory)
 
 
 def _scrape(server) -> Scrape:
