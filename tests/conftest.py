@@ -57,6 +57,16 @@ def ready_budget_s(repository: Path, extra_args: tuple[str, ...] = ()) -> float:
     return max(DEFAULT_READY_TIMEOUT_S, READY_S_PER_MODEL * models)
 
 
+# What a stub's crash writes into the server log: every sdtriton stub turns Python's faulthandler on
+# (triton_common.report_crashes), and tritonserver itself logs nothing when a stub dies.
+CRASH_REPORT = "Fatal Python error"
+
+
+def crash_reports(log_path: Path) -> list[str]:
+    """The lines of a server's log that report a stub's crash (a fatal signal: SIGSEGV, SIGABRT, ...)."""
+    return [line for line in log_path.read_text(errors="replace").splitlines() if CRASH_REPORT in line]
+
+
 def serve(
     repository: Path,
     tmp_path_factory: pytest.TempPathFactory,
@@ -80,6 +90,9 @@ def serve(
     finally:
         exit_code = server.stop()
         logger.info("tritonserver stopped with exit code %s", exit_code)
+    # A stub that died while the server ran or as it stopped fails the tests that used it (tritonserver says nothing).
+    reports = crash_reports(log_path)
+    assert not reports, f"{len(reports)} stub crash(es) in {log_path}: {reports}"
 
 
 @pytest.fixture(scope="session")

@@ -313,7 +313,11 @@ class DiffusionEngine:
     def _refuse(self, refusal: ServerBusyError) -> NoReturn:
         # check_room's refusal is the request's refusal: the adapter submits only what check_room let through.
         self._observer.request_refused()
-        raise refusal
+        # A copy that no frame holds: raising `refusal`, a local of this frame and its caller's, made a reference
+        # cycle (frame -> error -> traceback -> frame) that kept the adapter's frames, and the Triton requests in
+        # them, alive until a full garbage collection, which came at the stub's end and crashed it (see
+        # triton_common.release_triton_objects).
+        raise ServerBusyError(*refusal.args)
 
     def may_answer_from_cache(self, *, seeded: bool, send_progress: bool) -> bool:
         """Whether a request like this is looked up in the response cache (and so never refused for room)."""

@@ -5,10 +5,13 @@ reading, Triton's log and custom metrics. No torch: every stub imports it.
 
 from __future__ import annotations
 
+import faulthandler
+import gc
 import logging
+import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,13 @@ from sdtriton.serving.metrics import MODEL_LABEL, MetricKind, MetricSpec
 def triton_logger() -> Any:
     # pb_utils.Logger is bound by the stub after import (it is absent while configs auto-complete).
     return pb_utils.Logger
+
+
+def report_crashes() -> None:
+    """Has a fatal signal in this stub (SIGSEGV, SIGABRT from a heap check, SIGBUS, SIGFPE, SIGILL) print every
+    thread's Python stack to the stub's stderr, the server log, before the process dies: tritonserver 2.51 logs
+    nothing when a stub dies, so without this a crash leaves no trace but a core file, if core dumps are on."""
+    faulthandler.enable(file=sys.stderr, all_threads=True)
 
 
 def version_dir(args: dict[str, Any]) -> Path:
@@ -163,22 +173,31 @@ _METRIC_CALLS = threading.Lock()
 
 
 class SerializedMetric:
-    """A Triton custom metric whose updates are serialized across the stub's threads (see above)."""
+    """A Triton custom metric whose updates are serialized across the stub's threads (see above); after
+    :meth:`close`, updates do nothing."""
 
     def __init__(self, metric: Any) -> None:
-        self._metric = metric
+        self._metric: Any | None = metric
 
     def increment(self, value: float) -> None:
         with _METRIC_CALLS:
-            self._metric.increment(value)
+            if self._metric is not None:
+                self._metric.increment(value)
 
     def set(self, value: float) -> None:
         with _METRIC_CALLS:
-            self._metric.set(value)
+            if self._metric is not None:
+                self._metric.set(value)
 
     def observe(self, value: float) -> None:
         with _METRIC_CALLS:
-            self._metric.observe(value)
+            if self._metric is not None:
+                self._metric.observe(value)
+
+    def close(self) -> None:
+        """Lets go of the metric (deleted with its family, see :func:`release_triton_objects`)."""
+        with _METRIC_CALLS:
+            self._metric = None
 
 
 def new_metric(families: dict[str, Any], spec: MetricSpec, model_name: str, **labels: str) -> SerializedMetric:
@@ -190,6 +209,26 @@ def new_metric(families: dict[str, Any], spec: MetricSpec, model_name: str, **la
         if spec.kind is MetricKind.HISTOGRAM:
             return SerializedMetric(family.Metric(labels=all_labels, buckets=list(spec.buckets)))
         return SerializedMetric(family.Metric(labels=all_labels))
+
+
+def release_triton_objects(families: dict[str, Any], metrics: Iterable[SerializedMetric] = ()) -> None:
+    """What a model's ``finalize`` does last, once the threads that use them have stopped: deletes its custom metrics
+    and their families, and collects the garbage cycles that may still hold Python-backend objects.
+
+    Triton 2.51's stub ends in an order that crashes on any such object left for later: ``main`` resets the stub's
+    singleton, then ``Stub::~Stub`` drops the model, then ``Py_Finalize`` collects what cycles hold. A MetricFamily
+    deleted then clears its metrics through a fresh, empty stub (SIGSEGV in ``Metric::SaveToSharedMemory`` under
+    ``MetricFamily::~MetricFamily`` under ``Stub::~Stub``), and an InferRequest frees its strings into shared memory
+    already gone (SIGSEGV in ``InferRequest::~InferRequest`` under ``Py_FinalizeEx``'s collection: an exception's
+    traceback held the frame of ``execute``). Measured from core files: the entries' and the pipeline's stubs died so
+    at every server stop; tritonserver logs nothing when a stub ends, and the tests passed. Deleted and collected
+    here, they go while the stub still talks to tritonserver.
+    """
+    for metric in metrics:
+        metric.close()
+    with _METRIC_CALLS:
+        families.clear()
+    gc.collect()
 
 
 # How often an entry asks Triton whether its requests were cancelled (and checks deadlines and the pipeline).

@@ -64,6 +64,8 @@ from sdtriton.serving.triton_common import (
     int_parameter,
     metric_families,
     new_metric,
+    release_triton_objects,
+    report_crashes,
     required_items,
     respond,
     string_parameter,
@@ -84,6 +86,7 @@ class OnnxComponentModel:
     def initialize(self, args: dict[str, Any]) -> None:
         from sdtriton.serving.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER, ComponentSession
 
+        report_crashes()
         model_config = json.loads(args["model_config"])
         family = string_parameter(model_config, COMPONENT_FAMILY_PARAMETER, "sd")
         prefix = string_parameter(model_config, MODEL_PREFIX_PARAMETER, "")
@@ -130,6 +133,9 @@ class OnnxComponentModel:
             for request, item in zip(requests, inputs, strict=True)
         ]
 
+    def finalize(self) -> None:
+        release_triton_objects({})
+
 
 _CANCEL_POLL_S = 0.02
 # The engine ends an expired request at its next step; past its budget by this much, the entry answers for it (an
@@ -159,6 +165,7 @@ class EntryModel:
     """
 
     def initialize(self, args: dict[str, Any]) -> None:
+        report_crashes()
         self.model_name = args["model_name"]
         model_config = json.loads(args["model_config"])
         self.stream = pb_utils.using_decoupled_model_transaction_policy(model_config)
@@ -407,6 +414,7 @@ class EntryModel:
         self._watcher.join(timeout=5)
         # The pipeline ends what it holds when it unloads; nothing here waits on it.
         self._executor.shutdown(wait=False, cancel_futures=True)
+        release_triton_objects(self.metric_families, [self._rejections] if self._rejections is not None else [])
 
 
 def __getattr__(name: str) -> Any:

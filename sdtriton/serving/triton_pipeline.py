@@ -53,6 +53,8 @@ from sdtriton.serving.triton_common import (
     metric_families,
     new_metric,
     optional_items,
+    release_triton_objects,
+    report_crashes,
     route_logging_to_triton,
     string_parameter,
     triton_logger,
@@ -269,6 +271,11 @@ class _TritonEngineMetrics:
         if hit:
             self._metric(CACHE_HITS, cache=cache).increment(1)
 
+    def made(self) -> list[Any]:
+        """Every metric made so far (for :func:`~sdtriton.serving.triton_common.release_triton_objects`)."""
+        with self._lock:
+            return list(self._labelled.values())
+
 
 class PipelineModel:
     """``pipeline`` (decoupled): validation and tokenization, then the diffusion engine owns the request."""
@@ -278,6 +285,7 @@ class PipelineModel:
         from sdtriton.serving.engine import DiffusionEngine, warm_up_engine_code
         from sdtriton.serving.text import load_tokenizers
 
+        report_crashes()
         self.model_name = args["model_name"]
         model_config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(model_config):
@@ -366,3 +374,4 @@ class PipelineModel:
 
     def finalize(self) -> None:
         self.engine.stop()
+        release_triton_objects(self.metric_families, self.metrics.made() if self.metrics is not None else [])

@@ -19,7 +19,7 @@ from sdtriton.components import UNET
 from sdtriton.serving.batching import to_spec_rank
 from sdtriton.serving.errors import InvalidInputError
 from sdtriton.serving.simulated import SimulatedLatency, checked_sample, latency_from_parameters, zero_noise_pred
-from sdtriton.serving.triton_common import error_response, triton_logger
+from sdtriton.serving.triton_common import error_response, release_triton_objects, report_crashes, triton_logger
 
 (_NOISE_PRED,) = UNET.outputs
 
@@ -40,6 +40,7 @@ class SimulatedUNetModel:
     """
 
     def initialize(self, args: dict[str, Any]) -> None:
+        report_crashes()
         self.model_name: str = args["model_name"]
         model_config = json.loads(args["model_config"])
         try:
@@ -77,4 +78,5 @@ class SimulatedUNetModel:
         return responses
 
     def finalize(self) -> None:
+        release_triton_objects({})
         triton_logger().log_info(f"{self.model_name}: simulated UNet stopped")

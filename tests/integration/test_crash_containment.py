@@ -1,4 +1,5 @@
-"""Crashes contained through a real server: a killed stub, a killed server, nothing left running, logs kept.
+"""Crashes contained through a real server: a killed stub, a killed server, nothing left running, logs kept, and
+no stub that dies as the server stops.
 
 tritonserver 2.51 never restarts a decoupled model's stub: SIGKILL of the ``pipeline`` stub left every client
 waiting (measured). The entries now answer what was in flight (UNAVAILABLE naming the dead model) and the
@@ -19,6 +20,8 @@ from sdtriton.client import ServerUnavailableError, StableDiffusionClient
 from sdtriton.ops.supervisor import RestartBackoff, ServerSupervisor
 from sdtriton.server import ServerAddress, TritonServer, process_group_members
 from sdtriton.serving.liveness import StubProcess
+from tests.conftest import crash_reports
+from tests.integration.python_models import one_python_model
 
 ANSWER_WITHIN_S = 10.0
 BACK_WITHIN_S = 240.0
@@ -115,3 +118,48 @@ def test_a_stopped_server_leaves_no_process_of_its_group(tiny_repository: Path, 
         assert server.stop() == -signal.SIGKILL
     assert process_group_members(group) == []
     assert [region for region in regions if region.exists()] == [], "the killed stubs' shared memory is unlinked"
+
+
+# A model whose stub dies with SIGSEGV as it ends (in Stub::~Stub, where the stub drops the model, after finalize),
+# with the crash reports every sdtriton stub turns on: what the next test must see in the server log, once.
+_CRASHING_MODEL = """
+import ctypes
+
+from sdtriton.serving.triton_common import report_crashes
+
+
+class _CrashWhenDropped:
+    def __del__(self):
+        ctypes.string_at(0)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        report_crashes()
+        self.crash = _CrashWhenDropped()
+
+    def execute(self, requests):
+        raise NotImplementedError
+"""
+
+
+def test_a_stopped_servers_stubs_end_without_a_crash(tiny_repository: Path, tmp_path: Path) -> None:
+    """Every stub that held custom metrics (the entries' and the pipeline's) died with SIGSEGV at each server stop:
+    tritonserver logs nothing then and the tests passed; only core files showed it
+    (triton_common.release_triton_objects)."""
+    crashing = one_python_model(tmp_path / "crashing_repository", "crashing", _CRASHING_MODEL, tensor="X")
+    server = TritonServer(
+        tiny_repository,
+        address=ServerAddress.on_free_ports(),
+        log_path=tmp_path / "tritonserver.log",
+        extra_args=(f"--model-repository={crashing}",),
+    )
+    with server:
+        # Both entries and the engine's metrics in use: an image over HTTP, another streamed over gRPC.
+        _image(server.address.http_url, 3)
+        with StableDiffusionClient(server.address.grpc_url) as client:
+            *_, result = client.stream("a blue square", num_inference_steps=2, seed=4, width=64, height=64)
+        assert result.image.size == (64, 64)
+    reports = crash_reports(server.log_path)
+    log = server.log_path.read_text(errors="replace")
+    assert len(reports) == 1, f"{len(reports)} stubs crashed (the crashing model's alone expected):\n{log[-6000:]}"

@@ -17,6 +17,7 @@ from sdtriton.client import RequestCancelledError, RequestTimeoutError, ServerBu
 from sdtriton.interface import ENTRY_MODEL_NAME, PIPELINE_MODEL_NAME, STREAM_ENTRY_MODEL_NAME
 from sdtriton.serving.metrics import ENDED_STATES, ENGINE_METRICS, STEP_DURATION
 from tests.conftest import ONE_IMAGE_MAX_PENDING, serve
+from tests.integration.python_models import one_python_model
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +190,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from sdtriton.serving.metrics import MetricKind, MetricSpec
-from sdtriton.serving.triton_common import metric_families, new_metric
+from sdtriton.serving.triton_common import release_triton_objects, metric_families, new_metric
 
 COUNTER = MetricSpec("sdtriton_threaded_updates_total", MetricKind.COUNTER, "updates")
 HISTOGRAM = MetricSpec("sdtriton_threaded_update_values", MetricKind.HISTOGRAM, "values", buckets=(1.0,))
@@ -217,14 +218,9 @@ class TritonPythonModel:
                 thread.join()
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("COUNT", np.array([count], np.int32))]))
         return responses
-"""
-_THREADED_METRICS_CONFIG = """
-name: "threaded"
-backend: "python"
-max_batch_size: 0
-input [ { name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] } ]
-output [ { name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] } ]
-instance_group [ { kind: KIND_CPU count: 1 } ]
+
+    def finalize(self):
+        release_triton_objects(self.families, [self.counter, self.histogram])
 """
 
 
@@ -232,10 +228,9 @@ def test_metrics_updated_from_several_threads_at_once_keep_the_server_up(tmp_pat
     import numpy as np
     import tritonclient.http as triton_http
 
-    repository = tmp_path_factory.mktemp("threaded_metrics")
-    (repository / "threaded" / "1").mkdir(parents=True)
-    (repository / "threaded" / "config.pbtxt").write_text(_THREADED_METRICS_CONFIG)
-    (repository / "threaded" / "1" / "model.py").write_text(_THREADED_METRICS_MODEL)
+    repository = one_python_model(
+        tmp_path_factory.mktemp("threaded_metrics"), "threaded", _THREADED_METRICS_MODEL, tensor="COUNT"
+    )
     requests, count = 5, 500
     with contextlib.closing(serve(repository, tmp_path_factory)) as servers:
         server = next(servers)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
+import weakref
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -441,6 +444,36 @@ def test_a_full_engine_refuses_at_once_and_frees_the_slot_when_a_request_ends() 
         engine.submit(_request(3, _image(seed=3))[0])
     _run(engine)
     engine.submit(_request(4, _image(seed=4, steps=2))[0])
+
+
+class _Held:
+    """Stands for the Triton request an adapter's frame holds while the engine refuses it."""
+
+
+def test_a_refusal_leaves_no_reference_cycle_keeping_the_callers_frame() -> None:
+    """A cycle through a refusal's traceback kept the pipeline's execute frame, and its Triton requests, until a full
+    collection: at the stub's end, which crashed it (SIGSEGV in InferRequest::~InferRequest under Py_FinalizeEx)."""
+    engine = DiffusionEngine(config=CONFIG, networks=FakeNetworks(), limits=EngineLimits(max_pending_requests=1))
+    engine.submit(_request(1, _image(seed=1, steps=2))[0])
+
+    def execute(refuse: Callable[[], None]) -> weakref.ref[_Held]:
+        held = _Held()
+        try:
+            refuse()
+        except ServerBusyError as error:
+            assert "max_pending_requests 1" in str(error)
+        else:
+            raise AssertionError("not refused")
+        return weakref.ref(held)
+
+    gc.disable()
+    try:
+        # Refcounting alone frees the frame's objects once the refusal is handled: no cycle holds them.
+        assert execute(engine.check_room)() is None
+        assert execute(lambda: engine.submit(_request(2, _image(seed=2))[0]))() is None
+    finally:
+        gc.enable()
+    _run(engine)
 
 
 def test_a_short_request_is_not_starved_by_a_long_one() -> None:
