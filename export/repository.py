@@ -572,11 +572,13 @@ def tensorrt_dry_run(
     max_size_factor: int = 2,
     max_sequence_length: int | None = None,
     skip_guidance_layers: Sequence[int] = (),
+    loras: Sequence[LoraSource] = (),
 ) -> list[EngineBuild]:
     """The engines ``export --backend tensorrt`` would build, from the source's configs alone (no weights read,
-    nothing written): profiles, precisions and trtexec lines."""
+    nothing written): profiles, precisions and trtexec lines. With ``loras``, the weights are read after all: which
+    networks take ``lora_scales`` is known only once diffusers has loaded the adapters into them."""
     tensorrt = tensorrt or TensorRtExportOptions()
-    pipeline = load_source_pipeline(source, weights=False)
+    pipeline = load_source_pipeline(source, weights=bool(loras))
     refiner_pipeline = None if refiner is None else load_refiner_pipeline(refiner, weights=False)
     config = pipeline_config_of(
         pipeline,
@@ -586,6 +588,9 @@ def tensorrt_dry_run(
         skip_guidance_layers=skip_guidance_layers,
     )
     config = _configured(config, options, tensorrt)
+    if loras:
+        adapters, _ = attach_loras(pipeline, loras, family=config.family)
+        config = dataclasses.replace(config, loras=adapters)
     onnx_root = tensorrt.onnx_dir or Path("ONNX_DIR")
     return _engine_builds(config, options, tensorrt, output=output, onnx_root=onnx_root)
 

@@ -323,6 +323,7 @@ def _export_with(args: argparse.Namespace) -> int:
             max_size_factor=args.max_size_factor,
             max_sequence_length=args.max_sequence_length,
             skip_guidance_layers=args.skip_guidance_layers,
+            loras=[LoraSource.parse(text) for text in args.lora],
         )
         sys.stdout.write("\n\n".join(build.describe() for build in builds) + "\n")
         return 0

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from sdtriton import cli
-from sdtriton.components import UNET, component_spec, components_of
+from sdtriton.components import LORA_SCALES_INPUT, UNET, component_spec, components_of
 from sdtriton.export.configs import (
     CONFIG_FILE_NAME,
     ComponentBackend,
@@ -37,6 +37,7 @@ from sdtriton.export.tensorrt import FP16_CHECK_ATOL, FP16_CHECK_RTOL, check_pre
 from sdtriton.plan import ARCHITECTURES, Architecture
 from sdtriton.serving.errors import InvalidInputError
 from sdtriton.serving.validation import parse_generation_params
+from sdtriton.tiny import make_tiny_lora
 from sdtriton.tokenizer_files import build_clip_tokenizer
 from tests.unit.trtexec_lines import dry_run as _dry_run
 from tests.unit.trtexec_lines import profile_shapes as _shapes
@@ -173,6 +174,21 @@ def test_dry_run_profiles_are_the_component_specs(capsys, tiny_model_dir: Path) 
             expected = tensor.shape_range(config, max_batch_size=options.component_max_batch_size)
             for which, shape in zip(("min", "opt", "max"), expected, strict=True):
                 assert _shapes(commands[spec.model_name], which)[tensor.name] == "x".join(map(str, shape))
+
+
+def test_dry_run_with_a_lora_profiles_its_scales_in_the_networks_it_adapts(
+    capsys, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """An engine built without ``lora_scales`` in its profile would refuse the input the export gives those
+    networks: the dry run (and so the trtexec lines it prints for a GPU host) loads the adapter as the export does."""
+    lora = make_tiny_lora(tiny_model_dir, tmp_path / "glow", seed=1, text_encoders=("text_encoder",))
+    plain = _dry_run(capsys, tiny_model_dir)
+    adapted = _dry_run(capsys, tiny_model_dir, "--lora", f"glow={lora}")
+    rows = RenderOptions().component_max_batch_size
+    for name in ("unet", "text_encoder"):
+        assert LORA_SCALES_INPUT not in _shapes(plain[name], "max")
+        assert [_shapes(adapted[name], which)[LORA_SCALES_INPUT] for which in ("min", "max")] == ["1x1", f"{rows}x1"]
+    assert LORA_SCALES_INPUT not in _shapes(adapted["vae_decoder"], "max")
 
 
 def test_the_skeleton_reads_the_same_geometry_as_the_weights(tiny_model_dir: Path) -> None:
