@@ -31,7 +31,6 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,7 @@ from sdtriton.serving.errors import (
     DeadlineExceededError,
     ServerBusyError,
 )
+from sdtriton.serving.flights import Flight
 from sdtriton.serving.liveness import StubProcess, end_stubs, is_unhealthy_stub_error
 from sdtriton.serving.metrics import (
     REJECTIONS,
@@ -138,22 +138,6 @@ class OnnxComponentModel:
 
 
 _CANCEL_POLL_S = 0.02
-# The engine ends an expired request at its next step; past its budget by this much, the entry answers for it (an
-# engine that cannot step: a stopped or hung process).
-_ENTRY_DEADLINE_GRACE_S = 2.0
-
-
-@dataclass
-class _Flight:
-    """A request an entry forwarded and has not answered yet."""
-
-    request: Any
-    sender: Any
-    started_s: float  # time.monotonic()
-    budget_s: float | None  # the client's timeout
-
-    def overdue(self, now_s: float) -> bool:
-        return self.budget_s is not None and now_s - self.started_s > self.budget_s + _ENTRY_DEADLINE_GRACE_S
 
 
 class EntryModel:
@@ -191,7 +175,7 @@ class EntryModel:
         # A thread per request in flight: the engine refuses requests past its own limit at once.
         self._executor = ThreadPoolExecutor(max_workers=256, thread_name_prefix=f"{self.model_name}-forward")
         self._lock = threading.Lock()
-        self._in_flight: dict[int, _Flight] = {}
+        self._in_flight: dict[int, Flight] = {}
         self._cancel_sent: set[int] = set()
         # The pipeline's stub, found on first need: Triton restarts no decoupled model's stub, so once it is gone
         # the entry answers what it forwarded there and refuses what comes (sdtriton.serving.liveness).
@@ -227,7 +211,7 @@ class EntryModel:
                 continue
             answers.append(None)
             timeout_us = int(request.timeout())
-            flight = _Flight(
+            flight = Flight(
                 request=request,
                 sender=request.get_response_sender(),
                 started_s=time.monotonic(),
@@ -302,10 +286,7 @@ class EntryModel:
         with self._lock:
             flight = self._in_flight.pop(key, None)
             self._cancel_sent.discard(key)
-        if flight is None:
-            return False
-        flight.sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        return True
+        return flight is not None and flight.send_final(final, pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _relay(self, responses: Any, key: int) -> Any:
         """Forwards the pipeline's progress (the stream) and returns the final response: image or error."""
@@ -327,9 +308,8 @@ class EntryModel:
                 return pb_utils.InferenceResponse(output_tensors=[t for t in tensors if t.name() in self.output_names])
             if self.stream:
                 flight = self._in_flight.get(key)
-                if flight is None:
-                    continue  # answered by the watcher; the engine's late progress goes nowhere
-                flight.sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+                if flight is not None:  # else answered by the watcher: the engine's late progress goes nowhere
+                    flight.send_progress(pb_utils.InferenceResponse(output_tensors=tensors))
         raise RuntimeError("the pipeline's stream ended without an image")
 
     def _watch_cancels(self) -> None:
@@ -351,7 +331,7 @@ class EntryModel:
             if holding and self._pipeline_died is None:
                 self._check_pipeline()
 
-    def _answer_overdue(self, key: int, flight: _Flight, now_s: float) -> None:
+    def _answer_overdue(self, key: int, flight: Flight, now_s: float) -> None:
         """The engine did not end a request past its budget (it cannot step): the entry answers and cancels it."""
         error = DeadlineExceededError(
             budget_s=flight.budget_s or 0.0,
