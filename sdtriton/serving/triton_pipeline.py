@@ -86,8 +86,9 @@ class BlsComponents(SpecNetworks):
         self.model_prefix = model_prefix
         # The model repository, to find a component's stub process when Triton reports it unhealthy.
         self.repository = repository
-        # Components whose stub process died or was ended unhealthy: Triton restarts none (sdtriton.serving.liveness).
-        self._dead: dict[str, ComponentDiedError] = {}
+        # The pid of each component whose stub process died or was ended unhealthy: Triton restarts none
+        # (sdtriton.serving.liveness).
+        self._dead: dict[str, int] = {}
         # Ask the networks to answer where the loop's tensors live: on a GPU host, GPU memory (no host copy).
         if self.device.type == "cuda":
             self._preferred_memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, self.device.index or 0)
@@ -97,7 +98,9 @@ class BlsComponents(SpecNetworks):
     def run(self, spec: ComponentSpec, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         model_name = self.model_prefix + spec.model_name
         if model_name in self._dead:
-            raise self._dead[model_name]
+            # A new error each time: one instance raised again and again would chain every raise's traceback, and
+            # with it each failed call's frames and tensors, for as long as the stub runs.
+            raise ComponentDiedError(model_name, self._dead[model_name], in_flight=True)
         tensors = []
         for tensor in spec.inputs:
             value = inputs[tensor.name].to(device=self.device, dtype=TORCH_DTYPES[tensor.triton_dtype])
@@ -136,9 +139,8 @@ class BlsComponents(SpecNetworks):
             )
         else:
             triton_logger().log_error(f"{model_name}: its stub process is gone ({message}); the server needs a restart")
-        died = ComponentDiedError(model_name, ended[0] if ended else 0, in_flight=True)
-        self._dead[model_name] = died
-        return died
+        self._dead[model_name] = ended[0] if ended else 0
+        return ComponentDiedError(model_name, self._dead[model_name], in_flight=True)
 
 
 class _StreamSink:
