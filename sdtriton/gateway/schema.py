@@ -214,8 +214,18 @@ class ImageGenerationRequest(ImageRequest):
 class ImageEditRequest(ImageRequest):
     """``POST /v1/images/edits`` (multipart form): OpenAI's fields, then this engine's, as on generations."""
 
-    image: UploadFile = Field(
-        description="The PNG file to edit; the images have its size (its transparency is dropped)."
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    image: UploadFile | None = Field(
+        None,
+        description="The PNG file to edit; the images have its size (its transparency is dropped). Required, here "
+        "or as a one-file `image[]` list.",
+    )
+    image_list: list[UploadFile] | None = Field(
+        None,
+        alias="image[]",
+        description="The PNG file to edit as OpenAI's SDK sends a list (`image=[file]`): one file, since the engine "
+        "starts from one image.",
     )
     mask: UploadFile | None = Field(
         None,
@@ -224,8 +234,19 @@ class ImageEditRequest(ImageRequest):
     )
 
     def input_images(self) -> tuple[Image.Image | None, Image.Image | None]:
+        """The uploaded image (from ``image`` or a one-file ``image[]``) and mask.
+
+        Raises:
+            ImageInputError: no image, or more than one (the engine starts from one), or a file that is not a PNG.
+        """
+        uploads = [self.image] if self.image is not None else []
+        uploads += self.image_list or []
+        if len(uploads) != 1:
+            raise ImageInputError(
+                "image", f"takes one PNG file (as image, or an image[] list of one), got {len(uploads) or 'none'}"
+            )
         # The uploads are spooled whole before the route runs: reading them here (off the event loop) waits on no one.
-        image = _uploaded(self.image, field="image")
+        image = _uploaded(uploads[0], field="image")
         return image, None if self.mask is None else _uploaded(self.mask, field="mask")
 
 

@@ -230,6 +230,23 @@ def test_an_edit_with_a_mask_is_the_clients_inpainting(
     assert np.array_equal(_pixels(generated.json()["data"][0]["b64_json"]), np.asarray(expected.image))
 
 
+def test_an_image_list_of_one_is_that_image_and_of_two_is_refused_by_name(
+    sdk: openai.OpenAI, client: StableDiffusionClient
+) -> None:
+    """OpenAI's SDK sends ``image=[file]`` as an ``image[]`` list (newer OpenAI models take several): one file there
+    is the edit of that file; two are refused naming ``image``, since the engine starts from one image."""
+    start = start_picture(EDIT_WIDTH, EDIT_HEIGHT)
+    file = ("start.png", _png(start), "image/png")
+    answer = sdk.images.edit(image=[file], prompt=PROMPT, extra_body=EDIT_STEPS)
+    expected = client.generate(PROMPT, image=start, **EDIT_STEPS)
+    assert np.array_equal(_pixels(answer.data[0].b64_json), np.asarray(expected.image))
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.images.edit(image=[file, file], prompt=PROMPT, extra_body=EDIT_STEPS)
+    error = caught.value.body
+    assert (error["param"], error["code"]) == ("image", "invalid_value")
+    assert error["message"].startswith("image: takes one PNG file (as image, or an image[] list of one), got 2")
+
+
 def _edit(gateway: str, fields: dict, files: dict) -> httpx.Response:
     headers = {"Authorization": f"Bearer {KEY}"}
     return httpx.post(f"{gateway}/v1/images/edits", data=fields, files=files, headers=headers, timeout=60)
@@ -240,7 +257,7 @@ def _edit(gateway: str, fields: dict, files: dict) -> httpx.Response:
     [
         ({}, {"image": b"GIF89a not a png"}, "image", "image: must be a PNG file"),
         ({}, {"image": "truncated"}, "image", "image: must be a"),
-        ({}, {}, "image", "image: Field required"),
+        ({}, {}, "image", "image: takes one PNG file (as image, or an image[] list of one), got none"),
         ({}, {"image": "start", "mask": "small"}, "mask", f"mask: must have the image's size {EDIT_WIDTH}x"),
         ({}, {"image": "start", "mask": "opaque"}, "mask", "mask: must have an alpha channel"),
         ({"size": "64x64"}, {"image": "start"}, "size", f"size: must be the image's size {EDIT_WIDTH}x{EDIT_HEIGHT}"),
