@@ -14,15 +14,17 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sdtriton import interface
 from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
-from sdtriton.perf.profiles import BurstSpec, LoadMode, MixedSpec, Protocol, Scenario
 from sdtriton.perf.workload import RequestSpec
 from sdtriton.serving.simulated import SimulatedLatency
+
+if TYPE_CHECKING:  # the profiles import pydantic, which `sdtriton --help` (through sdtriton.scaling) need not load
+    from sdtriton.perf.profiles import BurstSpec, MixedSpec, Scenario
 
 # The goals of issue 3 (the perf_analyzer profile), on the default model at concurrency 1: at most.
 GOAL_TRITON_OVER_DIFFUSERS = 0.9
@@ -289,6 +291,8 @@ class LoadPoint:
 
     @property
     def concurrency(self) -> int | None:
+        from sdtriton.perf.profiles import LoadMode
+
         return int(self.level) if self.mode == LoadMode.CONCURRENCY.value else None
 
 
@@ -393,6 +397,8 @@ class PerfResult(Run):
     @property
     def triton_concurrency_1(self) -> LoadPoint | None:
         """perf_analyzer at concurrency 1 on the base request, gRPC preferred: Triton end to end."""
+        from sdtriton.perf.profiles import LoadMode, Protocol
+
         base = [s for s in self.scenarios if s.mode is LoadMode.CONCURRENCY and s.input_data == self.input_data]
         ordered = sorted(base, key=lambda scenario: scenario.protocol is not Protocol.GRPC)  # stable: file order next
         points = (p for s in ordered for p in self.points if p.scenario == s.name and p.concurrency == 1)

@@ -15,11 +15,13 @@ import dataclasses
 import enum
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass as checked_dataclass
 
 from sdtriton import interface
 from sdtriton.serving.simulated import SimulatedLatency
@@ -33,6 +35,24 @@ ENGINE_KEY = "engine"
 Loras = Mapping[str, Mapping[str, Any]]
 # A GPU-like UNet: 10 ms a call plus 2 ms a batch row.
 DEFAULT_SIMULATED_LATENCY = SimulatedLatency(fixed_ms=10.0, per_item_ms=2.0)
+
+
+def _increasing(levels: tuple[int, ...]) -> tuple[int, ...]:
+    if list(levels) != sorted(set(levels)):
+        raise ValueError("must increase")
+    return levels
+
+
+def _latency(value: Any) -> Any:
+    return SimulatedLatency.parse(value) if isinstance(value, str) else value
+
+
+# The specs of scenarios.json are checked as they are made: counts are integers >= 1, warm-up counts >= 0 (none).
+_SPEC = ConfigDict(extra="forbid")
+Count = Annotated[int, Field(strict=True, ge=1)]
+Warmups = Annotated[int, Field(strict=True, ge=0)]
+Levels = Annotated[tuple[Count, ...], Field(min_length=1), AfterValidator(_increasing)]
+Latency = Annotated[SimulatedLatency, BeforeValidator(_latency)]
 
 
 @dataclass(frozen=True)
@@ -63,7 +83,7 @@ class LoadMode(enum.Enum):
     REQUEST_RATE = "request_rate"
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
 class Scenario:
     """One load curve of perf_analyzer, over a file of ``perf/input_data/``: concurrencies (a closed loop), or request
     rates (open loop, Poisson arrivals) as fractions of the ``rate_reference`` scenario's peak throughput. A level
@@ -73,9 +93,9 @@ class Scenario:
     protocol: Protocol
     mode: LoadMode
     input_data: str
-    levels: tuple[float, ...]
-    min_requests: int = 8
-    requests_per_concurrency: int = 4
+    levels: Annotated[tuple[Annotated[float, Field(gt=0)], ...], Field(min_length=1)]
+    min_requests: Count = 8
+    requests_per_concurrency: Count = 4
     duration_s: float = 10.0
     rate_reference: str | None = None
 
@@ -86,21 +106,21 @@ class Scenario:
         return max(self.min_requests, math.ceil(level * self.duration_s))
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
 class BaselineSpec:
     """The three paths at concurrency 1 on the first request of ``input_data``: ``runs`` timed after ``warmup_runs``
     (the median reported), and ``slope_runs`` at each of ``slope_steps`` (warm, no warm-up): the difference of the
     per-step slopes is what one BLS UNet call adds; ``bls_probe``: also over an identity UNet."""
 
     input_data: str
-    runs: int = 10
-    warmup_runs: int = 2
+    runs: Count = 10
+    warmup_runs: Warmups = 2
     slope_steps: tuple[int, int] = (5, 40)
-    slope_runs: int = 10
+    slope_runs: Count = 10
     bls_probe: bool = True
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
 class CeilingSpec:
     """(a) The engine in-process over ONNX Runtime against Triton, ``concurrency`` requests at once on both sides (so
     the UNet runs the same batch), ``requests`` in all a side; and the plain loop against Triton at concurrency 1,
@@ -110,12 +130,12 @@ class CeilingSpec:
     of the file's and of ``concurrency``, and ``plain_loop_runs`` a turn of the file's, send each equally often."""
 
     input_data: str | None = None
-    concurrency: int = 8
-    requests: int = 32
-    warmup_requests: int = 8
-    plain_loop_runs: int = 10
-    plain_loop_warmup_runs: int = 2
-    turns: int = 2
+    concurrency: Count = 8
+    requests: Count = 32
+    warmup_requests: Warmups = 8
+    plain_loop_runs: Count = 10
+    plain_loop_warmup_runs: Warmups = 2
+    turns: Count = 2
 
 
 class _ClosedLoopLevels:
@@ -134,70 +154,70 @@ class _ClosedLoopLevels:
         return sum(map(self.request_count, self.levels))
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
 class SweepSpec(_ClosedLoopLevels):
     """(b) Client threads over gRPC at each of ``levels`` on two servers up together, ``max_running_images``
     ``batching_on`` and ``batching_off`` (1: an image per UNet call); each level on one then the other, in turns."""
 
-    levels: tuple[int, ...] = (1, 2, 4, 8)
-    batching_on: int = 8
-    batching_off: int = 1
-    min_requests: int = 12
-    requests_per_concurrency: int = 6
-    turns: int = 2
+    levels: Levels = (1, 2, 4, 8)
+    batching_on: Count = 8
+    batching_off: Count = 1
+    min_requests: Count = 12
+    requests_per_concurrency: Count = 6
+    turns: Count = 2
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
 class MixedSpec:
     """(c) On the batching-on server, ``short_clients`` threads send short requests back to back while ``long_clients``
     send ``long_requests_per_client`` long ones each; the reference is ``short_only_requests`` short requests from as
     many threads as both classes."""
 
-    short_steps: int = 10
-    long_steps: int = 150
-    short_clients: int = 6
-    long_clients: int = 2
-    long_requests_per_client: int = 2
-    short_only_requests: int = 48
+    short_steps: Count = 10
+    long_steps: Count = 150
+    short_clients: Count = 6
+    long_clients: Count = 2
+    long_requests_per_client: Count = 2
+    short_only_requests: Count = 48
 
     @property
     def concurrency(self) -> int:
         return self.short_clients + self.long_clients
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
 class BurstSpec:
     """(d) ``requests`` sent at once at a server that holds ``max_pending_requests``, after ``warmup_bursts`` of the
     same size, not judged: the first burst after a start pays one-off costs (threads), measured 100 ms a refusal."""
 
-    max_pending_requests: int = 4
-    requests: int = 24
-    warmup_bursts: int = 1
+    max_pending_requests: Count = 4
+    requests: Count = 24
+    warmup_bursts: Warmups = 1
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
 class SimulatedSpec(_ClosedLoopLevels):
     """(e) The batching-on repository with the stand-in UNet of :mod:`sdtriton.serving.simulated` (``latency``, e.g.
     ``10ms+2ms``); the first and last of ``levels`` give the scaling ratio, their non-UNet parts measured in-process
     with a zero-time UNet over ``in_process_requests``; in turns."""
 
-    latency: SimulatedLatency = DEFAULT_SIMULATED_LATENCY
-    levels: tuple[int, ...] = (1, 8)
-    min_requests: int = 16
-    requests_per_concurrency: int = 8
-    in_process_requests: int = 16
-    turns: int = 2
+    latency: Latency = DEFAULT_SIMULATED_LATENCY
+    levels: Levels = (1, 8)
+    min_requests: Count = 16
+    requests_per_concurrency: Count = 8
+    in_process_requests: Count = 16
+    turns: Count = 2
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
 class GatewaySpec(_ClosedLoopLevels):
     """(f) Client threads through a real ``sdtriton gateway`` process and straight to its server over gRPC, at each
     level, in turns that alternate which side goes first; the last level's images/s ratio is judged."""
 
-    levels: tuple[int, ...] = (1, 8)
-    min_requests: int = 16
-    requests_per_concurrency: int = 4
-    turns: int = 4
+    levels: Levels = (1, 8)
+    min_requests: Count = 16
+    requests_per_concurrency: Count = 4
+    turns: Count = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,58 +266,18 @@ _SECTIONS = {
 }
 
 
-def _positive(value: Any, where: str, *, least: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{where}: must be an integer >= {least}, got {value!r}")
-    return value
-
-
-def _increasing(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{where}: must be a non-empty list, got {value!r}")
-    levels = tuple(_positive(level, where) for level in value)
-    if list(levels) != sorted(set(levels)):
-        raise ValueError(f"{where}: must increase, got {list(levels)}")
-    return levels
-
-
-def _latency(value: Any, where: str) -> SimulatedLatency:
-    try:
-        return SimulatedLatency.parse(str(value))
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-
-
-# A spec field's parser by its declared type; counts are integers >= 1, warm-up counts >= 0 (none).
-_PARSERS: dict[str, Callable[[Any, str], Any]] = {
-    **dict.fromkeys(("str", "str | None"), lambda value, _: str(value)),
-    "float": lambda value, _: float(value),
-    "bool": lambda value, _: bool(value),
-    "int": _positive,
-    "Protocol": lambda value, _: Protocol(value),
-    "LoadMode": lambda value, _: LoadMode(value),
-    "SimulatedLatency": _latency,
-    "tuple[float, ...]": lambda value, _: tuple(float(level) for level in value),
-    "tuple[int, ...]": _increasing,
-    "tuple[int, int]": lambda value, _: tuple(int(steps) for steps in value),
-}
-_WARMUPS = ("warmup_runs", "warmup_requests", "plain_loop_warmup_runs", "warmup_bursts")
-
-
 def _parsed(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """A spec from its JSON object, unknown keys refused."""
-    types = {field.name: field.type for field in dataclasses.fields(cls)}
-    if unknown := set(values) - set(types):
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(types)})")
-    parsers = {key: partial(_positive, least=0) if key in _WARMUPS else _PARSERS[types[key]] for key in values}
-    return cls(**{key: parsers[key](value, f"{where}.{key}") for key, value in values.items()})
+    """A spec from its JSON object (unknown keys refused); an error names each bad field and what it allows."""
+    try:
+        return cls(**values)
+    except ValidationError as error:
+        bad = (f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg']}, got {e['input']!r}" for e in error.errors())
+        raise ValueError("; ".join(bad)) from None
 
 
 def _scenario(values: Mapping[str, Any], where: str) -> Scenario:
     scenario = _parsed(Scenario, values, f"{where}, scenario {values.get('name')!r}")
     where = f"scenario {scenario.name!r}"
-    if not scenario.levels or any(level <= 0 for level in scenario.levels):
-        raise ValueError(f"{where}: levels must be positive, got {list(scenario.levels)}")
     if scenario.mode is LoadMode.CONCURRENCY and any(level != int(level) for level in scenario.levels):
         raise ValueError(f"{where}: concurrencies must be integers, got {list(scenario.levels)}")
     if scenario.mode is LoadMode.REQUEST_RATE and scenario.rate_reference is None:
