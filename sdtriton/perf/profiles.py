@@ -99,6 +99,12 @@ class Scenario:
     duration_s: float = 10.0
     rate_reference: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.mode is LoadMode.CONCURRENCY and any(level != int(level) for level in self.levels):
+            raise ValueError(f"concurrencies must be integers, got {list(self.levels)}")
+        if self.mode is LoadMode.REQUEST_RATE and self.rate_reference is None:
+            raise ValueError("request-rate mode needs a rate_reference scenario")
+
     def request_count(self, level: float) -> int:
         """Requests sent at ``level`` (a concurrency, or a rate in requests/s)."""
         if self.mode is LoadMode.CONCURRENCY:
@@ -118,6 +124,11 @@ class BaselineSpec:
     slope_steps: tuple[int, int] = (5, 40)
     slope_runs: Count = 10
     bls_probe: bool = True
+
+    def __post_init__(self) -> None:
+        low, high = self.slope_steps
+        if not interface.MIN_INFERENCE_STEPS <= low < high <= interface.MAX_INFERENCE_STEPS:
+            raise ValueError(f"slope_steps must be two increasing step counts, got {list(self.slope_steps)}")
 
 
 @checked_dataclass(frozen=True, config=_SPEC)
@@ -166,6 +177,10 @@ class SweepSpec(_ClosedLoopLevels):
     requests_per_concurrency: Count = 6
     turns: Count = 2
 
+    def __post_init__(self) -> None:
+        if self.batching_off >= self.batching_on:
+            raise ValueError("batching_off must be below batching_on")
+
 
 @checked_dataclass(frozen=True, config=_SPEC)
 class MixedSpec:
@@ -174,11 +189,15 @@ class MixedSpec:
     many threads as both classes."""
 
     short_steps: Count = 10
-    long_steps: Count = 150
+    long_steps: Annotated[int, Field(strict=True, ge=1, le=interface.MAX_INFERENCE_STEPS)] = 150
     short_clients: Count = 6
     long_clients: Count = 2
     long_requests_per_client: Count = 2
     short_only_requests: Count = 48
+
+    def __post_init__(self) -> None:
+        if self.short_steps >= self.long_steps:
+            raise ValueError("short_steps must be below long_steps")
 
     @property
     def concurrency(self) -> int:
@@ -202,7 +221,7 @@ class SimulatedSpec(_ClosedLoopLevels):
     with a zero-time UNet over ``in_process_requests``; in turns."""
 
     latency: Latency = DEFAULT_SIMULATED_LATENCY
-    levels: Levels = (1, 8)
+    levels: Annotated[Levels, Field(min_length=2)] = (1, 8)  # two concurrencies at least
     min_requests: Count = 16
     requests_per_concurrency: Count = 8
     in_process_requests: Count = 16
@@ -220,17 +239,17 @@ class GatewaySpec(_ClosedLoopLevels):
     turns: Count = 4
 
 
-@dataclass(frozen=True, kw_only=True)
+@checked_dataclass(frozen=True, kw_only=True, config=_SPEC)
 class Profile:
     """``model``: a make-tiny profile or family (made at run time) or the built-in ``shapes``; the base request is the
     first of ``input_data``. A perf_analyzer profile has ``baseline`` and ``scenarios``, an engine profile any of the
     other sections; a section left out is None."""
 
     name: str
-    description: str
     model: str
-    time_limit_s: float
+    time_limit_s: Annotated[float, Field(gt=0)]
     input_data: str
+    description: str = ""
     baseline: BaselineSpec | None = None
     scenarios: tuple[Scenario, ...] = ()
     ceiling: CeilingSpec | None = None
@@ -240,7 +259,20 @@ class Profile:
     simulated: SimulatedSpec | None = None
     gateway: GatewaySpec | None = None
     mixed_inputs: CeilingSpec | None = None  # (g) the ceiling again, over a file of mixed requests
-    loras: Loras = dataclasses.field(default_factory=dict)
+    loras: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.baseline is None) == (not self.engine_sections):
+            raise ValueError("a profile has a baseline and scenarios, or engine sections (and no baseline)")
+        names = [scenario.name for scenario in self.scenarios]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scenario names must be unique, got {names}")
+        for index, scenario in enumerate(self.scenarios):
+            earlier = [s.name for s in self.scenarios[:index] if s.mode is LoadMode.CONCURRENCY]
+            if scenario.rate_reference is not None and scenario.rate_reference not in earlier:
+                raise ValueError(
+                    f"scenario {scenario.name!r}: rate_reference must name an earlier concurrency scenario"
+                )
 
     @property
     def engine(self) -> bool:
@@ -248,22 +280,14 @@ class Profile:
 
     @property
     def engine_sections(self) -> tuple[str, ...]:
-        return tuple(name for name in _SECTIONS if getattr(self, name) is not None)
+        return tuple(name for name in ENGINE_SECTIONS if getattr(self, name) is not None)
 
     def input_data_files(self) -> list[str]:
         ceilings = (spec.input_data for spec in (self.ceiling, self.mixed_inputs) if spec and spec.input_data)
         return sorted({self.input_data, *ceilings, *(scenario.input_data for scenario in self.scenarios)})
 
 
-_SECTIONS = {
-    "ceiling": CeilingSpec,
-    "sweep": SweepSpec,
-    "mixed": MixedSpec,
-    "burst": BurstSpec,
-    "simulated": SimulatedSpec,
-    "gateway": GatewaySpec,
-    "mixed_inputs": CeilingSpec,
-}
+ENGINE_SECTIONS = ("ceiling", "sweep", "mixed", "burst", "simulated", "gateway", "mixed_inputs")
 
 
 def _parsed(cls: type, values: Mapping[str, Any], where: str) -> Any:
@@ -271,65 +295,12 @@ def _parsed(cls: type, values: Mapping[str, Any], where: str) -> Any:
     try:
         return cls(**values)
     except ValidationError as error:
-        bad = (f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg']}, got {e['input']!r}" for e in error.errors())
-        raise ValueError("; ".join(bad)) from None
-
-
-def _scenario(values: Mapping[str, Any], where: str) -> Scenario:
-    scenario = _parsed(Scenario, values, f"{where}, scenario {values.get('name')!r}")
-    where = f"scenario {scenario.name!r}"
-    if scenario.mode is LoadMode.CONCURRENCY and any(level != int(level) for level in scenario.levels):
-        raise ValueError(f"{where}: concurrencies must be integers, got {list(scenario.levels)}")
-    if scenario.mode is LoadMode.REQUEST_RATE and scenario.rate_reference is None:
-        raise ValueError(f"{where}: request-rate mode needs a rate_reference scenario")
-    return scenario
-
-
-def _perf_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]) -> Profile:
-    where = f"profile {name!r}"
-    baseline = _parsed(BaselineSpec, values["baseline"], f"{where}, baseline")
-    steps = baseline.slope_steps
-    if len(steps) != 2 or not interface.MIN_INFERENCE_STEPS <= steps[0] < steps[1] <= interface.MAX_INFERENCE_STEPS:
-        raise ValueError(f"{where}: slope_steps must be two increasing step counts, got {list(steps)}")
-    scenarios = tuple(_scenario(scenario, where) for scenario in values["scenarios"])
-    names = [scenario.name for scenario in scenarios]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{where}: scenario names must be unique, got {names}")
-    for index, scenario in enumerate(scenarios):
-        earlier = [s.name for s in scenarios[:index] if s.mode is LoadMode.CONCURRENCY]
-        if scenario.rate_reference is not None and scenario.rate_reference not in earlier:
-            raise ValueError(f"scenario {scenario.name!r}: rate_reference must name an earlier concurrency scenario")
-    return Profile(**common, input_data=baseline.input_data, baseline=baseline, scenarios=scenarios)
-
-
-def _engine_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]) -> Profile:
-    where = f"profile {name!r}"
-    unknown = set(values) - {"model", "description", "time_limit_s", "loras", ENGINE_KEY}
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} beside {ENGINE_KEY!r}")
-    engine = dict(values[ENGINE_KEY])
-    if "input_data" not in engine:
-        raise ValueError(f"{where}: {ENGINE_KEY}.input_data is required")
-    input_data = str(engine.pop("input_data"))
-    unknown = set(engine) - set(_SECTIONS)
-    if unknown or not engine:
-        what = f"unknown engine sections {sorted(unknown)}" if unknown else "no engine section"
-        raise ValueError(f"{where}: {what} (known: {sorted(_SECTIONS)})")
-    sections = {key: _parsed(_SECTIONS[key], engine[key], f"{where}, {key}") for key in engine}
-    loras = values.get("loras", {})
-    if not isinstance(loras, dict) or not all(isinstance(options, dict) for options in loras.values()):
-        raise ValueError(f"{where}: loras must map adapter names to make_tiny_lora's options, got {loras!r}")
-    profile = Profile(**common, input_data=input_data, loras=loras, **sections)
-    mixed = profile.mixed
-    if mixed is not None and mixed.long_steps > interface.MAX_INFERENCE_STEPS:
-        raise ValueError(f"{where}, mixed: steps at most {interface.MAX_INFERENCE_STEPS}, got {mixed.long_steps}")
-    if mixed is not None and mixed.short_steps >= mixed.long_steps:
-        raise ValueError(f"{where}, mixed: short_steps must be below long_steps")
-    if profile.sweep is not None and profile.sweep.batching_off >= profile.sweep.batching_on:
-        raise ValueError(f"{where}, sweep: batching_off must be below batching_on")
-    if profile.simulated is not None and len(profile.simulated.levels) < 2:
-        raise ValueError(f"{where}, simulated.levels: needs two concurrencies at least")
-    return profile
+        problems = []
+        for problem in error.errors():
+            field = ", ".join([where, ".".join(map(str, problem["loc"]))] if problem["loc"] else [where])
+            got = "" if problem["type"] == "value_error" else f", got {problem['input']!r}"
+            problems.append(f"{field}: {problem['msg']}{got}")
+        raise ValueError("; ".join(problems)) from None
 
 
 def parse_profiles(text: str) -> dict[str, Profile]:
@@ -344,13 +315,12 @@ def parse_profiles(text: str) -> dict[str, Profile]:
                 raise ValueError(f"profile {name!r}: scenarios_from must name a profile defined in full")
             inherited = {key: value for key, value in document[source].items() if key not in ("model", "description")}
             values = {key: value for key, value in {**inherited, **values}.items() if key != "scenarios_from"}
-        time_limit_s = float(values["time_limit_s"])
-        if time_limit_s <= 0:
-            raise ValueError(f"profile {name!r}: time_limit_s must be positive, got {time_limit_s}")
-        common = {"name": name, "description": str(values.get("description", "")), "time_limit_s": time_limit_s}
-        common["model"] = str(values.get("model", name))
-        parse = _engine_profile if ENGINE_KEY in values else _perf_profile
-        profiles[name] = parse(name, values, common)
+        # An engine profile's sections and base request are in its "engine" object; a perf_analyzer profile's base
+        # request is its baseline's.
+        fields = {"name": name, "model": name, **values, **values.get(ENGINE_KEY, {})}
+        fields.pop(ENGINE_KEY, None)
+        fields.setdefault("input_data", values.get("baseline", {}).get("input_data"))
+        profiles[name] = _parsed(Profile, fields, f"profile {name!r}")
     return profiles
 
 
