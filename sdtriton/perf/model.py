@@ -535,21 +535,12 @@ class BurstResult:
     def latencies_ms(self, outcome: Outcome, *, warmup: bool = False) -> list[float]:
         return [r.latency_ms for r in (self.warmup_records if warmup else self.records) if r.outcome is outcome]
 
-    @property
-    def completed(self) -> int:
-        return len(self.latencies_ms(Outcome.OK))
-
-    @property
-    def refused(self) -> int:
-        return len(self.latencies_ms(Outcome.REFUSED))
-
-    @property
-    def failed(self) -> int:
-        return len(self.latencies_ms(Outcome.FAILED))
+    def count(self, outcome: Outcome) -> int:
+        return len(self.latencies_ms(outcome))
 
     @property
     def accepted(self) -> int:
-        return self.completed + self.failed
+        return len(self.records) - self.count(Outcome.REFUSED)
 
     @property
     def refused_as_unavailable(self) -> int:
@@ -690,10 +681,11 @@ class EngineResult(Run):
         rows = _ceiling_goals("a", "", self.ceiling)
         rows.append(_ratio_goal(short, mixed and mixed.short_p99_ratio, "<", GOAL_SHORT_P99_OVER_SHORT_ONLY))
         slowest = burst.max_refusal_ms if burst else None
-        measured = "" if slowest is None else f"{slowest:.1f} ms ({burst.refused} refused)"
+        measured = "" if slowest is None else f"{slowest:.1f} ms ({burst.count(Outcome.REFUSED)} refused)"
         goal, met = f"< {GOAL_REFUSAL_MS:g} ms each", _met(slowest, "<", GOAL_REFUSAL_MS)
         rows.append(GoalRow("(d) slowest refusal of the burst", measured, goal, met))
-        counts = [(burst.refused_as_unavailable, burst.refused), (burst.completed, burst.accepted)] if burst else []
+        refused, completed = (burst.count(Outcome.REFUSED), burst.count(Outcome.OK)) if burst else (0, 0)
+        counts = [(burst.refused_as_unavailable, refused), (completed, burst.accepted)] if burst else []
         for measure, (count, total) in zip(_BURST_ALL, counts or [(0, 0)] * 2, strict=True):
             rows.append(
                 GoalRow(measure, f"{count} of {total}" if counts else "", "all", count == total if total else None)

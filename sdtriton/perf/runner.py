@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -102,6 +102,14 @@ def _in_turns(total: int, turns: int) -> int:
 def _turn_levels(spec) -> list[tuple[int, int, int]]:
     """(turn, concurrency, its requests in the turn) for every level of every turn, in order."""
     return [(turn, c, _in_turns(spec.request_count(c), spec.turns)) for turn in range(spec.turns) for c in spec.levels]
+
+
+def _merged_turns(turns: Iterable[Load]) -> list[Load]:
+    """Loads of several turns merged by variant and concurrency, in the order first measured."""
+    merged: dict[tuple[str, int], list[Load]] = {}
+    for turn in turns:
+        merged.setdefault((turn.variant, turn.concurrency), []).append(turn)
+    return [Load.merged(parts) for parts in merged.values()]
 
 
 def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
@@ -206,13 +214,8 @@ class PerfRun:
             other_cpu_s = max(0.0, busy_s - own_s)
         here = {"started_utc": self.started_utc, "triton_version": self.server_version, "gpu": self.options.gpu}
         machine = model.MachineInfo.here(**here, load_before=self.load_before)
-        run = {
-            "profile": self.profile.name,
-            "machine": machine,
-            "request": self.request,
-            "skipped": tuple(self.skipped),
-        }
-        return run | {"input_data": self.profile.input_data, "elapsed_s": elapsed_s, "other_cpu_s": other_cpu_s}
+        run = {"profile": self.profile.name, "input_data": self.profile.input_data, "skipped": tuple(self.skipped)}
+        return run | {"machine": machine, "request": self.request, "elapsed_s": elapsed_s, "other_cpu_s": other_cpu_s}
 
     def perf_analyzer(self, model_dir: Path, repository: Path, work_dir: Path) -> model.PerfResult:
         """The three paths at concurrency 1, perf_analyzer's scenarios, and the identity-UNet probe."""
@@ -480,11 +483,10 @@ class PerfRun:
 
     def sweep(self, servers: dict[str, TritonServer], spec) -> tuple[Load, ...]:
         """Every level on every server, in turns: a drift of the machine's speed hits both variants alike."""
-        parts: dict[tuple[str, int], list[Load]] = {}
-        for _, concurrency, requests in _turn_levels(spec):
-            for variant, server in servers.items():
-                parts.setdefault((variant, concurrency), []).append(self.load(server, variant, concurrency, requests))
-        levels = [Load.merged(turns) for turns in parts.values()]
+        turns = _turn_levels(spec)
+        levels = _merged_turns(
+            self.load(s, variant, c, requests) for _, c, requests in turns for variant, s in servers.items()
+        )
         for level in levels:
             logger.info("%s c=%d: %.2f images/s", level.variant, level.concurrency, level.images_per_s)
         return tuple(level for level in levels if level.completed)
@@ -519,25 +521,24 @@ class PerfRun:
         self.skipped += _failures("burst", [*warmup, *records])
         result = model.BurstResult(spec, tuple(records), tuple(warmup))
         slowest = result.max_refusal_ms
-        logger.info("burst: %d accepted, %d refused, slowest refusal %s ms", result.accepted, result.refused, slowest)
+        refused = result.count(model.Outcome.REFUSED)
+        logger.info("burst: %d accepted, %d refused, slowest refusal %s ms", result.accepted, refused, slowest)
         return result
 
     def simulated(self, server: TritonServer, spec) -> model.SimulatedResult | None:
         """In turns: the non-UNet parts in-process, then the simulated server, at the lowest and highest level."""
         low_c, high_c = spec.levels[0], spec.levels[-1]
-        in_process: dict[int, list[Load]] = {low_c: [], high_c: []}
-        parts: dict[int, list[Load]] = {level: [] for level in spec.levels}
-        in_process_requests = _in_turns(spec.in_process_requests, spec.turns)
+        in_process, served, in_process_requests = [], [], _in_turns(spec.in_process_requests, spec.turns)
         for _, concurrency, requests in _turn_levels(spec):
-            if concurrency in in_process:
+            if concurrency in (low_c, high_c):
                 what, count = f"non-UNet parts, c={concurrency}", max(in_process_requests, concurrency)
-                in_process[concurrency].append(self.in_process(concurrency, count, what, zero_time_unet=True))
-            parts[concurrency].append(self.load(server, SIMULATED, concurrency, requests))
-        points = tuple(level for level in map(Load.merged, parts.values()) if level.completed)
+                in_process.append(self.in_process(concurrency, count, what, zero_time_unet=True))
+            served.append(self.load(server, SIMULATED, concurrency, requests))
+        points = tuple(level for level in _merged_turns(served) if level.completed)
         if {low_c, high_c} - {point.concurrency for point in points}:
             self.skipped.append(f"{SIMULATED} accelerator: c={low_c} or c={high_c} completed no request")
             return None
-        low, high = Load.merged(in_process[low_c]), Load.merged(in_process[high_c])
+        low, high = _merged_turns(in_process)  # the levels increase
         rows_per_image, calls_per_image = round(low.unet_rows / low.unet_calls), low.unet_calls / low.completed
         result = model.SimulatedResult(spec.latency, rows_per_image, calls_per_image, points, low, high)
         measured, share = result.measured_ratio, 100 * result.share_of_allowed
