@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sdtriton.export.variants import engine_limits_of, engine_variant
-from sdtriton.perf.load import ClientClass
+from sdtriton.perf.load import ClientClass, InProcessEngineError, InstrumentedNetworks, ServedFiles, run_closed_loop
 from sdtriton.perf.model import (
     BATCHING_OFF,
     BATCHING_ON,
@@ -38,7 +38,6 @@ from sdtriton.perf.model import (
     allowed_images_per_s,
     classify_error,
 )
-from sdtriton.perf.paths import InProcessEngineError, InstrumentedNetworks, ServedFiles, run_closed_loop
 from sdtriton.perf.profiles import (
     DEFAULT_PERF_DIR,
     INPUT_DATA_DIR_NAME,
