@@ -83,8 +83,24 @@ class LoadMode(enum.Enum):
     REQUEST_RATE = "request_rate"
 
 
+class _ClosedLoopLevels:
+    """Closed-loop levels: ``concurrency x requests_per_concurrency`` requests a level, ``min_requests`` at least."""
+
+    levels: tuple[int, ...]
+    min_requests: int
+    requests_per_concurrency: int
+
+    def request_count(self, concurrency: int) -> int:
+        return max(self.min_requests, concurrency * self.requests_per_concurrency)
+
+    @property
+    def requests(self) -> int:
+        """Requests over every level."""
+        return sum(map(self.request_count, self.levels))
+
+
 @checked_dataclass(frozen=True, config=_SPEC)
-class Scenario:
+class Scenario(_ClosedLoopLevels):
     """One load curve of perf_analyzer, over a file of ``perf/input_data/``: concurrencies (a closed loop), or request
     rates (open loop, Poisson arrivals) as fractions of the ``rate_reference`` scenario's peak throughput. A level
     sends ``concurrency x requests_per_concurrency`` or ``rate x duration_s`` requests, ``min_requests`` at least."""
@@ -108,7 +124,7 @@ class Scenario:
     def request_count(self, level: float) -> int:
         """Requests sent at ``level`` (a concurrency, or a rate in requests/s)."""
         if self.mode is LoadMode.CONCURRENCY:
-            return max(self.min_requests, int(level) * self.requests_per_concurrency)
+            return super().request_count(int(level))
         return max(self.min_requests, math.ceil(level * self.duration_s))
 
 
@@ -147,22 +163,6 @@ class CeilingSpec:
     plain_loop_runs: Count = 10
     plain_loop_warmup_runs: Warmups = 2
     turns: Count = 2
-
-
-class _ClosedLoopLevels:
-    """Closed-loop levels: ``concurrency x requests_per_concurrency`` requests a level, ``min_requests`` at least."""
-
-    levels: tuple[int, ...]
-    min_requests: int
-    requests_per_concurrency: int
-
-    def request_count(self, concurrency: int) -> int:
-        return max(self.min_requests, concurrency * self.requests_per_concurrency)
-
-    @property
-    def requests(self) -> int:
-        """Requests over every level."""
-        return sum(map(self.request_count, self.levels))
 
 
 @checked_dataclass(frozen=True, config=_SPEC)
