@@ -8,12 +8,11 @@ import logging
 import sys
 from pathlib import Path
 
-from sdtriton.perf.profiles import PerfOptions
-
 logger = logging.getLogger("sdtriton")
 
 
 def _perf(args: argparse.Namespace) -> int:
+    from sdtriton.perf.profiles import PerfOptions
     from sdtriton.perf.report import headline
     from sdtriton.perf.runner import run_perf
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sdtriton.components import LORA_SCALES_INPUT, UNET, with_lora_scales
-from sdtriton.perf.paths import in_turns_ms
+from sdtriton.perf.load import in_turns_ms
 from sdtriton.sd15 import SD15_UNET
 
 logger = logging.getLogger(__name__)

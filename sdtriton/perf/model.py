@@ -14,15 +14,17 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sdtriton import interface
 from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
-from sdtriton.perf.profiles import BurstSpec, LoadMode, MixedSpec, Protocol, Scenario
 from sdtriton.perf.workload import RequestSpec
 from sdtriton.serving.simulated import SimulatedLatency
+
+if TYPE_CHECKING:  # the profiles import pydantic, which `sdtriton --help` (through sdtriton.scaling) need not load
+    from sdtriton.perf.profiles import BurstSpec, MixedSpec, Scenario
 
 # The goals of issue 3 (the perf_analyzer profile), on the default model at concurrency 1: at most.
 GOAL_TRITON_OVER_DIFFUSERS = 0.9
@@ -289,6 +291,8 @@ class LoadPoint:
 
     @property
     def concurrency(self) -> int | None:
+        from sdtriton.perf.profiles import LoadMode
+
         return int(self.level) if self.mode == LoadMode.CONCURRENCY.value else None
 
 
@@ -393,6 +397,8 @@ class PerfResult(Run):
     @property
     def triton_concurrency_1(self) -> LoadPoint | None:
         """perf_analyzer at concurrency 1 on the base request, gRPC preferred: Triton end to end."""
+        from sdtriton.perf.profiles import LoadMode, Protocol
+
         base = [s for s in self.scenarios if s.mode is LoadMode.CONCURRENCY and s.input_data == self.input_data]
         ordered = sorted(base, key=lambda scenario: scenario.protocol is not Protocol.GRPC)  # stable: file order next
         points = (p for s in ordered for p in self.points if p.scenario == s.name and p.concurrency == 1)
@@ -529,21 +535,12 @@ class BurstResult:
     def latencies_ms(self, outcome: Outcome, *, warmup: bool = False) -> list[float]:
         return [r.latency_ms for r in (self.warmup_records if warmup else self.records) if r.outcome is outcome]
 
-    @property
-    def completed(self) -> int:
-        return len(self.latencies_ms(Outcome.OK))
-
-    @property
-    def refused(self) -> int:
-        return len(self.latencies_ms(Outcome.REFUSED))
-
-    @property
-    def failed(self) -> int:
-        return len(self.latencies_ms(Outcome.FAILED))
+    def count(self, outcome: Outcome) -> int:
+        return len(self.latencies_ms(outcome))
 
     @property
     def accepted(self) -> int:
-        return self.completed + self.failed
+        return len(self.records) - self.count(Outcome.REFUSED)
 
     @property
     def refused_as_unavailable(self) -> int:
@@ -684,10 +681,11 @@ class EngineResult(Run):
         rows = _ceiling_goals("a", "", self.ceiling)
         rows.append(_ratio_goal(short, mixed and mixed.short_p99_ratio, "<", GOAL_SHORT_P99_OVER_SHORT_ONLY))
         slowest = burst.max_refusal_ms if burst else None
-        measured = "" if slowest is None else f"{slowest:.1f} ms ({burst.refused} refused)"
+        measured = "" if slowest is None else f"{slowest:.1f} ms ({burst.count(Outcome.REFUSED)} refused)"
         goal, met = f"< {GOAL_REFUSAL_MS:g} ms each", _met(slowest, "<", GOAL_REFUSAL_MS)
         rows.append(GoalRow("(d) slowest refusal of the burst", measured, goal, met))
-        counts = [(burst.refused_as_unavailable, burst.refused), (burst.completed, burst.accepted)] if burst else []
+        refused, completed = (burst.count(Outcome.REFUSED), burst.count(Outcome.OK)) if burst else (0, 0)
+        counts = [(burst.refused_as_unavailable, refused), (completed, burst.accepted)] if burst else []
         for measure, (count, total) in zip(_BURST_ALL, counts or [(0, 0)] * 2, strict=True):
             rows.append(
                 GoalRow(measure, f"{count} of {total}" if counts else "", "all", count == total if total else None)

@@ -15,11 +15,13 @@ import dataclasses
 import enum
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass as checked_dataclass
 
 from sdtriton import interface
 from sdtriton.serving.simulated import SimulatedLatency
@@ -33,6 +35,24 @@ ENGINE_KEY = "engine"
 Loras = Mapping[str, Mapping[str, Any]]
 # A GPU-like UNet: 10 ms a call plus 2 ms a batch row.
 DEFAULT_SIMULATED_LATENCY = SimulatedLatency(fixed_ms=10.0, per_item_ms=2.0)
+
+
+def _increasing(levels: tuple[int, ...]) -> tuple[int, ...]:
+    if list(levels) != sorted(set(levels)):
+        raise ValueError("must increase")
+    return levels
+
+
+def _latency(value: Any) -> Any:
+    return SimulatedLatency.parse(value) if isinstance(value, str) else value
+
+
+# The specs of scenarios.json are checked as they are made: counts are integers >= 1, warm-up counts >= 0 (none).
+_SPEC = ConfigDict(extra="forbid")
+Count = Annotated[int, Field(strict=True, ge=1)]
+Warmups = Annotated[int, Field(strict=True, ge=0)]
+Levels = Annotated[tuple[Count, ...], Field(min_length=1), AfterValidator(_increasing)]
+Latency = Annotated[SimulatedLatency, BeforeValidator(_latency)]
 
 
 @dataclass(frozen=True)
@@ -63,61 +83,6 @@ class LoadMode(enum.Enum):
     REQUEST_RATE = "request_rate"
 
 
-@dataclass(frozen=True)
-class Scenario:
-    """One load curve of perf_analyzer, over a file of ``perf/input_data/``: concurrencies (a closed loop), or request
-    rates (open loop, Poisson arrivals) as fractions of the ``rate_reference`` scenario's peak throughput. A level
-    sends ``concurrency x requests_per_concurrency`` or ``rate x duration_s`` requests, ``min_requests`` at least."""
-
-    name: str
-    protocol: Protocol
-    mode: LoadMode
-    input_data: str
-    levels: tuple[float, ...]
-    min_requests: int = 8
-    requests_per_concurrency: int = 4
-    duration_s: float = 10.0
-    rate_reference: str | None = None
-
-    def request_count(self, level: float) -> int:
-        """Requests sent at ``level`` (a concurrency, or a rate in requests/s)."""
-        if self.mode is LoadMode.CONCURRENCY:
-            return max(self.min_requests, int(level) * self.requests_per_concurrency)
-        return max(self.min_requests, math.ceil(level * self.duration_s))
-
-
-@dataclass(frozen=True)
-class BaselineSpec:
-    """The three paths at concurrency 1 on the first request of ``input_data``: ``runs`` timed after ``warmup_runs``
-    (the median reported), and ``slope_runs`` at each of ``slope_steps`` (warm, no warm-up): the difference of the
-    per-step slopes is what one BLS UNet call adds; ``bls_probe``: also over an identity UNet."""
-
-    input_data: str
-    runs: int = 10
-    warmup_runs: int = 2
-    slope_steps: tuple[int, int] = (5, 40)
-    slope_runs: int = 10
-    bls_probe: bool = True
-
-
-@dataclass(frozen=True)
-class CeilingSpec:
-    """(a) The engine in-process over ONNX Runtime against Triton, ``concurrency`` requests at once on both sides (so
-    the UNet runs the same batch), ``requests`` in all a side; and the plain loop against Triton at concurrency 1,
-    ``plain_loop_runs`` each. In ``turns`` (in-process, served, plain loop, served at 1, again) while the batching-on
-    server is up, so a drift of the machine's speed hits both sides of a ratio alike; warm-ups may be 0. ``input_data``:
-    the requests, cycled in file order on every side (None: the profile's base request); a turn's requests a multiple
-    of the file's and of ``concurrency``, and ``plain_loop_runs`` a turn of the file's, send each equally often."""
-
-    input_data: str | None = None
-    concurrency: int = 8
-    requests: int = 32
-    warmup_requests: int = 8
-    plain_loop_runs: int = 10
-    plain_loop_warmup_runs: int = 2
-    turns: int = 2
-
-
 class _ClosedLoopLevels:
     """Closed-loop levels: ``concurrency x requests_per_concurrency`` requests a level, ``min_requests`` at least."""
 
@@ -134,83 +99,157 @@ class _ClosedLoopLevels:
         return sum(map(self.request_count, self.levels))
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
+class Scenario(_ClosedLoopLevels):
+    """One load curve of perf_analyzer, over a file of ``perf/input_data/``: concurrencies (a closed loop), or request
+    rates (open loop, Poisson arrivals) as fractions of the ``rate_reference`` scenario's peak throughput. A level
+    sends ``concurrency x requests_per_concurrency`` or ``rate x duration_s`` requests, ``min_requests`` at least."""
+
+    name: str
+    protocol: Protocol
+    mode: LoadMode
+    input_data: str
+    levels: Annotated[tuple[Annotated[float, Field(gt=0)], ...], Field(min_length=1)]
+    min_requests: Count = 8
+    requests_per_concurrency: Count = 4
+    duration_s: float = 10.0
+    rate_reference: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode is LoadMode.CONCURRENCY and any(level != int(level) for level in self.levels):
+            raise ValueError(f"concurrencies must be integers, got {list(self.levels)}")
+        if self.mode is LoadMode.REQUEST_RATE and self.rate_reference is None:
+            raise ValueError("request-rate mode needs a rate_reference scenario")
+
+    def request_count(self, level: float) -> int:
+        """Requests sent at ``level`` (a concurrency, or a rate in requests/s)."""
+        if self.mode is LoadMode.CONCURRENCY:
+            return super().request_count(int(level))
+        return max(self.min_requests, math.ceil(level * self.duration_s))
+
+
+@checked_dataclass(frozen=True, config=_SPEC)
+class BaselineSpec:
+    """The three paths at concurrency 1 on the first request of ``input_data``: ``runs`` timed after ``warmup_runs``
+    (the median reported), and ``slope_runs`` at each of ``slope_steps`` (warm, no warm-up): the difference of the
+    per-step slopes is what one BLS UNet call adds; ``bls_probe``: also over an identity UNet."""
+
+    input_data: str
+    runs: Count = 10
+    warmup_runs: Warmups = 2
+    slope_steps: tuple[int, int] = (5, 40)
+    slope_runs: Count = 10
+    bls_probe: bool = True
+
+    def __post_init__(self) -> None:
+        low, high = self.slope_steps
+        if not interface.MIN_INFERENCE_STEPS <= low < high <= interface.MAX_INFERENCE_STEPS:
+            raise ValueError(f"slope_steps must be two increasing step counts, got {list(self.slope_steps)}")
+
+
+@checked_dataclass(frozen=True, config=_SPEC)
+class CeilingSpec:
+    """(a) The engine in-process over ONNX Runtime against Triton, ``concurrency`` requests at once on both sides (so
+    the UNet runs the same batch), ``requests`` in all a side; and the plain loop against Triton at concurrency 1,
+    ``plain_loop_runs`` each. In ``turns`` (in-process, served, plain loop, served at 1, again) while the batching-on
+    server is up, so a drift of the machine's speed hits both sides of a ratio alike; warm-ups may be 0. ``input_data``:
+    the requests, cycled in file order on every side (None: the profile's base request); a turn's requests a multiple
+    of the file's and of ``concurrency``, and ``plain_loop_runs`` a turn of the file's, send each equally often."""
+
+    input_data: str | None = None
+    concurrency: Count = 8
+    requests: Count = 32
+    warmup_requests: Warmups = 8
+    plain_loop_runs: Count = 10
+    plain_loop_warmup_runs: Warmups = 2
+    turns: Count = 2
+
+
+@checked_dataclass(frozen=True, config=_SPEC)
 class SweepSpec(_ClosedLoopLevels):
     """(b) Client threads over gRPC at each of ``levels`` on two servers up together, ``max_running_images``
     ``batching_on`` and ``batching_off`` (1: an image per UNet call); each level on one then the other, in turns."""
 
-    levels: tuple[int, ...] = (1, 2, 4, 8)
-    batching_on: int = 8
-    batching_off: int = 1
-    min_requests: int = 12
-    requests_per_concurrency: int = 6
-    turns: int = 2
+    levels: Levels = (1, 2, 4, 8)
+    batching_on: Count = 8
+    batching_off: Count = 1
+    min_requests: Count = 12
+    requests_per_concurrency: Count = 6
+    turns: Count = 2
+
+    def __post_init__(self) -> None:
+        if self.batching_off >= self.batching_on:
+            raise ValueError("batching_off must be below batching_on")
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
 class MixedSpec:
     """(c) On the batching-on server, ``short_clients`` threads send short requests back to back while ``long_clients``
     send ``long_requests_per_client`` long ones each; the reference is ``short_only_requests`` short requests from as
     many threads as both classes."""
 
-    short_steps: int = 10
-    long_steps: int = 150
-    short_clients: int = 6
-    long_clients: int = 2
-    long_requests_per_client: int = 2
-    short_only_requests: int = 48
+    short_steps: Count = 10
+    long_steps: Annotated[int, Field(strict=True, ge=1, le=interface.MAX_INFERENCE_STEPS)] = 150
+    short_clients: Count = 6
+    long_clients: Count = 2
+    long_requests_per_client: Count = 2
+    short_only_requests: Count = 48
+
+    def __post_init__(self) -> None:
+        if self.short_steps >= self.long_steps:
+            raise ValueError("short_steps must be below long_steps")
 
     @property
     def concurrency(self) -> int:
         return self.short_clients + self.long_clients
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
 class BurstSpec:
     """(d) ``requests`` sent at once at a server that holds ``max_pending_requests``, after ``warmup_bursts`` of the
     same size, not judged: the first burst after a start pays one-off costs (threads), measured 100 ms a refusal."""
 
-    max_pending_requests: int = 4
-    requests: int = 24
-    warmup_bursts: int = 1
+    max_pending_requests: Count = 4
+    requests: Count = 24
+    warmup_bursts: Warmups = 1
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
 class SimulatedSpec(_ClosedLoopLevels):
     """(e) The batching-on repository with the stand-in UNet of :mod:`sdtriton.serving.simulated` (``latency``, e.g.
     ``10ms+2ms``); the first and last of ``levels`` give the scaling ratio, their non-UNet parts measured in-process
     with a zero-time UNet over ``in_process_requests``; in turns."""
 
-    latency: SimulatedLatency = DEFAULT_SIMULATED_LATENCY
-    levels: tuple[int, ...] = (1, 8)
-    min_requests: int = 16
-    requests_per_concurrency: int = 8
-    in_process_requests: int = 16
-    turns: int = 2
+    latency: Latency = DEFAULT_SIMULATED_LATENCY
+    levels: Annotated[Levels, Field(min_length=2)] = (1, 8)  # two concurrencies at least
+    min_requests: Count = 16
+    requests_per_concurrency: Count = 8
+    in_process_requests: Count = 16
+    turns: Count = 2
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=_SPEC)
 class GatewaySpec(_ClosedLoopLevels):
     """(f) Client threads through a real ``sdtriton gateway`` process and straight to its server over gRPC, at each
     level, in turns that alternate which side goes first; the last level's images/s ratio is judged."""
 
-    levels: tuple[int, ...] = (1, 8)
-    min_requests: int = 16
-    requests_per_concurrency: int = 4
-    turns: int = 4
+    levels: Levels = (1, 8)
+    min_requests: Count = 16
+    requests_per_concurrency: Count = 4
+    turns: Count = 4
 
 
-@dataclass(frozen=True, kw_only=True)
+@checked_dataclass(frozen=True, kw_only=True, config=_SPEC)
 class Profile:
     """``model``: a make-tiny profile or family (made at run time) or the built-in ``shapes``; the base request is the
     first of ``input_data``. A perf_analyzer profile has ``baseline`` and ``scenarios``, an engine profile any of the
     other sections; a section left out is None."""
 
     name: str
-    description: str
     model: str
-    time_limit_s: float
+    time_limit_s: Annotated[float, Field(gt=0)]
     input_data: str
+    description: str = ""
     baseline: BaselineSpec | None = None
     scenarios: tuple[Scenario, ...] = ()
     ceiling: CeilingSpec | None = None
@@ -220,7 +259,20 @@ class Profile:
     simulated: SimulatedSpec | None = None
     gateway: GatewaySpec | None = None
     mixed_inputs: CeilingSpec | None = None  # (g) the ceiling again, over a file of mixed requests
-    loras: Loras = dataclasses.field(default_factory=dict)
+    loras: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.baseline is None) == (not self.engine_sections):
+            raise ValueError("a profile has a baseline and scenarios, or engine sections (and no baseline)")
+        names = [scenario.name for scenario in self.scenarios]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scenario names must be unique, got {names}")
+        for index, scenario in enumerate(self.scenarios):
+            earlier = [s.name for s in self.scenarios[:index] if s.mode is LoadMode.CONCURRENCY]
+            if scenario.rate_reference is not None and scenario.rate_reference not in earlier:
+                raise ValueError(
+                    f"scenario {scenario.name!r}: rate_reference must name an earlier concurrency scenario"
+                )
 
     @property
     def engine(self) -> bool:
@@ -228,128 +280,27 @@ class Profile:
 
     @property
     def engine_sections(self) -> tuple[str, ...]:
-        return tuple(name for name in _SECTIONS if getattr(self, name) is not None)
+        return tuple(name for name in ENGINE_SECTIONS if getattr(self, name) is not None)
 
     def input_data_files(self) -> list[str]:
         ceilings = (spec.input_data for spec in (self.ceiling, self.mixed_inputs) if spec and spec.input_data)
         return sorted({self.input_data, *ceilings, *(scenario.input_data for scenario in self.scenarios)})
 
 
-_SECTIONS = {
-    "ceiling": CeilingSpec,
-    "sweep": SweepSpec,
-    "mixed": MixedSpec,
-    "burst": BurstSpec,
-    "simulated": SimulatedSpec,
-    "gateway": GatewaySpec,
-    "mixed_inputs": CeilingSpec,
-}
-
-
-def _positive(value: Any, where: str, *, least: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{where}: must be an integer >= {least}, got {value!r}")
-    return value
-
-
-def _increasing(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{where}: must be a non-empty list, got {value!r}")
-    levels = tuple(_positive(level, where) for level in value)
-    if list(levels) != sorted(set(levels)):
-        raise ValueError(f"{where}: must increase, got {list(levels)}")
-    return levels
-
-
-def _latency(value: Any, where: str) -> SimulatedLatency:
-    try:
-        return SimulatedLatency.parse(str(value))
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-
-
-# A spec field's parser by its declared type; counts are integers >= 1, warm-up counts >= 0 (none).
-_PARSERS: dict[str, Callable[[Any, str], Any]] = {
-    **dict.fromkeys(("str", "str | None"), lambda value, _: str(value)),
-    "float": lambda value, _: float(value),
-    "bool": lambda value, _: bool(value),
-    "int": _positive,
-    "Protocol": lambda value, _: Protocol(value),
-    "LoadMode": lambda value, _: LoadMode(value),
-    "SimulatedLatency": _latency,
-    "tuple[float, ...]": lambda value, _: tuple(float(level) for level in value),
-    "tuple[int, ...]": _increasing,
-    "tuple[int, int]": lambda value, _: tuple(int(steps) for steps in value),
-}
-_WARMUPS = ("warmup_runs", "warmup_requests", "plain_loop_warmup_runs", "warmup_bursts")
+ENGINE_SECTIONS = ("ceiling", "sweep", "mixed", "burst", "simulated", "gateway", "mixed_inputs")
 
 
 def _parsed(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """A spec from its JSON object, unknown keys refused."""
-    types = {field.name: field.type for field in dataclasses.fields(cls)}
-    if unknown := set(values) - set(types):
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(types)})")
-    parsers = {key: partial(_positive, least=0) if key in _WARMUPS else _PARSERS[types[key]] for key in values}
-    return cls(**{key: parsers[key](value, f"{where}.{key}") for key, value in values.items()})
-
-
-def _scenario(values: Mapping[str, Any], where: str) -> Scenario:
-    scenario = _parsed(Scenario, values, f"{where}, scenario {values.get('name')!r}")
-    where = f"scenario {scenario.name!r}"
-    if not scenario.levels or any(level <= 0 for level in scenario.levels):
-        raise ValueError(f"{where}: levels must be positive, got {list(scenario.levels)}")
-    if scenario.mode is LoadMode.CONCURRENCY and any(level != int(level) for level in scenario.levels):
-        raise ValueError(f"{where}: concurrencies must be integers, got {list(scenario.levels)}")
-    if scenario.mode is LoadMode.REQUEST_RATE and scenario.rate_reference is None:
-        raise ValueError(f"{where}: request-rate mode needs a rate_reference scenario")
-    return scenario
-
-
-def _perf_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]) -> Profile:
-    where = f"profile {name!r}"
-    baseline = _parsed(BaselineSpec, values["baseline"], f"{where}, baseline")
-    steps = baseline.slope_steps
-    if len(steps) != 2 or not interface.MIN_INFERENCE_STEPS <= steps[0] < steps[1] <= interface.MAX_INFERENCE_STEPS:
-        raise ValueError(f"{where}: slope_steps must be two increasing step counts, got {list(steps)}")
-    scenarios = tuple(_scenario(scenario, where) for scenario in values["scenarios"])
-    names = [scenario.name for scenario in scenarios]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{where}: scenario names must be unique, got {names}")
-    for index, scenario in enumerate(scenarios):
-        earlier = [s.name for s in scenarios[:index] if s.mode is LoadMode.CONCURRENCY]
-        if scenario.rate_reference is not None and scenario.rate_reference not in earlier:
-            raise ValueError(f"scenario {scenario.name!r}: rate_reference must name an earlier concurrency scenario")
-    return Profile(**common, input_data=baseline.input_data, baseline=baseline, scenarios=scenarios)
-
-
-def _engine_profile(name: str, values: Mapping[str, Any], common: dict[str, Any]) -> Profile:
-    where = f"profile {name!r}"
-    unknown = set(values) - {"model", "description", "time_limit_s", "loras", ENGINE_KEY}
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} beside {ENGINE_KEY!r}")
-    engine = dict(values[ENGINE_KEY])
-    if "input_data" not in engine:
-        raise ValueError(f"{where}: {ENGINE_KEY}.input_data is required")
-    input_data = str(engine.pop("input_data"))
-    unknown = set(engine) - set(_SECTIONS)
-    if unknown or not engine:
-        what = f"unknown engine sections {sorted(unknown)}" if unknown else "no engine section"
-        raise ValueError(f"{where}: {what} (known: {sorted(_SECTIONS)})")
-    sections = {key: _parsed(_SECTIONS[key], engine[key], f"{where}, {key}") for key in engine}
-    loras = values.get("loras", {})
-    if not isinstance(loras, dict) or not all(isinstance(options, dict) for options in loras.values()):
-        raise ValueError(f"{where}: loras must map adapter names to make_tiny_lora's options, got {loras!r}")
-    profile = Profile(**common, input_data=input_data, loras=loras, **sections)
-    mixed = profile.mixed
-    if mixed is not None and mixed.long_steps > interface.MAX_INFERENCE_STEPS:
-        raise ValueError(f"{where}, mixed: steps at most {interface.MAX_INFERENCE_STEPS}, got {mixed.long_steps}")
-    if mixed is not None and mixed.short_steps >= mixed.long_steps:
-        raise ValueError(f"{where}, mixed: short_steps must be below long_steps")
-    if profile.sweep is not None and profile.sweep.batching_off >= profile.sweep.batching_on:
-        raise ValueError(f"{where}, sweep: batching_off must be below batching_on")
-    if profile.simulated is not None and len(profile.simulated.levels) < 2:
-        raise ValueError(f"{where}, simulated.levels: needs two concurrencies at least")
-    return profile
+    """A spec from its JSON object (unknown keys refused); an error names each bad field and what it allows."""
+    try:
+        return cls(**values)
+    except ValidationError as error:
+        problems = []
+        for problem in error.errors():
+            field = ", ".join([where, ".".join(map(str, problem["loc"]))] if problem["loc"] else [where])
+            got = "" if problem["type"] == "value_error" else f", got {problem['input']!r}"
+            problems.append(f"{field}: {problem['msg']}{got}")
+        raise ValueError("; ".join(problems)) from None
 
 
 def parse_profiles(text: str) -> dict[str, Profile]:
@@ -364,13 +315,12 @@ def parse_profiles(text: str) -> dict[str, Profile]:
                 raise ValueError(f"profile {name!r}: scenarios_from must name a profile defined in full")
             inherited = {key: value for key, value in document[source].items() if key not in ("model", "description")}
             values = {key: value for key, value in {**inherited, **values}.items() if key != "scenarios_from"}
-        time_limit_s = float(values["time_limit_s"])
-        if time_limit_s <= 0:
-            raise ValueError(f"profile {name!r}: time_limit_s must be positive, got {time_limit_s}")
-        common = {"name": name, "description": str(values.get("description", "")), "time_limit_s": time_limit_s}
-        common["model"] = str(values.get("model", name))
-        parse = _engine_profile if ENGINE_KEY in values else _perf_profile
-        profiles[name] = parse(name, values, common)
+        # An engine profile's sections and base request are in its "engine" object; a perf_analyzer profile's base
+        # request is its baseline's.
+        fields = {"name": name, "model": name, **values, **values.get(ENGINE_KEY, {})}
+        fields.pop(ENGINE_KEY, None)
+        fields.setdefault("input_data", values.get("baseline", {}).get("input_data"))
+        profiles[name] = _parsed(Profile, fields, f"profile {name!r}")
     return profiles
 
 

@@ -472,12 +472,13 @@ def _mixed_lines(result: EngineResult, mixed: model.MixedResult) -> list[Block]:
 def _burst_lines(result: EngineResult, burst: model.BurstResult) -> list[Block]:
     refusals, accepted = burst.latencies_ms(Outcome.REFUSED), burst.latencies_ms(Outcome.OK)
     header = ("sent", "accepted", "completed", "refused", "of which as UNAVAILABLE", "failed after acceptance")
-    counts = (len(burst.records), burst.accepted, burst.completed, burst.refused, burst.refused_as_unavailable)
+    completed, refused, failed = map(burst.count, Outcome)
+    counts = (len(burst.records), burst.accepted, completed, refused, burst.refused_as_unavailable)
     intro = [
         f"`max_pending_requests` {burst.spec.max_pending_requests}; {burst.spec.requests} requests sent at once "
         '(an asyncio gRPC client each, connected first). A refusal is `UNAVAILABLE` "server busy" '
         "(`ServerUnavailableError`), timed from sending to the error.",
-        _table("r" * 6, header, [(*counts, burst.failed)]),
+        _table("r" * 6, header, [(*counts, failed)]),
     ]
     failures = sorted({record.message for record in burst.records if record.outcome is Outcome.FAILED})
     cold = max(burst.latencies_ms(Outcome.REFUSED, warmup=True), default=None)

@@ -5,6 +5,9 @@ Order matters on a small CPU: what runs in this process (the baselines, the in-p
 server starts, then one server at a time (the sweep's two together), each on free loopback ports and warmed up; the
 in-process sides the engine profile compares with a server run in turns with it. Everything runs under the profile's
 time limit: what would not fit is skipped and named in the summary, as are failed requests and a server that died.
+
+The model and repositories a run needs are made here too (the other variants are :mod:`sdtriton.export.variants`');
+``sdtriton.export`` is imported where it runs: it loads torch and diffusers.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import shutil
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,11 +34,18 @@ from tqdm.auto import tqdm
 from sdtriton import interface
 from sdtriton import server as server_module
 from sdtriton.client import SdTritonError, StableDiffusionClient
-from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
+from sdtriton.components import (
+    ONNX_FILE_NAME,
+    TEXT_ENCODER,
+    TOKENIZER_DIR_NAME,
+    TRANSFORMER_MODEL_NAME,
+    UNET,
+    VAE_DECODER,
+)
 from sdtriton.gateway.process import GatewayProcess
-from sdtriton.perf import load, model, paths, profiles, report, repositories
+from sdtriton.perf import load, model, profiles, report
 from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, Load, Run
-from sdtriton.perf.profiles import INPUT_DATA_DIR_NAME, LoadMode, PerfOptions, Profile, Scenario, load_profiles
+from sdtriton.perf.profiles import INPUT_DATA_DIR_NAME, LoadMode, Loras, PerfOptions, Profile, Scenario, load_profiles
 from sdtriton.perf.workload import RequestSpec, load_input_data
 from sdtriton.server import ServerAddress, TritonServer, named_triton_installation
 
@@ -64,6 +74,92 @@ _MIN_TIMEOUT_S = 60.0
 _SERVED_VARIANTS = {"ceiling": CEILING_SERVED, "mixed_inputs": model.MIXED_INPUTS_SERVED}
 # Requests sent in turn; empty: the base request.
 Mix = Sequence[RequestSpec]
+
+
+# Old enough for every ONNX Runtime this project pins.
+_OPSET = 17
+# Load tests measure the engine's work: the same seeded request sent again and again would otherwise be answered
+# from the response cache, and repeated prompts would skip the text encoder the baselines run.
+PERF_RENDER_OPTIONS_CACHES_OFF = {"response_cache_mb": 0, "text_cache_entries": 0}
+
+
+def identity_repository(repository: Path, target: Path) -> Path:
+    """A copy of ``repository`` whose UNet is ``noise_pred = sample``, with the UNet spec's tensors (other inputs
+    ignored): the same model class serves it and the same loop drives it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from sdtriton.export.variants import linked_copy
+
+    shutil.rmtree(target, ignore_errors=True)
+    linked_copy(repository, target)
+    unet_version_dir = target / UNET.model_name / "1"
+    for path in unet_version_dir.glob(f"{ONNX_FILE_NAME}*"):  # model.onnx and its external data
+        path.unlink()
+    types = {"FP32": TensorProto.FLOAT, "FP16": TensorProto.FLOAT16, "INT64": TensorProto.INT64}
+    value_info = {
+        tensor.name: helper.make_tensor_value_info(tensor.name, types[tensor.triton_dtype], list(tensor.axes))
+        for tensor in (*UNET.inputs, *UNET.outputs)
+    }
+    (sample, *_), (noise_pred,) = UNET.input_names, UNET.output_names
+    inputs = [value_info[name] for name in UNET.input_names]
+    nodes = [helper.make_node("Identity", [sample], [noise_pred])]
+    graph = helper.make_graph(nodes, "identity_unet", inputs, [value_info[noise_pred]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+    onnx.checker.check_model(model)
+    onnx.save(model, unet_version_dir / ONNX_FILE_NAME)
+    return target
+
+
+def ensure_model(model_dir: Path | None, model: str, work_dir: Path) -> Path:
+    """A diffusers folder of ``model``: ``model_dir`` if it holds one, else made by make-tiny (``model`` a profile of
+    the SD family or another family, such as ``sd35``), else the built-in one."""
+    from sdtriton.tiny import FAMILIES, PROFILES, make_tiny
+
+    if model_dir is not None and (model_dir / "model_index.json").is_file():
+        return model_dir
+    families = set(FAMILIES) - {"sd"}
+    if model not in PROFILES and model not in families:
+        if model_dir is not None:
+            raise FileNotFoundError(f"{model_dir} holds no diffusers pipeline (model_index.json)")
+        from sdtriton.shapes.builtin import resolve_source
+
+        return Path(resolve_source(model))
+    target = model_dir or work_dir / "model"
+    started = time.monotonic()
+    make_tiny(target, **({"family": model} if model in families else {"profile": model}))
+    logger.info("made the %s model in %.0f s", model, time.monotonic() - started)
+    return target
+
+
+def ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool, work_dir: Path, loras: Loras) -> Path:
+    """The export to load-test: ``repository`` if it holds one with the engine's caches off; a variant of it in
+    ``work_dir`` with them off if they are on; else ``model_dir`` exported into ``repository`` with them off, and with
+    ``loras`` (random adapters made in ``work_dir`` by ``make_tiny_lora`` with these options, by name)."""
+    exported = (
+        (repository / interface.ENTRY_MODEL_NAME / "config.pbtxt").is_file()
+        and (repository / interface.PIPELINE_MODEL_NAME / "1" / TOKENIZER_DIR_NAME).is_dir()
+        and any((repository / name / "1").is_dir() for name in (UNET.model_name, TRANSFORMER_MODEL_NAME))
+    )
+    from sdtriton.export.variants import engine_limits_of, engine_variant
+
+    if exported:
+        limits = engine_limits_of(repository)
+        if limits.response_cache_bytes == 0 and limits.text_cache_entries == 0:
+            return repository
+        variant = work_dir / "caches_off_repository"
+        shutil.rmtree(variant, ignore_errors=True)
+        logger.info("load-testing %s with the engine's caches off (a variant in %s)", repository, variant)
+        return engine_variant(repository, variant, caches_off=True)
+    from sdtriton.export import LoraSource, RenderOptions, export_repository
+    from sdtriton.tiny import make_tiny_lora
+
+    started = time.monotonic()
+    options = RenderOptions(**PERF_RENDER_OPTIONS_CACHES_OFF)
+    made = [LoraSource(n, make_tiny_lora(model_dir, work_dir / "loras" / n, **o)) for n, o in loras.items()]
+    export_repository(model_dir, repository, options=options, show_progress=show_progress, loras=made)
+    logger.info("exported %s to %s in %.0f s", model_dir, repository, time.monotonic() - started)
+    return repository
 
 
 def default_profile() -> str:
@@ -104,6 +200,14 @@ def _turn_levels(spec) -> list[tuple[int, int, int]]:
     return [(turn, c, _in_turns(spec.request_count(c), spec.turns)) for turn in range(spec.turns) for c in spec.levels]
 
 
+def _merged_turns(turns: Iterable[Load]) -> list[Load]:
+    """Loads of several turns merged by variant and concurrency, in the order first measured."""
+    merged: dict[tuple[str, int], list[Load]] = {}
+    for turn in turns:
+        merged.setdefault((turn.variant, turn.concurrency), []).append(turn)
+    return [Load.merged(parts) for parts in merged.values()]
+
+
 def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
     """Runs a profile end to end; returns its result and the written files (CSVs, plot, summary) by kind."""
     profile_name = options.profile or default_profile()
@@ -125,9 +229,9 @@ def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
         temporary = tempfile.TemporaryDirectory(prefix="sdtriton-perf-", ignore_cleanup_errors=True)
         work_dir = options.work_dir or Path(stack.enter_context(temporary))
         work_dir.mkdir(parents=True, exist_ok=True)
-        model_dir = repositories.ensure_model(options.model_dir, profile.model, work_dir)
+        model_dir = ensure_model(options.model_dir, profile.model, work_dir)
         repository = options.repository or work_dir / "repository"
-        repository = repositories.ensure_repository(
+        repository = ensure_repository(
             repository, model_dir, show_progress=options.show_progress, work_dir=work_dir, loras=profile.loras
         )
         if profile.engine:
@@ -206,13 +310,8 @@ class PerfRun:
             other_cpu_s = max(0.0, busy_s - own_s)
         here = {"started_utc": self.started_utc, "triton_version": self.server_version, "gpu": self.options.gpu}
         machine = model.MachineInfo.here(**here, load_before=self.load_before)
-        run = {
-            "profile": self.profile.name,
-            "machine": machine,
-            "request": self.request,
-            "skipped": tuple(self.skipped),
-        }
-        return run | {"input_data": self.profile.input_data, "elapsed_s": elapsed_s, "other_cpu_s": other_cpu_s}
+        run = {"profile": self.profile.name, "input_data": self.profile.input_data, "skipped": tuple(self.skipped)}
+        return run | {"machine": machine, "request": self.request, "elapsed_s": elapsed_s, "other_cpu_s": other_cpu_s}
 
     def perf_analyzer(self, model_dir: Path, repository: Path, work_dir: Path) -> model.PerfResult:
         """The three paths at concurrency 1, perf_analyzer's scenarios, and the identity-UNet probe."""
@@ -222,18 +321,18 @@ class PerfRun:
         slope = {"path": model.TRITON, "steps": spec.slope_steps, "runs": spec.slope_runs}
         diffusers, diffusers_image = None, None
         if not options.skip_diffusers:
-            diffusers, diffusers_image = paths.time_diffusers(model_dir, request, **timed)
+            diffusers, diffusers_image = load.time_diffusers(model_dir, request, **timed)
             gc.collect()  # the heavy profile's pipeline holds gigabytes: let it go before the next path loads
-        loop = paths.time_onnx_loop(repository, request, spec, gpu=options.gpu)
+        loop = load.time_onnx_loop(repository, request, spec, gpu=options.gpu)
         gc.collect()
         with self.server(repository, "tritonserver", warmup_requests=spec.warmup_runs) as server:
             http_url = server.address.http_url
             with StableDiffusionClient(server.address.grpc_url) as triton:
-                send, before, steps = paths.client_runner(triton), _stats(http_url), request.num_inference_steps
-                client, triton_image = paths.timed_runs(send(request), path=model.TRITON, steps=steps, runs=spec.runs)
+                send, before, steps = load.client_runner(triton), _stats(http_url), request.num_inference_steps
+                client, triton_image = load.timed_runs(send(request), path=model.TRITON, steps=steps, runs=spec.runs)
                 breakdown = {name: stats.minus(before[name]) for name, stats in _stats(http_url).items()}
                 before_slope = model.ModelStats.fetch(http_url, UNET.model_name)
-                triton_slope = paths.time_slope(send, request, **slope)
+                triton_slope = load.time_slope(send, request, **slope)
                 slope_unet_stats = model.ModelStats.fetch(http_url, UNET.model_name).minus(before_slope)
             points = self.scenarios(server, binary, single_request_s=client.median_ms / 1000.0)
         probe = (None, None)
@@ -242,14 +341,14 @@ class PerfRun:
                 "identity-UNet BLS probe: off in this profile (its goal is judged on the default model)"
             )
         elif self.fits("identity-UNet BLS probe", _PROBE_FIXED_S + 6 * spec.slope_runs * client.median_ms / 1000.0):
-            probe_repository = repositories.identity_repository(repository, work_dir / "identity_unet_repository")
+            probe_repository = identity_repository(repository, work_dir / "identity_unet_repository")
             logger.info("BLS probe: the repository with an identity UNet in %s", probe_repository)
             probe_spec = dataclasses.replace(spec, runs=1, warmup_runs=1)
-            probe_loop = paths.time_onnx_loop(probe_repository, request, probe_spec, gpu=options.gpu)
+            probe_loop = load.time_onnx_loop(probe_repository, request, probe_spec, gpu=options.gpu)
             gc.collect()
             with self.server(probe_repository, "tritonserver_identity_unet", warmup_requests=1) as server:
                 with StableDiffusionClient(server.address.grpc_url) as triton:
-                    probe = probe_loop.slope, paths.time_slope(paths.client_runner(triton), request, **slope)
+                    probe = probe_loop.slope, load.time_slope(load.client_runner(triton), request, **slope)
         differences = {"onnx_loop vs triton": _max_difference(loop.image, triton_image)}
         if diffusers_image is not None:
             differences["diffusers vs onnx_loop"] = _max_difference(diffusers_image, loop.image)
@@ -345,7 +444,7 @@ class PerfRun:
         """The engine in this process over the batching-on repository's sessions, ``concurrency`` at once, sending
         ``mix`` in turn (by default the base request)."""
         options = {"description": description, "show_progress": self.show, "zero_time_unet": zero_time_unet}
-        return paths.run_closed_loop(
+        return load.run_closed_loop(
             self.served, self.limits, mix or (self.request,), concurrency=concurrency, requests=requests, **options
         )
 
@@ -353,7 +452,7 @@ class PerfRun:
         """The plain loop, one image at a time, over ``mix`` in turn (by default the base request)."""
         runs_of, turn = [self.served.plain_loop()(request) for request in mix or (self.request,)], itertools.count()
         run, steps = lambda: runs_of[next(turn) % len(runs_of)](), self.request.num_inference_steps
-        return paths.timed_runs(run, path=model.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)[0]
+        return load.timed_runs(run, path=model.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)[0]
 
     def load(
         self,
@@ -390,7 +489,7 @@ class PerfRun:
             on_repository = self.variant(BATCHING_ON, on_repository, max_running_images=sweep.batching_on)
         # The in-process sessions stay loaded, idle while a server is measured: the two sides of (a) and the
         # non-UNet parts of (e) are measured in turns with the server loads they are compared with.
-        self.served = paths.ServedFiles.load(on_repository, gpu=self.options.gpu)
+        self.served = load.ServedFiles.load(on_repository, gpu=self.options.gpu)
         self.limits = engine_limits_of(on_repository)
         sizing = self.plain_loop(runs=1, warmup_runs=ceiling.plain_loop_warmup_runs if ceiling else 1)
         self.image_s = image_s = sizing.median_ms / 1000.0
@@ -480,11 +579,10 @@ class PerfRun:
 
     def sweep(self, servers: dict[str, TritonServer], spec) -> tuple[Load, ...]:
         """Every level on every server, in turns: a drift of the machine's speed hits both variants alike."""
-        parts: dict[tuple[str, int], list[Load]] = {}
-        for _, concurrency, requests in _turn_levels(spec):
-            for variant, server in servers.items():
-                parts.setdefault((variant, concurrency), []).append(self.load(server, variant, concurrency, requests))
-        levels = [Load.merged(turns) for turns in parts.values()]
+        turns = _turn_levels(spec)
+        levels = _merged_turns(
+            self.load(s, variant, c, requests) for _, c, requests in turns for variant, s in servers.items()
+        )
         for level in levels:
             logger.info("%s c=%d: %.2f images/s", level.variant, level.concurrency, level.images_per_s)
         return tuple(level for level in levels if level.completed)
@@ -519,25 +617,24 @@ class PerfRun:
         self.skipped += _failures("burst", [*warmup, *records])
         result = model.BurstResult(spec, tuple(records), tuple(warmup))
         slowest = result.max_refusal_ms
-        logger.info("burst: %d accepted, %d refused, slowest refusal %s ms", result.accepted, result.refused, slowest)
+        refused = result.count(model.Outcome.REFUSED)
+        logger.info("burst: %d accepted, %d refused, slowest refusal %s ms", result.accepted, refused, slowest)
         return result
 
     def simulated(self, server: TritonServer, spec) -> model.SimulatedResult | None:
         """In turns: the non-UNet parts in-process, then the simulated server, at the lowest and highest level."""
         low_c, high_c = spec.levels[0], spec.levels[-1]
-        in_process: dict[int, list[Load]] = {low_c: [], high_c: []}
-        parts: dict[int, list[Load]] = {level: [] for level in spec.levels}
-        in_process_requests = _in_turns(spec.in_process_requests, spec.turns)
+        in_process, served, in_process_requests = [], [], _in_turns(spec.in_process_requests, spec.turns)
         for _, concurrency, requests in _turn_levels(spec):
-            if concurrency in in_process:
+            if concurrency in (low_c, high_c):
                 what, count = f"non-UNet parts, c={concurrency}", max(in_process_requests, concurrency)
-                in_process[concurrency].append(self.in_process(concurrency, count, what, zero_time_unet=True))
-            parts[concurrency].append(self.load(server, SIMULATED, concurrency, requests))
-        points = tuple(level for level in map(Load.merged, parts.values()) if level.completed)
+                in_process.append(self.in_process(concurrency, count, what, zero_time_unet=True))
+            served.append(self.load(server, SIMULATED, concurrency, requests))
+        points = tuple(level for level in _merged_turns(served) if level.completed)
         if {low_c, high_c} - {point.concurrency for point in points}:
             self.skipped.append(f"{SIMULATED} accelerator: c={low_c} or c={high_c} completed no request")
             return None
-        low, high = Load.merged(in_process[low_c]), Load.merged(in_process[high_c])
+        low, high = _merged_turns(in_process)  # the levels increase
         rows_per_image, calls_per_image = round(low.unet_rows / low.unet_calls), low.unet_calls / low.completed
         result = model.SimulatedResult(spec.latency, rows_per_image, calls_per_image, points, low, high)
         measured, share = result.measured_ratio, 100 * result.share_of_allowed

@@ -88,7 +88,7 @@ def test_bad_scenarios_are_rejected_by_name() -> None:
     good = {"name": "c", "protocol": "grpc", "mode": "concurrency", "input_data": "a.json", "levels": [1, 2]}
     rate = {"name": "r", "protocol": "http", "mode": "request_rate", "input_data": "a.json", "levels": [0.5]}
     assert parse_profiles(_document([good, {**rate, "rate_reference": "c"}]))["p"].scenarios[1].levels == (0.5,)
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="concurency: Unexpected keyword argument"):
         parse_profiles(_document([{**good, "concurency": 3}]))
     with pytest.raises(ValueError, match="rate_reference"):
         parse_profiles(_document([good, rate]))
