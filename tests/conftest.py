@@ -95,6 +95,23 @@ def serve(
     assert not reports, f"{len(reports)} stub crash(es) in {log_path}: {reports}"
 
 
+def supervise(repository: Path, log_path: Path) -> Iterator[object]:
+    """A real tritonserver over ``repository`` on free loopback ports, kept up by a ``ServerSupervisor`` (restarted
+    half a second after it dies); stopped when the generator closes, and then nothing of its process group left."""
+    from sdtriton.ops.supervisor import RestartBackoff, ServerSupervisor
+    from sdtriton.server import ServerAddress, TritonServer, process_group_members
+
+    server = TritonServer(repository, address=ServerAddress.on_free_ports(), log_path=log_path)
+    supervisor = ServerSupervisor(server, backoff=RestartBackoff(initial_s=0.5))
+    supervisor.start()
+    try:
+        yield supervisor
+    finally:
+        group = server.pid
+        supervisor.stop()
+    assert group is None or process_group_members(group) == []
+
+
 @pytest.fixture(scope="session")
 def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real tritonserver over the random-weight tiny model (parity and validation tests)."""

@@ -63,6 +63,8 @@ class TrainingPlan:
     vae_gate_accuracy: float = VAE_GATE_ACCURACY
     # Reconstructions judged for the gate (half as many at each vae_check_every_steps).
     vae_eval_images: int = 256
+    # Images whose latents' spread sets the VAE's scaling factor (1 / std of their latent means).
+    vae_scale_images: int = 256
     # The VAE stops early once its reconstructions are judged this right (checked every vae_check_every_steps).
     vae_target_accuracy: float = 0.98
     vae_check_every_steps: int = 100
@@ -174,7 +176,7 @@ def train_vae(out: Path, plan: TrainingPlan) -> torch.nn.Module:
             if done:
                 break
     vae.eval()
-    images, _ = next(training_batches(batch_size=256, seed=plan.seed + 20_000))
+    images, _ = next(training_batches(batch_size=plan.vae_scale_images, seed=plan.seed + 20_000))
     with torch.no_grad():
         latents = vae.encode(_to_tensor(images)).latent_dist.mean
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))

@@ -11,16 +11,17 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from sdtriton.client import ServerUnavailableError, StableDiffusionClient
-from sdtriton.ops.supervisor import RestartBackoff, ServerSupervisor
+from sdtriton.ops.supervisor import ServerSupervisor
 from sdtriton.server import ServerAddress, TritonServer, process_group_members
 from sdtriton.serving.liveness import StubProcess
-from tests.conftest import crash_reports
+from tests.conftest import crash_reports, supervise
 from tests.integration.python_models import one_python_model
 
 ANSWER_WITHIN_S = 10.0
@@ -43,17 +44,11 @@ def _image(url: str, seed: int) -> bytes:
         )
 
 
-@pytest.fixture
-def supervised(tiny_repository: Path, tmp_path: Path):
-    server = TritonServer(
-        tiny_repository, address=ServerAddress.on_free_ports(), log_path=tmp_path / "tritonserver.log"
-    )
-    supervisor = ServerSupervisor(server, backoff=RestartBackoff(initial_s=0.5))
-    supervisor.start()
-    try:
-        yield supervisor
-    finally:
-        supervisor.stop()
+@pytest.fixture(scope="module")
+def supervised(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerSupervisor]:
+    """One supervised server for the crash tests: each crashes it and waits until the supervisor has it back (a
+    restart is the start a fresh fixture would make), so the next one starts from a server just started."""
+    yield from supervise(tiny_repository, tmp_path_factory.mktemp("supervised") / "tritonserver.log")
 
 
 def test_a_killed_pipeline_stub_answers_its_requests_and_the_server_comes_back(supervised, tiny_repository) -> None:
@@ -62,6 +57,7 @@ def test_a_killed_pipeline_stub_answers_its_requests_and_the_server_comes_back(s
     url = server.address.grpc_url
     stub = StubProcess.find(parent_pid=group, model_directory=tiny_repository / "pipeline")
     assert stub is not None
+    ended_before, restarted_before = len(supervised.ends), supervised.restarts
 
     def slow(seed: int) -> tuple[str, float]:
         try:
@@ -80,8 +76,9 @@ def test_a_killed_pipeline_stub_answers_its_requests_and_the_server_comes_back(s
     for message, answered_at in answers:
         assert "model process died: pipeline" in message
         assert answered_at - killed_at < ANSWER_WITHIN_S
-    _wait_restarted(supervised, 1)
-    assert "model pipeline" in supervised.ends[0].reason
+    _wait_restarted(supervised, restarted_before + 1)
+    (end,) = supervised.ends[ended_before:]
+    assert "model pipeline" in end.reason
     assert process_group_members(group) == []
     assert len(_image(server.address.grpc_url, 7)) == 64 * 64 * 3
 
@@ -89,12 +86,13 @@ def test_a_killed_pipeline_stub_answers_its_requests_and_the_server_comes_back(s
 def test_a_server_killed_by_sigsegv_is_restarted_with_its_log_kept(supervised) -> None:
     server = supervised.server
     group = server.pid
+    ended_before, restarted_before = len(supervised.ends), supervised.restarts
     first_seed_image = _image(server.address.http_url, 11)
     regions = server.leftover_shm_regions()
     assert regions
     os.kill(group, signal.SIGSEGV)
-    _wait_restarted(supervised, 1)
-    (end,) = supervised.ends
+    _wait_restarted(supervised, restarted_before + 1)
+    (end,) = supervised.ends[ended_before:]
     assert end.exit_code == -signal.SIGSEGV
     assert "SIGSEGV" in end.describe()
     assert end.log_tail, "the crash report carries the log's last lines"

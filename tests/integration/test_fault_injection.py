@@ -14,15 +14,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from sdtriton.client import RequestTimeoutError, RetryPolicy, ServerUnavailableError, StableDiffusionClient
-from sdtriton.ops.supervisor import RestartBackoff, ServerSupervisor
-from sdtriton.server import ServerAddress, TritonServer, end_process_group, process_group_members
+from sdtriton.ops.supervisor import ServerSupervisor
+from sdtriton.server import ServerAddress, end_process_group, process_group_members
 from sdtriton.serving.liveness import StubProcess
+from tests.conftest import supervise
 
 pytestmark = pytest.mark.integration
 
@@ -45,72 +47,75 @@ def _wait_gone(group: int) -> list[int]:
     return left
 
 
+@pytest.fixture(scope="module")
+def supervisor(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerSupervisor]:
+    """One supervised server for the frozen-stub cases: the first (``unet``) ends with the server restarted, as a
+    fresh one would start, and the second (``pipeline``) leaves it running."""
+    yield from supervise(tiny_repository, tmp_path_factory.mktemp("frozen") / "t.log")
+
+
 @pytest.mark.parametrize("frozen", ["unet", "pipeline"])
 def test_a_frozen_stub_ends_budgets_in_time_and_the_server_comes_back(
-    frozen: str, tiny_repository: Path, tmp_path: Path
+    frozen: str, supervisor: ServerSupervisor, tiny_repository: Path
 ) -> None:
     """SIGSTOP for 5 s (a step takes ~0.1 s here) of a component's stub and of the engine's. Triton 2.51 reports a
     called stub that misses its 1 s health check "not healthy", and its next request after SIGCONT aborted
     tritonserver (measured): the engine ends such a stub, answers its requests UNAVAILABLE, and the supervisor
     restarts the server. The engine's own stub is only waited on: the entries answer budgets, SIGCONT resumes."""
-    server = TritonServer(tiny_repository, address=ServerAddress.on_free_ports(), log_path=tmp_path / "t.log")
-    supervisor = ServerSupervisor(server, backoff=RestartBackoff(initial_s=0.5))
-    supervisor.start()
-    try:
-        group = server.pid
-        url = server.address.grpc_url
-        stub = StubProcess.find(parent_pid=group, model_directory=tiny_repository / frozen)
-        assert stub is not None
-        patient_parameters = {"seed": 5, "num_inference_steps": 40, "width": 64, "height": 64}
-        with StableDiffusionClient(url) as client:
-            reference = client.generate(PROMPT, **patient_parameters).images[0].tobytes()
-        budget_s = 3.0
+    server = supervisor.server
+    ended_before, restarted_before = len(supervisor.ends), supervisor.restarts
+    group = server.pid
+    url = server.address.grpc_url
+    stub = StubProcess.find(parent_pid=group, model_directory=tiny_repository / frozen)
+    assert stub is not None
+    patient_parameters = {"seed": 5, "num_inference_steps": 40, "width": 64, "height": 64}
+    with StableDiffusionClient(url) as client:
+        reference = client.generate(PROMPT, **patient_parameters).images[0].tobytes()
+    budget_s = 3.0
 
-        def with_budget(seed: int) -> tuple[str, float]:
-            sent = time.monotonic()
-            try:
-                with StableDiffusionClient(url, timeout_s=budget_s) as client:
-                    client.generate(PROMPT, seed=seed, num_inference_steps=150, width=128, height=128)
-                return "image", time.monotonic() - sent
-            except (RequestTimeoutError, ServerUnavailableError) as error:
-                return str(error), time.monotonic() - sent
+    def with_budget(seed: int) -> tuple[str, float]:
+        sent = time.monotonic()
+        try:
+            with StableDiffusionClient(url, timeout_s=budget_s) as client:
+                client.generate(PROMPT, seed=seed, num_inference_steps=150, width=128, height=128)
+            return "image", time.monotonic() - sent
+        except (RequestTimeoutError, ServerUnavailableError) as error:
+            return str(error), time.monotonic() - sent
 
-        def patient() -> bytes:
-            retry = RetryPolicy(deadline_s=240.0, initial_backoff_s=0.2, max_backoff_s=1.0)
-            with StableDiffusionClient(url, retry=retry) as client:
-                return client.generate(PROMPT, **patient_parameters).images[0].tobytes()
+    def patient() -> bytes:
+        retry = RetryPolicy(deadline_s=240.0, initial_backoff_s=0.2, max_backoff_s=1.0)
+        with StableDiffusionClient(url, retry=retry) as client:
+            return client.generate(PROMPT, **patient_parameters).images[0].tobytes()
 
-        with ThreadPoolExecutor(4) as pool:
-            budgeted = [pool.submit(with_budget, seed) for seed in range(3)]
-            waiting = pool.submit(patient)
-            time.sleep(0.5)  # all running: each has taken steps
-            os.kill(stub.pid, signal.SIGSTOP)
-            time.sleep(5.0)
-            with contextlib.suppress(ProcessLookupError):  # ended by the server, as it should be
-                os.kill(stub.pid, signal.SIGCONT)
-            answers = [future.result(timeout=60) for future in budgeted]
-            patient_image = waiting.result(timeout=300)
-        for message, took_s in answers:
-            assert "time budget of 3000 ms ran out" in message or f"model process died: {frozen}" in message, message
-            assert took_s < budget_s + ANSWER_MARGIN_S, (took_s, message)
-        assert patient_image == reference, "the request with a RetryPolicy gets its exact image"
-        if frozen == "unet":
-            # The engine's call to it failed the health check: the stub was ended, the server restarted.
-            assert supervisor.wait_restarted(1, timeout_s=BACK_WITHIN_S), supervisor.ends
-            assert f"model {frozen}" in supervisor.ends[0].reason
-            log = server.log_path.with_name(server.log_path.name + ".1").read_text(errors="replace")
-            assert "is not healthy" in log and "with SIGKILL" in log
-            assert process_group_members(group) == [], "nothing of the first server is left"
-        else:
-            # Only waited on, never called while frozen: no health check failed; it goes on after SIGCONT.
-            assert supervisor.ends == [] and stub.alive()
-            log = server.log_path.read_text(errors="replace")
-        assert "lock_exception" not in log, "tritonserver did not abort"
-        with StableDiffusionClient(url) as client:
-            assert client.generate(PROMPT, **patient_parameters).images[0].tobytes() == reference
-    finally:
-        supervisor.stop()
-    assert process_group_members(group) == []
+    with ThreadPoolExecutor(4) as pool:
+        budgeted = [pool.submit(with_budget, seed) for seed in range(3)]
+        waiting = pool.submit(patient)
+        time.sleep(0.5)  # all running: each has taken steps
+        os.kill(stub.pid, signal.SIGSTOP)
+        time.sleep(5.0)
+        with contextlib.suppress(ProcessLookupError):  # ended by the server, as it should be
+            os.kill(stub.pid, signal.SIGCONT)
+        answers = [future.result(timeout=60) for future in budgeted]
+        patient_image = waiting.result(timeout=300)
+    for message, took_s in answers:
+        assert "time budget of 3000 ms ran out" in message or f"model process died: {frozen}" in message, message
+        assert took_s < budget_s + ANSWER_MARGIN_S, (took_s, message)
+    assert patient_image == reference, "the request with a RetryPolicy gets its exact image"
+    if frozen == "unet":
+        # The engine's call to it failed the health check: the stub was ended, the server restarted.
+        assert supervisor.wait_restarted(restarted_before + 1, timeout_s=BACK_WITHIN_S), supervisor.ends
+        (end,) = supervisor.ends[ended_before:]
+        assert f"model {frozen}" in end.reason
+        log = server.log_path.with_name(server.log_path.name + ".1").read_text(errors="replace")
+        assert "is not healthy" in log and "with SIGKILL" in log
+        assert process_group_members(group) == [], "nothing of the first server is left"
+    else:
+        # Only waited on, never called while frozen: no health check failed; it goes on after SIGCONT.
+        assert supervisor.ends[ended_before:] == [] and stub.alive()
+        log = server.log_path.read_text(errors="replace")
+    assert "lock_exception" not in log, "tritonserver did not abort"
+    with StableDiffusionClient(url) as client:
+        assert client.generate(PROMPT, **patient_parameters).images[0].tobytes() == reference
 
 
 def _children(parent_pid: int, name: str) -> list[int]:

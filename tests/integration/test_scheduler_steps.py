@@ -1,21 +1,22 @@
 """Every scheduler with one and two steps through a real server: an image, or INVALID_ARG naming the minimum.
 
 The tiny model ships SD 1.5's scheduler config (PNDM with ``skip_prk_steps``), so every scheduler takes one step.
-A copy exported with ``skip_prk_steps`` false gives PNDM its Runge-Kutta warm-up, which needs four.
+A copy of its repository with ``skip_prk_steps`` false gives PNDM its Runge-Kutta warm-up, which needs four.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from diffusers.schedulers.scheduling_utils import SCHEDULER_CONFIG_NAME
 
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
-from sdtriton.interface import SCHEDULER_NAMES
+from sdtriton.export.configs import MODEL_VERSION
+from sdtriton.interface import PIPELINE_MODEL_NAME, SCHEDULER_NAMES
+from sdtriton.pipeline_config import PIPELINE_CONFIG_FILE_NAME, PipelineConfig
 from tests.conftest import serve
 
 pytestmark = pytest.mark.integration
@@ -24,17 +25,18 @@ PROMPT = "a red circle"
 
 
 @pytest.fixture(scope="module")
-def prk_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from sdtriton.export import export_repository
-
-    root = tmp_path_factory.mktemp("pndm_with_prk")
-    model_dir = Path(shutil.copytree(tiny_model_dir, root / "tiny"))
-    config_path = model_dir / "scheduler" / SCHEDULER_CONFIG_NAME
-    config = json.loads(config_path.read_text())
-    assert config["_class_name"] == "PNDMScheduler" and config["skip_prk_steps"] is True
-    config_path.write_text(json.dumps({**config, "skip_prk_steps": False}))
-    export_repository(model_dir, root / "repository", show_progress=False)
-    yield from serve(root / "repository", tmp_path_factory)
+def prk_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The tiny model's repository with ``skip_prk_steps`` false: a copy whose pipeline config, where the export writes
+    the model's scheduler config (nothing else of an export reads it), says so."""
+    repository = tmp_path_factory.mktemp("pndm_with_prk") / "repository"
+    shutil.copytree(tiny_repository, repository, symlinks=True)
+    pipeline_dir = repository / PIPELINE_MODEL_NAME / MODEL_VERSION
+    config = PipelineConfig.load(pipeline_dir)
+    scheduler = config.scheduler_config
+    assert scheduler["_class_name"] == "PNDMScheduler" and scheduler["skip_prk_steps"] is True
+    (pipeline_dir / PIPELINE_CONFIG_FILE_NAME).unlink()  # never written through a link into tiny_repository
+    dataclasses.replace(config, scheduler_config={**scheduler, "skip_prk_steps": False}).save(pipeline_dir)
+    yield from serve(repository, tmp_path_factory)
 
 
 @pytest.fixture(params=["http", "grpc"])

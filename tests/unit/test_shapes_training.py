@@ -43,6 +43,10 @@ def test_a_few_training_steps_make_a_loadable_pipeline_and_resume(tmp_path: Path
         eval_prompts=2,
         vae_gate_accuracy=0.0,
         vae_eval_images=8,
+        vae_scale_images=8,
+        # The test process's own thread count (one a core, or OMP_NUM_THREADS): the plan's 2 would stay set for every
+        # later test of this process, and spin against the other xdist worker.
+        threads=torch.get_num_threads(),
     )
     model_dir = train_shapes(tmp_path, plan)
     checkpoint = torch.load(tmp_path / CHECKPOINT_DIR_NAME / "unet.pt", weights_only=False)
