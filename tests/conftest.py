@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,15 +48,35 @@ def shapes_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 READY_S_PER_MODEL = 10.0
 
 
+def _models(repository: Path, extra_args: tuple[str, ...]) -> int:
+    """The models a server over ``repository`` (and the ``--model-repository=`` ones in ``extra_args``) loads."""
+    prefix = "--model-repository="
+    folders = [repository, *(Path(arg.removeprefix(prefix)) for arg in extra_args if arg.startswith(prefix))]
+    return sum(1 for folder in folders for _ in folder.glob("*/config.pbtxt"))
+
+
 def ready_budget_s(repository: Path, extra_args: tuple[str, ...] = ()) -> float:
     """How long a server over ``repository`` (and the ``--model-repository=`` ones in ``extra_args``) may take to be
     ready: the default, or :data:`READY_S_PER_MODEL` for each model it loads, whichever is longer."""
     from sdtriton.server import DEFAULT_READY_TIMEOUT_S
 
-    prefix = "--model-repository="
-    folders = [repository, *(Path(arg.removeprefix(prefix)) for arg in extra_args if arg.startswith(prefix))]
-    models = sum(1 for folder in folders for _ in folder.glob("*/config.pbtxt"))
-    return max(DEFAULT_READY_TIMEOUT_S, READY_S_PER_MODEL * models)
+    return max(DEFAULT_READY_TIMEOUT_S, READY_S_PER_MODEL * _models(repository, extra_args))
+
+
+# As it stops, each model's stub runs its finalize and ends its interpreter: a pipeline's (torch, diffusers) about 2 s
+# of CPU, so family_server's ten pipelines took 17 s of tritonserver's default 30 s exit timeout, and ran it out
+# beside the other test worker. Past it, tritonserver exits and the stubs left are killed: their finalize never runs,
+# nor does the crash check on it. A test server's exit timeout grows with its models as its ready budget does.
+EXIT_S_PER_MODEL = 1.0
+DEFAULT_EXIT_TIMEOUT_S = 30
+# What tritonserver logs when its exit timeout ran out with models still loaded.
+EXIT_TIMEOUT_EXPIRED = "Exit timeout expired"
+
+
+def exit_timeout_s(repository: Path, extra_args: tuple[str, ...] = ()) -> int:
+    """The ``--exit-timeout-secs`` of a test server: tritonserver's default, or :data:`EXIT_S_PER_MODEL` for each
+    model it loads, whichever is longer."""
+    return max(DEFAULT_EXIT_TIMEOUT_S, math.ceil(EXIT_S_PER_MODEL * _models(repository, extra_args)))
 
 
 # What a stub's crash writes into the server log: every sdtriton stub turns Python's faulthandler on
@@ -79,6 +101,9 @@ def serve(
 
     address = ServerAddress.on_free_ports()
     log_path = tmp_path_factory.mktemp("server") / "tritonserver.log"
+    exit_s = exit_timeout_s(repository, extra_args)
+    if not any(arg.startswith("--exit-timeout-secs") for arg in extra_args):
+        extra_args = (*extra_args, f"--exit-timeout-secs={exit_s}")
     server = TritonServer(
         repository, address=address, log_path=log_path, extra_args=extra_args, admin_access=admin_access
     )
@@ -88,11 +113,16 @@ def serve(
         logger.info("tritonserver on %s ready after %.1f s at %s", repository.name, ready_s, address.http_url)
         yield server
     finally:
-        exit_code = server.stop()
-        logger.info("tritonserver stopped with exit code %s", exit_code)
-    # A stub that died while the server ran or as it stopped fails the tests that used it (tritonserver says nothing).
+        started_stop = time.monotonic()
+        exit_code = server.stop(timeout_s=exit_s + 30)
+        logger.info("tritonserver stopped with exit code %s in %.1f s", exit_code, time.monotonic() - started_stop)
+    # A stub that died while the server ran or as it stopped fails the tests that used it (tritonserver says nothing);
+    # so does one killed because it had not ended within the exit timeout (its finalize never ran).
     reports = crash_reports(log_path)
     assert not reports, f"{len(reports)} stub crash(es) in {log_path}: {reports}"
+    assert EXIT_TIMEOUT_EXPIRED not in log_path.read_text(errors="replace"), (
+        f"models still loaded after the {exit_s} s exit timeout: their stubs were killed ({log_path})"
+    )
 
 
 def supervise(repository: Path, log_path: Path) -> Iterator[object]:
