@@ -101,8 +101,9 @@ def serve(
 
     address = ServerAddress.on_free_ports()
     log_path = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    exit_s = exit_timeout_s(repository, extra_args)
-    if not any(arg.startswith("--exit-timeout-secs") for arg in extra_args):
+    given = [arg.split("=", 1)[1] for arg in extra_args if arg.startswith("--exit-timeout-secs=")]
+    exit_s = int(given[-1]) if given else exit_timeout_s(repository, extra_args)
+    if not given:
         extra_args = (*extra_args, f"--exit-timeout-secs={exit_s}")
     server = TritonServer(
         repository, address=address, log_path=log_path, extra_args=extra_args, admin_access=admin_access
