@@ -472,7 +472,7 @@ def _mixed_lines(result: EngineResult, mixed: model.MixedResult) -> list[Block]:
 def _burst_lines(result: EngineResult, burst: model.BurstResult) -> list[Block]:
     refusals, accepted = burst.latencies_ms(Outcome.REFUSED), burst.latencies_ms(Outcome.OK)
     header = ("sent", "accepted", "completed", "refused", "of which as UNAVAILABLE", "failed after acceptance")
-    completed, refused, failed = map(burst.count, Outcome)
+    completed, refused, failed = (burst.count(outcome) for outcome in (Outcome.OK, Outcome.REFUSED, Outcome.FAILED))
     counts = (len(burst.records), burst.accepted, completed, refused, burst.refused_as_unavailable)
     intro = [
         f"`max_pending_requests` {burst.spec.max_pending_requests}; {burst.spec.requests} requests sent at once "
