@@ -12,7 +12,6 @@ The model and repositories a run needs are made here too (the other variants are
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import itertools
@@ -430,8 +429,11 @@ class PerfRun:
 
         return engine_variant(source, self.variants / name, **changes)
 
-    def engine_server(self, repository: Path, name: str) -> contextlib.AbstractContextManager[TritonServer]:
-        return self.server(repository, f"tritonserver_{name}", warmup_requests=_WARMUP_REQUESTS)
+    @contextmanager
+    def engine_server(self, repository: Path, name: str) -> Iterator[str]:
+        """A server of ``repository`` warmed up for the engine profile's loads: its gRPC URL."""
+        with self.server(repository, f"tritonserver_{name}", warmup_requests=_WARMUP_REQUESTS) as server:
+            yield server.address.grpc_url
 
     def timeout_s(self, steps: int, concurrency: int) -> float:
         """A request's time budget at ``concurrency``: generous, so that only a lost answer reaches it."""
@@ -455,26 +457,14 @@ class PerfRun:
         return load.timed_runs(run, path=model.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)[0]
 
     def load(
-        self,
-        server: TritonServer,
-        variant: str,
-        concurrency: int,
-        requests: int,
-        *,
-        gateway_url: str | None = None,
-        mix: Mix = (),
+        self, url: str, variant: str, concurrency: int, requests: int, *, gateway: bool = False, mix: Mix = ()
     ) -> Load:
-        """``concurrency`` client threads over gRPC sending ``mix`` in turn (by default the base request), ``requests``
-        in all (rounded up); with ``gateway_url``, as HTTP POSTs to that gateway (in front of ``server``)."""
+        """``concurrency`` client threads sending ``mix`` in turn (by default the base request), ``requests`` in all
+        (rounded up), to a server's gRPC ``url``; with ``gateway``, as HTTP POSTs to the gateway at ``url``."""
         timeout_s, mix = self.timeout_s(self.request.num_inference_steps, concurrency), mix or (self.request,)
         client_class = load.ClientClass(variant, mix, concurrency, _in_turns(requests, concurrency), timeout_s)
-        sent = load.run_classes(
-            gateway_url or server.address.grpc_url,
-            [client_class],
-            load=f"{variant}_c{concurrency}",
-            show_progress=self.show,
-            gateway=gateway_url is not None,
-        )
+        name = f"{variant}_c{concurrency}"
+        sent = load.run_classes(url, [client_class], load=name, show_progress=self.show, gateway=gateway)
         self.skipped += _failures(f"{variant} c={concurrency}", sent.records)
         return Load(variant, concurrency, sent.records, sent.duration_s)
 
@@ -496,17 +486,17 @@ class PerfRun:
         sections: dict[str, object] = {}
         if ceiling or sweep or mixed or p.mixed_inputs:
             with ExitStack() as stack:
-                servers = {BATCHING_ON: stack.enter_context(self.engine_server(on_repository, BATCHING_ON))}
-                on = servers[BATCHING_ON]
+                on = stack.enter_context(self.engine_server(on_repository, BATCHING_ON))
+                urls = {BATCHING_ON: on}
                 if sweep and self.fits("batching-off server", 2 * (_SERVER_START_S + sweep.requests * image_s)):
                     off = self.variant(BATCHING_OFF, on_repository, max_running_images=sweep.batching_off)
-                    servers[BATCHING_OFF] = stack.enter_context(self.engine_server(off, BATCHING_OFF))
+                    urls[BATCHING_OFF] = stack.enter_context(self.engine_server(off, BATCHING_OFF))
                 specs = {name: spec for name, spec in (("ceiling", ceiling), ("mixed_inputs", p.mixed_inputs)) if spec}
                 ceilings_s = sum(2 * (s.requests + s.plain_loop_runs) for s in specs.values()) * image_s
                 if specs and self.fits(" and ".join(specs), ceilings_s):
                     sections.update(self.ceilings(on, specs))
-                if BATCHING_OFF in servers:
-                    sections["sweep"] = self.sweep(servers, sweep)
+                if BATCHING_OFF in urls:
+                    sections["sweep"] = self.sweep(urls, sweep)
                 if mixed:
                     # On this CPU a batched step costs about what its images cost one by one.
                     steps = mixed.long_requests_per_client * mixed.long_steps * mixed.concurrency
@@ -516,79 +506,73 @@ class PerfRun:
         burst_s = _SERVER_START_S + (1 + burst.warmup_bursts) * burst.max_pending_requests * image_s if burst else 0
         if burst and self.fits(BURST, burst_s):
             repository = self.variant(BURST, on_repository, max_pending_requests=burst.max_pending_requests)
-            with self.engine_server(repository, BURST) as server:
-                sections["burst"] = self.burst(server, burst)
+            with self.engine_server(repository, BURST) as url:
+                sections["burst"] = self.burst(url, burst)
         # The stand-in UNet sleeps: a simulated request costs less of this CPU than a real one.
         if simulated and self.fits(f"{SIMULATED} accelerator", _SERVER_START_S + simulated.requests * image_s / 2):
             shutil.rmtree(self.variants / SIMULATED, ignore_errors=True)
             repository = simulated_repository(on_repository, self.variants / SIMULATED, simulated.latency)
-            with self.engine_server(repository, SIMULATED) as server:
-                sections["simulated"] = self.simulated(server, simulated)
+            with self.engine_server(repository, SIMULATED) as url:
+                sections["simulated"] = self.simulated(url, simulated)
         if gateway and self.fits("gateway", _SERVER_START_S + 2 * gateway.requests * image_s):
             options, log_path = ["--data-dir", str(self.variants / "gateway")], self.options.output_dir / "gateway.log"
-            with self.engine_server(on_repository, "gateway") as server:
-                with GatewayProcess(server.address.grpc_url, options, log_path).running() as process:
-                    sections["gateway"] = self.gateway(server, process.url, process.pid, gateway)
+            with self.engine_server(on_repository, "gateway") as url:
+                with GatewayProcess(url, options, log_path).running() as process:
+                    sections["gateway"] = self.gateway(url, process.url, process.pid, gateway)
         del self.served  # the in-process sessions go
         gc.collect()
         return model.EngineResult(**self.common(), **sections, planned=p.engine_sections)
 
-    def ceilings(
-        self, server: TritonServer, specs: dict[str, profiles.CeilingSpec]
-    ) -> dict[str, model.CeilingResult | None]:
+    def ceilings(self, url: str, specs: dict[str, profiles.CeilingSpec]) -> dict[str, model.CeilingResult | None]:
         """After warm-ups of both sides of each: in turns, in-process and served at each section's concurrency, the
         plain loop and served at 1, over its requests (by default the base request), one section's turn after the
         other's, so that a drift of the machine's speed hits the sections' ratios alike too."""
         mixes = {
             name: load_input_data(self.input_dir / s.input_data) if s.input_data else () for name, s in specs.items()
         }
-        loads: dict[str, tuple[list[Load], ...]] = {name: ([], [], [], []) for name in specs}
+        turns: dict[str, list[tuple[Load, Load, Load, Load]]] = {name: [] for name in specs}
         for name, spec in specs.items():
             if spec.warmup_requests:
                 what, variant = f"{name} warm-up: in-process", f"{_SERVED_VARIANTS[name]}_warmup"
                 self.in_process(spec.concurrency, spec.warmup_requests, what, mix=mixes[name])
-                self.load(server, variant, spec.concurrency, spec.warmup_requests, mix=mixes[name])
+                self.load(url, variant, spec.concurrency, spec.warmup_requests, mix=mixes[name])
         for turn in range(max(spec.turns for spec in specs.values())):
             for name, spec in ((n, s) for n, s in specs.items() if turn < s.turns):
-                variant, mix, (in_process, served, plain, served_one) = _SERVED_VARIANTS[name], mixes[name], loads[name]
+                variant, mix, what = _SERVED_VARIANTS[name], mixes[name], f"{name} turn {turn + 1}: in-process"
                 per_turn, plain_per_turn = (
                     _in_turns(count, spec.turns) for count in (spec.requests, spec.plain_loop_runs)
                 )
-                what = f"{name} turn {turn + 1}: in-process"
-                in_process.append(self.in_process(spec.concurrency, per_turn, what, mix=mix))
-                served.append(self.load(server, variant, spec.concurrency, per_turn, mix=mix))
-                plain.append(self.plain_loop(runs=plain_per_turn, mix=mix))
-                served_one.append(self.load(server, variant, 1, plain_per_turn, mix=mix))
-        return {name: self._ceiling(name, *turns) for name, turns in loads.items()}
+                in_process = self.in_process(spec.concurrency, per_turn, what, mix=mix)
+                served = self.load(url, variant, spec.concurrency, per_turn, mix=mix)
+                plain = self.plain_loop(runs=plain_per_turn, mix=mix)
+                turns[name].append((in_process, served, plain, self.load(url, variant, 1, plain_per_turn, mix=mix)))
+        return {name: self._ceiling(name, section_turns) for name, section_turns in turns.items()}
 
-    def _ceiling(self, name: str, *turns: list[Load]) -> model.CeilingResult | None:
+    def _ceiling(self, name: str, turns: list[tuple[Load, Load, Load, Load]]) -> model.CeilingResult | None:
         """A ceiling section's turns (in-process, served, plain loop, served at 1) merged; None, and why in the
         summary, if the server completed no request at one of its concurrencies."""
-        in_process, served, plain, served_one = turns
-        pairs = zip(in_process, served, strict=True)
-        turn_ratios = tuple(s.images_per_s / i.images_per_s for i, s in pairs if s.completed)
-        served_level, served_one_level = Load.merged(served), Load.merged(served_one)
-        if not served_level.completed or not served_one_level.completed:
+        sides = tuple(zip(*turns, strict=True))
+        turn_ratios = tuple(s.images_per_s / i.images_per_s for i, s in zip(*sides[:2], strict=True) if s.completed)
+        result = model.CeilingResult(*(Load.merged(side) for side in sides), turn_ratios)
+        if not result.served.completed or not result.served_one.completed:
             self.skipped.append(f"{name}: the server completed no request at one of its concurrencies")
             return None
-        merged = (Load.merged(in_process), served_level, Load.merged(plain), served_one_level)
-        result = model.CeilingResult(*merged, turn_ratios)
         ratios = (result.served_over_ceiling, result.one_over_plain_loop)
         logger.info("%s: served/in-process %.3fx, c1 served/plain loop %.3fx", name, *ratios)
         return result
 
-    def sweep(self, servers: dict[str, TritonServer], spec) -> tuple[Load, ...]:
+    def sweep(self, urls: dict[str, str], spec) -> tuple[Load, ...]:
         """Every level on every server, in turns: a drift of the machine's speed hits both variants alike."""
         turns = _turn_levels(spec)
         levels = _merged_turns(
-            self.load(s, variant, c, requests) for _, c, requests in turns for variant, s in servers.items()
+            self.load(url, variant, c, requests) for _, c, requests in turns for variant, url in urls.items()
         )
         for level in levels:
             logger.info("%s c=%d: %.2f images/s", level.variant, level.concurrency, level.images_per_s)
         return tuple(level for level in levels if level.completed)
 
-    def mixed(self, server: TritonServer, spec) -> model.MixedResult:
-        url, concurrency = server.address.grpc_url, spec.concurrency
+    def mixed(self, url: str, spec) -> model.MixedResult:
+        concurrency = spec.concurrency
         short, long = self.request.with_steps(spec.short_steps), self.request.with_steps(spec.long_steps)
         short_timeout_s, long_timeout_s = (
             self.timeout_s(steps, concurrency) for steps in (spec.short_steps, spec.long_steps)
@@ -607,10 +591,9 @@ class PerfRun:
         logger.info("mixed steps: short p99 beside long ones / alone = %s", result.short_p99_ratio)
         return result
 
-    def burst(self, server: TritonServer, spec) -> model.BurstResult:
+    def burst(self, url: str, spec) -> model.BurstResult:
         timeout_s = self.timeout_s(self.request.num_inference_steps, spec.max_pending_requests)
         send = {"count": spec.requests, "timeout_s": timeout_s, "show_progress": self.show}
-        url = server.address.grpc_url
         bursts = [load.run_burst(url, self.request, load=model.BURST_WARMUP, **send) for _ in range(spec.warmup_bursts)]
         warmup = [record for burst in bursts for record in burst]
         records = load.run_burst(url, self.request, **send)
@@ -621,7 +604,7 @@ class PerfRun:
         logger.info("burst: %d accepted, %d refused, slowest refusal %s ms", result.accepted, refused, slowest)
         return result
 
-    def simulated(self, server: TritonServer, spec) -> model.SimulatedResult | None:
+    def simulated(self, url: str, spec) -> model.SimulatedResult | None:
         """In turns: the non-UNet parts in-process, then the simulated server, at the lowest and highest level."""
         low_c, high_c = spec.levels[0], spec.levels[-1]
         in_process, served, in_process_requests = [], [], _in_turns(spec.in_process_requests, spec.turns)
@@ -629,7 +612,7 @@ class PerfRun:
             if concurrency in (low_c, high_c):
                 what, count = f"non-UNet parts, c={concurrency}", max(in_process_requests, concurrency)
                 in_process.append(self.in_process(concurrency, count, what, zero_time_unet=True))
-            served.append(self.load(server, SIMULATED, concurrency, requests))
+            served.append(self.load(url, SIMULATED, concurrency, requests))
         points = tuple(level for level in _merged_turns(served) if level.completed)
         if {low_c, high_c} - {point.concurrency for point in points}:
             self.skipped.append(f"{SIMULATED} accelerator: c={low_c} or c={high_c} completed no request")
@@ -641,22 +624,21 @@ class PerfRun:
         logger.info("SIMULATED %s: measured %.2fx, %.1f%% of the allowed", spec.latency, measured, share)
         return result
 
-    def gateway(self, server: TritonServer, url: str, group: int, spec) -> model.GatewayResult:
-        """Each level straight to Triton and through the gateway, in turns whose first side alternates, after one
-        untimed load through the gateway at the highest level (its connections, the server's largest batch); and
-        the CPU seconds the gateway's process ``group`` used during each side's loads."""
-        high, parts, order = spec.levels[-1], {}, [(model.DIRECT_GRPC, None), (model.GATEWAY_HTTP, url)]
-        cpu_s = {variant: 0.0 for variant, _ in order}
-        self.load(server, f"{model.GATEWAY_HTTP}_warmup", high, high, gateway_url=url)
+    def gateway(self, url: str, gateway_url: str, group: int, spec) -> model.GatewayResult:
+        """Each level straight to Triton (at ``url``) and through the gateway, in turns whose first side alternates,
+        after one untimed load through the gateway at the highest level (its connections, the server's largest
+        batch); and the CPU seconds the gateway's process ``group`` used during each side's loads."""
+        high, turns, urls = spec.levels[-1], [], {model.DIRECT_GRPC: url, model.GATEWAY_HTTP: gateway_url}
+        cpu_s = dict.fromkeys(urls, 0.0)
+        self.load(gateway_url, f"{model.GATEWAY_HTTP}_warmup", high, high, gateway=True)
         for turn, concurrency, requests in _turn_levels(spec):
-            for variant, gateway_url in order[:: -1 if turn % 2 else 1]:
+            for variant in list(urls)[:: -1 if turn % 2 else 1]:
                 before_s = server_module.process_group_cpu_s(group)
-                level = self.load(server, variant, concurrency, requests, gateway_url=gateway_url)
+                gateway = variant == model.GATEWAY_HTTP
+                turns.append(self.load(urls[variant], variant, concurrency, requests, gateway=gateway))
                 cpu_s[variant] += server_module.process_group_cpu_s(group) - before_s
-                parts.setdefault((variant, concurrency), []).append(level)
-        pairs = zip(parts[model.DIRECT_GRPC, high], parts[model.GATEWAY_HTTP, high], strict=True)
+        pairs = zip(*([t for t in turns if (t.variant, t.concurrency) == (v, high)] for v in urls), strict=True)
         ratios = tuple(g.images_per_s / d.images_per_s for d, g in pairs if d.completed and g.completed)
-        merged = {key: Load.merged(turns) for key, turns in parts.items()}
-        sides = {variant: tuple(level for (v, _), level in merged.items() if v == variant) for variant, _ in order}
+        sides = {v: tuple(level for level in _merged_turns(turns) if level.variant == v) for v in urls}
         cpu_ms = tuple(1000 * cpu_s[v] / max(1, sum(level.completed for level in s)) for v, s in sides.items())
         return model.GatewayResult(*sides.values(), ratios, cpu_ms)
