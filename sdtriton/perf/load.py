@@ -158,10 +158,9 @@ def run_level(
     stem = level_file_stem(scenario, level)
     csv_path, log_path = output_dir / f"{stem}.csv", output_dir / f"{stem}.log"
     csv_path.unlink(missing_ok=True)
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    port = address.grpc_port if scenario.protocol is Protocol.GRPC else address.http_port
+    host_port = (address.grpc_url if scenario.protocol is Protocol.GRPC else address.http_url).split("://", 1)[1]
     command = perf_analyzer_command(
-        scenario, level, binary=binary, address=f"{host}:{port}", input_data_path=input_data_path, csv_path=csv_path
+        scenario, level, binary=binary, address=host_port, input_data_path=input_data_path, csv_path=csv_path
     )
     logger.debug("running %s", " ".join(command))
     with log_path.open("wb") as log:
@@ -281,12 +280,11 @@ def run_classes(
             thread.start()
         origin = time.perf_counter()
         start.wait()
-        unbounded_last = sorted(
-            zip(threads, senders, strict=True), key=lambda pair: pair[1].requests_per_client is None
-        )
-        for thread, client_class in unbounded_last:
-            if client_class.requests_per_client is None:
-                stop.set()  # the bounded classes are done
+        for thread, client_class in zip(threads, senders, strict=True):
+            if client_class.requests_per_client is not None:
+                thread.join()
+        stop.set()  # the bounded classes are done
+        for thread in threads:
             thread.join()
         duration_s = time.perf_counter() - origin
     finally:
@@ -454,19 +452,16 @@ class ServedFiles:
         networks = OnnxRuntimeComponents.from_model_repository(repository, config, providers=providers)
         return cls(tokenizers=load_tokenizers(pipeline_dir, config), config=config, networks=networks)
 
-    def plain_loop(self, networks: DiffusionComponents | None = None) -> Runner:
-        """``runner(spec)()`` tokenizes, validates and generates one image as the pipeline does, alone."""
+    def plain_loop(self, spec: RequestSpec, networks: DiffusionComponents | None = None) -> Callable[[], np.ndarray]:
+        """``run()`` tokenizes, validates and generates ``spec``'s image as the pipeline does, alone."""
         from sdtriton.serving.denoise import generate_image
         from sdtriton.serving.requests import parse_request
 
-        def runner(spec: RequestSpec) -> Callable[[], np.ndarray]:
-            def run() -> np.ndarray:
-                (image,) = parse_request(raw_inputs(spec), config=self.config, tokenizers=self.tokenizers).images
-                return generate_image(image=image, config=self.config, components=networks or self.networks)
+        def run() -> np.ndarray:
+            (image,) = parse_request(raw_inputs(spec), config=self.config, tokenizers=self.tokenizers).images
+            return generate_image(image=image, config=self.config, components=networks or self.networks)
 
-            return run
-
-        return runner
+        return run
 
 
 @dataclass(frozen=True)
@@ -482,10 +477,10 @@ def time_onnx_loop(repository: Path, request: RequestSpec, spec: BaselineSpec, *
     """(b) The plain loop, each network call timed; the slope runs follow on warm sessions, no warm-up of their own."""
     served, runs, (low, high) = ServedFiles.load(repository, gpu=gpu), spec.runs, spec.slope_steps
     for _ in range(spec.warmup_runs):
-        served.plain_loop()(request)()
+        served.plain_loop(request)()
     networks = InstrumentedNetworks(served.networks)
-    plain_loop = served.plain_loop(networks)
-    timing, image = timed_runs(plain_loop(request), path=ONNX_LOOP, steps=request.num_inference_steps, runs=runs)
+    run = served.plain_loop(request, networks)
+    timing, image = timed_runs(run, path=ONNX_LOOP, steps=request.num_inference_steps, runs=runs)
     calls = networks.calls_ms
     times = NetworkTimes(
         encode_text_ms=sum(calls["encode_text"]) / runs,
@@ -496,7 +491,7 @@ def time_onnx_loop(repository: Path, request: RequestSpec, spec: BaselineSpec, *
     counting = {steps: InstrumentedNetworks(served.networks) for steps in (low, high)}
 
     def runner(one: RequestSpec) -> Callable[[], np.ndarray]:  # on its step count's own networks: its UNet calls
-        return served.plain_loop(counting[one.num_inference_steps])(one)
+        return served.plain_loop(one, counting[one.num_inference_steps])
 
     slope = time_slope(runner, request, path=ONNX_LOOP, steps=spec.slope_steps, runs=spec.slope_runs)
     low_calls, high_calls = (len(counting[steps].calls_ms["predict_noise"]) / spec.slope_runs for steps in (low, high))

@@ -452,8 +452,8 @@ class PerfRun:
 
     def plain_loop(self, *, runs: int, warmup_runs: int = 0, mix: Mix = ()) -> Load:
         """The plain loop, one image at a time, over ``mix`` in turn (by default the base request)."""
-        runs_of, turn = [self.served.plain_loop()(request) for request in mix or (self.request,)], itertools.count()
-        run, steps = lambda: runs_of[next(turn) % len(runs_of)](), self.request.num_inference_steps
+        runs_of = itertools.cycle([self.served.plain_loop(request) for request in mix or (self.request,)])
+        run, steps = lambda: next(runs_of)(), self.request.num_inference_steps
         return load.timed_runs(run, path=model.ONNX_LOOP, steps=steps, runs=runs, warmup_runs=warmup_runs)[0]
 
     def load(
