@@ -86,7 +86,7 @@ def identity_repository(repository: Path, target: Path) -> Path:
     """A copy of ``repository`` whose UNet is ``noise_pred = sample``, with the UNet spec's tensors (other inputs
     ignored): the same model class serves it and the same loop drives it."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     from sdtriton.export.variants import linked_copy
 
@@ -95,11 +95,10 @@ def identity_repository(repository: Path, target: Path) -> Path:
     unet_version_dir = target / UNET.model_name / "1"
     for path in unet_version_dir.glob(f"{ONNX_FILE_NAME}*"):  # model.onnx and its external data
         path.unlink()
-    types = {"FP32": TensorProto.FLOAT, "FP16": TensorProto.FLOAT16, "INT64": TensorProto.INT64}
-    value_info = {
-        tensor.name: helper.make_tensor_value_info(tensor.name, types[tensor.triton_dtype], list(tensor.axes))
-        for tensor in (*UNET.inputs, *UNET.outputs)
-    }
+    value_info: dict[str, onnx.ValueInfoProto] = {}
+    for tensor in (*UNET.inputs, *UNET.outputs):  # the element types the spec gives, as ONNX numbers them
+        onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(tensor.numpy_dtype))
+        value_info[tensor.name] = helper.make_tensor_value_info(tensor.name, onnx_type, list(tensor.axes))
     (sample, *_), (noise_pred,) = UNET.input_names, UNET.output_names
     inputs = [value_info[name] for name in UNET.input_names]
     nodes = [helper.make_node("Identity", [sample], [noise_pred])]
