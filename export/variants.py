@@ -1,6 +1,7 @@
 """Variants of an exported repository, each a copy with its large files (the ONNX weights) linked: an engine variant
 (what ``sdtriton export`` renders for other engine limits, or with the engine's caches off) and the simulated
-repository (its UNet the stand-in of :mod:`sdtriton.serving.simulated`, which sleeps as an accelerator would compute).
+repository (its UNet the stand-in of :mod:`sdtriton.serving.simulated`, which sleeps as an accelerator would compute)
+and the identity-UNet repository (its UNet returns its sample: what a BLS call costs with no network behind it).
 ``sdtriton perf`` compares them; tests serve them.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from sdtriton import interface
 from sdtriton.components import ONNX_FILE_NAME, TENSORRT_PLAN_FILE_NAME, UNET
@@ -23,6 +26,8 @@ from sdtriton.serving.engine import EngineLimits
 from sdtriton.serving.simulated import SimulatedLatency
 
 _LINK_MIN_BYTES = 1 << 20
+# Old enough for every ONNX Runtime this project pins.
+_IDENTITY_OPSET = 17
 _SIMULATED_ADAPTER = "from sdtriton.serving.triton_simulated import SimulatedUNetModel as TritonPythonModel"
 
 
@@ -137,3 +142,28 @@ def simulated_repository(
             (version_dir / MODEL_FILE_NAME).write_text(simulated_model_file_text())
     (unet / CONFIG_FILE_NAME).write_text(simulated_unet_config_text((unet / CONFIG_FILE_NAME).read_text(), latency))
     return destination
+
+
+def identity_repository(repository: Path, target: Path) -> Path:
+    """A copy of ``repository`` whose UNet is ``noise_pred = sample``, with the UNet spec's tensors (other inputs
+    ignored): the same model class serves it and the same loop drives it (``sdtriton perf``'s BLS probe)."""
+    import onnx
+    from onnx import helper
+
+    shutil.rmtree(target, ignore_errors=True)
+    linked_copy(repository, target)
+    unet_version_dir = target / UNET.model_name / "1"
+    for path in unet_version_dir.glob(f"{ONNX_FILE_NAME}*"):  # model.onnx and its external data
+        path.unlink()
+    value_info: dict[str, onnx.ValueInfoProto] = {}
+    for tensor in (*UNET.inputs, *UNET.outputs):  # the element types the spec gives, as ONNX numbers them
+        onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(tensor.numpy_dtype))
+        value_info[tensor.name] = helper.make_tensor_value_info(tensor.name, onnx_type, list(tensor.axes))
+    (sample, *_), (noise_pred,) = UNET.input_names, UNET.output_names
+    inputs = [value_info[name] for name in UNET.input_names]
+    nodes = [helper.make_node("Identity", [sample], [noise_pred])]
+    graph = helper.make_graph(nodes, "identity_unet", inputs, [value_info[noise_pred]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _IDENTITY_OPSET)])
+    onnx.checker.check_model(model)
+    onnx.save(model, unet_version_dir / ONNX_FILE_NAME)
+    return target

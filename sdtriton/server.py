@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -24,12 +25,12 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sdtriton.serving.drain import DRAIN_FILE_ENVIRONMENT, in_flight_requests
 
@@ -589,3 +590,56 @@ class TritonServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+# Triton's per-request inference statistics, in ns.
+_TIMED_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
+_NS_PER_MS = 1e6
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Triton's cumulative counters of one model (``/v2/models/<name>/stats``): successful requests (a BLS call is
+    one), the batch items they carried, the batches they ran in, and times summed over requests in ns; :meth:`minus`
+    gives an interval's."""
+
+    name: str
+    requests: int
+    failures: int
+    inferences: int
+    executions: int
+    queue_ns: int
+    compute_input_ns: int
+    compute_infer_ns: int
+    compute_output_ns: int
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> ModelStats:
+        (stats, *_) = document["model_stats"]
+        inference = stats["inference_stats"]
+        return cls(
+            name=str(stats["name"]),
+            requests=int(inference["success"]["count"]),
+            failures=int(inference["fail"]["count"]),
+            inferences=int(stats["inference_count"]),
+            executions=int(stats["execution_count"]),
+            **{f"{part}_ns": int(inference[part]["ns"]) for part in _TIMED_PARTS},
+        )
+
+    @classmethod
+    def fetch(cls, http_url: str, model_name: str) -> ModelStats:
+        with urllib.request.urlopen(f"{http_url}/v2/models/{model_name}/stats", timeout=10) as response:
+            return cls.from_json(json.load(response))
+
+    def minus(self, earlier: ModelStats) -> ModelStats:
+        if earlier.name != self.name:
+            raise ValueError(f"cannot subtract stats of {earlier.name!r} from {self.name!r}")
+        counts = {f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self) if f.name != "name"}
+        return ModelStats(name=self.name, **counts)
+
+    def ms_per_request(self, *parts: str) -> float:
+        """Time per request in ``parts`` (``queue``, ``compute_infer``...); by default the model's whole time inside
+        the server (queue and compute)."""
+        if self.requests <= 0:
+            raise ValueError(f"{self.name}: no successful requests in this interval")
+        return sum(getattr(self, f"{part}_ns") for part in parts or _TIMED_PARTS) / self.requests / _NS_PER_MS

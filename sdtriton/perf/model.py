@@ -4,15 +4,13 @@ was sent, each path's timings, and the ratios judged against the goals. Latencie
 from __future__ import annotations
 
 import enum
-import json
 import math
 import operator
 import os
 import platform
 import statistics
-import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +19,7 @@ import numpy as np
 from sdtriton import interface
 from sdtriton.components import TEXT_ENCODER, UNET, VAE_DECODER
 from sdtriton.perf.workload import RequestSpec
+from sdtriton.server import ModelStats
 from sdtriton.serving.simulated import SimulatedLatency
 
 if TYPE_CHECKING:  # the profiles import pydantic, which `sdtriton --help` (through sdtriton.scaling) need not load
@@ -61,8 +60,6 @@ UNAVAILABLE_ERROR_TYPES = frozenset({"ServerUnavailableError", "ServerBusyError"
 # Load averages above this share of the cores mean other work shared the CPU during the run.
 BUSY_LOAD_PER_CORE = 0.25
 _MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
-_NS_PER_MS = 1e6
-_TIMED_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")  # of Triton's inference statistics
 
 
 @dataclass(frozen=True)
@@ -224,51 +221,6 @@ class NetworkTimes:
 
     def other_ms(self, total_ms: float) -> float:
         return total_ms - self.encode_text_ms - self.unet_ms_per_call * self.unet_calls_per_request - self.decode_ms
-
-
-@dataclass(frozen=True)
-class ModelStats:
-    """Triton's cumulative counters of one model (``/v2/models/<name>/stats``): successful requests (a BLS call is
-    one), the batches they ran in, and times summed over requests in ns; :meth:`minus` gives an interval's."""
-
-    name: str
-    requests: int
-    failures: int
-    executions: int
-    queue_ns: int
-    compute_input_ns: int
-    compute_infer_ns: int
-    compute_output_ns: int
-
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any]) -> ModelStats:
-        (stats, *_) = document["model_stats"]
-        inference = stats["inference_stats"]
-        return cls(
-            name=str(stats["name"]),
-            requests=int(inference["success"]["count"]),
-            failures=int(inference["fail"]["count"]),
-            executions=int(stats["execution_count"]),
-            **{f"{part}_ns": int(inference[part]["ns"]) for part in _TIMED_PARTS},
-        )
-
-    @classmethod
-    def fetch(cls, http_url: str, model_name: str) -> ModelStats:
-        with urllib.request.urlopen(f"{http_url}/v2/models/{model_name}/stats", timeout=10) as response:
-            return cls.from_json(json.load(response))
-
-    def minus(self, earlier: ModelStats) -> ModelStats:
-        if earlier.name != self.name:
-            raise ValueError(f"cannot subtract stats of {earlier.name!r} from {self.name!r}")
-        counts = {f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self) if f.name != "name"}
-        return ModelStats(name=self.name, **counts)
-
-    def ms_per_request(self, *parts: str) -> float:
-        """Time per request in ``parts`` (``queue``, ``compute_infer``...); by default the model's whole time inside
-        the server (queue and compute)."""
-        if self.requests <= 0:
-            raise ValueError(f"{self.name}: no successful requests in this interval")
-        return sum(getattr(self, f"{part}_ns") for part in parts or _TIMED_PARTS) / self.requests / _NS_PER_MS
 
 
 @dataclass(frozen=True)

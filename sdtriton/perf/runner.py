@@ -34,7 +34,6 @@ from sdtriton import interface
 from sdtriton import server as server_module
 from sdtriton.client import SdTritonError, StableDiffusionClient
 from sdtriton.components import (
-    ONNX_FILE_NAME,
     TEXT_ENCODER,
     TOKENIZER_DIR_NAME,
     TRANSFORMER_MODEL_NAME,
@@ -46,7 +45,7 @@ from sdtriton.perf import load, model, profiles, report
 from sdtriton.perf.model import BATCHING_OFF, BATCHING_ON, BURST, CEILING_SERVED, SIMULATED, Load, Run
 from sdtriton.perf.profiles import INPUT_DATA_DIR_NAME, LoadMode, Loras, PerfOptions, Profile, Scenario, load_profiles
 from sdtriton.perf.workload import RequestSpec, load_input_data
-from sdtriton.server import ServerAddress, TritonServer, named_triton_installation
+from sdtriton.server import ModelStats, ServerAddress, TritonServer, named_triton_installation
 
 logger = logging.getLogger(__name__)
 
@@ -75,38 +74,9 @@ _SERVED_VARIANTS = {"ceiling": CEILING_SERVED, "mixed_inputs": model.MIXED_INPUT
 Mix = Sequence[RequestSpec]
 
 
-# Old enough for every ONNX Runtime this project pins.
-_OPSET = 17
 # Load tests measure the engine's work: the same seeded request sent again and again would otherwise be answered
 # from the response cache, and repeated prompts would skip the text encoder the baselines run.
 PERF_RENDER_OPTIONS_CACHES_OFF = {"response_cache_mb": 0, "text_cache_entries": 0}
-
-
-def identity_repository(repository: Path, target: Path) -> Path:
-    """A copy of ``repository`` whose UNet is ``noise_pred = sample``, with the UNet spec's tensors (other inputs
-    ignored): the same model class serves it and the same loop drives it."""
-    import onnx
-    from onnx import helper
-
-    from sdtriton.export.variants import linked_copy
-
-    shutil.rmtree(target, ignore_errors=True)
-    linked_copy(repository, target)
-    unet_version_dir = target / UNET.model_name / "1"
-    for path in unet_version_dir.glob(f"{ONNX_FILE_NAME}*"):  # model.onnx and its external data
-        path.unlink()
-    value_info: dict[str, onnx.ValueInfoProto] = {}
-    for tensor in (*UNET.inputs, *UNET.outputs):  # the element types the spec gives, as ONNX numbers them
-        onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(tensor.numpy_dtype))
-        value_info[tensor.name] = helper.make_tensor_value_info(tensor.name, onnx_type, list(tensor.axes))
-    (sample, *_), (noise_pred,) = UNET.input_names, UNET.output_names
-    inputs = [value_info[name] for name in UNET.input_names]
-    nodes = [helper.make_node("Identity", [sample], [noise_pred])]
-    graph = helper.make_graph(nodes, "identity_unet", inputs, [value_info[noise_pred]])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
-    onnx.checker.check_model(model)
-    onnx.save(model, unet_version_dir / ONNX_FILE_NAME)
-    return target
 
 
 def ensure_model(model_dir: Path | None, model: str, work_dir: Path) -> Path:
@@ -239,8 +209,8 @@ def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
     return result, report.write_reports(result, options.output_dir)
 
 
-def _stats(http_url: str) -> dict[str, model.ModelStats]:
-    return {name: model.ModelStats.fetch(http_url, name) for name in _STATS_MODELS}
+def _stats(http_url: str) -> dict[str, ModelStats]:
+    return {name: ModelStats.fetch(http_url, name) for name in _STATS_MODELS}
 
 
 def _max_difference(first: np.ndarray, second: np.ndarray) -> int | None:
@@ -329,9 +299,9 @@ class PerfRun:
                 send, before, steps = load.client_runner(triton), _stats(http_url), request.num_inference_steps
                 client, triton_image = load.timed_runs(send(request), path=model.TRITON, steps=steps, runs=spec.runs)
                 breakdown = {name: stats.minus(before[name]) for name, stats in _stats(http_url).items()}
-                before_slope = model.ModelStats.fetch(http_url, UNET.model_name)
+                before_slope = ModelStats.fetch(http_url, UNET.model_name)
                 triton_slope = load.time_slope(send, request, **slope)
-                slope_unet_stats = model.ModelStats.fetch(http_url, UNET.model_name).minus(before_slope)
+                slope_unet_stats = ModelStats.fetch(http_url, UNET.model_name).minus(before_slope)
             points = self.scenarios(server, binary, single_request_s=client.median_ms / 1000.0)
         probe = (None, None)
         if not spec.bls_probe:
@@ -339,6 +309,8 @@ class PerfRun:
                 "identity-UNet BLS probe: off in this profile (its goal is judged on the default model)"
             )
         elif self.fits("identity-UNet BLS probe", _PROBE_FIXED_S + 6 * spec.slope_runs * client.median_ms / 1000.0):
+            from sdtriton.export.variants import identity_repository
+
             probe_repository = identity_repository(repository, work_dir / "identity_unet_repository")
             logger.info("BLS probe: the repository with an identity UNet in %s", probe_repository)
             probe_spec = dataclasses.replace(spec, runs=1, warmup_runs=1)

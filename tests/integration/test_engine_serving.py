@@ -23,6 +23,7 @@ from sdtriton.client import (
 )
 from sdtriton.interface import SCHEDULER_NAMES
 from sdtriton.pipeline_config import PipelineConfig
+from sdtriton.server import ModelStats
 from tests.conftest import ONE_IMAGE_MAX_PENDING
 from tests.integration.oracle import MAX_PIXEL_DIFFERENCE, diffusers_image, max_pixel_difference
 from tests.integration.processes import server_cpu_rate
@@ -39,10 +40,9 @@ IDLE_CORES = 0.15
 
 
 def _unet_rows_and_calls(http_url: str) -> tuple[int, int]:
-    """Triton's counters of the UNet: batch items answered (inference_count) and executions."""
-    with urllib.request.urlopen(f"{http_url}/v2/models/unet/stats", timeout=10) as response:
-        (stats,) = json.load(response)["model_stats"]
-    return int(stats["inference_count"]), int(stats["execution_count"])
+    """Triton's counters of the UNet: batch items answered and executions."""
+    stats = ModelStats.fetch(http_url, "unet")
+    return stats.inferences, stats.executions
 
 
 def _oracle_matches(pipeline, image, prompt: str = PROMPT, **kwargs) -> None:

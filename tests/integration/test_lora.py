@@ -6,15 +6,14 @@ plain image in the same denoiser and text-encoder calls."""
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.request
 
 import numpy as np
 import pytest
 
 from sdtriton import interface
 from sdtriton.client import InvalidRequestError, StableDiffusionClient
+from sdtriton.server import ModelStats
 from tests.conftest import LORA_PREFIX, SDXL_PREFIX, transformer_lora_files
 from tests.integration.oracle import (
     MAX_PIXEL_DIFFERENCE,
@@ -82,9 +81,8 @@ def _in_one_request(
 
 
 def _unet_rows_and_calls(http_url: str, model: str = f"{LORA_PREFIX}unet") -> tuple[int, int]:
-    with urllib.request.urlopen(f"{http_url}/v2/models/{model}/stats", timeout=10) as response:
-        (stats,) = json.load(response)["model_stats"]
-    return int(stats["inference_count"]), int(stats["execution_count"])
+    stats = ModelStats.fetch(http_url, model)
+    return stats.inferences, stats.executions
 
 
 def test_each_adapter_and_scale_alone_matches_diffusers(family_server, expected) -> None:

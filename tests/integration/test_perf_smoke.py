@@ -8,9 +8,9 @@ import pytest
 
 from sdtriton import interface
 from sdtriton.perf.load import find_perf_analyzer, run_level
-from sdtriton.perf.model import ModelStats
 from sdtriton.perf.profiles import DEFAULT_PERF_DIR, INPUT_DATA_DIR_NAME, LoadMode, Protocol, Scenario
 from sdtriton.perf.workload import input_data_text, load_input_data
+from sdtriton.server import ModelStats
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from sdtriton.components import UNET
 from sdtriton.export.configs import CONFIG_FILE_NAME, parse_config_text
 from sdtriton.export.variants import simulated_repository
-from sdtriton.perf.model import ModelStats
+from sdtriton.server import ModelStats
 from sdtriton.serving.simulated import SimulatedLatency
 from tests.conftest import serve
 from tests.integration.processes import server_cpu_s

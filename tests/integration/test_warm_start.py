@@ -5,11 +5,9 @@ ones after it."""
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 
 from sdtriton.client import StableDiffusionClient
 from sdtriton.export.configs import CONFIG_FILE_NAME, parse_config_text
-from sdtriton.server import process_group_cpu_s
+from sdtriton.server import ModelStats, process_group_cpu_s
 from tests.conftest import serve
 from tests.integration.oracle import start_picture
 
@@ -44,12 +42,7 @@ def test_every_network_warms_up_before_ready(shapes_repository: Path) -> None:
 
 def _executions(http_url: str) -> dict[str, int]:
     """Each component's executions so far, by Triton's model statistics (its model_warmup counts)."""
-    counts = {}
-    for model in COMPONENTS:
-        with urllib.request.urlopen(f"{http_url}/v2/models/{model}/stats", timeout=10) as response:
-            (stats,) = json.load(response)["model_stats"]
-        counts[model] = int(stats["execution_count"])
-    return counts
+    return {model: ModelStats.fetch(http_url, model).executions for model in COMPONENTS}
 
 
 def _first_and_warm_s(generate: Callable[[int], object], group: int) -> tuple[float, list[float], float, list[float]]:

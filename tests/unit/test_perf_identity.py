@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sdtriton.components import ONNX_FILE_NAME, UNET
-from sdtriton.perf.runner import identity_repository
+from sdtriton.export.variants import identity_repository
 
 
 def test_identity_repository_swaps_only_the_unet(tmp_path: Path) -> None:

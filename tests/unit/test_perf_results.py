@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sdtriton.perf.model import Load, LoadPoint, MachineInfo, ModelStats, NetworkTimes, PerfResult, StepSlope
+from sdtriton.perf.model import Load, LoadPoint, MachineInfo, NetworkTimes, PerfResult, StepSlope
 from sdtriton.perf.profiles import LoadMode, Protocol, Scenario
 from sdtriton.perf.report import headline, summary_markdown, write_reports
 from sdtriton.perf.workload import fixed_requests
+from sdtriton.server import ModelStats
 
 
 def _stats_json(name: str, *, requests: int, executions: int, queue_ns: int, infer_ns: float) -> dict[str, object]:
