@@ -1,5 +1,6 @@
-"""What the batched LoRA design costs (``python -m sdtriton.perf.lora_cost``): memory per adapter and the UNet call
-time with no adapter, one adapter in flight and four, in ONNX Runtime on this machine.
+"""What the batched LoRA design costs: memory per adapter and the UNet call time with no adapter, one adapter in flight
+and four, in ONNX Runtime on this machine. A script beside its results (``.venv/bin/python perf/lora_cost.py``), not a
+profile of ``sdtriton perf``: it measures export's LoRA layers alone, no server.
 
 The UNet is SD 1.5's layout (:data:`sdtriton.sd15.SD15_UNET`, random weights) at a width factor (``--width-factor
 0.5``: half the channels, a quarter of the weights, so that three exports fit a small CPU host); every adapter is
