@@ -186,9 +186,9 @@ def _write_plot(result: Run, path: Path) -> Path:
     return path
 
 
-def _label(axis: Any, x: str, y: str, title: str, levels: list[int] | None = None) -> None:
+def _label(axis: Any, xlabel: str, ylabel: str, title: str, levels: list[int] | None = None) -> None:
     """A panel's labels; with ``levels``, a log-2 concurrency axis labelled with the levels themselves (1, 2, 4, 8)."""
-    axis.set(xlabel=x, ylabel=y, title=title)
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if levels is not None:
         axis.set_xscale("log", base=2)
     if levels:
