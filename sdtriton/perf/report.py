@@ -1,5 +1,6 @@
 """Writes a run's CSV files, plot (PNG) and markdown summary, for either profile. What the simulated accelerator
-measured is labelled so: a ``simulated`` CSV column, SIMULATED in its section, goals and plot panel."""
+measured is labelled so: a ``simulated`` CSV column, SIMULATED in its section, goals and plot panel. A summary gives
+each section's numbers and verdicts; how a section is measured is in perf/README.md, under the same heading."""
 
 from __future__ import annotations
 
@@ -22,25 +23,25 @@ ENGINE_LOAD_CSV_NAME, REQUESTS_CSV_NAME = "engine_load_points.csv", "engine_requ
 GOALS_CSV_NAME, ENGINE_PLOT_NAME = "engine_goals.csv", "engine_sweep.png"
 # Other processes' share of the CPU above which the summary says the run shared the machine.
 OTHER_CPU_SHARE_NOTE = 0.05
+# perf/README.md, as a summary in perf/results/<profile>/ links it.
+README_LINK = "../../README.md"
 _PERCENTILES = (50, 90, 95, 99)
-_ENGINE_LOAD_COLUMNS = (
-    *("section", "variant", "simulated", "concurrency", "requests", "failed", "duration_s", "images_per_s"),
-    *(f"p{q}_ms" for q in _PERCENTILES),
-    "mean_ms",
-)
-_REQUEST_COLUMNS = (
-    *("load", "simulated", "class", "client", "started_s"),
-    *("latency_ms", "outcome", "error_type", "message"),
-)
+_ENGINE_LOAD_COLUMNS = ("section", "variant", "simulated", "concurrency", "requests", "failed", "duration_s")
+_ENGINE_LOAD_COLUMNS += ("images_per_s", *(f"p{q}_ms" for q in _PERCENTILES), "mean_ms")
+_REQUEST_COLUMNS = ("load", "simulated", "class", "client", "started_s", "latency_ms", "outcome", "error_type")
+_REQUEST_COLUMNS += ("message",)
 _GOAL_COLUMNS = ("measure", "measured", "goal", "verdict", "simulated")
 _POINT_TIMES = ("p50_ms", "p90_ms", "p99_ms", "avg_ms", "server_queue_ms", "server_compute_ms")
 _PATH_COLUMNS = ("series", "num_inference_steps", "runs", "median_ms", "min_ms", "max_ms", "latencies_ms")
-_VARIANT_LABELS = {
-    model.BATCHING_ON: "step batching on",
-    model.BATCHING_OFF: "step batching off",
-    model.DIRECT_GRPC: "direct gRPC",
-    model.GATEWAY_HTTP: "HTTP gateway",
+# The engine plot's lines and the gateway table's rows: a variant's label and colour.
+_VARIANTS = {
+    model.BATCHING_ON: ("step batching on", "tab:blue"),
+    model.BATCHING_OFF: ("step batching off", "tab:orange"),
+    model.DIRECT_GRPC: ("direct gRPC", "tab:purple"),
+    model.GATEWAY_HTTP: ("HTTP gateway", "tab:red"),
 }
+# A ceiling section's in-process engine and server on the engine plot's throughput panel.
+_CEILING_MARKS = (("*", "in-process engine (ceiling)"), ("x", "Triton"))
 _NOT_RUN = ["Not run (see below)."]
 # A summary is blocks separated by blank lines: a paragraph, a table's lines; False or None is left out.
 Block = str | Sequence[str] | bool | None
@@ -48,6 +49,23 @@ Block = str | Sequence[str] | bool | None
 
 def _f(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
+
+
+def _images_per_s(load: Load) -> float:
+    """The plain loop is timed one image at a time, with no wall time of its own: one image over its median."""
+    return 1000.0 / load.median_ms if load.variant == model.ONNX_LOOP else load.images_per_s
+
+
+def _spread(timing: Load, digits: int) -> list[str]:
+    """A timed series' median, min and max (ms)."""
+    return [f"{ms:.{digits}f}" for ms in (timing.median_ms, min(timing.latencies_ms), max(timing.latencies_ms))]
+
+
+def _heading(heading: str) -> list[str]:
+    """A section's heading and a link to perf/README.md's section of the same heading, which says how it is measured
+    (GitHub's anchor: lower case, punctuation dropped, a hyphen for each space)."""
+    anchor = "".join(char for char in heading.lower() if char.isalnum() or char in " -_").replace(" ", "-")
+    return [f"## {heading}", f"How this is measured: [perf/README.md]({README_LINK}#{anchor})."]
 
 
 def _table(align: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
@@ -58,9 +76,7 @@ def _table(align: str, header: Sequence[str], rows: Iterable[Sequence[object]]) 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
     with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(header)
-        writer.writerows(rows)
+        csv.writer(file).writerows([header, *rows])
     return path
 
 
@@ -98,35 +114,36 @@ def _path_rows(result: PerfResult) -> Iterable[list[object]]:
     series += [("onnx_loop_slope_high", result.onnx_loop_slope.high), ("triton_client", result.triton_client)]
     series += [("triton_slope_low", result.triton_slope.low), ("triton_slope_high", result.triton_slope.high)]
     for name, timing in series:
-        values = (timing.median_ms, min(timing.latencies_ms), max(timing.latencies_ms))
         latencies = " ".join(f"{value:.3f}" for value in timing.latencies_ms)
-        yield [name, timing.steps, len(timing.latencies_ms), *(f"{v:.3f}" for v in values), latencies]
+        yield [name, timing.steps, len(timing.latencies_ms), *_spread(timing, 3), latencies]
 
 
 def _load_row(section: str, load: Load, variant: str = "") -> list[object]:
     """A client load; the plain loop, timed one image at a time (images/s from its median, no wall time); or the
     in-process engine (its wall time, no percentiles)."""
     plain, in_process = load.variant == model.ONNX_LOOP, load.variant == model.IN_PROCESS
-    times = [*(load.percentile_ms(q) for q in _PERCENTILES), load.mean_ms] if not in_process else [None] * 5
-    images_per_s = 1000.0 / load.median_ms if plain else load.images_per_s
+    times = [None] * 5 if in_process else [*(load.percentile_ms(q) for q in _PERCENTILES), load.mean_ms]
     counts = [len(load.records), "" if plain or in_process else load.failed, "" if plain else _f(load.duration_s)]
     row = [section, variant or load.variant, section == model.SIMULATED, load.concurrency, *counts]
-    return [*row, _f(images_per_s), *map(_f, times)]
+    return [*row, _f(_images_per_s(load)), *map(_f, times)]
 
 
 def _engine_loads(result: EngineResult) -> list[tuple[str, Load, str]]:
     """Every load of the load CSV, in its order: (section, load, the variant shown if not the load's own)."""
-    simulated, gateway, loads = result.simulated, result.gateway, []
+    simulated, loads = result.simulated, []
     for section, ceiling in _ceilings(result):
         loads += [(section, ceiling.plain_loop, "plain_loop")]
         loads += [(section, load, "") for load in (ceiling.in_process, ceiling.served_one, ceiling.served)]
-    loads += [
-        ("sweep", p, "") for p in sorted(result.sweep, key=lambda p: (p.variant != model.BATCHING_ON, p.concurrency))
-    ]
+    sweep = sorted(result.sweep, key=lambda point: (point.variant != model.BATCHING_ON, point.concurrency))
     zero_time = (simulated.non_unet_low, simulated.non_unet_high) if simulated else ()
+    loads += [("sweep", point, "") for point in sweep]
     loads += [(model.SIMULATED, run, "in_process_engine_zero_time_unet") for run in zero_time]
     loads += [(model.SIMULATED, point, "") for point in (simulated.points if simulated else ())]
-    return loads + [("gateway", load, "") for load in ((*gateway.direct, *gateway.gateway) if gateway else ())]
+    return loads + [("gateway", load, "") for load in _gateway_loads(result)]
+
+
+def _gateway_loads(result: EngineResult) -> tuple[Load, ...]:
+    return (*result.gateway.direct, *result.gateway.gateway) if result.gateway is not None else ()
 
 
 def _ceilings(result: EngineResult) -> list[tuple[str, model.CeilingResult]]:
@@ -143,8 +160,7 @@ def _request_rows(result: EngineResult) -> Iterable[list[object]]:
     if result.burst is not None:
         records += [*result.burst.warmup_records, *result.burst.records]
     for r in records:
-        started, latency = f"{r.started_s:.4f}", f"{r.latency_ms:.3f}"
-        simulated = r.load.startswith(model.SIMULATED)
+        started, latency, simulated = f"{r.started_s:.4f}", f"{r.latency_ms:.3f}", r.load.startswith(model.SIMULATED)
         yield [r.load, simulated, r.request_class, r.client, started, latency, r.outcome.value, r.error_type, r.message]
 
 
@@ -170,6 +186,16 @@ def _write_plot(result: Run, path: Path) -> Path:
     return path
 
 
+def _label(axis: Any, xlabel: str, ylabel: str, title: str, levels: list[int] | None = None) -> None:
+    """A panel's labels; with ``levels``, a log-2 concurrency axis labelled with the levels themselves (1, 2, 4, 8)."""
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if levels is not None:
+        axis.set_xscale("log", base=2)
+    if levels:
+        axis.set_xticks(levels, [str(level) for level in levels])
+        axis.minorticks_off()
+
+
 def _perf_analyzer_plot(result: PerfResult, axes: Sequence[Any]) -> None:
     for axis, attribute, title in ((axes[0], "p50_ms", "p50 latency"), (axes[1], "p99_ms", "p99 latency")):
         for scenario in result.scenarios:
@@ -185,70 +211,49 @@ def _perf_analyzer_plot(result: PerfResult, axes: Sequence[Any]) -> None:
             axis.axhline(result.onnx_loop.median_ms, color="grey", linestyle=":", label="plain ONNX loop, c1")
             if result.diffusers is not None:
                 axis.axhline(result.diffusers.median_ms, color="black", linestyle=":", label="diffusers, c1")
-        axis.set_xlabel("throughput (images/s)")
-        axis.set_ylabel(f"{title} (ms)")
-        axis.set_title(f"{result.profile}: throughput vs {title}")
-
-
-def _concurrency_axis(axis: Any, levels: list[int], label: str) -> None:
-    """A log-2 concurrency axis labelled with the levels themselves (1, 2, 4, 8)."""
-    axis.set_xlabel(label)
-    axis.set_xscale("log", base=2)
-    if levels:
-        axis.set_xticks(levels, [str(level) for level in levels])
-        axis.minorticks_off()
+        _label(axis, "throughput (images/s)", f"{title} (ms)", f"{result.profile}: throughput vs {title}")
 
 
 def _engine_plot(result: EngineResult, axes: Sequence[Any]) -> None:
     throughput_axis, latency_axis, *simulated_axes = axes
-    gateway = (*result.gateway.direct, *result.gateway.gateway) if result.gateway is not None else ()
-    colours = ((model.BATCHING_ON, "tab:blue"), (model.BATCHING_OFF, "tab:orange"), (model.DIRECT_GRPC, "tab:purple"))
-    for variant, colour in (*colours, (model.GATEWAY_HTTP, "tab:red")):
+    gateway = _gateway_loads(result)
+    for variant, (label, colour) in _VARIANTS.items():
         points = sorted((p for p in (*result.sweep, *gateway) if p.variant == variant), key=lambda p: p.concurrency)
-        levels, label = [p.concurrency for p in points], _VARIANT_LABELS[variant]
+        levels = [p.concurrency for p in points]
         if points:
             throughput_axis.plot(levels, [p.images_per_s for p in points], "o-", color=colour, label=label)
             latency_axis.plot(levels, [p.p50_ms for p in points], "o-", color=colour, label=f"{label}, p50")
             latency_axis.plot(levels, [p.p99_ms for p in points], "s--", color=colour, label=f"{label}, p99")
     for section, ceiling in _ceilings(result):
         what, colour = ("", "black") if section == "ceiling" else ("mixed inputs: ", "tab:green")
-        for load, marker, label in (
-            (ceiling.in_process, "*", "in-process engine (ceiling)"),
-            (ceiling.served, "x", "Triton"),
-        ):
-            throughput_axis.plot(
-                [load.concurrency], [load.images_per_s], marker, color=colour, ms=10, label=what + label
-            )
-        plain_per_s = 1000.0 / ceiling.plain_loop.median_ms
+        for load, (mark, name) in zip((ceiling.in_process, ceiling.served), _CEILING_MARKS, strict=True):
+            throughput_axis.plot([load.concurrency], [load.images_per_s], mark, color=colour, ms=10, label=what + name)
+        plain_per_s = _images_per_s(ceiling.plain_loop)
         throughput_axis.axhline(plain_per_s, color=colour, linestyle=":", label=f"{what}plain loop, one at a time")
+    levels = sorted({*result.levels(), *(load.concurrency for load in gateway)})
     for axis, measure in ((throughput_axis, "throughput (images/s)"), (latency_axis, "latency (ms)")):
-        axis.set_ylabel(measure)
-        axis.set_title(f"{result.profile}: {measure.split(' (')[0]} against concurrency")
-        levels = sorted({*result.levels(), *(load.concurrency for load in gateway)})
-        _concurrency_axis(axis, levels, "concurrency (client threads)")
+        title = f"{result.profile}: {measure.split(' (')[0]} against concurrency"
+        _label(axis, "concurrency (client threads)", measure, title, levels)
     simulated = result.simulated
-    for simulated_axis in simulated_axes:  # the third panel, when the profile has the section
-        simulated_axis.set_ylabel("SIMULATED throughput (images/s)")
-        what = "not run" if simulated is None else f"UNet {simulated.latency}"
-        simulated_axis.set_title(f"SIMULATED accelerator ({what})")
-        simulated_axis.set_xlabel("concurrency")
-    if simulated is not None and simulated_axes:
-        points = sorted(simulated.points, key=lambda p: p.concurrency)
-        levels, low = [p.concurrency for p in points], simulated.low.images_per_s
-        simulated_axis.plot(levels, [p.images_per_s for p in points], "o-", color="tab:green", label="measured")
-        allowed = [low * simulated.latency.throughput_ratio(level, simulated.rows_per_image) for level in levels]
-        simulated_axis.plot(levels, allowed, "k:", label="allowed, UNet alone (x c1)")
-        counted, high = "allowed, non-UNet parts counted (x c1)", simulated.high.concurrency
-        simulated_axis.plot([high], [low * simulated.allowed_ratio], "r*", markersize=12, label=counted)
-        _concurrency_axis(simulated_axis, levels, "concurrency")
+    for axis in simulated_axes:  # the third panel, when the profile has the section
+        points = sorted(simulated.points if simulated else (), key=lambda p: p.concurrency)
+        levels, what = [p.concurrency for p in points], "not run" if simulated is None else f"UNet {simulated.latency}"
+        title = f"SIMULATED accelerator ({what})"
+        _label(axis, "concurrency", "SIMULATED throughput (images/s)", title, levels or None)
+        if simulated is not None:
+            low = simulated.low.images_per_s
+            axis.plot(levels, [p.images_per_s for p in points], "o-", color="tab:green", label="measured")
+            allowed = [low * simulated.latency.throughput_ratio(level, simulated.rows_per_image) for level in levels]
+            axis.plot(levels, allowed, "k:", label="allowed, UNet alone (x c1)")
+            counted, high = "allowed, non-UNet parts counted (x c1)", simulated.high.concurrency
+            axis.plot([high], [low * simulated.allowed_ratio], "r*", markersize=12, label=counted)
 
 
 def _header(result: Run) -> list[Block]:
     """The run's title, machine, load and base request."""
     machine, request, share = result.machine, result.request, result.other_cpu_share
-    before, after = (
-        "/".join(f"{v:.2f}" for v in values) for values in (machine.load_average_before, machine.load_average_after)
-    )
+    averages = (machine.load_average_before, machine.load_average_after)
+    before, after = ("/".join(map("{:.2f}".format, values)) for values in averages)
     shared = f". **Above {OTHER_CPU_SHARE_NOTE:.0%}: the numbers below shared the CPU with other work.**"
     engine = " (the diffusion engine)" if isinstance(result, EngineResult) else ""
     return [
@@ -263,12 +268,10 @@ def _header(result: Run) -> list[Block]:
         + (shared if share > OTHER_CPU_SHARE_NOTE else "."),
         machine.busy_at_start
         and f"**The 1-minute load average was {machine.load_average_before[0]:.2f} on {machine.cpu_count} cores when "
-        "this run started: other work (or a run that had just ended) was using the CPU; compare the spread of "
-        "the runs below.**",
+        "this run started: other work (or a run that had just ended) was using the CPU.**",
         f"Base request (`{result.input_data}`): prompt {request.prompt!r}, negative prompt "
         f"{request.negative_prompt!r}, {request.num_inference_steps} steps, guidance {request.guidance_scale:g}, "
-        f"{request.width}x{request.height}, seed {request.seed}, scheduler `{request.scheduler}`; the same weights "
-        "on every path.",
+        f"{request.width}x{request.height}, seed {request.seed}, scheduler `{request.scheduler}`.",
     ]
 
 
@@ -282,7 +285,7 @@ def _plus_minus(error_ms: float | None) -> str:
 
 
 def summary_markdown(result: Run) -> str:
-    """The run's markdown summary: machine, goals, then each measurement with how it was made."""
+    """The run's markdown summary: machine, goals, then each measurement's numbers and verdicts."""
     engine = isinstance(result, EngineResult)
     blocks = [*_header(result), *(_engine_sections(result) if engine else _perf_analyzer_sections(result))]
     if result.skipped:
@@ -297,12 +300,7 @@ def _perf_analyzer_sections(result: PerfResult) -> list[Block]:
         ("(b) plain loop over the served ONNX files, no Triton", result.onnx_loop),
         ("(c) Triton over gRPC, the client's request, one at a time", result.triton_client),
     ]
-    rows = [
-        (name, "skipped", "", "", "")
-        if t is None
-        else (name, *(f"{v:.1f}" for v in (t.median_ms, min(t.latencies_ms), max(t.latencies_ms))), len(t.latencies_ms))
-        for name, t in paths
-    ]
+    rows = [(name, *_spread(t, 1), len(t.latencies_ms)) if t else (name, "skipped", "", "", "") for name, t in paths]
     point = result.triton_concurrency_1
     if point is not None:
         name = f"(c) Triton, perf_analyzer `{point.scenario}` at concurrency 1 (p50)"
@@ -313,40 +311,36 @@ def _perf_analyzer_sections(result: PerfResult) -> list[Block]:
     if result.bls_round_trip is not None:
         cost, error = result.bls_round_trip
         probe = (
-            f"With an identity UNet (returning its sample), the per-step slope between {slope.low.steps} and "
-            f"{slope.high.steps} steps is {result.probe_triton_slope.ms_per_step:.3f} ms/step through Triton and "
+            f"With an identity UNet, the per-step slope between {slope.low.steps} and {slope.high.steps} steps is "
+            f"{result.probe_triton_slope.ms_per_step:.3f} ms/step through Triton and "
             f"{result.probe_loop_slope.ms_per_step:.3f} ms/step in the plain loop: one BLS UNet call costs "
-            f"**{cost:.3f}{_plus_minus(error)} ms** (± one standard error of the medians)."
+            f"**{cost:.3f}{_plus_minus(error)} ms**."
         )
     net, net_error = result.unet_call_net
     breakdown = [(part, _f(loop_ms, 1), _f(triton_ms, 1)) for part, loop_ms, triton_ms in result.time_breakdown()]
     pairs = ", ".join(f"{name} {value}/255" for name, value in result.max_pixel_difference.items())
-    header = ("scenario", "protocol", "mode", "level", "requests", "images/s")
-    header += ("p50 ms", "p90 ms", "p99 ms", "avg ms", "server queue ms", "server compute ms")
+    header = ["scenario", "protocol", "mode", "level", "requests", "images/s"]
+    header += [time.replace("_", " ") for time in _POINT_TIMES]
     points = []
     for p in (point for scenario in result.scenarios for point in result.points_of(scenario.name)):
         level = f"c={int(p.level)}" if p.concurrency is not None else f"{p.level:g}/s"
         times = (f"{getattr(p, name):.1f}" for name in _POINT_TIMES)
         points.append([p.scenario, p.protocol, p.mode, level, p.request_count, f"{p.throughput_per_s:.2f}", *times])
     return [
-        "## Concurrency 1: Triton against its baselines",
+        *_heading("Concurrency 1: Triton against its baselines"),
         _table("lrrrr", ("path", "median ms", "min ms", "max ms", "runs"), rows),
         f"Triton end to end = {source} = {result.triton_end_to_end_ms:.1f} ms.",
         _goal_table(result.goal_rows()),
-        "The goals are those of issue 3, set for the default model at concurrency 1; on other profiles they are "
-        "for reference.",
         f"{probe} With the real UNet: {slope.ms_per_step:.3f} ms/step through Triton, {loop_slope.ms_per_step:.3f} "
-        "in the plain loop "
-        f"({result.unet_calls_per_step:g} UNet call(s) a step): serving adds **{net:.3f}{_plus_minus(net_error)} ms** "
-        f"per real UNet call. Triton's `unet` statistics over those runs: {stats.ms_per_request():.3f} ms a call "
-        f"(queue {stats.ms_per_request('queue'):.3f}, compute {stats.ms_per_request('compute_infer'):.3f}), the "
-        f"plain loop's ONNX Runtime call {result.onnx_loop_networks.unet_ms_per_call:.3f} ms.",
-        "## Where one request's time goes (ms)",
-        "Means per request over the timed runs. Plain loop: timers around each network call. Triton: per-model "
-        "statistics (queue + compute) over the client-timed runs.",
+        f"in the plain loop ({result.unet_calls_per_step:g} UNet call(s) a step): serving adds "
+        f"**{net:.3f}{_plus_minus(net_error)} ms** per real UNet call. Triton's `unet` statistics over those runs: "
+        f"{stats.ms_per_request():.3f} ms a call (queue {stats.ms_per_request('queue'):.3f}, compute "
+        f"{stats.ms_per_request('compute_infer'):.3f}), the plain loop's ONNX Runtime call "
+        f"{result.onnx_loop_networks.unet_ms_per_call:.3f} ms.",
+        *_heading("Where one request's time goes (ms)"),
         _table("lrr", ("part", "plain ONNX loop", "Triton"), breakdown),
         bool(pairs) and f"Same image on every path (largest pixel difference): {pairs}.",
-        "## Load curves (perf_analyzer)",
+        *_heading("Load curves (perf_analyzer)"),
         f"![throughput against latency]({PLOT_NAME})",
         _table("lllrrrrrrrrr", header, points),
     ]
@@ -368,7 +362,7 @@ def _engine_sections(result: EngineResult) -> list[Block]:
         section = getattr(result, name)
         if result.shown(name):
             ran = section and (name != "gateway" or section.levels())
-            blocks += [f"## {title}", *(body(result, section) if ran else _NOT_RUN)]
+            blocks += [*_heading(title), *(body(result, section) if ran else _NOT_RUN)]
     return blocks
 
 
@@ -376,23 +370,20 @@ def _level_cells(level: Load | None, digits: int = 1, percentiles: Sequence[int]
     """images/s and the ``percentiles`` (ms) of a level; empty when it completed no request."""
     if level is None or not level.completed:
         return [""] * (1 + len(percentiles))
-    return [f"{level.images_per_s:.2f}", *(f"{level.percentile_ms(q):.{digits}f}" for q in percentiles)]
+    return [f"{_images_per_s(level):.2f}", *(f"{level.percentile_ms(q):.{digits}f}" for q in percentiles)]
 
 
 def _ceiling_lines(result: EngineResult, ceiling: model.CeilingResult) -> list[Block]:
     run, plain, served, one = ceiling.in_process, ceiling.plain_loop, ceiling.served, ceiling.served_one
-    plain_cells = [f"{1000.0 / plain.median_ms:.2f}", f"{plain.median_ms:.1f}", f"{plain.p99_ms:.1f}"]
     rows = [
-        ("plain loop (`generate_image`, one image at a time; median)", 1, *plain_cells, len(plain.latencies_ms)),
+        ("plain loop (`generate_image`, one image at a time; median)", 1, *_level_cells(plain), len(plain.records)),
         ("Triton", 1, *_level_cells(one), len(one.records)),
         ("in-process engine (ceiling)", run.concurrency, f"{run.images_per_s:.2f}", "", "", run.completed),
         ("Triton", served.concurrency, *_level_cells(served), len(served.records)),
     ]
     return [
-        f"The ceiling: `DiffusionEngine` in this process over the same ONNX files and limits, no Triton, "
-        f"{run.concurrency} requests at once (UNet calls of {run.rows_per_unet_call:.1f} rows on average). It and the "
-        f"server (client threads over gRPC) ran in {len(ceiling.turn_ratios)} turns, so a drift of the machine's "
-        "speed hits both sides of a ratio alike.",
+        f"The in-process engine: {run.concurrency} requests at once, UNet calls of {run.rows_per_unet_call:.1f} rows "
+        f"on average; it and the server ran in {len(ceiling.turn_ratios)} turns.",
         _table("lrrrrr", ("path", "concurrency", "images/s", "p50 ms", "p99 ms", "requests"), rows),
         f"Served / ceiling at concurrency {run.concurrency}: **{ceiling.served_over_ceiling:.3f}x** (by turn: "
         f"{', '.join(f'{ratio:.3f}' for ratio in ceiling.turn_ratios)}); served p50 at concurrency 1 / plain loop "
@@ -411,16 +402,12 @@ def _mixed_inputs_lines(result: EngineResult, mix: model.CeilingResult) -> list[
         (f"served images/s at concurrency {mix.served.concurrency}", lambda ceiling: ceiling.served.images_per_s),
         ("in-process engine images/s (ceiling)", lambda ceiling: ceiling.in_process.images_per_s),
         ("served / in-process engine", lambda ceiling: ceiling.served_over_ceiling),
-        ("plain loop images/s, one at a time", lambda ceiling: 1000.0 / ceiling.plain_loop.median_ms),
+        ("plain loop images/s, one at a time", lambda ceiling: _images_per_s(ceiling.plain_loop)),
         ("served p50 at concurrency 1 / plain loop median", lambda ceiling: ceiling.one_over_plain_loop),
     )
     text = result.ceiling
     side = [(name, _f(of(text)), _f(of(mix)), f"{of(mix) / of(text):.3f}x") for name, of in measures] if text else []
     return [
-        "Section (a) again on the same server, over the profile's mixed requests, each sent in turn on every side "
-        "(the in-process engine, the clients, the plain loop): text only, image-to-image, inpainting (a plain UNet: "
-        "the unmasked latents blended back at each step) and one request per adapter, all in flight together so "
-        "that their UNet calls share steps.",
         *_ceiling_lines(result, mix),
         _table("lrrrrr", header, kinds),
         bool(side) and "Beside the base request alone (section (a), the same model, server and networks):",
@@ -429,22 +416,14 @@ def _mixed_inputs_lines(result: EngineResult, mix: model.CeilingResult) -> list[
 
 
 def _sweep_lines(result: EngineResult, sweep: tuple[Load, ...]) -> list[Block]:
-    ratios = dict(result.on_off_ratios())
+    ratios, variants = dict(result.on_off_ratios()), (model.BATCHING_ON, model.BATCHING_OFF)
     header = ["concurrency"]
     header += [f"{side}: {measure}" for side in ("on", "off") for measure in ("images/s", "p50 ms", "p99 ms")]
     rows = []
     for level in result.levels():
-        on, off = (
-            _level_cells(result.sweep_point(variant, level), 0) for variant in (model.BATCHING_ON, model.BATCHING_OFF)
-        )
-        rows.append([level, *on, *off, f"{ratios[level]:.2f}x" if level in ratios else ""])
-    return [
-        "Two repositories of one export: `max_running_images` 8 (one UNet call a step for every running image) and 1. "
-        "Each level: client threads over gRPC sending the base request back to back; images/s is completed requests "
-        "over the wall time from the first request to the last answer.",
-        f"![sweep]({ENGINE_PLOT_NAME})",
-        _table("r" * 8, [*header, "on/off images/s"], rows),
-    ]
+        cells = [cell for variant in variants for cell in _level_cells(result.sweep_point(variant, level), 0)]
+        rows.append([level, *cells, f"{ratios[level]:.2f}x" if level in ratios else ""])
+    return [f"![sweep]({ENGINE_PLOT_NAME})", _table("r" * 8, [*header, "on/off images/s"], rows)]
 
 
 def _mixed_lines(result: EngineResult, mixed: model.MixedResult) -> list[Block]:
@@ -460,9 +439,8 @@ def _mixed_lines(result: EngineResult, mixed: model.MixedResult) -> list[Block]:
         rows.append([load, name, steps, clients, level.completed, failed, *_level_cells(level, 0, (50, 90, 99))])
     header = ("load", "class", "steps", "clients", "completed", "failed", "images/s", "p50 ms", "p90 ms", "p99 ms")
     return [
-        f"On the batching-on server, {spec.short_clients} client threads send short requests back to back while "
-        f"{spec.long_clients} send {spec.long_requests_per_client} long ones each; the reference: {spec.concurrency} "
-        "clients all sending short requests.",
+        f"{spec.short_clients} client threads send short requests back to back while {spec.long_clients} send "
+        f"{spec.long_requests_per_client} long ones each; the reference: {spec.concurrency} clients, short ones only.",
         _table("ll" + "r" * 8, header, rows),
         f"Mixed load {mixed.mixed.duration_s:.1f} s, short-only load {mixed.short_only.duration_s:.1f} s. Short "
         f"requests' p99 beside long ones / alone: **{_f(mixed.short_p99_ratio, 2)}x**.",
@@ -474,12 +452,6 @@ def _burst_lines(result: EngineResult, burst: model.BurstResult) -> list[Block]:
     header = ("sent", "accepted", "completed", "refused", "of which as UNAVAILABLE", "failed after acceptance")
     completed, refused, failed = (burst.count(outcome) for outcome in (Outcome.OK, Outcome.REFUSED, Outcome.FAILED))
     counts = (len(burst.records), burst.accepted, completed, refused, burst.refused_as_unavailable)
-    intro = [
-        f"`max_pending_requests` {burst.spec.max_pending_requests}; {burst.spec.requests} requests sent at once "
-        '(an asyncio gRPC client each, connected first). A refusal is `UNAVAILABLE` "server busy" '
-        "(`ServerUnavailableError`), timed from sending to the error.",
-        _table("r" * 6, header, [(*counts, failed)]),
-    ]
     failures = sorted({record.message for record in burst.records if record.outcome is Outcome.FAILED})
     cold = max(burst.latencies_ms(Outcome.REFUSED, warmup=True), default=None)
     lines = [
@@ -489,36 +461,36 @@ def _burst_lines(result: EngineResult, burst: model.BurstResult) -> list[Block]:
         f"{sum(value >= model.GOAL_REFUSAL_MS for value in refusals)} at or over it).",
         accepted and f"Accepted requests' latency: {', '.join(f'{value:.0f}' for value in sorted(accepted))} ms.",
         burst.warmup_records
-        and f"{burst.spec.warmup_bursts} warm-up burst(s) first, not judged (one-off costs after a start): slowest "
-        f"refusal {'-' if cold is None else f'{cold:.1f}'} ms.",
+        and f"{burst.spec.warmup_bursts} warm-up burst(s) first, not judged: slowest refusal "
+        f"{'-' if cold is None else f'{cold:.1f}'} ms.",
         failures and f"Failures: {'; '.join(failures)}.",
     ]
-    return [*intro, [line for line in lines if line]]
+    return [
+        f"`max_pending_requests` {burst.spec.max_pending_requests}; {burst.spec.requests} requests sent at once.",
+        _table("r" * 6, header, [(*counts, failed)]),
+        [line for line in lines if line],
+    ]
 
 
 def _simulated_lines(result: EngineResult, simulated: model.SimulatedResult) -> list[Block]:
     low, high, latency = simulated.non_unet_low, simulated.non_unet_high, simulated.latency
     c_low, c_high, rows = simulated.low.concurrency, simulated.high.concurrency, simulated.rows_per_image
-    points = [
-        (p.concurrency, *_level_cells(p), len(p.records)) for p in sorted(simulated.points, key=lambda p: p.concurrency)
-    ]
+    levels = sorted(simulated.points, key=lambda point: point.concurrency)
+    points = [(level.concurrency, *_level_cells(level), len(level.records)) for level in levels]
     return [
-        f"**Every number in this section is SIMULATED**: the batching-on repository with its UNet replaced by the "
-        f"stand-in of `sdtriton/serving/simulated.py`, which sleeps {latency} (fixed + per batch row) a "
-        "call and burns no CPU; the text encoder and VAE decoder are the real ONNX models on this CPU.",
+        f"**Every number in this section is SIMULATED**: the UNet is a stand-in that sleeps {latency} (fixed + per "
+        "batch row) a call; the text encoder and VAE decoder are the real ONNX models on this CPU.",
         _table("rrrrr", ("SIMULATED concurrency", "images/s", "p50 ms", "p99 ms", "requests"), points),
         f"Measured c{c_high}/c{c_low}: **{simulated.measured_ratio:.2f}x** (SIMULATED).",
         f"Allowed for the UNet alone (`SimulatedLatency.throughput_ratio`): {simulated.unet_only_allowed_ratio:.2f}x "
         f"({c_high} images of {rows} rows in one call of {latency.call_s(c_high * rows) * 1000:.0f} ms against one of "
-        f"{latency.call_s(c_low * rows) * 1000:.0f} ms). The rest of a request runs on this CPU and does not shrink: "
-        f"the engine in this process with a zero-time UNet did {1000 / low.images_per_s:.1f} ms of it an image at "
-        f"c={low.concurrency} and {1000 / high.images_per_s:.1f} ms at c={high.concurrency}. With "
-        f"{simulated.unet_calls_per_image:g} UNet calls an image, c images take calls x call(c x {rows} rows) + c x "
-        f"that work: {simulated.allowed_images_per_s(low):.2f} and {simulated.allowed_images_per_s(high):.2f} "
-        f"images/s, **{simulated.allowed_ratio:.2f}x** allowed. Measured / allowed: "
-        f"**{simulated.share_of_allowed:.1%}** (goal >= {model.GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}); against the "
-        f"UNet-alone ratio: {simulated.share_of_unet_only_allowed:.1%}. Left out: serving's own cost (BLS hops, gRPC, "
-        "the entry model, threads sharing the CPU).",
+        f"{latency.call_s(c_low * rows) * 1000:.0f} ms). The rest of a request, timed with a zero-time UNet: "
+        f"{1000 / low.images_per_s:.1f} ms an image at c={low.concurrency} and {1000 / high.images_per_s:.1f} ms at "
+        f"c={high.concurrency}; counted with {simulated.unet_calls_per_image:g} UNet calls an image: "
+        f"{simulated.allowed_images_per_s(low):.2f} and {simulated.allowed_images_per_s(high):.2f} images/s, "
+        f"**{simulated.allowed_ratio:.2f}x** allowed. Measured / allowed: **{simulated.share_of_allowed:.1%}** (goal "
+        f">= {model.GOAL_SIMULATED_SHARE_OF_ALLOWED:.0%}); against the UNet-alone ratio: "
+        f"{simulated.share_of_unet_only_allowed:.1%}.",
     ]
 
 
@@ -528,13 +500,10 @@ def _gateway_lines(result: EngineResult, gateway: model.GatewayResult) -> list[B
     for direct, through, ratio, overhead_ms in gateway.levels():
         for load in (direct, through):
             cells = [*_level_cells(load, 1, (50, 95, 99)), len(load.records), load.failed]
-            rows.append([_VARIANT_LABELS[load.variant], load.concurrency, *cells])
+            rows.append([_VARIANTS[load.variant][0], load.concurrency, *cells])
         rows.append(["gateway / direct", direct.concurrency, f"**{ratio:.3f}x**", f"**{overhead_ms:+.1f}**", *[""] * 4])
     idle_ms, serving_ms = gateway.gateway_cpu_ms or (math.nan, math.nan)
     return [
-        "The base request from client threads, straight to Triton over gRPC and as `POST /v1/images/generations` "
-        "(`b64_json`) to a real `sdtriton gateway` in front of the same server, in turns whose first side alternates. "
-        "Per level: the images/s ratio and the p50 overhead (gateway minus direct, ms).",
         _table("lrrrrrrr", header, rows),
         f"Gateway / direct images/s at concurrency {gateway.levels()[-1][0].concurrency}: "
         f"**{gateway.over_direct:.3f}x** (goal >= {model.GOAL_GATEWAY_OVER_DIRECT}; by turn: "

@@ -53,6 +53,7 @@ from sdtriton.serving.engine import EngineLimits
 from sdtriton.serving.simulated import SimulatedLatency
 from sdtriton.tiny import FAMILIES
 from tests.unit.test_engine import CONFIG, TOKENS, FakeNetworks
+from tests.unit.test_perf_results import unresolved_readme_links
 
 
 def _record(
@@ -300,6 +301,13 @@ def test_gateway_ratio_overhead_and_a_summary_of_its_section_alone() -> None:
     assert (
         headline(result) == "engine: (f) gateway / direct gRPC images/s at concurrency 8 0.941x (goal >= 0.95x: MISSED)"
     )
+
+
+def test_each_section_of_the_summary_links_its_subsection_of_perf_readme() -> None:
+    planned = (*_result().planned, "gateway", "mixed_inputs")  # the gateway not run: its heading and link alone
+    summary = summary_markdown(dataclasses.replace(_result(), mixed_inputs=_mixed_ceiling(), planned=planned))
+    assert summary.count("How this is measured: [perf/README.md](../../README.md#") == 7
+    assert not unresolved_readme_links(summary)
 
 
 def test_the_committed_engine_profiles() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,18 @@ from sdtriton.perf.profiles import LoadMode, Protocol, Scenario
 from sdtriton.perf.report import headline, summary_markdown, write_reports
 from sdtriton.perf.workload import fixed_requests
 from sdtriton.server import ModelStats
+
+PERF_README = Path(__file__).resolve().parents[2] / "perf" / "README.md"
+
+
+def unresolved_readme_links(summary: str) -> list[str]:
+    """The anchors of a summary's links to perf/README.md that no heading there has (GitHub's anchors: lower case,
+    punctuation dropped, a hyphen for each space); the summary must link it at least once."""
+    headings = re.findall(r"^#+ (.+)$", PERF_README.read_text(), re.MULTILINE)
+    anchors = {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+    links = re.findall(r"\]\(\.\./\.\./README\.md#([^)]+)\)", summary)
+    assert links, "the summary links no section of perf/README.md"
+    return [link for link in links if link not in anchors]
 
 
 def _stats_json(name: str, *, requests: int, executions: int, queue_ns: int, infer_ns: float) -> dict[str, object]:
@@ -180,6 +193,7 @@ def test_summary_states_each_goal(tmp_path: Path) -> None:
     assert "| one BLS UNet call (identity UNet) | 0.100 ms | < 0.3 ms | met |" in text
     assert "grpc_rate_0p9" in text
     assert "load average was" not in text
+    assert not unresolved_readme_links(text)  # how each section is measured: perf/README.md, under its heading
     slow = dataclasses.replace(_result(), triton_client=_timing("triton", 20, 150.0), points=())
     assert "missed by 0.4x" in summary_markdown(slow)
 
