@@ -33,10 +33,8 @@ def add_perf_command(commands: argparse._SubParsersAction) -> None:
     option = perf.add_argument
     option(
         "--profile",
-        help="a profile of perf/scenarios.json: shapes (the default model; default once its weights exist), "
-        "tiny (default until then), sd15 (heavy: SD 1.5 shapes, ~4 GB, bounded to 10 minutes), engine and "
-        "transformer (the diffusion engine on the default model and on a tiny SD 3.5), gateway (the HTTP "
-        "gateway against direct gRPC), mixed_inputs (the engine's ceiling over text, img2img, inpaint, two adapters)",
+        help="a profile of perf/scenarios.json, whose descriptions say what each measures (default: shapes, the "
+        "default model, once its trained weights exist; tiny until then)",
     )
     option("-o", "--output", dest="output_dir", type=Path, help="results folder (default: outputs/perf/PROFILE)")
     option("--model", dest="model_dir", type=Path, help="diffusers pipeline folder (default: made with make-tiny)")

@@ -1,16 +1,9 @@
-"""How requests are sent and timed, each in one place.
-
-The load generators: perf_analyzer (a process per level, its CSV read into a :class:`~sdtriton.perf.model.LoadPoint`),
-client threads and an asyncio burst (a record per request, which the engine profile needs per request class and per
-refusal). Every client has its own connection, made before the load.
-
-The paths a request can take, timed on the same weights and request: (a) diffusers in-process; (b) the plain loop,
-the serving code's own loop over ONNX Runtime sessions of the served files, no Triton: the floor of what serving can
-cost; (c) Triton through the client. (b) and (c) also run at two step counts: the difference of their per-step
-slopes is what one BLS UNet call costs, free of every fixed cost. The engine profile also drives the engine in this
-process (:func:`run_closed_loop`), with the served repository's limits, so that its UNet calls batch as the server's
-do; with ``zero_time_unet`` the UNet answers zeros at once.
-"""
+"""How requests are sent and timed, each in one place: the load generators (perf_analyzer, a process per level read
+into a :class:`~sdtriton.perf.model.LoadPoint`; client threads and an asyncio burst, a record per request; every client
+on its own connection, made before the load) and the paths timed in this process on the same weights and request:
+diffusers, the plain loop (the serving code's own loop over ONNX Runtime sessions of the served files, no Triton: the
+floor of what serving can cost) and the engine itself (:func:`run_closed_loop`, with the served repository's limits, so
+that its UNet calls batch as the server's do). What each profile makes of them: perf/README.md."""
 
 from __future__ import annotations
 

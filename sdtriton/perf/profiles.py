@@ -1,13 +1,8 @@
 """The profiles of ``sdtriton perf`` as data (``perf/scenarios.json``): a model, its base request and what is
-measured on it.
-
-A perf_analyzer profile holds the baseline (three paths at concurrency 1) and :class:`Scenario` load curves; each
-level is a fixed number of requests (``--request-count``), so slow requests never leave a window empty and a
-profile's time is known. Request rates are fractions of a peak another scenario measured, so one file suits this
-CPU and a GPU host. An engine profile (an ``engine`` section) measures the diffusion engine instead; a section left
-out is not run. A profile's ``loras`` are made (``make_tiny_lora``'s options by adapter name) and exported with its
-model.
-"""
+measured on it: a perf_analyzer profile's baseline (three paths at concurrency 1) and :class:`Scenario` load curves, or
+an engine profile's sections (its ``engine`` object; a section left out is not run). A profile's ``loras`` are made
+(``make_tiny_lora``'s options by adapter name) and exported with its model. Why levels are request counts and rates
+fractions of a measured peak: perf/README.md."""
 
 from __future__ import annotations
 

@@ -130,13 +130,6 @@ def ensure_repository(repository: Path, model_dir: Path, *, show_progress: bool,
     return repository
 
 
-def default_profile() -> str:
-    """``shapes`` once its trained weights are in the package; ``tiny`` until then."""
-    from sdtriton.shapes.builtin import WEIGHTS_DIR
-
-    return BUILTIN_PROFILE if (WEIGHTS_DIR / "model_index.json").is_file() else "tiny"
-
-
 def _cpu_times() -> tuple[float, float] | None:
     """The machine's busy CPU seconds (``/proc/stat``: all but idle and iowait) and this run's, its stopped children's
     (servers, stubs, perf_analyzer) included; None without /proc/stat."""
@@ -178,7 +171,10 @@ def _merged_turns(turns: Iterable[Load]) -> list[Load]:
 
 def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
     """Runs a profile end to end; returns its result and the written files (CSVs, plot, summary) by kind."""
-    profile_name = options.profile or default_profile()
+    from sdtriton.shapes.builtin import WEIGHTS_DIR
+
+    # The built-in model's profile once its trained weights are in the package; ``tiny`` until then.
+    profile_name = options.profile or (BUILTIN_PROFILE if (WEIGHTS_DIR / "model_index.json").is_file() else "tiny")
     options = dataclasses.replace(
         options, profile=profile_name, output_dir=options.output_dir or DEFAULT_OUTPUT_DIR / profile_name
     )
@@ -193,9 +189,10 @@ def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
     options.output_dir.mkdir(parents=True, exist_ok=True)
     logger.info("profile %s: %s; time limit %.0f s", profile.name, profile.description, run.limit_s)
     with ExitStack() as stack:
-        # A temporary work folder unless one is named: the heavy profile's model and export are gigabytes.
-        temporary = tempfile.TemporaryDirectory(prefix="sdtriton-perf-", ignore_cleanup_errors=True)
-        work_dir = options.work_dir or Path(stack.enter_context(temporary))
+        work_dir = options.work_dir
+        if work_dir is None:  # a temporary folder, removed: the heavy profile's model and export are gigabytes
+            temporary = tempfile.TemporaryDirectory(prefix="sdtriton-perf-", ignore_cleanup_errors=True)
+            work_dir = Path(stack.enter_context(temporary))
         work_dir.mkdir(parents=True, exist_ok=True)
         model_dir = ensure_model(options.model_dir, profile.model, work_dir)
         repository = options.repository or work_dir / "repository"
@@ -207,10 +204,6 @@ def run_perf(options: PerfOptions) -> tuple[Run, dict[str, Path]]:
         else:
             result = run.perf_analyzer(model_dir, repository, work_dir)
     return result, report.write_reports(result, options.output_dir)
-
-
-def _stats(http_url: str) -> dict[str, ModelStats]:
-    return {name: ModelStats.fetch(http_url, name) for name in _STATS_MODELS}
 
 
 def _max_difference(first: np.ndarray, second: np.ndarray) -> int | None:
@@ -296,18 +289,17 @@ class PerfRun:
         with self.server(repository, "tritonserver", warmup_requests=spec.warmup_runs) as server:
             http_url = server.address.http_url
             with StableDiffusionClient(server.address.grpc_url) as triton:
-                send, before, steps = load.client_runner(triton), _stats(http_url), request.num_inference_steps
+                send, steps = load.client_runner(triton), request.num_inference_steps
+                before = {name: ModelStats.fetch(http_url, name) for name in _STATS_MODELS}
                 client, triton_image = load.timed_runs(send(request), path=model.TRITON, steps=steps, runs=spec.runs)
-                breakdown = {name: stats.minus(before[name]) for name, stats in _stats(http_url).items()}
+                breakdown = {name: ModelStats.fetch(http_url, name).minus(before[name]) for name in _STATS_MODELS}
                 before_slope = ModelStats.fetch(http_url, UNET.model_name)
                 triton_slope = load.time_slope(send, request, **slope)
                 slope_unet_stats = ModelStats.fetch(http_url, UNET.model_name).minus(before_slope)
             points = self.scenarios(server, binary, single_request_s=client.median_ms / 1000.0)
         probe = (None, None)
         if not spec.bls_probe:
-            self.skipped.append(
-                "identity-UNet BLS probe: off in this profile (its goal is judged on the default model)"
-            )
+            self.skipped.append("identity-UNet BLS probe: off in this profile (judged on the default model)")
         elif self.fits("identity-UNet BLS probe", _PROBE_FIXED_S + 6 * spec.slope_runs * client.median_ms / 1000.0):
             from sdtriton.export.variants import identity_repository
 
