@@ -64,8 +64,7 @@ class RequestSpec:
     skip_layer_guidance_scale: float = 0.0
     skip_layer_guidance_start: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_START
     skip_layer_guidance_stop: float = interface.DEFAULT_SKIP_LAYER_GUIDANCE_STOP
-    # One VAE call for the image: perf's sizes are the model's native ones, which no export tiles (--vae-tile-above).
-    vae_tiling: bool = False
+    vae_tiling: bool | None = None  # omitted, as users leave it: one VAE call up to --vae-tile-above, tiles above
     lora: str = ""  # none
     lora_scale: float = interface.DEFAULT_LORA_SCALE
     # Image-to-image and inpainting, omitted when None: the pictures as base64 of their [height, width, channels]
@@ -100,8 +99,9 @@ class RequestSpec:
     @classmethod
     def from_input_data_entry(cls, entry: Mapping[str, Any]) -> RequestSpec:
         """A request from an input-data entry (one item an input, a picture's ``b64``); numbers keep their JSON
-        types; the image inputs may be left out."""
-        if missing := [tensor.name for tensor in interface.PUBLIC_INPUTS if tensor.name not in entry]:
+        types; an input with a default here may be left out."""
+        required = [field.name for field in dataclasses.fields(cls) if field.default is dataclasses.MISSING]
+        if missing := [name for name in required if name not in entry]:
             raise ValueError(f"input-data entry has no {missing[0]!r} (it has {sorted(entry)})")
         items = {t.name: entry[t.name] for t in interface.ENTRY_INPUTS if t.name in entry}
         return cls(**{name: item["b64"] if "b64" in item else item["content"][0] for name, item in items.items()})

@@ -104,6 +104,7 @@ def test_every_profile_request_is_valid_for_its_model() -> None:
                     width=request.width,
                     height=request.height,
                     scheduler=request.scheduler,
+                    vae_tiling=request.vae_tiling,
                     strength=request.strength,
                     image_size=pictures.get(interface.INPUT_IMAGE.name),
                     mask_size=pictures.get(interface.MASK_IMAGE.name),
