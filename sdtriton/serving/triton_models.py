@@ -187,52 +187,60 @@ class EntryModel:
         self._watcher.start()
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
-        # An error response for each request answered at once (refused or failed), None for each forwarded.
+        # A refusal for each request refused, None for each admitted; decided for the whole batch first.
         answers: list[Any | None] = []
-        for request in requests:
-            refusal = self._refusal()
-            if refusal is not None:
-                self._count_rejection()
-                answers.append(error_response(str(refusal), pb_utils.TritonError.UNAVAILABLE))
+        for _ in requests:
+            refusal = self._refusal(admitted=answers.count(None))
+            if refusal is None:
+                answers.append(None)
                 continue
-            key = secrets.randbits(63)
-            # Everything read from the request is read here, before execute returns: its tensors are copied,
-            # so the forwarding thread touches only its response sender (and the watcher is_cancelled()).
-            # The BLS stream starts here too, not in the forwarding thread: Triton releases this request, and
-            # its trace, when execute returns, and a BLS call spawns its child trace from the parent's; started
-            # after that, it read a freed trace and tritonserver died with SIGSEGV under --trace-config
-            # (measured). exec() returns at the pipeline's first response, the acceptance it sends at once.
-            try:
-                responses = self._pipeline_request(request, key).exec(decoupled=True)
-            except Exception:
-                triton_logger().log_error(f"{self.model_name}: request failed\n{traceback.format_exc()}")
-                message = f"{self.model_name}: internal error (see the server log)"
-                answers.append(error_response(message, pb_utils.TritonError.INTERNAL))
-                continue
-            answers.append(None)
-            timeout_us = int(request.timeout())
-            flight = Flight(
-                request=request,
-                sender=request.get_response_sender(),
-                started_s=time.monotonic(),
-                budget_s=timeout_us / 1e6 if timeout_us > 0 else None,
-            )
-            with self._lock:
-                self._in_flight[key] = flight
-            self._executor.submit(self._forward, responses, key)
-        if not self.stream and all(answer is not None for answer in answers):
-            # Every request of this batch answered now: one list back to Triton instead of a response sender's
-            # round trip each (a burst past the limit reaches the entry in batches: dynamic batching).
+            self._count_rejection()
+            answers.append(error_response(str(refusal), pb_utils.TritonError.UNAVAILABLE))
+        if not self.stream and None not in answers:
+            # Every request of this batch refused: one list back to Triton instead of a response sender's round
+            # trip each (a burst past the limit reaches the entry in batches: dynamic batching).
             return answers
+        # The refusals go out before the admitted requests' BLS streams start: each start waits for the pipeline's
+        # acceptance, a round trip to a stub busy with the engine (a burst's refusals waited ~80 ms behind four).
         for request, answer in zip(requests, answers, strict=True):
             if answer is not None:
                 request.get_response_sender().send(answer, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        for request in (request for request, answer in zip(requests, answers, strict=True) if answer is None):
+            self._admit(request)
         return None
 
-    def _refusal(self) -> ServerBusyError | ComponentDiedError | None:
+    def _admit(self, request: Any) -> None:
+        """Starts ``request``'s BLS stream to the pipeline and a thread that forwards its answers."""
+        key = secrets.randbits(63)
+        # Everything read from the request is read here, before execute returns: its tensors are copied,
+        # so the forwarding thread touches only its response sender (and the watcher is_cancelled()).
+        # The BLS stream starts here too, not in the forwarding thread: Triton releases this request, and
+        # its trace, when execute returns, and a BLS call spawns its child trace from the parent's; started
+        # after that, it read a freed trace and tritonserver died with SIGSEGV under --trace-config
+        # (measured). exec() returns at the pipeline's first response, the acceptance it sends at once.
+        try:
+            responses = self._pipeline_request(request, key).exec(decoupled=True)
+        except Exception:
+            triton_logger().log_error(f"{self.model_name}: request failed\n{traceback.format_exc()}")
+            message = f"{self.model_name}: internal error (see the server log)"
+            failure = error_response(message, pb_utils.TritonError.INTERNAL)
+            request.get_response_sender().send(failure, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        timeout_us = int(request.timeout())
+        flight = Flight(
+            request=request,
+            sender=request.get_response_sender(),
+            started_s=time.monotonic(),
+            budget_s=timeout_us / 1e6 if timeout_us > 0 else None,
+        )
+        with self._lock:
+            self._in_flight[key] = flight
+        self._executor.submit(self._forward, responses, key)
+
+    def _refusal(self, *, admitted: int) -> ServerBusyError | ComponentDiedError | None:
         """Why a request arriving now is refused at once, if it is: the pipeline's process died, the server drains,
-        or this entry alone holds as many requests as the engine may (refused here without the hop to the engine,
-        which still enforces its limit over both entries together)."""
+        or this entry alone holds as many requests as the engine may, counting ``admitted`` ones of its batch not yet
+        in flight (refused here without the hop to the engine, which still enforces its limit over both entries)."""
         if self._pipeline_died is not None:
             return self._pipeline_died
         if self._drain.draining():
@@ -240,7 +248,7 @@ class EntryModel:
         # No lock: the cancel watcher holds it through one is_cancelled() round trip to Triton per request in
         # flight, and a refusal must not wait on those. len() of a dict is atomic under the GIL, and only this
         # thread adds to it; a request that left a moment ago is counted once more at worst.
-        pending = len(self._in_flight)
+        pending = len(self._in_flight) + admitted
         if self._max_pending and pending >= self._max_pending:
             return ServerBusyError.full(pending, self._max_pending)
         return None
