@@ -77,9 +77,11 @@ def test_requests_denoised_together_give_the_images_they_give_alone(grpc_url, tr
     rows_after, calls_after = _unet_rows_and_calls(triton_server.address.http_url)
     for job, result in zip(jobs, results, strict=True):
         _oracle_matches(diffusers_pipeline, result.image, **job)
-    # The UNet answered many images per call: step-level batching happened.
+    # Calls shared between images: one image sends at most 2 rows a call (guided), so more than 2 on average needs
+    # step-level batching. How much more depends on how far the first requests ran before the last arrived (they are
+    # submitted one by one): 3.2 on the old CI host, 2.75 (198 rows in 72 calls) on a faster one.
     rows, calls = rows_after - rows_before, calls_after - calls_before
-    assert rows / calls > 3, f"{rows} rows in {calls} UNet calls"
+    assert rows / calls > 2, f"{rows} rows in {calls} UNet calls: no call shared between images"
 
 
 def test_a_request_joining_mid_flight_is_exact(grpc_url, diffusers_pipeline):

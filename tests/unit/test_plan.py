@@ -220,11 +220,12 @@ def test_activation_peak_matches_a_real_cpu_run() -> None:
     assert planned.activation_peak_bytes > 4 * weight_bytes  # activations dominate at this size
 
     measured = _real_cpu_peak_bytes(_REAL_RUN, json.dumps(TINY_UNET), str(MEMORY_LATENT_PX), str(MEMORY_ROWS))
-    # 5%: RSS counts whole 4 KiB pages per tensor, glibc's block headers, small tensors served from the heap,
-    # oneDNN's scratch buffers and what the small warm-up left unbuilt, none of which the planner sees (measured
-    # here: 34.6 MiB planned, 35.2 MiB real, 1.7% apart). CPU SDPA runs a fused flash kernel, as the planner
-    # assumes; the math path would add 2 x 8 x 2304^2 x 4 B = 340 MB of attention scores.
-    assert planned.activation_peak_bytes == pytest.approx(measured, rel=0.05)
+    # 8%: RSS counts whole 4 KiB pages per tensor, glibc's block headers, small tensors served from the heap,
+    # oneDNN's scratch buffers and what the small warm-up left unbuilt, none of which the planner sees, and which
+    # depend on the CPU's kernels (34.6 MiB planned; real 35.2 MiB on an Intel Xeon, 1.7% apart; 36.3-36.5 MiB over
+    # 8 runs on an AMD EPYC, 5.0-5.5%). CPU SDPA runs a fused flash kernel, as the planner assumes; the math path
+    # would add 2 x 8 x 2304^2 x 4 B = 340 MB of attention scores.
+    assert planned.activation_peak_bytes == pytest.approx(measured, rel=0.08)
 
 
 ENCODE_SIDE_PX = 384  # the tiny VAE's first level: 32 channels of 384 x 384, 18 MiB a tensor in fp32
