@@ -15,9 +15,9 @@ a poll. A gateway that dies mid-job stops renewing; when the lease has run out, 
 the job over and runs its request again, with the seed fixed at submit (the same image). The store's
 compare-and-set on the claim token keeps a stalled first owner from finishing it too.
 
-Events: subscribers on the replica that runs a job get every step (with previews) as it happens; on any other
-replica :meth:`~JobManager.events` polls the store every ``poll_s`` (steps, no previews). Either way the last
-event is the job's final state.
+Events: subscribers on the replica that runs a job get every step (with previews) as it happens, one that joins
+mid-run the latest preview first; on any other replica :meth:`~JobManager.events` polls the store every ``poll_s``
+(steps, no previews). Either way the last event is the job's final state.
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ class _Running:
     cancel_requested: bool = False
     lost: bool = False
     ended: bool = False
+    latest_preview: JobEvent | None = None  # the last progress event with a preview, for subscribers joining late
 
     @property
     def job_id(self) -> str:
@@ -302,6 +303,10 @@ class JobManager:
             event = await self._status_event(job)
             yield event
             seen = _Seen.of(event)
+            # Run here and past a preview: a subscriber joining now sees the latest at once, not at the next one.
+            running = self._running.get(job_id)
+            if running is not None and running.latest_preview is not None and seen.is_new(running.latest_preview):
+                yield running.latest_preview
             while True:
                 local = await _within(queue.get(), self.poll_s)
                 if local is not None and local.kind != "final":
@@ -498,6 +503,8 @@ class JobManager:
                 preview=preview,
                 preview_format=preview_format if preview is not None else None,
             )
+            if preview is not None:
+                running.latest_preview = event
             self._publish(running.job_id, event)
 
         return on_progress

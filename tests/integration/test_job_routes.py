@@ -37,7 +37,8 @@ SIZE = 64
 # Few steps: the tiny model's images differ by seed at any step count, and each costs little.
 STEPS = 4
 # Past the runner's preview period (5): the stream carries a preview; long enough to be followed from its start.
-EVENT_STEPS = 12
+# Enough that the events stream opens mid-run even on a fast host (12 steps had nearly ended by then: CI23).
+EVENT_STEPS = 40
 # Long enough to be cancelled or stopped mid-run.
 LONG_STEPS = 150
 WAIT_S = 60.0

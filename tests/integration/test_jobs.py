@@ -83,6 +83,28 @@ def test_progress_events_in_order_here_and_on_another_replica(job_store: JobStor
     asyncio.run(scenario())
 
 
+def test_a_subscriber_joining_mid_run_gets_the_latest_preview_at_once(job_store: JobStore):
+    """A client that opens the events after some steps (a page loaded late, a reconnect) sees the run's latest preview
+    right away, not only at the next step's."""
+
+    async def scenario() -> None:
+        async with manager(job_store) as runner:
+            submitted = await runner.submit({"prompt": "a red square", "num_inference_steps": 4, "step_s": 1.0})
+            job_id = submitted.job.id
+
+            def steps_done() -> int:
+                running = runner._running.get(job_id)  # the run as this manager tracks it
+                return running.step if running is not None else 0
+
+            await until(lambda: steps_done() >= 2)
+            events = await follow(runner, job_id)
+            progress = [(event.step, event.preview) for event in events if event.kind == "progress"]
+            assert progress[0] == (2, b"preview 2"), progress  # step 3 comes a second after step 2
+            assert [step for step, _ in progress] == [2, 3, 4]
+
+    asyncio.run(scenario())
+
+
 def test_cancel_through_another_replica_stops_the_run(job_store: JobStore):
     async def scenario() -> None:
         async with manager(job_store) as runner, manager(job_store, workers=0) as other:
