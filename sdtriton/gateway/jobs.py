@@ -318,14 +318,12 @@ class JobManager:
                 job = await self.get(job_id)
                 if job is None:
                     return
+                status = await self._status_event(job)
+                job = status.job or job  # as the status read it: it may have left the queue since
                 if job.finished:
                     yield _final_event(job)
                     return
-                status = await self._status_event(job)
-                if status.job is not None and status.job.finished:
-                    yield _final_event(status.job)
-                    return
-                for event in (status, _progress_event(status.job or job)):
+                for event in (status, _progress_event(job)):
                     if seen.is_new(event):
                         yield event
         finally:
